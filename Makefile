@@ -1,0 +1,43 @@
+# ALPS: two commands matter. `make run` starts the server and the Label Studio adapter on
+# localhost; `make test` runs the whole test suite. Both bootstrap the project venv (libtorch)
+# when needed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+# The same libtorch environment for every cargo call (see scripts/env.sh): changing it would
+# make torch-sys rebuild its C++ bindings.
+VENV := $(CURDIR)/.venv
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+
+.PHONY: run test bootstrap build release lint fmt
+
+## run: bootstrap, build release binaries, start alps-server + alps-label-studio (Ctrl-C stops both)
+run: bootstrap release
+	scripts/run.sh
+
+## test: bootstrap, then format check, clippy, unit and cross-process tests
+test: bootstrap
+	cargo fmt --all --check
+	cargo build --workspace --bins
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo test --workspace
+
+## bootstrap: create .venv with the pinned torch (idempotent)
+bootstrap:
+	scripts/bootstrap.sh
+
+build: bootstrap
+	cargo build --workspace
+
+release: bootstrap
+	cargo build --release --workspace --bins --lib
+
+lint: bootstrap
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

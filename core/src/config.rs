@@ -1,0 +1,122 @@
+//! Server configuration: `clap` flags, each with an `ALPS_*` environment variable.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use alps_runtime::LogFormat;
+use clap::{Args, Parser, Subcommand};
+
+/// Command line of `alps-server`.
+#[derive(Debug, Parser)]
+#[command(name = "alps-server", version, about = "ALPS: the Active-Learning Prediction Server (gRPC)")]
+pub struct Cli {
+    /// What to do; without a subcommand the server starts.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server settings (also used by `serve`).
+    #[command(flatten)]
+    pub server: ServerConfig,
+}
+
+/// Subcommands of `alps-server`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gRPC server (the default).
+    Serve,
+    /// Print the libtorch version, the devices libtorch sees and a tiny forward pass, then exit.
+    SelfCheck,
+}
+
+/// Settings of a running server.
+#[derive(Clone, Debug, Args)]
+pub struct ServerConfig {
+    /// Address of the gRPC server (alps.v1, KServe v2, health, reflection).
+    #[arg(long, env = "ALPS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory holding projects, labelled examples and model versions (created if missing).
+    #[arg(long, env = "ALPS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Directory of heuristic plugins (`*.so`). Default: the built-in plugins shipped beside the
+    /// `alps-server` binary (`<binary dir>/plugins`, or the binary's own directory in a cargo
+    /// build, where the built-in cdylib is placed).
+    #[arg(long, env = "ALPS_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Address of the HTTP server that exposes Prometheus metrics at `/metrics`.
+    #[arg(long, env = "ALPS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+
+    /// Log line format.
+    #[arg(long, env = "ALPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// After SIGINT/SIGTERM, how long in-flight requests may take to finish before open
+    /// connections are closed, in seconds (keep it below Kubernetes'
+    /// `terminationGracePeriodSeconds`, default 30).
+    #[arg(long, env = "ALPS_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServerConfig {
+    /// See `--shutdown-grace-secs`.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The plugin directory to use: `--plugin-dir` if given, else the built-in one next to
+    /// `executable` (see the flag's help).
+    pub fn resolved_plugin_dir(&self, executable: &Path) -> PathBuf {
+        if let Some(dir) = &self.plugin_dir {
+            return dir.clone();
+        }
+        let exe_dir = executable.parent().unwrap_or(Path::new("."));
+        let packaged = exe_dir.join("plugins");
+        if packaged.is_dir() { packaged } else { exe_dir.to_path_buf() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("alps-server").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.server.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(cli.server.data_dir, PathBuf::from("./data"));
+        assert_eq!(cli.server.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn explicit_plugin_dir_wins() {
+        let cli = parse(&["--plugin-dir", "/opt/plugins"]);
+        let dir = cli.server.resolved_plugin_dir(Path::new("/usr/bin/alps-server"));
+        assert_eq!(dir, PathBuf::from("/opt/plugins"));
+    }
+
+    #[test]
+    fn default_plugin_dir_prefers_a_plugins_folder_beside_the_binary() {
+        let root = tempfile::tempdir().unwrap();
+        let exe = root.path().join("alps-server");
+        let cli = parse(&[]);
+        assert_eq!(cli.server.resolved_plugin_dir(&exe), root.path());
+        std::fs::create_dir(root.path().join("plugins")).unwrap();
+        assert_eq!(cli.server.resolved_plugin_dir(&exe), root.path().join("plugins"));
+    }
+
+    #[test]
+    fn malformed_listen_address_is_rejected_by_the_parser() {
+        let error = Cli::try_parse_from(["alps-server", "--listen", "localhost"]).unwrap_err();
+        assert!(error.to_string().contains("--listen"), "{error}");
+    }
+}

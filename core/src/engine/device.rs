@@ -1,0 +1,120 @@
+//! Which device runs the models (CUDA when present, CPU otherwise) and a libtorch self-check.
+
+use std::fmt;
+
+use tch::{Device, Kind, Tensor};
+
+/// libtorch version this binary was built against and links at run time (its rpath points at
+/// that libtorch), e.g. `2.11.0+cu130`; read from the PyTorch package by `core/build.rs`.
+pub const LIBTORCH_VERSION: &str = env!("ALPS_LIBTORCH_VERSION");
+
+/// The device models run on: the first CUDA device when libtorch sees one, else the CPU.
+pub fn preferred_device() -> Device {
+    Device::cuda_if_available()
+}
+
+/// What libtorch sees on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// See [`LIBTORCH_VERSION`].
+    pub libtorch_version: &'static str,
+    /// Whether `libtorch_cuda` is linked and a CUDA driver and device are usable.
+    pub cuda_available: bool,
+    /// Number of CUDA devices (0 without CUDA).
+    pub cuda_devices: i64,
+    /// cuDNN version as an integer (e.g. 91900 for 9.19.0), when CUDA is available.
+    pub cudnn_version: Option<i64>,
+    /// Intra-op CPU threads libtorch uses.
+    pub cpu_threads: i32,
+    /// Device that models will run on.
+    pub device: Device,
+}
+
+impl DeviceReport {
+    /// Queries libtorch.
+    pub fn probe() -> Self {
+        let cuda_available = tch::Cuda::is_available();
+        Self {
+            libtorch_version: LIBTORCH_VERSION,
+            cuda_available,
+            cuda_devices: if cuda_available { tch::Cuda::device_count() } else { 0 },
+            cudnn_version: (cuda_available && tch::Cuda::cudnn_is_available()).then(tch::utils::version_cudnn),
+            cpu_threads: tch::get_num_threads(),
+            device: preferred_device(),
+        }
+    }
+}
+
+impl fmt::Display for DeviceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "libtorch: {}", self.libtorch_version)?;
+        writeln!(f, "cpu: {} intra-op threads", self.cpu_threads)?;
+        write!(f, "cuda: ")?;
+        if self.cuda_available {
+            write!(f, "available, {} device(s)", self.cuda_devices)?;
+            if let Some(cudnn) = self.cudnn_version {
+                write!(f, ", cuDNN {cudnn}")?;
+            }
+            writeln!(f)?;
+        } else {
+            writeln!(f, "not available")?;
+        }
+        write!(f, "models run on: {:?}", self.device)
+    }
+}
+
+/// Result of [`forward_check`]: a fixed linear layer applied to a fixed input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardCheck {
+    /// Device the pass ran on.
+    pub device: Device,
+    /// Softmax of `x · W` for `x = [1, 2, 3]` and `W[i][j] = (i + j) / 10` (a `[1, 3] x [3, 2]`
+    /// product), shape `[2]`.
+    pub probabilities: Vec<f32>,
+}
+
+/// Runs a tiny forward pass (matmul + softmax) on `device` and returns its output, proving that
+/// kernels load and execute there.
+///
+/// # Errors
+/// The libtorch error if the device cannot run it (e.g. CUDA driver mismatch).
+pub fn forward_check(device: Device) -> Result<ForwardCheck, tch::TchError> {
+    let _no_grad = tch::no_grad_guard();
+    let x = Tensor::f_from_slice(&[1.0f32, 2.0, 3.0])?.f_view([1, 3])?.f_to_device(device)?;
+    let w: Vec<f32> = (0..3).flat_map(|i| (0..2).map(move |j| (i + j) as f32 / 10.0)).collect();
+    let w = Tensor::f_from_slice(&w)?.f_view([3, 2])?.f_to_device(device)?;
+    let probabilities = x.f_matmul(&w)?.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_view([-1])?;
+    Ok(ForwardCheck { device, probabilities: Vec::<f32>::try_from(&probabilities)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_check_matches_the_hand_computed_softmax() {
+        // x · W = [1*0 + 2*0.1 + 3*0.2, 1*0.1 + 2*0.2 + 3*0.3] = [0.8, 1.4].
+        let logits = [0.8f32, 1.4];
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        let check = forward_check(Device::Cpu).unwrap();
+        assert_eq!(check.probabilities.len(), 2);
+        for (got, logit) in check.probabilities.iter().zip(logits) {
+            assert!((got - logit.exp() / z).abs() < 1e-6, "{:?}", check.probabilities);
+        }
+    }
+
+    #[test]
+    fn report_is_consistent_with_cuda_availability() {
+        let report = DeviceReport::probe();
+        assert_eq!(report.libtorch_version, LIBTORCH_VERSION);
+        assert!(report.cpu_threads >= 1);
+        assert_eq!(report.cuda_available, report.cuda_devices > 0);
+        assert_eq!(report.device.is_cuda(), report.cuda_available);
+        assert!(report.to_string().contains(LIBTORCH_VERSION));
+    }
+
+    #[test]
+    fn the_build_recorded_the_pinned_libtorch() {
+        assert!(LIBTORCH_VERSION.starts_with("2.11.0"), "{LIBTORCH_VERSION}");
+    }
+}

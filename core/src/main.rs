@@ -1,0 +1,52 @@
+//! `alps-server`: the binary edge of `alps-core` (configuration, logging, runtime, exit code).
+
+use std::process::ExitCode;
+
+use alps_core::{
+    config::{Cli, Command, ServerConfig},
+    engine::device::{DeviceReport, forward_check},
+    server::Server,
+};
+use alps_runtime::Shutdown;
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.server),
+        Command::SelfCheck => self_check(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => alps_runtime::fatal("alps-server", format!("{error:#}")),
+    }
+}
+
+fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    alps_runtime::init_logging(config.log_format);
+    let executable = std::env::current_exe().context("cannot locate the alps-server executable")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
+        let server = Server::bind(&config, &executable).await?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            grpc = %server.grpc_addr()?,
+            metrics = %server.metrics_addr()?,
+            "listening"
+        );
+        server.run(shutdown, config.shutdown_grace()).await?;
+        Ok(())
+    })
+}
+
+fn self_check() -> anyhow::Result<()> {
+    println!("alps-server {}", env!("CARGO_PKG_VERSION"));
+    let report = DeviceReport::probe();
+    println!("{report}");
+    let check = forward_check(report.device).with_context(|| format!("forward pass on {:?} failed", report.device))?;
+    println!("forward pass on {:?}: softmax([1, 2, 3] · W) = {:?}", check.device, check.probabilities);
+    println!("self-check: ok");
+    Ok(())
+}

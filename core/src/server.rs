@@ -1,0 +1,130 @@
+//! Server start-up and lifetime: validate the configuration, bind the listeners, serve until a
+//! shutdown signal, then drain.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use alps_runtime::Shutdown;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    api,
+    config::ServerConfig,
+    metrics::{self, Metrics},
+    plugins::{self, PluginDirError},
+    store::{DataDir, DataDirError},
+};
+
+/// Why the server could not start. Each message names the offending flag value.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// See [`DataDirError`].
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// See [`PluginDirError`].
+    #[error(transparent)]
+    PluginDir(#[from] PluginDirError),
+    /// A listener could not bind (port in use, address not local, permission denied).
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The flag that set the address, e.g. `--listen`.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// See [`api::ReflectionError`].
+    #[error(transparent)]
+    Routes(#[from] api::ReflectionError),
+}
+
+/// Why a running server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The metrics HTTP server failed.
+    #[error("metrics server failed: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// A server whose configuration is validated and whose ports are bound, ready to [`run`](Self::run).
+#[derive(Debug)]
+pub struct Server {
+    grpc: TcpListener,
+    metrics_listener: TcpListener,
+    data_dir: DataDir,
+    plugin_dir: PathBuf,
+    routes: Routes,
+    health_reporter: HealthReporter,
+}
+
+impl Server {
+    /// Opens the data directory, checks the plugin directory and binds both listeners.
+    /// `executable` locates the default plugin directory (see [`ServerConfig::resolved_plugin_dir`]).
+    ///
+    /// # Errors
+    /// [`StartError`] naming the data dir, plugin dir or address at fault.
+    pub async fn bind(config: &ServerConfig, executable: &Path) -> Result<Self, StartError> {
+        let data_dir = DataDir::open(&config.data_dir)?;
+        let plugin_dir = config.resolved_plugin_dir(executable);
+        let plugin_files = plugins::plugin_files(&plugin_dir)?;
+        tracing::info!(dir = %plugin_dir.display(), files = plugin_files.len(), "plugin directory found");
+        let grpc = listen("--listen", config.listen).await?;
+        let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
+        let (health_reporter, routes) = api::routes()?;
+        Ok(Self { grpc, metrics_listener, data_dir, plugin_dir, routes, health_reporter })
+    }
+
+    /// Address the gRPC server listens on (with the real port when `--listen` used port 0).
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// Address the metrics server listens on.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics_listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is requested, then marks the health status `NOT_SERVING`, stops
+    /// accepting connections and lets in-flight requests finish for at most `grace`.
+    ///
+    /// # Errors
+    /// [`ServeError`] if a transport fails.
+    pub async fn run(self, shutdown: Shutdown, grace: Duration) -> Result<(), ServeError> {
+        tracing::info!(
+            data_dir = %self.data_dir.path().display(),
+            plugin_dir = %self.plugin_dir.display(),
+            "serving"
+        );
+        let requested = shutdown.requested();
+        let health_reporter = self.health_reporter;
+        let stop_accepting = async move {
+            requested.await;
+            // Tell load balancers and the adapter first, then stop accepting.
+            health_reporter.set_service_status("", ServingStatus::NotServing).await;
+        };
+        let grpc = tonic::transport::Server::builder()
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop_accepting);
+        let metrics = metrics::serve(self.metrics_listener, Arc::new(Metrics::default()), shutdown.requested());
+        let (grpc, metrics) = tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace));
+        grpc.transpose()?;
+        metrics.transpose().map_err(ServeError::Metrics)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { flag, addr, source })
+}

@@ -1,0 +1,14 @@
+//! The ALPS gRPC protocol, version 1 (`package alps.v1`), generated from `proto/alps/v1/*.proto`.
+//!
+//! Every message and field is documented in the `.proto` files (units and shapes); the generated
+//! Rust items carry those comments.
+
+/// Generated messages, clients (`*_client`) and servers (`*_server`) of `alps.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+    tonic::include_proto!("alps.v1");
+}
+
+/// Encoded `google.protobuf.FileDescriptorSet` of every `alps.v1` file, for gRPC server
+/// reflection (so `grpcurl` works without the `.proto` files).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("alps_v1_descriptor");

@@ -1,0 +1,125 @@
+//! The real `alps-server` binary: gRPC health, reflection, metrics, graceful shutdown.
+
+use alps_system_tests::{Process, ServerDirs, binary, start_server};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+async fn list_services(channel: Channel) -> Vec<String> {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one reflection response");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+// Multi-threaded so the client's connection task keeps running (and answers the server's
+// HTTP/2 GOAWAY) while the test thread blocks waiting for the server to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_health_reflection_and_metrics_then_stops_cleanly_on_sigterm() {
+    let dirs = ServerDirs::new();
+    let (mut server, grpc) = start_server(&dirs, &[]);
+    let channel = connect(&grpc).await;
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    let services = list_services(channel).await;
+    for expected in [
+        "grpc.health.v1.Health",
+        "alps.v1.ProjectService",
+        "alps.v1.InferenceService",
+        "alps.v1.HeuristicService",
+        "alps.v1.ExampleService",
+        "alps.v1.TrainingService",
+        "alps.v1.ModelVersionService",
+    ] {
+        assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
+    }
+
+    let status = server.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let log = server.log().join("\n");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_build_info() {
+    let dirs = ServerDirs::new();
+    let (mut server, _grpc) = start_server(&dirs, &[]);
+    let metrics = server.listening_addr("metrics");
+    let response = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("alps_build_info{"), "{text}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn sigint_stops_the_server_cleanly_too() {
+    let dirs = ServerDirs::new();
+    let (mut server, _grpc) = start_server(&dirs, &[]);
+    server.signal(libc::SIGINT);
+    let status = server.wait();
+    assert!(status.success(), "exit status after SIGINT: {status}");
+}
+
+#[test]
+fn default_plugin_dir_is_the_directory_of_the_binary() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Process::start(
+        "alps-server",
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", data.path().to_str().unwrap()],
+    );
+    let fields = server.wait_for_log("plugin directory found");
+    let expected = binary("alps-server").parent().unwrap().to_path_buf();
+    assert_eq!(std::path::PathBuf::from(fields["dir"].as_str().unwrap()), expected);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn self_check_reports_libtorch_and_a_forward_pass() {
+    let output = std::process::Command::new(binary("alps-server")).arg("self-check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("libtorch: 2.11.0"), "{stdout}");
+    assert!(stdout.contains("forward pass on"), "{stdout}");
+    assert!(stdout.contains("self-check: ok"), "{stdout}");
+}
+
+// Current-thread runtime on purpose: while the test thread blocks in `terminate`, the client
+// cannot answer the server's graceful HTTP/2 shutdown, like a hung client would. The server must
+// give up on it after the grace period instead of waiting forever.
+#[tokio::test(flavor = "current_thread")]
+async fn a_hung_client_cannot_hold_the_server_past_the_grace_period() {
+    let dirs = ServerDirs::new();
+    let (mut server, grpc) = start_server(&dirs, &["--shutdown-grace-secs", "1"]);
+    let channel = connect(&grpc).await;
+    HealthClient::new(channel.clone()).check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    let status = server.terminate();
+    assert!(status.success(), "exit status: {status}");
+    let log = server.log().join("\n");
+    assert!(log.contains("grace period over"), "{log}");
+    drop(channel);
+}

@@ -1,0 +1,248 @@
+//! Harness for the cross-process tests: starts the real `alps-server` and `alps-label-studio`
+//! binaries, reads their JSON logs, and stops them with signals.
+//!
+//! The binaries are taken from the cargo target directory of the test executable
+//! (`target/<profile>/`); `make test` builds them first (`cargo build --workspace --bins`).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Generous bound for a process to start or stop on a loaded 2-core CI machine. Only a bound on
+/// waiting, never an assertion about speed.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary built for the same profile as the running test.
+///
+/// # Panics
+/// If the binary has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = test_exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A running child process whose stdout (JSON log lines) is collected by a reader thread.
+pub struct Process {
+    name: String,
+    child: Child,
+    stdout: Receiver<String>,
+    seen: Vec<String>,
+    listening: Option<Value>,
+}
+
+impl Process {
+    /// Starts `binary(name)` with `args` and `--log-format json`.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(binary(name))
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        let (lines, stdout) = channel();
+        let pipe = child.stdout.take().expect("piped stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { name: name.to_owned(), child, stdout, seen: Vec::new(), listening: None }
+    }
+
+    /// Waits for the log event whose message is `message` and returns its `fields` object.
+    ///
+    /// # Panics
+    /// If the process exits or [`PROCESS_TIMEOUT`] passes first; the log so far is printed.
+    pub fn wait_for_log(&mut self, message: &str) -> Value {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let event: Option<Value> = serde_json::from_str(&line).ok();
+                    self.seen.push(line);
+                    if let Some(fields) = event.and_then(|e| e.get("fields").cloned())
+                        && fields["message"] == message
+                    {
+                        return fields;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no {message:?} log within {PROCESS_TIMEOUT:?}; log:\n{}",
+                        self.name,
+                        self.seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: exited before logging {message:?}; log:\n{}", self.name, self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// Returns the address in field `field` of the `listening` log, waiting for that log the
+    /// first time.
+    pub fn listening_addr(&mut self, field: &str) -> String {
+        if self.listening.is_none() {
+            self.listening = Some(self.wait_for_log("listening"));
+        }
+        let fields = self.listening.as_ref().expect("set above");
+        fields[field].as_str().unwrap_or_else(|| panic!("no {field} in {fields}")).to_owned()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    ///
+    /// # Panics
+    /// If the process does not exit within [`PROCESS_TIMEOUT`].
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// Waits for the process to exit on its own.
+    ///
+    /// # Panics
+    /// If it does not exit within [`PROCESS_TIMEOUT`].
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {PROCESS_TIMEOUT:?}", self.name);
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Log lines read so far plus any still buffered.
+    pub fn log(&mut self) -> Vec<String> {
+        self.seen.extend(self.stdout.try_iter());
+        self.seen.clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // A test that failed half-way must not leave servers behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `binary(name)` with `args`, expecting it to exit by itself, and returns its exit status
+/// and stderr. Stdout (logs) is discarded.
+///
+/// # Panics
+/// If it does not exit within [`PROCESS_TIMEOUT`] (it is killed first).
+pub fn run_to_exit(name: &str, args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {name}: {error}"));
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{name} {args:?} was expected to exit but kept running");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped stderr"), &mut stderr).expect("read stderr");
+    (status, stderr)
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, for at most [`PROCESS_TIMEOUT`].
+///
+/// # Panics
+/// With `what` if the time runs out.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `alps-server` on ephemeral ports with a fresh data dir, an empty plugin dir and the
+/// `extra` flags, and returns it with its gRPC address (`host:port`). The directories live as
+/// long as `dirs`.
+pub fn start_server(dirs: &ServerDirs, extra: &[&str]) -> (Process, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path_str(dirs.data.path()),
+        "--plugin-dir",
+        path_str(dirs.plugins.path()),
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Process::start("alps-server", &args);
+    let grpc = server.listening_addr("grpc");
+    (server, grpc)
+}
+
+/// Temporary data and plugin directories for one server.
+pub struct ServerDirs {
+    /// `--data-dir`.
+    pub data: tempfile::TempDir,
+    /// `--plugin-dir`.
+    pub plugins: tempfile::TempDir,
+}
+
+impl ServerDirs {
+    /// Two fresh, empty directories.
+    pub fn new() -> Self {
+        Self { data: tempfile::tempdir().expect("temp dir"), plugins: tempfile::tempdir().expect("temp dir") }
+    }
+}
+
+impl Default for ServerDirs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A path as `&str` (temporary paths are UTF-8 on the machines we test on).
+pub fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
