@@ -1,1 +1,617 @@
-//! placeholder
+//! The C ABI between `alps-server` (the host) and heuristic plugins: shared libraries that
+//! provide acquisition functions (heuristics) over MC-Dropout predictive outputs.
+//!
+//! A plugin exports one symbol, [`ENTRY_SYMBOL`] (`alps_heuristic_plugin`), an `extern "C"`
+//! function without arguments that returns a pointer to a static [`PluginDescriptor`]. The
+//! descriptor lists [`HeuristicDescriptor`]s, each with a per-sample scoring function
+//! ([`ScoreFn`]) or a batch-selection function ([`SelectFn`]).
+//!
+//! Rules of the boundary (see `README.md` beside this crate and `include/alps_heuristic.h`):
+//! * Only `#[repr(C)]` types, raw pointers, integers and `f32` cross it; no Rust types.
+//! * All buffers belong to the host; the plugin reads the input and writes into the outputs it
+//!   is given. Nothing allocated on one side is freed on the other.
+//! * Functions report failures with a [`Status`] code and a UTF-8 message written into the
+//!   host's [`ErrorBuffer`]; they never unwind across the boundary (the trampolines generated
+//!   for Rust plugins catch every panic).
+//! * The host guarantees the input: `c >= 2` (a one-output sigmoid model is expanded to
+//!   `{p, 1 - p}`), `n, k >= 1`, every value finite and in `[0, 1]`, every `[n, :, k]` column
+//!   summing to 1 within 1e-3. Functions may be called from several threads at once.
+//!
+//! Rust plugin authors implement [`ScoreHeuristic`] or [`BatchHeuristic`] and list them in
+//! [`export_plugin!`]; see the built-in plugin (`heuristics/builtin`) for a complete example.
+
+use std::{
+    ffi::{CStr, c_char},
+    panic::{AssertUnwindSafe, catch_unwind},
+};
+
+/// Major version of this ABI. The host loads a plugin only if its major equals the host's.
+pub const ABI_MAJOR: u32 = 1;
+/// Minor version of this ABI. The host loads a plugin only if the host's minor is at least the
+/// plugin's (minors only add, never change).
+pub const ABI_MINOR: u32 = 0;
+/// Name of the entry symbol every plugin exports (NUL-terminated for `dlsym`).
+pub const ENTRY_SYMBOL: &[u8] = b"alps_heuristic_plugin\0";
+
+/// Type of the entry symbol: returns a pointer to a descriptor that lives as long as the library.
+pub type EntryFn = unsafe extern "C" fn() -> *const PluginDescriptor;
+
+/// Outcome of a heuristic call.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Success; the outputs are filled.
+    Ok = 0,
+    /// The input or arguments are not acceptable to this heuristic (e.g. `query_size > n`).
+    InvalidInput = 1,
+    /// The heuristic failed for another reason.
+    Internal = 2,
+    /// The heuristic panicked; the trampoline caught it.
+    Panic = 3,
+}
+
+impl Status {
+    /// Decodes a status returned across the ABI; unknown codes are `None`.
+    pub fn from_code(code: i32) -> Option<Self> {
+        [Self::Ok, Self::InvalidInput, Self::Internal, Self::Panic].into_iter().find(|s| *s as i32 == code)
+    }
+}
+
+/// Whether a higher or a lower score marks a more informative sample.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Higher = more informative (BALD, entropy, variance).
+    HigherIsMoreInformative = 1,
+    /// Lower = more informative (margin, least confidence as max probability).
+    LowerIsMoreInformative = 2,
+}
+
+impl Direction {
+    /// Decodes a direction read from a descriptor; unknown values are `None`.
+    pub fn from_code(code: u32) -> Option<Self> {
+        [Self::HigherIsMoreInformative, Self::LowerIsMoreInformative].into_iter().find(|d| *d as u32 == code)
+    }
+}
+
+/// What a heuristic computes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// One score per sample ([`HeuristicDescriptor::score`] is set).
+    Score = 1,
+    /// A jointly chosen batch of `query_size` samples ([`HeuristicDescriptor::select`] is set).
+    Batch = 2,
+}
+
+impl Kind {
+    /// Decodes a kind read from a descriptor; unknown values are `None`.
+    pub fn from_code(code: u32) -> Option<Self> {
+        [Self::Score, Self::Batch].into_iter().find(|k| *k as u32 == code)
+    }
+}
+
+/// Host-owned probabilities `P[n, c, k]`, shape `[n, c, k]`, `f32`, row-major (the MC-iteration
+/// axis `k` varies fastest). Value at `(i, j, t)` is `data[(i * c + j) * k + t]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProbabilitiesRaw {
+    /// First of `n * c * k` values.
+    pub data: *const f32,
+    /// Samples N.
+    pub n: usize,
+    /// Classes C (at least 2).
+    pub c: usize,
+    /// MC iterations K.
+    pub k: usize,
+}
+
+/// Host-owned buffer for an error message. The plugin writes at most `capacity` bytes of UTF-8
+/// to `data` and sets `len`; it never reallocates.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ErrorBuffer {
+    /// Start of the buffer.
+    pub data: *mut u8,
+    /// Its size in bytes.
+    pub capacity: usize,
+    /// Bytes written by the plugin (0 = no message).
+    pub len: usize,
+}
+
+/// Scores every sample: writes `n` scores to `scores_out`.
+///
+/// `seed` feeds heuristics that use randomness (the same seed gives the same scores).
+/// Returns a [`Status`] code; on failure the message is in `error`.
+pub type ScoreFn = unsafe extern "C" fn(
+    input: *const ProbabilitiesRaw,
+    seed: u64,
+    scores_out: *mut f32,
+    error: *mut ErrorBuffer,
+) -> i32;
+
+/// Selects `query_size` samples (1 ≤ `query_size` ≤ `n`): writes their indices in selection
+/// order to `indices_out` and the score each had when selected to `scores_out` (both of length
+/// `query_size`). Returns a [`Status`] code; on failure the message is in `error`.
+pub type SelectFn = unsafe extern "C" fn(
+    input: *const ProbabilitiesRaw,
+    query_size: usize,
+    seed: u64,
+    indices_out: *mut u32,
+    scores_out: *mut f32,
+    error: *mut ErrorBuffer,
+) -> i32;
+
+/// One heuristic of a plugin. Strings are NUL-terminated UTF-8 that live as long as the library.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HeuristicDescriptor {
+    /// Name as used in requests, e.g. `bald`: lowercase ASCII letters, digits and `_`.
+    pub name: *const c_char,
+    /// Version of this heuristic's implementation, e.g. `1.0.0` (semantic versioning).
+    pub version: *const c_char,
+    /// One-line description, citing the paper where there is one.
+    pub description: *const c_char,
+    /// A [`Direction`] code.
+    pub direction: u32,
+    /// A [`Kind`] code.
+    pub kind: u32,
+    /// Set for [`Kind::Score`], null otherwise.
+    pub score: Option<ScoreFn>,
+    /// Set for [`Kind::Batch`], null otherwise.
+    pub select: Option<SelectFn>,
+}
+
+/// What the entry symbol returns.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PluginDescriptor {
+    /// [`ABI_MAJOR`] the plugin was built with.
+    pub abi_major: u32,
+    /// [`ABI_MINOR`] the plugin was built with.
+    pub abi_minor: u32,
+    /// Plugin name, NUL-terminated UTF-8.
+    pub name: *const c_char,
+    /// Plugin version, NUL-terminated UTF-8.
+    pub version: *const c_char,
+    /// First of `heuristic_count` descriptors.
+    pub heuristics: *const HeuristicDescriptor,
+    /// Number of heuristics.
+    pub heuristic_count: usize,
+}
+
+// SAFETY: descriptors only point to immutable data that lives as long as the library (string
+// literals, statics, functions), so sharing them between threads is sound.
+unsafe impl Sync for HeuristicDescriptor {}
+// SAFETY: as above.
+unsafe impl Sync for PluginDescriptor {}
+
+/// A safe, validated view of [`ProbabilitiesRaw`] for Rust plugins.
+#[derive(Clone, Copy, Debug)]
+pub struct Probabilities<'a> {
+    data: &'a [f32],
+    n: usize,
+    c: usize,
+    k: usize,
+}
+
+impl<'a> Probabilities<'a> {
+    /// Wraps `data` of shape `[n, c, k]`.
+    ///
+    /// # Errors
+    /// A message if `data.len() != n * c * k` or a dimension is 0.
+    pub fn new(data: &'a [f32], n: usize, c: usize, k: usize) -> Result<Self, String> {
+        let expected = n.checked_mul(c).and_then(|nc| nc.checked_mul(k));
+        if n == 0 || c == 0 || k == 0 || expected != Some(data.len()) {
+            return Err(format!("shape [{n}, {c}, {k}] does not match {} values", data.len()));
+        }
+        Ok(Self { data, n, c, k })
+    }
+
+    /// Samples N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Classes C.
+    pub fn c(&self) -> usize {
+        self.c
+    }
+
+    /// MC iterations K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// All values, row-major `[N, C, K]`.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    /// Sample `i` as a row-major `[C, K]` slice.
+    ///
+    /// # Panics
+    /// If `i >= n`.
+    pub fn sample(&self, i: usize) -> &'a [f32] {
+        let len = self.c * self.k;
+        &self.data[i * len..(i + 1) * len]
+    }
+}
+
+/// Failure of a Rust heuristic, turned into a [`Status`] and a message at the boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeuristicError {
+    /// See [`Status::InvalidInput`].
+    InvalidInput(String),
+    /// See [`Status::Internal`].
+    Internal(String),
+}
+
+/// Metadata of a Rust heuristic, read by [`HeuristicDescriptor::for_score`] and
+/// [`HeuristicDescriptor::for_batch`].
+pub trait Heuristic {
+    /// See [`HeuristicDescriptor::name`].
+    const NAME: &'static CStr;
+    /// See [`HeuristicDescriptor::version`].
+    const VERSION: &'static CStr;
+    /// See [`HeuristicDescriptor::description`].
+    const DESCRIPTION: &'static CStr;
+    /// See [`HeuristicDescriptor::direction`].
+    const DIRECTION: Direction;
+}
+
+/// A per-sample heuristic written in safe Rust.
+pub trait ScoreHeuristic: Heuristic {
+    /// Writes one score per sample to `scores` (length `input.n()`).
+    ///
+    /// # Errors
+    /// [`HeuristicError`] with a message for the host.
+    fn score(input: Probabilities<'_>, seed: u64, scores: &mut [f32]) -> Result<(), HeuristicError>;
+}
+
+/// A batch-selection heuristic written in safe Rust.
+pub trait BatchHeuristic: Heuristic {
+    /// Picks `indices.len()` samples (1 ≤ len ≤ `input.n()`): writes their indices in selection
+    /// order to `indices` and the score each had when picked to `scores` (same length).
+    ///
+    /// # Errors
+    /// [`HeuristicError`] with a message for the host.
+    fn select(input: Probabilities<'_>, seed: u64, indices: &mut [u32], scores: &mut [f32])
+    -> Result<(), HeuristicError>;
+}
+
+impl HeuristicDescriptor {
+    /// The descriptor of a [`ScoreHeuristic`], with a panic-catching trampoline.
+    pub const fn for_score<H: ScoreHeuristic>() -> Self {
+        Self {
+            name: H::NAME.as_ptr(),
+            version: H::VERSION.as_ptr(),
+            description: H::DESCRIPTION.as_ptr(),
+            direction: H::DIRECTION as u32,
+            kind: Kind::Score as u32,
+            score: Some(score_trampoline::<H>),
+            select: None,
+        }
+    }
+
+    /// The descriptor of a [`BatchHeuristic`], with a panic-catching trampoline.
+    pub const fn for_batch<H: BatchHeuristic>() -> Self {
+        Self {
+            name: H::NAME.as_ptr(),
+            version: H::VERSION.as_ptr(),
+            description: H::DESCRIPTION.as_ptr(),
+            direction: H::DIRECTION as u32,
+            kind: Kind::Batch as u32,
+            score: None,
+            select: Some(select_trampoline::<H>),
+        }
+    }
+}
+
+/// Builds the safe input view from a raw pointer; `None` if it is null or inconsistent.
+///
+/// # Safety
+/// `input` is null or points to a valid [`ProbabilitiesRaw`] whose `data` holds `n * c * k`
+/// readable `f32`s for the duration of the call.
+unsafe fn view<'a>(input: *const ProbabilitiesRaw) -> Result<Probabilities<'a>, HeuristicError> {
+    // SAFETY: the caller guarantees `input` is null or valid.
+    let Some(raw) = (unsafe { input.as_ref() }) else {
+        return Err(HeuristicError::InvalidInput("null input".into()));
+    };
+    let len = raw.n.checked_mul(raw.c).and_then(|nc| nc.checked_mul(raw.k));
+    match len {
+        Some(len) if !raw.data.is_null() && len > 0 => {
+            // SAFETY: the caller guarantees `len` readable values at `data`.
+            let data = unsafe { std::slice::from_raw_parts(raw.data, len) };
+            Probabilities::new(data, raw.n, raw.c, raw.k).map_err(HeuristicError::InvalidInput)
+        }
+        _ => Err(HeuristicError::InvalidInput(format!("empty or null input [{}, {}, {}]", raw.n, raw.c, raw.k))),
+    }
+}
+
+/// Runs `body`, catching panics, and turns the outcome into a status code and error message.
+///
+/// # Safety
+/// `error` is null or points to a valid [`ErrorBuffer`].
+unsafe fn guarded(error: *mut ErrorBuffer, body: impl FnOnce() -> Result<(), HeuristicError>) -> i32 {
+    let (status, message) = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return Status::Ok as i32,
+        Ok(Err(HeuristicError::InvalidInput(message))) => (Status::InvalidInput, message),
+        Ok(Err(HeuristicError::Internal(message))) => (Status::Internal, message),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            (Status::Panic, format!("panicked: {what}"))
+        }
+    };
+    // SAFETY: the caller guarantees `error` is null or valid.
+    if let Some(buffer) = unsafe { error.as_mut() } {
+        // SAFETY: a valid ErrorBuffer has `capacity` writable bytes at `data`.
+        unsafe { write_message(buffer, &message) };
+    }
+    status as i32
+}
+
+/// Copies `message` into `buffer`, truncated to its capacity at a UTF-8 character boundary.
+///
+/// # Safety
+/// `buffer.data` is null or has `buffer.capacity` writable bytes.
+pub unsafe fn write_message(buffer: &mut ErrorBuffer, message: &str) {
+    if buffer.data.is_null() {
+        buffer.len = 0;
+        return;
+    }
+    let mut len = message.len().min(buffer.capacity);
+    while !message.is_char_boundary(len) {
+        len -= 1;
+    }
+    // SAFETY: `len <= capacity` and the caller guarantees `capacity` writable bytes.
+    unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), buffer.data, len) };
+    buffer.len = len;
+}
+
+/// The `extern "C"` [`ScoreFn`] of a [`ScoreHeuristic`].
+///
+/// # Safety
+/// The host passes a valid input (see [`view`]), `n` writable `f32`s at `scores_out` and a null
+/// or valid `error`.
+pub unsafe extern "C" fn score_trampoline<H: ScoreHeuristic>(
+    input: *const ProbabilitiesRaw,
+    seed: u64,
+    scores_out: *mut f32,
+    error: *mut ErrorBuffer,
+) -> i32 {
+    let body = || {
+        // SAFETY: forwarded from this function's contract.
+        let input = unsafe { view(input) }?;
+        if scores_out.is_null() {
+            return Err(HeuristicError::InvalidInput("null scores buffer".into()));
+        }
+        // SAFETY: the host provides `n` writable scores.
+        let scores = unsafe { std::slice::from_raw_parts_mut(scores_out, input.n()) };
+        H::score(input, seed, scores)
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { guarded(error, body) }
+}
+
+/// The `extern "C"` [`SelectFn`] of a [`BatchHeuristic`].
+///
+/// # Safety
+/// The host passes a valid input (see [`view`]), `query_size` writable values at both outputs
+/// and a null or valid `error`.
+pub unsafe extern "C" fn select_trampoline<H: BatchHeuristic>(
+    input: *const ProbabilitiesRaw,
+    query_size: usize,
+    seed: u64,
+    indices_out: *mut u32,
+    scores_out: *mut f32,
+    error: *mut ErrorBuffer,
+) -> i32 {
+    let body = || {
+        // SAFETY: forwarded from this function's contract.
+        let input = unsafe { view(input) }?;
+        if query_size == 0 || query_size > input.n() {
+            return Err(HeuristicError::InvalidInput(format!("query_size {query_size} is not in 1..={}", input.n())));
+        }
+        if indices_out.is_null() || scores_out.is_null() {
+            return Err(HeuristicError::InvalidInput("null output buffer".into()));
+        }
+        // SAFETY: the host provides `query_size` writable values in each output.
+        let indices = unsafe { std::slice::from_raw_parts_mut(indices_out, query_size) };
+        // SAFETY: as above.
+        let scores = unsafe { std::slice::from_raw_parts_mut(scores_out, query_size) };
+        H::select(input, seed, indices, scores)
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { guarded(error, body) }
+}
+
+/// Exports a plugin: defines the static [`PluginDescriptor`] and the [`ENTRY_SYMBOL`] function.
+/// Use it once per shared library (`crate-type = ["cdylib"]`).
+///
+/// ```
+/// use std::ffi::CStr;
+/// use alps_heuristic_abi::{Direction, Heuristic, HeuristicDescriptor, HeuristicError, Probabilities, ScoreHeuristic};
+///
+/// /// Scores every sample 1 - max probability of its first MC iteration.
+/// struct FirstPassUncertainty;
+///
+/// impl Heuristic for FirstPassUncertainty {
+///     const NAME: &'static CStr = c"first_pass_uncertainty";
+///     const VERSION: &'static CStr = c"0.1.0";
+///     const DESCRIPTION: &'static CStr = c"1 - max probability of the first MC iteration";
+///     const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+/// }
+///
+/// impl ScoreHeuristic for FirstPassUncertainty {
+///     fn score(input: Probabilities<'_>, _seed: u64, scores: &mut [f32]) -> Result<(), HeuristicError> {
+///         for (i, score) in scores.iter_mut().enumerate() {
+///             let first_pass = input.sample(i).iter().step_by(input.k());
+///             *score = 1.0 - first_pass.fold(0.0f32, |a, &b| a.max(b));
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// alps_heuristic_abi::export_plugin! {
+///     name: c"my-heuristics",
+///     version: c"0.1.0",
+///     heuristics: [HeuristicDescriptor::for_score::<FirstPassUncertainty>()],
+/// }
+/// # fn main() {
+/// #     // SAFETY: the entry symbol returns a pointer to a static descriptor.
+/// #     let plugin = unsafe { &*alps_heuristic_plugin() };
+/// #     assert_eq!(plugin.heuristic_count, 1);
+/// # }
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, version: $version:expr, heuristics: [$($heuristic:expr),* $(,)?] $(,)?) => {
+        static ALPS_HEURISTICS: &[$crate::HeuristicDescriptor] = &[$($heuristic),*];
+        static ALPS_PLUGIN: $crate::PluginDescriptor = $crate::PluginDescriptor {
+            abi_major: $crate::ABI_MAJOR,
+            abi_minor: $crate::ABI_MINOR,
+            name: ::std::ffi::CStr::as_ptr($name),
+            version: ::std::ffi::CStr::as_ptr($version),
+            heuristics: ALPS_HEURISTICS.as_ptr(),
+            heuristic_count: ALPS_HEURISTICS.len(),
+        };
+
+        /// Entry symbol of this ALPS heuristic plugin (see `alps_heuristic_abi::ENTRY_SYMBOL`).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn alps_heuristic_plugin() -> *const $crate::PluginDescriptor {
+            &ALPS_PLUGIN
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sum;
+    impl Heuristic for Sum {
+        const NAME: &'static CStr = c"sum";
+        const VERSION: &'static CStr = c"1.0.0";
+        const DESCRIPTION: &'static CStr = c"test: sum of the sample's values";
+        const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+    }
+    impl ScoreHeuristic for Sum {
+        fn score(input: Probabilities<'_>, seed: u64, scores: &mut [f32]) -> Result<(), HeuristicError> {
+            match seed {
+                1 => panic!("boom at seed {seed}"),
+                2 => Err(HeuristicError::InvalidInput("ünïcode message".into())),
+                _ => {
+                    for (i, score) in scores.iter_mut().enumerate() {
+                        *score = input.sample(i).iter().sum();
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+    impl BatchHeuristic for Sum {
+        fn select(_: Probabilities<'_>, _: u64, indices: &mut [u32], scores: &mut [f32]) -> Result<(), HeuristicError> {
+            indices.iter_mut().enumerate().for_each(|(i, index)| *index = i as u32);
+            scores.fill(0.5);
+            Ok(())
+        }
+    }
+
+    const DATA: [f32; 8] = [0.5, 0.5, 0.5, 0.5, 0.25, 0.75, 0.75, 0.25];
+    fn raw() -> ProbabilitiesRaw {
+        ProbabilitiesRaw { data: DATA.as_ptr(), n: 2, c: 2, k: 2 }
+    }
+
+    fn call_score(seed: u64, capacity: usize) -> (i32, Vec<f32>, String) {
+        let descriptor = HeuristicDescriptor::for_score::<Sum>();
+        let mut scores = vec![0.0f32; 2];
+        let mut message = vec![0u8; capacity];
+        let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity, len: 0 };
+        let score = descriptor.score.unwrap();
+        // SAFETY: valid input, 2 writable scores, valid error buffer.
+        let status = unsafe { score(&raw(), seed, scores.as_mut_ptr(), &mut error) };
+        let text = String::from_utf8(message[..error.len].to_vec()).expect("valid UTF-8 even when truncated");
+        (status, scores, text)
+    }
+
+    #[test]
+    fn score_trampoline_fills_the_host_buffer() {
+        let (status, scores, message) = call_score(0, 64);
+        assert_eq!(Status::from_code(status), Some(Status::Ok));
+        assert_eq!(scores, [2.0, 2.0]);
+        assert!(message.is_empty());
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_with_its_message() {
+        let (status, _, message) = call_score(1, 256);
+        assert_eq!(Status::from_code(status), Some(Status::Panic));
+        assert_eq!(message, "panicked: boom at seed 1");
+    }
+
+    #[test]
+    fn error_messages_are_truncated_at_a_character_boundary() {
+        // "ünïcode message": 'ü' is 2 bytes, so a 3-byte buffer holds "ün" minus the half 'ï'.
+        let (status, _, message) = call_score(2, 4);
+        assert_eq!(Status::from_code(status), Some(Status::InvalidInput));
+        assert_eq!(message, "ün");
+    }
+
+    #[test]
+    fn select_trampoline_rejects_a_query_size_outside_the_pool() {
+        let descriptor = HeuristicDescriptor::for_batch::<Sum>();
+        let select = descriptor.select.unwrap();
+        let (mut indices, mut scores) = (vec![0u32; 3], vec![0f32; 3]);
+        let mut message = vec![0u8; 128];
+        let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: 128, len: 0 };
+        for query_size in [0, 3] {
+            // SAFETY: valid input and buffers of 3 >= query_size values.
+            let status =
+                unsafe { select(&raw(), query_size, 0, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error) };
+            assert_eq!(Status::from_code(status), Some(Status::InvalidInput));
+            assert!(std::str::from_utf8(&message[..error.len]).unwrap().contains("query_size"));
+        }
+        // SAFETY: as above.
+        let status = unsafe { select(&raw(), 2, 0, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error) };
+        assert_eq!(status, Status::Ok as i32);
+        assert_eq!(&indices[..2], [0, 1]);
+    }
+
+    #[test]
+    fn null_and_inconsistent_inputs_are_rejected_not_dereferenced() {
+        let descriptor = HeuristicDescriptor::for_score::<Sum>();
+        let score = descriptor.score.unwrap();
+        let mut scores = [0f32; 2];
+        // SAFETY: null pointers are part of the contract and must be handled.
+        let status = unsafe { score(std::ptr::null(), 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::InvalidInput as i32);
+        let empty = ProbabilitiesRaw { data: DATA.as_ptr(), n: 0, c: 2, k: 2 };
+        // SAFETY: as above.
+        let status = unsafe { score(&empty, 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::InvalidInput as i32);
+    }
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_are_none() {
+        assert_eq!(Status::from_code(3), Some(Status::Panic));
+        assert_eq!(Status::from_code(42), None);
+        assert_eq!(Direction::from_code(2), Some(Direction::LowerIsMoreInformative));
+        assert_eq!(Direction::from_code(0), None);
+        assert_eq!(Kind::from_code(2), Some(Kind::Batch));
+        assert_eq!(Kind::from_code(9), None);
+    }
+
+    #[test]
+    fn probabilities_view_checks_the_shape() {
+        assert!(Probabilities::new(&DATA, 2, 2, 2).is_ok());
+        assert!(Probabilities::new(&DATA, 3, 2, 2).is_err());
+        assert!(Probabilities::new(&[], 0, 2, 2).is_err());
+        let view = Probabilities::new(&DATA, 2, 2, 2).unwrap();
+        assert_eq!(view.sample(1), &DATA[4..]);
+    }
+}
