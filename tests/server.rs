@@ -86,15 +86,18 @@ fn sigint_stops_the_server_cleanly_too() {
 }
 
 #[test]
-fn default_plugin_dir_is_the_directory_of_the_binary() {
+fn default_plugin_dir_is_the_directory_of_the_binary_with_the_builtins() {
     let data = tempfile::tempdir().unwrap();
     let mut server = Process::start(
         "alps-server",
         &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", data.path().to_str().unwrap()],
     );
-    let fields = server.wait_for_log("plugin directory found");
+    let fields = server.wait_for_log("plugin directory");
     let expected = binary("alps-server").parent().unwrap().to_path_buf();
     assert_eq!(std::path::PathBuf::from(fields["dir"].as_str().unwrap()), expected);
+    let loaded = server.wait_for_log("plugin loaded");
+    assert_eq!(loaded["plugin"], "alps-builtin", "{loaded}");
+    assert!(loaded["heuristics"].as_str().unwrap().contains("bald@1.0.0"), "{loaded}");
     assert!(server.terminate().success());
 }
 

@@ -55,6 +55,11 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Largest accepted gRPC request message, in MiB (a `[N, C, K]` f32 tensor takes
+    /// `4·N·C·K` bytes: 100,000 × 10 × 20 is 76 MiB).
+    #[arg(long, env = "ALPS_MAX_MESSAGE_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=2047))]
+    pub max_message_mib: u32,
+
     /// After SIGINT/SIGTERM, how long in-flight requests may take to finish before open
     /// connections are closed, in seconds (keep it below Kubernetes'
     /// `terminationGracePeriodSeconds`, default 30).
@@ -63,6 +68,11 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// See `--max-message-mib`, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_mib as usize * 1024 * 1024
+    }
+
     /// See `--shutdown-grace-secs`.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)

@@ -3,7 +3,11 @@
 use std::{future::Future, sync::Arc};
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use prometheus_client::{encoding::text::encode, metrics::info::Info, registry::Registry};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, info::Info},
+    registry::Registry,
+};
 use tokio::net::TcpListener;
 
 use crate::engine::device::LIBTORCH_VERSION;
@@ -11,10 +15,14 @@ use crate::engine::device::LIBTORCH_VERSION;
 /// OpenMetrics text exposition content type (OpenMetrics 1.0, section "Overall Structure").
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Labels `outcome="ok"|"error"`.
+type OutcomeLabels = [(&'static str, &'static str); 1];
+
 /// The server's metric registry. Metric names are prefixed `alps_`.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    plugin_loads: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -25,11 +33,18 @@ impl Default for Metrics {
             "Version of alps-server and of the libtorch it links",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION")), ("libtorch", LIBTORCH_VERSION)]),
         );
-        Self { registry }
+        let plugin_loads = Family::default();
+        registry.register("plugin_loads", "Heuristic plugin file loads by outcome", plugin_loads.clone());
+        Self { registry, plugin_loads }
     }
 }
 
 impl Metrics {
+    /// Counts one plugin file load attempt.
+    pub fn record_plugin_load(&self, ok: bool) {
+        self.plugin_loads.get_or_create(&[("outcome", if ok { "ok" } else { "error" })]).inc();
+    }
+
     /// Encodes every metric in the OpenMetrics text format.
     ///
     /// # Errors
@@ -76,5 +91,16 @@ mod tests {
         assert!(line.contains(&format!("libtorch=\"{LIBTORCH_VERSION}\"")), "{line}");
         assert!(line.ends_with(" 1"), "{line}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text must end with # EOF");
+    }
+
+    #[test]
+    fn plugin_loads_are_counted_by_outcome() {
+        let metrics = Metrics::default();
+        metrics.record_plugin_load(true);
+        metrics.record_plugin_load(true);
+        metrics.record_plugin_load(false);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("alps_plugin_loads_total{outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("alps_plugin_loads_total{outcome=\"error\"} 1"), "{text}");
     }
 }

@@ -1,12 +1,7 @@
 //! Server start-up and lifetime: validate the configuration, bind the listeners, serve until a
 //! shutdown signal, then drain.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use alps_runtime::Shutdown;
 use tokio::net::TcpListener;
@@ -18,7 +13,7 @@ use crate::{
     api,
     config::ServerConfig,
     metrics::{self, Metrics},
-    plugins::{self, PluginDirError},
+    plugins::{self, HeuristicHost, HostStartError, PluginDirError},
     store::{DataDir, DataDirError},
 };
 
@@ -44,6 +39,9 @@ pub enum StartError {
     /// See [`api::ReflectionError`].
     #[error(transparent)]
     Routes(#[from] api::ReflectionError),
+    /// See [`HostStartError`].
+    #[error(transparent)]
+    Plugins(#[from] HostStartError),
 }
 
 /// Why a running server stopped with an error.
@@ -63,7 +61,8 @@ pub struct Server {
     grpc: TcpListener,
     metrics_listener: TcpListener,
     data_dir: DataDir,
-    plugin_dir: PathBuf,
+    heuristics: Arc<HeuristicHost>,
+    metrics: Arc<Metrics>,
     routes: Routes,
     health_reporter: HealthReporter,
 }
@@ -76,13 +75,19 @@ impl Server {
     /// [`StartError`] naming the data dir, plugin dir or address at fault.
     pub async fn bind(config: &ServerConfig, executable: &Path) -> Result<Self, StartError> {
         let data_dir = DataDir::open(&config.data_dir)?;
+        let metrics = Arc::new(Metrics::default());
         let plugin_dir = config.resolved_plugin_dir(executable);
-        let plugin_files = plugins::plugin_files(&plugin_dir)?;
-        tracing::info!(dir = %plugin_dir.display(), files = plugin_files.len(), "plugin directory found");
+        tracing::info!(dir = %plugin_dir.display(), "plugin directory");
+        let (heuristics, report) = HeuristicHost::start(plugin_dir, data_dir.plugin_copies_dir(), metrics.clone())?;
+        if report.registry.is_empty() {
+            tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
+        }
+        let heuristics = Arc::new(heuristics);
         let grpc = listen("--listen", config.listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
-        let (health_reporter, routes) = api::routes()?;
-        Ok(Self { grpc, metrics_listener, data_dir, plugin_dir, routes, health_reporter })
+        let services = api::Services { heuristics: heuristics.clone(), max_message_bytes: config.max_message_bytes() };
+        let (health_reporter, routes) = api::routes(services).await?;
+        Ok(Self { grpc, metrics_listener, data_dir, heuristics, metrics, routes, health_reporter })
     }
 
     /// Address the gRPC server listens on (with the real port when `--listen` used port 0).
@@ -103,9 +108,13 @@ impl Server {
     pub async fn run(self, shutdown: Shutdown, grace: Duration) -> Result<(), ServeError> {
         tracing::info!(
             data_dir = %self.data_dir.path().display(),
-            plugin_dir = %self.plugin_dir.display(),
+            plugin_dir = %self.heuristics.dir().display(),
             "serving"
         );
+        // Hot reload on file changes; without it the ReloadHeuristics RPC still works.
+        let _watcher = plugins::watch_plugin_dir(self.heuristics.clone())
+            .inspect_err(|error| tracing::warn!(%error, "cannot watch the plugin directory; use ReloadHeuristics"))
+            .ok();
         let requested = shutdown.requested();
         let health_reporter = self.health_reporter;
         let stop_accepting = async move {
@@ -116,7 +125,7 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop_accepting);
-        let metrics = metrics::serve(self.metrics_listener, Arc::new(Metrics::default()), shutdown.requested());
+        let metrics = metrics::serve(self.metrics_listener, self.metrics, shutdown.requested());
         let (grpc, metrics) = tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace));
         grpc.transpose()?;
         metrics.transpose().map_err(ServeError::Metrics)?;

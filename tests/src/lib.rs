@@ -24,9 +24,8 @@ pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// # Panics
 /// If the binary has not been built.
 pub fn binary(name: &str) -> PathBuf {
-    let test_exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = test_exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
+    let path = binary_dir().join(name);
     assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
     path
 }
@@ -245,4 +244,50 @@ impl Default for ServerDirs {
 /// A path as `&str` (temporary paths are UTF-8 on the machines we test on).
 pub fn path_str(path: &std::path::Path) -> &str {
     path.to_str().expect("utf-8 path")
+}
+
+/// The built-in heuristic plugin built beside the binaries (`libalps_heuristics_builtin.so`).
+pub fn builtin_plugin() -> PathBuf {
+    binary(&format!("libalps_heuristics_builtin.{}", std::env::consts::DLL_EXTENSION))
+}
+
+/// Builds the out-of-tree example plugin (`heuristics/examples`) with `features` (e.g.
+/// `["fault-panic"]`) and returns the path of the shared library. Each feature set gets its own
+/// target directory under `target/example-plugins/`, so repeated calls reuse the build.
+///
+/// # Panics
+/// If cargo fails.
+pub fn example_plugin(features: &[&str]) -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let name = if features.is_empty() { "default".to_owned() } else { features.join("+") };
+    let target_dir = binary_dir().join("..").join("example-plugins").join(&name);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(workspace.join("heuristics/examples/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .args(["--features", &features.join(",")])
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success(),
+        "building the example plugin failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target_dir.join("debug").join(format!("libalps_example_plugin.{}", std::env::consts::DLL_EXTENSION))
+}
+
+/// `target/<profile>/`, where the workspace binaries are.
+fn binary_dir() -> PathBuf {
+    let test_exe = std::env::current_exe().expect("current_exe");
+    test_exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_path_buf()
+}
+
+/// Copies `file` into `dir` under `name` atomically (copy to a temporary name, then rename), the
+/// way ops should replace a plugin on a running server.
+pub fn install_plugin(file: &std::path::Path, dir: &std::path::Path, name: &str) {
+    let partial = dir.join(format!(".{name}.partial"));
+    std::fs::copy(file, &partial).expect("copy plugin");
+    std::fs::rename(&partial, dir.join(name)).expect("rename plugin");
 }

@@ -76,6 +76,11 @@ impl DataDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Where the plugin host keeps the copies of plugin files it loads (`<dir>/plugin-copies`).
+    pub fn plugin_copies_dir(&self) -> PathBuf {
+        self.path.join("plugin-copies")
+    }
 }
 
 #[cfg(test)]

@@ -276,8 +276,12 @@ pub trait BatchHeuristic: Heuristic {
     ///
     /// # Errors
     /// [`HeuristicError`] with a message for the host.
-    fn select(input: Probabilities<'_>, seed: u64, indices: &mut [u32], scores: &mut [f32])
-    -> Result<(), HeuristicError>;
+    fn select(
+        input: Probabilities<'_>,
+        seed: u64,
+        indices: &mut [u32],
+        scores: &mut [f32],
+    ) -> Result<(), HeuristicError>;
 }
 
 impl HeuristicDescriptor {

@@ -4,8 +4,7 @@
 use std::{mem::offset_of, path::Path, process::Command};
 
 use alps_heuristic_abi::{
-    ABI_MAJOR, ABI_MINOR, Direction, ErrorBuffer, HeuristicDescriptor, Kind, PluginDescriptor, ProbabilitiesRaw,
-    Status,
+    ABI_MAJOR, ABI_MINOR, Direction, ErrorBuffer, HeuristicDescriptor, Kind, PluginDescriptor, ProbabilitiesRaw, Status,
 };
 
 const PROGRAM: &str = r#"

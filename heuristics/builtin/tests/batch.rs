@@ -4,11 +4,6 @@ mod common;
 
 use common::{sample_from_iterations, score, select, stack};
 
-/// A sample whose two MC iterations disagree completely (BALD = ln 2, the maximum for C = 2).
-fn disagreeing() -> Vec<f32> {
-    sample_from_iterations(&[&[1.0, 0.0], &[0.0, 1.0]])
-}
-
 /// Pool: items 0, 1, 2 are identical copies of a maximally disagreeing sample; item 3 disagrees
 /// along the other axis of the K = 4 iterations, so its label is independent of theirs; item 4
 /// is certain.
@@ -71,8 +66,10 @@ fn batch_bald_switches_to_sampled_configurations_for_large_batches() {
         })
         .collect();
     // `data` is [N, K, C]; transpose to [N, C, K].
-    let pool: Vec<f32> =
-        (0..n).flat_map(|i| (0..c).flat_map(move |j| (0..k).map(move |t| (i, j, t)))).map(|(i, j, t)| data[(i * k + t) * c + j]).collect();
+    let pool: Vec<f32> = (0..n)
+        .flat_map(|i| (0..c).flat_map(move |j| (0..k).map(move |t| (i, j, t))))
+        .map(|(i, j, t)| data[(i * k + t) * c + j])
+        .collect();
     let (first, _) = select("batch_bald", &pool, [n, c, k], 8, 11);
     let (again, _) = select("batch_bald", &pool, [n, c, k], 8, 11);
     assert_eq!(first, again, "same seed, same selection");

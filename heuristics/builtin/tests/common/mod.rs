@@ -1,6 +1,8 @@
 //! Calls the built-in heuristics through the plugin's exported descriptor, exactly as the host
 //! does, so these tests cover the ABI glue as well as the math.
 
+#![allow(dead_code, reason = "each test file uses a subset of these helpers")]
+
 use std::ffi::CStr;
 
 use alps_heuristic_abi::{ErrorBuffer, HeuristicDescriptor, PluginDescriptor, ProbabilitiesRaw, Status};
@@ -41,9 +43,8 @@ pub fn select(name: &str, data: &[f32], shape: [usize; 3], query_size: usize, se
     let mut message = vec![0u8; 512];
     let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
     // SAFETY: valid input of `shape`, `query_size` writable values in each output.
-    let status = unsafe {
-        select(&raw(data, shape), query_size, seed, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error)
-    };
+    let status =
+        unsafe { select(&raw(data, shape), query_size, seed, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error) };
     assert_eq!(status, Status::Ok as i32, "{name}: {}", String::from_utf8_lossy(&message[..error.len]));
     (indices, scores)
 }

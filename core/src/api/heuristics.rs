@@ -1,0 +1,171 @@
+//! `alps.v1.HeuristicService`: Score, Select, ListHeuristics, ReloadHeuristics.
+
+use std::{sync::Arc, time::UNIX_EPOCH};
+
+use alps_heuristic_abi::{Direction as AbiDirection, Kind};
+use alps_proto::v1::{
+    Direction, HeuristicInfo, HeuristicKind, HeuristicRef, ListHeuristicsRequest, ListHeuristicsResponse,
+    PluginLoadError, ReloadHeuristicsRequest, ReloadHeuristicsResponse, ScoreRequest, ScoreResponse, SelectRequest,
+    SelectResponse, Tensor, heuristic_service_server::HeuristicService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::plugins::{
+    CallError, HeuristicHost, LoadedHeuristic, ProbabilityTensor, Registry, ResolveError, most_informative_first,
+};
+
+/// Serves heuristics from the plugin host's current registry.
+#[derive(Debug, Clone)]
+pub struct HeuristicApi {
+    host: Arc<HeuristicHost>,
+}
+
+impl HeuristicApi {
+    /// A service over `host`.
+    pub fn new(host: Arc<HeuristicHost>) -> Self {
+        Self { host }
+    }
+
+    fn resolve(&self, reference: Option<HeuristicRef>) -> Result<Arc<LoadedHeuristic>, Status> {
+        let reference = reference.filter(|r| !r.name.is_empty()).ok_or_else(|| {
+            Status::invalid_argument("heuristic.name is required (see ListHeuristics for the loaded ones)")
+        })?;
+        self.host.registry().resolve(&reference.name, &reference.version).map_err(resolve_status)
+    }
+}
+
+/// NOT_FOUND naming what is loaded.
+pub fn resolve_status(error: ResolveError) -> Status {
+    Status::not_found(error.to_string())
+}
+
+fn call_status(error: CallError) -> Status {
+    match error {
+        CallError::InvalidInput { .. } | CallError::NotAScoreHeuristic { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        CallError::Plugin { .. } => Status::internal(error.to_string()),
+    }
+}
+
+/// Validates `values` (`[N, C, K]`, probabilities or logits) into the plugins' input.
+fn input(values: Option<Tensor>, logits: bool) -> Result<ProbabilityTensor, Status> {
+    let values = values.ok_or_else(|| Status::invalid_argument("values is required: a [N, C, K] tensor"))?;
+    let input = if logits {
+        ProbabilityTensor::from_logits(values.data, &values.shape)
+    } else {
+        ProbabilityTensor::from_probabilities(values.data, &values.shape)
+    };
+    input.map_err(|error| Status::invalid_argument(format!("values: {error}")))
+}
+
+/// Runs CPU-heavy heuristic work off the async runtime.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Status::internal(format!("heuristic task failed: {error}")))?
+}
+
+fn reference(heuristic: &LoadedHeuristic) -> HeuristicRef {
+    HeuristicRef { name: heuristic.name.clone(), version: heuristic.version.to_string() }
+}
+
+/// The protobuf direction of a plugin direction.
+pub fn direction(direction: AbiDirection) -> Direction {
+    match direction {
+        AbiDirection::HigherIsMoreInformative => Direction::HigherIsMoreInformative,
+        AbiDirection::LowerIsMoreInformative => Direction::LowerIsMoreInformative,
+    }
+}
+
+fn info(heuristic: &LoadedHeuristic) -> HeuristicInfo {
+    let loaded_unix_ms = heuristic
+        .plugin
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    HeuristicInfo {
+        name: heuristic.name.clone(),
+        version: heuristic.version.to_string(),
+        description: heuristic.description.clone(),
+        direction: direction(heuristic.direction).into(),
+        kind: match heuristic.kind {
+            Kind::Score => HeuristicKind::Score,
+            Kind::Batch => HeuristicKind::Batch,
+        }
+        .into(),
+        plugin: heuristic.plugin.name.clone(),
+        source_file: heuristic.plugin.source_file.display().to_string(),
+        sha256: heuristic.plugin.sha256.clone(),
+        loaded_unix_ms,
+    }
+}
+
+fn infos(registry: &Registry) -> Vec<HeuristicInfo> {
+    registry.all().map(|h| info(h)).collect()
+}
+
+#[tonic::async_trait]
+impl HeuristicService for HeuristicApi {
+    async fn score(&self, request: Request<ScoreRequest>) -> Result<Response<ScoreResponse>, Status> {
+        let request = request.into_inner();
+        let heuristic = self.resolve(request.heuristic)?;
+        let seed = request.seed.unwrap_or_else(|| fastrand::u64(..));
+        let scored = heuristic.clone();
+        let scores = blocking(move || {
+            let input = input(request.values, request.logits)?;
+            scored.score(&input, seed).map_err(call_status)
+        })
+        .await?;
+        let order = most_informative_first(&scores, heuristic.direction);
+        Ok(Response::new(ScoreResponse {
+            scores,
+            order,
+            heuristic: Some(reference(&heuristic)),
+            direction: direction(heuristic.direction).into(),
+        }))
+    }
+
+    async fn select(&self, request: Request<SelectRequest>) -> Result<Response<SelectResponse>, Status> {
+        let request = request.into_inner();
+        let heuristic = self.resolve(request.heuristic)?;
+        let seed = request.seed.unwrap_or_else(|| fastrand::u64(..));
+        let selecting = heuristic.clone();
+        let (indices, scores) = blocking(move || {
+            let input = input(request.values, request.logits)?;
+            let query_size = request.query_size as usize;
+            if query_size == 0 || query_size > input.n() {
+                return Err(Status::invalid_argument(format!(
+                    "query_size {query_size} must be between 1 and the {} samples given",
+                    input.n()
+                )));
+            }
+            selecting.select(&input, query_size, seed).map_err(call_status)
+        })
+        .await?;
+        Ok(Response::new(SelectResponse { indices, scores, heuristic: Some(reference(&heuristic)) }))
+    }
+
+    async fn list_heuristics(
+        &self,
+        _request: Request<ListHeuristicsRequest>,
+    ) -> Result<Response<ListHeuristicsResponse>, Status> {
+        Ok(Response::new(ListHeuristicsResponse { heuristics: infos(&self.host.registry()) }))
+    }
+
+    async fn reload_heuristics(
+        &self,
+        _request: Request<ReloadHeuristicsRequest>,
+    ) -> Result<Response<ReloadHeuristicsResponse>, Status> {
+        let host = self.host.clone();
+        let report =
+            blocking(move || host.reload().map_err(|error| Status::failed_precondition(error.to_string()))).await?;
+        let errors = report
+            .errors
+            .iter()
+            .map(|error| PluginLoadError { file: error.path().display().to_string(), message: error.to_string() })
+            .collect();
+        Ok(Response::new(ReloadHeuristicsResponse { heuristics: infos(&report.registry), errors }))
+    }
+}
