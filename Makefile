@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: run test bootstrap build release lint fmt
+.PHONY: run test bench bootstrap build release lint fmt
 
 ## run: bootstrap, build release binaries, start alps-server + alps-label-studio (Ctrl-C stops both)
 run: bootstrap release
@@ -24,6 +24,11 @@ test: bootstrap
 	cargo build --workspace --bins
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace
+
+## bench: benchmarks, side by side with the reference implementations (results: BENCHMARKS.md)
+bench:
+	scripts/bootstrap.sh scripts/requirements-bench.txt
+	cargo bench -p alps-heuristics-builtin --bench heuristics_vs_baal
 
 ## bootstrap: create .venv with the pinned torch (idempotent)
 bootstrap:

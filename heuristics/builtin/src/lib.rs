@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod entropy;
+mod ln;
 pub mod score;
 
 use alps_heuristic_abi::HeuristicDescriptor;
