@@ -9,6 +9,8 @@ use std::{
 use alps_runtime::LogFormat;
 use clap::{Args, Parser, Subcommand};
 
+use crate::{engine::EngineConfig, models::preprocess::ImageLimits};
+
 /// Command line of `alps-server`.
 #[derive(Debug, Parser)]
 #[command(name = "alps-server", version, about = "ALPS: the Active-Learning Prediction Server (gRPC)")]
@@ -60,6 +62,42 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MAX_MESSAGE_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=2047))]
     pub max_message_mib: u32,
 
+    /// Device for inference: `auto` (the first CUDA device when present, else the CPU), `cpu`
+    /// or `cuda`.
+    #[arg(long, env = "ALPS_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+
+    /// Work per batched forward pass, in samples × MC iterations (dynamic batching merges
+    /// requests of the same project up to this); 0 disables batching.
+    #[arg(long, env = "ALPS_WORK_BUDGET", default_value_t = 8192)]
+    pub work_budget: usize,
+
+    /// Longest a request waits for others to batch with, in milliseconds.
+    #[arg(long, env = "ALPS_MAX_BATCH_WAIT_MS", default_value_t = 2)]
+    pub max_batch_wait_ms: u64,
+
+    /// Samples admitted at once across all requests; beyond, requests get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ALPS_MAX_IN_FLIGHT_SAMPLES", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_samples: u32,
+
+    /// Memory for loaded models (parameters), in MiB; least recently used models are evicted
+    /// beyond it and reload on their next request.
+    #[arg(long, env = "ALPS_MODEL_CACHE_MIB", default_value_t = 4096)]
+    pub model_cache_mib: usize,
+
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "ALPS_MAX_IMAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_image_bytes: usize,
+
+    /// Largest decoded image accepted, in pixels (width × height).
+    #[arg(long, env = "ALPS_MAX_IMAGE_PIXELS", default_value_t = 50_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Largest pool a batch heuristic (batch_bald, power_bald) ranks at once, in probability
+    /// values N·C·K (4 bytes each).
+    #[arg(long, env = "ALPS_MAX_RANK_POOL_VALUES", default_value_t = 64 * 1024 * 1024)]
+    pub max_rank_pool_values: usize,
+
     /// After SIGINT/SIGTERM, how long in-flight requests may take to finish before open
     /// connections are closed, in seconds (keep it below Kubernetes'
     /// `terminationGracePeriodSeconds`, default 30).
@@ -67,7 +105,34 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// `--device` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch sees one, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device 0.
+    Cuda,
+}
+
 impl ServerConfig {
+    /// The engine settings these flags describe.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            work_budget: self.work_budget,
+            max_wait: Duration::from_millis(self.max_batch_wait_ms),
+            max_in_flight_samples: self.max_in_flight_samples as usize,
+            cache_bytes: self.model_cache_mib * 1024 * 1024,
+            image_limits: ImageLimits { max_encoded_bytes: self.max_image_bytes, max_pixels: self.max_image_pixels },
+            device: match self.device {
+                DeviceChoice::Auto => crate::engine::device::preferred_device(),
+                DeviceChoice::Cpu => tch::Device::Cpu,
+                DeviceChoice::Cuda => tch::Device::Cuda(0),
+            },
+        }
+    }
+
     /// See `--max-message-mib`, in bytes.
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_mib as usize * 1024 * 1024

@@ -5,6 +5,8 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod models;
 pub mod plugins;
+pub mod projects;
 pub mod server;
 pub mod store;

@@ -5,7 +5,13 @@ use std::{future::Future, sync::Arc};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, info::Info},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
     registry::Registry,
 };
 use tokio::net::TcpListener;
@@ -18,11 +24,20 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// Labels `outcome="ok"|"error"`.
 type OutcomeLabels = [(&'static str, &'static str); 1];
 
+/// Labels of `alps_requests_total`: `method` and `code` (gRPC status code name).
+type RequestLabels = [(&'static str, &'static str); 2];
+
 /// The server's metric registry. Metric names are prefixed `alps_`.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     plugin_loads: Family<OutcomeLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    queue_seconds: Histogram,
+    compute_seconds: Histogram,
+    batch_samples: Histogram,
+    cancelled: Counter,
+    loaded_models: Gauge,
 }
 
 impl Default for Metrics {
@@ -35,7 +50,29 @@ impl Default for Metrics {
         );
         let plugin_loads = Family::default();
         registry.register("plugin_loads", "Heuristic plugin file loads by outcome", plugin_loads.clone());
-        Self { registry, plugin_loads }
+        let requests = Family::default();
+        registry.register("requests", "Inference requests by method and gRPC status code", requests.clone());
+        // 100 µs to ~100 s.
+        let queue_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 20));
+        registry.register("queue_seconds", "Time a job waited in the worker queue, seconds", queue_seconds.clone());
+        let compute_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 20));
+        registry.register("compute_seconds", "Time of one batched MC-Dropout pass, seconds", compute_seconds.clone());
+        let batch_samples = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register("batch_samples", "Samples per batched forward pass", batch_samples.clone());
+        let cancelled = Counter::default();
+        registry.register("cancelled_jobs", "Jobs skipped because their caller went away", cancelled.clone());
+        let loaded_models = Gauge::default();
+        registry.register("loaded_models", "Models in the worker's cache", loaded_models.clone());
+        Self {
+            registry,
+            plugin_loads,
+            requests,
+            queue_seconds,
+            compute_seconds,
+            batch_samples,
+            cancelled,
+            loaded_models,
+        }
     }
 }
 
@@ -43,6 +80,32 @@ impl Metrics {
     /// Counts one plugin file load attempt.
     pub fn record_plugin_load(&self, ok: bool) {
         self.plugin_loads.get_or_create(&[("outcome", if ok { "ok" } else { "error" })]).inc();
+    }
+
+    /// Counts one finished inference request.
+    pub fn record_request(&self, method: &'static str, code: &'static str) {
+        self.requests.get_or_create(&[("method", method), ("code", code)]).inc();
+    }
+
+    /// Records a job's wait in the worker queue.
+    pub fn observe_queue_time(&self, waited: std::time::Duration) {
+        self.queue_seconds.observe(waited.as_secs_f64());
+    }
+
+    /// Records one batched forward pass.
+    pub fn observe_batch(&self, samples: usize, took: std::time::Duration) {
+        self.batch_samples.observe(samples as f64);
+        self.compute_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts jobs skipped because their caller went away.
+    pub fn record_cancelled(&self, jobs: usize) {
+        self.cancelled.inc_by(jobs as u64);
+    }
+
+    /// Sets the number of loaded models.
+    pub fn set_loaded_models(&self, models: usize) {
+        self.loaded_models.set(models as i64);
     }
 
     /// Encodes every metric in the OpenMetrics text format.

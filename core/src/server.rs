@@ -12,8 +12,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api,
     config::ServerConfig,
+    engine::Engine,
     metrics::{self, Metrics},
     plugins::{self, HeuristicHost, HostStartError, PluginDirError},
+    projects::Projects,
+    store::db::{Database, StoreError},
     store::{DataDir, DataDirError},
 };
 
@@ -42,6 +45,12 @@ pub enum StartError {
     /// See [`HostStartError`].
     #[error(transparent)]
     Plugins(#[from] HostStartError),
+    /// See [`StoreError`].
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    /// The inference worker thread could not start.
+    #[error("cannot start the inference worker: {0}")]
+    Engine(std::io::Error),
 }
 
 /// Why a running server stopped with an error.
@@ -83,10 +92,22 @@ impl Server {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
         let heuristics = Arc::new(heuristics);
+        let db = Arc::new(Database::open(&data_dir.database_path())?);
+        let projects = Arc::new(Projects::open(db)?);
+        tracing::info!(projects = projects.list().len(), "projects loaded");
+        let engine_config = config.engine();
+        let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
+        tracing::info!(device = ?engine_config.device, "inference engine started");
         let grpc = listen("--listen", config.listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
-        let services = api::Services { heuristics: heuristics.clone(), max_message_bytes: config.max_message_bytes() };
-        let (health_reporter, routes) = api::routes(services).await?;
+        let state = Arc::new(api::AppState {
+            heuristics: heuristics.clone(),
+            projects,
+            engine,
+            metrics: metrics.clone(),
+            max_rank_pool_values: config.max_rank_pool_values,
+        });
+        let (health_reporter, routes) = api::routes(state, config.max_message_bytes()).await?;
         Ok(Self { grpc, metrics_listener, data_dir, heuristics, metrics, routes, health_reporter })
     }
 

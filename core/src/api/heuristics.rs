@@ -39,7 +39,8 @@ pub fn resolve_status(error: ResolveError) -> Status {
     Status::not_found(error.to_string())
 }
 
-fn call_status(error: CallError) -> Status {
+/// The gRPC status of a heuristic call failure.
+pub fn call_status(error: CallError) -> Status {
     match error {
         CallError::InvalidInput { .. } | CallError::NotAScoreHeuristic { .. } => {
             Status::invalid_argument(error.to_string())

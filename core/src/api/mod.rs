@@ -1,47 +1,72 @@
 //! The gRPC surface: tonic services only (decode, validate, call, encode). Never touches tch.
 //!
-//! Served: `alps.v1.HeuristicService`, `grpc.health.v1.Health` and server reflection (v1 and
-//! v1alpha) over every `alps.v1` file, so `grpcurl` can describe the API without the `.proto`
-//! files. `alps.v1` services that are not served yet answer `UNIMPLEMENTED` (tonic's router
+//! Served: `alps.v1.ProjectService`, `alps.v1.InferenceService`, `alps.v1.HeuristicService`,
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) over every `alps.v1` file, so
+//! `grpcurl` can describe the API without the `.proto` files. `alps.v1` services that are not
+//! served yet (examples, training, model versions) answer `UNIMPLEMENTED` (tonic's router
 //! default).
 
 pub mod heuristics;
+pub mod inference;
+pub mod projects;
 
 use std::sync::Arc;
 
-use alps_proto::v1::heuristic_service_server::HeuristicServiceServer;
+use alps_proto::v1::{
+    heuristic_service_server::HeuristicServiceServer, inference_service_server::InferenceServiceServer,
+    project_service_server::ProjectServiceServer,
+};
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-use crate::plugins::HeuristicHost;
+use crate::{engine::Engine, metrics::Metrics, plugins::HeuristicHost, projects::Projects};
+
+/// What the gRPC services share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The heuristic plugin host.
+    pub heuristics: Arc<HeuristicHost>,
+    /// The project registry.
+    pub projects: Arc<Projects>,
+    /// The inference engine.
+    pub engine: Engine,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest batch-heuristic pool in Rank, probability values (N·C·K).
+    pub max_rank_pool_values: usize,
+}
 
 /// Why the gRPC routes could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the gRPC reflection service: {0}")]
 pub struct ReflectionError(#[from] tonic_reflection::server::Error);
 
-/// What the gRPC services need.
-#[derive(Clone, Debug)]
-pub struct Services {
-    /// The heuristic plugin host.
-    pub heuristics: Arc<HeuristicHost>,
-    /// Largest accepted request message, bytes.
-    pub max_message_bytes: usize,
-}
-
 /// Builds the routes of the gRPC server and returns them with the reporter that sets the
 /// health status (overall `""` and every served `alps.v1` service start as `SERVING`).
 ///
 /// # Errors
 /// [`ReflectionError`] if an embedded descriptor set is malformed (a build defect).
-pub async fn routes(services: Services) -> Result<(HealthReporter, Routes), ReflectionError> {
+pub async fn routes(
+    state: Arc<AppState>,
+    max_message_bytes: usize,
+) -> Result<(HealthReporter, Routes), ReflectionError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let heuristics = HeuristicServiceServer::new(heuristics::HeuristicApi::new(services.heuristics))
-        .max_decoding_message_size(services.max_message_bytes);
+    let heuristics = HeuristicServiceServer::new(heuristics::HeuristicApi::new(state.heuristics.clone()))
+        .max_decoding_message_size(max_message_bytes);
+    let projects = ProjectServiceServer::new(projects::ProjectApi::new(state.clone()));
+    let inference =
+        InferenceServiceServer::new(inference::InferenceApi::new(state)).max_decoding_message_size(max_message_bytes);
     reporter.set_serving::<HeuristicServiceServer<heuristics::HeuristicApi>>().await;
+    reporter.set_serving::<ProjectServiceServer<projects::ProjectApi>>().await;
+    reporter.set_serving::<InferenceServiceServer<inference::InferenceApi>>().await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let routes = Routes::new(health).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(heuristics);
+    let routes = Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(heuristics)
+        .add_service(projects)
+        .add_service(inference);
     Ok((reporter, routes))
 }
 

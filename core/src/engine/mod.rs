@@ -1,4 +1,315 @@
-//! The inference engine: devices, model workers, batching and MC-Dropout. The only layer that
-//! touches libtorch (tch).
+//! The inference engine: admission control, preprocessing, the device worker with dynamic
+//! batching and MC-Dropout (`worker`), the model cache (`cache`), heuristic scores, and pool
+//! ranking (`rank`). The only layer that touches libtorch (tch); never touches protobuf.
 
+mod cache;
 pub mod device;
+mod rank;
+mod worker;
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Sender, TrySendError};
+pub use rank::{Ranking, RankingError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::{
+    metrics::Metrics,
+    models::{
+        McModel, ModelError,
+        preprocess::{self, ImageLimits, SampleError},
+    },
+    plugins::{CallError, LoadedHeuristic, ProbabilityTensor},
+    projects::{Project, ProjectSpec},
+};
+use cache::ModelKey;
+use worker::{Command, Job, WorkerConfig};
+
+/// Engine settings (server flags).
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Work per batch, samples × MC iterations; 0 disables batching.
+    pub work_budget: usize,
+    /// Longest a job waits for others to batch with.
+    pub max_wait: Duration,
+    /// Samples admitted at once across all requests; beyond, RESOURCE_EXHAUSTED.
+    pub max_in_flight_samples: usize,
+    /// Model cache budget, bytes of parameters.
+    pub cache_bytes: usize,
+    /// Limits on encoded images.
+    pub image_limits: ImageLimits,
+    /// Device of the worker.
+    pub device: tch::Device,
+}
+
+/// One sample of a request, as decoded by the API layer.
+#[derive(Clone, Debug)]
+pub enum SampleInput {
+    /// Encoded image bytes.
+    Image(Vec<u8>),
+    /// A preprocessed tensor with its shape.
+    Tensor {
+        /// Shape, `[C, H, W]` or `[C·H·W]`.
+        shape: Vec<u64>,
+        /// Values.
+        values: Vec<f32>,
+    },
+    /// Neither was set.
+    Missing,
+}
+
+/// The prediction of one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplePrediction {
+    /// Index of the argmax of the mean probabilities.
+    pub class_index: usize,
+    /// Mean probability of that class over the K iterations.
+    pub probability: f32,
+    /// Mean probabilities `[C]`.
+    pub mean_probabilities: Vec<f32>,
+    /// The heuristic's score.
+    pub score: f32,
+    /// Full probabilities `[C, K]`, when asked for.
+    pub mc_samples: Option<Vec<f32>>,
+}
+
+/// What a prediction request asks for besides its samples.
+#[derive(Clone, Debug)]
+pub struct PredictOptions {
+    /// MC iterations K.
+    pub mc_iterations: usize,
+    /// A per-sample heuristic for the score.
+    pub heuristic: Arc<LoadedHeuristic>,
+    /// Return `[C, K]` per sample.
+    pub return_mc_samples: bool,
+    /// Seed for reproducible dropout masks (CPU).
+    pub seed: Option<u64>,
+}
+
+/// Why a request failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Too many samples in flight.
+    #[error(
+        "server busy: {requested} samples asked, {available} of {limit} in-flight samples free; retry with backoff"
+    )]
+    Overloaded {
+        /// Samples in the request.
+        requested: usize,
+        /// Free admission slots.
+        available: usize,
+        /// The bound (--max-in-flight-samples).
+        limit: usize,
+    },
+    /// A request larger than the admission bound can never run.
+    #[error("{requested} samples in one request exceed --max-in-flight-samples ({limit}); split the request")]
+    TooLarge {
+        /// Samples in the request.
+        requested: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// The model could not be loaded or run.
+    #[error("{0}")]
+    Model(String),
+    /// The heuristic failed on the model's output.
+    #[error(transparent)]
+    Heuristic(#[from] CallError),
+    /// A batch heuristic was asked for per-sample scores.
+    #[error("heuristic {0} selects batches and has no per-sample scores; use it with Rank")]
+    BatchHeuristic(String),
+    /// The worker thread is gone (server shutting down).
+    #[error("inference worker unavailable")]
+    Unavailable,
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    commands: Sender<Command>,
+    admission: Arc<Semaphore>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Starts the worker thread.
+    ///
+    /// # Errors
+    /// The OS error if the thread cannot start.
+    pub fn start(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        // Every queued job holds at least one admitted sample, so this bound is never reached.
+        let (commands, queue) = crossbeam_channel::bounded(config.max_in_flight_samples.max(1) + 16);
+        let worker_config = WorkerConfig {
+            work_budget: config.work_budget,
+            max_wait: config.max_wait,
+            cache_bytes: config.cache_bytes,
+        };
+        worker::spawn(queue, config.device, worker_config, metrics)?;
+        Ok(Self { commands, admission: Arc::new(Semaphore::new(config.max_in_flight_samples)), config })
+    }
+
+    /// Builds `spec`'s model once on the CPU, to reject unusable weights or TorchScript files
+    /// when a project is created rather than at its first prediction.
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file and tensor at fault.
+    pub fn check_model(spec: &ProjectSpec) -> Result<(), ModelError> {
+        McModel::load(spec, tch::Device::Cpu).map(drop)
+    }
+
+    /// Drops cached models of `project` (after a delete or a spec change).
+    pub fn forget(&self, project: &str) {
+        let _ = self.commands.try_send(Command::Forget(project.to_owned()));
+    }
+
+    fn admit(&self, samples: usize) -> Result<OwnedSemaphorePermit, EngineError> {
+        let limit = self.config.max_in_flight_samples;
+        if samples > limit {
+            return Err(EngineError::TooLarge { requested: samples, limit });
+        }
+        let permits = u32::try_from(samples).map_err(|_| EngineError::TooLarge { requested: samples, limit })?;
+        self.admission.clone().try_acquire_many_owned(permits).map_err(|_| EngineError::Overloaded {
+            requested: samples,
+            available: self.admission.available_permits(),
+            limit,
+        })
+    }
+
+    /// MC-Dropout probabilities of `samples` on `project`'s active model: per sample its
+    /// preprocessing result, and `[n_ok, C, K]` for the samples that succeeded, in order.
+    ///
+    /// # Errors
+    /// [`EngineError`] if the request is not admitted or the model fails.
+    pub async fn probabilities(
+        &self,
+        project: &Project,
+        samples: Vec<SampleInput>,
+        k: usize,
+        seed: Option<u64>,
+    ) -> Result<(Vec<Result<(), SampleError>>, Vec<f32>), EngineError> {
+        let _permit = self.admit(samples.len().max(1))?;
+        let spec = Arc::new(project.spec.clone());
+        let limits = self.config.image_limits;
+        let preprocessing = spec.preprocessing.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            samples.into_iter().map(|sample| prepare(sample, &preprocessing, limits)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| EngineError::Unavailable)?;
+        let mut inputs = Vec::new();
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        for result in prepared {
+            outcomes.push(result.map(|values| inputs.extend(values)));
+        }
+        let n = outcomes.iter().filter(|o| o.is_ok()).count();
+        if n == 0 {
+            return Ok((outcomes, Vec::new()));
+        }
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            key: ModelKey {
+                project: spec.id.clone(),
+                version: project.active_version.clone(),
+                fingerprint: fingerprint(&spec),
+            },
+            spec,
+            inputs,
+            n,
+            k,
+            seed,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.commands.try_send(Command::Run(job)).map_err(|error| match error {
+            TrySendError::Full(_) => {
+                EngineError::Overloaded { requested: n, available: 0, limit: self.config.max_in_flight_samples }
+            }
+            TrySendError::Disconnected(_) => EngineError::Unavailable,
+        })?;
+        // If this future is dropped (client gone), the worker sees the closed reply and skips the job.
+        let probabilities = result.await.map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)?;
+        Ok((outcomes, probabilities))
+    }
+
+    /// Predicts `samples`: class, probability, mean probabilities and the heuristic's score per
+    /// sample, in order; a sample that cannot be prepared gets its own error.
+    ///
+    /// # Errors
+    /// [`EngineError`] for the request as a whole.
+    pub async fn predict(
+        &self,
+        project: &Project,
+        samples: Vec<SampleInput>,
+        options: &PredictOptions,
+    ) -> Result<Vec<Result<SamplePrediction, SampleError>>, EngineError> {
+        if options.heuristic.kind == alps_heuristic_abi::Kind::Batch {
+            return Err(EngineError::BatchHeuristic(options.heuristic.label()));
+        }
+        let (k, classes) = (options.mc_iterations, project.spec.classes.len());
+        let (outcomes, probabilities) = self.probabilities(project, samples, k, options.seed).await?;
+        let n = probabilities.len() / (classes * k).max(1);
+        let scores = if n == 0 {
+            Vec::new()
+        } else {
+            let heuristic = options.heuristic.clone();
+            let tensor =
+                ProbabilityTensor::from_probabilities(probabilities.clone(), &[n as u64, classes as u64, k as u64])
+                    .map_err(|error| EngineError::Model(format!("model produced invalid probabilities: {error}")))?;
+            let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
+            tokio::task::spawn_blocking(move || heuristic.score(&tensor, seed))
+                .await
+                .map_err(|_| EngineError::Unavailable)??
+        };
+        let mut per_sample = probabilities.chunks_exact(classes * k).zip(scores);
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.map(|()| {
+                    let (values, score) = per_sample.next().unwrap_or_default();
+                    summarise(values, classes, k, score, options.return_mc_samples)
+                })
+            })
+            .collect())
+    }
+}
+
+fn prepare(
+    sample: SampleInput,
+    p: &crate::projects::Preprocessing,
+    limits: ImageLimits,
+) -> Result<Vec<f32>, SampleError> {
+    match sample {
+        SampleInput::Image(bytes) => preprocess::image(&bytes, p, limits),
+        SampleInput::Tensor { shape, values } => preprocess::tensor(&shape, values, p),
+        SampleInput::Missing => Err(SampleError::Empty),
+    }
+}
+
+/// Mean over K, argmax and (optionally) the full `[C, K]` of one sample.
+fn summarise(values: &[f32], classes: usize, k: usize, score: f32, with_samples: bool) -> SamplePrediction {
+    let mean_probabilities: Vec<f32> = values.chunks_exact(k).map(|row| row.iter().sum::<f32>() / k as f32).collect();
+    let (class_index, probability) = mean_probabilities
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+    debug_assert_eq!(mean_probabilities.len(), classes);
+    SamplePrediction {
+        class_index,
+        probability,
+        mean_probabilities,
+        score,
+        mc_samples: with_samples.then(|| values.to_vec()),
+    }
+}
+
+/// A hash of the spec, so a changed spec never reuses a cached model built from the old one.
+fn fingerprint(spec: &ProjectSpec) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(spec).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}

@@ -27,7 +27,7 @@ pub enum PluginDirError {
     },
 }
 
-/// Lists the plugin files (`*.so` on Linux) in `dir`, sorted by path.
+/// Lists the plugin files (`*.so` on Linux, not hidden) in `dir`, sorted by path.
 ///
 /// # Errors
 /// [`PluginDirError`] if `dir` is missing, not a directory or unreadable.
@@ -42,7 +42,9 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, PluginDirError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
         let path = entry.map_err(unreadable)?.path();
-        if path.is_file() && path.extension().is_some_and(|ext| ext == PLUGIN_EXTENSION) {
+        // Hidden files are temporary copies in progress (`.name.so` before the `mv`).
+        let hidden = path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.'));
+        if !hidden && path.is_file() && path.extension().is_some_and(|ext| ext == PLUGIN_EXTENSION) {
             files.push(path);
         }
     }
@@ -57,7 +59,7 @@ mod tests {
     #[test]
     fn lists_only_shared_libraries() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["b.so", "a.so", "notes.txt", "c.so.bak"] {
+        for name in ["b.so", "a.so", "notes.txt", "c.so.bak", ".copying.so"] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         std::fs::create_dir(dir.path().join("sub.so")).unwrap();

@@ -165,10 +165,14 @@ pub fn load(path: &Path, copies_dir: &Path) -> Result<Vec<Arc<LoadedHeuristic>>,
         let partial = copy.with_extension("partial");
         fs::write(&partial, &bytes).and_then(|()| fs::rename(&partial, &copy)).map_err(io_error)?;
     }
+    // RTLD_NOW resolves every symbol now: a plugin calling a missing function is refused here
+    // instead of killing the process ("symbol lookup error") at its first call.
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
     // SAFETY: loading a library runs its initialisers; plugins are trusted code that ops put in
     // the plugin directory, the same trust as the server binary itself.
-    let library = unsafe { libloading::Library::new(&copy) }
-        .map_err(|error| LoadError::Open { path: path.to_owned(), message: error.to_string() })?;
+    let library: libloading::Library = unsafe { libloading::os::unix::Library::open(Some(&copy), flags) }
+        .map_err(|error| LoadError::Open { path: path.to_owned(), message: error.to_string() })?
+        .into();
     // Never unloaded (Triton's rule): heuristics handed out keep pointing into it.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: the symbol's type is fixed by the ABI (`EntryFn`).

@@ -22,7 +22,7 @@ pub fn watch_plugin_dir(host: Arc<HeuristicHost>) -> notify::Result<notify::Reco
     // one is pending are merged into it.
     let (changed, mut changes) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if event.paths.iter().any(|p| p.extension().is_some_and(|e| e == PLUGIN_EXTENSION)) => {
+        Ok(event) if changes_plugins(&event) => {
             let _ = changed.try_send(());
         }
         Ok(_) => {}
@@ -44,4 +44,41 @@ pub fn watch_plugin_dir(host: Arc<HeuristicHost>) -> notify::Result<notify::Reco
         }
     });
     Ok(watcher)
+}
+
+/// Whether `event` creates, rewrites, renames or removes a plugin file. Reads are ignored: the
+/// reload itself reads every plugin, and counting that would reload forever.
+fn changes_plugins(event: &notify::Event) -> bool {
+    use notify::{EventKind, event::ModifyKind};
+    let relevant = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+    );
+    relevant && event.paths.iter().any(|p| p.extension().is_some_and(|e| e == PLUGIN_EXTENSION))
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::{
+        Event, EventKind,
+        event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode},
+    };
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn writes_renames_and_removals_of_plugins_count_but_reads_do_not() {
+        assert!(changes_plugins(&event(EventKind::Create(CreateKind::File), "/p/a.so")));
+        assert!(changes_plugins(&event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/p/a.so")));
+        assert!(changes_plugins(&event(EventKind::Remove(notify::event::RemoveKind::File), "/p/a.so")));
+        assert!(!changes_plugins(&event(EventKind::Access(AccessKind::Open(AccessMode::Read)), "/p/a.so")));
+        assert!(!changes_plugins(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/p/a.so")));
+        assert!(!changes_plugins(&event(EventKind::Create(CreateKind::File), "/p/notes.txt")));
+    }
 }

@@ -1,7 +1,10 @@
-//! Persistence. For now: the data directory itself, opened for exclusive use by one server.
+//! Persistence: the data directory, opened for exclusive use by one server, and its SQLite
+//! index ([`db`]).
 //!
 //! Layout (see the architecture page): `alps.db` (SQLite index), `blobs/` (content-addressed
 //! sample bytes), `models/<project>/<version>/` (weights and manifests), `LOCK`.
+
+pub mod db;
 
 use std::{
     fs::{self, File, TryLockError},
@@ -75,6 +78,11 @@ impl DataDir {
     /// The directory's path as given.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The SQLite index, `<dir>/alps.db`.
+    pub fn database_path(&self) -> PathBuf {
+        self.path.join("alps.db")
     }
 
     /// Where the plugin host keeps the copies of plugin files it loads (`<dir>/plugin-copies`).

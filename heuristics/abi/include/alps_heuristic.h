@@ -36,6 +36,9 @@ extern "C" {
 #define ALPS_KIND_SCORE 1u /* one score per sample: `score` is set */
 #define ALPS_KIND_BATCH 2u /* joint selection of query_size samples: `select` is set */
 
+/* Growth rules for minor versions: new fields are appended to AlpsPluginDescriptor only.
+ * AlpsHeuristicDescriptor is laid out as an array, so its size never changes within a major. */
+
 /* Probabilities P[n, c, k], row-major (k fastest): value (i, j, t) is data[(i * c + j) * k + t].
  * The host guarantees c >= 2, n, k >= 1, finite values in [0, 1], columns summing to 1. */
 typedef struct AlpsProbabilities {
@@ -80,6 +83,10 @@ typedef struct AlpsPluginDescriptor {
 } AlpsPluginDescriptor;
 
 typedef const AlpsPluginDescriptor *(*AlpsEntryFn)(void);
+
+/* The entry symbol every plugin defines (declared here so plugins compile with
+ * -Wmissing-prototypes and export it even when built with -fvisibility=hidden). */
+__attribute__((visibility("default"))) const AlpsPluginDescriptor *alps_heuristic_plugin(void);
 
 #ifdef __cplusplus
 }

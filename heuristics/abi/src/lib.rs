@@ -26,6 +26,8 @@ use std::{
 };
 
 /// Major version of this ABI. The host loads a plugin only if its major equals the host's.
+/// A minor version may only append fields to [`PluginDescriptor`]; [`HeuristicDescriptor`] is
+/// laid out as an array, so its size never changes within a major.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of this ABI. The host loads a plugin only if the host's minor is at least the
 /// plugin's (minors only add, never change).

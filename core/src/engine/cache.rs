@@ -1,0 +1,83 @@
+//! Loaded models, least recently used first out when their bytes exceed the budget. An evicted
+//! model is loaded again from its spec the next time it is needed.
+
+use std::collections::{
+    HashMap,
+    hash_map::Entry::{Occupied, Vacant},
+};
+
+use crate::models::McModel;
+
+/// Identifies one loadable model: a project, its active version and its spec's fingerprint (a
+/// changed spec is a different model).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModelKey {
+    /// Project id.
+    pub project: String,
+    /// Model version, e.g. `v3` or `untrained`.
+    pub version: String,
+    /// Hash of the project's spec.
+    pub fingerprint: u64,
+}
+
+struct Entry {
+    model: McModel,
+    last_used: u64,
+}
+
+/// The cache of one worker. Not shared: it lives on the worker thread with its models.
+pub struct ModelCache {
+    entries: HashMap<ModelKey, Entry>,
+    budget_bytes: usize,
+    clock: u64,
+}
+
+impl ModelCache {
+    /// An empty cache holding at most `budget_bytes` of model parameters (always at least one
+    /// model, however large).
+    pub fn new(budget_bytes: usize) -> Self {
+        Self { entries: HashMap::new(), budget_bytes, clock: 0 }
+    }
+
+    /// The model for `key`, loading it with `load` when absent. Call [`trim`](Self::trim)
+    /// afterwards to get back within the budget.
+    ///
+    /// # Errors
+    /// Whatever `load` returns.
+    pub fn get_or_load<E>(&mut self, key: &ModelKey, load: impl FnOnce() -> Result<McModel, E>) -> Result<&McModel, E> {
+        self.clock += 1;
+        let entry = match self.entries.entry(key.clone()) {
+            Occupied(entry) => entry.into_mut(),
+            Vacant(entry) => entry.insert(Entry { model: load()?, last_used: 0 }),
+        };
+        entry.last_used = self.clock;
+        Ok(&entry.model)
+    }
+
+    /// Evicts least recently used models until the loaded bytes fit the budget; the most
+    /// recently used model always stays.
+    pub fn trim(&mut self) {
+        while self.entries.len() > 1 && self.bytes() > self.budget_bytes {
+            let oldest = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
+            if let Some(key) = oldest {
+                tracing::info!(project = %key.project, version = %key.version, "evicting model from the cache");
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Drops every model of `project` (deleted or changed).
+    pub fn forget(&mut self, project: &str) {
+        self.entries.retain(|key, _| key.project != project);
+    }
+
+    /// Bytes of all loaded models.
+    pub fn bytes(&self) -> usize {
+        self.entries.values().map(|e| e.model.bytes()).sum()
+    }
+
+    /// Number of loaded models.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}

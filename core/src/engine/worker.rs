@@ -1,0 +1,212 @@
+//! The worker thread of one device: owns the loaded models (libtorch modules are not `Sync`),
+//! takes jobs from a bounded queue, batches compatible jobs dynamically and runs MC-Dropout.
+//!
+//! Dynamic batching: jobs of the same model and K are merged until their work (samples × K)
+//! reaches the budget or the first job has waited `max_wait`, as in Triton's dynamic batcher
+//! (`max_queue_delay_microseconds`). A seeded job runs alone, so its dropout masks depend on its
+//! seed only. Jobs whose caller went away are skipped before they run.
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tch::{Device, Tensor};
+use tokio::sync::oneshot;
+
+use super::cache::{ModelCache, ModelKey};
+use crate::{
+    metrics::Metrics,
+    models::{McModel, ModelError},
+    projects::ProjectSpec,
+};
+
+/// Probabilities `[n, C, K]` of a job, or why the model failed.
+pub type JobResult = Result<Vec<f32>, String>;
+
+/// One request's samples for one model.
+pub struct Job {
+    /// Which model.
+    pub key: ModelKey,
+    /// The project spec to load the model from when it is not cached.
+    pub spec: Arc<ProjectSpec>,
+    /// Preprocessed inputs `[n, C, H, W]`, flattened.
+    pub inputs: Vec<f32>,
+    /// Samples n.
+    pub n: usize,
+    /// MC iterations K.
+    pub k: usize,
+    /// Seed for the dropout masks, if the caller wants reproducible results.
+    pub seed: Option<u64>,
+    /// When the job was queued.
+    pub enqueued: Instant,
+    /// Where the result goes; closed when the caller went away.
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// What the worker is asked to do.
+pub enum Command {
+    /// Predict.
+    Run(Job),
+    /// Drop the cached models of a project (deleted or changed).
+    Forget(String),
+}
+
+/// Batching and cache settings.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    /// Work per batch, samples × MC iterations; 0 disables batching.
+    pub work_budget: usize,
+    /// Longest a job waits for others to batch with.
+    pub max_wait: Duration,
+    /// Model cache budget, bytes of parameters.
+    pub cache_bytes: usize,
+}
+
+/// Starts the worker thread for `device`; it ends when every sender of `commands` is dropped.
+///
+/// # Errors
+/// The OS error if the thread cannot be spawned.
+pub fn spawn(
+    commands: Receiver<Command>,
+    device: Device,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("alps-worker-{device:?}")).spawn(move || {
+        let _no_grad = tch::no_grad_guard();
+        let mut worker = Worker {
+            commands,
+            device,
+            config,
+            metrics,
+            cache: ModelCache::new(config.cache_bytes),
+            backlog: VecDeque::new(),
+        };
+        while let Some(first) = worker.next_job() {
+            let batch = worker.collect_batch(first);
+            worker.execute(batch);
+            worker.cache.trim();
+            worker.metrics.set_loaded_models(worker.cache.len());
+        }
+    })
+}
+
+struct Worker {
+    commands: Receiver<Command>,
+    device: Device,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+    cache: ModelCache,
+    /// Jobs received while batching that did not fit the batch; they run next, in order.
+    backlog: VecDeque<Job>,
+}
+
+impl Worker {
+    /// The oldest job: from the backlog, else from the queue; `None` once the queue is closed.
+    fn next_job(&mut self) -> Option<Job> {
+        if let Some(job) = self.backlog.pop_front() {
+            return Some(job);
+        }
+        loop {
+            match self.commands.recv().ok()? {
+                Command::Run(job) => return Some(job),
+                Command::Forget(project) => self.cache.forget(&project),
+            }
+        }
+    }
+
+    fn collect_batch(&mut self, first: Job) -> Vec<Job> {
+        let mut work = first.n * first.k;
+        let deadline = first.enqueued + self.config.max_wait;
+        let mut batch = vec![first];
+        if batch[0].seed.is_some() {
+            return batch;
+        }
+        let fits = |batch: &[Job], work: usize, job: &Job, budget: usize| {
+            job.seed.is_none() && job.key == batch[0].key && job.k == batch[0].k && work + job.n * job.k <= budget
+        };
+        // Compatible jobs already waiting in the backlog join first; the rest keep their order.
+        let mut waiting = std::mem::take(&mut self.backlog);
+        for job in waiting.drain(..) {
+            if fits(&batch, work, &job, self.config.work_budget) {
+                work += job.n * job.k;
+                batch.push(job);
+            } else {
+                self.backlog.push_back(job);
+            }
+        }
+        while work < self.config.work_budget {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.commands.recv_timeout(wait) {
+                Ok(Command::Run(job)) if fits(&batch, work, &job, self.config.work_budget) => {
+                    work += job.n * job.k;
+                    batch.push(job);
+                }
+                Ok(Command::Run(job)) => self.backlog.push_back(job),
+                Ok(Command::Forget(project)) => self.cache.forget(&project),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        batch
+    }
+
+    fn execute(&mut self, batch: Vec<Job>) {
+        let (live, cancelled): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| !job.reply.is_closed());
+        self.metrics.record_cancelled(cancelled.len());
+        let Some(first) = live.first() else { return };
+        let started = Instant::now();
+        for job in &live {
+            self.metrics.observe_queue_time(started - job.enqueued);
+        }
+        let (key, spec, k, seed) = (first.key.clone(), first.spec.clone(), first.k, first.seed);
+        let samples: usize = live.iter().map(|job| job.n).sum();
+        let device = self.device;
+        let result = self
+            .cache
+            .get_or_load(&key, || McModel::load(&spec, device))
+            .and_then(|model| run(model, &spec, &live, samples, k, seed));
+        self.metrics.observe_batch(samples, started.elapsed());
+        match result {
+            Ok(probabilities) => {
+                let per_sample = probabilities.len() / samples.max(1);
+                let mut rest = probabilities.as_slice();
+                for job in live {
+                    let (mine, others) = rest.split_at(job.n * per_sample);
+                    rest = others;
+                    let _ = job.reply.send(Ok(mine.to_vec()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(project = %key.project, %error, "model failed");
+                for job in live {
+                    let _ = job.reply.send(Err(error.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// One forward pass for the whole batch: backbone once, head K times on the repeated features.
+fn run(
+    model: &McModel,
+    spec: &ProjectSpec,
+    jobs: &[Job],
+    samples: usize,
+    k: usize,
+    seed: Option<u64>,
+) -> Result<Vec<f32>, ModelError> {
+    if let Some(seed) = seed {
+        // Seeds are u64 on the wire; libtorch takes i64. Reinterpreting keeps every seed distinct.
+        tch::manual_seed(seed as i64);
+    }
+    let p = &spec.preprocessing;
+    let shape = [samples as i64, i64::from(p.channels), i64::from(p.height), i64::from(p.width)];
+    let inputs: Vec<f32> = jobs.iter().flat_map(|job| job.inputs.iter().copied()).collect();
+    let inputs = Tensor::f_from_slice(&inputs)?.f_view(shape)?.f_to_device(model.device())?;
+    let features = model.features(&inputs)?;
+    let probabilities = model.mc_probabilities(&features, k as i64)?.f_to_device(Device::Cpu)?;
+    Ok(Vec::<f32>::try_from(probabilities.f_view([-1])?)?)
+}

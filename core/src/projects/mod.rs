@@ -1,0 +1,176 @@
+//! The project registry: create, read, update and delete projects, persisted in the data
+//! directory's database and cached in memory for the prediction path.
+
+pub mod spec;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+pub use spec::{
+    Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
+    Preprocessing, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
+};
+
+use crate::store::db::{Database, StoreError, StoredProject};
+
+/// A project as served: its spec plus server-owned state.
+pub type Project = StoredProject;
+
+/// Why a project operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// See [`SpecError`].
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    /// No project with this id.
+    #[error("project {0:?} not found")]
+    NotFound(String),
+    /// See [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Changes to a project's mutable settings; `None` = unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectUpdate {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New default MC iterations.
+    pub mc_iterations: Option<u32>,
+    /// New default heuristic.
+    pub default_heuristic: Option<HeuristicChoice>,
+}
+
+/// All projects, persisted in `db` and cached in memory.
+#[derive(Debug)]
+pub struct Projects {
+    db: Arc<Database>,
+    cache: RwLock<HashMap<String, Arc<Project>>>,
+}
+
+impl Projects {
+    /// Loads every stored project.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the database cannot be read.
+    pub fn open(db: Arc<Database>) -> Result<Self, StoreError> {
+        let cache = db.projects()?.into_iter().map(|p| (p.spec.id.clone(), Arc::new(p))).collect();
+        Ok(Self { db, cache: RwLock::new(cache) })
+    }
+
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Project>>> {
+        // The map is replaced entry by entry, so a panic elsewhere cannot leave it half-written.
+        self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Project>>> {
+        self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates `spec`'s project, or replaces the spec of the existing one (idempotent upsert).
+    /// Returns the stored project and whether it is new.
+    ///
+    /// # Errors
+    /// [`ProjectError::Invalid`] naming the field, or a store failure.
+    pub fn upsert(&self, spec: ProjectSpec) -> Result<(Arc<Project>, bool), ProjectError> {
+        spec.validate()?;
+        let created = self.db.upsert_project(&spec, now_unix_ms(), UNTRAINED_VERSION)?;
+        let stored = self.db.project(&spec.id)?.ok_or_else(|| ProjectError::NotFound(spec.id.clone()))?;
+        let project = Arc::new(stored);
+        self.cache_write().insert(spec.id, project.clone());
+        Ok((project, created))
+    }
+
+    /// The project `id`.
+    ///
+    /// # Errors
+    /// [`ProjectError::NotFound`].
+    pub fn get(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
+        self.cache_read().get(id).cloned().ok_or_else(|| ProjectError::NotFound(id.to_owned()))
+    }
+
+    /// Every project, ordered by id.
+    pub fn list(&self) -> Vec<Arc<Project>> {
+        let mut projects: Vec<_> = self.cache_read().values().cloned().collect();
+        projects.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        projects
+    }
+
+    /// Applies `update` to project `id`.
+    ///
+    /// # Errors
+    /// [`ProjectError::NotFound`], [`ProjectError::Invalid`] naming the field, or a store failure.
+    pub fn update(&self, id: &str, update: ProjectUpdate) -> Result<Arc<Project>, ProjectError> {
+        let mut spec = self.get(id)?.spec.clone();
+        if let Some(k) = update.mc_iterations {
+            check_mc_iterations("mc_iterations", k)?;
+            spec.mc_iterations = k;
+        }
+        if let Some(name) = update.display_name {
+            spec.display_name = name;
+        }
+        if let Some(heuristic) = update.default_heuristic {
+            spec.default_heuristic = heuristic;
+        }
+        Ok(self.upsert(spec)?.0)
+    }
+
+    /// Deletes project `id`.
+    ///
+    /// # Errors
+    /// [`ProjectError::NotFound`], or a store failure.
+    pub fn delete(&self, id: &str) -> Result<(), ProjectError> {
+        if !self.db.delete_project(id)? {
+            return Err(ProjectError::NotFound(id.to_owned()));
+        }
+        self.cache_write().remove(id);
+        Ok(())
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projects::spec::tests::spec;
+
+    fn projects(dir: &std::path::Path) -> Projects {
+        Projects::open(Arc::new(Database::open(&dir.join("alps.db")).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn create_is_an_idempotent_upsert_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = projects(dir.path());
+        let (first, created) = registry.upsert(spec()).unwrap();
+        assert!(created);
+        let (again, created) = registry.upsert(spec()).unwrap();
+        assert!(!created);
+        assert_eq!(first.created_unix_ms, again.created_unix_ms);
+        drop(registry);
+        let reopened = projects(dir.path());
+        assert_eq!(reopened.get("cars").unwrap().spec, spec());
+        assert_eq!(reopened.list().len(), 1);
+    }
+
+    #[test]
+    fn update_validates_and_delete_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = projects(dir.path());
+        registry.upsert(spec()).unwrap();
+        let update = ProjectUpdate { mc_iterations: Some(0), ..Default::default() };
+        assert!(matches!(registry.update("cars", update), Err(ProjectError::Invalid(_))));
+        let update = ProjectUpdate { mc_iterations: Some(5), ..Default::default() };
+        assert_eq!(registry.update("cars", update).unwrap().spec.mc_iterations, 5);
+        assert!(matches!(registry.update("nope", ProjectUpdate::default()), Err(ProjectError::NotFound(_))));
+        registry.delete("cars").unwrap();
+        assert!(matches!(registry.get("cars"), Err(ProjectError::NotFound(_))));
+        assert!(matches!(registry.delete("cars"), Err(ProjectError::NotFound(_))));
+    }
+}
