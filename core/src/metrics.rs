@@ -38,6 +38,8 @@ pub struct Metrics {
     batch_samples: Histogram,
     cancelled: Counter,
     loaded_models: Gauge,
+    backbone_samples: Counter,
+    head_passes: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,14 @@ impl Default for Metrics {
         registry.register("cancelled_jobs", "Jobs skipped because their caller went away", cancelled.clone());
         let loaded_models = Gauge::default();
         registry.register("loaded_models", "Models in the worker's cache", loaded_models.clone());
+        let backbone_samples = Counter::default();
+        registry.register(
+            "backbone_samples",
+            "Samples through a model backbone (once per sample)",
+            backbone_samples.clone(),
+        );
+        let head_passes = Counter::default();
+        registry.register("head_passes", "Stochastic head passes (samples x MC iterations)", head_passes.clone());
         Self {
             registry,
             plugin_loads,
@@ -72,6 +82,8 @@ impl Default for Metrics {
             batch_samples,
             cancelled,
             loaded_models,
+            backbone_samples,
+            head_passes,
         }
     }
 }
@@ -96,6 +108,12 @@ impl Metrics {
     pub fn observe_batch(&self, samples: usize, took: std::time::Duration) {
         self.batch_samples.observe(samples as f64);
         self.compute_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts one MC-Dropout pass: `samples` through the backbone, `samples × k` head passes.
+    pub fn record_forward(&self, samples: usize, k: usize) {
+        self.backbone_samples.inc_by(samples as u64);
+        self.head_passes.inc_by((samples * k) as u64);
     }
 
     /// Counts jobs skipped because their caller went away.

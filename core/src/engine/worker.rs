@@ -169,6 +169,9 @@ impl Worker {
             .get_or_load(&key, || McModel::load(&spec, device))
             .and_then(|model| run(model, &spec, &live, samples, k, seed));
         self.metrics.observe_batch(samples, started.elapsed());
+        if result.is_ok() {
+            self.metrics.record_forward(samples, k);
+        }
         match result {
             Ok(probabilities) => {
                 let per_sample = probabilities.len() / samples.max(1);

@@ -172,3 +172,122 @@ fn check_classes(logits: &Tensor, classes: usize) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+    use crate::projects::{Architecture, spec::tests::spec};
+
+    fn project(architecture: Architecture, size: u32, dropout: f32) -> ProjectSpec {
+        let mut spec = spec();
+        spec.model.architecture = architecture;
+        spec.model.head_dropout = dropout;
+        spec.preprocessing.width = size;
+        spec.preprocessing.height = size;
+        spec
+    }
+
+    fn input(batch: i64, size: i64) -> Tensor {
+        tch::manual_seed(0);
+        Tensor::rand([batch, 3, size, size], (Kind::Float, Device::Cpu))
+    }
+
+    #[test]
+    fn head_dropout_varies_across_passes_while_the_backbone_is_deterministic() {
+        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.5), Device::Cpu).unwrap();
+        let x = input(2, 16);
+        let features = model.features(&x).unwrap();
+        assert!(features.equal(&model.features(&x).unwrap()), "backbone must be deterministic");
+        let probabilities = model.mc_probabilities(&features, 8).unwrap();
+        assert_eq!(probabilities.size(), [2, 2, 8]);
+        // Columns sum to 1 over classes.
+        let sums = probabilities.sum_dim_intlist([1].as_slice(), false, Kind::Float);
+        assert!(sums.allclose(&Tensor::ones([2, 8], (Kind::Float, Device::Cpu)), 1e-5, 1e-6, false));
+        // Passes differ: the spread over K is not zero.
+        let spread = probabilities.std_dim([2].as_slice(), false, false).max().double_value(&[]);
+        assert!(spread > 1e-4, "MC passes are identical (spread {spread})");
+    }
+
+    #[test]
+    fn without_dropout_every_pass_equals_the_plain_eval_forward() {
+        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
+        let x = input(3, 16);
+        let probabilities = model.mc_probabilities(&model.features(&x).unwrap(), 5).unwrap();
+        let Net::Builtin(network) = &model.net else { panic!("built-in") };
+        let plain = network.head.forward_t(&network.backbone.forward_t(&x, false), false).softmax(-1, Kind::Float);
+        for pass in 0..5 {
+            assert!(probabilities.select(2, pass).allclose(&plain, 1e-6, 1e-7, false), "pass {pass}");
+        }
+    }
+
+    #[test]
+    fn batch_norm_statistics_never_change_with_predictions() {
+        let model = McModel::load(&project(Architecture::Resnet18, 32, 0.5), Device::Cpu).unwrap();
+        let running = |name: &str| model._vs.variables()[name].copy();
+        let (mean, var) = (running("bn1.running_mean"), running("bn1.running_var"));
+        for _ in 0..3 {
+            let features = model.features(&input(4, 32)).unwrap();
+            let _probabilities = model.mc_probabilities(&features, 4).unwrap();
+        }
+        assert!(mean.equal(&running("bn1.running_mean")) && var.equal(&running("bn1.running_var")));
+    }
+
+    #[test]
+    fn every_architecture_outputs_one_probability_per_class_and_pass() {
+        for (architecture, size) in [(Architecture::Mlp, 8), (Architecture::SmallCnn, 32), (Architecture::Resnet18, 32)]
+        {
+            let mut spec = project(architecture, size, 0.5);
+            if architecture == Architecture::Mlp {
+                spec.preprocessing.channels = 1;
+                spec.preprocessing.mean = vec![0.0];
+                spec.preprocessing.std = vec![1.0];
+            }
+            let model = McModel::load(&spec, Device::Cpu).unwrap();
+            let c = i64::from(spec.preprocessing.channels);
+            let x = Tensor::rand([2, c, i64::from(size), i64::from(size)], (Kind::Float, Device::Cpu));
+            let out = model.mc_probabilities(&model.features(&x).unwrap(), 3).unwrap();
+            assert_eq!(out.size(), [2, 2, 3], "{architecture:?}");
+        }
+    }
+
+    #[test]
+    fn vgg16_has_torchvisions_variable_names_and_a_head_after_the_first_classifier_layer() {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let network = architectures::build(&vs.root(), Architecture::Vgg16, (3, 224, 224), 10, 0.5).unwrap();
+        let variables = vs.variables();
+        for name in ["features.0.weight", "features.28.bias", "classifier.0.weight", "classifier.6.weight"] {
+            assert!(variables.contains_key(name), "{name}");
+        }
+        assert_eq!(variables["classifier.6.weight"].size(), [10, 4096]);
+        assert_eq!(network.head_prefixes, ["classifier.3.", "classifier.6."]);
+        vs.freeze();
+    }
+
+    #[test]
+    fn weights_round_trip_and_a_new_head_may_differ_but_the_backbone_may_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weights.safetensors");
+        let original = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
+        original._vs.save(&file).unwrap();
+        let mut spec = project(Architecture::SmallCnn, 16, 0.0);
+        spec.model.weights_path = Some(file.clone());
+        let loaded = McModel::load(&spec, Device::Cpu).unwrap();
+        let x = input(2, 16);
+        let outputs = |m: &McModel| m.mc_probabilities(&m.features(&x).unwrap(), 1).unwrap();
+        assert!(outputs(&original).allclose(&outputs(&loaded), 1e-6, 1e-7, false));
+
+        // Three classes: the head is resized and stays random, the backbone loads.
+        spec.classes.push("bus".into());
+        let three = McModel::load(&spec, Device::Cpu).unwrap();
+        assert!(original.features(&x).unwrap().equal(&three.features(&x).unwrap()));
+
+        // One input channel: the first conv cannot take the file's weights.
+        spec.preprocessing.channels = 1;
+        spec.preprocessing.mean = vec![0.0];
+        spec.preprocessing.std = vec![1.0];
+        let error = McModel::load(&spec, Device::Cpu).unwrap_err().to_string();
+        assert!(error.contains("backbone.conv1.weight") && error.contains("shape"), "{error}");
+    }
+}
