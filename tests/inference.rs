@@ -85,7 +85,7 @@ async fn projects_are_created_idempotently_with_defaults_listed_updated_and_dele
     let project = created.project.unwrap();
     assert_eq!(project.active_model_version, "untrained");
     assert_eq!(project.default_heuristic.unwrap().name, "bald");
-    assert_eq!(project.model.unwrap().head_dropout, 0.5);
+    assert_eq!(project.model.unwrap().head_dropout, Some(0.5));
     let again = server
         .projects
         .create_project(CreateProjectRequest { project: Some(mlp_project("a")) })
@@ -408,4 +408,61 @@ async fn projects_survive_a_restart_and_predict_after_it() {
     assert_eq!(ids, ["kept"]);
     let response = second.inference.predict(predict("kept", vec![tensor_sample("a", 0.2)])).await.unwrap().into_inner();
     assert!(matches!(response.results[0].outcome, Some(Outcome::Prediction(_))));
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+async fn scrape(server: &Server) -> String {
+    reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn predict_stream_answers_each_message_in_order() {
+    let mut server = server(&[]).await;
+    create(&mut server, mlp_project("p")).await;
+    let requests: Vec<PredictRequest> = (0..5)
+        .map(|i| PredictRequest { mc_iterations: i + 1, ..predict("p", vec![tensor_sample(&format!("s{i}"), 0.1)]) })
+        .collect();
+    let mut responses = server.inference.predict_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    for i in 0..5u32 {
+        let response = responses.message().await.unwrap().expect("one response per request");
+        assert_eq!(response.mc_iterations, i + 1);
+        assert_eq!(response.results[0].id, format!("s{i}"));
+    }
+    assert!(responses.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_request_whose_client_gave_up_is_skipped_and_counted() {
+    // Jobs wait up to 1 s for company, far longer than the client's 100 ms deadline.
+    let mut server = server(&["--max-batch-wait-ms", "1000"]).await;
+    create(&mut server, mlp_project("p")).await;
+    let mut request = tonic::Request::new(predict("p", vec![tensor_sample("a", 0.0)]));
+    request.set_timeout(std::time::Duration::from_millis(100));
+    let error = server.inference.predict(request).await.unwrap_err();
+    assert!(matches!(error.code(), Code::DeadlineExceeded | Code::Cancelled), "{error:?}");
+    alps_system_tests::eventually("the cancelled job to be counted", || {
+        let metrics = server.metrics.clone();
+        async move {
+            let text = reqwest::get(format!("http://{metrics}/metrics")).await.ok()?.text().await.ok()?;
+            (metric(&text, "alps_cancelled_jobs_total") >= 1.0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(metric(&scrape(&server).await, "alps_backbone_samples_total"), 0.0, "the model never ran");
+}
+
+#[tokio::test]
+async fn the_model_cache_evicts_beyond_its_budget_and_reloads_transparently() {
+    // A budget of 0 MiB keeps only the most recently used model.
+    let mut server = server(&["--model-cache-mib", "0"]).await;
+    create(&mut server, mlp_project("a")).await;
+    create(&mut server, mlp_project("b")).await;
+    for project in ["a", "b", "a"] {
+        let response = server.inference.predict(predict(project, vec![tensor_sample("x", 0.5)])).await.unwrap();
+        assert!(matches!(response.into_inner().results[0].outcome, Some(Outcome::Prediction(_))));
+        assert_eq!(metric(&scrape(&server).await, "alps_loaded_models"), 1.0);
+    }
 }

@@ -103,7 +103,7 @@ fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
             architecture,
             weights_path: non_empty(model.weights_path),
             torchscript_path: non_empty(model.torchscript_path),
-            head_dropout: if model.head_dropout == 0.0 { DEFAULT_HEAD_DROPOUT } else { model.head_dropout },
+            head_dropout: model.head_dropout.unwrap_or(DEFAULT_HEAD_DROPOUT),
         },
         preprocessing,
         mc_iterations: if project.mc_iterations == 0 { DEFAULT_MC_ITERATIONS } else { project.mc_iterations },
@@ -125,7 +125,7 @@ pub fn proto_project(project: &Project) -> pb::Project {
             architecture: proto_architecture(spec.model.architecture).into(),
             weights_path: spec.model.weights_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             torchscript_path: spec.model.torchscript_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            head_dropout: spec.model.head_dropout,
+            head_dropout: Some(spec.model.head_dropout),
         }),
         preprocessing: Some(pb::Preprocessing {
             width: spec.preprocessing.width,

@@ -1,0 +1,213 @@
+//! User TorchScript models exported by `scripts/export_torchscript.py`: a built-in model and the
+//! same weights exported to TorchScript give the same output; forward-only modules fall back to
+//! replicating the batch; a module with the wrong number of classes is refused at creation.
+
+use std::{path::Path, process::Command};
+
+use alps_proto::v1::{
+    Architecture, CreateProjectRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor,
+    inference_service_client::InferenceServiceClient, predict_result::Outcome,
+    project_service_client::ProjectServiceClient, sample::Input,
+};
+use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, start_server};
+use tonic::{Code, transport::Channel};
+
+/// Runs Python from the project venv (created by `scripts/bootstrap.sh`, which `make test` runs).
+fn python(args: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(root.join(".venv/bin/python"))
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .expect("run the venv's python (run scripts/bootstrap.sh first)");
+    assert!(output.status.success(), "python {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn project(id: &str, architecture: Architecture, torchscript: &Path, weights: &Path, classes: usize) -> Project {
+    let (torchscript_path, weights_path) = if architecture == Architecture::Torchscript {
+        (torchscript.display().to_string(), String::new())
+    } else {
+        (String::new(), weights.display().to_string())
+    };
+    Project {
+        id: id.into(),
+        classes: (0..classes).map(|c| format!("class{c}")).collect(),
+        model: Some(ModelSpec {
+            architecture: architecture as i32,
+            weights_path,
+            torchscript_path,
+            head_dropout: Some(0.0),
+        }),
+        preprocessing: Some(Preprocessing { width: 16, height: 16, channels: 3, ..Default::default() }),
+        mc_iterations: 3,
+        ..Default::default()
+    }
+}
+
+fn samples() -> Vec<Sample> {
+    (0..4)
+        .map(|i| {
+            let data = (0..3 * 16 * 16).map(|j| ((i * 7 + j) % 13) as f32 / 13.0).collect();
+            Sample { id: i.to_string(), input: Some(Input::Tensor(Tensor { shape: vec![3, 16, 16], data })) }
+        })
+        .collect()
+}
+
+async fn mean_probabilities(client: &mut InferenceServiceClient<Channel>, project: &str) -> Vec<Vec<f32>> {
+    let request = PredictRequest {
+        project_id: project.into(),
+        samples: samples(),
+        return_mc_samples: true,
+        ..Default::default()
+    };
+    let response = client.predict(request).await.unwrap().into_inner();
+    response
+        .results
+        .into_iter()
+        .map(|r| match r.outcome {
+            Some(Outcome::Prediction(p)) => {
+                // Without dropout every pass is the same.
+                let samples = p.mc_samples.unwrap();
+                for class in samples.data.chunks(3) {
+                    assert!(class.iter().all(|&v| (v - class[0]).abs() < 1e-6), "{class:?}");
+                }
+                p.mean_probabilities
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_builtin_model_and_its_torchscript_export_agree() {
+    let files = tempfile::tempdir().unwrap();
+    let (weights, script) = (files.path().join("w.safetensors"), files.path().join("small_cnn.pt"));
+    python(&[
+        "scripts/export_torchscript.py",
+        "--alps",
+        "small_cnn",
+        "--input",
+        "3",
+        "16",
+        "16",
+        "--classes",
+        "3",
+        "--dropout",
+        "0",
+        "--safetensors",
+        weights.to_str().unwrap(),
+        "--out",
+        script.to_str().unwrap(),
+    ]);
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (_server, grpc) = start_server(&dirs, &[]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut projects = ProjectServiceClient::new(channel.clone());
+    let mut inference = InferenceServiceClient::new(channel);
+    for (id, architecture) in [("builtin", Architecture::SmallCnn), ("script", Architecture::Torchscript)] {
+        let request = CreateProjectRequest { project: Some(project(id, architecture, &script, &weights, 3)) };
+        projects.create_project(request).await.unwrap();
+    }
+    let builtin = mean_probabilities(&mut inference, "builtin").await;
+    let script = mean_probabilities(&mut inference, "script").await;
+    for (a, b) in builtin.iter().zip(&script) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "built-in {a:?} vs TorchScript {b:?}");
+        }
+    }
+
+    // The same export for two classes does not fit a three-class project: refused at creation.
+    let two = files.path().join("two.pt");
+    python(&[
+        "scripts/export_torchscript.py",
+        "--alps",
+        "small_cnn",
+        "--input",
+        "3",
+        "16",
+        "16",
+        "--classes",
+        "2",
+        "--safetensors",
+        files.path().join("w2.safetensors").to_str().unwrap(),
+        "--out",
+        two.to_str().unwrap(),
+    ]);
+    let request =
+        CreateProjectRequest { project: Some(project("wrong", Architecture::Torchscript, &two, &weights, 3)) };
+    let error = projects.create_project(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("[1, 3]"), "{}", error.message());
+}
+
+#[tokio::test]
+async fn a_forward_only_module_is_served_by_replicating_the_batch() {
+    let files = tempfile::tempdir().unwrap();
+    let script = files.path().join("forward.pt");
+    let code = format!(
+        "import torch; m = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.Linear(768, 2)); torch.jit.script(m).save({:?})",
+        script.display().to_string()
+    );
+    python(&["-c", &code]);
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (_server, grpc) = start_server(&dirs, &[]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let request =
+        CreateProjectRequest { project: Some(project("fwd", Architecture::Torchscript, &script, &script, 2)) };
+    ProjectServiceClient::new(channel.clone()).create_project(request).await.unwrap();
+    let means = mean_probabilities(&mut InferenceServiceClient::new(channel), "fwd").await;
+    assert_eq!(means.len(), 4);
+    assert!(means.iter().all(|m| m.len() == 2 && (m.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+}
+
+#[tokio::test]
+async fn builtin_resnet18_matches_torchvision_with_converted_weights() {
+    // torchvision's ResNet-18 with seeded random weights (nothing is downloaded), saved as a
+    // state_dict, converted for the built-in, and exported to TorchScript from the same file.
+    let files = tempfile::tempdir().unwrap();
+    let (pth, weights, script) =
+        (files.path().join("r18.pth"), files.path().join("r18.safetensors"), files.path().join("r18.pt"));
+    let code = format!(
+        "import torch, torchvision; torch.manual_seed(0); m = torchvision.models.resnet18(weights=None); \
+         [(b.running_mean.uniform_(-0.1, 0.1), b.running_var.uniform_(0.5, 1.5)) for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]; \
+         torch.save(m.state_dict(), {:?})",
+        pth.display().to_string()
+    );
+    python(&["-c", &code]);
+    python(&["scripts/convert_torchvision.py", pth.to_str().unwrap(), weights.to_str().unwrap()]);
+    python(&[
+        "scripts/export_torchscript.py",
+        "--torchvision",
+        "resnet18",
+        "--weights",
+        pth.to_str().unwrap(),
+        "--classes",
+        "1000",
+        "--dropout",
+        "0",
+        "--input",
+        "3",
+        "16",
+        "16",
+        "--out",
+        script.to_str().unwrap(),
+    ]);
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (_server, grpc) = start_server(&dirs, &[]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut projects = ProjectServiceClient::new(channel.clone());
+    let mut inference = InferenceServiceClient::new(channel);
+    for (id, architecture) in [("builtin", Architecture::Resnet18), ("torchvision", Architecture::Torchscript)] {
+        let request = CreateProjectRequest { project: Some(project(id, architecture, &script, &weights, 1000)) };
+        projects.create_project(request).await.unwrap();
+    }
+    let builtin = mean_probabilities(&mut inference, "builtin").await;
+    let torchvision = mean_probabilities(&mut inference, "torchvision").await;
+    for (a, b) in builtin.iter().zip(&torchvision) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "built-in and torchvision ResNet-18 differ by {worst}");
+    }
+}
