@@ -28,7 +28,10 @@ test: bootstrap
 ## bench: benchmarks, side by side with the reference implementations (results: BENCHMARKS.md)
 bench:
 	scripts/bootstrap.sh scripts/requirements-bench.txt
+	cargo build --release --workspace --bins --lib
 	cargo bench -p alps-heuristics-builtin --bench heuristics_vs_baal
+	cargo bench -p alps-core --bench mc_dropout
+	cargo bench -p alps-system-tests --bench serving
 
 ## bootstrap: create .venv with the pinned torch (idempotent)
 bootstrap:

@@ -67,6 +67,11 @@ fn predict(project: &str, samples: Vec<Sample>) -> PredictRequest {
     PredictRequest { project_id: project.into(), samples, ..Default::default() }
 }
 
+async fn project_ids(server: &mut Server) -> Vec<String> {
+    let listed = server.projects.list_projects(ListProjectsRequest {}).await.unwrap().into_inner();
+    listed.projects.into_iter().map(|p| p.id).collect()
+}
+
 async fn create(server: &mut Server, project: Project) -> Project {
     let request = CreateProjectRequest { project: Some(project) };
     server.projects.create_project(request).await.unwrap().into_inner().project.unwrap()
@@ -94,17 +99,7 @@ async fn projects_are_created_idempotently_with_defaults_listed_updated_and_dele
         .into_inner();
     assert!(!again.created);
     create(&mut server, mlp_project("b")).await;
-    let ids: Vec<String> = server
-        .projects
-        .list_projects(ListProjectsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .projects
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(project_ids(&mut server).await, ["a", "b"]);
 
     let update = UpdateProjectRequest {
         project_id: "a".into(),
@@ -395,17 +390,7 @@ async fn projects_survive_a_restart_and_predict_after_it() {
     assert!(first.process.terminate().success());
     let dirs = first._dirs;
     let mut second = connect(dirs, &[]).await;
-    let ids: Vec<String> = second
-        .projects
-        .list_projects(ListProjectsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .projects
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    assert_eq!(ids, ["kept"]);
+    assert_eq!(project_ids(&mut second).await, ["kept"]);
     let response = second.inference.predict(predict("kept", vec![tensor_sample("a", 0.2)])).await.unwrap().into_inner();
     assert!(matches!(response.results[0].outcome, Some(Outcome::Prediction(_))));
 }

@@ -78,6 +78,44 @@ async fn mean_probabilities(client: &mut InferenceServiceClient<Channel>, projec
         .collect()
 }
 
+/// A server with the built-in plugin, and clients for it.
+struct Server {
+    _dirs: ServerDirs,
+    _process: alps_system_tests::Process,
+    projects: ProjectServiceClient<Channel>,
+    inference: InferenceServiceClient<Channel>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dirs = ServerDirs::new();
+        install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+        let (process, grpc) = start_server(&dirs, &[]);
+        let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+        Self {
+            _dirs: dirs,
+            _process: process,
+            projects: ProjectServiceClient::new(channel.clone()),
+            inference: InferenceServiceClient::new(channel),
+        }
+    }
+
+    /// Creates `project` and returns the mean probabilities of [`samples`] under it.
+    async fn create_and_predict(&mut self, project: Project) -> Vec<Vec<f32>> {
+        let id = project.id.clone();
+        self.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+        mean_probabilities(&mut self.inference, &id).await
+    }
+}
+
+/// Every probability of `a` within 1e-5 of `b`'s.
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
+    for (x, y) in a.iter().zip(b) {
+        let worst = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "differ by {worst}: {x:?} vs {y:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_builtin_model_and_its_torchscript_export_agree() {
     let files = tempfile::tempdir().unwrap();
@@ -99,23 +137,10 @@ async fn a_builtin_model_and_its_torchscript_export_agree() {
         "--out",
         script.to_str().unwrap(),
     ]);
-    let dirs = ServerDirs::new();
-    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let (_server, grpc) = start_server(&dirs, &[]);
-    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-    let mut projects = ProjectServiceClient::new(channel.clone());
-    let mut inference = InferenceServiceClient::new(channel);
-    for (id, architecture) in [("builtin", Architecture::SmallCnn), ("script", Architecture::Torchscript)] {
-        let request = CreateProjectRequest { project: Some(project(id, architecture, &script, &weights, 3)) };
-        projects.create_project(request).await.unwrap();
-    }
-    let builtin = mean_probabilities(&mut inference, "builtin").await;
-    let script = mean_probabilities(&mut inference, "script").await;
-    for (a, b) in builtin.iter().zip(&script) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() < 1e-5, "built-in {a:?} vs TorchScript {b:?}");
-        }
-    }
+    let mut server = Server::start().await;
+    let builtin = server.create_and_predict(project("builtin", Architecture::SmallCnn, &script, &weights, 3)).await;
+    let exported = server.create_and_predict(project("script", Architecture::Torchscript, &script, &weights, 3)).await;
+    assert_close(&builtin, &exported);
 
     // The same export for two classes does not fit a three-class project: refused at creation.
     let two = files.path().join("two.pt");
@@ -136,7 +161,7 @@ async fn a_builtin_model_and_its_torchscript_export_agree() {
     ]);
     let request =
         CreateProjectRequest { project: Some(project("wrong", Architecture::Torchscript, &two, &weights, 3)) };
-    let error = projects.create_project(request).await.unwrap_err();
+    let error = server.projects.create_project(request).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("[1, 3]"), "{}", error.message());
 }
@@ -150,14 +175,8 @@ async fn a_forward_only_module_is_served_by_replicating_the_batch() {
         script.display().to_string()
     );
     python(&["-c", &code]);
-    let dirs = ServerDirs::new();
-    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let (_server, grpc) = start_server(&dirs, &[]);
-    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-    let request =
-        CreateProjectRequest { project: Some(project("fwd", Architecture::Torchscript, &script, &script, 2)) };
-    ProjectServiceClient::new(channel.clone()).create_project(request).await.unwrap();
-    let means = mean_probabilities(&mut InferenceServiceClient::new(channel), "fwd").await;
+    let mut server = Server::start().await;
+    let means = server.create_and_predict(project("fwd", Architecture::Torchscript, &script, &script, 2)).await;
     assert_eq!(means.len(), 4);
     assert!(means.iter().all(|m| m.len() == 2 && (m.iter().sum::<f32>() - 1.0).abs() < 1e-5));
 }
@@ -194,20 +213,9 @@ async fn builtin_resnet18_matches_torchvision_with_converted_weights() {
         "--out",
         script.to_str().unwrap(),
     ]);
-    let dirs = ServerDirs::new();
-    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let (_server, grpc) = start_server(&dirs, &[]);
-    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-    let mut projects = ProjectServiceClient::new(channel.clone());
-    let mut inference = InferenceServiceClient::new(channel);
-    for (id, architecture) in [("builtin", Architecture::Resnet18), ("torchvision", Architecture::Torchscript)] {
-        let request = CreateProjectRequest { project: Some(project(id, architecture, &script, &weights, 1000)) };
-        projects.create_project(request).await.unwrap();
-    }
-    let builtin = mean_probabilities(&mut inference, "builtin").await;
-    let torchvision = mean_probabilities(&mut inference, "torchvision").await;
-    for (a, b) in builtin.iter().zip(&torchvision) {
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "built-in and torchvision ResNet-18 differ by {worst}");
-    }
+    let mut server = Server::start().await;
+    let builtin = server.create_and_predict(project("builtin", Architecture::Resnet18, &script, &weights, 1000)).await;
+    let torchvision =
+        server.create_and_predict(project("tv", Architecture::Torchscript, &script, &weights, 1000)).await;
+    assert_close(&builtin, &torchvision);
 }

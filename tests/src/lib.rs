@@ -105,6 +105,11 @@ impl Process {
         fields[field].as_str().unwrap_or_else(|| panic!("no {field} in {fields}")).to_owned()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");

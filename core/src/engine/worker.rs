@@ -166,7 +166,18 @@ impl Worker {
         let device = self.device;
         let result = self
             .cache
-            .get_or_load(&key, || McModel::load(&spec, device))
+            .get_or_load(&key, || {
+                let loading = Instant::now();
+                let model = McModel::load(&spec, device)?;
+                tracing::info!(
+                    project = %key.project,
+                    version = %key.version,
+                    bytes = model.bytes(),
+                    ms = loading.elapsed().as_millis() as u64,
+                    "model loaded"
+                );
+                Ok(model)
+            })
             .and_then(|model| run(model, &spec, &live, samples, k, seed));
         self.metrics.observe_batch(samples, started.elapsed());
         if result.is_ok() {

@@ -138,6 +138,38 @@ impl McModel {
     }
 }
 
+impl McModel {
+    /// MC-Dropout by replicating the batch K times and running the whole network on `[K·B, ...]`
+    /// (Baal's `replicate_in_memory`): the strategy for models that cannot be split, kept for
+    /// comparison in benchmarks. Probabilities `[B, C, K]`, as [`mc_probabilities`](Self::mc_probabilities).
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] on a libtorch failure.
+    pub fn mc_probabilities_replicated(&self, input: &Tensor, k: i64) -> Result<Tensor, ModelError> {
+        let repeated = input.f_repeat_interleave_self_int(k, 0, None)?;
+        let features = self.features(&repeated)?;
+        // Each replica is one pass: K = 1 on the replicated batch, then regroup per sample.
+        let batch = input.size()[0];
+        let probabilities = self.mc_probabilities(&features, 1)?;
+        Ok(probabilities.f_view([batch, k, self.classes])?.f_permute([0, 2, 1])?.f_contiguous()?)
+    }
+
+    /// Writes the parameters and buffers as safetensors, the format `weights_path` loads.
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] if the file cannot be written; [`ModelError::TorchScript`] for
+    /// TorchScript models, whose weights live in their own file.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        if !matches!(self.net, Net::Builtin(_)) {
+            return Err(ModelError::TorchScript {
+                path: path.to_owned(),
+                message: "weights live in the TorchScript file".into(),
+            });
+        }
+        Ok(self._vs.save(path)?)
+    }
+}
+
 /// Loads a TorchScript model: `features` + `head` if it has them, else `forward` alone.
 fn load_torchscript(spec: &ProjectSpec, device: Device, input: (i64, i64, i64)) -> Result<Net, ModelError> {
     let path = spec.model.torchscript_path.clone().unwrap_or_default();
@@ -220,6 +252,16 @@ mod tests {
         for pass in 0..5 {
             assert!(probabilities.select(2, pass).allclose(&plain, 1e-6, 1e-7, false), "pass {pass}");
         }
+    }
+
+    #[test]
+    fn replicating_the_batch_gives_the_same_probabilities_without_dropout() {
+        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
+        let x = input(3, 16);
+        let once = model.mc_probabilities(&model.features(&x).unwrap(), 4).unwrap();
+        let replicated = model.mc_probabilities_replicated(&x, 4).unwrap();
+        assert_eq!(replicated.size(), [3, 2, 4]);
+        assert!(once.allclose(&replicated, 1e-5, 1e-6, false));
     }
 
     #[test]
