@@ -55,7 +55,7 @@ struct Load {
 }
 
 async fn load(extra: &[&str], per_client: usize) -> Load {
-    let (_dirs, mut process, channel) = start(extra).await;
+    let (_dirs, process, channel) = start(extra).await;
     let request_project = CreateProjectRequest { project: Some(project("cnn", Architecture::SmallCnn, 32)) };
     ProjectServiceClient::new(channel.clone()).create_project(request_project).await.unwrap();
     let mut warm = InferenceServiceClient::new(channel.clone());
