@@ -5,7 +5,7 @@
 //!
 //! Run with `make bench`. Optional arguments: `batch K repeats`.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{hint::black_box, path::PathBuf, process::Command, time::Instant};
 
 use alps_core::{
     models::McModel,
@@ -45,10 +45,10 @@ fn main() {
 
     let once = median(repeats, || {
         let features = model.features(&input).expect("features");
-        model.mc_probabilities(&features, k as i64).expect("head");
+        black_box(model.mc_probabilities(&features, k as i64).expect("head"));
     });
     let replicated = median(repeats, || {
-        model.mc_probabilities_replicated(&input, k as i64).expect("replicated");
+        black_box(model.mc_probabilities_replicated(&input, k as i64).expect("replicated"));
     });
     let baal = baal(&model, &input, batch, classes, k, repeats);
 
