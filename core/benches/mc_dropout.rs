@@ -45,10 +45,10 @@ fn main() {
 
     let once = median(repeats, || {
         let features = model.features(&input).expect("features");
-        black_box(model.mc_probabilities(&features, k as i64).expect("head"));
+        let _probabilities = black_box(model.mc_probabilities(&features, k as i64).expect("head"));
     });
     let replicated = median(repeats, || {
-        black_box(model.mc_probabilities_replicated(&input, k as i64).expect("replicated"));
+        let _probabilities = black_box(model.mc_probabilities_replicated(&input, k as i64).expect("replicated"));
     });
     let baal = baal(&model, &input, batch, classes, k, repeats);
 
