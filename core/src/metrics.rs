@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get, serve::ListenerExt};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{
@@ -147,6 +147,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().route("/metrics", get(scrape)).with_state(metrics);
+    let listener = listener.tap_io(|tcp| {
+        // Scrapes are small responses; never hold them back for Nagle's algorithm.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 

@@ -5,8 +5,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use alps_runtime::Shutdown;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::Routes;
+use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -145,7 +144,10 @@ impl Server {
         };
         let grpc = tonic::transport::Server::builder()
             .add_routes(self.routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop_accepting);
+            // Our own listener (bound early to report a busy port), so tonic's TCP options must be
+            // set here: without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small
+            // responses by ~40 ms.
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc).with_nodelay(Some(true)), stop_accepting);
         let metrics = metrics::serve(self.metrics_listener, self.metrics, shutdown.requested());
         let (grpc, metrics) = tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace));
         grpc.transpose()?;

@@ -9,6 +9,7 @@ use alps_label_studio::{
 };
 use alps_runtime::Shutdown;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -38,6 +39,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         base_path = %config.base_path,
         "listening"
     );
+    // Small JSON answers must not wait for Nagle's algorithm (Label Studio's timeouts are 1 s).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.requested()).into_future();
     shutdown.drain(serving, config.shutdown_grace()).await.transpose()?;
     tracing::info!("stopped");
