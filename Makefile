@@ -21,7 +21,7 @@ run: bootstrap release
 ## test: bootstrap, then format check, clippy, unit and cross-process tests
 test: bootstrap
 	cargo fmt --all --check
-	cargo build --workspace --bins
+	cargo build --workspace
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace
 

@@ -10,3 +10,4 @@ pub mod plugins;
 pub mod projects;
 pub mod server;
 pub mod store;
+pub mod training;

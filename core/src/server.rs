@@ -15,8 +15,12 @@ use crate::{
     metrics::{self, Metrics},
     plugins::{self, HeuristicHost, HostStartError, PluginDirError},
     projects::Projects,
-    store::db::{Database, StoreError},
     store::{DataDir, DataDirError},
+    store::{
+        blobs::{BlobError, BlobStore},
+        db::{Database, StoreError},
+    },
+    training::examples::Examples,
 };
 
 /// Why the server could not start. Each message names the offending flag value.
@@ -47,6 +51,9 @@ pub enum StartError {
     /// See [`StoreError`].
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// See [`BlobError`].
+    #[error("cannot open the blob store: {0}")]
+    Blobs(#[from] BlobError),
     /// The inference worker thread could not start.
     #[error("cannot start the inference worker: {0}")]
     Engine(std::io::Error),
@@ -92,7 +99,8 @@ impl Server {
         }
         let heuristics = Arc::new(heuristics);
         let db = Arc::new(Database::open(&data_dir.database_path())?);
-        let projects = Arc::new(Projects::open(db)?);
+        let projects = Arc::new(Projects::open(db.clone())?);
+        let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
         tracing::info!(projects = projects.list().len(), "projects loaded");
         let engine_config = config.engine();
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
@@ -103,6 +111,7 @@ impl Server {
             heuristics: heuristics.clone(),
             projects,
             engine,
+            examples: Arc::new(Examples::new(db, blobs, engine_config.image_limits)),
             metrics: metrics.clone(),
             max_rank_pool_values: config.max_rank_pool_values,
         });

@@ -2,7 +2,7 @@
 //! binaries, reads their JSON logs, and stops them with signals.
 //!
 //! The binaries are taken from the cargo target directory of the test executable
-//! (`target/<profile>/`); `make test` builds them first (`cargo build --workspace --bins`).
+//! (`target/<profile>/`); `make test` builds them first (`cargo build --workspace`, which includes the built-in plugin).
 
 use std::{
     io::{BufRead, BufReader},
@@ -26,7 +26,11 @@ pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let path = binary_dir().join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first (binaries and the built-in plugin)",
+        path.display()
+    );
     path
 }
 

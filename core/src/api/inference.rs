@@ -112,7 +112,8 @@ impl InferenceApi {
                 let (outcomes, probabilities) = self
                     .state
                     .engine
-                    .probabilities(&project, inputs, k, first_seed(seed))
+                    // Every chunk uses the ranking's seed, so the whole ranking is reproducible.
+                    .probabilities(&project, inputs, k, Some(seed))
                     .await
                     .map_err(engine_status)?;
                 let mut scored = Vec::with_capacity(ids.len());
@@ -147,11 +148,6 @@ impl InferenceApi {
     }
 }
 
-/// Every chunk of a seeded ranking uses the same seed, so the whole ranking is reproducible.
-fn first_seed(seed: u64) -> Option<u64> {
-    Some(seed)
-}
-
 fn mc_iterations(project: &Project, requested: u32) -> Result<usize, Status> {
     if requested == 0 {
         return Ok(project.spec.mc_iterations as usize);
@@ -160,18 +156,17 @@ fn mc_iterations(project: &Project, requested: u32) -> Result<usize, Status> {
     Ok(requested as usize)
 }
 
+/// The engine's view of a protobuf sample input.
+pub fn sample_input(input: Option<Input>) -> SampleInput {
+    match input {
+        Some(Input::Image(bytes)) => SampleInput::Image(bytes),
+        Some(Input::Tensor(tensor)) => SampleInput::Tensor { shape: tensor.shape, values: tensor.data },
+        None => SampleInput::Missing,
+    }
+}
+
 fn split_samples(samples: Vec<Sample>) -> (Vec<String>, Vec<SampleInput>) {
-    samples
-        .into_iter()
-        .map(|sample| {
-            let input = match sample.input {
-                Some(Input::Image(bytes)) => SampleInput::Image(bytes),
-                Some(Input::Tensor(tensor)) => SampleInput::Tensor { shape: tensor.shape, values: tensor.data },
-                None => SampleInput::Missing,
-            };
-            (sample.id, input)
-        })
-        .unzip()
+    samples.into_iter().map(|sample| (sample.id, sample_input(sample.input))).unzip()
 }
 
 fn proto_prediction(prediction: SamplePrediction, project: &Project, k: usize) -> pb::Prediction {

@@ -1,11 +1,13 @@
 //! The gRPC surface: tonic services only (decode, validate, call, encode). Never touches tch.
 //!
 //! Served: `alps.v1.ProjectService`, `alps.v1.InferenceService`, `alps.v1.HeuristicService`,
+//! `alps.v1.ExampleService`,
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) over every `alps.v1` file, so
 //! `grpcurl` can describe the API without the `.proto` files. `alps.v1` services that are not
-//! served yet (examples, training, model versions) answer `UNIMPLEMENTED` (tonic's router
+//! served yet (training, model versions) answer `UNIMPLEMENTED` (tonic's router
 //! default).
 
+pub mod examples;
 pub mod heuristics;
 pub mod inference;
 pub mod projects;
@@ -13,13 +15,15 @@ pub mod projects;
 use std::sync::Arc;
 
 use alps_proto::v1::{
-    heuristic_service_server::HeuristicServiceServer, inference_service_server::InferenceServiceServer,
-    project_service_server::ProjectServiceServer,
+    example_service_server::ExampleServiceServer, heuristic_service_server::HeuristicServiceServer,
+    inference_service_server::InferenceServiceServer, project_service_server::ProjectServiceServer,
 };
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-use crate::{engine::Engine, metrics::Metrics, plugins::HeuristicHost, projects::Projects};
+use crate::{
+    engine::Engine, metrics::Metrics, plugins::HeuristicHost, projects::Projects, training::examples::Examples,
+};
 
 /// What the gRPC services share.
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub struct AppState {
     pub projects: Arc<Projects>,
     /// The inference engine.
     pub engine: Engine,
+    /// Labelled examples.
+    pub examples: Arc<Examples>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Largest batch-heuristic pool in Rank, probability values (N·C·K).
@@ -54,10 +60,13 @@ pub async fn routes(
     let heuristics = HeuristicServiceServer::new(heuristics::HeuristicApi::new(state.heuristics.clone()))
         .max_decoding_message_size(max_message_bytes);
     let projects = ProjectServiceServer::new(projects::ProjectApi::new(state.clone()));
+    let examples = ExampleServiceServer::new(examples::ExampleApi::new(state.clone()))
+        .max_decoding_message_size(max_message_bytes);
     let inference =
         InferenceServiceServer::new(inference::InferenceApi::new(state)).max_decoding_message_size(max_message_bytes);
     reporter.set_serving::<HeuristicServiceServer<heuristics::HeuristicApi>>().await;
     reporter.set_serving::<ProjectServiceServer<projects::ProjectApi>>().await;
+    reporter.set_serving::<ExampleServiceServer<examples::ExampleApi>>().await;
     reporter.set_serving::<InferenceServiceServer<inference::InferenceApi>>().await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -66,7 +75,8 @@ pub async fn routes(
         .add_service(reflection_v1alpha)
         .add_service(heuristics)
         .add_service(projects)
-        .add_service(inference);
+        .add_service(inference)
+        .add_service(examples);
     Ok((reporter, routes))
 }
 

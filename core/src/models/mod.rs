@@ -49,8 +49,8 @@ enum Net {
 
 /// A loaded model on one device. Not `Sync` (libtorch modules): owned by one engine worker.
 pub struct McModel {
-    /// Keeps the variables of built-in networks alive.
-    _vs: nn::VarStore,
+    /// The variables of built-in networks (empty for TorchScript).
+    vs: nn::VarStore,
     net: Net,
     device: Device,
     classes: i64,
@@ -91,7 +91,7 @@ impl McModel {
             None => load_torchscript(spec, device, input)?,
         };
         let bytes = vs.variables().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
-        Ok(Self { _vs: vs, net, device, classes, bytes })
+        Ok(Self { vs, net, device, classes, bytes })
     }
 
     /// Device the model runs on.
@@ -166,7 +166,7 @@ impl McModel {
                 message: "weights live in the TorchScript file".into(),
             });
         }
-        Ok(self._vs.save(path)?)
+        Ok(self.vs.save(path)?)
     }
 }
 
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn batch_norm_statistics_never_change_with_predictions() {
         let model = McModel::load(&project(Architecture::Resnet18, 32, 0.5), Device::Cpu).unwrap();
-        let running = |name: &str| model._vs.variables()[name].copy();
+        let running = |name: &str| model.vs.variables()[name].copy();
         let (mean, var) = (running("bn1.running_mean"), running("bn1.running_var"));
         for _ in 0..3 {
             let features = model.features(&input(4, 32)).unwrap();
@@ -312,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("weights.safetensors");
         let original = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
-        original._vs.save(&file).unwrap();
+        original.vs.save(&file).unwrap();
         let mut spec = project(Architecture::SmallCnn, 16, 0.0);
         spec.model.weights_path = Some(file.clone());
         let loaded = McModel::load(&spec, Device::Cpu).unwrap();

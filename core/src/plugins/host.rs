@@ -128,11 +128,6 @@ impl HeuristicHost {
         );
         Ok(ReloadReport { registry, errors })
     }
-
-    /// Where loaded copies of plugin files are kept.
-    pub fn copies_dir(&self) -> &Path {
-        &self.copies_dir
-    }
 }
 
 fn log_loaded(file: &Path, heuristics: &[Arc<LoadedHeuristic>]) {

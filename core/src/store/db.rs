@@ -8,12 +8,25 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::projects::ProjectSpec;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE projects (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE projects (
         id TEXT PRIMARY KEY NOT NULL,
         spec TEXT NOT NULL,
         created_unix_ms INTEGER NOT NULL,
         active_version TEXT NOT NULL
-    )"];
+    )",
+    "CREATE TABLE examples (
+        project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        external_id TEXT NOT NULL,
+        class_name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        tensor_shape TEXT,
+        metadata TEXT NOT NULL,
+        updated_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (project_id, external_id)
+    )",
+];
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +42,37 @@ pub enum StoreError {
         /// The decoding error.
         source: serde_json::Error,
     },
+}
+
+/// A labelled example as stored (its sample bytes are in the blob store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExampleRow {
+    /// Client-side identity (e.g. the Label Studio task id).
+    pub external_id: String,
+    /// Class name.
+    pub class_name: String,
+    /// SHA-256 of the sample bytes (blob name).
+    pub sha256: String,
+    /// Size of the sample bytes.
+    pub size_bytes: u64,
+    /// `Some([C, H, W])` when the sample is a raw little-endian f32 tensor, `None` for an
+    /// encoded image.
+    pub tensor_shape: Option<Vec<u64>>,
+    /// Free-form metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Last insert or change, milliseconds since the Unix epoch.
+    pub updated_unix_ms: i64,
+}
+
+/// What an upsert of examples did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpsertCounts {
+    /// New external ids.
+    pub inserted: u64,
+    /// Existing ids whose class, sample or metadata changed.
+    pub updated: u64,
+    /// Replays identical to what was stored.
+    pub unchanged: u64,
 }
 
 /// A stored project row.
@@ -58,6 +102,7 @@ impl Database {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // Durable on power loss with WAL while still fast (SQLite docs, "WAL mode").
         connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
         let applied: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         let transaction = connection.transaction()?;
         for migration in &MIGRATIONS[applied.min(MIGRATIONS.len())..] {
@@ -136,6 +181,124 @@ impl Database {
     /// [`StoreError`] on a database failure.
     pub fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.connection().execute("DELETE FROM projects WHERE id = ?1", params![id])? == 1)
+    }
+}
+
+impl Database {
+    /// Inserts or updates `examples` of `project` in one transaction, by external id.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure (nothing is written then).
+    pub fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let mut counts = UpsertCounts::default();
+        for example in examples {
+            let shape = example.tensor_shape.as_ref().map(|s| serde_json::json!(s).to_string());
+            let metadata = serde_json::json!(example.metadata).to_string();
+            let existing: Option<(String, String, Option<String>, String)> = transaction
+                .query_row(
+                    "SELECT class_name, sha256, tensor_shape, metadata FROM examples WHERE project_id = ?1 AND external_id = ?2",
+                    params![project, example.external_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .optional()?;
+            match existing {
+                Some(row)
+                    if row == (example.class_name.clone(), example.sha256.clone(), shape.clone(), metadata.clone()) =>
+                {
+                    counts.unchanged += 1;
+                    continue;
+                }
+                Some(_) => counts.updated += 1,
+                None => counts.inserted += 1,
+            }
+            transaction.execute(
+                "INSERT OR REPLACE INTO examples
+                 (project_id, external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    project,
+                    example.external_id,
+                    example.class_name,
+                    example.sha256,
+                    example.size_bytes as i64,
+                    shape,
+                    metadata,
+                    example.updated_unix_ms
+                ],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(counts)
+    }
+
+    /// Deletes examples of `project` by external id; returns (deleted, not found).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn delete_examples(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let mut deleted = 0;
+        for id in external_ids {
+            deleted += transaction
+                .execute("DELETE FROM examples WHERE project_id = ?1 AND external_id = ?2", params![project, id])?
+                as u64;
+        }
+        transaction.commit()?;
+        Ok((deleted, external_ids.len() as u64 - deleted))
+    }
+
+    /// Up to `limit` examples of `project` with external ids after `after`, ordered by id.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or an unreadable row.
+    pub fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare(
+            "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms
+             FROM examples WHERE project_id = ?1 AND external_id > ?2 ORDER BY external_id LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![project, after, limit as i64], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut examples = Vec::new();
+        for row in rows {
+            let (external_id, class_name, sha256, size, shape, metadata, updated_unix_ms) = row?;
+            let corrupt = |source| StoreError::Corrupt { id: format!("{project}/{external_id}"), source };
+            examples.push(ExampleRow {
+                tensor_shape: shape.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+                metadata: serde_json::from_str(&metadata).map_err(corrupt)?,
+                external_id,
+                class_name,
+                sha256,
+                size_bytes: size as u64,
+                updated_unix_ms,
+            });
+        }
+        Ok(examples)
+    }
+
+    /// Examples of `project` per class name.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare("SELECT class_name, COUNT(*) FROM examples WHERE project_id = ?1 GROUP BY class_name")?;
+        let rows = statement
+            .query_map(params![project], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

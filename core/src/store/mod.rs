@@ -4,6 +4,7 @@
 //! Layout (see the architecture page): `alps.db` (SQLite index), `blobs/` (content-addressed
 //! sample bytes), `models/<project>/<version>/` (weights and manifests), `LOCK`.
 
+pub mod blobs;
 pub mod db;
 
 use std::{
@@ -78,6 +79,11 @@ impl DataDir {
     /// The directory's path as given.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Content-addressed sample bytes, `<dir>/blobs`.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.path.join("blobs")
     }
 
     /// The SQLite index, `<dir>/alps.db`.
