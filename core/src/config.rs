@@ -117,8 +117,8 @@ pub enum DeviceChoice {
 }
 
 impl ServerConfig {
-    /// The engine settings these flags describe.
-    pub fn engine(&self) -> EngineConfig {
+    /// The engine settings these flags describe; trained versions are under `models_dir`.
+    pub fn engine(&self, models_dir: std::path::PathBuf) -> EngineConfig {
         EngineConfig {
             work_budget: self.work_budget,
             max_wait: Duration::from_millis(self.max_batch_wait_ms),
@@ -130,6 +130,7 @@ impl ServerConfig {
                 DeviceChoice::Cpu => tch::Device::Cpu,
                 DeviceChoice::Cuda => tch::Device::Cuda(0),
             },
+            models_dir,
         }
     }
 

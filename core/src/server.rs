@@ -20,7 +20,7 @@ use crate::{
         blobs::{BlobError, BlobStore},
         db::{Database, StoreError},
     },
-    training::examples::Examples,
+    training::{Trainer, examples::Examples},
 };
 
 /// Why the server could not start. Each message names the offending flag value.
@@ -102,16 +102,20 @@ impl Server {
         let projects = Arc::new(Projects::open(db.clone())?);
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
         tracing::info!(projects = projects.list().len(), "projects loaded");
-        let engine_config = config.engine();
+        let engine_config = config.engine(data_dir.models_dir());
+        let (device, image_limits) = (engine_config.device, engine_config.image_limits);
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
-        tracing::info!(device = ?engine_config.device, "inference engine started");
+        tracing::info!(?device, "inference engine started");
+        let trainer =
+            Arc::new(Trainer::start(db.clone(), blobs.clone(), projects.clone(), data_dir.models_dir(), device)?);
         let grpc = listen("--listen", config.listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
         let state = Arc::new(api::AppState {
             heuristics: heuristics.clone(),
             projects,
             engine,
-            examples: Arc::new(Examples::new(db, blobs, engine_config.image_limits)),
+            examples: Arc::new(Examples::new(db, blobs, image_limits)),
+            trainer,
             metrics: metrics.clone(),
             max_rank_pool_values: config.max_rank_pool_values,
         });

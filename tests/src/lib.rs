@@ -46,8 +46,14 @@ pub struct Process {
 impl Process {
     /// Starts `binary(name)` with `args` and `--log-format json`.
     pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_with_env(name, args, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary(name))
             .args(args)
+            .envs(env.iter().copied())
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -213,6 +219,11 @@ where
 /// `extra` flags, and returns it with its gRPC address (`host:port`). The directories live as
 /// long as `dirs`.
 pub fn start_server(dirs: &ServerDirs, extra: &[&str]) -> (Process, String) {
+    start_server_with_env(dirs, extra, &[])
+}
+
+/// As [`start_server`], with extra environment variables (e.g. fault injection).
+pub fn start_server_with_env(dirs: &ServerDirs, extra: &[&str], env: &[(&str, &str)]) -> (Process, String) {
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
@@ -224,7 +235,7 @@ pub fn start_server(dirs: &ServerDirs, extra: &[&str]) -> (Process, String) {
         path_str(dirs.plugins.path()),
     ];
     args.extend_from_slice(extra);
-    let mut server = Process::start("alps-server", &args);
+    let mut server = Process::start_with_env("alps-server", &args, env);
     let grpc = server.listening_addr("grpc");
     (server, grpc)
 }

@@ -1,28 +1,32 @@
 //! The gRPC surface: tonic services only (decode, validate, call, encode). Never touches tch.
 //!
 //! Served: `alps.v1.ProjectService`, `alps.v1.InferenceService`, `alps.v1.HeuristicService`,
-//! `alps.v1.ExampleService`,
+//! `alps.v1.ExampleService`, `alps.v1.TrainingService`, `alps.v1.ModelVersionService`,
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) over every `alps.v1` file, so
-//! `grpcurl` can describe the API without the `.proto` files. `alps.v1` services that are not
-//! served yet (training, model versions) answer `UNIMPLEMENTED` (tonic's router
-//! default).
+//! `grpcurl` can describe the API without the `.proto` files.
 
 pub mod examples;
 pub mod heuristics;
 pub mod inference;
 pub mod projects;
+pub mod training;
 
 use std::sync::Arc;
 
 use alps_proto::v1::{
     example_service_server::ExampleServiceServer, heuristic_service_server::HeuristicServiceServer,
-    inference_service_server::InferenceServiceServer, project_service_server::ProjectServiceServer,
+    inference_service_server::InferenceServiceServer, model_version_service_server::ModelVersionServiceServer,
+    project_service_server::ProjectServiceServer, training_service_server::TrainingServiceServer,
 };
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    engine::Engine, metrics::Metrics, plugins::HeuristicHost, projects::Projects, training::examples::Examples,
+    engine::Engine,
+    metrics::Metrics,
+    plugins::HeuristicHost,
+    projects::Projects,
+    training::{Trainer, examples::Examples},
 };
 
 /// What the gRPC services share.
@@ -36,6 +40,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Labelled examples.
     pub examples: Arc<Examples>,
+    /// Training jobs and model versions.
+    pub trainer: Arc<Trainer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Largest batch-heuristic pool in Rank, probability values (N·C·K).
@@ -62,11 +68,16 @@ pub async fn routes(
     let projects = ProjectServiceServer::new(projects::ProjectApi::new(state.clone()));
     let examples = ExampleServiceServer::new(examples::ExampleApi::new(state.clone()))
         .max_decoding_message_size(max_message_bytes);
-    let inference =
-        InferenceServiceServer::new(inference::InferenceApi::new(state)).max_decoding_message_size(max_message_bytes);
+    let inference = InferenceServiceServer::new(inference::InferenceApi::new(state.clone()))
+        .max_decoding_message_size(max_message_bytes);
     reporter.set_serving::<HeuristicServiceServer<heuristics::HeuristicApi>>().await;
     reporter.set_serving::<ProjectServiceServer<projects::ProjectApi>>().await;
     reporter.set_serving::<ExampleServiceServer<examples::ExampleApi>>().await;
+    let training_api = training::TrainingApi::new(state);
+    let training = TrainingServiceServer::new(training_api.clone());
+    let versions = ModelVersionServiceServer::new(training_api);
+    reporter.set_serving::<TrainingServiceServer<training::TrainingApi>>().await;
+    reporter.set_serving::<ModelVersionServiceServer<training::TrainingApi>>().await;
     reporter.set_serving::<InferenceServiceServer<inference::InferenceApi>>().await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -76,7 +87,9 @@ pub async fn routes(
         .add_service(heuristics)
         .add_service(projects)
         .add_service(inference)
-        .add_service(examples);
+        .add_service(examples)
+        .add_service(training)
+        .add_service(versions);
     Ok((reporter, routes))
 }
 

@@ -24,7 +24,8 @@ use crate::{
         preprocess::{self, ImageLimits, SampleError},
     },
     plugins::{CallError, LoadedHeuristic, ProbabilityTensor},
-    projects::{Project, ProjectSpec},
+    projects::{Project, ProjectSpec, UNTRAINED_VERSION},
+    store::model_version_dir,
 };
 use cache::ModelKey;
 use worker::{Command, Job, WorkerConfig};
@@ -34,7 +35,7 @@ use worker::{Command, Job, WorkerConfig};
 const INLINE_SCORE_VALUES: usize = 64 * 1024;
 
 /// Engine settings (server flags).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Work per batch, samples × MC iterations; 0 disables batching.
     pub work_budget: usize,
@@ -48,6 +49,8 @@ pub struct EngineConfig {
     pub image_limits: ImageLimits,
     /// Device of the worker.
     pub device: tch::Device,
+    /// Where trained model versions are (`<data-dir>/models`).
+    pub models_dir: std::path::PathBuf,
 }
 
 /// One sample of a request, as decoded by the API layer.
@@ -218,7 +221,11 @@ impl Engine {
             return Ok((outcomes, Vec::new()));
         }
         let (reply, result) = oneshot::channel();
+        let version = &project.active_version;
+        let version_dir =
+            (version != UNTRAINED_VERSION).then(|| model_version_dir(&self.config.models_dir, &spec.id, version));
         let job = Job {
+            version_dir,
             key: ModelKey {
                 project: spec.id.clone(),
                 version: project.active_version.clone(),

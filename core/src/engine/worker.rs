@@ -32,6 +32,8 @@ pub struct Job {
     pub key: ModelKey,
     /// The project spec to load the model from when it is not cached.
     pub spec: Arc<ProjectSpec>,
+    /// The trained version's directory, or `None` for the initial weights (`untrained`).
+    pub version_dir: Option<std::path::PathBuf>,
     /// Preprocessed inputs `[n, C, H, W]`, flattened.
     pub inputs: Vec<f32>,
     /// Samples n.
@@ -162,13 +164,17 @@ impl Worker {
             self.metrics.observe_queue_time(started - job.enqueued);
         }
         let (key, spec, k, seed) = (first.key.clone(), first.spec.clone(), first.k, first.seed);
+        let version_dir = first.version_dir.clone();
         let samples: usize = live.iter().map(|job| job.n).sum();
         let device = self.device;
         let result = self
             .cache
             .get_or_load(&key, || {
                 let loading = Instant::now();
-                let model = McModel::load(&spec, device)?;
+                let model = match &version_dir {
+                    Some(dir) => McModel::load_version(&spec, dir, device)?,
+                    None => McModel::load(&spec, device)?,
+                };
                 tracing::info!(
                     project = %key.project,
                     version = %key.version,

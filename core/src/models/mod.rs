@@ -9,7 +9,7 @@ mod architectures;
 pub mod preprocess;
 mod weights;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor, nn, nn::ModuleT};
 
@@ -32,6 +32,14 @@ pub enum ModelError {
         /// The file.
         path: PathBuf,
         /// Why.
+        message: String,
+    },
+    /// A trained version's files are missing or fail their checksum.
+    #[error("model version in {dir}: {message}; activate another version to roll back")]
+    Version {
+        /// The version directory.
+        dir: PathBuf,
+        /// What is wrong.
         message: String,
     },
     /// A libtorch failure while running the model (e.g. out of memory, shape error).
@@ -139,6 +147,49 @@ impl McModel {
 }
 
 impl McModel {
+    /// Loads a trained model version from `dir` (`manifest.json` + `weights.safetensors`): the
+    /// weights must hash to the manifest's `weights_sha256` and fit the architecture exactly.
+    ///
+    /// # Errors
+    /// [`ModelError::Version`] for missing files or a checksum mismatch (corruption).
+    pub fn load_version(spec: &ProjectSpec, dir: &Path, device: Device) -> Result<Self, ModelError> {
+        let error = |message: String| ModelError::Version { dir: dir.to_owned(), message };
+        let manifest =
+            std::fs::read_to_string(dir.join("manifest.json")).map_err(|e| error(format!("manifest.json: {e}")))?;
+        let manifest: serde_json::Value =
+            serde_json::from_str(&manifest).map_err(|e| error(format!("manifest.json: {e}")))?;
+        let expected = manifest["weights_sha256"].as_str().unwrap_or_default().to_owned();
+        let weights_path = dir.join("weights.safetensors");
+        let bytes = std::fs::read(&weights_path).map_err(|e| error(format!("weights.safetensors: {e}")))?;
+        let actual = crate::store::blobs::sha256_hex(&bytes);
+        if actual != expected {
+            return Err(error(format!("weights.safetensors is corrupt: sha256 {actual}, manifest says {expected}")));
+        }
+        let mut untrained = spec.clone();
+        untrained.model.weights_path = None;
+        let mut model = Self::load(&untrained, device)?;
+        weights::load(&mut model.vs, &weights_path, &[])?;
+        Ok(model)
+    }
+
+    /// One stochastic pass of the head: logits `[B, classes]` from features `[B, D]`, with
+    /// gradients when the caller trains.
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] on a libtorch failure.
+    pub fn head_logits(&self, features: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(match &self.net {
+            Net::Builtin(network) => network.head.forward_t(features, true),
+            Net::ScriptSplit(module) => module.method_ts("head", &[features])?,
+            Net::ScriptForward(module) => module.forward_ts(&[features])?,
+        })
+    }
+
+    /// The variables of a built-in model, for an optimiser; `None` for TorchScript models.
+    pub fn variables(&self) -> Option<&nn::VarStore> {
+        matches!(self.net, Net::Builtin(_)).then_some(&self.vs)
+    }
+
     /// MC-Dropout by replicating the batch K times and running the whole network on `[K·B, ...]`
     /// (Baal's `replicate_in_memory`): the strategy for models that cannot be split, kept for
     /// comparison in benchmarks. Probabilities `[B, C, K]`, as [`mc_probabilities`](Self::mc_probabilities).

@@ -118,6 +118,16 @@ impl Projects {
         Ok(self.upsert(spec)?.0)
     }
 
+    /// Re-reads project `id` from the database into the cache (after its active version changed).
+    ///
+    /// # Errors
+    /// [`ProjectError::NotFound`], or a store failure.
+    pub fn reload(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
+        let project = Arc::new(self.db.project(id)?.ok_or_else(|| ProjectError::NotFound(id.to_owned()))?);
+        self.cache_write().insert(id.to_owned(), project.clone());
+        Ok(project)
+    }
+
     /// Deletes project `id`.
     ///
     /// # Errors

@@ -26,6 +26,21 @@ const MIGRATIONS: &[&str] = &[
         updated_unix_ms INTEGER NOT NULL,
         PRIMARY KEY (project_id, external_id)
     )",
+    "CREATE TABLE model_versions (
+        project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        version TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        manifest TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (project_id, version)
+    );
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY NOT NULL,
+        project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        finished INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL
+    )",
 ];
 
 /// A storage failure.
@@ -298,6 +313,136 @@ impl Database {
             .prepare("SELECT class_name, COUNT(*) FROM examples WHERE project_id = ?1 GROUP BY class_name")?;
         let rows = statement
             .query_map(params![project], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Database {
+    /// The next version number of `project` (1 for the first).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn next_version_number(&self, project: &str) -> Result<u32, StoreError> {
+        let max: Option<u32> = self.connection().query_row(
+            "SELECT MAX(number) FROM model_versions WHERE project_id = ?1",
+            params![project],
+            |row| row.get(0),
+        )?;
+        Ok(max.unwrap_or(0) + 1)
+    }
+
+    /// Records a version (its files are already in place) and, if `activate`, makes it the
+    /// project's active version, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure; nothing is recorded then.
+    pub fn record_version(
+        &self,
+        project: &str,
+        version: &str,
+        number: u32,
+        manifest: &str,
+        created_unix_ms: i64,
+        activate: bool,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![project, version, number, manifest, created_unix_ms],
+        )?;
+        if activate {
+            transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Manifests (JSON) of `project`'s versions, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
+        let connection = self.connection();
+        let mut statement =
+            connection.prepare("SELECT manifest FROM model_versions WHERE project_id = ?1 ORDER BY number DESC")?;
+        let rows = statement.query_map(params![project], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Makes `version` the active version of `project`; returns whether the version exists.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn activate_version(&self, project: &str, version: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let exists: Option<i64> = transaction
+            .query_row(
+                "SELECT 1 FROM model_versions WHERE project_id = ?1 AND version = ?2",
+                params![project, version],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
+        transaction.commit()?;
+        Ok(true)
+    }
+
+    /// Inserts or replaces a training job record (JSON).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn save_job(
+        &self,
+        job_id: &str,
+        project: &str,
+        finished: bool,
+        record: &str,
+        created_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.connection().execute(
+            "INSERT OR REPLACE INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![job_id, project, finished, record, created_unix_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Job records (JSON) of `project`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare(
+            "SELECT record FROM jobs WHERE project_id = ?1 ORDER BY created_unix_ms DESC, job_id DESC LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![project, limit as i64], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One job record (JSON).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection()
+            .query_row("SELECT record FROM jobs WHERE job_id = ?1", params![job_id], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// Records (JSON) of jobs that never finished (queued or running when the process died).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT record FROM jobs WHERE finished = 0")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -86,6 +86,11 @@ impl DataDir {
         self.path.join("blobs")
     }
 
+    /// Model versions, `<dir>/models` (see [`model_version_dir`]).
+    pub fn models_dir(&self) -> PathBuf {
+        self.path.join("models")
+    }
+
     /// The SQLite index, `<dir>/alps.db`.
     pub fn database_path(&self) -> PathBuf {
         self.path.join("alps.db")
@@ -95,6 +100,12 @@ impl DataDir {
     pub fn plugin_copies_dir(&self) -> PathBuf {
         self.path.join("plugin-copies")
     }
+}
+
+/// The directory of `project`'s model `version` under `models_dir`:
+/// `<models>/<project>/<version>/` with `weights.safetensors` and `manifest.json`.
+pub fn model_version_dir(models_dir: &Path, project: &str, version: &str) -> PathBuf {
+    models_dir.join(project).join(version)
 }
 
 #[cfg(test)]

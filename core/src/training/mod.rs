@@ -1,3 +1,443 @@
-//! Training: labelled examples (and, with the training work, jobs and model versions).
+//! Training and the model lifecycle: labelled examples, background training jobs (at most one
+//! running per project, further triggers coalesced into one pending job), and model versions
+//! written crash-safely and activated only once complete.
 
 pub mod examples;
+pub mod record;
+mod train;
+pub mod versions;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::watch;
+
+use self::{
+    record::{JobRecord, JobState, Manifest, Phase, TrainingParams},
+    train::{EmbeddingCache, Run, TrainError},
+};
+use crate::{
+    models::McModel,
+    projects::{Projects, UNTRAINED_VERSION},
+    store::{
+        blobs::BlobStore,
+        db::{Database, StoreError},
+    },
+};
+
+/// Why a training request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    /// Unknown project or job.
+    #[error("{0}")]
+    NotFound(String),
+    /// Nothing to train on (fewer than 2 classes, no examples) or an untrainable model.
+    #[error("{0}")]
+    Precondition(String),
+    /// See [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Jobs of one project.
+#[derive(Default)]
+struct ProjectJobs {
+    running: Option<String>,
+    pending: Option<String>,
+}
+
+struct LiveJob {
+    record: watch::Sender<JobRecord>,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    projects: HashMap<String, ProjectJobs>,
+    live: HashMap<String, LiveJob>,
+}
+
+/// Runs training jobs in the background.
+pub struct Trainer {
+    db: Arc<Database>,
+    blobs: Arc<BlobStore>,
+    projects: Arc<Projects>,
+    models_dir: PathBuf,
+    device: tch::Device,
+    state: Mutex<State>,
+    embeddings: Mutex<EmbeddingCache>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("models_dir", &self.models_dir).finish_non_exhaustive()
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+impl Trainer {
+    /// A trainer over the data directory's stores. Jobs that were queued or running when the
+    /// process last stopped are recorded as failed, and partial version directories removed.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the job records cannot be read or updated.
+    pub fn start(
+        db: Arc<Database>,
+        blobs: Arc<BlobStore>,
+        projects: Arc<Projects>,
+        models_dir: PathBuf,
+        device: tch::Device,
+    ) -> Result<Self, StoreError> {
+        for json in db.unfinished_jobs()? {
+            if let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) {
+                record.state = JobState::Failed;
+                record.error = "interrupted: the server stopped while this job was queued or running".into();
+                record.finished_unix_ms = now_unix_ms();
+                tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted by a restart");
+                save(&db, &record)?;
+            }
+        }
+        match versions::remove_partial_versions(&models_dir) {
+            Ok(0) => {}
+            Ok(removed) => tracing::warn!(removed, "removed partial model versions left by a crash"),
+            Err(error) => tracing::warn!(%error, "cannot clean partial model versions"),
+        }
+        Ok(Self {
+            db,
+            blobs,
+            projects,
+            models_dir,
+            device,
+            state: Mutex::new(State::default()),
+            embeddings: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Where versions are written.
+    pub fn models_dir(&self) -> &std::path::Path {
+        &self.models_dir
+    }
+
+    /// Queues a job for `project`: it starts at once if the project has none running; else it
+    /// waits, and a further trigger while one waits returns that waiting job (`true`: coalesced).
+    ///
+    /// # Errors
+    /// [`TrainingError::NotFound`] for an unknown project; [`TrainingError::Precondition`]
+    /// without examples of at least 2 classes.
+    pub fn train(
+        self: &Arc<Self>,
+        project_id: &str,
+        params: TrainingParams,
+        activate: bool,
+    ) -> Result<(JobRecord, bool), TrainingError> {
+        let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
+        let classes_with_examples = self
+            .db
+            .count_examples(project_id)?
+            .into_iter()
+            .filter(|(class, n)| *n > 0 && project.spec.classes.contains(class))
+            .count();
+        if classes_with_examples < 2 {
+            return Err(TrainingError::Precondition(format!(
+                "training needs labelled examples of at least 2 classes; project {project_id} has {classes_with_examples}"
+            )));
+        }
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let jobs = state.projects.entry(project_id.to_owned()).or_default();
+        if jobs.running.is_some()
+            && let Some(pending) = jobs.pending.clone()
+        {
+            let record = state.live.get(&pending).map(|live| live.record.borrow().clone());
+            if let Some(record) = record {
+                return Ok((record, true));
+            }
+        }
+        let record = JobRecord {
+            job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
+            project_id: project_id.to_owned(),
+            state: JobState::Queued,
+            phase: Phase::Pending,
+            epoch: 0,
+            step: 0,
+            loss: 0.0,
+            validation_accuracy: None,
+            percent: 0.0,
+            eta_ms: None,
+            params,
+            activate,
+            model_version: String::new(),
+            error: String::new(),
+            created_unix_ms: now_unix_ms(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+        };
+        save(&self.db, &record)?;
+        let job_id = record.job_id.clone();
+        let start_now = jobs.running.is_none();
+        if start_now {
+            jobs.running = Some(job_id.clone());
+        } else {
+            jobs.pending = Some(job_id.clone());
+        }
+        let (sender, _) = watch::channel(record.clone());
+        state.live.insert(job_id.clone(), LiveJob { record: sender, cancel: Arc::new(AtomicBool::new(false)) });
+        drop(guard);
+        if start_now {
+            self.spawn(job_id);
+        }
+        Ok((record, false))
+    }
+
+    fn spawn(self: &Arc<Self>, job_id: String) {
+        let trainer = self.clone();
+        let spawned = std::thread::Builder::new().name("alps-training".into()).spawn(move || trainer.run(&job_id));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start a training thread");
+        }
+    }
+
+    /// The job's record now.
+    ///
+    /// # Errors
+    /// [`TrainingError::NotFound`] for an unknown job.
+    pub fn job(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
+        if let Some(live) = self.state().live.get(job_id) {
+            return Ok(live.record.borrow().clone());
+        }
+        let json = self
+            .db
+            .job(job_id)?
+            .ok_or_else(|| TrainingError::NotFound(format!("training job {job_id:?} not found")))?;
+        serde_json::from_str(&json)
+            .map_err(|e| TrainingError::NotFound(format!("training job {job_id:?} is unreadable: {e}")))
+    }
+
+    /// A receiver of the job's record at every change, or `None` if the job has ended (then
+    /// [`job`](Self::job) has its final record).
+    pub fn watch(&self, job_id: &str) -> Option<watch::Receiver<JobRecord>> {
+        self.state().live.get(job_id).map(|live| live.record.subscribe())
+    }
+
+    /// Cancels a queued or running job; a no-op for an ended one.
+    ///
+    /// # Errors
+    /// [`TrainingError::NotFound`] for an unknown job.
+    pub fn cancel(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
+        let mut state = self.state();
+        let Some(live) = state.live.get(job_id) else { return self.job_after_unlock(state, job_id) };
+        live.cancel.store(true, Ordering::Relaxed);
+        let record = live.record.borrow().clone();
+        if record.state == JobState::Queued {
+            // Never started: end it here.
+            let jobs = state.projects.entry(record.project_id.clone()).or_default();
+            if jobs.pending.as_deref() == Some(job_id) {
+                jobs.pending = None;
+            }
+            let mut ended = record;
+            ended.state = JobState::Cancelled;
+            ended.error = "cancelled before it started".into();
+            ended.finished_unix_ms = now_unix_ms();
+            save(&self.db, &ended)?;
+            state.live.remove(job_id);
+            return Ok(ended);
+        }
+        Ok(record)
+    }
+
+    fn job_after_unlock(
+        &self,
+        state: std::sync::MutexGuard<'_, State>,
+        job_id: &str,
+    ) -> Result<JobRecord, TrainingError> {
+        drop(state);
+        self.job(job_id)
+    }
+
+    /// The project's jobs, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn jobs(&self, project_id: &str, limit: usize) -> Result<Vec<JobRecord>, TrainingError> {
+        let mut records: Vec<JobRecord> =
+            self.db.jobs(project_id, limit)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect();
+        let state = self.state();
+        for record in &mut records {
+            if let Some(live) = state.live.get(&record.job_id) {
+                *record = live.record.borrow().clone();
+            }
+        }
+        Ok(records)
+    }
+
+    fn update(&self, job_id: &str, change: impl FnOnce(&mut JobRecord)) -> Option<JobRecord> {
+        let state = self.state();
+        let live = state.live.get(job_id)?;
+        live.record.send_modify(change);
+        Some(live.record.borrow().clone())
+    }
+
+    /// Runs one job to its end on this thread, then starts the project's pending job.
+    fn run(self: &Arc<Self>, job_id: &str) {
+        let Some(record) = self.update(job_id, |r| {
+            r.state = JobState::Running;
+            r.started_unix_ms = now_unix_ms();
+        }) else {
+            return;
+        };
+        if let Err(error) = save(&self.db, &record) {
+            tracing::error!(%error, "cannot record the job start");
+        }
+        tracing::info!(job = %job_id, project = %record.project_id, "training started");
+        let cancel = self.state().live.get(job_id).map(|l| l.cancel.clone()).unwrap_or_default();
+        let outcome = self.execute(&record, &cancel);
+        // One critical section: the project's slot is freed before anyone can see the job as
+        // ended, so a trigger right after the end starts at once instead of queueing.
+        let mut state = self.state();
+        let ended = state.live.remove(job_id).map(|live| {
+            live.record.send_modify(|r| {
+                r.finished_unix_ms = now_unix_ms();
+                match &outcome {
+                    Ok(version) => {
+                        r.state = JobState::Succeeded;
+                        r.model_version = version.clone();
+                        r.percent = 100.0;
+                        r.eta_ms = Some(0);
+                    }
+                    Err(TrainError::Cancelled) => {
+                        r.state = JobState::Cancelled;
+                        r.error = "cancelled".into();
+                    }
+                    Err(error) => {
+                        r.state = JobState::Failed;
+                        r.error = error.to_string();
+                    }
+                }
+            });
+            live.record.borrow().clone()
+        });
+        if let Some(record) = &ended {
+            if let Err(error) = save(&self.db, record) {
+                tracing::error!(%error, "cannot record the job end");
+            }
+            tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
+        }
+        let jobs = state.projects.entry(record.project_id.clone()).or_default();
+        jobs.running = jobs.pending.take();
+        let next = jobs.running.clone();
+        drop(state);
+        if let Some(next) = next {
+            self.spawn(next);
+        }
+    }
+
+    fn execute(&self, record: &JobRecord, cancel: &AtomicBool) -> Result<String, TrainError> {
+        let project = self.projects.get(&record.project_id).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let spec = &project.spec;
+        let parent = project.active_version.clone();
+        let model = if parent == UNTRAINED_VERSION {
+            McModel::load(spec, self.device)?
+        } else {
+            McModel::load_version(spec, &versions::version_dir(&self.models_dir, &spec.id, &parent), self.device)?
+        };
+        let examples =
+            self.db.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let run = Run {
+            spec,
+            examples: &examples,
+            blobs: &self.blobs,
+            params: &record.params,
+            model,
+            // Head-only training never changes the backbone: its identity is the initial weights
+            // (the spec) until a full fine-tuning produces a new one.
+            backbone_id: format!("{}:{}", spec.id, serde_json::to_string(&spec.model).unwrap_or_default()),
+            cache: &self.embeddings,
+            cancel,
+        };
+        let job_id = record.job_id.clone();
+        let trained = run.execute(&mut |progress| {
+            self.update(&job_id, |r| {
+                r.phase = progress.phase;
+                r.epoch = progress.epoch;
+                r.step = progress.step;
+                r.loss = progress.loss;
+                r.validation_accuracy = progress.validation_accuracy;
+                r.percent = progress.percent;
+                r.eta_ms = progress.eta_ms;
+            });
+        })?;
+        self.update(&job_id, |r| r.phase = Phase::Saving);
+        let number = self.db.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let manifest = Manifest {
+            project_id: spec.id.clone(),
+            version: format!("v{number}"),
+            number,
+            parent_version: if parent == UNTRAINED_VERSION { String::new() } else { parent },
+            job_id: record.job_id.clone(),
+            classes: spec.classes.clone(),
+            params: record.params.clone(),
+            example_count: trained.example_count,
+            metrics: trained.metrics,
+            weights_sha256: String::new(),
+            weights_bytes: 0,
+            created_unix_ms: now_unix_ms(),
+        };
+        let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, record.activate)
+            .map_err(|e| TrainError::Precondition(format!("saving the version failed: {e}")))?;
+        if let Err(error) = self.projects.reload(&spec.id) {
+            tracing::error!(%error, "cannot refresh the project after training");
+        }
+        Ok(manifest.version)
+    }
+
+    /// Manifests of `project`'s versions, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn versions(&self, project: &str) -> Result<Vec<Manifest>, TrainingError> {
+        Ok(self.db.versions(project)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
+    }
+
+    /// Makes `version` active (also for rollback) after checking its files load.
+    ///
+    /// # Errors
+    /// [`TrainingError::NotFound`] for an unknown version; [`TrainingError::Precondition`] if its
+    /// files are missing or corrupt.
+    pub fn activate(&self, project_id: &str, version: &str) -> Result<Manifest, TrainingError> {
+        let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
+        let manifest =
+            self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(|| {
+                TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"))
+            })?;
+        McModel::load_version(
+            &project.spec,
+            &versions::version_dir(&self.models_dir, project_id, version),
+            tch::Device::Cpu,
+        )
+        .map_err(|e| TrainingError::Precondition(e.to_string()))?;
+        self.db.activate_version(project_id, version)?;
+        self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
+        tracing::info!(project = %project_id, %version, "model version activated");
+        Ok(manifest)
+    }
+}
+
+fn save(db: &Database, record: &JobRecord) -> Result<(), StoreError> {
+    let json =
+        serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: record.job_id.clone(), source })?;
+    db.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &json, record.created_unix_ms)
+}

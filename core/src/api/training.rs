@@ -1,0 +1,303 @@
+//! `alps.v1.TrainingService` and `alps.v1.ModelVersionService`.
+
+use std::{pin::Pin, sync::Arc};
+
+use alps_proto::v1::{
+    self as pb, ActivateModelVersionRequest, ActivateModelVersionResponse, CancelTrainingJobRequest,
+    CancelTrainingJobResponse, GetModelVersionRequest, GetModelVersionResponse, GetTrainingJobRequest,
+    GetTrainingJobResponse, ListModelVersionsRequest, ListModelVersionsResponse, ListTrainingJobsRequest,
+    ListTrainingJobsResponse, TrainRequest, TrainResponse, WatchTrainingJobRequest,
+    model_version_service_server::ModelVersionService, training_service_server::TrainingService,
+};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::{AppState, projects::project_status};
+use crate::training::{
+    TrainingError,
+    record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, TrainingParams},
+};
+
+/// Serves training jobs and model versions.
+#[derive(Debug, Clone)]
+pub struct TrainingApi {
+    state: Arc<AppState>,
+}
+
+impl TrainingApi {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn training_status(error: TrainingError) -> Status {
+    match error {
+        TrainingError::NotFound(message) => Status::not_found(message),
+        TrainingError::Precondition(message) => Status::failed_precondition(message),
+        TrainingError::Store(error) => {
+            tracing::error!(%error, "training store failed");
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+/// Effective settings from the request, with defaults for unset fields.
+fn params(requested: Option<pb::TrainingParameters>) -> Result<TrainingParams, Status> {
+    let requested = requested.unwrap_or_default();
+    let mode = match pb::TrainingMode::try_from(requested.mode) {
+        Ok(pb::TrainingMode::Full) => Mode::Full,
+        Ok(pb::TrainingMode::HeadOnly | pb::TrainingMode::Unspecified) => Mode::HeadOnly,
+        Err(_) => return Err(Status::invalid_argument(format!("parameters.mode: unknown value {}", requested.mode))),
+    };
+    let mut params = TrainingParams::defaults(mode, requested.seed.unwrap_or_else(|| fastrand::u64(..)));
+    params.optimizer = match pb::Optimizer::try_from(requested.optimizer) {
+        Ok(pb::Optimizer::Adam | pb::Optimizer::Unspecified) => Optimizer::Adam,
+        Ok(pb::Optimizer::Adamw) => Optimizer::AdamW,
+        Ok(pb::Optimizer::Sgd) => Optimizer::Sgd,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "parameters.optimizer: unknown value {}",
+                requested.optimizer
+            )));
+        }
+    };
+    if requested.learning_rate != 0.0 {
+        if !(requested.learning_rate.is_finite() && requested.learning_rate > 0.0) {
+            return Err(Status::invalid_argument("parameters.learning_rate: must be positive"));
+        }
+        params.learning_rate = f64::from(requested.learning_rate);
+    }
+    if requested.epochs != 0 {
+        if requested.epochs > 10_000 {
+            return Err(Status::invalid_argument("parameters.epochs: at most 10000"));
+        }
+        params.epochs = requested.epochs;
+    }
+    if requested.batch_size != 0 {
+        params.batch_size = requested.batch_size;
+    }
+    if let Some(decay) = requested.weight_decay {
+        if !(decay.is_finite() && decay >= 0.0) {
+            return Err(Status::invalid_argument("parameters.weight_decay: must be >= 0"));
+        }
+        params.weight_decay = f64::from(decay);
+    }
+    if let Some(fraction) = requested.validation_fraction {
+        if !(0.0..=0.5).contains(&fraction) {
+            return Err(Status::invalid_argument("parameters.validation_fraction: must be in [0, 0.5]"));
+        }
+        params.validation_fraction = f64::from(fraction);
+    }
+    params.class_weighting = requested.class_weighting;
+    Ok(params)
+}
+
+fn proto_params(params: &TrainingParams) -> pb::TrainingParameters {
+    pb::TrainingParameters {
+        mode: match params.mode {
+            Mode::HeadOnly => pb::TrainingMode::HeadOnly,
+            Mode::Full => pb::TrainingMode::Full,
+        }
+        .into(),
+        optimizer: match params.optimizer {
+            Optimizer::Adam => pb::Optimizer::Adam,
+            Optimizer::AdamW => pb::Optimizer::Adamw,
+            Optimizer::Sgd => pb::Optimizer::Sgd,
+        }
+        .into(),
+        learning_rate: params.learning_rate as f32,
+        epochs: params.epochs,
+        batch_size: params.batch_size,
+        weight_decay: Some(params.weight_decay as f32),
+        class_weighting: params.class_weighting,
+        validation_fraction: Some(params.validation_fraction as f32),
+        seed: Some(params.seed),
+    }
+}
+
+/// The API view of a job record.
+pub fn proto_job(record: &JobRecord) -> pb::TrainingJob {
+    pb::TrainingJob {
+        job_id: record.job_id.clone(),
+        project_id: record.project_id.clone(),
+        state: match record.state {
+            JobState::Queued => pb::JobState::Queued,
+            JobState::Running => pb::JobState::Running,
+            JobState::Succeeded => pb::JobState::Succeeded,
+            JobState::Failed => pb::JobState::Failed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        }
+        .into(),
+        phase: match record.phase {
+            Phase::Pending => pb::TrainingPhase::Unspecified,
+            Phase::Loading => pb::TrainingPhase::Loading,
+            Phase::Embedding => pb::TrainingPhase::Embedding,
+            Phase::Training => pb::TrainingPhase::Training,
+            Phase::Validating => pb::TrainingPhase::Validating,
+            Phase::Saving => pb::TrainingPhase::Saving,
+        }
+        .into(),
+        epoch: record.epoch,
+        step: record.step,
+        loss: record.loss,
+        validation_accuracy: record.validation_accuracy,
+        percent: record.percent,
+        eta_ms: record.eta_ms,
+        parameters: Some(proto_params(&record.params)),
+        model_version: record.model_version.clone(),
+        error: record.error.clone(),
+        created_unix_ms: record.created_unix_ms,
+        started_unix_ms: record.started_unix_ms,
+        finished_unix_ms: record.finished_unix_ms,
+    }
+}
+
+fn proto_version(manifest: &Manifest, active: &str) -> pb::ModelVersion {
+    pb::ModelVersion {
+        project_id: manifest.project_id.clone(),
+        version: manifest.version.clone(),
+        parent_version: manifest.parent_version.clone(),
+        active: manifest.version == active,
+        job_id: manifest.job_id.clone(),
+        parameters: Some(proto_params(&manifest.params)),
+        example_count: manifest.example_count,
+        metrics: manifest.metrics.as_ref().map(|m| pb::ValidationMetrics {
+            accuracy: m.accuracy,
+            per_class: m
+                .per_class
+                .iter()
+                .map(|c| pb::ClassMetrics {
+                    class_name: c.class_name.clone(),
+                    precision: c.precision,
+                    recall: c.recall,
+                    f1: c.f1,
+                    support: c.support,
+                })
+                .collect(),
+            confusion_matrix: m.confusion_matrix.clone(),
+            examples: m.examples,
+        }),
+        weights_bytes: manifest.weights_bytes,
+        weights_sha256: manifest.weights_sha256.clone(),
+        created_unix_ms: manifest.created_unix_ms,
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| Status::internal(error.to_string()))?
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<pb::TrainingJob, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TrainingService for TrainingApi {
+    async fn train(&self, request: Request<TrainRequest>) -> Result<Response<TrainResponse>, Status> {
+        let request = request.into_inner();
+        let params = params(request.parameters)?;
+        let trainer = self.state.trainer.clone();
+        let activate = request.activate.unwrap_or(true);
+        let (record, coalesced) =
+            blocking(move || trainer.train(&request.project_id, params, activate).map_err(training_status)).await?;
+        Ok(Response::new(TrainResponse { job: Some(proto_job(&record)), coalesced }))
+    }
+
+    async fn get_training_job(
+        &self,
+        request: Request<GetTrainingJobRequest>,
+    ) -> Result<Response<GetTrainingJobResponse>, Status> {
+        let record = self.state.trainer.job(&request.into_inner().job_id).map_err(training_status)?;
+        Ok(Response::new(GetTrainingJobResponse { job: Some(proto_job(&record)) }))
+    }
+
+    type WatchTrainingJobStream = JobStream;
+
+    async fn watch_training_job(
+        &self,
+        request: Request<WatchTrainingJobRequest>,
+    ) -> Result<Response<Self::WatchTrainingJobStream>, Status> {
+        let job_id = request.into_inner().job_id;
+        let trainer = self.state.trainer.clone();
+        let first = trainer.job(&job_id).map_err(training_status)?;
+        let live = trainer.watch(&job_id);
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            if sender.send(Ok(proto_job(&first))).await.is_err() || first.state.is_terminal() {
+                return;
+            }
+            let Some(mut live) = live else { return };
+            loop {
+                let ended = live.changed().await.is_err();
+                let record = if ended { trainer.job(&job_id).ok() } else { Some(live.borrow_and_update().clone()) };
+                let Some(record) = record else { return };
+                let terminal = record.state.is_terminal();
+                if sender.send(Ok(proto_job(&record))).await.is_err() || terminal || ended {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn cancel_training_job(
+        &self,
+        request: Request<CancelTrainingJobRequest>,
+    ) -> Result<Response<CancelTrainingJobResponse>, Status> {
+        let record = self.state.trainer.cancel(&request.into_inner().job_id).map_err(training_status)?;
+        Ok(Response::new(CancelTrainingJobResponse { job: Some(proto_job(&record)) }))
+    }
+
+    async fn list_training_jobs(
+        &self,
+        request: Request<ListTrainingJobsRequest>,
+    ) -> Result<Response<ListTrainingJobsResponse>, Status> {
+        let request = request.into_inner();
+        self.state.projects.get(&request.project_id).map_err(project_status)?;
+        let limit = if request.limit == 0 { 50 } else { request.limit as usize };
+        let records = self.state.trainer.jobs(&request.project_id, limit).map_err(training_status)?;
+        Ok(Response::new(ListTrainingJobsResponse { jobs: records.iter().map(proto_job).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl ModelVersionService for TrainingApi {
+    async fn list_model_versions(
+        &self,
+        request: Request<ListModelVersionsRequest>,
+    ) -> Result<Response<ListModelVersionsResponse>, Status> {
+        let project = self.state.projects.get(&request.into_inner().project_id).map_err(project_status)?;
+        let manifests = self.state.trainer.versions(&project.spec.id).map_err(training_status)?;
+        let versions = manifests.iter().map(|m| proto_version(m, &project.active_version)).collect();
+        Ok(Response::new(ListModelVersionsResponse { versions }))
+    }
+
+    async fn get_model_version(
+        &self,
+        request: Request<GetModelVersionRequest>,
+    ) -> Result<Response<GetModelVersionResponse>, Status> {
+        let request = request.into_inner();
+        let project = self.state.projects.get(&request.project_id).map_err(project_status)?;
+        let manifest = self
+            .state
+            .trainer
+            .versions(&project.spec.id)
+            .map_err(training_status)?
+            .into_iter()
+            .find(|m| m.version == request.version)
+            .ok_or_else(|| {
+                Status::not_found(format!("project {} has no model version {:?}", project.spec.id, request.version))
+            })?;
+        Ok(Response::new(GetModelVersionResponse { version: Some(proto_version(&manifest, &project.active_version)) }))
+    }
+
+    async fn activate_model_version(
+        &self,
+        request: Request<ActivateModelVersionRequest>,
+    ) -> Result<Response<ActivateModelVersionResponse>, Status> {
+        let request = request.into_inner();
+        let trainer = self.state.trainer.clone();
+        let (project, version) = (request.project_id.clone(), request.version.clone());
+        let manifest = blocking(move || trainer.activate(&project, &version).map_err(training_status)).await?;
+        Ok(Response::new(ActivateModelVersionResponse { version: Some(proto_version(&manifest, &manifest.version)) }))
+    }
+}

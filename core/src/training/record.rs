@@ -1,0 +1,255 @@
+//! Training job records, parameters and validation metrics: what is stored, streamed and
+//! written into model-version manifests.
+
+use serde::{Deserialize, Serialize};
+
+/// What part of the model is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Only the MC-Dropout head, on cached backbone embeddings.
+    HeadOnly,
+    /// Backbone and head (BatchNorm stays in eval mode).
+    Full,
+}
+
+/// The optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// Adam (Kingma & Ba 2015) with L2 weight decay.
+    Adam,
+    /// AdamW (Loshchilov & Hutter 2019), decoupled weight decay.
+    AdamW,
+    /// SGD with momentum 0.9.
+    Sgd,
+}
+
+/// Effective training settings (request values with defaults filled in).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingParams {
+    /// Head-only or full fine-tuning.
+    pub mode: Mode,
+    /// Optimiser.
+    pub optimizer: Optimizer,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// Passes over the training split.
+    pub epochs: u32,
+    /// Examples per step.
+    pub batch_size: u32,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Weight classes by inverse frequency in the loss.
+    pub class_weighting: bool,
+    /// Fraction held out for validation, in `[0, 0.5]`.
+    pub validation_fraction: f64,
+    /// Seed for shuffling, initialisation and dropout.
+    pub seed: u64,
+}
+
+impl TrainingParams {
+    /// Defaults for `mode`: head-only trains fast on small data (Adam, lr 1e-3, 40 epochs, batch
+    /// 32); full fine-tuning uses a smaller rate and fewer epochs (lr 1e-4, 5 epochs).
+    pub fn defaults(mode: Mode, seed: u64) -> Self {
+        let (learning_rate, epochs) = match mode {
+            Mode::HeadOnly => (1e-3, 40),
+            Mode::Full => (1e-4, 5),
+        };
+        Self {
+            mode,
+            optimizer: Optimizer::Adam,
+            learning_rate,
+            epochs,
+            batch_size: 32,
+            weight_decay: 1e-4,
+            class_weighting: false,
+            validation_fraction: 0.2,
+            seed,
+        }
+    }
+}
+
+/// Lifecycle of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for the project's running job.
+    Queued,
+    /// Running.
+    Running,
+    /// Ended with a new model version.
+    Succeeded,
+    /// Ended with an error.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// What a running job is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not started.
+    Pending,
+    /// Reading labelled examples.
+    Loading,
+    /// Computing backbone embeddings.
+    Embedding,
+    /// Optimising.
+    Training,
+    /// Scoring the validation split.
+    Validating,
+    /// Writing and activating the version.
+    Saving,
+}
+
+/// A training job as stored and streamed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Unique id.
+    pub job_id: String,
+    /// Project.
+    pub project_id: String,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// Current phase.
+    pub phase: Phase,
+    /// Current epoch, 1-based.
+    pub epoch: u32,
+    /// Optimisation steps so far.
+    pub step: u64,
+    /// Mean training loss of the last epoch (cross-entropy, nats).
+    pub loss: f32,
+    /// Validation accuracy of the last epoch, in `[0, 1]`.
+    pub validation_accuracy: Option<f32>,
+    /// Progress in `[0, 100]`.
+    pub percent: f32,
+    /// Estimated time left, milliseconds.
+    pub eta_ms: Option<u64>,
+    /// Effective settings.
+    pub params: TrainingParams,
+    /// Activate the version when done.
+    pub activate: bool,
+    /// Version produced.
+    pub model_version: String,
+    /// Why it failed or was cancelled.
+    pub error: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+    /// Milliseconds since the Unix epoch; 0 until started.
+    pub started_unix_ms: i64,
+    /// Milliseconds since the Unix epoch; 0 until ended.
+    pub finished_unix_ms: i64,
+}
+
+/// Precision, recall and F1 of one class on the validation split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    /// Class name.
+    pub class_name: String,
+    /// In `[0, 1]`.
+    pub precision: f32,
+    /// In `[0, 1]`.
+    pub recall: f32,
+    /// Harmonic mean of precision and recall.
+    pub f1: f32,
+    /// Validation examples of the class.
+    pub support: u64,
+}
+
+/// Validation metrics of a version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValidationMetrics {
+    /// Fraction correct.
+    pub accuracy: f32,
+    /// Per class, in the project's class order.
+    pub per_class: Vec<ClassMetrics>,
+    /// `[C, C]` row-major: row = true class, column = predicted.
+    pub confusion_matrix: Vec<u64>,
+    /// Validation examples.
+    pub examples: u64,
+}
+
+impl ValidationMetrics {
+    /// Metrics of `predicted` against `truth` (class indices) over `classes`.
+    pub fn from_predictions(classes: &[String], truth: &[usize], predicted: &[usize]) -> Self {
+        let c = classes.len();
+        let mut confusion = vec![0u64; c * c];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            confusion[t * c + p] += 1;
+        }
+        let per_class = classes
+            .iter()
+            .enumerate()
+            .map(|(i, class_name)| {
+                let true_positive = confusion[i * c + i] as f32;
+                let predicted_i: u64 = (0..c).map(|t| confusion[t * c + i]).sum();
+                let support: u64 = confusion[i * c..(i + 1) * c].iter().sum();
+                let precision = if predicted_i > 0 { true_positive / predicted_i as f32 } else { 0.0 };
+                let recall = if support > 0 { true_positive / support as f32 } else { 0.0 };
+                let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+                ClassMetrics { class_name: class_name.clone(), precision, recall, f1, support }
+            })
+            .collect();
+        let correct: u64 = (0..c).map(|i| confusion[i * c + i]).sum();
+        let examples = truth.len() as u64;
+        let accuracy = if examples > 0 { correct as f32 / examples as f32 } else { 0.0 };
+        Self { accuracy, per_class, confusion_matrix: confusion, examples }
+    }
+}
+
+/// The manifest written beside a version's weights (`manifest.json`) and kept in the database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Project.
+    pub project_id: String,
+    /// `v<number>`.
+    pub version: String,
+    /// Version number.
+    pub number: u32,
+    /// The version it was trained from (empty: the initial weights).
+    pub parent_version: String,
+    /// Job that produced it.
+    pub job_id: String,
+    /// The project's classes at training time, in order.
+    pub classes: Vec<String>,
+    /// Effective settings.
+    pub params: TrainingParams,
+    /// Labelled examples used (training + validation).
+    pub example_count: u64,
+    /// Validation metrics, when there was a validation split.
+    pub metrics: Option<ValidationMetrics>,
+    /// SHA-256 of `weights.safetensors`, lowercase hex.
+    pub weights_sha256: String,
+    /// Size of `weights.safetensors`, bytes.
+    pub weights_bytes: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_follow_the_confusion_matrix() {
+        let classes = vec!["a".to_owned(), "b".to_owned()];
+        // truth a,a,b,b; predicted a,b,b,b.
+        let metrics = ValidationMetrics::from_predictions(&classes, &[0, 0, 1, 1], &[0, 1, 1, 1]);
+        assert_eq!(metrics.confusion_matrix, [1, 1, 0, 2]);
+        assert_eq!(metrics.accuracy, 0.75);
+        assert_eq!(metrics.per_class[0].precision, 1.0);
+        assert_eq!(metrics.per_class[0].recall, 0.5);
+        assert!((metrics.per_class[1].precision - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(metrics.per_class[1].recall, 1.0);
+        assert!((metrics.per_class[1].f1 - 0.8).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,359 @@
+//! One training run: labelled examples in, a trained model and its validation metrics out.
+//!
+//! Head-only (default): the backbone embeds every example once (cached by sample hash), then
+//! the MC-Dropout head is optimised on the embeddings, which is cheap enough to retrain after
+//! every annotation. Full fine-tuning optimises backbone and head on the decoded inputs, with
+//! BatchNorm kept in eval mode. A stratified validation split, chosen deterministically from
+//! the examples' ids, scores each epoch and the final model.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
+
+use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
+
+use super::record::{Mode, Optimizer, Phase, TrainingParams, ValidationMetrics};
+use crate::{
+    models::{McModel, ModelError, preprocess},
+    projects::ProjectSpec,
+    store::{
+        blobs::{BlobError, BlobStore, sha256_hex},
+        db::ExampleRow,
+    },
+};
+
+/// Examples per backbone pass when embedding.
+const EMBED_BATCH: usize = 32;
+/// MC iterations when scoring the validation split.
+const VALIDATION_PASSES: i64 = 10;
+/// Fewest examples in every class for a validation split to be held out.
+const MIN_PER_CLASS_FOR_VALIDATION: usize = 5;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Not enough to train on.
+    #[error("{0}")]
+    Precondition(String),
+    /// Cancelled by a request.
+    #[error("cancelled")]
+    Cancelled,
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A sample's bytes are missing or corrupt.
+    #[error("example {external_id}: {source}")]
+    Blob {
+        /// The example.
+        external_id: String,
+        /// Why.
+        source: BlobError,
+    },
+    /// A stored sample no longer decodes for this project's preprocessing.
+    #[error("example {external_id}: {message}")]
+    Sample {
+        /// The example.
+        external_id: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Progress reported during a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Phase.
+    pub phase: Phase,
+    /// Epoch, 1-based (0 before training).
+    pub epoch: u32,
+    /// Steps so far.
+    pub step: u64,
+    /// Mean loss of the last epoch, nats.
+    pub loss: f32,
+    /// Validation accuracy of the last epoch.
+    pub validation_accuracy: Option<f32>,
+    /// Progress in `[0, 100]`.
+    pub percent: f32,
+    /// Estimated time left, milliseconds.
+    pub eta_ms: Option<u64>,
+}
+
+/// What a run produced.
+pub struct Trained {
+    /// The trained model (weights in its variables).
+    pub model: McModel,
+    /// Validation metrics, when a split was held out.
+    pub metrics: Option<ValidationMetrics>,
+    /// Examples used.
+    pub example_count: u64,
+}
+
+/// Examples with their class index.
+type Labelled<'a> = Vec<(&'a ExampleRow, usize)>;
+
+/// Backbone embeddings `[D]` cached by (backbone identity, sample sha256).
+pub type EmbeddingCache = HashMap<(String, String), Tensor>;
+
+/// Everything a run needs.
+pub struct Run<'a> {
+    /// The project's spec.
+    pub spec: &'a ProjectSpec,
+    /// Examples (only those of the project's classes are used).
+    pub examples: &'a [ExampleRow],
+    /// Where their bytes are.
+    pub blobs: &'a BlobStore,
+    /// Settings.
+    pub params: &'a TrainingParams,
+    /// Starting point: the loaded active model.
+    pub model: McModel,
+    /// Identity of the model's backbone weights, for the embedding cache.
+    pub backbone_id: String,
+    /// Shared embedding cache.
+    pub cache: &'a std::sync::Mutex<EmbeddingCache>,
+    /// Set to stop at the next step.
+    pub cancel: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Trains; `report` receives progress at every phase change and epoch.
+    ///
+    /// # Errors
+    /// [`TrainError`].
+    pub fn execute(self, report: &mut dyn FnMut(Progress)) -> Result<Trained, TrainError> {
+        let started = Instant::now();
+        let mut progress = Progress {
+            phase: Phase::Loading,
+            epoch: 0,
+            step: 0,
+            loss: 0.0,
+            validation_accuracy: None,
+            percent: 0.0,
+            eta_ms: None,
+        };
+        report(progress);
+        let labelled: Vec<(&ExampleRow, usize)> = self
+            .examples
+            .iter()
+            .filter_map(|e| self.spec.classes.iter().position(|c| *c == e.class_name).map(|label| (e, label)))
+            .collect();
+        check_trainable(&labelled, self.spec)?;
+        let (train, validation) = split(&labelled, self.spec.classes.len(), self.params.validation_fraction);
+        let device = self.model.device();
+        let variables = self.model.variables().ok_or_else(|| {
+            TrainError::Precondition(
+                "TorchScript models cannot be trained by ALPS; export a new version instead".into(),
+            )
+        })?;
+        tch::manual_seed(self.params.seed as i64);
+
+        progress.phase = Phase::Embedding;
+        report(progress);
+        let train_labels =
+            Tensor::from_slice(&train.iter().map(|(_, l)| *l as i64).collect::<Vec<_>>()).to_device(device);
+        let class_weights = self.params.class_weighting.then(|| class_weights(&train, self.spec.classes.len(), device));
+        let (train_x, validation_x) = match self.params.mode {
+            Mode::HeadOnly => (self.embed(&train)?, self.embed(&validation)?),
+            Mode::Full => (self.inputs(&train)?, self.inputs(&validation)?),
+        };
+
+        let mut optimizer = optimizer(self.params, variables)?;
+        let n = train.len() as i64;
+        let batch = i64::from(self.params.batch_size.max(1));
+        let epochs = self.params.epochs.max(1);
+        progress.phase = Phase::Training;
+        for epoch in 1..=epochs {
+            let order = Tensor::randperm(n, (Kind::Int64, device));
+            let (mut total, mut batches) = (0.0, 0);
+            for start in (0..n).step_by(batch as usize) {
+                if self.cancel.load(Ordering::Relaxed) {
+                    return Err(TrainError::Cancelled);
+                }
+                let index = order.narrow(0, start, batch.min(n - start));
+                let x = train_x.index_select(0, &index);
+                let features = match self.params.mode {
+                    Mode::HeadOnly => x,
+                    Mode::Full => self.model.features(&x)?,
+                };
+                let logits = self.model.head_logits(&features)?;
+                let loss = logits.cross_entropy_loss::<&Tensor>(
+                    &train_labels.index_select(0, &index),
+                    class_weights.as_ref(),
+                    Reduction::Mean,
+                    -100,
+                    0.0,
+                );
+                optimizer.backward_step(&loss);
+                total += loss.double_value(&[]);
+                batches += 1;
+                progress.step += 1;
+            }
+            progress.epoch = epoch;
+            progress.loss = (total / f64::from(batches.max(1))) as f32;
+            progress.validation_accuracy =
+                self.predict(&validation_x)?.map(|predicted| accuracy(&validation, &predicted));
+            progress.percent = 100.0 * epoch as f32 / epochs as f32;
+            let per_epoch = started.elapsed() / epoch;
+            progress.eta_ms = Some((per_epoch * (epochs - epoch)).as_millis() as u64);
+            report(progress);
+        }
+
+        progress.phase = Phase::Validating;
+        report(progress);
+        let metrics = self.predict(&validation_x)?.map(|predicted| {
+            let truth: Vec<usize> = validation.iter().map(|(_, l)| *l).collect();
+            ValidationMetrics::from_predictions(&self.spec.classes, &truth, &predicted)
+        });
+        Ok(Trained { model: self.model, metrics, example_count: labelled.len() as u64 })
+    }
+
+    /// Decoded model inputs `[n, C, H, W]`.
+    fn inputs(&self, examples: &[(&ExampleRow, usize)]) -> Result<Tensor, TrainError> {
+        let p = &self.spec.preprocessing;
+        let mut values = Vec::new();
+        for (example, _) in examples {
+            values.extend(self.decode(example)?);
+        }
+        let shape = [examples.len() as i64, i64::from(p.channels), i64::from(p.height), i64::from(p.width)];
+        Ok(Tensor::f_from_slice(&values)?.f_view(shape)?.f_to_device(self.model.device())?)
+    }
+
+    fn decode(&self, example: &ExampleRow) -> Result<Vec<f32>, TrainError> {
+        let bytes = self
+            .blobs
+            .get(&example.sha256)
+            .map_err(|source| TrainError::Blob { external_id: example.external_id.clone(), source })?;
+        let sample_error = |e: preprocess::SampleError| TrainError::Sample {
+            external_id: example.external_id.clone(),
+            message: e.to_string(),
+        };
+        match &example.tensor_shape {
+            Some(shape) => {
+                let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                preprocess::tensor(shape, values, &self.spec.preprocessing).map_err(sample_error)
+            }
+            None => preprocess::image(&bytes, &self.spec.preprocessing, preprocess::ImageLimits::default())
+                .map_err(sample_error),
+        }
+    }
+
+    /// Backbone embeddings `[n, D]`, from the cache where possible.
+    fn embed(&self, examples: &[(&ExampleRow, usize)]) -> Result<Tensor, TrainError> {
+        let _no_grad = tch::no_grad_guard();
+        let mut rows: Vec<Option<Tensor>> = {
+            let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            examples
+                .iter()
+                .map(|(e, _)| cache.get(&(self.backbone_id.clone(), e.sha256.clone())).map(Tensor::shallow_clone))
+                .collect()
+        };
+        let missing: Vec<usize> = (0..examples.len()).filter(|&i| rows[i].is_none()).collect();
+        for chunk in missing.chunks(EMBED_BATCH) {
+            let batch: Vec<(&ExampleRow, usize)> = chunk.iter().map(|&i| examples[i]).collect();
+            let features = self.model.features(&self.inputs(&batch)?)?;
+            let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (row, &i) in chunk.iter().enumerate() {
+                let feature = features.get(row as i64);
+                cache.insert((self.backbone_id.clone(), examples[i].0.sha256.clone()), feature.shallow_clone());
+                rows[i] = Some(feature);
+            }
+        }
+        let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
+        if rows.is_empty() {
+            return Ok(Tensor::zeros([0], (Kind::Float, self.model.device())));
+        }
+        Ok(Tensor::f_stack(&rows, 0)?)
+    }
+
+    /// Predicted classes (argmax of the MC mean) of `x`, or `None` without a validation split.
+    fn predict(&self, x: &Tensor) -> Result<Option<Vec<usize>>, TrainError> {
+        if x.size()[0] == 0 {
+            return Ok(None);
+        }
+        let _no_grad = tch::no_grad_guard();
+        let features = match self.params.mode {
+            Mode::HeadOnly => x.shallow_clone(),
+            Mode::Full => self.model.features(x)?,
+        };
+        let mean =
+            self.model.mc_probabilities(&features, VALIDATION_PASSES)?.mean_dim([2].as_slice(), false, Kind::Float);
+        let predicted = Vec::<i64>::try_from(mean.argmax(1, false).to_device(Device::Cpu))?;
+        Ok(Some(predicted.into_iter().map(|p| p as usize).collect()))
+    }
+}
+
+fn check_trainable(labelled: &[(&ExampleRow, usize)], spec: &ProjectSpec) -> Result<(), TrainError> {
+    if labelled.is_empty() {
+        return Err(TrainError::Precondition(format!(
+            "project {} has no labelled examples of its classes; add some with AddExamples",
+            spec.id
+        )));
+    }
+    let mut present: Vec<usize> = labelled.iter().map(|(_, l)| *l).collect();
+    present.sort_unstable();
+    present.dedup();
+    if present.len() < 2 {
+        return Err(TrainError::Precondition(format!(
+            "training needs labelled examples of at least 2 classes; project {} has only {:?}",
+            spec.id, spec.classes[present[0]]
+        )));
+    }
+    Ok(())
+}
+
+/// Stratified split, deterministic by external id: in every class (when all classes have at
+/// least [`MIN_PER_CLASS_FOR_VALIDATION`] examples) the examples whose id hashes lowest are held
+/// out, `ceil(fraction × n)` of them.
+fn split<'a>(
+    labelled: &[(&'a ExampleRow, usize)],
+    classes: usize,
+    fraction: f64,
+) -> (Labelled<'a>, Labelled<'a>) {
+    let mut by_class: Vec<Vec<(&ExampleRow, usize)>> = vec![Vec::new(); classes];
+    for &(example, label) in labelled {
+        by_class[label].push((example, label));
+    }
+    let enough = by_class.iter().filter(|c| !c.is_empty()).all(|c| c.len() >= MIN_PER_CLASS_FOR_VALIDATION);
+    if !enough || fraction <= 0.0 {
+        return (labelled.to_vec(), Vec::new());
+    }
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for mut members in by_class {
+        members.sort_by_cached_key(|(e, _)| sha256_hex(e.external_id.as_bytes()));
+        let held = ((members.len() as f64 * fraction).ceil() as usize).min(members.len().saturating_sub(1));
+        validation.extend_from_slice(&members[..held]);
+        train.extend_from_slice(&members[held..]);
+    }
+    (train, validation)
+}
+
+/// Inverse-frequency class weights, normalised to mean 1 over the classes present.
+fn class_weights(train: &[(&ExampleRow, usize)], classes: usize, device: Device) -> Tensor {
+    let mut counts = vec![0f64; classes];
+    for (_, label) in train {
+        counts[*label] += 1.0;
+    }
+    let present = counts.iter().filter(|&&c| c > 0.0).count() as f64;
+    let total: f64 = counts.iter().sum();
+    let weights: Vec<f32> =
+        counts.iter().map(|&c| if c > 0.0 { (total / (present * c)) as f32 } else { 0.0 }).collect();
+    Tensor::from_slice(&weights).to_device(device)
+}
+
+fn optimizer(params: &TrainingParams, variables: &nn::VarStore) -> Result<nn::Optimizer, tch::TchError> {
+    let (lr, wd) = (params.learning_rate, params.weight_decay);
+    match params.optimizer {
+        Optimizer::Adam => nn::Adam { wd, ..Default::default() }.build(variables, lr),
+        Optimizer::AdamW => nn::AdamW { wd, ..Default::default() }.build(variables, lr),
+        Optimizer::Sgd => nn::Sgd { momentum: 0.9, wd, ..Default::default() }.build(variables, lr),
+    }
+}
+
+fn accuracy(validation: &[(&ExampleRow, usize)], predicted: &[usize]) -> f32 {
+    let correct = validation.iter().zip(predicted).filter(|((_, label), p)| label == *p).count();
+    correct as f32 / validation.len().max(1) as f32
+}

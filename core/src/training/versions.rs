@@ -1,0 +1,129 @@
+//! Model versions on disk: `<data-dir>/models/<project>/v<n>/` holds `weights.safetensors` and
+//! `manifest.json`. A version is written into a temporary directory, every file and the
+//! directory fsync'ed, then renamed into place and only then recorded (and activated) in the
+//! database. A crash at any moment leaves the previous active version intact and active.
+
+use std::{
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+};
+
+use super::record::Manifest;
+use crate::{
+    models::{McModel, ModelError},
+    store::{
+        blobs::sha256_hex,
+        db::{Database, StoreError},
+    },
+};
+
+/// Test-only fault injection: with `ALPS_FAULT_PAUSE_AT=checkpoint-write`, the server stops
+/// (sleeps) after writing a version's files and before renaming them into place, so a test can
+/// `kill -9` it in the middle of the checkpoint write.
+pub const FAULT_PAUSE_VARIABLE: &str = "ALPS_FAULT_PAUSE_AT";
+
+/// Why a version could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    /// File system failure.
+    #[error("writing model version to {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The weights could not be saved.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// See [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The manifest could not be encoded.
+    #[error("encoding the manifest: {0}")]
+    Manifest(#[from] serde_json::Error),
+}
+
+pub use crate::store::model_version_dir as version_dir;
+
+/// Removes temporary version directories left by a crash (`.tmp-*`); they were never recorded.
+///
+/// # Errors
+/// The I/O error if the models directory cannot be read.
+pub fn remove_partial_versions(models_dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let Ok(projects) = fs::read_dir(models_dir) else { return Ok(0) };
+    for project in projects {
+        let project = project?.path();
+        if !project.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&project)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp-")) {
+                fs::remove_dir_all(&path)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn sync(path: &Path) -> Result<(), VersionError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(|source| VersionError::Io { path: path.to_owned(), source })
+}
+
+/// Writes `model` as version `manifest.version` of its project, crash-safely, then records it
+/// and activates it if `activate`. Fills `weights_sha256` and `weights_bytes` in the manifest.
+///
+/// # Errors
+/// [`VersionError`]; the project's active version is unchanged then.
+pub fn write(
+    models_dir: &Path,
+    db: &Database,
+    model: &McModel,
+    mut manifest: Manifest,
+    activate: bool,
+) -> Result<Manifest, VersionError> {
+    let project_dir = models_dir.join(&manifest.project_id);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VersionError::Io { path, source }
+    };
+    fs::create_dir_all(&project_dir).map_err(io(&project_dir))?;
+    let temporary = project_dir.join(format!(".tmp-{}", manifest.version));
+    if temporary.exists() {
+        fs::remove_dir_all(&temporary).map_err(io(&temporary))?;
+    }
+    fs::create_dir(&temporary).map_err(io(&temporary))?;
+    let weights = temporary.join("weights.safetensors");
+    model.save(&weights)?;
+    sync(&weights)?;
+    let bytes = fs::read(&weights).map_err(io(&weights))?;
+    manifest.weights_sha256 = sha256_hex(&bytes);
+    manifest.weights_bytes = bytes.len() as u64;
+    let manifest_path = temporary.join("manifest.json");
+    fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?).map_err(io(&manifest_path))?;
+    sync(&manifest_path)?;
+    sync(&temporary)?;
+    if std::env::var(FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == "checkpoint-write") {
+        tracing::warn!(dir = %temporary.display(), "fault injection: paused in the checkpoint write");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    let final_dir = version_dir(models_dir, &manifest.project_id, &manifest.version);
+    fs::rename(&temporary, &final_dir).map_err(io(&final_dir))?;
+    sync(&project_dir)?;
+    let json = serde_json::to_string(&manifest)?;
+    db.record_version(
+        &manifest.project_id,
+        &manifest.version,
+        manifest.number,
+        &json,
+        manifest.created_unix_ms,
+        activate,
+    )?;
+    Ok(manifest)
+}

@@ -1,0 +1,290 @@
+//! Training and model versions on the real server: background jobs with a progress stream,
+//! coalescing, predictions served by the active version during training, rollback, checksum
+//! detection of corrupted weights, and crash safety (kill -9 during training and during the
+//! checkpoint write).
+
+use alps_proto::v1::{
+    ActivateModelVersionRequest, AddExamplesRequest, Architecture, CreateProjectRequest, GetProjectRequest, JobState,
+    LabelledExample, ListModelVersionsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing,
+    Project, Sample, Tensor, TrainRequest, TrainingJob, TrainingParameters, WatchTrainingJobRequest,
+    example_service_client::ExampleServiceClient, inference_service_client::InferenceServiceClient,
+    model_version_service_client::ModelVersionServiceClient, predict_result::Outcome,
+    project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
+};
+use alps_system_tests::{Process, ServerDirs, builtin_plugin, install_plugin, start_server_with_env};
+use tonic::{Code, transport::Channel};
+
+struct Server {
+    dirs: ServerDirs,
+    process: Process,
+    projects: ProjectServiceClient<Channel>,
+    examples: ExampleServiceClient<Channel>,
+    training: TrainingServiceClient<Channel>,
+    versions: ModelVersionServiceClient<Channel>,
+    inference: InferenceServiceClient<Channel>,
+}
+
+async fn start(dirs: ServerDirs, env: &[(&str, &str)]) -> Server {
+    let (process, grpc) = start_server_with_env(&dirs, &[], env);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    Server {
+        dirs,
+        process,
+        projects: ProjectServiceClient::new(channel.clone()),
+        examples: ExampleServiceClient::new(channel.clone()),
+        training: TrainingServiceClient::new(channel.clone()),
+        versions: ModelVersionServiceClient::new(channel.clone()),
+        inference: InferenceServiceClient::new(channel),
+    }
+}
+
+fn tensor(value: f32) -> Option<Sample> {
+    Some(Sample {
+        id: String::new(),
+        input: Some(Input::Tensor(Tensor { shape: vec![1, 2, 2], data: vec![value; 4] })),
+    })
+}
+
+/// A fresh server with an MLP project "p" (classes low/high over 1×2×2 inputs) and `per_class`
+/// labelled examples of each class (low ≈ 0.1, high ≈ 0.9).
+async fn server_with_examples(per_class: usize, env: &[(&str, &str)]) -> Server {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start(dirs, env).await;
+    let project = Project {
+        id: "p".into(),
+        classes: vec!["low".into(), "high".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    let examples: Vec<LabelledExample> = (0..per_class)
+        .flat_map(|i| {
+            let jitter = i as f32 * 0.005;
+            [("low", 0.1 + jitter), ("high", 0.9 - jitter)].map(|(class, value)| LabelledExample {
+                external_id: format!("{class}-{i}"),
+                sample: tensor(value),
+                class_name: class.into(),
+                metadata: Default::default(),
+            })
+        })
+        .collect();
+    let request = AddExamplesRequest { project_id: "p".into(), examples };
+    server.examples.add_examples(tokio_stream::iter([request])).await.unwrap();
+    server
+}
+
+fn train_request(epochs: u32) -> TrainRequest {
+    TrainRequest {
+        project_id: "p".into(),
+        parameters: Some(TrainingParameters { epochs, seed: Some(1), learning_rate: 0.01, ..Default::default() }),
+        activate: None,
+    }
+}
+
+/// Watches `job` until it ends; returns every record streamed.
+async fn watch(server: &mut Server, job: &str) -> Vec<TrainingJob> {
+    let mut stream =
+        server.training.watch_training_job(WatchTrainingJobRequest { job_id: job.into() }).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    while let Some(record) = stream.message().await.unwrap() {
+        seen.push(record);
+    }
+    seen
+}
+
+async fn train_to_end(server: &mut Server, epochs: u32) -> TrainingJob {
+    let job = server.training.train(train_request(epochs)).await.unwrap().into_inner().job.unwrap();
+    let records = watch(server, &job.job_id).await;
+    records.last().unwrap().clone()
+}
+
+async fn active_version(server: &mut Server) -> String {
+    let project = server.projects.get_project(GetProjectRequest { project_id: "p".into() }).await.unwrap();
+    project.into_inner().project.unwrap().active_model_version
+}
+
+/// Predicts one low and one high sample: (model version, predicted class names).
+async fn predict(server: &mut Server) -> Result<(String, Vec<String>), tonic::Status> {
+    let samples =
+        vec![Sample { id: "l".into(), ..tensor(0.12).unwrap() }, Sample { id: "h".into(), ..tensor(0.88).unwrap() }];
+    let response =
+        server.inference.predict(PredictRequest { project_id: "p".into(), samples, ..Default::default() }).await?;
+    let response = response.into_inner();
+    let classes = response
+        .results
+        .into_iter()
+        .map(|r| match r.outcome {
+            Some(Outcome::Prediction(p)) => p.class_name,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    Ok((response.model_version, classes))
+}
+
+#[tokio::test]
+async fn a_job_trains_reports_progress_and_activates_a_new_version() {
+    let mut server = server_with_examples(20, &[]).await;
+    assert_eq!(predict(&mut server).await.unwrap().0, "untrained");
+    let job = server.training.train(train_request(40)).await.unwrap().into_inner().job.unwrap();
+    let records = watch(&mut server, &job.job_id).await;
+    let last = records.last().unwrap();
+    assert_eq!(last.state, JobState::Succeeded as i32, "{last:?}");
+    assert_eq!(last.model_version, "v1");
+    assert!(records.iter().any(|r| r.state == JobState::Running as i32 && r.epoch > 0), "progress was streamed");
+    assert!(last.validation_accuracy.unwrap() >= 0.9, "{last:?}");
+    assert_eq!(active_version(&mut server).await, "v1");
+    let (version, classes) = predict(&mut server).await.unwrap();
+    assert_eq!(version, "v1");
+    assert_eq!(classes, ["low", "high"]);
+
+    let versions =
+        server.versions.list_model_versions(ListModelVersionsRequest { project_id: "p".into() }).await.unwrap();
+    let versions = versions.into_inner().versions;
+    assert_eq!(versions.len(), 1);
+    let v1 = &versions[0];
+    assert!(v1.active && v1.example_count == 40 && v1.weights_sha256.len() == 64);
+    let metrics = v1.metrics.as_ref().expect("a validation split of 20 %");
+    assert_eq!(metrics.examples, 8);
+    assert_eq!(metrics.confusion_matrix.iter().sum::<u64>(), 8);
+    assert_eq!(metrics.per_class.len(), 2);
+}
+
+#[tokio::test]
+async fn training_without_two_classes_is_a_failed_precondition() {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start(dirs, &[]).await;
+    let project = Project {
+        id: "p".into(),
+        classes: vec!["low".into(), "high".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    let error = server.training.train(train_request(1)).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(error.message().contains("at least 2 classes"), "{}", error.message());
+    let one_class = LabelledExample {
+        external_id: "a".into(),
+        sample: tensor(0.1),
+        class_name: "low".into(),
+        metadata: Default::default(),
+    };
+    server
+        .examples
+        .add_examples(tokio_stream::iter([AddExamplesRequest { project_id: "p".into(), examples: vec![one_class] }]))
+        .await
+        .unwrap();
+    assert_eq!(server.training.train(train_request(1)).await.unwrap_err().code(), Code::FailedPrecondition);
+    let mut unknown = train_request(1);
+    unknown.project_id = "nope".into();
+    assert_eq!(server.training.train(unknown).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn triggers_coalesce_and_predictions_keep_the_old_version_while_a_job_runs() {
+    let mut server = server_with_examples(20, &[]).await;
+    train_to_end(&mut server, 40).await;
+    // A long job: predictions must keep answering with v1 while it runs.
+    let running = server.training.train(train_request(3000)).await.unwrap().into_inner();
+    assert!(!running.coalesced);
+    let queued = server.training.train(train_request(5)).await.unwrap().into_inner();
+    assert!(!queued.coalesced);
+    assert_eq!(queued.job.as_ref().unwrap().state, JobState::Queued as i32);
+    let merged = server.training.train(train_request(5)).await.unwrap().into_inner();
+    assert!(merged.coalesced);
+    assert_eq!(merged.job.unwrap().job_id, queued.job.as_ref().unwrap().job_id);
+    let (version, classes) = predict(&mut server).await.unwrap();
+    assert_eq!(version, "v1", "the active version serves while training runs");
+    assert_eq!(classes, ["low", "high"]);
+    let first = watch(&mut server, &running.job.unwrap().job_id).await;
+    assert_eq!(first.last().unwrap().model_version, "v2");
+    let second = watch(&mut server, &queued.job.unwrap().job_id).await;
+    assert_eq!(second.last().unwrap().model_version, "v3");
+    assert_eq!(active_version(&mut server).await, "v3");
+}
+
+#[tokio::test]
+async fn a_corrupted_version_is_detected_and_an_older_one_can_be_activated() {
+    let mut server = server_with_examples(10, &[]).await;
+    train_to_end(&mut server, 5).await;
+    train_to_end(&mut server, 5).await;
+    assert_eq!(active_version(&mut server).await, "v2");
+    let weights = server.dirs.data.path().join("models/p/v2/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&weights, bytes).unwrap();
+    // The server still holds v2 in memory; a restart makes it load from disk.
+    assert!(server.process.terminate().success());
+    let mut server = start(server.dirs, &[]).await;
+    let error = predict(&mut server).await.unwrap_err();
+    assert!(error.message().contains("corrupt") && error.message().contains("v2"), "{}", error.message());
+    let again = ActivateModelVersionRequest { project_id: "p".into(), version: "v2".into() };
+    assert_eq!(server.versions.activate_model_version(again).await.unwrap_err().code(), Code::FailedPrecondition);
+    let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
+    server.versions.activate_model_version(rollback).await.unwrap();
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+}
+
+async fn jobs(server: &mut Server) -> Vec<TrainingJob> {
+    let request = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
+    server.training.list_training_jobs(request).await.unwrap().into_inner().jobs
+}
+
+#[tokio::test]
+async fn kill_9_during_training_keeps_the_active_version_and_every_example() {
+    let mut server = server_with_examples(10, &[]).await;
+    train_to_end(&mut server, 5).await;
+    let job = server.training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
+    let mut stream = server
+        .training
+        .watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(record) = stream.message().await.unwrap() {
+        if record.epoch > 0 {
+            break;
+        }
+    }
+    server.process.signal(libc::SIGKILL);
+    server.process.wait();
+    let mut server = start(server.dirs, &[]).await;
+    assert_eq!(active_version(&mut server).await, "v1");
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+    let interrupted = jobs(&mut server).await.into_iter().find(|j| j.job_id == job.job_id).unwrap();
+    assert_eq!(interrupted.state, JobState::Failed as i32);
+    assert!(interrupted.error.contains("interrupted"), "{}", interrupted.error);
+    let count =
+        server.examples.count_examples(alps_proto::v1::CountExamplesRequest { project_id: "p".into() }).await.unwrap();
+    assert_eq!(count.into_inner().total, 20);
+    let next = train_to_end(&mut server, 5).await;
+    assert_eq!(next.state, JobState::Succeeded as i32);
+    assert_eq!(next.model_version, "v2");
+}
+
+#[tokio::test]
+async fn kill_9_during_the_checkpoint_write_keeps_the_previous_version() {
+    let mut server = server_with_examples(10, &[]).await;
+    train_to_end(&mut server, 5).await;
+    assert!(server.process.terminate().success());
+    let mut server = start(server.dirs, &[("ALPS_FAULT_PAUSE_AT", "checkpoint-write")]).await;
+    server.training.train(train_request(5)).await.unwrap();
+    server.process.wait_for_log("fault injection: paused in the checkpoint write");
+    server.process.signal(libc::SIGKILL);
+    server.process.wait();
+    let partial = server.dirs.data.path().join("models/p/.tmp-v2");
+    assert!(partial.exists(), "the kill happened inside the checkpoint write");
+    let mut server = start(server.dirs, &[]).await;
+    assert!(!partial.exists(), "partial version cleaned up at start");
+    assert_eq!(active_version(&mut server).await, "v1");
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+    let failed = jobs(&mut server).await;
+    assert!(failed.iter().any(|j| j.state == JobState::Failed as i32 && j.error.contains("interrupted")));
+    let next = train_to_end(&mut server, 5).await;
+    assert_eq!(next.model_version, "v2");
+}
