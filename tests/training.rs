@@ -288,3 +288,30 @@ async fn kill_9_during_the_checkpoint_write_keeps_the_previous_version() {
     let next = train_to_end(&mut server, 5).await;
     assert_eq!(next.model_version, "v2");
 }
+
+#[tokio::test]
+async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
+    let mut server = server_with_examples(10, &[]).await;
+    let job = server.training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
+    let mut stream = server
+        .training
+        .watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(record) = stream.message().await.unwrap() {
+        if record.epoch > 0 {
+            break;
+        }
+    }
+    let request = alps_proto::v1::CancelTrainingJobRequest { job_id: job.job_id.clone() };
+    server.training.cancel_training_job(request).await.unwrap();
+    let records = watch(&mut server, &job.job_id).await;
+    let last = records.last().unwrap();
+    assert_eq!(last.state, JobState::Cancelled as i32, "{last:?}");
+    assert_eq!(active_version(&mut server).await, "untrained", "a cancelled job writes no version");
+    let next = train_to_end(&mut server, 5).await;
+    assert_eq!(next.model_version, "v1");
+    let unknown = alps_proto::v1::GetTrainingJobRequest { job_id: "nope".into() };
+    assert_eq!(server.training.get_training_job(unknown).await.unwrap_err().code(), Code::NotFound);
+}

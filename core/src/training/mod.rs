@@ -349,10 +349,13 @@ impl Trainer {
         let project = self.projects.get(&record.project_id).map_err(|e| TrainError::Precondition(e.to_string()))?;
         let spec = &project.spec;
         let parent = project.active_version.clone();
-        let model = if parent == UNTRAINED_VERSION {
-            McModel::load(spec, self.device)?
+        let (model, parent_backbone) = if parent == UNTRAINED_VERSION {
+            (McModel::load(spec, self.device)?, String::new())
         } else {
-            McModel::load_version(spec, &versions::version_dir(&self.models_dir, &spec.id, &parent), self.device)?
+            let model =
+                McModel::load_version(spec, &versions::version_dir(&self.models_dir, &spec.id, &parent), self.device)?;
+            let manifest = self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent));
+            (model, manifest.map(|m| m.backbone_version).unwrap_or_default())
         };
         let examples =
             self.db.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
@@ -363,8 +366,12 @@ impl Trainer {
             params: &record.params,
             model,
             // Head-only training never changes the backbone: its identity is the initial weights
-            // (the spec) until a full fine-tuning produces a new one.
-            backbone_id: format!("{}:{}", spec.id, serde_json::to_string(&spec.model).unwrap_or_default()),
+            // (the spec) plus the last version that fine-tuned it.
+            backbone_id: format!(
+                "{}:{}:{parent_backbone}",
+                spec.id,
+                serde_json::to_string(&spec.model).unwrap_or_default()
+            ),
             cache: &self.embeddings,
             cancel,
         };
@@ -382,11 +389,16 @@ impl Trainer {
         })?;
         self.update(&job_id, |r| r.phase = Phase::Saving);
         let number = self.db.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let backbone_version = match record.params.mode {
+            record::Mode::Full => format!("v{number}"),
+            record::Mode::HeadOnly => parent_backbone,
+        };
         let manifest = Manifest {
             project_id: spec.id.clone(),
             version: format!("v{number}"),
             number,
             parent_version: if parent == UNTRAINED_VERSION { String::new() } else { parent },
+            backbone_version,
             job_id: record.job_id.clone(),
             classes: spec.classes.clone(),
             params: record.params.clone(),

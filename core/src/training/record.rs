@@ -217,6 +217,10 @@ pub struct Manifest {
     pub number: u32,
     /// The version it was trained from (empty: the initial weights).
     pub parent_version: String,
+    /// The version whose training last changed the backbone (full fine-tuning); empty while
+    /// the backbone still has the project's initial weights. Keys the embedding cache.
+    #[serde(default)]
+    pub backbone_version: String,
     /// Job that produced it.
     pub job_id: String,
     /// The project's classes at training time, in order.

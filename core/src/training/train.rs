@@ -308,11 +308,7 @@ fn check_trainable(labelled: &[(&ExampleRow, usize)], spec: &ProjectSpec) -> Res
 /// Stratified split, deterministic by external id: in every class (when all classes have at
 /// least [`MIN_PER_CLASS_FOR_VALIDATION`] examples) the examples whose id hashes lowest are held
 /// out, `ceil(fraction × n)` of them.
-fn split<'a>(
-    labelled: &[(&'a ExampleRow, usize)],
-    classes: usize,
-    fraction: f64,
-) -> (Labelled<'a>, Labelled<'a>) {
+fn split<'a>(labelled: &[(&'a ExampleRow, usize)], classes: usize, fraction: f64) -> (Labelled<'a>, Labelled<'a>) {
     let mut by_class: Vec<Vec<(&ExampleRow, usize)>> = vec![Vec::new(); classes];
     for &(example, label) in labelled {
         by_class[label].push((example, label));
