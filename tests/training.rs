@@ -24,8 +24,8 @@ struct Server {
     inference: InferenceServiceClient<Channel>,
 }
 
-async fn start(dirs: ServerDirs, env: &[(&str, &str)]) -> Server {
-    let (process, grpc) = start_server_with_env(&dirs, &[], env);
+async fn start(dirs: ServerDirs, flags: &[&str], env: &[(&str, &str)]) -> Server {
+    let (process, grpc) = start_server_with_env(&dirs, flags, env);
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     Server {
         dirs,
@@ -47,10 +47,10 @@ fn tensor(value: f32) -> Option<Sample> {
 
 /// A fresh server with an MLP project "p" (classes low/high over 1×2×2 inputs) and `per_class`
 /// labelled examples of each class (low ≈ 0.1, high ≈ 0.9).
-async fn server_with_examples(per_class: usize, env: &[(&str, &str)]) -> Server {
+async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let mut server = start(dirs, env).await;
+    let mut server = start(dirs, flags, &[]).await;
     let project = Project {
         id: "p".into(),
         classes: vec!["low".into(), "high".into()],
@@ -155,7 +155,7 @@ async fn a_job_trains_reports_progress_and_activates_a_new_version() {
 async fn training_without_two_classes_is_a_failed_precondition() {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let mut server = start(dirs, &[]).await;
+    let mut server = start(dirs, &[], &[]).await;
     let project = Project {
         id: "p".into(),
         classes: vec!["low".into(), "high".into()],
@@ -220,7 +220,7 @@ async fn a_corrupted_version_is_detected_and_an_older_one_can_be_activated() {
     std::fs::write(&weights, bytes).unwrap();
     // The server still holds v2 in memory; a restart makes it load from disk.
     assert!(server.process.terminate().success());
-    let mut server = start(server.dirs, &[]).await;
+    let mut server = start(server.dirs, &[], &[]).await;
     let error = predict(&mut server).await.unwrap_err();
     assert!(error.message().contains("corrupt") && error.message().contains("v2"), "{}", error.message());
     let again = ActivateModelVersionRequest { project_id: "p".into(), version: "v2".into() };
@@ -253,7 +253,7 @@ async fn kill_9_during_training_keeps_the_active_version_and_every_example() {
     }
     server.process.signal(libc::SIGKILL);
     server.process.wait();
-    let mut server = start(server.dirs, &[]).await;
+    let mut server = start(server.dirs, &[], &[]).await;
     assert_eq!(active_version(&mut server).await, "v1");
     assert_eq!(predict(&mut server).await.unwrap().0, "v1");
     let interrupted = jobs(&mut server).await.into_iter().find(|j| j.job_id == job.job_id).unwrap();
@@ -272,14 +272,14 @@ async fn kill_9_during_the_checkpoint_write_keeps_the_previous_version() {
     let mut server = server_with_examples(10, &[]).await;
     train_to_end(&mut server, 5).await;
     assert!(server.process.terminate().success());
-    let mut server = start(server.dirs, &[("ALPS_FAULT_PAUSE_AT", "checkpoint-write")]).await;
+    let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "checkpoint-write")]).await;
     server.training.train(train_request(5)).await.unwrap();
     server.process.wait_for_log("fault injection: paused in the checkpoint write");
     server.process.signal(libc::SIGKILL);
     server.process.wait();
     let partial = server.dirs.data.path().join("models/p/.tmp-v2");
     assert!(partial.exists(), "the kill happened inside the checkpoint write");
-    let mut server = start(server.dirs, &[]).await;
+    let mut server = start(server.dirs, &[], &[]).await;
     assert!(!partial.exists(), "partial version cleaned up at start");
     assert_eq!(active_version(&mut server).await, "v1");
     assert_eq!(predict(&mut server).await.unwrap().0, "v1");
@@ -314,4 +314,38 @@ async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
     assert_eq!(next.model_version, "v1");
     let unknown = alps_proto::v1::GetTrainingJobRequest { job_id: "nope".into() };
     assert_eq!(server.training.get_training_job(unknown).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn the_auto_activate_policy_keeps_a_version_whose_accuracy_drops() {
+    // No drop of more than 5 points allowed.
+    let mut server = server_with_examples(10, &["--auto-activate-max-accuracy-drop", "0.05"]).await;
+    let good = train_to_end(&mut server, 40).await;
+    assert_eq!((good.model_version.as_str(), good.not_activated_reason.as_str()), ("v1", ""));
+    // Swap every label, then barely train: v2 keeps v1's weights, so on the new labels its
+    // validation accuracy collapses and the policy keeps v1 active.
+    let flipped: Vec<LabelledExample> = (0..10)
+        .flat_map(|i| {
+            let jitter = i as f32 * 0.005;
+            [("high", 0.1 + jitter, "low"), ("low", 0.9 - jitter, "high")].map(|(class, value, id)| LabelledExample {
+                external_id: format!("{id}-{i}"),
+                sample: tensor(value),
+                class_name: class.into(),
+                metadata: Default::default(),
+            })
+        })
+        .collect();
+    server
+        .examples
+        .add_examples(tokio_stream::iter([AddExamplesRequest { project_id: "p".into(), examples: flipped }]))
+        .await
+        .unwrap();
+    let mut barely = train_request(1);
+    barely.parameters.as_mut().unwrap().learning_rate = 1e-9;
+    let job = server.training.train(barely).await.unwrap().into_inner().job.unwrap();
+    let last = watch(&mut server, &job.job_id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Succeeded as i32);
+    assert_eq!(last.model_version, "v2");
+    assert!(last.not_activated_reason.contains("--auto-activate-max-accuracy-drop"), "{last:?}");
+    assert_eq!(active_version(&mut server).await, "v1");
 }

@@ -98,11 +98,23 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MAX_RANK_POOL_VALUES", default_value_t = 64 * 1024 * 1024)]
     pub max_rank_pool_values: usize,
 
+    /// Auto-activate policy: a newly trained version becomes active only if its validation
+    /// accuracy is at most this much (in [0, 1]) below the active version's. Unset: always.
+    #[arg(long, env = "ALPS_AUTO_ACTIVATE_MAX_ACCURACY_DROP", value_parser = accuracy_drop)]
+    pub auto_activate_max_accuracy_drop: Option<f32>,
+
     /// After SIGINT/SIGTERM, how long in-flight requests may take to finish before open
     /// connections are closed, in seconds (keep it below Kubernetes'
     /// `terminationGracePeriodSeconds`, default 30).
     #[arg(long, env = "ALPS_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+}
+
+fn accuracy_drop(raw: &str) -> Result<f32, String> {
+    match raw.parse::<f32>() {
+        Ok(drop) if (0.0..=1.0).contains(&drop) => Ok(drop),
+        _ => Err(format!("{raw:?} is not an accuracy difference in [0, 1]")),
+    }
 }
 
 /// `--device` values.

@@ -106,8 +106,14 @@ impl Server {
         let (device, image_limits) = (engine_config.device, engine_config.image_limits);
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
-        let trainer =
-            Arc::new(Trainer::start(db.clone(), blobs.clone(), projects.clone(), data_dir.models_dir(), device)?);
+        let trainer = Arc::new(Trainer::start(
+            db.clone(),
+            blobs.clone(),
+            projects.clone(),
+            data_dir.models_dir(),
+            device,
+            config.auto_activate_max_accuracy_drop,
+        )?);
         let grpc = listen("--listen", config.listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
         let state = Arc::new(api::AppState {

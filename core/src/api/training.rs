@@ -150,6 +150,7 @@ pub fn proto_job(record: &JobRecord) -> pb::TrainingJob {
         created_unix_ms: record.created_unix_ms,
         started_unix_ms: record.started_unix_ms,
         finished_unix_ms: record.finished_unix_ms,
+        not_activated_reason: record.not_activated_reason.clone(),
     }
 }
 

@@ -71,6 +71,7 @@ pub struct Trainer {
     projects: Arc<Projects>,
     models_dir: PathBuf,
     device: tch::Device,
+    max_accuracy_drop: Option<f32>,
     state: Mutex<State>,
     embeddings: Mutex<EmbeddingCache>,
 }
@@ -88,6 +89,8 @@ fn now_unix_ms() -> i64 {
 impl Trainer {
     /// A trainer over the data directory's stores. Jobs that were queued or running when the
     /// process last stopped are recorded as failed, and partial version directories removed.
+    /// With `max_accuracy_drop`, a new version is activated only if its validation accuracy is
+    /// at most that much below the active version's (the auto-activate policy).
     ///
     /// # Errors
     /// [`StoreError`] if the job records cannot be read or updated.
@@ -97,6 +100,7 @@ impl Trainer {
         projects: Arc<Projects>,
         models_dir: PathBuf,
         device: tch::Device,
+        max_accuracy_drop: Option<f32>,
     ) -> Result<Self, StoreError> {
         for json in db.unfinished_jobs()? {
             if let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) {
@@ -118,6 +122,7 @@ impl Trainer {
             projects,
             models_dir,
             device,
+            max_accuracy_drop,
             state: Mutex::new(State::default()),
             embeddings: Mutex::new(HashMap::new()),
         })
@@ -182,6 +187,7 @@ impl Trainer {
             activate,
             model_version: String::new(),
             error: String::new(),
+            not_activated_reason: String::new(),
             created_unix_ms: now_unix_ms(),
             started_unix_ms: 0,
             finished_unix_ms: 0,
@@ -349,14 +355,14 @@ impl Trainer {
         let project = self.projects.get(&record.project_id).map_err(|e| TrainError::Precondition(e.to_string()))?;
         let spec = &project.spec;
         let parent = project.active_version.clone();
-        let (model, parent_backbone) = if parent == UNTRAINED_VERSION {
-            (McModel::load(spec, self.device)?, String::new())
+        let (model, parent_manifest) = if parent == UNTRAINED_VERSION {
+            (McModel::load(spec, self.device)?, None)
         } else {
-            let model =
-                McModel::load_version(spec, &versions::version_dir(&self.models_dir, &spec.id, &parent), self.device)?;
-            let manifest = self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent));
-            (model, manifest.map(|m| m.backbone_version).unwrap_or_default())
+            let dir = versions::version_dir(&self.models_dir, &spec.id, &parent);
+            let model = McModel::load_version(spec, &dir, self.device)?;
+            (model, self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent)))
         };
+        let parent_backbone = parent_manifest.as_ref().map(|m| m.backbone_version.clone()).unwrap_or_default();
         let examples =
             self.db.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
         let run = Run {
@@ -408,12 +414,33 @@ impl Trainer {
             weights_bytes: 0,
             created_unix_ms: now_unix_ms(),
         };
-        let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, record.activate)
+        let refusal = self.refuse_activation(parent_manifest.as_ref(), &manifest);
+        if let Some(reason) = &refusal {
+            tracing::warn!(job = %job_id, %reason, "new version not activated");
+            self.update(&job_id, |r| r.not_activated_reason = reason.clone());
+        }
+        let activate = record.activate && refusal.is_none();
+        let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, activate)
             .map_err(|e| TrainError::Precondition(format!("saving the version failed: {e}")))?;
         if let Err(error) = self.projects.reload(&spec.id) {
             tracing::error!(%error, "cannot refresh the project after training");
         }
         Ok(manifest.version)
+    }
+
+    /// Why `candidate` must not replace `active` under the auto-activate policy, if it must not:
+    /// its validation accuracy is lower by more than the margin. Without the policy, or without
+    /// validation metrics on both sides, every version may be activated.
+    fn refuse_activation(&self, active: Option<&Manifest>, candidate: &Manifest) -> Option<String> {
+        let margin = self.max_accuracy_drop?;
+        let before = active?.metrics.as_ref()?.accuracy;
+        let after = candidate.metrics.as_ref()?.accuracy;
+        (after < before - margin).then(|| {
+            format!(
+                "validation accuracy {after:.3} is below the active version's {before:.3} by more than {margin} \
+                 (--auto-activate-max-accuracy-drop); activate it with ActivateModelVersion if wanted"
+            )
+        })
     }
 
     /// Manifests of `project`'s versions, newest first.

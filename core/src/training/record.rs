@@ -142,6 +142,9 @@ pub struct JobRecord {
     pub model_version: String,
     /// Why it failed or was cancelled.
     pub error: String,
+    /// Why the version it produced was not activated (auto-activate policy); empty otherwise.
+    #[serde(default)]
+    pub not_activated_reason: String,
     /// Milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
     /// Milliseconds since the Unix epoch; 0 until started.
