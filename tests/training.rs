@@ -349,3 +349,21 @@ async fn the_auto_activate_policy_keeps_a_version_whose_accuracy_drops() {
     assert!(last.not_activated_reason.contains("--auto-activate-max-accuracy-drop"), "{last:?}");
     assert_eq!(active_version(&mut server).await, "v1");
 }
+
+#[tokio::test]
+async fn full_fine_tuning_with_class_weights_trains_backbone_and_head() {
+    let mut server = server_with_examples(10, &[]).await;
+    let mut request = train_request(30);
+    let parameters = request.parameters.as_mut().unwrap();
+    parameters.mode = alps_proto::v1::TrainingMode::Full as i32;
+    parameters.class_weighting = true;
+    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
+    let last = watch(&mut server, &job.job_id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Succeeded as i32, "{last:?}");
+    let parameters = last.parameters.unwrap();
+    assert_eq!(parameters.mode, alps_proto::v1::TrainingMode::Full as i32, "effective settings are recorded");
+    assert!(parameters.class_weighting);
+    let (version, classes) = predict(&mut server).await.unwrap();
+    assert_eq!(version, "v1");
+    assert_eq!(classes, ["low", "high"]);
+}
