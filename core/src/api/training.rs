@@ -129,7 +129,7 @@ pub fn proto_job(record: &JobRecord) -> pb::TrainingJob {
             JobState::Cancelled => pb::JobState::Cancelled,
         }
         .into(),
-        phase: match record.phase {
+        phase: match record.progress.phase {
             Phase::Pending => pb::TrainingPhase::Unspecified,
             Phase::Loading => pb::TrainingPhase::Loading,
             Phase::Embedding => pb::TrainingPhase::Embedding,
@@ -138,12 +138,12 @@ pub fn proto_job(record: &JobRecord) -> pb::TrainingJob {
             Phase::Saving => pb::TrainingPhase::Saving,
         }
         .into(),
-        epoch: record.epoch,
-        step: record.step,
-        loss: record.loss,
-        validation_accuracy: record.validation_accuracy,
-        percent: record.percent,
-        eta_ms: record.eta_ms,
+        epoch: record.progress.epoch,
+        step: record.progress.step,
+        loss: record.progress.loss,
+        validation_accuracy: record.progress.validation_accuracy,
+        percent: record.progress.percent,
+        eta_ms: record.progress.eta_ms,
         parameters: Some(proto_params(&record.params)),
         model_version: record.model_version.clone(),
         error: record.error.clone(),

@@ -20,7 +20,7 @@ use std::{
 use tokio::sync::watch;
 
 use self::{
-    record::{JobRecord, JobState, Manifest, Phase, TrainingParams},
+    record::{JobRecord, JobState, Manifest, Phase, Progress, TrainingParams},
     train::{EmbeddingCache, Run, TrainError},
 };
 use crate::{
@@ -176,13 +176,7 @@ impl Trainer {
             job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
             project_id: project_id.to_owned(),
             state: JobState::Queued,
-            phase: Phase::Pending,
-            epoch: 0,
-            step: 0,
-            loss: 0.0,
-            validation_accuracy: None,
-            percent: 0.0,
-            eta_ms: None,
+            progress: Progress::default(),
             params,
             activate,
             model_version: String::new(),
@@ -321,8 +315,8 @@ impl Trainer {
                     Ok(version) => {
                         r.state = JobState::Succeeded;
                         r.model_version = version.clone();
-                        r.percent = 100.0;
-                        r.eta_ms = Some(0);
+                        r.progress.percent = 100.0;
+                        r.progress.eta_ms = Some(0);
                     }
                     Err(TrainError::Cancelled) => {
                         r.state = JobState::Cancelled;
@@ -384,16 +378,10 @@ impl Trainer {
         let job_id = record.job_id.clone();
         let trained = run.execute(&mut |progress| {
             self.update(&job_id, |r| {
-                r.phase = progress.phase;
-                r.epoch = progress.epoch;
-                r.step = progress.step;
-                r.loss = progress.loss;
-                r.validation_accuracy = progress.validation_accuracy;
-                r.percent = progress.percent;
-                r.eta_ms = progress.eta_ms;
+                r.progress = progress;
             });
         })?;
-        self.update(&job_id, |r| r.phase = Phase::Saving);
+        self.update(&job_id, |r| r.progress.phase = Phase::Saving);
         let number = self.db.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
         let backbone_version = match record.params.mode {
             record::Mode::Full => format!("v{number}"),

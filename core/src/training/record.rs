@@ -111,6 +111,39 @@ pub enum Phase {
     Saving,
 }
 
+/// Progress of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Phase.
+    pub phase: Phase,
+    /// Epoch, 1-based (0 before training).
+    pub epoch: u32,
+    /// Optimisation steps so far.
+    pub step: u64,
+    /// Mean training loss of the last epoch (cross-entropy, nats).
+    pub loss: f32,
+    /// Validation accuracy of the last epoch, in `[0, 1]`; `None` without a validation split.
+    pub validation_accuracy: Option<f32>,
+    /// Progress in `[0, 100]`.
+    pub percent: f32,
+    /// Estimated time left, milliseconds.
+    pub eta_ms: Option<u64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            phase: Phase::Pending,
+            epoch: 0,
+            step: 0,
+            loss: 0.0,
+            validation_accuracy: None,
+            percent: 0.0,
+            eta_ms: None,
+        }
+    }
+}
+
 /// A training job as stored and streamed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -120,20 +153,9 @@ pub struct JobRecord {
     pub project_id: String,
     /// Lifecycle state.
     pub state: JobState,
-    /// Current phase.
-    pub phase: Phase,
-    /// Current epoch, 1-based.
-    pub epoch: u32,
-    /// Optimisation steps so far.
-    pub step: u64,
-    /// Mean training loss of the last epoch (cross-entropy, nats).
-    pub loss: f32,
-    /// Validation accuracy of the last epoch, in `[0, 1]`.
-    pub validation_accuracy: Option<f32>,
-    /// Progress in `[0, 100]`.
-    pub percent: f32,
-    /// Estimated time left, milliseconds.
-    pub eta_ms: Option<u64>,
+    /// Phase, epoch, loss and the rest of the progress.
+    #[serde(flatten)]
+    pub progress: Progress,
     /// Effective settings.
     pub params: TrainingParams,
     /// Activate the version when done.

@@ -14,7 +14,7 @@ use std::{
 
 use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
-use super::record::{Mode, Optimizer, Phase, TrainingParams, ValidationMetrics};
+use super::record::{Mode, Optimizer, Phase, Progress, TrainingParams, ValidationMetrics};
 use crate::{
     models::{McModel, ModelError, preprocess},
     projects::ProjectSpec,
@@ -64,25 +64,6 @@ pub enum TrainError {
     },
 }
 
-/// Progress reported during a run.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    /// Phase.
-    pub phase: Phase,
-    /// Epoch, 1-based (0 before training).
-    pub epoch: u32,
-    /// Steps so far.
-    pub step: u64,
-    /// Mean loss of the last epoch, nats.
-    pub loss: f32,
-    /// Validation accuracy of the last epoch.
-    pub validation_accuracy: Option<f32>,
-    /// Progress in `[0, 100]`.
-    pub percent: f32,
-    /// Estimated time left, milliseconds.
-    pub eta_ms: Option<u64>,
-}
-
 /// What a run produced.
 pub struct Trained {
     /// The trained model (weights in its variables).
@@ -126,15 +107,7 @@ impl Run<'_> {
     /// [`TrainError`].
     pub fn execute(self, report: &mut dyn FnMut(Progress)) -> Result<Trained, TrainError> {
         let started = Instant::now();
-        let mut progress = Progress {
-            phase: Phase::Loading,
-            epoch: 0,
-            step: 0,
-            loss: 0.0,
-            validation_accuracy: None,
-            percent: 0.0,
-            eta_ms: None,
-        };
+        let mut progress = Progress { phase: Phase::Loading, ..Progress::default() };
         report(progress);
         let labelled: Vec<(&ExampleRow, usize)> = self
             .examples
