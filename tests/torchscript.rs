@@ -78,6 +78,29 @@ async fn mean_probabilities(client: &mut InferenceServiceClient<Channel>, projec
         .collect()
 }
 
+/// Exports ALPS's `small_cnn` for 3×16×16 inputs and `classes` classes as TorchScript at
+/// `script`, with `dropout` in the head; `weights` is loaded, or written with random ones.
+fn export_small_cnn(classes: u32, dropout: &str, weights: &Path, script: &Path) {
+    let classes = classes.to_string();
+    python(&[
+        "scripts/export_torchscript.py",
+        "--alps",
+        "small_cnn",
+        "--input",
+        "3",
+        "16",
+        "16",
+        "--classes",
+        &classes,
+        "--dropout",
+        dropout,
+        "--safetensors",
+        weights.to_str().unwrap(),
+        "--out",
+        script.to_str().unwrap(),
+    ]);
+}
+
 /// A server with the built-in plugin, and clients for it.
 struct Server {
     _dirs: ServerDirs,
@@ -120,23 +143,7 @@ fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
 async fn a_builtin_model_and_its_torchscript_export_agree() {
     let files = tempfile::tempdir().unwrap();
     let (weights, script) = (files.path().join("w.safetensors"), files.path().join("small_cnn.pt"));
-    python(&[
-        "scripts/export_torchscript.py",
-        "--alps",
-        "small_cnn",
-        "--input",
-        "3",
-        "16",
-        "16",
-        "--classes",
-        "3",
-        "--dropout",
-        "0",
-        "--safetensors",
-        weights.to_str().unwrap(),
-        "--out",
-        script.to_str().unwrap(),
-    ]);
+    export_small_cnn(3, "0", &weights, &script);
     let mut server = Server::start().await;
     let builtin = server.create_and_predict(project("builtin", Architecture::SmallCnn, &script, &weights, 3)).await;
     let exported = server.create_and_predict(project("script", Architecture::Torchscript, &script, &weights, 3)).await;
@@ -144,21 +151,7 @@ async fn a_builtin_model_and_its_torchscript_export_agree() {
 
     // The same export for two classes does not fit a three-class project: refused at creation.
     let two = files.path().join("two.pt");
-    python(&[
-        "scripts/export_torchscript.py",
-        "--alps",
-        "small_cnn",
-        "--input",
-        "3",
-        "16",
-        "16",
-        "--classes",
-        "2",
-        "--safetensors",
-        files.path().join("w2.safetensors").to_str().unwrap(),
-        "--out",
-        two.to_str().unwrap(),
-    ]);
+    export_small_cnn(2, "0.5", &files.path().join("w2.safetensors"), &two);
     let request =
         CreateProjectRequest { project: Some(project("wrong", Architecture::Torchscript, &two, &weights, 3)) };
     let error = server.projects.create_project(request).await.unwrap_err();

@@ -94,6 +94,18 @@ async fn watch(server: &mut Server, job: &str) -> Vec<TrainingJob> {
     seen
 }
 
+/// Waits until `job` has finished its first epoch.
+async fn wait_for_first_epoch(server: &mut Server, job: &str) {
+    let mut stream =
+        server.training.watch_training_job(WatchTrainingJobRequest { job_id: job.into() }).await.unwrap().into_inner();
+    while let Some(record) = stream.message().await.unwrap() {
+        if record.epoch > 0 {
+            return;
+        }
+    }
+    panic!("job {job} ended before its first epoch");
+}
+
 async fn train_to_end(server: &mut Server, epochs: u32) -> TrainingJob {
     let job = server.training.train(train_request(epochs)).await.unwrap().into_inner().job.unwrap();
     let records = watch(server, &job.job_id).await;
@@ -240,17 +252,7 @@ async fn kill_9_during_training_keeps_the_active_version_and_every_example() {
     let mut server = server_with_examples(10, &[]).await;
     train_to_end(&mut server, 5).await;
     let job = server.training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
-    let mut stream = server
-        .training
-        .watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(record) = stream.message().await.unwrap() {
-        if record.epoch > 0 {
-            break;
-        }
-    }
+    wait_for_first_epoch(&mut server, &job.job_id).await;
     server.process.signal(libc::SIGKILL);
     server.process.wait();
     let mut server = start(server.dirs, &[], &[]).await;
@@ -293,17 +295,7 @@ async fn kill_9_during_the_checkpoint_write_keeps_the_previous_version() {
 async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
     let mut server = server_with_examples(10, &[]).await;
     let job = server.training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
-    let mut stream = server
-        .training
-        .watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(record) = stream.message().await.unwrap() {
-        if record.epoch > 0 {
-            break;
-        }
-    }
+    wait_for_first_epoch(&mut server, &job.job_id).await;
     let request = alps_proto::v1::CancelTrainingJobRequest { job_id: job.job_id.clone() };
     server.training.cancel_training_job(request).await.unwrap();
     let records = watch(&mut server, &job.job_id).await;
