@@ -161,6 +161,11 @@ async fn a_job_trains_reports_progress_and_activates_a_new_version() {
     assert_eq!(metrics.examples, 8);
     assert_eq!(metrics.confusion_matrix.iter().sum::<u64>(), 8);
     assert_eq!(metrics.per_class.len(), 2);
+
+    // Deleting the project removes its versions' files too.
+    assert!(server.dirs.data.path().join("models/p/v1/weights.safetensors").is_file());
+    server.projects.delete_project(alps_proto::v1::DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
+    assert!(!server.dirs.data.path().join("models/p").exists());
 }
 
 #[tokio::test]

@@ -213,12 +213,17 @@ impl ProjectService for ProjectApi {
         request: Request<DeleteProjectRequest>,
     ) -> Result<Response<DeleteProjectResponse>, Status> {
         let id = request.into_inner().project_id;
-        let projects = self.state.projects.clone();
+        let (projects, trainer) = (self.state.projects.clone(), self.state.trainer.clone());
         let deleted = id.clone();
-        tokio::task::spawn_blocking(move || projects.delete(&deleted))
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(project_status)?;
+        tokio::task::spawn_blocking(move || {
+            // The rows first (examples, versions and jobs cascade), then the version files.
+            projects.delete(&deleted)?;
+            trainer.remove_versions(&deleted);
+            Ok(())
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(project_status)?;
         self.state.engine.forget(&id);
         tracing::info!(project = %id, "project deleted");
         Ok(Response::new(DeleteProjectResponse {}))

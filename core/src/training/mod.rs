@@ -431,6 +431,17 @@ impl Trainer {
         })
     }
 
+    /// Removes the version files of a deleted project (its records are gone with it). Sample
+    /// blobs stay: they are content-addressed and may be shared with other projects.
+    pub fn remove_versions(&self, project: &str) {
+        let dir = self.models_dir.join(project);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "model versions removed"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot remove model versions"),
+        }
+    }
+
     /// Manifests of `project`'s versions, newest first.
     ///
     /// # Errors
