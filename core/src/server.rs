@@ -80,6 +80,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     routes: Routes,
     health_reporter: HealthReporter,
+    /// Keeps the plugin directory watched while the server lives.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Server {
@@ -93,11 +95,16 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let plugin_dir = config.resolved_plugin_dir(executable);
         tracing::info!(dir = %plugin_dir.display(), "plugin directory");
-        let (heuristics, report) = HeuristicHost::start(plugin_dir, data_dir.plugin_copies_dir(), metrics.clone())?;
+        let heuristics = Arc::new(HeuristicHost::new(plugin_dir, data_dir.plugin_copies_dir(), metrics.clone())?);
+        // Watch before the first load, and before announcing readiness: a plugin dropped in
+        // from then on is always picked up. Without a watch, ReloadHeuristics still works.
+        let watcher = plugins::watch_plugin_dir(heuristics.clone())
+            .inspect_err(|error| tracing::warn!(%error, "cannot watch the plugin directory; use ReloadHeuristics"))
+            .ok();
+        let report = heuristics.reload().map_err(HostStartError::Dir)?;
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
-        let heuristics = Arc::new(heuristics);
         let db = Arc::new(Database::open(&data_dir.database_path())?);
         let projects = Arc::new(Projects::open(db.clone())?);
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
@@ -126,7 +133,7 @@ impl Server {
             max_rank_pool_values: config.max_rank_pool_values,
         });
         let (health_reporter, routes) = api::routes(state, config.max_message_bytes()).await?;
-        Ok(Self { grpc, metrics_listener, data_dir, heuristics, metrics, routes, health_reporter })
+        Ok(Self { grpc, metrics_listener, data_dir, heuristics, metrics, routes, health_reporter, _watcher: watcher })
     }
 
     /// Address the gRPC server listens on (with the real port when `--listen` used port 0).
@@ -150,10 +157,6 @@ impl Server {
             plugin_dir = %self.heuristics.dir().display(),
             "serving"
         );
-        // Hot reload on file changes; without it the ReloadHeuristics RPC still works.
-        let _watcher = plugins::watch_plugin_dir(self.heuristics.clone())
-            .inspect_err(|error| tracing::warn!(%error, "cannot watch the plugin directory; use ReloadHeuristics"))
-            .ok();
         let requested = shutdown.requested();
         let health_reporter = self.health_reporter;
         let stop_accepting = async move {

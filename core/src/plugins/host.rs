@@ -38,26 +38,27 @@ pub struct HeuristicHost {
 
 impl HeuristicHost {
     /// Clears `copies_dir` (copies of a previous run are unused: the data dir is locked by this
-    /// process) and loads every plugin in `dir`. A rejected file is logged and skipped.
+    /// process) and checks that `dir` can be listed. The registry starts empty: start watching
+    /// (see [`watch_plugin_dir`](super::watch_plugin_dir)), then [`reload`](Self::reload), so no
+    /// change made during the first load is missed.
     ///
     /// # Errors
     /// [`PluginDirError`] if `dir` cannot be listed, or an I/O error preparing `copies_dir`.
-    pub fn start(dir: PathBuf, copies_dir: PathBuf, metrics: Arc<Metrics>) -> Result<(Self, ReloadReport), StartError> {
+    pub fn new(dir: PathBuf, copies_dir: PathBuf, metrics: Arc<Metrics>) -> Result<Self, StartError> {
+        plugin_files(&dir)?;
         match fs::remove_dir_all(&copies_dir) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(StartError::Copies { path: copies_dir, source }),
         }
         fs::create_dir_all(&copies_dir).map_err(|source| StartError::Copies { path: copies_dir.clone(), source })?;
-        let host = Self {
+        Ok(Self {
             dir,
             copies_dir,
             current: ArcSwap::from_pointee(Registry::default()),
             reloading: Mutex::new(()),
             metrics,
-        };
-        let report = host.reload()?;
-        Ok((host, report))
+        })
     }
 
     /// The plugin directory.
