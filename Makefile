@@ -32,6 +32,7 @@ bench:
 	cargo bench -p alps-heuristics-builtin --bench heuristics_vs_baal
 	cargo bench -p alps-core --bench mc_dropout
 	cargo bench -p alps-system-tests --bench serving
+	cargo bench -p alps-system-tests --bench retrain
 
 ## bootstrap: create .venv with the pinned torch (idempotent)
 bootstrap:
