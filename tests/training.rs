@@ -45,12 +45,8 @@ fn tensor(value: f32) -> Option<Sample> {
     })
 }
 
-/// A fresh server with an MLP project "p" (classes low/high over 1×2×2 inputs) and `per_class`
-/// labelled examples of each class (low ≈ 0.1, high ≈ 0.9).
-async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
-    let dirs = ServerDirs::new();
-    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let mut server = start(dirs, flags, &[]).await;
+/// Creates the MLP project "p": classes low/high over 1×2×2 inputs.
+async fn create_project(server: &mut Server) {
     let project = Project {
         id: "p".into(),
         classes: vec!["low".into(), "high".into()],
@@ -59,6 +55,15 @@ async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
         ..Default::default()
     };
     server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+}
+
+/// A fresh server with an MLP project "p" (classes low/high over 1×2×2 inputs) and `per_class`
+/// labelled examples of each class (low ≈ 0.1, high ≈ 0.9).
+async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start(dirs, flags, &[]).await;
+    create_project(&mut server).await;
     let examples: Vec<LabelledExample> = (0..per_class)
         .flat_map(|i| {
             let jitter = i as f32 * 0.005;
@@ -173,14 +178,7 @@ async fn training_without_two_classes_is_a_failed_precondition() {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
     let mut server = start(dirs, &[], &[]).await;
-    let project = Project {
-        id: "p".into(),
-        classes: vec!["low".into(), "high".into()],
-        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
-        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
-        ..Default::default()
-    };
-    server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    create_project(&mut server).await;
     let error = server.training.train(train_request(1)).await.unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert!(error.message().contains("at least 2 classes"), "{}", error.message());

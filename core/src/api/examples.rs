@@ -9,7 +9,7 @@ use alps_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, inference::sample_input, projects::project_status};
+use super::{AppState, blocking, inference::sample_input, projects::project_status};
 use crate::training::examples::{ExampleError, NewExample};
 
 /// Largest page of ListExamples.
@@ -43,10 +43,6 @@ fn example_status(error: ExampleError) -> Status {
 fn store_status(error: crate::store::db::StoreError) -> Status {
     tracing::error!(%error, "example store failed");
     Status::internal(error.to_string())
-}
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work).await.map_err(|error| Status::internal(error.to_string()))?
 }
 
 #[tonic::async_trait]

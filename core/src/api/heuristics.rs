@@ -1,6 +1,6 @@
 //! `alps.v1.HeuristicService`: Score, Select, ListHeuristics, ReloadHeuristics.
 
-use std::{sync::Arc, time::UNIX_EPOCH};
+use std::sync::Arc;
 
 use alps_heuristic_abi::{Direction as AbiDirection, Kind};
 use alps_proto::v1::{
@@ -9,6 +9,8 @@ use alps_proto::v1::{
     SelectResponse, Tensor, heuristic_service_server::HeuristicService,
 };
 use tonic::{Request, Response, Status};
+
+use super::blocking;
 
 use crate::plugins::{
     CallError, HeuristicHost, LoadedHeuristic, ProbabilityTensor, Registry, ResolveError, most_informative_first,
@@ -60,13 +62,6 @@ fn input(values: Option<Tensor>, logits: bool) -> Result<ProbabilityTensor, Stat
     input.map_err(|error| Status::invalid_argument(format!("values: {error}")))
 }
 
-/// Runs CPU-heavy heuristic work off the async runtime.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| Status::internal(format!("heuristic task failed: {error}")))?
-}
-
 fn reference(heuristic: &LoadedHeuristic) -> HeuristicRef {
     HeuristicRef { name: heuristic.name.clone(), version: heuristic.version.to_string() }
 }
@@ -80,12 +75,6 @@ pub fn direction(direction: AbiDirection) -> Direction {
 }
 
 fn info(heuristic: &LoadedHeuristic) -> HeuristicInfo {
-    let loaded_unix_ms = heuristic
-        .plugin
-        .loaded_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
     HeuristicInfo {
         name: heuristic.name.clone(),
         version: heuristic.version.to_string(),
@@ -99,7 +88,7 @@ fn info(heuristic: &LoadedHeuristic) -> HeuristicInfo {
         plugin: heuristic.plugin.name.clone(),
         source_file: heuristic.plugin.source_file.display().to_string(),
         sha256: heuristic.plugin.sha256.clone(),
-        loaded_unix_ms,
+        loaded_unix_ms: crate::store::unix_ms(heuristic.plugin.loaded_at),
     }
 }
 

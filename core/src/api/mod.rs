@@ -93,6 +93,16 @@ pub async fn routes(
     Ok((reporter, routes))
 }
 
+/// Runs CPU-heavy or blocking work (heuristics, SQLite, file I/O) on the blocking pool, off
+/// the async runtime; a panic there becomes INTERNAL.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, tonic::Status> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| tonic::Status::internal(format!("worker task failed: {error}")))?
+}
+
 /// Reflection over `alps.v1` and `grpc.health.v1`; built twice because grpcurl and older
 /// clients ask the v1alpha service while newer ones ask v1.
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -9,7 +9,7 @@ use alps_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::AppState;
+use super::{AppState, blocking};
 use crate::{
     engine::Engine,
     projects::{
@@ -155,16 +155,13 @@ impl ProjectService for ProjectApi {
         spec.validate().map_err(|error| Status::invalid_argument(error.to_string()))?;
         self.check_heuristic(&spec.default_heuristic)?;
         let checked = spec.clone();
-        tokio::task::spawn_blocking(move || Engine::check_model(&checked))
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(|error| Status::invalid_argument(format!("project.model: {error}")))?;
+        blocking(move || {
+            Engine::check_model(&checked).map_err(|error| Status::invalid_argument(format!("project.model: {error}")))
+        })
+        .await?;
         let projects = self.state.projects.clone();
         let id = spec.id.clone();
-        let (project, created) = tokio::task::spawn_blocking(move || projects.upsert(spec))
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(project_status)?;
+        let (project, created) = blocking(move || projects.upsert(spec).map_err(project_status)).await?;
         self.state.engine.forget(&id);
         tracing::info!(project = %id, created, "project stored");
         Ok(Response::new(CreateProjectResponse { project: Some(proto_project(&project)), created }))
@@ -201,10 +198,7 @@ impl ProjectService for ProjectApi {
             default_heuristic,
         };
         let projects = self.state.projects.clone();
-        let project = tokio::task::spawn_blocking(move || projects.update(&request.project_id, update))
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(project_status)?;
+        let project = blocking(move || projects.update(&request.project_id, update).map_err(project_status)).await?;
         Ok(Response::new(UpdateProjectResponse { project: Some(proto_project(&project)) }))
     }
 
@@ -215,15 +209,13 @@ impl ProjectService for ProjectApi {
         let id = request.into_inner().project_id;
         let (projects, trainer) = (self.state.projects.clone(), self.state.trainer.clone());
         let deleted = id.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             // The rows first (examples, versions and jobs cascade), then the version files.
-            projects.delete(&deleted)?;
+            projects.delete(&deleted).map_err(project_status)?;
             trainer.remove_versions(&deleted);
             Ok(())
         })
-        .await
-        .map_err(|error| Status::internal(error.to_string()))?
-        .map_err(project_status)?;
+        .await?;
         self.state.engine.forget(&id);
         tracing::info!(project = %id, "project deleted");
         Ok(Response::new(DeleteProjectResponse {}))

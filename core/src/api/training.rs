@@ -12,7 +12,7 @@ use alps_proto::v1::{
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, projects::project_status};
+use super::{AppState, blocking, projects::project_status};
 use crate::training::{
     TrainingError,
     record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, TrainingParams},
@@ -183,10 +183,6 @@ fn proto_version(manifest: &Manifest, active: &str) -> pb::ModelVersion {
         weights_sha256: manifest.weights_sha256.clone(),
         created_unix_ms: manifest.created_unix_ms,
     }
-}
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work).await.map_err(|error| Status::internal(error.to_string()))?
 }
 
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::TrainingJob, Status>> + Send>>;

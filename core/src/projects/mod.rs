@@ -6,7 +6,6 @@ pub mod spec;
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 pub use spec::{
@@ -14,7 +13,10 @@ pub use spec::{
     Preprocessing, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
 };
 
-use crate::store::db::{Database, StoreError, StoredProject};
+use crate::store::{
+    db::{Database, StoreError, StoredProject},
+    now_unix_ms,
+};
 
 /// A project as served: its spec plus server-owned state.
 pub type Project = StoredProject;
@@ -139,10 +141,6 @@ impl Projects {
         self.cache_write().remove(id);
         Ok(())
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 #[cfg(test)]

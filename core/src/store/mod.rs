@@ -102,6 +102,17 @@ impl DataDir {
     }
 }
 
+/// `time` as milliseconds since the Unix epoch, the unit of every stored timestamp (0 before
+/// the epoch, `i64::MAX` far after it).
+pub fn unix_ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> i64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
 /// The directory of `project`'s model `version` under `models_dir`:
 /// `<models>/<project>/<version>/` with `weights.safetensors` and `manifest.json`.
 pub fn model_version_dir(models_dir: &Path, project: &str, version: &str) -> PathBuf {

@@ -1,11 +1,7 @@
 //! Labelled examples: validated, their sample bytes stored content-addressed, their index in
 //! SQLite, idempotent by external id (a replay from Label Studio changes nothing).
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     engine::SampleInput,
@@ -14,6 +10,7 @@ use crate::{
     store::{
         blobs::{BlobError, BlobStore},
         db::{Database, ExampleRow, StoreError, UpsertCounts},
+        now_unix_ms,
     },
 };
 
@@ -163,8 +160,4 @@ impl Examples {
         }
         Ok(counts)
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }

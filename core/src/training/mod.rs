@@ -14,7 +14,6 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::watch;
@@ -29,6 +28,7 @@ use crate::{
     store::{
         blobs::BlobStore,
         db::{Database, StoreError},
+        now_unix_ms,
     },
 };
 
@@ -80,10 +80,6 @@ impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer").field("models_dir", &self.models_dir).finish_non_exhaustive()
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 impl Trainer {
