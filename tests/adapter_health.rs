@@ -28,6 +28,7 @@ async fn model_server_state(client: &reqwest::Client, http: &str) -> String {
 }
 
 fn client() -> reqwest::Client {
+    let _ = alps_system_tests::http_client();
     reqwest::Client::builder().timeout(LABEL_STUDIO_HEALTH_TIMEOUT).build().unwrap()
 }
 

@@ -227,7 +227,14 @@ async fn the_backbone_runs_once_per_sample_and_the_head_k_times() {
         ..predict("p", (0..5).map(|i| tensor_sample(&i.to_string(), 0.1 * i as f32)).collect())
     };
     server.inference.predict(request).await.unwrap();
-    let text = reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap();
+    let text = alps_system_tests::http_client()
+        .get(format!("http://{}/metrics", server.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -400,7 +407,14 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn scrape(server: &Server) -> String {
-    reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap()
+    alps_system_tests::http_client()
+        .get(format!("http://{}/metrics", server.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -431,7 +445,14 @@ async fn a_request_whose_client_gave_up_is_skipped_and_counted() {
     alps_system_tests::eventually("the cancelled job to be counted", || {
         let metrics = server.metrics.clone();
         async move {
-            let text = reqwest::get(format!("http://{metrics}/metrics")).await.ok()?.text().await.ok()?;
+            let text = alps_system_tests::http_client()
+                .get(format!("http://{metrics}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             (metric(&text, "alps_cancelled_jobs_total") >= 1.0).then_some(())
         }
     })

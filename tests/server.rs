@@ -69,7 +69,7 @@ async fn metrics_endpoint_serves_build_info() {
     let dirs = ServerDirs::new();
     let (mut server, _grpc) = start_server(&dirs, &[]);
     let metrics = server.listening_addr("metrics");
-    let response = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap();
+    let response = alps_system_tests::http_client().get(format!("http://{metrics}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(text.contains("alps_build_info{"), "{text}");

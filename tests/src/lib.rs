@@ -311,3 +311,10 @@ pub fn install_plugin(file: &std::path::Path, dir: &std::path::Path, name: &str)
     std::fs::copy(file, &partial).expect("copy plugin");
     std::fs::rename(&partial, dir.join(name)).expect("rename plugin");
 }
+
+/// An HTTP client for the tests. reqwest is built without a default TLS crypto provider (see the
+/// workspace Cargo.toml), so ring is installed first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

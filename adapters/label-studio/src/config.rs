@@ -1,9 +1,11 @@
 //! Adapter configuration: `clap` flags, each with an environment variable.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use alps_proto::v1::Architecture;
 use alps_runtime::LogFormat;
 use clap::Parser;
+use url::Url;
 
 /// How the prediction-level `score` sent to Label Studio is defined
 /// (`shared/specs/label-studio-ml-backend.md` §3.4).
@@ -16,6 +18,69 @@ pub enum ScoreMode {
     /// Score = the acquisition heuristic's informativeness: sorting descending puts the most
     /// informative first.
     Uncertainty,
+}
+
+impl ScoreMode {
+    /// Parses the spelling used in `extra_params.score_mode` and on the command line.
+    pub fn from_name(name: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::from_str(name, true).ok()
+    }
+}
+
+/// A named model the adapter can create ALPS projects with (`--model`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelPreset {
+    /// Name used in `extra_params.model`, `--default-model` and model version strings.
+    pub name: String,
+    /// Built-in architecture.
+    pub architecture: Architecture,
+    /// Input width and height in pixels; 0 = the architecture's default.
+    pub size: u32,
+    /// Input channels (1 or 3); 0 = the architecture's default.
+    pub channels: u32,
+    /// Initial weights (safetensors) on the alps-server machine; `None` = random initialisation.
+    pub weights: Option<PathBuf>,
+}
+
+/// Name of the model used when neither `--model` nor `extra_params` names one.
+pub const BUILTIN_MODEL: &str = "small-cnn";
+
+impl ModelPreset {
+    /// The built-in default: small_cnn on 32x32 RGB input, random initialisation.
+    pub fn builtin() -> Self {
+        Self { name: BUILTIN_MODEL.into(), architecture: Architecture::SmallCnn, size: 32, channels: 3, weights: None }
+    }
+}
+
+/// Parses `NAME=ARCHITECTURE[,size=PIXELS][,channels=N][,weights=PATH]`,
+/// e.g. `cars=resnet18,size=224,weights=/models/resnet18.safetensors`.
+fn parse_model(raw: &str) -> Result<ModelPreset, String> {
+    let (name, rest) = raw.split_once('=').ok_or("expected NAME=ARCHITECTURE[,size=N][,channels=N][,weights=PATH]")?;
+    let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !valid_name || name.len() > 48 {
+        return Err(format!("model name {name:?} must be 1 to 48 characters from [A-Za-z0-9_.-]"));
+    }
+    let mut parts = rest.split(',');
+    let architecture = match parts.next().unwrap_or_default() {
+        "mlp" => Architecture::Mlp,
+        "small_cnn" => Architecture::SmallCnn,
+        "vgg16" => Architecture::Vgg16,
+        "resnet18" => Architecture::Resnet18,
+        other => return Err(format!("unknown architecture {other:?}; one of mlp, small_cnn, vgg16, resnet18")),
+    };
+    let mut preset = ModelPreset { name: name.to_owned(), architecture, size: 0, channels: 0, weights: None };
+    for option in parts {
+        match option.split_once('=') {
+            Some(("size", pixels)) => {
+                preset.size = pixels.parse().map_err(|_| format!("size {pixels:?} is not a number"))?
+            }
+            Some(("channels", "1")) => preset.channels = 1,
+            Some(("channels", "3")) => preset.channels = 3,
+            Some(("weights", path)) if !path.is_empty() => preset.weights = Some(PathBuf::from(path)),
+            _ => return Err(format!("unknown model option {option:?}; expected size=N, channels=1|3 or weights=PATH")),
+        }
+    }
+    Ok(preset)
 }
 
 /// Command line of `alps-label-studio`.
@@ -48,6 +113,90 @@ pub struct Config {
     #[arg(long, env = "ALPS_LS_CORE_POLL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub core_poll_ms: u64,
 
+    /// Models the adapter can serve, `NAME=ARCHITECTURE[,size=PIXELS][,channels=1|3][,weights=PATH]`
+    /// (repeat the flag, or separate with `;` in the variable). The weights path is read by alps-server.
+    #[arg(long = "model", env = "ALPS_LS_MODELS", value_delimiter = ';', value_parser = parse_model)]
+    pub models: Vec<ModelPreset>,
+
+    /// Model for Label Studio projects whose connection's `extra_params` names none. The built-in
+    /// `small-cnn` (small_cnn, 32x32 RGB) is always available.
+    #[arg(long, env = "ALPS_LS_DEFAULT_MODEL", default_value = BUILTIN_MODEL)]
+    pub default_model: String,
+
+    /// Label Studio's URL as the adapter reaches it (task media, labelled-task resync, model_version
+    /// updates), e.g. `http://label-studio:8080`.
+    #[arg(long, env = "LABEL_STUDIO_URL")]
+    pub label_studio_url: Option<Url>,
+
+    /// Label Studio API key: a personal access token (JWT) or a legacy token (40 hex digits).
+    #[arg(long, env = "LABEL_STUDIO_API_KEY", hide_env_values = true)]
+    pub label_studio_api_key: Option<String>,
+
+    /// User name of optional HTTP Basic auth on every route except `/webhook`.
+    #[arg(long, env = "BASIC_AUTH_USER", requires = "basic_auth_pass")]
+    pub basic_auth_user: Option<String>,
+
+    /// Password of the optional HTTP Basic auth.
+    #[arg(long, env = "BASIC_AUTH_PASS", hide_env_values = true, requires = "basic_auth_user")]
+    pub basic_auth_pass: Option<String>,
+
+    /// Time `/predict` may take before the remaining tasks are answered as deferred, in seconds;
+    /// must stay below Label Studio's `ML_TIMEOUT_PREDICT` (100 s by default).
+    #[arg(long, env = "ALPS_LS_PREDICT_BUDGET_SECS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub predict_budget_secs: u64,
+
+    /// Tasks per gRPC Predict call.
+    #[arg(long, env = "ALPS_LS_PREDICT_CHUNK", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub predict_chunk: u32,
+
+    /// Predict calls in flight per `/predict` request.
+    #[arg(long, env = "ALPS_LS_PREDICT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub predict_concurrency: u32,
+
+    /// Media downloads in flight, all requests together.
+    #[arg(long, env = "ALPS_LS_MEDIA_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub media_concurrency: u32,
+
+    /// Largest image the adapter downloads, in MiB.
+    #[arg(long, env = "ALPS_LS_MEDIA_MAX_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub media_max_mib: u64,
+
+    /// Time one image download may take, redirects and retries included, in seconds.
+    #[arg(long, env = "ALPS_LS_MEDIA_TIMEOUT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub media_timeout_secs: u64,
+
+    /// Allow image URLs in task data that point at loopback, private or link-local addresses
+    /// (Label Studio's own URL is always allowed).
+    #[arg(long, env = "ALPS_LS_MEDIA_ALLOW_PRIVATE", default_value_t = false)]
+    pub media_allow_private: bool,
+
+    /// Retrain automatically after this many new or changed annotations of a project; 0 = only
+    /// when Label Studio asks (Start training, or its own `min_annotations_to_start_training`).
+    #[arg(long, env = "ALPS_LS_TRAIN_EVERY", default_value_t = 0)]
+    pub train_every: u32,
+
+    /// Fewest labelled tasks a project needs before a training run starts.
+    #[arg(long, env = "ALPS_LS_MIN_TRAIN_LABELS", default_value_t = 10)]
+    pub min_train_labels: u64,
+
+    /// Passes over the labelled set per training run. The default suits the small labelled sets
+    /// of active learning; 0 = alps-server's default.
+    #[arg(long, env = "ALPS_LS_TRAIN_EPOCHS", default_value_t = 50)]
+    pub train_epochs: u32,
+
+    /// Adam learning rate of training runs; 0 = alps-server's default.
+    #[arg(long, env = "ALPS_LS_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
+    pub train_learning_rate: f32,
+
+    /// Training triggers within this many milliseconds are coalesced into one run.
+    #[arg(long, env = "ALPS_LS_TRAIN_DEBOUNCE_MS", default_value_t = 10_000)]
+    pub train_debounce_ms: u64,
+
+    /// Update the Label Studio project's `model_version` when a new model version is active, so
+    /// sorting by prediction score and uncertainty sampling follow it.
+    #[arg(long, env = "ALPS_LS_SYNC_MODEL_VERSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sync_model_version: bool,
+
     /// Log line format.
     #[arg(long, env = "ALPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -67,6 +216,15 @@ impl Config {
     /// See `--shutdown-grace-secs`.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The `--model` presets plus the built-in one (unless a preset reuses its name).
+    pub fn model_presets(&self) -> Vec<ModelPreset> {
+        let mut presets = self.models.clone();
+        if !presets.iter().any(|preset| preset.name == BUILTIN_MODEL) {
+            presets.push(ModelPreset::builtin());
+        }
+        presets
     }
 }
 
@@ -102,6 +260,31 @@ mod tests {
         assert_eq!(parse_base_path("/a/b").unwrap(), "/a/b");
         assert_eq!(parse_base_path("/").unwrap(), "");
         assert!(parse_base_path("/a?b").is_err());
+    }
+
+    #[test]
+    fn model_presets_parse_every_option() {
+        let preset = parse_model("cars=resnet18,size=224,channels=3,weights=/m/r.safetensors").unwrap();
+        assert_eq!(preset.name, "cars");
+        assert_eq!(preset.architecture, Architecture::Resnet18);
+        assert_eq!((preset.size, preset.channels), (224, 3));
+        assert_eq!(preset.weights, Some(PathBuf::from("/m/r.safetensors")));
+        assert_eq!(parse_model("d=mlp").unwrap().size, 0);
+        for bad in ["cars", "=mlp", "a b=mlp", "x=alexnet", "x=mlp,size=big", "x=mlp,channels=2", "x=mlp,colour=1"] {
+            assert!(parse_model(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_builtin_model_is_always_offered() {
+        let config = Config::try_parse_from(["alps-label-studio", "--model", "d=mlp,size=8,channels=1"]).unwrap();
+        let names: Vec<String> = config.model_presets().into_iter().map(|preset| preset.name).collect();
+        assert_eq!(names, ["d", BUILTIN_MODEL]);
+    }
+
+    #[test]
+    fn basic_auth_needs_both_halves() {
+        assert!(Config::try_parse_from(["alps-label-studio", "--basic-auth-user", "u"]).is_err());
     }
 
     #[test]

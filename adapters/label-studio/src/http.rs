@@ -1,28 +1,124 @@
 //! The HTTP side: Label Studio's ML-backend routes (`shared/specs/label-studio-ml-backend.md` §2).
 //!
-//! Every response is JSON, errors included. Handlers answer from in-memory state; none waits on
-//! the core or on Label Studio.
+//! Every response is JSON (`/metrics` excepted), errors included, and errors carry a reason phrase:
+//! Label Studio drops error bodies and shows only `"<code> Client Error: <reason> for url: ..."`.
+//! `/health` and `/setup` answer from in-memory state; webhooks queue their work and return.
+
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::State,
-    http::{Method, StatusCode, Uri},
+    body::Bytes,
+    extract::{DefaultBodyLimit, MatchedPath, Query, Request, State},
+    http::{HeaderValue, Method, StatusCode, Uri, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
+use base64::{Engine, engine::general_purpose::STANDARD};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::{config::ScoreMode, core_link::CoreStatus};
+use crate::{
+    config::ScoreMode,
+    core_client::Core,
+    core_link::CoreStatus,
+    label_config::{ConfigCache, LabelConfig, SUPPORTED_EXAMPLE, UnsupportedConfig},
+    labels::{Labelling, Work, labels_of, task_label},
+    ls_api::Task,
+    media::Media,
+    predict::{PredictSettings, TaskInput, predict_tasks},
+    projects::{OptionsError, ProjectLink, Projects, parse_uid},
+};
 
-/// Shared, read-only state of the HTTP handlers.
+/// Largest request body, bytes: "Retrieve predictions" on a whole project and legacy `/train`
+/// send every task in one body.
+const MAX_BODY_BYTES: usize = 256 << 20;
+
+/// Time `GET /versions` waits for the core before answering from cache (LS allows 3 s).
+const VERSIONS_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Project id used for `/predict` requests without `project` (stateless test clients).
+const STATELESS_PROJECT: u64 = 0;
+
+/// Shared state of the HTTP handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// Latest core status from [`crate::core_link::watch_core`].
-    pub core: watch::Receiver<CoreStatus>,
+    pub core_status: watch::Receiver<CoreStatus>,
     /// Default score mode, reported by `/health`.
     pub score_mode: ScoreMode,
+    /// alps-server.
+    pub core: Core,
+    /// Per-project state.
+    pub projects: Arc<Projects>,
+    /// Labelled-set and training workers.
+    pub labelling: Arc<Labelling>,
+    /// Image downloads.
+    pub media: Arc<Media>,
+    /// Parsed label configs.
+    pub configs: Arc<ConfigCache>,
+    /// How `/predict` divides its work.
+    pub predict: PredictSettings,
+    /// `user:password` of the optional Basic auth.
+    pub basic_auth: Option<Arc<str>>,
+}
+
+/// An error response: status, reason phrase and JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    reason: String,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self { status, body: json!({"error": reason}), reason }
+    }
+
+    fn bad_request(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+    }
+}
+
+impl From<UnsupportedConfig> for ApiError {
+    fn from(error: UnsupportedConfig) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            reason: format!("Unsupported label config: {}", error.cause),
+            body: json!({"error": "unsupported_label_config", "detail": error.detail, "supported": SUPPORTED_EXAMPLE}),
+        }
+    }
+}
+
+impl From<OptionsError> for ApiError {
+    fn from(error: OptionsError) -> Self {
+        Self::bad_request(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(&self.reason).into_bytes()) {
+            response.extensions_mut().insert(reason);
+        }
+        response
+    }
+}
+
+/// A reason phrase: printable ASCII, no CR/LF, at most 120 characters (spec §2.2).
+fn reason_phrase(text: &str) -> String {
+    let printable: String = text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    printable.chars().take(120).collect()
 }
 
 /// Body of `GET /health` (spec §2.1). Label Studio reads only `status`; the rest is for humans.
@@ -37,9 +133,52 @@ struct Health {
 
 /// The adapter's routes, under `base_path` ("" or "/prefix").
 pub fn router(state: AppState, base_path: &str) -> Router {
-    let routes =
-        Router::new().route("/", get(health)).route("/health", get(health)).fallback(not_found).with_state(state);
+    let authenticated = Router::new()
+        .route("/", get(health))
+        .route("/health", get(health))
+        .route("/setup", post(setup))
+        .route("/predict", post(predict))
+        .route("/versions", get(versions).post(versions_of_project))
+        .route("/train", post(train))
+        .route("/is_training", get(is_training))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), basic_auth));
+    // Label Studio's event webhooks carry no credentials (spec §4.1).
+    let routes = authenticated
+        .route("/webhook", post(webhook))
+        .route_layer(middleware::from_fn(count_requests))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
     if base_path.is_empty() { routes } else { Router::new().nest(base_path, routes).fallback(not_found) }
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned()).unwrap_or_default();
+    let response = next.run(request).await;
+    crate::metrics::request(&route, response.status().as_u16());
+    response
+}
+
+/// Checks Basic auth when configured; 401 with `WWW-Authenticate` otherwise.
+async fn basic_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.basic_auth else { return next.run(request).await };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| STANDARD.decode(encoded.trim()).ok())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(expected.as_bytes())) {
+        return next.run(request).await;
+    }
+    tracing::info!(uri = %request.uri(), "rejected request without valid Basic auth");
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "Basic auth required").into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"alps-label-studio\""));
+    response
 }
 
 /// `GET /` and `GET /health`: 200 while the process runs, whatever the core's state.
@@ -48,9 +187,208 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         status: "UP",
         model_class: "alps-label-studio",
         version: env!("CARGO_PKG_VERSION"),
-        model_server: *state.core.borrow(),
+        model_server: *state.core_status.borrow(),
         score_mode: state.score_mode,
     })
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("Malformed JSON body: {error}")))?;
+    if value.is_object() { Ok(value) } else { Err(ApiError::bad_request("JSON body must be an object")) }
+}
+
+/// `extra_params` as an object: Label Studio stores what the user typed, which may be a JSON string.
+fn extra_params(body: &Value) -> Option<Value> {
+    match &body["extra_params"] {
+        Value::Object(_) => Some(body["extra_params"].clone()),
+        Value::String(text) => serde_json::from_str::<Value>(text).ok().filter(Value::is_object),
+        _ => None,
+    }
+}
+
+fn require_core(state: &AppState) -> Result<(), ApiError> {
+    match *state.core_status.borrow() {
+        CoreStatus::Unreachable => Err(ApiError::unavailable("Model server unreachable")),
+        CoreStatus::Ready | CoreStatus::Loading => Ok(()),
+    }
+}
+
+/// `POST /setup` (spec §2.2): validates the config, records the project's options and answers the
+/// model version from cache.
+async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = parse_json(&body)?;
+    let schema = body["schema"].as_str().or(body["label_config"].as_str()).unwrap_or_default();
+    let config = state.configs.get(schema).inspect_err(|error| {
+        tracing::info!(project = %body["project"], cause = %error.cause, "unsupported label config at /setup");
+    })?;
+    let ls_id = parse_uid(&body["project"]).unwrap_or(STATELESS_PROJECT);
+    let link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
+    require_core(&state)?;
+    Ok(Json(json!({"model_version": link.model_version()})))
+}
+
+/// `POST /predict` (spec §2.3): one entry per task, in order.
+async fn predict(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = parse_json(&body)?;
+    let tasks = match &body["tasks"] {
+        Value::Array(tasks) => tasks.clone(),
+        Value::Object(_) => vec![body["tasks"].clone()],
+        _ => return Err(ApiError::bad_request("Missing tasks: expected a list of task objects")),
+    };
+    let ls_id = parse_uid(&body["project"])
+        .or_else(|| tasks.first().and_then(|task| task["project"].as_u64()))
+        .unwrap_or(STATELESS_PROJECT);
+    project_for(&state, ls_id, body["label_config"].as_str())?;
+    require_core(&state)?;
+    let link = state.projects.ensure(ls_id).await.map_err(|status| {
+        tracing::warn!(project = ls_id, %status, "cannot prepare the model");
+        match status.code() {
+            tonic::Code::Unavailable => ApiError::unavailable("Model server unreachable"),
+            _ => ApiError::unavailable(format!("No usable model for project {ls_id}: {}", status.message())),
+        }
+    })?;
+    let inputs = tasks.iter().map(|task| task_input(task, &link.config)).collect();
+    let (results, version) = predict_tasks(&state.core, &state.media, &link, inputs, state.predict).await;
+    if let Some(alps_version) = version.strip_prefix(&format!("{}-", link.model.name)) {
+        state.projects.set_active_version(ls_id, alps_version);
+    }
+    Ok(Json(json!({"results": results, "model_version": version})))
+}
+
+/// The project's link, updated with `label_config` when the request carries one.
+fn project_for(state: &AppState, ls_id: u64, label_config: Option<&str>) -> Result<ProjectLink, ApiError> {
+    match label_config {
+        Some(xml) => Ok(state.projects.observe(ls_id, state.configs.get(xml)?, None)?),
+        None => state
+            .projects
+            .get(ls_id)
+            .ok_or_else(|| ApiError::bad_request(format!("Missing label_config and project {ls_id} was never set up"))),
+    }
+}
+
+fn task_input(task: &Value, config: &LabelConfig) -> TaskInput {
+    TaskInput {
+        id: task["id"].as_u64().unwrap_or(0),
+        reference: task["data"][&config.image_key].as_str().map(str::to_owned),
+    }
+}
+
+/// `POST /webhook` (spec §2.4): queues the event's work and answers at once.
+async fn webhook(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body = parse_json(&body)?;
+    let action = body["action"].as_str().ok_or_else(|| ApiError::bad_request("Missing action"))?.to_owned();
+    crate::metrics::webhook(&action);
+    let handled = [
+        "ANNOTATION_CREATED",
+        "ANNOTATION_UPDATED",
+        "ANNOTATIONS_CREATED",
+        "ANNOTATIONS_DELETED",
+        "TASKS_DELETED",
+        "START_TRAINING",
+        "PROJECT_UPDATED",
+    ];
+    if !handled.contains(&action.as_str()) {
+        return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
+    }
+    let project = &body["project"];
+    let ls_id = project["id"]
+        .as_u64()
+        .or_else(|| parse_uid(project))
+        .ok_or_else(|| ApiError::bad_request(format!("Missing project id in {action} event")))?;
+    let link = project_for(&state, ls_id, project["label_config"].as_str()).inspect_err(|error| {
+        tracing::warn!(project = ls_id, action, reason = error.reason, "webhook for a project that cannot be served");
+    })?;
+    for work in webhook_work(&action, &body, &link.config) {
+        state.labelling.submit(ls_id, work);
+    }
+    tracing::info!(project = ls_id, action, "webhook queued");
+    Ok((StatusCode::CREATED, Json(json!({"status": "ok"}))).into_response())
+}
+
+/// The work items of one webhook event.
+fn webhook_work(action: &str, body: &Value, config: &LabelConfig) -> Vec<Work> {
+    let ids = |list: &Value| list.as_array().into_iter().flatten().filter_map(|item| item["id"].as_u64()).collect();
+    match action {
+        "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" => annotation_work(&body["annotation"], &body["task"], config),
+        "ANNOTATIONS_CREATED" => {
+            let (annotations, tasks) = (body["annotation"].as_array(), body["task"].as_array());
+            let pairs = annotations.into_iter().flatten().zip(tasks.into_iter().flatten());
+            pairs.flat_map(|(annotation, task)| annotation_work(annotation, task, config)).collect()
+        }
+        "ANNOTATIONS_DELETED" => vec![Work::AnnotationsDeleted(ids(&body["annotations"]))],
+        "TASKS_DELETED" => vec![Work::TasksDeleted(ids(&body["tasks"]))],
+        "START_TRAINING" => vec![Work::Train { resync: true }],
+        _ => Vec::new(),
+    }
+}
+
+fn annotation_work(annotation: &Value, task: &Value, config: &LabelConfig) -> Vec<Work> {
+    let task_id = task["id"].as_u64().or_else(|| annotation["task"].as_u64());
+    let Some(task_id) = task_id else { return Vec::new() };
+    let label = task_label(task_id, &task["data"], std::slice::from_ref(annotation), config);
+    vec![Work::Annotation { task: task_id, annotation: annotation["id"].as_u64().unwrap_or(0), label }]
+}
+
+/// `GET /versions` (spec §2.5): every version served, newest first, over all projects.
+async fn versions(State(state): State<AppState>) -> Json<Value> {
+    let ids = state.projects.ids();
+    Json(json!({"versions": versions_for(&state, &ids).await}))
+}
+
+/// `POST /versions {"project": uid}` (LS 1.0.8-era clients): one project's versions.
+async fn versions_of_project(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = parse_json(&body)?;
+    let ls_id = parse_uid(&body["project"]).ok_or_else(|| ApiError::bad_request("Missing project"))?;
+    Ok(Json(json!({"versions": versions_for(&state, &[ls_id]).await})))
+}
+
+async fn versions_for(state: &AppState, ids: &[u64]) -> Vec<String> {
+    let mut all = Vec::new();
+    for &ls_id in ids {
+        let Some(link) = state.projects.get(ls_id) else { continue };
+        let listed = tokio::time::timeout(VERSIONS_TIMEOUT, state.core.versions(&link.alps_id())).await;
+        match listed {
+            Ok(Ok(versions)) if !versions.is_empty() => {
+                all.extend(versions.iter().map(|version| crate::projects::model_version(&link.model.name, version)));
+            }
+            _ => all.push(link.model_version()),
+        }
+    }
+    all
+}
+
+/// Legacy `POST /train` (spec §2.6): the body is the complete labelled set; it replaces the stored
+/// set and training is queued.
+async fn train(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body = parse_json(&body)?;
+    let ls_id = parse_uid(&body["project"]).ok_or_else(|| ApiError::bad_request("Missing project"))?;
+    let link = project_for(&state, ls_id, body["label_config"].as_str())?;
+    let annotated = body.get("annotations").or_else(|| body.get("completions")).cloned().unwrap_or(Value::Null);
+    let tasks: Vec<Task> = serde_json::from_value(annotated)
+        .map_err(|error| ApiError::bad_request(format!("annotations must be a list of tasks: {error}")))?;
+    let labels = labels_of(&tasks, &link.config);
+    tracing::info!(project = ls_id, tasks = tasks.len(), labelled = labels.len(), "legacy /train");
+    state.labelling.submit(ls_id, Work::Replace(labels));
+    state.labelling.submit(ls_id, Work::Train { resync: false });
+    Ok((StatusCode::CREATED, Json(json!({"status": "ok"}))).into_response())
+}
+
+/// Legacy `GET /is_training?project=<uid>` (spec §2.6).
+async fn is_training(
+    State(state): State<AppState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let uid = query.get("project").map(|project| Value::String(project.clone())).unwrap_or_default();
+    let ls_id = parse_uid(&uid).ok_or_else(|| ApiError::bad_request("Missing project"))?;
+    let version = state.projects.get(ls_id).map(|link| link.model_version()).unwrap_or_default();
+    Ok(Json(json!({"is_training": state.labelling.is_training(ls_id), "model_version": version, "backend": "none"})))
+}
+
+/// `GET /metrics`: Prometheus text (spec §2.5).
+async fn metrics() -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], crate::metrics::render()).into_response()
 }
 
 /// 404 JSON for routes the adapter does not serve (including `/job_status`, `/validate`,
@@ -63,55 +401,40 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
     use super::*;
+    use crate::label_config;
 
-    fn app(core: CoreStatus, base_path: &str) -> Router {
-        let (_publish, receiver) = watch::channel(core);
-        router(AppState { core: receiver, score_mode: ScoreMode::Uncertainty }, base_path)
+    #[test]
+    fn reason_phrases_are_printable_and_short() {
+        assert_eq!(reason_phrase("a\r\nb"), "a??b");
+        assert_eq!(reason_phrase(&"x".repeat(300)).len(), 120);
+        assert_eq!(
+            reason_phrase("Unsupported label config: 2 Choices controls"),
+            "Unsupported label config: 2 Choices controls"
+        );
     }
 
-    async fn get_json(app: Router, path: &str) -> (StatusCode, serde_json::Value) {
-        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
-        let response = app.oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap())
+    #[test]
+    fn extra_params_may_be_json_text() {
+        assert_eq!(extra_params(&json!({"extra_params": {"model": "a"}})), Some(json!({"model": "a"})));
+        assert_eq!(extra_params(&json!({"extra_params": "{\"model\": \"a\"}"})), Some(json!({"model": "a"})));
+        assert_eq!(extra_params(&json!({"extra_params": null})), None);
+        assert_eq!(extra_params(&json!({"extra_params": "not json"})), None);
     }
 
-    #[tokio::test]
-    async fn health_reports_up_and_the_core_state() {
-        for (core, word) in [(CoreStatus::Ready, "ready"), (CoreStatus::Unreachable, "unreachable")] {
-            for path in ["/", "/health"] {
-                let (status, body) = get_json(app(core, ""), path).await;
-                assert_eq!(status, StatusCode::OK);
-                assert_eq!(body["status"], "UP");
-                assert_eq!(body["model_server"], word);
-                assert_eq!(body["score_mode"], "uncertainty");
-                assert_eq!(body["model_class"], "alps-label-studio");
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn unknown_routes_answer_404_json() {
-        for path in ["/job_status", "/validate", "/delete", "/nope/health"] {
-            let (status, body) = get_json(app(CoreStatus::Ready, ""), path).await;
-            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
-            assert_eq!(body["error"], "not_found");
-            assert!(body["detail"].as_str().unwrap().contains(path), "{body}");
-        }
-    }
-
-    #[tokio::test]
-    async fn base_path_prefixes_every_route() {
-        let (status, body) = get_json(app(CoreStatus::Ready, "/alps"), "/alps/health").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["status"], "UP");
-        let (status, _) = get_json(app(CoreStatus::Ready, "/alps"), "/health").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
+    #[test]
+    fn bulk_annotation_events_give_one_item_per_annotation() {
+        let config = label_config::parse(SUPPORTED_EXAMPLE).unwrap();
+        let annotation = |id: u64, task: u64| json!({"id": id, "task": task, "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["Car"]}}]});
+        let body = json!({
+            "annotation": [annotation(1, 10), annotation(2, 11)],
+            "task": [{"id": 10, "data": {"image": "/a.png"}}, {"id": 11, "data": {"image": "/b.png"}}],
+        });
+        let work = webhook_work("ANNOTATIONS_CREATED", &body, &config);
+        assert_eq!(work.len(), 2);
+        let Work::Annotation { task, label: Some(label), .. } = &work[1] else { panic!("{work:?}") };
+        assert_eq!((*task, label.label.as_str(), label.reference.as_str()), (11, "Car", "/b.png"));
+        let deleted = webhook_work("ANNOTATIONS_DELETED", &json!({"annotations": [{"id": 17}]}), &config);
+        assert!(matches!(deleted.as_slice(), [Work::AnnotationsDeleted(ids)] if ids == &[17]));
     }
 }

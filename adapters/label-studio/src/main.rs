@@ -1,16 +1,28 @@
 //! `alps-label-studio`: the binary edge of the Label Studio adapter.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use alps_label_studio::{
     config::Config,
+    core_client::Core,
     core_link::{core_channel, watch_core},
     http::{AppState, router},
+    label_config::ConfigCache,
+    labels::{Labelling, TrainingPolicy},
+    ls_api::{ApiKey, LabelStudio},
+    media::{Media, MediaLimits},
+    predict::PredictSettings,
+    projects::Projects,
+    version_sync,
 };
 use alps_runtime::Shutdown;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Parser;
+
+/// How often the active model version of each known project is re-read from the core (catches
+/// versions activated by other clients, e.g. through the gRPC API).
+const VERSION_REFRESH: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -30,13 +42,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
-    let state = AppState { core: watch_core(channel, config.core_poll_interval()), score_mode: config.score_mode };
+    let state = app_state(&config, channel)?;
     let app = router(state, &config.base_path);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         http = %listener.local_addr()?,
         core_url = %config.core_url,
         base_path = %config.base_path,
+        label_studio = config.label_studio_url.as_ref().map(|url| url.as_str()),
+        default_model = %config.default_model,
         "listening"
     );
     // Small JSON answers must not wait for Nagle's algorithm (Label Studio's timeouts are 1 s).
@@ -49,4 +63,83 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown.drain(serving, config.shutdown_grace()).await.transpose()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Builds every component and starts the background tasks.
+fn app_state(config: &Config, channel: tonic::transport::Channel) -> anyhow::Result<AppState> {
+    let presets = config.model_presets();
+    if !presets.iter().any(|preset| preset.name == config.default_model) {
+        let known: Vec<&str> = presets.iter().map(|preset| preset.name.as_str()).collect();
+        anyhow::bail!("--default-model {} is not a configured model ({})", config.default_model, known.join(", "));
+    }
+    let http = alps_label_studio::http_client().context("cannot build the HTTP client")?;
+    let label_studio = label_studio(config, http.clone())?;
+    let core = Core::new(channel.clone());
+    let (version_changes, changes) = tokio::sync::mpsc::unbounded_channel();
+    let projects = Arc::new(Projects::new(
+        presets,
+        config.default_model.clone(),
+        config.score_mode,
+        core.clone(),
+        version_changes,
+    ));
+    let limits = MediaLimits {
+        max_bytes: config.media_max_mib << 20,
+        timeout: Duration::from_secs(config.media_timeout_secs),
+        concurrency: config.media_concurrency as usize,
+        allow_private: config.media_allow_private,
+    };
+    let media = Arc::new(Media::new(http, label_studio.clone(), limits));
+    let policy = TrainingPolicy {
+        every: config.train_every,
+        min_labels: config.min_train_labels,
+        debounce: Duration::from_millis(config.train_debounce_ms),
+        epochs: config.train_epochs,
+        learning_rate: config.train_learning_rate,
+    };
+    let labelling =
+        Labelling::new(core.clone(), Arc::clone(&media), label_studio.clone(), Arc::clone(&projects), policy);
+    let sync_target = if config.sync_model_version { label_studio } else { None };
+    tokio::spawn(version_sync::run(changes, sync_target, Arc::clone(&projects)));
+    tokio::spawn(refresh_versions(Arc::clone(&projects)));
+    Ok(AppState {
+        core_status: watch_core(channel, config.core_poll_interval()),
+        score_mode: config.score_mode,
+        core,
+        projects,
+        labelling,
+        media,
+        configs: Arc::new(ConfigCache::default()),
+        predict: PredictSettings {
+            budget: Duration::from_secs(config.predict_budget_secs),
+            chunk: config.predict_chunk as usize,
+            concurrency: config.predict_concurrency as usize,
+        },
+        basic_auth: match (&config.basic_auth_user, &config.basic_auth_pass) {
+            (Some(user), Some(pass)) => Some(format!("{user}:{pass}").into()),
+            _ => None,
+        },
+    })
+}
+
+/// The Label Studio API client, if `LABEL_STUDIO_URL` is set.
+fn label_studio(config: &Config, http: reqwest::Client) -> anyhow::Result<Option<Arc<LabelStudio>>> {
+    let Some(url) = config.label_studio_url.clone() else {
+        tracing::warn!("LABEL_STUDIO_URL is not set: images stored in Label Studio cannot be fetched");
+        return Ok(None);
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("LABEL_STUDIO_URL {url} must be an http:// or https:// URL");
+    }
+    let key =
+        config.label_studio_api_key.as_deref().context("LABEL_STUDIO_URL is set but LABEL_STUDIO_API_KEY is not")?;
+    Ok(Some(Arc::new(LabelStudio::new(url, ApiKey::parse(key)?, http))))
+}
+
+async fn refresh_versions(projects: Arc<Projects>) {
+    let mut ticker = tokio::time::interval(VERSION_REFRESH);
+    loop {
+        ticker.tick().await;
+        projects.refresh_versions().await;
+    }
 }

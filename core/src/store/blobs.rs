@@ -6,6 +6,7 @@ use std::{
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use sha2::{Digest, Sha256};
@@ -73,7 +74,11 @@ impl BlobStore {
         };
         let parent = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent).map_err(io(parent))?;
-        let temporary = self.dir.join("tmp").join(format!("{sha256}.{}", std::process::id()));
+        // Unique per writer: two requests storing the same bytes at once must not share (and
+        // rename away) each other's temporary file.
+        static WRITERS: AtomicU64 = AtomicU64::new(0);
+        let writer = WRITERS.fetch_add(1, Ordering::Relaxed);
+        let temporary = self.dir.join("tmp").join(format!("{sha256}.{}.{writer}", std::process::id()));
         let mut file = File::create(&temporary).map_err(io(&temporary))?;
         file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&temporary))?;
         fs::rename(&temporary, &path).map_err(io(&path))?;
@@ -111,5 +116,19 @@ mod tests {
         std::fs::write(store.path(&sha), b"jello").unwrap();
         assert!(matches!(store.get(&sha), Err(BlobError::Corrupt { .. })));
         assert!(matches!(store.get(&sha256_hex(b"absent")), Err(BlobError::Io { .. })));
+    }
+
+    #[test]
+    fn concurrent_writers_of_the_same_bytes_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let bytes = vec![7u8; 1 << 20];
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8).map(|_| scope.spawn(|| store.put(&bytes))).collect();
+            for writer in writers {
+                assert_eq!(writer.join().unwrap().unwrap(), sha256_hex(&bytes));
+            }
+        });
+        assert_eq!(store.get(&sha256_hex(&bytes)).unwrap(), bytes);
     }
 }

@@ -1,0 +1,205 @@
+//! The alps-server calls the adapter makes (`alps.v1` gRPC): project upserts, predictions,
+//! labelled examples and training. One long-lived channel; no model state in the adapter.
+
+use std::time::Duration;
+
+use alps_proto::v1::{
+    AddExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, GetProjectRequest, JobState, LabelledExample,
+    ListExamplesRequest, ListModelVersionsRequest, ModelSpec, PredictRequest, PredictResult, Preprocessing, Project,
+    Sample, StoredExample, TrainRequest, TrainingJob, TrainingParameters, WatchTrainingJobRequest,
+    example_service_client::ExampleServiceClient, inference_service_client::InferenceServiceClient,
+    model_version_service_client::ModelVersionServiceClient, project_service_client::ProjectServiceClient, sample,
+    training_service_client::TrainingServiceClient,
+};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::config::ModelPreset;
+
+/// Largest gRPC message the adapter sends or accepts, bytes (a chunk of images).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Time a unary call (other than Predict) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Handle to alps-server; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Core {
+    channel: Channel,
+}
+
+/// The outcome of one Predict call.
+#[derive(Debug)]
+pub struct Predicted {
+    /// One result per sample, in order.
+    pub results: Vec<PredictResult>,
+    /// The model version that served them ("untrained" or "v3").
+    pub model_version: String,
+}
+
+impl Core {
+    /// Wraps a (lazily connected) channel.
+    pub fn new(channel: Channel) -> Self {
+        Self { channel }
+    }
+
+    fn projects(&self) -> ProjectServiceClient<Channel> {
+        ProjectServiceClient::new(self.channel.clone())
+    }
+
+    /// The project `id` if it exists.
+    ///
+    /// # Errors
+    /// The gRPC status of any failure other than NOT_FOUND.
+    pub async fn project(&self, id: &str) -> Result<Option<Project>, Status> {
+        let request = with_timeout(GetProjectRequest { project_id: id.to_owned() });
+        match self.projects().get_project(request).await {
+            Ok(response) => Ok(response.into_inner().project),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Creates the project, or brings its classes and model in line with `classes` and `preset`,
+    /// and returns it. An unchanged project is left alone (its model versions stay usable).
+    ///
+    /// # Errors
+    /// The gRPC status (INVALID_ARGUMENT for a bad preset, e.g. unreadable weights).
+    pub async fn ensure_project(&self, id: &str, classes: &[String], preset: &ModelPreset) -> Result<Project, Status> {
+        let wanted = project_spec(id, classes, preset);
+        if let Some(existing) = self.project(id).await?
+            && existing.classes == wanted.classes
+            && existing.model.as_ref().map(|model| model.architecture) == Some(preset.architecture as i32)
+        {
+            return Ok(existing);
+        }
+        tracing::info!(project = id, model = %preset.name, classes = classes.len(), "creating or updating ALPS project");
+        let request = with_timeout(CreateProjectRequest { project: Some(wanted) });
+        let response = self.projects().create_project(request).await?.into_inner();
+        response.project.ok_or_else(|| Status::internal("CreateProject answered without a project"))
+    }
+
+    /// Predicts `samples` (id, encoded image) with the project's default K and heuristic.
+    ///
+    /// # Errors
+    /// The request-level gRPC status (per-sample failures are in the results).
+    pub async fn predict(&self, project: &str, samples: Vec<(String, Vec<u8>)>) -> Result<Predicted, Status> {
+        let samples = samples.into_iter().map(|(id, bytes)| image_sample(id, bytes)).collect();
+        let request = PredictRequest { project_id: project.to_owned(), samples, ..PredictRequest::default() };
+        let mut client = InferenceServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let response = client.predict(request).await?.into_inner();
+        Ok(Predicted { results: response.results, model_version: response.model_version })
+    }
+
+    /// Stores labelled examples (upsert by external id).
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn add_examples(&self, project: &str, examples: Vec<LabelledExample>) -> Result<(), Status> {
+        let message = AddExamplesRequest { project_id: project.to_owned(), examples };
+        let mut client = ExampleServiceClient::new(self.channel.clone()).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        client.add_examples(tokio_stream::iter([message])).await.map(drop)
+    }
+
+    /// Removes labelled examples by external id; unknown ids are ignored.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn delete_examples(&self, project: &str, external_ids: Vec<String>) -> Result<(), Status> {
+        let request = with_timeout(DeleteExamplesRequest { project_id: project.to_owned(), external_ids });
+        ExampleServiceClient::new(self.channel.clone()).delete_examples(request).await.map(drop)
+    }
+
+    /// Every stored example of the project (without sample bytes).
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn examples(&self, project: &str) -> Result<Vec<StoredExample>, Status> {
+        let mut client = ExampleServiceClient::new(self.channel.clone());
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListExamplesRequest { project_id: project.to_owned(), page_size: 1000, page_token };
+            let page = client.list_examples(with_timeout(request)).await?.into_inner();
+            all.extend(page.examples);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Trains the project and waits for the job to end; returns the ended job.
+    ///
+    /// # Errors
+    /// The gRPC status of Train or of the watch stream.
+    pub async fn train(&self, project: &str, parameters: TrainingParameters) -> Result<TrainingJob, Status> {
+        let mut client = TrainingServiceClient::new(self.channel.clone());
+        let request = TrainRequest { project_id: project.to_owned(), parameters: Some(parameters), activate: None };
+        let job = client.train(with_timeout(request)).await?.into_inner().job.unwrap_or_default();
+        let mut updates =
+            client.watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() }).await?.into_inner();
+        let mut last = job;
+        while let Some(update) = updates.message().await? {
+            last = update;
+            if is_terminal(last.state) {
+                break;
+            }
+        }
+        Ok(last)
+    }
+
+    /// The project's model versions, newest first.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn versions(&self, project: &str) -> Result<Vec<String>, Status> {
+        let request = with_timeout(ListModelVersionsRequest { project_id: project.to_owned() });
+        let versions = ModelVersionServiceClient::new(self.channel.clone()).list_model_versions(request).await?;
+        let mut versions = versions.into_inner().versions;
+        versions.sort_by_key(|version| std::cmp::Reverse(version.created_unix_ms));
+        Ok(versions.into_iter().map(|version| version.version).collect())
+    }
+
+    /// Every project id on the server.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn project_ids(&self) -> Result<Vec<String>, Status> {
+        let response = self.projects().list_projects(with_timeout(Default::default())).await?;
+        Ok(response.into_inner().projects.into_iter().map(|project| project.id).collect())
+    }
+}
+
+fn with_timeout<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+fn is_terminal(state: i32) -> bool {
+    [JobState::Succeeded, JobState::Failed, JobState::Cancelled].iter().any(|terminal| *terminal as i32 == state)
+}
+
+/// An encoded image as a gRPC sample.
+pub fn image_sample(id: String, bytes: Vec<u8>) -> Sample {
+    Sample { id, input: Some(sample::Input::Image(bytes)) }
+}
+
+fn project_spec(id: &str, classes: &[String], preset: &ModelPreset) -> Project {
+    let weights_path = preset.weights.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
+    Project {
+        id: id.to_owned(),
+        display_name: format!("Label Studio project {}", id.trim_start_matches(crate::projects::ALPS_ID_PREFIX)),
+        classes: classes.to_vec(),
+        model: Some(ModelSpec { architecture: preset.architecture as i32, weights_path, ..ModelSpec::default() }),
+        preprocessing: Some(Preprocessing {
+            width: preset.size,
+            height: preset.size,
+            channels: preset.channels,
+            ..Preprocessing::default()
+        }),
+        ..Project::default()
+    }
+}

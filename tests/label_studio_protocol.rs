@@ -1,0 +1,551 @@
+//! `alps-label-studio` against a real `alps-server` and a fake Label Studio (an in-process axum
+//! server that checks credentials, serves images and records the adapter's calls): every route of
+//! the ML-backend protocol (`shared/specs/label-studio-ml-backend.md` §2), bad input, media
+//! failures, webhooks, training and the project `model_version` update.
+//!
+//! The end-to-end test with a real Label Studio is `tests/e2e/test_label_studio.py`.
+
+use std::{
+    collections::HashMap,
+    io::Cursor,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use alps_proto::v1::{CountExamplesRequest, example_service_client::ExampleServiceClient};
+use alps_system_tests::{Process, ServerDirs, builtin_plugin, eventually, http_client, install_plugin, start_server};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONFIG: &str = r#"<View><Image name="img" value="$image"/><Choices name="label" toName="img" choice="single"><Choice value="dark"/><Choice value="bright"/></Choices></View>"#;
+
+/// A personal access token: a JWT-shaped refresh token.
+const PAT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl";
+
+/// What the fake Label Studio serves and what it saw.
+#[derive(Default)]
+struct FakeLs {
+    /// Path -> PNG bytes under `/data/upload/1/`.
+    images: HashMap<String, Vec<u8>>,
+    /// The access token handed out by `/api/token/refresh/`.
+    access: String,
+    /// Tasks returned by the resync (`GET /api/tasks`) and `GET /api/tasks/{id}`.
+    tasks: Vec<Value>,
+    /// The project's `model_version`.
+    model_version: String,
+    /// Versions with stored predictions (`GET /api/projects/1/model-versions`).
+    stored_versions: Vec<String>,
+    /// `model_version` PATCHes received.
+    patches: Vec<String>,
+    /// Image requests: (path, Authorization header).
+    media_requests: Vec<(String, String)>,
+}
+
+type Shared = Arc<Mutex<FakeLs>>;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+async fn refresh(State(ls): State<Shared>, Json(body): Json<Value>) -> Response {
+    if body["refresh"] != PAT {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"detail": "Token is blacklisted"}))).into_response();
+    }
+    let payload = base64url(json!({"token_type": "access", "exp": unix_now() + 300}).to_string().as_bytes());
+    let access = format!("eyJhbGciOiJIUzI1NiJ9.{payload}.c2ln");
+    ls.lock().unwrap().access = access.clone();
+    Json(json!({"access": access})).into_response()
+}
+
+fn authorised(ls: &FakeLs, headers: &HeaderMap) -> bool {
+    let given = headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    !ls.access.is_empty() && given == format!("Bearer {}", ls.access)
+}
+
+async fn upload(State(ls): State<Shared>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+    if file == "slow.png" {
+        // Longer than the prediction budget of the deadline test.
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+    let mut ls = ls.lock().unwrap();
+    let auth = headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+    ls.media_requests.push((file.clone(), auth));
+    if !authorised(&ls, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match ls.images.get(&file) {
+        Some(bytes) => bytes.clone().into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn tasks(State(ls): State<Shared>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let ls = ls.lock().unwrap();
+    if !authorised(&ls, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    // One page; later pages answer 404 like Label Studio.
+    if uri.query().unwrap_or_default().contains("page=1&") {
+        Json(json!({"tasks": ls.tasks, "total": ls.tasks.len()})).into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+async fn task(State(ls): State<Shared>, Path(id): Path<u64>) -> Response {
+    let ls = ls.lock().unwrap();
+    match ls.tasks.iter().find(|task| task["id"] == id) {
+        Some(task) => Json(task.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn project(State(ls): State<Shared>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    let mut ls = ls.lock().unwrap();
+    if !authorised(&ls, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Some(Json(body)) = body {
+        let version = body["model_version"].as_str().unwrap_or_default().to_owned();
+        if !ls.stored_versions.contains(&version) {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        ls.patches.push(version.clone());
+        ls.model_version = version;
+    }
+    Json(json!({"id": 1, "model_version": ls.model_version})).into_response()
+}
+
+async fn model_versions(State(ls): State<Shared>) -> Json<Value> {
+    let ls = ls.lock().unwrap();
+    Json(Value::Object(ls.stored_versions.iter().map(|version| (version.clone(), json!(1))).collect()))
+}
+
+async fn start_fake_label_studio(ls: Shared) -> SocketAddr {
+    let app = Router::new()
+        .route("/api/token/refresh/", post(refresh))
+        .route("/data/upload/1/{file}", get(upload))
+        .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/projects/1", get(project).patch(project))
+        .route("/api/projects/1/model-versions", get(model_versions))
+        .route("/api/ml", get(|| async { Json(json!([{"id": 1, "title": "alps"}])) }))
+        .with_state(ls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+/// A 32x32 grey PNG: "dark" images are near black, "bright" ones near white, with noise.
+fn png(bright: bool, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let base: u8 = if bright { 200 } else { 30 };
+    let image = image::GrayImage::from_fn(32, 32, |_, _| image::Luma([base + rng.u8(0..40)]));
+    let mut bytes = Vec::new();
+    image.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes
+}
+
+/// A task with one accepted annotation as Label Studio lists it.
+fn annotated_task(id: u64, label: &str) -> Value {
+    json!({"id": id, "data": {"image": format!("/data/upload/1/{id}.png")}, "annotations": [annotation(100 + id, id, label)]})
+}
+
+fn annotation(id: u64, task: u64, label: &str) -> Value {
+    json!({"id": id, "task": task, "was_cancelled": false, "ground_truth": false, "updated_at": "2026-11-30T10:00:00Z",
+           "result": [{"from_name": "label", "to_name": "img", "type": "choices", "value": {"choices": [label]}}]})
+}
+
+struct Stack {
+    _dirs: ServerDirs,
+    core: Process,
+    grpc: String,
+    adapter: Process,
+    http: String,
+    ls: Shared,
+}
+
+/// alps-server with the built-in heuristics, the fake Label Studio with 12 images (ids 1..=12,
+/// even = bright), and the adapter connected to both.
+async fn start_stack(extra_adapter_args: &[&str], env: &[(&str, &str)]) -> Stack {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (core, grpc) = start_server(&dirs, &[]);
+    let ls = Shared::default();
+    for id in 1..=12u64 {
+        ls.lock().unwrap().images.insert(format!("{id}.png"), png(id % 2 == 0, id));
+    }
+    // Larger than the adapter's 1 MiB media limit below.
+    ls.lock().unwrap().images.insert("huge.png".into(), vec![0; 3 << 20]);
+    let ls_address = start_fake_label_studio(Arc::clone(&ls)).await;
+    let core_url = format!("http://{grpc}");
+    let ls_url = format!("http://{ls_address}");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--core-url",
+        &core_url,
+        "--core-poll-ms",
+        "100",
+        "--train-debounce-ms",
+        "100",
+        "--min-train-labels",
+        "2",
+        "--media-max-mib",
+        "1",
+    ];
+    args.extend_from_slice(extra_adapter_args);
+    let mut env = env.to_vec();
+    env.extend([("LABEL_STUDIO_URL", ls_url.as_str()), ("LABEL_STUDIO_API_KEY", PAT)]);
+    let mut adapter = Process::start_with_env("alps-label-studio", &args, &env);
+    let http = adapter.listening_addr("http");
+    let stack = Stack { _dirs: dirs, core, grpc, adapter, http, ls };
+    eventually("adapter sees the core", || async {
+        // Credentials of the Basic-auth test; ignored when the adapter has none configured.
+        let request = http_client().get(stack.url("/health")).basic_auth("ls", Some("s3cret"));
+        let health: Value = request.send().await.ok()?.json().await.ok()?;
+        (health["model_server"] == "ready").then_some(())
+    })
+    .await;
+    stack
+}
+
+impl Stack {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = http_client().post(self.url(path)).json(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn setup(&self) -> String {
+        let (status, body) = self.post("/setup", &json!({"project": "1.1764489000", "schema": CONFIG})).await;
+        assert_eq!(status, 200, "{body}");
+        body["model_version"].as_str().unwrap().to_owned()
+    }
+
+    async fn examples(&self) -> u64 {
+        let mut client = ExampleServiceClient::connect(format!("http://{}", self.grpc)).await.unwrap();
+        let request = CountExamplesRequest { project_id: "ls-1".into() };
+        client.count_examples(request).await.map(|response| response.into_inner().total).unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        assert!(self.adapter.terminate().success());
+        assert!(self.core.terminate().success());
+    }
+}
+
+impl Drop for Stack {
+    /// On a failed assertion, shows what the adapter logged (it explains most failures).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for line in self.adapter.log() {
+                eprintln!("alps-label-studio: {line}");
+            }
+        }
+    }
+}
+
+/// The status line of a raw HTTP/1.1 request: the only place the reason phrase is visible (reqwest
+/// does not expose it), and the only adapter text Label Studio shows for a failed `/setup`.
+async fn status_line(http: &str, method: &str, path: &str, body: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_and_predict_answer_one_entry_per_task() {
+    let stack = start_stack(&[], &[("ALPS_LS_MEDIA_ALLOW_PRIVATE", "false")]).await;
+    assert_eq!(stack.setup().await, "small-cnn-untrained");
+
+    let tasks = json!([
+        {"id": 1, "data": {"image": "/data/upload/1/1.png"}},
+        {"id": 2, "data": {"image": "/data/upload/1/2.png"}},
+        {"id": 3, "data": {"image": "/data/upload/1/missing.png"}},
+        {"id": 4, "data": {"text": "no image key"}},
+        {"id": 5, "data": {"image": "/data/upload/1/huge.png"}},
+        {"id": 6, "data": {"image": "http://127.0.0.1:9/private.png"}},
+        {"id": 7, "data": {"image": "data:image/png;base64,AAAA"}},
+    ]);
+    let request =
+        json!({"project": "1.1764489000", "label_config": CONFIG, "tasks": tasks, "params": {"context": null}});
+    let (status, body) = stack.post("/predict", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 7, "{body}");
+    assert_eq!(body["model_version"], "small-cnn-untrained");
+    for entry in &results[..2] {
+        assert_eq!(entry["model_version"], "small-cnn-untrained");
+        let region = &entry["result"][0];
+        assert_eq!((region["from_name"].as_str(), region["to_name"].as_str()), (Some("label"), Some("img")));
+        assert_eq!(region["type"], "choices");
+        let label = region["value"]["choices"][0].as_str().unwrap();
+        assert!(["dark", "bright"].contains(&label), "{entry}");
+        // Confidence mode: the prediction score is the emitted label's probability.
+        let score = entry["score"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&score), "{entry}");
+        assert_eq!(region["score"], entry["score"]);
+    }
+    let expected_errors =
+        ["HTTP 404", "no \"image\" key", "larger than", "private address", "unsupported image reference"];
+    for (entry, expected) in results[2..].iter().zip(expected_errors) {
+        assert!(entry.get("result").is_none(), "a failed task has no result: {entry}");
+        assert_eq!(entry["model_version"], "small-cnn-untrained");
+        assert!(entry["error"].as_str().unwrap().contains(expected), "{entry} should mention {expected}");
+    }
+    // Images were fetched from Label Studio with a Bearer access token obtained from the PAT.
+    {
+        let ls = stack.ls.lock().unwrap();
+        let (_, auth) = ls.media_requests.iter().find(|(file, _)| file == "1.png").unwrap();
+        assert_eq!(*auth, format!("Bearer {}", ls.access));
+    }
+
+    // `tasks` as one object (an upstream test client does that).
+    let single = json!({"project": "1.1764489000", "tasks": {"id": 2, "data": {"image": "/data/upload/1/2.png"}}});
+    let (status, body) = stack.post("/predict", &single).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 1);
+    assert!(body["results"][0]["result"].is_array(), "{body}");
+
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_past_the_prediction_budget_are_deferred_not_lost() {
+    let stack = start_stack(&["--predict-budget-secs", "1", "--predict-chunk", "1"], &[]).await;
+    let tasks = json!([
+        {"id": 1, "data": {"image": "/data/upload/1/1.png"}},
+        {"id": 2, "data": {"image": "/data/upload/1/slow.png"}},
+        {"id": 3, "data": {"image": "/data/upload/1/3.png"}},
+    ]);
+    let (status, body) =
+        stack.post("/predict", &json!({"project": "1.1", "label_config": CONFIG, "tasks": tasks})).await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["result"].is_array() && results[2]["result"].is_array(), "{body}");
+    assert!(results[1].get("result").is_none(), "{body}");
+    assert!(results[1]["error"].as_str().unwrap().starts_with("deferred"), "{body}");
+    assert_eq!(results[1]["model_version"], "small-cnn-untrained");
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_precise_errors_and_the_adapter_keeps_serving() {
+    let stack = start_stack(&[], &[]).await;
+    let http = stack.http.clone();
+
+    // The reason phrase is what Label Studio shows: "400 Client Error: <reason> for url: ...".
+    let two_choices = CONFIG.replace(
+        "</View>",
+        r#"<Choices name="q" toName="img"><Choice value="a"/><Choice value="b"/></Choices></View>"#,
+    );
+    let body = json!({"project": "1.1", "schema": two_choices}).to_string();
+    assert_eq!(
+        status_line(&http, "POST", "/setup", &body).await,
+        "HTTP/1.1 400 Unsupported label config: 2 Choices controls"
+    );
+    let (status, body) = stack.post("/setup", &json!({"project": "1.1", "schema": "<View></View>"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "unsupported_label_config");
+    assert!(body["supported"].as_str().unwrap().contains("<Choices"), "{body}");
+
+    let cases = [
+        ("/setup", "{not json", "HTTP/1.1 400 Malformed JSON body"),
+        ("/setup", "[1, 2]", "HTTP/1.1 400 JSON body must be an object"),
+        ("/predict", r#"{"project": "1.1", "label_config": "x"}"#, "HTTP/1.1 400 Missing tasks"),
+        ("/predict", r#"{"project": "99.1", "tasks": []}"#, "HTTP/1.1 400 Missing label_config and project 99"),
+        ("/webhook", "{}", "HTTP/1.1 400 Missing action"),
+        ("/webhook", r#"{"action": "ANNOTATION_CREATED"}"#, "HTTP/1.1 400 Missing project id"),
+        ("/train", r#"{"annotations": []}"#, "HTTP/1.1 400 Missing project"),
+    ];
+    for (path, body, expected) in cases {
+        let line = status_line(&http, "POST", path, body).await;
+        assert!(line.starts_with(expected), "{path} {body}: {line}");
+    }
+    let unknown_model = json!({"project": "1.1", "schema": CONFIG, "extra_params": {"model": "vit-huge"}}).to_string();
+    assert_eq!(
+        status_line(&http, "POST", "/setup", &unknown_model).await,
+        "HTTP/1.1 400 Unknown model vit-huge; configured: small-cnn"
+    );
+    for path in ["/job_status", "/validate", "/duplicate_model", "/delete"] {
+        let response = http_client().get(stack.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], "not_found");
+    }
+    let (status, body) = stack.post("/webhook", &json!({"action": "LABEL_STUDIO_SAYS_HI", "project": {"id": 1}})).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")));
+
+    // Still serving after all of that.
+    assert_eq!(stack.setup().await, "small-cnn-untrained");
+    let metrics = http_client().get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"alps_ls_requests_total{route="/setup",status="400"}"#), "{metrics}");
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotations_train_a_version_that_label_studio_follows() {
+    let stack = start_stack(&[], &[]).await;
+    assert_eq!(stack.setup().await, "small-cnn-untrained");
+    stack.ls.lock().unwrap().model_version = "alps".into();
+
+    // Eight annotations arrive by webhook (the project object carries the label config).
+    for id in 1..=8u64 {
+        let label = if id % 2 == 0 { "bright" } else { "dark" };
+        let task = annotated_task(id, label);
+        let event = json!({"action": "ANNOTATION_CREATED", "annotation": task["annotations"][0], "task": task,
+                           "project": {"id": 1, "label_config": CONFIG, "token": "secret"}});
+        let (status, body) = stack.post("/webhook", &event).await;
+        assert_eq!((status, body["status"].as_str()), (201, Some("ok")), "{body}");
+    }
+    eventually("8 labelled examples stored", || async { (stack.examples().await == 8).then_some(()) }).await;
+
+    // Label Studio knows one more labelled task than the webhooks told: the resync adds it.
+    stack.ls.lock().unwrap().tasks =
+        (1..=10).map(|id| annotated_task(id, if id % 2 == 0 { "bright" } else { "dark" })).collect();
+    let (status, _) = stack.post("/webhook", &json!({"action": "START_TRAINING", "project": {"id": 1}})).await;
+    assert_eq!(status, 201);
+    eventually("the resync stores 10 examples", || async { (stack.examples().await == 10).then_some(()) }).await;
+    let version = eventually("/setup answers the trained version", || async {
+        let version = stack.setup().await;
+        (version != "small-cnn-untrained").then_some(version)
+    })
+    .await;
+    assert_eq!(version, "small-cnn-v1");
+
+    // Predictions carry it; once Label Studio stores one, the adapter PATCHes the project.
+    let request = json!({"project": "1.1", "tasks": [{"id": 11, "data": {"image": "/data/upload/1/11.png"}}]});
+    let (_, body) = stack.post("/predict", &request).await;
+    assert_eq!(body["results"][0]["model_version"], "small-cnn-v1", "{body}");
+    stack.ls.lock().unwrap().stored_versions.push(version.clone());
+    eventually("project model_version PATCHed", || async {
+        (stack.ls.lock().unwrap().patches == [version.clone()]).then_some(())
+    })
+    .await;
+    let versions: Value = http_client().get(stack.url("/versions")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions["versions"], json!(["small-cnn-v1"]));
+
+    // Deleting task 10's only annotation in Label Studio removes its example.
+    stack.ls.lock().unwrap().tasks[9]["annotations"] = json!([]);
+    let deleted = json!({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 110}], "project": {"id": 1}});
+    assert_eq!(stack.post("/webhook", &deleted).await.0, 201);
+    eventually("task 10 removed", || async { (stack.examples().await == 9).then_some(()) }).await;
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_nth_new_label_retrains_without_being_asked() {
+    let stack = start_stack(&["--train-every", "2"], &[]).await;
+    let event = |id: u64, label: &str| {
+        let task = annotated_task(id, label);
+        json!({"action": "ANNOTATION_CREATED", "annotation": task["annotations"][0], "task": task,
+               "project": {"id": 1, "label_config": CONFIG}})
+    };
+    // The same event twice (Label Studio has no retries, but proxies may) is one new label.
+    assert_eq!(stack.post("/webhook", &event(1, "dark")).await.0, 201);
+    assert_eq!(stack.post("/webhook", &event(1, "dark")).await.0, 201);
+    eventually("task 1 stored", || async { (stack.examples().await == 1).then_some(()) }).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(stack.setup().await, "small-cnn-untrained", "a repeated event counted as a new label");
+    // The second distinct label starts a run.
+    assert_eq!(stack.post("/webhook", &event(2, "bright")).await.0, 201);
+    eventually("a version trained after the 2nd label", || async {
+        (stack.setup().await == "small-cnn-v1").then_some(())
+    })
+    .await;
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_train_replaces_the_labelled_set() {
+    let stack = start_stack(&[], &[]).await;
+    let annotated: Vec<Value> =
+        (1..=6).map(|id| annotated_task(id, if id % 2 == 0 { "bright" } else { "dark" })).collect();
+    let body = json!({"annotations": annotated, "project": "1.1764489000", "label_config": CONFIG, "params": {}});
+    let (status, reply) = stack.post("/train", &body).await;
+    assert_eq!(status, 201);
+    assert!(reply.get("job").is_none(), "a job key would make LS record a training job: {reply}");
+    eventually("trained from the /train body", || async { (stack.setup().await == "small-cnn-v1").then_some(()) })
+        .await;
+    assert_eq!(stack.examples().await, 6);
+    let status: Value =
+        http_client().get(stack.url("/is_training?project=1.1764489000")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["model_version"], "small-cnn-v1");
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_guards_every_route_but_the_webhook() {
+    let stack = start_stack(&[], &[("BASIC_AUTH_USER", "ls"), ("BASIC_AUTH_PASS", "s3cret")]).await;
+    let client = http_client();
+    let denied = client.get(stack.url("/health")).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "Basic realm=\"alps-label-studio\"");
+    let wrong = client.get(stack.url("/health")).basic_auth("ls", Some("guess")).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let allowed = client.get(stack.url("/health")).basic_auth("ls", Some("s3cret")).send().await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let setup = client
+        .post(stack.url("/setup"))
+        .basic_auth("ls", Some("s3cret"))
+        .json(&json!({"project": "1.1", "schema": CONFIG}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(setup.status(), 200);
+    // Label Studio's event webhooks carry no credentials.
+    let event = json!({"action": "PROJECT_UPDATED", "project": {"id": 1, "label_config": CONFIG}});
+    assert_eq!(client.post(stack.url("/webhook")).json(&event).send().await.unwrap().status(), 201);
+    stack.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_core_is_a_503_with_a_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let core_url = format!("http://127.0.0.1:{closed}");
+    let mut adapter = Process::start(
+        "alps-label-studio",
+        &["--listen", "127.0.0.1:0", "--core-url", &core_url, "--core-poll-ms", "100"],
+    );
+    let http = adapter.listening_addr("http");
+    let body = json!({"project": "1.1", "schema": CONFIG}).to_string();
+    assert_eq!(status_line(&http, "POST", "/setup", &body).await, "HTTP/1.1 503 Model server unreachable");
+    let predict = json!({"project": "1.1", "label_config": CONFIG, "tasks": [{"id": 1, "data": {"image": "/x.png"}}]});
+    assert_eq!(
+        status_line(&http, "POST", "/predict", &predict.to_string()).await,
+        "HTTP/1.1 503 Model server unreachable"
+    );
+    assert!(adapter.terminate().success());
+}
