@@ -18,12 +18,17 @@ export LIBTORCH_USE_PYTORCH := 1
 run: bootstrap release
 	scripts/run.sh
 
-## test: bootstrap, then format check, clippy, unit and cross-process tests
+## test: bootstrap, then format check, clippy, unit and cross-process tests, the end-to-end test
+## with a real Label Studio, and the reduced active-learning experiment
 test: bootstrap
+	scripts/bootstrap.sh scripts/requirements-experiments.txt
+	scripts/bootstrap-label-studio.sh
 	cargo fmt --all --check
 	cargo build --workspace
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace
+	$(VENV)/bin/python tests/e2e/test_label_studio.py --bin-dir target/debug
+	experiments/test_reduced.sh target/debug/alps-server
 
 ## bench: benchmarks, side by side with the reference implementations (results: BENCHMARKS.md)
 bench:
