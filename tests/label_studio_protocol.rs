@@ -332,6 +332,15 @@ async fn setup_and_predict_answer_one_entry_per_task() {
         assert_eq!(*auth, format!("Bearer {}", ls.access));
     }
 
+    // An access token Label Studio no longer accepts (expired early, secret rotated): the adapter
+    // refreshes once after the 401 and retries.
+    stack.ls.lock().unwrap().access = "revoked".into();
+    let request = json!({"project": "1.1", "tasks": [{"id": 1, "data": {"image": "/data/upload/1/1.png"}}]});
+    let (_, body) = stack.post("/predict", &request).await;
+    assert!(body["results"][0]["result"].is_array(), "{body}");
+    let metrics = http_client().get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("alps_ls_token_refreshes_total 2"), "{metrics}");
+
     // `tasks` as one object (an upstream test client does that).
     let single = json!({"project": "1.1764489000", "tasks": {"id": 2, "data": {"image": "/data/upload/1/2.png"}}});
     let (status, body) = stack.post("/predict", &single).await;

@@ -192,6 +192,11 @@ pub struct Config {
     #[arg(long, env = "ALPS_LS_TRAIN_DEBOUNCE_MS", default_value_t = 10_000)]
     pub train_debounce_ms: u64,
 
+    /// How often every known project's labelled set is re-read from Label Studio (webhooks are
+    /// not retried, so a missed event is only caught this way), in seconds; 0 = never.
+    #[arg(long, env = "ALPS_LS_RESYNC_INTERVAL_SECS", default_value_t = 900)]
+    pub resync_interval_secs: u64,
+
     /// Update the Label Studio project's `model_version` when a new model version is active, so
     /// sorting by prediction score and uncertainty sampling follow it.
     #[arg(long, env = "ALPS_LS_SYNC_MODEL_VERSION", default_value_t = true, action = clap::ArgAction::Set)]

@@ -223,7 +223,12 @@ async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>
         tracing::info!(project = %body["project"], cause = %error.cause, "unsupported label config at /setup");
     })?;
     let ls_id = parse_uid(&body["project"]).unwrap_or(STATELESS_PROJECT);
+    let first_contact = state.projects.get(ls_id).is_none();
     let link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
+    if first_contact && ls_id != STATELESS_PROJECT {
+        // Annotations made while the adapter was down reached no webhook (spec §7).
+        state.labelling.submit(ls_id, Work::Resync);
+    }
     require_core(&state)?;
     Ok(Json(json!({"model_version": link.model_version()})))
 }

@@ -114,6 +114,9 @@ pub enum Work {
     TasksDeleted(Vec<u64>),
     /// The complete labelled set (legacy `/train` body): replaces the stored set.
     Replace(Vec<TaskLabel>),
+    /// Replace the stored set with Label Studio's labelled tasks (first contact after a start,
+    /// and every `--resync-interval-secs`).
+    Resync,
     /// Train (START_TRAINING, `/train`, or the automatic policy); `resync` first if possible.
     Train {
         /// Resync from Label Studio before training.
@@ -327,6 +330,10 @@ impl Worker {
             }
             Work::Replace(labels) => {
                 self.replace(labels).await;
+                false
+            }
+            Work::Resync => {
+                self.resync().await;
                 false
             }
             Work::Train { .. } => false,

@@ -8,7 +8,7 @@ use alps_label_studio::{
     core_link::{core_channel, watch_core},
     http::{AppState, router},
     label_config::ConfigCache,
-    labels::{Labelling, TrainingPolicy},
+    labels::{Labelling, TrainingPolicy, Work},
     ls_api::{ApiKey, LabelStudio},
     media::{Media, MediaLimits},
     predict::PredictSettings,
@@ -102,6 +102,10 @@ fn app_state(config: &Config, channel: tonic::transport::Channel) -> anyhow::Res
     let sync_target = if config.sync_model_version { label_studio } else { None };
     tokio::spawn(version_sync::run(changes, sync_target, Arc::clone(&projects)));
     tokio::spawn(refresh_versions(Arc::clone(&projects)));
+    if config.resync_interval_secs > 0 {
+        let interval = Duration::from_secs(config.resync_interval_secs);
+        tokio::spawn(resync_periodically(Arc::clone(&labelling), Arc::clone(&projects), interval));
+    }
     Ok(AppState {
         core_status: watch_core(channel, config.core_poll_interval()),
         score_mode: config.score_mode,
@@ -134,6 +138,16 @@ fn label_studio(config: &Config, http: reqwest::Client) -> anyhow::Result<Option
     let key =
         config.label_studio_api_key.as_deref().context("LABEL_STUDIO_URL is set but LABEL_STUDIO_API_KEY is not")?;
     Ok(Some(Arc::new(LabelStudio::new(url, ApiKey::parse(key)?, http))))
+}
+
+async fn resync_periodically(labelling: Arc<Labelling>, projects: Arc<Projects>, interval: Duration) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticker.tick().await;
+        for ls_id in projects.ids() {
+            labelling.submit(ls_id, Work::Resync);
+        }
+    }
 }
 
 async fn refresh_versions(projects: Arc<Projects>) {
