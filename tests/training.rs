@@ -173,6 +173,26 @@ async fn a_job_trains_reports_progress_and_activates_a_new_version() {
     assert!(!server.dirs.data.path().join("models/p").exists());
 }
 
+/// The `weights_sha256` of the project's only version after one seeded training run on a fresh server.
+async fn first_version_weights(seed: u64) -> String {
+    let mut server = server_with_examples(10, &[]).await;
+    let mut request = train_request(2);
+    request.parameters.as_mut().unwrap().seed = Some(seed);
+    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(watch(&mut server, &job.job_id).await.last().unwrap().state, JobState::Succeeded as i32);
+    let versions = server.versions.list_model_versions(ListModelVersionsRequest { project_id: "p".into() }).await;
+    let sha = versions.unwrap().into_inner().versions[0].weights_sha256.clone();
+    assert!(server.process.terminate().success());
+    sha
+}
+
+#[tokio::test]
+async fn the_seed_covers_the_initial_weights_of_a_first_version() {
+    let first = first_version_weights(7).await;
+    assert_eq!(first_version_weights(7).await, first, "same seed, same examples: same weights");
+    assert_ne!(first_version_weights(8).await, first, "another seed: other weights");
+}
+
 #[tokio::test]
 async fn training_without_two_classes_is_a_failed_precondition() {
     let dirs = ServerDirs::new();

@@ -346,6 +346,8 @@ impl Trainer {
         let spec = &project.spec;
         let parent = project.active_version.clone();
         let (model, parent_manifest) = if parent == UNTRAINED_VERSION {
+            // The seed covers the random initialisation of a first version too.
+            tch::manual_seed(record.params.seed as i64);
             (McModel::load(spec, self.device)?, None)
         } else {
             let dir = versions::version_dir(&self.models_dir, &spec.id, &parent);
