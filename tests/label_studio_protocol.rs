@@ -396,6 +396,7 @@ async fn bad_requests_get_precise_errors_and_the_adapter_keeps_serving() {
         ("/setup", "[1, 2]", "HTTP/1.1 400 JSON body must be an object"),
         ("/predict", r#"{"project": "1.1", "label_config": "x"}"#, "HTTP/1.1 400 Missing tasks"),
         ("/predict", r#"{"project": "99.1", "tasks": []}"#, "HTTP/1.1 400 Missing label_config and project 99"),
+        ("/setup", r#"{"project": "abc", "schema": ""}"#, "HTTP/1.1 400 project \"abc\" is not a project uid"),
         ("/webhook", "{}", "HTTP/1.1 400 Missing action"),
         ("/webhook", r#"{"action": "ANNOTATION_CREATED"}"#, "HTTP/1.1 400 Missing project id"),
         ("/train", r#"{"annotations": []}"#, "HTTP/1.1 400 Missing project"),
@@ -416,6 +417,12 @@ async fn bad_requests_get_precise_errors_and_the_adapter_keeps_serving() {
     }
     let (status, body) = stack.post("/webhook", &json!({"action": "LABEL_STUDIO_SAYS_HI", "project": {"id": 1}})).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ignored")));
+    // Webhooks are unauthenticated: they cannot create projects the authenticated /setup never saw.
+    let stranger = json!({"action": "PROJECT_UPDATED", "project": {"id": 777, "label_config": CONFIG}});
+    let (status, body) = stack.post("/webhook", &stranger).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")));
+    let versions: Value = http_client().get(stack.url("/versions")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions["versions"], json!([]), "no project was created by the webhook");
 
     // Still serving after all of that.
     assert_eq!(stack.setup().await, "small-cnn-untrained");
@@ -477,6 +484,7 @@ async fn annotations_train_a_version_that_label_studio_follows() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_nth_new_label_retrains_without_being_asked() {
     let stack = start_stack(&["--train-every", "2"], &[]).await;
+    stack.setup().await;
     let event = |id: u64, label: &str| {
         let task = annotated_task(id, label);
         json!({"action": "ANNOTATION_CREATED", "annotation": task["annotations"][0], "task": task,
@@ -487,7 +495,8 @@ async fn every_nth_new_label_retrains_without_being_asked() {
     assert_eq!(stack.post("/webhook", &event(1, "dark")).await.0, 201);
     eventually("task 1 stored", || async { (stack.examples().await == 1).then_some(()) }).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(stack.setup().await, "small-cnn-untrained", "a repeated event counted as a new label");
+    let metrics = http_client().get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("alps_ls_trainings_total{"), "a repeated event counted as a new label: {metrics}");
     // The second distinct label starts a run.
     assert_eq!(stack.post("/webhook", &event(2, "bright")).await.0, 201);
     eventually("a version trained after the 2nd label", || async {

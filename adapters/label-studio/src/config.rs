@@ -84,7 +84,7 @@ fn parse_model(raw: &str) -> Result<ModelPreset, String> {
 }
 
 /// Command line of `alps-label-studio`.
-#[derive(Clone, Debug, Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "alps-label-studio",
     version,
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn poll_interval_out_of_range_is_rejected() {
-        let error = Config::try_parse_from(["alps-label-studio", "--core-poll-ms", "0"]).unwrap_err();
+        let error = Config::try_parse_from(["alps-label-studio", "--core-poll-ms", "0"]).err().expect("rejected");
         assert!(error.to_string().contains("--core-poll-ms"), "{error}");
     }
 }

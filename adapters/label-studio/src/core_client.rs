@@ -68,7 +68,7 @@ impl Core {
         let wanted = project_spec(id, classes, preset);
         if let Some(existing) = self.project(id).await?
             && existing.classes == wanted.classes
-            && existing.model.as_ref().map(|model| model.architecture) == Some(preset.architecture as i32)
+            && same_model(&existing, &wanted)
         {
             return Ok(existing);
         }
@@ -99,7 +99,7 @@ impl Core {
     pub async fn add_examples(&self, project: &str, examples: Vec<LabelledExample>) -> Result<(), Status> {
         let message = AddExamplesRequest { project_id: project.to_owned(), examples };
         let mut client = ExampleServiceClient::new(self.channel.clone()).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        client.add_examples(tokio_stream::iter([message])).await.map(drop)
+        client.add_examples(with_timeout(tokio_stream::iter([message]))).await.map(drop)
     }
 
     /// Removes labelled examples by external id; unknown ids are ignored.
@@ -185,6 +185,20 @@ fn is_terminal(state: i32) -> bool {
 /// An encoded image as a gRPC sample.
 pub fn image_sample(id: String, bytes: Vec<u8>) -> Sample {
     Sample { id, input: Some(sample::Input::Image(bytes)) }
+}
+
+/// Whether the stored project has the wanted model and preprocessing (the server fills in
+/// defaults, so unset sizes in `wanted` match anything).
+fn same_model(existing: &Project, wanted: &Project) -> bool {
+    let (model, want_model) = (existing.model.clone().unwrap_or_default(), wanted.model.clone().unwrap_or_default());
+    let (input, want_input) =
+        (existing.preprocessing.clone().unwrap_or_default(), wanted.preprocessing.clone().unwrap_or_default());
+    let matches = |have: u32, want: u32| want == 0 || have == want;
+    model.architecture == want_model.architecture
+        && model.weights_path == want_model.weights_path
+        && matches(input.width, want_input.width)
+        && matches(input.height, want_input.height)
+        && matches(input.channels, want_input.channels)
 }
 
 fn project_spec(id: &str, classes: &[String], preset: &ModelPreset) -> Project {

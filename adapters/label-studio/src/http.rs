@@ -30,21 +30,32 @@ use crate::{
     ls_api::Task,
     media::Media,
     predict::{PredictSettings, TaskInput, predict_tasks},
-    projects::{OptionsError, ProjectLink, Projects, parse_uid},
+    projects::{OptionsError, ProjectLink, Projects, STATELESS_PROJECT, parse_uid},
 };
 
-/// Largest request body, bytes: "Retrieve predictions" on a whole project and legacy `/train`
-/// send every task in one body.
-const MAX_BODY_BYTES: usize = 256 << 20;
+/// Largest `/predict` and `/train` body, bytes: "Retrieve predictions" on a whole project and
+/// legacy `/train` send every task in one body.
+const MAX_TASKS_BODY_BYTES: usize = 256 << 20;
+
+/// Largest body of the other routes (a webhook event, a `/setup` with its label config), bytes.
+const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// Webhook actions the adapter acts on; others are answered `200 {"status": "ignored"}`.
+const HANDLED_ACTIONS: [&str; 7] = [
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_DELETED",
+    "START_TRAINING",
+    "PROJECT_UPDATED",
+];
 
 /// Time `GET /versions` waits for the core before answering from cache (LS allows 3 s).
 const VERSIONS_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// Project id used for `/predict` requests without `project` (stateless test clients).
-const STATELESS_PROJECT: u64 = 0;
-
 /// Shared state of the HTTP handlers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     /// Latest core status from [`crate::core_link::watch_core`].
     pub core_status: watch::Receiver<CoreStatus>,
@@ -137,9 +148,9 @@ pub fn router(state: AppState, base_path: &str) -> Router {
         .route("/", get(health))
         .route("/health", get(health))
         .route("/setup", post(setup))
-        .route("/predict", post(predict))
+        .route("/predict", post(predict).layer(DefaultBodyLimit::max(MAX_TASKS_BODY_BYTES)))
         .route("/versions", get(versions).post(versions_of_project))
-        .route("/train", post(train))
+        .route("/train", post(train).layer(DefaultBodyLimit::max(MAX_TASKS_BODY_BYTES)))
         .route("/is_training", get(is_training))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), basic_auth));
@@ -207,6 +218,17 @@ fn extra_params(body: &Value) -> Option<Value> {
     }
 }
 
+/// The Label Studio project id of a request's `project` uid; [`STATELESS_PROJECT`] without one.
+///
+/// # Errors
+/// 400 for a `project` that is present but not a project uid.
+fn project_id(uid: &Value) -> Result<u64, ApiError> {
+    match uid {
+        Value::Null => Ok(STATELESS_PROJECT),
+        uid => parse_uid(uid).ok_or_else(|| ApiError::bad_request(format!("project {uid} is not a project uid"))),
+    }
+}
+
 fn require_core(state: &AppState) -> Result<(), ApiError> {
     match *state.core_status.borrow() {
         CoreStatus::Unreachable => Err(ApiError::unavailable("Model server unreachable")),
@@ -218,11 +240,11 @@ fn require_core(state: &AppState) -> Result<(), ApiError> {
 /// model version from cache.
 async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
+    let ls_id = project_id(&body["project"])?;
     let schema = body["schema"].as_str().or(body["label_config"].as_str()).unwrap_or_default();
     let config = state.configs.get(schema).inspect_err(|error| {
-        tracing::info!(project = %body["project"], cause = %error.cause, "unsupported label config at /setup");
+        tracing::info!(project = ls_id, cause = %error.cause, "unsupported label config at /setup");
     })?;
-    let ls_id = parse_uid(&body["project"]).unwrap_or(STATELESS_PROJECT);
     let first_contact = state.projects.get(ls_id).is_none();
     let link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
     if first_contact && ls_id != STATELESS_PROJECT {
@@ -235,18 +257,23 @@ async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>
 
 /// `POST /predict` (spec §2.3): one entry per task, in order.
 async fn predict(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body = parse_json(&body)?;
-    let tasks = match &body["tasks"] {
-        Value::Array(tasks) => tasks.clone(),
-        Value::Object(_) => vec![body["tasks"].clone()],
+    let deadline = tokio::time::Instant::now() + state.predict.budget;
+    let mut body = parse_json(&body)?;
+    let tasks = match body["tasks"].take() {
+        Value::Array(tasks) => tasks,
+        task @ Value::Object(_) => vec![task],
         _ => return Err(ApiError::bad_request("Missing tasks: expected a list of task objects")),
     };
-    let ls_id = parse_uid(&body["project"])
-        .or_else(|| tasks.first().and_then(|task| task["project"].as_u64()))
-        .unwrap_or(STATELESS_PROJECT);
+    let ls_id = match (&body["project"], tasks.first().map(|task| &task["project"])) {
+        (Value::Null, Some(Value::Number(number))) => number.as_u64().unwrap_or(STATELESS_PROJECT),
+        (uid, _) => project_id(uid)?,
+    };
     project_for(&state, ls_id, body["label_config"].as_str())?;
     require_core(&state)?;
-    let link = state.projects.ensure(ls_id).await.map_err(|status| {
+    let ensured = tokio::time::timeout_at(deadline, state.projects.ensure(ls_id)).await.unwrap_or_else(|_elapsed| {
+        Err(tonic::Status::unavailable("the model was not ready within the prediction budget"))
+    });
+    let link = ensured.map_err(|status| {
         tracing::warn!(project = ls_id, %status, "cannot prepare the model");
         match status.code() {
             tonic::Code::Unavailable => ApiError::unavailable("Model server unreachable"),
@@ -254,11 +281,11 @@ async fn predict(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         }
     })?;
     let inputs = tasks.iter().map(|task| task_input(task, &link.config)).collect();
-    let (results, version) = predict_tasks(&state.core, &state.media, &link, inputs, state.predict).await;
-    if let Some(alps_version) = version.strip_prefix(&format!("{}-", link.model.name)) {
+    let predicted = predict_tasks(&state.core, &state.media, &link, inputs, state.predict, deadline).await;
+    if let Some(alps_version) = &predicted.alps_version {
         state.projects.set_active_version(ls_id, alps_version);
     }
-    Ok(Json(json!({"results": results, "model_version": version})))
+    Ok(Json(json!({"results": predicted.entries, "model_version": predicted.model_version})))
 }
 
 /// The project's link, updated with `label_config` when the request carries one.
@@ -282,29 +309,28 @@ fn task_input(task: &Value, config: &LabelConfig) -> TaskInput {
 /// `POST /webhook` (spec §2.4): queues the event's work and answers at once.
 async fn webhook(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_json(&body)?;
-    let action = body["action"].as_str().ok_or_else(|| ApiError::bad_request("Missing action"))?.to_owned();
-    crate::metrics::webhook(&action);
-    let handled = [
-        "ANNOTATION_CREATED",
-        "ANNOTATION_UPDATED",
-        "ANNOTATIONS_CREATED",
-        "ANNOTATIONS_DELETED",
-        "TASKS_DELETED",
-        "START_TRAINING",
-        "PROJECT_UPDATED",
-    ];
-    if !handled.contains(&action.as_str()) {
-        return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
-    }
+    let action = body["action"].as_str().ok_or_else(|| ApiError::bad_request("Missing action"))?;
+    let ignored = || Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
+    let Some(action) = HANDLED_ACTIONS.into_iter().find(|handled| *handled == action) else {
+        crate::metrics::webhook("other");
+        return ignored();
+    };
+    crate::metrics::webhook(action);
     let project = &body["project"];
     let ls_id = project["id"]
         .as_u64()
         .or_else(|| parse_uid(project))
         .ok_or_else(|| ApiError::bad_request(format!("Missing project id in {action} event")))?;
+    // Webhooks carry no credentials: they may only act on projects Label Studio set up through
+    // the authenticated routes (a missed event is caught by the resync of the first /setup).
+    if !state.projects.is_known(ls_id) {
+        tracing::info!(project = ls_id, action, "webhook for a project never set up; ignored");
+        return ignored();
+    }
     let link = project_for(&state, ls_id, project["label_config"].as_str()).inspect_err(|error| {
         tracing::warn!(project = ls_id, action, reason = error.reason, "webhook for a project that cannot be served");
     })?;
-    for work in webhook_work(&action, &body, &link.config) {
+    for work in webhook_work(action, &body, &link.config) {
         state.labelling.submit(ls_id, work);
     }
     tracing::info!(project = ls_id, action, "webhook queued");
@@ -349,18 +375,21 @@ async fn versions_of_project(State(state): State<AppState>, body: Bytes) -> Resu
 }
 
 async fn versions_for(state: &AppState, ids: &[u64]) -> Vec<String> {
-    let mut all = Vec::new();
-    for &ls_id in ids {
-        let Some(link) = state.projects.get(ls_id) else { continue };
-        let listed = tokio::time::timeout(VERSIONS_TIMEOUT, state.core.versions(&link.alps_id())).await;
-        match listed {
-            Ok(Ok(versions)) if !versions.is_empty() => {
-                all.extend(versions.iter().map(|version| crate::projects::model_version(&link.model.name, version)));
+    let mut listings = tokio::task::JoinSet::new();
+    for link in ids.iter().filter_map(|&ls_id| state.projects.get(ls_id)) {
+        let core = state.core.clone();
+        listings.spawn(async move {
+            // From the cache if the core does not answer in time (Label Studio allows 3 s).
+            let listed = tokio::time::timeout(VERSIONS_TIMEOUT, core.versions(&link.alps_id())).await;
+            match listed {
+                Ok(Ok(versions)) if !versions.is_empty() => {
+                    versions.iter().map(|version| crate::projects::model_version(&link.model.name, version)).collect()
+                }
+                _ => vec![link.model_version()],
             }
-            _ => all.push(link.model_version()),
-        }
+        });
     }
-    all
+    listings.join_all().await.into_iter().flatten().collect()
 }
 
 /// Legacy `POST /train` (spec §2.6): the body is the complete labelled set; it replaces the stored

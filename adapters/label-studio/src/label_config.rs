@@ -6,15 +6,18 @@
 //! the HTTP reason phrase) and a detail (for the JSON body).
 
 use std::{
-    collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
 use roxmltree::{Document, Node, ParsingOptions};
+use sha2::{Digest, Sha256};
 
 /// Largest label config accepted, in bytes. Real configs are a few KiB.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Most labels a config may have (each becomes a class of the model).
+pub const MAX_LABELS: usize = 1000;
 
 /// A config the adapter can serve, shown to users whose config is rejected.
 pub const SUPPORTED_EXAMPLE: &str = "<View><Image name=\"image\" value=\"$image\"/><Choices name=\"label\" \
@@ -150,13 +153,17 @@ fn check_choices_attributes(choices: &Node) -> Result<(), UnsupportedConfig> {
 
 fn static_labels(choices: &Node) -> Result<Vec<String>, UnsupportedConfig> {
     let mut labels: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
     for choice in choices.descendants().filter(|node| node.has_tag_name("Choice")) {
         let label = choice.attribute("alias").or_else(|| choice.attribute("value")).unwrap_or_default();
         if label.is_empty() {
             return Err(unsupported("Choice without value", "every <Choice> needs a value"));
         }
-        if labels.iter().any(|known| known == label) {
+        if !seen.insert(label) {
             return Err(unsupported("duplicate Choice", format!("label {label:?} appears twice")));
+        }
+        if labels.len() == MAX_LABELS {
+            return Err(unsupported("too many Choice labels", format!("more than {MAX_LABELS} <Choice> labels")));
         }
         labels.push(label.to_owned());
     }
@@ -178,8 +185,11 @@ fn is_other_control(node: &Node) -> bool {
 /// Parses each distinct config once (spec §6: configs arrive with every `/setup` and `/predict`).
 #[derive(Debug, Default)]
 pub struct ConfigCache {
-    parsed: Mutex<HashMap<u64, Arc<Result<LabelConfig, UnsupportedConfig>>>>,
+    /// Keyed by the SHA-256 of the config text.
+    parsed: Mutex<HashMap<[u8; 32], Parsed>>,
 }
+
+type Parsed = Arc<Result<LabelConfig, UnsupportedConfig>>;
 
 /// Distinct configs kept; more are unusual (one per project), so the cache simply starts over.
 const CACHE_CAPACITY: usize = 1024;
@@ -190,14 +200,18 @@ impl ConfigCache {
     /// # Errors
     /// As [`parse`].
     pub fn get(&self, xml: &str) -> Result<LabelConfig, UnsupportedConfig> {
-        let mut hasher = DefaultHasher::new();
-        xml.hash(&mut hasher);
-        let key = hasher.finish();
+        let key: [u8; 32] = Sha256::digest(xml.as_bytes()).into();
+        if let Some(hit) = self.parsed.lock().expect("config cache poisoned").get(&key) {
+            return hit.as_ref().clone();
+        }
+        // Parsed outside the lock: a large config must not hold up other requests.
+        let result = Arc::new(parse(xml));
         let mut parsed = self.parsed.lock().expect("config cache poisoned");
-        if parsed.len() >= CACHE_CAPACITY && !parsed.contains_key(&key) {
+        if parsed.len() >= CACHE_CAPACITY {
             parsed.clear();
         }
-        parsed.entry(key).or_insert_with(|| Arc::new(parse(xml))).as_ref().clone()
+        parsed.insert(key, Arc::clone(&result));
+        result.as_ref().clone()
     }
 }
 
@@ -276,6 +290,13 @@ mod tests {
                <Choices name="quality" toName="img"><Choice value="ok"/><Choice value="bad"/></Choices>"#
         ));
         assert!(parse(&xml).unwrap_err().detail.contains("(label, quality)"));
+    }
+
+    #[test]
+    fn label_count_is_capped() {
+        let choices: String = (0..=MAX_LABELS).map(|i| format!(r#"<Choice value="c{i}"/>"#)).collect();
+        let xml = config(&format!(r#"{IMAGE}<Choices name="a" toName="img">{choices}</Choices>"#));
+        assert_eq!(parse(&xml).unwrap_err().cause, "too many Choice labels");
     }
 
     #[test]

@@ -10,13 +10,14 @@ use std::{
 };
 
 use alps_proto::v1::{JobState, LabelledExample, TrainingMode, TrainingParameters};
+use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     core_client::{Core, image_sample},
     label_config::LabelConfig,
-    ls_api::{LabelStudio, Task},
+    ls_api::{LabelStudio, LsError, Task},
     media::Media,
     projects::{ProjectLink, Projects},
 };
@@ -49,15 +50,17 @@ pub struct TaskLabel {
     pub annotation: u64,
     /// Whether that annotation is marked ground truth.
     pub ground_truth: bool,
-    /// The annotation's `updated_at` (ISO 8601, compared as text: Label Studio uses one format).
+    /// The annotation's `updated_at` (ISO 8601 in UTC as Label Studio writes it, compared as text;
+    /// only breaks ties between annotations of one task).
     pub updated_at: String,
 }
 
 impl TaskLabel {
-    /// Whether `self` should replace `other` as the task's label: ground truth wins, then the
-    /// most recently updated annotation.
+    /// Whether `self` should replace `other` as the task's label: a new state of the same
+    /// annotation always does; otherwise ground truth wins, then the most recently updated.
     fn supersedes(&self, other: &TaskLabel) -> bool {
-        (self.ground_truth, &self.updated_at) >= (other.ground_truth, &other.updated_at)
+        self.annotation == other.annotation
+            || (self.ground_truth, &self.updated_at) >= (other.ground_truth, &other.updated_at)
     }
 }
 
@@ -177,7 +180,8 @@ impl Labelling {
     fn start_worker(self: &Arc<Self>, ls_id: u64) -> mpsc::UnboundedSender<Item> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (train_sender, train_receiver) = mpsc::unbounded_channel();
-        let worker = Worker { labelling: Arc::clone(self), ls_id, labels: HashMap::new(), since_training: 0 };
+        let worker =
+            Worker { labelling: Arc::clone(self), ls_id, labels: HashMap::new(), since_training: 0, retry: Vec::new() };
         tokio::spawn(worker.run(receiver, train_sender));
         tokio::spawn(Arc::clone(self).trainer(ls_id, train_receiver, sender.clone()));
         sender
@@ -283,11 +287,29 @@ struct Worker {
     labels: HashMap<u64, TaskLabel>,
     /// Labels stored since the last automatic training.
     since_training: u32,
+    /// Labels whose storing failed for a reason that may pass (core or Label Studio unreachable),
+    /// tried again every [`RETRY_AFTER`].
+    retry: Vec<TaskLabel>,
 }
+
+/// Pause before labels that failed to store are tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(15);
 
 impl Worker {
     async fn run(mut self, mut items: mpsc::UnboundedReceiver<Item>, trainer: mpsc::UnboundedSender<TrainRequest>) {
-        while let Some(item) = items.recv().await {
+        loop {
+            let item = match tokio::time::timeout(RETRY_AFTER, items.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(_idle) => {
+                    let retry = std::mem::take(&mut self.retry);
+                    if !retry.is_empty() {
+                        tracing::info!(project = self.ls_id, labels = retry.len(), "storing labels again");
+                        self.store(retry).await;
+                    }
+                    continue;
+                }
+            };
             match item {
                 Item::Work(Work::Train { resync }) => {
                     let _ = trainer.send(TrainRequest { resync });
@@ -374,9 +396,10 @@ impl Worker {
                     }
                     None => self.remove(vec![task]).await,
                 },
+                Err(LsError::Status { status: StatusCode::NOT_FOUND, .. }) => self.remove(vec![task]).await,
                 Err(error) => {
-                    tracing::info!(project = self.ls_id, task, %error, "cannot re-read the task; removing its label");
-                    self.remove(vec![task]).await;
+                    // Keep the label: the next resync settles it.
+                    tracing::warn!(project = self.ls_id, task, %error, "cannot re-read the task; keeping its label");
                 }
             }
         }
@@ -442,20 +465,27 @@ impl Worker {
         }
     }
 
-    /// Downloads the images and stores the labels; returns how many were stored.
+    /// Downloads the images and stores the labels; returns how many were stored. Labels that
+    /// failed for a passing reason are kept for a later try.
     async fn store(&mut self, labels: Vec<TaskLabel>) -> usize {
-        let Some(link) = self.link().await else { return 0 };
+        let Some(link) = self.link().await else {
+            self.retry.extend(labels);
+            return 0;
+        };
         let mut examples = Vec::new();
-        let mut stored = Vec::new();
+        let mut fetched = Vec::new();
         for label in labels {
             match self.labelling.media.fetch(label.task, &label.reference).await {
                 Ok(bytes) => {
                     examples.push(example(&label, bytes));
-                    stored.push(label);
+                    fetched.push(label);
                 }
                 Err(error) => {
                     crate::metrics::media_failure(error.cause());
                     tracing::warn!(project = self.ls_id, task = label.task, %error, "cannot fetch the labelled image");
+                    if error.is_transient() {
+                        self.retry.push(label);
+                    }
                 }
             }
         }
@@ -463,11 +493,15 @@ impl Worker {
             return 0;
         }
         if let Err(status) = self.labelling.core.add_examples(&link.alps_id(), examples).await {
-            tracing::warn!(project = self.ls_id, %status, "cannot store labelled examples");
+            let tasks: Vec<u64> = fetched.iter().map(|label| label.task).collect();
+            tracing::warn!(project = self.ls_id, ?tasks, %status, "cannot store labelled examples");
+            if status.code() != tonic::Code::InvalidArgument {
+                self.retry.extend(fetched);
+            }
             return 0;
         }
-        let count = stored.len();
-        for label in stored {
+        let count = fetched.len();
+        for label in fetched {
             self.labels.insert(label.task, label);
         }
         count

@@ -139,20 +139,23 @@ impl LabelStudio {
         Self { base, key, http, access: Mutex::new(None) }
     }
 
-    /// Label Studio's base URL (always ending in `/`).
-    pub fn base(&self) -> &Url {
-        &self.base
-    }
-
     /// Whether `url` is on Label Studio's exact origin (scheme, host, port): only such URLs get
     /// the credentials.
     pub fn same_origin(&self, url: &Url) -> bool {
         url.origin() == self.base.origin()
     }
 
-    /// Resolves `path` (e.g. `api/tasks`, `/data/upload/1/a.png`) against the base URL.
-    pub fn url(&self, path: &str) -> Url {
-        self.base.join(path.trim_start_matches('/')).expect("a path joins a valid base URL")
+    /// Resolves `path` (e.g. `api/tasks`, `/data/upload/1/a.png`) against the base URL. `None`
+    /// unless the result is on Label Studio's origin: task data such as `/\\evil.com/a.png`
+    /// must never turn into a URL that would receive the credentials.
+    pub fn url(&self, path: &str) -> Option<Url> {
+        let url = self.base.join(path.trim_start_matches('/')).ok()?;
+        self.same_origin(&url).then_some(url)
+    }
+
+    /// [`url`](Self::url) for the adapter's own API paths, which are constants.
+    fn api_url(&self, path: &str) -> Url {
+        self.url(path).expect("API paths are plain relative paths")
     }
 
     /// Sends a request built by `build` with the credentials; after a 401 the access token is
@@ -191,7 +194,7 @@ impl LabelStudio {
         }
         let response = self
             .http
-            .post(self.url("api/token/refresh/"))
+            .post(self.api_url("api/token/refresh/"))
             .json(&json!({"refresh": pat}))
             .timeout(API_TIMEOUT)
             .send()
@@ -213,7 +216,7 @@ impl LabelStudio {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Response, LsError> {
-        let url = self.url(path);
+        let url = self.api_url(path);
         let response = self
             .send(|http| {
                 let request = http.request(method.clone(), url.clone()).query(query).timeout(API_TIMEOUT);
@@ -359,7 +362,10 @@ mod tests {
             ApiKey::parse(&"ab12".repeat(10)).unwrap(),
             crate::http_client().unwrap(),
         );
-        assert_eq!(ls.url("/data/upload/1/a.png").as_str(), "http://ls:8080/prefix/data/upload/1/a.png");
+        assert_eq!(ls.url("/data/upload/1/a.png").unwrap().as_str(), "http://ls:8080/prefix/data/upload/1/a.png");
+        for escape in ["/\\/evil.com/a.png", "/\t//evil.com/a.png", "/\\/a b"] {
+            assert_eq!(ls.url(escape), None, "{escape:?}");
+        }
         assert!(ls.same_origin(&"http://ls:8080/other".parse().unwrap()));
         assert!(!ls.same_origin(&"http://ls:8081/prefix".parse().unwrap()));
         assert!(!ls.same_origin(&"https://ls:8080/prefix".parse().unwrap()));

@@ -49,7 +49,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         http = %listener.local_addr()?,
         core_url = %config.core_url,
         base_path = %config.base_path,
-        label_studio = config.label_studio_url.as_ref().map(|url| url.as_str()),
+        label_studio = config.label_studio_url.as_ref().map(|url| url.origin().ascii_serialization()),
         default_model = %config.default_model,
         "listening"
     );
@@ -101,6 +101,8 @@ fn app_state(config: &Config, channel: tonic::transport::Channel) -> anyhow::Res
         Labelling::new(core.clone(), Arc::clone(&media), label_studio.clone(), Arc::clone(&projects), policy);
     let sync_target = if config.sync_model_version { label_studio } else { None };
     tokio::spawn(version_sync::run(changes, sync_target, Arc::clone(&projects)));
+    let loading = Arc::clone(&projects);
+    tokio::spawn(async move { loading.load_from_core().await });
     tokio::spawn(refresh_versions(Arc::clone(&projects)));
     if config.resync_interval_secs > 0 {
         let interval = Duration::from_secs(config.resync_interval_secs);

@@ -23,7 +23,7 @@ const MAX_REDIRECTS: usize = 3;
 pub struct MediaLimits {
     /// Largest image, bytes.
     pub max_bytes: u64,
-    /// Time for one image, all attempts included.
+    /// Time for one image, redirects and retries included.
     pub timeout: Duration,
     /// Downloads in flight.
     pub concurrency: usize,
@@ -73,7 +73,8 @@ impl MediaError {
         }
     }
 
-    fn is_transient(&self) -> bool {
+    /// Whether trying again later may succeed (server errors, rate limits, network failures).
+    pub fn is_transient(&self) -> bool {
         match self {
             Self::Status(code) => *code == 429 || *code >= 500,
             Self::Transport(_) => true,
@@ -125,34 +126,33 @@ impl Media {
     /// [`MediaError`] with a cause safe to show in Label Studio.
     pub async fn fetch(&self, task_id: u64, reference: &str) -> Result<Vec<u8>, MediaError> {
         let _slot = self.slots.acquire().await.expect("never closed");
+        let timeout = self.limits.timeout;
+        tokio::time::timeout(timeout, self.fetch_with_retries(task_id, reference))
+            .await
+            .unwrap_or_else(|_elapsed| Err(MediaError::Transport(format!("timed out after {timeout:?}"))))
+    }
+
+    async fn fetch_with_retries(&self, task_id: u64, reference: &str) -> Result<Vec<u8>, MediaError> {
         let target = self.resolve(task_id, reference)?;
-        let attempt = || async {
-            match tokio::time::timeout(self.limits.timeout, self.fetch_following(target.clone())).await {
-                Ok(result) => result,
-                Err(_elapsed) => Err(MediaError::Transport(format!("timed out after {:?}", self.limits.timeout))),
-            }
-        };
-        let result = attempt
+        let result = (|| self.fetch_following(target.clone()))
             .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(2))
             .when(MediaError::is_transient)
             .await;
         // Label Studio 1.23 with local file storage refuses NGINX-style upload URLs (spec §5).
         match (result, storage_data_fallback(reference)) {
-            (Err(MediaError::Status(400)), Some(upload)) => self.fetch_once(task_id, &upload).await,
+            (Err(MediaError::Status(400)), Some(upload)) => {
+                let target = self.resolve(task_id, &upload)?;
+                self.fetch_following(target).await
+            }
             (result, _) => result,
         }
-    }
-
-    async fn fetch_once(&self, task_id: u64, reference: &str) -> Result<Vec<u8>, MediaError> {
-        let target = self.resolve(task_id, reference)?;
-        self.fetch_following(target).await
     }
 
     /// Maps a task data value to a URL (spec §5 table).
     fn resolve(&self, task_id: u64, reference: &str) -> Result<Target, MediaError> {
         let on_label_studio = |path: &str| -> Result<Target, MediaError> {
             let ls = self.label_studio.as_ref().ok_or(MediaError::NoLabelStudio)?;
-            Ok(Target::LabelStudio(ls.url(path)))
+            ls.url(path).map(Target::LabelStudio).ok_or_else(|| MediaError::Unsupported(short(path)))
         };
         if reference.starts_with('/') && !reference.starts_with("//") {
             return on_label_studio(reference);
@@ -265,12 +265,19 @@ async fn refuse_private(url: &Url) -> Result<(), MediaError> {
 
 fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
-        IpAddr::V6(v6) => {
-            let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
-            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            v6.is_loopback() || v6.is_unspecified() || unique_local || link_local
+        IpAddr::V4(v4) => {
+            // 100.64.0.0/10: carrier-grade NAT, private in practice.
+            let shared = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || shared
         }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(IpAddr::V4(v4)),
+            None => {
+                let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
+                let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+                v6.is_loopback() || v6.is_unspecified() || unique_local || link_local
+            }
+        },
     }
 }
 
@@ -316,7 +323,7 @@ mod tests {
         for (reference, expected) in cases {
             assert_eq!(media.resolve(5, reference).unwrap(), expected, "{reference}");
         }
-        for bad in ["data:image/png;base64,AAAA", "ftp://x/a.png", "a.png", "//host/a.png"] {
+        for bad in ["data:image/png;base64,AAAA", "ftp://x/a.png", "a.png", "//host/a.png", "/\\/evil.com/a.png"] {
             assert!(matches!(media.resolve(5, bad), Err(MediaError::Unsupported(_))), "{bad}");
         }
     }
@@ -338,7 +345,19 @@ mod tests {
 
     #[test]
     fn private_addresses_are_recognised() {
-        for private in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.1.1", "0.0.0.0", "::1", "fd00::1", "fe80::1"] {
+        let private = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ];
+        for private in private {
             assert!(is_private(private.parse().unwrap()), "{private}");
         }
         for public in ["8.8.8.8", "2001:4860::8888"] {

@@ -36,16 +36,26 @@ pub struct TaskInput {
     pub reference: Option<String>,
 }
 
-/// Predicts every task; returns the `results` entries in task order and the model version
-/// string they carry.
+/// The answer to a `/predict` request.
+#[derive(Debug)]
+pub struct Predictions {
+    /// One `results` entry per task, in task order.
+    pub entries: Vec<Value>,
+    /// The version string of the request (the last one that served a chunk, else the cached one).
+    pub model_version: String,
+    /// The ALPS version that served the last chunk (`v3`), if any chunk was served.
+    pub alps_version: Option<String>,
+}
+
+/// Predicts every task until `deadline`; tasks not reached by then get a deferred entry.
 pub async fn predict_tasks(
     core: &Core,
     media: &Arc<Media>,
     link: &ProjectLink,
     tasks: Vec<TaskInput>,
     settings: PredictSettings,
-) -> (Vec<Value>, String) {
-    let deadline = Instant::now() + settings.budget;
+    deadline: Instant,
+) -> Predictions {
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let link = Arc::new(link.clone());
     let mut chunks = JoinSet::new();
@@ -59,40 +69,44 @@ pub async fn predict_tasks(
         });
     }
     let mut entries: Vec<Option<Value>> = vec![None; tasks.len()];
-    let mut version = link.model_version();
+    let mut alps_version = None;
     while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, chunks.join_next()).await {
-        let Ok((first, (chunk_entries, served_by))) = joined else { continue };
-        if let Some(served_by) = served_by {
-            version = served_by;
-        }
+        let (first, (chunk_entries, served_by)) = match joined {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(project = link.ls_id, %error, "a prediction chunk failed");
+                continue;
+            }
+        };
+        alps_version = served_by.or(alps_version);
         for (offset, entry) in chunk_entries.into_iter().enumerate() {
             entries[first + offset] = Some(entry);
         }
     }
     chunks.abort_all();
-    let deferred = entries.iter().filter(|entry| entry.is_none()).count();
-    if deferred > 0 {
-        let ids: Vec<u64> =
-            tasks.iter().zip(&entries).filter(|(_, entry)| entry.is_none()).map(|(task, _)| task.id).collect();
-        tracing::warn!(project = link.ls_id, deferred, tasks = ?ids, budget = ?settings.budget, "prediction budget spent");
-        crate::metrics::tasks("deferred", deferred);
+    let model_version =
+        alps_version.as_ref().map_or_else(|| link.model_version(), |v| model_version(&link.model.name, v));
+    let deferred: Vec<u64> =
+        tasks.iter().zip(&entries).filter(|(_, entry)| entry.is_none()).map(|(task, _)| task.id).collect();
+    if !deferred.is_empty() {
+        tracing::warn!(project = link.ls_id, tasks = ?deferred, budget = ?settings.budget, "prediction budget spent");
+        crate::metrics::tasks("deferred", deferred.len());
     }
     let budget = settings.budget.as_secs();
     let entries = entries
         .into_iter()
         .map(|entry| {
-            let mut entry = entry.unwrap_or_else(|| {
-                json!({"error": format!("deferred: the {budget} s prediction budget was spent; retrieve predictions again")})
-            });
-            entry["model_version"] = json!(version);
-            entry
+            entry.unwrap_or_else(|| {
+                json!({"model_version": model_version,
+                       "error": format!("deferred: the {budget} s prediction budget was spent; retrieve predictions again")})
+            })
         })
         .collect();
-    (entries, version)
+    Predictions { entries, model_version, alps_version }
 }
 
-/// Fetches the chunk's images and predicts them in one call. Returns one entry per task (without
-/// `model_version`) and the version string that served them, if the call succeeded.
+/// Fetches the chunk's images and predicts them in one call. Returns one entry per task, each with
+/// the version that served it, and the ALPS version of the call if it succeeded.
 async fn predict_chunk(
     core: &Core,
     media: &Arc<Media>,
@@ -123,14 +137,15 @@ async fn predict_chunk(
     if !samples.is_empty() {
         match core.predict(&link.alps_id(), samples).await {
             Ok(predicted) => {
-                for (index, result) in sample_tasks.into_iter().zip(predicted.results) {
-                    entries[index] = Some(match result.outcome {
+                let mut results = predicted.results.into_iter();
+                for index in sample_tasks {
+                    entries[index] = Some(match results.next().and_then(|result| result.outcome) {
                         Some(Outcome::Prediction(prediction)) => prediction_entry(link, &chunk[index], &prediction),
                         Some(Outcome::Error(error)) => failed(link, &chunk[index], format!("model: {}", error.message)),
-                        None => failed(link, &chunk[index], "model: empty result".into()),
+                        None => failed(link, &chunk[index], "model: no result".into()),
                     });
                 }
-                served_by = Some(model_version(&link.model.name, &predicted.model_version));
+                served_by = Some(predicted.model_version);
             }
             Err(status) => {
                 for index in sample_tasks {
@@ -139,7 +154,16 @@ async fn predict_chunk(
             }
         }
     }
-    (entries.into_iter().map(|entry| entry.expect("every task answered")).collect(), served_by)
+    let version = served_by.as_ref().map_or_else(|| link.model_version(), |v| model_version(&link.model.name, v));
+    let entries = entries
+        .into_iter()
+        .map(|entry| {
+            let mut entry = entry.unwrap_or_else(|| json!({"error": "not predicted"}));
+            entry["model_version"] = json!(version);
+            entry
+        })
+        .collect();
+    (entries, served_by)
 }
 
 async fn fetch_image(media: &Media, task: TaskInput, key: String) -> Result<Vec<u8>, MediaError> {

@@ -19,6 +19,10 @@ use crate::{
 /// ALPS project ids of Label Studio projects are `ls-<Label Studio project id>`.
 pub const ALPS_ID_PREFIX: &str = "ls-";
 
+/// Project id used for requests without `project` (stateless test clients); kept out of the
+/// background resync and version updates, which need a real Label Studio project.
+pub const STATELESS_PROJECT: u64 = 0;
+
 /// The ALPS project id serving Label Studio project `ls_project`.
 pub fn alps_id(ls_project: u64) -> String {
     format!("{ALPS_ID_PREFIX}{ls_project}")
@@ -99,6 +103,9 @@ pub struct Projects {
     version_changes: mpsc::UnboundedSender<VersionChange>,
     /// Serialises [`Projects::ensure`], so concurrent requests make one CreateProject call.
     ensuring: tokio::sync::Mutex<()>,
+    /// Active ALPS versions of the `ls-*` projects found on the core at start, for projects not
+    /// seen since: the first `/setup` after a restart must already answer the right version.
+    found_at_start: Mutex<HashMap<u64, String>>,
 }
 
 impl Projects {
@@ -119,6 +126,7 @@ impl Projects {
             core,
             version_changes,
             ensuring: tokio::sync::Mutex::default(),
+            found_at_start: Mutex::default(),
         }
     }
 
@@ -127,9 +135,37 @@ impl Projects {
         self.lock().get(&ls_id).cloned()
     }
 
-    /// Every known Label Studio project id.
+    /// Every Label Studio project id seen since the start (the stateless one excluded).
     pub fn ids(&self) -> Vec<u64> {
-        self.lock().keys().copied().collect()
+        self.lock().keys().copied().filter(|&id| id != STATELESS_PROJECT).collect()
+    }
+
+    /// Whether the project was set up: seen since the start, or found on the core at start.
+    pub fn is_known(&self, ls_id: u64) -> bool {
+        self.lock().contains_key(&ls_id) || self.found_at_start.lock().expect("poisoned").contains_key(&ls_id)
+    }
+
+    /// Reads the `ls-*` projects and their active versions from the core (retried until the core
+    /// answers), so versions survive an adapter restart.
+    pub async fn load_from_core(&self) {
+        let ids = loop {
+            match self.core.project_ids().await {
+                Ok(ids) => break ids,
+                Err(status) => {
+                    tracing::debug!(%status, "cannot list the core's projects yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        };
+        for ls_id in ids.iter().filter_map(|id| id.strip_prefix(ALPS_ID_PREFIX)?.parse::<u64>().ok()) {
+            if let Ok(Some(project)) = self.core.project(&alps_id(ls_id)).await {
+                self.found_at_start.lock().expect("poisoned").insert(ls_id, project.active_model_version);
+            }
+        }
+        tracing::info!(
+            projects = self.found_at_start.lock().expect("poisoned").len(),
+            "loaded Label Studio projects from the core"
+        );
     }
 
     /// Whether `version` is a model version string this adapter hands out.
@@ -180,7 +216,7 @@ impl Projects {
         };
         links.insert(ls_id, link.clone());
         drop(links);
-        if previous.is_none() {
+        if previous.is_none() && ls_id != STATELESS_PROJECT {
             let _ = self.version_changes.send((ls_id, link.model_version()));
         }
         if !link.ensured {
@@ -200,6 +236,9 @@ impl Projects {
     /// # Errors
     /// The gRPC status of the core call; [`tonic::Code::NotFound`] if the project was never seen.
     pub async fn ensure(&self, ls_id: u64) -> Result<ProjectLink, tonic::Status> {
+        if let Some(link) = self.get(ls_id).filter(|link| link.ensured) {
+            return Ok(link);
+        }
         let _one_at_a_time = self.ensuring.lock().await;
         let link = self.get(ls_id).ok_or_else(|| tonic::Status::not_found(format!("project {ls_id} not set up")))?;
         if link.ensured {
@@ -233,7 +272,9 @@ impl Projects {
         let version = link.model_version();
         drop(links);
         crate::metrics::version_changed();
-        let _ = self.version_changes.send((ls_id, version));
+        if ls_id != STATELESS_PROJECT {
+            let _ = self.version_changes.send((ls_id, version));
+        }
     }
 
     /// Re-reads the active version of every known project from the core.

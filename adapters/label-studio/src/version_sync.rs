@@ -84,7 +84,13 @@ async fn sync(ls: &LabelStudio, projects: &Projects, project: u64, version: &str
         return Outcome::Done;
     }
     if !current.is_empty() && !projects.is_own_version(&current) {
-        let titles = ls.backend_titles(project).await.unwrap_or_default();
+        let titles = match ls.backend_titles(project).await {
+            Ok(titles) => titles,
+            Err(error) => {
+                tracing::debug!(project, %error, "cannot list the project's ML backends");
+                return Outcome::Retry;
+            }
+        };
         if !titles.contains(&current) {
             tracing::info!(project, current, version, "project model_version was chosen by a user; not changing it");
             return Outcome::UserChoice;
