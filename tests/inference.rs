@@ -227,14 +227,7 @@ async fn the_backbone_runs_once_per_sample_and_the_head_k_times() {
         ..predict("p", (0..5).map(|i| tensor_sample(&i.to_string(), 0.1 * i as f32)).collect())
     };
     server.inference.predict(request).await.unwrap();
-    let text = alps_system_tests::http_client()
-        .get(format!("http://{}/metrics", server.metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&server).await;
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())

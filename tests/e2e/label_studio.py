@@ -263,14 +263,16 @@ class LabelStudio:
         """GET /api/ml?project= (makes LS call every backend's /health and /setup)."""
         return check(self.api.get("/api/ml", params={"project": pid}), 200).json()
 
-    def retrieve_predictions(self, pid: int, task_ids: list[int] | None = None) -> dict:
+    def retrieve_predictions(self, pid: int, task_ids: list[int] | None = None, timeout: float = 120) -> dict:
         """The Data Manager action "Retrieve predictions": one /predict with the tasks lacking the backend's version.
 
-        Always answers 200, whatever the backend did: assert on predictions() instead.
+        Always answers 200, whatever the backend did: assert on predictions() instead. LS answers only
+        after storing every prediction, one at a time (about 10 per second on 2 busy cores): raise
+        `timeout` (seconds) for large selections.
         """
         selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
         return check(self.api.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                                   json={"selectedItems": selected}), 200).json()
+                                   json={"selectedItems": selected}, timeout=timeout), 200).json()
 
     def predictions(self, pid: int) -> list[dict]:
         return check(self.api.get("/api/predictions", params={"project": pid}), 200).json()
