@@ -29,6 +29,7 @@ test: bootstrap
 	cargo test --workspace
 	$(VENV)/bin/python tests/e2e/test_label_studio.py --bin-dir target/debug
 	experiments/test_reduced.sh target/debug/alps-server
+	experiments/test_reduced_label_studio.sh target/debug/alps-server
 
 ## bench: benchmarks, side by side with the reference implementations (results: BENCHMARKS.md)
 bench:

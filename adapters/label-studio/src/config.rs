@@ -188,6 +188,12 @@ pub struct Config {
     #[arg(long, env = "ALPS_LS_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
     pub train_learning_rate: f32,
 
+    /// Fraction of the labelled tasks held out to validate a training run, in [0, 0.5]; unset =
+    /// alps-server's default. 0 trains on every label (then no accuracy guard can refuse to
+    /// activate the new version).
+    #[arg(long, env = "ALPS_LS_TRAIN_VALIDATION_FRACTION", value_parser = parse_fraction)]
+    pub train_validation_fraction: Option<f32>,
+
     /// Training triggers within this many milliseconds are coalesced into one run.
     #[arg(long, env = "ALPS_LS_TRAIN_DEBOUNCE_MS", default_value_t = 10_000)]
     pub train_debounce_ms: u64,
@@ -230,6 +236,13 @@ impl Config {
             presets.push(ModelPreset::builtin());
         }
         presets
+    }
+}
+
+fn parse_fraction(raw: &str) -> Result<f32, String> {
+    match raw.parse::<f32>() {
+        Ok(fraction) if (0.0..=0.5).contains(&fraction) => Ok(fraction),
+        _ => Err(format!("{raw:?} is not a fraction in [0, 0.5]")),
     }
 }
 
@@ -285,6 +298,18 @@ mod tests {
         let config = Config::try_parse_from(["alps-label-studio", "--model", "d=mlp,size=8,channels=1"]).unwrap();
         let names: Vec<String> = config.model_presets().into_iter().map(|preset| preset.name).collect();
         assert_eq!(names, ["d", BUILTIN_MODEL]);
+    }
+
+    #[test]
+    fn validation_fraction_is_checked() {
+        let config = Config::try_parse_from(["alps-label-studio", "--train-validation-fraction", "0"]).unwrap();
+        assert_eq!(config.train_validation_fraction, Some(0.0));
+        for bad in ["0.6", "-0.1", "half"] {
+            assert!(
+                Config::try_parse_from(["alps-label-studio", "--train-validation-fraction", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

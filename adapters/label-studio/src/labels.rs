@@ -35,6 +35,8 @@ pub struct TrainingPolicy {
     pub epochs: u32,
     /// Learning rate; 0 = the server's default.
     pub learning_rate: f32,
+    /// Share of labels held out for validation; `None` = the server's default.
+    pub validation_fraction: Option<f32>,
 }
 
 /// The label a task carries in Label Studio, chosen among its annotations.
@@ -244,6 +246,7 @@ impl Labelling {
             mode: mode as i32,
             epochs: self.policy.epochs,
             learning_rate: self.policy.learning_rate,
+            validation_fraction: self.policy.validation_fraction,
             ..TrainingParameters::default()
         };
         tracing::info!(project = ls_id, labelled, classes, ?mode, "training");

@@ -96,6 +96,7 @@ fn app_state(config: &Config, channel: tonic::transport::Channel) -> anyhow::Res
         debounce: Duration::from_millis(config.train_debounce_ms),
         epochs: config.train_epochs,
         learning_rate: config.train_learning_rate,
+        validation_fraction: config.train_validation_fraction,
     };
     let labelling =
         Labelling::new(core.clone(), Arc::clone(&media), label_studio.clone(), Arc::clone(&projects), policy);
