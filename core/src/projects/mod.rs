@@ -79,7 +79,14 @@ impl Projects {
     /// [`ProjectError::Invalid`] naming the field, or a store failure.
     pub fn upsert(&self, spec: ProjectSpec) -> Result<(Arc<Project>, bool), ProjectError> {
         spec.validate()?;
+        // Versions trained for other classes, another model or other inputs cannot serve this spec
+        // (their head or input shapes differ): the project starts over from its initial weights.
+        let incompatible = self.cache_read().get(&spec.id).is_some_and(|old| !old.spec.same_model(&spec));
         let created = self.db.upsert_project(&spec, now_unix_ms(), UNTRAINED_VERSION)?;
+        if incompatible {
+            tracing::info!(project = %spec.id, "classes, model or preprocessing changed: the project is untrained again");
+            self.db.reset_active_version(&spec.id, UNTRAINED_VERSION)?;
+        }
         let stored = self.db.project(&spec.id)?.ok_or_else(|| ProjectError::NotFound(spec.id.clone()))?;
         let project = Arc::new(stored);
         self.cache_write().insert(spec.id, project.clone());
@@ -165,6 +172,20 @@ mod tests {
         let reopened = projects(dir.path());
         assert_eq!(reopened.get("cars").unwrap().spec, spec());
         assert_eq!(reopened.list().len(), 1);
+    }
+
+    #[test]
+    fn changing_classes_makes_a_trained_project_untrained_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = projects(dir.path());
+        registry.upsert(spec()).unwrap();
+        registry.db.reset_active_version("cars", "v3").unwrap();
+        assert_eq!(registry.reload("cars").unwrap().active_version, "v3");
+        let renamed = ProjectSpec { display_name: "Cars".into(), ..spec() };
+        assert_eq!(registry.upsert(renamed).unwrap().0.active_version, "v3", "a display name is no model change");
+        let mut more_classes = spec();
+        more_classes.classes.push("bus".into());
+        assert_eq!(registry.upsert(more_classes).unwrap().0.active_version, UNTRAINED_VERSION);
     }
 
     #[test]

@@ -126,6 +126,12 @@ pub fn check_mc_iterations(field: &'static str, k: u32) -> Result<(), SpecError>
 }
 
 impl ProjectSpec {
+    /// Whether `other` has the same classes, model and preprocessing, so that model versions
+    /// trained for one can serve the other.
+    pub fn same_model(&self, other: &ProjectSpec) -> bool {
+        self.classes == other.classes && self.model == other.model && self.preprocessing == other.preprocessing
+    }
+
     /// Checks every field; each error names its field.
     ///
     /// # Errors

@@ -370,6 +370,17 @@ impl Database {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Sets `project`'s active version without checking that a stored model version has that name
+    /// (for "untrained", which has none).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
+        self.connection()
+            .execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
+        Ok(())
+    }
+
     /// Makes `version` the active version of `project`; returns whether the version exists.
     ///
     /// # Errors
