@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use alps_proto::v1::{
-    AddExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, GetProjectRequest, JobState, LabelledExample,
-    ListExamplesRequest, ListModelVersionsRequest, ModelSpec, PredictRequest, PredictResult, Preprocessing, Project,
-    Sample, StoredExample, TrainRequest, TrainingJob, TrainingParameters, WatchTrainingJobRequest,
-    example_service_client::ExampleServiceClient, inference_service_client::InferenceServiceClient,
-    model_version_service_client::ModelVersionServiceClient, project_service_client::ProjectServiceClient, sample,
-    training_service_client::TrainingServiceClient,
+    AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, GetProjectRequest, JobState,
+    LabelledExample, ListExamplesRequest, ListModelVersionsRequest, ModelSpec, PredictRequest, PredictResult,
+    Preprocessing, Project, Sample, StoredExample, TrainRequest, TrainingJob, TrainingParameters,
+    WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
+    project_service_client::ProjectServiceClient, sample, training_service_client::TrainingServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 
@@ -109,6 +109,16 @@ impl Core {
     pub async fn delete_examples(&self, project: &str, external_ids: Vec<String>) -> Result<(), Status> {
         let request = with_timeout(DeleteExamplesRequest { project_id: project.to_owned(), external_ids });
         ExampleServiceClient::new(self.channel.clone()).delete_examples(request).await.map(drop)
+    }
+
+    /// How many labelled examples the project has, and of how many distinct classes.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn count_examples(&self, project: &str) -> Result<(u64, usize), Status> {
+        let request = with_timeout(CountExamplesRequest { project_id: project.to_owned() });
+        let counts = ExampleServiceClient::new(self.channel.clone()).count_examples(request).await?.into_inner();
+        Ok((counts.total, counts.per_class.values().filter(|&&count| count > 0).count()))
     }
 
     /// Every stored example of the project (without sample bytes).

@@ -4,7 +4,7 @@
 //! Label Studio drops error bodies and shows only `"<code> Client Error: <reason> for url: ..."`.
 //! `/health` and `/setup` answer from in-memory state; webhooks queue their work and return.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -26,7 +26,7 @@ use crate::{
     core_client::Core,
     core_link::CoreStatus,
     label_config::{ConfigCache, LabelConfig, SUPPORTED_EXAMPLE, UnsupportedConfig},
-    labels::{Labelling, Work, labels_of, task_label},
+    labels::{Labelling, Work, labels_of, webhook_work},
     ls_api::Task,
     media::Media,
     predict::{PredictSettings, TaskInput, predict_tasks},
@@ -50,9 +50,6 @@ const HANDLED_ACTIONS: [&str; 7] = [
     "START_TRAINING",
     "PROJECT_UPDATED",
 ];
-
-/// Time `GET /versions` waits for the core before answering from cache (LS allows 3 s).
-const VERSIONS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -249,7 +246,7 @@ async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>
     let link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
     if first_contact && ls_id != STATELESS_PROJECT {
         // Annotations made while the adapter was down reached no webhook (spec §7).
-        state.labelling.submit(ls_id, Work::Resync);
+        state.labelling.submit(ls_id, Work::Resync { done: None });
     }
     require_core(&state)?;
     Ok(Json(json!({"model_version": link.model_version()})))
@@ -337,59 +334,17 @@ async fn webhook(State(state): State<AppState>, body: Bytes) -> Result<Response,
     Ok((StatusCode::CREATED, Json(json!({"status": "ok"}))).into_response())
 }
 
-/// The work items of one webhook event.
-fn webhook_work(action: &str, body: &Value, config: &LabelConfig) -> Vec<Work> {
-    let ids = |list: &Value| list.as_array().into_iter().flatten().filter_map(|item| item["id"].as_u64()).collect();
-    match action {
-        "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" => annotation_work(&body["annotation"], &body["task"], config),
-        "ANNOTATIONS_CREATED" => {
-            let (annotations, tasks) = (body["annotation"].as_array(), body["task"].as_array());
-            let pairs = annotations.into_iter().flatten().zip(tasks.into_iter().flatten());
-            pairs.flat_map(|(annotation, task)| annotation_work(annotation, task, config)).collect()
-        }
-        "ANNOTATIONS_DELETED" => vec![Work::AnnotationsDeleted(ids(&body["annotations"]))],
-        "TASKS_DELETED" => vec![Work::TasksDeleted(ids(&body["tasks"]))],
-        "START_TRAINING" => vec![Work::Train { resync: true }],
-        _ => Vec::new(),
-    }
-}
-
-fn annotation_work(annotation: &Value, task: &Value, config: &LabelConfig) -> Vec<Work> {
-    let task_id = task["id"].as_u64().or_else(|| annotation["task"].as_u64());
-    let Some(task_id) = task_id else { return Vec::new() };
-    let label = task_label(task_id, &task["data"], std::slice::from_ref(annotation), config);
-    vec![Work::Annotation { task: task_id, annotation: annotation["id"].as_u64().unwrap_or(0), label }]
-}
-
 /// `GET /versions` (spec §2.5): every version served, newest first, over all projects.
 async fn versions(State(state): State<AppState>) -> Json<Value> {
     let ids = state.projects.ids();
-    Json(json!({"versions": versions_for(&state, &ids).await}))
+    Json(json!({"versions": state.projects.served_versions(&ids).await}))
 }
 
 /// `POST /versions {"project": uid}` (LS 1.0.8-era clients): one project's versions.
 async fn versions_of_project(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
     let ls_id = parse_uid(&body["project"]).ok_or_else(|| ApiError::bad_request("Missing project"))?;
-    Ok(Json(json!({"versions": versions_for(&state, &[ls_id]).await})))
-}
-
-async fn versions_for(state: &AppState, ids: &[u64]) -> Vec<String> {
-    let mut listings = tokio::task::JoinSet::new();
-    for link in ids.iter().filter_map(|&ls_id| state.projects.get(ls_id)) {
-        let core = state.core.clone();
-        listings.spawn(async move {
-            // From the cache if the core does not answer in time (Label Studio allows 3 s).
-            let listed = tokio::time::timeout(VERSIONS_TIMEOUT, core.versions(&link.alps_id())).await;
-            match listed {
-                Ok(Ok(versions)) if !versions.is_empty() => {
-                    versions.iter().map(|version| crate::projects::model_version(&link.model.name, version)).collect()
-                }
-                _ => vec![link.model_version()],
-            }
-        });
-    }
-    listings.join_all().await.into_iter().flatten().collect()
+    Ok(Json(json!({"versions": state.projects.served_versions(&[ls_id]).await})))
 }
 
 /// Legacy `POST /train` (spec §2.6): the body is the complete labelled set; it replaces the stored
@@ -436,7 +391,6 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::label_config;
 
     #[test]
     fn reason_phrases_are_printable_and_short() {
@@ -454,21 +408,5 @@ mod tests {
         assert_eq!(extra_params(&json!({"extra_params": "{\"model\": \"a\"}"})), Some(json!({"model": "a"})));
         assert_eq!(extra_params(&json!({"extra_params": null})), None);
         assert_eq!(extra_params(&json!({"extra_params": "not json"})), None);
-    }
-
-    #[test]
-    fn bulk_annotation_events_give_one_item_per_annotation() {
-        let config = label_config::parse(SUPPORTED_EXAMPLE).unwrap();
-        let annotation = |id: u64, task: u64| json!({"id": id, "task": task, "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["Car"]}}]});
-        let body = json!({
-            "annotation": [annotation(1, 10), annotation(2, 11)],
-            "task": [{"id": 10, "data": {"image": "/a.png"}}, {"id": 11, "data": {"image": "/b.png"}}],
-        });
-        let work = webhook_work("ANNOTATIONS_CREATED", &body, &config);
-        assert_eq!(work.len(), 2);
-        let Work::Annotation { task, label: Some(label), .. } = &work[1] else { panic!("{work:?}") };
-        assert_eq!((*task, label.label.as_str(), label.reference.as_str()), (11, "Car", "/b.png"));
-        let deleted = webhook_work("ANNOTATIONS_DELETED", &json!({"annotations": [{"id": 17}]}), &config);
-        assert!(matches!(deleted.as_slice(), [Work::AnnotationsDeleted(ids)] if ids == &[17]));
     }
 }

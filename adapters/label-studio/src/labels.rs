@@ -120,8 +120,12 @@ pub enum Work {
     /// The complete labelled set (legacy `/train` body): replaces the stored set.
     Replace(Vec<TaskLabel>),
     /// Replace the stored set with Label Studio's labelled tasks (first contact after a start,
-    /// and every `--resync-interval-secs`).
-    Resync,
+    /// every `--resync-interval-secs`, before a requested training run); `done` is told when
+    /// it has finished.
+    Resync {
+        /// Signalled after the resync (the trainer waits for it).
+        done: Option<oneshot::Sender<()>>,
+    },
     /// Train (START_TRAINING, `/train`, or the automatic policy); `resync` first if possible.
     Train {
         /// Resync from Label Studio before training.
@@ -137,7 +141,7 @@ pub struct Labelling {
     label_studio: Option<Arc<LabelStudio>>,
     projects: Arc<Projects>,
     policy: TrainingPolicy,
-    workers: Mutex<HashMap<u64, mpsc::UnboundedSender<Item>>>,
+    workers: Mutex<HashMap<u64, mpsc::UnboundedSender<Work>>>,
     /// Projects whose training run is in progress.
     training: Mutex<HashSet<u64>>,
 }
@@ -171,20 +175,26 @@ impl Labelling {
     pub fn submit(self: &Arc<Self>, ls_id: u64, work: Work) {
         let mut workers = self.workers.lock().expect("workers poisoned");
         let sender = workers.entry(ls_id).or_insert_with(|| self.start_worker(ls_id));
-        if let Err(mpsc::error::SendError(item)) = sender.send(Item::Work(work)) {
+        if let Err(mpsc::error::SendError(work)) = sender.send(work) {
             // The worker ended (it never does on its own); start a new one.
             let sender = self.start_worker(ls_id);
-            let _ = sender.send(item);
+            let _ = sender.send(work);
             workers.insert(ls_id, sender);
         }
     }
 
-    fn start_worker(self: &Arc<Self>, ls_id: u64) -> mpsc::UnboundedSender<Item> {
+    fn start_worker(self: &Arc<Self>, ls_id: u64) -> mpsc::UnboundedSender<Work> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let (train_sender, train_receiver) = mpsc::unbounded_channel();
-        let worker =
-            Worker { labelling: Arc::clone(self), ls_id, labels: HashMap::new(), since_training: 0, retry: Vec::new() };
-        tokio::spawn(worker.run(receiver, train_sender));
+        let (trainer, train_receiver) = mpsc::unbounded_channel();
+        let worker = Worker {
+            labelling: Arc::clone(self),
+            ls_id,
+            trainer,
+            labels: HashMap::new(),
+            since_training: 0,
+            retry: Vec::new(),
+        };
+        tokio::spawn(worker.run(receiver));
         tokio::spawn(Arc::clone(self).trainer(ls_id, train_receiver, sender.clone()));
         sender
     }
@@ -195,7 +205,7 @@ impl Labelling {
         self: Arc<Self>,
         ls_id: u64,
         mut requests: mpsc::UnboundedReceiver<TrainRequest>,
-        worker: mpsc::UnboundedSender<Item>,
+        worker: mpsc::UnboundedSender<Work>,
     ) {
         while let Some(first) = requests.recv().await {
             tokio::time::sleep(self.policy.debounce).await;
@@ -205,7 +215,7 @@ impl Labelling {
             }
             if resync {
                 let (done, finished) = oneshot::channel();
-                if worker.send(Item::Resync(done)).is_err() {
+                if worker.send(Work::Resync { done: Some(done) }).is_err() {
                     return;
                 }
                 let _ = finished.await;
@@ -218,11 +228,8 @@ impl Labelling {
 
     async fn train(&self, ls_id: u64) {
         let Some(link) = self.projects.get(ls_id) else { return };
-        let (labelled, classes) = match self.core.examples(&link.alps_id()).await {
-            Ok(examples) => {
-                let classes: HashSet<String> = examples.iter().map(|example| example.class_name.clone()).collect();
-                (examples.len() as u64, classes.len())
-            }
+        let (labelled, classes) = match self.core.count_examples(&link.alps_id()).await {
+            Ok(counts) => counts,
             Err(status) => {
                 tracing::warn!(project = ls_id, %status, "cannot count labelled examples; not training");
                 crate::metrics::training("error");
@@ -275,17 +282,12 @@ struct TrainRequest {
     resync: bool,
 }
 
-/// Work items plus the worker-internal resync.
-#[derive(Debug)]
-enum Item {
-    Work(Work),
-    Resync(oneshot::Sender<()>),
-}
-
 /// Applies one project's work items in order. Owns the project's view of task labels.
 struct Worker {
     labelling: Arc<Labelling>,
     ls_id: u64,
+    /// The project's trainer, which coalesces training requests.
+    trainer: mpsc::UnboundedSender<TrainRequest>,
     /// Current label per task, as stored on the core.
     labels: HashMap<u64, TaskLabel>,
     /// Labels stored since the last automatic training.
@@ -299,9 +301,9 @@ struct Worker {
 const RETRY_AFTER: Duration = Duration::from_secs(15);
 
 impl Worker {
-    async fn run(mut self, mut items: mpsc::UnboundedReceiver<Item>, trainer: mpsc::UnboundedSender<TrainRequest>) {
+    async fn run(mut self, mut items: mpsc::UnboundedReceiver<Work>) {
         loop {
-            let item = match tokio::time::timeout(RETRY_AFTER, items.recv()).await {
+            let work = match tokio::time::timeout(RETRY_AFTER, items.recv()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => return,
                 Err(_idle) => {
@@ -313,32 +315,17 @@ impl Worker {
                     continue;
                 }
             };
-            match item {
-                Item::Work(Work::Train { resync }) => {
-                    let _ = trainer.send(TrainRequest { resync });
-                }
-                Item::Work(work) => {
-                    if self.apply(work).await {
-                        self.since_training += 1;
-                        let every = self.labelling.policy.every;
-                        if every > 0 && self.since_training >= every {
-                            self.since_training = 0;
-                            let _ = trainer.send(TrainRequest { resync: false });
-                        }
-                    }
-                }
-                Item::Resync(done) => {
-                    self.resync().await;
-                    let _ = done.send(());
-                }
-            }
+            self.apply(work).await;
         }
     }
 
-    /// Applies one item; true if a new label was stored.
-    async fn apply(&mut self, work: Work) -> bool {
+    async fn apply(&mut self, work: Work) {
         match work {
-            Work::Annotation { task, annotation, label } => self.annotation(task, annotation, label).await,
+            Work::Annotation { task, annotation, label } => {
+                if self.annotation(task, annotation, label).await {
+                    self.count_new_label();
+                }
+            }
             Work::AnnotationsDeleted(annotations) => {
                 let tasks: Vec<u64> = self
                     .labels
@@ -347,21 +334,28 @@ impl Worker {
                     .map(|l| l.task)
                     .collect();
                 self.refresh_tasks(tasks).await;
-                false
             }
-            Work::TasksDeleted(tasks) => {
-                self.remove(tasks).await;
-                false
-            }
-            Work::Replace(labels) => {
-                self.replace(labels).await;
-                false
-            }
-            Work::Resync => {
+            Work::TasksDeleted(tasks) => self.remove(tasks).await,
+            Work::Replace(labels) => self.replace(labels).await,
+            Work::Resync { done } => {
                 self.resync().await;
-                false
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
             }
-            Work::Train { .. } => false,
+            Work::Train { resync } => {
+                let _ = self.trainer.send(TrainRequest { resync });
+            }
+        }
+    }
+
+    /// The automatic policy: every `--train-every` new labels start a training run.
+    fn count_new_label(&mut self) {
+        self.since_training += 1;
+        let every = self.labelling.policy.every;
+        if every > 0 && self.since_training >= every {
+            self.since_training = 0;
+            let _ = self.trainer.send(TrainRequest { resync: false });
         }
     }
 
@@ -543,6 +537,30 @@ pub fn labels_of(tasks: &[Task], config: &LabelConfig) -> Vec<TaskLabel> {
     tasks.iter().filter_map(|task| task_label(task.id, &task.data, &task.annotations, config)).collect()
 }
 
+/// The work items of one webhook event (spec §2.4, §7).
+pub fn webhook_work(action: &str, body: &Value, config: &LabelConfig) -> Vec<Work> {
+    let ids = |list: &Value| list.as_array().into_iter().flatten().filter_map(|item| item["id"].as_u64()).collect();
+    match action {
+        "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" => annotation_work(&body["annotation"], &body["task"], config),
+        "ANNOTATIONS_CREATED" => {
+            let (annotations, tasks) = (body["annotation"].as_array(), body["task"].as_array());
+            let pairs = annotations.into_iter().flatten().zip(tasks.into_iter().flatten());
+            pairs.flat_map(|(annotation, task)| annotation_work(annotation, task, config)).collect()
+        }
+        "ANNOTATIONS_DELETED" => vec![Work::AnnotationsDeleted(ids(&body["annotations"]))],
+        "TASKS_DELETED" => vec![Work::TasksDeleted(ids(&body["tasks"]))],
+        "START_TRAINING" => vec![Work::Train { resync: true }],
+        _ => Vec::new(),
+    }
+}
+
+fn annotation_work(annotation: &Value, task: &Value, config: &LabelConfig) -> Vec<Work> {
+    let task_id = task["id"].as_u64().or_else(|| annotation["task"].as_u64());
+    let Some(task_id) = task_id else { return Vec::new() };
+    let label = task_label(task_id, &task["data"], std::slice::from_ref(annotation), config);
+    vec![Work::Annotation { task: task_id, annotation: annotation["id"].as_u64().unwrap_or(0), label }]
+}
+
 fn example(label: &TaskLabel, bytes: Vec<u8>) -> LabelledExample {
     LabelledExample {
         external_id: label.task.to_string(),
@@ -604,5 +622,21 @@ mod tests {
         assert_eq!(task_label(9, &data, &with_truth, &config).unwrap().label, "Car");
         assert_eq!(task_label(9, &json!({}), &latest, &config), None, "no image reference");
         assert_eq!(task_label(9, &data, &[], &config), None);
+    }
+
+    #[test]
+    fn bulk_annotation_events_give_one_item_per_annotation() {
+        let config = config();
+        let annotation = |id: u64, task: u64| json!({"id": id, "task": task, "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["Car"]}}]});
+        let body = json!({
+            "annotation": [annotation(1, 10), annotation(2, 11)],
+            "task": [{"id": 10, "data": {"image": "/a.png"}}, {"id": 11, "data": {"image": "/b.png"}}],
+        });
+        let work = webhook_work("ANNOTATIONS_CREATED", &body, &config);
+        assert_eq!(work.len(), 2);
+        let Work::Annotation { task, label: Some(label), .. } = &work[1] else { panic!("{work:?}") };
+        assert_eq!((*task, label.label.as_str(), label.reference.as_str()), (11, "Car", "/b.png"));
+        let deleted = webhook_work("ANNOTATIONS_DELETED", &json!({"annotations": [{"id": 17}]}), &config);
+        assert!(matches!(deleted.as_slice(), [Work::AnnotationsDeleted(ids)] if ids == &[17]));
     }
 }

@@ -148,7 +148,7 @@ async fn resync_periodically(labelling: Arc<Labelling>, projects: Arc<Projects>,
     loop {
         ticker.tick().await;
         for ls_id in projects.ids() {
-            labelling.submit(ls_id, Work::Resync);
+            labelling.submit(ls_id, Work::Resync { done: None });
         }
     }
 }

@@ -89,6 +89,9 @@ pub enum OptionsError {
     UnknownScoreMode(String),
 }
 
+/// Time [`Projects::served_versions`] waits for the core.
+const VERSIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Announced when a project's model version string changes: (Label Studio project, new version).
 pub type VersionChange = (u64, String);
 
@@ -286,6 +289,25 @@ impl Projects {
                 Err(status) => tracing::debug!(project = ls_id, %status, "cannot read the active version"),
             }
         }
+    }
+
+    /// Every version served for the projects `ids`, newest first per project, as Label Studio
+    /// sees them; a project's cached version if the core does not answer within
+    /// [`VERSIONS_TIMEOUT`] (Label Studio allows `/versions` 3 s).
+    pub async fn served_versions(&self, ids: &[u64]) -> Vec<String> {
+        let mut listings = tokio::task::JoinSet::new();
+        for link in ids.iter().filter_map(|&ls_id| self.get(ls_id)) {
+            let core = self.core.clone();
+            listings.spawn(async move {
+                match tokio::time::timeout(VERSIONS_TIMEOUT, core.versions(&link.alps_id())).await {
+                    Ok(Ok(versions)) if !versions.is_empty() => {
+                        versions.iter().map(|version| model_version(&link.model.name, version)).collect()
+                    }
+                    _ => vec![link.model_version()],
+                }
+            });
+        }
+        listings.join_all().await.into_iter().flatten().collect()
     }
 
     fn preset(&self, name: &str) -> Result<ModelPreset, OptionsError> {
