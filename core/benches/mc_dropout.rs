@@ -29,6 +29,7 @@ fn main() {
             weights_path: None,
             torchscript_path: None,
             head_dropout: 0.5,
+            pretrained: None,
         },
         preprocessing: Preprocessing { width: 224, height: 224, channels: 3, mean: vec![0.0; 3], std: vec![1.0; 3] },
         mc_iterations: k as u32,
@@ -36,7 +37,7 @@ fn main() {
     };
     let _no_grad = tch::no_grad_guard();
     tch::manual_seed(0);
-    let model = McModel::load(&spec, Device::Cpu).expect("VGG16");
+    let model = McModel::load(&spec, &alps_core::models::files::ModelFiles::none(), Device::Cpu).expect("VGG16");
     let input = Tensor::rand([batch as i64, 3, 224, 224], (Kind::Float, Device::Cpu));
     println!(
         "VGG16, input [{batch}, 3, 224, 224], K = {k}, {classes} classes, CPU ({} libtorch threads), {repeats} repeats, medians",

@@ -30,6 +30,27 @@ pub enum Command {
     Serve,
     /// Print the libtorch version, the devices libtorch sees and a tiny forward pass, then exit.
     SelfCheck,
+    /// Manage bearer tokens (see `--auth-tokens-file`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `alps-server token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Draw a new token, append its SHA-256 (never the token) with its role and name to the
+    /// tokens file, and print the token once on stdout.
+    Create {
+        /// What the token may do: predict < label < admin (each includes the ones before).
+        #[arg(long, value_enum)]
+        role: crate::auth::Role,
+        /// Who holds it, shown in the server's logs (1 to 128 characters from [A-Za-z0-9_.-]).
+        #[arg(long)]
+        name: String,
+        /// The tokens file (created with mode 0600 if missing).
+        #[arg(long, env = "ALPS_AUTH_TOKENS_FILE")]
+        tokens_file: PathBuf,
+    },
 }
 
 /// Settings of a running server.
@@ -48,6 +69,59 @@ pub struct ServerConfig {
     /// build, where the built-in cdylib is placed).
     #[arg(long, env = "ALPS_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
+
+    /// Directory that model files named in a project (`weights_path`, `torchscript_path`) must
+    /// lie in, symlinks resolved; UploadModelFile stores files here. Default: `<data-dir>/imports`.
+    #[arg(long, env = "ALPS_MODEL_ROOT")]
+    pub model_root: Option<PathBuf>,
+
+    /// Largest model file read or uploaded, in MiB.
+    #[arg(long, env = "ALPS_MAX_MODEL_FILE_MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_model_file_mib: u64,
+
+    /// Where published pretrained weights (`pretrained: IMAGENET`) are fetched from: a base URL
+    /// (`http://` or `https://`; the published file names, e.g. `resnet18-f37072fd.pth`, are
+    /// appended) or a local directory holding those files, for sites without internet access.
+    /// Default: torchvision's `https://download.pytorch.org/models/`. Files are verified against
+    /// their pinned sha256 and cached in `<data-dir>/weights-cache`.
+    #[arg(long, env = "ALPS_WEIGHTS_MIRROR", value_parser = crate::models::pretrained::Source::parse)]
+    pub weights_mirror: Option<crate::models::pretrained::Source>,
+
+    /// Replaces the pinned sha256 of a published file, `ARCHITECTURE=SHA256` (`vgg16`,
+    /// `resnet18`; repeat or separate with commas): for a mirror that re-publishes a file you
+    /// have checked yourself (e.g. re-saved by a newer PyTorch). Logged as a warning at start.
+    #[arg(long, env = "ALPS_WEIGHTS_PIN", value_delimiter = ',', value_parser = crate::models::pretrained::parse_pin)]
+    pub weights_pin: Vec<(crate::projects::Architecture, String)>,
+
+    /// Longest CreateProject waits for published weights to be fetched, in seconds; after it the
+    /// call answers UNAVAILABLE and the download goes on in the background (VGG16 is 528 MB).
+    #[arg(long, env = "ALPS_WEIGHTS_FETCH_WAIT_SECS", default_value_t = 300)]
+    pub weights_fetch_wait_secs: u64,
+
+    /// File of bearer tokens (SHA-256 hashes with a role and a name; see `alps-server token
+    /// create`), re-read when it changes. Without it, calls are not authenticated, which the
+    /// server allows only on a loopback `--listen` address or with `--insecure-no-auth`.
+    #[arg(long, env = "ALPS_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Serve without authentication on a non-loopback address (a warning is logged at start).
+    /// Only for networks where every client is trusted.
+    #[arg(long, env = "ALPS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// PEM certificate chain for TLS on the gRPC listener (with `--tls-key`); re-read when it
+    /// changes.
+    #[arg(long, env = "ALPS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "ALPS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: with it, clients must present a certificate signed by one of them
+    /// (mutual TLS).
+    #[arg(long, env = "ALPS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Address of the HTTP server that exposes Prometheus metrics at `/metrics`.
     #[arg(long, env = "ALPS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
@@ -130,7 +204,11 @@ pub enum DeviceChoice {
 
 impl ServerConfig {
     /// The engine settings these flags describe; trained versions are under `models_dir`.
-    pub fn engine(&self, models_dir: std::path::PathBuf) -> EngineConfig {
+    pub fn engine(
+        &self,
+        models_dir: crate::store::ModelsDir,
+        model_files: crate::models::files::ModelFiles,
+    ) -> EngineConfig {
         EngineConfig {
             work_budget: self.work_budget,
             max_wait: Duration::from_millis(self.max_batch_wait_ms),
@@ -143,12 +221,32 @@ impl ServerConfig {
                 DeviceChoice::Cuda => tch::Device::Cuda(0),
             },
             models_dir,
+            model_files,
         }
     }
 
     /// See `--max-message-mib`, in bytes.
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_mib as usize * 1024 * 1024
+    }
+
+    /// See `--max-model-file-mib`, in bytes.
+    pub fn max_model_file_bytes(&self) -> u64 {
+        self.max_model_file_mib.saturating_mul(1024 * 1024)
+    }
+
+    /// The TLS files, when `--tls-cert` and `--tls-key` are given.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// See `--weights-fetch-wait-secs`.
+    pub fn weights_fetch_wait(&self) -> Duration {
+        Duration::from_secs(self.weights_fetch_wait_secs)
     }
 
     /// See `--shutdown-grace-secs`.
@@ -200,6 +298,23 @@ mod tests {
         assert_eq!(cli.server.resolved_plugin_dir(&exe), root.path());
         std::fs::create_dir(root.path().join("plugins")).unwrap();
         assert_eq!(cli.server.resolved_plugin_dir(&exe), root.path().join("plugins"));
+    }
+
+    #[test]
+    fn weights_mirror_and_pins_parse() {
+        let cli = parse(&[
+            "--weights-mirror",
+            "http://mirror:8080/tv",
+            "--weights-pin",
+            &format!("resnet18={}", "0".repeat(64)),
+        ]);
+        assert_eq!(
+            cli.server.weights_mirror,
+            Some(crate::models::pretrained::Source::Url("http://mirror:8080/tv/".into()))
+        );
+        assert_eq!(cli.server.weights_pin, [(crate::projects::Architecture::Resnet18, "0".repeat(64))]);
+        assert_eq!(parse(&[]).server.weights_fetch_wait(), Duration::from_secs(300));
+        assert!(Cli::try_parse_from(["alps-server", "--weights-pin", "resnet18=12"]).is_err());
     }
 
     #[test]

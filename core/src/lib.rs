@@ -2,12 +2,18 @@
 //! (devices, MC-Dropout) → models → [`plugins`] (heuristics); [`store`] persists.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod errors;
+pub mod ids;
 pub mod metrics;
 pub mod models;
+pub mod observe;
 pub mod plugins;
 pub mod projects;
+pub mod reload;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod training;

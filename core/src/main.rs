@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use alps_core::{
-    config::{Cli, Command, ServerConfig},
+    auth::{Role, tokens},
+    config::{Cli, Command, ServerConfig, TokenCommand},
     engine::device::{DeviceReport, forward_check},
     server::Server,
 };
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.server),
         Command::SelfCheck => self_check(),
+        Command::Token(TokenCommand::Create { role, name, tokens_file }) => create_token(role, &name, &tokens_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,6 +41,13 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         server.run(shutdown, config.shutdown_grace()).await?;
         Ok(())
     })
+}
+
+fn create_token(role: Role, name: &str, tokens_file: &std::path::Path) -> anyhow::Result<()> {
+    let token = tokens::create(tokens_file, role, name)?;
+    eprintln!("token {name:?} ({role}) added to {}; it is shown once:", tokens_file.display());
+    println!("{token}");
+    Ok(())
 }
 
 fn self_check() -> anyhow::Result<()> {

@@ -24,8 +24,16 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// Labels `outcome="ok"|"error"`.
 type OutcomeLabels = [(&'static str, &'static str); 1];
 
-/// Labels of `alps_requests_total`: `method` and `code` (gRPC status code name).
-type RequestLabels = [(&'static str, &'static str); 2];
+/// Labels of `alps_requests_total`: `service`, `method` and `code` (gRPC status code name).
+type RequestLabels = [(&'static str, &'static str); 3];
+
+/// Labels of `alps_request_seconds`: `service` and `method`.
+type MethodLabels = [(&'static str, &'static str); 2];
+
+/// Builds one request-latency histogram: 100 µs to ~100 s.
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-4, 2.0, 20))
+}
 
 /// The server's metric registry. Metric names are prefixed `alps_`.
 #[derive(Debug)]
@@ -33,6 +41,8 @@ pub struct Metrics {
     registry: Registry,
     plugin_loads: Family<OutcomeLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    auth_failures: Family<OutcomeLabels, Counter>,
     queue_seconds: Histogram,
     compute_seconds: Histogram,
     batch_samples: Histogram,
@@ -53,7 +63,19 @@ impl Default for Metrics {
         let plugin_loads = Family::default();
         registry.register("plugin_loads", "Heuristic plugin file loads by outcome", plugin_loads.clone());
         let requests = Family::default();
-        registry.register("requests", "Inference requests by method and gRPC status code", requests.clone());
+        registry.register("requests", "gRPC requests by service, method and status code", requests.clone());
+        let request_seconds = Family::new_with_constructor(request_histogram as fn() -> Histogram);
+        registry.register(
+            "request_seconds",
+            "gRPC request time from arrival to the end of the response, seconds",
+            request_seconds.clone(),
+        );
+        let auth_failures = Family::default();
+        registry.register(
+            "auth_failures",
+            "Calls refused by the auth layer, by gRPC code (UNAUTHENTICATED, PERMISSION_DENIED)",
+            auth_failures.clone(),
+        );
         // 100 µs to ~100 s.
         let queue_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 20));
         registry.register("queue_seconds", "Time a job waited in the worker queue, seconds", queue_seconds.clone());
@@ -77,6 +99,8 @@ impl Default for Metrics {
             registry,
             plugin_loads,
             requests,
+            request_seconds,
+            auth_failures,
             queue_seconds,
             compute_seconds,
             batch_samples,
@@ -94,9 +118,23 @@ impl Metrics {
         self.plugin_loads.get_or_create(&[("outcome", if ok { "ok" } else { "error" })]).inc();
     }
 
-    /// Counts one finished inference request.
-    pub fn record_request(&self, method: &'static str, code: &'static str) {
-        self.requests.get_or_create(&[("method", method), ("code", code)]).inc();
+    /// Counts one finished gRPC request with its status code name (e.g. `OK`,
+    /// `INVALID_ARGUMENT`) and records how long it took.
+    pub fn record_request(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        code: &'static str,
+        took: std::time::Duration,
+    ) {
+        self.requests.get_or_create(&[("service", service), ("method", method), ("code", code)]).inc();
+        self.request_seconds.get_or_create(&[("service", service), ("method", method)]).observe(took.as_secs_f64());
+    }
+
+    /// Counts one call refused by the auth layer; `reason` is the gRPC code name,
+    /// `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+    pub fn record_auth_failure(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Records a job's wait in the worker queue.

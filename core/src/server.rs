@@ -1,7 +1,11 @@
 //! Server start-up and lifetime: validate the configuration, bind the listeners, serve until a
 //! shutdown signal, then drain.
+//!
+//! Every gRPC request passes one tower stack before reaching a service: [`ObserveLayer`]
+//! (metrics for every RPC, readable size errors), then [`AuthLayer`] (bearer tokens and roles;
+//! health open), over TLS when `--tls-cert` is given.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use alps_runtime::Shutdown;
 use tokio::net::TcpListener;
@@ -10,9 +14,15 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api,
+    auth::{
+        layer::AuthLayer,
+        tokens::{Tokens, TokensError},
+    },
     config::ServerConfig,
     engine::Engine,
     metrics::{self, Metrics},
+    models::{files::ModelFiles, pretrained::WeightsCache},
+    observe::ObserveLayer,
     plugins::{self, HeuristicHost, HostStartError, PluginDirError},
     projects::Projects,
     store::{DataDir, DataDirError},
@@ -20,6 +30,7 @@ use crate::{
         blobs::{BlobError, BlobStore},
         db::{Database, StoreError},
     },
+    tls::{Tls, TlsError},
     training::{Trainer, examples::Examples},
 };
 
@@ -57,6 +68,37 @@ pub enum StartError {
     /// The inference worker thread could not start.
     #[error("cannot start the inference worker: {0}")]
     Engine(std::io::Error),
+    /// The model root cannot be created.
+    #[error("cannot create the model root {path} (--model-root): {source}")]
+    ModelRoot {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The weights cache cannot be created.
+    #[error("cannot create the weights cache {path}: {source}")]
+    WeightsCache {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// See [`TokensError`].
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    /// See [`TlsError`].
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No tokens file, and `--listen` is not a loopback address.
+    #[error(
+        "refusing to serve without authentication on {addr} (--listen is not a loopback address): \
+         give --auth-tokens-file (see `alps-server token create`), or --insecure-no-auth on a trusted network"
+    )]
+    Unauthenticated {
+        /// The address.
+        addr: SocketAddr,
+    },
 }
 
 /// Why a running server stopped with an error.
@@ -80,8 +122,11 @@ pub struct Server {
     metrics: Arc<Metrics>,
     routes: Routes,
     health_reporter: HealthReporter,
-    /// Keeps the plugin directory watched while the server lives.
-    _watcher: Option<notify::RecommendedWatcher>,
+    tokens: Option<Arc<Tokens>>,
+    tls: Option<Arc<Tls>>,
+    max_message_mib: u32,
+    /// Keep the plugin directory, tokens file and TLS files watched while the server lives.
+    _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 impl Server {
@@ -91,7 +136,20 @@ impl Server {
     /// # Errors
     /// [`StartError`] naming the data dir, plugin dir or address at fault.
     pub async fn bind(config: &ServerConfig, executable: &Path) -> Result<Self, StartError> {
+        let (tokens, tls, mut watchers) = security(config)?;
         let data_dir = DataDir::open(&config.data_dir)?;
+        let model_root = config.model_root.clone().unwrap_or_else(|| data_dir.default_model_root());
+        let model_files = ModelFiles::open(model_root.clone(), config.max_model_file_bytes())
+            .map_err(|source| StartError::ModelRoot { path: model_root, source })?;
+        let cache_dir = data_dir.weights_cache_dir();
+        let weights_cache = WeightsCache::open(
+            cache_dir.clone(),
+            config.weights_mirror.clone(),
+            config.weights_pin.iter().cloned().collect(),
+            config.max_model_file_bytes(),
+        )
+        .map_err(|source| StartError::WeightsCache { path: cache_dir, source })?;
+        let model_files = model_files.with_weights_cache(weights_cache.clone());
         let metrics = Arc::new(Metrics::default());
         let plugin_dir = config.resolved_plugin_dir(executable);
         tracing::info!(dir = %plugin_dir.display(), "plugin directory");
@@ -101,6 +159,7 @@ impl Server {
         let watcher = plugins::watch_plugin_dir(heuristics.clone())
             .inspect_err(|error| tracing::warn!(%error, "cannot watch the plugin directory; use ReloadHeuristics"))
             .ok();
+        watchers.extend(watcher);
         let report = heuristics.reload().map_err(HostStartError::Dir)?;
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
@@ -109,7 +168,11 @@ impl Server {
         let projects = Arc::new(Projects::open(db.clone())?);
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
         tracing::info!(projects = projects.list().len(), "projects loaded");
-        let engine_config = config.engine(data_dir.models_dir());
+        // Stored projects on published weights find them cached, or fetched in the background.
+        weights_cache.prefetch(
+            projects.list().iter().filter_map(|p| Some((p.spec.model.architecture, p.spec.model.pretrained?))),
+        );
+        let engine_config = config.engine(data_dir.models_dir(), model_files.clone());
         let (device, image_limits) = (engine_config.device, engine_config.image_limits);
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
@@ -118,6 +181,7 @@ impl Server {
             blobs.clone(),
             projects.clone(),
             data_dir.models_dir(),
+            model_files.clone(),
             device,
             config.auto_activate_max_accuracy_drop,
         )?);
@@ -131,9 +195,23 @@ impl Server {
             trainer,
             metrics: metrics.clone(),
             max_rank_pool_values: config.max_rank_pool_values,
+            model_files,
+            weights_fetch_wait: config.weights_fetch_wait(),
         });
         let (health_reporter, routes) = api::routes(state, config.max_message_bytes()).await?;
-        Ok(Self { grpc, metrics_listener, data_dir, heuristics, metrics, routes, health_reporter, _watcher: watcher })
+        Ok(Self {
+            grpc,
+            metrics_listener,
+            data_dir,
+            heuristics,
+            metrics,
+            routes,
+            health_reporter,
+            tokens,
+            tls,
+            max_message_mib: config.max_message_mib,
+            _watchers: watchers,
+        })
     }
 
     /// Address the gRPC server listens on (with the real port when `--listen` used port 0).
@@ -155,6 +233,8 @@ impl Server {
         tracing::info!(
             data_dir = %self.data_dir.path().display(),
             plugin_dir = %self.heuristics.dir().display(),
+            tls = self.tls.is_some(),
+            auth = self.tokens.is_some(),
             "serving"
         );
         let requested = shutdown.requested();
@@ -164,12 +244,21 @@ impl Server {
             // Tell load balancers and the adapter first, then stop accepting.
             health_reporter.set_service_status("", ServingStatus::NotServing).await;
         };
-        let grpc = tonic::transport::Server::builder()
-            .add_routes(self.routes)
-            // Our own listener (bound early to report a busy port), so tonic's TCP options must be
-            // set here: without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small
-            // responses by ~40 ms.
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc).with_nodelay(Some(true)), stop_accepting);
+        let router = tonic::transport::Server::builder()
+            .layer(ObserveLayer::new(self.metrics.clone(), self.max_message_mib))
+            .layer(AuthLayer::new(self.tokens))
+            .add_routes(self.routes);
+        let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match self.tls {
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(self.grpc), stop_accepting)),
+                // Our own listener (bound early to report a busy port), so tonic's TCP options must
+                // be set here: without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small
+                // responses by ~40 ms.
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                    stop_accepting,
+                )),
+            };
         let metrics = metrics::serve(self.metrics_listener, self.metrics, shutdown.requested());
         let (grpc, metrics) = tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace));
         grpc.transpose()?;
@@ -177,6 +266,44 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The tokens and TLS configuration (watched for changes), after checking that a server
+/// without tokens listens on loopback only unless told otherwise.
+type Security = (Option<Arc<Tokens>>, Option<Arc<Tls>>, Vec<notify::RecommendedWatcher>);
+
+fn security(config: &ServerConfig) -> Result<Security, StartError> {
+    let mut watchers = Vec::new();
+    let tokens = match &config.auth_tokens_file {
+        Some(path) => {
+            let tokens = Tokens::open(path.clone())?;
+            let watched = tokens.clone();
+            match crate::reload::on_change("tokens file", &[path.as_path()], move || watched.reload()) {
+                Ok(watcher) => watchers.push(watcher),
+                Err(error) => tracing::warn!(%error, "cannot watch the tokens file; restart to apply changes"),
+            }
+            Some(tokens)
+        }
+        None if config.listen.ip().is_loopback() => None,
+        None if config.insecure_no_auth => {
+            tracing::warn!(listen = %config.listen, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
+            None
+        }
+        None => return Err(StartError::Unauthenticated { addr: config.listen }),
+    };
+    let tls = match config.tls_files() {
+        Some(files) => {
+            let tls = Tls::open(files)?;
+            let watched = tls.clone();
+            match crate::reload::on_change("TLS files", &tls.files().paths(), move || watched.reload()) {
+                Ok(watcher) => watchers.push(watcher),
+                Err(error) => tracing::warn!(%error, "cannot watch the TLS files; restart to apply a new certificate"),
+            }
+            Some(tls)
+        }
+        None => None,
+    };
+    Ok((tokens, tls, watchers))
 }
 
 async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

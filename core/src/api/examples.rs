@@ -9,7 +9,8 @@ use alps_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, blocking, inference::sample_input, projects::project_status};
+use super::{AppState, blocking, inference::sample_input};
+use crate::ids;
 use crate::training::examples::{ExampleError, NewExample};
 
 /// Largest page of ListExamples.
@@ -33,16 +34,12 @@ fn example_status(error: ExampleError) -> Status {
         ExampleError::ExternalId { .. } | ExampleError::UnknownClass { .. } | ExampleError::Sample { .. } => {
             Status::invalid_argument(error.to_string())
         }
-        ExampleError::Blob(_) | ExampleError::Store(_) => {
-            tracing::error!(%error, "storing examples failed");
-            Status::internal(error.to_string())
-        }
+        ExampleError::Blob(_) | ExampleError::Store(_) => crate::errors::internal("storing examples", &error),
     }
 }
 
 fn store_status(error: crate::store::db::StoreError) -> Status {
-    tracing::error!(%error, "example store failed");
-    Status::internal(error.to_string())
+    crate::errors::internal("the example store", &error)
 }
 
 #[tonic::async_trait]
@@ -53,10 +50,15 @@ impl ExampleService for ExampleApi {
     ) -> Result<Response<AddExamplesResponse>, Status> {
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty stream: send examples"))?;
-        let project = self.state.projects.get(&first.project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &first.project_id)?;
+        let mut offset = 0;
         let mut response = AddExamplesResponse::default();
         let mut message = Some(first);
         while let Some(request) = message {
+            for (index, example) in request.examples.iter().enumerate() {
+                ids::external(&format!("examples[{}].external_id", offset + index), &example.external_id)?;
+            }
+            offset += request.examples.len();
             let batch: Vec<NewExample> = request
                 .examples
                 .into_iter()
@@ -89,7 +91,10 @@ impl ExampleService for ExampleApi {
         request: Request<DeleteExamplesRequest>,
     ) -> Result<Response<DeleteExamplesResponse>, Status> {
         let request = request.into_inner();
-        self.state.projects.get(&request.project_id).map_err(project_status)?;
+        super::project(&self.state, &request.project_id)?;
+        for (index, id) in request.external_ids.iter().enumerate() {
+            ids::external(&format!("external_ids[{index}]"), id)?;
+        }
         let examples = self.state.examples.clone();
         let (deleted, not_found) =
             blocking(move || examples.delete(&request.project_id, &request.external_ids).map_err(store_status)).await?;
@@ -101,7 +106,10 @@ impl ExampleService for ExampleApi {
         request: Request<ListExamplesRequest>,
     ) -> Result<Response<ListExamplesResponse>, Status> {
         let request = request.into_inner();
-        self.state.projects.get(&request.project_id).map_err(project_status)?;
+        super::project(&self.state, &request.project_id)?;
+        if !request.page_token.is_empty() {
+            ids::external("page_token", &request.page_token)?;
+        }
         let size = match request.page_size {
             0 => 100,
             size if size <= MAX_PAGE => size,
@@ -134,7 +142,7 @@ impl ExampleService for ExampleApi {
         &self,
         request: Request<CountExamplesRequest>,
     ) -> Result<Response<CountExamplesResponse>, Status> {
-        let project = self.state.projects.get(&request.into_inner().project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &request.into_inner().project_id)?;
         let examples = self.state.examples.clone();
         let per_class = blocking(move || examples.counts(&project).map_err(store_status)).await?;
         let total = per_class.values().sum();

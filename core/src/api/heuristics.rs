@@ -11,6 +11,7 @@ use alps_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::blocking;
+use crate::ids;
 
 use crate::plugins::{
     CallError, HeuristicHost, LoadedHeuristic, ProbabilityTensor, Registry, ResolveError, most_informative_first,
@@ -32,8 +33,17 @@ impl HeuristicApi {
         let reference = reference.filter(|r| !r.name.is_empty()).ok_or_else(|| {
             Status::invalid_argument("heuristic.name is required (see ListHeuristics for the loaded ones)")
         })?;
+        check_reference("heuristic", &reference.name, &reference.version)?;
         self.host.registry().resolve(&reference.name, &reference.version).map_err(resolve_status)
     }
+}
+
+/// INVALID_ARGUMENT unless a heuristic `name` (required) and `version` (optional) follow the
+/// identifier grammar; `field` is the request field holding them, e.g. `heuristic`.
+pub fn check_reference(field: &str, name: &str, version: &str) -> Result<(), Status> {
+    ids::other(&format!("{field}.name"), name)?;
+    ids::optional(&format!("{field}.version"), version)?;
+    Ok(())
 }
 
 /// NOT_FOUND naming what is loaded.
@@ -47,7 +57,16 @@ pub fn call_status(error: CallError) -> Status {
         CallError::InvalidInput { .. } | CallError::NotAScoreHeuristic { .. } => {
             Status::invalid_argument(error.to_string())
         }
-        CallError::Plugin { .. } => Status::internal(error.to_string()),
+        CallError::Plugin { ref heuristic, ref plugin, ref message } => {
+            // The plugin author's message is for the caller; the plugin's path on the server
+            // is not (the file name says which plugin).
+            tracing::error!(%error, "heuristic plugin failed");
+            let file = plugin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Status::internal(format!(
+                "heuristic {heuristic} (plugin {file}) failed: {}",
+                crate::errors::first_line(message)
+            ))
+        }
     }
 }
 
@@ -86,7 +105,13 @@ fn info(heuristic: &LoadedHeuristic) -> HeuristicInfo {
         }
         .into(),
         plugin: heuristic.plugin.name.clone(),
-        source_file: heuristic.plugin.source_file.display().to_string(),
+        // The file name only: the plugin directory is the server's business.
+        source_file: heuristic
+            .plugin
+            .source_file
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         sha256: heuristic.plugin.sha256.clone(),
         loaded_unix_ms: crate::store::unix_ms(heuristic.plugin.loaded_at),
     }
@@ -124,13 +149,11 @@ impl HeuristicService for HeuristicApi {
         let selecting = heuristic.clone();
         let (indices, scores) = blocking(move || {
             let input = input(request.values, request.logits)?;
-            let query_size = request.query_size as usize;
-            if query_size == 0 || query_size > input.n() {
-                return Err(Status::invalid_argument(format!(
-                    "query_size {query_size} must be between 1 and the {} samples given",
-                    input.n()
-                )));
+            // The same rule as Rank: at least 1; more than the N samples given selects all N.
+            if request.query_size == 0 {
+                return Err(Status::invalid_argument("query_size: at least 1 sample must be selected"));
             }
+            let query_size = (request.query_size as usize).min(input.n());
             selecting.select(&input, query_size, seed).map_err(call_status)
         })
         .await?;
@@ -146,15 +169,22 @@ impl HeuristicService for HeuristicApi {
 
     async fn reload_heuristics(
         &self,
-        _request: Request<ReloadHeuristicsRequest>,
+        request: Request<ReloadHeuristicsRequest>,
     ) -> Result<Response<ReloadHeuristicsResponse>, Status> {
+        super::audit(&request, "ReloadHeuristics", "");
         let host = self.host.clone();
-        let report =
-            blocking(move || host.reload().map_err(|error| Status::failed_precondition(error.to_string()))).await?;
+        let report = blocking(move || {
+            host.reload().map_err(|error| Status::failed_precondition(host.redact(&error.to_string())))
+        })
+        .await?;
+        let host = &self.host;
         let errors = report
             .errors
             .iter()
-            .map(|error| PluginLoadError { file: error.path().display().to_string(), message: error.to_string() })
+            .map(|error| PluginLoadError {
+                file: error.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                message: host.redact(&crate::errors::first_line(&error)),
+            })
             .collect();
         Ok(Response::new(ReloadHeuristicsResponse { heuristics: infos(&report.registry), errors }))
     }

@@ -7,9 +7,9 @@ use alps_proto::v1::{
     SampleError, inference_service_server::InferenceService, predict_result::Outcome, sample::Input,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, heuristics::call_status, projects::project_status};
+use super::{AppState, heuristics::call_status};
 use crate::{
     engine::{EngineError, PredictOptions, Ranking, RankingError, SampleInput, SamplePrediction},
     models::preprocess,
@@ -38,6 +38,7 @@ impl InferenceApi {
             .filter(|h| !h.name.is_empty())
             .map(|h| HeuristicChoice { name: h.name, version: h.version })
             .unwrap_or_else(|| project.spec.default_heuristic.clone());
+        super::heuristics::check_reference("heuristic", &choice.name, &choice.version)?;
         self.state
             .heuristics
             .registry()
@@ -46,7 +47,7 @@ impl InferenceApi {
     }
 
     async fn predict_one(&self, request: PredictRequest) -> Result<PredictResponse, Status> {
-        let project = self.state.projects.get(&request.project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &request.project_id)?;
         if request.samples.is_empty() {
             return Err(Status::invalid_argument("samples: at least one sample is required"));
         }
@@ -82,9 +83,11 @@ impl InferenceApi {
 
     async fn rank_pool(&self, mut stream: Streaming<RankRequest>) -> Result<RankResponse, Status> {
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty stream: send the pool"))?;
-        let project = self.state.projects.get(&first.project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &first.project_id)?;
+        // The same rule as Select: at least 1; more than the pool selects the whole pool (the
+        // pool's size is known only at the end of the stream).
         if first.query_size == 0 {
-            return Err(Status::invalid_argument("query_size: at least 1 item must be selected"));
+            return Err(Status::invalid_argument("query_size: at least 1 sample must be selected"));
         }
         let k = mc_iterations(&project, first.mc_iterations)?;
         let heuristic = self.heuristic(&project, first.heuristic.clone())?;
@@ -138,14 +141,6 @@ impl InferenceApi {
             heuristic: Some(pb::HeuristicRef { name: heuristic.name.clone(), version: heuristic.version.to_string() }),
         })
     }
-
-    fn record<T>(&self, method: &'static str, result: &Result<T, Status>) {
-        let code = match result {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
-        self.state.metrics.record_request(method, code_name(code));
-    }
 }
 
 fn mc_iterations(project: &Project, requested: u32) -> Result<usize, Status> {
@@ -182,7 +177,7 @@ fn proto_prediction(prediction: SamplePrediction, project: &Project, k: usize) -
 }
 
 fn sample_error(error: &preprocess::SampleError) -> SampleError {
-    SampleError { code: Code::InvalidArgument as i32, message: error.to_string() }
+    SampleError { code: tonic::Code::InvalidArgument as i32, message: error.to_string() }
 }
 
 /// The gRPC status of a request-level engine failure.
@@ -205,29 +200,12 @@ fn ranking_status(error: RankingError) -> Status {
 }
 
 /// The canonical name of a gRPC code, for metric labels.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::NotFound => "NOT_FOUND",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::Cancelled => "CANCELLED",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::Internal => "INTERNAL",
-        _ => "OTHER",
-    }
-}
-
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PredictResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl InferenceService for InferenceApi {
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
-        let result = self.predict_one(request.into_inner()).await;
-        self.record("Predict", &result);
-        result.map(Response::new)
+        self.predict_one(request.into_inner()).await.map(Response::new)
     }
 
     type PredictStreamStream = ResponseStream;
@@ -243,11 +221,7 @@ impl InferenceService for InferenceApi {
         tokio::spawn(async move {
             loop {
                 let next = match inbound.message().await {
-                    Ok(Some(request)) => {
-                        let result = api.predict_one(request).await;
-                        api.record("PredictStream", &result);
-                        result
-                    }
+                    Ok(Some(request)) => api.predict_one(request).await,
                     Ok(None) => return,
                     Err(status) => Err(status),
                 };
@@ -262,8 +236,6 @@ impl InferenceService for InferenceApi {
     }
 
     async fn rank(&self, request: Request<Streaming<RankRequest>>) -> Result<Response<RankResponse>, Status> {
-        let result = self.rank_pool(request.into_inner()).await;
-        self.record("Rank", &result);
-        result.map(Response::new)
+        self.rank_pool(request.into_inner()).await.map(Response::new)
     }
 }

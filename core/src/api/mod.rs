@@ -10,6 +10,7 @@ pub mod heuristics;
 pub mod inference;
 pub mod projects;
 pub mod training;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -22,7 +23,9 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    auth::Caller,
     engine::Engine,
+    ids,
     metrics::Metrics,
     plugins::HeuristicHost,
     projects::Projects,
@@ -46,6 +49,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest batch-heuristic pool in Rank, probability values (N·C·K).
     pub max_rank_pool_values: usize,
+    /// The model root, for UploadModelFile, and the weights cache.
+    pub model_files: crate::models::files::ModelFiles,
+    /// Longest CreateProject waits for published pretrained weights (`--weights-fetch-wait-secs`).
+    pub weights_fetch_wait: std::time::Duration,
 }
 
 /// Why the gRPC routes could not be built.
@@ -65,7 +72,8 @@ pub async fn routes(
     let (reporter, health) = tonic_health::server::health_reporter();
     let heuristics = HeuristicServiceServer::new(heuristics::HeuristicApi::new(state.heuristics.clone()))
         .max_decoding_message_size(max_message_bytes);
-    let projects = ProjectServiceServer::new(projects::ProjectApi::new(state.clone()));
+    let projects = ProjectServiceServer::new(projects::ProjectApi::new(state.clone()))
+        .max_decoding_message_size(max_message_bytes);
     let examples = ExampleServiceServer::new(examples::ExampleApi::new(state.clone()))
         .max_decoding_message_size(max_message_bytes);
     let inference = InferenceServiceServer::new(inference::InferenceApi::new(state.clone()))
@@ -74,8 +82,8 @@ pub async fn routes(
     reporter.set_serving::<ProjectServiceServer<projects::ProjectApi>>().await;
     reporter.set_serving::<ExampleServiceServer<examples::ExampleApi>>().await;
     let training_api = training::TrainingApi::new(state);
-    let training = TrainingServiceServer::new(training_api.clone());
-    let versions = ModelVersionServiceServer::new(training_api);
+    let training = TrainingServiceServer::new(training_api.clone()).max_decoding_message_size(max_message_bytes);
+    let versions = ModelVersionServiceServer::new(training_api).max_decoding_message_size(max_message_bytes);
     reporter.set_serving::<TrainingServiceServer<training::TrainingApi>>().await;
     reporter.set_serving::<ModelVersionServiceServer<training::TrainingApi>>().await;
     reporter.set_serving::<InferenceServiceServer<inference::InferenceApi>>().await;
@@ -93,14 +101,25 @@ pub async fn routes(
     Ok((reporter, routes))
 }
 
+/// The project `id` (request field `project_id`) after checking it against the identifier
+/// grammar: INVALID_ARGUMENT naming the field for a malformed id, NOT_FOUND for an unknown one.
+pub(crate) fn project(state: &AppState, id: &str) -> Result<Arc<crate::projects::Project>, tonic::Status> {
+    ids::project("project_id", id)?;
+    state.projects.get(id).map_err(projects::project_status)
+}
+
+/// Logs an admin call with who made it (the token's name), the RPC and the project, for audit.
+pub(crate) fn audit<T>(request: &tonic::Request<T>, rpc: &'static str, project: &str) {
+    let caller = request.extensions().get::<Caller>().map_or("anonymous", |c| c.name.as_str());
+    tracing::info!(caller, rpc, project, "admin call");
+}
+
 /// Runs CPU-heavy or blocking work (heuristics, SQLite, file I/O) on the blocking pool, off
 /// the async runtime; a panic there becomes INTERNAL.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, tonic::Status> + Send + 'static,
 ) -> Result<T, tonic::Status> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| tonic::Status::internal(format!("worker task failed: {error}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|error| crate::errors::internal("a worker task", &error))?
 }
 
 /// Reflection over `alps.v1` and `grpc.health.v1`; built twice because grpcurl and older

@@ -5,16 +5,17 @@ use std::sync::Arc;
 use alps_proto::v1::{
     self as pb, CreateProjectRequest, CreateProjectResponse, DeleteProjectRequest, DeleteProjectResponse,
     GetProjectRequest, GetProjectResponse, ListProjectsRequest, ListProjectsResponse, UpdateProjectRequest,
-    UpdateProjectResponse, project_service_server::ProjectService,
+    UpdateProjectResponse, UploadModelFileRequest, UploadModelFileResponse, project_service_server::ProjectService,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{AppState, blocking};
 use crate::{
-    engine::Engine,
+    ids,
+    models::{ModelError, files::ModelFileError, pretrained::PretrainedError},
     projects::{
         Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
-        Preprocessing, Project, ProjectError, ProjectSpec, ProjectUpdate,
+        Preprocessing, PretrainedWeights, Project, ProjectError, ProjectSpec, ProjectUpdate,
     },
 };
 
@@ -39,6 +40,42 @@ impl ProjectApi {
             .map(drop)
             .map_err(super::heuristics::resolve_status)
     }
+
+    /// Fetches the published weights `spec` starts from into the cache, if any, waiting at most
+    /// `--weights-fetch-wait-secs` (the download goes on after that).
+    async fn fetch_pretrained(&self, spec: &ProjectSpec) -> Result<(), Status> {
+        let Some(weights) = spec.model.pretrained else { return Ok(()) };
+        let cache =
+            self.state.model_files.weights_cache().ok_or_else(|| {
+                Status::failed_precondition("project.model.pretrained: this server has no weights cache")
+            })?;
+        let result = cache.ensure(spec.model.architecture, weights, self.state.weights_fetch_wait).await;
+        result.map_err(pretrained_status)
+    }
+
+    /// Checks that `spec`'s model builds (and its published weights are fetched).
+    async fn check_model(&self, spec: &ProjectSpec) -> Result<(), Status> {
+        self.fetch_pretrained(spec).await?;
+        let (checked, state) = (spec.clone(), self.state.clone());
+        blocking(move || state.engine.check_model(&checked).map_err(model_status)).await
+    }
+}
+
+/// The gRPC status of unavailable published weights: UNAVAILABLE while they may still come
+/// (mirror down or slow, still downloading), FAILED_PRECONDITION when the mirror serves the
+/// wrong file or none.
+fn pretrained_status(error: PretrainedError) -> Status {
+    let message = format!("project.model.pretrained: {error}");
+    match error {
+        PretrainedError::Unavailable { .. } | PretrainedError::Pending { .. } | PretrainedError::NotCached { .. } => {
+            Status::unavailable(message)
+        }
+        PretrainedError::NotPublished { .. } => Status::invalid_argument(message),
+        PretrainedError::Refused { .. } | PretrainedError::Mismatch { .. } | PretrainedError::Unusable { .. } => {
+            Status::failed_precondition(message)
+        }
+        PretrainedError::Internal(_) => Status::internal(message),
+    }
 }
 
 /// The gRPC status of a project error.
@@ -46,10 +83,25 @@ pub fn project_status(error: ProjectError) -> Status {
     match error {
         ProjectError::Invalid(error) => Status::invalid_argument(error.to_string()),
         ProjectError::NotFound(_) => Status::not_found(error.to_string()),
-        ProjectError::Store(error) => {
-            tracing::error!(%error, "project store failed");
-            Status::internal(error.to_string())
+        ProjectError::Store(error) => crate::errors::internal("the project store", &error),
+    }
+}
+
+/// The gRPC status of a model that cannot be built for a project: PERMISSION_DENIED for a file
+/// outside the model root, NOT_FOUND for a missing one, RESOURCE_EXHAUSTED over the size limit,
+/// INVALID_ARGUMENT for an unusable file; libtorch and I/O details only in the server log.
+fn model_status(error: ModelError) -> Status {
+    let message = format!("project.model: {}", error.client_message());
+    match error {
+        ModelError::File(ModelFileError::OutsideRoot { .. }) => Status::permission_denied(message),
+        ModelError::File(ModelFileError::NotFound { .. }) => Status::not_found(message),
+        ModelError::File(ModelFileError::TooLarge { .. }) => Status::resource_exhausted(message),
+        ModelError::File(ModelFileError::Unreadable { ref source, .. }) => {
+            crate::errors::internal("reading the model file", source)
         }
+        ModelError::Torch(_) => Status::internal(message),
+        ModelError::Pretrained(error) => pretrained_status(error),
+        _ => Status::invalid_argument(message),
     }
 }
 
@@ -76,24 +128,48 @@ fn proto_architecture(architecture: Architecture) -> pb::Architecture {
     }
 }
 
+fn pretrained(value: i32) -> Result<Option<PretrainedWeights>, Status> {
+    match pb::PretrainedWeights::try_from(value) {
+        Ok(pb::PretrainedWeights::Unspecified) => Ok(None),
+        Ok(pb::PretrainedWeights::Imagenet) => Ok(Some(PretrainedWeights::Imagenet)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "project.model.pretrained: {value} is not known (PRETRAINED_WEIGHTS_UNSPECIFIED, PRETRAINED_WEIGHTS_IMAGENET)"
+        ))),
+    }
+}
+
 fn non_empty(path: String) -> Option<std::path::PathBuf> {
     (!path.is_empty()).then(|| path.into())
+}
+
+/// Requested preprocessing with defaults for unset fields: the architecture's input size and
+/// channels; the pretrained weights' mean and std (for 3 channels), else mean 0 and std 1.
+fn preprocessing(
+    p: pb::Preprocessing,
+    architecture: Architecture,
+    weights: Option<PretrainedWeights>,
+) -> Preprocessing {
+    let (default_channels, default_height, default_width) = architecture.default_input();
+    let channels = if p.channels == 0 { default_channels } else { p.channels };
+    let (default_mean, default_std) = match weights.map(PretrainedWeights::normalisation) {
+        Some((mean, std)) if channels == 3 => (mean.to_vec(), std.to_vec()),
+        _ => (vec![0.0; channels as usize], vec![1.0; channels as usize]),
+    };
+    Preprocessing {
+        width: if p.width == 0 { default_width } else { p.width },
+        height: if p.height == 0 { default_height } else { p.height },
+        channels,
+        mean: if p.mean.is_empty() { default_mean } else { p.mean },
+        std: if p.std.is_empty() { default_std } else { p.std },
+    }
 }
 
 /// The domain spec of a requested project, with defaults for unset fields.
 fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
     let model = project.model.ok_or_else(|| Status::invalid_argument("project.model is required"))?;
     let architecture = architecture(model.architecture)?;
-    let (default_channels, default_height, default_width) = architecture.default_input();
-    let p = project.preprocessing.unwrap_or_default();
-    let channels = if p.channels == 0 { default_channels } else { p.channels };
-    let preprocessing = Preprocessing {
-        width: if p.width == 0 { default_width } else { p.width },
-        height: if p.height == 0 { default_height } else { p.height },
-        channels,
-        mean: if p.mean.is_empty() { vec![0.0; channels as usize] } else { p.mean },
-        std: if p.std.is_empty() { vec![1.0; channels as usize] } else { p.std },
-    };
+    let weights = pretrained(model.pretrained)?;
+    let preprocessing = preprocessing(project.preprocessing.unwrap_or_default(), architecture, weights);
     let heuristic = project.default_heuristic.unwrap_or_default();
     Ok(ProjectSpec {
         id: project.id,
@@ -104,6 +180,7 @@ fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
             weights_path: non_empty(model.weights_path),
             torchscript_path: non_empty(model.torchscript_path),
             head_dropout: model.head_dropout.unwrap_or(DEFAULT_HEAD_DROPOUT),
+            pretrained: weights,
         },
         preprocessing,
         mc_iterations: if project.mc_iterations == 0 { DEFAULT_MC_ITERATIONS } else { project.mc_iterations },
@@ -126,6 +203,11 @@ pub fn proto_project(project: &Project) -> pb::Project {
             weights_path: spec.model.weights_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             torchscript_path: spec.model.torchscript_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             head_dropout: Some(spec.model.head_dropout),
+            pretrained: match spec.model.pretrained {
+                None => pb::PretrainedWeights::Unspecified,
+                Some(PretrainedWeights::Imagenet) => pb::PretrainedWeights::Imagenet,
+            }
+            .into(),
         }),
         preprocessing: Some(pb::Preprocessing {
             width: spec.preprocessing.width,
@@ -150,15 +232,18 @@ impl ProjectService for ProjectApi {
         &self,
         request: Request<CreateProjectRequest>,
     ) -> Result<Response<CreateProjectResponse>, Status> {
+        let project_id = request.get_ref().project.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+        super::audit(&request, "CreateProject", &project_id);
         let project = request.into_inner().project.ok_or_else(|| Status::invalid_argument("project is required"))?;
         let spec = spec(project)?;
         spec.validate().map_err(|error| Status::invalid_argument(error.to_string()))?;
+        super::heuristics::check_reference(
+            "project.default_heuristic",
+            &spec.default_heuristic.name,
+            &spec.default_heuristic.version,
+        )?;
         self.check_heuristic(&spec.default_heuristic)?;
-        let checked = spec.clone();
-        blocking(move || {
-            Engine::check_model(&checked).map_err(|error| Status::invalid_argument(format!("project.model: {error}")))
-        })
-        .await?;
+        self.check_model(&spec).await?;
         let projects = self.state.projects.clone();
         let id = spec.id.clone();
         let (project, created) = blocking(move || projects.upsert(spec).map_err(project_status)).await?;
@@ -168,7 +253,7 @@ impl ProjectService for ProjectApi {
     }
 
     async fn get_project(&self, request: Request<GetProjectRequest>) -> Result<Response<GetProjectResponse>, Status> {
-        let project = self.state.projects.get(&request.into_inner().project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &request.into_inner().project_id)?;
         Ok(Response::new(GetProjectResponse { project: Some(proto_project(&project)) }))
     }
 
@@ -184,7 +269,12 @@ impl ProjectService for ProjectApi {
         &self,
         request: Request<UpdateProjectRequest>,
     ) -> Result<Response<UpdateProjectResponse>, Status> {
+        super::audit(&request, "UpdateProject", &request.get_ref().project_id);
         let request = request.into_inner();
+        ids::project("project_id", &request.project_id)?;
+        if let Some(h) = request.default_heuristic.as_ref().filter(|h| !h.name.is_empty()) {
+            super::heuristics::check_reference("default_heuristic", &h.name, &h.version)?;
+        }
         let default_heuristic = request
             .default_heuristic
             .filter(|h| !h.name.is_empty())
@@ -192,13 +282,33 @@ impl ProjectService for ProjectApi {
         if let Some(choice) = &default_heuristic {
             self.check_heuristic(choice)?;
         }
+        // New preprocessing: defaults as in CreateProject, and the model must still build on it
+        // (e.g. pretrained weights need 3 channels).
+        let preprocessing = match request.preprocessing {
+            Some(requested) => {
+                let mut spec = super::project(&self.state, &request.project_id)?.spec.clone();
+                spec.preprocessing = preprocessing(requested, spec.model.architecture, spec.model.pretrained);
+                spec.validate()
+                    .map_err(|error| Status::invalid_argument(error.to_string().replacen("project.", "", 1)))?;
+                self.check_model(&spec).await?;
+                Some(spec.preprocessing)
+            }
+            None => None,
+        };
+        let changes_inputs = preprocessing.is_some();
         let update = ProjectUpdate {
             display_name: request.display_name,
             mc_iterations: request.mc_iterations,
             default_heuristic,
+            preprocessing,
         };
         let projects = self.state.projects.clone();
-        let project = blocking(move || projects.update(&request.project_id, update).map_err(project_status)).await?;
+        let id = request.project_id.clone();
+        let project = blocking(move || projects.update(&id, update).map_err(project_status)).await?;
+        if changes_inputs {
+            // Loaded models and their input handling follow the new spec on the next request.
+            self.state.engine.forget(&request.project_id);
+        }
         Ok(Response::new(UpdateProjectResponse { project: Some(proto_project(&project)) }))
     }
 
@@ -206,7 +316,9 @@ impl ProjectService for ProjectApi {
         &self,
         request: Request<DeleteProjectRequest>,
     ) -> Result<Response<DeleteProjectResponse>, Status> {
+        super::audit(&request, "DeleteProject", &request.get_ref().project_id);
         let id = request.into_inner().project_id;
+        ids::project("project_id", &id)?;
         let (projects, trainer) = (self.state.projects.clone(), self.state.trainer.clone());
         let deleted = id.clone();
         blocking(move || {
@@ -219,5 +331,13 @@ impl ProjectService for ProjectApi {
         self.state.engine.forget(&id);
         tracing::info!(project = %id, "project deleted");
         Ok(Response::new(DeleteProjectResponse {}))
+    }
+
+    async fn upload_model_file(
+        &self,
+        request: Request<Streaming<UploadModelFileRequest>>,
+    ) -> Result<Response<UploadModelFileResponse>, Status> {
+        super::audit(&request, "UploadModelFile", "");
+        super::uploads::receive(&self.state.model_files, request.into_inner()).await.map(Response::new)
     }
 }

@@ -12,7 +12,8 @@ use alps_proto::v1::{
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, blocking, projects::project_status};
+use super::{AppState, blocking};
+use crate::ids;
 use crate::training::{
     TrainingError,
     record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, TrainingParams},
@@ -35,10 +36,7 @@ fn training_status(error: TrainingError) -> Status {
     match error {
         TrainingError::NotFound(message) => Status::not_found(message),
         TrainingError::Precondition(message) => Status::failed_precondition(message),
-        TrainingError::Store(error) => {
-            tracing::error!(%error, "training store failed");
-            Status::internal(error.to_string())
-        }
+        TrainingError::Store(error) => crate::errors::internal("the training store", &error),
     }
 }
 
@@ -191,6 +189,7 @@ type JobStream = Pin<Box<dyn Stream<Item = Result<pb::TrainingJob, Status>> + Se
 impl TrainingService for TrainingApi {
     async fn train(&self, request: Request<TrainRequest>) -> Result<Response<TrainResponse>, Status> {
         let request = request.into_inner();
+        ids::project("project_id", &request.project_id)?;
         let params = params(request.parameters)?;
         let trainer = self.state.trainer.clone();
         let activate = request.activate.unwrap_or(true);
@@ -203,7 +202,9 @@ impl TrainingService for TrainingApi {
         &self,
         request: Request<GetTrainingJobRequest>,
     ) -> Result<Response<GetTrainingJobResponse>, Status> {
-        let record = self.state.trainer.job(&request.into_inner().job_id).map_err(training_status)?;
+        let job_id = request.into_inner().job_id;
+        ids::other("job_id", &job_id)?;
+        let record = self.state.trainer.job(&job_id).map_err(training_status)?;
         Ok(Response::new(GetTrainingJobResponse { job: Some(proto_job(&record)) }))
     }
 
@@ -214,6 +215,7 @@ impl TrainingService for TrainingApi {
         request: Request<WatchTrainingJobRequest>,
     ) -> Result<Response<Self::WatchTrainingJobStream>, Status> {
         let job_id = request.into_inner().job_id;
+        ids::other("job_id", &job_id)?;
         let trainer = self.state.trainer.clone();
         let first = trainer.job(&job_id).map_err(training_status)?;
         let live = trainer.watch(&job_id);
@@ -240,7 +242,9 @@ impl TrainingService for TrainingApi {
         &self,
         request: Request<CancelTrainingJobRequest>,
     ) -> Result<Response<CancelTrainingJobResponse>, Status> {
-        let record = self.state.trainer.cancel(&request.into_inner().job_id).map_err(training_status)?;
+        let job_id = request.into_inner().job_id;
+        ids::other("job_id", &job_id)?;
+        let record = self.state.trainer.cancel(&job_id).map_err(training_status)?;
         Ok(Response::new(CancelTrainingJobResponse { job: Some(proto_job(&record)) }))
     }
 
@@ -249,7 +253,7 @@ impl TrainingService for TrainingApi {
         request: Request<ListTrainingJobsRequest>,
     ) -> Result<Response<ListTrainingJobsResponse>, Status> {
         let request = request.into_inner();
-        self.state.projects.get(&request.project_id).map_err(project_status)?;
+        super::project(&self.state, &request.project_id)?;
         let limit = if request.limit == 0 { 50 } else { request.limit as usize };
         let records = self.state.trainer.jobs(&request.project_id, limit).map_err(training_status)?;
         Ok(Response::new(ListTrainingJobsResponse { jobs: records.iter().map(proto_job).collect() }))
@@ -262,7 +266,7 @@ impl ModelVersionService for TrainingApi {
         &self,
         request: Request<ListModelVersionsRequest>,
     ) -> Result<Response<ListModelVersionsResponse>, Status> {
-        let project = self.state.projects.get(&request.into_inner().project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &request.into_inner().project_id)?;
         let manifests = self.state.trainer.versions(&project.spec.id).map_err(training_status)?;
         let versions = manifests.iter().map(|m| proto_version(m, &project.active_version)).collect();
         Ok(Response::new(ListModelVersionsResponse { versions }))
@@ -273,7 +277,8 @@ impl ModelVersionService for TrainingApi {
         request: Request<GetModelVersionRequest>,
     ) -> Result<Response<GetModelVersionResponse>, Status> {
         let request = request.into_inner();
-        let project = self.state.projects.get(&request.project_id).map_err(project_status)?;
+        let project = super::project(&self.state, &request.project_id)?;
+        ids::other("version", &request.version)?;
         let manifest = self
             .state
             .trainer
@@ -291,7 +296,10 @@ impl ModelVersionService for TrainingApi {
         &self,
         request: Request<ActivateModelVersionRequest>,
     ) -> Result<Response<ActivateModelVersionResponse>, Status> {
+        super::audit(&request, "ActivateModelVersion", &request.get_ref().project_id);
         let request = request.into_inner();
+        ids::project("project_id", &request.project_id)?;
+        ids::other("version", &request.version)?;
         let trainer = self.state.trainer.clone();
         let (project, version) = (request.project_id.clone(), request.version.clone());
         let manifest = blocking(move || trainer.activate(&project, &version).map_err(training_status)).await?;

@@ -21,11 +21,11 @@ use crate::{
     metrics::Metrics,
     models::{
         McModel, ModelError,
+        files::ModelFiles,
         preprocess::{self, ImageLimits, SampleError},
     },
     plugins::{CallError, LoadedHeuristic, ProbabilityTensor},
     projects::{Project, ProjectSpec, UNTRAINED_VERSION},
-    store::model_version_dir,
 };
 use cache::ModelKey;
 use worker::{Command, Job, WorkerConfig};
@@ -50,7 +50,9 @@ pub struct EngineConfig {
     /// Device of the worker.
     pub device: tch::Device,
     /// Where trained model versions are (`<data-dir>/models`).
-    pub models_dir: std::path::PathBuf,
+    pub models_dir: crate::store::ModelsDir,
+    /// Client-named model files (weights, TorchScript): the model root and the read limit.
+    pub model_files: ModelFiles,
 }
 
 /// One sample of a request, as decoded by the API layer.
@@ -154,6 +156,7 @@ impl Engine {
             work_budget: config.work_budget,
             max_wait: config.max_wait,
             cache_bytes: config.cache_bytes,
+            model_files: config.model_files.clone(),
         };
         worker::spawn(queue, config.device, worker_config, metrics)?;
         Ok(Self { commands, admission: Arc::new(Semaphore::new(config.max_in_flight_samples)), config })
@@ -164,8 +167,8 @@ impl Engine {
     ///
     /// # Errors
     /// [`ModelError`] naming the file and tensor at fault.
-    pub fn check_model(spec: &ProjectSpec) -> Result<(), ModelError> {
-        McModel::load(spec, tch::Device::Cpu).map(drop)
+    pub fn check_model(&self, spec: &ProjectSpec) -> Result<(), ModelError> {
+        McModel::load(spec, &self.config.model_files, tch::Device::Cpu).map(drop)
     }
 
     /// Drops cached models of `project` (after a delete or a spec change).
@@ -222,8 +225,7 @@ impl Engine {
         }
         let (reply, result) = oneshot::channel();
         let version = &project.active_version;
-        let version_dir =
-            (version != UNTRAINED_VERSION).then(|| model_version_dir(&self.config.models_dir, &spec.id, version));
+        let version_dir = (version != UNTRAINED_VERSION).then(|| self.config.models_dir.version_dir(&spec.id, version));
         let job = Job {
             version_dir,
             key: ModelKey {

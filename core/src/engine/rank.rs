@@ -48,6 +48,7 @@ pub struct Ranking {
 
 impl Ranking {
     /// Starts a ranking of `query_size` items with `heuristic` on `[·, classes, k]` outputs.
+    /// A pool smaller than `query_size` is returned whole (the API's rule for Rank and Select).
     pub fn new(
         heuristic: Arc<LoadedHeuristic>,
         query_size: usize,

@@ -57,7 +57,7 @@ pub enum Command {
 }
 
 /// Batching and cache settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WorkerConfig {
     /// Work per batch, samples × MC iterations; 0 disables batching.
     pub work_budget: usize,
@@ -65,6 +65,8 @@ pub struct WorkerConfig {
     pub max_wait: Duration,
     /// Model cache budget, bytes of parameters.
     pub cache_bytes: usize,
+    /// Where client-named model files are read from.
+    pub model_files: crate::models::files::ModelFiles,
 }
 
 /// Starts the worker thread for `device`; it ends when every sender of `commands` is dropped.
@@ -82,9 +84,9 @@ pub fn spawn(
         let mut worker = Worker {
             commands,
             device,
+            cache: ModelCache::new(config.cache_bytes),
             config,
             metrics,
-            cache: ModelCache::new(config.cache_bytes),
             backlog: VecDeque::new(),
         };
         while let Some(first) = worker.next_job() {
@@ -166,14 +168,14 @@ impl Worker {
         let (key, spec, k, seed) = (first.key.clone(), first.spec.clone(), first.k, first.seed);
         let version_dir = first.version_dir.clone();
         let samples: usize = live.iter().map(|job| job.n).sum();
-        let device = self.device;
+        let (device, files) = (self.device, self.config.model_files.clone());
         let result = self
             .cache
             .get_or_load(&key, || {
                 let loading = Instant::now();
                 let model = match &version_dir {
                     Some(dir) => McModel::load_version(&spec, dir, device)?,
-                    None => McModel::load(&spec, device)?,
+                    None => McModel::load(&spec, &files, device)?,
                 };
                 tracing::info!(
                     project = %key.project,
@@ -200,9 +202,10 @@ impl Worker {
                 }
             }
             Err(error) => {
-                tracing::warn!(project = %key.project, %error, "model failed");
+                tracing::warn!(project = %key.project, error = %crate::errors::first_line(&error), "model failed");
+                let message = error.client_message();
                 for job in live {
-                    let _ = job.reply.send(Err(error.to_string()));
+                    let _ = job.reply.send(Err(message.clone()));
                 }
             }
         }

@@ -6,18 +6,27 @@
 //! features, `[K·B, D]` in one call.
 
 mod architectures;
+pub mod files;
 pub mod preprocess;
+pub mod pretrained;
+pub mod pth;
 mod weights;
 
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor, nn, nn::ModuleT};
 
+use self::files::{ModelFileError, ModelFiles};
 use crate::projects::ProjectSpec;
 
-/// Why a model could not be built or loaded. Messages name the file or tensor at fault.
+/// Why a model could not be built or loaded. Messages name the file (as the client gave it) or
+/// tensor at fault; see [`ModelError::client_message`] for what a client may see.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// A model file named by the project cannot be used (outside the model root, missing, too
+    /// large, not a regular file).
+    #[error(transparent)]
+    File(#[from] ModelFileError),
     /// The weights file does not fit the architecture.
     #[error("weights {path}: {message}")]
     Weights {
@@ -35,13 +44,19 @@ pub enum ModelError {
         message: String,
     },
     /// A trained version's files are missing or fail their checksum.
-    #[error("model version in {dir}: {message}; activate another version to roll back")]
+    #[error(
+        "model version {} is unusable: {message}; activate another version to roll back",
+        .dir.file_name().unwrap_or_default().to_string_lossy()
+    )]
     Version {
         /// The version directory.
         dir: PathBuf,
         /// What is wrong.
         message: String,
     },
+    /// Published pretrained weights are not available (not fetched, unusable).
+    #[error(transparent)]
+    Pretrained(#[from] pretrained::PretrainedError),
     /// A libtorch failure while running the model (e.g. out of memory, shape error).
     #[error("model failed: {0}")]
     Torch(#[from] tch::TchError),
@@ -72,12 +87,25 @@ impl std::fmt::Debug for McModel {
     }
 }
 
+impl ModelError {
+    /// The message a client may see: libtorch failures (backtraces, install paths, addresses)
+    /// are logged under a request id and replaced by one line carrying that id; every other
+    /// variant is already written for people.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Torch(error) => crate::errors::logged("running the model", error),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl McModel {
-    /// Builds the project's model on `device` and loads its initial weights.
+    /// Builds the project's model on `device` and loads its initial weights, reading model files
+    /// through `files` (confined to the model root, bounded).
     ///
     /// # Errors
     /// [`ModelError`] if the weights or TorchScript file is unusable.
-    pub fn load(spec: &ProjectSpec, device: Device) -> Result<Self, ModelError> {
+    pub fn load(spec: &ProjectSpec, files: &ModelFiles, device: Device) -> Result<Self, ModelError> {
         let _guard = tch::no_grad_guard();
         let classes = spec.classes.len() as i64;
         let p = &spec.preprocessing;
@@ -92,11 +120,21 @@ impl McModel {
         ) {
             Some(network) => {
                 if let Some(path) = &spec.model.weights_path {
-                    weights::load(&mut vs, path, network.head_prefixes)?;
+                    let bytes = files.read(path)?;
+                    weights::load(&mut vs, path, &bytes, network.head_prefixes)?;
+                }
+                if let Some(published) = spec.model.pretrained {
+                    let architecture = spec.model.architecture;
+                    let cache = files.weights_cache().ok_or_else(|| pretrained::PretrainedError::NotCached {
+                        file: pretrained::published(architecture, published)
+                            .map_or_else(|| format!("{published:?}"), |f| f.file_name.to_owned()),
+                    })?;
+                    let (file, tensors) = cache.load(architecture, published)?;
+                    weights::load_tensors(&mut vs, Path::new(file), &tensors, network.head_prefixes)?;
                 }
                 Net::Builtin(network)
             }
-            None => load_torchscript(spec, device, input)?,
+            None => load_torchscript(spec, files, device, input)?,
         };
         let bytes = vs.variables().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
         Ok(Self { vs, net, device, classes, bytes })
@@ -167,8 +205,11 @@ impl McModel {
         }
         let mut untrained = spec.clone();
         untrained.model.weights_path = None;
-        let mut model = Self::load(&untrained, device)?;
-        weights::load(&mut model.vs, &weights_path, &[])?;
+        untrained.model.pretrained = None;
+        // A trained version of a built-in architecture needs no client file; its weights are the
+        // bytes just verified.
+        let mut model = Self::load(&untrained, &ModelFiles::none(), device)?;
+        weights::load(&mut model.vs, Path::new("weights.safetensors"), &bytes, &[])?;
         Ok(model)
     }
 
@@ -222,23 +263,33 @@ impl McModel {
 }
 
 /// Loads a TorchScript model: `features` + `head` if it has them, else `forward` alone.
-fn load_torchscript(spec: &ProjectSpec, device: Device, input: (i64, i64, i64)) -> Result<Net, ModelError> {
+/// libtorch's own messages (multi-kilobyte C++ backtraces) go to the log under a request id.
+fn load_torchscript(
+    spec: &ProjectSpec,
+    files: &ModelFiles,
+    device: Device,
+    input: (i64, i64, i64),
+) -> Result<Net, ModelError> {
     let path = spec.model.torchscript_path.clone().unwrap_or_default();
     let error = |message: String| ModelError::TorchScript { path: path.clone(), message };
-    let mut module = tch::CModule::load_on_device(&path, device).map_err(|e| error(e.to_string()))?;
+    let logged = |what: &str, e: tch::TchError| error(crate::errors::logged(what, &e));
+    let bytes = files.read(&path)?;
+    let mut module = tch::CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device).map_err(|e| {
+        error(format!("not a TorchScript archive ({})", crate::errors::log_detail("loading TorchScript", &e)))
+    })?;
     module.set_eval();
     // Probe with one zero input: a missing method is an error, not a crash.
     let probe = Tensor::zeros([1, input.0, input.1, input.2], (Kind::Float, device));
     let net = match module.method_ts("features", &[&probe]) {
         Ok(features) => {
-            let logits = module.method_ts("head", &[&features]).map_err(|e| error(format!("`head` failed: {e}")))?;
+            let logits = module.method_ts("head", &[&features]).map_err(|e| logged("`head` on a probe input", e))?;
             check_classes(&logits, spec.classes.len()).map_err(error)?;
             Net::ScriptSplit(module)
         }
         Err(_) => {
             let logits = module
                 .forward_ts(&[&probe])
-                .map_err(|e| error(format!("no `features`/`head`, and `forward` failed: {e}")))?;
+                .map_err(|e| logged("no `features`/`head` methods, and `forward` on a probe input", e))?;
             check_classes(&logits, spec.classes.len()).map_err(error)?;
             tracing::warn!(path = %path.display(), "TorchScript model has no features/head methods: replicating the batch K times");
             Net::ScriptForward(module)
@@ -279,7 +330,7 @@ mod tests {
 
     #[test]
     fn head_dropout_varies_across_passes_while_the_backbone_is_deterministic() {
-        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.5), Device::Cpu).unwrap();
+        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.5), &ModelFiles::none(), Device::Cpu).unwrap();
         let x = input(2, 16);
         let features = model.features(&x).unwrap();
         assert!(features.equal(&model.features(&x).unwrap()), "backbone must be deterministic");
@@ -295,7 +346,7 @@ mod tests {
 
     #[test]
     fn without_dropout_every_pass_equals_the_plain_eval_forward() {
-        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
+        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), &ModelFiles::none(), Device::Cpu).unwrap();
         let x = input(3, 16);
         let probabilities = model.mc_probabilities(&model.features(&x).unwrap(), 5).unwrap();
         let Net::Builtin(network) = &model.net else { panic!("built-in") };
@@ -307,7 +358,7 @@ mod tests {
 
     #[test]
     fn replicating_the_batch_gives_the_same_probabilities_without_dropout() {
-        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
+        let model = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), &ModelFiles::none(), Device::Cpu).unwrap();
         let x = input(3, 16);
         let once = model.mc_probabilities(&model.features(&x).unwrap(), 4).unwrap();
         let replicated = model.mc_probabilities_replicated(&x, 4).unwrap();
@@ -317,7 +368,7 @@ mod tests {
 
     #[test]
     fn batch_norm_statistics_never_change_with_predictions() {
-        let model = McModel::load(&project(Architecture::Resnet18, 32, 0.5), Device::Cpu).unwrap();
+        let model = McModel::load(&project(Architecture::Resnet18, 32, 0.5), &ModelFiles::none(), Device::Cpu).unwrap();
         let running = |name: &str| model.vs.variables()[name].copy();
         let (mean, var) = (running("bn1.running_mean"), running("bn1.running_var"));
         for _ in 0..3 {
@@ -337,7 +388,7 @@ mod tests {
                 spec.preprocessing.mean = vec![0.0];
                 spec.preprocessing.std = vec![1.0];
             }
-            let model = McModel::load(&spec, Device::Cpu).unwrap();
+            let model = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
             let c = i64::from(spec.preprocessing.channels);
             let x = Tensor::rand([2, c, i64::from(size), i64::from(size)], (Kind::Float, Device::Cpu));
             let out = model.mc_probabilities(&model.features(&x).unwrap(), 3).unwrap();
@@ -361,26 +412,28 @@ mod tests {
     #[test]
     fn weights_round_trip_and_a_new_head_may_differ_but_the_backbone_may_not() {
         let dir = tempfile::tempdir().unwrap();
+        let files = ModelFiles::open(dir.path().to_owned(), 1 << 30).unwrap();
         let file = dir.path().join("weights.safetensors");
-        let original = McModel::load(&project(Architecture::SmallCnn, 16, 0.0), Device::Cpu).unwrap();
+        let original =
+            McModel::load(&project(Architecture::SmallCnn, 16, 0.0), &ModelFiles::none(), Device::Cpu).unwrap();
         original.vs.save(&file).unwrap();
         let mut spec = project(Architecture::SmallCnn, 16, 0.0);
         spec.model.weights_path = Some(file.clone());
-        let loaded = McModel::load(&spec, Device::Cpu).unwrap();
+        let loaded = McModel::load(&spec, &files, Device::Cpu).unwrap();
         let x = input(2, 16);
         let outputs = |m: &McModel| m.mc_probabilities(&m.features(&x).unwrap(), 1).unwrap();
         assert!(outputs(&original).allclose(&outputs(&loaded), 1e-6, 1e-7, false));
 
         // Three classes: the head is resized and stays random, the backbone loads.
         spec.classes.push("bus".into());
-        let three = McModel::load(&spec, Device::Cpu).unwrap();
+        let three = McModel::load(&spec, &files, Device::Cpu).unwrap();
         assert!(original.features(&x).unwrap().equal(&three.features(&x).unwrap()));
 
         // One input channel: the first conv cannot take the file's weights.
         spec.preprocessing.channels = 1;
         spec.preprocessing.mean = vec![0.0];
         spec.preprocessing.std = vec![1.0];
-        let error = McModel::load(&spec, Device::Cpu).unwrap_err().to_string();
+        let error = McModel::load(&spec, &files, Device::Cpu).unwrap_err().to_string();
         assert!(error.contains("backbone.conv1.weight") && error.contains("shape"), "{error}");
     }
 }

@@ -1,23 +1,48 @@
-//! Initial weights from a safetensors file (e.g. torchvision ImageNet weights converted by
-//! `scripts/convert_torchvision.py`).
+//! Initial weights from safetensors bytes (e.g. torchvision ImageNet weights converted by
+//! `scripts/convert_torchvision.py`), read with a bound by [`super::files`]. Format: the
+//! safetensors specification (Hugging Face, `safetensors` crate documentation).
 
 use std::path::Path;
 
+use safetensors::SafeTensors;
 use tch::{Tensor, nn};
 
 use super::ModelError;
 
-/// Copies the file's tensors into `vs` by name. Every backbone variable must be present with its
+/// Copies the tensors of safetensors `bytes` (named `path` in messages) into `vs` by name. Every backbone variable must be present with its
 /// exact shape. A head variable (name starting with one of `head_prefixes`) that is missing or
 /// shaped differently keeps its random initialisation: a pretrained backbone with a new head
 /// sized to the project's classes. Tensors the model does not have are ignored.
 ///
 /// # Errors
-/// [`ModelError::Weights`] naming the missing or mismatched tensor.
-pub fn load(vs: &mut nn::VarStore, path: &Path, head_prefixes: &[&str]) -> Result<(), ModelError> {
+/// [`ModelError::Weights`] for bytes that are not safetensors, or naming the missing or
+/// mismatched tensor.
+pub fn load(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes: &[&str]) -> Result<(), ModelError> {
     let error = |message: String| ModelError::Weights { path: path.to_owned(), message };
-    let tensors = Tensor::read_safetensors(path).map_err(|e| error(format!("cannot read safetensors: {e}")))?;
-    let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    let not_safetensors = |e: &dyn std::fmt::Display| {
+        tracing::warn!(path = %path.display(), error = %e, "weights file rejected");
+        error("not a safetensors file".into())
+    };
+    let file = SafeTensors::deserialize(bytes).map_err(|e| not_safetensors(&e))?;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, view) in file.tensors() {
+        tensors.insert(name, Tensor::try_from(view).map_err(|e| not_safetensors(&e))?);
+    }
+    load_tensors(vs, path, &tensors, head_prefixes)
+}
+
+/// Copies named `tensors` (from the file `path`, for messages) into `vs`, with the rules of
+/// [`load`]: every backbone variable present with its exact shape, head variables optional.
+///
+/// # Errors
+/// [`ModelError::Weights`] naming the missing or mismatched tensor.
+pub fn load_tensors(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    tensors: &std::collections::HashMap<String, Tensor>,
+    head_prefixes: &[&str],
+) -> Result<(), ModelError> {
+    let error = |message: String| ModelError::Weights { path: path.to_owned(), message };
     let _guard = tch::no_grad_guard();
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));

@@ -66,6 +66,22 @@ impl HeuristicHost {
         &self.dir
     }
 
+    /// `message` with the plugin directory and the copies directory replaced by `<plugin-dir>`
+    /// and `<plugin-copies>`, for messages that reach a client (no server paths leave the host).
+    pub fn redact(&self, message: &str) -> String {
+        let mut message = message.to_owned();
+        for (dir, name) in [(&self.copies_dir, "<plugin-copies>"), (&self.dir, "<plugin-dir>")] {
+            let shown = dir.display().to_string();
+            if !shown.is_empty() {
+                message = message.replace(&shown, name);
+            }
+            if let Ok(real) = fs::canonicalize(dir) {
+                message = message.replace(&real.display().to_string(), name);
+            }
+        }
+        message
+    }
+
     /// The registry now in use. Hold the returned `Arc` for a whole request, so the request
     /// sees one consistent set of heuristics even if a reload happens meanwhile.
     pub fn registry(&self) -> Arc<Registry> {

@@ -249,3 +249,170 @@ mod tests {
         assert!(matches!(error, InputError::TooManySamples { .. }));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any f32, with NaN, infinities, negatives, zero and values just around `[0, 1]` common.
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            3 => 0.0f32..=1.0,
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(0.0f32),
+            1 => Just(1.0f32),
+            1 => Just(-0.0f32),
+            1 => prop_oneof![Just(1.0 + 1e-6), Just(-1e-6f32), Just(f32::MIN_POSITIVE), Just(f32::MAX)],
+            2 => any::<f32>(),
+        ]
+    }
+
+    /// A shape of 0 to 4 dimensions, small or absurd.
+    fn shape() -> impl Strategy<Value = Vec<u64>> {
+        proptest::collection::vec(prop_oneof![4 => 0u64..6, 1 => any::<u64>()], 0..5)
+    }
+
+    /// `[N, C, K]` probabilities: a softmax of random logits per `(n, k)`, exact one-hots mixed in.
+    fn probabilities() -> impl Strategy<Value = (Vec<f32>, [u64; 3])> {
+        (1usize..6, 1usize..6, 1usize..6).prop_flat_map(|(n, c, k)| {
+            proptest::collection::vec(prop_oneof![3 => -20.0f32..20.0, 1 => Just(-1e4f32)], n * c * k).prop_map(
+                move |logits| {
+                    let mut data = logits;
+                    for sample in data.chunks_exact_mut(c * k) {
+                        for iteration in 0..k {
+                            let max = (0..c).map(|j| sample[j * k + iteration]).fold(f32::MIN, f32::max);
+                            let total: f32 = (0..c).map(|j| (sample[j * k + iteration] - max).exp()).sum();
+                            (0..c).for_each(|j| {
+                                sample[j * k + iteration] = (sample[j * k + iteration] - max).exp() / total
+                            });
+                        }
+                    }
+                    if c == 1 {
+                        // One-output models carry the sigmoid probability itself.
+                        data.iter_mut().enumerate().for_each(|(i, p)| *p = (i % 7) as f32 / 6.0);
+                    }
+                    (data, [n as u64, c as u64, k as u64])
+                },
+            )
+        })
+    }
+
+    /// What the plugin ABI promises: `C >= 2`, `N·C·K` finite values in `[0, 1]`, columns summing to 1.
+    fn assert_abi_valid(tensor: &ProbabilityTensor) -> Result<(), TestCaseError> {
+        let (n, c, k) = (tensor.n(), tensor.c(), tensor.k());
+        prop_assert!(n >= 1 && c >= 2 && k >= 1);
+        prop_assert_eq!(tensor.data().len(), n * c * k);
+        prop_assert!(tensor.data().iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)), "{:?}", tensor.data());
+        for sample in tensor.data().chunks_exact(c * k) {
+            for iteration in 0..k {
+                let sum: f32 = (0..c).map(|class| sample[class * k + iteration]).sum();
+                prop_assert!((sum - 1.0).abs() <= SUM_TOLERANCE, "sum {}", sum);
+            }
+        }
+        Ok(())
+    }
+
+    /// `N·C·K`, or `None` when it overflows.
+    fn volume(shape: &[u64]) -> Option<u64> {
+        shape.iter().try_fold(1u64, |total, &d| total.checked_mul(d))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(256) })]
+
+        /// Arbitrary shapes and values: an error or an ABI-valid tensor, for either reading.
+        #[test]
+        fn arbitrary_inputs_never_panic(
+            shape in shape(),
+            data in proptest::collection::vec(value(), 0..40),
+            logits in any::<bool>(),
+        ) {
+            let result = if logits {
+                ProbabilityTensor::from_logits(data.clone(), &shape)
+            } else {
+                ProbabilityTensor::from_probabilities(data.clone(), &shape)
+            };
+            match result {
+                Ok(tensor) => {
+                    assert_abi_valid(&tensor)?;
+                    prop_assert_eq!(shape.len(), 3);
+                    prop_assert_eq!(volume(&shape), Some(data.len() as u64));
+                }
+                Err(InputError::Shape { .. } | InputError::TooManySamples { .. }) => {
+                    let fits = volume(&shape) == Some(data.len() as u64);
+                    prop_assert!(shape.len() != 3 || !fits || shape.contains(&0) || shape[0] > u64::from(u32::MAX));
+                }
+                Err(InputError::NonFinite { value, .. }) => prop_assert!(!value.is_finite()),
+                Err(InputError::OutOfRange { value, .. }) => {
+                    prop_assert!(!logits && !(0.0..=1.0).contains(&value));
+                }
+                Err(InputError::NotNormalised { sum, .. }) => {
+                    prop_assert!(!logits && (sum - 1.0).abs() > SUM_TOLERANCE);
+                }
+            }
+        }
+
+        /// The error names the first bad value by its `(n, c, k)` position.
+        #[test]
+        fn non_finite_values_are_named_by_position(
+            (data, shape) in probabilities(),
+            at in any::<proptest::sample::Index>(),
+            bad in prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)],
+            logits in any::<bool>(),
+        ) {
+            let mut data = data;
+            let i = at.index(data.len());
+            data[i] = bad;
+            let (c, k) = (shape[1] as usize, shape[2] as usize);
+            let result = if logits {
+                ProbabilityTensor::from_logits(data, &shape)
+            } else {
+                ProbabilityTensor::from_probabilities(data, &shape)
+            };
+            let (sample, class, iteration) = (i / (c * k), (i / k) % c, i % k);
+            match result {
+                Err(InputError::NonFinite { sample: s, class: cl, iteration: it, .. }) => {
+                    prop_assert_eq!((s, cl, it), (sample, class, iteration));
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        #[test]
+        fn valid_probabilities_pass((data, shape) in probabilities()) {
+            let tensor = ProbabilityTensor::from_probabilities(data.clone(), &shape).unwrap();
+            assert_abi_valid(&tensor)?;
+            prop_assert_eq!(tensor.n() as u64, shape[0]);
+            if shape[1] >= 2 {
+                prop_assert_eq!(tensor.data(), &data[..]);
+            }
+        }
+
+        /// Any finite logits, however extreme, become ABI-valid probabilities.
+        #[test]
+        fn finite_logits_always_become_probabilities(
+            (n, c, k) in (1u64..5, 1u64..5, 1u64..5),
+            seed in proptest::collection::vec(
+                prop_oneof![-1e3f32..1e3, Just(f32::MAX), Just(f32::MIN), Just(0.0f32)],
+                64,
+            ),
+        ) {
+            let data: Vec<f32> = (0..(n * c * k) as usize).map(|i| seed[i % seed.len()]).collect();
+            let tensor = ProbabilityTensor::from_logits(data, &[n, c, k]).unwrap();
+            assert_abi_valid(&tensor)?;
+        }
+
+        /// Probabilities in `[0, 1]` whose columns miss 1 by more than the tolerance are refused.
+        #[test]
+        fn unnormalised_probabilities_are_refused((data, shape) in probabilities(), scale in 1.01f32..3.0) {
+            prop_assume!(shape[1] >= 2);
+            let scaled: Vec<f32> = data.iter().map(|p| p / scale).collect();
+            let error = ProbabilityTensor::from_probabilities(scaled, &shape).unwrap_err();
+            prop_assert!(matches!(error, InputError::NotNormalised { sample: 0, iteration: 0, .. }), "{}", error);
+        }
+    }
+}

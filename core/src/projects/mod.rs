@@ -10,7 +10,7 @@ use std::{
 
 pub use spec::{
     Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
-    Preprocessing, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
+    Preprocessing, PretrainedWeights, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
 };
 
 use crate::store::{
@@ -44,6 +44,9 @@ pub struct ProjectUpdate {
     pub mc_iterations: Option<u32>,
     /// New default heuristic.
     pub default_heuristic: Option<HeuristicChoice>,
+    /// New preprocessing, complete (defaults already filled in); a change makes the project
+    /// untrained again.
+    pub preprocessing: Option<Preprocessing>,
 }
 
 /// All projects, persisted in `db` and cached in memory.
@@ -124,6 +127,9 @@ impl Projects {
         if let Some(heuristic) = update.default_heuristic {
             spec.default_heuristic = heuristic;
         }
+        if let Some(preprocessing) = update.preprocessing {
+            spec.preprocessing = preprocessing;
+        }
         Ok(self.upsert(spec)?.0)
     }
 
@@ -189,6 +195,22 @@ mod tests {
     }
 
     #[test]
+    fn new_preprocessing_makes_a_trained_project_untrained_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = projects(dir.path());
+        registry.upsert(spec()).unwrap();
+        registry.db.reset_active_version("cars", "v2").unwrap();
+        registry.reload("cars").unwrap();
+        let same = ProjectUpdate { preprocessing: Some(spec().preprocessing), ..Default::default() };
+        assert_eq!(registry.update("cars", same).unwrap().active_version, "v2", "unchanged inputs keep the version");
+        let imagenet =
+            Preprocessing { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], ..spec().preprocessing };
+        let update = ProjectUpdate { preprocessing: Some(imagenet.clone()), ..Default::default() };
+        let project = registry.update("cars", update).unwrap();
+        assert_eq!((project.active_version.as_str(), &project.spec.preprocessing), (UNTRAINED_VERSION, &imagenet));
+    }
+
+    #[test]
     fn update_validates_and_delete_removes() {
         let dir = tempfile::tempdir().unwrap();
         let registry = projects(dir.path());
@@ -198,6 +220,9 @@ mod tests {
         let update = ProjectUpdate { mc_iterations: Some(5), ..Default::default() };
         assert_eq!(registry.update("cars", update).unwrap().spec.mc_iterations, 5);
         assert!(matches!(registry.update("nope", ProjectUpdate::default()), Err(ProjectError::NotFound(_))));
+        let bad = Preprocessing { channels: 2, ..spec().preprocessing };
+        let update = ProjectUpdate { preprocessing: Some(bad), ..Default::default() };
+        assert!(matches!(registry.update("cars", update), Err(ProjectError::Invalid(_))));
         registry.delete("cars").unwrap();
         assert!(matches!(registry.get("cars"), Err(ProjectError::NotFound(_))));
         assert!(matches!(registry.delete("cars"), Err(ProjectError::NotFound(_))));

@@ -16,7 +16,7 @@ pub const DEFAULT_HEAD_DROPOUT: f32 = 0.5;
 pub const UNTRAINED_VERSION: &str = "untrained";
 
 /// Built-in architectures (deterministic backbone + MC-Dropout head) and user TorchScript.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Architecture {
     /// Multi-layer perceptron over the flattened input.
@@ -53,6 +53,29 @@ pub struct ModelSpec {
     pub torchscript_path: Option<PathBuf>,
     /// Dropout probability of the head, in `[0, 1)`.
     pub head_dropout: f32,
+    /// Published weights the backbone starts from (fetched and verified by the server), instead
+    /// of `weights_path`; `None` = `weights_path` or random. Absent in specs stored before it
+    /// existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PretrainedWeights>,
+}
+
+/// Published pretrained weights (see [`crate::models::pretrained`] for the files and pins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainedWeights {
+    /// torchvision's ImageNet-1k weights (`IMAGENET1K_V1`) of VGG16 or ResNet-18.
+    Imagenet,
+}
+
+impl PretrainedWeights {
+    /// The per-channel mean and standard deviation (RGB, pixels scaled to `[0, 1]`) the weights
+    /// were trained with: ImageNet's, as torchvision documents for these weights.
+    pub fn normalisation(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Self::Imagenet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        }
+    }
 }
 
 /// How images become model inputs: resize to `width × height`, `channels` (1 = grayscale,
@@ -83,7 +106,8 @@ pub struct HeuristicChoice {
 /// Everything a client specifies about a project.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSpec {
-    /// Identifier: 1 to 64 characters from `[A-Za-z0-9_.-]`.
+    /// Identifier: 1 to 64 characters from `[A-Za-z0-9_.-]`, starting with a letter or digit
+    /// (see [`crate::ids`]).
     pub id: String,
     /// Free-form name.
     pub display_name: String,
@@ -137,10 +161,14 @@ impl ProjectSpec {
     /// # Errors
     /// The first [`SpecError`] found.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let id_ok = (1..=64).contains(&self.id.len())
-            && self.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !id_ok {
-            return Err(invalid("project.id", format!("{:?}: use 1 to 64 characters from [A-Za-z0-9_.-]", self.id)));
+        if let Err(error) = crate::ids::project("project.id", &self.id) {
+            return Err(invalid(
+                "project.id",
+                format!(
+                    "{}; use 1 to 64 characters from [A-Za-z0-9_.-], starting with a letter or digit",
+                    error.reason
+                ),
+            ));
         }
         if self.classes.is_empty() {
             return Err(invalid("project.classes", "at least one class is required"));
@@ -156,6 +184,20 @@ impl ProjectSpec {
         check_mc_iterations("project.mc_iterations", self.mc_iterations)?;
         if !(0.0..1.0).contains(&self.model.head_dropout) {
             return Err(invalid("project.model.head_dropout", format!("{} is not in [0, 1)", self.model.head_dropout)));
+        }
+        if let Some(pretrained) = self.model.pretrained {
+            if !matches!(self.model.architecture, Architecture::Vgg16 | Architecture::Resnet18) {
+                return Err(invalid(
+                    "project.model.pretrained",
+                    format!("{pretrained:?} weights exist for VGG16 and RESNET18 only"),
+                ));
+            }
+            if self.model.weights_path.is_some() {
+                return Err(invalid("project.model.pretrained", "set either pretrained or weights_path, not both"));
+            }
+            if self.preprocessing.channels != 3 {
+                return Err(invalid("project.model.pretrained", "pretrained weights need 3 input channels (RGB)"));
+            }
         }
         match (self.model.architecture, &self.model.torchscript_path) {
             (Architecture::TorchScript, None) => {
@@ -213,6 +255,7 @@ pub(crate) mod tests {
                 weights_path: None,
                 torchscript_path: None,
                 head_dropout: 0.5,
+                pretrained: None,
             },
             preprocessing: Preprocessing { width: 32, height: 32, channels: 3, mean: vec![0.5; 3], std: vec![0.25; 3] },
             mc_iterations: 20,
@@ -223,6 +266,19 @@ pub(crate) mod tests {
     #[test]
     fn a_complete_spec_is_valid() {
         spec().validate().unwrap();
+        let mut pretrained = spec();
+        pretrained.model.architecture = Architecture::Resnet18;
+        pretrained.model.pretrained = Some(PretrainedWeights::Imagenet);
+        pretrained.validate().unwrap();
+    }
+
+    #[test]
+    fn specs_stored_before_pretrained_weights_existed_still_load() {
+        let mut json = serde_json::to_value(spec()).unwrap();
+        assert!(json["model"].get("pretrained").is_none(), "unset is not written");
+        json["model"].as_object_mut().unwrap().remove("pretrained");
+        let loaded: ProjectSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(loaded, spec());
     }
 
     #[test]
@@ -240,11 +296,218 @@ pub(crate) mod tests {
             (|s| s.preprocessing.std = vec![0.0; 3], "project.preprocessing.std"),
             (|s| s.preprocessing.mean = vec![0.5], "project.preprocessing.mean"),
             (|s| s.preprocessing.width = 0, "project.preprocessing.width"),
+            (|s| s.model.pretrained = Some(PretrainedWeights::Imagenet), "project.model.pretrained"),
+            (
+                |s| {
+                    s.model.architecture = Architecture::Resnet18;
+                    s.model.pretrained = Some(PretrainedWeights::Imagenet);
+                    s.model.weights_path = Some("/w.safetensors".into());
+                },
+                "project.model.pretrained",
+            ),
+            (
+                |s| {
+                    s.model.architecture = Architecture::Vgg16;
+                    s.model.pretrained = Some(PretrainedWeights::Imagenet);
+                    s.preprocessing.channels = 1;
+                },
+                "project.model.pretrained",
+            ),
         ];
         for (break_it, field) in cases {
             let mut broken = spec();
             break_it(&mut broken);
             assert_eq!(broken.validate().unwrap_err().field, field);
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn architecture() -> impl Strategy<Value = Architecture> {
+        prop_oneof![
+            Just(Architecture::Mlp),
+            Just(Architecture::SmallCnn),
+            Just(Architecture::Vgg16),
+            Just(Architecture::Resnet18),
+            Just(Architecture::TorchScript),
+        ]
+    }
+
+    /// Any f32, non-finite and boundary values common.
+    fn float() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            Just(f32::NAN),
+            Just(f32::INFINITY),
+            Just(f32::NEG_INFINITY),
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(1.0f32),
+            any::<f32>(),
+            -2.0f32..2.0
+        ]
+    }
+
+    /// A spec with arbitrary values in every field.
+    fn arbitrary_spec() -> impl Strategy<Value = ProjectSpec> {
+        let strings = || proptest::collection::vec(any::<String>(), 0..4);
+        (
+            any::<String>(),
+            strings(),
+            (architecture(), proptest::option::of(any::<String>()), float()),
+            (any::<u32>(), any::<u32>(), any::<u32>()),
+            (proptest::collection::vec(float(), 0..5), proptest::collection::vec(float(), 0..5)),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(id, classes, (architecture, path, head_dropout), (width, height, channels), (mean, std), k)| {
+                    ProjectSpec {
+                        id,
+                        display_name: String::new(),
+                        classes,
+                        model: ModelSpec {
+                            architecture,
+                            weights_path: None,
+                            torchscript_path: path.map(PathBuf::from),
+                            head_dropout,
+                            pretrained: None,
+                        },
+                        preprocessing: Preprocessing { width, height, channels, mean, std },
+                        mc_iterations: k,
+                        default_heuristic: HeuristicChoice { name: "bald".into(), version: String::new() },
+                    }
+                },
+            )
+    }
+
+    /// A valid spec: conservative ids and class names, any valid numbers.
+    fn valid_spec() -> impl Strategy<Value = ProjectSpec> {
+        (
+            "[a-z][a-z0-9_-]{0,20}",
+            proptest::collection::hash_set("[a-z][a-z0-9 ]{0,11}", 1..8),
+            architecture(),
+            (0.0f32..0.999, 1u32..=MAX_MC_ITERATIONS),
+            (1u32..=4096, 1u32..=4096, prop_oneof![Just(1u32), Just(3u32)]),
+            (-10.0f32..10.0, 1e-3f32..10.0),
+        )
+            .prop_map(
+                |(id, classes, architecture, (head_dropout, k), (width, height, channels), (mean, std))| {
+                    let torchscript_path = (architecture == Architecture::TorchScript).then(|| PathBuf::from("/m.pt"));
+                    ProjectSpec {
+                        id,
+                        display_name: "A project".into(),
+                        classes: classes.into_iter().collect(),
+                        model: ModelSpec {
+                            architecture,
+                            weights_path: None,
+                            torchscript_path,
+                            head_dropout,
+                            pretrained: None,
+                        },
+                        preprocessing: Preprocessing {
+                            width,
+                            height,
+                            channels,
+                            mean: vec![mean; channels as usize],
+                            std: vec![std; channels as usize],
+                        },
+                        mc_iterations: k,
+                        default_heuristic: HeuristicChoice { name: "bald".into(), version: String::new() },
+                    }
+                },
+            )
+    }
+
+    /// One field broken in one of several ways: (the field the error must name, the breakage).
+    fn breakage() -> impl Strategy<Value = (&'static str, u32, f32, usize)> {
+        let fields = prop_oneof![
+            Just("project.id"),
+            Just("project.classes"),
+            Just("project.mc_iterations"),
+            Just("project.model.head_dropout"),
+            Just("project.model.torchscript_path"),
+            Just("project.preprocessing.channels"),
+            Just("project.preprocessing.width"),
+            Just("project.preprocessing.height"),
+            Just("project.preprocessing.mean"),
+            Just("project.preprocessing.std"),
+        ];
+        (fields, any::<u32>(), float(), any::<usize>())
+    }
+
+    /// Breaks `field` of a valid spec, using `number`, `value` and `pick` to choose how.
+    fn break_field(spec: &mut ProjectSpec, field: &str, number: u32, value: f32, pick: usize) {
+        let p = &mut spec.preprocessing;
+        match field {
+            "project.id" => spec.id = ["", "has space", "a/b", "semi;colon", "x\u{0}"][pick % 5].into(),
+            "project.classes" => match pick % 3 {
+                0 => spec.classes.clear(),
+                1 => spec.classes.push(spec.classes[number as usize % spec.classes.len()].clone()),
+                _ => spec.classes.insert(number as usize % (spec.classes.len() + 1), String::new()),
+            },
+            "project.mc_iterations" => {
+                spec.mc_iterations =
+                    if pick.is_multiple_of(2) { 0 } else { MAX_MC_ITERATIONS.saturating_add(1).max(number) }
+            }
+            "project.model.head_dropout" => {
+                spec.model.head_dropout = if (0.0..1.0).contains(&value) { value + 1.0 } else { value }
+            }
+            "project.model.torchscript_path" => {
+                spec.model.torchscript_path = match spec.model.torchscript_path {
+                    Some(_) => None,
+                    None => Some(PathBuf::from("/m.pt")),
+                }
+            }
+            "project.preprocessing.channels" => p.channels = if matches!(number, 1 | 3) { 2 } else { number },
+            "project.preprocessing.width" => p.width = if pick.is_multiple_of(2) { 0 } else { 4097u32.max(number) },
+            "project.preprocessing.height" => p.height = if pick.is_multiple_of(2) { 0 } else { 4097u32.max(number) },
+            "project.preprocessing.mean" => {
+                if value.is_finite() {
+                    p.mean.push(value);
+                } else {
+                    let at = pick % p.mean.len();
+                    p.mean[at] = value;
+                }
+            }
+            "project.preprocessing.std" => {
+                if value.is_finite() && value > 0.0 {
+                    p.std.truncate(pick % p.std.len());
+                } else {
+                    let at = pick % p.std.len();
+                    p.std[at] = value;
+                }
+            }
+            other => unreachable!("{other}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(256) })]
+
+        /// Whatever the fields hold: no panic, and an error names a field of the project.
+        #[test]
+        fn arbitrary_specs_never_panic(spec in arbitrary_spec()) {
+            if let Err(error) = spec.validate() {
+                prop_assert!(error.field.starts_with("project."), "{}", error);
+                prop_assert!(!error.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn valid_specs_pass(spec in valid_spec()) {
+            prop_assert_eq!(spec.validate(), Ok(()));
+        }
+
+        #[test]
+        fn one_broken_field_is_named((spec, (field, number, value, pick)) in (valid_spec(), breakage())) {
+            let mut broken = spec;
+            break_field(&mut broken, field, number, value, pick);
+            let error = broken.validate().unwrap_err();
+            prop_assert_eq!(error.field, field, "{}", error);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! index ([`db`]).
 //!
 //! Layout (see the architecture page): `alps.db` (SQLite index), `blobs/` (content-addressed
-//! sample bytes), `models/<project>/<version>/` (weights and manifests), `LOCK`.
+//! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
+//! (the default model root: uploaded and operator-placed model files), `LOCK`.
 
 pub mod blobs;
 pub mod db;
@@ -86,9 +87,20 @@ impl DataDir {
         self.path.join("blobs")
     }
 
-    /// Model versions, `<dir>/models` (see [`model_version_dir`]).
-    pub fn models_dir(&self) -> PathBuf {
-        self.path.join("models")
+    /// Model versions, `<dir>/models` (see [`ModelsDir`]).
+    pub fn models_dir(&self) -> ModelsDir {
+        ModelsDir::new(self.path.join("models"))
+    }
+
+    /// The default model root (`--model-root`): `<dir>/imports`, where uploaded model files go.
+    pub fn default_model_root(&self) -> PathBuf {
+        self.path.join("imports")
+    }
+
+    /// Published pretrained weights fetched by the server, `<dir>/weights-cache` (see
+    /// [`crate::models::pretrained`]).
+    pub fn weights_cache_dir(&self) -> PathBuf {
+        self.path.join("weights-cache")
     }
 
     /// The SQLite index, `<dir>/alps.db`.
@@ -113,10 +125,107 @@ pub fn now_unix_ms() -> i64 {
     unix_ms(std::time::SystemTime::now())
 }
 
-/// The directory of `project`'s model `version` under `models_dir`:
-/// `<models>/<project>/<version>/` with `weights.safetensors` and `manifest.json`.
-pub fn model_version_dir(models_dir: &Path, project: &str, version: &str) -> PathBuf {
-    models_dir.join(project).join(version)
+/// `<data-dir>/models`: the model-version files of every project.
+///
+/// No directory is named by a client string: a project's directory is the hex SHA-256 of its id
+/// (`models/<64 hex>/`), and a version's directory is its server-made name (`v<n>`), checked
+/// against the identifier grammar ([`crate::ids`]) and hashed too if it ever fails it. Removals
+/// go through [`remove_dir_inside`].
+#[derive(Clone, Debug)]
+pub struct ModelsDir {
+    root: PathBuf,
+}
+
+impl ModelsDir {
+    /// The models directory at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The models directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `project`'s directory: `<models>/<sha256(project) in hex>`.
+    pub fn project_dir(&self, project: &str) -> PathBuf {
+        self.root.join(blobs::sha256_hex(project.as_bytes()))
+    }
+
+    /// The directory of `project`'s model `version`, with `weights.safetensors` and
+    /// `manifest.json`.
+    pub fn version_dir(&self, project: &str, version: &str) -> PathBuf {
+        self.project_dir(project).join(safe_component(version))
+    }
+
+    /// The pre-0.2 directory of `project` (`<models>/<project id>`), if the id is one plain path
+    /// component; used once at start to move old data to [`project_dir`](Self::project_dir).
+    pub fn legacy_project_dir(&self, project: &str) -> Option<PathBuf> {
+        crate::ids::project("project_id", project).is_ok().then(|| self.root.join(project))
+    }
+
+    /// Removes `project`'s model versions; a missing directory is not an error.
+    ///
+    /// # Errors
+    /// [`RemoveError`] if the directory resolves outside the models directory or cannot be removed.
+    pub fn remove_project(&self, project: &str) -> Result<bool, RemoveError> {
+        remove_dir_inside(&self.root, &self.project_dir(project))
+    }
+}
+
+/// `name` if it is one plain path component by the identifier grammar, else its hex SHA-256.
+fn safe_component(name: &str) -> String {
+    if crate::ids::other("name", name).is_ok() { name.to_owned() } else { blobs::sha256_hex(name.as_bytes()) }
+}
+
+/// Why [`remove_dir_inside`] removed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// The target is not a real directory strictly inside the parent (a symlink, the parent
+    /// itself, or a path leading elsewhere).
+    #[error("refusing to remove {target}: it does not lie inside {parent}")]
+    Outside {
+        /// The directory that must contain the target.
+        parent: PathBuf,
+        /// The refused target.
+        target: PathBuf,
+    },
+    /// The file system refused.
+    #[error("cannot remove {target}: {source}")]
+    Io {
+        /// The directory being removed.
+        target: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// Removes the directory `target` and everything in it, only if it is a real directory (not a
+/// symlink) strictly inside `parent` once both are resolved. Returns whether it existed.
+///
+/// Defence in depth: callers derive `target` from hashes, never from client strings, but a
+/// removal that would reach outside `parent` is refused whatever the reason.
+///
+/// # Errors
+/// [`RemoveError::Outside`] for a target outside `parent` or a symlink; [`RemoveError::Io`].
+pub fn remove_dir_inside(parent: &Path, target: &Path) -> Result<bool, RemoveError> {
+    let outside = || RemoveError::Outside { parent: parent.to_owned(), target: target.to_owned() };
+    let io = |source| RemoveError::Io { target: target.to_owned(), source };
+    let metadata = match fs::symlink_metadata(target) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(io(error)),
+    };
+    if !metadata.is_dir() {
+        return Err(outside());
+    }
+    let parent_real = fs::canonicalize(parent).map_err(io)?;
+    let target_real = fs::canonicalize(target).map_err(io)?;
+    if target_real == parent_real || !target_real.starts_with(&parent_real) {
+        return Err(outside());
+    }
+    fs::remove_dir_all(&target_real).map_err(io)?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -150,5 +259,39 @@ mod tests {
         let error = DataDir::open(&file.join("data")).unwrap_err();
         assert!(matches!(error, DataDirError::Create { .. }), "{error}");
         assert!(error.to_string().contains(&file.display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn project_directories_are_hashes_whatever_the_id() {
+        let models = ModelsDir::new(PathBuf::from("/data/models"));
+        for id in ["..", ".", "a/../../b", "/abs", "digits"] {
+            let dir = models.project_dir(id);
+            assert_eq!(dir.parent(), Some(Path::new("/data/models")), "{id:?}");
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            assert!(name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()), "{id:?} -> {name}");
+        }
+        assert_eq!(models.version_dir("p", "v3").file_name().unwrap(), "v3");
+        assert_eq!(models.version_dir("p", "..").parent(), Some(models.project_dir("p").as_path()));
+        assert!(models.legacy_project_dir("..").is_none());
+    }
+
+    #[test]
+    fn removal_outside_the_parent_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("models");
+        let inside = parent.join("p");
+        let outside = root.path().join("other");
+        fs::create_dir_all(&inside).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        for target in [root.path().to_path_buf(), parent.clone(), parent.join(".."), parent.join("p/../../other")] {
+            assert!(matches!(remove_dir_inside(&parent, &target), Err(RemoveError::Outside { .. })), "{target:?}");
+        }
+        std::os::unix::fs::symlink(&outside, parent.join("link")).unwrap();
+        assert!(matches!(remove_dir_inside(&parent, &parent.join("link")), Err(RemoveError::Outside { .. })));
+        assert!(outside.join("keep").is_file());
+        assert!(remove_dir_inside(&parent, &inside).unwrap());
+        assert!(!inside.exists());
+        assert!(!remove_dir_inside(&parent, &inside).unwrap());
     }
 }

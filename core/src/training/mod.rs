@@ -9,7 +9,6 @@ pub mod versions;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -23,9 +22,10 @@ use self::{
     train::{EmbeddingCache, Run, TrainError},
 };
 use crate::{
-    models::McModel,
+    models::{McModel, files::ModelFiles},
     projects::{Projects, UNTRAINED_VERSION},
     store::{
+        ModelsDir,
         blobs::BlobStore,
         db::{Database, StoreError},
         now_unix_ms,
@@ -69,7 +69,8 @@ pub struct Trainer {
     db: Arc<Database>,
     blobs: Arc<BlobStore>,
     projects: Arc<Projects>,
-    models_dir: PathBuf,
+    models_dir: ModelsDir,
+    model_files: ModelFiles,
     device: tch::Device,
     max_accuracy_drop: Option<f32>,
     state: Mutex<State>,
@@ -94,7 +95,8 @@ impl Trainer {
         db: Arc<Database>,
         blobs: Arc<BlobStore>,
         projects: Arc<Projects>,
-        models_dir: PathBuf,
+        models_dir: ModelsDir,
+        model_files: ModelFiles,
         device: tch::Device,
         max_accuracy_drop: Option<f32>,
     ) -> Result<Self, StoreError> {
@@ -107,6 +109,8 @@ impl Trainer {
                 save(&db, &record)?;
             }
         }
+        let ids: Vec<String> = projects.list().iter().map(|p| p.spec.id.clone()).collect();
+        versions::move_legacy_dirs(&models_dir, &ids);
         match versions::remove_partial_versions(&models_dir) {
             Ok(0) => {}
             Ok(removed) => tracing::warn!(removed, "removed partial model versions left by a crash"),
@@ -117,6 +121,7 @@ impl Trainer {
             blobs,
             projects,
             models_dir,
+            model_files,
             device,
             max_accuracy_drop,
             state: Mutex::new(State::default()),
@@ -129,7 +134,7 @@ impl Trainer {
     }
 
     /// Where versions are written.
-    pub fn models_dir(&self) -> &std::path::Path {
+    pub fn models_dir(&self) -> &ModelsDir {
         &self.models_dir
     }
 
@@ -320,7 +325,7 @@ impl Trainer {
                     }
                     Err(error) => {
                         r.state = JobState::Failed;
-                        r.error = error.to_string();
+                        r.error = error.client_message();
                     }
                 }
             });
@@ -348,9 +353,9 @@ impl Trainer {
         let (model, parent_manifest) = if parent == UNTRAINED_VERSION {
             // The seed covers the random initialisation of a first version too.
             tch::manual_seed(record.params.seed as i64);
-            (McModel::load(spec, self.device)?, None)
+            (McModel::load(spec, &self.model_files, self.device)?, None)
         } else {
-            let dir = versions::version_dir(&self.models_dir, &spec.id, &parent);
+            let dir = self.models_dir.version_dir(&spec.id, &parent);
             let model = McModel::load_version(spec, &dir, self.device)?;
             (model, self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent)))
         };
@@ -407,7 +412,7 @@ impl Trainer {
         }
         let activate = record.activate && refusal.is_none();
         let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, activate)
-            .map_err(|e| TrainError::Precondition(format!("saving the version failed: {e}")))?;
+            .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;
         if let Err(error) = self.projects.reload(&spec.id) {
             tracing::error!(%error, "cannot refresh the project after training");
         }
@@ -432,11 +437,10 @@ impl Trainer {
     /// Removes the version files of a deleted project (its records are gone with it). Sample
     /// blobs stay: they are content-addressed and may be shared with other projects.
     pub fn remove_versions(&self, project: &str) {
-        let dir = self.models_dir.join(project);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => tracing::info!(dir = %dir.display(), "model versions removed"),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot remove model versions"),
+        match self.models_dir.remove_project(project) {
+            Ok(true) => tracing::info!(%project, "model versions removed"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%project, %error, "cannot remove model versions"),
         }
     }
 
@@ -459,12 +463,8 @@ impl Trainer {
             self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(|| {
                 TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"))
             })?;
-        McModel::load_version(
-            &project.spec,
-            &versions::version_dir(&self.models_dir, project_id, version),
-            tch::Device::Cpu,
-        )
-        .map_err(|e| TrainingError::Precondition(e.to_string()))?;
+        McModel::load_version(&project.spec, &self.models_dir.version_dir(project_id, version), tch::Device::Cpu)
+            .map_err(|e| TrainingError::Precondition(e.client_message()))?;
         self.db.activate_version(project_id, version)?;
         self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         tracing::info!(project = %project_id, %version, "model version activated");

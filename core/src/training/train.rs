@@ -64,6 +64,21 @@ pub enum TrainError {
     },
 }
 
+impl TrainError {
+    /// The message recorded in the job and shown to clients: libtorch failures are logged under
+    /// a request id instead of carrying their backtrace.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Model(error) => error.client_message(),
+            Self::Torch(error) => crate::errors::logged("training", error),
+            Self::Blob { source: crate::store::blobs::BlobError::Io { .. }, .. } => {
+                crate::errors::logged("reading a stored example", self)
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What a run produced.
 pub struct Trained {
     /// The trained model (weights in its variables).

@@ -1,4 +1,5 @@
-//! Model versions on disk: `<data-dir>/models/<project>/v<n>/` holds `weights.safetensors` and
+//! Model versions on disk: `<data-dir>/models/<sha256 of project id>/v<n>/` (see
+//! [`ModelsDir`]) holds `weights.safetensors` and
 //! `manifest.json`. A version is written into a temporary directory, every file and the
 //! directory fsync'ed, then renamed into place and only then recorded (and activated) in the
 //! database. A crash at any moment leaves the previous active version intact and active.
@@ -13,6 +14,7 @@ use super::record::Manifest;
 use crate::{
     models::{McModel, ModelError},
     store::{
+        ModelsDir,
         blobs::sha256_hex,
         db::{Database, StoreError},
     },
@@ -45,15 +47,13 @@ pub enum VersionError {
     Manifest(#[from] serde_json::Error),
 }
 
-pub use crate::store::model_version_dir as version_dir;
-
 /// Removes temporary version directories left by a crash (`.tmp-*`); they were never recorded.
 ///
 /// # Errors
 /// The I/O error if the models directory cannot be read.
-pub fn remove_partial_versions(models_dir: &Path) -> io::Result<usize> {
+pub fn remove_partial_versions(models_dir: &ModelsDir) -> io::Result<usize> {
     let mut removed = 0;
-    let Ok(projects) = fs::read_dir(models_dir) else { return Ok(0) };
+    let Ok(projects) = fs::read_dir(models_dir.root()) else { return Ok(0) };
     for project in projects {
         let project = project?.path();
         if !project.is_dir() {
@@ -70,6 +70,26 @@ pub fn remove_partial_versions(models_dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// Moves the version directories of data dirs written before directories were hashed
+/// (`models/<project id>/`) to their hashed place ([`ModelsDir::project_dir`]). Ids outside the
+/// identifier grammar never had their directory trusted and are left where they are, logged.
+pub fn move_legacy_dirs(models_dir: &ModelsDir, project_ids: &[String]) {
+    for id in project_ids {
+        let Some(legacy) = models_dir.legacy_project_dir(id) else {
+            tracing::warn!(project = ?id, "project id outside the identifier grammar: it can no longer be addressed");
+            continue;
+        };
+        let target = models_dir.project_dir(id);
+        if !fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_dir()) || target.exists() {
+            continue;
+        }
+        match fs::rename(&legacy, &target) {
+            Ok(()) => tracing::info!(project = %id, "moved model versions to the hashed directory layout"),
+            Err(error) => tracing::warn!(project = %id, %error, "cannot move model versions to the hashed layout"),
+        }
+    }
+}
+
 fn sync(path: &Path) -> Result<(), VersionError> {
     File::open(path).and_then(|f| f.sync_all()).map_err(|source| VersionError::Io { path: path.to_owned(), source })
 }
@@ -80,13 +100,13 @@ fn sync(path: &Path) -> Result<(), VersionError> {
 /// # Errors
 /// [`VersionError`]; the project's active version is unchanged then.
 pub fn write(
-    models_dir: &Path,
+    models_dir: &ModelsDir,
     db: &Database,
     model: &McModel,
     mut manifest: Manifest,
     activate: bool,
 ) -> Result<Manifest, VersionError> {
-    let project_dir = models_dir.join(&manifest.project_id);
+    let project_dir = models_dir.project_dir(&manifest.project_id);
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| VersionError::Io { path, source }
@@ -113,7 +133,7 @@ pub fn write(
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
-    let final_dir = version_dir(models_dir, &manifest.project_id, &manifest.version);
+    let final_dir = models_dir.version_dir(&manifest.project_id, &manifest.version);
     fs::rename(&temporary, &final_dir).map_err(io(&final_dir))?;
     sync(&project_dir)?;
     let json = serde_json::to_string(&manifest)?;
@@ -126,4 +146,23 @@ pub fn write(
         activate,
     )?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_directories_move_to_their_hashed_place_and_odd_ids_stay_put() {
+        let root = tempfile::tempdir().unwrap();
+        let models = ModelsDir::new(root.path().join("models"));
+        fs::create_dir_all(models.root().join("digits/v1")).unwrap();
+        fs::write(models.root().join("digits/v1/weights.safetensors"), b"w").unwrap();
+        fs::create_dir_all(models.root().join("keep")).unwrap();
+        move_legacy_dirs(&models, &["digits".into(), "..".into(), "absent".into()]);
+        assert_eq!(fs::read(models.version_dir("digits", "v1").join("weights.safetensors")).unwrap(), b"w");
+        assert!(!models.root().join("digits").exists());
+        assert!(models.root().join("keep").is_dir(), "directories of no project are not touched");
+        assert!(root.path().exists());
+    }
 }

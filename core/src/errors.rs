@@ -1,0 +1,59 @@
+//! Errors for people: what a client may see of an internal failure.
+//!
+//! libtorch and I/O errors carry C++ backtraces, install paths and load addresses. None of that
+//! reaches a client: the full detail goes to the server log under a random request id, and the
+//! client gets one line naming what failed and that id, so an operator can find the log entry.
+
+use std::fmt::Display;
+
+use tonic::Status;
+
+/// Logs `detail` at error level under a new request id and returns the one-line message for the
+/// client: `"<what> failed (request id <16 hex>; details in the server log)"`.
+pub fn logged(what: &str, detail: &dyn Display) -> String {
+    format!("{what} failed ({})", log_detail(what, detail))
+}
+
+/// Logs `detail` under a new request id and returns `"request id <16 hex>; details in the
+/// server log"`, for messages that word the failure themselves.
+pub fn log_detail(what: &str, detail: &dyn Display) -> String {
+    let id = format!("{:016x}", fastrand::u64(..));
+    tracing::error!(request_id = %id, what, detail = %detail, "internal error");
+    format!("request id {id}; details in the server log")
+}
+
+/// `INTERNAL` with a [`logged`] message.
+pub fn internal(what: &str, detail: &dyn Display) -> Status {
+    Status::internal(logged(what, detail))
+}
+
+/// The first line of a libtorch error, cut at 200 characters: for logs that must stay one line
+/// and for the rare message that is safe and useful to show (shape errors), never a backtrace.
+pub fn first_line(error: &dyn Display) -> String {
+    let text = error.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    let line = line.split(" (Exception raised from").next().unwrap_or(line);
+    line.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_message_carries_the_id_and_not_the_detail() {
+        let detail =
+            "Exception raised from load at /opt/torch/csrc/jit/import.cpp:123\nframe #0: 0x7f3a2b1c in libtorch.so";
+        let message = logged("loading the model", &detail);
+        assert!(message.starts_with("loading the model failed (request id "), "{message}");
+        assert!(!message.contains("/opt") && !message.contains("0x7f") && !message.contains('\n'), "{message}");
+        assert_eq!(internal("x", &detail).code(), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn first_line_drops_backtraces() {
+        let error =
+            "shape '[2, 3]' is invalid for input of size 5 (Exception raised from foo at /x.cpp:1)\nframe #0: 0x1";
+        assert_eq!(first_line(&error), "shape '[2, 3]' is invalid for input of size 5");
+    }
+}
