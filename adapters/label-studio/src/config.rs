@@ -38,8 +38,24 @@ pub struct ModelPreset {
     pub size: u32,
     /// Input channels (1 or 3); 0 = the architecture's default.
     pub channels: u32,
-    /// Initial weights (safetensors) on the alps-server machine; `None` = random initialisation.
-    pub weights: Option<PathBuf>,
+    /// Initial weights; `None` = random initialisation. Presets with weights train head-only.
+    pub weights: Option<PresetWeights>,
+    /// Per-channel mean (`mean=a:b:c`); empty = alps-server's default (the pretrained weights'
+    /// own, else 0).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (`std=a:b:c`); empty = alps-server's default (the
+    /// pretrained weights' own, else 1).
+    pub std: Vec<f32>,
+}
+
+/// Where a preset's initial weights come from (`weights=`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PresetWeights {
+    /// A safetensors file on the alps-server machine (`weights=PATH`).
+    File(PathBuf),
+    /// torchvision's published ImageNet weights, fetched and verified by alps-server
+    /// (`weights=imagenet`; vgg16 and resnet18).
+    Imagenet,
 }
 
 /// Name of the model used when neither `--model` nor `extra_params` names one.
@@ -48,14 +64,27 @@ pub const BUILTIN_MODEL: &str = "small-cnn";
 impl ModelPreset {
     /// The built-in default: small_cnn on 32x32 RGB input, random initialisation.
     pub fn builtin() -> Self {
-        Self { name: BUILTIN_MODEL.into(), architecture: Architecture::SmallCnn, size: 32, channels: 3, weights: None }
+        Self {
+            name: BUILTIN_MODEL.into(),
+            architecture: Architecture::SmallCnn,
+            size: 32,
+            channels: 3,
+            weights: None,
+            mean: Vec::new(),
+            std: Vec::new(),
+        }
     }
 }
 
-/// Parses `NAME=ARCHITECTURE[,size=PIXELS][,channels=N][,weights=PATH]`,
-/// e.g. `cars=resnet18,size=224,weights=/models/resnet18.safetensors`.
+/// Parses `NAME=ARCHITECTURE[,size=PIXELS][,channels=N][,weights=PATH|imagenet][,mean=A:B:C][,std=A:B:C]`,
+/// e.g. `cars=resnet18,size=224,weights=/models/resnet18.safetensors` or `vgg=vgg16,weights=imagenet`.
+/// `weights=imagenet` (vgg16, resnet18) selects torchvision's published ImageNet weights (a file
+/// named `imagenet` is `weights=./imagenet`); `mean` and `std` take one value per channel,
+/// separated by `:`.
 fn parse_model(raw: &str) -> Result<ModelPreset, String> {
-    let (name, rest) = raw.split_once('=').ok_or("expected NAME=ARCHITECTURE[,size=N][,channels=N][,weights=PATH]")?;
+    let (name, rest) = raw
+        .split_once('=')
+        .ok_or("expected NAME=ARCHITECTURE[,size=N][,channels=N][,weights=PATH|imagenet][,mean=A:B:C][,std=A:B:C]")?;
     let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !valid_name || name.len() > 48 {
         return Err(format!("model name {name:?} must be 1 to 48 characters from [A-Za-z0-9_.-]"));
@@ -68,7 +97,22 @@ fn parse_model(raw: &str) -> Result<ModelPreset, String> {
         "resnet18" => Architecture::Resnet18,
         other => return Err(format!("unknown architecture {other:?}; one of mlp, small_cnn, vgg16, resnet18")),
     };
-    let mut preset = ModelPreset { name: name.to_owned(), architecture, size: 0, channels: 0, weights: None };
+    let mut preset = ModelPreset {
+        name: name.to_owned(),
+        architecture,
+        size: 0,
+        channels: 0,
+        weights: None,
+        mean: Vec::new(),
+        std: Vec::new(),
+    };
+    // One value per channel, `:`-separated (`,` already separates the options).
+    let values = |option: &str, raw: &str, positive: bool| -> Result<Vec<f32>, String> {
+        let values: Vec<f32> = raw.split(':').map(str::parse).collect::<Result<_, _>>().unwrap_or_default();
+        let valid = matches!(values.len(), 1 | 3) && values.iter().all(|v| v.is_finite() && (!positive || *v > 0.0));
+        let kind = if positive { "positive numbers" } else { "numbers" };
+        valid.then_some(values).ok_or_else(|| format!("{option}={raw:?}: expected 1 or 3 {kind} separated by ':'"))
+    };
     for option in parts {
         match option.split_once('=') {
             Some(("size", pixels)) => {
@@ -76,12 +120,31 @@ fn parse_model(raw: &str) -> Result<ModelPreset, String> {
             }
             Some(("channels", "1")) => preset.channels = 1,
             Some(("channels", "3")) => preset.channels = 3,
-            Some(("weights", path)) if !path.is_empty() => preset.weights = Some(PathBuf::from(path)),
-            _ => return Err(format!("unknown model option {option:?}; expected size=N, channels=1|3 or weights=PATH")),
+            Some(("weights", "imagenet")) => {
+                if !matches!(architecture, Architecture::Vgg16 | Architecture::Resnet18) {
+                    return Err("weights=imagenet exists for vgg16 and resnet18 only".into());
+                }
+                preset.weights = Some(PresetWeights::Imagenet);
+            }
+            Some(("weights", path)) if !path.is_empty() => {
+                preset.weights = Some(PresetWeights::File(PathBuf::from(path)))
+            }
+            Some(("mean", raw)) => preset.mean = values("mean", raw, false)?,
+            Some(("std", raw)) => preset.std = values("std", raw, true)?,
+            _ => {
+                return Err(format!(
+                    "unknown model option {option:?}; expected size=N, channels=1|3, weights=PATH|imagenet, mean=A:B:C or std=A:B:C"
+                ));
+            }
         }
     }
     Ok(preset)
 }
+
+/// `--webhook-secret` is unusable; the message never repeats it.
+#[derive(Debug, thiserror::Error)]
+#[error("--webhook-secret (ALPS_LS_WEBHOOK_SECRET) must be 16 to 1024 visible ASCII characters (no spaces)")]
+pub struct SecretError;
 
 /// Command line of `alps-label-studio`.
 #[derive(Clone, Parser)]
@@ -95,9 +158,44 @@ pub struct Config {
     #[arg(long, env = "ALPS_LS_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
 
-    /// URL of the alps-server gRPC endpoint.
+    /// URL of the alps-server gRPC endpoint. `https://` (or `--core-tls-ca`) makes the link use TLS.
     #[arg(long, env = "ALPS_CORE_URL", default_value = "http://127.0.0.1:50051")]
     pub core_url: String,
+
+    /// PEM CA bundle that verifies alps-server's TLS certificate. When set, the core link uses TLS
+    /// (an `http://` --core-url is taken as `https://`); an `https://` --core-url needs it.
+    #[arg(long, env = "ALPS_CORE_TLS_CA")]
+    pub core_tls_ca: Option<PathBuf>,
+
+    /// PEM certificate chain the adapter presents to alps-server (mutual TLS); needs
+    /// --core-tls-client-key and --core-tls-ca.
+    #[arg(long, env = "ALPS_CORE_TLS_CLIENT_CERT", requires_all = ["core_tls_client_key", "core_tls_ca"])]
+    pub core_tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --core-tls-client-cert.
+    #[arg(long, env = "ALPS_CORE_TLS_CLIENT_KEY", requires = "core_tls_client_cert")]
+    pub core_tls_client_key: Option<PathBuf>,
+
+    /// Bearer token sent as `authorization: Bearer <token>` on every call to alps-server (health
+    /// checks included). Never logged.
+    #[arg(long, env = "ALPS_CORE_TOKEN", hide_env_values = true)]
+    pub core_token: Option<String>,
+
+    /// PEM certificate chain for HTTPS on --listen (with --tls-key); unset = plain HTTP. The files
+    /// are re-read when they change.
+    #[arg(long, env = "ALPS_LS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "ALPS_LS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Secret that `POST /webhook` requires, in an `X-ALPS-Webhook-Secret: <secret>` or
+    /// `Authorization: Bearer <secret>` header (add it to the webhook's headers in Label Studio).
+    /// Requests with the configured Basic auth are accepted too (Label Studio's Start training
+    /// button). Unset = `/webhook` is open.
+    #[arg(long, env = "ALPS_LS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 
     /// Path prefix under which every route is served, for a backend URL such as
     /// `http://host:9090/alps` (Label Studio keeps the prefix). Empty = served at `/`.
@@ -152,6 +250,20 @@ pub struct Config {
     /// Predict calls in flight per `/predict` request.
     #[arg(long, env = "ALPS_LS_PREDICT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub predict_concurrency: u32,
+
+    /// Predictions per bulk import call of the background pool scorer (Label Studio stores them
+    /// 500 at a time).
+    #[arg(long, env = "ALPS_LS_POOL_WRITE_CHUNK", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub pool_write_chunk: u32,
+
+    /// Tasks per page when the background pool scorer lists a project's unlabelled tasks.
+    #[arg(long, env = "ALPS_LS_POOL_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=5000))]
+    pub pool_page_size: u32,
+
+    /// Scores kept in memory per project, so `/predict` answers at once for tasks already scored
+    /// (about 40 bytes each).
+    #[arg(long, env = "ALPS_LS_POOL_CACHE_TASKS", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub pool_cache_tasks: u32,
 
     /// Media downloads in flight, all requests together.
     #[arg(long, env = "ALPS_LS_MEDIA_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -219,6 +331,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// The `--core-*` link settings.
+    pub fn core_link(&self) -> crate::core_link::CoreLinkOptions {
+        crate::core_link::CoreLinkOptions {
+            tls_ca: self.core_tls_ca.clone(),
+            tls_client: self.core_tls_client_cert.clone().zip(self.core_tls_client_key.clone()),
+            token: self.core_token.clone(),
+        }
+    }
+
+    /// `--webhook-secret`, checked here rather than by clap, whose errors would repeat the value.
+    ///
+    /// # Errors
+    /// [`SecretError`] unless the secret is 16 to 1024 visible ASCII characters (it travels in an
+    /// HTTP header).
+    pub fn webhook_secret(&self) -> Result<Option<&str>, SecretError> {
+        match self.webhook_secret.as_deref() {
+            Some(secret) if !(16..=1024).contains(&secret.len()) || !secret.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err(SecretError)
+            }
+            secret => Ok(secret),
+        }
+    }
+
     /// Interval between core health checks.
     pub fn core_poll_interval(&self) -> Duration {
         Duration::from_millis(self.core_poll_ms)
@@ -286,9 +421,28 @@ mod tests {
         assert_eq!(preset.name, "cars");
         assert_eq!(preset.architecture, Architecture::Resnet18);
         assert_eq!((preset.size, preset.channels), (224, 3));
-        assert_eq!(preset.weights, Some(PathBuf::from("/m/r.safetensors")));
+        assert_eq!(preset.weights, Some(PresetWeights::File(PathBuf::from("/m/r.safetensors"))));
         assert_eq!(parse_model("d=mlp").unwrap().size, 0);
-        for bad in ["cars", "=mlp", "a b=mlp", "x=alexnet", "x=mlp,size=big", "x=mlp,channels=2", "x=mlp,colour=1"] {
+        let vgg = parse_model("vgg=vgg16,weights=imagenet,mean=0.5:0.4:0.3,std=0.2:0.2:0.25").unwrap();
+        assert_eq!(vgg.weights, Some(PresetWeights::Imagenet));
+        assert_eq!((vgg.mean, vgg.std), (vec![0.5, 0.4, 0.3], vec![0.2, 0.2, 0.25]));
+        let local = parse_model("r=resnet18,weights=./imagenet").unwrap();
+        assert_eq!(local.weights, Some(PresetWeights::File(PathBuf::from("./imagenet"))));
+        assert_eq!(parse_model("g=mlp,channels=1,mean=0.1,std=0.3").unwrap().std, [0.3]);
+        for bad in [
+            "cars",
+            "=mlp",
+            "a b=mlp",
+            "x=alexnet",
+            "x=mlp,size=big",
+            "x=mlp,channels=2",
+            "x=mlp,colour=1",
+            "x=small_cnn,weights=imagenet",
+            "x=vgg16,mean=0.5:0.5",
+            "x=vgg16,mean=a:b:c",
+            "x=vgg16,std=0.2:0:0.2",
+            "x=vgg16,std=",
+        ] {
             assert!(parse_model(bad).is_err(), "{bad}");
         }
     }
@@ -310,6 +464,38 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn tls_and_secret_flags_are_checked() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["alps-label-studio"], args].concat());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err(), "certificate without key");
+        assert!(parse(&["--tls-key", "k.pem"]).is_err(), "key without certificate");
+        assert!(
+            parse(&["--core-tls-client-cert", "c.pem", "--core-tls-client-key", "k.pem"]).is_err(),
+            "mTLS without CA"
+        );
+        let config = parse(&[
+            "--core-tls-ca",
+            "ca.pem",
+            "--core-tls-client-cert",
+            "c.pem",
+            "--core-tls-client-key",
+            "k.pem",
+            "--core-token",
+            "t0ken",
+        ])
+        .unwrap();
+        let link = config.core_link();
+        assert_eq!(link.tls_client, Some(("c.pem".into(), "k.pem".into())));
+        assert_eq!(link.token.as_deref(), Some("t0ken"));
+        for bad in ["short", "has a space in it somewhere", &"x".repeat(1025)] {
+            let error = parse(&["--webhook-secret", bad]).unwrap().webhook_secret().unwrap_err();
+            assert!(!error.to_string().contains(bad), "{error}");
+        }
+        let config = parse(&["--webhook-secret", "0123456789abcdef"]).unwrap();
+        assert_eq!(config.webhook_secret().unwrap(), Some("0123456789abcdef"));
+        assert_eq!(parse(&[]).unwrap().webhook_secret().unwrap(), None);
     }
 
     #[test]

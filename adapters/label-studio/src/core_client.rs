@@ -1,19 +1,21 @@
 //! The alps-server calls the adapter makes (`alps.v1` gRPC): project upserts, predictions,
 //! labelled examples and training. One long-lived channel; no model state in the adapter.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use alps_proto::v1::{
-    AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, GetProjectRequest, JobState,
-    LabelledExample, ListExamplesRequest, ListModelVersionsRequest, ModelSpec, PredictRequest, PredictResult,
-    Preprocessing, Project, Sample, StoredExample, TrainRequest, TrainingJob, TrainingParameters,
-    WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
-    inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
-    project_service_client::ProjectServiceClient, sample, training_service_client::TrainingServiceClient,
+    AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, Direction,
+    GetProjectRequest, HeuristicKind, HeuristicRef, JobState, LabelledExample, ListExamplesRequest,
+    ListHeuristicsRequest, ListModelVersionsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, PredictResult,
+    Preprocessing, Project, RankRequest, RankResponse, Sample, StoredExample, TrainRequest, TrainingJob,
+    TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    heuristic_service_client::HeuristicServiceClient, inference_service_client::InferenceServiceClient,
+    model_version_service_client::ModelVersionServiceClient, project_service_client::ProjectServiceClient, sample,
+    training_service_client::TrainingServiceClient,
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 
-use crate::config::ModelPreset;
+use crate::{config::ModelPreset, core_link::CoreTransport};
 
 /// Largest gRPC message the adapter sends or accepts, bytes (a chunk of images).
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -21,10 +23,13 @@ const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Time a unary call (other than Predict) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time a Rank call may take (it runs the model over every sample sent).
+const RANK_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Handle to alps-server; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Core {
-    channel: Channel,
+    channel: CoreTransport,
 }
 
 /// The outcome of one Predict call.
@@ -37,12 +42,12 @@ pub struct Predicted {
 }
 
 impl Core {
-    /// Wraps a (lazily connected) channel.
-    pub fn new(channel: Channel) -> Self {
+    /// Wraps the (lazily connected) transport of [`crate::core_link::core_transport`].
+    pub fn new(channel: CoreTransport) -> Self {
         Self { channel }
     }
 
-    fn projects(&self) -> ProjectServiceClient<Channel> {
+    fn projects(&self) -> ProjectServiceClient<CoreTransport> {
         ProjectServiceClient::new(self.channel.clone())
     }
 
@@ -78,13 +83,21 @@ impl Core {
         response.project.ok_or_else(|| Status::internal("CreateProject answered without a project"))
     }
 
-    /// Predicts `samples` (id, encoded image) with the project's default K and heuristic.
+    /// Predicts `samples` (id, encoded image) with the project's default K and `heuristic` (a
+    /// per-sample one; `None` = the project's default).
     ///
     /// # Errors
     /// The request-level gRPC status (per-sample failures are in the results).
-    pub async fn predict(&self, project: &str, samples: Vec<(String, Vec<u8>)>) -> Result<Predicted, Status> {
+    pub async fn predict(
+        &self,
+        project: &str,
+        samples: Vec<(String, Vec<u8>)>,
+        heuristic: Option<&str>,
+    ) -> Result<Predicted, Status> {
         let samples = samples.into_iter().map(|(id, bytes)| image_sample(id, bytes)).collect();
-        let request = PredictRequest { project_id: project.to_owned(), samples, ..PredictRequest::default() };
+        let heuristic = heuristic.map(|name| HeuristicRef { name: name.to_owned(), version: String::new() });
+        let request =
+            PredictRequest { project_id: project.to_owned(), samples, heuristic, ..PredictRequest::default() };
         let mut client = InferenceServiceClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -140,24 +153,93 @@ impl Core {
         }
     }
 
-    /// Trains the project and waits for the job to end; returns the ended job.
+    /// Trains the project and waits for the job to end, telling `progress` every state the core
+    /// reports; returns the ended job.
     ///
     /// # Errors
     /// The gRPC status of Train or of the watch stream.
-    pub async fn train(&self, project: &str, parameters: TrainingParameters) -> Result<TrainingJob, Status> {
+    pub async fn train(
+        &self,
+        project: &str,
+        parameters: TrainingParameters,
+        mut progress: impl FnMut(&TrainingJob),
+    ) -> Result<TrainingJob, Status> {
         let mut client = TrainingServiceClient::new(self.channel.clone());
         let request = TrainRequest { project_id: project.to_owned(), parameters: Some(parameters), activate: None };
         let job = client.train(with_timeout(request)).await?.into_inner().job.unwrap_or_default();
+        progress(&job);
         let mut updates =
             client.watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() }).await?.into_inner();
         let mut last = job;
         while let Some(update) = updates.message().await? {
+            progress(&update);
             last = update;
             if is_terminal(last.state) {
                 break;
             }
         }
         Ok(last)
+    }
+
+    /// The project's newest training jobs (at most `limit`), newest first, whoever started them.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn training_jobs(&self, project: &str, limit: u32) -> Result<Vec<TrainingJob>, Status> {
+        let request = with_timeout(ListTrainingJobsRequest { project_id: project.to_owned(), limit });
+        Ok(TrainingServiceClient::new(self.channel.clone()).list_training_jobs(request).await?.into_inner().jobs)
+    }
+
+    /// Every loaded heuristic: name -> (kind, direction), newest version of each name.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn heuristics(&self) -> Result<HashMap<String, (HeuristicKind, Direction)>, Status> {
+        let request = with_timeout(ListHeuristicsRequest {});
+        let listed = HeuristicServiceClient::new(self.channel.clone()).list_heuristics(request).await?.into_inner();
+        Ok(listed
+            .heuristics
+            .into_iter()
+            .map(|info| {
+                let kind = HeuristicKind::try_from(info.kind).unwrap_or(HeuristicKind::Unspecified);
+                let direction = Direction::try_from(info.direction).unwrap_or(Direction::Unspecified);
+                (info.name, (kind, direction))
+            })
+            .collect())
+    }
+
+    /// Ranks `samples` (id, encoded image) with `heuristic` and returns the `query_size` selected,
+    /// most informative first (for a batch heuristic: in selection order). `seed` makes the
+    /// selection reproducible.
+    ///
+    /// # Errors
+    /// The gRPC status.
+    pub async fn rank(
+        &self,
+        project: &str,
+        heuristic: &str,
+        query_size: u32,
+        seed: u64,
+        samples: Vec<(String, Vec<u8>)>,
+    ) -> Result<RankResponse, Status> {
+        let samples: Vec<Sample> = samples.into_iter().map(|(id, bytes)| image_sample(id, bytes)).collect();
+        let mut messages = Vec::new();
+        let mut chunks = samples.chunks(32).map(<[Sample]>::to_vec);
+        messages.push(RankRequest {
+            project_id: project.to_owned(),
+            query_size,
+            heuristic: Some(HeuristicRef { name: heuristic.to_owned(), version: String::new() }),
+            samples: chunks.next().unwrap_or_default(),
+            seed: Some(seed),
+            ..RankRequest::default()
+        });
+        messages.extend(chunks.map(|samples| RankRequest { samples, ..RankRequest::default() }));
+        let mut client = InferenceServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut request = tonic::Request::new(tokio_stream::iter(messages));
+        request.set_timeout(RANK_TIMEOUT);
+        Ok(client.rank(request).await?.into_inner())
     }
 
     /// The project's model versions, newest first.
@@ -204,25 +286,40 @@ fn same_model(existing: &Project, wanted: &Project) -> bool {
     let (input, want_input) =
         (existing.preprocessing.clone().unwrap_or_default(), wanted.preprocessing.clone().unwrap_or_default());
     let matches = |have: u32, want: u32| want == 0 || have == want;
+    let same_values = |have: &[f32], want: &[f32]| want.is_empty() || have == want;
     model.architecture == want_model.architecture
         && model.weights_path == want_model.weights_path
+        && model.pretrained == want_model.pretrained
+        && same_values(&input.mean, &want_input.mean)
+        && same_values(&input.std, &want_input.std)
         && matches(input.width, want_input.width)
         && matches(input.height, want_input.height)
         && matches(input.channels, want_input.channels)
 }
 
 fn project_spec(id: &str, classes: &[String], preset: &ModelPreset) -> Project {
-    let weights_path = preset.weights.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
+    use {crate::config::PresetWeights, alps_proto::v1::PretrainedWeights};
+    let (weights_path, pretrained) = match &preset.weights {
+        Some(PresetWeights::File(path)) => (path.display().to_string(), PretrainedWeights::Unspecified),
+        Some(PresetWeights::Imagenet) => (String::new(), PretrainedWeights::Imagenet),
+        None => (String::new(), PretrainedWeights::Unspecified),
+    };
     Project {
         id: id.to_owned(),
         display_name: format!("Label Studio project {}", id.trim_start_matches(crate::projects::ALPS_ID_PREFIX)),
         classes: classes.to_vec(),
-        model: Some(ModelSpec { architecture: preset.architecture as i32, weights_path, ..ModelSpec::default() }),
+        model: Some(ModelSpec {
+            architecture: preset.architecture as i32,
+            weights_path,
+            pretrained: pretrained.into(),
+            ..ModelSpec::default()
+        }),
         preprocessing: Some(Preprocessing {
             width: preset.size,
             height: preset.size,
             channels: preset.channels,
-            ..Preprocessing::default()
+            mean: preset.mean.clone(),
+            std: preset.std.clone(),
         }),
         ..Project::default()
     }

@@ -18,6 +18,7 @@ use axum::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde::Serialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
@@ -27,11 +28,20 @@ use crate::{
     core_link::CoreStatus,
     label_config::{ConfigCache, LabelConfig, SUPPORTED_EXAMPLE, UnsupportedConfig},
     labels::{Labelling, Work, labels_of, webhook_work},
-    ls_api::Task,
+    ls_api::{LabelStudio, LinkState, Task},
     media::Media,
-    predict::{PredictSettings, TaskInput, predict_tasks},
+    predict::{PredictContext, PredictSettings, TaskInput, predict_tasks},
     projects::{OptionsError, ProjectLink, Projects, STATELESS_PROJECT, parse_uid},
+    scoring::Scoring,
+    training::TrainingProgress,
 };
+
+/// Time `/setup` waits for the core on a project's first contact after a start (Label Studio
+/// allows `/setup` 3 s), so that it answers the trained version, never a stale `-untrained`.
+const SETUP_CORE_WAIT: std::time::Duration = std::time::Duration::from_millis(2000);
+
+/// Time `/is_training` and `/status` wait for the core's job list.
+const JOBS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Largest `/predict` and `/train` body, bytes: "Retrieve predictions" on a whole project and
 /// legacy `/train` send every task in one body.
@@ -40,8 +50,11 @@ const MAX_TASKS_BODY_BYTES: usize = 256 << 20;
 /// Largest body of the other routes (a webhook event, a `/setup` with its label config), bytes.
 const MAX_BODY_BYTES: usize = 8 << 20;
 
+/// Header that carries `--webhook-secret` (`Authorization: Bearer <secret>` works too).
+pub const WEBHOOK_SECRET_HEADER: &str = "x-alps-webhook-secret";
+
 /// Webhook actions the adapter acts on; others are answered `200 {"status": "ignored"}`.
-const HANDLED_ACTIONS: [&str; 7] = [
+const HANDLED_ACTIONS: [&str; 8] = [
     "ANNOTATION_CREATED",
     "ANNOTATION_UPDATED",
     "ANNOTATIONS_CREATED",
@@ -49,6 +62,7 @@ const HANDLED_ACTIONS: [&str; 7] = [
     "TASKS_DELETED",
     "START_TRAINING",
     "PROJECT_UPDATED",
+    "TASKS_CREATED",
 ];
 
 /// Shared state of the HTTP handlers.
@@ -64,6 +78,8 @@ pub struct AppState {
     pub projects: Arc<Projects>,
     /// Labelled-set and training workers.
     pub labelling: Arc<Labelling>,
+    /// Background pool scoring.
+    pub scoring: Arc<Scoring>,
     /// Image downloads.
     pub media: Arc<Media>,
     /// Parsed label configs.
@@ -72,6 +88,34 @@ pub struct AppState {
     pub predict: PredictSettings,
     /// `user:password` of the optional Basic auth.
     pub basic_auth: Option<Arc<str>>,
+    /// The Label Studio API client, whose link state `/health` reports.
+    pub label_studio: Option<Arc<LabelStudio>>,
+    /// `--webhook-secret`, if set.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+/// The secret `POST /webhook` requires, kept as its SHA-256 digest so that the comparison takes
+/// the same time whatever the length of the guess.
+#[derive(Clone)]
+pub struct WebhookSecret([u8; 32]);
+
+impl WebhookSecret {
+    /// Keeps the digest of `secret`.
+    pub fn new(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Compares `given` in constant time.
+    fn matches(&self, given: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(given).into();
+        bool::from(digest.ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
 }
 
 /// An error response: status, reason phrase and JSON body.
@@ -136,6 +180,7 @@ struct Health {
     model_class: &'static str,
     version: &'static str,
     model_server: CoreStatus,
+    label_studio: LinkState,
     score_mode: ScoreMode,
 }
 
@@ -149,11 +194,13 @@ pub fn router(state: AppState, base_path: &str) -> Router {
         .route("/versions", get(versions).post(versions_of_project))
         .route("/train", post(train).layer(DefaultBodyLimit::max(MAX_TASKS_BODY_BYTES)))
         .route("/is_training", get(is_training))
+        .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), basic_auth));
-    // Label Studio's event webhooks carry no credentials (spec §4.1).
+    // Label Studio's event webhooks carry no Basic auth (spec §4.1); they may carry a secret header.
+    let webhook_route = post(webhook).route_layer(middleware::from_fn_with_state(state.clone(), webhook_auth));
     let routes = authenticated
-        .route("/webhook", post(webhook))
+        .route("/webhook", webhook_route)
         .route_layer(middleware::from_fn(count_requests))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -168,17 +215,21 @@ async fn count_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// Checks Basic auth when configured; 401 with `WWW-Authenticate` otherwise.
-async fn basic_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = &state.basic_auth else { return next.run(request).await };
-    let given = request
-        .headers()
+/// Whether the request carries the configured Basic auth (false when none is configured).
+fn has_basic_auth(state: &AppState, headers: &header::HeaderMap) -> bool {
+    let Some(expected) = &state.basic_auth else { return false };
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Basic "))
         .and_then(|encoded| STANDARD.decode(encoded.trim()).ok())
         .unwrap_or_default();
-    if bool::from(given.ct_eq(expected.as_bytes())) {
+    bool::from(given.ct_eq(expected.as_bytes()))
+}
+
+/// Checks Basic auth when configured; 401 with `WWW-Authenticate` otherwise.
+async fn basic_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.basic_auth.is_none() || has_basic_auth(&state, request.headers()) {
         return next.run(request).await;
     }
     tracing::info!(uri = %request.uri(), "rejected request without valid Basic auth");
@@ -189,6 +240,34 @@ async fn basic_auth(State(state): State<AppState>, request: Request, next: Next)
     response
 }
 
+/// With `--webhook-secret`, `POST /webhook` needs the secret in [`WEBHOOK_SECRET_HEADER`] or as
+/// `Authorization: Bearer <secret>`, or the configured Basic auth (Label Studio's Start training
+/// button posts START_TRAINING with the ML backend's Basic auth, not with the webhook's headers).
+/// Anything else is answered 401 before the body is read.
+async fn webhook_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(secret) = &state.webhook_secret else { return next.run(request).await };
+    let headers = request.headers();
+    let header_secret = headers.get(WEBHOOK_SECRET_HEADER).map(HeaderValue::as_bytes);
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|value| {
+        let (scheme, credentials) = value.as_bytes().split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then_some(credentials)
+    });
+    let secret_given = header_secret.or(bearer);
+    if secret_given.is_some_and(|given| secret.matches(given)) || has_basic_auth(&state, headers) {
+        return next.run(request).await;
+    }
+    crate::metrics::webhook_refused();
+    tracing::warn!(secret_given = secret_given.is_some(), "refused a webhook without the right secret");
+    let reason = "Webhook secret missing or wrong";
+    let detail = format!("set the webhook's header {WEBHOOK_SECRET_HEADER}: <ALPS_LS_WEBHOOK_SECRET> in Label Studio");
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        reason: reason.to_owned(),
+        body: json!({"error": reason, "detail": detail}),
+    }
+    .into_response()
+}
+
 /// `GET /` and `GET /health`: 200 while the process runs, whatever the core's state.
 async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
@@ -196,6 +275,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         model_class: "alps-label-studio",
         version: env!("CARGO_PKG_VERSION"),
         model_server: *state.core_status.borrow(),
+        label_studio: state.label_studio.as_ref().map_or(LinkState::NotConfigured, |ls| ls.link()),
         score_mode: state.score_mode,
     })
 }
@@ -229,6 +309,7 @@ fn project_id(uid: &Value) -> Result<u64, ApiError> {
 fn require_core(state: &AppState) -> Result<(), ApiError> {
     match *state.core_status.borrow() {
         CoreStatus::Unreachable => Err(ApiError::unavailable("Model server unreachable")),
+        CoreStatus::Unauthorized => Err(ApiError::unavailable("Model server refused the adapter's token")),
         CoreStatus::Ready | CoreStatus::Loading => Ok(()),
     }
 }
@@ -243,12 +324,20 @@ async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>
         tracing::info!(project = ls_id, cause = %error.cause, "unsupported label config at /setup");
     })?;
     let first_contact = state.projects.get(ls_id).is_none();
-    let link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
+    let mut link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
     if first_contact && ls_id != STATELESS_PROJECT {
         // Annotations made while the adapter was down reached no webhook (spec §7).
         state.labelling.submit(ls_id, Work::Resync { done: None });
     }
     require_core(&state)?;
+    if first_contact && ls_id != STATELESS_PROJECT {
+        // Right after a start the core's active version and heuristic are not known yet: ask.
+        match tokio::time::timeout(SETUP_CORE_WAIT, state.projects.ensure(ls_id)).await {
+            Ok(Ok(ensured)) => link = ensured,
+            Ok(Err(status)) => tracing::warn!(project = ls_id, %status, "cannot read the ALPS project at /setup"),
+            Err(_elapsed) => tracing::warn!(project = ls_id, "the core did not answer within /setup's budget"),
+        }
+    }
     Ok(Json(json!({"model_version": link.model_version()})))
 }
 
@@ -278,7 +367,13 @@ async fn predict(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         }
     })?;
     let inputs = tasks.iter().map(|task| task_input(task, &link.config)).collect();
-    let predicted = predict_tasks(&state.core, &state.media, &link, inputs, state.predict, deadline).await;
+    let spec = state.scoring.spec(&link).await;
+    let context = PredictContext {
+        core: state.core.clone(),
+        media: Arc::clone(&state.media),
+        scoring: Arc::clone(&state.scoring),
+    };
+    let predicted = predict_tasks(&context, &link, &spec, inputs, state.predict, deadline).await;
     if let Some(alps_version) = &predicted.alps_version {
         state.projects.set_active_version(ls_id, alps_version);
     }
@@ -371,7 +466,41 @@ async fn is_training(
     let uid = query.get("project").map(|project| Value::String(project.clone())).unwrap_or_default();
     let ls_id = parse_uid(&uid).ok_or_else(|| ApiError::bad_request("Missing project"))?;
     let version = state.projects.get(ls_id).map(|link| link.model_version()).unwrap_or_default();
-    Ok(Json(json!({"is_training": state.labelling.is_training(ls_id), "model_version": version, "backend": "none"})))
+    let training = latest_job(&state, ls_id).await.is_some_and(|job| job.is_active());
+    Ok(Json(json!({"is_training": training, "model_version": version, "backend": "none"})))
+}
+
+/// The project's newest training job, however it was started: the core's job list, or this
+/// adapter's own record when the core does not answer in time.
+async fn latest_job(state: &AppState, ls_id: u64) -> Option<TrainingProgress> {
+    let alps_id = crate::projects::alps_id(ls_id);
+    match tokio::time::timeout(JOBS_TIMEOUT, state.core.training_jobs(&alps_id, 1)).await {
+        Ok(Ok(jobs)) => jobs.first().map(TrainingProgress::of).or_else(|| state.labelling.board().get(ls_id)),
+        _ => state.labelling.board().get(ls_id),
+    }
+}
+
+/// `GET /status`: per Label Studio project, the scoring version, pool scoring progress (tasks
+/// scored / total, ETA) and the latest training job (epoch, ETA).
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    let pools: std::collections::HashMap<u64, crate::scoring::PoolProgress> =
+        state.scoring.status().into_iter().collect();
+    let mut ids = state.projects.ids();
+    ids.sort_unstable();
+    let mut projects = Vec::new();
+    for ls_id in ids {
+        let Some(link) = state.projects.get(ls_id) else { continue };
+        projects.push(json!({
+            "project": ls_id,
+            "model": link.model.name,
+            "score_mode": link.score_mode,
+            "heuristic": link.heuristic(),
+            "model_version": link.model_version(),
+            "pool": pools.get(&ls_id),
+            "training": latest_job(&state, ls_id).await,
+        }));
+    }
+    Json(json!({"projects": projects}))
 }
 
 /// `GET /metrics`: Prometheus text (spec §2.5).
@@ -400,6 +529,16 @@ mod tests {
             reason_phrase("Unsupported label config: 2 Choices controls"),
             "Unsupported label config: 2 Choices controls"
         );
+    }
+
+    #[test]
+    fn webhook_secrets_match_only_exactly() {
+        let secret = WebhookSecret::new("0123456789abcdef");
+        assert!(secret.matches(b"0123456789abcdef"));
+        for wrong in [&b""[..], b"0123456789abcde", b"0123456789abcdef ", b"0123456789ABCDEF"] {
+            assert!(!secret.matches(wrong), "{wrong:?}");
+        }
+        assert!(!format!("{secret:?}").contains("0123"));
     }
 
     #[test]

@@ -136,7 +136,8 @@ fn check_choices_attributes(choices: &Node) -> Result<(), UnsupportedConfig> {
         "single" | "single-radio" => {}
         other => {
             return Err(unsupported(
-                format!("choice={other}"),
+                // The cause is printable ASCII (a reason phrase); the value is the client's.
+                format!("choice={}", other.escape_default()),
                 format!("<Choices choice={other:?}> is not supported; use choice=\"single\" (one label per image)"),
             ));
         }

@@ -1,7 +1,12 @@
-//! Labelled examples and training (spec §7). Webhook events and `/train` bodies become work items
-//! for one worker per project, which applies them in order: it downloads the image, stores the
-//! labelled example on the core, and runs training when asked. Webhooks are hints; the resync from
-//! Label Studio's API before each requested training is the source of truth.
+//! The per-project labelling actor (spec §7). Webhook events and `/train` bodies become work
+//! items ([`crate::translate`]) for one worker per project, which applies them in order: it
+//! downloads the image, stores the labelled example on the core, and hands training requests to
+//! the project's trainer ([`crate::training`]). Webhooks are hints; the resync from Label Studio's
+//! API before each requested training is the source of truth.
+//!
+//! Queues are bounded: [`WORK_QUEUE`] items per project (a full queue drops the event with a
+//! warning; the resync before training catches what was dropped) and [`TRAIN_QUEUE`] training
+//! requests (more are already coalesced into the pending run).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,129 +14,27 @@ use std::{
     time::Duration,
 };
 
-use alps_proto::v1::{JobState, LabelledExample, TrainingMode, TrainingParameters};
 use reqwest::StatusCode;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+// The translation functions keep their historical paths (`labels::webhook_work`, ...).
+pub use crate::training::TrainingPolicy;
+pub use crate::translate::{TaskLabel, Work, annotation_label, labels_of, task_label, webhook_work};
 use crate::{
-    core_client::{Core, image_sample},
-    label_config::LabelConfig,
-    ls_api::{LabelStudio, LsError, Task},
+    core_client::Core,
+    ls_api::{LabelStudio, LsError},
     media::Media,
     projects::{ProjectLink, Projects},
+    scoring::Scoring,
+    training::{TrainingBoard, train},
+    translate::example,
 };
 
-/// Training policy (see the `--train-*` and `--min-train-labels` flags).
-#[derive(Clone, Copy, Debug)]
-pub struct TrainingPolicy {
-    /// Retrain after this many new labels; 0 = only on request.
-    pub every: u32,
-    /// Fewest labelled tasks to train on.
-    pub min_labels: u64,
-    /// Triggers within this time are coalesced.
-    pub debounce: Duration,
-    /// Passes over the labelled set; 0 = the server's default.
-    pub epochs: u32,
-    /// Learning rate; 0 = the server's default.
-    pub learning_rate: f32,
-    /// Share of labels held out for validation; `None` = the server's default.
-    pub validation_fraction: Option<f32>,
-}
+/// Work items a project's queue holds before new events are dropped.
+pub const WORK_QUEUE: usize = 4096;
 
-/// The label a task carries in Label Studio, chosen among its annotations.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskLabel {
-    /// Label Studio task id.
-    pub task: u64,
-    /// The image reference (task data value under the config's image key).
-    pub reference: String,
-    /// The label (a Choice's alias or value).
-    pub label: String,
-    /// The annotation it comes from.
-    pub annotation: u64,
-    /// Whether that annotation is marked ground truth.
-    pub ground_truth: bool,
-    /// The annotation's `updated_at` (ISO 8601 in UTC as Label Studio writes it, compared as text;
-    /// only breaks ties between annotations of one task).
-    pub updated_at: String,
-}
-
-impl TaskLabel {
-    /// Whether `self` should replace `other` as the task's label: a new state of the same
-    /// annotation always does; otherwise ground truth wins, then the most recently updated.
-    fn supersedes(&self, other: &TaskLabel) -> bool {
-        self.annotation == other.annotation
-            || (self.ground_truth, &self.updated_at) >= (other.ground_truth, &other.updated_at)
-    }
-}
-
-/// The label of one annotation object, if it is an accepted single choice of the config
-/// (cancelled, empty, multi-choice and unknown labels give `None`).
-pub fn annotation_label(annotation: &Value, config: &LabelConfig) -> Option<String> {
-    if annotation["was_cancelled"].as_bool() == Some(true) {
-        return None;
-    }
-    let results = annotation["result"].as_array()?;
-    let item = results.iter().find(|item| {
-        item["from_name"].as_str() == Some(&config.choices_name) && item["type"].as_str() == Some("choices")
-    })?;
-    let [choice] = item["value"]["choices"].as_array()?.as_slice() else { return None };
-    let label = choice.as_str()?;
-    config.labels.iter().any(|known| known == label).then(|| label.to_owned())
-}
-
-/// The label of a task among its annotations (spec §7: ground truth wins, else the most recently
-/// updated accepted one).
-pub fn task_label(task_id: u64, data: &Value, annotations: &[Value], config: &LabelConfig) -> Option<TaskLabel> {
-    let reference = data[&config.image_key].as_str()?.to_owned();
-    annotations
-        .iter()
-        .filter_map(|annotation| {
-            Some(TaskLabel {
-                task: task_id,
-                reference: reference.clone(),
-                label: annotation_label(annotation, config)?,
-                annotation: annotation["id"].as_u64().unwrap_or(0),
-                ground_truth: annotation["ground_truth"].as_bool().unwrap_or(false),
-                updated_at: annotation["updated_at"].as_str().unwrap_or_default().to_owned(),
-            })
-        })
-        .reduce(|best, candidate| if candidate.supersedes(&best) { candidate } else { best })
-}
-
-/// One unit of work for a project's worker.
-#[derive(Debug)]
-pub enum Work {
-    /// An annotation was created or updated (webhook): its task's label, or `None` if the
-    /// annotation no longer gives one (cancelled, emptied).
-    Annotation {
-        /// Task id.
-        task: u64,
-        /// Annotation id.
-        annotation: u64,
-        /// The label it gives, if any.
-        label: Option<TaskLabel>,
-    },
-    /// Annotations were deleted (webhook).
-    AnnotationsDeleted(Vec<u64>),
-    /// Tasks were deleted (webhook).
-    TasksDeleted(Vec<u64>),
-    /// The complete labelled set (legacy `/train` body): replaces the stored set.
-    Replace(Vec<TaskLabel>),
-    /// Replace the stored set with Label Studio's labelled tasks (first contact after a start,
-    /// every `--resync-interval-secs`, before a requested training run); `done` is told when
-    /// it has finished.
-    Resync {
-        /// Signalled after the resync (the trainer waits for it).
-        done: Option<oneshot::Sender<()>>,
-    },
-    /// Train (START_TRAINING, `/train`, or the automatic policy); `resync` first if possible.
-    Train {
-        /// Resync from Label Studio before training.
-        resync: bool,
-    },
-}
+/// Training requests a project's trainer holds; more are coalesced into the pending run anyway.
+pub const TRAIN_QUEUE: usize = 8;
 
 /// Runs the per-project workers.
 #[derive(Debug)]
@@ -141,9 +44,11 @@ pub struct Labelling {
     label_studio: Option<Arc<LabelStudio>>,
     projects: Arc<Projects>,
     policy: TrainingPolicy,
-    workers: Mutex<HashMap<u64, mpsc::UnboundedSender<Work>>>,
-    /// Projects whose training run is in progress.
-    training: Mutex<HashSet<u64>>,
+    workers: Mutex<HashMap<u64, mpsc::Sender<Work>>>,
+    /// Training progress per project (this adapter's runs).
+    board: Arc<TrainingBoard>,
+    /// Pool scoring, told about imported tasks.
+    scoring: Arc<Scoring>,
 }
 
 impl Labelling {
@@ -154,6 +59,7 @@ impl Labelling {
         label_studio: Option<Arc<LabelStudio>>,
         projects: Arc<Projects>,
         policy: TrainingPolicy,
+        scoring: Arc<Scoring>,
     ) -> Arc<Self> {
         Arc::new(Self {
             core,
@@ -162,30 +68,47 @@ impl Labelling {
             projects,
             policy,
             workers: Mutex::default(),
-            training: Mutex::default(),
+            board: Arc::default(),
+            scoring,
         })
     }
 
-    /// Whether a training run of `ls_id` is in progress.
-    pub fn is_training(&self, ls_id: u64) -> bool {
-        self.training.lock().expect("training set poisoned").contains(&ls_id)
+    /// Training progress of this adapter's runs.
+    pub fn board(&self) -> &Arc<TrainingBoard> {
+        &self.board
     }
 
-    /// Queues `work` for project `ls_id` and returns at once.
+    /// Queues `work` for project `ls_id` and returns at once; a full queue drops it (logged).
     pub fn submit(self: &Arc<Self>, ls_id: u64, work: Work) {
+        if matches!(work, Work::TasksCreated) {
+            self.scoring.trigger(ls_id);
+            return;
+        }
         let mut workers = self.workers.lock().expect("workers poisoned");
         let sender = workers.entry(ls_id).or_insert_with(|| self.start_worker(ls_id));
-        if let Err(mpsc::error::SendError(work)) = sender.send(work) {
-            // The worker ended (it never does on its own); start a new one.
-            let sender = self.start_worker(ls_id);
-            let _ = sender.send(work);
-            workers.insert(ls_id, sender);
+        match sender.try_send(work) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(work)) => {
+                crate::metrics::work_dropped();
+                tracing::warn!(
+                    project = ls_id,
+                    ?work,
+                    queue = WORK_QUEUE,
+                    "work queue full; event dropped (the next resync settles it)"
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(work)) => {
+                // The worker ended (it never does on its own); start a new one.
+                let sender = self.start_worker(ls_id);
+                let _ = sender.try_send(work);
+                workers.insert(ls_id, sender);
+            }
         }
     }
 
-    fn start_worker(self: &Arc<Self>, ls_id: u64) -> mpsc::UnboundedSender<Work> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let (trainer, train_receiver) = mpsc::unbounded_channel();
+    fn start_worker(self: &Arc<Self>, ls_id: u64) -> mpsc::Sender<Work> {
+        let (sender, receiver) = mpsc::channel(WORK_QUEUE);
+        let (trainer, train_receiver) = mpsc::channel(TRAIN_QUEUE);
         let worker = Worker {
             labelling: Arc::clone(self),
             ls_id,
@@ -204,8 +127,8 @@ impl Labelling {
     async fn trainer(
         self: Arc<Self>,
         ls_id: u64,
-        mut requests: mpsc::UnboundedReceiver<TrainRequest>,
-        worker: mpsc::UnboundedSender<Work>,
+        mut requests: mpsc::Receiver<TrainRequest>,
+        worker: mpsc::Sender<Work>,
     ) {
         while let Some(first) = requests.recv().await {
             tokio::time::sleep(self.policy.debounce).await;
@@ -215,63 +138,12 @@ impl Labelling {
             }
             if resync {
                 let (done, finished) = oneshot::channel();
-                if worker.send(Work::Resync { done: Some(done) }).is_err() {
+                if worker.send(Work::Resync { done: Some(done) }).await.is_err() {
                     return;
                 }
                 let _ = finished.await;
             }
-            self.training.lock().expect("training set poisoned").insert(ls_id);
-            self.train(ls_id).await;
-            self.training.lock().expect("training set poisoned").remove(&ls_id);
-        }
-    }
-
-    async fn train(&self, ls_id: u64) {
-        let Some(link) = self.projects.get(ls_id) else { return };
-        let (labelled, classes) = match self.core.count_examples(&link.alps_id()).await {
-            Ok(counts) => counts,
-            Err(status) => {
-                tracing::warn!(project = ls_id, %status, "cannot count labelled examples; not training");
-                crate::metrics::training("error");
-                return;
-            }
-        };
-        if labelled < self.policy.min_labels || classes < 2 {
-            tracing::info!(
-                project = ls_id,
-                labelled,
-                classes,
-                min_labels = self.policy.min_labels,
-                "not training yet: too few labelled tasks or classes"
-            );
-            crate::metrics::training("skipped");
-            return;
-        }
-        // A randomly initialised model learns its backbone too; a pretrained one its head only.
-        let mode = if link.model.weights.is_some() { TrainingMode::HeadOnly } else { TrainingMode::Full };
-        let parameters = TrainingParameters {
-            mode: mode as i32,
-            epochs: self.policy.epochs,
-            learning_rate: self.policy.learning_rate,
-            validation_fraction: self.policy.validation_fraction,
-            ..TrainingParameters::default()
-        };
-        tracing::info!(project = ls_id, labelled, classes, ?mode, "training");
-        match self.core.train(&link.alps_id(), parameters).await {
-            Ok(job) if job.state == JobState::Succeeded as i32 && job.not_activated_reason.is_empty() => {
-                tracing::info!(project = ls_id, version = %job.model_version, "training finished");
-                crate::metrics::training("succeeded");
-                self.projects.set_active_version(ls_id, &job.model_version);
-            }
-            Ok(job) => {
-                let reason = if job.error.is_empty() { job.not_activated_reason } else { job.error };
-                tracing::warn!(project = ls_id, state = job.state, %reason, "training ended without a new active version");
-                crate::metrics::training("failed");
-            }
-            Err(status) => {
-                tracing::warn!(project = ls_id, %status, "training failed");
-                crate::metrics::training("error");
-            }
+            train(&self.core, &self.projects, &self.policy, &self.board, ls_id).await;
         }
     }
 }
@@ -287,7 +159,7 @@ struct Worker {
     labelling: Arc<Labelling>,
     ls_id: u64,
     /// The project's trainer, which coalesces training requests.
-    trainer: mpsc::UnboundedSender<TrainRequest>,
+    trainer: mpsc::Sender<TrainRequest>,
     /// Current label per task, as stored on the core.
     labels: HashMap<u64, TaskLabel>,
     /// Labels stored since the last automatic training.
@@ -301,7 +173,7 @@ struct Worker {
 const RETRY_AFTER: Duration = Duration::from_secs(15);
 
 impl Worker {
-    async fn run(mut self, mut items: mpsc::UnboundedReceiver<Work>) {
+    async fn run(mut self, mut items: mpsc::Receiver<Work>) {
         loop {
             let work = match tokio::time::timeout(RETRY_AFTER, items.recv()).await {
                 Ok(Some(item)) => item,
@@ -344,8 +216,10 @@ impl Worker {
                 }
             }
             Work::Train { resync } => {
-                let _ = self.trainer.send(TrainRequest { resync });
+                // A full queue already holds a pending run.
+                let _ = self.trainer.try_send(TrainRequest { resync });
             }
+            Work::TasksCreated => self.labelling.scoring.trigger(self.ls_id),
         }
     }
 
@@ -355,7 +229,7 @@ impl Worker {
         let every = self.labelling.policy.every;
         if every > 0 && self.since_training >= every {
             self.since_training = 0;
-            let _ = self.trainer.send(TrainRequest { resync: false });
+            let _ = self.trainer.try_send(TrainRequest { resync: false });
         }
     }
 
@@ -529,114 +403,5 @@ impl Worker {
                 None
             }
         }
-    }
-}
-
-/// The labels of annotated tasks (a resync page or a `/train` body).
-pub fn labels_of(tasks: &[Task], config: &LabelConfig) -> Vec<TaskLabel> {
-    tasks.iter().filter_map(|task| task_label(task.id, &task.data, &task.annotations, config)).collect()
-}
-
-/// The work items of one webhook event (spec §2.4, §7).
-pub fn webhook_work(action: &str, body: &Value, config: &LabelConfig) -> Vec<Work> {
-    let ids = |list: &Value| list.as_array().into_iter().flatten().filter_map(|item| item["id"].as_u64()).collect();
-    match action {
-        "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" => annotation_work(&body["annotation"], &body["task"], config),
-        "ANNOTATIONS_CREATED" => {
-            let (annotations, tasks) = (body["annotation"].as_array(), body["task"].as_array());
-            let pairs = annotations.into_iter().flatten().zip(tasks.into_iter().flatten());
-            pairs.flat_map(|(annotation, task)| annotation_work(annotation, task, config)).collect()
-        }
-        "ANNOTATIONS_DELETED" => vec![Work::AnnotationsDeleted(ids(&body["annotations"]))],
-        "TASKS_DELETED" => vec![Work::TasksDeleted(ids(&body["tasks"]))],
-        "START_TRAINING" => vec![Work::Train { resync: true }],
-        _ => Vec::new(),
-    }
-}
-
-fn annotation_work(annotation: &Value, task: &Value, config: &LabelConfig) -> Vec<Work> {
-    let task_id = task["id"].as_u64().or_else(|| annotation["task"].as_u64());
-    let Some(task_id) = task_id else { return Vec::new() };
-    let label = task_label(task_id, &task["data"], std::slice::from_ref(annotation), config);
-    vec![Work::Annotation { task: task_id, annotation: annotation["id"].as_u64().unwrap_or(0), label }]
-}
-
-fn example(label: &TaskLabel, bytes: Vec<u8>) -> LabelledExample {
-    LabelledExample {
-        external_id: label.task.to_string(),
-        sample: Some(image_sample(String::new(), bytes)),
-        class_name: label.label.clone(),
-        metadata: [
-            ("annotation_id".to_owned(), label.annotation.to_string()),
-            ("updated_at".to_owned(), label.updated_at.clone()),
-            ("source".to_owned(), "label-studio".to_owned()),
-        ]
-        .into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::label_config;
-
-    fn config() -> LabelConfig {
-        label_config::parse(label_config::SUPPORTED_EXAMPLE).unwrap()
-    }
-
-    fn annotation(id: u64, label: &str, updated_at: &str, ground_truth: bool) -> Value {
-        json!({"id": id, "was_cancelled": false, "ground_truth": ground_truth, "updated_at": updated_at,
-               "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
-    }
-
-    #[test]
-    fn accepted_single_choices_give_labels() {
-        let config = config();
-        assert_eq!(annotation_label(&annotation(1, "Car", "", false), &config).as_deref(), Some("Car"));
-        let mut cancelled = annotation(1, "Car", "", false);
-        cancelled["was_cancelled"] = json!(true);
-        let mut two = annotation(1, "Car", "", false);
-        two["result"][0]["value"]["choices"] = json!(["Car", "Truck"]);
-        let mut other_control = annotation(1, "Car", "", false);
-        other_control["result"][0]["from_name"] = json!("comment");
-        for rejected in [cancelled, two, other_control, annotation(1, "Bus", "", false), json!({"result": []})] {
-            assert_eq!(annotation_label(&rejected, &config), None, "{rejected}");
-        }
-    }
-
-    #[test]
-    fn ground_truth_wins_then_the_latest_update() {
-        let config = config();
-        let data = json!({"image": "/data/upload/1/a.png"});
-        let latest = [
-            annotation(1, "Car", "2025-01-01T00:00:00Z", false),
-            annotation(2, "Truck", "2025-02-01T00:00:00Z", false),
-        ];
-        let label = task_label(9, &data, &latest, &config).unwrap();
-        assert_eq!((label.label.as_str(), label.annotation, label.task), ("Truck", 2, 9));
-        assert_eq!(label.reference, "/data/upload/1/a.png");
-        let with_truth =
-            [annotation(1, "Car", "2025-01-01T00:00:00Z", true), annotation(2, "Truck", "2025-02-01T00:00:00Z", false)];
-        assert_eq!(task_label(9, &data, &with_truth, &config).unwrap().label, "Car");
-        assert_eq!(task_label(9, &json!({}), &latest, &config), None, "no image reference");
-        assert_eq!(task_label(9, &data, &[], &config), None);
-    }
-
-    #[test]
-    fn bulk_annotation_events_give_one_item_per_annotation() {
-        let config = config();
-        let annotation = |id: u64, task: u64| json!({"id": id, "task": task, "result": [{"from_name": "label", "type": "choices", "value": {"choices": ["Car"]}}]});
-        let body = json!({
-            "annotation": [annotation(1, 10), annotation(2, 11)],
-            "task": [{"id": 10, "data": {"image": "/a.png"}}, {"id": 11, "data": {"image": "/b.png"}}],
-        });
-        let work = webhook_work("ANNOTATIONS_CREATED", &body, &config);
-        assert_eq!(work.len(), 2);
-        let Work::Annotation { task, label: Some(label), .. } = &work[1] else { panic!("{work:?}") };
-        assert_eq!((*task, label.label.as_str(), label.reference.as_str()), (11, "Car", "/b.png"));
-        let deleted = webhook_work("ANNOTATIONS_DELETED", &json!({"annotations": [{"id": 17}]}), &config);
-        assert!(matches!(deleted.as_slice(), [Work::AnnotationsDeleted(ids)] if ids == &[17]));
     }
 }

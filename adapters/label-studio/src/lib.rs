@@ -2,8 +2,10 @@
 //! (`shared/specs/label-studio-ml-backend.md`) and forwards to alps-server over gRPC. It keeps no
 //! state that cannot be rebuilt from Label Studio and the core.
 //!
-//! Data flows one way: [`http`] (routes) -> [`projects`] / [`predict`] / [`labels`] -> [`core_client`]
-//! (gRPC) and [`media`] / [`ls_api`] (Label Studio).
+//! Data flows one way: [`http`] (routes) -> [`projects`] / [`predict`] / [`labels`] (the
+//! labelling actor; [`translate`] turns Label Studio JSON into its work, [`training`] runs the
+//! jobs) / [`scoring`] (background pool scoring) -> [`core_client`] (gRPC) and [`media`] /
+//! [`ls_api`] (Label Studio).
 
 pub mod config;
 pub mod core_client;
@@ -16,6 +18,10 @@ pub mod media;
 pub mod metrics;
 pub mod predict;
 pub mod projects;
+pub mod scoring;
+pub mod tls;
+pub mod training;
+pub mod translate;
 pub mod version_sync;
 
 /// The adapter's HTTP client for Label Studio and task media: rustls with the ring provider
@@ -25,11 +31,16 @@ pub mod version_sync;
 /// # Errors
 /// If the TLS backend cannot be initialised.
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    http_client_builder().build()
+}
+
+/// The settings of [`http_client`], for clients that add their own (the media client's
+/// address-checking resolver).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
     // Fails only if a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(2))
         .user_agent(concat!("alps-label-studio/", env!("CARGO_PKG_VERSION")))
-        .build()
 }

@@ -4,12 +4,18 @@
 //! Personal access tokens (PATs) are JWT refresh tokens: they are exchanged at
 //! `POST /api/token/refresh/` for an access token valid about 300 s, sent as `Bearer`, refreshed
 //! when under 30 s remain and once after a 401. Legacy tokens are sent as `Token <key>`.
+//!
+//! Every answer updates the [`LinkState`] that `/health` reports as `label_studio` and the
+//! `alps_ls_label_studio_link{state}` gauge: a refused token shows there, not only in the log.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::atomic::{AtomicU8, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header::HeaderValue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use url::Url;
@@ -19,6 +25,45 @@ const REFRESH_MARGIN_SECS: u64 = 30;
 
 /// Time one REST call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often [`LabelStudio::watch`] checks that Label Studio accepts the API key.
+pub const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The adapter's link to Label Studio as last seen, reported as `label_studio` by `/health`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// `LABEL_STUDIO_URL` is not set.
+    NotConfigured,
+    /// No call has been answered yet.
+    Unknown,
+    /// The last call was answered and the credentials accepted (whatever the answer's status).
+    Ok,
+    /// Label Studio refused the API key: HTTP 401, or the PAT refresh refused.
+    Unauthorized,
+    /// The last call got no answer (connection refused, timeout, TLS failure).
+    Unreachable,
+}
+
+impl LinkState {
+    /// Every state, for the metric.
+    pub const ALL: [Self; 5] = [Self::NotConfigured, Self::Unknown, Self::Ok, Self::Unauthorized, Self::Unreachable];
+
+    /// The word `/health` and the metric use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotConfigured => "not_configured",
+            Self::Unknown => "unknown",
+            Self::Ok => "ok",
+            Self::Unauthorized => "unauthorized",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
+    fn from_u8(raw: u8) -> Self {
+        Self::ALL.into_iter().find(|state| *state as u8 == raw).unwrap_or(Self::Unknown)
+    }
+}
 
 /// The kind of `LABEL_STUDIO_API_KEY`.
 #[derive(Clone, PartialEq, Eq)]
@@ -101,6 +146,7 @@ pub struct LabelStudio {
     key: ApiKey,
     http: reqwest::Client,
     access: Mutex<Option<AccessToken>>,
+    link: AtomicU8,
 }
 
 #[derive(Debug)]
@@ -122,6 +168,43 @@ pub struct Task {
     pub annotations: Vec<Value>,
 }
 
+/// One task of the unlabelled pool ([`LabelStudio::pool_page`]).
+#[derive(Clone, Debug, Default)]
+pub struct PoolTask {
+    /// Task id.
+    pub id: u64,
+    /// Task data (unresolved media references).
+    pub data: Value,
+    /// Whether it carries a completed annotation after all (labelled since the filter ran).
+    pub annotated: bool,
+    /// The `model_version` and score of each stored prediction.
+    pub versions: Vec<(String, Option<f32>)>,
+}
+
+/// A page of [`LabelStudio::pool_page`].
+#[derive(Clone, Debug, Default)]
+pub struct PoolPage {
+    /// The tasks, ascending by id.
+    pub tasks: Vec<PoolTask>,
+    /// Unlabelled tasks above the page's cursor, this page included.
+    pub total: u64,
+}
+
+/// Largest Label Studio answer the adapter reads into memory, bytes.
+pub const MAX_PAGE_BYTES: usize = 64 << 20;
+
+/// Reads a JSON answer of at most [`MAX_PAGE_BYTES`].
+async fn capped_json(mut response: Response) -> Result<Value, LsError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_PAGE_BYTES {
+            return Err(LsError::Transport(format!("answer larger than {MAX_PAGE_BYTES} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|error| LsError::Transport(format!("unreadable JSON answer: {error}")))
+}
+
 #[derive(Deserialize)]
 struct TaskPage {
     #[serde(default)]
@@ -136,7 +219,50 @@ impl LabelStudio {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Self { base, key, http, access: Mutex::new(None) }
+        Self { base, key, http, access: Mutex::new(None), link: AtomicU8::new(LinkState::Unknown as u8) }
+    }
+
+    /// The link's state as last seen.
+    pub fn link(&self) -> LinkState {
+        LinkState::from_u8(self.link.load(Ordering::Relaxed))
+    }
+
+    /// Records the outcome of a call: the state, the metrics, and one log line per change.
+    fn record(&self, now: LinkState) {
+        if now == LinkState::Unauthorized {
+            crate::metrics::label_studio_refusal();
+        }
+        let before = LinkState::from_u8(self.link.swap(now as u8, Ordering::Relaxed));
+        if before == now {
+            return;
+        }
+        crate::metrics::label_studio_link(now);
+        match now {
+            LinkState::Unauthorized => tracing::warn!(
+                from = before.as_str(),
+                "Label Studio refused LABEL_STUDIO_API_KEY: is it revoked, rotated, or from another Label Studio instance?"
+            ),
+            LinkState::Unreachable => tracing::warn!(from = before.as_str(), "Label Studio is unreachable"),
+            _ => tracing::info!(from = before.as_str(), to = now.as_str(), "Label Studio link changed"),
+        }
+    }
+
+    /// Checks now and then every `interval` that Label Studio answers and accepts the API key
+    /// (`GET /api/projects/?page_size=1`), so `/health` shows a refused key before any task needs
+    /// it. Runs until the process ends.
+    pub async fn watch(self: std::sync::Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let url = self.api_url("api/projects/");
+            // The outcome is recorded by `send`; the answer itself is not needed.
+            if let Err(error) =
+                self.send(|http| http.get(url.clone()).query(&[("page_size", "1")]).timeout(API_TIMEOUT)).await
+            {
+                tracing::debug!(%error, "Label Studio link check failed");
+            }
+        }
     }
 
     /// Whether `url` is on Label Studio's exact origin (scheme, host, port): only such URLs get
@@ -164,6 +290,21 @@ impl LabelStudio {
     /// # Errors
     /// [`LsError::Transport`] on network errors, [`LsError::Refresh`] if the PAT is refused.
     pub async fn send(&self, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, LsError> {
+        let result = self.send_once_refreshed(build).await;
+        self.record(match &result {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => LinkState::Unauthorized,
+            Ok(_) => LinkState::Ok,
+            Err(LsError::Refresh(status)) if status.is_client_error() => LinkState::Unauthorized,
+            Err(LsError::Refresh(_)) => LinkState::Unreachable,
+            Err(LsError::Transport(_) | LsError::Status { .. }) => LinkState::Unreachable,
+        });
+        result
+    }
+
+    async fn send_once_refreshed(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, LsError> {
         let response = build(&self.http).header("Authorization", self.authorization(false).await?).send().await?;
         if response.status() != StatusCode::UNAUTHORIZED || matches!(self.key, ApiKey::Legacy(_)) {
             return Ok(response);
@@ -302,6 +443,112 @@ impl LabelStudio {
         Ok(titles.map(str::to_owned).collect())
     }
 
+    /// One page of the project's unlabelled pool (tasks without a completed annotation), with the
+    /// model versions of their stored predictions: tasks with ids above `after`, ascending by id,
+    /// at most `page_size` (keyset paging, so tasks labelled or imported meanwhile shift nothing).
+    /// `total` is the number of unlabelled tasks above `after`.
+    ///
+    /// # Errors
+    /// [`LsError`]; an answer over [`MAX_PAGE_BYTES`] is a [`LsError::Transport`].
+    pub async fn pool_page(&self, project: u64, after: u64, page_size: u32) -> Result<PoolPage, LsError> {
+        let query = json!({
+            "filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after},
+            ]},
+            "ordering": ["tasks:id"],
+        });
+        let query = [
+            ("project", project.to_string()),
+            ("fields", "all".to_owned()),
+            ("resolve_uri", "false".to_owned()),
+            ("page", "1".to_owned()),
+            ("page_size", page_size.to_string()),
+            ("query", query.to_string()),
+        ];
+        let response = match self.call(Method::GET, "api/tasks", &query, None).await {
+            Err(LsError::Status { status: StatusCode::NOT_FOUND, .. }) => return Ok(PoolPage::default()),
+            other => other?,
+        };
+        let body: Value = capped_json(response).await?;
+        let tasks = body["tasks"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let tasks = tasks
+            .iter()
+            .filter_map(|task| {
+                let annotated = task["annotations"].as_array().is_some_and(|list| {
+                    list.iter().any(|annotation| annotation["was_cancelled"].as_bool() != Some(true))
+                });
+                Some(PoolTask {
+                    id: task["id"].as_u64()?,
+                    data: task["data"].clone(),
+                    annotated,
+                    versions: task["predictions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|prediction| {
+                            let version = prediction["model_version"].as_str()?.to_owned();
+                            Some((version, prediction["score"].as_f64().map(|score| score as f32)))
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Ok(PoolPage { tasks, total: body["total"].as_u64().unwrap_or(0) })
+    }
+
+    /// Stores predictions in bulk (`POST /api/projects/{id}/import/predictions`, a list of
+    /// `{"task", "result", "score", "model_version"}`); returns how many Label Studio created.
+    ///
+    /// # Errors
+    /// [`LsError`]; Label Studio answers 400 for the whole list if one task is not in the project.
+    pub async fn import_predictions(&self, project: u64, predictions: &[Value]) -> Result<u64, LsError> {
+        let path = format!("api/projects/{project}/import/predictions");
+        let body = Value::Array(predictions.to_vec());
+        let answer: Value = self.call(Method::POST, &path, &[], Some(&body)).await?.json().await?;
+        Ok(answer["created"].as_u64().unwrap_or(0))
+    }
+
+    /// The titles of the project's Data Manager tabs (`GET /api/dm/views`).
+    ///
+    /// # Errors
+    /// [`LsError`].
+    pub async fn view_titles(&self, project: u64) -> Result<Vec<String>, LsError> {
+        let query = [("project", project.to_string())];
+        let body: Value = capped_json(self.call(Method::GET, "api/dm/views/", &query, None).await?).await?;
+        let titles = body.as_array().into_iter().flatten().filter_map(|view| view["data"]["title"].as_str());
+        Ok(titles.map(str::to_owned).collect())
+    }
+
+    /// Creates a Data Manager tab with `data` (`title`, `filters`, `ordering`).
+    ///
+    /// # Errors
+    /// [`LsError`].
+    pub async fn create_view(&self, project: u64, data: &Value) -> Result<(), LsError> {
+        let body = json!({"project": project, "data": data});
+        self.call(Method::POST, "api/dm/views/", &[], Some(&body)).await.map(drop)
+    }
+
+    /// The ids of the task's predictions of `model_version`.
+    ///
+    /// # Errors
+    /// [`LsError`].
+    pub async fn prediction_ids(&self, task: u64, model_version: &str) -> Result<Vec<u64>, LsError> {
+        let query = [("task", task.to_string())];
+        let body: Value = capped_json(self.call(Method::GET, "api/predictions/", &query, None).await?).await?;
+        let of_version = body.as_array().into_iter().flatten().filter(|p| p["model_version"] == model_version);
+        Ok(of_version.filter_map(|prediction| prediction["id"].as_u64()).collect())
+    }
+
+    /// Sets the score of a stored prediction.
+    ///
+    /// # Errors
+    /// [`LsError`].
+    pub async fn set_prediction_score(&self, prediction: u64, score: f32) -> Result<(), LsError> {
+        let body = json!({"score": score});
+        self.call(Method::PATCH, &format!("api/predictions/{prediction}/"), &[], Some(&body)).await.map(drop)
+    }
+
     /// Sets the project's `model_version`.
     ///
     /// # Errors
@@ -353,6 +600,48 @@ mod tests {
         let payload = URL_SAFE_NO_PAD.encode(br#"{"token_type":"access","exp":1764489300}"#);
         assert_eq!(jwt_expiry(&format!("eyJhbGciOiJIUzI1NiJ9.{payload}.sig")), Some(1_764_489_300));
         assert_eq!(jwt_expiry("not-a-jwt"), None);
+    }
+
+    /// A Label Studio stand-in that answers every request with `status`.
+    async fn answering(status: u16) -> Url {
+        let app =
+            axum::Router::new().fallback(move || async move { axum::http::StatusCode::from_u16(status).unwrap() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap()).parse().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    async fn link_after_one_call(base: Url, key: &str) -> LinkState {
+        let ls = LabelStudio::new(base, ApiKey::parse(key).unwrap(), crate::http_client().unwrap());
+        assert_eq!(ls.link(), LinkState::Unknown);
+        let url = ls.api_url("api/projects/");
+        let _ = ls.send(|http| http.get(url.clone())).await;
+        ls.link()
+    }
+
+    #[tokio::test]
+    async fn refused_keys_show_in_the_link_state() {
+        let pat = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2ln";
+        let legacy = "ab12".repeat(10);
+        // PAT: the refresh is refused; legacy: the call itself.
+        assert_eq!(link_after_one_call(answering(401).await, pat).await, LinkState::Unauthorized);
+        assert_eq!(link_after_one_call(answering(401).await, &legacy).await, LinkState::Unauthorized);
+        // Answers other than 401 mean the key was accepted (a 404 is about the path).
+        assert_eq!(link_after_one_call(answering(404).await, &legacy).await, LinkState::Ok);
+        // A refresh failing with a server error is not a refused key.
+        assert_eq!(link_after_one_call(answering(502).await, pat).await, LinkState::Unreachable);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = format!("http://{closed}/").parse().unwrap();
+        assert_eq!(link_after_one_call(closed, &legacy).await, LinkState::Unreachable);
+    }
+
+    #[test]
+    fn link_states_serialise_as_their_words() {
+        for state in LinkState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(LinkState::from_u8(state as u8), state);
+        }
     }
 
     #[test]

@@ -4,12 +4,27 @@
 //! Credentials go only to Label Studio's exact origin; redirects are followed by hand (at most 3),
 //! each hop re-checked, never downgraded from `https` to `http`. Sizes are capped while streaming,
 //! transient failures retried with backoff.
+//!
+//! Task-data URLs (anything not on Label Studio) must not reach private networks unless
+//! `--media-allow-private`: IP literals are checked before the request, host names by the client's
+//! resolver ([`PublicOnly`]), which resolves once per connection and refuses a name with any
+//! private address. The address checked is the address connected to, so a name that answers a
+//! public address to a check and 127.0.0.1 to the fetch (DNS rebinding) gains nothing, and every
+//! redirect hop passes the same resolver.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use backon::{ExponentialBuilder, Retryable};
 use base64::{Engine, engine::general_purpose::URL_SAFE};
-use reqwest::{Response, StatusCode, header};
+use reqwest::{
+    Response, StatusCode,
+    dns::{Addrs, Name, Resolve, Resolving},
+    header,
+};
 use tokio::sync::Semaphore;
 use url::Url;
 
@@ -91,14 +106,75 @@ impl From<LsError> for MediaError {
 
 impl From<reqwest::Error> for MediaError {
     fn from(error: reqwest::Error) -> Self {
+        // A connection the resolver refused carries the refusal in its source chain.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(cause) = source {
+            if let Some(PrivateHost(host)) = cause.downcast_ref::<PrivateHost>() {
+                return Self::PrivateAddress(host.clone());
+            }
+            source = cause.source();
+        }
         Self::Transport(error.without_url().to_string())
+    }
+}
+
+/// A host name that resolved to a refused address (carried through reqwest's connect error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves to a private address")]
+struct PrivateHost(String);
+
+/// Whether an address is refused to task-data URLs (see [`is_private`]).
+pub type AddressPolicy = fn(IpAddr) -> bool;
+
+/// A [`Resolve`] that passes on the addresses of `inner` only when none is refused by `policy`
+/// (by default [`is_private`]); otherwise the connection fails with the host's name.
+pub struct PublicOnly {
+    inner: Arc<dyn Resolve>,
+    policy: AddressPolicy,
+}
+
+impl PublicOnly {
+    /// Filters the answers of `inner` with `policy` (true = refused).
+    pub fn new(inner: Arc<dyn Resolve>, policy: AddressPolicy) -> Self {
+        Self { inner, policy }
+    }
+}
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        let policy = self.policy;
+        let lookup = self.inner.resolve(name);
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = lookup.await?.collect();
+            if addresses.is_empty() || addresses.iter().any(|address| policy(address.ip())) {
+                return Err(Box::new(PrivateHost(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addresses.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The operating system's resolver (`getaddrinfo` on a blocking thread, through tokio).
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses = tokio::net::lookup_host((host, 0)).await?;
+            Ok(Box::new(addresses) as Addrs)
+        })
     }
 }
 
 /// Downloads task images.
 #[derive(Debug)]
 pub struct Media {
+    /// Client for task-data URLs: its resolver refuses private addresses unless allowed.
     http: reqwest::Client,
+    /// Addresses refused to task-data URLs; `None` with `--media-allow-private`.
+    policy: Option<AddressPolicy>,
     label_studio: Option<Arc<LabelStudio>>,
     limits: MediaLimits,
     slots: Semaphore,
@@ -114,10 +190,34 @@ enum Target {
 }
 
 impl Media {
-    /// A fetcher; `http` must not follow redirects. Without `label_studio`, only external
+    /// A fetcher with its own client for task-data URLs (the system resolver behind
+    /// [`PublicOnly`] unless `limits.allow_private`). Without `label_studio`, only external
     /// `http(s)` URLs can be fetched.
-    pub fn new(http: reqwest::Client, label_studio: Option<Arc<LabelStudio>>, limits: MediaLimits) -> Self {
-        Self { http, label_studio, limits, slots: Semaphore::new(limits.concurrency) }
+    ///
+    /// # Errors
+    /// If the HTTP client cannot be built (TLS backend).
+    pub fn new(label_studio: Option<Arc<LabelStudio>>, limits: MediaLimits) -> Result<Self, reqwest::Error> {
+        Self::with_resolver(label_studio, limits, Arc::new(SystemResolver), is_private)
+    }
+
+    /// As [`new`](Self::new) with another resolver and address policy (tests inject both).
+    ///
+    /// # Errors
+    /// If the HTTP client cannot be built (TLS backend).
+    pub fn with_resolver(
+        label_studio: Option<Arc<LabelStudio>>,
+        limits: MediaLimits,
+        resolver: Arc<dyn Resolve>,
+        policy: AddressPolicy,
+    ) -> Result<Self, reqwest::Error> {
+        let builder = crate::http_client_builder();
+        let (http, policy) = if limits.allow_private {
+            (builder.dns_resolver(resolver).build()?, None)
+        } else {
+            // Through a proxy only the proxy's name would be resolved here: connect directly.
+            (builder.no_proxy().dns_resolver(PublicOnly::new(resolver, policy)).build()?, Some(policy))
+        };
+        Ok(Self { http, policy, label_studio, limits, slots: Semaphore::new(limits.concurrency) })
     }
 
     /// The image of `task_id` referenced by `reference` (a task data value), as bytes.
@@ -208,8 +308,13 @@ impl Media {
                 Ok(ls.send(|http| http.get(url.clone())).await?)
             }
             Target::External(url) => {
-                if !self.limits.allow_private {
-                    refuse_private(url).await?;
+                // reqwest does not resolve IP literals, so they are checked here; names are
+                // checked by the client's resolver.
+                if let Some(policy) = self.policy
+                    && let Some(ip) = literal_ip(url)
+                    && policy(ip)
+                {
+                    return Err(MediaError::PrivateAddress(ip.to_string()));
                 }
                 Ok(self.http.get(url.clone()).send().await?)
             }
@@ -248,37 +353,61 @@ fn storage_data_fallback(reference: &str) -> Option<String> {
     Some(format!("/data/upload/{path}"))
 }
 
-/// Refuses URLs whose host resolves to loopback, private, link-local or unspecified addresses.
-async fn refuse_private(url: &Url) -> Result<(), MediaError> {
-    let host = url.host_str().ok_or_else(|| MediaError::Unsupported("URL without host".into()))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let addresses = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|error| MediaError::Transport(format!("cannot resolve {host}: {error}")))?;
-    for address in addresses {
-        if is_private(address.ip()) {
-            return Err(MediaError::PrivateAddress(host.to_owned()));
-        }
+/// The host of `url` if it is an IP literal (the URL parser also reads `http://2130706433/` and
+/// `http://0x7f.1/` as IPv4 literals).
+fn literal_ip(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
     }
-    Ok(())
 }
 
-fn is_private(ip: IpAddr) -> bool {
+/// Whether `ip` is refused to task-data URLs: loopback, private (RFC 1918, IPv6 unique local),
+/// link-local, carrier-grade NAT (100.64.0.0/10), "this network" (0.0.0.0/8), broadcast,
+/// multicast, and IPv6 forms that embed such an IPv4 address (IPv4-mapped, IPv4-compatible,
+/// NAT64 64:ff9b::/96, 6to4 2002::/16).
+pub fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            // 100.64.0.0/10: carrier-grade NAT, private in practice.
-            let shared = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || shared
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_private(IpAddr::V4(v4)),
-            None => {
-                let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
-                let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-                v6.is_loopback() || v6.is_unspecified() || unique_local || link_local
-            }
-        },
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => is_private_v6(v6),
     }
+}
+
+fn is_private_v4(v4: Ipv4Addr) -> bool {
+    let [first, second, ..] = v4.octets();
+    // 100.64.0.0/10: carrier-grade NAT, private in practice.
+    let shared = first == 100 && (second & 0xc0) == 64;
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || first == 0
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || shared
+}
+
+fn is_private_v6(v6: Ipv6Addr) -> bool {
+    let segments = v6.segments();
+    let embedded_v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return is_private_v4(v4);
+    }
+    // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks); ::1 and :: included.
+    if segments[..6] == [0; 6] {
+        return v6.is_loopback() || v6.is_unspecified() || is_private_v4(embedded_v4(segments[6], segments[7]));
+    }
+    // NAT64 well-known prefix 64:ff9b::/96.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_private_v4(embedded_v4(segments[6], segments[7]));
+    }
+    // 6to4 2002:a.b.c.d::/48.
+    if segments[0] == 0x2002 {
+        return is_private_v4(embedded_v4(segments[1], segments[2]));
+    }
+    let unique_local = (segments[0] & 0xfe00) == 0xfc00;
+    let link_local = (segments[0] & 0xffc0) == 0xfe80;
+    v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || unique_local || link_local
 }
 
 /// A reference shortened for error texts (task data may hold long URLs with signatures).
@@ -289,6 +418,8 @@ fn short(reference: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::ls_api::ApiKey;
 
@@ -302,7 +433,7 @@ mod tests {
         });
         let limits =
             MediaLimits { max_bytes: 1024, timeout: Duration::from_secs(1), concurrency: 2, allow_private: false };
-        Media::new(crate::http_client().unwrap(), ls, limits)
+        Media::new(ls, limits).unwrap()
     }
 
     fn ls(url: &str) -> Target {
@@ -356,11 +487,18 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "2002:c0a8:0101::1",
+            "ff02::1",
         ];
         for private in private {
             assert!(is_private(private.parse().unwrap()), "{private}");
         }
-        for public in ["8.8.8.8", "2001:4860::8888"] {
+        for public in ["8.8.8.8", "2001:4860::8888", "64:ff9b::8.8.8.8", "2002:0808:0808::1", "::8.8.8.8"] {
             assert!(!is_private(public.parse().unwrap()), "{public}");
         }
     }
@@ -369,6 +507,139 @@ mod tests {
     async fn loopback_urls_are_refused_unless_allowed() {
         let error = media(false).fetch(1, "http://127.0.0.1:9/a.png").await.unwrap_err();
         assert!(matches!(error, MediaError::PrivateAddress(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn loopback_names_are_refused_by_the_resolver() {
+        let (server, hits) = serve("127.0.0.1:0", "secret").await;
+        let url = format!("http://loopback.test:{}/img", server.port());
+        for answer in [vec!["127.0.0.1"], vec!["8.8.8.8", "127.0.0.1"]] {
+            let resolver = Arc::new(Scripted::new([("loopback.test", vec![answer])]));
+            let media = Media::with_resolver(None, test_limits(false), resolver, is_private).unwrap();
+            let error = media.fetch(1, &url).await.unwrap_err();
+            assert!(matches!(&error, MediaError::PrivateAddress(host) if host == "loopback.test"), "{error}");
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the loopback server was contacted");
+    }
+
+    /// DNS rebinding: the name answers a (pretend) public address first and a private one after.
+    /// Only one resolution happens per connection and its answer is the one checked, so the
+    /// private server is never contacted (a separate check-then-fetch would have reached it).
+    #[tokio::test]
+    async fn a_name_whose_answer_changes_reaches_only_the_checked_address() {
+        let (public, public_hits) = serve("127.0.0.1:0", "public").await;
+        let (private, private_hits) = serve(&format!("{PRETEND_PRIVATE}:{}", public.port()), "secret").await;
+        assert_eq!(public.port(), private.port());
+        let resolver = Arc::new(Scripted::new([("rebind.test", vec![vec!["127.0.0.1"], vec![PRETEND_PRIVATE]])]));
+        let media = Media::with_resolver(None, test_limits(false), resolver.clone(), pretend_private).unwrap();
+        let bytes = media.fetch(1, &format!("http://rebind.test:{}/img", public.port())).await.unwrap();
+        assert_eq!(bytes, b"public");
+        assert_eq!((public_hits.load(Ordering::SeqCst), private_hits.load(Ordering::SeqCst)), (1, 0));
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 1, "resolved more than once for one connection");
+        // A new connection resolves again, gets the private answer, and is refused.
+        let media = Media::with_resolver(None, test_limits(false), resolver, pretend_private).unwrap();
+        let error = media.fetch(1, &format!("http://rebind.test:{}/img", public.port())).await.unwrap_err();
+        assert!(matches!(error, MediaError::PrivateAddress(_)), "{error}");
+        assert_eq!(private_hits.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn redirects_to_private_hosts_are_refused_unless_allowed() {
+        let (public, _) = serve("127.0.0.1:0", "public").await;
+        let port = public.port();
+        let (_private, private_hits) = serve(&format!("{PRETEND_PRIVATE}:{port}"), "secret").await;
+        let script = || {
+            Arc::new(Scripted::new([
+                ("public.test", vec![vec!["127.0.0.1"]]),
+                ("internal.test", vec![vec![PRETEND_PRIVATE]]),
+            ]))
+        };
+        let by_name = format!("http://public.test:{port}/redirect?to=http://internal.test:{port}/img");
+        let by_literal = format!("http://public.test:{port}/redirect?to=http://{PRETEND_PRIVATE}:{port}/img");
+        let media = Media::with_resolver(None, test_limits(false), script(), pretend_private).unwrap();
+        for url in [&by_name, &by_literal] {
+            let error = media.fetch(1, url).await.unwrap_err();
+            assert!(matches!(error, MediaError::PrivateAddress(_)), "{url}: {error}");
+        }
+        assert_eq!(private_hits.load(Ordering::SeqCst), 0);
+        // --media-allow-private still lets them through.
+        let media = Media::with_resolver(None, test_limits(true), script(), pretend_private).unwrap();
+        assert_eq!(media.fetch(1, &by_name).await.unwrap(), b"secret");
+        assert_eq!(private_hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn ip_literals_in_any_spelling_are_found() {
+        for (url, ip) in [
+            ("http://127.0.0.1/a", "127.0.0.1"),
+            ("http://2130706433/a", "127.0.0.1"),
+            ("http://0x7f.1/a", "127.0.0.1"),
+            ("http://[::1]:8080/a", "::1"),
+        ] {
+            assert_eq!(literal_ip(&url.parse().unwrap()), Some(ip.parse().unwrap()), "{url}");
+        }
+        assert_eq!(literal_ip(&"http://example.com/a".parse().unwrap()), None);
+    }
+
+    /// Loopback addresses stand in for the internet and a private network: 127.0.0.1 is treated
+    /// as public, [`PRETEND_PRIVATE`] as private.
+    const PRETEND_PRIVATE: &str = "127.0.0.2";
+
+    fn pretend_private(ip: IpAddr) -> bool {
+        ip == PRETEND_PRIVATE.parse::<IpAddr>().unwrap()
+    }
+
+    fn test_limits(allow_private: bool) -> MediaLimits {
+        MediaLimits { max_bytes: 1024, timeout: Duration::from_secs(30), concurrency: 2, allow_private }
+    }
+
+    /// A resolver with scripted answers per name: each call takes the next answer, the last one
+    /// repeats.
+    struct Scripted {
+        answers: std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<&'static str>>>>,
+        calls: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new<const N: usize>(script: [(&str, Vec<Vec<&'static str>>); N]) -> Self {
+            let answers = script.into_iter().map(|(name, answers)| (name.to_owned(), answers)).collect();
+            Self { answers: std::sync::Mutex::new(answers), calls: AtomicUsize::new(0) }
+        }
+    }
+
+    impl Resolve for Scripted {
+        fn resolve(&self, name: Name) -> Resolving {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut answers = self.answers.lock().unwrap();
+            let queue = answers.get_mut(name.as_str()).expect("scripted name");
+            let answer = if queue.len() > 1 { queue.remove(0) } else { queue[0].clone() };
+            let addresses: Vec<SocketAddr> = answer.iter().map(|ip| SocketAddr::new(ip.parse().unwrap(), 0)).collect();
+            Box::pin(async move { Ok(Box::new(addresses.into_iter()) as Addrs) })
+        }
+    }
+
+    /// Serves `body` at `/img` and a redirect to `?to=` at `/redirect` on `address`; returns the
+    /// bound address and a count of requests.
+    async fn serve(address: &str, body: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+        use axum::{extract::Query, response::Redirect, routing::get};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&hits);
+        let app = axum::Router::new()
+            .route("/img", get(move || async move { body }))
+            .route(
+                "/redirect",
+                get(|Query(query): Query<std::collections::HashMap<String, String>>| async move {
+                    Redirect::temporary(&query["to"])
+                }),
+            )
+            .layer(axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            }));
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (bound, hits)
     }
 
     #[test]

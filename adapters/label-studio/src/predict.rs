@@ -1,19 +1,20 @@
 //! `/predict` (spec §2.3): one entry per task, in request order. Tasks are split into chunks; each
 //! chunk fetches its images and makes one gRPC Predict call, with bounded concurrency, until the
 //! prediction budget is spent. A task that fails or is not reached gets an entry without `result`
-//! and with an `error`, which Label Studio skips and asks for again later.
+//! and with an `error`, which Label Studio skips and asks for again later. Tasks the background
+//! scorer ([`crate::scoring`]) already scored for the current version are answered from memory.
 
 use std::{sync::Arc, time::Duration};
 
-use alps_proto::v1::{Prediction, predict_result::Outcome};
+use alps_proto::v1::predict_result::Outcome;
 use serde_json::{Value, json};
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 
 use crate::{
-    config::ScoreMode,
     core_client::Core,
     media::{Media, MediaError},
-    projects::{ProjectLink, model_version},
+    projects::ProjectLink,
+    scoring::{ScoreSpec, Scoring, prediction_json, scored_of},
 };
 
 /// How `/predict` divides its work.
@@ -47,31 +48,57 @@ pub struct Predictions {
     pub alps_version: Option<String>,
 }
 
+/// What a `/predict` request works with.
+#[derive(Clone, Debug)]
+pub struct PredictContext {
+    /// alps-server.
+    pub core: Core,
+    /// Image downloads.
+    pub media: Arc<Media>,
+    /// The background scorer, whose scores answer at once.
+    pub scoring: Arc<Scoring>,
+}
+
 /// Predicts every task until `deadline`; tasks not reached by then get a deferred entry.
 pub async fn predict_tasks(
-    core: &Core,
-    media: &Arc<Media>,
+    context: &PredictContext,
     link: &ProjectLink,
+    spec: &ScoreSpec,
     tasks: Vec<TaskInput>,
     settings: PredictSettings,
     deadline: Instant,
 ) -> Predictions {
+    let mut entries: Vec<Option<Value>> = vec![None; tasks.len()];
+    // Scores the background scorer computed for this version answer at once.
+    let mut remaining = Vec::new();
+    for (index, task) in tasks.iter().enumerate() {
+        match context.scoring.cached(link.ls_id, &spec.version, task.id).filter(|_| task.id != 0) {
+            Some(scored) => {
+                crate::metrics::tasks("cached", 1);
+                let mut entry = prediction_json(link, task.id, scored);
+                entry["model_version"] = json!(spec.version);
+                entries[index] = Some(entry);
+            }
+            None => remaining.push(index),
+        }
+    }
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let link = Arc::new(link.clone());
+    let spec = Arc::new(spec.clone());
     let mut chunks = JoinSet::new();
-    for (chunk_index, chunk) in tasks.chunks(settings.chunk).enumerate() {
-        let (core, media, link, permits) = (core.clone(), Arc::clone(media), Arc::clone(&link), Arc::clone(&permits));
-        let chunk = chunk.to_vec();
-        let first = chunk_index * settings.chunk;
+    for indices in remaining.chunks(settings.chunk) {
+        let (context, link, spec, permits) =
+            (context.clone(), Arc::clone(&link), Arc::clone(&spec), Arc::clone(&permits));
+        let chunk: Vec<TaskInput> = indices.iter().map(|&index| tasks[index].clone()).collect();
+        let indices = indices.to_vec();
         chunks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
-            (first, predict_chunk(&core, &media, &link, chunk).await)
+            (indices, predict_chunk(&context, &link, &spec, chunk).await)
         });
     }
-    let mut entries: Vec<Option<Value>> = vec![None; tasks.len()];
     let mut alps_version = None;
     while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, chunks.join_next()).await {
-        let (first, (chunk_entries, served_by)) = match joined {
+        let (indices, (chunk_entries, served_by)) = match joined {
             Ok(done) => done,
             Err(error) => {
                 tracing::error!(project = link.ls_id, %error, "a prediction chunk failed");
@@ -79,13 +106,12 @@ pub async fn predict_tasks(
             }
         };
         alps_version = served_by.or(alps_version);
-        for (offset, entry) in chunk_entries.into_iter().enumerate() {
-            entries[first + offset] = Some(entry);
+        for (index, entry) in indices.into_iter().zip(chunk_entries) {
+            entries[index] = Some(entry);
         }
     }
     chunks.abort_all();
-    let model_version =
-        alps_version.as_ref().map_or_else(|| link.model_version(), |v| model_version(&link.model.name, v));
+    let model_version = alps_version.as_ref().map_or_else(|| spec.version.clone(), |v| link.version_of(v));
     let deferred: Vec<u64> =
         tasks.iter().zip(&entries).filter(|(_, entry)| entry.is_none()).map(|(task, _)| task.id).collect();
     if !deferred.is_empty() {
@@ -108,11 +134,12 @@ pub async fn predict_tasks(
 /// Fetches the chunk's images and predicts them in one call. Returns one entry per task, each with
 /// the version that served it, and the ALPS version of the call if it succeeded.
 async fn predict_chunk(
-    core: &Core,
-    media: &Arc<Media>,
+    context: &PredictContext,
     link: &ProjectLink,
+    spec: &ScoreSpec,
     chunk: Vec<TaskInput>,
 ) -> (Vec<Value>, Option<String>) {
+    let (core, media) = (&context.core, &context.media);
     let mut entries: Vec<Option<Value>> = vec![None; chunk.len()];
     let mut images: Vec<Option<Vec<u8>>> = vec![None; chunk.len()];
     // Dropping the set (when the request's deadline aborts this chunk) cancels the downloads.
@@ -135,12 +162,23 @@ async fn predict_chunk(
         .unzip();
     let mut served_by = None;
     if !samples.is_empty() {
-        match core.predict(&link.alps_id(), samples).await {
+        match core.predict(&link.alps_id(), samples, spec.predict_heuristic.as_deref()).await {
             Ok(predicted) => {
                 let mut results = predicted.results.into_iter();
+                // Scores of the version the link names may be kept for the background scorer.
+                let current = predicted.model_version == link.active_version;
                 for index in sample_tasks {
                     entries[index] = Some(match results.next().and_then(|result| result.outcome) {
-                        Some(Outcome::Prediction(prediction)) => prediction_entry(link, &chunk[index], &prediction),
+                        Some(Outcome::Prediction(prediction)) => match scored_of(link, spec, &prediction) {
+                            Ok(scored) => {
+                                crate::metrics::tasks("predicted", 1);
+                                if current && chunk[index].id != 0 {
+                                    context.scoring.remember(link.ls_id, &spec.version, chunk[index].id, scored);
+                                }
+                                prediction_json(link, chunk[index].id, scored)
+                            }
+                            Err(error) => failed(link, &chunk[index], error),
+                        },
                         Some(Outcome::Error(error)) => failed(link, &chunk[index], format!("model: {}", error.message)),
                         None => failed(link, &chunk[index], "model: no result".into()),
                     });
@@ -154,7 +192,7 @@ async fn predict_chunk(
             }
         }
     }
-    let version = served_by.as_ref().map_or_else(|| link.model_version(), |v| model_version(&link.model.name, v));
+    let version = served_by.as_ref().map_or_else(|| spec.version.clone(), |v| link.version_of(v));
     let entries = entries
         .into_iter()
         .map(|entry| {
@@ -173,37 +211,6 @@ async fn fetch_image(media: &Media, task: TaskInput, key: String) -> Result<Vec<
         crate::metrics::media_failure(error.cause());
     }
     result
-}
-
-/// The prediction entry of one task: a Choices region with the label's probability, and the
-/// prediction-level score of the project's score mode (spec §3.4).
-fn prediction_entry(link: &ProjectLink, task: &TaskInput, prediction: &Prediction) -> Value {
-    let Some(label) = link.config.labels.iter().find(|label| **label == prediction.class_name) else {
-        return failed(
-            link,
-            task,
-            format!("model class {:?} is not in the label config; retrain", prediction.class_name),
-        );
-    };
-    let score = match link.score_mode {
-        ScoreMode::Confidence => prediction.probability,
-        ScoreMode::Uncertainty => prediction.score,
-    };
-    if !score.is_finite() || !prediction.probability.is_finite() {
-        return failed(link, task, format!("model: non-finite score {score}"));
-    }
-    crate::metrics::tasks("predicted", 1);
-    json!({
-        "score": score,
-        "result": [{
-            "id": format!("alps-{}", task.id),
-            "from_name": link.config.choices_name,
-            "to_name": link.config.image_name,
-            "type": "choices",
-            "value": {"choices": [label]},
-            "score": prediction.probability,
-        }],
-    })
 }
 
 /// A `result`-less entry: Label Studio stores nothing for the task and asks again later.

@@ -8,13 +8,22 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use crate::{
     config::{ModelPreset, ScoreMode},
     core_client::Core,
     label_config::LabelConfig,
+    scoring::Triggers,
 };
+
+/// The heuristic of an ALPS project whose default names none (the core's own default).
+pub const DEFAULT_HEURISTIC: &str = "bald";
+
+/// `extra_params.query_size` when absent: the size of the batch a batch heuristic selects.
+pub const DEFAULT_QUERY_SIZE: u32 = 20;
+
+/// Largest `extra_params.query_size` accepted.
+pub const MAX_QUERY_SIZE: u32 = 1000;
 
 /// ALPS project ids of Label Studio projects are `ls-<Label Studio project id>`.
 pub const ALPS_ID_PREFIX: &str = "ls-";
@@ -53,6 +62,13 @@ pub struct ProjectLink {
     pub active_version: String,
     /// Whether the ALPS project is known to match `config` and `model`.
     pub ensured: bool,
+    /// `extra_params.heuristic`: the heuristic of this Label Studio project; `None` = the ALPS
+    /// project's default.
+    pub heuristic: Option<String>,
+    /// The ALPS project's default heuristic, as last seen on the core.
+    pub project_heuristic: String,
+    /// `extra_params.query_size`: how many tasks a batch heuristic selects to head the order.
+    pub query_size: u32,
 }
 
 impl ProjectLink {
@@ -61,16 +77,38 @@ impl ProjectLink {
         alps_id(self.ls_id)
     }
 
-    /// The `model_version` string Label Studio sees: `<model>-<ALPS version>`, e.g.
-    /// `small-cnn-v3`, stable across restarts and replicas (spec §3.4).
+    /// The heuristic that scores this project's tasks.
+    pub fn heuristic(&self) -> &str {
+        self.heuristic.as_deref().unwrap_or(&self.project_heuristic)
+    }
+
+    /// The *scoring version*, the `model_version` string Label Studio sees: everything a score
+    /// depends on. `<model>-<ALPS version>` in confidence mode (e.g. `small-cnn-v3`),
+    /// `<model>-<ALPS version>-<heuristic>` in uncertainty mode (e.g. `vgg16-v3-entropy`). Stable
+    /// across restarts and replicas (spec §3.4); two heuristics never share one.
     pub fn model_version(&self) -> String {
-        model_version(&self.model.name, &self.active_version)
+        self.version_of(&self.active_version)
+    }
+
+    /// The scoring version of ALPS version `alps_version` with this project's options.
+    pub fn version_of(&self, alps_version: &str) -> String {
+        match self.score_mode {
+            ScoreMode::Confidence => model_version(&self.model.name, alps_version),
+            ScoreMode::Uncertainty => format!("{}-{}", model_version(&self.model.name, alps_version), self.heuristic()),
+        }
     }
 }
 
 /// `<model>-<ALPS version>`.
 pub fn model_version(model: &str, alps_version: &str) -> String {
     format!("{model}-{alps_version}")
+}
+
+/// Whether `name` is a heuristic name the core accepts (its identifier grammar).
+fn valid_heuristic(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 /// Bad per-project options in `extra_params`.
@@ -87,13 +125,16 @@ pub enum OptionsError {
     /// `extra_params.score_mode` is not a score mode.
     #[error("Unknown score_mode {0}; use confidence or uncertainty")]
     UnknownScoreMode(String),
+    /// `extra_params.heuristic` is not a heuristic name.
+    #[error("Bad heuristic {0}: 1 to 128 characters from [A-Za-z0-9_.-], e.g. bald, entropy, batch_bald")]
+    BadHeuristic(String),
+    /// `extra_params.query_size` is not a number in range.
+    #[error("Bad query_size {0}; a whole number from 1 to 1000")]
+    BadQuerySize(String),
 }
 
 /// Time [`Projects::served_versions`] waits for the core.
 const VERSIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
-
-/// Announced when a project's model version string changes: (Label Studio project, new version).
-pub type VersionChange = (u64, String);
 
 /// The registry of project links.
 #[derive(Debug)]
@@ -103,23 +144,25 @@ pub struct Projects {
     default_model: String,
     default_score_mode: ScoreMode,
     core: Core,
-    version_changes: mpsc::UnboundedSender<VersionChange>,
+    /// Told whenever a project's scoring version may have changed.
+    triggers: Arc<Triggers>,
     /// Serialises [`Projects::ensure`], so concurrent requests make one CreateProject call.
     ensuring: tokio::sync::Mutex<()>,
-    /// Active ALPS versions of the `ls-*` projects found on the core at start, for projects not
-    /// seen since: the first `/setup` after a restart must already answer the right version.
-    found_at_start: Mutex<HashMap<u64, String>>,
+    /// Active ALPS versions and default heuristics of the `ls-*` projects found on the core at
+    /// start, for projects not seen since: the first `/setup` after a restart must already
+    /// answer the right version.
+    found_at_start: Mutex<HashMap<u64, (String, String)>>,
 }
 
 impl Projects {
     /// A registry creating ALPS projects with `presets` (`default_model` when the connection
-    /// names none); version changes are sent to `version_changes`.
+    /// names none); `triggers` is told when a project's scoring version may have changed.
     pub fn new(
         presets: Vec<ModelPreset>,
         default_model: String,
         default_score_mode: ScoreMode,
         core: Core,
-        version_changes: mpsc::UnboundedSender<VersionChange>,
+        triggers: Arc<Triggers>,
     ) -> Self {
         Self {
             links: Mutex::default(),
@@ -127,7 +170,7 @@ impl Projects {
             default_model,
             default_score_mode,
             core,
-            version_changes,
+            triggers,
             ensuring: tokio::sync::Mutex::default(),
             found_at_start: Mutex::default(),
         }
@@ -162,7 +205,8 @@ impl Projects {
         };
         for ls_id in ids.iter().filter_map(|id| id.strip_prefix(ALPS_ID_PREFIX)?.parse::<u64>().ok()) {
             if let Ok(Some(project)) = self.core.project(&alps_id(ls_id)).await {
-                self.found_at_start.lock().expect("poisoned").insert(ls_id, project.active_model_version);
+                let heuristic = project.default_heuristic.map(|h| h.name).unwrap_or_default();
+                self.found_at_start.lock().expect("poisoned").insert(ls_id, (project.active_model_version, heuristic));
             }
         }
         tracing::info!(
@@ -171,11 +215,15 @@ impl Projects {
         );
     }
 
-    /// Whether `version` is a model version string this adapter hands out.
+    /// Whether `version` is a model version string this adapter hands out
+    /// (`<model>-<untrained|vN>[-<heuristic>]`).
     pub fn is_own_version(&self, version: &str) -> bool {
         self.presets.iter().any(|preset| {
-            version.strip_prefix(&preset.name).and_then(|rest| rest.strip_prefix('-')).is_some_and(|alps| {
-                alps == "untrained" || alps.strip_prefix('v').is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            version.strip_prefix(&preset.name).and_then(|rest| rest.strip_prefix('-')).is_some_and(|rest| {
+                let (alps, heuristic) = rest.split_once('-').map_or((rest, None), |(a, h)| (a, Some(h)));
+                let alps_ok = alps == "untrained"
+                    || alps.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                alps_ok && heuristic.is_none_or(valid_heuristic)
             })
         })
     }
@@ -199,6 +247,19 @@ impl Projects {
             None => None,
         };
         let named_model = model_name.map(|name| self.preset(name)).transpose()?;
+        let heuristic = match extra_params.map(|params| &params["heuristic"]) {
+            Some(Value::String(name)) if valid_heuristic(name) => Some(name.clone()),
+            Some(Value::Null) | None => None,
+            Some(other) => return Err(OptionsError::BadHeuristic(other.to_string())),
+        };
+        let query_size = match extra_params.map(|params| &params["query_size"]) {
+            Some(Value::Null) | None => None,
+            Some(value) => match value.as_u64() {
+                Some(size) if (1..=u64::from(MAX_QUERY_SIZE)).contains(&size) => Some(size as u32),
+                _ => return Err(OptionsError::BadQuerySize(value.to_string())),
+            },
+        };
+        let found = self.found_at_start.lock().expect("poisoned").get(&ls_id).cloned();
         let mut links = self.lock();
         let previous = links.get(&ls_id).cloned();
         let model = match (named_model, &previous) {
@@ -207,20 +268,43 @@ impl Projects {
             (None, None) => self.preset(&self.default_model)?,
         };
         let unchanged = previous.as_ref().is_some_and(|link| link.config == config && link.model == model);
+        // Right after a restart the core's answer from `load_from_core` stands in for the link.
+        let (found_version, found_heuristic) = found.unwrap_or_default();
+        let active_version = match &previous {
+            Some(link) => link.active_version.clone(),
+            None if !found_version.is_empty() => found_version,
+            None => "untrained".to_owned(),
+        };
+        let project_heuristic = match &previous {
+            Some(link) => link.project_heuristic.clone(),
+            None if !found_heuristic.is_empty() => found_heuristic,
+            None => DEFAULT_HEURISTIC.to_owned(),
+        };
         let link = ProjectLink {
             ls_id,
             ensured: unchanged && previous.as_ref().is_some_and(|link| link.ensured),
-            active_version: previous
-                .as_ref()
-                .map_or_else(|| "untrained".to_owned(), |link| link.active_version.clone()),
+            active_version,
             score_mode: score_mode.or(previous.as_ref().map(|link| link.score_mode)).unwrap_or(self.default_score_mode),
+            heuristic: if extra_params.is_some() {
+                heuristic
+            } else {
+                previous.as_ref().and_then(|l| l.heuristic.clone())
+            },
+            project_heuristic,
+            query_size: query_size
+                .or(if extra_params.is_some() { None } else { previous.as_ref().map(|l| l.query_size) })
+                .unwrap_or(DEFAULT_QUERY_SIZE),
             config,
             model,
         };
         links.insert(ls_id, link.clone());
         drop(links);
-        if previous.is_none() && ls_id != STATELESS_PROJECT {
-            let _ = self.version_changes.send((ls_id, link.model_version()));
+        let version_changed = previous.as_ref().is_none_or(|previous| previous.model_version() != link.model_version());
+        if version_changed && ls_id != STATELESS_PROJECT {
+            if let Some(previous) = &previous {
+                tracing::info!(project = ls_id, from = %previous.model_version(), to = %link.model_version(), "scoring version changed by the project's options");
+            }
+            self.triggers.fire(ls_id);
         }
         if !link.ensured {
             let projects = Arc::clone(self);
@@ -257,7 +341,27 @@ impl Projects {
         let current = current.clone();
         drop(links);
         self.set_active_version(ls_id, &project.active_model_version);
+        self.set_project_heuristic(ls_id, project.default_heuristic.as_ref().map_or("", |h| h.name.as_str()));
         Ok(self.get(ls_id).unwrap_or(current))
+    }
+
+    /// Records the ALPS project's default heuristic as seen on the core (empty = the core's
+    /// default, [`DEFAULT_HEURISTIC`]); a changed scoring version starts re-scoring.
+    pub fn set_project_heuristic(&self, ls_id: u64, name: &str) {
+        let name = if name.is_empty() { DEFAULT_HEURISTIC } else { name };
+        let mut links = self.lock();
+        let Some(link) = links.get_mut(&ls_id) else { return };
+        if link.project_heuristic == name {
+            return;
+        }
+        let before = link.model_version();
+        link.project_heuristic = name.to_owned();
+        let after = link.model_version();
+        drop(links);
+        if before != after && ls_id != STATELESS_PROJECT {
+            tracing::info!(project = ls_id, from = %before, to = %after, "the ALPS project's heuristic changed");
+            self.triggers.fire(ls_id);
+        }
     }
 
     /// Records the ALPS version active on the core; announces the change if it is new.
@@ -272,11 +376,10 @@ impl Projects {
         }
         tracing::info!(project = ls_id, from = %link.active_version, to = alps_version, "model version changed");
         link.active_version = alps_version.to_owned();
-        let version = link.model_version();
         drop(links);
         crate::metrics::version_changed();
         if ls_id != STATELESS_PROJECT {
-            let _ = self.version_changes.send((ls_id, version));
+            self.triggers.fire(ls_id);
         }
     }
 
@@ -284,7 +387,11 @@ impl Projects {
     pub async fn refresh_versions(&self) {
         for ls_id in self.ids() {
             match self.core.project(&alps_id(ls_id)).await {
-                Ok(Some(project)) => self.set_active_version(ls_id, &project.active_model_version),
+                Ok(Some(project)) => {
+                    self.set_active_version(ls_id, &project.active_model_version);
+                    let heuristic = project.default_heuristic.as_ref().map_or("", |h| h.name.as_str());
+                    self.set_project_heuristic(ls_id, heuristic);
+                }
                 Ok(None) => {}
                 Err(status) => tracing::debug!(project = ls_id, %status, "cannot read the active version"),
             }
@@ -301,7 +408,7 @@ impl Projects {
             listings.spawn(async move {
                 match tokio::time::timeout(VERSIONS_TIMEOUT, core.versions(&link.alps_id())).await {
                     Ok(Ok(versions)) if !versions.is_empty() => {
-                        versions.iter().map(|version| model_version(&link.model.name, version)).collect()
+                        versions.iter().map(|version| link.version_of(version)).collect()
                     }
                     _ => vec![link.model_version()],
                 }
@@ -329,9 +436,9 @@ mod tests {
     use super::*;
     use crate::{config::BUILTIN_MODEL, label_config};
 
-    fn registry() -> (Arc<Projects>, mpsc::UnboundedReceiver<VersionChange>) {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        let (sender, receiver) = mpsc::unbounded_channel();
+    fn registry() -> (Arc<Projects>, tokio::sync::mpsc::Receiver<(u64, Arc<tokio::sync::Notify>)>) {
+        let channel = crate::core_link::core_transport("http://127.0.0.1:9", &Default::default()).unwrap();
+        let (sender, receiver) = Triggers::new();
         let mut digits = ModelPreset::builtin();
         digits.name = "digits".into();
         let presets = vec![ModelPreset::builtin(), digits];
@@ -360,10 +467,24 @@ mod tests {
         let link = projects.observe(7, config(), None).unwrap();
         assert_eq!(link.model.name, BUILTIN_MODEL);
         assert_eq!(link.model_version(), "small-cnn-untrained");
-        assert_eq!(changes.recv().await.unwrap(), (7, "small-cnn-untrained".to_owned()));
+        let (project, notify) = changes.recv().await.unwrap();
+        assert_eq!(project, 7);
+        notify.notified().await;
         let params = json!({"model": "digits", "score_mode": "uncertainty"});
         let link = projects.observe(7, config(), Some(&params)).unwrap();
         assert_eq!((link.model.name.as_str(), link.score_mode), ("digits", ScoreMode::Uncertainty));
+        assert_eq!(link.model_version(), "digits-untrained-bald");
+        notify.notified().await;
+        let params = json!({"model": "digits", "score_mode": "uncertainty", "heuristic": "entropy", "query_size": 5});
+        let link = projects.observe(7, config(), Some(&params)).unwrap();
+        assert_eq!((link.model_version().as_str(), link.query_size), ("digits-untrained-entropy", 5));
+        notify.notified().await;
+        projects.set_project_heuristic(7, "margin");
+        assert_eq!(
+            projects.get(7).unwrap().model_version(),
+            "digits-untrained-entropy",
+            "the project's own choice wins"
+        );
         // A later call without extra_params (e.g. /predict) keeps them.
         let link = projects.observe(7, config(), None).unwrap();
         assert_eq!((link.model.name.as_str(), link.score_mode), ("digits", ScoreMode::Uncertainty));
@@ -376,6 +497,11 @@ mod tests {
         let error = projects.observe(1, config(), Some(&json!({"model": "vit"}))).unwrap_err();
         assert_eq!(error.to_string(), "Unknown model vit; configured: small-cnn, digits");
         assert!(projects.observe(1, config(), Some(&json!({"score_mode": "loud"}))).is_err());
+        assert!(projects.observe(1, config(), Some(&json!({"heuristic": "../x"}))).is_err());
+        assert!(projects.observe(1, config(), Some(&json!({"heuristic": 3}))).is_err());
+        for size in [json!(0), json!(1001), json!(2.5), json!("20")] {
+            assert!(projects.observe(1, config(), Some(&json!({"query_size": size}))).is_err(), "{size}");
+        }
         assert!(projects.get(1).is_none());
     }
 
@@ -383,10 +509,13 @@ mod tests {
     async fn version_changes_are_announced_once() {
         let (projects, mut changes) = registry();
         projects.observe(3, config(), None).unwrap();
-        changes.recv().await.unwrap();
+        let (_, notify) = changes.recv().await.unwrap();
+        notify.notified().await;
         projects.set_active_version(3, "v2");
         projects.set_active_version(3, "v2");
-        assert_eq!(changes.recv().await.unwrap(), (3, "small-cnn-v2".to_owned()));
+        notify.notified().await;
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), notify.notified()).await;
+        assert!(again.is_err(), "one change, one trigger");
         assert!(changes.try_recv().is_err());
         assert_eq!(projects.get(3).unwrap().model_version(), "small-cnn-v2");
     }
@@ -394,10 +523,11 @@ mod tests {
     #[tokio::test]
     async fn own_versions_are_recognised() {
         let (projects, _changes) = registry();
-        for own in ["small-cnn-untrained", "small-cnn-v12", "digits-v1"] {
+        for own in ["small-cnn-untrained", "small-cnn-v12", "digits-v1", "digits-v3-entropy", "small-cnn-v1-batch_bald"]
+        {
             assert!(projects.is_own_version(own), "{own}");
         }
-        for other in ["", "alps", "small-cnn", "small-cnn-v1b", "yolo-v3"] {
+        for other in ["", "alps", "small-cnn", "small-cnn-v1b", "yolo-v3", "small-cnn-v-bald", "digits-v1-"] {
             assert!(!projects.is_own_version(other), "{other}");
         }
     }

@@ -1,16 +1,38 @@
-//! Keeps each Label Studio project's `model_version` on the adapter's active version (spec §3.3,
+//! Keeps each Label Studio project's `model_version` on the adapter's scoring version (spec §3.3,
 //! §3.4), so the Data Manager's score column, sorting by score and uncertainty sampling use the
-//! current predictions. Label Studio accepts the PATCH only once a prediction of that version is
-//! stored, so each change is retried until it is (after the next "Retrieve predictions").
+//! current predictions. The pool scorer ([`crate::scoring`]) sets the target once every
+//! unlabelled task holds a prediction of the version; Label Studio accepts the PATCH only once a
+//! prediction of that version is stored, so each change is retried until it is.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
-
-use tokio::sync::mpsc;
-
-use crate::{
-    ls_api::LabelStudio,
-    projects::{Projects, VersionChange},
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use tokio::sync::Notify;
+
+use crate::{ls_api::LabelStudio, projects::Projects};
+
+/// The latest target version of each project, waiting to be applied: one entry per project, so
+/// it is bounded by the number of projects; a newer target replaces an older one.
+#[derive(Debug, Default)]
+pub struct VersionTargets {
+    latest: Mutex<HashMap<u64, String>>,
+    notify: Notify,
+}
+
+impl VersionTargets {
+    /// Asks for project `project`'s `model_version` to become `version`.
+    pub fn set(&self, project: u64, version: String) {
+        self.latest.lock().expect("targets poisoned").insert(project, version);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> HashMap<u64, String> {
+        std::mem::take(&mut *self.latest.lock().expect("targets poisoned"))
+    }
+}
 
 /// Pause between checks for a stored prediction of the new version.
 const RETRY_EVERY: Duration = Duration::from_secs(3);
@@ -32,27 +54,29 @@ enum Outcome {
 
 /// Consumes version changes and updates Label Studio; without Label Studio access it only logs
 /// the manual step once per change.
-pub async fn run(
-    mut changes: mpsc::UnboundedReceiver<VersionChange>,
-    label_studio: Option<Arc<LabelStudio>>,
-    projects: Arc<Projects>,
-) {
+pub async fn run(targets: Arc<VersionTargets>, label_studio: Option<Arc<LabelStudio>>, projects: Arc<Projects>) {
     let mut pending: HashMap<u64, (String, tokio::time::Instant)> = HashMap::new();
+    let mut announced: HashMap<u64, String> = HashMap::new();
     let mut ticker = tokio::time::interval(RETRY_EVERY);
     loop {
         tokio::select! {
-            change = changes.recv() => {
-                let Some((project, version)) = change else { return };
-                match &label_studio {
-                    Some(_) => {
-                        pending.insert(project, (version, tokio::time::Instant::now()));
+            () = targets.notify.notified() => {
+                for (project, version) in targets.take() {
+                    match &label_studio {
+                        Some(_) => {
+                            pending.insert(project, (version, tokio::time::Instant::now()));
+                        }
+                        None if announced.get(&project) != Some(&version) => {
+                            tracing::warn!(
+                                project,
+                                version,
+                                "LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY not set: set the project's model_version by hand \
+                                 (PATCH /api/projects/{project} {{\"model_version\": ...}}) to sort by this version's scores"
+                            );
+                            announced.insert(project, version);
+                        }
+                        None => {}
                     }
-                    None => tracing::warn!(
-                        project,
-                        version,
-                        "LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY not set: set the project's model_version by hand \
-                         (PATCH /api/projects/{project} {{\"model_version\": ...}}) to sort by this version's scores"
-                    ),
                 }
             }
             _ = ticker.tick() => {
