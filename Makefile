@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: run test bench bootstrap build release lint fmt
+.PHONY: run test bench fuzz bootstrap build release lint fmt
 
 ## run: bootstrap, build release binaries, start alps-server + alps-label-studio (Ctrl-C stops both)
 run: bootstrap release
@@ -39,6 +39,30 @@ bench:
 	cargo bench -p alps-core --bench mc_dropout
 	cargo bench -p alps-system-tests --bench serving
 	cargo bench -p alps-system-tests --bench retrain
+	scripts/bootstrap.sh scripts/requirements-experiments.txt
+	scripts/bootstrap-label-studio.sh
+	$(VENV)/bin/python tests/benches/label_studio_pool.py --tasks 10000
+
+## fuzz: longer fuzzing campaigns with cargo-fuzz (fuzz/): label config, image decoding, webhook
+## translation, FUZZ_SECONDS each. Needs a nightly toolchain and cargo-fuzz; without them it says
+## how to install them and fails (exit 1). Findings land in fuzz/artifacts/<target>/.
+## FUZZ_SANITIZER=address adds ASan (default none: the targets check for panics and failed
+## assertions, and an ASan build of every dependency, libtorch bindings included, takes longer).
+FUZZ_SECONDS ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS := label_config image webhook
+fuzz: bootstrap
+	@if ! cargo +nightly fuzz --version >/dev/null 2>&1; then \
+		echo "make fuzz needs nightly and cargo-fuzz: rustup toolchain install nightly --profile minimal && cargo install cargo-fuzz"; \
+		exit 1; \
+	fi
+	mkdir -p fuzz/corpus/image && cp core/tests/fixtures/* fuzz/corpus/image/
+	# The fuzz binaries link libtorch (through alps-core) without the server's rpath.
+	export LD_LIBRARY_PATH="$$($(VENV)/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__) + "/lib")')"; \
+	for target in $(FUZZ_TARGETS); do \
+		cargo +nightly fuzz run --fuzz-dir fuzz --sanitizer $(FUZZ_SANITIZER) "$$target" -- \
+			-max_total_time=$(FUZZ_SECONDS); \
+	done
 
 ## bootstrap: create .venv with the pinned torch (idempotent)
 bootstrap:

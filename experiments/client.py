@@ -155,19 +155,36 @@ def _retry(call, *args, **kwargs):
     raise AssertionError("unreachable")
 
 
+def _channel(address: str, options: list, tls_ca: Path | None, token: str | None) -> grpc.Channel:
+    """Plaintext, TLS, or either with a bearer token. gRPC only sends call credentials over a
+    secure channel; on plaintext loopback ``local_channel_credentials`` counts as one."""
+    if tls_ca is None and token is None:
+        return grpc.insecure_channel(address, options=options)
+    if tls_ca is not None:
+        channel_credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+    else:
+        channel_credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    if token is not None:
+        channel_credentials = grpc.composite_channel_credentials(
+            channel_credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(address, channel_credentials, options=options)
+
+
 class AlpsClient:
     """The RPCs of one experiment run against one server (thread-safe: runs share one client)."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, tls_ca: Path | None = None, token: str | None = None):
+        """``address`` is ``host:port``. ``tls_ca``: PEM file of the CA that signed the server's
+        certificate (the server runs with ``--tls-cert``); ``token``: a bearer token from
+        ``alps-server token create``, sent as ``authorization: Bearer <token>`` with every call."""
         # Workaround for a server race (reported with issue #7): two AddExamples calls in flight
         # that carry the same image bytes (here: one digit labelled in two projects) can fail
         # with INTERNAL "blob store ...: No such file or directory", because both write the
         # same temporary file name. Uploads are therefore serialised across threads.
         self._upload_lock = threading.Lock()
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
-        )
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        self.channel = _channel(address, options, tls_ca, token)
         self.projects = pb.projects_pb2_grpc.ProjectServiceStub(self.channel)
         self.examples = pb.examples_pb2_grpc.ExampleServiceStub(self.channel)
         self.training = pb.training_pb2_grpc.TrainingServiceStub(self.channel)

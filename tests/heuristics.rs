@@ -142,18 +142,17 @@ async fn bad_requests_get_precise_codes_and_the_server_keeps_serving() {
         assert_eq!(error.code(), Code::InvalidArgument, "{needle}: {error:?}");
         assert!(error.message().contains(needle), "{needle:?} not in {:?}", error.message());
     }
-    for query_size in [0, 4] {
-        let request = SelectRequest {
-            heuristic: heuristic("batch_bald"),
-            values: Some(three_samples()),
-            logits: false,
-            query_size,
-            seed: None,
-        };
-        let error = client.select(request).await.unwrap_err();
-        assert_eq!(error.code(), Code::InvalidArgument);
-        assert!(error.message().contains("query_size"), "{}", error.message());
-    }
+    // query_size 0 is rejected; one over N selects all N (tests/inference.rs, query_size rule).
+    let request = SelectRequest {
+        heuristic: heuristic("batch_bald"),
+        values: Some(three_samples()),
+        logits: false,
+        query_size: 0,
+        seed: None,
+    };
+    let error = client.select(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("query_size"), "{}", error.message());
     // Still serving after every rejection.
     client.score(score_request("bald", three_samples())).await.unwrap();
     assert!(server.terminate().success());

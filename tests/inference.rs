@@ -6,7 +6,8 @@ use std::io::Cursor;
 
 use alps_proto::v1::{
     Architecture, CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, HeuristicRef, ListProjectsRequest,
-    ModelSpec, PredictRequest, Preprocessing, Project, RankRequest, Sample, Tensor, UpdateProjectRequest,
+    ModelSpec, PredictRequest, Preprocessing, Project, RankRequest, Sample, SelectRequest, Tensor,
+    UpdateProjectRequest, heuristic_service_client::HeuristicServiceClient,
     inference_service_client::InferenceServiceClient, predict_result::Outcome,
     project_service_client::ProjectServiceClient, sample::Input,
 };
@@ -126,7 +127,8 @@ async fn projects_are_created_idempotently_with_defaults_listed_updated_and_dele
 
 #[tokio::test]
 async fn invalid_specs_are_rejected_with_the_field_named() {
-    let mut server = server(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server(&["--model-root", dir.path().to_str().unwrap()]).await;
     let mut no_classes = mlp_project("p");
     no_classes.classes.clear();
     let mut duplicate = mlp_project("p");
@@ -136,7 +138,6 @@ async fn invalid_specs_are_rejected_with_the_field_named() {
     let mut zero_k = mlp_project("p");
     zero_k.mc_iterations = 1001;
     let mut bad_weights = mlp_project("p");
-    let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("w.safetensors");
     std::fs::write(&weights, b"not safetensors").unwrap();
     bad_weights.model = Some(ModelSpec {
@@ -463,5 +464,105 @@ async fn the_model_cache_evicts_beyond_its_budget_and_reloads_transparently() {
         let response = server.inference.predict(predict(project, vec![tensor_sample("x", 0.5)])).await.unwrap();
         assert!(matches!(response.into_inner().results[0].outcome, Some(Outcome::Prediction(_))));
         assert_eq!(metric(&scrape(&server).await, "alps_loaded_models"), 1.0);
+    }
+}
+
+/// `image`'s JPEG encoder output of a `width`×`height` grey gradient with noise.
+fn jpeg_bytes(width: u32, height: u32) -> Vec<u8> {
+    let image = image::GrayImage::from_fn(width, height, |x, y| image::Luma([((x * 29 + y * 13) ^ (x * y)) as u8]));
+    let mut bytes = Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    bytes.into_inner()
+}
+
+#[tokio::test]
+async fn a_truncated_jpeg_gets_its_own_error_and_the_whole_one_a_prediction() {
+    let mut server = server(&[]).await;
+    create(&mut server, mlp_project("p")).await;
+    let jpeg = jpeg_bytes(32, 32);
+    let sample = |id: &str, bytes: &[u8]| Sample { id: id.into(), input: Some(Input::Image(bytes.to_vec())) };
+    // Cuts in the entropy-coded data (which the lenient decoder padded with grey) and just
+    // before the end-of-image marker.
+    let cuts = [jpeg.len() / 2, jpeg.len() - 40, jpeg.len() - 2, jpeg.len() - 1];
+    let mut samples = vec![sample("whole", &jpeg)];
+    samples.extend(cuts.iter().map(|&cut| sample(&format!("cut-{cut}"), &jpeg[..cut])));
+    let response = server.inference.predict(predict("p", samples)).await.unwrap().into_inner();
+    assert!(matches!(response.results[0].outcome, Some(Outcome::Prediction(_))), "{:?}", response.results[0]);
+    for result in &response.results[1..] {
+        match &result.outcome {
+            Some(Outcome::Error(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32);
+                assert!(e.message.contains("truncated or corrupt JPEG"), "{}: {}", result.id, e.message);
+            }
+            other => panic!("{}: a truncated JPEG was predicted: {other:?}", result.id),
+        }
+    }
+
+    // In Rank, a truncated image is a failed sample, never selected.
+    let pool = RankRequest {
+        project_id: "p".into(),
+        query_size: 5,
+        samples: vec![sample("whole", &jpeg), sample("truncated", &jpeg[..jpeg.len() - 40])],
+        ..Default::default()
+    };
+    let ranked = server.inference.rank(tokio_stream::iter([pool])).await.unwrap().into_inner();
+    let selected: Vec<&str> = ranked.selected.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(selected, ["whole"]);
+    assert_eq!(ranked.failed.len(), 1);
+    assert_eq!(ranked.failed[0].id, "truncated");
+}
+
+/// One rule for `query_size` in Rank and Select: 0 is INVALID_ARGUMENT, more than the pool
+/// selects the whole pool.
+#[tokio::test]
+async fn query_size_over_the_pool_selects_all_of_it_in_rank_and_select() {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (_process, grpc) = start_server(&dirs, &[]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut projects = ProjectServiceClient::new(channel.clone());
+    let mut inference = InferenceServiceClient::new(channel.clone());
+    let mut heuristics = HeuristicServiceClient::new(channel);
+    projects.create_project(CreateProjectRequest { project: Some(mlp_project("p")) }).await.unwrap();
+
+    let pool: Vec<Sample> = (0..12).map(|i| tensor_sample(&format!("item-{i}"), i as f32 / 12.0)).collect();
+    for name in ["bald", "batch_bald"] {
+        let request = |query_size| RankRequest {
+            project_id: "p".into(),
+            query_size,
+            heuristic: Some(HeuristicRef { name: name.into(), version: String::new() }),
+            seed: Some(1),
+            samples: pool.clone(),
+            ..Default::default()
+        };
+        let ranked = inference.rank(tokio_stream::iter([request(20)])).await.unwrap().into_inner();
+        let mut ids: Vec<String> = ranked.selected.into_iter().map(|s| s.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 12, "{name}: the whole pool, each once");
+        let error = inference.rank(tokio_stream::iter([request(0)])).await.unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{name}");
+        assert!(error.message().contains("query_size"), "{}", error.message());
+    }
+
+    // [N = 3, C = 2, K = 2] probabilities.
+    let values =
+        Tensor { shape: vec![3, 2, 2], data: vec![0.9, 0.1, 0.1, 0.9, 0.5, 0.5, 0.5, 0.5, 0.7, 0.6, 0.3, 0.4] };
+    for name in ["bald", "batch_bald", "power_bald"] {
+        let request = |query_size| SelectRequest {
+            heuristic: Some(HeuristicRef { name: name.into(), version: String::new() }),
+            values: Some(values.clone()),
+            logits: false,
+            query_size,
+            seed: Some(2),
+        };
+        let selected = heuristics.select(request(20)).await.unwrap().into_inner();
+        let mut indices = selected.indices.clone();
+        indices.sort();
+        assert_eq!(indices, [0, 1, 2], "{name}: all three samples, each once");
+        assert_eq!(selected.scores.len(), 3, "{name}");
+        let error = heuristics.select(request(0)).await.unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{name}");
+        assert!(error.message().contains("query_size"), "{}", error.message());
     }
 }

@@ -47,6 +47,12 @@ struct FakeLs {
     patches: Vec<String>,
     /// Image requests: (path, Authorization header).
     media_requests: Vec<(String, String)>,
+    /// Unlabelled tasks listed by the pool query (with `predictions` added from `imported`).
+    pool: Vec<Value>,
+    /// Predictions received by the bulk import.
+    imported: Vec<Value>,
+    /// Data Manager tabs created.
+    views: Vec<Value>,
 }
 
 type Shared = Arc<Mutex<FakeLs>>;
@@ -104,6 +110,23 @@ async fn tasks(State(ls): State<Shared>, headers: HeaderMap, uri: axum::http::Ur
     if !authorised(&ls, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    let full = reqwest::Url::parse(&format!("http://ls/?{}", uri.query().unwrap_or_default())).unwrap();
+    let query: HashMap<String, String> = full.query_pairs().into_owned().collect();
+    let filter: Value = serde_json::from_str(query.get("query").map_or("{}", String::as_str)).unwrap_or_default();
+    if filter.to_string().contains("\"filter:tasks:id\"") {
+        // The pool listing: unlabelled tasks above the cursor, ascending, with their predictions.
+        let after = filter["filters"]["items"][1]["value"].as_u64().unwrap();
+        let size: usize = query["page_size"].parse().unwrap();
+        let mut page: Vec<Value> =
+            ls.pool.iter().filter(|task| task["id"].as_u64().unwrap() > after).cloned().collect();
+        let total = page.len();
+        page.truncate(size);
+        for task in &mut page {
+            let predictions: Vec<Value> = ls.imported.iter().filter(|p| p["task"] == task["id"]).cloned().collect();
+            task["predictions"] = json!(predictions);
+        }
+        return Json(json!({"tasks": page, "total": total})).into_response();
+    }
     // One page; later pages answer 404 like Label Studio.
     if uri.query().unwrap_or_default().contains("page=1&") {
         Json(json!({"tasks": ls.tasks, "total": ls.tasks.len()})).into_response()
@@ -141,6 +164,31 @@ async fn model_versions(State(ls): State<Shared>) -> Json<Value> {
     Json(Value::Object(ls.stored_versions.iter().map(|version| (version.clone(), json!(1))).collect()))
 }
 
+async fn import_predictions(State(ls): State<Shared>, headers: HeaderMap, Json(body): Json<Vec<Value>>) -> Response {
+    let mut ls = ls.lock().unwrap();
+    if !authorised(&ls, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let created = body.len();
+    for prediction in body {
+        let version = prediction["model_version"].as_str().unwrap().to_owned();
+        if !ls.stored_versions.contains(&version) {
+            ls.stored_versions.push(version);
+        }
+        ls.imported.push(prediction);
+    }
+    (StatusCode::CREATED, Json(json!({"created": created}))).into_response()
+}
+
+async fn views(State(ls): State<Shared>) -> Json<Value> {
+    Json(json!(ls.lock().unwrap().views))
+}
+
+async fn create_view(State(ls): State<Shared>, Json(body): Json<Value>) -> StatusCode {
+    ls.lock().unwrap().views.push(body);
+    StatusCode::CREATED
+}
+
 async fn start_fake_label_studio(ls: Shared) -> SocketAddr {
     let app = Router::new()
         .route("/api/token/refresh/", post(refresh))
@@ -150,6 +198,8 @@ async fn start_fake_label_studio(ls: Shared) -> SocketAddr {
         .route("/api/projects/1", get(project).patch(project))
         .route("/api/projects/1/model-versions", get(model_versions))
         .route("/api/ml", get(|| async { Json(json!([{"id": 1, "title": "alps"}])) }))
+        .route("/api/projects/1/import/predictions", post(import_predictions))
+        .route("/api/dm/views/", get(views).post(create_view))
         .with_state(ls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -334,12 +384,20 @@ async fn setup_and_predict_answer_one_entry_per_task() {
 
     // An access token Label Studio no longer accepts (expired early, secret rotated): the adapter
     // refreshes once after the 401 and retries.
+    // (The background pool scorer shares the token, so count relative to now.)
+    let refreshes = || async {
+        let metrics = http_client().get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = metrics.lines().find(|line| line.starts_with("alps_ls_token_refreshes_total ")).unwrap_or_default();
+        line.rsplit(' ').next().unwrap_or_default().parse::<u64>().unwrap_or(0)
+    };
+    let before = refreshes().await;
+    assert!(before >= 1);
     stack.ls.lock().unwrap().access = "revoked".into();
-    let request = json!({"project": "1.1", "tasks": [{"id": 1, "data": {"image": "/data/upload/1/1.png"}}]});
+    // (Task 1 was scored above and would be answered from memory: another task, the same image.)
+    let request = json!({"project": "1.1", "tasks": [{"id": 99, "data": {"image": "/data/upload/1/1.png"}}]});
     let (_, body) = stack.post("/predict", &request).await;
     assert!(body["results"][0]["result"].is_array(), "{body}");
-    let metrics = http_client().get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("alps_ls_token_refreshes_total 2"), "{metrics}");
+    assert!(refreshes().await > before, "refreshed after the 401");
 
     // `tasks` as one object (an upstream test client does that).
     let single = json!({"project": "1.1764489000", "tasks": {"id": 2, "data": {"image": "/data/upload/1/2.png"}}});
@@ -566,4 +624,77 @@ async fn an_unreachable_core_is_a_503_with_a_reason() {
         "HTTP/1.1 503 Model server unreachable"
     );
     assert!(adapter.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connecting_scores_the_whole_pool_in_bulk_once() {
+    let stack = start_stack(&["--pool-write-chunk", "4", "--predict-chunk", "3"], &[]).await;
+    stack.ls.lock().unwrap().pool =
+        (1..=10u64).map(|id| json!({"id": id, "data": {"image": format!("/data/upload/1/{id}.png")}})).collect();
+    let params = json!({"score_mode": "uncertainty", "heuristic": "entropy"});
+    let (status, body) =
+        stack.post("/setup", &json!({"project": "1.1764489000", "schema": CONFIG, "extra_params": params})).await;
+    assert_eq!(status, 200, "{body}");
+    let version = "small-cnn-untrained-entropy";
+    assert_eq!(body["model_version"], version);
+
+    // With no "Retrieve predictions", every task gets one prediction of the version, in bulk.
+    eventually("every pool task predicted", || async { (stack.ls.lock().unwrap().imported.len() == 10).then_some(()) })
+        .await;
+    eventually("the project's model_version follows", || async {
+        (stack.ls.lock().unwrap().patches == [version.to_owned()]).then_some(())
+    })
+    .await;
+    {
+        let ls = stack.ls.lock().unwrap();
+        let mut tasks: Vec<u64> = ls.imported.iter().map(|p| p["task"].as_u64().unwrap()).collect();
+        tasks.sort_unstable();
+        assert_eq!(tasks, (1..=10).collect::<Vec<_>>(), "one prediction per task");
+        for prediction in &ls.imported {
+            assert_eq!(prediction["model_version"], version);
+            let score = prediction["score"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&score), "entropy as a share of ln C: {score}");
+            assert_eq!(prediction["result"][0]["type"], "choices");
+        }
+        // The Data Manager tab: created once, unlabelled tasks only, most informative first.
+        assert_eq!(ls.views.len(), 1, "{:?}", ls.views);
+        assert_eq!(ls.views[0]["data"]["title"], "Most informative (ALPS)");
+        assert_eq!(ls.views[0]["data"]["ordering"], json!(["-tasks:predictions_score"]));
+    }
+    let status: Value = http_client().get(stack.url("/status")).send().await.unwrap().json().await.unwrap();
+    let pool = &status["projects"][0]["pool"];
+    assert_eq!(
+        (pool["state"].as_str(), pool["pool"].as_u64(), pool["fresh"].as_u64()),
+        (Some("complete"), Some(10), Some(10)),
+        "{status}"
+    );
+
+    // A scored task is answered from memory; imported tasks are scored without a click.
+    let request = json!({"project": "1.1", "tasks": [{"id": 3, "data": {"image": "/data/upload/1/3.png"}}]});
+    let (_, body) = stack.post("/predict", &request).await;
+    assert_eq!(body["results"][0]["model_version"], version, "{body}");
+    stack.ls.lock().unwrap().pool.push(json!({"id": 11, "data": {"image": "/data/upload/1/11.png"}}));
+    let created = json!({"action": "TASKS_CREATED", "tasks": [{"id": 11}], "project": {"id": 1}});
+    assert_eq!(stack.post("/webhook", &created).await.0, 201);
+    eventually("the imported task is predicted", || async {
+        (stack.ls.lock().unwrap().imported.len() == 11).then_some(())
+    })
+    .await;
+
+    // Another heuristic is another version: every task is scored again under its name.
+    let params = json!({"score_mode": "uncertainty", "heuristic": "bald"});
+    let (_, body) =
+        stack.post("/setup", &json!({"project": "1.1764489000", "schema": CONFIG, "extra_params": params})).await;
+    assert_eq!(body["model_version"], "small-cnn-untrained-bald");
+    eventually("the pool is scored with BALD", || async {
+        let ls = stack.ls.lock().unwrap();
+        (ls.imported.iter().filter(|p| p["model_version"] == "small-cnn-untrained-bald").count() == 11).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ls = stack.ls.lock().unwrap();
+    assert_eq!(ls.imported.len(), 22, "never twice for one task and version");
+    assert_eq!(ls.views.len(), 1, "the tab is created once");
+    drop(ls);
+    stack.stop();
 }

@@ -37,6 +37,7 @@ fn project(id: &str, architecture: Architecture, torchscript: &Path, weights: &P
             weights_path,
             torchscript_path,
             head_dropout: Some(0.0),
+            ..Default::default()
         }),
         preprocessing: Some(Preprocessing { width: 16, height: 16, channels: 3, ..Default::default() }),
         mc_iterations: 3,
@@ -110,10 +111,11 @@ struct Server {
 }
 
 impl Server {
-    async fn start() -> Self {
+    /// Model files named by projects must lie in `model_root` (`--model-root`).
+    async fn start(model_root: &Path) -> Self {
         let dirs = ServerDirs::new();
         install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-        let (process, grpc) = start_server(&dirs, &[]);
+        let (process, grpc) = start_server(&dirs, &["--model-root", model_root.to_str().unwrap()]);
         let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
         Self {
             _dirs: dirs,
@@ -144,7 +146,7 @@ async fn a_builtin_model_and_its_torchscript_export_agree() {
     let files = tempfile::tempdir().unwrap();
     let (weights, script) = (files.path().join("w.safetensors"), files.path().join("small_cnn.pt"));
     export_small_cnn(3, "0", &weights, &script);
-    let mut server = Server::start().await;
+    let mut server = Server::start(files.path()).await;
     let builtin = server.create_and_predict(project("builtin", Architecture::SmallCnn, &script, &weights, 3)).await;
     let exported = server.create_and_predict(project("script", Architecture::Torchscript, &script, &weights, 3)).await;
     assert_close(&builtin, &exported);
@@ -168,7 +170,7 @@ async fn a_forward_only_module_is_served_by_replicating_the_batch() {
         script.display().to_string()
     );
     python(&["-c", &code]);
-    let mut server = Server::start().await;
+    let mut server = Server::start(files.path()).await;
     let means = server.create_and_predict(project("fwd", Architecture::Torchscript, &script, &script, 2)).await;
     assert_eq!(means.len(), 4);
     assert!(means.iter().all(|m| m.len() == 2 && (m.iter().sum::<f32>() - 1.0).abs() < 1e-5));
@@ -206,7 +208,7 @@ async fn builtin_resnet18_matches_torchvision_with_converted_weights() {
         "--out",
         script.to_str().unwrap(),
     ]);
-    let mut server = Server::start().await;
+    let mut server = Server::start(files.path()).await;
     let builtin = server.create_and_predict(project("builtin", Architecture::Resnet18, &script, &weights, 1000)).await;
     let torchvision =
         server.create_and_predict(project("tv", Architecture::Torchscript, &script, &weights, 1000)).await;

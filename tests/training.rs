@@ -11,7 +11,9 @@ use alps_proto::v1::{
     model_version_service_client::ModelVersionServiceClient, predict_result::Outcome,
     project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
 };
-use alps_system_tests::{Process, ServerDirs, builtin_plugin, install_plugin, start_server_with_env};
+use alps_system_tests::{
+    Process, ServerDirs, builtin_plugin, install_plugin, project_models_dir, start_server_with_env,
+};
 use tonic::{Code, transport::Channel};
 
 struct Server {
@@ -168,9 +170,9 @@ async fn a_job_trains_reports_progress_and_activates_a_new_version() {
     assert_eq!(metrics.per_class.len(), 2);
 
     // Deleting the project removes its versions' files too.
-    assert!(server.dirs.data.path().join("models/p/v1/weights.safetensors").is_file());
+    assert!(project_models_dir(server.dirs.data.path(), "p").join("v1/weights.safetensors").is_file());
     server.projects.delete_project(alps_proto::v1::DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
-    assert!(!server.dirs.data.path().join("models/p").exists());
+    assert!(!project_models_dir(server.dirs.data.path(), "p").exists());
 }
 
 /// The `weights_sha256` of the project's only version after one seeded training run on a fresh server.
@@ -248,7 +250,7 @@ async fn a_corrupted_version_is_detected_and_an_older_one_can_be_activated() {
     train_to_end(&mut server, 5).await;
     train_to_end(&mut server, 5).await;
     assert_eq!(active_version(&mut server).await, "v2");
-    let weights = server.dirs.data.path().join("models/p/v2/weights.safetensors");
+    let weights = project_models_dir(server.dirs.data.path(), "p").join("v2/weights.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -302,7 +304,7 @@ async fn kill_9_during_the_checkpoint_write_keeps_the_previous_version() {
     server.process.wait_for_log("fault injection: paused in the checkpoint write");
     server.process.signal(libc::SIGKILL);
     server.process.wait();
-    let partial = server.dirs.data.path().join("models/p/.tmp-v2");
+    let partial = project_models_dir(server.dirs.data.path(), "p").join(".tmp-v2");
     assert!(partial.exists(), "the kill happened inside the checkpoint write");
     let mut server = start(server.dirs, &[], &[]).await;
     assert!(!partial.exists(), "partial version cleaned up at start");

@@ -2,6 +2,8 @@
 //! * dynamic batching: 32 concurrent gRPC clients predicting one 3×32×32 image each (K = 20) on
 //!   `small_cnn`, with batching (default work budget and wait) vs batch size 1
 //!   (`--work-budget 0`), side by side: throughput and p50/p99 latency;
+//! * security overhead: the same load over TLS with a bearer token on every call vs plaintext
+//!   without authentication, side by side;
 //! * memory: the server's resident set size idle, and the growth per loaded VGG16 model
 //!   against the size of its weights.
 //!
@@ -14,7 +16,9 @@ use alps_proto::v1::{
     Architecture, CreateProjectRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor,
     inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
 };
-use alps_system_tests::{Process, ServerDirs, builtin_plugin, install_plugin, start_server};
+use alps_system_tests::{
+    Process, ServerDirs, TestPki, builtin_plugin, channel, create_token, install_plugin, path_str, start_server,
+};
 use tonic::transport::Channel;
 
 const CLIENTS: usize = 32;
@@ -44,8 +48,33 @@ async fn start(extra: &[&str]) -> (ServerDirs, Process, Channel) {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
     let (process, grpc) = start_server(&dirs, extra);
-    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let channel = channel(&grpc, None, None).await.unwrap();
     (dirs, process, channel)
+}
+
+/// A server with TLS (a certificate from a throwaway CA) and a tokens file; returns its
+/// verified TLS channel and an admin token.
+async fn start_secure(extra: &[&str]) -> (ServerDirs, TestPki, Process, Channel, String) {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue("server");
+    let tokens = dirs.data.path().join("tokens");
+    let token = create_token(&tokens, "admin", "bench");
+    let mut args =
+        vec!["--auth-tokens-file", path_str(&tokens), "--tls-cert", path_str(&cert), "--tls-key", path_str(&key)];
+    args.extend_from_slice(extra);
+    let (process, grpc) = start_server(&dirs, &args);
+    let channel = channel(&grpc, Some(&pki.ca_pem()), None).await.unwrap();
+    (dirs, pki, process, channel, token)
+}
+
+/// `message` with the token when there is one.
+fn call<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    match token {
+        Some(token) => alps_system_tests::with_token(message, token),
+        None => tonic::Request::new(message),
+    }
 }
 
 struct Load {
@@ -54,21 +83,30 @@ struct Load {
     p99: Duration,
 }
 
-async fn load(extra: &[&str], per_client: usize) -> Load {
-    let (_dirs, process, channel) = start(extra).await;
+/// 32 clients × `per_client` requests; over TLS with a token on every call when `secure`.
+async fn load(extra: &[&str], per_client: usize, secure: bool) -> Load {
+    let (_keep, process, channel, token) = if secure {
+        let (dirs, pki, process, channel, token) = start_secure(extra).await;
+        ((dirs, Some(pki)), process, channel, Some(token))
+    } else {
+        let (dirs, process, channel) = start(extra).await;
+        ((dirs, None), process, channel, None)
+    };
     let request_project = CreateProjectRequest { project: Some(project("cnn", Architecture::SmallCnn, 32)) };
-    ProjectServiceClient::new(channel.clone()).create_project(request_project).await.unwrap();
+    ProjectServiceClient::new(channel.clone()).create_project(call(request_project, token.as_deref())).await.unwrap();
     let mut warm = InferenceServiceClient::new(channel.clone());
-    warm.predict(request("cnn", 32, 0.5)).await.unwrap();
+    warm.predict(call(request("cnn", 32, 0.5), token.as_deref())).await.unwrap();
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let mut client = InferenceServiceClient::new(channel.clone());
+            let token = token.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_client);
                 for i in 0..per_client {
                     let sent = Instant::now();
-                    client.predict(request("cnn", 32, (c * per_client + i) as f32 / 1000.0)).await.unwrap();
+                    let message = request("cnn", 32, (c * per_client + i) as f32 / 1000.0);
+                    client.predict(call(message, token.as_deref())).await.unwrap();
                     latencies.push(sent.elapsed());
                 }
                 latencies
@@ -131,25 +169,47 @@ async fn memory() {
 #[tokio::main]
 async fn main() {
     let per_client: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30);
-    const ROUNDS: usize = 3;
+    // `cargo bench --bench serving -- security`: only the TLS + token comparison, 5 rounds.
+    let only_security = std::env::args().any(|a| a == "security");
+    let rounds: usize = if only_security { 5 } else { 3 };
     println!(
         "small_cnn 3x32x32, K = 20, {CLIENTS} concurrent clients x {per_client} requests of 1 image; \
-         {ROUNDS} alternating rounds, medians"
+         {rounds} alternating rounds, medians"
     );
-    let (mut batched, mut single) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        batched.push(load(&[], per_client).await);
-        single.push(load(&["--work-budget", "0"], per_client).await);
+    let (mut batched, mut single, mut secure) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        batched.push(load(&[], per_client, false).await);
+        secure.push(load(&[], per_client, true).await);
+        if !only_security {
+            single.push(load(&["--work-budget", "0"], per_client, false).await);
+        }
     }
-    let (batched, single) = (median_load(batched), median_load(single));
+    let (batched, secure) = (median_load(batched), median_load(secure));
+    if !only_security {
+        let single = median_load(single);
+        println!();
+        println!("| serving | images / s | p50 latency | p99 latency |");
+        println!("| --- | --- | --- | --- |");
+        for (name, run) in [("dynamic batching (defaults)", &batched), ("batch size 1 (--work-budget 0)", &single)] {
+            println!("| {name} | {:.0} | {:.1} ms | {:.1} ms |", run.throughput, ms(run.p50), ms(run.p99));
+        }
+        println!("| ratio batched / size 1 | {:.1}x | | |", batched.throughput / single.throughput);
+    }
     println!();
-    println!("| serving | images / s | p50 latency | p99 latency |");
+    println!("| security (dynamic batching) | images / s | p50 latency | p99 latency |");
     println!("| --- | --- | --- | --- |");
-    for (name, run) in [("dynamic batching (defaults)", &batched), ("batch size 1 (--work-budget 0)", &single)] {
+    for (name, run) in [("plaintext, no auth", &batched), ("TLS 1.3 + bearer token", &secure)] {
         println!("| {name} | {:.0} | {:.1} ms | {:.1} ms |", run.throughput, ms(run.p50), ms(run.p99));
     }
-    println!("| ratio batched / size 1 | {:.1}x | | |", batched.throughput / single.throughput);
-    memory().await;
+    println!(
+        "| TLS + token / plaintext | {:.3}x | {:.3}x | {:.3}x |",
+        secure.throughput / batched.throughput,
+        ms(secure.p50) / ms(batched.p50),
+        ms(secure.p99) / ms(batched.p99)
+    );
+    if !only_security {
+        memory().await;
+    }
 }
 
 /// Median of each figure over the rounds.

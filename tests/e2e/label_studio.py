@@ -259,6 +259,11 @@ class LabelStudio:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
         return check(self.api.post("/api/ml", json=body), 201).json()
 
+    def patch_ml_backend(self, ml_id: int, **fields) -> dict:
+        """PATCH /api/ml/{id}: LS 1.23 re-validates the connection, so pass `url` and `project` with the change
+        (e.g. extra_params), as its settings form does; it then calls /setup and stores the model_version."""
+        return check(self.api.patch(f"/api/ml/{ml_id}", json=fields), 200).json()
+
     def ml_backends(self, pid: int) -> list[dict]:
         """GET /api/ml?project= (makes LS call every backend's /health and /setup)."""
         return check(self.api.get("/api/ml", params={"project": pid}), 200).json()
@@ -273,6 +278,15 @@ class LabelStudio:
         selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
         return check(self.api.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
                                    json={"selectedItems": selected}, timeout=timeout), 200).json()
+
+    def views(self, pid: int) -> list[dict]:
+        """The project's Data Manager tabs."""
+        return check(self.api.get("/api/dm/views/", params={"project": pid}), 200).json()
+
+    def view_task_ids(self, view_id: int) -> list[int]:
+        """Ids of the tasks a Data Manager tab lists, in its order."""
+        answer = check(self.api.get("/api/tasks", params={"view": view_id, "page_size": 10000}), 200).json()
+        return [task["id"] for task in answer["tasks"]]
 
     def predictions(self, pid: int) -> list[dict]:
         return check(self.api.get("/api/predictions", params={"project": pid}), 200).json()

@@ -4,9 +4,13 @@
     .venv/bin/python tests/e2e/test_label_studio.py [--bin-dir target/debug] [--images 200] [--annotate 50]
 
 A plain script: exit code 0 = pass. It starts alps-server, a fresh Label Studio and the adapter on
-free ports, uploads digit images, connects the adapter as the project's ML backend, retrieves
-predictions, labels some tasks through Label Studio's API, starts training, waits for the new
-model version and checks the new predictions (version bookkeeping, score ordering, accuracy).
+free ports, uploads digit images, connects the adapter as the project's ML backend, waits for
+the background predictions, labels some tasks through Label Studio's API, starts training, waits
+for the new model version and checks the new predictions (version bookkeeping, score ordering,
+accuracy). Then it switches the connection's heuristic to batch_bald (the selected batch must
+head Label Studio's order) and to entropy (new versions, re-scored with no click, never two
+predictions of one version on a task), and restarts the adapter (the first /setup must answer the
+trained version, and nothing is rewritten).
 Everything is torn down at the end, also on failure, when the log tails are printed.
 """
 
@@ -51,6 +55,8 @@ LS_ENV = {}
 MIN_ACCURACY = 0.5  # on the tasks not annotated, after one training run (chance: 0.1)
 TRAIN_TIMEOUT = 300.0  # seconds from "Start training" to a new model version
 SYNC_TIMEOUT = 60.0  # seconds for the adapter to PATCH the project's model_version
+RESCORE_TIMEOUT = 180.0  # seconds from a heuristic change until the project's model_version follows
+QUERY_SIZE = 5  # extra_params.query_size of the batch_bald check
 # -------------------------------------------------------------------------------------------
 
 LABELS = [str(d) for d in range(10)]
@@ -179,21 +185,8 @@ def run(args, tmp: Path, processes: list) -> None:
     with step("start alps-label-studio"):
         adapter_port = free_port()
         adapter_url = f"http://127.0.0.1:{adapter_port}"
-        adapter = Process("alps-label-studio", [str(args.bin_dir / "alps-label-studio")], {
-            **ADAPTER_ENV,
-            "LABEL_STUDIO_URL": ls.url,
-            "LABEL_STUDIO_API_KEY": ls.pat,
-            "ALPS_CORE_URL": f"http://127.0.0.1:{grpc_port}",
-            "ALPS_LS_LISTEN": f"127.0.0.1:{adapter_port}",
-        }, tmp / "alps-label-studio.log")
+        adapter = start_adapter(args, tmp, ls, grpc_port, adapter_port)
         processes.append(adapter)
-
-        def adapter_ready():
-            adapter.check_alive()
-            health = requests.get(adapter_url + "/health", timeout=2).json()
-            return health.get("status") == "UP" and health.get("model_server") == "ready"
-
-        wait_for("alps-label-studio /health with model_server ready", adapter_ready, 60, 0.2)
 
     with step("create project, upload images"):
         pid = ls.create_project("alps-e2e", LABEL_CONFIG)["id"]
@@ -216,8 +209,8 @@ def run(args, tmp: Path, processes: list) -> None:
         assert adapter_url + "/webhook" in hooks, f"no webhook to the adapter among {hooks}"
         print(f"    ML backend {ml['id']}, model_version {version!r}")
 
-    with step(f"retrieve predictions of {version!r} for {len(tasks)} tasks"):
-        predictions = check_predictions(retrieve_all(ls, pid, version, len(tasks)), version, len(tasks))
+    with step(f"background scoring: every task gets a prediction of {version!r} with no click"):
+        predictions = check_predictions(wait_for_pool(ls, pid, version, set(task_ids)), version, len(tasks))
         before, _ = accuracy(predictions, task_label, set(task_ids))
         print(f"    accuracy before training {before:.3f}")
         ls.retrieve_predictions(pid)  # nothing left to predict: must not store a duplicate set (spec §3.3)
@@ -257,11 +250,17 @@ def run(args, tmp: Path, processes: list) -> None:
         assert ls.ml_backends(pid)[0]["model_version"] == new, "the adapter's /setup does not give the new version"
         print(f"    new model_version {new!r}")
 
-    with step(f"retrieve predictions of {new!r}"):
-        all_predictions = retrieve_all(ls, pid, new, len(tasks))
-        predictions = check_predictions(all_predictions, new, len(tasks))
-        assert len(all_predictions) == 2 * len(tasks), \
-            f"{len(all_predictions)} predictions stored, expected {len(tasks)} of each version"
+    unlabelled = set(task_ids) - set(labelled)
+    with step(f"background scoring: every unlabelled task gets a prediction of {new!r} with no click"):
+        all_predictions = wait_for_pool(ls, pid, new, unlabelled)
+        predictions = check_predictions(all_predictions, new, len(unlabelled))
+        assert {p["task"] for p in predictions} == unlabelled, "labelled tasks are not re-scored in the background"
+        assert len(all_predictions) == len(tasks) + len(unlabelled), \
+            f"{len(all_predictions)} predictions stored, expected {len(tasks)} + {len(unlabelled)}"
+        views = [v for v in ls.views(pid) if v["data"].get("title") == "Most informative (ALPS)"]
+        assert len(views) == 1, f"{len(views)} 'Most informative (ALPS)' tabs"
+        ids = ls.view_task_ids(views[0]["id"])
+        assert set(ids) == unlabelled, "the tab lists exactly the unlabelled tasks"
 
     with step(f"wait for the project's model_version to follow to {new!r}"):
         wait_for(f"project.model_version == {new!r}", lambda: ls.project(pid)["model_version"] == new, SYNC_TIMEOUT)
@@ -272,6 +271,99 @@ def run(args, tmp: Path, processes: list) -> None:
         after, correct = accuracy(predictions, task_label, unlabelled)
         print(f"    accuracy {after:.3f} ({correct}/{len(unlabelled)}) after training on {args.annotate} labels")
         assert after > MIN_ACCURACY, f"accuracy {after:.3f} not above {MIN_ACCURACY} (chance: 0.1)"
+
+    batch_params = {**EXTRA_PARAMS, "score_mode": "uncertainty", "heuristic": "batch_bald", "query_size": QUERY_SIZE}
+    with step(f"heuristic batch_bald, query_size {QUERY_SIZE}: the selected batch heads Label Studio's order"):
+        batch_version = change_heuristic(ls, adapter_url, pid, ml["id"], batch_params, f"{new}-batch_bald", unlabelled)
+        batch = project_status(adapter_url, pid)["pool"]["batch"]
+        assert len(batch) == QUERY_SIZE == len(set(batch)), f"/status batch {batch}: not {QUERY_SIZE} distinct tasks"
+        assert set(batch) <= unlabelled, f"/status batch {batch} holds labelled or unknown tasks"
+        ordered = [task for task in ls.tasks(pid, ordering="-tasks:predictions_score") if not task["total_annotations"]]
+        head = [task["id"] for task in ordered[:QUERY_SIZE]]
+        assert head == batch, f"Label Studio's first {QUERY_SIZE} by score {head} are not the selected batch {batch}"
+        scores = [task["predictions_score"] for task in ordered]
+        assert None not in scores and all(0.0 <= score <= 1.0 for score in scores), "batch_bald scores outside [0, 1]"
+        assert min(scores[:QUERY_SIZE]) > max(scores[QUERY_SIZE:]), "the batch's scores are not above every other"
+        print(f"    {batch_version!r}: batch {batch} heads the order (scores {scores[0]:.3f} .. {scores[QUERY_SIZE - 1]:.3f}, "
+              f"then {scores[QUERY_SIZE]:.3f} ..)")
+
+    entropy_params = {**EXTRA_PARAMS, "score_mode": "uncertainty", "heuristic": "entropy"}
+    with step("heuristic entropy: a new version, re-scored with no click, the project follows"):
+        entropy_version = change_heuristic(ls, adapter_url, pid, ml["id"], entropy_params, f"{new}-entropy", unlabelled)
+        assert project_status(adapter_url, pid)["pool"]["batch"] == [], "a per-sample heuristic selected a batch"
+        ordered = [task for task in ls.tasks(pid, ordering="-tasks:predictions_score") if not task["total_annotations"]]
+        scores = [task["predictions_score"] for task in ordered]
+        assert None not in scores and scores == sorted(scores, reverse=True), "entropy scores not ordered descending"
+        assert all(0.0 <= score <= 1.0 for score in scores), "entropy shares outside [0, 1]"
+
+    with step("restart the adapter: the first /setup answers the trained version"):
+        adapter.stop()
+        processes.remove(adapter)
+        adapter = start_adapter(args, tmp, ls, grpc_port, adapter_port)
+        processes.append(adapter)
+        answered = ls.ml_backends(pid)[0]["model_version"]  # LS calls /health, then /setup
+        assert answered == entropy_version, f"the first /setup after a restart answered {answered!r}, not {entropy_version!r}"
+        stored = len(ls.predictions(pid))
+        pool = wait_for("the restarted adapter's pool run", lambda: (project_status(adapter_url, pid).get("pool") or {})
+                        .get("state") == "complete" and project_status(adapter_url, pid)["pool"], SYNC_TIMEOUT)
+        assert pool["version"] == entropy_version and pool["scored"] == 0 and pool["fresh"] == len(unlabelled), \
+            f"after a restart the pool run rewrote predictions: {pool}"
+        assert len(ls.predictions(pid)) == stored, "predictions were added after the restart"
+        assert ls.project(pid)["model_version"] == entropy_version
+        print(f"    first /setup after the restart: {answered!r}; pool run {pool['state']}, {pool['scored']} rewritten")
+
+
+def start_adapter(args, tmp: Path, ls: LabelStudio, grpc_port: int, adapter_port: int) -> Process:
+    """Starts alps-label-studio on `adapter_port` and waits until its /health reports the core ready."""
+    adapter_url = f"http://127.0.0.1:{adapter_port}"
+    adapter = Process("alps-label-studio", [str(args.bin_dir / "alps-label-studio")], {
+        **ADAPTER_ENV,
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": ls.pat,
+        "ALPS_CORE_URL": f"http://127.0.0.1:{grpc_port}",
+        "ALPS_LS_LISTEN": f"127.0.0.1:{adapter_port}",
+    }, tmp / "alps-label-studio.log")
+
+    def adapter_ready():
+        adapter.check_alive()
+        health = requests.get(adapter_url + "/health", timeout=2).json()
+        return health.get("status") == "UP" and health.get("model_server") == "ready"
+
+    try:
+        wait_for("alps-label-studio /health with model_server ready", adapter_ready, 60, 0.2)
+    except BaseException:
+        adapter.stop()
+        raise
+    return adapter
+
+
+def project_status(adapter_url: str, pid: int) -> dict:
+    """The project's entry in the adapter's GET /status ({} if absent)."""
+    projects = requests.get(adapter_url + "/status", timeout=10).json()["projects"]
+    return next((project for project in projects if project["project"] == pid), {})
+
+
+def change_heuristic(ls: LabelStudio, adapter_url: str, pid: int, ml_id: int, extra_params: dict, expected: str,
+                     unlabelled: set) -> str:
+    """Changes the connection's extra_params; checks that /setup answers the `expected` version at once, that
+    Label Studio's project model_version follows only once every unlabelled task holds a prediction of it,
+    and that no task holds two predictions of one version. Returns the version."""
+    # LS 1.23 re-validates the connection on PATCH and needs URL and project in the body (else a 500),
+    # as its settings form sends them.
+    answered = ls.patch_ml_backend(ml_id, url=adapter_url, project=pid, extra_params=extra_params)["model_version"]
+    assert answered == expected, f"/setup answered {answered!r} after the heuristic change, expected {expected!r}"
+    wait_for(f"project.model_version == {expected!r}", lambda: ls.project(pid)["model_version"] == expected,
+             RESCORE_TIMEOUT, 0.5)
+    predictions = ls.predictions(pid)  # right after the project followed: the run must be complete
+    check_predictions(predictions, expected, len(unlabelled))
+    assert {p["task"] for p in predictions if p["model_version"] == expected} == unlabelled, \
+        f"{expected!r} is not on exactly the unlabelled tasks"
+    pairs = collections.Counter((p["task"], p["model_version"]) for p in predictions)
+    twice = [pair for pair, count in pairs.items() if count > 1]
+    assert not twice, f"tasks holding two predictions of one version: {twice[:5]}"
+    print(f"    {expected!r}: {len(unlabelled)} unlabelled tasks re-scored with no click; "
+          f"{len(pairs)} (task, version) pairs, none twice")
+    return expected
 
 
 def wrong(label: str) -> str:
@@ -289,6 +381,21 @@ def retrieve_all(ls: LabelStudio, pid: int, version: str, task_count: int, round
         print(f"    retrieval: {done}/{task_count} tasks predicted, {time.monotonic() - started:.1f} s")
         if done >= task_count:
             break
+    return predictions
+
+
+def wait_for_pool(ls: LabelStudio, pid: int, version: str, task_ids: set, timeout: float = 300.0) -> list[dict]:
+    """Waits, without any 'Retrieve predictions', until every task of `task_ids` holds a prediction of
+    `version` written by the adapter's background scorer. Returns all the project's predictions."""
+    started = time.monotonic()
+
+    def fresh():
+        predictions = ls.predictions(pid)
+        done = {p["task"] for p in predictions if p["model_version"] == version} >= task_ids
+        return predictions if done else None
+
+    predictions = wait_for(f"every task holds {version!r}", fresh, timeout)
+    print(f"    {len(task_ids)} tasks hold {version!r} after {time.monotonic() - started:.1f} s, no click")
     return predictions
 
 
@@ -321,8 +428,10 @@ def accuracy(predictions: list[dict], task_label: dict, task_ids: set) -> tuple[
 
 def check_ordering(ls: LabelStudio, pid: int) -> None:
     """Label Studio's Data Manager sorts by the scores of project.model_version's predictions."""
-    scores = [task["predictions_score"] for task in ls.tasks(pid, ordering="tasks:predictions_score")]
-    assert None not in scores, f"{scores.count(None)} tasks without a predictions_score"
+    tasks = ls.tasks(pid, ordering="tasks:predictions_score")
+    # Labelled tasks are not re-scored in the background: only unlabelled ones need this version's score.
+    scores = [task["predictions_score"] for task in tasks if not task.get("total_annotations")]
+    assert None not in scores, f"{scores.count(None)} unlabelled tasks without a predictions_score"
     assert scores == sorted(scores), "tasks ordered by tasks:predictions_score are not ascending"
     print(f"    ordering by score ascending: {scores[0]:.3f} .. {scores[-1]:.3f}")
 

@@ -8,7 +8,7 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
@@ -61,7 +61,7 @@ impl Process {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
-        let (lines, stdout) = channel();
+        let (lines, stdout) = mpsc::channel();
         let pipe = child.stdout.take().expect("piped stdout");
         thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -317,4 +317,104 @@ pub fn install_plugin(file: &std::path::Path, dir: &std::path::Path, name: &str)
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+/// `<data>/models/<hex sha256 of project>`: where alps-server keeps a project's model versions
+/// (directory names are hashes, never client strings).
+pub fn project_models_dir(data: &std::path::Path, project: &str) -> PathBuf {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(project.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    data.join("models").join(hash)
+}
+
+/// `message` with `authorization: Bearer <token>` metadata, as alps-server's auth layer reads it.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII token"));
+    request
+}
+
+/// Creates a token with `alps-server token create` and returns it (the only place it is shown).
+///
+/// # Panics
+/// If the command fails.
+pub fn create_token(tokens_file: &std::path::Path, role: &str, name: &str) -> String {
+    let output = Command::new(binary("alps-server"))
+        .args(["token", "create", "--role", role, "--name", name, "--tokens-file", path_str(tokens_file)])
+        .output()
+        .expect("run alps-server token create");
+    assert!(output.status.success(), "token create failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8 token").trim().to_owned()
+}
+
+/// A throwaway certificate authority for TLS tests, with PEM files in a temporary directory.
+pub struct TestPki {
+    /// Holds the PEM files.
+    pub dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    /// A new CA (`ca.pem` in [`dir`](Self::dir)).
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ALPS test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("key"))
+            .expect("self-signed CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
+        Self { dir, ca }
+    }
+
+    /// The CA certificate file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// Issues a certificate for `localhost` and 127.0.0.1 (server or client) and writes
+    /// `<name>.pem` and `<name>.key`; returns the two paths.
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let (cert_path, key_path) =
+            (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A gRPC channel to `addr`: plaintext, or TLS verified against `ca_pem` (server name
+/// `localhost`) with an optional client identity `(cert PEM, key PEM)` for mutual TLS.
+///
+/// # Errors
+/// The transport error if the connection or handshake fails.
+pub async fn channel(
+    addr: &str,
+    ca_pem: Option<&str>,
+    identity: Option<(&str, &str)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let Some(ca) = ca_pem else {
+        return Channel::from_shared(format!("http://{addr}")).expect("valid URI").connect().await;
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}")).expect("valid URI").tls_config(tls)?.connect().await
 }
