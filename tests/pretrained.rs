@@ -21,7 +21,9 @@ use alps_proto::v1::{
     Tensor, UpdateProjectRequest, inference_service_client::InferenceServiceClient, predict_result::Outcome,
     project_service_client::ProjectServiceClient, sample::Input,
 };
-use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, path_str, start_server};
+use alps_system_tests::{
+    Process, ServerDirs, builtin_plugin, eventually, http_client, install_plugin, path_str, start_server,
+};
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use sha2::{Digest, Sha256};
 use tonic::{Code, transport::Channel};
@@ -149,6 +151,7 @@ async fn serve(
 struct Server {
     dirs: ServerDirs,
     process: alps_system_tests::Process,
+    grpc: String,
     projects: ProjectServiceClient<Channel>,
     inference: InferenceServiceClient<Channel>,
 }
@@ -175,6 +178,7 @@ impl Server {
         Self {
             dirs,
             process,
+            grpc,
             projects: ProjectServiceClient::new(channel.clone()),
             inference: InferenceServiceClient::new(channel),
         }
@@ -303,7 +307,7 @@ async fn imagenet_weights_from_an_http_mirror_match_torchvision_are_verified_and
     server.create(pretrained("r18-again")).await.unwrap();
     assert_close(&builtin, &server.predict("r18-again").await);
     mirror.set(DOWN);
-    let Server { dirs, mut process, projects, inference } = server;
+    let Server { dirs, mut process, projects, inference, .. } = server;
     drop((projects, inference));
     process.terminate();
     let mut server = Server::start(dirs, &base, &digest).await;
@@ -360,4 +364,64 @@ async fn a_local_directory_mirror_serves_legacy_files_and_preprocessing_can_chan
             "16×16 inputs are refused now"
         );
     }
+}
+
+/// The Label Studio adapter's side: a preset with `weights=imagenet` whose mirror is down shows
+/// the core's error in `GET /status` and `/metrics`, and the next `/setup` once the mirror is
+/// back clears both.
+#[tokio::test]
+async fn the_adapter_shows_a_failing_weights_fetch_and_recovers_when_the_mirror_is_back() {
+    const CONFIG: &str = r#"<View><Image name="img" value="$image"/><Choices name="label" toName="img"><Choice value="a"/><Choice value="b"/></Choices></View>"#;
+    let files = files();
+    let digest = sha256(&files.zip);
+    let (mirror, addr) = Mirror::start(files.zip.clone()).await;
+    mirror.set(DOWN);
+    let base = format!("http://{addr}/models");
+    let server = Server::start(ServerDirs::new(), &base, &digest).await;
+    let core_url = format!("http://{}", server.grpc);
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--core-url",
+        &core_url,
+        "--core-poll-ms",
+        "100",
+        "--model",
+        "r18=resnet18,weights=imagenet,size=16",
+    ];
+    let mut adapter = Process::start("alps-label-studio", &args);
+    let http = adapter.listening_addr("http");
+    let setup = || async {
+        let body = serde_json::json!({"project": "7.1", "schema": CONFIG, "extra_params": {"model": "r18"}});
+        let response = http_client().post(format!("http://{http}/setup")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    };
+    let status = || async {
+        let status: serde_json::Value =
+            http_client().get(format!("http://{http}/status")).send().await.ok()?.json().await.ok()?;
+        Some(status["projects"][0].clone())
+    };
+    let metrics = || async { http_client().get(format!("http://{http}/metrics")).send().await.ok()?.text().await.ok() };
+
+    setup().await;
+    let failing = eventually("/status shows the fetch error", || async {
+        status().await.filter(|project| project["setup_error"].is_string())
+    })
+    .await;
+    let error = failing["setup_error"].as_str().unwrap();
+    assert!(error.starts_with("Unavailable: ") && error.contains(FILE) && error.contains("503"), "{error}");
+    let text = metrics().await.unwrap();
+    assert!(text.contains(r#"alps_ls_project_setup_failing{project="7"} 1"#), "{text}");
+    assert!(text.contains(r#"alps_ls_project_setup_failures_total{code="Unavailable"}"#), "{text}");
+
+    // The mirror is back: the next /setup (Label Studio sends one on every page load) retries.
+    mirror.set(SERVE);
+    setup().await;
+    eventually("/status clears the error", || async {
+        status().await.filter(|project| project["setup_error"].is_null() && project["model"] == "r18")
+    })
+    .await;
+    let text = metrics().await.unwrap();
+    assert!(text.contains(r#"alps_ls_project_setup_failing{project="7"} 0"#), "{text}");
+    assert_eq!(server.cache(), [format!("{digest}.pth")]);
 }

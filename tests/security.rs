@@ -88,7 +88,9 @@ fn example(id: &str, class: &str, value: f32) -> LabelledExample {
     }
 }
 
-/// Every file under `dir` with its bytes' SHA-256, and every directory.
+/// Every file under `dir` with its bytes' SHA-256, and every directory. The SQLite database
+/// counts by its rows: its write-ahead log and shared-memory index change on reads and
+/// checkpoints without any row changing, so their bytes are not compared.
 fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut entries = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -96,16 +98,41 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
         for entry in std::fs::read_dir(&current).unwrap() {
             let path = entry.unwrap().path();
             let relative = path.strip_prefix(dir).unwrap().to_path_buf();
+            let name = relative.to_string_lossy();
             if path.is_dir() {
                 entries.insert(relative, "dir".into());
                 stack.push(path);
-            } else {
+            } else if name == "alps.db" {
+                entries.insert(relative, database_rows(&path));
+            } else if !(name == "alps.db-wal" || name == "alps.db-shm") {
                 let bytes = std::fs::read(&path).unwrap();
                 entries.insert(relative, format!("{:x}", sha2::Sha256::digest(&bytes)));
             }
         }
     }
     entries
+}
+
+/// SHA-256 over every row of every table of the SQLite database at `path`, tables by name and
+/// rows by rowid (read through a second connection, so the log's rows count too).
+fn database_rows(path: &Path) -> String {
+    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+    let names: Vec<String> = tables.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+    let mut digest = sha2::Sha256::new();
+    for table in names {
+        digest.update(table.as_bytes());
+        let mut rows = db.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY rowid")).unwrap();
+        let columns = rows.column_count();
+        let mut rows = rows.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for column in 0..columns {
+                digest.update(format!("{:?}\u{1f}", row.get_ref(column).unwrap()).as_bytes());
+            }
+            digest.update(b"\n");
+        }
+    }
+    format!("rows:{:x}", digest.finalize())
 }
 
 fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, field: &str, id: &str) {

@@ -283,10 +283,13 @@ class LabelStudio:
         """The project's Data Manager tabs."""
         return check(self.api.get("/api/dm/views/", params={"project": pid}), 200).json()
 
+    def view_tasks(self, view_id: int) -> list[dict]:
+        """The tasks a Data Manager tab lists, in its order, with the columns it shows (as the grid reads them)."""
+        return check(self.api.get("/api/tasks", params={"view": view_id, "page_size": 10000}), 200).json()["tasks"]
+
     def view_task_ids(self, view_id: int) -> list[int]:
         """Ids of the tasks a Data Manager tab lists, in its order."""
-        answer = check(self.api.get("/api/tasks", params={"view": view_id, "page_size": 10000}), 200).json()
-        return [task["id"] for task in answer["tasks"]]
+        return [task["id"] for task in self.view_tasks(view_id)]
 
     def predictions(self, pid: int) -> list[dict]:
         return check(self.api.get("/api/predictions", params={"project": pid}), 200).json()

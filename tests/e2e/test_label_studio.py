@@ -265,6 +265,11 @@ def run(args, tmp: Path, processes: list) -> None:
     with step(f"wait for the project's model_version to follow to {new!r}"):
         wait_for(f"project.model_version == {new!r}", lambda: ls.project(pid)["model_version"] == new, SYNC_TIMEOUT)
         check_ordering(ls, pid)
+        # The tab's grid shows "Prediction model versions" and "Prediction score" filled in.
+        listed = ls.view_tasks(views[0]["id"])
+        empty = [task["id"] for task in listed if new not in [v.strip() for v in task.get("predictions_model_versions", "").split(",")]]
+        assert not empty, f"the tab's 'Prediction model versions' column lacks {new!r} for tasks {empty[:5]}"
+        assert all(task.get("predictions_score") is not None for task in listed), "the tab's 'Prediction score' is empty"
 
     with step("accuracy on the tasks not annotated"):
         unlabelled = set(task_ids) - set(labelled)

@@ -253,7 +253,7 @@ pub struct Config {
 
     /// Predictions per bulk import call of the background pool scorer (Label Studio stores them
     /// 500 at a time).
-    #[arg(long, env = "ALPS_LS_POOL_WRITE_CHUNK", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    #[arg(long, env = "ALPS_LS_POOL_WRITE_CHUNK", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=5000))]
     pub pool_write_chunk: u32,
 
     /// Tasks per page when the background pool scorer lists a project's unlabelled tasks.

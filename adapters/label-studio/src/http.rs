@@ -480,7 +480,8 @@ async fn latest_job(state: &AppState, ls_id: u64) -> Option<TrainingProgress> {
     }
 }
 
-/// `GET /status`: per Label Studio project, the scoring version, pool scoring progress (tasks
+/// `GET /status`: per Label Studio project, the scoring version, why its ALPS project could not
+/// be created or updated (`setup_error`, null when it could), pool scoring progress (tasks
 /// scored / total, ETA) and the latest training job (epoch, ETA).
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let pools: std::collections::HashMap<u64, crate::scoring::PoolProgress> =
@@ -496,6 +497,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
             "score_mode": link.score_mode,
             "heuristic": link.heuristic(),
             "model_version": link.model_version(),
+            "setup_error": state.projects.setup_error(ls_id),
             "pool": pools.get(&ls_id),
             "training": latest_job(&state, ls_id).await,
         }));

@@ -35,6 +35,8 @@ struct Metrics {
     training_percent: Family<Labels, Gauge>,
     training_epoch: Family<Labels, Gauge>,
     training_eta: Family<Labels, Gauge>,
+    setup_failures: Family<Labels, Counter>,
+    setup_failing: Family<Labels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -60,6 +62,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         training_percent: Family::default(),
         training_epoch: Family::default(),
         training_eta: Family::default(),
+        setup_failures: Family::default(),
+        setup_failing: Family::default(),
         registry: Registry::default(),
     };
     registry.register("requests", "HTTP requests by route and status", metrics.requests.clone());
@@ -133,6 +137,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "training_eta_seconds",
         "Estimated seconds until the project's training job ends",
         metrics.training_eta.clone(),
+    );
+    registry.register(
+        "project_setup_failures",
+        "Failed attempts to create or update a Label Studio project's ALPS project (e.g. pretrained weights that cannot be fetched), by gRPC code",
+        metrics.setup_failures.clone(),
+    );
+    registry.register(
+        "project_setup_failing",
+        "1 while the last attempt to create or update the project's ALPS project failed (the error is in GET /status), else 0",
+        metrics.setup_failing.clone(),
     );
     Metrics { registry, ..metrics }
 });
@@ -237,6 +251,16 @@ pub fn training_progress(project: u64, progress: &crate::training::TrainingProgr
     METRICS.training_epoch.get_or_create(&labels).set(i64::from(progress.epoch));
     let eta = progress.eta_secs.map_or(-1, |secs| i64::try_from(secs).unwrap_or(i64::MAX));
     METRICS.training_eta.get_or_create(&labels).set(eta);
+}
+
+/// Records the outcome of creating or updating Label Studio project `project`'s ALPS project:
+/// `Err(code)` counts a failure under the gRPC code's name and raises the failing gauge.
+pub fn project_setup(project: u64, outcome: Result<(), tonic::Code>) {
+    let labels = vec![("project", project.to_string())];
+    METRICS.setup_failing.get_or_create(&labels).set(i64::from(outcome.is_err()));
+    if let Err(code) = outcome {
+        METRICS.setup_failures.get_or_create(&vec![("code", format!("{code:?}"))]).inc();
+    }
 }
 
 /// The metrics in the OpenMetrics text format.

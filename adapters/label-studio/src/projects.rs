@@ -152,6 +152,8 @@ pub struct Projects {
     /// start, for projects not seen since: the first `/setup` after a restart must already
     /// answer the right version.
     found_at_start: Mutex<HashMap<u64, (String, String)>>,
+    /// The core's message for the last failed [`Projects::ensure`] of a project, until one succeeds.
+    setup_errors: Mutex<HashMap<u64, String>>,
 }
 
 impl Projects {
@@ -173,6 +175,7 @@ impl Projects {
             triggers,
             ensuring: tokio::sync::Mutex::default(),
             found_at_start: Mutex::default(),
+            setup_errors: Mutex::default(),
         }
     }
 
@@ -331,7 +334,16 @@ impl Projects {
         if link.ensured {
             return Ok(link);
         }
-        let project = self.core.ensure_project(&link.alps_id(), &link.config.labels, &link.model).await?;
+        let project = match self.core.ensure_project(&link.alps_id(), &link.config.labels, &link.model).await {
+            Ok(project) => {
+                self.record_setup(ls_id, None);
+                project
+            }
+            Err(status) => {
+                self.record_setup(ls_id, Some(&status));
+                return Err(status);
+            }
+        };
         let mut links = self.lock();
         let Some(current) = links.get_mut(&ls_id) else { return Ok(link) };
         // Only mark it ensured if nobody changed the link meanwhile.
@@ -343,6 +355,26 @@ impl Projects {
         self.set_active_version(ls_id, &project.active_model_version);
         self.set_project_heuristic(ls_id, project.default_heuristic.as_ref().map_or("", |h| h.name.as_str()));
         Ok(self.get(ls_id).unwrap_or(current))
+    }
+
+    /// Why the project's ALPS project could not be created or updated last time (the core's
+    /// message, e.g. pretrained weights that cannot be fetched); `None` once an attempt succeeds.
+    pub fn setup_error(&self, ls_id: u64) -> Option<String> {
+        self.setup_errors.lock().expect("poisoned").get(&ls_id).cloned()
+    }
+
+    fn record_setup(&self, ls_id: u64, failure: Option<&tonic::Status>) {
+        let mut errors = self.setup_errors.lock().expect("poisoned");
+        match failure {
+            Some(status) => {
+                errors.insert(ls_id, format!("{:?}: {}", status.code(), status.message()));
+            }
+            None => {
+                errors.remove(&ls_id);
+            }
+        }
+        drop(errors);
+        crate::metrics::project_setup(ls_id, failure.map_or(Ok(()), |status| Err(status.code())));
     }
 
     /// Records the ALPS project's default heuristic as seen on the core (empty = the core's

@@ -859,12 +859,38 @@ pub fn batch_score(rest_best: f32, position: usize, count: usize) -> f32 {
     floor + step * (count - position) as f32
 }
 
-/// The Data Manager tab: tasks without annotations, most informative first in `mode`.
+/// Data Manager columns the tab hides in both its grid ("explore") and labelling views: Label
+/// Studio computes a column for a tab's listing only when the stored tab shows it in one of the
+/// two (`get_fields_for_evaluation` in Label Studio 1.23's `data_manager/managers.py`), so a tab
+/// without `hiddenColumns` lists "Prediction score" and "Prediction model versions" empty.
+const HIDDEN_COLUMNS: [&str; 11] = [
+    "inner_id",
+    "annotations_results",
+    "annotations_ids",
+    "predictions_results",
+    "file_upload",
+    "storage_filename",
+    "created_at",
+    "updated_at",
+    "updated_by",
+    "avg_lead_time",
+    "draft_exists",
+];
+
+/// Columns the labelling view hides on top of [`HIDDEN_COLUMNS`] (its side list stays narrow).
+const HIDDEN_WHILE_LABELLING: [&str; 6] =
+    ["id", "completed_at", "cancelled_annotations", "total_predictions", "annotators", "predictions_model_versions"];
+
+/// The Data Manager tab: tasks without annotations, most informative first in `mode`, with the
+/// "Prediction score" and "Prediction model versions" columns shown (and so computed).
 pub fn view_data(mode: ScoreMode) -> Value {
     let ordering = match mode {
         ScoreMode::Confidence => "tasks:predictions_score",
         ScoreMode::Uncertainty => "-tasks:predictions_score",
     };
+    let column = |id: &&str| format!("tasks:{id}");
+    let explore: Vec<String> = HIDDEN_COLUMNS.iter().map(column).collect();
+    let labeling: Vec<String> = HIDDEN_COLUMNS.iter().chain(&HIDDEN_WHILE_LABELLING).map(column).collect();
     json!({
         "title": VIEW_TITLE,
         "type": "list",
@@ -873,6 +899,7 @@ pub fn view_data(mode: ScoreMode) -> Value {
             {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
         ]},
         "ordering": [ordering],
+        "hiddenColumns": {"explore": explore, "labeling": labeling},
     })
 }
 
@@ -938,5 +965,15 @@ mod tests {
         assert_eq!(view_data(ScoreMode::Confidence)["ordering"], json!(["tasks:predictions_score"]));
         assert_eq!(view["filters"]["items"][0]["filter"], "filter:tasks:total_annotations");
         assert_eq!(view["title"], VIEW_TITLE);
+        // Label Studio computes a column only when the tab does not hide it in both modes.
+        let hidden = |mode: &str| view["hiddenColumns"][mode].as_array().cloned().unwrap_or_default();
+        let (explore, labeling) = (hidden("explore"), hidden("labeling"));
+        for shown in ["tasks:predictions_score", "tasks:predictions_model_versions"] {
+            assert!(!(explore.contains(&json!(shown)) && labeling.contains(&json!(shown))), "{shown} is hidden");
+        }
+        assert!(
+            explore.contains(&json!("tasks:predictions_results"))
+                && labeling.contains(&json!("tasks:predictions_results"))
+        );
     }
 }
