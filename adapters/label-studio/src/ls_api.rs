@@ -190,11 +190,15 @@ pub struct PoolPage {
     pub total: u64,
 }
 
+/// Most labelled tasks a resync reads (each page is capped too; this bounds the pages).
+pub const MAX_LABELLED_TASKS: usize = 1_000_000;
+
 /// Largest Label Studio answer the adapter reads into memory, bytes.
 pub const MAX_PAGE_BYTES: usize = 64 << 20;
 
-/// Reads a JSON answer of at most [`MAX_PAGE_BYTES`].
-async fn capped_json(mut response: Response) -> Result<Value, LsError> {
+/// Reads a JSON answer of at most [`MAX_PAGE_BYTES`] (every answer of Label Studio is read
+/// this way: a huge or endless body must not exhaust the adapter's memory).
+async fn capped_json<T: serde::de::DeserializeOwned>(mut response: Response) -> Result<T, LsError> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         if body.len() + chunk.len() > MAX_PAGE_BYTES {
@@ -343,7 +347,7 @@ impl LabelStudio {
         if !response.status().is_success() {
             return Err(LsError::Refresh(response.status()));
         }
-        let access = response.json::<Refreshed>().await?.access;
+        let access = capped_json::<Refreshed>(response).await?.access;
         crate::metrics::token_refreshed();
         // No signature check: the token is only ever sent back to the Label Studio that issued it.
         let expires_unix = jwt_expiry(&access).unwrap_or_else(|| unix_now() + 60);
@@ -396,11 +400,14 @@ impl LabelStudio {
                 Err(LsError::Status { status: StatusCode::NOT_FOUND, .. }) => break,
                 other => other?,
             };
-            let page: TaskPage = response.json().await?;
+            let page: TaskPage = capped_json(response).await?;
             if page.tasks.is_empty() {
                 break;
             }
             tasks.extend(page.tasks);
+            if tasks.len() > MAX_LABELLED_TASKS {
+                return Err(LsError::Transport(format!("more than {MAX_LABELLED_TASKS} labelled tasks")));
+            }
         }
         Ok(tasks)
     }
@@ -410,7 +417,7 @@ impl LabelStudio {
     /// # Errors
     /// [`LsError`]; a deleted task is `Status { 404 }`.
     pub async fn task(&self, task: u64) -> Result<Task, LsError> {
-        Ok(self.call(Method::GET, &format!("api/tasks/{task}"), &[], None).await?.json().await?)
+        capped_json(self.call(Method::GET, &format!("api/tasks/{task}"), &[], None).await?).await
     }
 
     /// The project's `model_version` (drives Label Studio's score column and uncertainty sampling).
@@ -418,7 +425,8 @@ impl LabelStudio {
     /// # Errors
     /// [`LsError`].
     pub async fn project_model_version(&self, project: u64) -> Result<String, LsError> {
-        let body: Value = self.call(Method::GET, &format!("api/projects/{project}"), &[], None).await?.json().await?;
+        let body: Value =
+            capped_json(self.call(Method::GET, &format!("api/projects/{project}"), &[], None).await?).await?;
         Ok(body["model_version"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -428,7 +436,7 @@ impl LabelStudio {
     /// [`LsError`].
     pub async fn prediction_versions(&self, project: u64) -> Result<Vec<String>, LsError> {
         let path = format!("api/projects/{project}/model-versions");
-        let body: Value = self.call(Method::GET, &path, &[], None).await?.json().await?;
+        let body: Value = capped_json(self.call(Method::GET, &path, &[], None).await?).await?;
         Ok(body.as_object().map(|versions| versions.keys().cloned().collect()).unwrap_or_default())
     }
 
@@ -438,7 +446,7 @@ impl LabelStudio {
     /// [`LsError`].
     pub async fn backend_titles(&self, project: u64) -> Result<Vec<String>, LsError> {
         let query = [("project", project.to_string())];
-        let body: Value = self.call(Method::GET, "api/ml", &query, None).await?.json().await?;
+        let body: Value = capped_json(self.call(Method::GET, "api/ml", &query, None).await?).await?;
         let titles = body.as_array().into_iter().flatten().filter_map(|backend| backend["title"].as_str());
         Ok(titles.map(str::to_owned).collect())
     }
@@ -505,7 +513,7 @@ impl LabelStudio {
     pub async fn import_predictions(&self, project: u64, predictions: &[Value]) -> Result<u64, LsError> {
         let path = format!("api/projects/{project}/import/predictions");
         let body = Value::Array(predictions.to_vec());
-        let answer: Value = self.call(Method::POST, &path, &[], Some(&body)).await?.json().await?;
+        let answer: Value = capped_json(self.call(Method::POST, &path, &[], Some(&body)).await?).await?;
         Ok(answer["created"].as_u64().unwrap_or(0))
     }
 

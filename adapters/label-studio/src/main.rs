@@ -64,6 +64,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         default_model = %config.default_model,
         "listening"
     );
+    let open = config.basic_auth_user.is_none() && config.webhook_secret.is_none();
+    if open && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "no Basic auth and no webhook secret: anyone who reaches this port can change a project's labels \
+             and trigger training; set BASIC_AUTH_USER/BASIC_AUTH_PASS and ALPS_LS_WEBHOOK_SECRET (README, Security)"
+        );
+    }
     if let Some((rustls, cert, key)) = tls {
         tokio::spawn(tls::reload_on_change(rustls.clone(), cert, key));
         let acceptor = RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new());

@@ -378,13 +378,17 @@ fn is_private_v4(v4: Ipv4Addr) -> bool {
     let [first, second, ..] = v4.octets();
     // 100.64.0.0/10: carrier-grade NAT, private in practice.
     let shared = first == 100 && (second & 0xc0) == 64;
+    // 192.0.0.0/24 (IETF protocol assignments), 198.18.0.0/15 (benchmarking) and 240.0.0.0/4
+    // (reserved): not globally reachable (IANA IPv4 special-purpose address registry).
+    let special = (first == 192 && second == 0 && v4.octets()[2] == 0) || (first == 198 && (second & 0xfe) == 18);
     v4.is_loopback()
         || v4.is_private()
         || v4.is_link_local()
         || first == 0
-        || v4.is_broadcast()
+        || first >= 240
         || v4.is_multicast()
         || shared
+        || special
 }
 
 fn is_private_v6(v6: Ipv6Addr) -> bool {
@@ -404,6 +408,10 @@ fn is_private_v6(v6: Ipv6Addr) -> bool {
     // 6to4 2002:a.b.c.d::/48.
     if segments[0] == 0x2002 {
         return is_private_v4(embedded_v4(segments[1], segments[2]));
+    }
+    // Local-use NAT64 64:ff9b:1::/48 and Teredo 2001::/32 tunnel to addresses we cannot judge.
+    if segments[..3] == [0x64, 0xff9b, 1] || segments[..2] == [0x2001, 0] {
+        return true;
     }
     let unique_local = (segments[0] & 0xfe00) == 0xfc00;
     let link_local = (segments[0] & 0xffc0) == 0xfe80;
@@ -494,11 +502,25 @@ mod tests {
             "64:ff9b::10.0.0.1",
             "2002:c0a8:0101::1",
             "ff02::1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.1",
+            "240.0.0.1",
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ];
         for private in private {
             assert!(is_private(private.parse().unwrap()), "{private}");
         }
-        for public in ["8.8.8.8", "2001:4860::8888", "64:ff9b::8.8.8.8", "2002:0808:0808::1", "::8.8.8.8"] {
+        for public in [
+            "8.8.8.8",
+            "2001:4860::8888",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
+            "::8.8.8.8",
+            "198.20.0.1",
+            "192.0.1.1",
+        ] {
             assert!(!is_private(public.parse().unwrap()), "{public}");
         }
     }

@@ -109,8 +109,10 @@ pub(crate) fn project(state: &AppState, id: &str) -> Result<Arc<crate::projects:
 }
 
 /// Logs an admin call with who made it (the token's name), the RPC and the project, for audit.
+/// The project id is logged before it is validated, so at most its first 80 characters.
 pub(crate) fn audit<T>(request: &tonic::Request<T>, rpc: &'static str, project: &str) {
     let caller = request.extensions().get::<Caller>().map_or("anonymous", |c| c.name.as_str());
+    let project = project.char_indices().nth(80).map_or(project, |(end, _)| &project[..end]);
     tracing::info!(caller, rpc, project, "admin call");
 }
 

@@ -122,7 +122,9 @@ const METHODS: &[(&str, &str, Option<Role>)] = &[
     ("alps.v1.ModelVersionService", "ActivateModelVersion", Some(Admin)),
 ];
 
-/// The method an HTTP/2 request path (`/package.Service/Method`) calls.
+/// The method an HTTP/2 request path (`/package.Service/Method`) calls. A path missing from
+/// [`METHODS`] needs the `admin` role: a service added without a row is closed by default,
+/// never open to every token.
 pub fn method(path: &str) -> Method {
     let known = path
         .strip_prefix('/')
@@ -130,7 +132,7 @@ pub fn method(path: &str) -> Method {
         .and_then(|(service, method)| METHODS.iter().find(|(s, m, _)| *s == service && *m == method));
     match known {
         Some(&(service, method, role)) => Method { service, method, role },
-        None => Method { service: "unknown", method: "unknown", role: Some(Predict) },
+        None => Method { service: "unknown", method: "unknown", role: Some(Admin) },
     }
 }
 
@@ -154,9 +156,9 @@ mod tests {
         assert_eq!(method("/alps.v1.TrainingService/Train").role, Some(Label));
         assert_eq!(method("/alps.v1.ModelVersionService/ActivateModelVersion").role, Some(Admin));
         assert_eq!(method("/alps.v1.ProjectService/UploadModelFile").role, Some(Admin));
-        // Unknown paths need a token too, and never claim to be health.
+        // Unknown paths need the highest role, and never claim to be health.
         for path in ["/grpc.health.v1.Health/Other", "/", "", "/x/y/z", "grpc.health.v1.Health/Check"] {
-            assert_eq!(method(path), Method { service: "unknown", method: "unknown", role: Some(Predict) }, "{path}");
+            assert_eq!(method(path), Method { service: "unknown", method: "unknown", role: Some(Admin) }, "{path}");
         }
     }
 

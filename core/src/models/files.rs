@@ -130,8 +130,12 @@ impl ModelFiles {
         if relative.as_os_str().is_empty() || !relative.components().all(|c| matches!(c, Component::Normal(_))) {
             return Err(outside());
         }
-        let real = match fs::canonicalize(root.join(relative)) {
+        let joined = root.join(relative);
+        let real = match fs::canonicalize(&joined) {
             Ok(real) => real,
+            // Through a symlinked directory a missing or unreadable path may lie outside the
+            // root: say so only for paths whose nearest existing ancestor is inside it.
+            Err(_) if !nearest_ancestor_inside(&joined, &root) => return Err(outside()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Err(ModelFileError::NotFound { path: shown });
             }
@@ -195,6 +199,14 @@ impl ModelFiles {
         let file = tempfile::Builder::new().prefix(".upload-").tempfile_in(&dir)?;
         Ok(Upload { dir, file, hasher: Sha256::new(), bytes: 0 })
     }
+}
+
+/// Whether the nearest ancestor of `path` that resolves lies inside `root` (canonical).
+fn nearest_ancestor_inside(path: &Path, root: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .find_map(|ancestor| fs::canonicalize(ancestor).ok())
+        .is_some_and(|real| real.starts_with(root))
 }
 
 /// A model file being received: written to a temporary file while its SHA-256 is computed.
@@ -301,6 +313,14 @@ mod tests {
         assert!(matches!(files.read(Path::new("escape")), Err(ModelFileError::OutsideRoot { .. })));
         assert!(matches!(files.read(Path::new("zero")), Err(ModelFileError::OutsideRoot { .. })));
         assert_eq!(files.read(Path::new("alias")).unwrap(), b"weights");
+        // Through a symlinked directory, existing and missing files outside the root look alike.
+        fs::create_dir(dir.path().join("outside")).unwrap();
+        fs::write(dir.path().join("outside/there"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), files.root().join("ext")).unwrap();
+        for p in ["ext/there", "ext/missing", "ext/missing/deeper"] {
+            assert!(matches!(files.read(Path::new(p)), Err(ModelFileError::OutsideRoot { .. })), "{p}");
+        }
+        assert!(matches!(files.read(Path::new("sub/missing")), Err(ModelFileError::NotFound { .. })));
     }
 
     #[test]

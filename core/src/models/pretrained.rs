@@ -103,11 +103,28 @@ impl Source {
         }
     }
 
-    /// Where `file_name` is, for downloads and messages.
+    /// Where `file_name` is, for downloads and the server's log.
     pub fn location(&self, file_name: &str) -> String {
         match self {
             Self::Url(base) => format!("{base}{file_name}"),
             Self::Directory(dir) => dir.join(file_name).display().to_string(),
+        }
+    }
+
+    /// Where `file_name` is, for messages to clients: a URL without its user and password, or the
+    /// file name alone for a directory (the server's paths stay in its log).
+    pub fn shown(&self, file_name: &str) -> String {
+        match self {
+            Self::Url(_) => match reqwest::Url::parse(&self.location(file_name)) {
+                Ok(mut url) => {
+                    // Both only fail for URLs that cannot carry credentials at all.
+                    let _ = url.set_username("");
+                    let _ = url.set_password(None);
+                    url.to_string()
+                }
+                Err(_) => file_name.to_owned(),
+            },
+            Self::Directory(_) => format!("{file_name} in the --weights-mirror directory"),
         }
     }
 }
@@ -276,11 +293,6 @@ impl WeightsCache {
         self.inner.dir.join(format!("{digest}.pth"))
     }
 
-    /// Where the file is fetched from (URL or mirror path), for messages.
-    pub fn location(&self, architecture: Architecture, weights: PretrainedWeights) -> Option<String> {
-        published(architecture, weights).map(|file| self.inner.source.location(file.file_name))
-    }
-
     /// Makes sure the file is in the cache, fetching it if needed (one download per file,
     /// shared by every caller; it goes on if this caller is dropped). Waits at most `wait`.
     ///
@@ -324,7 +336,7 @@ impl WeightsCache {
                 }
             }
         };
-        let url = self.inner.source.location(file.file_name);
+        let url = self.inner.source.shown(file.file_name);
         match tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await {
             Err(_) => Err(PretrainedError::Pending { url }),
             Ok(Err(_)) => Err(PretrainedError::Unavailable { url, reason: "the download stopped".into() }),
@@ -338,15 +350,15 @@ impl WeightsCache {
         if path.is_file() {
             return Ok(path);
         }
-        let url = self.inner.source.location(file.file_name);
-        tracing::info!(url = %url, "fetching pretrained weights");
+        let (location, url) = (self.inner.source.location(file.file_name), self.inner.source.shown(file.file_name));
+        tracing::info!(url = %location, "fetching pretrained weights");
         let attempt = || async {
             let mut partial = tempfile::Builder::new()
                 .prefix(PARTIAL_PREFIX)
                 .tempfile_in(&self.inner.dir)
                 .map_err(|e| internal("creating a file in the weights cache", &e))?;
             let actual = match &self.inner.source {
-                Source::Url(_) => self.download(&url, partial.as_file_mut()).await?,
+                Source::Url(_) => self.download(&location, &url, partial.as_file_mut()).await?,
                 Source::Directory(dir) => {
                     let (source, max) = (dir.join(file.file_name), self.inner.max_bytes);
                     let mut target =
@@ -371,8 +383,9 @@ impl WeightsCache {
             .await
     }
 
-    /// Downloads `url` into `out`, at most `max_bytes`, returning the sha256 (hex) of the bytes.
-    async fn download(&self, url: &str, out: &mut File) -> Result<String, PretrainedError> {
+    /// Downloads `location` into `out`, at most `max_bytes`, returning the sha256 (hex) of the
+    /// bytes; errors name it as `url` ([`Source::shown`]).
+    async fn download(&self, location: &str, url: &str, out: &mut File) -> Result<String, PretrainedError> {
         let unavailable = |reason: String| PretrainedError::Unavailable { url: url.to_owned(), reason };
         let network = |error: reqwest::Error| {
             unavailable(if error.is_timeout() {
@@ -383,7 +396,7 @@ impl WeightsCache {
                 "the connection failed".into()
             })
         };
-        let mut response = self.inner.client.get(url).send().await.map_err(network)?;
+        let mut response = self.inner.client.get(location).send().await.map_err(network)?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(unavailable(format!("HTTP {status}")));
@@ -521,6 +534,12 @@ mod tests {
         assert_eq!(Source::parse("http://m:8000/tv").unwrap(), Source::Url("http://m:8000/tv/".into()));
         assert_eq!(Source::parse("/srv/weights").unwrap(), Source::Directory("/srv/weights".into()));
         assert!(Source::parse("https://m/?x").is_err() && Source::parse("").is_err());
+        // Messages never carry a mirror's credentials or the server's directory.
+        let secret = Source::parse("https://user:tok3n@m.example/tv").unwrap();
+        assert_eq!(secret.location("a.pth"), "https://user:tok3n@m.example/tv/a.pth");
+        assert_eq!(secret.shown("a.pth"), "https://m.example/tv/a.pth");
+        let shown = Source::parse("/srv/weights").unwrap().shown("a.pth");
+        assert!(shown.starts_with("a.pth") && !shown.contains("/srv"), "{shown}");
         let (architecture, digest) = parse_pin(&format!("resnet18={}", "AB".repeat(32))).unwrap();
         assert_eq!((architecture, digest), (Architecture::Resnet18, "ab".repeat(32)));
         for bad in ["resnet18", "mlp=00", "vgg16=xyz", "vgg16=../../etc"] {
@@ -540,7 +559,7 @@ mod tests {
             .unwrap_err();
         let PretrainedError::Mismatch { expected, actual, url } = &error else { panic!("{error:?}") };
         assert!(expected.starts_with("f37072fd") && actual == &hex(&Sha256::digest(b"other bytes")), "{error}");
-        assert!(url.ends_with("resnet18-f37072fd.pth"));
+        assert!(url.starts_with("resnet18-f37072fd.pth") && !url.contains(&*mirror.path().to_string_lossy()), "{url}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing cached");
 
         // Pinned to those bytes, the same file is accepted, cached under its digest, and then

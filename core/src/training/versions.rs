@@ -72,13 +72,20 @@ pub fn remove_partial_versions(models_dir: &ModelsDir) -> io::Result<usize> {
 
 /// Moves the version directories of data dirs written before directories were hashed
 /// (`models/<project id>/`) to their hashed place ([`ModelsDir::project_dir`]). Ids outside the
-/// identifier grammar never had their directory trusted and are left where they are, logged.
+/// identifier grammar never had their directory trusted and are left where they are, logged; so
+/// is a legacy directory that is some project's hashed directory (an id of 64 hex digits could
+/// otherwise claim another project's versions).
 pub fn move_legacy_dirs(models_dir: &ModelsDir, project_ids: &[String]) {
+    let hashed: std::collections::HashSet<PathBuf> = project_ids.iter().map(|id| models_dir.project_dir(id)).collect();
     for id in project_ids {
         let Some(legacy) = models_dir.legacy_project_dir(id) else {
             tracing::warn!(project = ?id, "project id outside the identifier grammar: it can no longer be addressed");
             continue;
         };
+        if hashed.contains(&legacy) {
+            tracing::warn!(project = %id, "legacy directory is another project's hashed directory: left in place");
+            continue;
+        }
         let target = models_dir.project_dir(id);
         if !fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_dir()) || target.exists() {
             continue;
@@ -164,5 +171,11 @@ mod tests {
         assert!(!models.root().join("digits").exists());
         assert!(models.root().join("keep").is_dir(), "directories of no project are not touched");
         assert!(root.path().exists());
+
+        // A project named like another's hashed directory does not take that project's versions.
+        let hashed_name = models.project_dir("digits").file_name().unwrap().to_string_lossy().into_owned();
+        move_legacy_dirs(&models, &["digits".into(), hashed_name.clone()]);
+        assert_eq!(fs::read(models.version_dir("digits", "v1").join("weights.safetensors")).unwrap(), b"w");
+        assert!(!models.project_dir(&hashed_name).exists());
     }
 }
