@@ -395,6 +395,34 @@ async fn an_api_that_refuses_the_token_shows_even_when_health_is_open() {
     assert!(adapter.terminate().success());
 }
 
+/// A token the real core accepts, but below the `admin` role the adapter needs to create
+/// projects: `/health` reports the model server as `unauthorized` once a setup is refused, and
+/// `/status` names the role.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_below_admin_shows_once_a_setup_is_refused() {
+    let client = alps_system_tests::http_client();
+    let dirs = alps_system_tests::ServerDirs::new();
+    let tokens = dirs.data.path().join("tokens");
+    let token = alps_system_tests::create_token(&tokens, "predict", "adapter");
+    let (_core, grpc) = alps_system_tests::start_server(&dirs, &["--auth-tokens-file", path_str(&tokens)]);
+    let core_url = format!("http://{grpc}");
+    let (mut adapter, http) = start_adapter(&["--core-url", &core_url], &[("ALPS_CORE_TOKEN", token.as_str())]);
+    wait_for_model_server(&client, &http, "ready").await;
+    let response = client
+        .post(format!("http://{http}/setup"))
+        .json(&json!({"project": "3.1764489000", "schema": CONFIG}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "/setup answers from memory");
+    wait_for_model_server(&client, &http, "unauthorized").await;
+    let status: Value = client.get(format!("http://{http}/status")).send().await.unwrap().json().await.unwrap();
+    let error = status["projects"][0]["setup_error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.starts_with("PermissionDenied: ") && error.contains("admin"), "{status}");
+    assert_never_logged(&mut adapter, &token);
+    assert!(adapter.terminate().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_presents_the_client_certificate() {
     let client = alps_system_tests::http_client();

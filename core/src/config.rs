@@ -56,7 +56,7 @@ pub enum TokenCommand {
 /// Settings of a running server.
 #[derive(Clone, Debug, Args)]
 pub struct ServerConfig {
-    /// Address of the gRPC server (alps.v1, KServe v2, health, reflection).
+    /// Address of the gRPC server (alps.v1, health, reflection).
     #[arg(long, env = "ALPS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 

@@ -2,8 +2,8 @@
 //! * dynamic batching: 32 concurrent gRPC clients predicting one 3×32×32 image each (K = 20) on
 //!   `small_cnn`, with batching (default work budget and wait) vs batch size 1
 //!   (`--work-budget 0`), side by side: throughput and p50/p99 latency;
-//! * security overhead: the same load over TLS with a bearer token on every call vs plaintext
-//!   without authentication, side by side;
+//! * security overhead: the same load with a bearer token on every call, over plaintext and over
+//!   TLS, vs plaintext without authentication, side by side;
 //! * memory: the server's resident set size idle, and the growth per loaded VGG16 model
 //!   against the size of its weights.
 //!
@@ -52,20 +52,34 @@ async fn start(extra: &[&str]) -> (ServerDirs, Process, Channel) {
     (dirs, process, channel)
 }
 
-/// A server with TLS (a certificate from a throwaway CA) and a tokens file; returns its
-/// verified TLS channel and an admin token.
-async fn start_secure(extra: &[&str]) -> (ServerDirs, TestPki, Process, Channel, String) {
+/// What guards the server under load.
+#[derive(Clone, Copy)]
+enum Guard {
+    /// Plaintext, no tokens.
+    Open,
+    /// Plaintext with a bearer token on every call (the auth layer's own cost).
+    Token,
+    /// TLS (a certificate from a throwaway CA) and a bearer token on every call.
+    TlsToken,
+}
+
+/// A server with a tokens file and, for [`Guard::TlsToken`], TLS; returns its channel (verified
+/// TLS when used) and an admin token.
+async fn start_guarded(extra: &[&str], guard: Guard) -> (ServerDirs, TestPki, Process, Channel, String) {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
     let pki = TestPki::new();
     let (cert, key) = pki.issue("server");
     let tokens = dirs.data.path().join("tokens");
     let token = create_token(&tokens, "admin", "bench");
-    let mut args =
-        vec!["--auth-tokens-file", path_str(&tokens), "--tls-cert", path_str(&cert), "--tls-key", path_str(&key)];
+    let mut args = vec!["--auth-tokens-file", path_str(&tokens)];
+    let tls = matches!(guard, Guard::TlsToken);
+    if tls {
+        args.extend(["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)]);
+    }
     args.extend_from_slice(extra);
     let (process, grpc) = start_server(&dirs, &args);
-    let channel = channel(&grpc, Some(&pki.ca_pem()), None).await.unwrap();
+    let channel = channel(&grpc, tls.then(|| pki.ca_pem()).as_deref(), None).await.unwrap();
     (dirs, pki, process, channel, token)
 }
 
@@ -83,14 +97,17 @@ struct Load {
     p99: Duration,
 }
 
-/// 32 clients × `per_client` requests; over TLS with a token on every call when `secure`.
-async fn load(extra: &[&str], per_client: usize, secure: bool) -> Load {
-    let (_keep, process, channel, token) = if secure {
-        let (dirs, pki, process, channel, token) = start_secure(extra).await;
-        ((dirs, Some(pki)), process, channel, Some(token))
-    } else {
-        let (dirs, process, channel) = start(extra).await;
-        ((dirs, None), process, channel, None)
+/// 32 clients × `per_client` requests against a server guarded by `guard`.
+async fn load(extra: &[&str], per_client: usize, guard: Guard) -> Load {
+    let (_keep, process, channel, token) = match guard {
+        Guard::Open => {
+            let (dirs, process, channel) = start(extra).await;
+            ((dirs, None), process, channel, None)
+        }
+        Guard::Token | Guard::TlsToken => {
+            let (dirs, pki, process, channel, token) = start_guarded(extra, guard).await;
+            ((dirs, Some(pki)), process, channel, Some(token))
+        }
     };
     let request_project = CreateProjectRequest { project: Some(project("cnn", Architecture::SmallCnn, 32)) };
     ProjectServiceClient::new(channel.clone()).create_project(call(request_project, token.as_deref())).await.unwrap();
@@ -176,15 +193,16 @@ async fn main() {
         "small_cnn 3x32x32, K = 20, {CLIENTS} concurrent clients x {per_client} requests of 1 image; \
          {rounds} alternating rounds, medians"
     );
-    let (mut batched, mut single, mut secure) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut batched, mut single, mut token, mut secure) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        batched.push(load(&[], per_client, false).await);
-        secure.push(load(&[], per_client, true).await);
+        batched.push(load(&[], per_client, Guard::Open).await);
+        token.push(load(&[], per_client, Guard::Token).await);
+        secure.push(load(&[], per_client, Guard::TlsToken).await);
         if !only_security {
-            single.push(load(&["--work-budget", "0"], per_client, false).await);
+            single.push(load(&["--work-budget", "0"], per_client, Guard::Open).await);
         }
     }
-    let (batched, secure) = (median_load(batched), median_load(secure));
+    let (batched, token, secure) = (median_load(batched), median_load(token), median_load(secure));
     if !only_security {
         let single = median_load(single);
         println!();
@@ -198,15 +216,19 @@ async fn main() {
     println!();
     println!("| security (dynamic batching) | images / s | p50 latency | p99 latency |");
     println!("| --- | --- | --- | --- |");
-    for (name, run) in [("plaintext, no auth", &batched), ("TLS 1.3 + bearer token", &secure)] {
+    let guarded =
+        [("plaintext, no auth", &batched), ("plaintext + bearer token", &token), ("TLS 1.3 + bearer token", &secure)];
+    for (name, run) in guarded {
         println!("| {name} | {:.0} | {:.1} ms | {:.1} ms |", run.throughput, ms(run.p50), ms(run.p99));
     }
-    println!(
-        "| TLS + token / plaintext | {:.3}x | {:.3}x | {:.3}x |",
-        secure.throughput / batched.throughput,
-        ms(secure.p50) / ms(batched.p50),
-        ms(secure.p99) / ms(batched.p99)
-    );
+    for (name, run) in [("token / plaintext", &token), ("TLS + token / plaintext", &secure)] {
+        println!(
+            "| {name} | {:.3}x | {:.3}x | {:.3}x |",
+            run.throughput / batched.throughput,
+            ms(run.p50) / ms(batched.p50),
+            ms(run.p99) / ms(batched.p99)
+        );
+    }
     if !only_security {
         memory().await;
     }

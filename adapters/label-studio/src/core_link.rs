@@ -267,15 +267,22 @@ pub fn watch_core(transport: CoreTransport, interval: Duration) -> watch::Receiv
         let mut client = HealthClient::new(transport.unobserved());
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut told_unreachable = false;
         loop {
             ticker.tick().await;
-            let now = match check(&mut client).await {
+            let (checked, why) = check(&mut client).await;
+            let now = match checked {
                 // The health service may be open to all while the API needs the token: confirm
                 // a refusal seen on another call with a cheap authenticated one.
                 CoreStatus::Ready if transport.refused() => confirm_authorized(&transport).await,
                 other => other,
             };
             let before = *publish.borrow();
+            // The link starts as unreachable, so say why once (wrong CA, plaintext to TLS, ...).
+            if now == CoreStatus::Unreachable && !told_unreachable {
+                tracing::warn!(reason = why.as_deref().unwrap_or("no answer in time"), "alps-server is unreachable");
+            }
+            told_unreachable = now == CoreStatus::Unreachable;
             if now != before {
                 crate::metrics::core_link(now);
                 if now == CoreStatus::Unauthorized {
@@ -295,18 +302,32 @@ pub fn watch_core(transport: CoreTransport, interval: Duration) -> watch::Receiv
     status
 }
 
-async fn check(client: &mut HealthClient<CoreTransport>) -> CoreStatus {
+/// The core's health, with why it is unreachable when it is.
+async fn check(client: &mut HealthClient<CoreTransport>) -> (CoreStatus, Option<String>) {
     let request = HealthCheckRequest { service: String::new() };
     match tokio::time::timeout(CHECK_TIMEOUT, client.check(request)).await {
-        Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => CoreStatus::Ready,
-        Ok(Ok(_)) => CoreStatus::Loading,
-        Ok(Err(status)) if is_refusal(&status) => CoreStatus::Unauthorized,
+        Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => (CoreStatus::Ready, None),
+        Ok(Ok(_)) => (CoreStatus::Loading, None),
+        Ok(Err(status)) if is_refusal(&status) => (CoreStatus::Unauthorized, None),
         Ok(Err(status)) => {
             tracing::debug!(%status, "core health check failed");
-            CoreStatus::Unreachable
+            (CoreStatus::Unreachable, Some(failure_chain(&status)))
         }
-        Err(_elapsed) => CoreStatus::Unreachable,
+        Err(_elapsed) => (CoreStatus::Unreachable, None),
     }
+}
+
+/// A failed call's message with its sources (the transport error says "connection error"; the
+/// cause, e.g. an unknown CA, is further down).
+fn failure_chain(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
 }
 
 /// `Ready` unless an authenticated call (ListProjects) is refused.
@@ -433,11 +454,13 @@ mod tests {
             let transport = core_transport(&format!("{scheme}://127.0.0.1:{port}"), &options).unwrap();
             async move { check(&mut HealthClient::new(transport)).await }
         };
-        assert_eq!(check_with(Some(&ca_file), "https").await, CoreStatus::Ready);
-        assert_eq!(check_with(Some(&ca_file), "http").await, CoreStatus::Ready, "http:// with a CA is upgraded");
-        let unverified = check_with(Some(&other_ca_file), "https").await;
+        assert_eq!(check_with(Some(&ca_file), "https").await, (CoreStatus::Ready, None));
+        assert_eq!(check_with(Some(&ca_file), "http").await.0, CoreStatus::Ready, "http:// with a CA is upgraded");
+        let (unverified, why) = check_with(Some(&other_ca_file), "https").await;
         assert_eq!(unverified, CoreStatus::Unreachable, "a server the CA did not sign was accepted");
-        assert_eq!(check_with(None, "http").await, CoreStatus::Unreachable, "plaintext to a TLS server");
+        // The log says why, not only "transport error".
+        assert!(why.as_deref().is_some_and(|why| why.contains("certificate")), "{why:?}");
+        assert_eq!(check_with(None, "http").await.0, CoreStatus::Unreachable, "plaintext to a TLS server");
     }
 
     #[tokio::test]

@@ -277,7 +277,11 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         status: "UP",
         model_class: "alps-label-studio",
         version: env!("CARGO_PKG_VERSION"),
-        model_server: *state.core_status.borrow(),
+        model_server: match *state.core_status.borrow() {
+            // A token that may read but not create projects passes the link's own checks.
+            CoreStatus::Ready if state.projects.setup_refused() => CoreStatus::Unauthorized,
+            status => status,
+        },
         label_studio: state.label_studio.as_ref().map_or(LinkState::NotConfigured, |ls| ls.link()),
         score_mode: state.score_mode,
     })

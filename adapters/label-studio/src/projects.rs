@@ -363,6 +363,13 @@ impl Projects {
         self.setup_errors.lock().expect("poisoned").get(&ls_id).cloned()
     }
 
+    /// Whether the core refused the adapter's credentials for the last setup of some project
+    /// (UNAUTHENTICATED, or PERMISSION_DENIED for a token below the `admin` role).
+    pub fn setup_refused(&self) -> bool {
+        let refused = ["Unauthenticated: ", "PermissionDenied: "];
+        self.setup_errors.lock().expect("poisoned").values().any(|error| refused.iter().any(|p| error.starts_with(p)))
+    }
+
     fn record_setup(&self, ls_id: u64, failure: Option<&tonic::Status>) {
         let mut errors = self.setup_errors.lock().expect("poisoned");
         match failure {
