@@ -366,11 +366,11 @@ async fn a_local_directory_mirror_serves_legacy_files_and_preprocessing_can_chan
     }
 }
 
-/// The Label Studio adapter's side: a preset with `weights=imagenet` whose mirror is down shows
-/// the core's error in `GET /status` and `/metrics`, and the next `/setup` once the mirror is
-/// back clears both.
+/// The Label Studio adapter's side: a preset with `weights=imagenet` whose mirror is down, or
+/// serves other bytes than the pinned file, shows the core's error in `GET /status` and
+/// `/metrics`, and the next `/setup` once the mirror is back clears both.
 #[tokio::test]
-async fn the_adapter_shows_a_failing_weights_fetch_and_recovers_when_the_mirror_is_back() {
+async fn the_adapter_shows_a_failing_or_wrong_weights_fetch_and_recovers_when_the_mirror_is_back() {
     const CONFIG: &str = r#"<View><Image name="img" value="$image"/><Choices name="label" toName="img"><Choice value="a"/><Choice value="b"/></Choices></View>"#;
     let files = files();
     let digest = sha256(&files.zip);
@@ -413,6 +413,19 @@ async fn the_adapter_shows_a_failing_weights_fetch_and_recovers_when_the_mirror_
     let text = metrics().await.unwrap();
     assert!(text.contains(r#"alps_ls_project_setup_failing{project="7"} 1"#), "{text}");
     assert!(text.contains(r#"alps_ls_project_setup_failures_total{code="Unavailable"}"#), "{text}");
+
+    // A mirror serving other bytes: the digests in /status, nothing cached.
+    mirror.set(OTHER_BYTES);
+    setup().await;
+    let refused = eventually("/status shows the digest mismatch", || async {
+        status()
+            .await
+            .filter(|project| project["setup_error"].as_str().is_some_and(|e| e.starts_with("FailedPrecondition")))
+    })
+    .await;
+    let error = refused["setup_error"].as_str().unwrap();
+    assert!(error.contains(&digest) && error.contains("not the pinned file"), "{error}");
+    assert!(server.cache().is_empty(), "{:?}", server.cache());
 
     // The mirror is back: the next /setup (Label Studio sends one on every page load) retries.
     mirror.set(SERVE);
