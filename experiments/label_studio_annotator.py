@@ -18,7 +18,8 @@ Checks that make a broken pipeline fail loudly (``LabelStudioError``): the proje
 count grows by exactly the labels submitted; every unlabelled task has a score of the active
 version and Label Studio's order is by descending score; the tasks just annotated are the top of
 that order; the adapter's resync stored exactly the labelled tasks, with their labels, on
-alps-server; each training run produces a new model version named ``<model>-v<N>``.
+alps-server; each training run produces a new model version named ``<model>-v<N>-<heuristic>``
+(uncertainty mode names the heuristic too).
 """
 
 from __future__ import annotations
@@ -146,10 +147,11 @@ def job_ended_inactive(job) -> bool:
 
 
 def alps_version(ls_version: str) -> str:
-    """``digits-v3`` → ``v3`` (the adapter's ``<model>-<ALPS version>``); anything else is an error."""
-    match = re.fullmatch(rf"{re.escape(MODEL)}-(v\d+)", ls_version)
+    """``digits-v3`` or ``digits-v3-bald`` → ``v3`` (the adapter's ``<model>-<ALPS version>``,
+    with the heuristic appended in uncertainty mode); anything else is an error."""
+    match = re.fullmatch(rf"{re.escape(MODEL)}-(v\d+)(-[A-Za-z0-9][A-Za-z0-9_.]*)?", ls_version)
     if not match:
-        raise LabelStudioError(f"model version {ls_version!r} is not {MODEL}-v<N>")
+        raise LabelStudioError(f"model version {ls_version!r} is not {MODEL}-v<N>[-<heuristic>]")
     return match.group(1)
 
 
