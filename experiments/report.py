@@ -274,7 +274,7 @@ def label_studio_section(out: Path, rows: list[dict]) -> list[str]:
         "BALD value of the active version, K = 20), waits for the adapter to set the project's `model_version`, lists the",
         f"tasks sorted by `-tasks:predictions_score`, annotates the top {cfg.get('query_size', '?')} and clicks *Start training*: Label Studio",
         "posts START_TRAINING to the adapter's webhook, and the adapter resyncs the labelled tasks from Label Studio,",
-        "stores them on alps-server and trains. The new version (`digits-v<N>` in Label Studio) is evaluated with",
+        "stores them on alps-server and trains. The new version (`digits-v<N>-bald` in Label Studio) is evaluated with",
         "`Predict` on the test set, as in the gRPC runs. Every round checks that the project's annotation count grew by",
         "the query, that the annotated tasks were the top of Label Studio's order, that alps-server holds exactly the",
         "labelled tasks with their labels, and that the version changed. The adapter is configured like the gRPC runs'",
