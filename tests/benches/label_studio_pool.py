@@ -164,7 +164,7 @@ def main() -> int:
                         help="tasks of the project clicked through for real (default 1000)")
     parser.add_argument("--model", default="small-cnn", help="adapter preset (ALPS_LS_MODELS entry or built-in name)")
     parser.add_argument("--write-chunk", type=int, default=None,
-                        help="ALPS_LS_POOL_WRITE_CHUNK of the background adapter (default: the adapter's, 250)")
+                        help="ALPS_LS_POOL_WRITE_CHUNK of the background adapter (default: the adapter's, 1000)")
     parser.add_argument("--no-click-path", action="store_true", help="measure (a) and (b) only")
     parser.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
@@ -329,7 +329,7 @@ def run(args, tmp: Path, processes: list) -> dict:
 def print_table(args, out: dict) -> None:
     n, sample = out["n"], out["sample"]
     if args.no_click_path:
-        print(f"\nN = {n}, model {args.model}, write chunk {args.write_chunk or 250}, {args.annotate} labels; load average "
+        print(f"\nN = {n}, model {args.model}, write chunk {args.write_chunk or 1000}, {args.annotate} labels; load average "
               f"{out['load_start'][0]:.2f} at start, {out['load_end'][0]:.2f} at end")
         print(f"| connect → every task holds a prediction | {out['connect_secs']:.1f} s |")
         print(f"| Start training → new version active | {out['train_secs']:.1f} s |")
