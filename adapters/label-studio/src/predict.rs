@@ -2,7 +2,9 @@
 //! chunk fetches its images and makes one gRPC Predict call, with bounded concurrency, until the
 //! prediction budget is spent. A task that fails or is not reached gets an entry without `result`
 //! and with an `error`, which Label Studio skips and asks for again later. Tasks the background
-//! scorer ([`crate::scoring`]) already scored for the current version are answered from memory.
+//! scorer ([`crate::scoring`]) already scored for the current version are answered from memory;
+//! tasks it already wrote get a `result`-less entry (so no task holds two predictions of one
+//! version), and the tasks answered here are left out of its writes.
 
 use std::{sync::Arc, time::Duration};
 
@@ -71,7 +73,16 @@ pub async fn predict_tasks(
     let mut entries: Vec<Option<Value>> = vec![None; tasks.len()];
     // Scores the background scorer computed for this version answer at once.
     let mut remaining = Vec::new();
+    let mut already_written = 0;
     for (index, task) in tasks.iter().enumerate() {
+        if task.id != 0 && context.scoring.written(link.ls_id, &spec.version, task.id) {
+            // Label Studio picked the task before the pass wrote it (or the prediction was
+            // deleted since): no second prediction of this version; a pass re-checks.
+            entries[index] = Some(json!({"model_version": spec.version,
+                "error": format!("already stored by the background scorer (task {})", task.id)}));
+            already_written += 1;
+            continue;
+        }
         match context.scoring.cached(link.ls_id, &spec.version, task.id).filter(|_| task.id != 0) {
             Some(scored) => {
                 crate::metrics::tasks("cached", 1);
@@ -118,8 +129,12 @@ pub async fn predict_tasks(
         tracing::warn!(project = link.ls_id, tasks = ?deferred, budget = ?settings.budget, "prediction budget spent");
         crate::metrics::tasks("deferred", deferred.len());
     }
+    if already_written > 0 {
+        crate::metrics::tasks("already_written", already_written);
+        context.scoring.trigger(link.ls_id);
+    }
     let budget = settings.budget.as_secs();
-    let entries = entries
+    let entries: Vec<Value> = entries
         .into_iter()
         .map(|entry| {
             entry.unwrap_or_else(|| {
@@ -128,6 +143,10 @@ pub async fn predict_tasks(
             })
         })
         .collect();
+    if model_version == spec.version {
+        let answered = tasks.iter().zip(&entries).filter(|(task, entry)| task.id != 0 && entry.get("result").is_some());
+        context.scoring.served(link.ls_id, &spec.version, answered.map(|(task, _)| task.id).collect::<Vec<_>>());
+    }
     Predictions { entries, model_version, alps_version }
 }
 

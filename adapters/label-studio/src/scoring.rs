@@ -20,7 +20,7 @@
 //! other, in selection order.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -256,13 +256,31 @@ pub struct PoolProgress {
 #[derive(Debug, Default)]
 struct PoolState {
     progress: PoolProgress,
-    /// Scores of `progress.version`'s predictions, for `/predict`.
+    /// Scores of `cache_version`'s predictions, for `/predict`.
     cache: HashMap<u64, Scored>,
     cache_version: String,
+    /// Tasks `/predict` answered with `cache_version`: Label Studio stores those answers itself,
+    /// so the pass does not write them again.
+    served: HashSet<u64>,
+    /// Tasks the pass wrote with `cache_version`: a `/predict` for one of them raced the pass
+    /// (or the prediction was deleted), and is not answered twice.
+    written: HashSet<u64>,
     /// Whether the Data Manager tab was checked.
     view_checked: bool,
     /// The version whose batch was written.
     batch_version: String,
+}
+
+impl PoolState {
+    /// Starts over the per-version memory when `version` is not the one it holds.
+    fn at_version(&mut self, version: &str) {
+        if self.cache_version != version {
+            self.cache.clear();
+            self.served.clear();
+            self.written.clear();
+            self.cache_version = version.to_owned();
+        }
+    }
 }
 
 /// Counters of a running pass, shared by its stages.
@@ -344,12 +362,52 @@ impl Scoring {
     pub fn remember(&self, ls_id: u64, version: &str, task: u64, scored: Scored) {
         let mut states = self.states.lock().expect("scoring poisoned");
         let state = states.entry(ls_id).or_default();
-        if state.cache_version != version {
-            state.cache.clear();
-            state.cache_version = version.to_owned();
-        }
+        state.at_version(version);
         if state.cache.len() < self.settings.cache_capacity || state.cache.contains_key(&task) {
             state.cache.insert(task, scored);
+        }
+    }
+
+    /// Records that `/predict` answered `tasks` with predictions of `version`, which Label Studio
+    /// stores: the pass leaves them out of its writes (at most the cache capacity are kept).
+    pub fn served(&self, ls_id: u64, version: &str, tasks: impl IntoIterator<Item = u64>) {
+        let mut states = self.states.lock().expect("scoring poisoned");
+        let state = states.entry(ls_id).or_default();
+        state.at_version(version);
+        for task in tasks {
+            if state.served.len() < self.settings.cache_capacity {
+                state.served.insert(task);
+            }
+        }
+    }
+
+    /// Whether this adapter's pass wrote `task`'s prediction of `version` to Label Studio.
+    pub fn written(&self, ls_id: u64, version: &str, task: u64) -> bool {
+        let states = self.states.lock().expect("scoring poisoned");
+        states.get(&ls_id).is_some_and(|state| state.cache_version == version && state.written.contains(&task))
+    }
+
+    /// Drops from `batch` the tasks `/predict` already answered with `version`; returns how many.
+    fn drop_served(&self, ls_id: u64, version: &str, batch: &mut Vec<(u64, Value)>) -> u64 {
+        let states = self.states.lock().expect("scoring poisoned");
+        let Some(state) = states.get(&ls_id).filter(|state| state.cache_version == version) else { return 0 };
+        let before = batch.len();
+        batch.retain(|(task, _)| !state.served.contains(task));
+        (before - batch.len()) as u64
+    }
+
+    /// Records the tasks a bulk import wrote with `version`; with `false`, that a listing found
+    /// `task` without it (so it was deleted, or never stored).
+    fn mark_written(&self, ls_id: u64, version: &str, tasks: impl IntoIterator<Item = u64>, written: bool) {
+        let mut states = self.states.lock().expect("scoring poisoned");
+        let state = states.entry(ls_id).or_default();
+        state.at_version(version);
+        for task in tasks {
+            if !written {
+                state.written.remove(&task);
+            } else if state.written.len() < self.settings.cache_capacity {
+                state.written.insert(task);
+            }
         }
     }
 
@@ -541,6 +599,7 @@ impl Scoring {
                     }
                     None => {
                         counters.listed_missing.fetch_add(1, Ordering::Relaxed);
+                        self.mark_written(ls_id, version, [task.id], false);
                         chunk.push(task);
                         if chunk.len() >= self.settings.chunk && chunks.send(std::mem::take(&mut chunk)).await.is_err()
                         {
@@ -665,8 +724,13 @@ impl Scoring {
                     return Ok(());
                 }
                 let take = buffer.len().min(self.settings.write_chunk);
-                let batch: Vec<(u64, Value)> = buffer.drain(..take).collect();
-                let written = self.import(ls_id, ls, version, batch).await?;
+                let mut batch: Vec<(u64, Value)> = buffer.drain(..take).collect();
+                // Answered by "Retrieve predictions" meanwhile: Label Studio stores those itself.
+                let answered = self.drop_served(ls_id, version, &mut batch);
+                counters.fresh.fetch_add(answered, Ordering::Relaxed);
+                let tasks: Vec<u64> = batch.iter().map(|(task, _)| *task).collect();
+                let written = if batch.is_empty() { 0 } else { self.import(ls_id, ls, version, batch).await? };
+                self.mark_written(ls_id, version, tasks, true);
                 counters.scored.fetch_add(written, Ordering::Relaxed);
                 crate::metrics::pool_written(written);
                 let scored = counters.scored.load(Ordering::Relaxed);
