@@ -8,8 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU8, AtomicUsize, Ordering},
@@ -22,7 +21,8 @@ use alps_proto::v1::{
     project_service_client::ProjectServiceClient, sample::Input,
 };
 use alps_system_tests::{
-    Process, ServerDirs, builtin_plugin, eventually, http_client, install_plugin, path_str, start_server,
+    Process, ServerDirs, builtin_plugin, eventually, export_torchvision_resnet18, http_client, install_plugin,
+    path_str, start_server, venv_python,
 };
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use sha2::{Digest, Sha256};
@@ -50,16 +50,6 @@ impl Files {
     }
 }
 
-fn python(args: &[&str]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new(root.join(".venv/bin/python"))
-        .args(args)
-        .current_dir(&root)
-        .output()
-        .expect("run the venv's python (run scripts/bootstrap.sh first)");
-    assert!(output.status.success(), "python {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-}
-
 fn files() -> &'static Files {
     static FILES: OnceLock<Files> = OnceLock::new();
     FILES.get_or_init(|| {
@@ -73,25 +63,8 @@ fn files() -> &'static Files {
             zip = path_str(&zip),
             legacy = path_str(&legacy),
         );
-        python(&["-c", &code]);
-        let script = dir.path().join("r18.pt");
-        python(&[
-            "scripts/export_torchscript.py",
-            "--torchvision",
-            "resnet18",
-            "--weights",
-            path_str(&zip),
-            "--classes",
-            "1000",
-            "--dropout",
-            "0",
-            "--input",
-            "3",
-            "16",
-            "16",
-            "--out",
-            path_str(&script),
-        ]);
+        venv_python(&["-c", &code]);
+        export_torchvision_resnet18(&zip, &dir.path().join("r18.pt"));
         Files { zip: std::fs::read(&zip).unwrap(), legacy: std::fs::read(&legacy).unwrap(), dir }
     })
 }

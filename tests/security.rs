@@ -21,7 +21,7 @@ use alps_proto::v1::{
 };
 use alps_system_tests::{
     Process, ServerDirs, TestPki, builtin_plugin, channel, create_token, eventually, install_plugin, path_str,
-    project_models_dir, run_to_exit, start_server, with_token,
+    project_models_dir, run_to_exit, start_server, venv_python, with_token,
 };
 use sha2::Digest;
 use tonic::{Code, Status, transport::Channel};
@@ -596,20 +596,13 @@ async fn the_python_experiment_client_speaks_tls_with_a_token() {
     let (file, [predict, _, _]) = tokens(dirs.data.path());
     let args = ["--auth-tokens-file", path_str(&file), "--tls-cert", path_str(&cert), "--tls-key", path_str(&key)];
     let (_process, grpc) = start_server(&dirs, &args);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = "import sys, grpc\n\
         from experiments.client import AlpsClient\n\
         address, ca, token = sys.argv[1:4]\n\
         print(sorted(AlpsClient(address, tls_ca=ca, token=token).heuristic_names()))\n\
         try:\n    AlpsClient(address, tls_ca=ca).heuristic_names()\n\
         except grpc.RpcError as error:\n    print(error.code().name)\n";
-    let output = std::process::Command::new(root.join(".venv/bin/python"))
-        .args(["-c", script, &grpc, path_str(&pki.ca_file()), &predict])
-        .current_dir(&root)
-        .output()
-        .expect("run the venv's python (make test installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = venv_python(&["-c", script, &grpc, path_str(&pki.ca_file()), &predict]);
     assert!(stdout.contains("'bald'"), "{stdout}");
     assert!(stdout.trim_end().ends_with("UNAUTHENTICATED"), "{stdout}");
 }

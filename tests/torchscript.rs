@@ -2,27 +2,19 @@
 //! same weights exported to TorchScript give the same output; forward-only modules fall back to
 //! replicating the batch; a module with the wrong number of classes is refused at creation.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use alps_proto::v1::{
     Architecture, CreateProjectRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor,
     inference_service_client::InferenceServiceClient, predict_result::Outcome,
     project_service_client::ProjectServiceClient, sample::Input,
 };
-use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, start_server};
+use alps_system_tests::{
+    ServerDirs, builtin_plugin, export_torchvision_resnet18, install_plugin, start_server, venv_python,
+};
 use tonic::{Code, transport::Channel};
 
 /// Runs Python from the project venv (created by `scripts/bootstrap.sh`, which `make test` runs).
-fn python(args: &[&str]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new(root.join(".venv/bin/python"))
-        .args(args)
-        .current_dir(&root)
-        .output()
-        .expect("run the venv's python (run scripts/bootstrap.sh first)");
-    assert!(output.status.success(), "python {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-}
-
 fn project(id: &str, architecture: Architecture, torchscript: &Path, weights: &Path, classes: usize) -> Project {
     let (torchscript_path, weights_path) = if architecture == Architecture::Torchscript {
         (torchscript.display().to_string(), String::new())
@@ -83,7 +75,7 @@ async fn mean_probabilities(client: &mut InferenceServiceClient<Channel>, projec
 /// `script`, with `dropout` in the head; `weights` is loaded, or written with random ones.
 fn export_small_cnn(classes: u32, dropout: &str, weights: &Path, script: &Path) {
     let classes = classes.to_string();
-    python(&[
+    venv_python(&[
         "scripts/export_torchscript.py",
         "--alps",
         "small_cnn",
@@ -169,7 +161,7 @@ async fn a_forward_only_module_is_served_by_replicating_the_batch() {
         "import torch; m = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.Linear(768, 2)); torch.jit.script(m).save({:?})",
         script.display().to_string()
     );
-    python(&["-c", &code]);
+    venv_python(&["-c", &code]);
     let mut server = Server::start(files.path()).await;
     let means = server.create_and_predict(project("fwd", Architecture::Torchscript, &script, &script, 2)).await;
     assert_eq!(means.len(), 4);
@@ -189,25 +181,9 @@ async fn builtin_resnet18_matches_torchvision_with_converted_weights() {
          torch.save(m.state_dict(), {:?})",
         pth.display().to_string()
     );
-    python(&["-c", &code]);
-    python(&["scripts/convert_torchvision.py", pth.to_str().unwrap(), weights.to_str().unwrap()]);
-    python(&[
-        "scripts/export_torchscript.py",
-        "--torchvision",
-        "resnet18",
-        "--weights",
-        pth.to_str().unwrap(),
-        "--classes",
-        "1000",
-        "--dropout",
-        "0",
-        "--input",
-        "3",
-        "16",
-        "16",
-        "--out",
-        script.to_str().unwrap(),
-    ]);
+    venv_python(&["-c", &code]);
+    venv_python(&["scripts/convert_torchvision.py", pth.to_str().unwrap(), weights.to_str().unwrap()]);
+    export_torchvision_resnet18(&pth, &script);
     let mut server = Server::start(files.path()).await;
     let builtin = server.create_and_predict(project("builtin", Architecture::Resnet18, &script, &weights, 1000)).await;
     let torchvision =

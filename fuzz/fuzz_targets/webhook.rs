@@ -5,24 +5,14 @@
 
 use alps_label_studio::{
     label_config,
-    labels::{Work, webhook_work},
+    labels::{WEBHOOK_ACTIONS, Work, webhook_work},
 };
 use libfuzzer_sys::fuzz_target;
-
-const ACTIONS: [&str; 7] = [
-    "ANNOTATION_CREATED",
-    "ANNOTATION_UPDATED",
-    "ANNOTATIONS_CREATED",
-    "ANNOTATIONS_DELETED",
-    "TASKS_DELETED",
-    "START_TRAINING",
-    "PROJECT_UPDATED",
-];
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
     let config = label_config::parse(label_config::SUPPORTED_EXAMPLE).expect("the supported example parses");
-    for action in ACTIONS {
+    for action in WEBHOOK_ACTIONS {
         for work in webhook_work(action, &body, &config) {
             if let Work::Annotation { task, label: Some(label), .. } = work {
                 assert_eq!(label.task, task);

@@ -35,7 +35,6 @@ import http.server
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -50,7 +49,7 @@ from sklearn.datasets import load_digits
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from label_studio import LabelStudio, choice, free_port  # noqa: E402
-from test_label_studio import LABEL_CONFIG, Process, wait_for  # noqa: E402
+from test_label_studio import LABEL_CONFIG, Process, report_failure, tear_down, wait_for  # noqa: E402
 
 IMPORT_CHUNK = 1000  # tasks per bulk import request
 T0 = time.monotonic()
@@ -180,20 +179,10 @@ def main() -> int:
         print_table(args, rows)
         return 0
     except BaseException as error:
-        print(f"\nFAIL: {type(error).__name__}: {error}", file=sys.stderr)
-        for process in processes:
-            print(f"\n--- last lines of {process.log_path} ---\n{process.log_tail()}", file=sys.stderr)
+        report_failure(error, processes)
         return 1
     finally:
-        for process in reversed(processes):
-            process.stop()
-        for process in processes:
-            if isinstance(process, LabelStudio):
-                process.remove_data()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(processes, tmp, args.keep)
 
 
 def run(args, tmp: Path, processes: list) -> dict:

@@ -50,7 +50,7 @@ ADAPTER_ENV = {
 EXTRA_PARAMS = {"model": "small-cnn", "score_mode": "confidence"}
 # Extra environment of alps-server (--listen, --metrics-listen and --data-dir are set by the test).
 SERVER_ENV = {"RUST_LOG": "info"}
-# Extra environment of Label Studio (on top of label_studio.LabelStudio's, spec §8.1).
+# Extra environment of Label Studio (on top of label_studio.LabelStudio's).
 LS_ENV = {}
 MIN_ACCURACY = 0.5  # on the tasks not annotated, after one training run (chance: 0.1)
 TRAIN_TIMEOUT = 300.0  # seconds from "Start training" to a new model version
@@ -139,21 +139,31 @@ def main() -> int:
         print(f"[{time.monotonic() - T0:7.1f} s] PASS")
         return 0
     except BaseException as error:
-        print(f"\nFAIL: {type(error).__name__}: {error}", file=sys.stderr)
-        for process in processes:
-            print(f"\n--- last lines of {process.log_path} ---\n{process.log_tail()}", file=sys.stderr)
+        report_failure(error, processes)
         return 1
     finally:
         with step("teardown"):
-            for process in reversed(processes):
-                process.stop()
-            for process in processes:
-                if isinstance(process, LabelStudio):
-                    process.remove_data()
-            if args.keep:
-                print(f"kept {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+            tear_down(processes, tmp, args.keep)
+
+
+def report_failure(error: BaseException, processes: list) -> None:
+    """Prints the failure and the last log lines of every process started (stderr)."""
+    print(f"\nFAIL: {type(error).__name__}: {error}", file=sys.stderr)
+    for process in processes:
+        print(f"\n--- last lines of {process.log_path} ---\n{process.log_tail()}", file=sys.stderr)
+
+
+def tear_down(processes: list, tmp: Path, keep: bool) -> None:
+    """Stops the processes (last started first), removes Label Studio's data, and `tmp` unless `keep`."""
+    for process in reversed(processes):
+        process.stop()
+    for process in processes:
+        if isinstance(process, LabelStudio):
+            process.remove_data()
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(args, tmp: Path, processes: list) -> None:
@@ -213,7 +223,7 @@ def run(args, tmp: Path, processes: list) -> None:
         predictions = check_predictions(wait_for_pool(ls, pid, version, set(task_ids)), version, len(tasks))
         before, _ = accuracy(predictions, task_label, set(task_ids))
         print(f"    accuracy before training {before:.3f}")
-        ls.retrieve_predictions(pid)  # nothing left to predict: must not store a duplicate set (spec §3.3)
+        ls.retrieve_predictions(pid)  # nothing left to predict: must not store a duplicate set
         again = ls.predictions(pid)
         assert len(again) == len(tasks), \
             f"{len(again)} predictions for {len(tasks)} tasks after a second retrieval: /setup and prediction versions differ?"

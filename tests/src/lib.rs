@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
@@ -417,4 +417,40 @@ pub async fn channel(
         tls = tls.identity(Identity::from_pem(cert, key));
     }
     Channel::from_shared(format!("https://{addr}")).expect("valid URI").tls_config(tls)?.connect().await
+}
+
+/// Runs the project venv's Python (`.venv/bin/python`) with `args` in the repository root and
+/// returns its standard output; panics with its standard error if it fails.
+pub fn venv_python(args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(root.join(".venv/bin/python"))
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .expect("run the venv's python (run scripts/bootstrap.sh first)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "python {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// Exports torchvision's ResNet-18 with the state dict at `weights` (a `.pth` file) as
+/// TorchScript at `script`: 1000 classes, no dropout, 3×16×16 input.
+pub fn export_torchvision_resnet18(weights: &Path, script: &Path) {
+    venv_python(&[
+        "scripts/export_torchscript.py",
+        "--torchvision",
+        "resnet18",
+        "--weights",
+        path_str(weights),
+        "--classes",
+        "1000",
+        "--dropout",
+        "0",
+        "--input",
+        "3",
+        "16",
+        "16",
+        "--out",
+        path_str(script),
+    ]);
 }

@@ -1,4 +1,6 @@
-//! The HTTP side: Label Studio's ML-backend routes (`shared/specs/label-studio-ml-backend.md` §2).
+//! The HTTP side: Label Studio's ML-backend routes (`/health`, `/setup`, `/predict`, `/webhook`,
+//! `/versions`, the legacy `/train` and `/is_training`) and the adapter's own `/status` and
+//! `/metrics`.
 //!
 //! Every response is JSON (`/metrics` excepted), errors included, and errors carry a reason phrase:
 //! Label Studio drops error bodies and shows only `"<code> Client Error: <reason> for url: ..."`.
@@ -27,7 +29,7 @@ use crate::{
     core_client::Core,
     core_link::CoreStatus,
     label_config::{ConfigCache, LabelConfig, SUPPORTED_EXAMPLE, UnsupportedConfig},
-    labels::{Labelling, Work, labels_of, webhook_work},
+    labels::{Labelling, WEBHOOK_ACTIONS, Work, labels_of, webhook_work},
     ls_api::{LabelStudio, LinkState, Task},
     media::Media,
     predict::{PredictContext, PredictSettings, TaskInput, predict_tasks},
@@ -53,18 +55,6 @@ const MAX_BODY_BYTES: usize = 8 << 20;
 /// Header that carries `--webhook-secret` (`Authorization: Bearer <secret>` works too).
 pub const WEBHOOK_SECRET_HEADER: &str = "x-alps-webhook-secret";
 
-/// Webhook actions the adapter acts on; others are answered `200 {"status": "ignored"}`.
-const HANDLED_ACTIONS: [&str; 8] = [
-    "ANNOTATION_CREATED",
-    "ANNOTATION_UPDATED",
-    "ANNOTATIONS_CREATED",
-    "ANNOTATIONS_DELETED",
-    "TASKS_DELETED",
-    "START_TRAINING",
-    "PROJECT_UPDATED",
-    "TASKS_CREATED",
-];
-
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -87,19 +77,19 @@ pub struct AppState {
     /// How `/predict` divides its work.
     pub predict: PredictSettings,
     /// `user:password` of the optional Basic auth.
-    pub basic_auth: Option<Arc<str>>,
+    pub basic_auth: Option<Secret>,
     /// The Label Studio API client, whose link state `/health` reports.
     pub label_studio: Option<Arc<LabelStudio>>,
     /// `--webhook-secret`, if set.
-    pub webhook_secret: Option<WebhookSecret>,
+    pub webhook_secret: Option<Secret>,
 }
 
-/// The secret `POST /webhook` requires, kept as its SHA-256 digest so that the comparison takes
-/// the same time whatever the length of the guess.
+/// A secret the adapter checks (the webhook secret, the Basic auth `user:password`), kept as its
+/// SHA-256 digest so that the comparison takes the same time whatever the length of the guess.
 #[derive(Clone)]
-pub struct WebhookSecret([u8; 32]);
+pub struct Secret([u8; 32]);
 
-impl WebhookSecret {
+impl Secret {
     /// Keeps the digest of `secret`.
     pub fn new(secret: &str) -> Self {
         Self(Sha256::digest(secret.as_bytes()).into())
@@ -112,9 +102,9 @@ impl WebhookSecret {
     }
 }
 
-impl std::fmt::Debug for WebhookSecret {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(..)")
+        f.write_str("Secret(..)")
     }
 }
 
@@ -167,13 +157,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A reason phrase: printable ASCII, no CR/LF, at most 120 characters (spec §2.2).
+/// A reason phrase: printable ASCII, no CR/LF, at most 120 characters.
 fn reason_phrase(text: &str) -> String {
     let printable: String = text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     printable.chars().take(120).collect()
 }
 
-/// Body of `GET /health` (spec §2.1). Label Studio reads only `status`; the rest is for humans.
+/// Body of `GET /health`. Label Studio reads only `status`; the rest is for humans.
 #[derive(Debug, Serialize)]
 struct Health {
     status: &'static str,
@@ -197,7 +187,7 @@ pub fn router(state: AppState, base_path: &str) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), basic_auth));
-    // Label Studio's event webhooks carry no Basic auth (spec §4.1); they may carry a secret header.
+    // Label Studio's event webhooks carry no Basic auth; they may carry a secret header.
     let webhook_route = post(webhook).route_layer(middleware::from_fn_with_state(state.clone(), webhook_auth));
     let routes = authenticated
         .route("/webhook", webhook_route)
@@ -224,10 +214,7 @@ fn has_basic_auth(state: &AppState, headers: &header::HeaderMap) -> bool {
         .and_then(|value| value.strip_prefix("Basic "))
         .and_then(|encoded| STANDARD.decode(encoded.trim()).ok())
         .unwrap_or_default();
-    // Digests of equal length, so the comparison's time tells nothing of the expected length.
-    let (given, expected): ([u8; 32], [u8; 32]) =
-        (Sha256::digest(&given).into(), Sha256::digest(expected.as_bytes()).into());
-    bool::from(given.ct_eq(&expected))
+    expected.matches(&given)
 }
 
 /// Checks Basic auth when configured; 401 with `WWW-Authenticate` otherwise.
@@ -321,7 +308,7 @@ fn require_core(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /setup` (spec §2.2): validates the config, records the project's options and answers the
+/// `POST /setup`: validates the config, records the project's options and answers the
 /// model version from cache.
 async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
@@ -333,7 +320,7 @@ async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>
     let first_contact = state.projects.get(ls_id).is_none();
     let mut link = state.projects.observe(ls_id, config, extra_params(&body).as_ref())?;
     if first_contact && ls_id != STATELESS_PROJECT {
-        // Annotations made while the adapter was down reached no webhook (spec §7).
+        // Annotations made while the adapter was down reached no webhook.
         state.labelling.submit(ls_id, Work::Resync { done: None });
     }
     require_core(&state)?;
@@ -348,7 +335,7 @@ async fn setup(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>
     Ok(Json(json!({"model_version": link.model_version()})))
 }
 
-/// `POST /predict` (spec §2.3): one entry per task, in order.
+/// `POST /predict`: one entry per task, in order.
 async fn predict(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let deadline = tokio::time::Instant::now() + state.predict.budget;
     let mut body = parse_json(&body)?;
@@ -405,12 +392,12 @@ fn task_input(task: &Value, config: &LabelConfig) -> TaskInput {
     }
 }
 
-/// `POST /webhook` (spec §2.4): queues the event's work and answers at once.
+/// `POST /webhook`: queues the event's work and answers at once.
 async fn webhook(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_json(&body)?;
     let action = body["action"].as_str().ok_or_else(|| ApiError::bad_request("Missing action"))?;
     let ignored = || Ok((StatusCode::OK, Json(json!({"status": "ignored"}))).into_response());
-    let Some(action) = HANDLED_ACTIONS.into_iter().find(|handled| *handled == action) else {
+    let Some(action) = WEBHOOK_ACTIONS.into_iter().find(|handled| *handled == action) else {
         crate::metrics::webhook("other");
         return ignored();
     };
@@ -436,7 +423,7 @@ async fn webhook(State(state): State<AppState>, body: Bytes) -> Result<Response,
     Ok((StatusCode::CREATED, Json(json!({"status": "ok"}))).into_response())
 }
 
-/// `GET /versions` (spec §2.5): every version served, newest first, over all projects.
+/// `GET /versions`: every version served, newest first, over all projects.
 async fn versions(State(state): State<AppState>) -> Json<Value> {
     let ids = state.projects.ids();
     Json(json!({"versions": state.projects.served_versions(&ids).await}))
@@ -449,7 +436,7 @@ async fn versions_of_project(State(state): State<AppState>, body: Bytes) -> Resu
     Ok(Json(json!({"versions": state.projects.served_versions(&[ls_id]).await})))
 }
 
-/// Legacy `POST /train` (spec §2.6): the body is the complete labelled set; it replaces the stored
+/// Legacy `POST /train`: the body is the complete labelled set; it replaces the stored
 /// set and training is queued.
 async fn train(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_json(&body)?;
@@ -465,7 +452,7 @@ async fn train(State(state): State<AppState>, body: Bytes) -> Result<Response, A
     Ok((StatusCode::CREATED, Json(json!({"status": "ok"}))).into_response())
 }
 
-/// Legacy `GET /is_training?project=<uid>` (spec §2.6).
+/// Legacy `GET /is_training?project=<uid>`.
 async fn is_training(
     State(state): State<AppState>,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -512,7 +499,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"projects": projects}))
 }
 
-/// `GET /metrics`: Prometheus text (spec §2.5).
+/// `GET /metrics`: Prometheus text.
 async fn metrics() -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], crate::metrics::render()).into_response()
@@ -542,7 +529,7 @@ mod tests {
 
     #[test]
     fn webhook_secrets_match_only_exactly() {
-        let secret = WebhookSecret::new("0123456789abcdef");
+        let secret = Secret::new("0123456789abcdef");
         assert!(secret.matches(b"0123456789abcdef"));
         for wrong in [&b""[..], b"0123456789abcde", b"0123456789abcdef ", b"0123456789ABCDEF"] {
             assert!(!secret.matches(wrong), "{wrong:?}");

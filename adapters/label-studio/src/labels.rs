@@ -1,4 +1,4 @@
-//! The per-project labelling actor (spec §7). Webhook events and `/train` bodies become work
+//! The per-project labelling actor. Webhook events and `/train` bodies become work
 //! items ([`crate::translate`]) for one worker per project, which applies them in order: it
 //! downloads the image, stores the labelled example on the core, and hands training requests to
 //! the project's trainer ([`crate::training`]). Webhooks are hints; the resync from Label Studio's
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 // The translation functions keep their historical paths (`labels::webhook_work`, ...).
 pub use crate::training::TrainingPolicy;
-pub use crate::translate::{TaskLabel, Work, annotation_label, labels_of, task_label, webhook_work};
+pub use crate::translate::{TaskLabel, WEBHOOK_ACTIONS, Work, annotation_label, labels_of, task_label, webhook_work};
 use crate::{
     core_client::Core,
     ls_api::{LabelStudio, LsError},
@@ -276,7 +276,7 @@ impl Worker {
         }
     }
 
-    /// Replaces the stored set with Label Studio's labelled tasks (spec §7 resync).
+    /// Replaces the stored set with Label Studio's labelled tasks.
     async fn resync(&mut self) {
         let (Some(ls), Some(link)) = (self.labelling.label_studio.clone(), self.link().await) else {
             tracing::info!(

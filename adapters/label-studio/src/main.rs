@@ -6,7 +6,7 @@ use alps_label_studio::{
     config::Config,
     core_client::Core,
     core_link::{CoreTransport, core_transport, watch_core},
-    http::{AppState, WebhookSecret, router},
+    http::{AppState, Secret, router},
     label_config::ConfigCache,
     labels::{Labelling, TrainingPolicy, Work},
     ls_api::{ApiKey, LINK_CHECK_INTERVAL, LabelStudio, LinkState},
@@ -108,7 +108,7 @@ fn app_state(config: &Config, transport: CoreTransport) -> anyhow::Result<AppSta
     }
     let http = alps_label_studio::http_client().context("cannot build the HTTP client")?;
     let label_studio = label_studio(config, http.clone())?;
-    let webhook_secret = config.webhook_secret()?.map(WebhookSecret::new);
+    let webhook_secret = config.webhook_secret()?.map(Secret::new);
     let core = Core::new(transport.clone());
     let (triggers, new_projects) = Triggers::new();
     let projects = Arc::new(Projects::new(
@@ -188,7 +188,7 @@ fn app_state(config: &Config, transport: CoreTransport) -> anyhow::Result<AppSta
             concurrency: config.predict_concurrency as usize,
         },
         basic_auth: match (&config.basic_auth_user, &config.basic_auth_pass) {
-            (Some(user), Some(pass)) => Some(format!("{user}:{pass}").into()),
+            (Some(user), Some(pass)) => Some(Secret::new(&format!("{user}:{pass}"))),
             _ => None,
         },
         label_studio,

@@ -1,6 +1,6 @@
 //! Per-project state, keyed by the Label Studio project id: the parsed label config, the model
 //! preset and score mode chosen at `/setup`, and the active model version as last seen on the core.
-//! `/health` and `/setup` answer from here without any network call (spec §1.4).
+//! `/health` and `/setup` answer from here without any network call.
 
 use std::{
     collections::HashMap,
@@ -37,8 +37,8 @@ pub fn alps_id(ls_project: u64) -> String {
     format!("{ALPS_ID_PREFIX}{ls_project}")
 }
 
-/// The Label Studio project id in a project uid (`"7.1764489000"` -> 7; spec: key by the part
-/// before the first `.`). `None` if it is not a number.
+/// The Label Studio project id in a project uid (`"7.1764489000"` -> 7: Label Studio appends a
+/// timestamp, so the key is the part before the first `.`). `None` if it is not a number.
 pub fn parse_uid(uid: &Value) -> Option<u64> {
     match uid {
         Value::Number(number) => number.as_u64(),
@@ -85,7 +85,7 @@ impl ProjectLink {
     /// The *scoring version*, the `model_version` string Label Studio sees: everything a score
     /// depends on. `<model>-<ALPS version>` in confidence mode (e.g. `small-cnn-v3`),
     /// `<model>-<ALPS version>-<heuristic>` in uncertainty mode (e.g. `vgg16-v3-entropy`). Stable
-    /// across restarts and replicas (spec §3.4); two heuristics never share one.
+    /// across restarts and replicas; two heuristics never share one.
     pub fn model_version(&self) -> String {
         self.version_of(&self.active_version)
     }
@@ -152,8 +152,8 @@ pub struct Projects {
     /// start, for projects not seen since: the first `/setup` after a restart must already
     /// answer the right version.
     found_at_start: Mutex<HashMap<u64, (String, String)>>,
-    /// The core's message for the last failed [`Projects::ensure`] of a project, until one succeeds.
-    setup_errors: Mutex<HashMap<u64, String>>,
+    /// The core's answer to the last failed [`Projects::ensure`] of a project, until one succeeds.
+    setup_errors: Mutex<HashMap<u64, tonic::Status>>,
 }
 
 impl Projects {
@@ -360,21 +360,21 @@ impl Projects {
     /// Why the project's ALPS project could not be created or updated last time (the core's
     /// message, e.g. pretrained weights that cannot be fetched); `None` once an attempt succeeds.
     pub fn setup_error(&self, ls_id: u64) -> Option<String> {
-        self.setup_errors.lock().expect("poisoned").get(&ls_id).cloned()
+        let errors = self.setup_errors.lock().expect("poisoned");
+        errors.get(&ls_id).map(|status| format!("{:?}: {}", status.code(), status.message()))
     }
 
     /// Whether the core refused the adapter's credentials for the last setup of some project
     /// (UNAUTHENTICATED, or PERMISSION_DENIED for a token below the `admin` role).
     pub fn setup_refused(&self) -> bool {
-        let refused = ["Unauthenticated: ", "PermissionDenied: "];
-        self.setup_errors.lock().expect("poisoned").values().any(|error| refused.iter().any(|p| error.starts_with(p)))
+        self.setup_errors.lock().expect("poisoned").values().any(crate::core_link::is_refusal)
     }
 
     fn record_setup(&self, ls_id: u64, failure: Option<&tonic::Status>) {
         let mut errors = self.setup_errors.lock().expect("poisoned");
         match failure {
             Some(status) => {
-                errors.insert(ls_id, format!("{:?}: {}", status.code(), status.message()));
+                errors.insert(ls_id, status.clone());
             }
             None => {
                 errors.remove(&ls_id);

@@ -1,5 +1,5 @@
 //! Label Studio JSON -> work: pure functions that read annotations, tasks and webhook events
-//! (spec §2.4, §7) and say what the per-project worker ([`crate::labels`]) must do. No I/O here.
+//! and say what the per-project worker ([`crate::labels`]) must do. No I/O here.
 
 use alps_proto::v1::LabelledExample;
 use serde_json::Value;
@@ -49,7 +49,7 @@ pub fn annotation_label(annotation: &Value, config: &LabelConfig) -> Option<Stri
     config.labels.iter().any(|known| known == label).then(|| label.to_owned())
 }
 
-/// The label of a task among its annotations (spec §7: ground truth wins, else the most recently
+/// The label of a task among its annotations (ground truth wins, else the most recently
 /// updated accepted one).
 pub fn task_label(task_id: u64, data: &Value, annotations: &[Value], config: &LabelConfig) -> Option<TaskLabel> {
     let reference = data[&config.image_key].as_str()?.to_owned();
@@ -108,7 +108,20 @@ pub fn labels_of(tasks: &[Task], config: &LabelConfig) -> Vec<TaskLabel> {
     tasks.iter().filter_map(|task| task_label(task.id, &task.data, &task.annotations, config)).collect()
 }
 
-/// The work items of one webhook event (spec §2.4, §7).
+/// Webhook actions [`webhook_work`] acts on; `POST /webhook` answers others
+/// `200 {"status": "ignored"}`.
+pub const WEBHOOK_ACTIONS: [&str; 8] = [
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_DELETED",
+    "START_TRAINING",
+    "PROJECT_UPDATED",
+    "TASKS_CREATED",
+];
+
+/// The work items of one webhook event.
 pub fn webhook_work(action: &str, body: &Value, config: &LabelConfig) -> Vec<Work> {
     let ids = |list: &Value| list.as_array().into_iter().flatten().filter_map(|item| item["id"].as_u64()).collect();
     match action {
