@@ -1,11 +1,11 @@
-//! `alps-label-studio` against a real `alps-server`: `GET /health` (spec §2.1) answers 200 within
+//! `alps-label-studio` against a real `alps-server`: `GET /health` answers 200 within
 //! Label Studio's 1 s health timeout and reports the core's state, whether it is up or down.
 
 use std::time::Duration;
 
 use alps_system_tests::{Process, ServerDirs, eventually, start_server};
 
-/// Label Studio's `ML_TIMEOUT_HEALTH` default (spec §1.3): a slower answer marks the backend
+/// Label Studio's `ML_TIMEOUT_HEALTH` default: a slower answer marks the backend
 /// disconnected. This is the contract under test, not a speed measurement.
 const LABEL_STUDIO_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 

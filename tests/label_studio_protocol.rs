@@ -1,6 +1,6 @@
 //! `alps-label-studio` against a real `alps-server` and a fake Label Studio (an in-process axum
 //! server that checks credentials, serves images and records the adapter's calls): every route of
-//! the ML-backend protocol (`shared/specs/label-studio-ml-backend.md` §2), bad input, media
+//! the ML-backend protocol, bad input, media
 //! failures, webhooks, training and the project `model_version` update.
 //!
 //! The end-to-end test with a real Label Studio is `tests/e2e/test_label_studio.py`.

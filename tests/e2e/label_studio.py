@@ -1,4 +1,4 @@
-"""A headless Label Studio for end-to-end tests (spec: shared/specs/label-studio-ml-backend.md §8).
+"""A headless Label Studio for end-to-end tests.
 
     with LabelStudio() as ls:                  # starts LS 1.23 from .venv-ls on a free port, fresh data dir
         pid = ls.create_project("alps-e2e", LABEL_CONFIG)["id"]

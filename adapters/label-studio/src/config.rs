@@ -7,8 +7,8 @@ use alps_runtime::LogFormat;
 use clap::Parser;
 use url::Url;
 
-/// How the prediction-level `score` sent to Label Studio is defined
-/// (`shared/specs/label-studio-ml-backend.md` §3.4).
+/// How the prediction-level `score` sent to Label Studio is defined (README, "Use with Label
+/// Studio": the score-mode table).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScoreMode {

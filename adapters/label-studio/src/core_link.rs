@@ -33,7 +33,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 /// How long one health check may take before the core counts as unreachable.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// The core's state as last seen, reported as `model_server` by `/health` (spec §2.1).
+/// The core's state as last seen, reported as `model_server` by `/health`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CoreStatus {

@@ -1,5 +1,5 @@
 //! Label Studio label configs (the `<View>` XML of a project): which ones the adapter supports
-//! and what it needs from them (spec §6, `shared/specs/label-studio-ml-backend.md`).
+//! and what it needs from them.
 //!
 //! Supported: exactly one `<Image value="$key">` and exactly one single-choice `<Choices>` on it
 //! with at least two static `<Choice>` labels. Everything else is rejected with a short cause (for
@@ -183,7 +183,7 @@ fn is_other_control(node: &Node) -> bool {
     node.attribute("toName").is_some() && !node.has_tag_name("Choices") && !node.has_tag_name("Filter")
 }
 
-/// Parses each distinct config once (spec §6: configs arrive with every `/setup` and `/predict`).
+/// Parses each distinct config once (configs arrive with every `/setup` and `/predict`).
 #[derive(Debug, Default)]
 pub struct ConfigCache {
     /// Keyed by the SHA-256 of the config text.

@@ -1,5 +1,6 @@
 //! `alps-label-studio`: an HTTP server that speaks Label Studio's ML-backend protocol
-//! (`shared/specs/label-studio-ml-backend.md`) and forwards to alps-server over gRPC. It keeps no
+//! (what Label Studio 1.23 sends and expects, summarised in the README's "Use with Label Studio")
+//! and forwards to alps-server over gRPC. It keeps no
 //! state that cannot be rebuilt from Label Studio and the core.
 //!
 //! Data flows one way: [`http`] (routes) -> [`projects`] / [`predict`] / [`labels`] (the

@@ -1,4 +1,4 @@
-//! Client of Label Studio's REST API: authentication (spec §4.2), the labelled-task resync (§7) and
+//! Client of Label Studio's REST API: authentication, the labelled-task resync (§7) and
 //! the project `model_version` update (§3.4).
 //!
 //! Personal access tokens (PATs) are JWT refresh tokens: they are exchanged at
@@ -92,7 +92,7 @@ impl std::fmt::Debug for ApiKey {
 pub struct ApiKeyError;
 
 impl ApiKey {
-    /// Detects the key's kind (spec §4.2).
+    /// Detects the key's kind.
     ///
     /// # Errors
     /// [`ApiKeyError`] for any other shape.
@@ -378,7 +378,7 @@ impl LabelStudio {
         }
     }
 
-    /// Every task of `project` with at least one annotation, with its annotations (spec §7, paged
+    /// Every task of `project` with at least one annotation, with its annotations (paged
     /// task list with a `total_annotations > 0` filter).
     ///
     /// # Errors

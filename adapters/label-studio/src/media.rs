@@ -1,4 +1,4 @@
-//! Fetching task images (spec §5): Label Studio uploads, local files and cloud-storage URIs through
+//! Fetching task images: Label Studio uploads, local files and cloud-storage URIs through
 //! Label Studio with its credentials; other `http(s)` URLs without them.
 //!
 //! Credentials go only to Label Studio's exact origin; redirects are followed by hand (at most 3),
@@ -238,7 +238,7 @@ impl Media {
             .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(2))
             .when(MediaError::is_transient)
             .await;
-        // Label Studio 1.23 with local file storage refuses NGINX-style upload URLs (spec §5).
+        // Label Studio 1.23 with local file storage refuses NGINX-style upload URLs.
         match (result, storage_data_fallback(reference)) {
             (Err(MediaError::Status(400)), Some(upload)) => {
                 let target = self.resolve(task_id, &upload)?;
@@ -248,7 +248,7 @@ impl Media {
         }
     }
 
-    /// Maps a task data value to a URL (spec §5 table).
+    /// Maps a task data value to a URL.
     fn resolve(&self, task_id: u64, reference: &str) -> Result<Target, MediaError> {
         let on_label_studio = |path: &str| -> Result<Target, MediaError> {
             let ls = self.label_studio.as_ref().ok_or(MediaError::NoLabelStudio)?;

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the adapter (`GET /metrics`, spec §2.5), in the OpenMetrics text format.
+//! Prometheus metrics of the adapter (`GET /metrics`), in the OpenMetrics text format.
 //! One process-wide registry: the counters are recorded from every module.
 
 use std::sync::LazyLock;

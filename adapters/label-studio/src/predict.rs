@@ -1,4 +1,4 @@
-//! `/predict` (spec §2.3): one entry per task, in request order. Tasks are split into chunks; each
+//! `/predict`: one entry per task, in request order. Tasks are split into chunks; each
 //! chunk fetches its images and makes one gRPC Predict call, with bounded concurrency, until the
 //! prediction budget is spent. A task that fails or is not reached gets an entry without `result`
 //! and with an `error`, which Label Studio skips and asks for again later. Tasks the background

@@ -195,7 +195,7 @@ pub fn normalised_score(heuristic: &str, direction: Direction, value: f32, class
 }
 
 /// The prediction Label Studio stores for `task`: a Choices region with the label's probability
-/// and the prediction-level score (spec §3.4).
+/// and the prediction-level score.
 pub fn prediction_json(link: &ProjectLink, task: u64, scored: Scored) -> Value {
     json!({
         "score": scored.score,

@@ -1,5 +1,4 @@
-//! Keeps each Label Studio project's `model_version` on the adapter's scoring version (spec §3.3,
-//! §3.4), so the Data Manager's score column, sorting by score and uncertainty sampling use the
+//! Keeps each Label Studio project's `model_version` on the adapter's scoring version, so the Data Manager's score column, sorting by score and uncertainty sampling use the
 //! current predictions. The pool scorer ([`crate::scoring`]) sets the target once every
 //! unlabelled task holds a prediction of the version; Label Studio accepts the PATCH only once a
 //! prediction of that version is stored, so each change is retried until it is.

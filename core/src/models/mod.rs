@@ -1,8 +1,7 @@
 //! Models: built-in architectures and user TorchScript modules, loaded with their weights, and
 //! the MC-Dropout forward pass. Also image preprocessing.
 //!
-//! A model is a deterministic backbone and a stochastic head (architecture page, "Inference
-//! engine"). MC-Dropout runs the backbone once per sample and the head K times on the repeated
+//! A model is a deterministic backbone and a stochastic head. MC-Dropout runs the backbone once per sample and the head K times on the repeated
 //! features, `[K·B, D]` in one call.
 
 mod architectures;

@@ -77,8 +77,8 @@ pub struct ProbabilityTensor {
 }
 
 impl ProbabilityTensor {
-    /// Validates probabilities of `shape` `[N, C, K]`. A one-output model (`C = 1`, sigmoid
-    /// probabilities `p`) becomes two classes `{p, 1 - p}` (spec: "C = 1").
+    /// Validates probabilities of `shape` `[N, C, K]`. A one-output model (`C = 1`, a binary
+    /// classifier's sigmoid probabilities `p`) becomes two classes `{p, 1 - p}`.
     ///
     /// # Errors
     /// [`InputError`] naming the first offending value.

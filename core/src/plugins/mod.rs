@@ -2,7 +2,7 @@
 //! `alps-heuristic-abi`, keeps the registry of heuristics, reloads it on file changes or on
 //! request, and calls heuristics safely.
 //!
-//! Loading rules (architecture page, "Heuristic plugins"): the ABI major must equal the host's
+//! Loading rules (`heuristics/abi/README.md`, "Versioning"): the ABI major must equal the host's
 //! and the host's minor must be at least the plugin's; each file is copied to a unique path
 //! (named by its sha256) before `dlopen`, so a replaced file is really loaded anew; libraries
 //! are never unloaded, so in-flight calls finish on the version they started with; the registry

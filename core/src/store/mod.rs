@@ -1,7 +1,7 @@
 //! Persistence: the data directory, opened for exclusive use by one server, and its SQLite
 //! index ([`db`]).
 //!
-//! Layout (see the architecture page): `alps.db` (SQLite index), `blobs/` (content-addressed
+//! Layout: `alps.db` (SQLite index), `blobs/` (content-addressed
 //! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
 //! (the default model root: uploaded and operator-placed model files), `LOCK`.
 

@@ -1,4 +1,4 @@
-//! Batch-selection heuristics (`shared/specs/heuristics.md`, "Batch selection"): they pick
+//! Batch-selection heuristics (each function's doc gives its formula and paper): they pick
 //! `query_size` samples jointly and return them in selection order.
 
 use std::ffi::CStr;

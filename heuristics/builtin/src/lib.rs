@@ -1,7 +1,7 @@
 //! The built-in ALPS heuristics, exported as one plugin through the ALPS heuristic C ABI:
 //! `bald`, `entropy`, `variance`, `margin`, `least_confidence`, `random` (per-sample scores) and
-//! `power_bald`, `batch_bald` (batch selection). Math and conventions:
-//! `shared/specs/heuristics.md`; scores in nats where they are entropies.
+//! `power_bald`, `batch_bald` (batch selection). Each function's doc gives its
+//! formula and source; scores are in nats where they are entropies.
 
 pub mod batch;
 pub mod entropy;

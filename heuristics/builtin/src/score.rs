@@ -1,4 +1,4 @@
-//! Per-sample heuristics (`shared/specs/heuristics.md`, "Per-sample scores"). Each maps
+//! Per-sample heuristics (each function's doc gives its formula and paper). Each maps
 //! probabilities `[N, C, K]` to scores `[N]`; samples are independent and scored in parallel.
 
 use std::ffi::CStr;
