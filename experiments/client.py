@@ -76,6 +76,7 @@ class AlpsServer:
             "--data-dir", str(self.workdir / "data"),
             "--listen", self.address,
             "--metrics-listen", f"127.0.0.1:{metrics_port}",
+            "--http-listen", f"127.0.0.1:{_free_port()}",
             "--plugin-dir", str(plugins),
         ]  # fmt: skip
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))

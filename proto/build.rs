@@ -1,5 +1,6 @@
-//! Compiles `alps/v1/*.proto` with protox (pure Rust, no system `protoc`) and generates the
-//! tonic clients and servers. The encoded descriptor set is written too, for server reflection.
+//! Compiles `alps/v1/*.proto` and `inference/open_inference.proto` with protox (pure Rust, no
+//! system `protoc`) and generates the tonic clients and servers. The encoded descriptor sets are
+//! written too, for server reflection.
 
 use std::{env, fs, path::PathBuf};
 
@@ -17,9 +18,13 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=alps");
-    let descriptors = protox::compile(PROTOS, ["."])?;
+    println!("cargo:rerun-if-changed=inference");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptors = protox::compile(PROTOS, ["."])?;
     fs::write(out_dir.join("alps_v1_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+    let inference = protox::compile(["inference/open_inference.proto"], ["."])?;
+    fs::write(out_dir.join("inference_descriptor.bin"), inference.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(inference)?;
     Ok(())
 }

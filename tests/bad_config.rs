@@ -14,7 +14,18 @@ fn assert_one_line_failure(name: &str, args: &[&str], needles: &[&str]) {
 }
 
 fn server_args<'a>(data: &'a str, plugins: &'a str, listen: &'a str, metrics: &'a str) -> Vec<&'a str> {
-    vec!["--data-dir", data, "--plugin-dir", plugins, "--listen", listen, "--metrics-listen", metrics]
+    vec![
+        "--data-dir",
+        data,
+        "--plugin-dir",
+        plugins,
+        "--listen",
+        listen,
+        "--metrics-listen",
+        metrics,
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
 }
 
 #[test]

@@ -503,8 +503,19 @@ async fn tokens_and_roles_guard_every_rpc_and_health_stays_open() {
 fn without_tokens_the_server_refuses_a_non_loopback_address_unless_told() {
     let dirs = ServerDirs::new();
     let data = path_str(dirs.data.path());
-    let (status, stderr) =
-        run_to_exit("alps-server", &["--listen", "0.0.0.0:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", data]);
+    let (status, stderr) = run_to_exit(
+        "alps-server",
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+        ],
+    );
     assert!(!status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--auth-tokens-file") && stderr.contains("--insecure-no-auth"), "{stderr}");
@@ -514,6 +525,8 @@ fn without_tokens_the_server_refuses_a_non_loopback_address_unless_told() {
         "--listen",
         "0.0.0.0:0",
         "--metrics-listen",
+        "127.0.0.1:0",
+        "--http-listen",
         "127.0.0.1:0",
         "--data-dir",
         data,

@@ -90,7 +90,16 @@ fn default_plugin_dir_is_the_directory_of_the_binary_with_the_builtins() {
     let data = tempfile::tempdir().unwrap();
     let mut server = Process::start(
         "alps-server",
-        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", data.path().to_str().unwrap()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
     );
     let fields = server.wait_for_log("plugin directory");
     let expected = binary("alps-server").parent().unwrap().to_path_buf();

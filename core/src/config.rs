@@ -123,6 +123,11 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Address of the HTTP server of the Open Inference Protocol's REST mirror (`/v2/...`):
+    /// same tokens and TLS as the gRPC port.
+    #[arg(long, env = "ALPS_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub http_listen: SocketAddr,
+
     /// Address of the HTTP server that exposes Prometheus metrics at `/metrics`.
     #[arg(long, env = "ALPS_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,

@@ -1,5 +1,6 @@
-//! `alps-core`: the ALPS model server. Data flows one way: [`api`] (gRPC) → [`engine`]
-//! (devices, MC-Dropout) → models → [`plugins`] (heuristics); [`store`] persists.
+//! `alps-core`: the ALPS model server. Data flows one way: the protocol surfaces ([`api`] for
+//! `alps.v1`, [`oip`] for the Open Inference Protocol) → [`infer`] (the inference facade) →
+//! [`engine`] (devices, MC-Dropout) → models → [`plugins`] (heuristics); [`store`] persists.
 
 pub mod api;
 pub mod auth;
@@ -7,9 +8,11 @@ pub mod config;
 pub mod engine;
 pub mod errors;
 pub mod ids;
+pub mod infer;
 pub mod metrics;
 pub mod models;
 pub mod observe;
+pub mod oip;
 pub mod plugins;
 pub mod projects;
 pub mod reload;

@@ -35,6 +35,7 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             grpc = %server.grpc_addr()?,
+            http = %server.http_addr()?,
             metrics = %server.metrics_addr()?,
             "listening"
         );

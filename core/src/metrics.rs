@@ -1,6 +1,10 @@
 //! Prometheus metrics, served as OpenMetrics text at `GET /metrics` on `--metrics-listen`.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get, serve::ListenerExt};
 use prometheus_client::{
@@ -50,6 +54,63 @@ pub struct Metrics {
     loaded_models: Gauge,
     backbone_samples: Counter,
     head_passes: Counter,
+    models: Mutex<HashMap<(String, String), ModelStats>>,
+}
+
+/// A count of events and their total duration, nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Events.
+    pub count: u64,
+    /// Their summed duration, ns.
+    pub ns: u64,
+}
+
+impl Tally {
+    fn add(&mut self, events: u64, took: std::time::Duration) {
+        self.count += events;
+        self.ns += events * u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    }
+}
+
+/// What the engine measured of one model version of one project since the server started:
+/// the figures of the Open Inference Protocol's statistics extension (perf_analyzer reads
+/// them). Requests are Predict-path requests (Predict, ModelInfer); rankings count in the
+/// queue, compute and execution figures only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// Requests answered, with their time from admission to the answer.
+    pub success: Tally,
+    /// Requests that failed as a whole.
+    pub fail: Tally,
+    /// Jobs' waits in the worker queue.
+    pub queue: Tally,
+    /// Preprocessing (image decoding, resizing, normalising) per request.
+    pub compute_input: Tally,
+    /// Batched MC-Dropout passes, counted once per request they served.
+    pub compute_infer: Tally,
+    /// Heuristic scoring and summaries per request.
+    pub compute_output: Tally,
+    /// Samples inferred.
+    pub inference_count: u64,
+    /// Batched forward passes run.
+    pub execution_count: u64,
+    /// Unix time of the last forward pass, ms (0: none yet).
+    pub last_inference_unix_ms: u64,
+}
+
+/// The times the engine measured of one request, recorded together when it ends so that
+/// every stage's count moves in step (perf_analyzer checks that they do).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestTimes {
+    /// Preprocessing.
+    pub input: std::time::Duration,
+    /// Wait in the worker queue.
+    pub queue: std::time::Duration,
+    /// The batched MC-Dropout pass that served it.
+    pub infer: std::time::Duration,
+    /// Heuristic scoring and summaries.
+    pub output: std::time::Duration,
 }
 
 impl Default for Metrics {
@@ -108,6 +169,7 @@ impl Default for Metrics {
             loaded_models,
             backbone_samples,
             head_passes,
+            models: Mutex::default(),
         }
     }
 }
@@ -142,10 +204,50 @@ impl Metrics {
         self.queue_seconds.observe(waited.as_secs_f64());
     }
 
-    /// Records one batched forward pass.
-    pub fn observe_batch(&self, samples: usize, took: std::time::Duration) {
+    /// Records one batched forward pass of `samples` samples on `project` at `version`.
+    pub fn observe_batch(&self, project: &str, version: &str, samples: usize, took: std::time::Duration) {
         self.batch_samples.observe(samples as f64);
         self.compute_seconds.observe(took.as_secs_f64());
+        self.with_model(project, version, |stats| {
+            stats.execution_count += 1;
+            stats.inference_count += samples as u64;
+            stats.last_inference_unix_ms = crate::store::now_unix_ms().max(0) as u64;
+        });
+    }
+
+    /// Records a finished prediction request on `project` at `version`: `times` of its stages
+    /// when it succeeded (`None` when it failed), `took` from admission to the answer.
+    pub fn observe_request(
+        &self,
+        project: &str,
+        version: &str,
+        times: Option<RequestTimes>,
+        took: std::time::Duration,
+    ) {
+        self.with_model(project, version, |stats| match times {
+            Some(times) => {
+                stats.success.add(1, took);
+                stats.compute_input.add(1, times.input);
+                stats.queue.add(1, times.queue);
+                stats.compute_infer.add(1, times.infer);
+                stats.compute_output.add(1, times.output);
+            }
+            None => stats.fail.add(1, took),
+        });
+    }
+
+    /// The engine's figures for every model version of `project` that has served, by version.
+    pub fn model_stats(&self, project: &str) -> Vec<(String, ModelStats)> {
+        let models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stats: Vec<_> =
+            models.iter().filter(|((p, _), _)| p == project).map(|((_, v), s)| (v.clone(), s.clone())).collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
+    }
+
+    fn with_model(&self, project: &str, version: &str, update: impl FnOnce(&mut ModelStats)) {
+        let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        update(models.entry((project.to_owned(), version.to_owned())).or_default());
     }
 
     /// Counts one MC-Dropout pass: `samples` through the backbone, `samples × k` head passes.

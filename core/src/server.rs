@@ -20,9 +20,11 @@ use crate::{
     },
     config::ServerConfig,
     engine::Engine,
+    infer::Infer,
     metrics::{self, Metrics},
     models::{files::ModelFiles, pretrained::WeightsCache},
     observe::ObserveLayer,
+    oip,
     plugins::{self, HeuristicHost, HostStartError, PluginDirError},
     projects::Projects,
     store::{DataDir, DataDirError},
@@ -90,12 +92,14 @@ pub enum StartError {
     /// See [`TlsError`].
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// No tokens file, and `--listen` is not a loopback address.
+    /// No tokens file, and `--listen` or `--http-listen` is not a loopback address.
     #[error(
-        "refusing to serve without authentication on {addr} (--listen is not a loopback address): \
+        "refusing to serve without authentication on {addr} ({flag} is not a loopback address): \
          give --auth-tokens-file (see `alps-server token create`), or --insecure-no-auth on a trusted network"
     )]
     Unauthenticated {
+        /// The flag.
+        flag: &'static str,
         /// The address.
         addr: SocketAddr,
     },
@@ -110,12 +114,17 @@ pub enum ServeError {
     /// The metrics HTTP server failed.
     #[error("metrics server failed: {0}")]
     Metrics(std::io::Error),
+    /// The REST server of the Open Inference Protocol failed.
+    #[error("REST server failed: {0}")]
+    Rest(std::io::Error),
 }
 
 /// A server whose configuration is validated and whose ports are bound, ready to [`run`](Self::run).
 #[derive(Debug)]
 pub struct Server {
     grpc: TcpListener,
+    http: TcpListener,
+    rest: axum::Router,
     metrics_listener: TcpListener,
     data_dir: DataDir,
     heuristics: Arc<HeuristicHost>,
@@ -186,7 +195,15 @@ impl Server {
             config.auto_activate_max_accuracy_drop,
         )?);
         let grpc = listen("--listen", config.listen).await?;
+        let http = listen("--http-listen", config.http_listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
+        let infer = Infer::new(
+            projects.clone(),
+            trainer.clone(),
+            heuristics.clone(),
+            engine.clone(),
+            config.max_rank_pool_values,
+        );
         let state = Arc::new(api::AppState {
             heuristics: heuristics.clone(),
             projects,
@@ -194,13 +211,16 @@ impl Server {
             examples: Arc::new(Examples::new(db, blobs, image_limits)),
             trainer,
             metrics: metrics.clone(),
-            max_rank_pool_values: config.max_rank_pool_values,
+            infer,
             model_files,
             weights_fetch_wait: config.weights_fetch_wait(),
         });
+        let rest = oip::rest::router(&state, tokens.clone(), config.max_message_bytes());
         let (health_reporter, routes) = api::routes(state, config.max_message_bytes()).await?;
         Ok(Self {
             grpc,
+            http,
+            rest,
             metrics_listener,
             data_dir,
             heuristics,
@@ -217,6 +237,11 @@ impl Server {
     /// Address the gRPC server listens on (with the real port when `--listen` used port 0).
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
+    }
+
+    /// Address the REST server of the Open Inference Protocol listens on.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
     }
 
     /// Address the metrics server listens on.
@@ -248,21 +273,25 @@ impl Server {
             .layer(ObserveLayer::new(self.metrics.clone(), self.max_message_mib))
             .layer(AuthLayer::new(self.tokens))
             .add_routes(self.routes);
-        let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-            match self.tls {
-                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(self.grpc), stop_accepting)),
-                // Our own listener (bound early to report a busy port), so tonic's TCP options must
-                // be set here: without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small
-                // responses by ~40 ms.
-                None => Box::pin(router.serve_with_incoming_shutdown(
+        let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &self.tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.clone().incoming(self.grpc), stop_accepting)),
+            // Our own listener (bound early to report a busy port), so tonic's TCP options must
+            // be set here: without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall small
+            // responses by ~40 ms.
+            None => {
+                Box::pin(router.serve_with_incoming_shutdown(
                     TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                     stop_accepting,
-                )),
-            };
+                ))
+            }
+        };
         let metrics = metrics::serve(self.metrics_listener, self.metrics, shutdown.requested());
-        let (grpc, metrics) = tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace));
+        let rest = oip::rest::serve(self.http, self.tls, self.rest, shutdown.requested());
+        let (grpc, metrics, rest) =
+            tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace), shutdown.drain(rest, grace));
         grpc.transpose()?;
         metrics.transpose().map_err(ServeError::Metrics)?;
+        rest.transpose().map_err(ServeError::Rest)?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -284,12 +313,15 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
             }
             Some(tokens)
         }
-        None if config.listen.ip().is_loopback() => None,
+        None if config.listen.ip().is_loopback() && config.http_listen.ip().is_loopback() => None,
         None if config.insecure_no_auth => {
-            tracing::warn!(listen = %config.listen, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
+            tracing::warn!(listen = %config.listen, http_listen = %config.http_listen, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
             None
         }
-        None => return Err(StartError::Unauthenticated { addr: config.listen }),
+        None if !config.listen.ip().is_loopback() => {
+            return Err(StartError::Unauthenticated { flag: "--listen", addr: config.listen });
+        }
+        None => return Err(StartError::Unauthenticated { flag: "--http-listen", addr: config.http_listen }),
     };
     let tls = match config.tls_files() {
         Some(files) => {

@@ -23,6 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Longest a client may take to complete the TLS handshake before its connection is closed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A TLS connection accepted by [`Tls::incoming`].
+pub type TlsConnection = TlsStream<TcpStream>;
+
 /// Where the TLS material is.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -100,6 +103,20 @@ impl Tls {
     /// Handshakes run concurrently, each bounded by a timeout, so a slow client never holds up
     /// others. Stops accepting when the returned stream is dropped.
     pub fn incoming(self: Arc<Self>, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        self.accepting(listener, None)
+    }
+
+    /// As [`Tls::incoming`], offering ALPN `http/1.1` instead of `h2`, for the HTTP/1 REST
+    /// listener (a client that offers both must not be steered to HTTP/2 there).
+    pub fn incoming_http1(self: Arc<Self>, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        self.accepting(listener, Some(vec![b"http/1.1".to_vec()]))
+    }
+
+    fn accepting(
+        self: Arc<Self>,
+        listener: TcpListener,
+        alpn: Option<Vec<Vec<u8>>>,
+    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -117,7 +134,13 @@ impl Tls {
                 };
                 // Small gRPC responses must not wait for Nagle's algorithm (see server.rs).
                 let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(self.config.load_full());
+                let mut config = self.config.load_full();
+                if let Some(protocols) = &alpn {
+                    let mut own = ServerConfig::clone(&config);
+                    own.alpn_protocols.clone_from(protocols);
+                    config = Arc::new(own);
+                }
+                let acceptor = TlsAcceptor::from(config);
                 let sender = sender.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -205,7 +205,7 @@ def run(args, tmp: Path, processes: list) -> dict:
     grpc_port, metrics_port = free_port(), free_port()
     core = Process("alps-server", [
         str(args.bin_dir / "alps-server"), "--listen", f"127.0.0.1:{grpc_port}",
-        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--data-dir", str(tmp / "alps-data"),
+        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp / "alps-data"),
     ], {"RUST_LOG": "info"}, tmp / "alps-server.log")
     processes.append(core)
     wait_for("alps-server", lambda: requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).ok, 60, 0.2)

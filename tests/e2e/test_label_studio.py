@@ -176,7 +176,7 @@ def run(args, tmp: Path, processes: list) -> None:
         grpc_port, metrics_port = free_port(), free_port()
         server = Process("alps-server", [
             str(args.bin_dir / "alps-server"), "--listen", f"127.0.0.1:{grpc_port}",
-            "--metrics-listen", f"127.0.0.1:{metrics_port}", "--data-dir", str(tmp / "alps-data"),
+            "--metrics-listen", f"127.0.0.1:{metrics_port}", "--http-listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp / "alps-data"),
         ], SERVER_ENV, tmp / "alps-server.log")
         processes.append(server)
 

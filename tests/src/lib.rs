@@ -229,6 +229,8 @@ pub fn start_server_with_env(dirs: &ServerDirs, extra: &[&str], env: &[(&str, &s
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--data-dir",
         path_str(dirs.data.path()),
         "--plugin-dir",

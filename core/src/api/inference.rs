@@ -1,4 +1,5 @@
-//! `alps.v1.InferenceService`: Predict, PredictStream and Rank on a project's active model.
+//! `alps.v1.InferenceService`: Predict, PredictStream and Rank. The handlers decode, call the
+//! [`Infer`] facade and encode; the rules (version, defaults, ranking) live in the facade.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -11,63 +12,43 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{AppState, heuristics::call_status};
 use crate::{
-    engine::{EngineError, PredictOptions, Ranking, RankingError, SampleInput, SamplePrediction},
+    engine::{EngineError, RankingError, SampleInput, SamplePrediction},
+    infer::{Infer, InferError, PredictParams},
     models::preprocess,
     plugins::LoadedHeuristic,
-    projects::{HeuristicChoice, Project, check_mc_iterations},
+    projects::{HeuristicChoice, Project},
 };
 
 /// Serves predictions and rankings.
 #[derive(Debug, Clone)]
 pub struct InferenceApi {
-    state: Arc<AppState>,
+    infer: Infer,
 }
 
 impl InferenceApi {
     /// A service over the shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-
-    fn heuristic(
-        &self,
-        project: &Project,
-        requested: Option<pb::HeuristicRef>,
-    ) -> Result<Arc<LoadedHeuristic>, Status> {
-        let choice = requested
-            .filter(|h| !h.name.is_empty())
-            .map(|h| HeuristicChoice { name: h.name, version: h.version })
-            .unwrap_or_else(|| project.spec.default_heuristic.clone());
-        super::heuristics::check_reference("heuristic", &choice.name, &choice.version)?;
-        self.state
-            .heuristics
-            .registry()
-            .resolve(&choice.name, &choice.version)
-            .map_err(super::heuristics::resolve_status)
+        Self { infer: state.infer.clone() }
     }
 
     async fn predict_one(&self, request: PredictRequest) -> Result<PredictResponse, Status> {
-        let project = super::project(&self.state, &request.project_id)?;
-        if request.samples.is_empty() {
-            return Err(Status::invalid_argument("samples: at least one sample is required"));
-        }
-        let k = mc_iterations(&project, request.mc_iterations)?;
-        let heuristic = self.heuristic(&project, request.heuristic)?;
-        let (ids, inputs) = split_samples(request.samples);
-        let options = PredictOptions {
-            mc_iterations: k,
-            heuristic: heuristic.clone(),
+        let project = self.infer.project("project_id", &request.project_id)?;
+        let params = PredictParams {
+            mc_iterations: request.mc_iterations,
+            heuristic: heuristic_choice(request.heuristic),
             return_mc_samples: request.return_mc_samples,
             seed: request.seed,
         };
-        let predictions = self.state.engine.predict(&project, inputs, &options).await.map_err(engine_status)?;
+        let (ids, inputs) = split_samples(request.samples);
+        let predictions = self.infer.predict(project, inputs, params).await?;
+        let (project, k) = (&predictions.project, predictions.mc_iterations);
         let results = ids
             .into_iter()
-            .zip(predictions)
+            .zip(predictions.samples)
             .map(|(id, prediction)| PredictResult {
                 id,
                 outcome: Some(match prediction {
-                    Ok(prediction) => Outcome::Prediction(proto_prediction(prediction, &project, k)),
+                    Ok(prediction) => Outcome::Prediction(proto_prediction(prediction, project, k)),
                     Err(error) => Outcome::Error(sample_error(&error)),
                 }),
             })
@@ -75,80 +56,48 @@ impl InferenceApi {
         Ok(PredictResponse {
             results,
             model_version: project.active_version.clone(),
-            heuristic: Some(pb::HeuristicRef { name: heuristic.name.clone(), version: heuristic.version.to_string() }),
-            direction: super::heuristics::direction(heuristic.direction).into(),
+            heuristic: Some(heuristic_ref(&predictions.heuristic)),
+            direction: super::heuristics::direction(predictions.heuristic.direction).into(),
             mc_iterations: k as u32,
         })
     }
 
     async fn rank_pool(&self, mut stream: Streaming<RankRequest>) -> Result<RankResponse, Status> {
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty stream: send the pool"))?;
-        let project = super::project(&self.state, &first.project_id)?;
-        // The same rule as Select: at least 1; more than the pool selects the whole pool (the
-        // pool's size is known only at the end of the stream).
-        if first.query_size == 0 {
-            return Err(Status::invalid_argument("query_size: at least 1 sample must be selected"));
-        }
-        let k = mc_iterations(&project, first.mc_iterations)?;
-        let heuristic = self.heuristic(&project, first.heuristic.clone())?;
-        let seed = first.seed.unwrap_or_else(|| fastrand::u64(..));
-        let classes = project.spec.classes.len();
-        let mut ranking = Ranking::new(
-            heuristic.clone(),
-            first.query_size as usize,
-            classes,
-            k,
-            seed,
-            self.state.max_rank_pool_values,
-        );
-        let (mut failed, mut pool_size) = (Vec::new(), 0u64);
+        let project = self.infer.project("project_id", &first.project_id)?;
+        let params = PredictParams {
+            mc_iterations: first.mc_iterations,
+            heuristic: heuristic_choice(first.heuristic.clone()),
+            return_mc_samples: false,
+            seed: first.seed,
+        };
+        let mut ranking = self.infer.rank(project, first.query_size, params)?;
+        let mut failed = Vec::new();
         let mut chunk = Some(first);
         while let Some(message) = chunk {
-            pool_size += message.samples.len() as u64;
-            if let Some(position) = message.samples.iter().position(|s| s.id.is_empty()) {
-                return Err(Status::invalid_argument(format!(
-                    "samples[{position}].id: Rank needs an id for every sample"
-                )));
-            }
-            let (ids, inputs) = split_samples(message.samples);
-            if !ids.is_empty() {
-                let (outcomes, probabilities) = self
-                    .state
-                    .engine
-                    // Every chunk uses the ranking's seed, so the whole ranking is reproducible.
-                    .probabilities(&project, inputs, k, Some(seed))
-                    .await
-                    .map_err(engine_status)?;
-                let mut scored = Vec::with_capacity(ids.len());
-                for (id, outcome) in ids.into_iter().zip(outcomes) {
-                    match outcome {
-                        Ok(()) => scored.push(id),
-                        Err(error) => {
-                            failed.push(PredictResult { id, outcome: Some(Outcome::Error(sample_error(&error))) })
-                        }
-                    }
-                }
-                tokio::task::block_in_place(|| ranking.add(scored, probabilities)).map_err(ranking_status)?;
+            let samples = message.samples.into_iter().map(|s| (s.id, sample_input(s.input))).collect();
+            for (id, error) in ranking.add(samples).await? {
+                failed.push(PredictResult { id, outcome: Some(Outcome::Error(sample_error(&error))) });
             }
             chunk = stream.message().await?;
         }
-        let selected = tokio::task::block_in_place(|| ranking.finish()).map_err(ranking_status)?;
+        let outcome = ranking.finish()?;
         Ok(RankResponse {
-            selected: selected.into_iter().map(|(id, score)| RankedSample { id, score }).collect(),
+            selected: outcome.selected.into_iter().map(|(id, score)| RankedSample { id, score }).collect(),
             failed,
-            pool_size,
-            model_version: project.active_version.clone(),
-            heuristic: Some(pb::HeuristicRef { name: heuristic.name.clone(), version: heuristic.version.to_string() }),
+            pool_size: outcome.pool_size,
+            model_version: outcome.project.active_version.clone(),
+            heuristic: Some(heuristic_ref(&outcome.heuristic)),
         })
     }
 }
 
-fn mc_iterations(project: &Project, requested: u32) -> Result<usize, Status> {
-    if requested == 0 {
-        return Ok(project.spec.mc_iterations as usize);
-    }
-    check_mc_iterations("mc_iterations", requested).map_err(|error| Status::invalid_argument(error.to_string()))?;
-    Ok(requested as usize)
+fn heuristic_choice(requested: Option<pb::HeuristicRef>) -> Option<HeuristicChoice> {
+    requested.map(|h| HeuristicChoice { name: h.name, version: h.version })
+}
+
+fn heuristic_ref(heuristic: &LoadedHeuristic) -> pb::HeuristicRef {
+    pb::HeuristicRef { name: heuristic.name.clone(), version: heuristic.version.to_string() }
 }
 
 /// The engine's view of a protobuf sample input.
@@ -199,7 +148,21 @@ fn ranking_status(error: RankingError) -> Status {
     }
 }
 
-/// The canonical name of a gRPC code, for metric labels.
+impl From<InferError> for Status {
+    fn from(error: InferError) -> Self {
+        match error {
+            InferError::Invalid { .. } => Status::invalid_argument(error.to_string()),
+            InferError::Id(error) => error.into(),
+            InferError::Project(error) => super::projects::project_status(error),
+            InferError::UnknownVersion { .. } => Status::not_found(error.to_string()),
+            InferError::Versions(error) => crate::errors::internal("the model version list", &error),
+            InferError::Heuristic(error) => super::heuristics::resolve_status(error),
+            InferError::Engine(error) => engine_status(error),
+            InferError::Ranking(error) => ranking_status(error),
+        }
+    }
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PredictResponse, Status>> + Send>>;
 
 #[tonic::async_trait]

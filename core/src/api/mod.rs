@@ -2,7 +2,8 @@
 //!
 //! Served: `alps.v1.ProjectService`, `alps.v1.InferenceService`, `alps.v1.HeuristicService`,
 //! `alps.v1.ExampleService`, `alps.v1.TrainingService`, `alps.v1.ModelVersionService`,
-//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) over every `alps.v1` file, so
+//! the Open Inference Protocol's `inference.GRPCInferenceService` (see [`crate::oip`]),
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) over every served file, so
 //! `grpcurl` can describe the API without the `.proto` files.
 
 pub mod examples;
@@ -14,6 +15,7 @@ pub mod uploads;
 
 use std::sync::Arc;
 
+use alps_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use alps_proto::v1::{
     example_service_server::ExampleServiceServer, heuristic_service_server::HeuristicServiceServer,
     inference_service_server::InferenceServiceServer, model_version_service_server::ModelVersionServiceServer,
@@ -47,8 +49,8 @@ pub struct AppState {
     pub trainer: Arc<Trainer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Largest batch-heuristic pool in Rank, probability values (N·C·K).
-    pub max_rank_pool_values: usize,
+    /// The inference facade (Predict, Rank and the Open Inference Protocol).
+    pub infer: crate::infer::Infer,
     /// The model root, for UploadModelFile, and the weights cache.
     pub model_files: crate::models::files::ModelFiles,
     /// Longest CreateProject waits for published pretrained weights (`--weights-fetch-wait-secs`).
@@ -78,6 +80,8 @@ pub async fn routes(
         .max_decoding_message_size(max_message_bytes);
     let inference = InferenceServiceServer::new(inference::InferenceApi::new(state.clone()))
         .max_decoding_message_size(max_message_bytes);
+    let open_inference = GrpcInferenceServiceServer::new(crate::oip::grpc::OipApi::new(&state))
+        .max_decoding_message_size(max_message_bytes);
     reporter.set_serving::<HeuristicServiceServer<heuristics::HeuristicApi>>().await;
     reporter.set_serving::<ProjectServiceServer<projects::ProjectApi>>().await;
     reporter.set_serving::<ExampleServiceServer<examples::ExampleApi>>().await;
@@ -87,6 +91,7 @@ pub async fn routes(
     reporter.set_serving::<TrainingServiceServer<training::TrainingApi>>().await;
     reporter.set_serving::<ModelVersionServiceServer<training::TrainingApi>>().await;
     reporter.set_serving::<InferenceServiceServer<inference::InferenceApi>>().await;
+    reporter.set_serving::<GrpcInferenceServiceServer<crate::oip::grpc::OipApi>>().await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let routes = Routes::new(health)
@@ -95,6 +100,7 @@ pub async fn routes(
         .add_service(heuristics)
         .add_service(projects)
         .add_service(inference)
+        .add_service(open_inference)
         .add_service(examples)
         .add_service(training)
         .add_service(versions);
@@ -129,5 +135,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(alps_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(alps_proto::INFERENCE_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

@@ -9,7 +9,9 @@
 //! * `admin`: Create/Update/DeleteProject, UploadModelFile, ActivateModelVersion,
 //!   ReloadHeuristics.
 //!
-//! `grpc.health.v1` is open to everyone (Kubernetes probes).
+//! `grpc.health.v1` is open to everyone (Kubernetes probes), and so are the Open Inference
+//! Protocol's ServerLive and ServerReady (and their REST mirrors); the protocol's other calls
+//! need `predict`.
 
 pub mod layer;
 pub mod tokens;
@@ -120,6 +122,18 @@ const METHODS: &[(&str, &str, Option<Role>)] = &[
     ("alps.v1.ModelVersionService", "ListModelVersions", Some(Predict)),
     ("alps.v1.ModelVersionService", "GetModelVersion", Some(Predict)),
     ("alps.v1.ModelVersionService", "ActivateModelVersion", Some(Admin)),
+    // The Open Inference Protocol: liveness and readiness are open like health; the rest reads
+    // or predicts.
+    ("inference.GRPCInferenceService", "ServerLive", None),
+    ("inference.GRPCInferenceService", "ServerReady", None),
+    ("inference.GRPCInferenceService", "ModelReady", Some(Predict)),
+    ("inference.GRPCInferenceService", "ServerMetadata", Some(Predict)),
+    ("inference.GRPCInferenceService", "ModelMetadata", Some(Predict)),
+    ("inference.GRPCInferenceService", "ModelInfer", Some(Predict)),
+    ("inference.GRPCInferenceService", "ModelStreamInfer", Some(Predict)),
+    ("inference.GRPCInferenceService", "ModelConfig", Some(Predict)),
+    ("inference.GRPCInferenceService", "ModelStatistics", Some(Predict)),
+    ("inference.GRPCInferenceService", "RepositoryIndex", Some(Predict)),
 ];
 
 /// The method an HTTP/2 request path (`/package.Service/Method`) calls. A path missing from
@@ -163,19 +177,24 @@ mod tests {
     }
 
     #[test]
-    fn every_alps_rpc_of_the_descriptor_is_in_the_table() {
+    fn every_rpc_of_the_descriptors_is_in_the_table() {
         use prost::Message;
-        let set = prost_types::FileDescriptorSet::decode(alps_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let mut count = 0;
-        for file in set.file.iter().filter(|f| f.package() == "alps.v1") {
-            for service in &file.service {
-                for rpc in &service.method {
-                    let path = format!("/alps.v1.{}/{}", service.name(), rpc.name());
-                    assert_ne!(method(&path).service, "unknown", "{path} has no role");
-                    count += 1;
+        for (package, descriptors) in
+            [("alps.v1", alps_proto::FILE_DESCRIPTOR_SET), ("inference", alps_proto::INFERENCE_FILE_DESCRIPTOR_SET)]
+        {
+            let set = prost_types::FileDescriptorSet::decode(descriptors).unwrap();
+            let mut count = 0;
+            for file in set.file.iter().filter(|f| f.package() == package) {
+                for service in &file.service {
+                    for rpc in &service.method {
+                        let path = format!("/{package}.{}/{}", service.name(), rpc.name());
+                        assert_ne!(method(&path).service, "unknown", "{path} has no role");
+                        count += 1;
+                    }
                 }
             }
+            let prefix = format!("{package}.");
+            assert_eq!(count, METHODS.iter().filter(|(s, _, _)| s.starts_with(&prefix)).count(), "{package}");
         }
-        assert_eq!(count, METHODS.iter().filter(|(s, _, _)| s.starts_with("alps.v1.")).count());
     }
 }

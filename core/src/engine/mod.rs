@@ -18,7 +18,7 @@ pub use rank::{Ranking, RankingError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::{
-    metrics::Metrics,
+    metrics::{Metrics, RequestTimes},
     models::{
         McModel, ModelError,
         files::ModelFiles,
@@ -69,6 +69,17 @@ pub enum SampleInput {
     },
     /// Neither was set.
     Missing,
+}
+
+/// MC-Dropout output of one request (see [`Engine::probabilities`]).
+#[derive(Debug)]
+pub struct Probabilities {
+    /// Per sample, in order: prepared, or why not.
+    pub outcomes: Vec<Result<(), SampleError>>,
+    /// `[n_ok, C, K]` of the samples that were prepared, flattened.
+    pub values: Vec<f32>,
+    /// How long its stages took (`output` is left zero).
+    pub times: RequestTimes,
 }
 
 /// The prediction of one sample.
@@ -142,6 +153,7 @@ pub struct Engine {
     commands: Sender<Command>,
     admission: Arc<Semaphore>,
     config: EngineConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -158,8 +170,8 @@ impl Engine {
             cache_bytes: config.cache_bytes,
             model_files: config.model_files.clone(),
         };
-        worker::spawn(queue, config.device, worker_config, metrics)?;
-        Ok(Self { commands, admission: Arc::new(Semaphore::new(config.max_in_flight_samples)), config })
+        worker::spawn(queue, config.device, worker_config, metrics.clone())?;
+        Ok(Self { commands, admission: Arc::new(Semaphore::new(config.max_in_flight_samples)), config, metrics })
     }
 
     /// Builds `spec`'s model once on the CPU, to reject unusable weights or TorchScript files
@@ -169,6 +181,18 @@ impl Engine {
     /// [`ModelError`] naming the file and tensor at fault.
     pub fn check_model(&self, spec: &ProjectSpec) -> Result<(), ModelError> {
         McModel::load(spec, &self.config.model_files, tch::Device::Cpu).map(drop)
+    }
+
+    /// The most samples admitted at once (`--max-in-flight-samples`): the largest batch one
+    /// request may carry.
+    pub fn max_in_flight_samples(&self) -> usize {
+        self.config.max_in_flight_samples
+    }
+
+    /// How long the worker waits to fill a batch (`--max-batch-wait-ms`); zero turns dynamic
+    /// batching across requests off.
+    pub fn max_batch_wait(&self) -> Duration {
+        self.config.max_wait
     }
 
     /// Drops cached models of `project` (after a delete or a spec change).
@@ -200,12 +224,13 @@ impl Engine {
         samples: Vec<SampleInput>,
         k: usize,
         seed: Option<u64>,
-    ) -> Result<(Vec<Result<(), SampleError>>, Vec<f32>), EngineError> {
+    ) -> Result<Probabilities, EngineError> {
         let _permit = self.admit(samples.len().max(1))?;
         let has_images = samples.iter().any(|sample| matches!(sample, SampleInput::Image(_)));
         let spec = Arc::new(project.spec.clone());
         let limits = self.config.image_limits;
         let preprocessing = spec.preprocessing.clone();
+        let preparing = Instant::now();
         let prepare_all = move || samples.into_iter().map(|sample| prepare(sample, &preprocessing, limits)).collect();
         // Decoding images is CPU work for the blocking pool; checking tensors is not worth a
         // thread hop (it dominated small requests).
@@ -214,6 +239,7 @@ impl Engine {
         } else {
             prepare_all()
         };
+        let mut times = RequestTimes { input: preparing.elapsed(), ..RequestTimes::default() };
         let mut inputs = Vec::new();
         let mut outcomes = Vec::with_capacity(prepared.len());
         for result in prepared {
@@ -221,7 +247,7 @@ impl Engine {
         }
         let n = outcomes.iter().filter(|o| o.is_ok()).count();
         if n == 0 {
-            return Ok((outcomes, Vec::new()));
+            return Ok(Probabilities { outcomes, values: Vec::new(), times });
         }
         let (reply, result) = oneshot::channel();
         let version = &project.active_version;
@@ -248,8 +274,9 @@ impl Engine {
             TrySendError::Disconnected(_) => EngineError::Unavailable,
         })?;
         // If this future is dropped (client gone), the worker sees the closed reply and skips the job.
-        let probabilities = result.await.map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)?;
-        Ok((outcomes, probabilities))
+        let computed = result.await.map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)?;
+        (times.queue, times.infer) = (computed.queued, computed.computed);
+        Ok(Probabilities { outcomes, values: computed.probabilities, times })
     }
 
     /// Predicts `samples`: class, probability, mean probabilities and the heuristic's score per
@@ -263,11 +290,27 @@ impl Engine {
         samples: Vec<SampleInput>,
         options: &PredictOptions,
     ) -> Result<Vec<Result<SamplePrediction, SampleError>>, EngineError> {
+        let started = Instant::now();
+        let result = self.predict_timed(project, samples, options).await;
+        let (project_id, version) = (&project.spec.id, &project.active_version);
+        let times = result.as_ref().ok().map(|(_, times)| *times);
+        self.metrics.observe_request(project_id, version, times, started.elapsed());
+        result.map(|(predictions, _)| predictions)
+    }
+
+    async fn predict_timed(
+        &self,
+        project: &Project,
+        samples: Vec<SampleInput>,
+        options: &PredictOptions,
+    ) -> Result<(Vec<Result<SamplePrediction, SampleError>>, RequestTimes), EngineError> {
         if options.heuristic.kind == alps_heuristic_abi::Kind::Batch {
             return Err(EngineError::BatchHeuristic(options.heuristic.label()));
         }
         let (k, classes) = (options.mc_iterations, project.spec.classes.len());
-        let (outcomes, probabilities) = self.probabilities(project, samples, k, options.seed).await?;
+        let Probabilities { outcomes, values: probabilities, mut times } =
+            self.probabilities(project, samples, k, options.seed).await?;
+        let scoring = Instant::now();
         let n = probabilities.len() / (classes * k).max(1);
         let scores = if n == 0 {
             Vec::new()
@@ -286,7 +329,7 @@ impl Engine {
             }
         };
         let mut per_sample = probabilities.chunks_exact(classes * k).zip(scores);
-        Ok(outcomes
+        let predictions = outcomes
             .into_iter()
             .map(|outcome| {
                 outcome.map(|()| {
@@ -294,7 +337,9 @@ impl Engine {
                     summarise(values, classes, k, score, options.return_mc_samples)
                 })
             })
-            .collect())
+            .collect();
+        times.output = scoring.elapsed();
+        Ok((predictions, times))
     }
 }
 

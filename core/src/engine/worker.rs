@@ -23,8 +23,20 @@ use crate::{
     projects::ProjectSpec,
 };
 
-/// Probabilities `[n, C, K]` of a job, or why the model failed.
-pub type JobResult = Result<Vec<f32>, String>;
+/// Probabilities `[n, C, K]` of a job with its queue and compute times, or why the model
+/// failed.
+pub type JobResult = Result<Computed, String>;
+
+/// What the worker computed for one job.
+#[derive(Debug)]
+pub struct Computed {
+    /// Probabilities `[n, C, K]`, flattened.
+    pub probabilities: Vec<f32>,
+    /// Time in the worker queue.
+    pub queued: std::time::Duration,
+    /// Time of the batched MC-Dropout pass that served the job.
+    pub computed: std::time::Duration,
+}
 
 /// One request's samples for one model.
 pub struct Job {
@@ -162,10 +174,10 @@ impl Worker {
         self.metrics.record_cancelled(cancelled.len());
         let Some(first) = live.first() else { return };
         let started = Instant::now();
+        let (key, spec, k, seed) = (first.key.clone(), first.spec.clone(), first.k, first.seed);
         for job in &live {
             self.metrics.observe_queue_time(started - job.enqueued);
         }
-        let (key, spec, k, seed) = (first.key.clone(), first.spec.clone(), first.k, first.seed);
         let version_dir = first.version_dir.clone();
         let samples: usize = live.iter().map(|job| job.n).sum();
         let (device, files) = (self.device, self.config.model_files.clone());
@@ -187,7 +199,8 @@ impl Worker {
                 Ok(model)
             })
             .and_then(|model| run(model, &spec, &live, samples, k, seed));
-        self.metrics.observe_batch(samples, started.elapsed());
+        let computed = started.elapsed();
+        self.metrics.observe_batch(&key.project, &key.version, samples, computed);
         if result.is_ok() {
             self.metrics.record_forward(samples, k);
         }
@@ -198,7 +211,8 @@ impl Worker {
                 for job in live {
                     let (mine, others) = rest.split_at(job.n * per_sample);
                     rest = others;
-                    let _ = job.reply.send(Ok(mine.to_vec()));
+                    let queued = started - job.enqueued;
+                    let _ = job.reply.send(Ok(Computed { probabilities: mine.to_vec(), queued, computed }));
                 }
             }
             Err(error) => {

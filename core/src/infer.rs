@@ -1,0 +1,320 @@
+//! The inference facade: what every protocol surface calls to predict and rank. `alps.v1`
+//! ([`crate::api::inference`]) and the Open Inference Protocol ([`crate::oip`]) only decode
+//! their messages, call [`Infer`] and encode the answer; the rules live here once: which model
+//! version serves, MC iterations and heuristic defaulting, the admission bound, and ranking a
+//! pool that arrives in chunks.
+
+use std::sync::Arc;
+
+use crate::{
+    engine::{Engine, EngineError, PredictOptions, Ranking, RankingError, SampleInput, SamplePrediction},
+    ids::{self, IdError},
+    models::preprocess::SampleError,
+    plugins::{HeuristicHost, LoadedHeuristic, ResolveError},
+    projects::{HeuristicChoice, Project, ProjectError, Projects, UNTRAINED_VERSION, check_mc_iterations},
+    training::{Trainer, TrainingError},
+};
+
+/// Why an inference request failed as a whole. Each protocol maps it to its status code
+/// (`alps.v1`: [`crate::api::inference::infer_status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// A request field is malformed or out of range (INVALID_ARGUMENT / HTTP 400).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The request field at fault, e.g. `mc_iterations`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An identifier does not follow the grammar (INVALID_ARGUMENT).
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// Unknown project (NOT_FOUND) or a failing project store (INTERNAL).
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    /// The project has no such model version (NOT_FOUND).
+    #[error("project {project:?} has no model version {version:?}")]
+    UnknownVersion {
+        /// Project id.
+        project: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// The version list could not be read (INTERNAL).
+    #[error(transparent)]
+    Versions(#[from] TrainingError),
+    /// No loaded heuristic matches (NOT_FOUND).
+    #[error(transparent)]
+    Heuristic(#[from] ResolveError),
+    /// Admission, model or heuristic failure of the engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The ranking failed.
+    #[error(transparent)]
+    Ranking(#[from] RankingError),
+}
+
+impl InferError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid { field: field.to_owned(), message: message.into() }
+    }
+}
+
+/// What a prediction request asks for besides its samples; `0`/`None` means the project's
+/// default.
+#[derive(Clone, Debug, Default)]
+pub struct PredictParams {
+    /// MC iterations K, `1..=1000`; 0 = the project's default.
+    pub mc_iterations: u32,
+    /// The acquisition function for the score; `None` = the project's default heuristic.
+    pub heuristic: Option<HeuristicChoice>,
+    /// Return every sample's `[C, K]` probabilities.
+    pub return_mc_samples: bool,
+    /// Seed of the dropout masks (and of a stochastic heuristic); `None` = random.
+    pub seed: Option<u64>,
+}
+
+/// The answer to a prediction request.
+#[derive(Debug)]
+pub struct Predictions {
+    /// The project as served: `active_version` is the model version that answered.
+    pub project: Arc<Project>,
+    /// MC iterations K used.
+    pub mc_iterations: usize,
+    /// The heuristic that scored the samples.
+    pub heuristic: Arc<LoadedHeuristic>,
+    /// Per sample, in request order: its prediction or why it could not be prepared.
+    pub samples: Vec<Result<SamplePrediction, SampleError>>,
+}
+
+/// The facade over the project registry, the model versions, the heuristics and the engine.
+#[derive(Debug, Clone)]
+pub struct Infer {
+    projects: Arc<Projects>,
+    trainer: Arc<Trainer>,
+    heuristics: Arc<HeuristicHost>,
+    engine: Engine,
+    max_rank_pool_values: usize,
+}
+
+impl Infer {
+    /// A facade over the server's parts; `max_rank_pool_values` bounds a batch heuristic's pool
+    /// in Rank (probability values N·C·K, `--max-rank-pool-values`).
+    pub fn new(
+        projects: Arc<Projects>,
+        trainer: Arc<Trainer>,
+        heuristics: Arc<HeuristicHost>,
+        engine: Engine,
+        max_rank_pool_values: usize,
+    ) -> Self {
+        Self { projects, trainer, heuristics, engine, max_rank_pool_values }
+    }
+
+    /// The project `id` (request field `field`), checked against the identifier grammar.
+    ///
+    /// # Errors
+    /// [`InferError::Id`] for a malformed id, [`InferError::Project`] for an unknown one.
+    pub fn project(&self, field: &str, id: &str) -> Result<Arc<Project>, InferError> {
+        ids::project(field, id)?;
+        Ok(self.projects.get(id)?)
+    }
+
+    /// The engine, for its batching settings.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Every project, in id order.
+    pub fn projects(&self) -> Vec<Arc<Project>> {
+        self.projects.list()
+    }
+
+    /// The project `id` served at model `version`: its active version when `version` is empty
+    /// or names it, otherwise any trained version of the project (served read-only: nothing
+    /// is activated). The inference path reads the version list only for a named inactive
+    /// version.
+    ///
+    /// # Errors
+    /// As [`Infer::project`]; [`InferError::UnknownVersion`] for a version the project lacks.
+    pub fn project_at(&self, field: &str, id: &str, version: &str) -> Result<Arc<Project>, InferError> {
+        let project = self.project(field, id)?;
+        if version.is_empty() || version == project.active_version {
+            return Ok(project);
+        }
+        ids::other("version", version)?;
+        if !self.versions(&project)?.iter().any(|v| v == version) {
+            return Err(InferError::UnknownVersion { project: id.to_owned(), version: version.to_owned() });
+        }
+        let mut at_version = Project::clone(&project);
+        at_version.active_version = version.to_owned();
+        Ok(Arc::new(at_version))
+    }
+
+    /// The model versions `project` can serve, newest first; `untrained` while it has none.
+    ///
+    /// # Errors
+    /// [`InferError::Versions`] if the version list cannot be read.
+    pub fn versions(&self, project: &Project) -> Result<Vec<String>, InferError> {
+        let mut versions: Vec<String> =
+            self.trainer.versions(&project.spec.id)?.into_iter().map(|manifest| manifest.version).collect();
+        if project.active_version == UNTRAINED_VERSION {
+            versions.push(UNTRAINED_VERSION.to_owned());
+        }
+        Ok(versions)
+    }
+
+    /// MC iterations K for a request: `requested`, or the project's default when 0.
+    ///
+    /// # Errors
+    /// [`InferError::Invalid`] outside `1..=1000`.
+    pub fn mc_iterations(&self, project: &Project, requested: u32) -> Result<usize, InferError> {
+        if requested == 0 {
+            return Ok(project.spec.mc_iterations as usize);
+        }
+        check_mc_iterations("mc_iterations", requested)
+            .map_err(|e| InferError::invalid("mc_iterations", e.to_string()))?;
+        Ok(requested as usize)
+    }
+
+    /// The loaded heuristic for a request: `requested` (empty version = newest), or the
+    /// project's default heuristic.
+    ///
+    /// # Errors
+    /// [`InferError::Id`] for a malformed name or version, [`InferError::Heuristic`] when none
+    /// is loaded under that name and version.
+    pub fn heuristic(
+        &self,
+        project: &Project,
+        requested: Option<HeuristicChoice>,
+    ) -> Result<Arc<LoadedHeuristic>, InferError> {
+        let choice = requested.filter(|h| !h.name.is_empty()).unwrap_or_else(|| project.spec.default_heuristic.clone());
+        ids::other("heuristic.name", &choice.name)?;
+        ids::optional("heuristic.version", &choice.version)?;
+        Ok(self.heuristics.registry().resolve(&choice.name, &choice.version)?)
+    }
+
+    /// Predicts `samples` on `project` (at the version it carries, see [`Infer::project_at`]):
+    /// class, mean probabilities `[C]`, the heuristic's score and optionally `[C, K]` each.
+    ///
+    /// # Errors
+    /// [`InferError::Invalid`] for no samples or bad parameters; [`InferError::Engine`] when
+    /// the request is not admitted or the model fails; a sample that cannot be prepared fails
+    /// alone, in [`Predictions::samples`].
+    pub async fn predict(
+        &self,
+        project: Arc<Project>,
+        samples: Vec<SampleInput>,
+        params: PredictParams,
+    ) -> Result<Predictions, InferError> {
+        if samples.is_empty() {
+            return Err(InferError::invalid("samples", "at least one sample is required"));
+        }
+        let mc_iterations = self.mc_iterations(&project, params.mc_iterations)?;
+        let heuristic = self.heuristic(&project, params.heuristic)?;
+        let options = PredictOptions {
+            mc_iterations,
+            heuristic: heuristic.clone(),
+            return_mc_samples: params.return_mc_samples,
+            seed: params.seed,
+        };
+        let samples = self.engine.predict(&project, samples, &options).await?;
+        Ok(Predictions { project, mc_iterations, heuristic, samples })
+    }
+
+    /// Starts ranking a pool that arrives in chunks: keep the `query_size` most informative.
+    ///
+    /// # Errors
+    /// [`InferError::Invalid`] for `query_size` 0 or bad parameters; heuristic errors as in
+    /// [`Infer::heuristic`].
+    pub fn rank(
+        &self,
+        project: Arc<Project>,
+        query_size: u32,
+        params: PredictParams,
+    ) -> Result<PoolRanking, InferError> {
+        // The same rule as Select: at least 1; more than the pool selects the whole pool (the
+        // pool's size is known only at the end of the stream).
+        if query_size == 0 {
+            return Err(InferError::invalid("query_size", "at least 1 sample must be selected"));
+        }
+        let mc_iterations = self.mc_iterations(&project, params.mc_iterations)?;
+        let heuristic = self.heuristic(&project, params.heuristic)?;
+        let seed = params.seed.unwrap_or_else(|| fastrand::u64(..));
+        let classes = project.spec.classes.len();
+        let ranking = Ranking::new(
+            heuristic.clone(),
+            query_size as usize,
+            classes,
+            mc_iterations,
+            seed,
+            self.max_rank_pool_values,
+        );
+        Ok(PoolRanking { engine: self.engine.clone(), project, mc_iterations, heuristic, seed, ranking, pool_size: 0 })
+    }
+}
+
+/// A ranking in progress (see [`Infer::rank`]); feed it chunks, then [`PoolRanking::finish`].
+#[derive(Debug)]
+pub struct PoolRanking {
+    engine: Engine,
+    project: Arc<Project>,
+    mc_iterations: usize,
+    heuristic: Arc<LoadedHeuristic>,
+    seed: u64,
+    ranking: Ranking,
+    pool_size: u64,
+}
+
+/// The result of a ranking.
+#[derive(Debug)]
+pub struct RankOutcome {
+    /// The selected ids with their scores, most informative first.
+    pub selected: Vec<(String, f32)>,
+    /// Samples of the pool received.
+    pub pool_size: u64,
+    /// The project as served (its `active_version` answered).
+    pub project: Arc<Project>,
+    /// The heuristic that ranked.
+    pub heuristic: Arc<LoadedHeuristic>,
+}
+
+impl PoolRanking {
+    /// Scores one chunk of `(id, input)` pairs; returns the samples that could not be
+    /// prepared, with why. Every chunk uses the ranking's seed, so a seeded ranking is
+    /// reproducible.
+    ///
+    /// # Errors
+    /// [`InferError::Invalid`] for a sample without an id (`position` counts within the
+    /// chunk); engine and heuristic failures.
+    pub async fn add(&mut self, chunk: Vec<(String, SampleInput)>) -> Result<Vec<(String, SampleError)>, InferError> {
+        self.pool_size += chunk.len() as u64;
+        if let Some(position) = chunk.iter().position(|(id, _)| id.is_empty()) {
+            return Err(InferError::invalid(&format!("samples[{position}].id"), "Rank needs an id for every sample"));
+        }
+        if chunk.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, inputs): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
+        let computed = self.engine.probabilities(&self.project, inputs, self.mc_iterations, Some(self.seed)).await?;
+        let (outcomes, probabilities) = (computed.outcomes, computed.values);
+        let (mut scored, mut failed) = (Vec::with_capacity(ids.len()), Vec::new());
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => scored.push(id),
+                Err(error) => failed.push((id, error)),
+            }
+        }
+        tokio::task::block_in_place(|| self.ranking.add(scored, probabilities))?;
+        Ok(failed)
+    }
+
+    /// Ends the pool and selects.
+    ///
+    /// # Errors
+    /// [`InferError::Ranking`] if a batch heuristic fails.
+    pub fn finish(self) -> Result<RankOutcome, InferError> {
+        let selected = tokio::task::block_in_place(|| self.ranking.finish())?;
+        Ok(RankOutcome { selected, pool_size: self.pool_size, project: self.project, heuristic: self.heuristic })
+    }
+}

@@ -1,0 +1,534 @@
+//! The Open Inference Protocol's HTTP/REST mirror on `--http-listen`: health, metadata,
+//! readiness and inference under `/v2`, plus Triton's extensions that `tritonclient.http` and
+//! `perf_analyzer -i http` call (binary tensor data, model configuration, statistics,
+//! repository index). Errors are `{"error": "<message>"}` with the HTTP code of the gRPC
+//! status (400 invalid argument, 401/403 auth, 404 not found, 429 busy, 503 unavailable).
+//!
+//! Binary tensor data (Triton's extension): a request whose `Inference-Header-Content-Length`
+//! header is `L` has `L` bytes of JSON, then each input with `parameters.binary_data_size`
+//! in order, in the raw layout of [`TensorData::to_raw`]; outputs asked with
+//! `parameters.binary_data` (or request parameter `binary_data_output`) come back the same way.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tonic::{Code, Status};
+
+use super::{InputTensor, OutputTensor, Param, TensorData, TensorSpec};
+use crate::{
+    api::AppState,
+    auth::{Role, tokens::Tokens},
+    infer::Infer,
+    metrics::{Metrics, Tally},
+    projects::Project,
+};
+
+/// The header giving the JSON part's length in a binary-data body.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Clone, Debug)]
+struct Rest {
+    infer: Infer,
+    metrics: Arc<Metrics>,
+}
+
+/// The `/v2` router over the shared state; `tokens` as for gRPC (`None`: no auth), bodies up
+/// to `max_body_bytes` (`--max-message-mib`).
+pub fn router(state: &AppState, tokens: Option<Arc<Tokens>>, max_body_bytes: usize) -> Router {
+    let rest = Rest { infer: state.infer.clone(), metrics: state.metrics.clone() };
+    let protected = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}", get(metadata))
+        .route("/v2/models/{model}/versions/{version}", get(metadata_at))
+        .route("/v2/models/{model}/ready", get(ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(ready_at))
+        .route("/v2/models/{model}/config", get(config))
+        .route("/v2/models/{model}/versions/{version}/config", get(config_at))
+        .route("/v2/models/{model}/stats", get(statistics))
+        .route("/v2/models/{model}/versions/{version}/stats", get(statistics_at))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_at))
+        .route("/v2/repository/index", post(repository_index))
+        .route_layer(middleware::from_fn_with_state(tokens, authorize));
+    Router::new()
+        .route("/v2/health/live", get(|| async { Json(json!({ "live": true })) }))
+        .route("/v2/health/ready", get(|| async { Json(json!({ "ready": true })) }))
+        .merge(protected)
+        .fallback(|| async {
+            error(&Status::not_found("no such endpoint; the Open Inference Protocol lives under /v2"))
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(rest)
+}
+
+/// Serves `router` on `listener` (plain or TLS) until `shutdown` resolves.
+///
+/// # Errors
+/// The I/O error that stops the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        None => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                // Small JSON answers: never hold them back for Nagle's algorithm.
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
+        Some(tls) => {
+            let local = listener.local_addr()?;
+            let listener = TlsListener { incoming: tls.incoming_http1(listener), local };
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
+    }
+}
+
+/// TLS connections as an axum listener; failed handshakes are logged by [`crate::tls`] and
+/// skipped.
+struct TlsListener {
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<crate::tls::TlsConnection>>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = crate::tls::TlsConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Bearer-token check with role `predict`, as for gRPC.
+async fn authorize(State(tokens): State<Option<Arc<Tokens>>>, mut request: Request, next: Next) -> Response {
+    if let Some(tokens) = tokens {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return error(&Status::unauthenticated("missing bearer token: send `Authorization: Bearer <token>`"));
+        };
+        let Some(caller) = tokens.authenticate(token) else {
+            return error(&Status::unauthenticated("unknown or revoked token"));
+        };
+        if caller.role < Role::Predict {
+            return error(&Status::permission_denied("needs role predict"));
+        }
+        request.extensions_mut().insert(caller);
+    }
+    next.run(request).await
+}
+
+/// The HTTP answer to a failed call: the status's code mapped to HTTP, its message in JSON.
+fn error(status: &Status) -> Response {
+    let code = match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, Json(json!({ "error": status.message() }))).into_response()
+}
+
+/// A failed call, answered by [`error`].
+struct Failure(Box<Status>);
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Self(Box::new(status))
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        error(&self.0)
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+fn project(rest: &Rest, model: &str, version: &str) -> Result<Arc<Project>, Failure> {
+    Ok(super::project(&rest.infer, model, version)?)
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({ "name": "alps", "version": env!("CARGO_PKG_VERSION"), "extensions": super::EXTENSIONS }))
+}
+
+fn tensor_json(specs: Vec<TensorSpec>) -> Vec<Value> {
+    specs.into_iter().map(|s| json!({ "name": s.name, "datatype": s.datatype, "shape": s.shape })).collect()
+}
+
+fn metadata_of(rest: &Rest, model: &str, version: &str) -> Answer {
+    let project = project(rest, model, version)?;
+    let versions = super::versions(&rest.infer, &project)?;
+    Ok(Json(json!({
+        "name": project.spec.id,
+        "versions": versions,
+        "platform": super::PLATFORM,
+        "inputs": tensor_json(super::inputs(&project)),
+        "outputs": tensor_json(super::outputs(&project)),
+    }))
+    .into_response())
+}
+
+async fn metadata(State(rest): State<Rest>, Path(model): Path<String>) -> Answer {
+    metadata_of(&rest, &model, "")
+}
+
+async fn metadata_at(State(rest): State<Rest>, Path((model, version)): Path<(String, String)>) -> Answer {
+    metadata_of(&rest, &model, &version)
+}
+
+async fn ready(State(rest): State<Rest>, Path(model): Path<String>) -> Answer {
+    project(&rest, &model, "")?;
+    Ok(Json(json!({ "name": model, "ready": true })).into_response())
+}
+
+async fn ready_at(State(rest): State<Rest>, Path((model, version)): Path<(String, String)>) -> Answer {
+    project(&rest, &model, &version)?;
+    Ok(Json(json!({ "name": model, "ready": true })).into_response())
+}
+
+fn config_of(rest: &Rest, model: &str, version: &str) -> Answer {
+    let project = project(rest, model, version)?;
+    let config = super::model_config(&project, &rest.infer);
+    let tensors = |specs: Vec<TensorSpec>, optional: bool| -> Vec<Value> {
+        specs
+            .into_iter()
+            .map(|s| {
+                let data_type = if s.datatype == "BYTES" { "TYPE_STRING" } else { "TYPE_FP32" };
+                let mut tensor = json!({ "name": s.name, "data_type": data_type, "dims": s.shape });
+                if optional {
+                    tensor["optional"] = json!(true);
+                }
+                tensor
+            })
+            .collect()
+    };
+    let mut body = json!({
+        "name": project.spec.id,
+        "platform": super::PLATFORM,
+        "backend": "alps",
+        "max_batch_size": config.max_batch_size,
+        "input": tensors(config.inputs, true),
+        "output": tensors(config.outputs, false),
+    });
+    if let Some(us) = config.max_queue_delay_us {
+        body["dynamic_batching"] = json!({ "max_queue_delay_microseconds": us });
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn config(State(rest): State<Rest>, Path(model): Path<String>) -> Answer {
+    config_of(&rest, &model, "")
+}
+
+async fn config_at(State(rest): State<Rest>, Path((model, version)): Path<(String, String)>) -> Answer {
+    config_of(&rest, &model, &version)
+}
+
+fn tally(t: Tally) -> Value {
+    json!({ "count": t.count, "ns": t.ns })
+}
+
+fn statistics_of(rest: &Rest, projects: &[Arc<Project>], version: &str) -> Response {
+    let stats: Vec<Value> = super::statistics(&rest.metrics, projects, version)
+        .into_iter()
+        .map(|(name, version, s)| {
+            json!({
+                "name": name, "version": version,
+                "last_inference": s.last_inference_unix_ms,
+                "inference_count": s.inference_count, "execution_count": s.execution_count,
+                "inference_stats": {
+                    "success": tally(s.success), "fail": tally(s.fail), "queue": tally(s.queue),
+                    "compute_input": tally(s.compute_input), "compute_infer": tally(s.compute_infer),
+                    "compute_output": tally(s.compute_output),
+                },
+                "batch_stats": [],
+            })
+        })
+        .collect();
+    Json(json!({ "model_stats": stats })).into_response()
+}
+
+async fn all_statistics(State(rest): State<Rest>) -> Response {
+    statistics_of(&rest, &rest.infer.projects(), "")
+}
+
+async fn statistics(State(rest): State<Rest>, Path(model): Path<String>) -> Answer {
+    let project = project(&rest, &model, "")?;
+    Ok(statistics_of(&rest, &[project], ""))
+}
+
+async fn statistics_at(State(rest): State<Rest>, Path((model, version)): Path<(String, String)>) -> Answer {
+    let project = project(&rest, &model, &version)?;
+    Ok(statistics_of(&rest, &[project], &version))
+}
+
+async fn repository_index(State(rest): State<Rest>) -> Json<Value> {
+    let models: Vec<Value> = rest
+        .infer
+        .projects()
+        .iter()
+        .map(|p| json!({ "name": p.spec.id, "version": super::protocol_version(&p.active_version), "state": "READY" }))
+        .collect();
+    Json(Value::Array(models))
+}
+
+#[derive(Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Vec<OutputJson>,
+}
+
+#[derive(Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+async fn infer(State(rest): State<Rest>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
+    Ok(infer_request(&rest, &model, "", &headers, &body).await?)
+}
+
+async fn infer_at(
+    State(rest): State<Rest>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    Ok(infer_request(&rest, &model, &version, &headers, &body).await?)
+}
+
+async fn infer_request(
+    rest: &Rest,
+    model: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Status> {
+    let (json_part, mut binary) = split_body(headers, body)?;
+    let request: InferRequest = serde_json::from_slice(json_part)
+        .map_err(|e| Status::invalid_argument(format!("request body: not an inference request: {e}")))?;
+    let params: Vec<(&str, Param)> =
+        request.parameters.iter().map(|(n, v)| Ok((n.as_str(), param(n, v)?))).collect::<Result<_, Status>>()?;
+    let params = super::predict_params(params.iter().map(|(n, p)| (*n, p)))?;
+    let outputs = super::requested_outputs(request.outputs.iter().map(|o| o.name.as_str()))?;
+    let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let binary_outputs: Vec<&str> = outputs
+        .iter()
+        .copied()
+        .filter(|name| {
+            let asked = request.outputs.iter().find(|o| o.name == *name);
+            asked.and_then(|o| o.parameters.get("binary_data")).and_then(Value::as_bool).unwrap_or(all_binary)
+        })
+        .collect();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        inputs.push(decode_input(input, &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "request body: {} bytes after the inputs' binary data",
+            binary.len()
+        )));
+    }
+    let (project, tensors) = super::infer(&rest.infer, model, version, inputs, params, &outputs).await?;
+    Ok(encode_response(&project, request.id, tensors, &binary_outputs))
+}
+
+/// The JSON part and the binary part of a body (see the module docs).
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), Status> {
+    let Some(length) = headers.get(HEADER_LENGTH) else { return Ok((body, &[])) };
+    let length: usize = length
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Status::invalid_argument("Inference-Header-Content-Length: not a byte count"))?;
+    if length > body.len() {
+        return Err(Status::invalid_argument(format!(
+            "Inference-Header-Content-Length: {length} bytes of JSON, the body has {}",
+            body.len()
+        )));
+    }
+    Ok(body.split_at(length))
+}
+
+fn param(name: &str, value: &Value) -> Result<Param, Status> {
+    Ok(match value {
+        Value::Bool(b) => Param::Bool(*b),
+        Value::String(s) => Param::String(s.clone()),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Param::Int(i),
+            (_, Some(u), _) => Param::Uint(u),
+            (_, _, Some(f)) => Param::Double(f),
+            _ => return Err(Status::invalid_argument(format!("parameters.{name}: not a number"))),
+        },
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "parameters.{}: a bool, number or string is required",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+    })
+}
+
+fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<InputTensor, Status> {
+    let field = format!("inputs[{}]", input.name.chars().take(64).collect::<String>());
+    let data = match input.parameters.get("binary_data_size") {
+        Some(size) => {
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| Status::invalid_argument(format!("{field}.parameters.binary_data_size: not a size")))?;
+            if size > binary.len() {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: binary_data_size {size} but {} binary bytes remain",
+                    binary.len()
+                )));
+            }
+            let (mine, rest) = binary.split_at(size);
+            *binary = rest;
+            TensorData::from_raw(&field, &input.datatype, mine)?
+        }
+        None => json_data(&field, &input.datatype, input.data)?,
+    };
+    Ok(InputTensor { name: input.name, shape: input.shape, data })
+}
+
+/// Values of `data`, flat or nested row-major arrays: numbers for FP32, strings (their UTF-8
+/// bytes) for BYTES.
+fn json_data(field: &str, datatype: &str, data: Option<Value>) -> Result<TensorData, Status> {
+    let mut flat = Vec::new();
+    flatten(
+        data.ok_or_else(|| Status::invalid_argument(format!("{field}: no data and no binary_data_size")))?,
+        &mut flat,
+    );
+    match datatype {
+        "FP32" => flat
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_f64()
+                    .map(|v| v as f32)
+                    .ok_or_else(|| Status::invalid_argument(format!("{field}: element {i} is not a number")))
+            })
+            .collect::<Result<_, _>>()
+            .map(TensorData::Fp32),
+        "BYTES" => flat
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.into_bytes()),
+                _ => Err(Status::invalid_argument(format!("{field}: element {i} is not a string"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(TensorData::Bytes),
+        other => Err(super::unsupported_datatype(field, other)),
+    }
+}
+
+fn flatten(value: Value, into: &mut Vec<Value>) {
+    match value {
+        Value::Array(items) => items.into_iter().for_each(|item| flatten(item, into)),
+        other => into.push(other),
+    }
+}
+
+fn encode_response(project: &Project, id: Option<String>, tensors: Vec<OutputTensor>, binary: &[&str]) -> Response {
+    let mut raw = Vec::new();
+    let outputs: Vec<Value> = tensors
+        .into_iter()
+        .map(|t| {
+            let mut output = json!({ "name": t.name, "datatype": t.data.datatype(), "shape": t.shape });
+            if binary.contains(&t.name) {
+                let bytes = t.data.to_raw();
+                output["parameters"] = json!({ "binary_data_size": bytes.len() });
+                raw.extend_from_slice(&bytes);
+            } else {
+                output["data"] = match t.data {
+                    TensorData::Fp32(values) => json!(values),
+                    TensorData::Bytes(values) => {
+                        json!(values.iter().map(|v| String::from_utf8_lossy(v)).collect::<Vec<_>>())
+                    }
+                };
+            }
+            output
+        })
+        .collect();
+    let version = super::protocol_version(&project.active_version);
+    let mut body = json!({ "model_name": project.spec.id, "model_version": version, "outputs": outputs });
+    if let Some(id) = id {
+        body["id"] = json!(id);
+    }
+    let json_bytes = serde_json::to_vec(&body).unwrap_or_default();
+    if raw.is_empty() {
+        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json_bytes).into_response();
+    }
+    let length = HeaderValue::from(json_bytes.len());
+    let mut all = json_bytes;
+    all.extend_from_slice(&raw);
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (header::HeaderName::from_static(HEADER_LENGTH), length),
+        ],
+        all,
+    )
+        .into_response()
+}
