@@ -18,11 +18,13 @@ export LIBTORCH_USE_PYTORCH := 1
 run: bootstrap release
 	scripts/run.sh
 
-## test: bootstrap, then format check, clippy, unit and cross-process tests, the end-to-end test
-## with a real Label Studio, and the reduced active-learning experiment
+## test: bootstrap, then format check, clippy, unit and cross-process tests (tritonclient and
+## perf_analyzer included), the end-to-end test with a real Label Studio, and the reduced
+## active-learning experiment
 test: bootstrap
 	scripts/bootstrap.sh scripts/requirements-experiments.txt
 	scripts/bootstrap-label-studio.sh
+	scripts/bootstrap-triton.sh
 	cargo fmt --all --check
 	cargo build --workspace
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
