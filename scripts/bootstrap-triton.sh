@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the virtual environment `.venv-triton` with Triton Inference Server's Python client
-# (scripts/requirements-triton.txt) and NVIDIA's perf_analyzer, for benchmarking ALPS against Triton:
+# (scripts/requirements-triton.txt) and NVIDIA's perf_analyzer: the standard clients of the Open
+# Inference Protocol that `make test` and `make bench` drive ALPS with:
 #
 #   scripts/bootstrap-triton.sh
 #   .venv-triton/bin/python -c 'import tritonclient.grpc, tritonclient.http'

@@ -519,6 +519,22 @@ fn without_tokens_the_server_refuses_a_non_loopback_address_unless_told() {
     assert!(!status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--auth-tokens-file") && stderr.contains("--insecure-no-auth"), "{stderr}");
+    // The REST port of the Open Inference Protocol follows the same rule.
+    let (status, stderr) = run_to_exit(
+        "alps-server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data,
+        ],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("--http-listen is not a loopback address"), "{stderr}");
 
     let plugins = path_str(dirs.plugins.path());
     let args = [
@@ -572,6 +588,29 @@ async fn tls_with_tokens_serves_verified_clients_and_rotates_its_certificate() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_port_serves_https_with_the_same_certificate_and_tokens() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue("server");
+    let dirs = ServerDirs::new();
+    let (file, [predict, _, _]) = tokens(dirs.data.path());
+    let args = ["--auth-tokens-file", path_str(&file), "--tls-cert", path_str(&cert), "--tls-key", path_str(&key)];
+    let (mut process, _grpc) = start_server(&dirs, &args);
+    let port = process.listening_addr("http").rsplit(':').next().unwrap().to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let ready = https.get(format!("{base}/v2/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(https.get(format!("{base}/v2")).send().await.unwrap().status(), 401);
+    assert_eq!(https.get(format!("{base}/v2")).bearer_auth(&predict).send().await.unwrap().status(), 200);
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(reqwest::get(format!("http://127.0.0.1:{port}/v2/health/ready")).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
