@@ -14,8 +14,10 @@ export LIBTORCH_USE_PYTORCH := 1
 
 .PHONY: run test bench fuzz bootstrap build release lint fmt
 
-## run: bootstrap, build release binaries, start alps-server + alps-label-studio (Ctrl-C stops both)
+## run: bootstrap, build release binaries, install the Python client (alps-client) into .venv,
+## start alps-server + alps-label-studio (Ctrl-C stops both)
 run: bootstrap release
+	scripts/install-client.sh
 	scripts/run.sh
 
 ## test: bootstrap, then format check, clippy, unit and cross-process tests (tritonclient and
@@ -25,6 +27,7 @@ test: bootstrap
 	scripts/bootstrap.sh scripts/requirements-experiments.txt
 	scripts/bootstrap-label-studio.sh
 	scripts/bootstrap-triton.sh
+	scripts/install-client.sh
 	cargo fmt --all --check
 	cargo build --workspace
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -40,8 +43,11 @@ bench:
 	cargo bench -p alps-heuristics-builtin --bench heuristics_vs_baal
 	cargo bench -p alps-core --bench mc_dropout
 	cargo bench -p alps-system-tests --bench serving
+	scripts/bootstrap-triton.sh
+	cargo bench -p alps-system-tests --bench open_inference
 	cargo bench -p alps-system-tests --bench retrain
 	scripts/bootstrap.sh scripts/requirements-experiments.txt
+	scripts/install-client.sh
 	scripts/bootstrap-label-studio.sh
 	$(VENV)/bin/python tests/benches/label_studio_pool.py --tasks 10000
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from experiments.protos import pb
+from alps_client import Client, pb
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_FILE = "libalps_heuristics_builtin.so"
@@ -156,22 +156,6 @@ def _retry(call, *args, **kwargs):
     raise AssertionError("unreachable")
 
 
-def _channel(address: str, options: list, tls_ca: Path | None, token: str | None) -> grpc.Channel:
-    """Plaintext, TLS, or either with a bearer token. gRPC only sends call credentials over a
-    secure channel; on plaintext loopback ``local_channel_credentials`` counts as one."""
-    if tls_ca is None and token is None:
-        return grpc.insecure_channel(address, options=options)
-    if tls_ca is not None:
-        channel_credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-    else:
-        channel_credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-    if token is not None:
-        channel_credentials = grpc.composite_channel_credentials(
-            channel_credentials, grpc.access_token_call_credentials(token)
-        )
-    return grpc.secure_channel(address, channel_credentials, options=options)
-
-
 class AlpsClient:
     """The RPCs of one experiment run against one server (thread-safe: runs share one client)."""
 
@@ -184,17 +168,16 @@ class AlpsClient:
         # with INTERNAL "blob store ...: No such file or directory", because both write the
         # same temporary file name. Uploads are therefore serialised across threads.
         self._upload_lock = threading.Lock()
-        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        self.channel = _channel(address, options, tls_ca, token)
-        self.projects = pb.projects_pb2_grpc.ProjectServiceStub(self.channel)
-        self.examples = pb.examples_pb2_grpc.ExampleServiceStub(self.channel)
-        self.training = pb.training_pb2_grpc.TrainingServiceStub(self.channel)
-        self.versions = pb.models_pb2_grpc.ModelVersionServiceStub(self.channel)
-        self.inference = pb.inference_pb2_grpc.InferenceServiceStub(self.channel)
-        self.heuristics = pb.heuristics_pb2_grpc.HeuristicServiceStub(self.channel)
+        self._client = Client(address, tls_ca=tls_ca, token=token)
+        self.projects = self._client.projects
+        self.examples = self._client.examples
+        self.training = self._client.training
+        self.versions = self._client.versions
+        self.inference = self._client.inference
+        self.heuristics = self._client.heuristics
 
     def close(self) -> None:
-        self.channel.close()
+        self._client.close()
 
     def heuristic_names(self) -> set[str]:
         response = self.heuristics.ListHeuristics(pb.heuristics_pb2.ListHeuristicsRequest())

@@ -36,7 +36,7 @@ import requests
 
 from experiments.client import AlpsClient, TrainingSettings
 from experiments.data import CLASSES, IMAGE_SIDE, Digits
-from experiments.protos import pb
+from alps_client import pb
 from experiments.strategies import Acquisition
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ bin="$root/target/release"
 export ALPS_LISTEN="${ALPS_LISTEN:-127.0.0.1:50051}"
 export ALPS_DATA_DIR="${ALPS_DATA_DIR:-$root/data}"
 export ALPS_METRICS_LISTEN="${ALPS_METRICS_LISTEN:-127.0.0.1:9464}"
+export ALPS_HTTP_LISTEN="${ALPS_HTTP_LISTEN:-127.0.0.1:8000}"
 export ALPS_LS_LISTEN="${ALPS_LS_LISTEN:-127.0.0.1:9090}"
 export ALPS_CORE_URL="${ALPS_CORE_URL:-http://$ALPS_LISTEN}"
 
@@ -27,7 +28,9 @@ pids+=($!)
 pids+=($!)
 
 cat <<INFO
-run: alps-server        gRPC    $ALPS_LISTEN   (metrics http://$ALPS_METRICS_LISTEN/metrics, data $ALPS_DATA_DIR)
+run: alps-server        gRPC    $ALPS_LISTEN   (alps.v1 and the Open Inference Protocol; data $ALPS_DATA_DIR)
+run: alps-server        HTTP    http://$ALPS_HTTP_LISTEN/v2   (Open Inference Protocol REST; metrics http://$ALPS_METRICS_LISTEN/metrics)
+run: Python client      .venv/bin/alps-client --help   (or: from alps_client import Client)
 run: alps-label-studio  HTTP    http://$ALPS_LS_LISTEN   (connect it in Label Studio: Settings > Model)
 run: Ctrl-C stops both.
 INFO

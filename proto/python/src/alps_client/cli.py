@@ -1,0 +1,81 @@
+"""``alps-client``: the common workflows from a shell (see ``alps-client --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+
+from alps_client.client import ARCHITECTURES, Client, TrainingFailed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alps-client", description="Talk to an alps-server over gRPC (alps.v1).")
+    parser.add_argument("--address", default="127.0.0.1:50051", help="gRPC address host:port (default %(default)s)")
+    parser.add_argument("--tls-ca", help="PEM file of the CA of the server's certificate")
+    parser.add_argument("--token", help="bearer token (or ALPS_TOKEN in the environment)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create-project", help="create an image classifier project")
+    create.add_argument("project")
+    create.add_argument("--classes", required=True, help="comma-separated class names")
+    create.add_argument("--size", type=int, required=True, help="input width and height, pixels")
+    create.add_argument("--channels", type=int, default=3)
+    create.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="small_cnn")
+    create.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (vgg16, resnet18)")
+    add = commands.add_parser("add-folder", help="add FOLDER/<class>/<image> as labelled examples")
+    add.add_argument("project")
+    add.add_argument("folder")
+    train = commands.add_parser("train", help="train and watch the job with a progress bar")
+    train.add_argument("project")
+    train.add_argument("--epochs", type=int, default=0)
+    train.add_argument("--seed", type=int)
+    rank = commands.add_parser("rank-folder", help="the most informative images of FOLDER")
+    rank.add_argument("project")
+    rank.add_argument("folder")
+    rank.add_argument("--query-size", type=int, default=10)
+    rank.add_argument("--heuristic", default="", help="acquisition function, e.g. bald (default: the project's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    args = _parser().parse_args(argv)
+    token = args.token or os.environ.get("ALPS_TOKEN")
+    try:
+        with Client(args.address, tls_ca=args.tls_ca, token=token) as alps:
+            if args.command == "create-project":
+                classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+                project = alps.create_project(
+                    args.project,
+                    classes,
+                    width=args.size,
+                    height=args.size,
+                    channels=args.channels,
+                    architecture=args.architecture,
+                    pretrained=args.pretrained,
+                )
+                print(f"project {project.id}: {len(project.classes)} classes, model {project.active_model_version}")
+            elif args.command == "add-folder":
+                added = alps.add_folder(args.project, args.folder)
+                print(f"inserted {added.inserted}, updated {added.updated}, unchanged {added.unchanged}")
+            elif args.command == "train":
+                job = alps.train(args.project, epochs=args.epochs, seed=args.seed)
+                print(f"job {job.job_id}: model version {job.model_version}")
+            elif args.command == "rank-folder":
+                for path, score in alps.rank_folder(
+                    args.project, args.folder, query_size=args.query_size, heuristic=args.heuristic
+                ):
+                    print(f"{score:.6f}\t{path}")
+    except grpc.RpcError as error:
+        print(f"alps-client: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except (TrainingFailed, OSError, ValueError) as error:
+        print(f"alps-client: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

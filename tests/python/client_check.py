@@ -1,0 +1,87 @@
+"""Exercises the installed Python client (`alps-client`, proto/python) against a running
+alps-server, as a user of it would: create a project, add a folder of labelled images, train
+with the progress bar, rank a folder, predict, and the `alps-client` command line. Prints a
+JSON report for tests/python_client.rs.
+
+    .venv/bin/python tests/python/client_check.py --grpc HOST:PORT --workdir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from alps_client import Client, TrainingFailed, pb
+
+SIDE = 8
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((SIDE, SIDE), value, np.uint8), mode="L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_folders(root: Path) -> tuple[Path, Path]:
+    labelled, pool = root / "labelled", root / "pool"
+    for name, value in (("dark", 20), ("light", 230)):
+        (labelled / name).mkdir(parents=True)
+        for i in range(6):
+            (labelled / name / f"{i}.png").write_bytes(png(value + i))
+    pool.mkdir()
+    for i, value in enumerate((10, 60, 128, 200, 250)):
+        (pool / f"item{i}.png").write_bytes(png(value))
+    (pool / "notes.txt").write_text("not an image: skipped")
+    return labelled, pool
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--grpc", required=True)
+    parser.add_argument("--workdir", required=True, type=Path)
+    args = parser.parse_args()
+    labelled, pool = write_folders(args.workdir)
+    report: dict = {}
+    with Client(args.grpc) as alps:
+        project = alps.create_project("shades", ["dark", "light"], width=SIDE, height=SIDE, channels=1, architecture="mlp")
+        report["created"] = {"id": project.id, "classes": list(project.classes), "version": project.active_model_version}
+        first = alps.add_folder("shades", labelled)
+        again = alps.add_folder("shades", labelled)
+        report["added"] = [first.inserted, again.inserted, again.unchanged]
+        progress = io.StringIO()
+        with contextlib.redirect_stderr(progress):
+            job = alps.train("shades", epochs=60, learning_rate=0.05, seed=3)
+        report["trained"] = {"version": job.model_version, "percent": job.percent, "bar": "100%" in progress.getvalue()}
+        ranked = alps.rank_folder("shades", pool, query_size=3, heuristic="bald", seed=5)
+        report["ranked"] = [[path.name, score] for path, score in ranked]
+        response = alps.predict("shades", [png(15), png(240)], seed=1)
+        report["predicted"] = [r.prediction.class_name for r in response.results]
+        try:
+            alps.create_project("../x", ["a", "b"], width=SIDE, height=SIDE)
+        except grpc.RpcError as error:
+            report["bad_id"] = error.code().name
+        try:
+            alps.add_folder("shades", pool)
+        except ValueError as error:
+            report["flat_folder"] = str(error)
+        report["pb"] = pb.projects_pb2.Project(id="x").id
+        report["training_failed_is_exported"] = issubclass(TrainingFailed, RuntimeError)
+    cli = [sys.executable, "-m", "alps_client.cli", "--address", args.grpc]
+    ranked = subprocess.run([*cli, "rank-folder", "shades", str(pool), "--query-size", "2"], capture_output=True, text=True)
+    report["cli_rank"] = {"code": ranked.returncode, "lines": ranked.stdout.strip().splitlines()}
+    missing = subprocess.run([*cli, "train", "no-such-project"], capture_output=True, text=True)
+    report["cli_missing"] = {"code": missing.returncode, "stderr": missing.stderr.strip()}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+//! The Python client package (`proto/python`, installed into `.venv` by
+//! `scripts/install-client.sh`) against a real server: the workflows of its wrapper and its
+//! command line, checked from the JSON report of tests/python/client_check.py.
+
+use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, path_str, start_server, venv_python};
+use serde_json::{Value, json};
+
+#[test]
+fn the_python_client_creates_adds_trains_ranks_and_predicts() {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (_server, grpc) = start_server(&dirs, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let report = venv_python(&["tests/python/client_check.py", "--grpc", &grpc, "--workdir", path_str(work.path())]);
+    let report: Value = serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {report}"));
+    assert_eq!(report["created"], json!({ "id": "shades", "classes": ["dark", "light"], "version": "untrained" }));
+    assert_eq!(report["added"], json!([12, 0, 12]), "a folder added twice is stored once");
+    assert_eq!(report["trained"], json!({ "version": "v1", "percent": 100.0, "bar": true }));
+    let ranked = report["ranked"].as_array().unwrap();
+    assert_eq!(ranked.len(), 3);
+    let scores: Vec<f64> = ranked.iter().map(|r| r[1].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "most informative first: {scores:?}");
+    assert!(ranked.iter().all(|r| r[0].as_str().unwrap().starts_with("item")), "{ranked:?}");
+    assert_eq!(report["predicted"], json!(["dark", "light"]));
+    assert_eq!(report["bad_id"], "INVALID_ARGUMENT");
+    assert!(report["flat_folder"].as_str().unwrap().contains("<class name>"), "{}", report["flat_folder"]);
+    assert_eq!((report["pb"].as_str(), report["training_failed_is_exported"].as_bool()), (Some("x"), Some(true)));
+    assert_eq!(report["cli_rank"]["code"], 0);
+    assert_eq!(report["cli_rank"]["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(report["cli_missing"]["code"], 1);
+    assert!(report["cli_missing"]["stderr"].as_str().unwrap().contains("NOT_FOUND"), "{}", report["cli_missing"]);
+}
