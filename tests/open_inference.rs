@@ -673,6 +673,11 @@ async fn perf_analyzer_measures_a_project_over_grpc_and_http() {
                 "count_windows",
                 "--measurement-request-count",
                 "40",
+                // The test checks that perf_analyzer works with ALPS, not how fast: any three
+                // windows count as stable (it exits non-zero on unstable ones, which a busy
+                // machine would otherwise cause).
+                "--stability-percentage",
+                "999",
                 "--input-data",
                 alps_system_tests::path_str(data.path()),
             ],
@@ -681,4 +686,25 @@ async fn perf_analyzer_measures_a_project_over_grpc_and_http() {
         assert!(report.contains("Successful request count"), "{protocol}:\n{report}");
         assert!(report.contains("Concurrency: 2, throughput:"), "{protocol}:\n{report}");
     }
+}
+
+#[tokio::test]
+async fn a_version_trained_for_other_classes_is_refused_not_served() {
+    let (server, _) = server(&[]).await;
+    let project = Project {
+        id: "p".into(),
+        classes: vec!["low".into(), "middle".into(), "high".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    let mut projects = ProjectServiceClient::new(server.channel.clone());
+    projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    let status = server.oip().model_infer(fp32_request("p", "2", true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("other classes"), "{}", status.message());
+    // The project itself serves its new (untrained) model, as version 0.
+    let response = server.oip().model_infer(fp32_request("p", "", true)).await.unwrap().into_inner();
+    assert_eq!(response.model_version, "0");
+    assert_eq!(output(&response, "probabilities").0, [3, 3]);
 }

@@ -41,6 +41,14 @@ pub enum InferError {
         /// The version asked for.
         version: String,
     },
+    /// The version was trained for other classes than the project has now (FAILED_PRECONDITION).
+    #[error("model version {version:?} of project {project:?} was trained for other classes than the project has now")]
+    StaleVersion {
+        /// Project id.
+        project: String,
+        /// The version asked for.
+        version: String,
+    },
     /// The version list could not be read (INTERNAL).
     #[error(transparent)]
     Versions(#[from] TrainingError),
@@ -136,15 +144,20 @@ impl Infer {
     /// version.
     ///
     /// # Errors
-    /// As [`Infer::project`]; [`InferError::UnknownVersion`] for a version the project lacks.
+    /// As [`Infer::project`]; [`InferError::UnknownVersion`] for a version the project lacks,
+    /// [`InferError::StaleVersion`] for one trained on other classes.
     pub fn project_at(&self, field: &str, id: &str, version: &str) -> Result<Arc<Project>, InferError> {
         let project = self.project(field, id)?;
         if version.is_empty() || version == project.active_version {
             return Ok(project);
         }
         ids::other("version", version)?;
-        if !self.versions(&project)?.iter().any(|v| v == version) {
+        let manifest = self.trainer.versions(id)?.into_iter().find(|m| m.version == version);
+        let Some(manifest) = manifest else {
             return Err(InferError::UnknownVersion { project: id.to_owned(), version: version.to_owned() });
+        };
+        if manifest.classes != project.spec.classes {
+            return Err(InferError::StaleVersion { project: id.to_owned(), version: version.to_owned() });
         }
         let mut at_version = Project::clone(&project);
         at_version.active_version = version.to_owned();

@@ -158,10 +158,20 @@ fn perf_analyzer_point(grpc: &str, concurrency: usize, requests: usize, data: &P
     let output = std::process::Command::new(perf_analyzer())
         .args(["-m", "cnn", "-u", grpc, "-i", "grpc", "--concurrency-range", &concurrency.to_string()])
         .args(["--measurement-mode", "count_windows", "--measurement-request-count", &requests.to_string()])
+        // A shared 2-core machine rarely gives 3 windows within perf_analyzer's default 10 %:
+        // accept 50 % and up to 20 windows, else it exits non-zero without a figure (the
+        // rounds' median absorbs the wider spread).
+        .args(["--stability-percentage", "50", "--max-trials", "20"])
         .args(["--input-data", path_str(data), "-f", path_str(csv.path())])
         .output()
         .unwrap();
-    assert!(output.status.success(), "perf_analyzer failed:\n{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success(),
+        "perf_analyzer failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = std::fs::read_to_string(csv.path()).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();

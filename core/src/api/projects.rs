@@ -14,8 +14,8 @@ use crate::{
     ids,
     models::{ModelError, files::ModelFileError, pretrained::PretrainedError},
     projects::{
-        Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
-        Preprocessing, PretrainedWeights, Project, ProjectError, ProjectSpec, ProjectUpdate,
+        Architecture, DEFAULT_HEAD_DROPOUT, HeuristicChoice, ModelSpec, Preprocessing, PretrainedWeights, Project,
+        ProjectError, ProjectSpec, ProjectUpdate,
     },
 };
 
@@ -142,36 +142,19 @@ fn non_empty(path: String) -> Option<std::path::PathBuf> {
     (!path.is_empty()).then(|| path.into())
 }
 
-/// Requested preprocessing with defaults for unset fields: the architecture's input size and
-/// channels; the pretrained weights' mean and std (for 3 channels), else mean 0 and std 1.
-fn preprocessing(
-    p: pb::Preprocessing,
-    architecture: Architecture,
-    weights: Option<PretrainedWeights>,
-) -> Preprocessing {
-    let (default_channels, default_height, default_width) = architecture.default_input();
-    let channels = if p.channels == 0 { default_channels } else { p.channels };
-    let (default_mean, default_std) = match weights.map(PretrainedWeights::normalisation) {
-        Some((mean, std)) if channels == 3 => (mean.to_vec(), std.to_vec()),
-        _ => (vec![0.0; channels as usize], vec![1.0; channels as usize]),
-    };
-    Preprocessing {
-        width: if p.width == 0 { default_width } else { p.width },
-        height: if p.height == 0 { default_height } else { p.height },
-        channels,
-        mean: if p.mean.is_empty() { default_mean } else { p.mean },
-        std: if p.std.is_empty() { default_std } else { p.std },
-    }
+fn requested_preprocessing(p: pb::Preprocessing) -> Preprocessing {
+    Preprocessing { width: p.width, height: p.height, channels: p.channels, mean: p.mean, std: p.std }
 }
 
-/// The domain spec of a requested project, with defaults for unset fields.
+/// The domain spec of a requested project; the domain fills what it left unset
+/// ([`Preprocessing::with_defaults`], [`ProjectSpec::with_defaults`]).
 fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
     let model = project.model.ok_or_else(|| Status::invalid_argument("project.model is required"))?;
     let architecture = architecture(model.architecture)?;
     let weights = pretrained(model.pretrained)?;
-    let preprocessing = preprocessing(project.preprocessing.unwrap_or_default(), architecture, weights);
+    let requested = requested_preprocessing(project.preprocessing.unwrap_or_default());
     let heuristic = project.default_heuristic.unwrap_or_default();
-    Ok(ProjectSpec {
+    let spec = ProjectSpec {
         id: project.id,
         display_name: project.display_name,
         classes: project.classes,
@@ -182,13 +165,11 @@ fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
             head_dropout: model.head_dropout.unwrap_or(DEFAULT_HEAD_DROPOUT),
             pretrained: weights,
         },
-        preprocessing,
-        mc_iterations: if project.mc_iterations == 0 { DEFAULT_MC_ITERATIONS } else { project.mc_iterations },
-        default_heuristic: HeuristicChoice {
-            name: if heuristic.name.is_empty() { DEFAULT_HEURISTIC.to_owned() } else { heuristic.name },
-            version: heuristic.version,
-        },
-    })
+        preprocessing: Preprocessing::with_defaults(requested, architecture, weights),
+        mc_iterations: project.mc_iterations,
+        default_heuristic: HeuristicChoice { name: heuristic.name, version: heuristic.version },
+    };
+    Ok(spec.with_defaults())
 }
 
 /// The API view of a stored project.
@@ -287,7 +268,9 @@ impl ProjectService for ProjectApi {
         let preprocessing = match request.preprocessing {
             Some(requested) => {
                 let mut spec = super::project(&self.state, &request.project_id)?.spec.clone();
-                spec.preprocessing = preprocessing(requested, spec.model.architecture, spec.model.pretrained);
+                let requested = requested_preprocessing(requested);
+                spec.preprocessing =
+                    Preprocessing::with_defaults(requested, spec.model.architecture, spec.model.pretrained);
                 spec.validate()
                     .map_err(|error| Status::invalid_argument(error.to_string().replacen("project.", "", 1)))?;
                 self.check_model(&spec).await?;

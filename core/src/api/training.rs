@@ -16,7 +16,7 @@ use super::{AppState, blocking};
 use crate::ids;
 use crate::training::{
     TrainingError,
-    record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, TrainingParams},
+    record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, RequestedParams, TrainingParams},
 };
 
 /// Serves training jobs and model versions.
@@ -40,19 +40,18 @@ fn training_status(error: TrainingError) -> Status {
     }
 }
 
-/// Effective settings from the request, with defaults for unset fields.
+/// The request's settings, decoded; [`TrainingParams::resolve`] checks them and fills defaults.
 fn params(requested: Option<pb::TrainingParameters>) -> Result<TrainingParams, Status> {
     let requested = requested.unwrap_or_default();
-    let mode = match pb::TrainingMode::try_from(requested.mode) {
-        Ok(pb::TrainingMode::Full) => Mode::Full,
-        Ok(pb::TrainingMode::HeadOnly | pb::TrainingMode::Unspecified) => Mode::HeadOnly,
+    let full = match pb::TrainingMode::try_from(requested.mode) {
+        Ok(mode) => mode == pb::TrainingMode::Full,
         Err(_) => return Err(Status::invalid_argument(format!("parameters.mode: unknown value {}", requested.mode))),
     };
-    let mut params = TrainingParams::defaults(mode, requested.seed.unwrap_or_else(|| fastrand::u64(..)));
-    params.optimizer = match pb::Optimizer::try_from(requested.optimizer) {
-        Ok(pb::Optimizer::Adam | pb::Optimizer::Unspecified) => Optimizer::Adam,
-        Ok(pb::Optimizer::Adamw) => Optimizer::AdamW,
-        Ok(pb::Optimizer::Sgd) => Optimizer::Sgd,
+    let optimizer = match pb::Optimizer::try_from(requested.optimizer) {
+        Ok(pb::Optimizer::Unspecified) => None,
+        Ok(pb::Optimizer::Adam) => Some(Optimizer::Adam),
+        Ok(pb::Optimizer::Adamw) => Some(Optimizer::AdamW),
+        Ok(pb::Optimizer::Sgd) => Some(Optimizer::Sgd),
         Err(_) => {
             return Err(Status::invalid_argument(format!(
                 "parameters.optimizer: unknown value {}",
@@ -60,35 +59,18 @@ fn params(requested: Option<pb::TrainingParameters>) -> Result<TrainingParams, S
             )));
         }
     };
-    if requested.learning_rate != 0.0 {
-        if !(requested.learning_rate.is_finite() && requested.learning_rate > 0.0) {
-            return Err(Status::invalid_argument("parameters.learning_rate: must be positive"));
-        }
-        params.learning_rate = f64::from(requested.learning_rate);
-    }
-    if requested.epochs != 0 {
-        if requested.epochs > 10_000 {
-            return Err(Status::invalid_argument("parameters.epochs: at most 10000"));
-        }
-        params.epochs = requested.epochs;
-    }
-    if requested.batch_size != 0 {
-        params.batch_size = requested.batch_size;
-    }
-    if let Some(decay) = requested.weight_decay {
-        if !(decay.is_finite() && decay >= 0.0) {
-            return Err(Status::invalid_argument("parameters.weight_decay: must be >= 0"));
-        }
-        params.weight_decay = f64::from(decay);
-    }
-    if let Some(fraction) = requested.validation_fraction {
-        if !(0.0..=0.5).contains(&fraction) {
-            return Err(Status::invalid_argument("parameters.validation_fraction: must be in [0, 0.5]"));
-        }
-        params.validation_fraction = f64::from(fraction);
-    }
-    params.class_weighting = requested.class_weighting;
-    Ok(params)
+    TrainingParams::resolve(RequestedParams {
+        full,
+        optimizer,
+        learning_rate: requested.learning_rate,
+        epochs: requested.epochs,
+        batch_size: requested.batch_size,
+        weight_decay: requested.weight_decay,
+        class_weighting: requested.class_weighting,
+        validation_fraction: requested.validation_fraction,
+        seed: requested.seed,
+    })
+    .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
 fn proto_params(params: &TrainingParams) -> pb::TrainingParameters {

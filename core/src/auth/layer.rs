@@ -68,7 +68,7 @@ impl<S> Auth<S> {
 }
 
 /// The token of an `authorization: Bearer <token>` header (scheme case-insensitive, RFC 6750).
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())

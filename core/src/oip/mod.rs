@@ -336,12 +336,10 @@ fn samples(project: &Project, input: InputTensor) -> Result<Vec<SampleInput>, St
     let Some((&n, per_sample)) = input.shape.split_first() else {
         return Err(invalid(format!("{field}: shape is empty; the first dimension is the batch")));
     };
-    let n = usize::try_from(n).map_err(|_| invalid(format!("{field}: negative batch size {n}")))?;
-    let per_sample_len: i64 = per_sample.iter().product();
-    if per_sample.iter().any(|&d| d < 0) {
+    if input.shape.iter().any(|&d| d < 0) {
         return Err(invalid(format!("{field}: negative dimension in shape {:?}", input.shape)));
     }
-    let expected = n.checked_mul(usize::try_from(per_sample_len).unwrap_or(usize::MAX));
+    let n = usize::try_from(n).map_err(|_| invalid(format!("{field}: batch size {n} is too large")))?;
     match (input.name.as_str(), input.data) {
         (IMAGE_INPUT, TensorData::Bytes(images)) => {
             if !(per_sample.is_empty() || per_sample == [1]) {
@@ -360,9 +358,10 @@ fn samples(project: &Project, input: InputTensor) -> Result<Vec<SampleInput>, St
                     input.shape, project.spec.id, chw[0], chw[1], chw[2]
                 )));
             }
-            check_count(&field, values.len(), expected.unwrap_or(usize::MAX))?;
-            let shape: Vec<u64> = per_sample.iter().map(|&d| d as u64).collect();
+            // The per-sample shape is the project's (small), so only the batch can overflow.
             let size = flat as usize;
+            check_count(&field, values.len(), n.saturating_mul(size))?;
+            let shape: Vec<u64> = per_sample.iter().map(|&d| d as u64).collect();
             Ok(values
                 .chunks_exact(size.max(1))
                 .map(|v| SampleInput::Tensor { shape: shape.clone(), values: v.to_vec() })

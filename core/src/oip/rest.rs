@@ -27,7 +27,7 @@ use tonic::{Code, Status};
 use super::{InputTensor, OutputTensor, Param, TensorData, TensorSpec};
 use crate::{
     api::AppState,
-    auth::{Role, tokens::Tokens},
+    auth::{layer::bearer, tokens::Tokens},
     infer::Infer,
     metrics::{Metrics, Tally},
     projects::Project,
@@ -128,25 +128,16 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Bearer-token check with role `predict`, as for gRPC.
+/// Bearer-token check, as for gRPC: every role includes `predict`, which is all the protocol
+/// needs, so any known token passes.
 async fn authorize(State(tokens): State<Option<Arc<Tokens>>>, mut request: Request, next: Next) -> Response {
     if let Some(tokens) = tokens {
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
+        let Some(token) = bearer(request.headers()) else {
             return error(&Status::unauthenticated("missing bearer token: send `Authorization: Bearer <token>`"));
         };
         let Some(caller) = tokens.authenticate(token) else {
             return error(&Status::unauthenticated("unknown or revoked token"));
         };
-        if caller.role < Role::Predict {
-            return error(&Status::permission_denied("needs role predict"));
-        }
         request.extensions_mut().insert(caller);
     }
     next.run(request).await

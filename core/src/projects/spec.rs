@@ -149,7 +149,40 @@ pub fn check_mc_iterations(field: &'static str, k: u32) -> Result<(), SpecError>
     }
 }
 
+impl Preprocessing {
+    /// `requested` with defaults where it left a field unset (0 or empty): the architecture's
+    /// input size and channels; the pretrained weights' mean and std for 3 channels, else mean
+    /// 0 and std 1 per channel.
+    pub fn with_defaults(requested: Self, architecture: Architecture, weights: Option<PretrainedWeights>) -> Self {
+        let (default_channels, default_height, default_width) = architecture.default_input();
+        let channels = if requested.channels == 0 { default_channels } else { requested.channels };
+        let (default_mean, default_std) = match weights.map(PretrainedWeights::normalisation) {
+            Some((mean, std)) if channels == 3 => (mean.to_vec(), std.to_vec()),
+            _ => (vec![0.0; channels as usize], vec![1.0; channels as usize]),
+        };
+        Self {
+            width: if requested.width == 0 { default_width } else { requested.width },
+            height: if requested.height == 0 { default_height } else { requested.height },
+            channels,
+            mean: if requested.mean.is_empty() { default_mean } else { requested.mean },
+            std: if requested.std.is_empty() { default_std } else { requested.std },
+        }
+    }
+}
+
 impl ProjectSpec {
+    /// Fills what a request left unset: MC iterations 0 become [`DEFAULT_MC_ITERATIONS`], an
+    /// empty default heuristic [`DEFAULT_HEURISTIC`] (newest version).
+    pub fn with_defaults(mut self) -> Self {
+        if self.mc_iterations == 0 {
+            self.mc_iterations = DEFAULT_MC_ITERATIONS;
+        }
+        if self.default_heuristic.name.is_empty() {
+            self.default_heuristic.name = DEFAULT_HEURISTIC.to_owned();
+        }
+        self
+    }
+
     /// Whether `other` has the same classes, model and preprocessing, so that model versions
     /// trained for one can serve the other.
     pub fn same_model(&self, other: &ProjectSpec) -> bool {

@@ -48,7 +48,84 @@ pub struct TrainingParams {
     pub seed: u64,
 }
 
+/// Training settings as a client asked for them: `0`, `None` or `false` where it left a field
+/// unset (any protocol surface decodes into this, [`TrainingParams::resolve`] checks it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestedParams {
+    /// Full fine-tuning instead of head-only.
+    pub full: bool,
+    /// Optimiser; `None` = Adam.
+    pub optimizer: Option<Optimizer>,
+    /// Learning rate; 0 = the mode's default.
+    pub learning_rate: f32,
+    /// Epochs, `0..=10000`; 0 = the mode's default.
+    pub epochs: u32,
+    /// Examples per step; 0 = 32.
+    pub batch_size: u32,
+    /// L2 weight decay, `>= 0`.
+    pub weight_decay: Option<f32>,
+    /// Weight classes by inverse frequency.
+    pub class_weighting: bool,
+    /// Validation share, `[0, 0.5]`.
+    pub validation_fraction: Option<f32>,
+    /// Seed; `None` = random.
+    pub seed: Option<u64>,
+}
+
+/// A requested training setting out of range: the field (as named in `alps.v1`'s
+/// `TrainingParameters`) and the rule.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("parameters.{field}: {rule}")]
+pub struct ParamsError {
+    /// The field.
+    pub field: &'static str,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
 impl TrainingParams {
+    /// The effective settings of `requested`: its values where set, the mode's
+    /// [`defaults`](Self::defaults) elsewhere.
+    ///
+    /// # Errors
+    /// [`ParamsError`] for a non-positive or non-finite learning rate, more than 10,000 epochs,
+    /// a negative weight decay or a validation share outside `[0, 0.5]`.
+    pub fn resolve(requested: RequestedParams) -> Result<Self, ParamsError> {
+        let mode = if requested.full { Mode::Full } else { Mode::HeadOnly };
+        let mut params = Self::defaults(mode, requested.seed.unwrap_or_else(|| fastrand::u64(..)));
+        params.optimizer = requested.optimizer.unwrap_or(Optimizer::Adam);
+        let lr = requested.learning_rate;
+        if lr != 0.0 {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(ParamsError { field: "learning_rate", rule: "must be positive" });
+            }
+            params.learning_rate = f64::from(lr);
+        }
+        if requested.epochs != 0 {
+            if requested.epochs > 10_000 {
+                return Err(ParamsError { field: "epochs", rule: "at most 10000" });
+            }
+            params.epochs = requested.epochs;
+        }
+        if requested.batch_size != 0 {
+            params.batch_size = requested.batch_size;
+        }
+        if let Some(decay) = requested.weight_decay {
+            if !(decay.is_finite() && decay >= 0.0) {
+                return Err(ParamsError { field: "weight_decay", rule: "must be >= 0" });
+            }
+            params.weight_decay = f64::from(decay);
+        }
+        if let Some(fraction) = requested.validation_fraction {
+            if !(0.0..=0.5).contains(&fraction) {
+                return Err(ParamsError { field: "validation_fraction", rule: "must be in [0, 0.5]" });
+            }
+            params.validation_fraction = f64::from(fraction);
+        }
+        params.class_weighting = requested.class_weighting;
+        Ok(params)
+    }
+
     /// Defaults for `mode`: head-only trains fast on small data (Adam, lr 1e-3, 40 epochs, batch
     /// 32); full fine-tuning uses a smaller rate and fewer epochs (lr 1e-4, 5 epochs).
     pub fn defaults(mode: Mode, seed: u64) -> Self {
@@ -267,6 +344,30 @@ pub struct Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requested_settings_fill_the_mode_defaults_and_out_of_range_ones_name_their_field() {
+        let head = TrainingParams::resolve(RequestedParams { seed: Some(4), ..Default::default() }).unwrap();
+        assert_eq!(head, TrainingParams::defaults(Mode::HeadOnly, 4));
+        let full = RequestedParams {
+            full: true,
+            epochs: 3,
+            optimizer: Some(Optimizer::Sgd),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let full = TrainingParams::resolve(full).unwrap();
+        assert_eq!((full.mode, full.epochs, full.optimizer, full.learning_rate), (Mode::Full, 3, Optimizer::Sgd, 1e-4));
+        for (requested, field) in [
+            (RequestedParams { learning_rate: -1.0, ..Default::default() }, "learning_rate"),
+            (RequestedParams { learning_rate: f32::NAN, ..Default::default() }, "learning_rate"),
+            (RequestedParams { epochs: 10_001, ..Default::default() }, "epochs"),
+            (RequestedParams { weight_decay: Some(-0.1), ..Default::default() }, "weight_decay"),
+            (RequestedParams { validation_fraction: Some(0.6), ..Default::default() }, "validation_fraction"),
+        ] {
+            assert_eq!(TrainingParams::resolve(requested).unwrap_err().field, field);
+        }
+    }
 
     #[test]
     fn metrics_follow_the_confusion_matrix() {
