@@ -5,7 +5,7 @@
 #
 #   scripts/bootstrap-triton.sh
 #   .venv-triton/bin/python -c 'import tritonclient.grpc, tritonclient.http'
-#   .venv-triton/bin/perf_analyzer -m MODEL -u localhost:8001 -i grpc
+#   .venv-triton/bin/perf_analyzer -m MODEL -u 127.0.0.1:50051 -i grpc
 #
 # A venv of its own because tritonclient requires protobuf<7 and `.venv`'s grpcio-tools needs 7.
 # Python 3.11+ is required; PYTHON=/path/to/python overrides python3.
@@ -71,11 +71,17 @@ else
         echo "$me: glibc $glibc >= 2.38, pip-installing the wheel"
         "$venv/bin/python" -m pip install --disable-pip-version-check --no-deps "$tmp/$pa_wheel"
     else
-        for tool in apt-get dpkg-deb unzip; do
+        for tool in apt-get dpkg-deb; do
             command -v "$tool" >/dev/null || { echo "$me: glibc $glibc < 2.38 and $tool not found" >&2; exit 1; }
         done
         echo "$me: glibc $glibc < 2.38, fetching Debian trixie's loader and C/C++ runtime (${debs[*]})"
-        unzip -q -j "$tmp/$pa_wheel" perf_analyzer/bin/perf_analyzer -d "$venv/perf_analyzer"
+        mkdir -p "$venv/perf_analyzer"
+        "$venv/bin/python" - "$tmp/$pa_wheel" "$venv/perf_analyzer/perf_analyzer" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open("perf_analyzer/bin/perf_analyzer") as binary, open(sys.argv[2], "wb") as out:
+    shutil.copyfileobj(binary, out)
+PY
+        chmod +x "$venv/perf_analyzer/perf_analyzer"
         # Private apt: own sources, state, cache and (empty) conf dir, so no system hook runs.
         mkdir -p "$tmp/apt/lists/partial" "$tmp/apt/archives/partial" "$tmp/apt/empty" "$tmp/debs"
         echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \

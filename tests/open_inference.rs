@@ -489,6 +489,48 @@ async fn rest_mirrors_grpc_with_json_and_binary_tensors() {
     }
     let response = http.get(format!("{base}/v1/models")).send().await.unwrap();
     assert_eq!(response.status(), 404);
+
+    // Malformed binary framing: every case is a 400 with a JSON error naming the problem.
+    let header = json!({ "inputs": [{ "name": "tensor", "datatype": "FP32", "shape": [1, 1, 2, 2],
+        "parameters": { "binary_data_size": 16 } }] })
+    .to_string();
+    let framed = |length: usize, tail: usize| {
+        let mut body = header.clone().into_bytes();
+        body.extend(std::iter::repeat_n(0u8, tail));
+        (length, body)
+    };
+    for ((length, body), fragment) in [
+        (framed(header.len(), 8), "binary_data_size 16 but 8 binary bytes remain"),
+        (framed(header.len(), 20), "4 bytes after the inputs' binary data"),
+        (framed(header.len() + 100, 16), "Inference-Header-Content-Length"),
+    ] {
+        let response = http
+            .post(format!("{base}/v2/models/p/infer"))
+            .header("Inference-Header-Content-Length", length)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{fragment}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].as_str().unwrap().contains(fragment), "{fragment:?} not in {error}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_rest_body_gets_413_with_a_json_error_naming_the_flag() {
+    let (server, _) = server(&["--max-message-mib", "1"]).await;
+    let body = vec![b' '; 2 << 20];
+    let response = http_client()
+        .post(format!("http://{}/v2/models/p/infer", server.http))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("--max-message-mib"), "{error}");
 }
 
 #[tokio::test]
@@ -703,8 +745,36 @@ async fn a_version_trained_for_other_classes_is_refused_not_served() {
     let status = server.oip().model_infer(fp32_request("p", "2", true)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("other classes"), "{}", status.message());
-    // The project itself serves its new (untrained) model, as version 0.
+    // The project itself serves its new (untrained) model, as version 0, and metadata and
+    // readiness agree: only what can serve is listed or ready.
     let response = server.oip().model_infer(fp32_request("p", "", true)).await.unwrap().into_inner();
     assert_eq!(response.model_version, "0");
     assert_eq!(output(&response, "probabilities").0, [3, 3]);
+    let metadata = server
+        .oip()
+        .model_metadata(oip::ModelMetadataRequest { name: "p".into(), version: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(metadata.versions, ["0"]);
+    let ready = oip::ModelReadyRequest { name: "p".into(), version: "2".into() };
+    assert!(!server.oip().model_ready(ready).await.unwrap().into_inner().ready);
+    let http = http_client();
+    let response = http.get(format!("http://{}/v2/models/p/versions/2/ready", server.http)).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["ready"], false);
+}
+
+#[tokio::test]
+async fn a_version_trained_for_other_preprocessing_is_refused_not_served() {
+    let (server, _) = server(&[]).await;
+    let update = alps_proto::v1::UpdateProjectRequest {
+        project_id: "p".into(),
+        preprocessing: Some(Preprocessing { width: 3, height: 3, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    ProjectServiceClient::new(server.channel.clone()).update_project(update).await.unwrap();
+    let status = server.oip().model_infer(fp32_request("p", "1", true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("preprocessing"), "{}", status.message());
 }

@@ -24,7 +24,11 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     assert_eq!(report["predicted"], json!(["dark", "light"]));
     assert_eq!(report["bad_id"], "INVALID_ARGUMENT");
     assert!(report["flat_folder"].as_str().unwrap().contains("<class name>"), "{}", report["flat_folder"]);
-    assert_eq!((report["pb"].as_str(), report["training_failed_is_exported"].as_bool()), (Some("x"), Some(true)));
+    assert_eq!(report["raw_stub"], json!(["shades"]), "the raw stubs reach every RPC");
+    assert_eq!(report["unreadable"]["ranked"], 5, "the readable pool is still ranked");
+    assert!(report["unreadable"]["warning"].as_str().unwrap().contains("broken.png"), "{}", report["unreadable"]);
+    let failed = report["training_failed"].as_str().unwrap();
+    assert!(failed.starts_with("FAILED_PRECONDITION") && failed.contains("at least 2 classes"), "{failed}");
     assert_eq!(report["cli_rank"]["code"], 0);
     assert_eq!(report["cli_rank"]["lines"].as_array().unwrap().len(), 2);
     assert_eq!(report["cli_missing"]["code"], 1);

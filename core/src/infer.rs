@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Why an inference request failed as a whole. Each protocol maps it to its status code
-/// (`alps.v1`: [`crate::api::inference::infer_status`]).
+/// (`alps.v1`: `impl From<InferError> for tonic::Status` in [`crate::api::inference`]).
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     /// A request field is malformed or out of range (INVALID_ARGUMENT / HTTP 400).
@@ -41,8 +41,11 @@ pub enum InferError {
         /// The version asked for.
         version: String,
     },
-    /// The version was trained for other classes than the project has now (FAILED_PRECONDITION).
-    #[error("model version {version:?} of project {project:?} was trained for other classes than the project has now")]
+    /// The version was trained for other classes, another model or other preprocessing than
+    /// the project has now (FAILED_PRECONDITION).
+    #[error(
+        "model version {version:?} of project {project:?} was trained for other classes, model or preprocessing than the project has now"
+    )]
     StaleVersion {
         /// Project id.
         project: String,
@@ -128,9 +131,11 @@ impl Infer {
         Ok(self.projects.get(id)?)
     }
 
-    /// The engine, for its batching settings.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The engine's batching: the most samples one request may carry
+    /// (`--max-in-flight-samples`) and how long a batch waits to fill (zero: no batching
+    /// across requests).
+    pub fn batching(&self) -> (usize, std::time::Duration) {
+        (self.engine.max_in_flight_samples(), self.engine.max_batch_wait())
     }
 
     /// Every project, in id order.
@@ -156,7 +161,7 @@ impl Infer {
         let Some(manifest) = manifest else {
             return Err(InferError::UnknownVersion { project: id.to_owned(), version: version.to_owned() });
         };
-        if manifest.classes != project.spec.classes {
+        if !serves(&manifest, &project) {
             return Err(InferError::StaleVersion { project: id.to_owned(), version: version.to_owned() });
         }
         let mut at_version = Project::clone(&project);
@@ -164,13 +169,15 @@ impl Infer {
         Ok(Arc::new(at_version))
     }
 
-    /// The model versions `project` can serve, newest first; `untrained` while it has none.
+    /// The model versions `project` can serve now, newest first: its trained versions made for
+    /// its current classes, model and preprocessing, and `untrained` while that is active.
     ///
     /// # Errors
     /// [`InferError::Versions`] if the version list cannot be read.
     pub fn versions(&self, project: &Project) -> Result<Vec<String>, InferError> {
+        let manifests = self.trainer.versions(&project.spec.id)?;
         let mut versions: Vec<String> =
-            self.trainer.versions(&project.spec.id)?.into_iter().map(|manifest| manifest.version).collect();
+            manifests.into_iter().filter(|m| serves(m, project)).map(|manifest| manifest.version).collect();
         if project.active_version == UNTRAINED_VERSION {
             versions.push(UNTRAINED_VERSION.to_owned());
         }
@@ -265,6 +272,13 @@ impl Infer {
         );
         Ok(PoolRanking { engine: self.engine.clone(), project, mc_iterations, heuristic, seed, ranking, pool_size: 0 })
     }
+}
+
+/// Whether the trained version of `manifest` can serve `project` as it is now: the same
+/// classes, and the same model and preprocessing where the manifest recorded them.
+fn serves(manifest: &crate::training::record::Manifest, project: &Project) -> bool {
+    manifest.classes == project.spec.classes
+        && (manifest.model_fingerprint.is_empty() || manifest.model_fingerprint == project.spec.model_fingerprint())
 }
 
 /// A ranking in progress (see [`Infer::rank`]); feed it chunks, then [`PoolRanking::finish`].

@@ -68,15 +68,15 @@ pub struct Tally {
 
 impl Tally {
     fn add(&mut self, events: u64, took: std::time::Duration) {
-        self.count += events;
-        self.ns += events * u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.count = self.count.saturating_add(events);
+        self.ns = self.ns.saturating_add(events.saturating_mul(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)));
     }
 }
 
 /// What the engine measured of one model version of one project since the server started:
 /// the figures of the Open Inference Protocol's statistics extension (perf_analyzer reads
 /// them). Requests are Predict-path requests (Predict, ModelInfer); rankings count in the
-/// queue, compute and execution figures only.
+/// execution and inference counts only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelStats {
     /// Requests answered, with their time from admission to the answer.
@@ -241,8 +241,17 @@ impl Metrics {
         let models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut stats: Vec<_> =
             models.iter().filter(|((p, _), _)| p == project).map(|((_, v), s)| (v.clone(), s.clone())).collect();
-        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        // Newest first by number (`v10` after `v9`), as version lists are ordered.
         stats
+            .sort_by_key(|(version, _)| std::cmp::Reverse(version.trim_start_matches('v').parse::<u64>().unwrap_or(0)));
+        stats
+    }
+
+    /// Forgets the per-model figures of a deleted project, so a new project of the same id
+    /// starts from zero.
+    pub fn forget_project(&self, project: &str) {
+        let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        models.retain(|(p, _), _| p != project);
     }
 
     fn with_model(&self, project: &str, version: &str, update: impl FnOnce(&mut ModelStats)) {

@@ -2,8 +2,9 @@
 //! and the Open Inference Protocol (`package inference`, KServe v2 with Triton's extensions),
 //! generated from `proto/inference/open_inference.proto`.
 //!
-//! Every message and field is documented in the `.proto` files (units and shapes); the generated
-//! Rust items carry those comments.
+//! Every `alps.v1` message and field is documented in its `.proto` file (units and shapes); the
+//! generated Rust items carry those comments. The Open Inference Protocol's messages are those
+//! of its specification, described in `proto/inference/open_inference.proto` and the README.
 
 /// Generated messages, clients (`*_client`) and servers (`*_server`) of `alps.v1`.
 pub mod v1 {

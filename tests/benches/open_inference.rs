@@ -7,7 +7,8 @@
 //! * perf_analyzer (`.venv-triton`, `scripts/bootstrap-triton.sh`) against the same server and
 //!   project, over gRPC: throughput and p50/p99 as it reports them.
 //!
-//! Run with `make bench`. Optional argument: requests per client per point (default 40).
+//! Run with `make bench`. Optional argument: requests per point (default 400, spread over the
+//! clients; at least 20 per client).
 
 use std::{
     path::{Path, PathBuf},
@@ -198,14 +199,16 @@ fn median(points: &[Point]) -> Point {
 
 #[tokio::main]
 async fn main() {
-    let per_client: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(40);
+    let per_point: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(400);
     let data = tempfile::NamedTempFile::new().unwrap();
     let content: Vec<f32> = values(0.5);
     let input = serde_json::json!({ "data": [{ "tensor": { "content": content, "shape": [3, SIZE, SIZE] } }] });
     std::fs::write(data.path(), input.to_string()).unwrap();
     println!(
-        "small_cnn 3x{SIZE}x{SIZE}, K = {K}, 1 tensor per request; Rust clients: concurrency x {per_client} requests; \
-         perf_analyzer: count windows of max(100, concurrency x {per_client}) requests; {ROUNDS} alternating rounds, medians"
+        "small_cnn 3x{SIZE}x{SIZE}, K = {K}, 1 tensor per request; Rust clients: {per_point} requests per point \
+         (at least 20 per client); perf_analyzer: count windows of as many; {ROUNDS} alternating rounds, medians; \
+         ModelInfer asks for the outputs Predict answers (probabilities, class, score), perf_analyzer for every \
+         output (mc_samples too: [1, 10, 20] more floats per answer)"
     );
     println!();
     println!(
@@ -217,12 +220,13 @@ async fn main() {
         let (_dirs, process, channel, grpc) = start(flags).await;
         for concurrency in CONCURRENCY {
             let (mut v1, mut oip, mut pa) = (Vec::new(), Vec::new(), Vec::new());
+            let per_client = (per_point / concurrency).max(20);
             for _ in 0..ROUNDS {
                 v1.push(rust_load(&channel, Api::AlpsV1, concurrency, per_client).await);
                 oip.push(rust_load(&channel, Api::OpenInference, concurrency, per_client).await);
                 let grpc = grpc.clone();
                 let path = data.path().to_owned();
-                let requests = (concurrency * per_client).max(100);
+                let requests = concurrency * per_client;
                 pa.push(
                     tokio::task::spawn_blocking(move || perf_analyzer_point(&grpc, concurrency, requests, &path))
                         .await

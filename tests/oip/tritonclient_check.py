@@ -1,5 +1,5 @@
 """Drives a running alps-server with tritonclient's own gRPC and HTTP clients, as any tool
-built on them would, and prints what it saw as JSON for tests/standard_clients.rs to compare
+built on them would, and prints what it saw as JSON for tests/open_inference.rs to compare
 with alps.v1 Predict.
 
     .venv-triton/bin/python tests/oip/tritonclient_check.py --grpc HOST:PORT --http HOST:PORT \

@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import grpc
@@ -73,8 +74,21 @@ def main() -> None:
             alps.add_folder("shades", pool)
         except ValueError as error:
             report["flat_folder"] = str(error)
-        report["pb"] = pb.projects_pb2.Project(id="x").id
-        report["training_failed_is_exported"] = issubclass(TrainingFailed, RuntimeError)
+        listed = alps.projects.ListProjects(pb.projects_pb2.ListProjectsRequest())
+        report["raw_stub"] = [p.id for p in listed.projects]
+        (pool / "broken.png").write_bytes(b"\x89PNG not really")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kept = alps.rank_folder("shades", pool, query_size=10, seed=5)
+        report["unreadable"] = {"ranked": len(kept), "warning": str(caught[0].message) if caught else ""}
+        (pool / "broken.png").unlink()
+        try:
+            alps.create_project("bad", ["only"], width=SIDE, height=SIDE, channels=1, architecture="mlp")
+            alps.train("bad", epochs=1, progress=False)
+        except TrainingFailed as error:
+            report["training_failed"] = error.job.error
+        except grpc.RpcError as error:
+            report["training_failed"] = f"{error.code().name}: {error.details()}"
     cli = [sys.executable, "-m", "alps_client.cli", "--address", args.grpc]
     ranked = subprocess.run([*cli, "rank-folder", "shades", str(pool), "--query-size", "2"], capture_output=True, text=True)
     report["cli_rank"] = {"code": ranked.returncode, "lines": ranked.stdout.strip().splitlines()}

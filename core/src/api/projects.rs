@@ -312,6 +312,7 @@ impl ProjectService for ProjectApi {
         })
         .await?;
         self.state.engine.forget(&id);
+        self.state.metrics.forget_project(&id);
         tracing::info!(project = %id, "project deleted");
         Ok(Response::new(DeleteProjectResponse {}))
     }

@@ -38,7 +38,7 @@ impl OipApi {
         let params: Vec<(&str, Param)> = request.parameters.iter().map(|(name, p)| (name.as_str(), param(p))).collect();
         let params = super::predict_params(params.iter().map(|(name, p)| (*name, p)))?;
         let outputs = super::requested_outputs(request.outputs.iter().map(|o| o.name.as_str()))?;
-        let inputs = decode_inputs(request.inputs, request.raw_input_contents)?;
+        let inputs = decode_inputs(request.inputs, request.raw_input_contents, self.infer.batching().0)?;
         let (project, tensors) =
             super::infer(&self.infer, &request.model_name, &request.model_version, inputs, params, &outputs).await?;
         let (outputs, raw_output_contents) = tensors
@@ -78,8 +78,12 @@ fn param(parameter: &InferParameter) -> Param {
 }
 
 /// The inputs with their values from `contents`, or from `raw_input_contents` when given
-/// (then one entry per input, in order).
-fn decode_inputs(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Result<Vec<InputTensor>, Status> {
+/// (then one entry per input, in order); at most `max_samples` BYTES elements each.
+fn decode_inputs(
+    inputs: Vec<InferInputTensor>,
+    raw: Vec<Vec<u8>>,
+    max_samples: usize,
+) -> Result<Vec<InputTensor>, Status> {
     if !raw.is_empty() && raw.len() != inputs.len() {
         return Err(Status::invalid_argument(format!(
             "raw_input_contents: {} entries for {} inputs; send one per input or none",
@@ -93,7 +97,7 @@ fn decode_inputs(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Result<Vec
         .map(|input| {
             let field = format!("inputs[{}]", input.name.chars().take(64).collect::<String>());
             let data = match raw.next() {
-                Some(bytes) => TensorData::from_raw(&field, &input.datatype, &bytes)?,
+                Some(bytes) => TensorData::from_raw(&field, &input.datatype, &bytes, max_samples)?,
                 None => contents(&field, &input.datatype, input.contents.unwrap_or_default())?,
             };
             Ok(InputTensor { name: input.name, shape: input.shape, data })
@@ -205,7 +209,7 @@ impl GrpcInferenceService for OipApi {
         let request = request.into_inner();
         let ready = match super::project(&self.infer, &request.name, &request.version) {
             Ok(_) => true,
-            Err(status) if status.code() == tonic::Code::NotFound => false,
+            Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => false,
             Err(status) => return Err(status),
         };
         Ok(Response::new(pb::ModelReadyResponse { ready }))

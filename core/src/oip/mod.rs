@@ -32,7 +32,6 @@ use crate::{
     engine::SampleInput,
     infer::{Infer, PredictParams},
     metrics::{Metrics, ModelStats},
-    models::preprocess::input_shape,
     projects::{HeuristicChoice, Project, UNTRAINED_VERSION},
 };
 
@@ -81,11 +80,14 @@ impl TensorData {
         }
     }
 
-    /// Decodes `raw` bytes of `datatype` (see [`TensorData::to_raw`]).
+    /// Decodes `raw` bytes of `datatype` (see [`TensorData::to_raw`]); a BYTES tensor may
+    /// hold at most `max_elements` elements (one per sample: the admission bound), so that
+    /// empty elements (4 bytes each on the wire) cannot multiply memory.
     ///
     /// # Errors
-    /// INVALID_ARGUMENT naming `field` for an unsupported datatype or malformed bytes.
-    pub fn from_raw(field: &str, datatype: &str, raw: &[u8]) -> Result<Self, Status> {
+    /// INVALID_ARGUMENT naming `field` for an unsupported datatype, malformed bytes or too many
+    /// elements.
+    pub fn from_raw(field: &str, datatype: &str, raw: &[u8], max_elements: usize) -> Result<Self, Status> {
         match datatype {
             "FP32" => {
                 if !raw.len().is_multiple_of(4) {
@@ -96,6 +98,9 @@ impl TensorData {
             "BYTES" => {
                 let (mut values, mut rest) = (Vec::new(), raw);
                 while !rest.is_empty() {
+                    if values.len() == max_elements {
+                        return Err(invalid(format!("{field}: more than {max_elements} BYTES elements")));
+                    }
                     let (length, tail) = rest.split_first_chunk::<4>().ok_or_else(|| {
                         invalid(format!("{field}: truncated BYTES element length at element {}", values.len()))
                     })?;
@@ -181,6 +186,9 @@ pub fn predict_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a Param)>
             ("seed", value) => predict.seed = Some(integer("parameters.seed", value)?),
             ("heuristic", Param::String(reference)) => {
                 let (name, version) = reference.split_once('@').unwrap_or((reference, ""));
+                if name.is_empty() {
+                    return Err(invalid("parameters.heuristic: a name is required, `name` or `name@version`"));
+                }
                 predict.heuristic = Some(HeuristicChoice { name: name.to_owned(), version: version.to_owned() });
             }
             ("heuristic", _) => return Err(invalid("parameters.heuristic: a string, `name` or `name@version`")),
@@ -349,7 +357,7 @@ fn samples(project: &Project, input: InputTensor) -> Result<Vec<SampleInput>, St
             Ok(images.into_iter().map(SampleInput::Image).collect())
         }
         (TENSOR_INPUT, TensorData::Fp32(values)) => {
-            let chw = input_shape(&project.spec.preprocessing);
+            let chw = input_shape(project);
             let flat = chw.iter().product::<u64>() as i64;
             let fits = per_sample.iter().map(|&d| d as u64).eq(chw) || per_sample == [flat];
             if !fits {
@@ -382,6 +390,12 @@ fn check_count(field: &str, got: usize, expected: usize) -> Result<(), Status> {
     Err(invalid(format!("{field}: {got} values do not match the shape ({expected} values)")))
 }
 
+/// The project's input shape `[C, H, W]`.
+fn input_shape(project: &Project) -> [u64; 3] {
+    let p = &project.spec.preprocessing;
+    [u64::from(p.channels), u64::from(p.height), u64::from(p.width)]
+}
+
 /// A tensor's description in metadata: name, datatype, shape with -1 for the batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
@@ -397,7 +411,7 @@ pub struct TensorSpec {
 /// Images are described as `[N, 1]`, Triton's layout of one string per batch item (clients
 /// such as perf_analyzer drop the batch dimension and need one left); `[N]` is accepted too.
 pub fn inputs(project: &Project) -> Vec<TensorSpec> {
-    let [c, h, w] = input_shape(&project.spec.preprocessing).map(|d| d as i64);
+    let [c, h, w] = input_shape(project).map(|d| d as i64);
     vec![
         TensorSpec { name: IMAGE_INPUT, datatype: "BYTES", shape: vec![-1, 1] },
         TensorSpec { name: TENSOR_INPUT, datatype: "FP32", shape: vec![-1, c, h, w] },
@@ -438,10 +452,9 @@ pub fn model_config(project: &Project, infer: &Infer) -> ModelConfig {
             .map(|s| TensorSpec { shape: if s.shape.len() == 1 { vec![1] } else { s.shape[1..].to_vec() }, ..s })
             .collect()
     };
-    let engine = infer.engine();
-    let wait = engine.max_batch_wait();
+    let (max_batch_size, wait) = infer.batching();
     ModelConfig {
-        max_batch_size: engine.max_in_flight_samples(),
+        max_batch_size,
         inputs: without_batch(inputs(project)),
         outputs: without_batch(outputs(project)),
         max_queue_delay_us: (!wait.is_zero()).then(|| u64::try_from(wait.as_micros()).unwrap_or(u64::MAX)),
@@ -468,19 +481,21 @@ mod tests {
         let bytes = TensorData::Bytes(vec![b"ab".to_vec(), Vec::new(), b"xyz".to_vec()]);
         let raw = bytes.to_raw();
         assert_eq!(&raw[..6], &[2, 0, 0, 0, b'a', b'b']);
-        assert_eq!(TensorData::from_raw("x", "BYTES", &raw).unwrap(), bytes);
+        assert_eq!(TensorData::from_raw("x", "BYTES", &raw, 3).unwrap(), bytes);
+        let too_many = TensorData::from_raw("x", "BYTES", &raw, 2).unwrap_err();
+        assert!(too_many.message().contains("more than 2 BYTES elements"), "{}", too_many.message());
         let fp32 = TensorData::Fp32(vec![1.5, -2.0]);
-        assert_eq!(TensorData::from_raw("x", "FP32", &fp32.to_raw()).unwrap(), fp32);
+        assert_eq!(TensorData::from_raw("x", "FP32", &fp32.to_raw(), 0).unwrap(), fp32);
     }
 
     #[test]
     fn malformed_raw_tensors_are_invalid_arguments() {
         for (datatype, raw) in [("FP32", &[0u8, 0, 0][..]), ("BYTES", &[5, 0, 0, 0, 1][..]), ("BYTES", &[1, 0][..])] {
-            let status = TensorData::from_raw("inputs[tensor]", datatype, raw).unwrap_err();
+            let status = TensorData::from_raw("inputs[tensor]", datatype, raw, 8).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{datatype} {raw:?}");
             assert!(status.message().starts_with("inputs[tensor]"), "{}", status.message());
         }
-        let status = TensorData::from_raw("inputs[x]", "INT8", &[]).unwrap_err();
+        let status = TensorData::from_raw("inputs[x]", "INT8", &[], 8).unwrap_err();
         assert!(status.message().contains("not supported"), "{}", status.message());
     }
 
@@ -493,6 +508,10 @@ mod tests {
         assert_eq!((params.seed, params.mc_iterations), (Some(7), 5));
         assert_eq!(params.heuristic, Some(HeuristicChoice { name: "entropy".into(), version: "1.0.0".into() }));
         assert!(predict_params([("priority", &Param::Int(1))]).is_ok());
+        for empty in ["", "@1.0.0"] {
+            let status = predict_params([("heuristic", &Param::String(empty.into()))]).unwrap_err();
+            assert!(status.message().contains("a name is required"), "{empty:?}: {}", status.message());
+        }
         assert!(predict_params([("triton_enable_empty_final_response", &Param::Bool(true))]).is_ok());
         for (name, value) in [
             ("mc_iteration", Param::Int(5)),

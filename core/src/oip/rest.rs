@@ -68,8 +68,26 @@ pub fn router(state: &AppState, tokens: Option<Arc<Tokens>>, max_body_bytes: usi
         .fallback(|| async {
             error(&Status::not_found("no such endpoint; the Open Inference Protocol lives under /v2"))
         })
+        .layer(middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(rest)
+}
+
+/// Turns axum's own plain-text rejections (a body over the limit, a malformed path, a wrong
+/// method) into this API's `{"error": ...}`, keeping their HTTP codes.
+async fn json_rejections(response: Response) -> Response {
+    let plain = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    let status = response.status();
+    if status.is_success() || !plain {
+        return response;
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body larger than --max-message-mib allows".to_owned()
+    } else {
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// Serves `router` on `listener` (plain or TLS) until `shutdown` resolves.
@@ -117,8 +135,12 @@ impl axum::serve::Listener for TlsListener {
                     let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
                     return (stream, peer);
                 }
+                // Failed handshakes are logged where they happen and never sent.
                 Some(Err(_)) => continue,
-                None => std::future::pending::<()>().await,
+                None => {
+                    tracing::error!("the TLS accept task ended; the REST port accepts no more connections");
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
@@ -130,15 +152,14 @@ impl axum::serve::Listener for TlsListener {
 
 /// Bearer-token check, as for gRPC: every role includes `predict`, which is all the protocol
 /// needs, so any known token passes.
-async fn authorize(State(tokens): State<Option<Arc<Tokens>>>, mut request: Request, next: Next) -> Response {
+async fn authorize(State(tokens): State<Option<Arc<Tokens>>>, request: Request, next: Next) -> Response {
     if let Some(tokens) = tokens {
         let Some(token) = bearer(request.headers()) else {
             return error(&Status::unauthenticated("missing bearer token: send `Authorization: Bearer <token>`"));
         };
-        let Some(caller) = tokens.authenticate(token) else {
+        if tokens.authenticate(token).is_none() {
             return error(&Status::unauthenticated("unknown or revoked token"));
-        };
-        request.extensions_mut().insert(caller);
+        }
     }
     next.run(request).await
 }
@@ -208,14 +229,25 @@ async fn metadata_at(State(rest): State<Rest>, Path((model, version)): Path<(Str
     metadata_of(&rest, &model, &version)
 }
 
+/// `{"ready": true}`, or `false` with 400 for a version that cannot serve the project now
+/// (unknown projects and versions are 404).
+fn ready_of(rest: &Rest, model: &str, version: &str) -> Answer {
+    match super::project(&rest.infer, model, version) {
+        Ok(_) => Ok(Json(json!({ "name": model, "ready": true })).into_response()),
+        Err(status) if status.code() == Code::FailedPrecondition => {
+            let body = json!({ "name": model, "ready": false, "error": status.message() });
+            Ok((StatusCode::BAD_REQUEST, Json(body)).into_response())
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
 async fn ready(State(rest): State<Rest>, Path(model): Path<String>) -> Answer {
-    project(&rest, &model, "")?;
-    Ok(Json(json!({ "name": model, "ready": true })).into_response())
+    ready_of(&rest, &model, "")
 }
 
 async fn ready_at(State(rest): State<Rest>, Path((model, version)): Path<(String, String)>) -> Answer {
-    project(&rest, &model, &version)?;
-    Ok(Json(json!({ "name": model, "ready": true })).into_response())
+    ready_of(&rest, &model, &version)
 }
 
 fn config_of(rest: &Rest, model: &str, version: &str) -> Answer {
@@ -323,7 +355,7 @@ struct InputJson {
     #[serde(default)]
     parameters: Map<String, Value>,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<FlatData>,
 }
 
 #[derive(Deserialize)]
@@ -371,7 +403,7 @@ async fn infer_request(
         .collect();
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        inputs.push(decode_input(input, &mut binary)?);
+        inputs.push(decode_input(input, &mut binary, rest.infer.batching().0)?);
     }
     if !binary.is_empty() {
         return Err(Status::invalid_argument(format!(
@@ -419,7 +451,7 @@ fn param(name: &str, value: &Value) -> Result<Param, Status> {
     })
 }
 
-fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<InputTensor, Status> {
+fn decode_input(input: InputJson, binary: &mut &[u8], max_samples: usize) -> Result<InputTensor, Status> {
     let field = format!("inputs[{}]", input.name.chars().take(64).collect::<String>());
     let data = match input.parameters.get("binary_data_size") {
         Some(size) => {
@@ -435,49 +467,88 @@ fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<InputTensor, Sta
             }
             let (mine, rest) = binary.split_at(size);
             *binary = rest;
-            TensorData::from_raw(&field, &input.datatype, mine)?
+            TensorData::from_raw(&field, &input.datatype, mine, max_samples)?
         }
         None => json_data(&field, &input.datatype, input.data)?,
     };
     Ok(InputTensor { name: input.name, shape: input.shape, data })
 }
 
-/// Values of `data`, flat or nested row-major arrays: numbers for FP32, strings (their UTF-8
-/// bytes) for BYTES.
-fn json_data(field: &str, datatype: &str, data: Option<Value>) -> Result<TensorData, Status> {
-    let mut flat = Vec::new();
-    flatten(
-        data.ok_or_else(|| Status::invalid_argument(format!("{field}: no data and no binary_data_size")))?,
-        &mut flat,
-    );
-    match datatype {
-        "FP32" => flat
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_f64()
-                    .map(|v| v as f32)
-                    .ok_or_else(|| Status::invalid_argument(format!("{field}: element {i} is not a number")))
-            })
-            .collect::<Result<_, _>>()
-            .map(TensorData::Fp32),
-        "BYTES" => flat
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.into_bytes()),
-                _ => Err(Status::invalid_argument(format!("{field}: element {i} is not a string"))),
-            })
-            .collect::<Result<_, _>>()
-            .map(TensorData::Bytes),
-        other => Err(super::unsupported_datatype(field, other)),
+/// Values of `data`: numbers for FP32, strings (their UTF-8 bytes) for BYTES.
+fn json_data(field: &str, datatype: &str, data: Option<FlatData>) -> Result<TensorData, Status> {
+    let data = data.ok_or_else(|| Status::invalid_argument(format!("{field}: no data and no binary_data_size")))?;
+    match (datatype, data) {
+        ("FP32", FlatData { numbers, strings, .. }) if strings.is_empty() => Ok(TensorData::Fp32(numbers)),
+        ("BYTES", FlatData { numbers, strings, .. }) if numbers.is_empty() => Ok(TensorData::Bytes(strings)),
+        ("FP32", _) => Err(Status::invalid_argument(format!("{field}: FP32 data holds a string, not a number"))),
+        ("BYTES", _) => Err(Status::invalid_argument(format!("{field}: BYTES data holds a number, not a string"))),
+        (other, _) => Err(super::unsupported_datatype(field, other)),
     }
 }
 
-fn flatten(value: Value, into: &mut Vec<Value>) {
-    match value {
-        Value::Array(items) => items.into_iter().for_each(|item| flatten(item, into)),
-        other => into.push(other),
+/// Most strings one input's JSON `data` may hold: each is a sample (an encoded image), and an
+/// empty one costs 3 bytes of JSON but 24 of memory.
+const MAX_JSON_STRINGS: usize = 65_536;
+
+/// An input's JSON `data`, flattened while it is parsed: flat or nested row-major arrays of
+/// numbers or strings. Parsing straight into vectors keeps memory near the body's size (a
+/// parsed JSON tree costs about 16 times that).
+#[derive(Debug, Default)]
+struct FlatData {
+    numbers: Vec<f32>,
+    strings: Vec<Vec<u8>>,
+}
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut flat = Self::default();
+        deserializer.deserialize_any(Flatten(&mut flat))?;
+        Ok(flat)
+    }
+}
+
+/// Appends one JSON value (recursing into arrays) to a [`FlatData`].
+struct Flatten<'a>(&'a mut FlatData);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers or strings, in flat or nested arrays")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.numbers.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        if self.0.strings.len() == MAX_JSON_STRINGS {
+            return Err(E::custom(format!("more than {MAX_JSON_STRINGS} strings in one input")));
+        }
+        self.0.strings.push(v.as_bytes().to_vec());
+        Ok(())
     }
 }
 

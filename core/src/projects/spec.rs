@@ -183,6 +183,14 @@ impl ProjectSpec {
         self
     }
 
+    /// SHA-256 (hex) of what a trained version depends on: classes, model and preprocessing.
+    /// Versions whose manifest records another fingerprint cannot serve this spec.
+    pub fn model_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(&(&self.classes, &self.model, &self.preprocessing)).unwrap_or_default();
+        sha2::Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Whether `other` has the same classes, model and preprocessing, so that model versions
     /// trained for one can serve the other.
     pub fn same_model(&self, other: &ProjectSpec) -> bool {

@@ -398,6 +398,7 @@ impl Trainer {
             backbone_version,
             job_id: record.job_id.clone(),
             classes: spec.classes.clone(),
+            model_fingerprint: spec.model_fingerprint(),
             params: record.params.clone(),
             example_count: trained.example_count,
             metrics: trained.metrics,

@@ -327,6 +327,11 @@ pub struct Manifest {
     pub job_id: String,
     /// The project's classes at training time, in order.
     pub classes: Vec<String>,
+    /// [`ProjectSpec::model_fingerprint`](crate::projects::ProjectSpec::model_fingerprint) of
+    /// the project at training time (classes, model and preprocessing); empty in manifests
+    /// written before it was recorded.
+    #[serde(default)]
+    pub model_fingerprint: String,
     /// Effective settings.
     pub params: TrainingParams,
     /// Labelled examples used (training + validation).

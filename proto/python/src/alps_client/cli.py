@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
@@ -14,7 +15,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alps-client", description="Talk to an alps-server over gRPC (alps.v1).")
     parser.add_argument("--address", default="127.0.0.1:50051", help="gRPC address host:port (default %(default)s)")
     parser.add_argument("--tls-ca", help="PEM file of the CA of the server's certificate")
-    parser.add_argument("--token", help="bearer token (or ALPS_TOKEN in the environment)")
+    parser.add_argument("--token", help="bearer token; prefer ALPS_TOKEN in the environment (not shown by ps)")
+    parser.add_argument("--client-cert", help="PEM client certificate, for mutual TLS (with --client-key)")
+    parser.add_argument("--client-key", help="PEM private key of --client-cert")
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create-project", help="create an image classifier project")
     create.add_argument("project")
@@ -39,12 +42,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     args = _parser().parse_args(argv)
     token = args.token or os.environ.get("ALPS_TOKEN")
     try:
-        with Client(args.address, tls_ca=args.tls_ca, token=token) as alps:
+        client = Client(
+            args.address, tls_ca=args.tls_ca, token=token, client_cert=args.client_cert, client_key=args.client_key
+        )
+        with client as alps:
             if args.command == "create-project":
                 classes = [c.strip() for c in args.classes.split(",") if c.strip()]
                 project = alps.create_project(
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as error:
         print(f"alps-client: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    except (TrainingFailed, OSError, ValueError) as error:
+    except (TrainingFailed, OSError, ValueError, RuntimeError) as error:
         print(f"alps-client: {error}", file=sys.stderr)
         return 1
     return 0

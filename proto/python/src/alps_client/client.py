@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import types
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -187,17 +188,20 @@ class Client:
         return self.projects.CreateProject(projects_pb2.CreateProjectRequest(project=project)).project
 
     def add_examples(self, project_id: str, examples: Iterable[tuple[str, bytes, str]]) -> examples_pb2.AddExamplesResponse:
-        """Streams ``(external id, encoded image, class name)`` labelled examples; the answer
-        counts the inserted, updated and unchanged ones (an external id is stored once)."""
-        examples = list(examples)
+        """Streams ``(external id, encoded image, class name)`` labelled examples, ``CHUNK`` per
+        message as the iterable yields them (a generator keeps only one chunk in memory); the
+        answer counts the inserted, updated and unchanged ones (an external id is stored once)."""
 
         def messages() -> Iterator[examples_pb2.AddExamplesRequest]:
-            for chunk in _chunks(examples, CHUNK):
-                labelled = [
-                    examples_pb2.LabelledExample(external_id=eid, sample=common_pb2.Sample(image=image), class_name=name)
-                    for eid, image, name in chunk
-                ]
-                yield examples_pb2.AddExamplesRequest(project_id=project_id, examples=labelled)
+            chunk: list[examples_pb2.LabelledExample] = []
+            for eid, image, name in examples:
+                sample = common_pb2.Sample(image=image)
+                chunk.append(examples_pb2.LabelledExample(external_id=eid, sample=sample, class_name=name))
+                if len(chunk) == CHUNK:
+                    yield examples_pb2.AddExamplesRequest(project_id=project_id, examples=chunk)
+                    chunk = []
+            if chunk:
+                yield examples_pb2.AddExamplesRequest(project_id=project_id, examples=chunk)
 
         return self.examples.AddExamples(messages())
 
@@ -211,8 +215,8 @@ class Client:
             raise FileNotFoundError(f"no images under {root}/<class>/")
         if any(len(p.relative_to(root).parts) < 2 for p in files):
             raise ValueError(f"images must sit in {root}/<class name>/, not directly in {root}")
-        relative = [p.relative_to(root) for p in files]
-        examples = [(sample_id(r), p.read_bytes(), r.parts[0]) for r, p in zip(relative, files)]
+        # A generator: each image is read when its chunk is sent, not all up front.
+        examples = ((sample_id(p.relative_to(root)), p.read_bytes(), p.relative_to(root).parts[0]) for p in files)
         return self.add_examples(project_id, examples)
 
     def train(
@@ -230,7 +234,9 @@ class Client:
         end with a progress bar (``progress=False``: silent). ``epochs`` and ``learning_rate``
         0 = the server's defaults;
         ``full`` fine-tunes the backbone too; ``activate`` None follows the server's policy.
-        Returns the final job record; raises ``TrainingFailed`` unless it succeeded."""
+        Returns the final job record; raises ``TrainingFailed`` unless it succeeded, and
+        ``RuntimeError`` if the watch ended before the job did (then it still runs on the
+        server: ``training.GetTrainingJob`` reads it later)."""
         parameters = training_pb2.TrainingParameters(
             epochs=epochs,
             learning_rate=learning_rate,
@@ -248,6 +254,8 @@ class Client:
                 bar.update(job.percent - bar.n)
                 if job.state in _TERMINAL:
                     break
+        if job.state not in _TERMINAL:
+            raise RuntimeError(f"the watch of training job {job.job_id} ended while it was still running")
         if job.state != training_pb2.JOB_STATE_SUCCEEDED:
             raise TrainingFailed(job)
         return job
@@ -264,7 +272,8 @@ class Client:
     ) -> list[tuple[Path, float]]:
         """Ranks every image under ``folder`` (the unlabelled pool) and returns the
         ``query_size`` most informative as ``(path, score)``, most informative first.
-        ``heuristic`` "" = the project's default acquisition function (e.g. ``bald``)."""
+        ``heuristic`` "" = the project's default acquisition function (e.g. ``bald``). Images
+        the server cannot read are left out of the ranking with a ``UserWarning`` naming them."""
         root = Path(folder)
         files = {sample_id(p.relative_to(root)): p for p in images_under(root)}
         if not files:
@@ -288,9 +297,9 @@ class Client:
                 yield first
 
         response = self.inference.Rank(messages())
-        failed = {files[r.id]: r.error.message for r in response.failed}
-        if failed:
-            raise ValueError(f"{len(failed)} images could not be scored, e.g. {next(iter(failed.items()))}")
+        if response.failed:
+            unread = "; ".join(f"{files[r.id]}: {r.error.message}" for r in response.failed[:5])
+            warnings.warn(f"{len(response.failed)} images could not be scored (first ones: {unread})", stacklevel=2)
         return [(files[s.id], s.score) for s in response.selected]
 
     def predict(
