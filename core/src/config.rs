@@ -136,8 +136,8 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Largest accepted gRPC request message, in MiB (a `[N, C, K]` f32 tensor takes
-    /// `4·N·C·K` bytes: 100,000 × 10 × 20 is 76 MiB).
+    /// Largest accepted gRPC request message and REST request body, in MiB (a `[N, C, K]` f32
+    /// tensor takes `4·N·C·K` bytes: 100,000 × 10 × 20 is 76 MiB).
     #[arg(long, env = "ALPS_MAX_MESSAGE_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=2047))]
     pub max_message_mib: u32,
 

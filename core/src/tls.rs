@@ -1,10 +1,11 @@
-//! TLS on the gRPC listener: rustls (ring), certificate and key from PEM files, optional client
-//! certificate verification (mutual TLS), re-read when the files change.
+//! TLS on the gRPC and REST listeners: rustls (ring), certificate and key from PEM files,
+//! optional client certificate verification (mutual TLS), re-read when the files change.
 //!
 //! Each accepted connection is handshaken with the configuration current at that moment, so a
 //! rotated certificate applies to new connections at once and open ones finish on the old one.
 //! A rotation that leaves bad files (a key that does not match, a half-written PEM) keeps the
-//! previous configuration and logs why. The server offers ALPN `h2` (gRPC runs on HTTP/2).
+//! previous configuration and logs why. The gRPC listener offers ALPN `h2` (gRPC runs on
+//! HTTP/2), the REST listener `http/1.1`.
 
 use std::{
     io,
