@@ -30,6 +30,7 @@ struct Server {
     channel: Channel,
     grpc: String,
     http: String,
+    metrics: String,
 }
 
 impl Server {
@@ -62,6 +63,7 @@ async fn server(extra: &[&str]) -> (Server, Option<String>) {
     };
     let (mut process, grpc) = start_server(&dirs, &flags);
     let http = process.listening_addr("http");
+    let metrics = process.listening_addr("metrics");
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     let project = Project {
         id: "p".into(),
@@ -102,7 +104,7 @@ async fn server(extra: &[&str]) -> (Server, Option<String>) {
     }
     let active = projects.get_project(authed(&token, GetProjectRequest { project_id: "p".into() })).await.unwrap();
     assert_eq!(active.into_inner().project.unwrap().active_model_version, "v2");
-    (Server { dirs, _process: process, channel, grpc, http }, token)
+    (Server { dirs, _process: process, channel, grpc, http, metrics }, token)
 }
 
 /// `message` with `token` when the server has tokens.
@@ -489,6 +491,15 @@ async fn rest_mirrors_grpc_with_json_and_binary_tensors() {
     }
     let response = http.get(format!("{base}/v1/models")).send().await.unwrap();
     assert_eq!(response.status(), 404);
+    // REST calls are counted like gRPC ones, by route and the code their answer stands for.
+    let scrape = http.get(format!("http://{}/metrics", server.metrics)).send().await.unwrap().text().await.unwrap();
+    for series in [
+        r#"alps_requests_total{service="inference.REST",method="/v2/models/{model}/infer",code="OK"}"#,
+        r#"alps_requests_total{service="inference.REST",method="/v2/models/{model}/infer",code="NOT_FOUND"}"#,
+        r#"alps_requests_total{service="inference.REST",method="/v2/health/ready",code="OK"}"#,
+    ] {
+        assert!(scrape.contains(series), "{series} missing from\n{scrape}");
+    }
 
     // Malformed binary framing: every case is a 400 with a JSON error naming the problem.
     let header = json!({ "inputs": [{ "name": "tensor", "datatype": "FP32", "shape": [1, 1, 2, 2],

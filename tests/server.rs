@@ -53,6 +53,7 @@ async fn serves_health_reflection_and_metrics_then_stops_cleanly_on_sigterm() {
         "alps.v1.ExampleService",
         "alps.v1.TrainingService",
         "alps.v1.ModelVersionService",
+        "inference.GRPCInferenceService",
     ] {
         assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
     }

@@ -125,6 +125,7 @@ pub struct Server {
     grpc: TcpListener,
     http: TcpListener,
     rest: axum::Router,
+    serving: Arc<std::sync::atomic::AtomicBool>,
     metrics_listener: TcpListener,
     data_dir: DataDir,
     heuristics: Arc<HeuristicHost>,
@@ -204,6 +205,7 @@ impl Server {
             engine.clone(),
             config.max_rank_pool_values,
         );
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let state = Arc::new(api::AppState {
             heuristics: heuristics.clone(),
             projects,
@@ -212,6 +214,7 @@ impl Server {
             trainer,
             metrics: metrics.clone(),
             infer,
+            serving: serving.clone(),
             model_files,
             weights_fetch_wait: config.weights_fetch_wait(),
         });
@@ -221,6 +224,7 @@ impl Server {
             grpc,
             http,
             rest,
+            serving,
             metrics_listener,
             data_dir,
             heuristics,
@@ -263,10 +267,11 @@ impl Server {
             "serving"
         );
         let requested = shutdown.requested();
-        let health_reporter = self.health_reporter;
+        let (health_reporter, serving) = (self.health_reporter, self.serving);
         let stop_accepting = async move {
             requested.await;
             // Tell load balancers and the adapter first, then stop accepting.
+            serving.store(false, std::sync::atomic::Ordering::Relaxed);
             health_reporter.set_service_status("", ServingStatus::NotServing).await;
         };
         let router = tonic::transport::Server::builder()

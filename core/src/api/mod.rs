@@ -51,6 +51,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The inference facade (Predict, Rank and the Open Inference Protocol).
     pub infer: crate::infer::Infer,
+    /// False once shutdown began: the Open Inference Protocol's readiness (gRPC health has its
+    /// own reporter).
+    pub serving: Arc<std::sync::atomic::AtomicBool>,
     /// The model root, for UploadModelFile, and the weights cache.
     pub model_files: crate::models::files::ModelFiles,
     /// Longest CreateProject waits for published pretrained weights (`--weights-fetch-wait-secs`).

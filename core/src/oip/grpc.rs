@@ -26,12 +26,13 @@ use crate::{
 pub struct OipApi {
     infer: Infer,
     metrics: Arc<Metrics>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OipApi {
     /// A service over the shared state.
     pub fn new(state: &AppState) -> Self {
-        Self { infer: state.infer.clone(), metrics: state.metrics.clone() }
+        Self { infer: state.infer.clone(), metrics: state.metrics.clone(), serving: state.serving.clone() }
     }
 
     async fn infer_one(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
@@ -199,7 +200,8 @@ impl GrpcInferenceService for OipApi {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        Ok(Response::new(pb::ServerReadyResponse { ready: true }))
+        let ready = self.serving.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
     async fn model_ready(

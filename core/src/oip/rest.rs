@@ -40,12 +40,13 @@ const HEADER_LENGTH: &str = "inference-header-content-length";
 struct Rest {
     infer: Infer,
     metrics: Arc<Metrics>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The `/v2` router over the shared state; `tokens` as for gRPC (`None`: no auth), bodies up
 /// to `max_body_bytes` (`--max-message-mib`).
 pub fn router(state: &AppState, tokens: Option<Arc<Tokens>>, max_body_bytes: usize) -> Router {
-    let rest = Rest { infer: state.infer.clone(), metrics: state.metrics.clone() };
+    let rest = Rest { infer: state.infer.clone(), metrics: state.metrics.clone(), serving: state.serving.clone() };
     let protected = Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/models/stats", get(all_statistics))
@@ -63,14 +64,71 @@ pub fn router(state: &AppState, tokens: Option<Arc<Tokens>>, max_body_bytes: usi
         .route_layer(middleware::from_fn_with_state(tokens, authorize));
     Router::new()
         .route("/v2/health/live", get(|| async { Json(json!({ "live": true })) }))
-        .route("/v2/health/ready", get(|| async { Json(json!({ "ready": true })) }))
+        .route("/v2/health/ready", get(server_ready))
         .merge(protected)
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), observe))
         .fallback(|| async {
             error(&Status::not_found("no such endpoint; the Open Inference Protocol lives under /v2"))
         })
         .layer(middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(rest)
+}
+
+/// Every route, as registered: the `method` label of `alps_requests_total` for REST calls.
+const ROUTES: [&str; 15] = [
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2",
+    "/v2/models/stats",
+    "/v2/models/{model}",
+    "/v2/models/{model}/versions/{version}",
+    "/v2/models/{model}/ready",
+    "/v2/models/{model}/versions/{version}/ready",
+    "/v2/models/{model}/config",
+    "/v2/models/{model}/versions/{version}/config",
+    "/v2/models/{model}/stats",
+    "/v2/models/{model}/versions/{version}/stats",
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}/infer",
+    "/v2/repository/index",
+];
+
+/// Counts each REST call in `alps_requests_total` and `alps_request_seconds` (service
+/// `inference.REST`, the route as method, the HTTP answer as the gRPC code it stands for),
+/// like the gRPC layer does for gRPC calls.
+async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = ROUTES.iter().copied().find(|r| Some(*r) == matched.as_deref()).unwrap_or("other");
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.record_request("inference.REST", route, code_name(response.status()), started.elapsed());
+    response
+}
+
+/// The gRPC code name an HTTP answer stands for (the inverse of [`error`]'s mapping).
+fn code_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "OK",
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        405 | 501 => "UNIMPLEMENTED",
+        413 | 429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        500 => "INTERNAL",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `{"ready": true}`, or 503 `{"ready": false}` once the server is shutting down.
+async fn server_ready(State(rest): State<Rest>) -> Response {
+    if rest.serving.load(std::sync::atomic::Ordering::Relaxed) {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response()
+    }
 }
 
 /// Turns axum's own plain-text rejections (a body over the limit, a malformed path, a wrong
