@@ -16,7 +16,7 @@ python="${PYTHON:-python3}"
 
 if [[ ! -x "$venv/bin/python" ]]; then
     if ! command -v "$python" >/dev/null; then
-        echo "bootstrap: $python not found; install Python 3.10+ (with venv) first" >&2
+        echo "bootstrap: $python not found; install Python 3.11+ (with venv) first" >&2
         exit 1
     fi
     echo "bootstrap: creating virtual environment $venv"

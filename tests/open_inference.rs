@@ -249,8 +249,13 @@ async fn only_requested_outputs_come_back_and_named_versions_are_served_read_onl
         v1.raw_output_contents
     );
     request.model_version = "2".into();
-    let v2 = server.oip().model_infer(request).await.unwrap().into_inner();
+    let v2 = server.oip().model_infer(request.clone()).await.unwrap().into_inner();
     assert_ne!(v1.raw_output_contents, v2.raw_output_contents, "v1 and v2 differ");
+    // Version 0, the initial weights, stays servable after training.
+    request.model_version = "0".into();
+    let initial = server.oip().model_infer(request).await.unwrap().into_inner();
+    assert_eq!(initial.model_version, "0");
+    assert_ne!(initial.raw_output_contents, v1.raw_output_contents);
     // Serving v1 activated nothing.
     let mut projects = ProjectServiceClient::new(server.channel.clone());
     let project = projects.get_project(GetProjectRequest { project_id: "p".into() }).await.unwrap().into_inner();
@@ -269,7 +274,7 @@ async fn metadata_config_index_and_statistics_describe_the_project() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(metadata.versions, ["2", "1"]);
+    assert_eq!(metadata.versions, ["2", "1", "0"]);
     let inputs: Vec<_> =
         metadata.inputs.iter().map(|t| (t.name.as_str(), t.datatype.as_str(), t.shape.clone())).collect();
     assert_eq!(inputs, [("image", "BYTES", vec![-1, 1]), ("tensor", "FP32", vec![-1, 1, 2, 2])]);
@@ -296,6 +301,9 @@ async fn metadata_config_index_and_statistics_describe_the_project() {
         client.model_infer(fp32_request("p", "", true)).await.unwrap();
     }
     client.model_infer(fp32_request("p", "9", true)).await.unwrap_err();
+    let mut one_bad_sample = fp32_request("p", "", false);
+    one_bad_sample.inputs[0].contents.as_mut().unwrap().fp32_contents[0] = f32::INFINITY;
+    client.model_infer(one_bad_sample).await.unwrap_err();
     let stats = client
         .model_statistics(oip::ModelStatisticsRequest { name: "p".into(), version: "2".into() })
         .await
@@ -303,12 +311,13 @@ async fn metadata_config_index_and_statistics_describe_the_project() {
         .into_inner();
     let [stats] = stats.model_stats.as_slice() else { panic!("{stats:?}") };
     assert_eq!((stats.name.as_str(), stats.version.as_str()), ("p", "2"));
-    assert_eq!(stats.inference_count, 9, "3 requests × 3 samples");
-    assert!(stats.execution_count >= 1 && stats.execution_count <= 3);
+    assert_eq!(stats.inference_count, 11, "3 requests × 3 samples, and the 2 good samples of the failed one");
+    assert!(stats.execution_count >= 1 && stats.execution_count <= 4);
     let infer = stats.inference_stats.as_ref().unwrap();
     let counts = [&infer.success, &infer.queue, &infer.compute_input, &infer.compute_infer, &infer.compute_output]
         .map(|d| d.as_ref().unwrap().count);
-    assert_eq!(counts, [3; 5], "every stage counted once per request");
+    assert_eq!(counts, [3; 5], "every stage counted once per successful request");
+    assert_eq!(infer.fail.as_ref().unwrap().count, 1, "a request with a failed sample is a failure");
     assert!(infer.success.as_ref().unwrap().ns >= infer.compute_infer.as_ref().unwrap().ns);
 }
 
@@ -432,7 +441,7 @@ async fn rest_mirrors_grpc_with_json_and_binary_tensors() {
         assert_eq!(response.status(), 200, "{path}");
     }
     let metadata: Value = http.get(format!("{base}/v2/models/p")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(metadata["versions"], json!(["2", "1"]));
+    assert_eq!(metadata["versions"], json!(["2", "1", "0"]));
     let data: Vec<Vec<Vec<Vec<f32>>>> = VALUES.iter().map(|v| vec![vec![vec![*v; 2]; 2]]).collect();
     let body = json!({
         "id": "j1",

@@ -144,9 +144,10 @@ impl Infer {
     }
 
     /// The project `id` served at model `version`: its active version when `version` is empty
-    /// or names it, otherwise any trained version of the project (served read-only: nothing
-    /// is activated). The inference path reads the version list only for a named inactive
-    /// version.
+    /// or names it, otherwise its initial weights (`untrained`) or any trained version made
+    /// for its current classes, model and preprocessing (served read-only: nothing is
+    /// activated). The inference path reads the version list only for a named inactive
+    /// trained version.
     ///
     /// # Errors
     /// As [`Infer::project`]; [`InferError::UnknownVersion`] for a version the project lacks,
@@ -157,6 +158,9 @@ impl Infer {
             return Ok(project);
         }
         ids::other("version", version)?;
+        if version == UNTRAINED_VERSION {
+            return Ok(Arc::new(Project { active_version: UNTRAINED_VERSION.to_owned(), ..Project::clone(&project) }));
+        }
         let manifest = self.trainer.versions(id)?.into_iter().find(|m| m.version == version);
         let Some(manifest) = manifest else {
             return Err(InferError::UnknownVersion { project: id.to_owned(), version: version.to_owned() });
@@ -164,13 +168,11 @@ impl Infer {
         if !serves(&manifest, &project) {
             return Err(InferError::StaleVersion { project: id.to_owned(), version: version.to_owned() });
         }
-        let mut at_version = Project::clone(&project);
-        at_version.active_version = version.to_owned();
-        Ok(Arc::new(at_version))
+        Ok(Arc::new(Project { active_version: version.to_owned(), ..Project::clone(&project) }))
     }
 
     /// The model versions `project` can serve now, newest first: its trained versions made for
-    /// its current classes, model and preprocessing, and `untrained` while that is active.
+    /// its current classes, model and preprocessing, then `untrained` (its initial weights).
     ///
     /// # Errors
     /// [`InferError::Versions`] if the version list cannot be read.
@@ -178,9 +180,7 @@ impl Infer {
         let manifests = self.trainer.versions(&project.spec.id)?;
         let mut versions: Vec<String> =
             manifests.into_iter().filter(|m| serves(m, project)).map(|manifest| manifest.version).collect();
-        if project.active_version == UNTRAINED_VERSION {
-            versions.push(UNTRAINED_VERSION.to_owned());
-        }
+        versions.push(UNTRAINED_VERSION.to_owned());
         Ok(versions)
     }
 

@@ -79,9 +79,9 @@ impl Tally {
 /// execution and inference counts only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelStats {
-    /// Requests answered, with their time from admission to the answer.
+    /// Requests whose every sample was predicted, with their time from admission to the answer.
     pub success: Tally,
-    /// Requests that failed as a whole.
+    /// Requests that failed as a whole or in one of their samples.
     pub fail: Tally,
     /// Jobs' waits in the worker queue.
     pub queue: Tally,
@@ -216,7 +216,8 @@ impl Metrics {
     }
 
     /// Records a finished prediction request on `project` at `version`: `times` of its stages
-    /// when it succeeded (`None` when it failed), `took` from admission to the answer.
+    /// when every sample was predicted (`None` when it or a sample failed), `took` from
+    /// admission to the answer.
     pub fn observe_request(
         &self,
         project: &str,

@@ -293,7 +293,9 @@ impl Engine {
         let started = Instant::now();
         let result = self.predict_timed(project, samples, options).await;
         let (project_id, version) = (&project.spec.id, &project.active_version);
-        let times = result.as_ref().ok().map(|(_, times)| *times);
+        // A request counts as a success only if every sample was predicted: the Open Inference
+        // Protocol fails the whole request for one bad sample.
+        let times = result.as_ref().ok().filter(|(samples, _)| samples.iter().all(Result::is_ok)).map(|(_, t)| *t);
         self.metrics.observe_request(project_id, version, times, started.elapsed());
         result.map(|(predictions, _)| predictions)
     }

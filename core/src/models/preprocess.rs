@@ -71,7 +71,7 @@ pub enum SampleError {
         shape: Vec<u64>,
     },
     /// A raw tensor with NaN or infinity.
-    #[error("tensor value {index} is not finite")]
+    #[error("tensor element {index} (flat index) is NaN or infinite")]
     NonFinite {
         /// Flat index of the first bad value.
         index: usize,

@@ -43,8 +43,9 @@ pub const TENSOR_INPUT: &str = "tensor";
 pub const OUTPUTS: [&str; 4] = ["probabilities", "class", "score", "mc_samples"];
 /// The `platform` reported in metadata.
 pub const PLATFORM: &str = "alps_mc_dropout";
-/// Protocol extensions served (ServerMetadata `extensions`).
-pub const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"];
+/// Protocol extensions served (ServerMetadata `extensions`). Not `model_repository`: of it only
+/// RepositoryIndex is served (projects are created over `alps.v1`, not loaded).
+pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "model_configuration", "statistics"];
 
 /// Values of a tensor, by datatype.
 #[derive(Clone, Debug, PartialEq)]
@@ -181,7 +182,7 @@ pub fn predict_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a Param)>
                 predict.mc_iterations = u32::try_from(k)
                     .ok()
                     .filter(|&k| k > 0)
-                    .ok_or_else(|| invalid(format!("parameters.mc_iterations: {k} is not in 1..=1000")))?;
+                    .ok_or_else(|| invalid(format!("parameters.mc_iterations: {k}; must be between 1 and 1000")))?;
             }
             ("seed", value) => predict.seed = Some(integer("parameters.seed", value)?),
             ("heuristic", Param::String(reference)) => {

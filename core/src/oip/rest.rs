@@ -134,16 +134,20 @@ async fn server_ready(State(rest): State<Rest>) -> Response {
 /// Turns axum's own plain-text rejections (a body over the limit, a malformed path, a wrong
 /// method) into this API's `{"error": ...}`, keeping their HTTP codes.
 async fn json_rejections(response: Response) -> Response {
-    let plain = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let ours = content_type.is_some_and(|v| !v.as_bytes().starts_with(b"text/plain"));
     let status = response.status();
-    if status.is_success() || !plain {
+    if status.is_success() || ours {
         return response;
     }
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "request body larger than --max-message-mib allows".to_owned()
-    } else {
-        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
-        String::from_utf8_lossy(&body).into_owned()
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body larger than --max-message-mib allows".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed: infer is POST, the other endpoints GET".to_owned(),
+        _ => {
+            let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text }
+        }
     };
     (status, Json(json!({ "error": message }))).into_response()
 }
@@ -444,8 +448,15 @@ async fn infer_request(
     body: &[u8],
 ) -> Result<Response, Status> {
     let (json_part, mut binary) = split_body(headers, body)?;
-    let request: InferRequest = serde_json::from_slice(json_part)
-        .map_err(|e| Status::invalid_argument(format!("request body: not an inference request: {e}")))?;
+    let request: InferRequest = serde_json::from_slice(json_part).map_err(|e| {
+        // With binary data, a wrong header length shows up as JSON that ends early or late.
+        let hint = if headers.contains_key(HEADER_LENGTH) {
+            format!(" (the JSON part is the first {} bytes, per Inference-Header-Content-Length)", json_part.len())
+        } else {
+            String::new()
+        };
+        Status::invalid_argument(format!("request body: not an inference request: {e}{hint}"))
+    })?;
     let params: Vec<(&str, Param)> =
         request.parameters.iter().map(|(n, v)| Ok((n.as_str(), param(n, v)?))).collect::<Result<_, Status>>()?;
     let params = super::predict_params(params.iter().map(|(n, p)| (*n, p)))?;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import grpc
 
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("project")
     create.add_argument("--classes", required=True, help="comma-separated class names")
     create.add_argument("--size", type=int, required=True, help="input width and height, pixels")
-    create.add_argument("--channels", type=int, default=3)
+    create.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB, default)")
     create.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="small_cnn")
     create.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (vgg16, resnet18)")
     add = commands.add_parser("add-folder", help="add FOLDER/<class>/<image> as labelled examples")
@@ -31,18 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("folder")
     train = commands.add_parser("train", help="train and watch the job with a progress bar")
     train.add_argument("project")
-    train.add_argument("--epochs", type=int, default=0)
+    train.add_argument("--epochs", type=int, default=0, help="default: the server's (0)")
     train.add_argument("--seed", type=int)
     rank = commands.add_parser("rank-folder", help="the most informative images of FOLDER")
     rank.add_argument("project")
     rank.add_argument("folder")
-    rank.add_argument("--query-size", type=int, default=10)
+    rank.add_argument("--query-size", type=int, default=10, help="how many to return (default %(default)s)")
     rank.add_argument("--heuristic", default="", help="acquisition function, e.g. bald (default: the project's)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Warnings (e.g. unreadable pool images) as one plain line each, not Python's source echo.
+    warnings.showwarning = lambda message, *_: print(f"alps-client: warning: {message}", file=sys.stderr)
     token = args.token or os.environ.get("ALPS_TOKEN")
     try:
         client = Client(

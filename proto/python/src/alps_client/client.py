@@ -52,8 +52,8 @@ ARCHITECTURES = {
     "vgg16": projects_pb2.ARCHITECTURE_VGG16,
     "resnet18": projects_pb2.ARCHITECTURE_RESNET18,
 }
-#: Files taken as images when walking a folder (the server decodes and checks them).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+#: Files taken as images when walking a folder: the formats the server decodes.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 #: Samples per streamed message: far below the server's admission bound and message size.
 CHUNK = 64
 _TERMINAL = {training_pb2.JOB_STATE_SUCCEEDED, training_pb2.JOB_STATE_FAILED, training_pb2.JOB_STATE_CANCELLED}
