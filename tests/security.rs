@@ -499,40 +499,22 @@ async fn tokens_and_roles_guard_every_rpc_and_health_stays_open() {
     projects.list_projects(with_token(ListProjectsRequest {}, &predict)).await.unwrap();
 }
 
+/// Runs alps-server without tokens on `listen` (gRPC) and `http` (REST) until it exits.
+fn run_without_tokens(listen: &str, http: &str, data: &str) -> (std::process::ExitStatus, String) {
+    let args = ["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--http-listen", http, "--data-dir", data];
+    run_to_exit("alps-server", &args)
+}
+
 #[test]
 fn without_tokens_the_server_refuses_a_non_loopback_address_unless_told() {
     let dirs = ServerDirs::new();
     let data = path_str(dirs.data.path());
-    let (status, stderr) = run_to_exit(
-        "alps-server",
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data,
-        ],
-    );
+    let (status, stderr) = run_without_tokens("0.0.0.0:0", "127.0.0.1:0", data);
     assert!(!status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--auth-tokens-file") && stderr.contains("--insecure-no-auth"), "{stderr}");
     // The REST port of the Open Inference Protocol follows the same rule.
-    let (status, stderr) = run_to_exit(
-        "alps-server",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "0.0.0.0:0",
-            "--data-dir",
-            data,
-        ],
-    );
+    let (status, stderr) = run_without_tokens("127.0.0.1:0", "0.0.0.0:0", data);
     assert!(!status.success());
     assert!(stderr.contains("--http-listen is not a loopback address"), "{stderr}");
 

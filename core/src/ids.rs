@@ -92,6 +92,16 @@ pub fn optional(field: &str, value: &str) -> Result<(), IdError> {
     if value.is_empty() { Ok(()) } else { other(field, value) }
 }
 
+/// Checks a heuristic reference of request field `field`: `name` (required) and `version`
+/// (optional: empty = newest), reported as `<field>.name` and `<field>.version`.
+///
+/// # Errors
+/// [`IdError`] naming the sub-field at fault.
+pub fn heuristic(field: &str, name: &str, version: &str) -> Result<(), IdError> {
+    other(&format!("{field}.name"), name)?;
+    optional(&format!("{field}.version"), version)
+}
+
 /// A quoted, escaped, at most 32-character prefix of `value` for messages (never the whole of a
 /// 10 KB id, never raw control characters).
 fn preview(value: &str) -> String {

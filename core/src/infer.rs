@@ -209,8 +209,7 @@ impl Infer {
         requested: Option<HeuristicChoice>,
     ) -> Result<Arc<LoadedHeuristic>, InferError> {
         let choice = requested.filter(|h| !h.name.is_empty()).unwrap_or_else(|| project.spec.default_heuristic.clone());
-        ids::other("heuristic.name", &choice.name)?;
-        ids::optional("heuristic.version", &choice.version)?;
+        ids::heuristic("heuristic", &choice.name, &choice.version)?;
         Ok(self.heuristics.registry().resolve(&choice.name, &choice.version)?)
     }
 

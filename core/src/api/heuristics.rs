@@ -41,9 +41,7 @@ impl HeuristicApi {
 /// INVALID_ARGUMENT unless a heuristic `name` (required) and `version` (optional) follow the
 /// identifier grammar; `field` is the request field holding them, e.g. `heuristic`.
 pub fn check_reference(field: &str, name: &str, version: &str) -> Result<(), Status> {
-    ids::other(&format!("{field}.name"), name)?;
-    ids::optional(&format!("{field}.version"), version)?;
-    Ok(())
+    Ok(ids::heuristic(field, name, version)?)
 }
 
 /// NOT_FOUND naming what is loaded.

@@ -27,7 +27,6 @@ use tonic_health::server::HealthReporter;
 use crate::{
     auth::Caller,
     engine::Engine,
-    ids,
     metrics::Metrics,
     plugins::HeuristicHost,
     projects::Projects,
@@ -113,8 +112,7 @@ pub async fn routes(
 /// The project `id` (request field `project_id`) after checking it against the identifier
 /// grammar: INVALID_ARGUMENT naming the field for a malformed id, NOT_FOUND for an unknown one.
 pub(crate) fn project(state: &AppState, id: &str) -> Result<Arc<crate::projects::Project>, tonic::Status> {
-    ids::project("project_id", id)?;
-    state.projects.get(id).map_err(projects::project_status)
+    Ok(state.infer.project("project_id", id)?)
 }
 
 /// Logs an admin call with who made it (the token's name), the RPC and the project, for audit.
