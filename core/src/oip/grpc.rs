@@ -6,8 +6,8 @@
 use std::{collections::HashMap, pin::Pin, sync::Arc};
 
 use alps_proto::inference::{
-    self as pb, DataType, InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    ModelStreamInferResponse, grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
+    self as pb, InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse, ModelStreamInferResponse,
+    grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
     model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -125,10 +125,6 @@ fn tensor_metadata(specs: Vec<TensorSpec>) -> Vec<pb::model_metadata_response::T
         .collect()
 }
 
-fn data_type(datatype: &str) -> i32 {
-    (if datatype == "BYTES" { DataType::TypeString } else { DataType::TypeFp32 }) as i32
-}
-
 /// The project's [`super::ModelConfig`] in Triton's message.
 fn model_config(project: &Project, infer: &Infer) -> pb::ModelConfig {
     let config = super::model_config(project, infer);
@@ -142,7 +138,7 @@ fn model_config(project: &Project, infer: &Infer) -> pb::ModelConfig {
             .into_iter()
             .map(|s| pb::model_config::Input {
                 name: s.name.to_owned(),
-                data_type: data_type(s.datatype),
+                data_type: s.config_type() as i32,
                 dims: s.shape,
                 optional: true,
             })
@@ -152,7 +148,7 @@ fn model_config(project: &Project, infer: &Infer) -> pb::ModelConfig {
             .into_iter()
             .map(|s| pb::model_config::Output {
                 name: s.name.to_owned(),
-                data_type: data_type(s.datatype),
+                data_type: s.config_type() as i32,
                 dims: s.shape,
             })
             .collect(),

@@ -408,6 +408,14 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
+impl TensorSpec {
+    /// The datatype in Triton's model configuration (`TYPE_STRING` for BYTES, `TYPE_FP32`).
+    pub fn config_type(&self) -> alps_proto::inference::DataType {
+        use alps_proto::inference::DataType;
+        if self.datatype == "BYTES" { DataType::TypeString } else { DataType::TypeFp32 }
+    }
+}
+
 /// The inputs of `project`: `image` BYTES `[-1, 1]` and `tensor` FP32 `[-1, C, H, W]`.
 /// Images are described as `[N, 1]`, Triton's layout of one string per batch item (clients
 /// such as perf_analyzer drop the batch dimension and need one left); `[N]` is accepted too.

@@ -319,7 +319,7 @@ fn config_of(rest: &Rest, model: &str, version: &str) -> Answer {
         specs
             .into_iter()
             .map(|s| {
-                let data_type = if s.datatype == "BYTES" { "TYPE_STRING" } else { "TYPE_FP32" };
+                let data_type = s.config_type().as_str_name();
                 let mut tensor = json!({ "name": s.name, "data_type": data_type, "dims": s.shape });
                 if optional {
                     tensor["optional"] = json!(true);
