@@ -1,7 +1,8 @@
 //! A heuristic plugin written in C (`heuristics/examples/c/max_probability.c`), compiled at test
 //! time with the system C compiler (`$CC`, else `cc`) against `alps_heuristic.h`: it loads beside
 //! the built-ins, scores exactly like the built-in `least_confidence`, and a build claiming the
-//! next ABI major is refused by name while everything loaded keeps serving.
+//! next ABI major is refused by name while everything loaded keeps serving, a build with the ABI
+//! 1.0 layout still loads, and an ABI 1.1 heuristic gets the embeddings and labelled set it asks for.
 
 use std::{
     path::{Path, PathBuf},
@@ -103,7 +104,7 @@ fn pool() -> Tensor {
 }
 
 async fn score(client: &mut HeuristicServiceClient<Channel>, name: &str, values: Tensor) -> ScoreResponse {
-    let request = ScoreRequest { heuristic: heuristic(name), values: Some(values), logits: false, seed: Some(7) };
+    let request = ScoreRequest { heuristic: heuristic(name), values: Some(values), seed: Some(7), ..Default::default() };
     client.score(request).await.unwrap_or_else(|status| panic!("Score {name}: {status}")).into_inner()
 }
 
@@ -168,6 +169,7 @@ async fn a_c_plugin_is_listed_and_scores_like_the_builtin_least_confidence() {
         logits: false,
         query_size: 2,
         seed: Some(7),
+        ..Default::default()
     };
     let selected = client.select(request).await.unwrap().into_inner();
     assert_eq!(selected.indices, [3, 1]);
@@ -179,6 +181,7 @@ async fn a_c_plugin_is_listed_and_scores_like_the_builtin_least_confidence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c_plugin_with_the_wrong_abi_major_is_rejected_and_the_rest_keeps_serving() {
     let (mut server, _library) = server_with_c_plugin().await;
+    let loaded = listed(&mut server.client).await.len();
     let (major, minor) = header_abi();
     let wrong = compile_c_plugin(server.build.path(), "c_wrong_abi.so", &["-DALPS_EXAMPLE_WRONG_ABI"]);
     // Replace the working C plugin with the wrong-ABI build, and add a second copy under a new name.
@@ -203,11 +206,93 @@ async fn a_c_plugin_with_the_wrong_abi_major_is_rejected_and_the_rest_keeps_serv
 
     // The new file added nothing; the replaced file keeps its previous (working) version.
     let names: Vec<&str> = report.heuristics.iter().map(|h| h.name.as_str()).collect();
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), loaded, "{names:?}");
     assert!(names.contains(&"least_confidence") && names.contains(&"c_least_confidence"), "{names:?}");
     let builtin = score(&mut server.client, "least_confidence", pool()).await;
     let from_c = score(&mut server.client, "c_least_confidence", pool()).await;
     assert_close(&from_c.scores, &builtin.scores, "previous C version after a rejected replacement");
     score(&mut server.client, "bald", pool()).await;
     assert!(server.process.terminate().success());
+}
+
+/// Embeddings `[5, 2]` for `pool()`: samples 0 and 1 sit on the labelled points, the others
+/// 1, 2 and 3 units away from the nearest.
+fn pool_embeddings() -> Tensor {
+    Tensor { shape: vec![5, 2], data: vec![0.0, 0.0, 4.0, 0.0, 0.0, 1.0, 4.0, 2.0, -3.0, 0.0] }
+}
+
+fn score_with_embeddings(name: &str, labelled: Option<(Tensor, Vec<u32>)>) -> ScoreRequest {
+    let (labelled_embeddings, labelled_classes) = labelled.map_or((None, Vec::new()), |(t, c)| (Some(t), c));
+    ScoreRequest {
+        heuristic: heuristic(name),
+        values: Some(pool()),
+        embeddings: Some(pool_embeddings()),
+        labelled_embeddings,
+        labelled_classes,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_c_plugin_gets_the_embeddings_and_labelled_set_it_asks_for() {
+    let (mut server, _library) = server_with_c_plugin().await;
+    let client = &mut server.client;
+    let heuristics = listed(client).await;
+    let info = heuristics.iter().find(|h| h.name == "c_distance_to_labelled").expect("listed");
+    assert!(info.needs_embeddings && info.needs_labelled_set, "{info:?}");
+    let plain = heuristics.iter().find(|h| h.name == "c_least_confidence").unwrap();
+    assert!(!plain.needs_embeddings && !plain.needs_labelled_set, "{plain:?}");
+
+    // Labelled points at (0, 0) and (4, 0): squared distances to the nearest.
+    let labelled = Tensor { shape: vec![2, 2], data: vec![0.0, 0.0, 4.0, 0.0] };
+    let request = score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0, 2])));
+    let scored = client.score(request).await.unwrap().into_inner();
+    assert_close(&scored.scores, &[0.0, 0.0, 1.0, 4.0, 9.0], "squared distance to the nearest labelled");
+    assert_eq!(scored.order, [4, 3, 2, 0, 1]);
+    // A cold start (no labelled set) reaches the plugin as l = 0.
+    let cold = client.score(score_with_embeddings("c_distance_to_labelled", None)).await.unwrap().into_inner();
+    assert_close(&cold.scores, &[0.0; 5], "nothing labelled");
+
+    // What the call lacks or gets wrong is INVALID_ARGUMENT naming it; the server keeps serving.
+    let without = ScoreRequest { embeddings: None, ..score_with_embeddings("c_distance_to_labelled", None) };
+    let short = Tensor { shape: vec![4, 2], data: vec![0.0; 8] };
+    let cases = [
+        (without, "needs the pool's embeddings"),
+        (ScoreRequest { embeddings: Some(short), ..score_with_embeddings("c_distance_to_labelled", None) }, "4 embeddings for 5 samples"),
+        (score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0, 3]))), "labelled class 3 is not below C = 3"),
+        (score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0]))), "2 labelled embeddings for 1 classes"),
+        (
+            score_with_embeddings("c_distance_to_labelled", Some((Tensor { shape: vec![1, 3], data: vec![0.0; 3] }, vec![0]))),
+            "dimension 3, the pool's 2",
+        ),
+        (
+            ScoreRequest {
+                embeddings: Some(Tensor { shape: vec![5, 2], data: [vec![f32::NAN], vec![0.0; 9]].concat() }),
+                ..score_with_embeddings("c_distance_to_labelled", None)
+            },
+            "not finite",
+        ),
+    ];
+    for (request, needle) in cases {
+        let error = client.score(request).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{needle}: {error:?}");
+        assert!(error.message().contains(needle), "{needle:?} not in {:?}", error.message());
+    }
+    score(client, "c_least_confidence", pool()).await;
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_abi_1_0_still_loads() {
+    let (mut server, _library) = server_with_c_plugin().await;
+    let old = compile_c_plugin(server.build.path(), "c_abi_1_0.so", &["-DALPS_EXAMPLE_ABI_1_0"]);
+    install_plugin(&old, server.dirs.plugins.path(), C_PLUGIN_FILE);
+    let report = server.client.reload_heuristics(ReloadHeuristicsRequest {}).await.unwrap().into_inner();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let names: Vec<&str> = report.heuristics.iter().map(|h| h.name.as_str()).collect();
+    assert!(names.contains(&"c_least_confidence"), "{names:?}");
+    assert!(!names.contains(&"c_distance_to_labelled"), "the 1.0 build has one heuristic: {names:?}");
+    let info = report.heuristics.iter().find(|h| h.name == "c_least_confidence").unwrap();
+    assert!(!info.needs_embeddings, "1.0 heuristics get probabilities only");
+    let from_c = score(&mut server.client, "c_least_confidence", pool()).await;
+    assert_close(&from_c.scores, &[0.6, 0.35, 0.95, 1.0 / 3.0, 0.5], "1.0 build scores as before");
 }

@@ -30,7 +30,7 @@ fn three_samples() -> Tensor {
 }
 
 fn score_request(name: &str, values: Tensor) -> ScoreRequest {
-    ScoreRequest { heuristic: heuristic(name), values: Some(values), logits: false, seed: Some(1) }
+    ScoreRequest { heuristic: heuristic(name), values: Some(values), seed: Some(1), ..Default::default() }
 }
 
 #[tokio::test]
@@ -103,6 +103,7 @@ async fn select_picks_jointly_for_batch_heuristics_and_top_k_for_score_heuristic
             logits: false,
             query_size: 2,
             seed: Some(3),
+            ..Default::default()
         };
         let selected = client.select(request).await.unwrap().into_inner();
         assert_eq!(selected.indices.len(), 2, "{name}");
@@ -149,6 +150,7 @@ async fn bad_requests_get_precise_codes_and_the_server_keeps_serving() {
         logits: false,
         query_size: 0,
         seed: None,
+        ..Default::default()
     };
     let error = client.select(request).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);

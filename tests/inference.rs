@@ -5,7 +5,7 @@
 use std::io::Cursor;
 
 use alps_proto::v1::{
-    Architecture, CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, HeuristicRef, ListProjectsRequest,
+    AcquisitionSchedule, Architecture, CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, HeuristicRef, ListProjectsRequest,
     ModelSpec, PredictRequest, Preprocessing, Project, RankRequest, Sample, SelectRequest, Tensor,
     UpdateProjectRequest, heuristic_service_client::HeuristicServiceClient,
     inference_service_client::InferenceServiceClient, predict_result::Outcome,
@@ -41,9 +41,11 @@ async fn server(extra: &[&str]) -> Server {
     connect(dirs, extra).await
 }
 
-/// An MLP over 1×4×4 inputs with three classes.
+/// An MLP over 1×4×4 inputs with three classes, without an acquisition schedule (Rank uses
+/// the default heuristic; tests/acquisition.rs covers schedules).
 fn mlp_project(id: &str) -> Project {
     Project {
+        acquisition_schedule: Some(AcquisitionSchedule::default()),
         id: id.into(),
         classes: vec!["cat".into(), "dog".into(), "bird".into()],
         model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
@@ -555,6 +557,7 @@ async fn query_size_over_the_pool_selects_all_of_it_in_rank_and_select() {
             logits: false,
             query_size,
             seed: Some(2),
+            ..Default::default()
         };
         let selected = heuristics.select(request(20)).await.unwrap().into_inner();
         let mut indices = selected.indices.clone();

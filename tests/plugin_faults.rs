@@ -37,6 +37,7 @@ fn score(name: &str) -> ScoreRequest {
         values: Some(Tensor { shape: vec![2, 2, 2], data: vec![0.9, 0.6, 0.1, 0.4, 0.5, 0.5, 0.5, 0.5] }),
         logits: false,
         seed: Some(0),
+        ..Default::default()
     }
 }
 

@@ -34,6 +34,7 @@ fn main() {
         preprocessing: Preprocessing { width: 224, height: 224, channels: 3, mean: vec![0.0; 3], std: vec![1.0; 3] },
         mc_iterations: k as u32,
         default_heuristic: HeuristicChoice { name: "bald".into(), version: String::new() },
+        acquisition_schedule: None,
     };
     let _no_grad = tch::no_grad_guard();
     tch::manual_seed(0);

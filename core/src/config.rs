@@ -172,8 +172,10 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MAX_IMAGE_PIXELS", default_value_t = 50_000_000)]
     pub max_image_pixels: u64,
 
-    /// Largest pool a batch heuristic (batch_bald, power_bald) ranks at once, in probability
-    /// values N·C·K (4 bytes each).
+    /// Largest pool a batch heuristic (batch_bald, power_bald, typiclust, coreset, badge) ranks
+    /// at once, in f32 values (4 bytes each): probabilities N·C·K, plus embeddings N·D and the
+    /// labelled set's L·D for heuristics that need them. A 100,000-item VGG16 pool (D = 4,096)
+    /// with typiclust needs about 430 million (1.7 GB).
     #[arg(long, env = "ALPS_MAX_RANK_POOL_VALUES", default_value_t = 64 * 1024 * 1024)]
     pub max_rank_pool_values: usize,
 

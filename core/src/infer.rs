@@ -10,10 +10,13 @@ use crate::{
     engine::{Engine, EngineError, PredictOptions, Ranking, RankingError, SampleInput, SamplePrediction},
     ids::{self, IdError},
     models::preprocess::SampleError,
-    plugins::{HeuristicHost, LoadedHeuristic, ResolveError},
+    plugins::{EmbeddingMatrix, HeuristicHost, LabelledSet, LoadedHeuristic, ResolveError},
     projects::{HeuristicChoice, Project, ProjectError, Projects, UNTRAINED_VERSION, check_mc_iterations},
-    training::{Trainer, TrainingError},
+    training::{Trainer, TrainingError, examples::Examples},
 };
+
+/// Labelled examples embedded per engine request when a heuristic needs the labelled set.
+const LABELLED_CHUNK: usize = 256;
 
 /// Why an inference request failed as a whole. Each protocol maps it to its status code
 /// (`alps.v1`: `impl From<InferError> for tonic::Status` in [`crate::api::inference`]).
@@ -64,6 +67,9 @@ pub enum InferError {
     /// The ranking failed.
     #[error(transparent)]
     Ranking(#[from] RankingError),
+    /// The labelled set a heuristic asked for could not be read (INTERNAL).
+    #[error("cannot read the project's labelled examples: {0}")]
+    LabelledSet(String),
 }
 
 impl InferError {
@@ -103,6 +109,7 @@ pub struct Predictions {
 #[derive(Debug, Clone)]
 pub struct Infer {
     projects: Arc<Projects>,
+    examples: Arc<Examples>,
     trainer: Arc<Trainer>,
     heuristics: Arc<HeuristicHost>,
     engine: Engine,
@@ -114,12 +121,13 @@ impl Infer {
     /// in Rank (probability values N·C·K, `--max-rank-pool-values`).
     pub fn new(
         projects: Arc<Projects>,
+        examples: Arc<Examples>,
         trainer: Arc<Trainer>,
         heuristics: Arc<HeuristicHost>,
         engine: Engine,
         max_rank_pool_values: usize,
     ) -> Self {
-        Self { projects, trainer, heuristics, engine, max_rank_pool_values }
+        Self { projects, examples, trainer, heuristics, engine, max_rank_pool_values }
     }
 
     /// The project `id` (request field `field`), checked against the identifier grammar.
@@ -241,12 +249,36 @@ impl Infer {
         Ok(Predictions { project, mc_iterations, heuristic, samples })
     }
 
+    /// The heuristic that ranks for a Rank request: `requested`, else the project's
+    /// acquisition schedule's cold-start heuristic while the project has fewer labelled
+    /// examples than the schedule's switch point, else the project's default heuristic.
+    ///
+    /// # Errors
+    /// As [`Infer::heuristic`]; [`InferError::LabelledSet`] if the examples cannot be counted.
+    pub fn rank_heuristic(
+        &self,
+        project: &Project,
+        requested: Option<HeuristicChoice>,
+    ) -> Result<Arc<LoadedHeuristic>, InferError> {
+        let requested = requested.filter(|h| !h.name.is_empty());
+        let Some(schedule) = project.spec.acquisition_schedule.as_ref().filter(|_| requested.is_none()) else {
+            return self.heuristic(project, requested);
+        };
+        let labels = self.examples.total(&project.spec.id).map_err(|e| InferError::LabelledSet(e.to_string()))?;
+        if labels >= schedule.switch_at(project.spec.classes.len()) {
+            return self.heuristic(project, None);
+        }
+        self.heuristic(project, Some(schedule.cold_start.clone()))
+    }
+
     /// Starts ranking a pool that arrives in chunks: keep the `query_size` most informative.
+    /// The heuristic is [`Infer::rank_heuristic`]'s; one that asks for the labelled set gets
+    /// every labelled example embedded by the model version that ranks.
     ///
     /// # Errors
     /// [`InferError::Invalid`] for `query_size` 0 or bad parameters; heuristic errors as in
-    /// [`Infer::heuristic`].
-    pub fn rank(
+    /// [`Infer::heuristic`]; engine errors while embedding the labelled set.
+    pub async fn rank(
         &self,
         project: Arc<Project>,
         query_size: u32,
@@ -258,18 +290,49 @@ impl Infer {
             return Err(InferError::invalid("query_size", "at least 1 sample must be selected"));
         }
         let mc_iterations = self.mc_iterations(&project, params.mc_iterations)?;
-        let heuristic = self.heuristic(&project, params.heuristic)?;
+        let heuristic = self.rank_heuristic(&project, params.heuristic)?;
         let seed = params.seed.unwrap_or_else(|| fastrand::u64(..));
-        let classes = project.spec.classes.len();
+        let labelled = match heuristic.needs_labelled() {
+            true => Some(Arc::new(self.labelled_set(&project, seed).await?)),
+            false => None,
+        };
+        let held = labelled.as_ref().map_or(0, |set| set.embeddings().data().len());
         let ranking = Ranking::new(
             heuristic.clone(),
             query_size as usize,
-            classes,
-            mc_iterations,
+            (project.spec.classes.len(), mc_iterations),
             seed,
-            self.max_rank_pool_values,
+            labelled,
+            self.max_rank_pool_values.saturating_sub(held),
         );
         Ok(PoolRanking { engine: self.engine.clone(), project, mc_iterations, heuristic, seed, ranking, pool_size: 0 })
+    }
+
+    /// Every labelled example of `project` embedded by the model version it carries
+    /// (`[L, D]`, with class indices `[L]`), read and embedded in chunks. Examples whose sample
+    /// no longer prepares are left out.
+    async fn labelled_set(&self, project: &Arc<Project>, seed: u64) -> Result<LabelledSet, InferError> {
+        let chunk = LABELLED_CHUNK.min(self.engine.max_in_flight_samples()).max(1);
+        let (mut after, mut embeddings, mut classes) = (String::new(), Vec::new(), Vec::new());
+        loop {
+            let page = tokio::task::block_in_place(|| self.examples.labelled_inputs(project, &after, chunk))
+                .map_err(|e| InferError::LabelledSet(e.to_string()))?;
+            let Some(last) = page.last else { break };
+            after = last;
+            let (inputs, page_classes): (Vec<_>, Vec<_>) = page.inputs.into_iter().unzip();
+            if inputs.is_empty() {
+                continue;
+            }
+            // One MC iteration: only the deterministic backbone output is kept.
+            let computed = self.engine.probabilities(project, inputs, 1, Some(seed), true).await?;
+            let prepared = computed.outcomes.iter().zip(page_classes).filter(|(outcome, _)| outcome.is_ok());
+            classes.extend(prepared.map(|(_, class)| class));
+            embeddings.extend(computed.embeddings);
+        }
+        // D is unknown without examples; an empty set never shows it to a plugin.
+        let d = if classes.is_empty() { 1 } else { embeddings.len() / classes.len() };
+        let matrix = EmbeddingMatrix::new(embeddings, d).map_err(|e| RankingError::Embeddings(e.to_string()))?;
+        Ok(LabelledSet::new(matrix, classes).map_err(|e| RankingError::Embeddings(e.to_string()))?)
     }
 }
 
@@ -322,7 +385,9 @@ impl PoolRanking {
             return Ok(Vec::new());
         }
         let (ids, inputs): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
-        let computed = self.engine.probabilities(&self.project, inputs, self.mc_iterations, Some(self.seed)).await?;
+        let embeddings = self.ranking.needs_embeddings();
+        let computed =
+            self.engine.probabilities(&self.project, inputs, self.mc_iterations, Some(self.seed), embeddings).await?;
         let (outcomes, probabilities) = (computed.outcomes, computed.values);
         let (mut scored, mut failed) = (Vec::with_capacity(ids.len()), Vec::new());
         for (id, outcome) in ids.into_iter().zip(outcomes) {
@@ -331,7 +396,7 @@ impl PoolRanking {
                 Err(error) => failed.push((id, error)),
             }
         }
-        tokio::task::block_in_place(|| self.ranking.add(scored, probabilities))?;
+        tokio::task::block_in_place(|| self.ranking.add(scored, probabilities, computed.embeddings))?;
         Ok(failed)
     }
 

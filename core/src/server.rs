@@ -198,8 +198,10 @@ impl Server {
         let grpc = listen("--listen", config.listen).await?;
         let http = listen("--http-listen", config.http_listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
+        let examples = Arc::new(Examples::new(db, blobs, image_limits));
         let infer = Infer::new(
             projects.clone(),
+            examples.clone(),
             trainer.clone(),
             heuristics.clone(),
             engine.clone(),
@@ -210,7 +212,7 @@ impl Server {
             heuristics: heuristics.clone(),
             projects,
             engine,
-            examples: Arc::new(Examples::new(db, blobs, image_limits)),
+            examples,
             trainer,
             metrics: metrics.clone(),
             infer,

@@ -4,14 +4,14 @@
 use std::{collections::HashMap, time::Duration};
 
 use alps_proto::v1::{
-    AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, Direction,
+    AcquisitionSchedule, AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, Direction,
     GetProjectRequest, HeuristicKind, HeuristicRef, JobState, LabelledExample, ListExamplesRequest,
     ListHeuristicsRequest, ListModelVersionsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, PredictResult,
     Preprocessing, Project, RankRequest, RankResponse, Sample, StoredExample, TrainRequest, TrainingJob,
     TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
     heuristic_service_client::HeuristicServiceClient, inference_service_client::InferenceServiceClient,
     model_version_service_client::ModelVersionServiceClient, project_service_client::ProjectServiceClient, sample,
-    training_service_client::TrainingServiceClient,
+    training_service_client::TrainingServiceClient, UpdateProjectRequest,
 };
 use tonic::{Code, Status};
 
@@ -81,6 +81,26 @@ impl Core {
         let request = with_timeout(CreateProjectRequest { project: Some(wanted) });
         let response = self.projects().create_project(request).await?.into_inner();
         response.project.ok_or_else(|| Status::internal("CreateProject answered without a project"))
+    }
+
+    /// Sets the project's acquisition schedule: `cold_start` ranks until `min_labels` labelled
+    /// examples (0 = the core's default); an empty `cold_start` removes the schedule.
+    ///
+    /// # Errors
+    /// The gRPC status (NOT_FOUND for a heuristic the core has not loaded).
+    pub async fn set_schedule(&self, id: &str, cold_start: &str, min_labels: u32) -> Result<Project, Status> {
+        let schedule = AcquisitionSchedule {
+            cold_start: Some(HeuristicRef { name: cold_start.to_owned(), version: String::new() }),
+            min_labels,
+        };
+        tracing::info!(project = id, cold_start, min_labels, "setting the ALPS project's acquisition schedule");
+        let request = UpdateProjectRequest {
+            project_id: id.to_owned(),
+            acquisition_schedule: Some(schedule),
+            ..UpdateProjectRequest::default()
+        };
+        let response = self.projects().update_project(with_timeout(request)).await?.into_inner();
+        response.project.ok_or_else(|| Status::internal("UpdateProject answered without a project"))
     }
 
     /// Predicts `samples` (id, encoded image) with the project's default K and `heuristic` (a
@@ -228,7 +248,9 @@ impl Core {
         messages.push(RankRequest {
             project_id: project.to_owned(),
             query_size,
-            heuristic: Some(HeuristicRef { name: heuristic.to_owned(), version: String::new() }),
+            // An empty name leaves the choice to the core: the project's schedule, else its default.
+            heuristic: (!heuristic.is_empty())
+                .then(|| HeuristicRef { name: heuristic.to_owned(), version: String::new() }),
             samples: chunks.next().unwrap_or_default(),
             seed: Some(seed),
             ..RankRequest::default()

@@ -69,6 +69,43 @@ pub struct ProjectLink {
     pub project_heuristic: String,
     /// `extra_params.query_size`: how many tasks a batch heuristic selects to head the order.
     pub query_size: u32,
+    /// `extra_params.cold_start` / `cold_start_labels`: the ALPS project's acquisition schedule;
+    /// `None` = leave the core's as it is (new projects get the server's default).
+    pub cold_start: Option<ColdStart>,
+}
+
+/// An acquisition schedule asked for in `extra_params`: `cold_start` names the heuristic that
+/// picks the first batches (`"none"` = no schedule), `cold_start_labels` the labelled examples at
+/// which the project's heuristic takes over (absent = the core's default, max(2 × classes, 20)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColdStart {
+    /// Heuristic name; empty = no schedule.
+    pub heuristic: String,
+    /// Switch point; 0 = the core's default.
+    pub min_labels: u32,
+}
+
+/// Largest `extra_params.cold_start_labels` accepted.
+const MAX_COLD_START_LABELS: u64 = 1_000_000;
+
+/// The schedule `extra_params` asks for, if any.
+fn cold_start(params: &Value) -> Result<Option<ColdStart>, OptionsError> {
+    let min_labels = match &params["cold_start_labels"] {
+        Value::Null => None,
+        value => match value.as_u64() {
+            Some(labels) if labels <= MAX_COLD_START_LABELS => Some(labels as u32),
+            _ => return Err(OptionsError::BadColdStartLabels(value.to_string())),
+        },
+    };
+    let heuristic = match &params["cold_start"] {
+        Value::Null if min_labels.is_none() => return Ok(None),
+        // Only a switch point: the server's default cold-start heuristic.
+        Value::Null => "typiclust".to_owned(),
+        Value::String(name) if name == "none" => String::new(),
+        Value::String(name) if valid_heuristic(name) => name.clone(),
+        other => return Err(OptionsError::BadHeuristic(other.to_string())),
+    };
+    Ok(Some(ColdStart { heuristic, min_labels: min_labels.unwrap_or(0) }))
 }
 
 impl ProjectLink {
@@ -97,6 +134,12 @@ impl ProjectLink {
             ScoreMode::Uncertainty => format!("{}-{}", model_version(&self.model.name, alps_version), self.heuristic()),
         }
     }
+}
+
+/// The schedule of an ALPS project as [`ColdStart`] (empty heuristic = none).
+fn schedule_of(project: &alps_proto::v1::Project) -> ColdStart {
+    let schedule = project.acquisition_schedule.clone().unwrap_or_default();
+    ColdStart { heuristic: schedule.cold_start.map(|h| h.name).unwrap_or_default(), min_labels: schedule.min_labels }
 }
 
 /// `<model>-<ALPS version>`.
@@ -131,6 +174,9 @@ pub enum OptionsError {
     /// `extra_params.query_size` is not a number in range.
     #[error("Bad query_size {0}; a whole number from 1 to 1000")]
     BadQuerySize(String),
+    /// `extra_params.cold_start_labels` is not a number in range.
+    #[error("Bad cold_start_labels {0}; a whole number from 0 (the default switch point) to 1000000")]
+    BadColdStartLabels(String),
 }
 
 /// Time [`Projects::served_versions`] waits for the core.
@@ -262,6 +308,7 @@ impl Projects {
                 _ => return Err(OptionsError::BadQuerySize(value.to_string())),
             },
         };
+        let cold_start = extra_params.map(cold_start).transpose()?.flatten();
         let found = self.found_at_start.lock().expect("poisoned").get(&ls_id).cloned();
         let mut links = self.lock();
         let previous = links.get(&ls_id).cloned();
@@ -270,7 +317,11 @@ impl Projects {
             (None, Some(previous)) => previous.model.clone(),
             (None, None) => self.preset(&self.default_model)?,
         };
-        let unchanged = previous.as_ref().is_some_and(|link| link.config == config && link.model == model);
+        let cold_start =
+            if extra_params.is_some() { cold_start } else { previous.as_ref().and_then(|l| l.cold_start.clone()) };
+        let unchanged = previous
+            .as_ref()
+            .is_some_and(|link| link.config == config && link.model == model && link.cold_start == cold_start);
         // Right after a restart the core's answer from `load_from_core` stands in for the link.
         let (found_version, found_heuristic) = found.unwrap_or_default();
         let active_version = match &previous {
@@ -297,6 +348,7 @@ impl Projects {
             query_size: query_size
                 .or(if extra_params.is_some() { None } else { previous.as_ref().map(|l| l.query_size) })
                 .unwrap_or(DEFAULT_QUERY_SIZE),
+            cold_start,
             config,
             model,
         };
@@ -334,7 +386,16 @@ impl Projects {
         if link.ensured {
             return Ok(link);
         }
-        let project = match self.core.ensure_project(&link.alps_id(), &link.config.labels, &link.model).await {
+        let ensured = async {
+            let project = self.core.ensure_project(&link.alps_id(), &link.config.labels, &link.model).await?;
+            match &link.cold_start {
+                Some(wanted) if schedule_of(&project) != *wanted => {
+                    self.core.set_schedule(&link.alps_id(), &wanted.heuristic, wanted.min_labels).await
+                }
+                _ => Ok(project),
+            }
+        };
+        let project = match ensured.await {
             Ok(project) => {
                 self.record_setup(ls_id, None);
                 project
@@ -347,7 +408,7 @@ impl Projects {
         let mut links = self.lock();
         let Some(current) = links.get_mut(&ls_id) else { return Ok(link) };
         // Only mark it ensured if nobody changed the link meanwhile.
-        if current.config == link.config && current.model == link.model {
+        if current.config == link.config && current.model == link.model && current.cold_start == link.cold_start {
             current.ensured = true;
         }
         let current = current.clone();
@@ -541,7 +602,29 @@ mod tests {
         for size in [json!(0), json!(1001), json!(2.5), json!("20")] {
             assert!(projects.observe(1, config(), Some(&json!({"query_size": size}))).is_err(), "{size}");
         }
+        for labels in [json!(-1), json!(1_000_001), json!("20")] {
+            let params = json!({"cold_start_labels": labels});
+            assert!(projects.observe(1, config(), Some(&params)).is_err(), "{labels}");
+        }
+        assert!(projects.observe(1, config(), Some(&json!({"cold_start": "../typiclust"}))).is_err());
         assert!(projects.get(1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cold_start_schedule_comes_from_extra_params_and_sticks() {
+        let (projects, _changes) = registry();
+        assert_eq!(projects.observe(2, config(), None).unwrap().cold_start, None, "the core's schedule stands");
+        let cases = [
+            (json!({"cold_start": "coreset", "cold_start_labels": 40}), ColdStart { heuristic: "coreset".into(), min_labels: 40 }),
+            (json!({"cold_start": "none"}), ColdStart { heuristic: String::new(), min_labels: 0 }),
+            (json!({"cold_start_labels": 30}), ColdStart { heuristic: "typiclust".into(), min_labels: 30 }),
+        ];
+        for (params, wanted) in cases {
+            let link = projects.observe(2, config(), Some(&params)).unwrap();
+            assert_eq!(link.cold_start.as_ref(), Some(&wanted), "{params}");
+            assert!(!link.ensured, "a new schedule is pushed to the core");
+            assert_eq!(projects.observe(2, config(), None).unwrap().cold_start, Some(wanted), "kept without extra_params");
+        }
     }
 
     #[tokio::test]

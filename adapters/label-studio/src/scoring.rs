@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use alps_proto::v1::{Direction, HeuristicKind, Prediction, predict_result::Outcome};
+use alps_proto::v1::{Direction, HeuristicKind, Prediction, RankResponse, predict_result::Outcome};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::{
@@ -173,6 +173,11 @@ impl ScoreSpec {
             ),
         }
     }
+}
+
+/// The name of the heuristic the core ranked with.
+fn chosen(ranked: &RankResponse) -> Option<&str> {
+    ranked.heuristic.as_ref().map(|h| h.name.as_str())
 }
 
 /// A heuristic's value as a share of the most uncertain value possible with `classes` classes, in
@@ -531,8 +536,11 @@ impl Scoring {
             return PassEnd::Superseded;
         }
         let scored = counters.scored.load(Ordering::Relaxed);
-        if let Some(batch) = &spec.batch
-            && (scored > 0 || self.batch_version(ls_id) != version)
+        // In uncertainty mode a per-sample heuristic still asks the core once per version which
+        // batch heads the order (an empty name): the project's acquisition schedule may pick a
+        // diverse cold-start batch while the project has few labels.
+        let batch = spec.batch.clone().or_else(|| (spec.mode == ScoreMode::Uncertainty).then(String::new));
+        if let Some(batch) = &batch
             && self.batch_version(ls_id) != version
         {
             let candidates = std::mem::take(&mut *candidates.lock().expect("candidates poisoned"));
@@ -820,7 +828,9 @@ impl Scoring {
 
     /// Makes the `query_size` tasks the batch heuristic selects head the order: Rank over the
     /// best-scored candidates, then their stored scores are raised above every other score, in
-    /// selection order (between the best other score and 1).
+    /// selection order (between the best other score and 1). An empty `heuristic` lets the core
+    /// choose (the project's acquisition schedule); when it chooses the per-sample heuristic the
+    /// order is left as it is.
     async fn write_batch(
         &self,
         ls_id: u64,
@@ -846,6 +856,11 @@ impl Scoring {
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         let ranked = match self.core.rank(&link.alps_id(), heuristic, link.query_size, seed, samples).await {
+            // The core chose the per-sample heuristic itself: no cold start, the order stands.
+            Ok(ranked) if heuristic.is_empty() && chosen(&ranked) == spec.predict_heuristic.as_deref() => {
+                self.update(ls_id, |state| state.batch_version = spec.version.clone());
+                return;
+            }
             Ok(ranked) if ranked.model_version == link.active_version => ranked,
             Ok(_) => return,
             Err(status) => {
@@ -877,7 +892,7 @@ impl Scoring {
         }
         tracing::info!(
             project = ls_id,
-            heuristic,
+            heuristic = chosen(&ranked).unwrap_or(heuristic),
             query_size,
             candidates = candidates.len(),
             pool = pool_size,

@@ -14,7 +14,8 @@ use super::blocking;
 use crate::ids;
 
 use crate::plugins::{
-    CallError, HeuristicHost, LoadedHeuristic, ProbabilityTensor, Registry, ResolveError, most_informative_first,
+    CallError, EmbeddingMatrix, HeuristicHost, LabelledSet, LoadedHeuristic, PoolEmbeddings, ProbabilityTensor,
+    Registry, ResolveError, most_informative_first,
 };
 
 /// Serves heuristics from the plugin host's current registry.
@@ -52,9 +53,10 @@ pub fn resolve_status(error: ResolveError) -> Status {
 /// The gRPC status of a heuristic call failure.
 pub fn call_status(error: CallError) -> Status {
     match error {
-        CallError::InvalidInput { .. } | CallError::NotAScoreHeuristic { .. } => {
-            Status::invalid_argument(error.to_string())
-        }
+        CallError::InvalidInput { .. }
+        | CallError::NotAScoreHeuristic { .. }
+        | CallError::MissingInput { .. }
+        | CallError::EmbeddingShape { .. } => Status::invalid_argument(error.to_string()),
         CallError::Plugin { ref heuristic, ref plugin, ref message } => {
             // The plugin author's message is for the caller; the plugin's path on the server
             // is not (the file name says which plugin).
@@ -77,6 +79,41 @@ fn input(values: Option<Tensor>, logits: bool) -> Result<ProbabilityTensor, Stat
         ProbabilityTensor::from_probabilities(values.data, &values.shape)
     };
     input.map_err(|error| Status::invalid_argument(format!("values: {error}")))
+}
+
+/// The embeddings a Score or Select request carries: `embeddings` `[N, D]`, and the labelled
+/// set `labelled_embeddings` `[L, D]` with `labelled_classes` `[L]` (absent or empty = none yet).
+/// Shapes are checked against the probabilities when the heuristic is called.
+fn embeddings(
+    embeddings: Option<Tensor>,
+    labelled: Option<Tensor>,
+    labelled_classes: Vec<u32>,
+) -> Result<PoolEmbeddings, Status> {
+    let Some(embeddings) = embeddings else {
+        if labelled.is_some() || !labelled_classes.is_empty() {
+            return Err(Status::invalid_argument("labelled_embeddings: needs embeddings for the samples too"));
+        }
+        return Ok(PoolEmbeddings::none());
+    };
+    let pool = matrix("embeddings", embeddings)?;
+    let labelled = match labelled {
+        Some(tensor) if !tensor.data.is_empty() => matrix("labelled_embeddings", tensor)?,
+        _ => EmbeddingMatrix::new(Vec::new(), pool.d()).map_err(|e| Status::invalid_argument(e.to_string()))?,
+    };
+    let labelled = LabelledSet::new(labelled, labelled_classes)
+        .map_err(|error| Status::invalid_argument(format!("labelled_classes: {error}")))?;
+    Ok(PoolEmbeddings { pool: Some(pool), labelled: Some(Arc::new(labelled)) })
+}
+
+/// A `[rows, D]` tensor as an embedding matrix.
+fn matrix(field: &str, tensor: Tensor) -> Result<EmbeddingMatrix, Status> {
+    let invalid = |message: String| Status::invalid_argument(format!("{field}: {message}"));
+    let [rows, d] = <[u64; 2]>::try_from(tensor.shape.as_slice())
+        .map_err(|_| invalid(format!("shape {:?}: expected [rows, D]", tensor.shape)))?;
+    if rows.checked_mul(d) != Some(tensor.data.len() as u64) {
+        return Err(invalid(format!("shape [{rows}, {d}] does not match {} values", tensor.data.len())));
+    }
+    EmbeddingMatrix::new(tensor.data, d as usize).map_err(|error| invalid(error.to_string()))
 }
 
 fn reference(heuristic: &LoadedHeuristic) -> HeuristicRef {
@@ -112,6 +149,8 @@ fn info(heuristic: &LoadedHeuristic) -> HeuristicInfo {
             .unwrap_or_default(),
         sha256: heuristic.plugin.sha256.clone(),
         loaded_unix_ms: crate::store::unix_ms(heuristic.plugin.loaded_at),
+        needs_embeddings: heuristic.needs_embeddings(),
+        needs_labelled_set: heuristic.needs_labelled(),
     }
 }
 
@@ -128,7 +167,8 @@ impl HeuristicService for HeuristicApi {
         let scored = heuristic.clone();
         let scores = blocking(move || {
             let input = input(request.values, request.logits)?;
-            scored.score(&input, seed).map_err(call_status)
+            let embeddings = embeddings(request.embeddings, request.labelled_embeddings, request.labelled_classes)?;
+            scored.score(&input, &embeddings, seed).map_err(call_status)
         })
         .await?;
         let order = most_informative_first(&scores, heuristic.direction);
@@ -147,12 +187,13 @@ impl HeuristicService for HeuristicApi {
         let selecting = heuristic.clone();
         let (indices, scores) = blocking(move || {
             let input = input(request.values, request.logits)?;
+            let embeddings = embeddings(request.embeddings, request.labelled_embeddings, request.labelled_classes)?;
             // The same rule as Rank: at least 1; more than the N samples given selects all N.
             if request.query_size == 0 {
                 return Err(Status::invalid_argument("query_size: at least 1 sample must be selected"));
             }
             let query_size = (request.query_size as usize).min(input.n());
-            selecting.select(&input, query_size, seed).map_err(call_status)
+            selecting.select(&input, &embeddings, query_size, seed).map_err(call_status)
         })
         .await?;
         Ok(Response::new(SelectResponse { indices, scores, heuristic: Some(reference(&heuristic)) }))

@@ -71,7 +71,7 @@ impl InferenceApi {
             return_mc_samples: false,
             seed: first.seed,
         };
-        let mut ranking = self.infer.rank(project, first.query_size, params)?;
+        let mut ranking = self.infer.rank(project, first.query_size, params).await?;
         let mut failed = Vec::new();
         let mut chunk = Some(first);
         while let Some(message) = chunk {
@@ -144,7 +144,7 @@ fn ranking_status(error: RankingError) -> Status {
     match error {
         RankingError::Heuristic(error) => call_status(error),
         RankingError::PoolTooLarge { .. } => Status::invalid_argument(error.to_string()),
-        RankingError::Probabilities(_) => Status::internal(error.to_string()),
+        RankingError::Probabilities(_) | RankingError::Embeddings(_) => Status::internal(error.to_string()),
     }
 }
 
@@ -160,6 +160,12 @@ impl From<InferError> for Status {
             InferError::Heuristic(error) => super::heuristics::resolve_status(error),
             InferError::Engine(error) => engine_status(error),
             InferError::Ranking(error) => ranking_status(error),
+            InferError::LabelledSet(ref message) => {
+                // The store's message may name server paths; the log keeps it, the client gets
+                // what failed.
+                tracing::error!(%message, "labelled set unreadable");
+                Status::internal("cannot read the project's labelled examples for the heuristic")
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     ids,
     models::{ModelError, files::ModelFileError, pretrained::PretrainedError},
     projects::{
-        Architecture, DEFAULT_HEAD_DROPOUT, HeuristicChoice, ModelSpec, Preprocessing, PretrainedWeights, Project,
+        AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, HeuristicChoice, ModelSpec, Preprocessing, PretrainedWeights, Project,
         ProjectError, ProjectSpec, ProjectUpdate,
     },
 };
@@ -39,6 +39,41 @@ impl ProjectApi {
             .resolve(&choice.name, &choice.version)
             .map(drop)
             .map_err(super::heuristics::resolve_status)
+    }
+
+    /// The schedule a CreateProject or UpdateProject asks for: `None` for an empty cold-start
+    /// name (no schedule), else a checked, loaded heuristic. `field` names the request field.
+    fn requested_schedule(
+        &self,
+        field: &str,
+        requested: pb::AcquisitionSchedule,
+    ) -> Result<Option<AcquisitionSchedule>, Status> {
+        let Some(cold_start) = requested.cold_start.filter(|h| !h.name.is_empty()) else {
+            return Ok(None);
+        };
+        super::heuristics::check_reference(&format!("{field}.cold_start"), &cold_start.name, &cold_start.version)?;
+        let cold_start = HeuristicChoice { name: cold_start.name, version: cold_start.version };
+        self.check_heuristic(&cold_start)?;
+        Ok(Some(AcquisitionSchedule { cold_start, min_labels: requested.min_labels }))
+    }
+
+    /// The schedule of a new project: the requested one, else the server's default when its
+    /// cold-start heuristic is loaded (a server without it keeps ranking as before).
+    fn new_project_schedule(
+        &self,
+        requested: Option<pb::AcquisitionSchedule>,
+    ) -> Result<Option<AcquisitionSchedule>, Status> {
+        if let Some(requested) = requested {
+            return self.requested_schedule("project.acquisition_schedule", requested);
+        }
+        let default = AcquisitionSchedule::server_default();
+        match self.check_heuristic(&default.cold_start) {
+            Ok(()) => Ok(Some(default)),
+            Err(_) => {
+                tracing::warn!(heuristic = %default.cold_start.name, "default cold-start heuristic not loaded; no schedule");
+                Ok(None)
+            }
+        }
     }
 
     /// Fetches the published weights `spec` starts from into the cache, if any, waiting at most
@@ -146,8 +181,8 @@ fn requested_preprocessing(p: pb::Preprocessing) -> Preprocessing {
     Preprocessing { width: p.width, height: p.height, channels: p.channels, mean: p.mean, std: p.std }
 }
 
-/// The domain spec of a requested project; the domain fills what it left unset
-/// ([`Preprocessing::with_defaults`], [`ProjectSpec::with_defaults`]).
+/// The domain spec of a requested project (its schedule is resolved by the caller); the domain
+/// fills what it left unset ([`Preprocessing::with_defaults`], [`ProjectSpec::with_defaults`]).
 fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
     let model = project.model.ok_or_else(|| Status::invalid_argument("project.model is required"))?;
     let architecture = architecture(model.architecture)?;
@@ -168,6 +203,7 @@ fn spec(project: pb::Project) -> Result<ProjectSpec, Status> {
         preprocessing: Preprocessing::with_defaults(requested, architecture, weights),
         mc_iterations: project.mc_iterations,
         default_heuristic: HeuristicChoice { name: heuristic.name, version: heuristic.version },
+        acquisition_schedule: None,
     };
     Ok(spec.with_defaults())
 }
@@ -204,6 +240,16 @@ pub fn proto_project(project: &Project) -> pb::Project {
         }),
         active_model_version: project.active_version.clone(),
         created_unix_ms: project.created_unix_ms,
+        acquisition_schedule: Some(match &spec.acquisition_schedule {
+            Some(schedule) => pb::AcquisitionSchedule {
+                cold_start: Some(pb::HeuristicRef {
+                    name: schedule.cold_start.name.clone(),
+                    version: schedule.cold_start.version.clone(),
+                }),
+                min_labels: schedule.min_labels,
+            },
+            None => pb::AcquisitionSchedule::default(),
+        }),
     }
 }
 
@@ -215,8 +261,10 @@ impl ProjectService for ProjectApi {
     ) -> Result<Response<CreateProjectResponse>, Status> {
         let project_id = request.get_ref().project.as_ref().map(|p| p.id.clone()).unwrap_or_default();
         super::audit(&request, "CreateProject", &project_id);
-        let project = request.into_inner().project.ok_or_else(|| Status::invalid_argument("project is required"))?;
-        let spec = spec(project)?;
+        let mut project =
+            request.into_inner().project.ok_or_else(|| Status::invalid_argument("project is required"))?;
+        let schedule = project.acquisition_schedule.take();
+        let mut spec = spec(project)?;
         spec.validate().map_err(|error| Status::invalid_argument(error.to_string()))?;
         super::heuristics::check_reference(
             "project.default_heuristic",
@@ -224,6 +272,7 @@ impl ProjectService for ProjectApi {
             &spec.default_heuristic.version,
         )?;
         self.check_heuristic(&spec.default_heuristic)?;
+        spec.acquisition_schedule = self.new_project_schedule(schedule)?;
         self.check_model(&spec).await?;
         let projects = self.state.projects.clone();
         let id = spec.id.clone();
@@ -263,6 +312,10 @@ impl ProjectService for ProjectApi {
         if let Some(choice) = &default_heuristic {
             self.check_heuristic(choice)?;
         }
+        let acquisition_schedule = request
+            .acquisition_schedule
+            .map(|requested| self.requested_schedule("acquisition_schedule", requested))
+            .transpose()?;
         // New preprocessing: defaults as in CreateProject, and the model must still build on it
         // (e.g. pretrained weights need 3 channels).
         let preprocessing = match request.preprocessing {
@@ -284,6 +337,7 @@ impl ProjectService for ProjectApi {
             mc_iterations: request.mc_iterations,
             default_heuristic,
             preprocessing,
+            acquisition_schedule,
         };
         let projects = self.state.projects.clone();
         let id = request.project_id.clone();

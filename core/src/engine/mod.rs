@@ -24,7 +24,7 @@ use crate::{
         files::ModelFiles,
         preprocess::{self, ImageLimits, SampleError},
     },
-    plugins::{CallError, LoadedHeuristic, ProbabilityTensor},
+    plugins::{CallError, EmbeddingMatrix, LoadedHeuristic, PoolEmbeddings, ProbabilityTensor},
     projects::{Project, ProjectSpec, UNTRAINED_VERSION},
 };
 use cache::ModelKey;
@@ -78,6 +78,8 @@ pub struct Probabilities {
     pub outcomes: Vec<Result<(), SampleError>>,
     /// `[n_ok, C, K]` of the samples that were prepared, flattened.
     pub values: Vec<f32>,
+    /// Backbone embeddings `[n_ok, D]`, flattened, when asked for; else empty.
+    pub embeddings: Vec<f32>,
     /// How long its stages took (`output` is left zero).
     pub times: RequestTimes,
 }
@@ -214,7 +216,8 @@ impl Engine {
     }
 
     /// MC-Dropout probabilities of `samples` on `project`'s active model: per sample its
-    /// preprocessing result, and `[n_ok, C, K]` for the samples that succeeded, in order.
+    /// preprocessing result, and `[n_ok, C, K]` for the samples that succeeded, in order; with
+    /// `embeddings`, their backbone embeddings `[n_ok, D]` too.
     ///
     /// # Errors
     /// [`EngineError`] if the request is not admitted or the model fails.
@@ -224,6 +227,7 @@ impl Engine {
         samples: Vec<SampleInput>,
         k: usize,
         seed: Option<u64>,
+        embeddings: bool,
     ) -> Result<Probabilities, EngineError> {
         let _permit = self.admit(samples.len().max(1))?;
         let has_images = samples.iter().any(|sample| matches!(sample, SampleInput::Image(_)));
@@ -247,7 +251,7 @@ impl Engine {
         }
         let n = outcomes.iter().filter(|o| o.is_ok()).count();
         if n == 0 {
-            return Ok(Probabilities { outcomes, values: Vec::new(), times });
+            return Ok(Probabilities { outcomes, values: Vec::new(), embeddings: Vec::new(), times });
         }
         let (reply, result) = oneshot::channel();
         let version = &project.active_version;
@@ -264,6 +268,7 @@ impl Engine {
             n,
             k,
             seed,
+            embeddings,
             enqueued: Instant::now(),
             reply,
         };
@@ -276,7 +281,7 @@ impl Engine {
         // If this future is dropped (client gone), the worker sees the closed reply and skips the job.
         let computed = result.await.map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)?;
         (times.queue, times.infer) = (computed.queued, computed.computed);
-        Ok(Probabilities { outcomes, values: computed.probabilities, times })
+        Ok(Probabilities { outcomes, values: computed.probabilities, embeddings: computed.embeddings, times })
     }
 
     /// Predicts `samples`: class, probability, mean probabilities and the heuristic's score per
@@ -310,8 +315,10 @@ impl Engine {
             return Err(EngineError::BatchHeuristic(options.heuristic.label()));
         }
         let (k, classes) = (options.mc_iterations, project.spec.classes.len());
-        let Probabilities { outcomes, values: probabilities, mut times } =
-            self.probabilities(project, samples, k, options.seed).await?;
+        // A per-sample heuristic may score on embeddings (ABI 1.1); the labelled set is Rank's.
+        let wants_embeddings = options.heuristic.needs_embeddings();
+        let Probabilities { outcomes, values: probabilities, embeddings, mut times } =
+            self.probabilities(project, samples, k, options.seed, wants_embeddings).await?;
         let scoring = Instant::now();
         let n = probabilities.len() / (classes * k).max(1);
         let scores = if n == 0 {
@@ -322,10 +329,11 @@ impl Engine {
                 ProbabilityTensor::from_probabilities(probabilities.clone(), &[n as u64, classes as u64, k as u64])
                     .map_err(|error| EngineError::Model(format!("model produced invalid probabilities: {error}")))?;
             let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
+            let embeddings = pool_embeddings(embeddings, n)?;
             if tensor.data().len() <= INLINE_SCORE_VALUES {
-                heuristic.score(&tensor, seed)?
+                heuristic.score(&tensor, &embeddings, seed)?
             } else {
-                tokio::task::spawn_blocking(move || heuristic.score(&tensor, seed))
+                tokio::task::spawn_blocking(move || heuristic.score(&tensor, &embeddings, seed))
                     .await
                     .map_err(|_| EngineError::Unavailable)??
             }
@@ -358,6 +366,20 @@ fn prepare(
 }
 
 /// Mean over K, argmax and (optionally) the full `[C, K]` of one sample.
+/// The pool embeddings `[n, D]` the worker returned (empty when not asked for).
+///
+/// # Errors
+/// [`EngineError::Model`] if the model produced non-finite or misshapen features.
+pub fn pool_embeddings(values: Vec<f32>, n: usize) -> Result<PoolEmbeddings, EngineError> {
+    if values.is_empty() {
+        return Ok(PoolEmbeddings::none());
+    }
+    let d = values.len() / n.max(1);
+    let pool = EmbeddingMatrix::new(values, d)
+        .map_err(|error| EngineError::Model(format!("model produced invalid embeddings: {error}")))?;
+    Ok(PoolEmbeddings { pool: Some(pool), labelled: None })
+}
+
 fn summarise(values: &[f32], classes: usize, k: usize, score: f32, with_samples: bool) -> SamplePrediction {
     let mean_probabilities: Vec<f32> = values.chunks_exact(k).map(|row| row.iter().sum::<f32>() / k as f32).collect();
     let (class_index, probability) = mean_probabilities

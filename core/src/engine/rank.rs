@@ -1,13 +1,18 @@
 //! Ranking an unlabelled pool that arrives in chunks: keep the `query_size` most informative
 //! items. Per-sample heuristics stream, holding only the current best (memory bounded by the
-//! chunk and the query size, not the pool). Batch heuristics (BatchBALD, PowerBALD) need the
-//! whole pool's probabilities at once; they accept pools up to a configured number of values.
+//! chunk and the query size, not the pool). Batch heuristics (BatchBALD, PowerBALD, TypiClust,
+//! Core-Set, BADGE) need the whole pool at once: its probabilities `[N, C, K]` and, for those
+//! that ask, its embeddings `[N, D]`; they accept pools up to a configured number of values
+//! (N·C·K + N·D).
 
 use std::sync::Arc;
 
 use alps_heuristic_abi::Kind;
 
-use crate::plugins::{CallError, LoadedHeuristic, ProbabilityTensor, most_informative_first};
+use crate::plugins::{
+    CallError, EmbeddingMatrix, LabelledSet, LoadedHeuristic, PoolEmbeddings, ProbabilityTensor,
+    most_informative_first,
+};
 
 /// Why a ranking failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +23,12 @@ pub enum RankingError {
     /// The model produced values the heuristic host rejects (a model defect).
     #[error("model produced invalid probabilities: {0}")]
     Probabilities(String),
+    /// The model produced embeddings the heuristic host rejects (a model defect).
+    #[error("model produced invalid embeddings: {0}")]
+    Embeddings(String),
     /// A batch heuristic's pool outgrew its bound.
     #[error(
-        "pool too large for batch heuristic {heuristic}: over {limit} probability values (N·C·K) are held at once; use a per-sample heuristic or a smaller pool"
+        "pool too large for batch heuristic {heuristic}: over {limit} values (probabilities N·C·K plus embeddings N·D) are held at once; use a per-sample heuristic or a smaller pool"
     )]
     PoolTooLarge {
         /// `name@version`.
@@ -43,18 +51,25 @@ pub struct Ranking {
     /// Batch heuristics: every item's id and probabilities `[n, C, K]`.
     pool_ids: Vec<String>,
     pool: Vec<f32>,
+    /// Batch heuristics that ask for embeddings: every item's `[n, D]`.
+    pool_embeddings: Vec<f32>,
+    /// D of the embeddings seen so far (0 before the first chunk).
+    d: usize,
+    /// The labelled set, for heuristics that ask for it.
+    labelled: Option<Arc<LabelledSet>>,
     max_pool_values: usize,
 }
 
 impl Ranking {
-    /// Starts a ranking of `query_size` items with `heuristic` on `[·, classes, k]` outputs.
-    /// A pool smaller than `query_size` is returned whole (the API's rule for Rank and Select).
+    /// Starts a ranking of `query_size` items with `heuristic` on `[·, classes, k]` outputs;
+    /// `labelled` is the labelled set for heuristics that ask for it. A pool smaller than
+    /// `query_size` is returned whole (the API's rule for Rank and Select).
     pub fn new(
         heuristic: Arc<LoadedHeuristic>,
         query_size: usize,
-        classes: usize,
-        k: usize,
+        (classes, k): (usize, usize),
         seed: u64,
+        labelled: Option<Arc<LabelledSet>>,
         max_pool_values: usize,
     ) -> Self {
         Self {
@@ -66,20 +81,32 @@ impl Ranking {
             best: Vec::new(),
             pool_ids: Vec::new(),
             pool: Vec::new(),
+            pool_embeddings: Vec::new(),
+            d: 0,
+            labelled,
             max_pool_values,
         }
     }
 
-    /// Adds a scored chunk: `ids` with their probabilities `[ids.len(), C, K]`.
+    /// Whether chunks must come with embeddings (the heuristic asks for them).
+    pub fn needs_embeddings(&self) -> bool {
+        self.heuristic.needs_embeddings()
+    }
+
+    /// Adds a scored chunk: `ids` with their probabilities `[ids.len(), C, K]` and, when
+    /// [`needs_embeddings`](Self::needs_embeddings), embeddings `[ids.len(), D]` (else empty).
     ///
     /// # Errors
-    /// [`RankingError`] if the heuristic fails or a batch heuristic's pool is too large.
-    pub fn add(&mut self, ids: Vec<String>, probabilities: Vec<f32>) -> Result<(), RankingError> {
+    /// [`RankingError`] if the heuristic fails, the embeddings do not fit, or a batch
+    /// heuristic's pool is too large.
+    pub fn add(&mut self, ids: Vec<String>, probabilities: Vec<f32>, embeddings: Vec<f32>) -> Result<(), RankingError> {
         if ids.is_empty() {
             return Ok(());
         }
+        self.check_embeddings(&embeddings, ids.len())?;
         if self.heuristic.kind == Kind::Batch {
-            if self.pool.len() + probabilities.len() > self.max_pool_values {
+            let held = self.pool.len() + self.pool_embeddings.len();
+            if held + probabilities.len() + embeddings.len() > self.max_pool_values {
                 return Err(RankingError::PoolTooLarge {
                     heuristic: self.heuristic.label(),
                     limit: self.max_pool_values,
@@ -87,10 +114,12 @@ impl Ranking {
             }
             self.pool_ids.extend(ids);
             self.pool.extend(probabilities);
+            self.pool_embeddings.extend(embeddings);
             return Ok(());
         }
         let tensor = self.tensor(probabilities, ids.len())?;
-        let scores = self.heuristic.score(&tensor, self.seed)?;
+        let embeddings = self.embeddings(embeddings)?;
+        let scores = self.heuristic.score(&tensor, &embeddings, self.seed)?;
         // Earlier items come first among equals, so ties keep pool order.
         let mut merged: Vec<(String, f32)> = std::mem::take(&mut self.best);
         merged.extend(ids.into_iter().zip(scores));
@@ -99,6 +128,30 @@ impl Ranking {
         let mut slots: Vec<Option<(String, f32)>> = merged.into_iter().map(Some).collect();
         self.best = order.into_iter().take(self.query_size).filter_map(|i| slots[i as usize].take()).collect();
         Ok(())
+    }
+
+    /// Every chunk of one ranking has embeddings of one dimension D (one model).
+    fn check_embeddings(&mut self, embeddings: &[f32], n: usize) -> Result<(), RankingError> {
+        if !self.needs_embeddings() {
+            return Ok(());
+        }
+        let d = embeddings.len() / n;
+        if d == 0 || d * n != embeddings.len() || (self.d != 0 && d != self.d) {
+            let seen = self.d;
+            return Err(RankingError::Embeddings(format!("{} values for {n} samples (D so far {seen})", embeddings.len())));
+        }
+        self.d = d;
+        Ok(())
+    }
+
+    /// What the heuristic gets besides probabilities: `embeddings` `[n, D]` and the labelled set.
+    fn embeddings(&self, embeddings: Vec<f32>) -> Result<PoolEmbeddings, RankingError> {
+        if !self.needs_embeddings() {
+            return Ok(PoolEmbeddings::none());
+        }
+        let pool =
+            EmbeddingMatrix::new(embeddings, self.d).map_err(|error| RankingError::Embeddings(error.to_string()))?;
+        Ok(PoolEmbeddings { pool: Some(pool), labelled: self.labelled.clone() })
     }
 
     fn tensor(&self, probabilities: Vec<f32>, n: usize) -> Result<ProbabilityTensor, RankingError> {
@@ -120,7 +173,9 @@ impl Ranking {
         }
         let pool = std::mem::take(&mut self.pool);
         let tensor = self.tensor(pool, n)?;
-        let (indices, scores) = self.heuristic.select(&tensor, self.query_size.min(n), self.seed)?;
+        let pool_embeddings = std::mem::take(&mut self.pool_embeddings);
+        let embeddings = self.embeddings(pool_embeddings)?;
+        let (indices, scores) = self.heuristic.select(&tensor, &embeddings, self.query_size.min(n), self.seed)?;
         Ok(indices.into_iter().zip(scores).map(|(i, score)| (self.pool_ids[i as usize].clone(), score)).collect())
     }
 }

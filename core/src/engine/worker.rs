@@ -32,6 +32,8 @@ pub type JobResult = Result<Computed, String>;
 pub struct Computed {
     /// Probabilities `[n, C, K]`, flattened.
     pub probabilities: Vec<f32>,
+    /// Backbone embeddings `[n, D]`, flattened, when the job asked for them; else empty.
+    pub embeddings: Vec<f32>,
     /// Time in the worker queue.
     pub queued: std::time::Duration,
     /// Time of the batched MC-Dropout pass that served the job.
@@ -54,6 +56,8 @@ pub struct Job {
     pub k: usize,
     /// Seed for the dropout masks, if the caller wants reproducible results.
     pub seed: Option<u64>,
+    /// Return the backbone embeddings `[n, D]` too (heuristics that ask for them, ABI 1.1).
+    pub embeddings: bool,
     /// When the job was queued.
     pub enqueued: Instant,
     /// Where the result goes; closed when the caller went away.
@@ -198,21 +202,25 @@ impl Worker {
                 );
                 Ok(model)
             })
-            .and_then(|model| run(model, &spec, &live, samples, k, seed));
+            .and_then(|model| run(model, &spec, &live, samples, k, seed, live.iter().any(|job| job.embeddings)));
         let computed = started.elapsed();
         self.metrics.observe_batch(&key.project, &key.version, samples, computed);
         if result.is_ok() {
             self.metrics.record_forward(samples, k);
         }
         match result {
-            Ok(probabilities) => {
+            Ok((probabilities, embeddings)) => {
                 let per_sample = probabilities.len() / samples.max(1);
-                let mut rest = probabilities.as_slice();
+                let d = embeddings.len() / samples.max(1);
+                let (mut rest, mut rest_embeddings) = (probabilities.as_slice(), embeddings.as_slice());
                 for job in live {
                     let (mine, others) = rest.split_at(job.n * per_sample);
-                    rest = others;
+                    let (my_embeddings, other_embeddings) = rest_embeddings.split_at(job.n * d);
+                    (rest, rest_embeddings) = (others, other_embeddings);
+                    let embeddings = if job.embeddings { my_embeddings.to_vec() } else { Vec::new() };
                     let queued = started - job.enqueued;
-                    let _ = job.reply.send(Ok(Computed { probabilities: mine.to_vec(), queued, computed }));
+                    let computed = Computed { probabilities: mine.to_vec(), embeddings, queued, computed };
+                    let _ = job.reply.send(Ok(computed));
                 }
             }
             Err(error) => {
@@ -227,6 +235,8 @@ impl Worker {
 }
 
 /// One forward pass for the whole batch: backbone once, head K times on the repeated features.
+/// Returns probabilities `[samples, C, K]` and, when `embeddings` is set, the backbone features
+/// `[samples, D]` (else empty), both flattened.
 fn run(
     model: &McModel,
     spec: &ProjectSpec,
@@ -234,7 +244,8 @@ fn run(
     samples: usize,
     k: usize,
     seed: Option<u64>,
-) -> Result<Vec<f32>, ModelError> {
+    embeddings: bool,
+) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     if let Some(seed) = seed {
         // Seeds are u64 on the wire; libtorch takes i64. Reinterpreting keeps every seed distinct.
         tch::manual_seed(seed as i64);
@@ -245,5 +256,11 @@ fn run(
     let inputs = Tensor::f_from_slice(&inputs)?.f_view(shape)?.f_to_device(model.device())?;
     let features = model.features(&inputs)?;
     let probabilities = model.mc_probabilities(&features, k as i64)?.f_to_device(Device::Cpu)?;
-    Ok(Vec::<f32>::try_from(probabilities.f_view([-1])?)?)
+    let probabilities = Vec::<f32>::try_from(probabilities.f_view([-1])?)?;
+    if !embeddings {
+        return Ok((probabilities, Vec::new()));
+    }
+    // Features may be any float type or shape [B, ...]; heuristics get f32 rows [B, D].
+    let features = features.f_to_kind(tch::Kind::Float)?.f_reshape([samples as i64, -1])?.f_to_device(Device::Cpu)?;
+    Ok((probabilities, Vec::<f32>::try_from(features.f_contiguous()?.f_view([-1])?)?))
 }

@@ -154,7 +154,7 @@ impl ProbabilityTensor {
 
     /// The ABI view; valid while `self` is borrowed.
     pub(super) fn raw(&self) -> ProbabilitiesRaw {
-        ProbabilitiesRaw { data: self.data.as_ptr(), n: self.n, c: self.c, k: self.k }
+        ProbabilitiesRaw::probabilities(self.data.as_ptr(), self.n, self.c, self.k)
     }
 }
 

@@ -9,11 +9,11 @@ use std::{
 };
 
 use alps_heuristic_abi::{
-    ABI_MAJOR, ABI_MINOR, Direction, ENTRY_SYMBOL, EntryFn, ErrorBuffer, Kind, PluginDescriptor, ScoreFn, SelectFn,
-    Status,
+    ABI_MAJOR, ABI_MINOR, Direction, ENTRY_SYMBOL, EntryFn, ErrorBuffer, Inputs, Kind, PluginDescriptor,
+    ProbabilitiesRaw, ScoreFn, SelectFn, Status,
 };
 
-use super::input::ProbabilityTensor;
+use super::{embeddings::PoolEmbeddings, input::ProbabilityTensor};
 
 /// Bytes the host lends a plugin for an error message.
 const ERROR_CAPACITY: usize = 1024;
@@ -113,6 +113,8 @@ pub struct LoadedHeuristic {
     pub direction: Direction,
     /// Per-sample score or batch selection.
     pub kind: Kind,
+    /// What it asks for besides probabilities (ABI 1.1; probabilities only for 1.0 plugins).
+    pub inputs: Inputs,
     /// The plugin it came from.
     pub plugin: Arc<PluginInfo>,
     function: Function,
@@ -127,6 +129,25 @@ pub enum CallError {
         /// `name@version`.
         heuristic: String,
         /// The plugin's message.
+        message: String,
+    },
+    /// The heuristic asks for embeddings the call cannot offer (e.g. Predict, or Select without
+    /// embeddings).
+    #[error("heuristic {heuristic} needs {what}, which this call does not provide{hint}")]
+    MissingInput {
+        /// `name@version`.
+        heuristic: String,
+        /// What is missing.
+        what: &'static str,
+        /// Where it can be had, e.g. "; use it with Rank".
+        hint: &'static str,
+    },
+    /// The embeddings offered do not fit the probabilities.
+    #[error("heuristic {heuristic}: {message}")]
+    EmbeddingShape {
+        /// `name@version`.
+        heuristic: String,
+        /// What does not fit.
         message: String,
     },
     /// `Score` on a batch heuristic.
@@ -245,6 +266,7 @@ fn read_descriptor(
     // SAFETY: the ABI promises `heuristic_count` descriptors at `heuristics`, living as long as
     // the (never unloaded) library.
     let entries = unsafe { std::slice::from_raw_parts(descriptor.heuristics, descriptor.heuristic_count) };
+    let inputs = heuristic_inputs(descriptor).map_err(invalid)?;
     let mut heuristics: Vec<Arc<LoadedHeuristic>> = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let field = |name: &str, ptr| {
@@ -274,11 +296,32 @@ fn read_descriptor(
             description,
             direction,
             kind,
+            inputs: inputs[i],
             plugin: plugin.clone(),
             function,
         }));
     }
     Ok(heuristics)
+}
+
+/// What each heuristic asks for: the 1.1 `heuristic_inputs` array, read only from plugins that
+/// declare minor 1 or later (a 1.0 descriptor ends before that field).
+fn heuristic_inputs(descriptor: &'static PluginDescriptor) -> Result<Vec<Inputs>, String> {
+    let count = descriptor.heuristic_count;
+    if descriptor.abi_minor < 1 || descriptor.heuristic_inputs.is_null() {
+        return Ok(vec![Inputs::PROBABILITIES; count]);
+    }
+    // SAFETY: ABI 1.1 promises `heuristic_count` flag words at `heuristic_inputs`, living as
+    // long as the library.
+    let inputs = unsafe { std::slice::from_raw_parts(descriptor.heuristic_inputs, count) };
+    match inputs.iter().position(|flags| flags.0 & !Inputs::KNOWN.0 != 0) {
+        Some(i) => Err(format!("heuristic {i}: unknown input flags {:#x}", inputs[i].0)),
+        // LABELLED implies EMBEDDINGS (the labelled set lives in the pool's embedding space).
+        None => Ok(inputs
+            .iter()
+            .map(|&flags| if flags.0 & Inputs::LABELLED.0 != 0 { Inputs::LABELLED } else { flags })
+            .collect()),
+    }
 }
 
 /// A NUL-terminated UTF-8 string from the plugin, copied.
@@ -313,20 +356,69 @@ impl LoadedHeuristic {
         }
     }
 
-    /// Per-sample scores `[N]` of a score heuristic.
+    /// Whether the heuristic asks for the pool's embeddings (and so for more than the
+    /// probabilities a client or the Predict path can offer).
+    pub fn needs_embeddings(&self) -> bool {
+        self.inputs.contains(Inputs::EMBEDDINGS)
+    }
+
+    /// Whether the heuristic asks for the labelled set.
+    pub fn needs_labelled(&self) -> bool {
+        self.inputs.contains(Inputs::LABELLED)
+    }
+
+    /// The ABI input: probabilities, plus the embeddings this heuristic asked for. The view
+    /// borrows `input` and `embeddings`.
+    fn raw(&self, input: &ProbabilityTensor, embeddings: &PoolEmbeddings) -> Result<ProbabilitiesRaw, CallError> {
+        let mut raw = input.raw();
+        if !self.needs_embeddings() {
+            return Ok(raw);
+        }
+        let missing = |what| CallError::MissingInput {
+            heuristic: self.label(),
+            what,
+            hint: "; use it with Rank, or send embeddings with Select",
+        };
+        let shape = |message: String| CallError::EmbeddingShape { heuristic: self.label(), message };
+        let pool = embeddings.pool.as_ref().ok_or_else(|| missing("the pool's embeddings [N, D]"))?;
+        if pool.rows() != input.n() {
+            return Err(shape(format!("{} embeddings for {} samples", pool.rows(), input.n())));
+        }
+        (raw.embeddings, raw.d) = (pool.data().as_ptr(), pool.d());
+        if !self.needs_labelled() {
+            return Ok(raw);
+        }
+        let labelled = embeddings.labelled.as_ref().ok_or_else(|| missing("the labelled set's embeddings [L, D]"))?;
+        if labelled.embeddings().rows() > 0 && labelled.embeddings().d() != pool.d() {
+            let (l, d) = (labelled.embeddings().d(), pool.d());
+            return Err(shape(format!("labelled embeddings have dimension {l}, the pool's {d}")));
+        }
+        if let Some(class) = labelled.classes().iter().find(|&&class| class as usize >= input.c()) {
+            return Err(shape(format!("labelled class {class} is not below C = {}", input.c())));
+        }
+        if !labelled.classes().is_empty() {
+            raw.labelled_embeddings = labelled.embeddings().data().as_ptr();
+            raw.labelled_classes = labelled.classes().as_ptr();
+            raw.l = labelled.classes().len();
+        }
+        Ok(raw)
+    }
+
+    /// Per-sample scores `[N]` of a score heuristic; `embeddings` serve heuristics that ask.
     ///
     /// # Errors
-    /// [`CallError`]: wrong kind, input rejected, plugin failure, or non-finite scores.
-    pub fn score(&self, input: &ProbabilityTensor, seed: u64) -> Result<Vec<f32>, CallError> {
+    /// [`CallError`]: wrong kind, missing embeddings, input rejected, plugin failure, or
+    /// non-finite scores.
+    pub fn score(&self, input: &ProbabilityTensor, embeddings: &PoolEmbeddings, seed: u64) -> Result<Vec<f32>, CallError> {
         let Function::Score(score) = self.function else {
             return Err(CallError::NotAScoreHeuristic { heuristic: self.label() });
         };
+        let raw = self.raw(input, embeddings)?;
         let mut scores = vec![f32::NAN; input.n()];
         let mut message = vec![0u8; ERROR_CAPACITY];
         let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
-        let raw = input.raw();
-        // SAFETY: `raw` views `input` (borrowed for the call); `scores` has N slots; `error`
-        // lends `message`. The plugin honours the ABI (trusted code, see `load`).
+        // SAFETY: `raw` views `input` and `embeddings` (borrowed for the call); `scores` has N
+        // slots; `error` lends `message`. The plugin honours the ABI (trusted code, see `load`).
         let status = unsafe { score(&raw, seed, scores.as_mut_ptr(), &mut error) };
         self.check(status, &error, &message)?;
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
@@ -336,31 +428,34 @@ impl LoadedHeuristic {
     }
 
     /// Selects `query_size` samples, most informative first: (indices, scores). Batch
-    /// heuristics pick jointly; score heuristics take the best scores.
+    /// heuristics pick jointly; score heuristics take the best scores. `embeddings` serve
+    /// heuristics that ask.
     ///
     /// # Errors
-    /// [`CallError`]: input rejected, plugin failure, or an invalid selection.
+    /// [`CallError`]: missing embeddings, input rejected, plugin failure, or an invalid
+    /// selection.
     pub fn select(
         &self,
         input: &ProbabilityTensor,
+        embeddings: &PoolEmbeddings,
         query_size: usize,
         seed: u64,
     ) -> Result<(Vec<u32>, Vec<f32>), CallError> {
         let select = match self.function {
             Function::Select(select) => select,
             Function::Score(_) => {
-                let scores = self.score(input, seed)?;
+                let scores = self.score(input, embeddings, seed)?;
                 let order = super::registry::most_informative_first(&scores, self.direction);
                 let indices: Vec<u32> = order.into_iter().take(query_size).collect();
                 let picked = indices.iter().map(|&i| scores[i as usize]).collect();
                 return Ok((indices, picked));
             }
         };
+        let raw = self.raw(input, embeddings)?;
         let mut indices = vec![u32::MAX; query_size];
         let mut scores = vec![f32::NAN; query_size];
         let mut message = vec![0u8; ERROR_CAPACITY];
         let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
-        let raw = input.raw();
         // SAFETY: as in `score`, with `query_size` slots in each output.
         let status = unsafe { select(&raw, query_size, seed, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error) };
         self.check(status, &error, &message)?;

@@ -9,6 +9,7 @@
 //! is swapped atomically.
 
 mod directory;
+mod embeddings;
 mod host;
 mod input;
 mod library;
@@ -17,6 +18,7 @@ mod watch;
 
 pub use directory::{PLUGIN_EXTENSION, PluginDirError, plugin_files};
 pub use host::{HeuristicHost, ReloadReport, StartError as HostStartError};
+pub use embeddings::{EmbeddingError, EmbeddingMatrix, LabelledSet, PoolEmbeddings};
 pub use input::{InputError, ProbabilityTensor};
 pub use library::{CallError, LoadError, LoadedHeuristic, PluginInfo};
 pub use registry::{Registry, ResolveError, most_informative_first};

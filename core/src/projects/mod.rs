@@ -9,7 +9,7 @@ use std::{
 };
 
 pub use spec::{
-    Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
+    AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
     Preprocessing, PretrainedWeights, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
 };
 
@@ -47,6 +47,8 @@ pub struct ProjectUpdate {
     /// New preprocessing, complete (defaults already filled in); a change makes the project
     /// untrained again.
     pub preprocessing: Option<Preprocessing>,
+    /// New acquisition schedule (`Some(None)` removes it).
+    pub acquisition_schedule: Option<Option<AcquisitionSchedule>>,
 }
 
 /// All projects, persisted in `db` and cached in memory.
@@ -129,6 +131,9 @@ impl Projects {
         }
         if let Some(preprocessing) = update.preprocessing {
             spec.preprocessing = preprocessing;
+        }
+        if let Some(schedule) = update.acquisition_schedule {
+            spec.acquisition_schedule = schedule;
         }
         Ok(self.upsert(spec)?.0)
     }

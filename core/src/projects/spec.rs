@@ -121,6 +121,38 @@ pub struct ProjectSpec {
     pub mc_iterations: u32,
     /// Default heuristic.
     pub default_heuristic: HeuristicChoice,
+    /// Which heuristic Rank uses while the project has few labels; `None` = always
+    /// `default_heuristic`. Projects stored before schedules existed have none.
+    #[serde(default)]
+    pub acquisition_schedule: Option<AcquisitionSchedule>,
+}
+
+/// An acquisition schedule: Rank requests that name no heuristic use `cold_start` until the
+/// project has [`switch_at`](Self::switch_at) labelled examples, then the default heuristic.
+/// Uncertainty from a model trained on a handful of labels is close to noise, while a
+/// diversity heuristic needs no trained model (TypiClust: Hacohen, Dekel & Weinshall 2022).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquisitionSchedule {
+    /// The cold-start heuristic, e.g. `typiclust`.
+    pub cold_start: HeuristicChoice,
+    /// Labelled examples at which Rank switches; 0 = `max(2 × classes, 20)`.
+    pub min_labels: u32,
+}
+
+impl AcquisitionSchedule {
+    /// The schedule of new projects that do not choose one: typiclust until
+    /// `max(2 × classes, 20)` labels (chosen by the cold-start experiment, EXPERIMENTS.md).
+    pub fn server_default() -> Self {
+        Self { cold_start: HeuristicChoice { name: "typiclust".into(), version: String::new() }, min_labels: 0 }
+    }
+
+    /// Labelled examples at which Rank switches to the default heuristic, for `classes` classes.
+    pub fn switch_at(&self, classes: usize) -> u64 {
+        match self.min_labels {
+            0 => (2 * classes as u64).max(20),
+            labels => u64::from(labels),
+        }
+    }
 }
 
 /// An invalid field, named as in the API (`project.classes`, ...).
@@ -301,6 +333,7 @@ pub(crate) mod tests {
             preprocessing: Preprocessing { width: 32, height: 32, channels: 3, mean: vec![0.5; 3], std: vec![0.25; 3] },
             mc_iterations: 20,
             default_heuristic: HeuristicChoice { name: "bald".into(), version: String::new() },
+            acquisition_schedule: None,
         }
     }
 
@@ -420,6 +453,7 @@ mod properties {
                         preprocessing: Preprocessing { width, height, channels, mean, std },
                         mc_iterations: k,
                         default_heuristic: HeuristicChoice { name: "bald".into(), version: String::new() },
+                        acquisition_schedule: None,
                     }
                 },
             )
@@ -458,6 +492,7 @@ mod properties {
                         },
                         mc_iterations: k,
                         default_heuristic: HeuristicChoice { name: "bald".into(), version: String::new() },
+                        acquisition_schedule: None,
                     }
                 },
             )

@@ -66,6 +66,15 @@ pub enum ExampleError {
     Store(#[from] StoreError),
 }
 
+/// A page of labelled examples as model inputs (see [`Examples::labelled_inputs`]).
+#[derive(Debug, Default)]
+pub struct LabelledPage {
+    /// The page's last external id; `None` when the page is empty (the end).
+    pub last: Option<String>,
+    /// Each example's sample with its class index, for examples whose class the project still has.
+    pub inputs: Vec<(SampleInput, u32)>,
+}
+
 /// The labelled examples of every project.
 #[derive(Debug)]
 pub struct Examples {
@@ -147,6 +156,44 @@ impl Examples {
     /// [`StoreError`] on a database failure.
     pub fn page(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
         self.db.examples(project, after, limit)
+    }
+
+    /// A page of labelled examples as model inputs, for heuristics that need the labelled set:
+    /// up to `limit` examples after external id `after` (exclusive, in id order), each with its
+    /// class index.
+    ///
+    /// # Errors
+    /// [`ExampleError::Store`] or [`ExampleError::Blob`] when the index or a sample cannot be read.
+    pub fn labelled_inputs(
+        &self,
+        project: &Project,
+        after: &str,
+        limit: usize,
+    ) -> Result<LabelledPage, ExampleError> {
+        let rows = self.db.examples(&project.spec.id, after, limit)?;
+        let last = rows.last().map(|row| row.external_id.clone());
+        let mut inputs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(class) = project.spec.classes.iter().position(|c| *c == row.class_name) else { continue };
+            let bytes = self.blobs.get(&row.sha256)?;
+            let sample = match row.tensor_shape {
+                Some(shape) => SampleInput::Tensor {
+                    shape,
+                    values: bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                },
+                None => SampleInput::Image(bytes),
+            };
+            inputs.push((sample, class as u32));
+        }
+        Ok(LabelledPage { last, inputs })
+    }
+
+    /// Labelled examples of `project` in total.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn total(&self, project: &str) -> Result<u64, StoreError> {
+        Ok(self.db.count_examples(project)?.iter().map(|(_, count)| count).sum())
     }
 
     /// Examples per class; every project class is present, with 0 when it has none.

@@ -1,5 +1,5 @@
 /*
- * ALPS heuristic plugin ABI, version 1.0 — the C view of crate `alps-heuristic-abi`
+ * ALPS heuristic plugin ABI, version 1.1 — the C view of crate `alps-heuristic-abi`
  * (heuristics/abi/src/lib.rs). A test (tests/header.rs) compiles this header and checks that
  * every size and field offset matches the Rust definitions.
  *
@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define ALPS_ABI_MAJOR 1u
-#define ALPS_ABI_MINOR 0u
+#define ALPS_ABI_MINOR 1u
 #define ALPS_ENTRY_SYMBOL "alps_heuristic_plugin"
 
 /* Status codes returned by score and select functions. */
@@ -36,16 +36,30 @@ extern "C" {
 #define ALPS_KIND_SCORE 1u /* one score per sample: `score` is set */
 #define ALPS_KIND_BATCH 2u /* joint selection of query_size samples: `select` is set */
 
+/* Input flags (ABI 1.1): what a heuristic asks for besides probabilities, one uint32_t per
+ * heuristic in AlpsPluginDescriptor.heuristic_inputs. */
+#define ALPS_INPUT_PROBABILITIES 0u /* probabilities only (every 1.0 heuristic) */
+#define ALPS_INPUT_EMBEDDINGS 1u    /* the pool's backbone embeddings [n, d] */
+#define ALPS_INPUT_LABELLED 3u      /* also the labelled set [l, d] + classes [l]; implies EMBEDDINGS */
+
 /* Growth rules for minor versions: new fields are appended to AlpsPluginDescriptor only.
  * AlpsHeuristicDescriptor is laid out as an array, so its size never changes within a major. */
 
-/* Probabilities P[n, c, k], row-major (k fastest): value (i, j, t) is data[(i * c + j) * k + t].
- * The host guarantees c >= 2, n, k >= 1, finite values in [0, 1], columns summing to 1. */
+/* The input of a call. Probabilities P[n, c, k], row-major (k fastest): value (i, j, t) is
+ * data[(i * c + j) * k + t]. The host guarantees c >= 2, n, k >= 1, finite values in [0, 1],
+ * columns summing to 1. The ABI 1.1 fields are NULL / 0 unless the heuristic asked for them
+ * (heuristic_inputs); embeddings are finite. */
 typedef struct AlpsProbabilities {
     const float *data;
     size_t n; /* samples */
     size_t c; /* classes */
     size_t k; /* MC iterations */
+    /* ABI 1.1 */
+    const float *embeddings;          /* pool embeddings [n, d], row-major, or NULL */
+    size_t d;                         /* embedding dimension, >= 1 when embeddings is set */
+    const float *labelled_embeddings; /* labelled set [l, d], row-major, or NULL (l == 0) */
+    const uint32_t *labelled_classes; /* class of each labelled example [l], each < c, or NULL */
+    size_t l;                         /* labelled examples (0 at a cold start) */
 } AlpsProbabilities;
 
 /* Host-owned error message buffer: write at most `capacity` bytes of UTF-8, set `len`. */
@@ -80,6 +94,9 @@ typedef struct AlpsPluginDescriptor {
     const char *version;
     const AlpsHeuristicDescriptor *heuristics;
     size_t heuristic_count;
+    /* ABI 1.1: heuristic_count ALPS_INPUT_* flag words parallel to heuristics, or NULL
+     * (probabilities only). Read only from plugins declaring minor >= 1. */
+    const uint32_t *heuristic_inputs;
 } AlpsPluginDescriptor;
 
 typedef const AlpsPluginDescriptor *(*AlpsEntryFn)(void);

@@ -17,6 +17,10 @@
 //!   `{p, 1 - p}`), `n, k >= 1`, every value finite and in `[0, 1]`, every `[n, :, k]` column
 //!   summing to 1 within 1e-3. Functions may be called from several threads at once.
 //!
+//! * Since ABI 1.1 a heuristic may ask for more than probabilities ([`Inputs`]): the pool's
+//!   backbone embeddings `[N, D]` and the labelled set's embeddings `[L, D]` with their classes
+//!   `[L]`. The host supplies them only to heuristics that ask.
+//!
 //! Rust plugin authors implement [`ScoreHeuristic`] or [`BatchHeuristic`] and list them in
 //! [`export_plugin!`]; see the built-in plugin (`heuristics/builtin`) for a complete example.
 
@@ -30,8 +34,9 @@ use std::{
 /// laid out as an array, so its size never changes within a major.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of this ABI. The host loads a plugin only if the host's minor is at least the
-/// plugin's (minors only add, never change).
-pub const ABI_MINOR: u32 = 0;
+/// plugin's (minors only add, never change). 1.1 added [`Inputs`], the embedding fields of
+/// [`ProbabilitiesRaw`] and [`PluginDescriptor::heuristic_inputs`].
+pub const ABI_MINOR: u32 = 1;
 /// Name of the entry symbol every plugin exports (NUL-terminated for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"alps_heuristic_plugin\0";
 
@@ -93,8 +98,32 @@ impl Kind {
     }
 }
 
-/// Host-owned probabilities `P[n, c, k]`, shape `[n, c, k]`, `f32`, row-major (the MC-iteration
-/// axis `k` varies fastest). Value at `(i, j, t)` is `data[(i * c + j) * k + t]`.
+/// What a heuristic asks the host for besides the probabilities `[N, C, K]` (ABI 1.1): a set of
+/// bit flags, one `u32` per heuristic in [`PluginDescriptor::heuristic_inputs`].
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inputs(pub u32);
+
+impl Inputs {
+    /// Probabilities only (every 1.0 heuristic).
+    pub const PROBABILITIES: Self = Self(0);
+    /// The pool's backbone embeddings `[N, D]` ([`ProbabilitiesRaw::embeddings`]).
+    pub const EMBEDDINGS: Self = Self(1);
+    /// The labelled set: embeddings `[L, D]` and classes `[L]`; implies [`Inputs::EMBEDDINGS`].
+    pub const LABELLED: Self = Self(2 | 1);
+    /// Every flag this ABI version defines; a plugin asking for another is rejected.
+    pub const KNOWN: Self = Self(3);
+
+    /// Whether every flag of `other` is set in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// Host-owned input of a heuristic call. Probabilities `P[n, c, k]`, shape `[n, c, k]`, `f32`,
+/// row-major (the MC-iteration axis `k` varies fastest): value at `(i, j, t)` is
+/// `data[(i * c + j) * k + t]`. Since ABI 1.1, also the embeddings a heuristic asked for
+/// ([`Inputs`]); the fields are null and 0 for heuristics that did not ask.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProbabilitiesRaw {
@@ -106,6 +135,37 @@ pub struct ProbabilitiesRaw {
     pub c: usize,
     /// MC iterations K.
     pub k: usize,
+    /// ABI 1.1: the pool's embeddings `[n, d]`, row-major `f32` (the backbone output the model's
+    /// head consumes, sample `i` at `embeddings[i * d..(i + 1) * d]`). Null unless the heuristic
+    /// asked for [`Inputs::EMBEDDINGS`].
+    pub embeddings: *const f32,
+    /// ABI 1.1: embedding dimension D; at least 1 when `embeddings` is set, else 0.
+    pub d: usize,
+    /// ABI 1.1: the labelled set's embeddings `[l, d]`, row-major `f32`, from the same backbone
+    /// as `embeddings`. Null unless the heuristic asked for [`Inputs::LABELLED`] and `l >= 1`.
+    pub labelled_embeddings: *const f32,
+    /// ABI 1.1: class index of each labelled example `[l]`, each `< c`. Null when
+    /// `labelled_embeddings` is.
+    pub labelled_classes: *const u32,
+    /// ABI 1.1: labelled examples L (0 at a cold start, or when not asked for).
+    pub l: usize,
+}
+
+impl ProbabilitiesRaw {
+    /// Probabilities `[n, c, k]` at `data`, without embeddings (every 1.1 field null or 0).
+    pub const fn probabilities(data: *const f32, n: usize, c: usize, k: usize) -> Self {
+        Self {
+            data,
+            n,
+            c,
+            k,
+            embeddings: std::ptr::null(),
+            d: 0,
+            labelled_embeddings: std::ptr::null(),
+            labelled_classes: std::ptr::null(),
+            l: 0,
+        }
+    }
 }
 
 /// Host-owned buffer for an error message. The plugin writes at most `capacity` bytes of UTF-8
@@ -180,6 +240,10 @@ pub struct PluginDescriptor {
     pub heuristics: *const HeuristicDescriptor,
     /// Number of heuristics.
     pub heuristic_count: usize,
+    /// ABI 1.1: `heuristic_count` [`Inputs`] flag words, parallel to `heuristics` (what each
+    /// heuristic asks for). Null means probabilities only for every heuristic. The host reads
+    /// this field only from plugins that declare minor 1 or later.
+    pub heuristic_inputs: *const Inputs,
 }
 
 // SAFETY: descriptors only point to immutable data that lives as long as the library (string
@@ -195,10 +259,84 @@ pub struct Probabilities<'a> {
     n: usize,
     c: usize,
     k: usize,
+    embeddings: Option<Embeddings<'a>>,
+    labelled: Option<Labelled<'a>>,
+}
+
+/// Row-major `f32` embeddings `[rows, D]` (ABI 1.1).
+#[derive(Clone, Copy, Debug)]
+pub struct Embeddings<'a> {
+    data: &'a [f32],
+    d: usize,
+}
+
+impl<'a> Embeddings<'a> {
+    /// Wraps `data` of shape `[data.len() / d, d]`.
+    ///
+    /// # Errors
+    /// A message if `d` is 0 or does not divide `data.len()`.
+    pub fn new(data: &'a [f32], d: usize) -> Result<Self, String> {
+        if d == 0 || !data.len().is_multiple_of(d) {
+            return Err(format!("{} embedding values do not form rows of dimension {d}", data.len()));
+        }
+        Ok(Self { data, d })
+    }
+
+    /// Dimension D.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// Rows (samples).
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.d
+    }
+
+    /// Row `i`, `[D]`.
+    ///
+    /// # Panics
+    /// If `i >= rows()`.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.d..(i + 1) * self.d]
+    }
+
+    /// All values, row-major `[rows, D]`.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+}
+
+/// The labelled set (ABI 1.1): embeddings `[L, D]` and class indices `[L]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Labelled<'a> {
+    embeddings: Embeddings<'a>,
+    classes: &'a [u32],
+}
+
+impl<'a> Labelled<'a> {
+    /// Labelled examples L (may be 0).
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Whether the set is empty (a cold start).
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
+    /// Their embeddings `[L, D]`.
+    pub fn embeddings(&self) -> Embeddings<'a> {
+        self.embeddings
+    }
+
+    /// Their class indices `[L]`, each `< C`.
+    pub fn classes(&self) -> &'a [u32] {
+        self.classes
+    }
 }
 
 impl<'a> Probabilities<'a> {
-    /// Wraps `data` of shape `[n, c, k]`.
+    /// Wraps `data` of shape `[n, c, k]`, without embeddings.
     ///
     /// # Errors
     /// A message if `data.len() != n * c * k` or a dimension is 0.
@@ -207,7 +345,38 @@ impl<'a> Probabilities<'a> {
         if n == 0 || c == 0 || k == 0 || expected != Some(data.len()) {
             return Err(format!("shape [{n}, {c}, {k}] does not match {} values", data.len()));
         }
-        Ok(Self { data, n, c, k })
+        Ok(Self { data, n, c, k, embeddings: None, labelled: None })
+    }
+
+    /// Adds the pool's embeddings `[n, d]`.
+    ///
+    /// # Errors
+    /// A message if `embeddings` is not `n` rows of `d >= 1` values.
+    pub fn with_embeddings(mut self, embeddings: &'a [f32], d: usize) -> Result<Self, String> {
+        let embeddings = Embeddings::new(embeddings, d)?;
+        if embeddings.rows() != self.n {
+            return Err(format!("{} embeddings for {} samples", embeddings.rows(), self.n));
+        }
+        self.embeddings = Some(embeddings);
+        Ok(self)
+    }
+
+    /// Adds the labelled set: embeddings `[L, D]` (D of the pool's embeddings, which must be set
+    /// first) and classes `[L]`.
+    ///
+    /// # Errors
+    /// A message if the pool has no embeddings, the shapes disagree or a class is `>= c`.
+    pub fn with_labelled(mut self, embeddings: &'a [f32], classes: &'a [u32]) -> Result<Self, String> {
+        let d = self.embeddings.ok_or("labelled embeddings without pool embeddings")?.d;
+        let embeddings = Embeddings::new(embeddings, d)?;
+        if embeddings.rows() != classes.len() {
+            return Err(format!("{} labelled embeddings for {} classes", embeddings.rows(), classes.len()));
+        }
+        if let Some(class) = classes.iter().find(|&&class| class as usize >= self.c) {
+            return Err(format!("labelled class {class} is not below C = {}", self.c));
+        }
+        self.labelled = Some(Labelled { embeddings, classes });
+        Ok(self)
     }
 
     /// Samples N.
@@ -238,6 +407,33 @@ impl<'a> Probabilities<'a> {
         let len = self.c * self.k;
         &self.data[i * len..(i + 1) * len]
     }
+
+    /// The pool's embeddings `[N, D]`, if the heuristic asked for [`Inputs::EMBEDDINGS`].
+    pub fn embeddings(&self) -> Option<Embeddings<'a>> {
+        self.embeddings
+    }
+
+    /// The labelled set, present whenever embeddings are: empty at a cold start, and for
+    /// heuristics that did not ask for [`Inputs::LABELLED`].
+    pub fn labelled(&self) -> Option<Labelled<'a>> {
+        self.labelled
+    }
+
+    /// The pool's embeddings, or an [`HeuristicError::InvalidInput`] naming what is missing.
+    ///
+    /// # Errors
+    /// When the host supplied none.
+    pub fn require_embeddings(&self) -> Result<Embeddings<'a>, HeuristicError> {
+        self.embeddings.ok_or_else(|| HeuristicError::InvalidInput("the pool's embeddings are required".into()))
+    }
+
+    /// The labelled set, or an [`HeuristicError::InvalidInput`] naming what is missing.
+    ///
+    /// # Errors
+    /// When the host supplied none.
+    pub fn require_labelled(&self) -> Result<Labelled<'a>, HeuristicError> {
+        self.labelled.ok_or_else(|| HeuristicError::InvalidInput("the labelled set's embeddings are required".into()))
+    }
 }
 
 /// Failure of a Rust heuristic, turned into a [`Status`] and a message at the boundary.
@@ -260,6 +456,9 @@ pub trait Heuristic {
     const DESCRIPTION: &'static CStr;
     /// See [`HeuristicDescriptor::direction`].
     const DIRECTION: Direction;
+    /// What the heuristic asks for besides probabilities (ABI 1.1; exported by
+    /// [`export_plugin!`] in [`PluginDescriptor::heuristic_inputs`]).
+    const INPUTS: Inputs = Inputs::PROBABILITIES;
 }
 
 /// A per-sample heuristic written in safe Rust.
@@ -325,14 +524,39 @@ unsafe fn view<'a>(input: *const ProbabilitiesRaw) -> Result<Probabilities<'a>, 
         return Err(HeuristicError::InvalidInput("null input".into()));
     };
     let len = raw.n.checked_mul(raw.c).and_then(|nc| nc.checked_mul(raw.k));
-    match len {
+    let view = match len {
         Some(len) if !raw.data.is_null() && len > 0 => {
             // SAFETY: the caller guarantees `len` readable values at `data`.
             let data = unsafe { std::slice::from_raw_parts(raw.data, len) };
-            Probabilities::new(data, raw.n, raw.c, raw.k).map_err(HeuristicError::InvalidInput)
+            Probabilities::new(data, raw.n, raw.c, raw.k).map_err(HeuristicError::InvalidInput)?
         }
-        _ => Err(HeuristicError::InvalidInput(format!("empty or null input [{}, {}, {}]", raw.n, raw.c, raw.k))),
+        _ => {
+            return Err(HeuristicError::InvalidInput(format!(
+                "empty or null input [{}, {}, {}]",
+                raw.n, raw.c, raw.k
+            )));
+        }
+    };
+    if raw.embeddings.is_null() {
+        return Ok(view);
     }
+    let invalid = |what: &str| HeuristicError::InvalidInput(format!("inconsistent {what}: n {}, d {}, l {}", raw.n, raw.d, raw.l));
+    let pool_len = raw.n.checked_mul(raw.d).filter(|&len| len > 0).ok_or_else(|| invalid("embeddings"))?;
+    // SAFETY: the caller guarantees `n * d` readable values at `embeddings` when it is set.
+    let embeddings = unsafe { std::slice::from_raw_parts(raw.embeddings, pool_len) };
+    let view = view.with_embeddings(embeddings, raw.d).map_err(HeuristicError::InvalidInput)?;
+    if raw.labelled_embeddings.is_null() || raw.labelled_classes.is_null() || raw.l == 0 {
+        return view.with_labelled(&[], &[]).map_err(HeuristicError::InvalidInput);
+    }
+    let labelled_len = raw.l.checked_mul(raw.d).ok_or_else(|| invalid("labelled embeddings"))?;
+    // SAFETY: the caller guarantees `l * d` readable values and `l` classes when they are set.
+    let (labelled, classes) = unsafe {
+        (
+            std::slice::from_raw_parts(raw.labelled_embeddings, labelled_len),
+            std::slice::from_raw_parts(raw.labelled_classes, raw.l),
+        )
+    };
+    view.with_labelled(labelled, classes).map_err(HeuristicError::InvalidInput)
 }
 
 /// Runs `body`, catching panics, and turns the outcome into a status code and error message.
@@ -439,9 +663,15 @@ pub unsafe extern "C" fn select_trampoline<H: BatchHeuristic>(
 /// Exports a plugin: defines the static [`PluginDescriptor`] and the [`ENTRY_SYMBOL`] function.
 /// Use it once per shared library (`crate-type = ["cdylib"]`).
 ///
+/// List each heuristic as `score Type` ([`ScoreHeuristic`]) or `batch Type`
+/// ([`BatchHeuristic`]); each one's [`Heuristic::INPUTS`] goes into
+/// [`PluginDescriptor::heuristic_inputs`]. The ABI 1.0 form, a list of descriptor expressions
+/// (`HeuristicDescriptor::for_score::<Type>()`), still compiles; its heuristics get
+/// probabilities only.
+///
 /// ```
 /// use std::ffi::CStr;
-/// use alps_heuristic_abi::{Direction, Heuristic, HeuristicDescriptor, HeuristicError, Probabilities, ScoreHeuristic};
+/// use alps_heuristic_abi::{Direction, Heuristic, HeuristicError, Inputs, Probabilities, ScoreHeuristic};
 ///
 /// /// Scores every sample 1 - max probability of its first MC iteration.
 /// struct FirstPassUncertainty;
@@ -463,28 +693,64 @@ pub unsafe extern "C" fn select_trampoline<H: BatchHeuristic>(
 ///     }
 /// }
 ///
+/// /// Scores every sample by its embedding's squared norm (asks for the pool's embeddings).
+/// struct EmbeddingNorm;
+///
+/// impl Heuristic for EmbeddingNorm {
+///     const NAME: &'static CStr = c"embedding_norm";
+///     const VERSION: &'static CStr = c"0.1.0";
+///     const DESCRIPTION: &'static CStr = c"Squared norm of the backbone embedding";
+///     const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+///     const INPUTS: Inputs = Inputs::EMBEDDINGS;
+/// }
+///
+/// impl ScoreHeuristic for EmbeddingNorm {
+///     fn score(input: Probabilities<'_>, _seed: u64, scores: &mut [f32]) -> Result<(), HeuristicError> {
+///         let embeddings = input.require_embeddings()?;
+///         for (i, score) in scores.iter_mut().enumerate() {
+///             *score = embeddings.row(i).iter().map(|x| x * x).sum();
+///         }
+///         Ok(())
+///     }
+/// }
+///
 /// alps_heuristic_abi::export_plugin! {
 ///     name: c"my-heuristics",
 ///     version: c"0.1.0",
-///     heuristics: [HeuristicDescriptor::for_score::<FirstPassUncertainty>()],
+///     heuristics: [score FirstPassUncertainty, score EmbeddingNorm],
 /// }
 /// # fn main() {
 /// #     // SAFETY: the entry symbol returns a pointer to a static descriptor.
 /// #     let plugin = unsafe { &*alps_heuristic_plugin() };
-/// #     assert_eq!(plugin.heuristic_count, 1);
+/// #     assert_eq!(plugin.heuristic_count, 2);
+/// #     // SAFETY: `heuristic_inputs` holds `heuristic_count` flag words.
+/// #     let inputs = unsafe { std::slice::from_raw_parts(plugin.heuristic_inputs, 2) };
+/// #     assert_eq!(inputs, [Inputs::PROBABILITIES, Inputs::EMBEDDINGS]);
 /// # }
 /// ```
 #[macro_export]
 macro_rules! export_plugin {
+    (name: $name:expr, version: $version:expr, heuristics: [$($kind:ident $heuristic:ty),* $(,)?] $(,)?) => {
+        static ALPS_HEURISTICS: &[$crate::HeuristicDescriptor] =
+            &[$($crate::export_plugin!(@descriptor $kind $heuristic)),*];
+        static ALPS_INPUTS: &[$crate::Inputs] = &[$(<$heuristic as $crate::Heuristic>::INPUTS),*];
+        $crate::export_plugin!(@entry $name, $version, ALPS_HEURISTICS, ALPS_INPUTS.as_ptr());
+    };
     (name: $name:expr, version: $version:expr, heuristics: [$($heuristic:expr),* $(,)?] $(,)?) => {
         static ALPS_HEURISTICS: &[$crate::HeuristicDescriptor] = &[$($heuristic),*];
+        $crate::export_plugin!(@entry $name, $version, ALPS_HEURISTICS, ::std::ptr::null());
+    };
+    (@descriptor score $heuristic:ty) => { $crate::HeuristicDescriptor::for_score::<$heuristic>() };
+    (@descriptor batch $heuristic:ty) => { $crate::HeuristicDescriptor::for_batch::<$heuristic>() };
+    (@entry $name:expr, $version:expr, $heuristics:ident, $inputs:expr) => {
         static ALPS_PLUGIN: $crate::PluginDescriptor = $crate::PluginDescriptor {
             abi_major: $crate::ABI_MAJOR,
             abi_minor: $crate::ABI_MINOR,
             name: ::std::ffi::CStr::as_ptr($name),
             version: ::std::ffi::CStr::as_ptr($version),
-            heuristics: ALPS_HEURISTICS.as_ptr(),
-            heuristic_count: ALPS_HEURISTICS.len(),
+            heuristics: $heuristics.as_ptr(),
+            heuristic_count: $heuristics.len(),
+            heuristic_inputs: $inputs,
         };
 
         /// Entry symbol of this ALPS heuristic plugin (see `alps_heuristic_abi::ENTRY_SYMBOL`).
@@ -530,7 +796,7 @@ mod tests {
 
     const DATA: [f32; 8] = [0.5, 0.5, 0.5, 0.5, 0.25, 0.75, 0.75, 0.25];
     fn raw() -> ProbabilitiesRaw {
-        ProbabilitiesRaw { data: DATA.as_ptr(), n: 2, c: 2, k: 2 }
+        ProbabilitiesRaw::probabilities(DATA.as_ptr(), 2, 2, 2)
     }
 
     fn call_score(seed: u64, capacity: usize) -> (i32, Vec<f32>, String) {
@@ -596,7 +862,7 @@ mod tests {
         // SAFETY: null pointers are part of the contract and must be handled.
         let status = unsafe { score(std::ptr::null(), 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
         assert_eq!(status, Status::InvalidInput as i32);
-        let empty = ProbabilitiesRaw { data: DATA.as_ptr(), n: 0, c: 2, k: 2 };
+        let empty = ProbabilitiesRaw::probabilities(DATA.as_ptr(), 0, 2, 2);
         // SAFETY: as above.
         let status = unsafe { score(&empty, 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
         assert_eq!(status, Status::InvalidInput as i32);
@@ -610,6 +876,55 @@ mod tests {
         assert_eq!(Direction::from_code(0), None);
         assert_eq!(Kind::from_code(2), Some(Kind::Batch));
         assert_eq!(Kind::from_code(9), None);
+    }
+
+    struct NearestLabelled;
+    impl Heuristic for NearestLabelled {
+        const NAME: &'static CStr = c"nearest_labelled";
+        const VERSION: &'static CStr = c"1.0.0";
+        const DESCRIPTION: &'static CStr = c"test: class of the nearest labelled embedding";
+        const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+        const INPUTS: Inputs = Inputs::LABELLED;
+    }
+    impl ScoreHeuristic for NearestLabelled {
+        fn score(input: Probabilities<'_>, _: u64, scores: &mut [f32]) -> Result<(), HeuristicError> {
+            let (pool, labelled) = (input.require_embeddings()?, input.require_labelled()?);
+            for (i, score) in scores.iter_mut().enumerate() {
+                let distance = |j: usize| -> f32 {
+                    pool.row(i).iter().zip(labelled.embeddings().row(j)).map(|(a, b)| (a - b) * (a - b)).sum()
+                };
+                let nearest = (0..labelled.len()).min_by(|&a, &b| distance(a).total_cmp(&distance(b)));
+                *score = nearest.map_or(-1.0, |j| labelled.classes()[j] as f32);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_trampoline_hands_embeddings_and_the_labelled_set_to_the_heuristic() {
+        let descriptor = HeuristicDescriptor::for_score::<NearestLabelled>();
+        let score = descriptor.score.unwrap();
+        let (pool, labelled, classes) = ([0.0f32, 0.0, 10.0, 10.0], [9.0f32, 9.0, 1.0, 1.0], [1u32, 0]);
+        let mut raw = raw();
+        (raw.embeddings, raw.d) = (pool.as_ptr(), 2);
+        let mut scores = [0f32; 2];
+        // SAFETY: the input points at live arrays of the declared shapes.
+        let status = unsafe { score(&raw, 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::Ok as i32);
+        assert_eq!(scores, [-1.0, -1.0], "no labelled set: an empty one");
+        (raw.labelled_embeddings, raw.labelled_classes, raw.l) = (labelled.as_ptr(), classes.as_ptr(), 2);
+        // SAFETY: as above.
+        let status = unsafe { score(&raw, 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::Ok as i32);
+        assert_eq!(scores, [0.0, 1.0], "sample 0 nearest (1, 1) of class 0, sample 1 nearest (9, 9) of class 1");
+        let bad_classes = [1u32, 2];
+        raw.labelled_classes = bad_classes.as_ptr();
+        // SAFETY: as above.
+        let status = unsafe { score(&raw, 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::InvalidInput as i32, "class 2 is not below C = 2");
+        // SAFETY: a plain probabilities input; the heuristic reports what it misses.
+        let status = unsafe { score(&super::tests::raw(), 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::InvalidInput as i32);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{mem::offset_of, path::Path, process::Command};
 
 use alps_heuristic_abi::{
-    ABI_MAJOR, ABI_MINOR, Direction, ErrorBuffer, HeuristicDescriptor, Kind, PluginDescriptor, ProbabilitiesRaw, Status,
+    ABI_MAJOR, ABI_MINOR, Direction, ErrorBuffer, HeuristicDescriptor, Inputs, Kind, PluginDescriptor, ProbabilitiesRaw, Status,
 };
 
 const PROGRAM: &str = r#"
@@ -17,8 +17,11 @@ int main(void) {
     printf("status %d %d %d %d\n", ALPS_STATUS_OK, ALPS_STATUS_INVALID_INPUT, ALPS_STATUS_INTERNAL, ALPS_STATUS_PANIC);
     printf("direction %u %u\n", ALPS_DIRECTION_HIGHER_IS_MORE_INFORMATIVE, ALPS_DIRECTION_LOWER_IS_MORE_INFORMATIVE);
     printf("kind %u %u\n", ALPS_KIND_SCORE, ALPS_KIND_BATCH);
+    printf("inputs %u %u %u\n", ALPS_INPUT_PROBABILITIES, ALPS_INPUT_EMBEDDINGS, ALPS_INPUT_LABELLED);
     printf("sizeof.AlpsProbabilities %zu\n", sizeof(AlpsProbabilities));
     F(AlpsProbabilities, data); F(AlpsProbabilities, n); F(AlpsProbabilities, c); F(AlpsProbabilities, k);
+    F(AlpsProbabilities, embeddings); F(AlpsProbabilities, d); F(AlpsProbabilities, labelled_embeddings);
+    F(AlpsProbabilities, labelled_classes); F(AlpsProbabilities, l);
     printf("sizeof.AlpsErrorBuffer %zu\n", sizeof(AlpsErrorBuffer));
     F(AlpsErrorBuffer, data); F(AlpsErrorBuffer, capacity); F(AlpsErrorBuffer, len);
     printf("sizeof.AlpsHeuristicDescriptor %zu\n", sizeof(AlpsHeuristicDescriptor));
@@ -28,6 +31,7 @@ int main(void) {
     printf("sizeof.AlpsPluginDescriptor %zu\n", sizeof(AlpsPluginDescriptor));
     F(AlpsPluginDescriptor, abi_major); F(AlpsPluginDescriptor, abi_minor); F(AlpsPluginDescriptor, name);
     F(AlpsPluginDescriptor, version); F(AlpsPluginDescriptor, heuristics); F(AlpsPluginDescriptor, heuristic_count);
+    F(AlpsPluginDescriptor, heuristic_inputs);
     return 0;
 }
 "#;
@@ -74,13 +78,17 @@ fn rust_layout() -> String {
         Direction::LowerIsMoreInformative as u32
     ));
     line(format!("kind {} {}", Kind::Score as u32, Kind::Batch as u32));
+    line(format!("inputs {} {} {}", Inputs::PROBABILITIES.0, Inputs::EMBEDDINGS.0, Inputs::LABELLED.0));
     macro_rules! fields {
         ($c:literal, $t:ty, [$($f:ident => $cf:literal),*]) => {
             line(format!("sizeof.{} {}", $c, size_of::<$t>()));
             $(line(format!("{}.{} {}", $c, $cf, offset_of!($t, $f)));)*
         };
     }
-    fields!("AlpsProbabilities", ProbabilitiesRaw, [data => "data", n => "n", c => "c", k => "k"]);
+    fields!("AlpsProbabilities", ProbabilitiesRaw, [
+        data => "data", n => "n", c => "c", k => "k", embeddings => "embeddings", d => "d",
+        labelled_embeddings => "labelled_embeddings", labelled_classes => "labelled_classes", l => "l"
+    ]);
     fields!("AlpsErrorBuffer", ErrorBuffer, [data => "data", capacity => "capacity", len => "len"]);
     fields!("AlpsHeuristicDescriptor", HeuristicDescriptor, [
         name => "name", version => "version", description => "description",
@@ -88,7 +96,7 @@ fn rust_layout() -> String {
     ]);
     fields!("AlpsPluginDescriptor", PluginDescriptor, [
         abi_major => "abi_major", abi_minor => "abi_minor", name => "name", version => "version",
-        heuristics => "heuristics", heuristic_count => "heuristic_count"
+        heuristics => "heuristics", heuristic_count => "heuristic_count", heuristic_inputs => "heuristic_inputs"
     ]);
     out
 }
