@@ -104,7 +104,8 @@ fn pool() -> Tensor {
 }
 
 async fn score(client: &mut HeuristicServiceClient<Channel>, name: &str, values: Tensor) -> ScoreResponse {
-    let request = ScoreRequest { heuristic: heuristic(name), values: Some(values), seed: Some(7), ..Default::default() };
+    let request =
+        ScoreRequest { heuristic: heuristic(name), values: Some(values), seed: Some(7), ..Default::default() };
     client.score(request).await.unwrap_or_else(|status| panic!("Score {name}: {status}")).into_inner()
 }
 
@@ -258,11 +259,23 @@ async fn a_c_plugin_gets_the_embeddings_and_labelled_set_it_asks_for() {
     let short = Tensor { shape: vec![4, 2], data: vec![0.0; 8] };
     let cases = [
         (without, "needs the pool's embeddings"),
-        (ScoreRequest { embeddings: Some(short), ..score_with_embeddings("c_distance_to_labelled", None) }, "4 embeddings for 5 samples"),
-        (score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0, 3]))), "labelled class 3 is not below C = 3"),
-        (score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0]))), "2 labelled embeddings for 1 classes"),
         (
-            score_with_embeddings("c_distance_to_labelled", Some((Tensor { shape: vec![1, 3], data: vec![0.0; 3] }, vec![0]))),
+            ScoreRequest { embeddings: Some(short), ..score_with_embeddings("c_distance_to_labelled", None) },
+            "4 embeddings for 5 samples",
+        ),
+        (
+            score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0, 3]))),
+            "labelled class 3 is not below C = 3",
+        ),
+        (
+            score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0]))),
+            "2 labelled embeddings for 1 classes",
+        ),
+        (
+            score_with_embeddings(
+                "c_distance_to_labelled",
+                Some((Tensor { shape: vec![1, 3], data: vec![0.0; 3] }, vec![0])),
+            ),
             "dimension 3, the pool's 2",
         ),
         (

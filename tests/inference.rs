@@ -5,8 +5,8 @@
 use std::io::Cursor;
 
 use alps_proto::v1::{
-    AcquisitionSchedule, Architecture, CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, HeuristicRef, ListProjectsRequest,
-    ModelSpec, PredictRequest, Preprocessing, Project, RankRequest, Sample, SelectRequest, Tensor,
+    AcquisitionSchedule, Architecture, CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, HeuristicRef,
+    ListProjectsRequest, ModelSpec, PredictRequest, Preprocessing, Project, RankRequest, Sample, SelectRequest, Tensor,
     UpdateProjectRequest, heuristic_service_client::HeuristicServiceClient,
     inference_service_client::InferenceServiceClient, predict_result::Outcome,
     project_service_client::ProjectServiceClient, sample::Input,

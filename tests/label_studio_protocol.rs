@@ -13,7 +13,10 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use alps_proto::v1::{CountExamplesRequest, example_service_client::ExampleServiceClient};
+use alps_proto::v1::{
+    CountExamplesRequest, GetProjectRequest, example_service_client::ExampleServiceClient,
+    project_service_client::ProjectServiceClient,
+};
 use alps_system_tests::{Process, ServerDirs, builtin_plugin, eventually, http_client, install_plugin, start_server};
 use axum::{
     Json, Router,
@@ -180,6 +183,26 @@ async fn import_predictions(State(ls): State<Shared>, headers: HeaderMap, Json(b
     (StatusCode::CREATED, Json(json!({"created": created}))).into_response()
 }
 
+/// `GET /api/predictions/?task=N`: the task's imported predictions, each with its position + 1
+/// as id.
+async fn predictions(State(ls): State<Shared>, uri: axum::http::Uri) -> Json<Value> {
+    let ls = ls.lock().unwrap();
+    let task: u64 = uri.query().and_then(|q| q.strip_prefix("task=")).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let of_task = ls.imported.iter().enumerate().filter(|(_, p)| p["task"] == task);
+    Json(of_task.map(|(i, p)| json!({"id": i + 1, "task": task, "model_version": p["model_version"]})).collect())
+}
+
+/// `PATCH /api/predictions/{id}/`: a new score for an imported prediction.
+async fn patch_prediction(State(ls): State<Shared>, Path(id): Path<usize>, Json(body): Json<Value>) -> StatusCode {
+    match ls.lock().unwrap().imported.get_mut(id.wrapping_sub(1)) {
+        Some(prediction) => {
+            prediction["score"] = body["score"].clone();
+            StatusCode::OK
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
 async fn views(State(ls): State<Shared>) -> Json<Value> {
     Json(json!(ls.lock().unwrap().views))
 }
@@ -199,6 +222,8 @@ async fn start_fake_label_studio(ls: Shared) -> SocketAddr {
         .route("/api/projects/1/model-versions", get(model_versions))
         .route("/api/ml", get(|| async { Json(json!([{"id": 1, "title": "alps"}])) }))
         .route("/api/projects/1/import/predictions", post(import_predictions))
+        .route("/api/predictions/", get(predictions))
+        .route("/api/predictions/{id}/", axum::routing::patch(patch_prediction))
         .route("/api/dm/views/", get(views).post(create_view))
         .with_state(ls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -302,6 +327,11 @@ impl Stack {
         let mut client = ExampleServiceClient::connect(format!("http://{}", self.grpc)).await.unwrap();
         let request = CountExamplesRequest { project_id: "ls-1".into() };
         client.count_examples(request).await.map(|response| response.into_inner().total).unwrap_or(0)
+    }
+
+    /// Whether a line of the adapter's log contains both `message` and `needle`.
+    fn adapter_log_contains(&mut self, message: &str, needle: &str) -> bool {
+        self.adapter.log().iter().any(|line| line.contains(message) && line.contains(needle))
     }
 
     fn stop(mut self) {
@@ -712,5 +742,66 @@ async fn connecting_scores_the_whole_pool_in_bulk_once() {
     assert_eq!(ls.imported.len(), 22, "never twice for one task and version");
     assert_eq!(ls.views.len(), 1, "the tab is created once");
     drop(ls);
+    stack.stop();
+}
+
+#[tokio::test]
+async fn a_new_project_starts_with_the_cold_start_batch_of_its_schedule() {
+    let mut stack = start_stack(&[], &[]).await;
+    stack.ls.lock().unwrap().pool =
+        (1..=10u64).map(|id| json!({"id": id, "data": {"image": format!("/data/upload/1/{id}.png")}})).collect();
+    let params = json!({"score_mode": "uncertainty", "query_size": 3});
+    let (status, body) =
+        stack.post("/setup", &json!({"project": "1.1764489000", "schema": CONFIG, "extra_params": params})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // No labels yet: the core's default schedule (typiclust) picks the batch that heads the order.
+    let status = eventually("the cold-start batch is selected", || async {
+        let status: Value = http_client().get(stack.url("/status")).send().await.ok()?.json().await.ok()?;
+        (status["projects"][0]["pool"]["batch"].as_array()?.len() == 3).then_some(status)
+    })
+    .await;
+    let batch: Vec<u64> =
+        status["projects"][0]["pool"]["batch"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect();
+    {
+        let ls = stack.ls.lock().unwrap();
+        assert_eq!(ls.imported.len(), 10, "one prediction per task");
+        let score = |task: u64| ls.imported.iter().find(|p| p["task"] == task).unwrap()["score"].as_f64().unwrap();
+        let rest_best = (1..=10).filter(|t| !batch.contains(t)).map(score).fold(0.0, f64::max);
+        let batch_scores: Vec<f64> = batch.iter().map(|&t| score(t)).collect();
+        assert!(batch_scores.iter().all(|&s| s > rest_best), "{batch_scores:?} vs {rest_best}");
+        assert!(batch_scores.windows(2).all(|w| w[0] > w[1]), "selection order: {batch_scores:?}");
+    }
+    let logged = stack.adapter_log_contains("batch selected to head the order", "typiclust");
+    assert!(logged, "the adapter logs which heuristic the schedule chose");
+
+    // extra_params set the ALPS project's schedule; "none" removes it.
+    let projects = ProjectServiceClient::connect(format!("http://{}", stack.grpc)).await.unwrap();
+    for (cold_start, wanted) in [(json!("coreset"), "coreset"), (json!("none"), "")] {
+        let params =
+            json!({"score_mode": "uncertainty", "query_size": 3, "cold_start": cold_start, "cold_start_labels": 30});
+        let (status, body) =
+            stack.post("/setup", &json!({"project": "1.1764489000", "schema": CONFIG, "extra_params": params})).await;
+        assert_eq!(status, 200, "{body}");
+        // /setup answers at once; the schedule reaches the core when the link is next ensured.
+        let (_, _) = stack
+            .post(
+                "/predict",
+                &json!({"project": "1.1", "tasks": [{"id": 1, "data": {"image": "/data/upload/1/1.png"}}]}),
+            )
+            .await;
+        eventually("the schedule reaches the core", || {
+            let mut projects = projects.clone();
+            async move {
+                let project = projects.get_project(GetProjectRequest { project_id: "ls-1".into() }).await.ok()?;
+                let schedule = project.into_inner().project?.acquisition_schedule?;
+                (schedule.cold_start.map(|h| h.name).unwrap_or_default() == wanted).then_some(())
+            }
+        })
+        .await;
+    }
+    let bad = json!({"project": "1.1764489000", "schema": CONFIG, "extra_params": {"cold_start_labels": "many"}});
+    let (status, body) = stack.post("/setup", &bad).await;
+    assert_eq!(status, 400, "a bad cold_start_labels is refused: {body}");
     stack.stop();
 }

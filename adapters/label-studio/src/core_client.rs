@@ -4,14 +4,14 @@
 use std::{collections::HashMap, time::Duration};
 
 use alps_proto::v1::{
-    AcquisitionSchedule, AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest, Direction,
-    GetProjectRequest, HeuristicKind, HeuristicRef, JobState, LabelledExample, ListExamplesRequest,
+    AcquisitionSchedule, AddExamplesRequest, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest,
+    Direction, GetProjectRequest, HeuristicKind, HeuristicRef, JobState, LabelledExample, ListExamplesRequest,
     ListHeuristicsRequest, ListModelVersionsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, PredictResult,
     Preprocessing, Project, RankRequest, RankResponse, Sample, StoredExample, TrainRequest, TrainingJob,
-    TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    TrainingParameters, UpdateProjectRequest, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
     heuristic_service_client::HeuristicServiceClient, inference_service_client::InferenceServiceClient,
     model_version_service_client::ModelVersionServiceClient, project_service_client::ProjectServiceClient, sample,
-    training_service_client::TrainingServiceClient, UpdateProjectRequest,
+    training_service_client::TrainingServiceClient,
 };
 use tonic::{Code, Status};
 

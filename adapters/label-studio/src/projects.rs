@@ -615,7 +615,10 @@ mod tests {
         let (projects, _changes) = registry();
         assert_eq!(projects.observe(2, config(), None).unwrap().cold_start, None, "the core's schedule stands");
         let cases = [
-            (json!({"cold_start": "coreset", "cold_start_labels": 40}), ColdStart { heuristic: "coreset".into(), min_labels: 40 }),
+            (
+                json!({"cold_start": "coreset", "cold_start_labels": 40}),
+                ColdStart { heuristic: "coreset".into(), min_labels: 40 },
+            ),
             (json!({"cold_start": "none"}), ColdStart { heuristic: String::new(), min_labels: 0 }),
             (json!({"cold_start_labels": 30}), ColdStart { heuristic: "typiclust".into(), min_labels: 30 }),
         ];
@@ -623,7 +626,11 @@ mod tests {
             let link = projects.observe(2, config(), Some(&params)).unwrap();
             assert_eq!(link.cold_start.as_ref(), Some(&wanted), "{params}");
             assert!(!link.ensured, "a new schedule is pushed to the core");
-            assert_eq!(projects.observe(2, config(), None).unwrap().cold_start, Some(wanted), "kept without extra_params");
+            assert_eq!(
+                projects.observe(2, config(), None).unwrap().cold_start,
+                Some(wanted),
+                "kept without extra_params"
+            );
         }
     }
 

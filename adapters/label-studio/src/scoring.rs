@@ -161,6 +161,14 @@ impl ScoreSpec {
         }
     }
 
+    /// The heuristic asked which batch heads the order once a pass is complete: the batch
+    /// heuristic, or in uncertainty mode an empty name, which lets the core choose (the
+    /// project's acquisition schedule may pick a diverse cold-start batch while it has few
+    /// labels). `None` in confidence mode.
+    pub fn head_selection(&self) -> Option<String> {
+        self.batch.clone().or_else(|| (self.mode == ScoreMode::Uncertainty).then(String::new))
+    }
+
     /// The score Label Studio gets for `prediction`.
     pub fn score(&self, prediction: &Prediction) -> f32 {
         match self.mode {
@@ -525,7 +533,12 @@ impl Scoring {
         if listed.is_err() {
             counters.stop.store(true, Ordering::Relaxed);
         }
-        stages.join_all().await;
+        // Not `join_all`: it panics on a task cancelled by the runtime shutting down.
+        while let Some(joined) = stages.join_next().await {
+            if let Err(error) = joined {
+                tracing::warn!(project = ls_id, %error, "a pool scoring stage ended abnormally");
+            }
+        }
         let written = writer.await.unwrap_or_else(|error| Err(format!("writing task ended: {error}")));
         let superseded = self.projects.get(ls_id).is_none_or(|now| now.model_version() != version);
         if let Err(error) = listed.and(written) {
@@ -536,11 +549,7 @@ impl Scoring {
             return PassEnd::Superseded;
         }
         let scored = counters.scored.load(Ordering::Relaxed);
-        // In uncertainty mode a per-sample heuristic still asks the core once per version which
-        // batch heads the order (an empty name): the project's acquisition schedule may pick a
-        // diverse cold-start batch while the project has few labels.
-        let batch = spec.batch.clone().or_else(|| (spec.mode == ScoreMode::Uncertainty).then(String::new));
-        if let Some(batch) = &batch
+        if let Some(batch) = &spec.head_selection()
             && self.batch_version(ls_id) != version
         {
             let candidates = std::mem::take(&mut *candidates.lock().expect("candidates poisoned"));
@@ -684,7 +693,7 @@ impl Scoring {
             match scored {
                 Ok(scored) => {
                     self.remember(link.ls_id, &spec.version, task.id, scored);
-                    if spec.batch.is_some() {
+                    if spec.head_selection().is_some() {
                         candidates.lock().expect("candidates poisoned").push((
                             task.id,
                             scored.score,
@@ -829,8 +838,8 @@ impl Scoring {
     /// Makes the `query_size` tasks the batch heuristic selects head the order: Rank over the
     /// best-scored candidates, then their stored scores are raised above every other score, in
     /// selection order (between the best other score and 1). An empty `heuristic` lets the core
-    /// choose (the project's acquisition schedule); when it chooses the per-sample heuristic the
-    /// order is left as it is.
+    /// choose (the project's acquisition schedule); when it chooses the project's default
+    /// heuristic (the cold start is over) the order is left as it is.
     async fn write_batch(
         &self,
         ls_id: u64,
@@ -841,6 +850,9 @@ impl Scoring {
         mut candidates: Vec<(u64, f32, Value)>,
     ) {
         let query_size = link.query_size as usize;
+        if candidates.is_empty() {
+            return;
+        }
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
         let pool_size = candidates.len();
         candidates.truncate((query_size * 10).max(200));
@@ -856,8 +868,9 @@ impl Scoring {
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         let ranked = match self.core.rank(&link.alps_id(), heuristic, link.query_size, seed, samples).await {
-            // The core chose the per-sample heuristic itself: no cold start, the order stands.
-            Ok(ranked) if heuristic.is_empty() && chosen(&ranked) == spec.predict_heuristic.as_deref() => {
+            // The core chose its default heuristic, not a cold-start one: the schedule is over
+            // and the order by the per-sample score stands.
+            Ok(ranked) if heuristic.is_empty() && chosen(&ranked) == Some(link.project_heuristic.as_str()) => {
                 self.update(ls_id, |state| state.batch_version = spec.version.clone());
                 return;
             }

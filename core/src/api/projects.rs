@@ -14,8 +14,8 @@ use crate::{
     ids,
     models::{ModelError, files::ModelFileError, pretrained::PretrainedError},
     projects::{
-        AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, HeuristicChoice, ModelSpec, Preprocessing, PretrainedWeights, Project,
-        ProjectError, ProjectSpec, ProjectUpdate,
+        AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, HeuristicChoice, ModelSpec, Preprocessing,
+        PretrainedWeights, Project, ProjectError, ProjectSpec, ProjectUpdate,
     },
 };
 

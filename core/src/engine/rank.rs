@@ -10,8 +10,7 @@ use std::sync::Arc;
 use alps_heuristic_abi::Kind;
 
 use crate::plugins::{
-    CallError, EmbeddingMatrix, LabelledSet, LoadedHeuristic, PoolEmbeddings, ProbabilityTensor,
-    most_informative_first,
+    CallError, EmbeddingMatrix, LabelledSet, LoadedHeuristic, PoolEmbeddings, ProbabilityTensor, most_informative_first,
 };
 
 /// Why a ranking failed.
@@ -138,7 +137,10 @@ impl Ranking {
         let d = embeddings.len() / n;
         if d == 0 || d * n != embeddings.len() || (self.d != 0 && d != self.d) {
             let seen = self.d;
-            return Err(RankingError::Embeddings(format!("{} values for {n} samples (D so far {seen})", embeddings.len())));
+            return Err(RankingError::Embeddings(format!(
+                "{} values for {n} samples (D so far {seen})",
+                embeddings.len()
+            )));
         }
         self.d = d;
         Ok(())

@@ -136,10 +136,7 @@ mod tests {
     #[test]
     fn a_labelled_set_needs_one_class_per_row() {
         let embeddings = EmbeddingMatrix::new(vec![0.5; 4], 2).unwrap();
-        assert_eq!(
-            LabelledSet::new(embeddings.clone(), vec![1]),
-            Err(EmbeddingError::Classes { rows: 2, classes: 1 })
-        );
+        assert_eq!(LabelledSet::new(embeddings.clone(), vec![1]), Err(EmbeddingError::Classes { rows: 2, classes: 1 }));
         assert_eq!(LabelledSet::new(embeddings, vec![0, 1]).unwrap().classes(), [0, 1]);
     }
 }

@@ -409,7 +409,12 @@ impl LoadedHeuristic {
     /// # Errors
     /// [`CallError`]: wrong kind, missing embeddings, input rejected, plugin failure, or
     /// non-finite scores.
-    pub fn score(&self, input: &ProbabilityTensor, embeddings: &PoolEmbeddings, seed: u64) -> Result<Vec<f32>, CallError> {
+    pub fn score(
+        &self,
+        input: &ProbabilityTensor,
+        embeddings: &PoolEmbeddings,
+        seed: u64,
+    ) -> Result<Vec<f32>, CallError> {
         let Function::Score(score) = self.function else {
             return Err(CallError::NotAScoreHeuristic { heuristic: self.label() });
         };

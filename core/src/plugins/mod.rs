@@ -17,8 +17,8 @@ mod registry;
 mod watch;
 
 pub use directory::{PLUGIN_EXTENSION, PluginDirError, plugin_files};
-pub use host::{HeuristicHost, ReloadReport, StartError as HostStartError};
 pub use embeddings::{EmbeddingError, EmbeddingMatrix, LabelledSet, PoolEmbeddings};
+pub use host::{HeuristicHost, ReloadReport, StartError as HostStartError};
 pub use input::{InputError, ProbabilityTensor};
 pub use library::{CallError, LoadError, LoadedHeuristic, PluginInfo};
 pub use registry::{Registry, ResolveError, most_informative_first};

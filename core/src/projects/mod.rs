@@ -9,8 +9,8 @@ use std::{
 };
 
 pub use spec::{
-    AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice, ModelSpec,
-    Preprocessing, PretrainedWeights, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
+    AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice,
+    ModelSpec, Preprocessing, PretrainedWeights, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
 };
 
 use crate::store::{

@@ -164,12 +164,7 @@ impl Examples {
     ///
     /// # Errors
     /// [`ExampleError::Store`] or [`ExampleError::Blob`] when the index or a sample cannot be read.
-    pub fn labelled_inputs(
-        &self,
-        project: &Project,
-        after: &str,
-        limit: usize,
-    ) -> Result<LabelledPage, ExampleError> {
+    pub fn labelled_inputs(&self, project: &Project, after: &str, limit: usize) -> Result<LabelledPage, ExampleError> {
         let rows = self.db.examples(&project.spec.id, after, limit)?;
         let last = rows.last().map(|row| row.external_id.clone());
         let mut inputs = Vec::with_capacity(rows.len());

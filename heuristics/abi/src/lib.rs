@@ -531,16 +531,15 @@ unsafe fn view<'a>(input: *const ProbabilitiesRaw) -> Result<Probabilities<'a>, 
             Probabilities::new(data, raw.n, raw.c, raw.k).map_err(HeuristicError::InvalidInput)?
         }
         _ => {
-            return Err(HeuristicError::InvalidInput(format!(
-                "empty or null input [{}, {}, {}]",
-                raw.n, raw.c, raw.k
-            )));
+            return Err(HeuristicError::InvalidInput(format!("empty or null input [{}, {}, {}]", raw.n, raw.c, raw.k)));
         }
     };
     if raw.embeddings.is_null() {
         return Ok(view);
     }
-    let invalid = |what: &str| HeuristicError::InvalidInput(format!("inconsistent {what}: n {}, d {}, l {}", raw.n, raw.d, raw.l));
+    let invalid = |what: &str| {
+        HeuristicError::InvalidInput(format!("inconsistent {what}: n {}, d {}, l {}", raw.n, raw.d, raw.l))
+    };
     let pool_len = raw.n.checked_mul(raw.d).filter(|&len| len > 0).ok_or_else(|| invalid("embeddings"))?;
     // SAFETY: the caller guarantees `n * d` readable values at `embeddings` when it is set.
     let embeddings = unsafe { std::slice::from_raw_parts(raw.embeddings, pool_len) };

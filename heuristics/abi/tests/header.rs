@@ -4,7 +4,8 @@
 use std::{mem::offset_of, path::Path, process::Command};
 
 use alps_heuristic_abi::{
-    ABI_MAJOR, ABI_MINOR, Direction, ErrorBuffer, HeuristicDescriptor, Inputs, Kind, PluginDescriptor, ProbabilitiesRaw, Status,
+    ABI_MAJOR, ABI_MINOR, Direction, ErrorBuffer, HeuristicDescriptor, Inputs, Kind, PluginDescriptor,
+    ProbabilitiesRaw, Status,
 };
 
 const PROGRAM: &str = r#"

@@ -105,7 +105,7 @@ fn score(name: &str, data: &[f32], [n, c, k]: [usize; 3]) -> Vec<f32> {
     let mut scores = vec![0.0f32; n];
     let mut message = [0u8; 256];
     let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
-    let input = ProbabilitiesRaw { data: data.as_ptr(), n, c, k };
+    let input = ProbabilitiesRaw::probabilities(data.as_ptr(), n, c, k);
     // SAFETY: valid input, N writable scores, a valid error buffer.
     let status = unsafe { function(&input, 0, scores.as_mut_ptr(), &mut error) };
     assert_eq!(status, Status::Ok as i32);

@@ -1,31 +1,46 @@
 //! The built-in ALPS heuristics, exported as one plugin through the ALPS heuristic C ABI:
-//! `bald`, `entropy`, `variance`, `margin`, `least_confidence`, `random` (per-sample scores) and
-//! `power_bald`, `batch_bald` (batch selection). Each function's doc gives its
-//! formula and source; scores are in nats where they are entropies.
+//! * per-sample scores over MC-Dropout probabilities: `bald`, `entropy`, `variance`, `margin`,
+//!   `least_confidence`, `random` ([`score`]);
+//! * batch selection over probabilities: `power_bald`, `batch_bald` ([`batch`]);
+//! * batch selection over backbone embeddings (ABI 1.1 inputs): `typiclust` ([`typiclust`],
+//!   embeddings and the labelled set), `coreset` ([`coreset`], embeddings and the labelled set)
+//!   and `badge` ([`badge`], embeddings and probabilities).
+//!
+//! Each heuristic's doc gives its formula, source paper and cost; scores are in nats where they
+//! are entropies, in embedding units where they are distances.
 
+pub mod badge;
 pub mod batch;
+pub mod coreset;
 pub mod entropy;
+mod geometry;
 mod ln;
 pub mod score;
-
-use alps_heuristic_abi::HeuristicDescriptor;
+pub mod stages;
+pub mod typiclust;
 
 use crate::{
+    badge::Badge,
     batch::{BatchBald, PowerBald},
+    coreset::Coreset,
     score::{Bald, Entropy, LeastConfidence, Margin, Random, Variance},
+    typiclust::Typiclust,
 };
 
 alps_heuristic_abi::export_plugin! {
     name: c"alps-builtin",
-    version: c"0.1.0",
+    version: c"0.2.0",
     heuristics: [
-        HeuristicDescriptor::for_score::<Bald>(),
-        HeuristicDescriptor::for_score::<Entropy>(),
-        HeuristicDescriptor::for_score::<Variance>(),
-        HeuristicDescriptor::for_score::<Margin>(),
-        HeuristicDescriptor::for_score::<LeastConfidence>(),
-        HeuristicDescriptor::for_score::<Random>(),
-        HeuristicDescriptor::for_batch::<PowerBald>(),
-        HeuristicDescriptor::for_batch::<BatchBald>(),
+        score Bald,
+        score Entropy,
+        score Variance,
+        score Margin,
+        score LeastConfidence,
+        score Random,
+        batch PowerBald,
+        batch BatchBald,
+        batch Typiclust,
+        batch Coreset,
+        batch Badge,
     ],
 }

@@ -44,7 +44,7 @@ fn raw_score(name: &str, data: &[f32], n: usize, c: usize, k: usize) -> (i32, Ve
     let mut scores = vec![f32::NAN; n.min(1 << 16)];
     let mut message = vec![0u8; 512];
     let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
-    let raw = ProbabilitiesRaw { data: data.as_ptr(), n, c, k };
+    let raw = ProbabilitiesRaw::probabilities(data.as_ptr(), n, c, k);
     // SAFETY: `data` holds at least `n·c·k` values whenever that product is nonzero and fits
     // (callers guarantee it; otherwise the trampoline refuses the shape before reading), and
     // `scores` has room for `n` values.
@@ -59,7 +59,7 @@ fn raw_select(name: &str, data: &[f32], shape: [usize; 3], query_size: usize) ->
     let (mut indices, mut scores) = (vec![u32::MAX; slots], vec![f32::NAN; slots]);
     let mut message = vec![0u8; 512];
     let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
-    let raw = ProbabilitiesRaw { data: data.as_ptr(), n: shape[0], c: shape[1], k: shape[2] };
+    let raw = ProbabilitiesRaw::probabilities(data.as_ptr(), shape[0], shape[1], shape[2]);
     // SAFETY: valid input of `shape`; the trampoline refuses a query size over N (and over the
     // 64 slots, since N <= 16 here) before writing.
     unsafe { select(&raw, query_size, 0, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error) }

@@ -21,7 +21,7 @@ pub fn heuristic(name: &str) -> &'static HeuristicDescriptor {
 
 fn raw(data: &[f32], shape: [usize; 3]) -> ProbabilitiesRaw {
     assert_eq!(data.len(), shape.iter().product::<usize>());
-    ProbabilitiesRaw { data: data.as_ptr(), n: shape[0], c: shape[1], k: shape[2] }
+    ProbabilitiesRaw::probabilities(data.as_ptr(), shape[0], shape[1], shape[2])
 }
 
 /// Scores `data` of `shape` `[N, C, K]` with heuristic `name`; panics on a non-OK status.
@@ -58,4 +58,26 @@ pub fn stack(samples: &[Vec<f32>]) -> Vec<f32> {
 pub fn sample_from_iterations(iterations: &[&[f32]]) -> Vec<f32> {
     let (c, k) = (iterations[0].len(), iterations.len());
     (0..c).flat_map(|class| (0..k).map(move |t| iterations[t][class])).collect()
+}
+
+/// Calls batch heuristic `name` on a prepared `input` (e.g. with embeddings): `Ok((indices,
+/// scores))`, or `Err((status, message))` for a non-OK status.
+pub fn select_input(
+    name: &str,
+    input: &ProbabilitiesRaw,
+    query_size: usize,
+    seed: u64,
+) -> Result<(Vec<u32>, Vec<f32>), (i32, String)> {
+    let select = heuristic(name).select.unwrap_or_else(|| panic!("{name} is not a batch heuristic"));
+    let (mut indices, mut scores) = (vec![u32::MAX; query_size], vec![f32::NAN; query_size]);
+    let mut message = vec![0u8; 512];
+    let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
+    // SAFETY: the caller's input is valid for its shapes; `query_size` writable values in each
+    // output; a valid error buffer.
+    let status = unsafe { select(input, query_size, seed, indices.as_mut_ptr(), scores.as_mut_ptr(), &mut error) };
+    if status == Status::Ok as i32 {
+        Ok((indices, scores))
+    } else {
+        Err((status, String::from_utf8_lossy(&message[..error.len]).into_owned()))
+    }
 }
