@@ -308,4 +308,11 @@ async fn a_plugin_built_against_abi_1_0_still_loads() {
     assert!(!info.needs_embeddings, "1.0 heuristics get probabilities only");
     let from_c = score(&mut server.client, "c_least_confidence", pool()).await;
     assert_close(&from_c.scores, &[0.6, 0.35, 0.95, 1.0 / 3.0, 0.5], "1.0 build scores as before");
+
+    // An input flag this ABI does not define rejects the whole file, by name.
+    let unknown = compile_c_plugin(server.build.path(), "c_unknown_input.so", &["-DALPS_EXAMPLE_UNKNOWN_INPUT"]);
+    install_plugin(&unknown, server.dirs.plugins.path(), "c_unknown_input.so");
+    let report = server.client.reload_heuristics(ReloadHeuristicsRequest {}).await.unwrap().into_inner();
+    let error = report.errors.iter().find(|e| e.file == "c_unknown_input.so").expect("rejected");
+    assert!(error.message.contains("unknown input flags 0x8"), "{}", error.message);
 }

@@ -8,8 +8,19 @@ use alps_proto::v1::{
 use alps_system_tests::{Process, ServerDirs, builtin_plugin, install_plugin, start_server};
 use tonic::{Code, transport::Channel};
 
-const BUILTINS: [&str; 8] =
-    ["bald", "batch_bald", "entropy", "least_confidence", "margin", "power_bald", "random", "variance"];
+const BUILTINS: [&str; 11] = [
+    "badge",
+    "bald",
+    "batch_bald",
+    "coreset",
+    "entropy",
+    "least_confidence",
+    "margin",
+    "power_bald",
+    "random",
+    "typiclust",
+    "variance",
+];
 
 async fn server_with_builtins() -> (ServerDirs, Process, HeuristicServiceClient<Channel>) {
     let dirs = ServerDirs::new();
@@ -46,8 +57,14 @@ async fn lists_every_builtin_with_its_file_and_checksum() {
         assert!(info.source_file.ends_with("builtin.so"), "{}", info.source_file);
         assert_eq!(info.plugin, "alps-builtin");
         assert!(info.loaded_unix_ms > 0);
-        let batch = matches!(info.name.as_str(), "batch_bald" | "power_bald");
+        let batch = matches!(info.name.as_str(), "batch_bald" | "power_bald" | "typiclust" | "coreset" | "badge");
         assert_eq!(info.kind, if batch { HeuristicKind::Batch } else { HeuristicKind::Score } as i32, "{}", info.name);
+        let (embeddings, labelled) = match info.name.as_str() {
+            "typiclust" | "coreset" => (true, true),
+            "badge" => (true, false),
+            _ => (false, false),
+        };
+        assert_eq!((info.needs_embeddings, info.needs_labelled_set), (embeddings, labelled), "{}", info.name);
         let lower = matches!(info.name.as_str(), "margin" | "least_confidence");
         let direction = if lower { Direction::LowerIsMoreInformative } else { Direction::HigherIsMoreInformative };
         assert_eq!(info.direction, direction as i32, "{}", info.name);

@@ -316,11 +316,12 @@ fn heuristic_inputs(descriptor: &'static PluginDescriptor) -> Result<Vec<Inputs>
     let inputs = unsafe { std::slice::from_raw_parts(descriptor.heuristic_inputs, count) };
     match inputs.iter().position(|flags| flags.0 & !Inputs::KNOWN.0 != 0) {
         Some(i) => Err(format!("heuristic {i}: unknown input flags {:#x}", inputs[i].0)),
-        // LABELLED implies EMBEDDINGS (the labelled set lives in the pool's embedding space).
-        None => Ok(inputs
-            .iter()
-            .map(|&flags| if flags.0 & Inputs::LABELLED.0 != 0 { Inputs::LABELLED } else { flags })
-            .collect()),
+        // The labelled-set bit implies EMBEDDINGS (the labelled set lives in the pool's
+        // embedding space), so a plugin setting it alone gets both.
+        None => {
+            let labelled_bit = Inputs::LABELLED.0 & !Inputs::EMBEDDINGS.0;
+            Ok(inputs.iter().map(|&flags| if flags.0 & labelled_bit != 0 { Inputs::LABELLED } else { flags }).collect())
+        }
     }
 }
 

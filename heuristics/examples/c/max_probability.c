@@ -16,7 +16,8 @@
  *
  * Define ALPS_EXAMPLE_WRONG_ABI (-DALPS_EXAMPLE_WRONG_ABI) to build a plugin that claims the next
  * ABI major, which the host must refuse, or ALPS_EXAMPLE_ABI_1_0 to build `c_least_confidence`
- * alone with the ABI 1.0 descriptor layout, which the host must still load (tests/c_plugin.rs).
+ * alone with the ABI 1.0 descriptor layout, which the host must still load, or
+ * ALPS_EXAMPLE_UNKNOWN_INPUT to ask for an undefined input flag (tests/c_plugin.rs).
  *
  * Everything except the entry symbol is `static`, so two loaded versions of this plugin never
  * resolve each other's functions. See heuristics/abi/README.md for the rules of the ABI.
@@ -166,8 +167,13 @@ static const PluginDescriptor10 PLUGIN = {
     .heuristic_count = HEURISTIC_COUNT,
 };
 #else
-/* What each heuristic asks for, parallel to HEURISTICS. */
+/* What each heuristic asks for, parallel to HEURISTICS. ALPS_EXAMPLE_UNKNOWN_INPUT asks for a
+ * flag this ABI does not define, which the host must refuse. */
+#ifdef ALPS_EXAMPLE_UNKNOWN_INPUT
+static const uint32_t INPUTS[] = {ALPS_INPUT_PROBABILITIES, 8u};
+#else
 static const uint32_t INPUTS[] = {ALPS_INPUT_PROBABILITIES, ALPS_INPUT_LABELLED};
+#endif
 
 static const AlpsPluginDescriptor PLUGIN = {
     .abi_major = EXAMPLE_ABI_MAJOR,

@@ -70,6 +70,7 @@ mod future_abi {
         version: c"0.1.0".as_ptr(),
         heuristics: HEURISTICS.as_ptr(),
         heuristic_count: 1,
+        heuristic_inputs: std::ptr::null(),
     };
 
     /// Entry symbol with the wrong ABI major.
