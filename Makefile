@@ -41,6 +41,7 @@ bench:
 	scripts/bootstrap.sh scripts/requirements-bench.txt
 	cargo build --release --workspace --bins --lib
 	cargo bench -p alps-heuristics-builtin --bench heuristics_vs_baal
+	cargo bench -p alps-heuristics-builtin --bench diversity
 	cargo bench -p alps-core --bench mc_dropout
 	cargo bench -p alps-system-tests --bench serving
 	scripts/bootstrap-triton.sh

@@ -1,6 +1,8 @@
-"""The active-learning experiment of ALPS (issue #7): does ordering the labelling work by
-Bayesian uncertainty (MC-Dropout + BALD) reach a given accuracy with fewer labels than random
-order, and help most on rare classes?
+"""The active-learning experiment of ALPS (issues #7 and #15): from zero labels, which acquisition
+order reaches a given accuracy with the fewest labels — random, the embedding-based batch
+heuristics (typiclust, coreset, badge), Bayesian uncertainty (bald, batch_bald) or the server's
+default acquisition schedule (typiclust for the cold start, then bald) — and which covers rare
+classes first?
 
 Run it with ``.venv/bin/python -m experiments.active_learning --out experiments/results``
 (see ``active_learning.py``); the results are described in ``EXPERIMENTS.md``.

@@ -1,19 +1,25 @@
-"""The active-learning experiment of ALPS (issue #7), through the public gRPC API only.
+"""The active-learning experiment of ALPS (issues #7 and #15), through the public gRPC API only.
 
-Claim under test (Gal, Islam & Ghahramani 2017, "Deep Bayesian Active Learning with Image Data";
-Atighehchian et al. 2020, "Bayesian active learning for production"): ordering the labelling
-work by Bayesian uncertainty (MC-Dropout + BALD) reaches a given test accuracy with fewer labels
-than labelling in random order, and helps most on under-represented classes.
+Claims under test: ordering the labelling work by Bayesian uncertainty (MC-Dropout + BALD; Gal,
+Islam & Ghahramani 2017, "Deep Bayesian Active Learning with Image Data"; Atighehchian et al.
+2020, "Bayesian active learning for production") reaches a given test accuracy with fewer labels
+than labelling in random order; and, from zero labels (issue #15), a cold-start acquisition
+schedule (TypiClust, Hacohen et al. 2022, until the project has a few labels, then BALD) beats
+both random order and uncertainty from a barely trained model at the smallest budgets.
 
 Method (pool-based active learning with a simulated annotator), per variant × strategy × seed:
 
-1. CreateProject: an MLP (8x8 input → 256 → 128, MC-Dropout head) for the ten digits.
-2. Label an initial labelled set drawn at random from the pool (the same set for every strategy
-   of a seed), train, make sure the new model version is active.
+1. CreateProject: an MLP (8x8 input → 256 → 128, MC-Dropout head) for the ten digits; with an
+   explicit empty acquisition schedule, except for ``schedule`` (the server's default schedule).
+2. Start from ``initial_size`` labels (0 by default; a random set, the same for every strategy of
+   a seed, otherwise). Round 0 evaluates the initial model (version "untrained" from zero).
 3. Repeat for ``rounds``: rank the unlabelled pool with the strategy's acquisition function
-   (InferenceService.Rank, ``mc_iterations`` MC-Dropout passes; ``random`` draws client-side),
-   "label" the top ``query_size`` items from ground truth, retrain, and evaluate the new version
-   on the fixed, balanced test set with Predict (accuracy and per-class F1 computed here).
+   (InferenceService.Rank, ``mc_iterations`` MC-Dropout passes, with the active version, which
+   is "untrained" until the first training; ``random`` draws client-side; ``schedule`` names no
+   heuristic), "label" the top ``query_size`` items from ground truth, retrain once the labels
+   cover at least 2 classes (the server cannot train on one; until then the version stays
+   "untrained"), and evaluate the active version on the fixed, balanced test set with Predict
+   (accuracy and per-class F1 computed here).
 
 Every round is a row of ``<out>/rounds.csv``; ``experiments/report.py`` turns the CSV into the
 learning-curve plots and the tables of ``EXPERIMENTS.md``.
@@ -25,6 +31,8 @@ annotates through Label Studio's API, and training goes through the adapter's we
 rows (strategy ``bald-via-ls``) go to ``<out>/label_studio_rounds.csv``, which the report adds.
 
     .venv/bin/python -m experiments.active_learning --out experiments/results        # full
+    .venv/bin/python -m experiments.reproducibility --out experiments/results \
+        --without-seeded-untrained --schedule-check 10                                # reproducibility probe
     .venv/bin/python -m experiments.active_learning --reduced --out /tmp/alps-al      # pipeline check
     .venv/bin/python -m experiments.active_learning --via label-studio --server target/debug/alps-server
 """
@@ -53,11 +61,21 @@ from experiments import report
 from experiments.annotator import Annotator, make_annotator
 from experiments.client import AlpsClient, AlpsServer, TrainingSettings, default_server_binary
 from experiments.data import CLASSES, IMAGE_SIDE, Digits, Variant, load_digits_as_png, make_variants
-from experiments.strategies import STRATEGIES, acquire
+from experiments.strategies import ALL_STRATEGIES, SCHEDULE, STRATEGIES, acquire
 
 ROOT = Path(__file__).resolve().parent.parent
 # Seed of the Predict dropout masks on the test set: the evaluation is reproducible on CPU.
 EVAL_SEED = 7
+# alps-server draws the initial weights of a project's untrained model (the one Predict and Rank
+# use before the first training; the first training re-initialises with its own seed) from
+# libtorch's process-global generator when it builds the model (at CreateProject's check and at
+# the first Predict/Rank), without a seed of its own. The harness puts that generator in a known
+# state just before each project is created: a seeded one-image Predict on a throwaway project
+# (WARMUP_PROJECT) with seed UNTRAINED_SEED_BASE + seed. With one run in flight (--jobs 1) every
+# strategy of a seed then starts from the same untrained weights, and a rerun from the same ones;
+# with more runs in flight, other projects' seeded calls can come in between.
+WARMUP_PROJECT = "rng-warmup"
+UNTRAINED_SEED_BASE = 10_000
 
 
 @dataclass
@@ -66,11 +84,12 @@ class Config:
 
     variants: list[str] = field(default_factory=lambda: ["balanced", "imbalanced"])
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    initial_size: int = 20
+    seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    # Labels drawn at random before the first acquisition (0 = cold start from zero labels).
+    initial_size: int = 0
     query_size: int = 10
     # Acquisition rounds per variant (labels at the end = initial_size + rounds × query_size).
-    rounds: dict[str, int] = field(default_factory=lambda: {"balanced": 28, "imbalanced": 18})
+    rounds: dict[str, int] = field(default_factory=lambda: {"balanced": 30, "imbalanced": 18})
     mc_iterations: int = 20
     head_dropout: float = 0.5
     test_per_class: int = 50
@@ -83,15 +102,19 @@ class Config:
     # calling the API, "label-studio" = simulated annotator working in Label Studio.
     via: str = "grpc"
     reduced: bool = False
+    # Put libtorch's global generator in a known state before each project is created (see
+    # WARMUP_PROJECT); False only to show what happens without it (experiments/reproducibility.py).
+    seed_untrained: bool = True
 
 
 def reduced_config() -> Config:
-    """One seed, two rounds, three strategies (random, a per-item and a batch heuristic), small
-    pools: checks the pipeline, not the science."""
+    """One seed, three rounds from zero labels (the schedule switches from typiclust to bald at
+    20), random + a diversity, a per-item and a batch heuristic + the schedule, small pools:
+    checks the pipeline, not the science."""
     return Config(
-        strategies=["random", "bald", "batch_bald"],
+        strategies=["random", "typiclust", "bald", "batch_bald", SCHEDULE],
         seeds=[0],
-        rounds={"balanced": 2, "imbalanced": 2},
+        rounds={"balanced": 3, "imbalanced": 3},
         test_per_class=10,
         rare_per_class=6,
         pool_limit=200,
@@ -105,6 +128,9 @@ def label_studio_config(reduced: bool) -> Config:
     (two on the reduced run's small pool)."""
     cfg = reduced_config() if reduced else Config()
     cfg.via, cfg.strategies, cfg.variants, cfg.seeds, cfg.jobs = "label-studio", ["bald"], ["balanced"], [0], 1
+    # The Label Studio route starts from 20 random labels (issue #7's design): the adapter's
+    # prediction score needs a trained model.
+    cfg.initial_size = 20
     cfg.rounds = {"balanced": 2 if reduced else 5}
     return cfg
 
@@ -139,16 +165,28 @@ def evaluate(client: AlpsClient, pid: str, digits: Digits, variant: Variant, cfg
     return row
 
 
+def class_counts(labels: list[int]) -> np.ndarray:
+    return np.bincount(np.asarray(labels, dtype=int), minlength=len(CLASSES))
+
+
 def run_strategy(
     client: AlpsClient, digits: Digits, variant: Variant, strategy: str, seed: int, cfg: Config, label_studio=None
 ) -> list[dict]:
-    """One active-learning run: initial labelled set, then ``rounds`` acquisition rounds.
-    ``label_studio``: the running front end for ``--via label-studio``."""
+    """One active-learning run: initial labelled set (possibly empty), then ``rounds``
+    acquisition rounds. ``label_studio``: the running front end for ``--via label-studio``."""
     via_ls = cfg.via == "label-studio"
     label = strategy + VIA_LS_SUFFIX if via_ls else strategy
     pid = project_id(variant.name, label, seed)
     if not via_ls:  # else the adapter creates the ALPS project for the Label Studio project
-        client.create_project(pid, CLASSES, IMAGE_SIDE, cfg.mc_iterations, cfg.head_dropout)
+        if cfg.seed_untrained:
+            client.predict_classes(WARMUP_PROJECT, [digits.images[digits.ids[0]]], 1, UNTRAINED_SEED_BASE + seed)
+        # Only `schedule` keeps the server's default acquisition schedule; every other strategy
+        # names its heuristic in Rank anyway, and its project has an explicit empty schedule.
+        cold_start = client.create_project(
+            pid, CLASSES, IMAGE_SIDE, cfg.mc_iterations, cfg.head_dropout, schedule=strategy == SCHEDULE
+        )
+        if (cold_start != "") != (strategy == SCHEDULE):
+            raise RuntimeError(f"{pid}: stored acquisition schedule has cold start {cold_start!r}")
     annotator: Annotator = make_annotator(cfg.via, client, pid, digits, cfg.training, label_studio, variant.pool)
     # The initial labelled set depends on the seed only, so strategies are compared pairwise.
     initial_rng = np.random.default_rng([seed, 0])
@@ -157,15 +195,23 @@ def run_strategy(
     initial = [pool[i] for i in sorted(initial_rng.choice(len(pool), size=cfg.initial_size, replace=False))]
     labelled = set(initial)
     rows = []
-    query, acquire_s, scored_by = initial, 0.0, ""
+    query, acquire_s, scored_by, ranked_by = initial, 0.0, "", ""
+    version = client.active_version(annotator.project_id) if not via_ls else ""
     for round_ in range(cfg.rounds[variant.name] + 1):
+        counts = class_counts([digits.labels[i] for i in labelled])
+        # The server trains on at least 2 classes; before that the active version stays as it is.
+        trainable = int((counts > 0).sum()) >= 2
         started = time.monotonic()
-        version = annotator.label_and_retrain(query, seed * 1000 + round_)
+        if via_ls:
+            version = annotator.label_and_retrain(query, seed * 1000 + round_)
+            trained = True
+        else:
+            version = annotator.label_and_retrain(query, seed * 1000 + round_, train=trainable)
+            trained = trainable
         train_s = time.monotonic() - started
         started = time.monotonic()
         metrics = evaluate(client, annotator.project_id, digits, variant, cfg)
         eval_s = time.monotonic() - started
-        labels = [digits.labels[i] for i in labelled]
         rows.append(
             {
                 "variant": variant.name,
@@ -174,9 +220,14 @@ def run_strategy(
                 "round": round_,
                 "labels": len(labelled),
                 "model_version": version,
+                "trained": int(trained),
                 "acquired_with_version": scored_by,
+                "acquired_with_heuristic": ranked_by,
                 **metrics,
-                "rare_labelled": sum(1 for y in labels if y in variant.rare_classes) if variant.rare_classes else "",
+                "rare_labelled": int(counts[variant.rare_classes].sum()) if variant.rare_classes else "",
+                "classes_labelled": int((counts > 0).sum()),
+                "rare_classes_labelled": int((counts[variant.rare_classes] > 0).sum()) if variant.rare_classes else "",
+                "class_counts": "|".join(str(int(c)) for c in counts),
                 "train_s": round(train_s, 3),
                 "acquire_s": round(acquire_s, 3),
                 "eval_s": round(eval_s, 3),
@@ -194,8 +245,8 @@ def run_strategy(
             )
         acquire_s = time.monotonic() - started
         if chosen.model_version not in ("", version):
-            raise RuntimeError(f"{pid}: round {round_ + 1} ranked with {chosen.model_version}, trained {version}")
-        query, scored_by = chosen.ids, chosen.model_version
+            raise RuntimeError(f"{pid}: round {round_ + 1} ranked with {chosen.model_version}, active {version}")
+        query, scored_by, ranked_by = chosen.ids, chosen.model_version, chosen.heuristic
         if len(set(query)) != len(query) or labelled & set(query) or len(query) != min(cfg.query_size, len(unlabelled)):
             raise RuntimeError(f"{pid}: acquisition returned duplicate or labelled items, or not {cfg.query_size}: {query}")
         labelled |= set(query)
@@ -203,10 +254,10 @@ def run_strategy(
 
 
 COLUMNS = [
-    "variant", "strategy", "seed", "round", "labels", "model_version", "acquired_with_version",
-    "eval_model_version", "accuracy", "macro_f1", "rare_f1",
+    "variant", "strategy", "seed", "round", "labels", "model_version", "trained", "acquired_with_version",
+    "acquired_with_heuristic", "eval_model_version", "accuracy", "macro_f1", "rare_f1",
     *[f"f1_{c}" for c in range(len(CLASSES))],
-    "rare_labelled", "train_s", "acquire_s", "eval_s",
+    "rare_labelled", "classes_labelled", "rare_classes_labelled", "class_counts", "train_s", "acquire_s", "eval_s",
 ]  # fmt: skip
 
 
@@ -218,6 +269,15 @@ def write_rounds(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+UNTRAINED = "untrained"
+
+
+def schedule_switch(classes: int = len(CLASSES)) -> int:
+    """Labels at which the server's default acquisition schedule (min_labels 0) switches from
+    its cold-start heuristic to the project's default: max(2 × classes, 20)."""
+    return max(2 * classes, 20)
 
 
 def check_rounds(path: Path, cfg: Config) -> list[str]:
@@ -235,6 +295,7 @@ def check_rounds(path: Path, cfg: Config) -> list[str]:
         runs.setdefault((row["variant"], row["strategy"], row["seed"]), []).append(row)
     for key, run in runs.items():
         run.sort(key=lambda r: int(r["round"]))
+        strategy = key[1].removesuffix(VIA_LS_SUFFIX)
         for i, row in enumerate(run):
             accuracy = float(row["accuracy"])
             if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
@@ -243,10 +304,29 @@ def check_rounds(path: Path, cfg: Config) -> list[str]:
                 problems.append(f"{key} round {i}: {row['labels']} labels, expected {cfg.initial_size + i * cfg.query_size}")
             if row["eval_model_version"] != row["model_version"]:
                 problems.append(f"{key} round {i}: evaluated {row['eval_model_version']}, trained {row['model_version']}")
-            if i > 0 and row["model_version"] == run[i - 1]["model_version"]:
+            counts = [int(c) for c in row["class_counts"].split("|")]
+            if sum(counts) != int(row["labels"]) or sum(c > 0 for c in counts) != int(row["classes_labelled"]):
+                problems.append(f"{key} round {i}: class counts {row['class_counts']} do not add up")
+            # Training happens exactly when the labels cover 2 classes; a trained round has a new
+            # version, an untrained one keeps the previous ("untrained" before the first training).
+            if cfg.via == "grpc" and row["trained"] != str(int(int(row["classes_labelled"]) >= 2)):
+                problems.append(f"{key} round {i}: trained {row['trained']} with {row['classes_labelled']} classes")
+            previous = run[i - 1]["model_version"] if i > 0 else UNTRAINED
+            if row["trained"] == "1" and row["model_version"] == previous:
                 problems.append(f"{key} round {i}: model version {row['model_version']} did not change")
-            if i > 0 and key[1] != "random" and row["acquired_with_version"] != run[i - 1]["model_version"]:
+            if row["trained"] == "0" and row["model_version"] != previous:
+                problems.append(f"{key} round {i}: not trained, but the version moved to {row['model_version']}")
+            if i == 0:
+                continue
+            # Every ranking comes from the version active after the previous round.
+            if strategy != "random" and row["acquired_with_version"] != run[i - 1]["model_version"]:
                 problems.append(f"{key} round {i}: acquired with {row['acquired_with_version']!r}")
+            if cfg.via == "grpc" and strategy != "random":
+                want = strategy
+                if strategy == SCHEDULE:
+                    want = "typiclust" if int(run[i - 1]["labels"]) < schedule_switch() else "bald"
+                if row["acquired_with_heuristic"] != want:
+                    problems.append(f"{key} round {i}: ranked by {row['acquired_with_heuristic']!r}, expected {want!r}")
     return problems
 
 
@@ -271,10 +351,23 @@ def git_commit() -> str:
         return ""
 
 
+def git_dirty() -> list[str]:
+    """Paths with uncommitted changes (``git status --porcelain``) when the run started: the
+    binaries may have been built from them."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
 def run_experiment(cfg: Config, out: Path, server_binary: Path) -> tuple[list[dict], dict]:
     """Starts a private server, runs every variant × strategy × seed, stops the server."""
     started = time.monotonic()
     load_before = os.getloadavg()
+    commit, dirty = git_commit(), git_dirty()  # at the start: the binaries were built before
     with tempfile.TemporaryDirectory(prefix="alps-digits-") as images_dir:
         digits = load_digits_as_png(Path(images_dir))
     variants = make_variants(digits, cfg.test_per_class, cfg.majority_class, cfg.rare_per_class, cfg.pool_limit)
@@ -282,14 +375,20 @@ def run_experiment(cfg: Config, out: Path, server_binary: Path) -> tuple[list[di
         print(f"[data] {variants[name].describe(digits)}", flush=True)
     tasks = [(v, s, seed) for seed in cfg.seeds for v in cfg.variants for s in cfg.strategies]
     # The slowest runs (batch heuristics on the big pool) first, so the workers finish together.
-    tasks.sort(key=lambda t: (t[1] != "batch_bald", t[0] != "balanced"))
+    heavy = ("batch_bald", "typiclust", "badge", "coreset")
+    tasks.sort(key=lambda t: (t[1] not in heavy, heavy.index(t[1]) if t[1] in heavy else 0, t[0] != "balanced"))
     rows: list[dict] = []
     with AlpsServer(server_binary) as server, contextlib.ExitStack() as front_end:
         client = AlpsClient(server.address)
-        missing = {s for s in cfg.strategies if s != "random"} - client.heuristic_names()
+        needed = {s for s in cfg.strategies if s not in ("random", SCHEDULE)}
+        if SCHEDULE in cfg.strategies:
+            needed |= {"typiclust", "bald"}  # the server's default schedule and default heuristic
+        missing = needed - client.heuristic_names()
         if missing:
             raise RuntimeError(f"the server has no heuristic {sorted(missing)}; loaded: {sorted(client.heuristic_names())}")
         print(f"[server] {server_binary} on {server.address}, {len(tasks)} runs, {cfg.jobs} at a time", flush=True)
+        if cfg.via == "grpc":
+            client.create_project(WARMUP_PROJECT, CLASSES, IMAGE_SIDE, 1, cfg.head_dropout, schedule=False)
         label_studio = None
         if cfg.via == "label-studio":
             from experiments.label_studio_annotator import LabelStudioFrontEnd
@@ -335,7 +434,8 @@ def run_experiment(cfg: Config, out: Path, server_binary: Path) -> tuple[list[di
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "server_binary": str(server_binary),
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "pool_sizes": {v: len(variants[v].pool) for v in cfg.variants},
         "test_size": len(variants[cfg.variants[0]].test),
@@ -351,10 +451,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results", help="results directory")
-    parser.add_argument("--reduced", action="store_true", help="pipeline check: 1 seed, 2 rounds, 3 strategies")
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, help="default: all six")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1); default 5")
+    parser.add_argument("--reduced", action="store_true", help="pipeline check: 1 seed, 3 rounds, 5 strategies")
+    parser.add_argument(
+        "--strategies", nargs="+", choices=ALL_STRATEGIES, help=f"default: {' '.join(STRATEGIES)}"
+    )
+    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1); default 10")
     parser.add_argument("--variants", nargs="+", choices=["balanced", "imbalanced"])
+    parser.add_argument("--rounds", type=int, help="acquisition rounds on every variant; default balanced 30, imbalanced 18")
+    parser.add_argument(
+        "--no-seed-untrained", action="store_true",
+        help="skip the seeded Predict that puts libtorch's global generator in a known state before each project is "
+        "created (the untrained weights then depend on what the server did before)",
+    )  # fmt: skip
     parser.add_argument("--jobs", type=int, help="runs (projects) in flight at once on the server; default 2")
     parser.add_argument("--server", type=Path, default=None, help="alps-server binary (default: target/release, else target/debug)")
     parser.add_argument(
@@ -382,8 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.seeds = list(range(args.seeds))
     if args.variants:
         cfg.variants = args.variants
+    if args.rounds is not None:
+        cfg.rounds = {v: args.rounds for v in cfg.variants}
     if args.jobs is not None:
         cfg.jobs = args.jobs
+    if args.no_seed_untrained:
+        cfg.seed_untrained = False
     server_binary = args.server or default_server_binary()
     report_path = args.report or (args.out / "EXPERIMENTS.md" if args.reduced else ROOT / "EXPERIMENTS.md")
 

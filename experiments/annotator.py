@@ -42,15 +42,21 @@ class SimulatedAnnotator:
         self.training = training
         self.labelled = 0
 
-    def label_and_retrain(self, item_ids: Sequence[str], seed: int) -> str:
-        examples = [(item, self.digits.images[item], CLASSES[self.digits.labels[item]]) for item in item_ids]
-        inserted = self.client.add_examples(self.project_id, examples)
-        if inserted != len(item_ids):
-            raise RuntimeError(f"{self.project_id}: {inserted} of {len(item_ids)} labels were new")
-        self.labelled += inserted
+    def label_and_retrain(self, item_ids: Sequence[str], seed: int, train: bool = True) -> str:
+        """As ``Annotator.label_and_retrain``; ``train=False`` only labels (the cold start before
+        the labels cover 2 classes) and returns the active version unchanged ("untrained" at
+        first). An empty ``item_ids`` labels nothing."""
+        if item_ids:
+            examples = [(item, self.digits.images[item], CLASSES[self.digits.labels[item]]) for item in item_ids]
+            inserted = self.client.add_examples(self.project_id, examples)
+            if inserted != len(item_ids):
+                raise RuntimeError(f"{self.project_id}: {inserted} of {len(item_ids)} labels were new")
+            self.labelled += inserted
         stored = self.client.count_examples(self.project_id)
         if stored != self.labelled:
             raise RuntimeError(f"{self.project_id}: server holds {stored} examples, expected {self.labelled}")
+        if not train:
+            return self.client.active_version(self.project_id)
         return self.client.train(self.project_id, self.training, seed)
 
 

@@ -3,7 +3,8 @@ wrapper that starts a private ``alps-server`` for one run of the experiment.
 
 ``AlpsServer`` starts the binary on free localhost ports with a temporary data directory and a
 temporary plugin directory holding a copy of the built-in heuristics plugin, and stops it with
-SIGTERM. ``AlpsClient`` wraps the RPCs the experiment needs: CreateProject, AddExamples, Train +
+SIGTERM. ``AlpsClient`` wraps the RPCs the experiment needs: CreateProject (with or without the
+server's default acquisition schedule), AddExamples, Train +
 WatchTrainingJob, ActivateModelVersion, Rank (the pool streamed in chunks) and Predict, plus the
 reads that check the Label Studio route (ListExamples, ListTrainingJobs).
 """
@@ -184,9 +185,20 @@ class AlpsClient:
         return {h.name for h in response.heuristics}
 
     def create_project(
-        self, project_id: str, classes: Sequence[str], side: int, mc_iterations: int, head_dropout: float
-    ) -> None:
-        """An MLP over ``side`` x ``side`` grayscale inputs with an MC-Dropout head."""
+        self,
+        project_id: str,
+        classes: Sequence[str],
+        side: int,
+        mc_iterations: int,
+        head_dropout: float,
+        schedule: bool = True,
+    ) -> str:
+        """An MLP over ``side`` x ``side`` grayscale inputs with an MC-Dropout head.
+
+        ``schedule``: True leaves ``acquisition_schedule`` unset (the server's default schedule);
+        False sends an explicit ``AcquisitionSchedule`` with an empty ``cold_start`` (no schedule:
+        Rank without a heuristic uses the project's default heuristic). Returns the stored
+        schedule's cold-start heuristic name ("" = none)."""
         project = pb.projects_pb2.Project(
             id=project_id,
             classes=list(classes),
@@ -194,7 +206,10 @@ class AlpsClient:
             preprocessing=pb.projects_pb2.Preprocessing(width=side, height=side, channels=1),
             mc_iterations=mc_iterations,
         )
-        self.projects.CreateProject(pb.projects_pb2.CreateProjectRequest(project=project))
+        if not schedule:
+            project.acquisition_schedule.SetInParent()  # present, with an empty cold_start
+        response = self.projects.CreateProject(pb.projects_pb2.CreateProjectRequest(project=project))
+        return response.project.acquisition_schedule.cold_start.name
 
     def active_version(self, project_id: str) -> str:
         response = self.projects.GetProject(pb.projects_pb2.GetProjectRequest(project_id=project_id))
@@ -292,13 +307,15 @@ class AlpsClient:
         self,
         project_id: str,
         pool: Sequence[tuple[str, bytes]],
-        heuristic: str,
+        heuristic: str | None,
         query_size: int,
         mc_iterations: int,
         seed: int,
-    ) -> tuple[list[str], str]:
-        """Ranks the unlabelled pool ((id, PNG bytes) pairs) with ``heuristic``; returns the
-        ``query_size`` most informative ids and the model version that scored them."""
+    ) -> tuple[list[str], str, str]:
+        """Ranks the unlabelled pool ((id, PNG bytes) pairs) with ``heuristic`` (None: name no
+        heuristic, so the project's acquisition schedule or default heuristic decides); returns
+        the ``query_size`` most informative ids, the model version that scored them and the name
+        of the heuristic that ranked (``RankResponse.heuristic``)."""
 
         def messages() -> Iterator:
             for start in range(0, len(pool), CHUNK):
@@ -308,7 +325,7 @@ class AlpsClient:
                         project_id=project_id,
                         query_size=query_size,
                         mc_iterations=mc_iterations,
-                        heuristic=pb.common_pb2.HeuristicRef(name=heuristic),
+                        heuristic=pb.common_pb2.HeuristicRef(name=heuristic) if heuristic else None,
                         samples=samples,
                         seed=seed,
                     )
@@ -327,7 +344,7 @@ class AlpsClient:
                 delay *= 2
         if response.failed:
             raise RuntimeError(f"{project_id}: Rank could not score {len(response.failed)} pool items")
-        return [s.id for s in response.selected], response.model_version
+        return [s.id for s in response.selected], response.model_version, response.heuristic.name
 
     def predict_classes(
         self, project_id: str, images: Sequence[bytes], mc_iterations: int, seed: int

@@ -98,14 +98,25 @@ impl ModelError {
     }
 }
 
+/// The seed of a spec's initial random parameters: the first 8 bytes of its model fingerprint.
+fn initial_seed(spec: &ProjectSpec) -> i64 {
+    let fingerprint = spec.model_fingerprint();
+    i64::from_str_radix(&fingerprint[..15], 16).unwrap_or_default()
+}
+
 impl McModel {
     /// Builds the project's model on `device` and loads its initial weights, reading model files
-    /// through `files` (confined to the model root, bounded).
+    /// through `files` (confined to the model root, bounded). Parameters no file provides (a
+    /// new head, a model without weights) are drawn from libtorch's generator seeded with the
+    /// spec's fingerprint, so the untrained version is the same model after a cache eviction
+    /// or a restart, and a seeded cold-start ranking is reproducible. (The generator is
+    /// process-wide: a training job drawing from it at the same moment can still perturb it.)
     ///
     /// # Errors
     /// [`ModelError`] if the weights or TorchScript file is unusable.
     pub fn load(spec: &ProjectSpec, files: &ModelFiles, device: Device) -> Result<Self, ModelError> {
         let _guard = tch::no_grad_guard();
+        tch::manual_seed(initial_seed(spec));
         let classes = spec.classes.len() as i64;
         let p = &spec.preprocessing;
         let input = (i64::from(p.channels), i64::from(p.height), i64::from(p.width));
@@ -406,6 +417,25 @@ mod tests {
         assert_eq!(variables["classifier.6.weight"].size(), [10, 4096]);
         assert_eq!(network.head_prefixes, ["classifier.3.", "classifier.6."]);
         vs.freeze();
+    }
+
+    #[test]
+    fn the_initial_weights_are_a_function_of_the_spec() {
+        let spec = project(Architecture::Mlp, 8, 0.5);
+        let weights = |spec: &ProjectSpec| {
+            // Whatever the generator did before, the same spec builds the same parameters.
+            let _ = Tensor::rand([7], (Kind::Float, Device::Cpu));
+            let model = McModel::load(spec, &ModelFiles::none(), Device::Cpu).unwrap();
+            let mut named: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named
+        };
+        let (first, again) = (weights(&spec), weights(&spec));
+        assert!(first.iter().zip(&again).all(|((a, x), (b, y))| a == b && x.equal(y)), "same spec, same weights");
+        let mut other = spec.clone();
+        other.classes.push("third".into());
+        let differs = weights(&other).iter().zip(&first).any(|((_, x), (_, y))| x.size() == y.size() && !x.equal(y));
+        assert!(differs, "another spec draws other parameters");
     }
 
     #[test]
