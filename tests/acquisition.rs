@@ -164,8 +164,7 @@ async fn coreset_in_rank_skips_what_the_labelled_set_already_covers() {
     let ranked = rank(&mut server, "p", "coreset", pool.clone()).await.unwrap();
     assert_eq!(ids(&ranked), ["new-0", "new-1", "new-2"]);
     assert!(ranked.selected.iter().all(|s| s.score > 0.0), "{:?}", ranked.selected);
-    // Without the labelled set (typiclust on one copy each) every item is a candidate; BADGE
-    // needs no labelled set and ranks the same pool too.
+    // BADGE needs no labelled set and ranks the same pool too.
     assert_eq!(rank(&mut server, "p", "badge", pool).await.unwrap().selected.len(), 3);
 }
 
@@ -181,4 +180,12 @@ async fn the_pool_bound_counts_embeddings_for_the_heuristics_that_need_them() {
     assert!(error.message().contains("embeddings N·D"), "{}", error.message());
     // The server keeps serving.
     assert_eq!(rank(&mut server, "p", "bald", pool(12)).await.unwrap().selected.len(), 3);
+
+    // A heuristic the schedule chose falls back to the project's default instead of failing.
+    server.projects.create_project(CreateProjectRequest { project: Some(project("s", None)) }).await.unwrap();
+    assert_eq!(rank(&mut server, "s", "", pool(4)).await.unwrap().heuristic.unwrap().name, "typiclust", "fits");
+    let ranked = rank(&mut server, "s", "", pool(12)).await.unwrap();
+    assert_eq!(ranked.heuristic.unwrap().name, "bald", "over the bound: the default heuristic ranked");
+    let bald = rank(&mut server, "s", "bald", pool(12)).await.unwrap();
+    assert_eq!(ranked.selected, bald.selected, "the same ranking as bald itself with the same seed");
 }

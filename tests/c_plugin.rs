@@ -10,8 +10,11 @@ use std::{
 };
 
 use alps_proto::v1::{
-    Direction, HeuristicInfo, HeuristicKind, HeuristicRef, ListHeuristicsRequest, ReloadHeuristicsRequest,
-    ScoreRequest, ScoreResponse, SelectRequest, Tensor, heuristic_service_client::HeuristicServiceClient,
+    AddExamplesRequest, Architecture, CreateProjectRequest, Direction, HeuristicInfo, HeuristicKind, HeuristicRef,
+    LabelledExample, ListHeuristicsRequest, ModelSpec, PredictRequest, Preprocessing, Project, RankRequest,
+    ReloadHeuristicsRequest, Sample, ScoreRequest, ScoreResponse, SelectRequest, Tensor,
+    example_service_client::ExampleServiceClient, heuristic_service_client::HeuristicServiceClient,
+    inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample,
 };
 use alps_system_tests::{Process, ServerDirs, builtin_plugin, install_plugin, start_server};
 use tonic::transport::Channel;
@@ -64,6 +67,8 @@ struct Server {
     dirs: ServerDirs,
     process: Process,
     client: HeuristicServiceClient<Channel>,
+    /// The connection, for the other services.
+    channel: Channel,
     /// Holds the compiled plugins.
     build: tempfile::TempDir,
 }
@@ -77,7 +82,7 @@ async fn server_with_c_plugin() -> (Server, PathBuf) {
     install_plugin(&library, dirs.plugins.path(), C_PLUGIN_FILE);
     let (process, grpc) = start_server(&dirs, &[]);
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-    (Server { dirs, process, client: HeuristicServiceClient::new(channel), build }, library)
+    (Server { dirs, process, client: HeuristicServiceClient::new(channel.clone()), channel, build }, library)
 }
 
 fn heuristic(name: &str) -> Option<HeuristicRef> {
@@ -280,6 +285,13 @@ async fn a_c_plugin_gets_the_embeddings_and_labelled_set_it_asks_for() {
         ),
         (
             ScoreRequest {
+                embeddings: Some(Tensor { shape: vec![1, 70_000], data: vec![0.0; 70_000] }),
+                ..score_with_embeddings("c_distance_to_labelled", None)
+            },
+            "dimension D = 70000: must be between 1 and 65536",
+        ),
+        (
+            ScoreRequest {
                 embeddings: Some(Tensor { shape: vec![5, 2], data: [vec![f32::NAN], vec![0.0; 9]].concat() }),
                 ..score_with_embeddings("c_distance_to_labelled", None)
             },
@@ -315,4 +327,60 @@ async fn a_plugin_built_against_abi_1_0_still_loads() {
     let report = server.client.reload_heuristics(ReloadHeuristicsRequest {}).await.unwrap().into_inner();
     let error = report.errors.iter().find(|e| e.file == "c_unknown_input.so").expect("rejected");
     assert!(error.message.contains("unknown input flags 0x8"), "{}", error.message);
+}
+
+/// A `[1, 4, 4]` tensor sample of constant `value`.
+fn flat_sample(id: &str, value: f32) -> Sample {
+    Sample { id: id.into(), input: Some(sample::Input::Tensor(Tensor { shape: vec![1, 4, 4], data: vec![value; 16] })) }
+}
+
+#[tokio::test]
+async fn rank_hands_a_per_sample_heuristic_the_labelled_set_and_predict_refuses_it() {
+    let (server, _library) = server_with_c_plugin().await;
+    let mut projects = ProjectServiceClient::new(server.channel.clone());
+    let mut inference = InferenceServiceClient::new(server.channel.clone());
+    let mut examples = ExampleServiceClient::new(server.channel.clone());
+    let project = Project {
+        id: "p".into(),
+        classes: vec!["a".into(), "b".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 4, height: 4, channels: 1, ..Default::default() }),
+        mc_iterations: 4,
+        ..Default::default()
+    };
+    projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    let labelled = [0.0, 1.0].iter().enumerate().map(|(i, &v)| LabelledExample {
+        external_id: format!("l{i}"),
+        sample: Some(flat_sample("", v)),
+        class_name: ["a", "b"][i].into(),
+        ..Default::default()
+    });
+    let request = AddExamplesRequest { project_id: "p".into(), examples: labelled.collect() };
+    examples.add_examples(tokio_stream::iter([request])).await.unwrap();
+
+    // Copies of the labelled samples are at distance 0 from the labelled set: ranked last.
+    let pool = vec![flat_sample("copy-0", 0.0), flat_sample("new", 5.0), flat_sample("copy-1", 1.0)];
+    let rank = RankRequest {
+        project_id: "p".into(),
+        query_size: 3,
+        heuristic: heuristic("c_distance_to_labelled"),
+        samples: pool.clone(),
+        seed: Some(1),
+        ..Default::default()
+    };
+    let ranked = inference.rank(tokio_stream::iter([rank])).await.unwrap().into_inner();
+    let order: Vec<(&str, f32)> = ranked.selected.iter().map(|s| (s.id.as_str(), s.score)).collect();
+    assert_eq!(order[0].0, "new", "{order:?}");
+    assert!(order[0].1 > 0.0 && order[1].1 == 0.0 && order[2].1 == 0.0, "{order:?}");
+
+    // Predict has no labelled set: refused before the model runs, naming where it works.
+    let predict = PredictRequest {
+        project_id: "p".into(),
+        samples: pool,
+        heuristic: heuristic("c_distance_to_labelled"),
+        ..Default::default()
+    };
+    let error = inference.predict(predict).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("use it with Rank"), "{}", error.message());
 }

@@ -117,8 +117,9 @@ pub struct Infer {
 }
 
 impl Infer {
-    /// A facade over the server's parts; `max_rank_pool_values` bounds a batch heuristic's pool
-    /// in Rank (probability values N·C·K, `--max-rank-pool-values`).
+    /// A facade over the server's parts; `max_rank_pool_values` bounds what a batch heuristic
+    /// holds in Rank (f32 values: probabilities N·C·K, embeddings N·D, the labelled set's L·D;
+    /// `--max-rank-pool-values`).
     pub fn new(
         projects: Arc<Projects>,
         examples: Arc<Examples>,
@@ -251,7 +252,8 @@ impl Infer {
 
     /// The heuristic that ranks for a Rank request: `requested`, else the project's
     /// acquisition schedule's cold-start heuristic while the project has fewer labelled
-    /// examples than the schedule's switch point, else the project's default heuristic.
+    /// examples than the schedule's switch point, else the project's default heuristic. The
+    /// flag says whether the schedule chose it.
     ///
     /// # Errors
     /// As [`Infer::heuristic`]; [`InferError::LabelledSet`] if the examples cannot be counted.
@@ -259,16 +261,17 @@ impl Infer {
         &self,
         project: &Project,
         requested: Option<HeuristicChoice>,
-    ) -> Result<Arc<LoadedHeuristic>, InferError> {
+    ) -> Result<(Arc<LoadedHeuristic>, bool), InferError> {
         let requested = requested.filter(|h| !h.name.is_empty());
         let Some(schedule) = project.spec.acquisition_schedule.as_ref().filter(|_| requested.is_none()) else {
-            return self.heuristic(project, requested);
+            return Ok((self.heuristic(project, requested)?, false));
         };
-        let labels = self.examples.total(&project.spec.id).map_err(|e| InferError::LabelledSet(e.to_string()))?;
+        let labels = tokio::task::block_in_place(|| self.examples.total(&project.spec.id))
+            .map_err(|e| InferError::LabelledSet(e.to_string()))?;
         if labels >= schedule.switch_at(project.spec.classes.len()) {
-            return self.heuristic(project, None);
+            return Ok((self.heuristic(project, None)?, false));
         }
-        self.heuristic(project, Some(schedule.cold_start.clone()))
+        Ok((self.heuristic(project, Some(schedule.cold_start.clone()))?, true))
     }
 
     /// Starts ranking a pool that arrives in chunks: keep the `query_size` most informative.
@@ -290,28 +293,36 @@ impl Infer {
             return Err(InferError::invalid("query_size", "at least 1 sample must be selected"));
         }
         let mc_iterations = self.mc_iterations(&project, params.mc_iterations)?;
-        let heuristic = self.rank_heuristic(&project, params.heuristic)?;
+        let (heuristic, scheduled) = self.rank_heuristic(&project, params.heuristic)?;
         let seed = params.seed.unwrap_or_else(|| fastrand::u64(..));
         let labelled = match heuristic.needs_labelled() {
-            true => Some(Arc::new(self.labelled_set(&project, seed).await?)),
+            true => Some(Arc::new(self.labelled_set(&project, &heuristic, seed).await?)),
             false => None,
         };
         let held = labelled.as_ref().map_or(0, |set| set.embeddings().data().len());
-        let ranking = Ranking::new(
-            heuristic.clone(),
+        let mut ranking = Ranking::new(
+            heuristic,
             query_size as usize,
             (project.spec.classes.len(), mc_iterations),
             seed,
             labelled,
             self.max_rank_pool_values.saturating_sub(held),
         );
-        Ok(PoolRanking { engine: self.engine.clone(), project, mc_iterations, heuristic, seed, ranking, pool_size: 0 })
+        if scheduled {
+            ranking = ranking.with_fallback(self.heuristic(&project, None)?);
+        }
+        Ok(PoolRanking { engine: self.engine.clone(), project, mc_iterations, seed, ranking, pool_size: 0 })
     }
 
     /// Every labelled example of `project` embedded by the model version it carries
     /// (`[L, D]`, with class indices `[L]`), read and embedded in chunks. Examples whose sample
     /// no longer prepares are left out.
-    async fn labelled_set(&self, project: &Arc<Project>, seed: u64) -> Result<LabelledSet, InferError> {
+    async fn labelled_set(
+        &self,
+        project: &Arc<Project>,
+        heuristic: &LoadedHeuristic,
+        seed: u64,
+    ) -> Result<LabelledSet, InferError> {
         let chunk = LABELLED_CHUNK.min(self.engine.max_in_flight_samples()).max(1);
         let (mut after, mut embeddings, mut classes) = (String::new(), Vec::new(), Vec::new());
         loop {
@@ -328,6 +339,11 @@ impl Infer {
             let prepared = computed.outcomes.iter().zip(page_classes).filter(|(outcome, _)| outcome.is_ok());
             classes.extend(prepared.map(|(_, class)| class));
             embeddings.extend(computed.embeddings);
+            // Bounded while reading: a project with many labels fails early, not out of memory.
+            if embeddings.len() > self.max_rank_pool_values {
+                let limit = self.max_rank_pool_values;
+                return Err(RankingError::LabelledSetTooLarge { heuristic: heuristic.label(), limit }.into());
+            }
         }
         // D is unknown without examples; an empty set never shows it to a plugin.
         let d = if classes.is_empty() { 1 } else { embeddings.len() / classes.len() };
@@ -349,7 +365,6 @@ pub struct PoolRanking {
     engine: Engine,
     project: Arc<Project>,
     mc_iterations: usize,
-    heuristic: Arc<LoadedHeuristic>,
     seed: u64,
     ranking: Ranking,
     pool_size: u64,
@@ -405,7 +420,9 @@ impl PoolRanking {
     /// # Errors
     /// [`InferError::Ranking`] if a batch heuristic fails.
     pub fn finish(self) -> Result<RankOutcome, InferError> {
+        // The heuristic that ranked in the end (a schedule's may have fallen back).
+        let heuristic = self.ranking.heuristic().clone();
         let selected = tokio::task::block_in_place(|| self.ranking.finish())?;
-        Ok(RankOutcome { selected, pool_size: self.pool_size, project: self.project, heuristic: self.heuristic })
+        Ok(RankOutcome { selected, pool_size: self.pool_size, project: self.project, heuristic })
     }
 }

@@ -386,16 +386,7 @@ impl Projects {
         if link.ensured {
             return Ok(link);
         }
-        let ensured = async {
-            let project = self.core.ensure_project(&link.alps_id(), &link.config.labels, &link.model).await?;
-            match &link.cold_start {
-                Some(wanted) if schedule_of(&project) != *wanted => {
-                    self.core.set_schedule(&link.alps_id(), &wanted.heuristic, wanted.min_labels).await
-                }
-                _ => Ok(project),
-            }
-        };
-        let project = match ensured.await {
+        let project = match self.core.ensure_project(&link.alps_id(), &link.config.labels, &link.model).await {
             Ok(project) => {
                 self.record_setup(ls_id, None);
                 project
@@ -404,6 +395,21 @@ impl Projects {
                 self.record_setup(ls_id, Some(&status));
                 return Err(status);
             }
+        };
+        let project = match &link.cold_start {
+            Some(wanted) if schedule_of(&project) != *wanted => {
+                match self.core.set_schedule(&link.alps_id(), &wanted.heuristic, wanted.min_labels).await {
+                    Ok(updated) => updated,
+                    // A schedule the core refuses (e.g. a heuristic it has not loaded) must not
+                    // stop the project: it keeps the core's schedule, and /status says why.
+                    Err(status) => {
+                        tracing::warn!(project = ls_id, %status, "cannot set the acquisition schedule");
+                        self.record_setup(ls_id, Some(&status));
+                        project
+                    }
+                }
+            }
+            _ => project,
         };
         let mut links = self.lock();
         let Some(current) = links.get_mut(&ls_id) else { return Ok(link) };

@@ -144,7 +144,7 @@ impl ScoreSpec {
         let known = heuristics.get(name).copied();
         let is_batch = match known {
             Some((kind, _)) => kind == HeuristicKind::Batch,
-            None => matches!(name, "batch_bald" | "power_bald"),
+            None => matches!(name, "batch_bald" | "power_bald" | "typiclust" | "coreset" | "badge"),
         };
         let per_sample = if is_batch { BATCH_COMPANION } else { name };
         let direction = heuristics.get(per_sample).map(|(_, direction)| *direction).unwrap_or(match per_sample {
@@ -853,7 +853,18 @@ impl Scoring {
         if candidates.is_empty() {
             return;
         }
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let seed = spec
+            .version
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        if heuristic.is_empty() {
+            // The schedule may pick a cold-start batch, which should represent the whole pool
+            // (typicality, coverage): a seeded uniform sample, not the untrained model's top.
+            candidates.sort_by_key(|(id, ..)| *id);
+            fastrand::Rng::with_seed(seed).shuffle(&mut candidates);
+        } else {
+            candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
         let pool_size = candidates.len();
         candidates.truncate((query_size * 10).max(200));
         let tasks: Vec<PoolTask> = candidates
@@ -863,10 +874,6 @@ impl Scoring {
         let images = fetch_all(&self.media, link, &tasks).await;
         let samples: Vec<(String, Vec<u8>)> =
             tasks.iter().zip(images).filter_map(|(task, image)| Some((task.id.to_string(), image.ok()?))).collect();
-        let seed = spec
-            .version
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         let ranked = match self.core.rank(&link.alps_id(), heuristic, link.query_size, seed, samples).await {
             // The core chose its default heuristic, not a cold-start one: the schedule is over
             // and the order by the per-sample score stands.

@@ -97,19 +97,27 @@ fn embeddings(
     };
     let pool = matrix("embeddings", embeddings)?;
     let labelled = match labelled {
-        Some(tensor) if !tensor.data.is_empty() => matrix("labelled_embeddings", tensor)?,
-        _ => EmbeddingMatrix::new(Vec::new(), pool.d()).map_err(|e| Status::invalid_argument(e.to_string()))?,
+        Some(tensor) => matrix("labelled_embeddings", tensor)?,
+        None => EmbeddingMatrix::new(Vec::new(), pool.d()).map_err(|e| Status::invalid_argument(e.to_string()))?,
     };
     let labelled = LabelledSet::new(labelled, labelled_classes)
         .map_err(|error| Status::invalid_argument(format!("labelled_classes: {error}")))?;
     Ok(PoolEmbeddings { pool: Some(pool), labelled: Some(Arc::new(labelled)) })
 }
 
-/// A `[rows, D]` tensor as an embedding matrix.
+/// Largest embedding dimension D a request may carry: above the widest backbone ALPS serves
+/// (VGG16's 4,096) by a wide margin, and small enough that what a heuristic allocates per
+/// dimension (e.g. TypiClust's random projection, D × 128 values) stays bounded.
+const MAX_EMBEDDING_DIM: u64 = 65_536;
+
+/// A `[rows, D]` tensor as an embedding matrix (`[0, D]` or `[]` = no rows).
 fn matrix(field: &str, tensor: Tensor) -> Result<EmbeddingMatrix, Status> {
     let invalid = |message: String| Status::invalid_argument(format!("{field}: {message}"));
     let [rows, d] = <[u64; 2]>::try_from(tensor.shape.as_slice())
         .map_err(|_| invalid(format!("shape {:?}: expected [rows, D]", tensor.shape)))?;
+    if !(1..=MAX_EMBEDDING_DIM).contains(&d) {
+        return Err(invalid(format!("dimension D = {d}: must be between 1 and {MAX_EMBEDDING_DIM}")));
+    }
     if rows.checked_mul(d) != Some(tensor.data.len() as u64) {
         return Err(invalid(format!("shape [{rows}, {d}] does not match {} values", tensor.data.len())));
     }

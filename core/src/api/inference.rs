@@ -15,7 +15,7 @@ use crate::{
     engine::{EngineError, RankingError, SampleInput, SamplePrediction},
     infer::{Infer, InferError, PredictParams},
     models::preprocess,
-    plugins::LoadedHeuristic,
+    plugins::{CallError, LoadedHeuristic},
     projects::{HeuristicChoice, Project},
 };
 
@@ -142,8 +142,13 @@ pub fn engine_status(error: EngineError) -> Status {
 
 fn ranking_status(error: RankingError) -> Status {
     match error {
+        // Embeddings in Rank come from the model, not the client: a misfit is the server's.
+        RankingError::Heuristic(error @ CallError::EmbeddingShape { .. }) => {
+            crate::errors::internal("the model's embeddings", &error)
+        }
         RankingError::Heuristic(error) => call_status(error),
         RankingError::PoolTooLarge { .. } => Status::invalid_argument(error.to_string()),
+        RankingError::LabelledSetTooLarge { .. } => Status::failed_precondition(error.to_string()),
         RankingError::Probabilities(_) | RankingError::Embeddings(_) => Status::internal(error.to_string()),
     }
 }

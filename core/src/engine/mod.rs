@@ -314,6 +314,14 @@ impl Engine {
         if options.heuristic.kind == alps_heuristic_abi::Kind::Batch {
             return Err(EngineError::BatchHeuristic(options.heuristic.label()));
         }
+        // Refused before the model runs: Predict has no labelled set to offer.
+        if options.heuristic.needs_labelled() {
+            return Err(EngineError::Heuristic(CallError::MissingInput {
+                heuristic: options.heuristic.label(),
+                what: "the labelled set's embeddings [L, D]",
+                hint: "; use it with Rank",
+            }));
+        }
         let (k, classes) = (options.mc_iterations, project.spec.classes.len());
         // A per-sample heuristic may score on embeddings (ABI 1.1); the labelled set is Rank's.
         let wants_embeddings = options.heuristic.needs_embeddings();
@@ -365,12 +373,11 @@ fn prepare(
     }
 }
 
-/// Mean over K, argmax and (optionally) the full `[C, K]` of one sample.
 /// The pool embeddings `[n, D]` the worker returned (empty when not asked for).
 ///
 /// # Errors
 /// [`EngineError::Model`] if the model produced non-finite or misshapen features.
-pub fn pool_embeddings(values: Vec<f32>, n: usize) -> Result<PoolEmbeddings, EngineError> {
+fn pool_embeddings(values: Vec<f32>, n: usize) -> Result<PoolEmbeddings, EngineError> {
     if values.is_empty() {
         return Ok(PoolEmbeddings::none());
     }
@@ -380,6 +387,7 @@ pub fn pool_embeddings(values: Vec<f32>, n: usize) -> Result<PoolEmbeddings, Eng
     Ok(PoolEmbeddings { pool: Some(pool), labelled: None })
 }
 
+/// Mean over K, argmax and (optionally) the full `[C, K]` of one sample.
 fn summarise(values: &[f32], classes: usize, k: usize, score: f32, with_samples: bool) -> SamplePrediction {
     let mean_probabilities: Vec<f32> = values.chunks_exact(k).map(|row| row.iter().sum::<f32>() / k as f32).collect();
     let (class_index, probability) = mean_probabilities

@@ -2,8 +2,9 @@
 //! items. Per-sample heuristics stream, holding only the current best (memory bounded by the
 //! chunk and the query size, not the pool). Batch heuristics (BatchBALD, PowerBALD, TypiClust,
 //! Core-Set, BADGE) need the whole pool at once: its probabilities `[N, C, K]` and, for those
-//! that ask, its embeddings `[N, D]`; they accept pools up to a configured number of values
-//! (N·C·K + N·D).
+//! that ask, its embeddings `[N, D]` and the labelled set's `[L, D]`; they accept pools up to a
+//! configured number of values (N·C·K + N·D + L·D). A heuristic the acquisition schedule chose
+//! falls back to the project's default instead of failing when the pool outgrows that bound.
 
 use std::sync::Arc;
 
@@ -25,6 +26,16 @@ pub enum RankingError {
     /// The model produced embeddings the heuristic host rejects (a model defect).
     #[error("model produced invalid embeddings: {0}")]
     Embeddings(String),
+    /// The labelled set a heuristic asked for outgrew the bound.
+    #[error(
+        "the project's labelled set is too large for heuristic {heuristic}: its embeddings (L·D) exceed {limit} values; use another heuristic or raise --max-rank-pool-values"
+    )]
+    LabelledSetTooLarge {
+        /// `name@version`.
+        heuristic: String,
+        /// The bound.
+        limit: usize,
+    },
     /// A batch heuristic's pool outgrew its bound.
     #[error(
         "pool too large for batch heuristic {heuristic}: over {limit} values (probabilities N·C·K plus embeddings N·D) are held at once; use a per-sample heuristic or a smaller pool"
@@ -57,6 +68,9 @@ pub struct Ranking {
     /// The labelled set, for heuristics that ask for it.
     labelled: Option<Arc<LabelledSet>>,
     max_pool_values: usize,
+    /// The heuristic to switch to when the pool outgrows `max_pool_values` (see
+    /// [`Ranking::with_fallback`]).
+    fallback: Option<Arc<LoadedHeuristic>>,
 }
 
 impl Ranking {
@@ -84,7 +98,15 @@ impl Ranking {
             d: 0,
             labelled,
             max_pool_values,
+            fallback: None,
         }
+    }
+
+    /// Ranks with `fallback` instead of failing when the pool outgrows the bound (for a
+    /// heuristic chosen by the acquisition schedule rather than by the request).
+    pub fn with_fallback(mut self, fallback: Arc<LoadedHeuristic>) -> Self {
+        self.fallback = Some(fallback);
+        self
     }
 
     /// Whether chunks must come with embeddings (the heuristic asks for them).
@@ -106,6 +128,10 @@ impl Ranking {
         if self.heuristic.kind == Kind::Batch {
             let held = self.pool.len() + self.pool_embeddings.len();
             if held + probabilities.len() + embeddings.len() > self.max_pool_values {
+                if self.fall_back()? {
+                    let embeddings = if self.needs_embeddings() { embeddings } else { Vec::new() };
+                    return self.add(ids, probabilities, embeddings);
+                }
                 return Err(RankingError::PoolTooLarge {
                     heuristic: self.heuristic.label(),
                     limit: self.max_pool_values,
@@ -116,6 +142,16 @@ impl Ranking {
             self.pool_embeddings.extend(embeddings);
             return Ok(());
         }
+        self.score_chunk(ids, probabilities, embeddings)
+    }
+
+    /// Per-sample heuristics: scores a chunk and keeps the best `query_size` so far.
+    fn score_chunk(
+        &mut self,
+        ids: Vec<String>,
+        probabilities: Vec<f32>,
+        embeddings: Vec<f32>,
+    ) -> Result<(), RankingError> {
         let tensor = self.tensor(probabilities, ids.len())?;
         let embeddings = self.embeddings(embeddings)?;
         let scores = self.heuristic.score(&tensor, &embeddings, self.seed)?;
@@ -127,6 +163,38 @@ impl Ranking {
         let mut slots: Vec<Option<(String, f32)>> = merged.into_iter().map(Some).collect();
         self.best = order.into_iter().take(self.query_size).filter_map(|i| slots[i as usize].take()).collect();
         Ok(())
+    }
+
+    /// Switches to the fallback heuristic, if there is one, when the pool outgrows the bound of
+    /// a heuristic the acquisition schedule chose (a cold start on a pool too large for it
+    /// degrades to the project's default instead of failing). What was held is handed over:
+    /// probabilities stay (a per-sample fallback scores them now), embeddings it does not need
+    /// are dropped.
+    fn fall_back(&mut self) -> Result<bool, RankingError> {
+        let Some(fallback) = self.fallback.take() else { return Ok(false) };
+        tracing::warn!(
+            from = %self.heuristic.label(),
+            to = %fallback.label(),
+            limit = self.max_pool_values,
+            "pool too large for the schedule's heuristic; ranking with the project's default"
+        );
+        self.heuristic = fallback;
+        let (ids, pool, embeddings) = (
+            std::mem::take(&mut self.pool_ids),
+            std::mem::take(&mut self.pool),
+            std::mem::take(&mut self.pool_embeddings),
+        );
+        let embeddings = if self.needs_embeddings() { embeddings } else { Vec::new() };
+        if !self.needs_embeddings() {
+            self.d = 0;
+        }
+        self.add(ids, pool, embeddings)?;
+        Ok(true)
+    }
+
+    /// The heuristic ranking now (the fallback once the pool outgrew the first one's bound).
+    pub fn heuristic(&self) -> &Arc<LoadedHeuristic> {
+        &self.heuristic
     }
 
     /// Every chunk of one ranking has embeddings of one dimension D (one model).

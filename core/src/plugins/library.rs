@@ -199,9 +199,13 @@ pub fn load(path: &Path, copies_dir: &Path) -> Result<Vec<Arc<LoadedHeuristic>>,
     let entry = unsafe { library.get::<EntryFn>(ENTRY_SYMBOL) }
         .map_err(|_| LoadError::MissingEntry { path: path.to_owned() })?;
     // SAFETY: the entry function takes no arguments and returns a pointer to a static descriptor.
-    let descriptor = unsafe { entry().as_ref() }
-        .ok_or_else(|| LoadError::Invalid { path: path.to_owned(), reason: "entry returned null".into() })?;
-    read_descriptor(path, descriptor, sha256)
+    let pointer = unsafe { entry() };
+    if pointer.is_null() {
+        return Err(LoadError::Invalid { path: path.to_owned(), reason: "entry returned null".into() });
+    }
+    // SAFETY: non-null, and every 1.x plugin's descriptor has at least the 1.0 layout.
+    let descriptor = unsafe { Descriptor::copy(pointer) };
+    read_descriptor(path, &descriptor, sha256)
 }
 
 /// Rejects what `dlopen` must never see: a file that is not an ELF shared object, or one whose
@@ -240,9 +244,52 @@ fn check_segments<H: object::read::elf::FileHeader<Endian = object::Endianness>>
     Ok(())
 }
 
+/// A plugin's descriptor, copied field by field: a 1.0 plugin's static ends before
+/// `heuristic_inputs`, so the host never holds a `&PluginDescriptor` to it (a reference would
+/// promise the whole 1.1 struct is readable).
+struct Descriptor {
+    abi_major: u32,
+    abi_minor: u32,
+    name: *const c_char,
+    version: *const c_char,
+    heuristics: *const alps_heuristic_abi::HeuristicDescriptor,
+    heuristic_count: usize,
+    /// Null unless the plugin declares minor 1 or later.
+    heuristic_inputs: *const Inputs,
+}
+
+impl Descriptor {
+    /// Reads the 1.0 fields, and the 1.1 field only from a plugin that declares minor >= 1.
+    ///
+    /// # Safety
+    /// `pointer` is non-null and points to a descriptor with at least the ABI 1.0 layout that
+    /// lives as long as the library.
+    unsafe fn copy(pointer: *const PluginDescriptor) -> Self {
+        use std::ptr::addr_of;
+        // SAFETY: every field read here lies in the 1.0 prefix, which the caller guarantees.
+        let (abi_major, abi_minor, name, version, heuristics, heuristic_count) = unsafe {
+            (
+                addr_of!((*pointer).abi_major).read(),
+                addr_of!((*pointer).abi_minor).read(),
+                addr_of!((*pointer).name).read(),
+                addr_of!((*pointer).version).read(),
+                addr_of!((*pointer).heuristics).read(),
+                addr_of!((*pointer).heuristic_count).read(),
+            )
+        };
+        let heuristic_inputs = if abi_major == ABI_MAJOR && abi_minor >= 1 {
+            // SAFETY: a 1.1 or later descriptor has this field.
+            unsafe { addr_of!((*pointer).heuristic_inputs).read() }
+        } else {
+            std::ptr::null()
+        };
+        Self { abi_major, abi_minor, name, version, heuristics, heuristic_count, heuristic_inputs }
+    }
+}
+
 fn read_descriptor(
     path: &Path,
-    descriptor: &'static PluginDescriptor,
+    descriptor: &Descriptor,
     sha256: String,
 ) -> Result<Vec<Arc<LoadedHeuristic>>, LoadError> {
     if descriptor.abi_major != ABI_MAJOR || descriptor.abi_minor > ABI_MINOR {
@@ -306,9 +353,9 @@ fn read_descriptor(
 
 /// What each heuristic asks for: the 1.1 `heuristic_inputs` array, read only from plugins that
 /// declare minor 1 or later (a 1.0 descriptor ends before that field).
-fn heuristic_inputs(descriptor: &'static PluginDescriptor) -> Result<Vec<Inputs>, String> {
+fn heuristic_inputs(descriptor: &Descriptor) -> Result<Vec<Inputs>, String> {
     let count = descriptor.heuristic_count;
-    if descriptor.abi_minor < 1 || descriptor.heuristic_inputs.is_null() {
+    if descriptor.heuristic_inputs.is_null() {
         return Ok(vec![Inputs::PROBABILITIES; count]);
     }
     // SAFETY: ABI 1.1 promises `heuristic_count` flag words at `heuristic_inputs`, living as

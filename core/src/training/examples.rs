@@ -163,14 +163,23 @@ impl Examples {
     /// class index.
     ///
     /// # Errors
-    /// [`ExampleError::Store`] or [`ExampleError::Blob`] when the index or a sample cannot be read.
+    /// [`ExampleError::Store`] when the index cannot be read (an unreadable sample is logged and
+    /// left out).
     pub fn labelled_inputs(&self, project: &Project, after: &str, limit: usize) -> Result<LabelledPage, ExampleError> {
         let rows = self.db.examples(&project.spec.id, after, limit)?;
         let last = rows.last().map(|row| row.external_id.clone());
         let mut inputs = Vec::with_capacity(rows.len());
         for row in rows {
             let Some(class) = project.spec.classes.iter().position(|c| *c == row.class_name) else { continue };
-            let bytes = self.blobs.get(&row.sha256)?;
+            let bytes = match self.blobs.get(&row.sha256) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    // One unreadable sample leaves that example out, as a sample that no longer
+                    // prepares does; the log names it.
+                    tracing::warn!(external_id = %row.external_id, %error, "labelled example unreadable; left out of the labelled set");
+                    continue;
+                }
+            };
             let sample = match row.tensor_shape {
                 Some(shape) => SampleInput::Tensor {
                     shape,
