@@ -42,7 +42,9 @@ extern "C" {
 #define ALPS_INPUT_EMBEDDINGS 1u    /* the pool's backbone embeddings [n, d] */
 #define ALPS_INPUT_LABELLED 3u      /* also the labelled set [l, d] + classes [l]; implies EMBEDDINGS */
 
-/* Growth rules for minor versions: new fields are appended to AlpsPluginDescriptor only.
+/* Growth rules for minor versions: new fields may be appended to the structs the host allocates
+ * and passes in (AlpsProbabilities, AlpsErrorBuffer; 1.1 appended the embedding fields to
+ * AlpsProbabilities) and to AlpsPluginDescriptor (read only from plugins declaring that minor).
  * AlpsHeuristicDescriptor is laid out as an array, so its size never changes within a major. */
 
 /* The input of a call. Probabilities P[n, c, k], row-major (k fastest): value (i, j, t) is

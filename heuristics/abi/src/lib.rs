@@ -30,12 +30,14 @@ use std::{
 };
 
 /// Major version of this ABI. The host loads a plugin only if its major equals the host's.
-/// A minor version may only append fields to [`PluginDescriptor`]; [`HeuristicDescriptor`] is
-/// laid out as an array, so its size never changes within a major.
+/// A minor version may only append fields: to the structs the host allocates and passes in
+/// ([`ProbabilitiesRaw`], [`ErrorBuffer`]; older plugins never read past the fields they know)
+/// and to [`PluginDescriptor`] (read only from plugins declaring that minor or later).
+/// [`HeuristicDescriptor`] is laid out as an array, so its size never changes within a major.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of this ABI. The host loads a plugin only if the host's minor is at least the
-/// plugin's (minors only add, never change). 1.1 added [`Inputs`], the embedding fields of
-/// [`ProbabilitiesRaw`] and [`PluginDescriptor::heuristic_inputs`].
+/// plugin's (minors only add, never change). 1.1 added [`Inputs`], appended the embedding fields
+/// to [`ProbabilitiesRaw`] and appended [`PluginDescriptor::heuristic_inputs`].
 pub const ABI_MINOR: u32 = 1;
 /// Name of the entry symbol every plugin exports (NUL-terminated for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"alps_heuristic_plugin\0";
@@ -427,10 +429,13 @@ impl<'a> Probabilities<'a> {
         self.embeddings.ok_or_else(|| HeuristicError::InvalidInput("the pool's embeddings are required".into()))
     }
 
-    /// The labelled set, or an [`HeuristicError::InvalidInput`] naming what is missing.
+    /// The labelled set (empty at a cold start), or an [`HeuristicError::InvalidInput`] naming
+    /// what is missing.
     ///
     /// # Errors
-    /// When the host supplied none.
+    /// When the host supplied no embeddings: the labelled set is present, possibly empty,
+    /// whenever the pool's embeddings are (an inconsistent labelled set is rejected before the
+    /// heuristic runs).
     pub fn require_labelled(&self) -> Result<Labelled<'a>, HeuristicError> {
         self.labelled.ok_or_else(|| HeuristicError::InvalidInput("the labelled set's embeddings are required".into()))
     }
@@ -513,7 +518,8 @@ impl HeuristicDescriptor {
     }
 }
 
-/// Builds the safe input view from a raw pointer; `None` if it is null or inconsistent.
+/// Builds the safe input view from a raw pointer; [`HeuristicError::InvalidInput`] if it is null
+/// or inconsistent (among others: `l > 0` with a null labelled array).
 ///
 /// # Safety
 /// `input` is null or points to a valid [`ProbabilitiesRaw`] whose `data` holds `n * c * k`
@@ -544,8 +550,12 @@ unsafe fn view<'a>(input: *const ProbabilitiesRaw) -> Result<Probabilities<'a>, 
     // SAFETY: the caller guarantees `n * d` readable values at `embeddings` when it is set.
     let embeddings = unsafe { std::slice::from_raw_parts(raw.embeddings, pool_len) };
     let view = view.with_embeddings(embeddings, raw.d).map_err(HeuristicError::InvalidInput)?;
-    if raw.labelled_embeddings.is_null() || raw.labelled_classes.is_null() || raw.l == 0 {
+    if raw.l == 0 {
         return view.with_labelled(&[], &[]).map_err(HeuristicError::InvalidInput);
+    }
+    // `l > 0` promises that many examples: a null array is a host bug, not a cold start.
+    if raw.labelled_embeddings.is_null() || raw.labelled_classes.is_null() {
+        return Err(invalid("labelled set (l > 0 with a null array)"));
     }
     let labelled_len = raw.l.checked_mul(raw.d).ok_or_else(|| invalid("labelled embeddings"))?;
     // SAFETY: the caller guarantees `l * d` readable values and `l` classes when they are set.
@@ -605,7 +615,7 @@ pub unsafe fn write_message(buffer: &mut ErrorBuffer, message: &str) {
 /// The `extern "C"` [`ScoreFn`] of a [`ScoreHeuristic`].
 ///
 /// # Safety
-/// The host passes a valid input (see [`view`]), `n` writable `f32`s at `scores_out` and a null
+/// The host passes a valid input (see [`ProbabilitiesRaw`]; checked before use), `n` writable `f32`s at `scores_out` and a null
 /// or valid `error`.
 pub unsafe extern "C" fn score_trampoline<H: ScoreHeuristic>(
     input: *const ProbabilitiesRaw,
@@ -630,7 +640,7 @@ pub unsafe extern "C" fn score_trampoline<H: ScoreHeuristic>(
 /// The `extern "C"` [`SelectFn`] of a [`BatchHeuristic`].
 ///
 /// # Safety
-/// The host passes a valid input (see [`view`]), `query_size` writable values at both outputs
+/// The host passes a valid input (see [`ProbabilitiesRaw`]; checked before use), `query_size` writable values at both outputs
 /// and a null or valid `error`.
 pub unsafe extern "C" fn select_trampoline<H: BatchHeuristic>(
     input: *const ProbabilitiesRaw,
@@ -664,9 +674,16 @@ pub unsafe extern "C" fn select_trampoline<H: BatchHeuristic>(
 ///
 /// List each heuristic as `score Type` ([`ScoreHeuristic`]) or `batch Type`
 /// ([`BatchHeuristic`]); each one's [`Heuristic::INPUTS`] goes into
-/// [`PluginDescriptor::heuristic_inputs`]. The ABI 1.0 form, a list of descriptor expressions
-/// (`HeuristicDescriptor::for_score::<Type>()`), still compiles; its heuristics get
-/// probabilities only.
+/// [`PluginDescriptor::heuristic_inputs`]. `Type` is a path that starts with an identifier
+/// (`Bald`, `my_module::Bald`, `crate::Bald`, `Bald<u8>`), not with `::`: `score ::a::B` reads
+/// as the 1.0 expression `score::a::B`.
+///
+/// The ABI 1.0 form, a list of `const` expressions of type [`HeuristicDescriptor`]
+/// (`HeuristicDescriptor::for_score::<Type>()`, a `const fn` call `descriptor()`, a constant),
+/// still compiles; its heuristics get probabilities only. The 1.0 form is matched first: a
+/// `kind Type` pair is never a single expression, so it falls through to the new form, while an
+/// expression such as `descriptor()` would also read as the pair `descriptor ()` (`()` is a
+/// type).
 ///
 /// ```
 /// use std::ffi::CStr;
@@ -727,20 +744,153 @@ pub unsafe extern "C" fn select_trampoline<H: BatchHeuristic>(
 /// #     assert_eq!(inputs, [Inputs::PROBABILITIES, Inputs::EMBEDDINGS]);
 /// # }
 /// ```
+///
+/// The 1.0 form with `const fn` calls only (each element alone also reads as a `kind Type`
+/// pair, `descriptor ()`):
+///
+/// ```
+/// use std::ffi::CStr;
+/// use alps_heuristic_abi::{
+///     Direction, Heuristic, HeuristicDescriptor, HeuristicError, Probabilities, ScoreHeuristic,
+/// };
+///
+/// struct Constant;
+///
+/// impl Heuristic for Constant {
+///     const NAME: &'static CStr = c"constant";
+///     const VERSION: &'static CStr = c"0.1.0";
+///     const DESCRIPTION: &'static CStr = c"Scores every sample 1";
+///     const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+/// }
+///
+/// impl ScoreHeuristic for Constant {
+///     fn score(_: Probabilities<'_>, _: u64, scores: &mut [f32]) -> Result<(), HeuristicError> {
+///         scores.fill(1.0);
+///         Ok(())
+///     }
+/// }
+///
+/// const fn descriptor() -> HeuristicDescriptor {
+///     HeuristicDescriptor::for_score::<Constant>()
+/// }
+///
+/// const fn another() -> HeuristicDescriptor {
+///     HeuristicDescriptor::for_score::<Constant>()
+/// }
+///
+/// alps_heuristic_abi::export_plugin! {
+///     name: c"my-heuristics",
+///     version: c"0.1.0",
+///     heuristics: [descriptor(), another()],
+/// }
+/// # fn main() {
+/// #     // SAFETY: the entry symbol returns a pointer to a static descriptor.
+/// #     let plugin = unsafe { &*alps_heuristic_plugin() };
+/// #     assert_eq!(plugin.heuristic_count, 2);
+/// #     assert!(plugin.heuristic_inputs.is_null(), "1.0 form: probabilities only");
+/// # }
+/// ```
+///
+/// The 1.0 form with descriptor paths and a constant:
+///
+/// ```
+/// # use std::ffi::CStr;
+/// # use alps_heuristic_abi::{
+/// #     Direction, Heuristic, HeuristicDescriptor, HeuristicError, Probabilities, ScoreHeuristic,
+/// # };
+/// # struct Constant;
+/// # impl Heuristic for Constant {
+/// #     const NAME: &'static CStr = c"constant";
+/// #     const VERSION: &'static CStr = c"0.1.0";
+/// #     const DESCRIPTION: &'static CStr = c"Scores every sample 1";
+/// #     const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+/// # }
+/// # impl ScoreHeuristic for Constant {
+/// #     fn score(_: Probabilities<'_>, _: u64, scores: &mut [f32]) -> Result<(), HeuristicError> {
+/// #         scores.fill(1.0);
+/// #         Ok(())
+/// #     }
+/// # }
+/// const DESCRIPTOR: HeuristicDescriptor = HeuristicDescriptor::for_score::<Constant>();
+///
+/// alps_heuristic_abi::export_plugin! {
+///     name: c"my-heuristics",
+///     version: c"0.1.0",
+///     heuristics: [HeuristicDescriptor::for_score::<Constant>(), DESCRIPTOR],
+/// }
+/// # fn main() {
+/// #     // SAFETY: the entry symbol returns a pointer to a static descriptor.
+/// #     assert_eq!(unsafe { &*alps_heuristic_plugin() }.heuristic_count, 2);
+/// # }
+/// ```
+///
+/// The new form with batch heuristics, module paths and a generic type:
+///
+/// ```
+/// use std::{ffi::CStr, marker::PhantomData};
+/// use alps_heuristic_abi::{BatchHeuristic, Direction, Heuristic, HeuristicError, Inputs, Probabilities};
+///
+/// mod first {
+///     use super::*;
+///
+///     /// Picks the first `query_size` samples, for any marker type `T`.
+///     pub struct First<T>(PhantomData<T>);
+///
+///     impl<T> Heuristic for First<T> {
+///         const NAME: &'static CStr = c"first";
+///         const VERSION: &'static CStr = c"0.1.0";
+///         const DESCRIPTION: &'static CStr = c"The first samples";
+///         const DIRECTION: Direction = Direction::HigherIsMoreInformative;
+///         const INPUTS: Inputs = Inputs::LABELLED;
+///     }
+///
+///     impl<T> BatchHeuristic for First<T> {
+///         fn select(
+///             _: Probabilities<'_>,
+///             _: u64,
+///             indices: &mut [u32],
+///             scores: &mut [f32],
+///         ) -> Result<(), HeuristicError> {
+///             indices.iter_mut().enumerate().for_each(|(i, index)| *index = i as u32);
+///             scores.fill(1.0);
+///             Ok(())
+///         }
+///     }
+///
+///     pub type Plain = First<()>;
+/// }
+///
+/// alps_heuristic_abi::export_plugin! {
+///     name: c"my-heuristics",
+///     version: c"0.1.0",
+///     heuristics: [batch first::First<u8>, batch crate::first::Plain,],
+/// }
+/// # fn main() {
+/// #     // SAFETY: the entry symbol returns a pointer to a static descriptor.
+/// #     let plugin = unsafe { &*alps_heuristic_plugin() };
+/// #     // SAFETY: `heuristic_inputs` holds `heuristic_count` flag words.
+/// #     let inputs = unsafe { std::slice::from_raw_parts(plugin.heuristic_inputs, plugin.heuristic_count) };
+/// #     assert_eq!(inputs, [Inputs::LABELLED, Inputs::LABELLED]);
+/// # }
+/// ```
 #[macro_export]
 macro_rules! export_plugin {
+    // The 1.0 form comes first: see above for why the order matters.
+    (name: $name:expr, version: $version:expr, heuristics: [$($heuristic:expr),* $(,)?] $(,)?) => {
+        static ALPS_HEURISTICS: &[$crate::HeuristicDescriptor] = &[$($heuristic),*];
+        $crate::export_plugin!(@entry $name, $version, ALPS_HEURISTICS, ::std::ptr::null());
+    };
     (name: $name:expr, version: $version:expr, heuristics: [$($kind:ident $heuristic:ty),* $(,)?] $(,)?) => {
         static ALPS_HEURISTICS: &[$crate::HeuristicDescriptor] =
             &[$($crate::export_plugin!(@descriptor $kind $heuristic)),*];
         static ALPS_INPUTS: &[$crate::Inputs] = &[$(<$heuristic as $crate::Heuristic>::INPUTS),*];
         $crate::export_plugin!(@entry $name, $version, ALPS_HEURISTICS, ALPS_INPUTS.as_ptr());
     };
-    (name: $name:expr, version: $version:expr, heuristics: [$($heuristic:expr),* $(,)?] $(,)?) => {
-        static ALPS_HEURISTICS: &[$crate::HeuristicDescriptor] = &[$($heuristic),*];
-        $crate::export_plugin!(@entry $name, $version, ALPS_HEURISTICS, ::std::ptr::null());
-    };
     (@descriptor score $heuristic:ty) => { $crate::HeuristicDescriptor::for_score::<$heuristic>() };
     (@descriptor batch $heuristic:ty) => { $crate::HeuristicDescriptor::for_batch::<$heuristic>() };
+    (@descriptor $kind:ident $heuristic:ty) => {
+        ::std::compile_error!(::std::concat!("unknown heuristic kind `", ::std::stringify!($kind), "`: write `score Type` or `batch Type`"))
+    };
     (@entry $name:expr, $version:expr, $heuristics:ident, $inputs:expr) => {
         static ALPS_PLUGIN: $crate::PluginDescriptor = $crate::PluginDescriptor {
             abi_major: $crate::ABI_MAJOR,
@@ -924,6 +1074,36 @@ mod tests {
         // SAFETY: a plain probabilities input; the heuristic reports what it misses.
         let status = unsafe { score(&super::tests::raw(), 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
         assert_eq!(status, Status::InvalidInput as i32);
+    }
+
+    #[test]
+    fn a_labelled_count_with_a_null_array_is_invalid_input_not_an_empty_set() {
+        let descriptor = HeuristicDescriptor::for_score::<NearestLabelled>();
+        let score = descriptor.score.unwrap();
+        let (pool, labelled, classes) = ([0.0f32, 0.0, 10.0, 10.0], [9.0f32, 9.0], [1u32]);
+        let mut scores = [0f32; 2];
+        let mut message = vec![0u8; 128];
+        let nulls: [(*const f32, *const u32); 3] = [
+            (std::ptr::null(), classes.as_ptr()),
+            (labelled.as_ptr(), std::ptr::null()),
+            (std::ptr::null(), std::ptr::null()),
+        ];
+        for (embeddings, classes) in nulls {
+            let mut raw = raw();
+            (raw.embeddings, raw.d) = (pool.as_ptr(), 2);
+            (raw.labelled_embeddings, raw.labelled_classes, raw.l) = (embeddings, classes, 1);
+            let mut error = ErrorBuffer { data: message.as_mut_ptr(), capacity: message.len(), len: 0 };
+            // SAFETY: every non-null pointer points at a live array of the declared shape.
+            let status = unsafe { score(&raw, 0, scores.as_mut_ptr(), &mut error) };
+            assert_eq!(status, Status::InvalidInput as i32);
+            assert!(std::str::from_utf8(&message[..error.len]).unwrap().contains("labelled set"));
+        }
+        // l = 0 with null arrays is a cold start: an empty set.
+        let mut raw = raw();
+        (raw.embeddings, raw.d) = (pool.as_ptr(), 2);
+        // SAFETY: as above.
+        let status = unsafe { score(&raw, 0, scores.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, Status::Ok as i32);
     }
 
     #[test]

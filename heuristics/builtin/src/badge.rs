@@ -26,7 +26,10 @@ use crate::{
 /// `D²(x)` to the nearest pick so far (seeded). Score: `||g_x||²` for the first pick, `D²(x)` at
 /// pick time for the others (squared gradient norm units: probability² × embedding²). If every
 /// unpicked sample has `D² = 0` (duplicates, or only exactly confident samples left) the next
-/// pick is drawn uniformly among them, scored 0.
+/// pick is drawn uniformly among them, scored 0. Scores are clamped to `f32::MAX` (squared
+/// distances between huge embeddings exceed it; in `f64` they stay finite, so sampling ends).
+/// The result is deterministic for a seed, on every thread count; every distance is computed in
+/// `f64` in a fixed order (no sgemm), so it is also the same on every CPU.
 ///
 /// `g` is never materialised (`[N, C · D]` would be 16 GB at N = 100,000, C = 10, D = 4,096):
 /// with `a = p − onehot(ŷ)`, `||g_x − g_y||² = ||a_x||² ||h_x||² + ||a_y||² ||h_y||² −
@@ -109,6 +112,8 @@ impl<'a> GradientFactors<'a> {
 ///
 /// # Errors
 /// [`HeuristicError::InvalidInput`] when the host supplied no embeddings.
+// Bench-only: `benches/diversity.rs` reports the stage times; not part of the plugin's API.
+#[doc(hidden)]
 pub fn select_with_stages(
     input: Probabilities<'_>,
     seed: u64,

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::{
     geometry::{
-        distance::{nearest_rows, squared_distance},
+        distance::{nearest_distances, squared_distance},
         lazy::{Candidates, LazyNearest},
         sampling::argmax_unselected,
     },
@@ -20,16 +20,21 @@ const ROWS_PER_TASK: usize = 1024;
 
 /// Core-Set by greedy k-center (Sener & Savarese 2018, Algorithm 1): the centers are the labelled
 /// examples and the picks so far; each pick is the pool sample farthest (Euclidean, in embedding
-/// units) from its nearest center, and its score is that distance. Deterministic, the seed is
-/// unused: the first pick of a cold start (no labelled example) is the sample farthest from the
-/// pool's mean, scored by that distance. Ties go to the lower index; duplicates of a center are
-/// at distance 0, so a duplicate is picked only once every other sample is covered too.
+/// units) from its nearest center, and its score is that distance. The seed is ignored: the
+/// first pick of a cold start (no labelled example) is the sample farthest from the pool's mean,
+/// scored by that distance. Ties go to the lower index; every distance is exact (`f64` from the
+/// `f32` embeddings), so a duplicate of a center is at exactly 0 and is picked only once every
+/// other sample is covered too. Scores are clamped to `f32::MAX` (distances between huge
+/// embeddings can exceed it). The result is the same on every run and thread count; it is
+/// computed from exact distances, so it does not depend on the CPU either.
 ///
 /// Input: embeddings `[N, D]` and the labelled set `[L, D]` ([`Inputs::LABELLED`]).
-/// Cost: `N · L · D` multiply-adds for the distances to the labelled set (blocked sgemm, then one
-/// exact distance per sample; with L = 0 one pass to the first pick instead), which dominates;
-/// then the greedy picks compare lazily: only the samples whose bound reaches the top of the
-/// queue are compared with the centers added since they were last compared (`D` each), at most
+/// Cost: `N · L · D` multiply-adds for the distances to the labelled set (blocked sgemm to
+/// screen, then an exact `D`-long check of each labelled example within the sgemm's rounding
+/// bound of the nearest: about one per sample, up to L when labelled examples are closer to each
+/// other than that bound; with L = 0 one pass to the first pick instead), which dominates; then
+/// the greedy picks compare lazily: only the samples whose bound reaches the top of the queue
+/// are compared with the centers added since they were last compared (`D` each), at most
 /// `N · B · D` in all but usually a small part of it.
 pub struct Coreset;
 
@@ -58,6 +63,8 @@ impl BatchHeuristic for Coreset {
 ///
 /// # Errors
 /// [`HeuristicError::InvalidInput`] when the host supplied no embeddings.
+// Bench-only: `benches/diversity.rs` reports the stage times; not part of the plugin's API.
+#[doc(hidden)]
 pub fn select_with_stages(
     input: Probabilities<'_>,
     indices: &mut [u32],
@@ -74,7 +81,7 @@ pub fn select_with_stages(
         let (first, distance_sq) = farthest_from_mean(pool);
         picks.push((first, distance_sq));
         centers.push(pool.row(first));
-        LazyNearest::first_center(pool.rows(), |i| f64::from(squared_distance(pool.row(i), pool.row(first))))
+        LazyNearest::first_center(pool.rows(), |i| squared_distance(pool.row(i), pool.row(first)))
     } else {
         LazyNearest::known(labelled_distances(pool, labelled), labelled.rows())
     };
@@ -83,7 +90,7 @@ pub fn select_with_stages(
     stages.lap("initial distances");
     while picks.len() < query_size {
         let pick = nearest
-            .farthest(&mut candidates, |i, j| f64::from(squared_distance(pool.row(i), centers[j])))
+            .farthest(&mut candidates, |i, j| squared_distance(pool.row(i), centers[j]))
             .ok_or_else(|| HeuristicError::Internal("no sample left to pick".into()))?;
         picks.push(pick);
         centers.push(pool.row(pick.0));
@@ -97,16 +104,12 @@ pub fn select_with_stages(
     Ok(stages)
 }
 
-/// Every pool sample's squared distance to its nearest labelled example: the nearest found by
-/// blocked sgemm, the distance recomputed exactly from the difference (the product expansion
-/// loses digits for near duplicates).
+/// Every pool sample's exact squared distance to its nearest labelled example, `[N]` in squared
+/// embedding units (see [`nearest_distances`]: sgemm screens the labelled set, every center
+/// within the expansion's rounding bound of the best is compared exactly, so a copy of a
+/// labelled example is at exactly 0 and near ties are resolved in `f64`).
 fn labelled_distances(pool: Embeddings<'_>, labelled: Embeddings<'_>) -> Vec<f64> {
-    let owner = nearest_rows(pool.data(), labelled.data(), pool.d());
-    owner
-        .par_iter()
-        .enumerate()
-        .map(|(i, &j)| f64::from(squared_distance(pool.row(i), labelled.row(j as usize))))
-        .collect()
+    nearest_distances(pool.data(), labelled.data(), pool.d())
 }
 
 /// The sample farthest from the pool's mean (ties: the lower index) and its squared distance:
@@ -130,8 +133,7 @@ fn farthest_from_mean(pool: Embeddings<'_>) -> (usize, f64) {
         mean.iter_mut().zip(sum).for_each(|(m, s)| *m += s);
     }
     let mean: Vec<f32> = mean.iter().map(|m| (m / pool.rows() as f64) as f32).collect();
-    let distances: Vec<f64> =
-        (0..pool.rows()).into_par_iter().map(|i| f64::from(squared_distance(pool.row(i), &mean))).collect();
+    let distances: Vec<f64> = (0..pool.rows()).into_par_iter().map(|i| squared_distance(pool.row(i), &mean)).collect();
     let first = argmax_unselected(&distances, &vec![false; pool.rows()]).expect("a non-empty pool");
     (first, distances[first])
 }

@@ -16,6 +16,8 @@ pub mod entropy;
 mod geometry;
 mod ln;
 pub mod score;
+// Bench-only: stage timings for `benches/diversity.rs`; not part of the plugin's API.
+#[doc(hidden)]
 pub mod stages;
 pub mod typiclust;
 

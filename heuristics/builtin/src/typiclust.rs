@@ -34,33 +34,55 @@ pub const MIN_CLUSTER_SIZE: usize = 5;
 /// Typicality is measured against at most this many members of a cluster: a seeded sample of a
 /// larger cluster (every pool member is still ranked, against the sample).
 pub const MAX_TYPICALITY_REFERENCE: usize = 2048;
+/// At most this many k-means clusters, the cap of TypiClust's reference implementation
+/// (`MAX_NUM_CLUSTERS = 500` in `deep-al/pycls/al/typiclust.py` of github.com/avihu111/TypiClust,
+/// which also clusters into `min(L + B, 500)`): it bounds k-means at `(N + L) · 500 · D'`
+/// multiply-adds per Lloyd iteration, whatever L and B.
+pub const MAX_CLUSTERS: usize = 500;
 /// Pool members ranked per rayon task (one sgemm against the reference members each).
 const CANDIDATES_PER_TASK: usize = 64;
+/// Embeddings with a larger absolute value are scaled down by a power of two until none is
+/// larger (2^32): then no `f32` sum of squares in the projection, k-means or typicality can
+/// overflow (a squared distance stays below 2^74 unprojected, D ≤ 256, and below 2^107 projected
+/// for D up to 2^20, against `f32::MAX` ≈ 2^128), and scaling by a power of two changes neither
+/// the clusters nor the ranking, only the unit of the scores (converted back).
+const MAX_UNSCALED_MAGNITUDE: f32 = 4_294_967_296.0;
 
 /// TypiClust (Hacohen et al. 2022, §3): clusters the pool and the labelled set together into
-/// `min(L + B, N + L)` clusters (B the query size) by k-means (seeded k-means++, then at most
-/// [`MAX_LLOYD_ITERATIONS`] Lloyd iterations), then repeatedly takes the cluster with the fewest
-/// labelled-or-picked members (ties: the larger cluster, then the lower cluster index) and picks
-/// its most typical pool sample not yet picked. Typicality is the inverse mean Euclidean distance
+/// `min(L + B, N + L, 500)` clusters (B the query size, 500 = [`MAX_CLUSTERS`]) by k-means
+/// (seeded k-means++, then at most [`MAX_LLOYD_ITERATIONS`] Lloyd iterations), then repeatedly
+/// takes the cluster with the fewest labelled-or-picked members (ties: the larger cluster, then
+/// the lower cluster index) and picks its most typical pool sample not yet picked. When B
+/// exceeds the clusters (B > 500, or clusters of several pool samples), picking goes on the same
+/// way, so a cluster gives a second pick once every cluster has as many labelled-or-picked
+/// members: all B picks are always returned. Typicality is the inverse mean Euclidean distance
 /// to the `min(20, size − 1)` nearest other members of the cluster,
 /// `1 / ((1 / k) Σ_{y ∈ kNN(x)} ||x − y||)`, in inverse embedding units; the score of a pick is
 /// its typicality. Choices where the paper leaves room:
 /// * clusters with fewer than [`MIN_CLUSTER_SIZE`] members are skipped while a larger cluster has
 ///   pool samples left (TypiClust avoids outliers); a singleton's typicality is 0 (no neighbour);
-/// * a sample whose `k` neighbours are all duplicates of it (mean distance 0) gets `f32::MAX`;
+/// * a sample whose `k` neighbours are all duplicates of it (mean distance 0) gets `f32::MAX`,
+///   and every score is clamped to `f32::MAX`;
 /// * ties in typicality go to the lower index; a cluster with no pool sample left is skipped.
 ///
 /// Approximations, only for large inputs: embeddings wider than [`MAX_EXACT_DIMENSION`] are
 /// clustered and ranked in a seeded random projection to [`PROJECTED_DIMENSION`] dimensions; a
 /// cluster larger than [`MAX_TYPICALITY_REFERENCE`] is ranked against a seeded sample of that
-/// many members.
+/// many members. Embeddings above 2^32 in absolute value are first scaled down by a power of two
+/// (exact; it changes no pick, and scores are converted back to the embeddings' units), so huge
+/// values cannot overflow the `f32` products.
+///
+/// The result is deterministic for a seed, on every thread count, on a given CPU: k-means,
+/// the projection and typicality use sgemm, whose FMA paths differ between CPUs, which can
+/// change near ties.
 ///
 /// Input: embeddings `[N, D]` and the labelled set `[L, D]` ([`Inputs::LABELLED`]).
 /// Cost (`D'` = D up to 256 dimensions, 128 above): above 256 dimensions the projection,
 /// `(N + L) · D · 128` multiply-adds (sgemm), which dominates at D = 4,096 with small batches;
-/// otherwise k-means dominates: `(N + L) · (L + B) · D'` per Lloyd iteration (sgemm), at most
-/// [`MAX_LLOYD_ITERATIONS`] + 1 times, after k-means++ seeding (one pass, then lazy D² sampling);
-/// typicality costs `size · min(size, 2048) · D'` (sgemm) for each cluster picked from.
+/// otherwise k-means dominates: `(N + L) · min(L + B, 500) · D'` per Lloyd iteration (sgemm), at
+/// most [`MAX_LLOYD_ITERATIONS`] + 1 times, after k-means++ seeding (one pass, then lazy D²
+/// sampling); typicality costs `size · min(size, 2048) · D'` (sgemm) for each cluster picked
+/// from.
 pub struct Typiclust;
 
 impl Heuristic for Typiclust {
@@ -88,6 +110,8 @@ impl BatchHeuristic for Typiclust {
 ///
 /// # Errors
 /// [`HeuristicError::InvalidInput`] when the host supplied no embeddings.
+// Bench-only: `benches/diversity.rs` reports the stage times; not part of the plugin's API.
+#[doc(hidden)]
 pub fn select_with_stages(
     input: Probabilities<'_>,
     seed: u64,
@@ -101,7 +125,7 @@ pub fn select_with_stages(
     let mut stages = Stages::start();
     let space = ClusteringSpace::new(pool, labelled, &mut rng);
     stages.lap("clustering space");
-    let k = (l + indices.len()).min(n + l);
+    let k = cluster_count(l, indices.len(), n);
     let assignment = kmeans(&space.rows, space.d, k, MAX_LLOYD_ITERATIONS, &mut rng);
     stages.lap("k-means");
     let mut clusters = Clusters::new(&assignment, n, k);
@@ -116,23 +140,53 @@ pub fn select_with_stages(
     Ok(stages)
 }
 
+/// Clusters for `l` labelled examples, query size `b` and `n` pool samples:
+/// `min(l + b, n + l, MAX_CLUSTERS)`, at least 1 since `b >= 1`.
+fn cluster_count(l: usize, b: usize, n: usize) -> usize {
+    (l + b).min(n + l).min(MAX_CLUSTERS)
+}
+
+/// The power of two (at most 1) that brings every value of `rows` to at most
+/// [`MAX_UNSCALED_MAGNITUDE`] in absolute value; 1 when they already are. A maximum is the same
+/// in any order, so the parallel fold is deterministic.
+fn magnitude_scale(rows: &[f32]) -> f32 {
+    let largest = rows.par_iter().map(|x| x.abs()).reduce(|| 0.0, f32::max);
+    if largest <= MAX_UNSCALED_MAGNITUDE {
+        return 1.0;
+    }
+    // largest < 2^(e − 126) for its biased exponent e (largest is finite, so e <= 254): scale
+    // 2^(158 − e) brings it below 2^32. As a biased exponent 285 − e is in 31..=126, a normal.
+    let exponent = (largest.to_bits() >> 23) & 0xff;
+    f32::from_bits((285 - exponent) << 23)
+}
+
 /// The points clustered: pool rows `0..N`, then labelled rows `N..N + L`, `[N + L, d]`, either
-/// the embeddings themselves or their random projection.
+/// the embeddings themselves or their random projection, times `scale`.
 struct ClusteringSpace {
     rows: Vec<f32>,
     d: usize,
+    /// The power of two the embeddings were multiplied by ([`magnitude_scale`]): distances here
+    /// are `scale` times the embeddings' distances.
+    scale: f32,
 }
 
 impl ClusteringSpace {
     fn new(pool: Embeddings<'_>, labelled: Embeddings<'_>, rng: &mut fastrand::Rng) -> Self {
         let d = pool.d();
+        let scale = magnitude_scale(pool.data()).min(magnitude_scale(labelled.data()));
         if d <= MAX_EXACT_DIMENSION {
-            return Self { rows: [pool.data(), labelled.data()].concat(), d };
+            let mut rows = [pool.data(), labelled.data()].concat();
+            if scale != 1.0 {
+                rows.par_iter_mut().for_each(|x| *x *= scale);
+            }
+            return Self { rows, d, scale };
         }
-        let matrix = sign_matrix(d, PROJECTED_DIMENSION, rng);
+        let mut matrix = sign_matrix(d, PROJECTED_DIMENSION, rng);
+        // Scaling the matrix scales the products without copying the pool.
+        matrix.iter_mut().for_each(|x| *x *= scale);
         let mut rows = project(pool.data(), d, &matrix, PROJECTED_DIMENSION);
         rows.extend(project(labelled.data(), d, &matrix, PROJECTED_DIMENSION));
-        Self { rows, d: PROJECTED_DIMENSION }
+        Self { rows, d: PROJECTED_DIMENSION, scale }
     }
 
     fn row(&self, i: u32) -> &[f32] {
@@ -270,7 +324,7 @@ fn rank_by_typicality(
                             |((_, &product), &reference_norm)| (norm + reference_norm - 2.0 * product).max(0.0).sqrt(),
                         ),
                     );
-                    inverse_mean_of_nearest(&mut distances)
+                    inverse_mean_of_nearest(&mut distances, space.scale)
                 })
                 .collect();
             scored
@@ -296,10 +350,11 @@ fn reference_members(members: &[u32], rng: &mut fastrand::Rng) -> Vec<u32> {
     sample
 }
 
-/// Typicality from a sample's distances to the other reference members: the inverse of the mean
-/// of the `min(NEIGHBOURS, len)` smallest (reordering `distances`). No neighbour: 0; all at
-/// distance 0: `f32::MAX`.
-fn inverse_mean_of_nearest(distances: &mut [f32]) -> f32 {
+/// Typicality from a sample's distances to the other reference members (in the clustering
+/// space, `scale` times embedding units): the inverse of the mean of the `min(NEIGHBOURS, len)`
+/// smallest (reordering `distances`), in inverse embedding units (times `scale`), at most
+/// `f32::MAX`. No neighbour: 0; all at distance 0: `f32::MAX`.
+fn inverse_mean_of_nearest(distances: &mut [f32], scale: f32) -> f32 {
     let k = NEIGHBOURS.min(distances.len());
     if k == 0 {
         return 0.0;
@@ -311,5 +366,57 @@ fn inverse_mean_of_nearest(distances: &mut [f32]) -> f32 {
     // Sorted, so the sum has one order whatever the selection left.
     nearest.sort_unstable_by(f32::total_cmp);
     let mean = nearest.iter().map(|&v| f64::from(v)).sum::<f64>() / k as f64;
-    if mean > 0.0 { (1.0 / mean).min(f64::from(f32::MAX)) as f32 } else { f32::MAX }
+    if mean > 0.0 { (f64::from(scale) / mean).min(f64::from(f32::MAX)) as f32 } else { f32::MAX }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_are_capped_at_500() {
+        assert_eq!(cluster_count(0, 600, 1_000), 500);
+        assert_eq!(cluster_count(10_000, 10, 50_000), 500);
+        assert_eq!(cluster_count(2, 3, 100), 5);
+        assert_eq!(cluster_count(3, 5, 4), 7, "at most N + L");
+        assert_eq!(cluster_count(0, 1, 1), 1);
+    }
+
+    #[test]
+    fn picks_go_on_past_the_clusters_by_fewest_covered_then_larger() {
+        // Two regular clusters of 6 and 5 pool samples, and a small one of 1 pool sample and 1
+        // labelled example: 12 picks from 3 clusters alternate between the regular ones (equal
+        // coverage: the larger first), then the small cluster comes last.
+        let rows = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 5.0, 5.1, 5.2, 5.3, 5.4, 9.0, 9.5];
+        let space = ClusteringSpace { rows: rows.to_vec(), d: 1, scale: 1.0 };
+        let mut clusters = Clusters::new(&[0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2], 12, 3);
+        let mut rng = fastrand::Rng::with_seed(0);
+        let picks: Vec<u32> = (0..12).map(|_| clusters.pick(&space, &mut rng).unwrap().0).collect();
+        let cluster_of = |pick: u32| [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2][pick as usize];
+        let order: Vec<usize> = picks.iter().map(|&pick| cluster_of(pick)).collect();
+        assert_eq!(order, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 2], "{picks:?}");
+        let mut sorted = picks.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..12).collect::<Vec<u32>>());
+        assert!(clusters.pick(&space, &mut rng).is_none());
+    }
+
+    #[test]
+    fn huge_values_are_scaled_by_a_power_of_two_below_the_limit() {
+        assert_eq!(magnitude_scale(&[1.0, -4e9]), 1.0);
+        for largest in [4.3e9f32, 1e20, -3e38, f32::MAX] {
+            let scale = magnitude_scale(&[1.0, largest]);
+            assert_eq!(scale.to_bits() & 0x7f_ffff, 0, "{scale} is a power of two");
+            let scaled = (largest * scale).abs();
+            assert!(scaled <= MAX_UNSCALED_MAGNITUDE && scaled > MAX_UNSCALED_MAGNITUDE / 2.0, "{largest}: {scaled}");
+        }
+    }
+
+    #[test]
+    fn typicality_is_converted_back_to_embedding_units() {
+        assert_eq!(inverse_mean_of_nearest(&mut [2.0, 4.0], 1.0), 1.0 / 3.0);
+        assert_eq!(inverse_mean_of_nearest(&mut [2.0, 4.0], 0.5), 1.0 / 6.0);
+        assert_eq!(inverse_mean_of_nearest(&mut [0.0, 0.0], 0.5), f32::MAX);
+        assert_eq!(inverse_mean_of_nearest(&mut [], 1.0), 0.0);
+    }
 }

@@ -379,7 +379,7 @@ fn missing_embeddings_are_invalid_input_and_the_inputs_are_declared() {
 }
 
 #[test]
-fn query_size_n_is_a_permutation_also_with_duplicates_and_tiny_shapes() {
+fn query_size_n_is_a_permutation_also_with_duplicates_equal_points_and_tiny_shapes() {
     let mut rng = fastrand::Rng::with_seed(16);
     // 24 samples in D = 3, every fourth a copy of sample 0.
     let mut embeddings: Vec<f32> = (0..24 * 3).map(|_| rng.f32()).collect();
@@ -396,6 +396,9 @@ fn query_size_n_is_a_permutation_also_with_duplicates_and_tiny_shapes() {
         Pool::new(embeddings, 3).with_probabilities(data, 2, 2).with_labelled(vec![0.5; 6]),
         Pool::new(vec![0.25], 1),
         Pool::new((0..10).map(|i| (i % 3) as f32).collect(), 1),
+        // All points equal: every distance is 0 (sampling falls back to uniform draws).
+        Pool::new(vec![7.0; 24], 2),
+        Pool::new(vec![7.0; 24], 2).with_labelled(vec![7.0; 4]),
     ];
     for (case, pool) in pools.iter().enumerate() {
         for name in DIVERSITY {
@@ -403,5 +406,131 @@ fn query_size_n_is_a_permutation_also_with_duplicates_and_tiny_shapes() {
             assert_permutation(&indices, pool.n(), &format!("{name}, case {case}"));
             assert!(scores.iter().all(|s| s.is_finite() && *s >= 0.0), "{name}, case {case}: {scores:?}");
         }
+    }
+}
+
+/// Runs `f` on another thread and returns its result, or panics if it takes longer than
+/// `limit`: a heuristic that loops forever fails the test instead of hanging the suite.
+fn within<T: Send + 'static>(limit: std::time::Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(f());
+    });
+    receiver.recv_timeout(limit).unwrap_or_else(|error| panic!("{what}: no result within {limit:?} ({error})"))
+}
+
+/// Distinct indices below `n`, and finite scores (the ABI requires finite scores).
+fn assert_valid_prefix(indices: &[u32], scores: &[f32], n: usize, what: &str) {
+    let distinct: BTreeSet<u32> = indices.iter().copied().collect();
+    assert_eq!(distinct.len(), indices.len(), "{what}: distinct indices: {indices:?}");
+    assert!(indices.iter().all(|&i| (i as usize) < n), "{what}: indices below {n}: {indices:?}");
+    assert!(scores.iter().all(|s| s.is_finite()), "{what}: finite scores: {scores:?}");
+}
+
+#[test]
+fn huge_finite_embeddings_finish_with_distinct_picks_and_finite_scores() {
+    // Squared distances between such rows overflow f32 (1e40, 3.6e77): sampling over them must
+    // still terminate. D = 300 also takes TypiClust's projection path.
+    for huge in [1e20f32, 3e38] {
+        for d in [6, 300] {
+            let mut rng = fastrand::Rng::with_seed(17);
+            let n = 30;
+            let embeddings: Vec<f32> = (0..n * d)
+                .map(|i| match i % 5 {
+                    0 => huge,
+                    1 => -huge,
+                    _ => rng.f32() * 2.0 - 1.0,
+                })
+                .collect();
+            let labelled: Vec<f32> = (0..3 * d).map(|i| if i % 4 == 0 { -huge } else { rng.f32() }).collect();
+            let data = probabilities(n, 2, 2, |_, _| {
+                let p = rng.f32();
+                vec![p, 1.0 - p]
+            });
+            let pools = [
+                Pool::new(embeddings.clone(), d).with_probabilities(data.clone(), 2, 2),
+                Pool::new(embeddings, d).with_probabilities(data, 2, 2).with_labelled(labelled),
+            ];
+            for pool in pools {
+                let pool = std::sync::Arc::new(pool);
+                for name in DIVERSITY {
+                    for query_size in [5, n] {
+                        let what = format!("{name}, ±{huge:e}, D = {d}, L = {}, B = {query_size}", pool.classes.len());
+                        let shared = pool.clone();
+                        let (indices, scores) = within(std::time::Duration::from_secs(60), &what, move || {
+                            shared.select(name, query_size, 5)
+                        });
+                        assert_valid_prefix(&indices, &scores, n, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn typiclust_returns_a_batch_larger_than_the_cluster_cap() {
+    // B = 600 > 500 clusters (the cap): the least covered clusters give more than one pick each.
+    let (embeddings, _, _) = blobs(10, 100, 8, 5.0, 500);
+    let pool = std::sync::Arc::new(Pool::new(embeddings, 8));
+    let shared = pool.clone();
+    let (indices, scores) =
+        within(std::time::Duration::from_secs(120), "typiclust B = 600", move || shared.select("typiclust", 600, 3));
+    assert_eq!(indices.len(), 600);
+    assert_valid_prefix(&indices, &scores, pool.n(), "typiclust B = 600");
+}
+
+#[test]
+fn coreset_scores_copies_of_nearly_equal_labelled_rows_exactly_zero() {
+    // Labelled rows around 1e3 that differ by ~1e-3: the f32 expansion ||c||² − 2 x·c cannot
+    // tell them apart (its rounding is ~1e-1), so only an exact check finds each copy's own row.
+    let (l, d, distinct) = (40, 16, 20);
+    let mut rng = fastrand::Rng::with_seed(18);
+    let base: Vec<f32> = (0..d).map(|j| 1000.0 + j as f32 * 7.25).collect();
+    let labelled: Vec<f32> =
+        (0..l).flat_map(|_| base.iter().map(|b| b + (rng.f32() - 0.5) * 2e-3).collect::<Vec<_>>()).collect();
+    let far: Vec<f32> =
+        (0..distinct).flat_map(|_| base.iter().map(|b| b + (rng.f32() - 0.5) * 0.5).collect::<Vec<_>>()).collect();
+    // Pool: the distinct rows interleaved with a copy of every labelled row.
+    let mut embeddings = Vec::new();
+    let mut is_copy = Vec::new();
+    for i in 0..l.max(distinct) {
+        if i < l {
+            embeddings.extend_from_slice(&labelled[i * d..(i + 1) * d]);
+            is_copy.push(true);
+        }
+        if i < distinct {
+            embeddings.extend_from_slice(&far[i * d..(i + 1) * d]);
+            is_copy.push(false);
+        }
+    }
+    let pool = Pool::new(embeddings, d).with_labelled(labelled);
+    let (indices, scores) = pool.select("coreset", pool.n(), 0);
+    assert_permutation(&indices, pool.n(), "coreset near ties");
+    for (slot, (&pick, &score)) in indices.iter().zip(&scores).enumerate() {
+        if slot < distinct {
+            assert!(!is_copy[pick as usize] && score > 0.0, "pick {slot}: {pick} scored {score}: a distinct row first");
+        } else {
+            assert!(is_copy[pick as usize] && score == 0.0, "pick {slot}: {pick} scored {score}: a copy at exactly 0");
+        }
+    }
+}
+
+#[test]
+fn typiclust_picks_the_same_after_scaling_by_a_power_of_two_past_the_rescaling_limit() {
+    // ×2^40 takes the values past 2^32, where TypiClust scales them back down by a power of two:
+    // the same picks, typicality in the new units (×2^-40), on both the exact and projected paths.
+    for d in [8, 300] {
+        let (embeddings, _, _) = blobs(6, 40, d, 2.0, 600);
+        let labelled: Vec<f32> = embeddings[..2 * d].iter().map(|x| x + 0.5).collect();
+        let factor = 2f32.powi(40);
+        let scaled = |rows: &[f32]| rows.iter().map(|x| x * factor).collect::<Vec<f32>>();
+        let small = Pool::new(embeddings.clone(), d).with_labelled(labelled.clone());
+        let large = Pool::new(scaled(&embeddings), d).with_labelled(scaled(&labelled));
+        let (indices, scores) = small.select("typiclust", 12, 9);
+        let (large_indices, large_scores) = large.select("typiclust", 12, 9);
+        assert_eq!(indices, large_indices, "D = {d}");
+        let converted: Vec<f32> = scores.iter().map(|s| s / factor).collect();
+        assert_eq!(converted, large_scores, "D = {d}");
     }
 }

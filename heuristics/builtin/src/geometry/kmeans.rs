@@ -21,8 +21,10 @@ pub(crate) fn kmeans(points: &[f32], d: usize, k: usize, max_iterations: usize, 
 /// k-means++ seeds `[k, d]`: the first a uniformly drawn point, each next one drawn with
 /// probability proportional to its squared distance to the nearest seed so far (one draw per
 /// seed, as in the paper). Once every point not yet a seed sits on a seed (duplicates), the rest
-/// are drawn uniformly among them. Cost: one pass over the points for the first seed, then lazy
-/// rejection sampling (see [`LazyNearest`]), at most `k` comparisons per point.
+/// are drawn uniformly among them. Distances are in `f64` ([`squared_distance`]), so huge but
+/// finite points keep a finite D² total and every draw ends. Cost: one pass over the points for
+/// the first seed, then lazy rejection sampling (see [`LazyNearest`]), at most `k` comparisons
+/// per point; the loop adds one seed per turn.
 pub(crate) fn kmeans_plus_plus(points: &[f32], d: usize, k: usize, rng: &mut fastrand::Rng) -> Vec<f32> {
     let n = points.len() / d;
     assert!((1..=n).contains(&k), "k = {k} seeds for {n} points");
@@ -31,11 +33,11 @@ pub(crate) fn kmeans_plus_plus(points: &[f32], d: usize, k: usize, rng: &mut fas
     let mut seeds = vec![first];
     let mut chosen = vec![false; n];
     chosen[first] = true;
-    let mut nearest = LazyNearest::first_center(n, |i| f64::from(squared_distance(row(i), row(first))));
+    let mut nearest = LazyNearest::first_center(n, |i| squared_distance(row(i), row(first)));
     let mut weights = SumTree::new(nearest.bounds());
     weights.set(first, 0.0);
     while seeds.len() < k {
-        let drawn = nearest.sample_d2(&mut weights, rng, |i, j| f64::from(squared_distance(row(i), row(seeds[j]))));
+        let drawn = nearest.sample_d2(&mut weights, rng, |i, j| squared_distance(row(i), row(seeds[j])));
         let pick = match drawn {
             Some((pick, _)) => pick,
             None => sample_unselected(&chosen, rng).expect("fewer seeds than points"),

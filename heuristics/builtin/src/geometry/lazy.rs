@@ -33,7 +33,9 @@ pub(crate) struct LazyNearest {
 
 impl LazyNearest {
     /// Points whose squared distances `min_sq` to their nearest of `centers` centers are known.
-    pub(crate) fn known(min_sq: Vec<f64>, centers: usize) -> Self {
+    /// A NaN distance counts as `+inf` (unknown is farthest), so every bound is ordered.
+    pub(crate) fn known(mut min_sq: Vec<f64>, centers: usize) -> Self {
+        min_sq.iter_mut().filter(|bound| bound.is_nan()).for_each(|bound| *bound = f64::INFINITY);
         Self { seen: vec![centers as u32; min_sq.len()], bound: min_sq, centers }
     }
 
@@ -54,7 +56,8 @@ impl LazyNearest {
     }
 
     /// Compares point `i` with the centers it has not seen (`center_sq(i, j)`: its squared
-    /// distance to center `j`) and returns its exact squared distance to the nearest center.
+    /// distance to center `j`) and returns its exact squared distance to the nearest center (a
+    /// NaN distance is ignored: `f64::min` keeps the other operand).
     pub(crate) fn refresh(&mut self, i: usize, center_sq: impl Fn(usize, usize) -> f64) -> f64 {
         let mut bound = self.bound[i];
         for j in self.seen[i] as usize..self.centers {
@@ -67,6 +70,8 @@ impl LazyNearest {
 
     /// The point of `candidates` farthest from its nearest center (ties: the lower index), with
     /// its squared distance; it is removed from `candidates`. `None` when `candidates` is empty.
+    /// Ends after at most one refresh per candidate: a point goes back only if its bound
+    /// strictly dropped, and a refreshed point's bound no longer drops.
     pub(crate) fn farthest(
         &mut self,
         candidates: &mut Candidates,
@@ -74,7 +79,8 @@ impl LazyNearest {
     ) -> Option<(usize, f64)> {
         while let Some(Candidate { bound, index }) = candidates.heap.pop() {
             let exact = self.refresh(index, &center_sq);
-            if exact >= bound {
+            // Not strictly lower (also when a NaN makes them unordered): up to date, done.
+            if exact.partial_cmp(&bound) != Some(Ordering::Less) {
                 return Some((index, exact));
             }
             candidates.heap.push(Candidate { bound: exact, index });
@@ -85,7 +91,12 @@ impl LazyNearest {
     /// A point drawn with probability proportional to its squared distance to the nearest
     /// center (D² sampling) among those with positive weight in `weights` (the caller zeroes
     /// picked points), with that squared distance; `weights` holds the bounds. `None` once every
-    /// such distance is 0.
+    /// such distance is 0. Ends after at most one rejection per point with a stale bound: a
+    /// rejected point's weight becomes its exact distance, and a point proposed at its exact
+    /// distance is accepted. If the weights sum to `+inf` (stale bounds, or a distance that
+    /// overflows `f64`, which finite embeddings never give) every bound is refreshed first
+    /// ([`Self::refresh_all`]); if the exact distances still sum to `+inf`, no draw is possible
+    /// and the first infinite (else the largest) distance is picked.
     pub(crate) fn sample_d2(
         &mut self,
         weights: &mut SumTree,
@@ -94,21 +105,46 @@ impl LazyNearest {
     ) -> Option<(usize, f64)> {
         loop {
             let total = weights.total();
+            if !total.is_finite() {
+                let farthest = self.refresh_all(weights, &center_sq);
+                if !weights.total().is_finite() {
+                    return farthest;
+                }
+                // Exact bounds sum to a finite total: draw (the first proposal is accepted).
+                continue;
+            }
             if total <= 0.0 {
                 return None;
             }
+            // `find` lands on a positive weight whenever the total is positive.
             let index = weights.find(rng.f64() * total);
             let proposed = weights.weight(index);
-            if proposed <= 0.0 {
-                // Rounding at a boundary landed on a zero weight: draw again.
-                continue;
-            }
             let exact = self.refresh(index, &center_sq);
             weights.set(index, exact);
-            if rng.f64() * proposed < exact {
+            // Accept with probability exact / proposed; certainly when the bound was exact
+            // (the product can round up to `exact`).
+            if rng.f64() * proposed < exact || exact >= proposed {
                 return Some((index, exact));
             }
         }
+    }
+
+    /// Brings every point with positive weight up to date (its weight becomes its exact
+    /// distance) and returns the first at an infinite distance, else the farthest (ties: the
+    /// lower index), the limit of D² sampling as one distance dominates; `None` if every
+    /// distance is 0. `O(n)` refreshes: only for weights summing to `+inf`.
+    fn refresh_all(&mut self, weights: &mut SumTree, center_sq: &impl Fn(usize, usize) -> f64) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for index in 0..self.bound.len() {
+            if weights.weight(index) > 0.0 {
+                let exact = self.refresh(index, center_sq);
+                weights.set(index, exact);
+                if exact > 0.0 && best.is_none_or(|(_, b)| exact > b) {
+                    best = Some((index, exact));
+                }
+            }
+        }
+        best
     }
 }
 
@@ -206,5 +242,29 @@ mod tests {
         }
         assert_eq!((counts[0], counts[3]), (0, 0));
         assert!((counts[1] as f64 / 2000.0 - 0.5).abs() < 0.05, "{counts:?}");
+    }
+
+    #[test]
+    fn sampling_and_farthest_end_on_infinite_and_nan_distances() {
+        // Point 2 is infinitely far from center 0, point 3 at NaN (unknown: counted as +inf).
+        let first = [0.0, 1.0, f64::INFINITY, f64::NAN, 4.0];
+        let mut nearest = LazyNearest::first_center(first.len(), |i| first[i]);
+        let mut weights = SumTree::new(nearest.bounds());
+        let pick = nearest.sample_d2(&mut weights, &mut fastrand::Rng::with_seed(0), |i, _| first[i]);
+        assert_eq!(pick, Some((2, f64::INFINITY)), "the first infinite distance");
+        let mut candidates = Candidates::new(nearest.bounds(), &[]);
+        assert_eq!(nearest.farthest(&mut candidates, |i, _| first[i]).map(|(i, _)| i), Some(2));
+        // A second center that is NaN away from everything: bounds stay, loops still end.
+        nearest.add_center();
+        let (pick, _) = nearest.farthest(&mut candidates, |_, _| f64::NAN).unwrap();
+        assert_eq!(pick, 3);
+        // Bounds of +inf that refresh to finite distances: sampling draws among those.
+        let mut nearest = LazyNearest::first_center(3, |_| f64::INFINITY);
+        nearest.add_center();
+        let mut weights = SumTree::new(nearest.bounds());
+        let (pick, d2) = nearest
+            .sample_d2(&mut weights, &mut fastrand::Rng::with_seed(1), |i, j| [0.0, 2.0, 0.0][i] + j as f64 - 1.0)
+            .unwrap();
+        assert_eq!((pick, d2), (1, 2.0));
     }
 }

@@ -23,10 +23,17 @@ pub(crate) fn sample_unselected(selected: &[bool], rng: &mut fastrand::Rng) -> O
     selected.iter().enumerate().filter(|(_, taken)| !**taken).nth(rng.usize(..free)).map(|(i, _)| i)
 }
 
+/// `weight` as a tree leaf: NaN (a distance between overflowing values, which the `f64` kernels
+/// never produce from finite embeddings) as `+inf`, negative rounding residue as 0.
+fn sanitized(weight: f64) -> f64 {
+    if weight.is_nan() { f64::INFINITY } else { weight.max(0.0) }
+}
+
 /// Non-negative weights `[n]` in a complete binary tree of partial sums: set one weight and draw
 /// an index with probability proportional to its weight in `O(log n)`. Each inner node is
 /// recomputed as the sum of its two children (never adjusted by differences), so the sums carry
-/// no drift: when every weight is 0 the total is exactly 0.
+/// no drift: when every weight is 0 the total is exactly 0. Weights may be `+inf` (the total is
+/// then `+inf`, and callers pick without drawing); NaN is stored as `+inf`.
 #[derive(Clone, Debug)]
 pub(crate) struct SumTree {
     /// Leaves in use.
@@ -38,11 +45,13 @@ pub(crate) struct SumTree {
 }
 
 impl SumTree {
-    /// A tree over `weights` (each at least 0).
+    /// A tree over `weights` (each at least 0, or `+inf`).
     pub(crate) fn new(weights: &[f64]) -> Self {
         let leaves = weights.len().next_power_of_two().max(1);
         let mut nodes = vec![0.0; 2 * leaves];
-        nodes[leaves..leaves + weights.len()].copy_from_slice(weights);
+        for (node, &weight) in nodes[leaves..].iter_mut().zip(weights) {
+            *node = sanitized(weight);
+        }
         for node in (1..leaves).rev() {
             nodes[node] = nodes[2 * node] + nodes[2 * node + 1];
         }
@@ -59,10 +68,10 @@ impl SumTree {
         if i < self.n { self.nodes[self.leaves + i] } else { 0.0 }
     }
 
-    /// Sets weight `i` to `weight` (at least 0).
+    /// Sets weight `i` to `weight` (at least 0, or `+inf`).
     pub(crate) fn set(&mut self, i: usize, weight: f64) {
         let mut node = self.leaves + i;
-        self.nodes[node] = weight;
+        self.nodes[node] = sanitized(weight);
         while node > 1 {
             node /= 2;
             self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1];
@@ -70,13 +79,17 @@ impl SumTree {
     }
 
     /// The index whose cumulative weight interval contains `target` (`0 <= target < total()`).
-    /// Rounding at an interval's edge can return a zero weight, or an index past the last weight
-    /// (whose [`SumTree::weight`] is 0): callers draw again.
+    /// Whenever `total() > 0` the index has a positive weight, whatever `target` is (even NaN or
+    /// past the total through rounding): a descent never enters a subtree whose sum is 0, so a
+    /// caller's draw always lands and its loop ends. `O(log n)` steps.
     pub(crate) fn find(&self, mut target: f64) -> usize {
         let mut node = 1;
         while node < self.leaves {
-            let left = self.nodes[2 * node];
-            if target < left {
+            let (left, right) = (self.nodes[2 * node], self.nodes[2 * node + 1]);
+            // The interval rule, except never into a subtree of weight 0 (the other one has
+            // weight whenever this node has).
+            let go_left = if left > 0.0 && right > 0.0 { target < left } else { left > 0.0 };
+            if go_left {
                 node *= 2;
             } else {
                 target -= left;
@@ -114,5 +127,16 @@ mod tests {
         }
         assert_eq!(tree.total(), 0.0);
         assert_eq!(SumTree::new(&[2.0]).find(1.0), 0);
+    }
+
+    #[test]
+    fn find_lands_on_a_positive_weight_for_any_target() {
+        let tree = SumTree::new(&[0.0, 2.0, 0.0, 0.0, 1.0]);
+        for target in [0.0, 2.5, 3.0, 1e300, f64::INFINITY, f64::NAN, -1.0] {
+            assert!(tree.weight(tree.find(target)) > 0.0, "target {target}");
+        }
+        let infinite = SumTree::new(&[1.0, f64::INFINITY, f64::NAN, 0.0]);
+        assert_eq!((infinite.total(), infinite.weight(2)), (f64::INFINITY, f64::INFINITY));
+        assert!(infinite.weight(infinite.find(f64::INFINITY)) > 0.0);
     }
 }
