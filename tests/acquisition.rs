@@ -143,6 +143,26 @@ async fn rank_follows_the_schedule_from_the_cold_start_to_the_default_heuristic(
     let error = server.projects.update_project(update(malformed)).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert!(error.message().contains("acquisition_schedule.cold_start"), "{}", error.message());
+    // Replacing the project (CreateProject again) without naming a schedule keeps its own.
+    server
+        .projects
+        .update_project(update(AcquisitionSchedule { cold_start: heuristic("coreset"), min_labels: 30 }))
+        .await
+        .unwrap();
+    let replaced = server.projects.create_project(CreateProjectRequest { project: Some(project("p", None)) }).await;
+    let kept = replaced.unwrap().into_inner().project.unwrap().acquisition_schedule.unwrap();
+    assert_eq!((kept.cold_start, kept.min_labels), (heuristic("coreset"), 30));
+
+    // A batch heuristic cannot be the default: Predict scores every sample with it.
+    let batch_default = Project { default_heuristic: heuristic("typiclust"), ..project("b", None) };
+    let error =
+        server.projects.create_project(CreateProjectRequest { project: Some(batch_default) }).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("selects batches"), "{}", error.message());
+    let request =
+        UpdateProjectRequest { project_id: "p".into(), default_heuristic: heuristic("badge"), ..Default::default() };
+    assert_eq!(server.projects.update_project(request).await.unwrap_err().code(), Code::InvalidArgument);
+
     // A project created without a schedule ranks with its default heuristic from the start.
     let none = Some(AcquisitionSchedule::default());
     server.projects.create_project(CreateProjectRequest { project: Some(project("r", none)) }).await.unwrap();

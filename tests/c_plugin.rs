@@ -274,7 +274,7 @@ async fn a_c_plugin_gets_the_embeddings_and_labelled_set_it_asks_for() {
         ),
         (
             score_with_embeddings("c_distance_to_labelled", Some((labelled.clone(), vec![0]))),
-            "2 labelled embeddings for 1 classes",
+            "2 labelled embeddings but 1 labelled_classes entries",
         ),
         (
             score_with_embeddings(

@@ -31,6 +31,24 @@ impl ProjectApi {
         Self { state }
     }
 
+    /// NOT_FOUND unless `choice` resolves now, INVALID_ARGUMENT (naming `field`) for a batch
+    /// heuristic: the default heuristic scores every Predict, which needs per-sample scores.
+    fn check_default_heuristic(&self, field: &str, choice: &HeuristicChoice) -> Result<(), Status> {
+        let heuristic = self
+            .state
+            .heuristics
+            .registry()
+            .resolve(&choice.name, &choice.version)
+            .map_err(super::heuristics::resolve_status)?;
+        if heuristic.kind == alps_heuristic_abi::Kind::Batch {
+            return Err(Status::invalid_argument(format!(
+                "{field}: {} selects batches and has no per-sample scores for Predict; choose a per-sample heuristic (use a batch one in Rank or as the acquisition schedule's cold start)",
+                heuristic.label()
+            )));
+        }
+        Ok(())
+    }
+
     /// NOT_FOUND (naming the loaded heuristics) unless `choice` resolves now.
     fn check_heuristic(&self, choice: &HeuristicChoice) -> Result<(), Status> {
         self.state
@@ -271,8 +289,13 @@ impl ProjectService for ProjectApi {
             &spec.default_heuristic.name,
             &spec.default_heuristic.version,
         )?;
-        self.check_heuristic(&spec.default_heuristic)?;
-        spec.acquisition_schedule = self.new_project_schedule(schedule)?;
+        self.check_default_heuristic("project.default_heuristic", &spec.default_heuristic)?;
+        // Replacing a project without naming a schedule keeps the one it has (e.g. set by
+        // UpdateProject); only a new project gets the server's default.
+        spec.acquisition_schedule = match (schedule, self.state.projects.get(&spec.id)) {
+            (None, Ok(existing)) => existing.spec.acquisition_schedule.clone(),
+            (schedule, _) => self.new_project_schedule(schedule)?,
+        };
         self.check_model(&spec).await?;
         let projects = self.state.projects.clone();
         let id = spec.id.clone();
@@ -310,7 +333,7 @@ impl ProjectService for ProjectApi {
             .filter(|h| !h.name.is_empty())
             .map(|h| HeuristicChoice { name: h.name, version: h.version });
         if let Some(choice) = &default_heuristic {
-            self.check_heuristic(choice)?;
+            self.check_default_heuristic("default_heuristic", choice)?;
         }
         let acquisition_schedule = request
             .acquisition_schedule

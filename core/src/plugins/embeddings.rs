@@ -23,7 +23,7 @@ pub enum EmbeddingError {
         value: f32,
     },
     /// The labelled set's classes do not match its rows.
-    #[error("{rows} labelled embeddings for {classes} classes")]
+    #[error("{rows} labelled embeddings but {classes} labelled_classes entries (one class index per row)")]
     Classes {
         /// Embedding rows.
         rows: usize,

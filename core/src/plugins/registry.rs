@@ -6,11 +6,20 @@ use alps_heuristic_abi::Direction;
 
 use super::library::LoadedHeuristic;
 
+/// "available: a, b" or, with nothing loaded, a hint at the plugin directory.
+fn loaded(available: &[String]) -> String {
+    match available {
+        [] => "no heuristics are loaded (the plugin directory holds no loadable plugin; see ListHeuristics and the server log)"
+            .into(),
+        names => format!("available: {}", names.join(", ")),
+    }
+}
+
 /// Why a heuristic reference could not be resolved. Messages list what is available.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResolveError {
     /// No heuristic has this name.
-    #[error("unknown heuristic {name:?}; available: {}", available.join(", "))]
+    #[error("unknown heuristic {name:?}; {}", loaded(available))]
     UnknownName {
         /// The name asked for.
         name: String,
@@ -95,6 +104,14 @@ pub fn most_informative_first(scores: &[f32], direction: Direction) -> Vec<u32> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_registry_says_so_instead_of_an_empty_list() {
+        let error = ResolveError::UnknownName { name: "bald".into(), available: Vec::new() };
+        assert!(error.to_string().contains("no heuristics are loaded"), "{error}");
+        let error = ResolveError::UnknownName { name: "x".into(), available: vec!["bald".into(), "entropy".into()] };
+        assert_eq!(error.to_string(), "unknown heuristic \"x\"; available: bald, entropy");
+    }
+
     use super::*;
 
     #[test]

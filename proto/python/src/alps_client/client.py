@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import types
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -272,8 +273,11 @@ class Client:
     ) -> list[tuple[Path, float]]:
         """Ranks every image under ``folder`` (the unlabelled pool) and returns the
         ``query_size`` most informative as ``(path, score)``, most informative first.
-        ``heuristic`` "" = the project's default acquisition function (e.g. ``bald``). Images
-        the server cannot read are left out of the ranking with a ``UserWarning`` naming them."""
+        ``heuristic`` "" = the project's choice: its acquisition schedule's cold-start heuristic
+        (``typiclust`` for a new project, until it has max(2 × classes, 20) labels), then its
+        default acquisition function (e.g. ``bald``); the heuristic that ranked is logged at INFO.
+        Images the server cannot read are left out of the ranking with a ``UserWarning`` naming
+        them."""
         root = Path(folder)
         files = {sample_id(p.relative_to(root)): p for p in images_under(root)}
         if not files:
@@ -300,6 +304,8 @@ class Client:
         if response.failed:
             unread = "; ".join(f"{files[r.id]}: {r.error.message}" for r in response.failed[:5])
             warnings.warn(f"{len(response.failed)} images could not be scored (first ones: {unread})", stacklevel=2)
+        ranked_with = response.heuristic
+        logging.getLogger(__name__).info("%s ranked with %s@%s", project_id, ranked_with.name, ranked_with.version)
         return [(files[s.id], s.score) for s in response.selected]
 
     def predict(
