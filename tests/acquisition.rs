@@ -139,6 +139,10 @@ async fn rank_follows_the_schedule_from_the_cold_start_to_the_default_heuristic(
     let error =
         server.projects.create_project(CreateProjectRequest { project: Some(project("q", Some(unknown))) }).await;
     assert_eq!(error.unwrap_err().code(), Code::NotFound);
+    let no_cold_start = AcquisitionSchedule { cold_start: None, min_labels: 5 };
+    let error = server.projects.update_project(update(no_cold_start)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("acquisition_schedule.min_labels: 5 without a cold_start"), "{}", error.message());
     let malformed = AcquisitionSchedule { cold_start: heuristic("../typiclust"), min_labels: 0 };
     let error = server.projects.update_project(update(malformed)).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");

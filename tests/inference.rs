@@ -333,6 +333,13 @@ async fn rank_streams_a_pool_and_returns_the_most_informative() {
     ids.dedup();
     assert_eq!(ids.len(), 4);
 
+    // Ids are unique within the pool, also across chunks.
+    let mut twice = vec![chunk(0, true), chunk(10, false)];
+    twice[1].samples.push(tensor_sample("item-3", 0.5));
+    let error = server.inference.rank(tokio_stream::iter(twice)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("\"item-3\" appears twice in the pool"), "{}", error.message());
+
     let missing_id = RankRequest {
         project_id: "p".into(),
         query_size: 1,

@@ -4,7 +4,7 @@
 //! version serves, MC iterations and heuristic defaulting, the admission bound, and ranking a
 //! pool that arrives in chunks.
 
-use std::sync::Arc;
+use std::{hash::BuildHasher, sync::Arc};
 
 use crate::{
     engine::{Engine, EngineError, PredictOptions, Ranking, RankingError, SampleInput, SamplePrediction},
@@ -311,7 +311,16 @@ impl Infer {
         if scheduled {
             ranking = ranking.with_fallback(self.heuristic(&project, None)?);
         }
-        Ok(PoolRanking { engine: self.engine.clone(), project, mc_iterations, seed, ranking, pool_size: 0 })
+        Ok(PoolRanking {
+            engine: self.engine.clone(),
+            project,
+            mc_iterations,
+            seed,
+            seen: std::collections::HashSet::new(),
+            ids: std::collections::hash_map::RandomState::new(),
+            ranking,
+            pool_size: 0,
+        })
     }
 
     /// Every labelled example of `project` embedded by the model version it carries
@@ -366,6 +375,9 @@ pub struct PoolRanking {
     project: Arc<Project>,
     mc_iterations: usize,
     seed: u64,
+    /// Hashes of the ids received so far, and their (randomly keyed) hasher.
+    seen: std::collections::HashSet<u64>,
+    ids: std::collections::hash_map::RandomState,
     ranking: Ranking,
     pool_size: u64,
 }
@@ -395,6 +407,15 @@ impl PoolRanking {
         self.pool_size += chunk.len() as u64;
         if let Some(position) = chunk.iter().position(|(id, _)| id.is_empty()) {
             return Err(InferError::invalid(&format!("samples[{position}].id"), "Rank needs an id for every sample"));
+        }
+        // Ids are unique within the pool (the API's rule); a 64-bit hash per item keeps the
+        // check's memory at 8 bytes per pool item, whatever the id's length.
+        if let Some(position) = chunk.iter().position(|(id, _)| !self.seen.insert(self.ids.hash_one(id))) {
+            let id = &chunk[position].0;
+            return Err(InferError::invalid(
+                &format!("samples[{position}].id"),
+                format!("{id:?} appears twice in the pool"),
+            ));
         }
         if chunk.is_empty() {
             return Ok(Vec::new());

@@ -101,7 +101,10 @@ fn cold_start(params: &Value) -> Result<Option<ColdStart>, OptionsError> {
         Value::Null if min_labels.is_none() => return Ok(None),
         // Only a switch point: the server's default cold-start heuristic.
         Value::Null => "typiclust".to_owned(),
-        Value::String(name) if name == "none" => String::new(),
+        // No schedule: a switch point would mean nothing (and the core refuses one).
+        Value::String(name) if name == "none" => {
+            return Ok(Some(ColdStart { heuristic: String::new(), min_labels: 0 }));
+        }
         Value::String(name) if valid_heuristic(name) => name.clone(),
         other => return Err(OptionsError::BadHeuristic(other.to_string())),
     };

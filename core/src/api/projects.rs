@@ -67,6 +67,14 @@ impl ProjectApi {
         requested: pb::AcquisitionSchedule,
     ) -> Result<Option<AcquisitionSchedule>, Status> {
         let Some(cold_start) = requested.cold_start.filter(|h| !h.name.is_empty()) else {
+            if requested.min_labels != 0 {
+                // Contradictory: a switch point for no cold start. Refused rather than read as
+                // "no schedule", which would silently drop what the caller meant.
+                return Err(Status::invalid_argument(format!(
+                    "{field}.min_labels: {} without a cold_start heuristic; name one (e.g. typiclust) or send min_labels 0 to remove the schedule",
+                    requested.min_labels
+                )));
+            }
             return Ok(None);
         };
         super::heuristics::check_reference(&format!("{field}.cold_start"), &cold_start.name, &cold_start.version)?;
