@@ -146,6 +146,9 @@ impl McModel {
             }
             None => load_torchscript(spec, files, device, input)?,
         };
+        // Back to an unpredictable state: later unseeded requests must not replay the draws
+        // that follow this spec's seed.
+        tch::manual_seed(fastrand::i64(..));
         let bytes = vs.variables().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
         Ok(Self { vs, net, device, classes, bytes })
     }
