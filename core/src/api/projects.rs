@@ -34,12 +34,7 @@ impl ProjectApi {
     /// NOT_FOUND unless `choice` resolves now, INVALID_ARGUMENT (naming `field`) for a batch
     /// heuristic: the default heuristic scores every Predict, which needs per-sample scores.
     fn check_default_heuristic(&self, field: &str, choice: &HeuristicChoice) -> Result<(), Status> {
-        let heuristic = self
-            .state
-            .heuristics
-            .registry()
-            .resolve(&choice.name, &choice.version)
-            .map_err(super::heuristics::resolve_status)?;
+        let heuristic = self.loaded(choice)?;
         if heuristic.kind == alps_heuristic_abi::Kind::Batch {
             return Err(Status::invalid_argument(format!(
                 "{field}: {} selects batches and has no per-sample scores for Predict; choose a per-sample heuristic (use a batch one in Rank or as the acquisition schedule's cold start)",
@@ -51,11 +46,15 @@ impl ProjectApi {
 
     /// NOT_FOUND (naming the loaded heuristics) unless `choice` resolves now.
     fn check_heuristic(&self, choice: &HeuristicChoice) -> Result<(), Status> {
+        self.loaded(choice).map(drop)
+    }
+
+    /// The heuristic `choice` names, as loaded now; NOT_FOUND naming the loaded ones.
+    fn loaded(&self, choice: &HeuristicChoice) -> Result<Arc<crate::plugins::LoadedHeuristic>, Status> {
         self.state
             .heuristics
             .registry()
             .resolve(&choice.name, &choice.version)
-            .map(drop)
             .map_err(super::heuristics::resolve_status)
     }
 

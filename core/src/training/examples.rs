@@ -66,6 +66,18 @@ pub enum ExampleError {
     Store(#[from] StoreError),
 }
 
+/// The sample a stored example holds, from its blob `bytes`: a raw little-endian f32 tensor when
+/// the row has a `tensor_shape`, else an encoded image (the format [`Examples::add`] writes).
+pub fn stored_sample(row: &ExampleRow, bytes: Vec<u8>) -> SampleInput {
+    match &row.tensor_shape {
+        Some(shape) => SampleInput::Tensor {
+            shape: shape.clone(),
+            values: bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        },
+        None => SampleInput::Image(bytes),
+    }
+}
+
 /// A page of labelled examples as model inputs (see [`Examples::labelled_inputs`]).
 #[derive(Debug, Default)]
 pub struct LabelledPage {
@@ -180,14 +192,7 @@ impl Examples {
                     continue;
                 }
             };
-            let sample = match row.tensor_shape {
-                Some(shape) => SampleInput::Tensor {
-                    shape,
-                    values: bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                },
-                None => SampleInput::Image(bytes),
-            };
-            inputs.push((sample, class as u32));
+            inputs.push((stored_sample(&row, bytes), class as u32));
         }
         Ok(LabelledPage { last, inputs })
     }

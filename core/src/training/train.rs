@@ -16,6 +16,7 @@ use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
 use super::record::{Mode, Optimizer, Phase, Progress, TrainingParams, ValidationMetrics};
 use crate::{
+    engine::SampleInput,
     models::{McModel, ModelError, preprocess},
     projects::ProjectSpec,
     store::{
@@ -219,13 +220,15 @@ impl Run<'_> {
             external_id: example.external_id.clone(),
             message: e.to_string(),
         };
-        match &example.tensor_shape {
-            Some(shape) => {
-                let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                preprocess::tensor(shape, values, &self.spec.preprocessing).map_err(sample_error)
+        match super::examples::stored_sample(example, bytes) {
+            SampleInput::Tensor { shape, values } => {
+                preprocess::tensor(&shape, values, &self.spec.preprocessing).map_err(sample_error)
             }
-            None => preprocess::image(&bytes, &self.spec.preprocessing, preprocess::ImageLimits::default())
-                .map_err(sample_error),
+            SampleInput::Image(bytes) => {
+                preprocess::image(&bytes, &self.spec.preprocessing, preprocess::ImageLimits::default())
+                    .map_err(sample_error)
+            }
+            SampleInput::Missing => Err(sample_error(preprocess::SampleError::Empty)),
         }
     }
 

@@ -21,7 +21,10 @@ use alps_heuristics_builtin::{
     stages::Stages,
     typiclust,
 };
+use common::random_probabilities;
 use rayon::prelude::*;
+
+mod common;
 
 /// Blobs in the synthetic embeddings.
 const CENTERS: usize = 50;
@@ -133,23 +136,6 @@ fn describe(stages: &[(&'static str, Duration)]) -> String {
         )
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Random probabilities `[N, C, K]`: every `[n, :, k]` column a normalised vector of uniform
-/// draws (seeded).
-fn random_probabilities(n: usize, c: usize, k: usize) -> Vec<f32> {
-    let mut data = vec![0.0f32; n * c * k];
-    data.par_chunks_mut(c * k).enumerate().for_each(|(i, sample)| {
-        let mut rng = fastrand::Rng::with_seed(i as u64);
-        for t in 0..k {
-            let raw: Vec<f32> = (0..c).map(|_| rng.f32() + 1e-3).collect();
-            let total: f32 = raw.iter().sum();
-            for (class, value) in raw.into_iter().enumerate() {
-                sample[class * k + t] = value / total;
-            }
-        }
-    });
-    data
 }
 
 /// `rows` embeddings `[rows, d]` in [`CENTERS`] blobs: centers uniform with per-dimension standard

@@ -14,6 +14,8 @@ use std::{
 };
 
 use alps_heuristic_abi::{ErrorBuffer, HeuristicDescriptor, ProbabilitiesRaw, Status};
+
+mod common;
 use rayon::prelude::*;
 
 fn main() {
@@ -22,7 +24,7 @@ fn main() {
         [n, c, k, repeats, ..] => (n, c, k, repeats),
         _ => (100_000, 10, 20, 7),
     };
-    let data = dirichlet_like(n, c, k);
+    let data = common::random_probabilities(n, c, k);
     let bytes = data.len() * 4;
     println!("array [N={n}, C={c}, K={k}] f32 = {:.1} MB; {repeats} repeats, medians", bytes as f64 / 1e6);
 
@@ -71,23 +73,6 @@ fn median(repeats: usize, mut run: impl FnMut()) -> Duration {
         .collect();
     times.sort();
     times[times.len() / 2]
-}
-
-/// Random probabilities `[N, C, K]`: every `[n, :, k]` column is a normalised vector of uniform
-/// draws (seeded, so every run scores the same array).
-fn dirichlet_like(n: usize, c: usize, k: usize) -> Vec<f32> {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut data = vec![0.0f32; n * c * k];
-    for sample in data.chunks_exact_mut(c * k) {
-        for t in 0..k {
-            let raw: Vec<f32> = (0..c).map(|_| rng.f32() + 1e-3).collect();
-            let total: f32 = raw.iter().sum();
-            for (class, value) in raw.into_iter().enumerate() {
-                sample[class * k + t] = value / total;
-            }
-        }
-    }
-    data
 }
 
 fn descriptor(name: &str) -> &'static HeuristicDescriptor {
