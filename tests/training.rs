@@ -189,7 +189,7 @@ async fn first_version_weights(seed: u64) -> String {
 }
 
 #[tokio::test]
-async fn the_seed_covers_the_initial_weights_of_a_first_version() {
+async fn the_seed_fixes_the_trained_weights_of_a_first_version() {
     let first = first_version_weights(7).await;
     assert_eq!(first_version_weights(7).await, first, "same seed, same examples: same weights");
     assert_ne!(first_version_weights(8).await, first, "another seed: other weights");

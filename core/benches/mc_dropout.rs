@@ -3,6 +3,8 @@
 //! replicating the batch K times (Baal's `replicate_in_memory` strategy), and Baal 2.1.0's
 //! `ModelWrapper.predict_on_batch(..., iterations=K)` in Python on the same weights and input.
 //!
+//! Then the cost of the job-owned dropout generator against libtorch's shared one.
+//!
 //! Run with `make bench`. Optional arguments: `batch K repeats`.
 
 use std::{hint::black_box, path::PathBuf, process::Command, time::Instant};
@@ -63,6 +65,29 @@ fn main() {
         ("Baal 2.1.0 predict_on_batch (replicates K times)", baal),
     ] {
         println!("| {name} | {seconds:.2} | {:.2} | {:.1}x |", batch as f64 / seconds, baal / seconds);
+    }
+    dropout_masks(repeats.max(5));
+}
+
+/// The cost of drawing dropout masks from a job's own generator (counter-based, ALPS) against
+/// libtorch's shared generator (`Tensor::dropout`), on head inputs `[B·K, D]`: 64 samples × K = 20
+/// for the feature sizes of the built-in heads.
+fn dropout_masks(repeats: usize) {
+    println!();
+    println!("Dropout masks on [1280, D] (64 samples x K = 20), CPU, {repeats} repeats, medians:");
+    println!();
+    println!("| D | libtorch generator, ms | job generator, ms | ratio |");
+    println!("| --- | --- | --- | --- |");
+    for d in [128, 512, 4096] {
+        let x = Tensor::rand([1280, d], (Kind::Float, Device::Cpu));
+        let shared = median(repeats, || {
+            let _masked = black_box(x.dropout(0.5, true));
+        });
+        let mut generator = alps_core::models::random::Generator::new(1);
+        let own = median(repeats, || {
+            let _masked = black_box(generator.dropout(&x, 0.5).expect("dropout"));
+        });
+        println!("| {d} | {:.2} | {:.2} | {:.2}x |", shared * 1e3, own * 1e3, own / shared);
     }
 }
 

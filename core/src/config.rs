@@ -179,6 +179,12 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MAX_RANK_POOL_VALUES", default_value_t = 64 * 1024 * 1024)]
     pub max_rank_pool_values: usize,
 
+    /// Training jobs that run at once, across all projects; further jobs stay queued and start
+    /// in the order they were triggered. Each running job holds a model, its optimiser state
+    /// and its examples' embeddings, and shares the device's cores with inference.
+    #[arg(long, env = "ALPS_TRAINING_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub training_jobs: u16,
+
     /// Auto-activate policy: a newly trained version becomes active only if its validation
     /// accuracy is at most this much (in [0, 1]) below the active version's. Unset: always.
     #[arg(long, env = "ALPS_AUTO_ACTIVATE_MAX_ACCURACY_DROP", value_parser = accuracy_drop)]

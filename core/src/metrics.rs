@@ -28,6 +28,9 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// Labels `outcome="ok"|"error"`.
 type OutcomeLabels = [(&'static str, &'static str); 1];
 
+/// Labels `state="running"|"waiting"`.
+type StateLabels = [(&'static str, &'static str); 1];
+
 /// Labels of `alps_requests_total`: `service`, `method` and `code` (gRPC status code name).
 type RequestLabels = [(&'static str, &'static str); 3];
 
@@ -52,6 +55,7 @@ pub struct Metrics {
     batch_samples: Histogram,
     cancelled: Counter,
     loaded_models: Gauge,
+    training_jobs: Family<StateLabels, Gauge>,
     backbone_samples: Counter,
     head_passes: Counter,
     models: Mutex<HashMap<(String, String), ModelStats>>,
@@ -148,6 +152,12 @@ impl Default for Metrics {
         registry.register("cancelled_jobs", "Jobs skipped because their caller went away", cancelled.clone());
         let loaded_models = Gauge::default();
         registry.register("loaded_models", "Models in the worker's cache", loaded_models.clone());
+        let training_jobs = Family::default();
+        registry.register(
+            "training_jobs",
+            "Training jobs holding one of the --training-jobs slots (running) or waiting for one (waiting)",
+            training_jobs.clone(),
+        );
         let backbone_samples = Counter::default();
         registry.register(
             "backbone_samples",
@@ -167,6 +177,7 @@ impl Default for Metrics {
             batch_samples,
             cancelled,
             loaded_models,
+            training_jobs,
             backbone_samples,
             head_passes,
             models: Mutex::default(),
@@ -274,6 +285,12 @@ impl Metrics {
     /// Sets the number of loaded models.
     pub fn set_loaded_models(&self, models: usize) {
         self.loaded_models.set(models as i64);
+    }
+
+    /// Sets the training executor's load: jobs running and jobs waiting for a slot.
+    pub fn set_training_jobs(&self, running: usize, waiting: usize) {
+        self.training_jobs.get_or_create(&[("state", "running")]).set(running as i64);
+        self.training_jobs.get_or_create(&[("state", "waiting")]).set(waiting as i64);
     }
 
     /// Encodes every metric in the OpenMetrics text format.

@@ -33,7 +33,7 @@ use crate::{
         db::{Database, StoreError},
     },
     tls::{Tls, TlsError},
-    training::{Trainer, examples::Examples},
+    training::{Trainer, TrainerSettings, examples::Examples},
 };
 
 /// Why the server could not start. Each message names the offending flag value.
@@ -192,8 +192,12 @@ impl Server {
             projects.clone(),
             data_dir.models_dir(),
             model_files.clone(),
-            device,
-            config.auto_activate_max_accuracy_drop,
+            TrainerSettings {
+                device,
+                max_accuracy_drop: config.auto_activate_max_accuracy_drop,
+                concurrent_jobs: usize::from(config.training_jobs),
+            },
+            metrics.clone(),
         )?);
         let grpc = listen("--listen", config.listen).await?;
         let http = listen("--http-listen", config.http_listen).await?;

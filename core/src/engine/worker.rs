@@ -3,8 +3,9 @@
 //!
 //! Dynamic batching: jobs of the same model and K are merged until their work (samples × K)
 //! reaches the budget or the first job has waited `max_wait`, as in Triton's dynamic batcher
-//! (`max_queue_delay_microseconds`). A seeded job runs alone, so its dropout masks depend on its
-//! seed only. Jobs whose caller went away are skipped before they run.
+//! (`max_queue_delay_microseconds`). A seeded job runs alone with a generator of its own
+//! (`models::random`), so its dropout masks depend on its seed only, whatever other threads
+//! (training) draw meanwhile. Jobs whose caller went away are skipped before they run.
 
 use std::{
     collections::VecDeque,
@@ -19,7 +20,10 @@ use tokio::sync::oneshot;
 use super::cache::{ModelCache, ModelKey};
 use crate::{
     metrics::Metrics,
-    models::{McModel, ModelError},
+    models::{
+        McModel, ModelError,
+        random::{self, Generator},
+    },
     projects::ProjectSpec,
 };
 
@@ -246,10 +250,19 @@ fn run(
     seed: Option<u64>,
     embeddings: bool,
 ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-    if let Some(seed) = seed {
-        // Seeds are u64 on the wire; libtorch takes i64. Reinterpreting keeps every seed distinct.
-        tch::manual_seed(seed as i64);
-    }
+    let generator = seed.map_or_else(Generator::unseeded, Generator::new);
+    random::with_generator(generator, || forward(model, spec, jobs, samples, k, embeddings))
+}
+
+/// [`run`]'s pass, drawing dropout masks from the generator it installed.
+fn forward(
+    model: &McModel,
+    spec: &ProjectSpec,
+    jobs: &[Job],
+    samples: usize,
+    k: usize,
+    embeddings: bool,
+) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let p = &spec.preprocessing;
     let shape = [samples as i64, i64::from(p.channels), i64::from(p.height), i64::from(p.width)];
     let inputs: Vec<f32> = jobs.iter().flat_map(|job| job.inputs.iter().copied()).collect();

@@ -4,6 +4,7 @@
 
 use tch::nn::{self, ModuleT};
 
+use super::random;
 use crate::projects::Architecture;
 
 /// A network as two halves: `backbone` (eval semantics, BatchNorm on running statistics) and
@@ -20,8 +21,12 @@ pub struct Network {
 }
 
 /// Dropout that stays on whatever the train flag: the "MC" in MC-Dropout (Gal & Ghahramani 2016).
+/// Masks come from the job's own generator ([`random`]), never from libtorch's shared one.
 fn mc_dropout(p: f64) -> impl ModuleT {
-    nn::func_t(move |x, _train| x.dropout(p, true))
+    // `p` was validated with the spec (in [0, 1)) and the engine bounds a pass far below a
+    // draw's 2^32 elements, so what is left to fail is libtorch itself (out of memory), where
+    // every other `tch::nn` layer of the head panics too.
+    nn::func_t(move |x, _train| random::with_current(|generator| generator.dropout(x, p)).expect("dropout"))
 }
 
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, bias: bool) -> nn::Conv2D {

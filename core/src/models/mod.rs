@@ -9,6 +9,7 @@ pub mod files;
 pub mod preprocess;
 pub mod pretrained;
 pub mod pth;
+pub mod random;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -109,13 +110,15 @@ impl McModel {
     /// through `files` (confined to the model root, bounded). Parameters no file provides (a
     /// new head, a model without weights) are drawn from libtorch's generator seeded with the
     /// spec's fingerprint, so the untrained version is the same model after a cache eviction
-    /// or a restart, and a seeded cold-start ranking is reproducible. (The generator is
-    /// process-wide: a training job drawing from it at the same moment can still perturb it.)
+    /// or a restart, and a seeded cold-start ranking is reproducible. The generator is
+    /// process-wide: its lock ([`random::libtorch_generator`]) is held from the seeding to the
+    /// end of the build, so no other thread's draw lands in between.
     ///
     /// # Errors
     /// [`ModelError`] if the weights or TorchScript file is unusable.
     pub fn load(spec: &ProjectSpec, files: &ModelFiles, device: Device) -> Result<Self, ModelError> {
         let _guard = tch::no_grad_guard();
+        let _generator = random::libtorch_generator();
         tch::manual_seed(initial_seed(spec));
         let classes = spec.classes.len() as i64;
         let p = &spec.preprocessing;
@@ -186,11 +189,7 @@ impl McModel {
         let batch = features.size()[0];
         // [B, ...] -> [B·K, ...], sample-major, so row b·K + t is pass t of sample b.
         let repeated = features.f_repeat_interleave_self_int(k, 0, None)?;
-        let logits = match &self.net {
-            Net::Builtin(network) => network.head.forward_t(&repeated, false),
-            Net::ScriptSplit(module) => module.method_ts("head", &[&repeated])?,
-            Net::ScriptForward(module) => module.forward_ts(&[&repeated])?,
-        };
+        let logits = self.head_logits(&repeated)?;
         let probabilities = logits.f_softmax(-1, Kind::Float)?;
         // [B·K, C] -> [B, K, C] -> [B, C, K] (iteration axis last, as in Baal).
         Ok(probabilities.f_view([batch, k, self.classes])?.f_permute([0, 2, 1])?.f_contiguous()?)
@@ -234,8 +233,8 @@ impl McModel {
     pub fn head_logits(&self, features: &Tensor) -> Result<Tensor, ModelError> {
         Ok(match &self.net {
             Net::Builtin(network) => network.head.forward_t(features, true),
-            Net::ScriptSplit(module) => module.method_ts("head", &[features])?,
-            Net::ScriptForward(module) => module.forward_ts(&[features])?,
+            Net::ScriptSplit(module) => script_draws(|| module.method_ts("head", &[features]))?,
+            Net::ScriptForward(module) => script_draws(|| module.forward_ts(&[features]))?,
         })
     }
 
@@ -273,6 +272,16 @@ impl McModel {
         }
         Ok(self.vs.save(path)?)
     }
+}
+
+/// Runs a TorchScript call whose dropout draws from libtorch's generator: under that
+/// generator's lock, seeded from the job's generator, so the call is reproducible with a
+/// seeded job and no other thread's draws can interleave.
+fn script_draws(call: impl FnOnce() -> Result<Tensor, tch::TchError>) -> Result<Tensor, tch::TchError> {
+    let seed = random::with_current(random::Generator::libtorch_seed);
+    let _generator = random::libtorch_generator();
+    tch::manual_seed(seed);
+    call()
 }
 
 /// Loads a TorchScript model: `features` + `head` if it has them, else `forward` alone.

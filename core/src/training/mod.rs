@@ -3,6 +3,7 @@
 //! written crash-safely and activated only once complete.
 
 pub mod examples;
+mod executor;
 pub mod record;
 mod train;
 pub mod versions;
@@ -18,10 +19,12 @@ use std::{
 use tokio::sync::watch;
 
 use self::{
+    executor::Slots,
     record::{JobRecord, JobState, Manifest, Phase, Progress, TrainingParams},
     train::{EmbeddingCache, Run, TrainError},
 };
 use crate::{
+    metrics::Metrics,
     models::{McModel, files::ModelFiles},
     projects::{Projects, UNTRAINED_VERSION},
     store::{
@@ -64,6 +67,18 @@ struct State {
     live: HashMap<String, LiveJob>,
 }
 
+/// How the trainer runs jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainerSettings {
+    /// Device jobs train on.
+    pub device: tch::Device,
+    /// The auto-activate policy: a new version whose validation accuracy is more than this
+    /// below the active version's is not activated; `None` activates every version.
+    pub max_accuracy_drop: Option<f32>,
+    /// Jobs that train at once across all projects (at least 1); further jobs wait in order.
+    pub concurrent_jobs: usize,
+}
+
 /// Runs training jobs in the background.
 pub struct Trainer {
     db: Arc<Database>,
@@ -73,6 +88,7 @@ pub struct Trainer {
     model_files: ModelFiles,
     device: tch::Device,
     max_accuracy_drop: Option<f32>,
+    slots: Slots,
     state: Mutex<State>,
     embeddings: Mutex<EmbeddingCache>,
 }
@@ -86,8 +102,6 @@ impl std::fmt::Debug for Trainer {
 impl Trainer {
     /// A trainer over the data directory's stores. Jobs that were queued or running when the
     /// process last stopped are recorded as failed, and partial version directories removed.
-    /// With `max_accuracy_drop`, a new version is activated only if its validation accuracy is
-    /// at most that much below the active version's (the auto-activate policy).
     ///
     /// # Errors
     /// [`StoreError`] if the job records cannot be read or updated.
@@ -97,8 +111,8 @@ impl Trainer {
         projects: Arc<Projects>,
         models_dir: ModelsDir,
         model_files: ModelFiles,
-        device: tch::Device,
-        max_accuracy_drop: Option<f32>,
+        settings: TrainerSettings,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         for json in db.unfinished_jobs()? {
             if let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) {
@@ -122,8 +136,9 @@ impl Trainer {
             projects,
             models_dir,
             model_files,
-            device,
-            max_accuracy_drop,
+            device: settings.device,
+            max_accuracy_drop: settings.max_accuracy_drop,
+            slots: Slots::new(settings.concurrent_jobs, metrics),
             state: Mutex::new(State::default()),
             embeddings: Mutex::new(HashMap::new()),
         })
@@ -199,14 +214,15 @@ impl Trainer {
         state.live.insert(job_id.clone(), LiveJob { record: sender, cancel: Arc::new(AtomicBool::new(false)) });
         drop(guard);
         if start_now {
-            self.spawn(job_id);
+            self.spawn(project_id, job_id);
         }
         Ok((record, false))
     }
 
-    fn spawn(self: &Arc<Self>, job_id: String) {
-        let trainer = self.clone();
-        let spawned = std::thread::Builder::new().name("alps-training".into()).spawn(move || trainer.run(&job_id));
+    fn spawn(self: &Arc<Self>, project_id: &str, job_id: String) {
+        let (trainer, project_id) = (self.clone(), project_id.to_owned());
+        let spawned =
+            std::thread::Builder::new().name("alps-training".into()).spawn(move || trainer.run(&project_id, &job_id));
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start a training thread");
         }
@@ -255,6 +271,9 @@ impl Trainer {
             ended.finished_unix_ms = now_unix_ms();
             save(&self.db, &ended)?;
             state.live.remove(job_id);
+            drop(state);
+            // A job waiting for a training slot gives up its place.
+            self.slots.wake();
             return Ok(ended);
         }
         Ok(record)
@@ -292,27 +311,43 @@ impl Trainer {
         Some(live.record.borrow().clone())
     }
 
-    /// Runs one job to its end on this thread, then starts the project's pending job.
-    fn run(self: &Arc<Self>, job_id: &str) {
-        let Some(record) = self.update(job_id, |r| {
+    /// Runs one job to its end on this thread once the executor has a slot for it, then starts
+    /// the project's pending job.
+    fn run(self: &Arc<Self>, project_id: &str, job_id: &str) {
+        let cancel = self.state().live.get(job_id).map(|l| l.cancel.clone()).unwrap_or_default();
+        let slot = self.slots.acquire(&cancel);
+        // Without a slot, or without a live record, the job was cancelled while it waited
+        // (`cancel` has recorded its end); the project still has to move on.
+        let outcome = match slot.as_ref().and_then(|_| self.start_job(job_id)) {
+            Some(record) => self.execute(&record, &cancel),
+            None => Err(TrainError::Cancelled),
+        };
+        drop(slot);
+        self.finish(project_id, job_id, &outcome);
+    }
+
+    /// Marks a queued job running; `None` if it has ended meanwhile (cancelled).
+    fn start_job(&self, job_id: &str) -> Option<JobRecord> {
+        let record = self.update(job_id, |r| {
             r.state = JobState::Running;
             r.started_unix_ms = now_unix_ms();
-        }) else {
-            return;
-        };
+        })?;
         if let Err(error) = save(&self.db, &record) {
             tracing::error!(%error, "cannot record the job start");
         }
         tracing::info!(job = %job_id, project = %record.project_id, "training started");
-        let cancel = self.state().live.get(job_id).map(|l| l.cancel.clone()).unwrap_or_default();
-        let outcome = self.execute(&record, &cancel);
+        Some(record)
+    }
+
+    /// Records the job's end and starts the project's pending job.
+    fn finish(self: &Arc<Self>, project_id: &str, job_id: &str, outcome: &Result<String, TrainError>) {
         // One critical section: the project's slot is freed before anyone can see the job as
         // ended, so a trigger right after the end starts at once instead of queueing.
         let mut state = self.state();
         let ended = state.live.remove(job_id).map(|live| {
             live.record.send_modify(|r| {
                 r.finished_unix_ms = now_unix_ms();
-                match &outcome {
+                match outcome {
                     Ok(version) => {
                         r.state = JobState::Succeeded;
                         r.model_version = version.clone();
@@ -337,12 +372,12 @@ impl Trainer {
             }
             tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
         }
-        let jobs = state.projects.entry(record.project_id.clone()).or_default();
+        let jobs = state.projects.entry(project_id.to_owned()).or_default();
         jobs.running = jobs.pending.take();
         let next = jobs.running.clone();
         drop(state);
         if let Some(next) = next {
-            self.spawn(next);
+            self.spawn(project_id, next);
         }
     }
 
@@ -351,8 +386,7 @@ impl Trainer {
         let spec = &project.spec;
         let parent = project.active_version.clone();
         let (model, parent_manifest) = if parent == UNTRAINED_VERSION {
-            // The seed covers the random initialisation of a first version too.
-            tch::manual_seed(record.params.seed as i64);
+            // A first version starts from the untrained model, whose weights the spec fixes.
             (McModel::load(spec, &self.model_files, self.device)?, None)
         } else {
             let dir = self.models_dir.version_dir(&spec.id, &parent);

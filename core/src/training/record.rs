@@ -44,7 +44,7 @@ pub struct TrainingParams {
     pub class_weighting: bool,
     /// Fraction held out for validation, in `[0, 0.5]`.
     pub validation_fraction: f64,
-    /// Seed for shuffling, initialisation and dropout.
+    /// Seed for shuffling and dropout, drawn from a generator the job owns.
     pub seed: u64,
 }
 

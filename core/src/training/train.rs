@@ -17,7 +17,10 @@ use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 use super::record::{Mode, Optimizer, Phase, Progress, TrainingParams, ValidationMetrics};
 use crate::{
     engine::SampleInput,
-    models::{McModel, ModelError, preprocess},
+    models::{
+        McModel, ModelError, preprocess,
+        random::{self, Generator},
+    },
     projects::ProjectSpec,
     store::{
         blobs::{BlobError, BlobStore, sha256_hex},
@@ -117,11 +120,17 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Trains; `report` receives progress at every phase change and epoch.
+    /// Trains; `report` receives progress at every phase change and epoch. Every random draw
+    /// (shuffles, dropout) comes from a generator seeded with the job's seed and owned by this
+    /// run, so the same seed and examples give the same weights whatever else the process runs.
     ///
     /// # Errors
     /// [`TrainError`].
     pub fn execute(self, report: &mut dyn FnMut(Progress)) -> Result<Trained, TrainError> {
+        random::with_generator(Generator::new(self.params.seed), || self.train(report))
+    }
+
+    fn train(self, report: &mut dyn FnMut(Progress)) -> Result<Trained, TrainError> {
         let started = Instant::now();
         let mut progress = Progress { phase: Phase::Loading, ..Progress::default() };
         report(progress);
@@ -138,7 +147,6 @@ impl Run<'_> {
                 "TorchScript models cannot be trained by ALPS; export a new version instead".into(),
             )
         })?;
-        tch::manual_seed(self.params.seed as i64);
 
         progress.phase = Phase::Embedding;
         report(progress);
@@ -156,7 +164,8 @@ impl Run<'_> {
         let epochs = self.params.epochs.max(1);
         progress.phase = Phase::Training;
         for epoch in 1..=epochs {
-            let order = Tensor::randperm(n, (Kind::Int64, device));
+            let order =
+                Tensor::f_from_slice(&random::with_current(|g| g.permutation(n as usize)))?.f_to_device(device)?;
             let (mut total, mut batches) = (0.0, 0);
             for start in (0..n).step_by(batch as usize) {
                 if self.cancel.load(Ordering::Relaxed) {
