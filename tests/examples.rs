@@ -51,6 +51,7 @@ fn example(id: &str, class: &str, value: f32) -> LabelledExample {
         sample: Some(Sample { id: String::new(), input: Some(Input::Tensor(tensor)) }),
         class_name: class.into(),
         metadata: HashMap::from([("annotator".to_owned(), "ann".to_owned())]),
+        label_revision: 0,
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use alps_proto::v1::{
-    CountExamplesRequest, GetProjectRequest, example_service_client::ExampleServiceClient,
+    CountExamplesRequest, GetProjectRequest, ListExamplesRequest, example_service_client::ExampleServiceClient,
     project_service_client::ProjectServiceClient,
 };
 use alps_system_tests::{Process, ServerDirs, builtin_plugin, eventually, http_client, install_plugin, start_server};
@@ -259,6 +259,31 @@ struct Stack {
     adapter: Process,
     http: String,
     ls: Shared,
+    ls_url: String,
+}
+
+/// An adapter in front of `core_url` and the fake Label Studio at `ls_url`; its HTTP address.
+fn start_adapter(core_url: &str, ls_url: &str, extra_args: &[&str], env: &[(&str, &str)]) -> (Process, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--core-url",
+        core_url,
+        "--core-poll-ms",
+        "100",
+        "--train-debounce-ms",
+        "100",
+        "--min-train-labels",
+        "2",
+        "--media-max-mib",
+        "1",
+    ];
+    args.extend_from_slice(extra_args);
+    let mut env = env.to_vec();
+    env.extend([("LABEL_STUDIO_URL", ls_url), ("LABEL_STUDIO_API_KEY", PAT)]);
+    let mut adapter = Process::start_with_env("alps-label-studio", &args, &env);
+    let http = adapter.listening_addr("http");
+    (adapter, http)
 }
 
 /// alps-server with the built-in heuristics, the fake Label Studio with 12 images (ids 1..=12,
@@ -274,28 +299,9 @@ async fn start_stack(extra_adapter_args: &[&str], env: &[(&str, &str)]) -> Stack
     // Larger than the adapter's 1 MiB media limit below.
     ls.lock().unwrap().images.insert("huge.png".into(), vec![0; 3 << 20]);
     let ls_address = start_fake_label_studio(Arc::clone(&ls)).await;
-    let core_url = format!("http://{grpc}");
     let ls_url = format!("http://{ls_address}");
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--core-url",
-        &core_url,
-        "--core-poll-ms",
-        "100",
-        "--train-debounce-ms",
-        "100",
-        "--min-train-labels",
-        "2",
-        "--media-max-mib",
-        "1",
-    ];
-    args.extend_from_slice(extra_adapter_args);
-    let mut env = env.to_vec();
-    env.extend([("LABEL_STUDIO_URL", ls_url.as_str()), ("LABEL_STUDIO_API_KEY", PAT)]);
-    let mut adapter = Process::start_with_env("alps-label-studio", &args, &env);
-    let http = adapter.listening_addr("http");
-    let stack = Stack { _dirs: dirs, core, grpc, adapter, http, ls };
+    let (adapter, http) = start_adapter(&format!("http://{grpc}"), &ls_url, extra_adapter_args, env);
+    let stack = Stack { _dirs: dirs, core, grpc, adapter, http, ls, ls_url };
     eventually("adapter sees the core", || async {
         // Credentials of the Basic-auth test; ignored when the adapter has none configured.
         let request = http_client().get(stack.url("/health")).basic_auth("ls", Some("s3cret"));
@@ -803,5 +809,74 @@ async fn a_new_project_starts_with_the_cold_start_batch_of_its_schedule() {
     let bad = json!({"project": "1.1764489000", "schema": CONFIG, "extra_params": {"cold_start_labels": "many"}});
     let (status, body) = stack.post("/setup", &bad).await;
     assert_eq!(status, 400, "a bad cold_start_labels is refused: {body}");
+    stack.stop();
+}
+
+/// One state of annotation `100 + task` as a webhook event: `label` at `updated_at`.
+fn annotation_event(task: u64, label: &str, updated_at: &str) -> Value {
+    let mut annotation = annotation(100 + task, task, label);
+    annotation["updated_at"] = json!(updated_at);
+    let task = json!({"id": task, "data": {"image": format!("/data/upload/1/{task}.png")}});
+    json!({"action": "ANNOTATION_UPDATED", "annotation": annotation, "task": task,
+           "project": {"id": 1, "label_config": CONFIG, "token": "secret"}})
+}
+
+/// The core's labelled set of the Label Studio project: external id -> (class, label revision).
+async fn labelled_set(grpc: &str) -> HashMap<String, (String, u64)> {
+    let mut client = ExampleServiceClient::connect(format!("http://{grpc}")).await.unwrap();
+    let request = ListExamplesRequest { project_id: "ls-1".into(), page_size: 100, page_token: String::new() };
+    let examples = client.list_examples(request).await.unwrap().into_inner().examples;
+    examples.into_iter().map(|e| (e.external_id, (e.class_name, e.label_revision))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adapter_replicas_fed_webhooks_in_any_order_keep_the_newest_label() {
+    // Two replicas behind one Service: each webhook reaches one of them, in any order. Tasks 1
+    // and 2 get their newer state through the first replica and the older one late through the
+    // second; tasks 3 and 4 the other way round.
+    let stack = start_stack(&[], &[]).await;
+    stack.setup().await;
+    let (mut second, second_http) = start_adapter(&format!("http://{}", stack.grpc), &stack.ls_url, &[], &[]);
+    let post = |http: String, event: Value| async move {
+        let response = http_client().post(format!("http://{http}/webhook")).json(&event).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{event}");
+    };
+    let (old, new) = ("2026-11-30T10:00:00.000001Z", "2026-11-30T10:00:00.000002Z");
+    // (older, newer) label of each task.
+    let labels = |task: u64| if task.is_multiple_of(2) { ("dark", "bright") } else { ("bright", "dark") };
+    for task in [1, 2] {
+        post(stack.http.clone(), annotation_event(task, labels(task).1, new)).await;
+    }
+    for task in [3, 4] {
+        post(stack.http.clone(), annotation_event(task, labels(task).0, old)).await;
+    }
+    eventually("the first replica's labels stored", || async {
+        (labelled_set(&stack.grpc).await.len() == 4).then_some(())
+    })
+    .await;
+    for task in [1, 2] {
+        post(second_http.clone(), annotation_event(task, labels(task).0, old)).await;
+    }
+    for task in [3, 4] {
+        post(second_http.clone(), annotation_event(task, labels(task).1, new)).await;
+    }
+    // A replica applies its webhooks in order: once task 5 is stored, so are the ones before.
+    post(second_http.clone(), annotation_event(5, "dark", old)).await;
+    eventually("the second replica's labels applied", || async {
+        (labelled_set(&stack.grpc).await.len() == 5).then_some(())
+    })
+    .await;
+
+    let newest = 1_796_032_800_000_002; // 2026-11-30T10:00:00.000002Z in microseconds
+    let stored = labelled_set(&stack.grpc).await;
+    for task in 1..=4u64 {
+        let expected = (labels(task).1.to_owned(), newest);
+        assert_eq!(stored[&task.to_string()], expected, "task {task}: the newest state must win");
+    }
+    assert!(
+        second.log().iter().any(|line| line.contains("labels older than the stored ones were not applied")),
+        "the late updates were refused by the core"
+    );
+    assert!(second.terminate().success());
     stack.stop();
 }

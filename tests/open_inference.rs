@@ -82,6 +82,7 @@ async fn server(extra: &[&str]) -> (Server, Option<String>) {
                 sample: Some(Sample { id: String::new(), input: tensor(value) }),
                 class_name: class.into(),
                 metadata: Default::default(),
+                label_revision: 0,
             })
         })
         .collect();

@@ -85,6 +85,7 @@ fn example(id: &str, class: &str, value: f32) -> LabelledExample {
         sample: Some(tensor_sample("", value)),
         class_name: class.into(),
         metadata: Default::default(),
+        label_revision: 0,
     }
 }
 

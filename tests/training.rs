@@ -74,6 +74,7 @@ async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
                 sample: tensor(value),
                 class_name: class.into(),
                 metadata: Default::default(),
+                label_revision: 0,
             })
         })
         .collect();
@@ -209,6 +210,7 @@ async fn training_without_two_classes_is_a_failed_precondition() {
         sample: tensor(0.1),
         class_name: "low".into(),
         metadata: Default::default(),
+        label_revision: 0,
     };
     server
         .examples
@@ -349,6 +351,7 @@ async fn the_auto_activate_policy_keeps_a_version_whose_accuracy_drops() {
                 sample: tensor(value),
                 class_name: class.into(),
                 metadata: Default::default(),
+                label_revision: 0,
             })
         })
         .collect();

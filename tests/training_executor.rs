@@ -63,6 +63,7 @@ async fn project_with_examples(server: &mut Server, id: &str) {
                 sample: tensor((0..16).map(|_| centre + (rng.f32() - 0.5) * 0.6).collect()),
                 class_name: class.into(),
                 metadata: Default::default(),
+                label_revision: 0,
             })
         })
         .collect();

@@ -33,6 +33,7 @@ fn example(i: usize, size: u32) -> LabelledExample {
         sample: Some(Sample { id: String::new(), input: Some(Input::Tensor(tensor)) }),
         class_name: format!("c{}", i % 10),
         metadata: Default::default(),
+        label_revision: 0,
     }
 }
 

@@ -125,14 +125,16 @@ impl Core {
         Ok(Predicted { results: response.results, model_version: response.model_version })
     }
 
-    /// Stores labelled examples (upsert by external id).
+    /// Stores labelled examples (upsert by external id); returns how many were older than the
+    /// stored ones (a lower `label_revision`) and so not applied.
     ///
     /// # Errors
     /// The gRPC status.
-    pub async fn add_examples(&self, project: &str, examples: Vec<LabelledExample>) -> Result<(), Status> {
+    pub async fn add_examples(&self, project: &str, examples: Vec<LabelledExample>) -> Result<u64, Status> {
         let message = AddExamplesRequest { project_id: project.to_owned(), examples };
         let mut client = ExampleServiceClient::new(self.channel.clone()).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        client.add_examples(with_timeout(tokio_stream::iter([message]))).await.map(drop)
+        let response = client.add_examples(with_timeout(tokio_stream::iter([message]))).await?;
+        Ok(response.into_inner().stale)
     }
 
     /// Removes labelled examples by external id; unknown ids are ignored.

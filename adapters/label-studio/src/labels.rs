@@ -263,6 +263,10 @@ impl Worker {
             match ls.task(task).await {
                 Ok(found) => match task_label(found.id, &found.data, &found.annotations, &link.config) {
                     Some(label) => {
+                        // Label Studio's state is the truth, even when the annotation it came
+                        // from is older than a deleted one whose label the core holds (the core
+                        // would refuse it as stale): remove first, then store.
+                        self.remove(vec![task]).await;
                         self.store(vec![label]).await;
                     }
                     None => self.remove(vec![task]).await,
@@ -328,6 +332,18 @@ impl Worker {
         self.remove(stale).await;
         let changed: Vec<TaskLabel> =
             labels.iter().filter(|label| !unchanged.contains(&label.task.to_string())).cloned().collect();
+        // A stored revision above Label Studio's current one came from an annotation deleted
+        // since: the core would refuse the current label as stale, so its example goes first.
+        let revisions: HashMap<&str, u64> =
+            stored.iter().map(|example| (example.external_id.as_str(), example.label_revision)).collect();
+        let outranked: Vec<u64> = changed
+            .iter()
+            .filter(|label| {
+                revisions.get(label.task.to_string().as_str()).is_some_and(|&stored| stored > label.revision)
+            })
+            .map(|label| label.task)
+            .collect();
+        self.remove(outranked).await;
         for label in labels.iter().filter(|label| unchanged.contains(&label.task.to_string())) {
             self.labels.insert(label.task, label.clone());
         }
@@ -363,15 +379,22 @@ impl Worker {
         if examples.is_empty() {
             return 0;
         }
-        if let Err(status) = self.labelling.core.add_examples(&link.alps_id(), examples).await {
-            let tasks: Vec<u64> = fetched.iter().map(|label| label.task).collect();
-            tracing::warn!(project = self.ls_id, ?tasks, %status, "cannot store labelled examples");
-            if status.code() != tonic::Code::InvalidArgument {
-                self.retry.extend(fetched);
+        let stale = match self.labelling.core.add_examples(&link.alps_id(), examples).await {
+            Ok(stale) => stale as usize,
+            Err(status) => {
+                let tasks: Vec<u64> = fetched.iter().map(|label| label.task).collect();
+                tracing::warn!(project = self.ls_id, ?tasks, %status, "cannot store labelled examples");
+                if status.code() != tonic::Code::InvalidArgument {
+                    self.retry.extend(fetched);
+                }
+                return 0;
             }
-            return 0;
+        };
+        if stale > 0 {
+            // Another replica (or a retry) stored a newer state of these tasks first.
+            tracing::info!(project = self.ls_id, stale, "labels older than the stored ones were not applied");
         }
-        let count = fetched.len();
+        let count = fetched.len().saturating_sub(stale);
         for label in fetched {
             self.labels.insert(label.task, label);
         }

@@ -20,18 +20,33 @@ pub struct TaskLabel {
     pub annotation: u64,
     /// Whether that annotation is marked ground truth.
     pub ground_truth: bool,
-    /// The annotation's `updated_at` (ISO 8601 in UTC as Label Studio writes it, compared as text;
-    /// only breaks ties between annotations of one task).
+    /// The annotation's `updated_at` (ISO 8601 in UTC as Label Studio writes it, compared as text:
+    /// orders states of one annotation and breaks ties between annotations of one task).
     pub updated_at: String,
+    /// The label's revision for the core (`LabelledExample.label_revision`): the latest
+    /// `updated_at` among the annotations it was chosen from, in microseconds since the Unix
+    /// epoch; 0 when none parses. The core never lets a lower revision replace a higher one, so
+    /// an update that reaches it late (from this adapter or another replica) loses.
+    pub revision: u64,
 }
 
 impl TaskLabel {
-    /// Whether `self` should replace `other` as the task's label: a new state of the same
-    /// annotation always does; otherwise ground truth wins, then the most recently updated.
+    /// Whether `self` should replace `other` as the task's label: a state of the same annotation
+    /// does unless it is older; otherwise ground truth wins, then the most recently updated.
     pub fn supersedes(&self, other: &TaskLabel) -> bool {
-        self.annotation == other.annotation
-            || (self.ground_truth, &self.updated_at) >= (other.ground_truth, &other.updated_at)
+        if self.annotation == other.annotation {
+            return self.updated_at >= other.updated_at;
+        }
+        (self.ground_truth, &self.updated_at) >= (other.ground_truth, &other.updated_at)
     }
+}
+
+/// An annotation's `updated_at` in microseconds since the Unix epoch, if it is an RFC 3339 time
+/// (Label Studio writes e.g. `2026-11-30T10:00:00.123456Z`).
+fn updated_at_micros(annotation: &Value) -> Option<u64> {
+    let text = annotation["updated_at"].as_str()?;
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(time.unix_timestamp_nanos() / 1000).ok()
 }
 
 /// The label of one annotation object, if it is an accepted single choice of the config
@@ -50,9 +65,11 @@ pub fn annotation_label(annotation: &Value, config: &LabelConfig) -> Option<Stri
 }
 
 /// The label of a task among its annotations (ground truth wins, else the most recently
-/// updated accepted one).
+/// updated accepted one). Its revision is the latest update among all of them, cancelled ones
+/// included: cancelling the annotation that gave the label is a newer state of the task.
 pub fn task_label(task_id: u64, data: &Value, annotations: &[Value], config: &LabelConfig) -> Option<TaskLabel> {
     let reference = data[&config.image_key].as_str()?.to_owned();
+    let revision = annotations.iter().filter_map(updated_at_micros).max().unwrap_or(0);
     annotations
         .iter()
         .filter_map(|annotation| {
@@ -63,6 +80,7 @@ pub fn task_label(task_id: u64, data: &Value, annotations: &[Value], config: &La
                 annotation: annotation["id"].as_u64().unwrap_or(0),
                 ground_truth: annotation["ground_truth"].as_bool().unwrap_or(false),
                 updated_at: annotation["updated_at"].as_str().unwrap_or_default().to_owned(),
+                revision,
             })
         })
         .reduce(|best, candidate| if candidate.supersedes(&best) { candidate } else { best })
@@ -158,6 +176,7 @@ pub fn example(label: &TaskLabel, bytes: Vec<u8>) -> LabelledExample {
             ("source".to_owned(), "label-studio".to_owned()),
         ]
         .into(),
+        label_revision: label.revision,
     }
 }
 
@@ -208,6 +227,43 @@ mod tests {
         assert_eq!(task_label(9, &data, &with_truth, &config).unwrap().label, "Car");
         assert_eq!(task_label(9, &json!({}), &latest, &config), None, "no image reference");
         assert_eq!(task_label(9, &data, &[], &config), None);
+    }
+
+    #[test]
+    fn the_revision_is_the_latest_update_of_the_task_in_microseconds() {
+        let config = config();
+        let data = json!({"image": "/data/upload/1/a.png"});
+        // 2025-01-01T00:00:00Z is 1,735,689,600 s after the epoch.
+        let one = [annotation(1, "Car", "2025-01-01T00:00:00.000250Z", false)];
+        assert_eq!(task_label(9, &data, &one, &config).unwrap().revision, 1_735_689_600_000_250);
+        // A ground-truth label chosen from an older annotation still carries the task's latest
+        // update, so it is not refused as older than the label it replaces.
+        let mut cancelled = annotation(3, "Truck", "2025-03-01T00:00:00+01:00", false);
+        cancelled["was_cancelled"] = json!(true);
+        let task = [
+            annotation(1, "Car", "2025-01-01T00:00:00Z", true),
+            annotation(2, "Truck", "2025-02-01T00:00:00Z", false),
+            cancelled,
+        ];
+        let label = task_label(9, &data, &task, &config).unwrap();
+        assert_eq!((label.label.as_str(), label.revision), ("Car", 1_740_783_600_000_000));
+        assert_eq!(example(&label, Vec::new()).label_revision, label.revision);
+        // No parsable time: unversioned.
+        for unversioned in ["", "yesterday", "2025-01-01"] {
+            let one = [annotation(1, "Car", unversioned, false)];
+            assert_eq!(task_label(9, &data, &one, &config).unwrap().revision, 0, "{unversioned:?}");
+        }
+    }
+
+    #[test]
+    fn an_older_state_of_the_same_annotation_does_not_supersede_a_newer_one() {
+        let config = config();
+        let data = json!({"image": "/a.png"});
+        let label = |name: &str, at: &str| task_label(9, &data, &[annotation(1, name, at, false)], &config).unwrap();
+        let (older, newer) = (label("Car", "2025-01-01T00:00:00Z"), label("Truck", "2025-01-02T00:00:00Z"));
+        assert!(newer.supersedes(&older));
+        assert!(!older.supersedes(&newer), "a late webhook must not bring back an older label");
+        assert!(older.supersedes(&older.clone()));
     }
 
     #[test]

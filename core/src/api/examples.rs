@@ -67,6 +67,7 @@ impl ExampleService for ExampleApi {
                     external_id: example.external_id,
                     class_name: example.class_name,
                     metadata: example.metadata.into_iter().collect(),
+                    label_revision: example.label_revision,
                 })
                 .collect();
             let (examples, project) = (self.state.examples.clone(), project.clone());
@@ -74,6 +75,7 @@ impl ExampleService for ExampleApi {
             response.inserted += counts.inserted;
             response.updated += counts.updated;
             response.unchanged += counts.unchanged;
+            response.stale += counts.stale;
             message = stream.message().await?;
         }
         tracing::info!(
@@ -81,6 +83,7 @@ impl ExampleService for ExampleApi {
             inserted = response.inserted,
             updated = response.updated,
             unchanged = response.unchanged,
+            stale = response.stale,
             "examples stored"
         );
         Ok(Response::new(response))
@@ -131,6 +134,7 @@ impl ExampleService for ExampleApi {
                 size_bytes: row.size_bytes,
                 metadata: row.metadata.into_iter().collect(),
                 updated_unix_ms: row.updated_unix_ms,
+                label_revision: row.label_revision,
             })
             .collect();
         let next_page_token =

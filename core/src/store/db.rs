@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL,
         created_unix_ms INTEGER NOT NULL
     )",
+    // The client's label revision (a u64 stored bit for bit in SQLite's i64), 0 = unversioned.
+    "ALTER TABLE examples ADD COLUMN label_revision INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// A storage failure.
@@ -77,7 +79,13 @@ pub struct ExampleRow {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Last insert or change, milliseconds since the Unix epoch.
     pub updated_unix_ms: i64,
+    /// The client's version of the label; a lower one never replaces it (0 = unversioned).
+    pub label_revision: u64,
 }
+
+/// What an example stores, as compared by an upsert: class name, sample sha256, tensor shape
+/// and metadata (both as JSON).
+type StoredContent = (String, String, Option<String>, String);
 
 /// What an upsert of examples did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,6 +96,8 @@ pub struct UpsertCounts {
     pub updated: u64,
     /// Replays identical to what was stored.
     pub unchanged: u64,
+    /// Updates older than the stored label (a lower, non-zero label revision): not applied.
+    pub stale: u64,
 }
 
 /// A stored project row.
@@ -211,18 +221,30 @@ impl Database {
         for example in examples {
             let shape = example.tensor_shape.as_ref().map(|s| serde_json::json!(s).to_string());
             let metadata = serde_json::json!(example.metadata).to_string();
-            let existing: Option<(String, String, Option<String>, String)> = transaction
+            let existing: Option<(StoredContent, i64)> = transaction
                 .query_row(
-                    "SELECT class_name, sha256, tensor_shape, metadata FROM examples WHERE project_id = ?1 AND external_id = ?2",
+                    "SELECT class_name, sha256, tensor_shape, metadata, label_revision FROM examples
+                     WHERE project_id = ?1 AND external_id = ?2",
                     params![project, example.external_id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                    |row| Ok(((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?), row.get(4)?)),
                 )
                 .optional()?;
+            let revision = example.label_revision as i64;
             match existing {
-                Some(row)
+                Some((_, stored)) if example.label_revision != 0 && example.label_revision < stored as u64 => {
+                    counts.stale += 1;
+                    continue;
+                }
+                Some((row, stored))
                     if row == (example.class_name.clone(), example.sha256.clone(), shape.clone(), metadata.clone()) =>
                 {
                     counts.unchanged += 1;
+                    if stored != revision {
+                        transaction.execute(
+                            "UPDATE examples SET label_revision = ?3 WHERE project_id = ?1 AND external_id = ?2",
+                            params![project, example.external_id, revision],
+                        )?;
+                    }
                     continue;
                 }
                 Some(_) => counts.updated += 1,
@@ -230,8 +252,9 @@ impl Database {
             }
             transaction.execute(
                 "INSERT OR REPLACE INTO examples
-                 (project_id, external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (project_id, external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms,
+                  label_revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     project,
                     example.external_id,
@@ -240,7 +263,8 @@ impl Database {
                     example.size_bytes as i64,
                     shape,
                     metadata,
-                    example.updated_unix_ms
+                    example.updated_unix_ms,
+                    revision
                 ],
             )?;
         }
@@ -272,7 +296,7 @@ impl Database {
     pub fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
         let connection = self.connection();
         let mut statement = connection.prepare(
-            "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms
+            "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms, label_revision
              FROM examples WHERE project_id = ?1 AND external_id > ?2 ORDER BY external_id LIMIT ?3",
         )?;
         let rows = statement.query_map(params![project, after, limit as i64], |row| {
@@ -284,11 +308,12 @@ impl Database {
                 row.get::<_, Option<String>>(4)?,
                 row.get::<_, String>(5)?,
                 row.get::<_, i64>(6)?,
+                row.get::<_, i64>(7)?,
             ))
         })?;
         let mut examples = Vec::new();
         for row in rows {
-            let (external_id, class_name, sha256, size, shape, metadata, updated_unix_ms) = row?;
+            let (external_id, class_name, sha256, size, shape, metadata, updated_unix_ms, revision) = row?;
             let corrupt = |source| StoreError::Corrupt { id: format!("{project}/{external_id}"), source };
             examples.push(ExampleRow {
                 tensor_shape: shape.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
@@ -298,6 +323,7 @@ impl Database {
                 sha256,
                 size_bytes: size as u64,
                 updated_unix_ms,
+                label_revision: revision as u64,
             });
         }
         Ok(examples)
@@ -487,5 +513,83 @@ mod tests {
         assert!(db.delete_project("cars").unwrap());
         assert!(!db.delete_project("cars").unwrap());
         assert!(db.project("cars").unwrap().is_none());
+    }
+
+    fn labelled(class: &str, revision: u64) -> ExampleRow {
+        ExampleRow {
+            external_id: "task-1".into(),
+            class_name: class.into(),
+            sha256: format!("{class:0>64}"),
+            size_bytes: 4,
+            tensor_shape: None,
+            metadata: Default::default(),
+            updated_unix_ms: 0,
+            label_revision: revision,
+        }
+    }
+
+    #[test]
+    fn the_newest_label_revision_wins_in_every_arrival_order() {
+        let updates = [labelled("a", 10), labelled("b", 20), labelled("c", 30)];
+        let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        for order in orders {
+            let db = Database::open(std::path::Path::new(":memory:")).unwrap();
+            db.upsert_project(&spec(), 0, "untrained").unwrap();
+            let mut stale = 0;
+            for i in order {
+                stale += db.upsert_examples("cars", &[updates[i].clone()]).unwrap().stale;
+            }
+            let stored = db.examples("cars", "", 10).unwrap();
+            assert_eq!((stored[0].class_name.as_str(), stored[0].label_revision), ("c", 30), "order {order:?}");
+            // Every update that arrived after a newer one was refused.
+            let expected = order.iter().enumerate().filter(|&(k, &i)| order[..k].iter().any(|&j| j > i)).count() as u64;
+            assert_eq!(stale, expected, "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn unversioned_labels_always_apply_and_replays_refresh_the_revision() {
+        let db = Database::open(std::path::Path::new(":memory:")).unwrap();
+        db.upsert_project(&spec(), 0, "untrained").unwrap();
+        db.upsert_examples("cars", &[labelled("a", 50)]).unwrap();
+        let counts = db.upsert_examples("cars", &[labelled("b", 0)]).unwrap();
+        assert_eq!((counts.updated, counts.stale), (1, 0), "revision 0 is last-write-wins");
+        assert_eq!(db.examples("cars", "", 10).unwrap()[0].label_revision, 0);
+        // The same label again with a revision: unchanged, but later updates are ordered by it.
+        assert_eq!(db.upsert_examples("cars", &[labelled("b", 40)]).unwrap().unchanged, 1);
+        assert_eq!(db.upsert_examples("cars", &[labelled("a", 39)]).unwrap().stale, 1);
+        assert_eq!(db.examples("cars", "", 10).unwrap()[0].class_name, "b");
+        // u64 revisions above i64::MAX keep their order.
+        db.upsert_examples("cars", &[labelled("a", u64::MAX - 1)]).unwrap();
+        assert_eq!(db.upsert_examples("cars", &[labelled("c", 1 << 63)]).unwrap().stale, 1);
+        assert_eq!(db.examples("cars", "", 10).unwrap()[0].label_revision, u64::MAX - 1);
+    }
+
+    #[test]
+    fn a_database_from_before_label_revisions_opens_with_unversioned_examples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alps.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..3] {
+                connection.execute_batch(migration).unwrap();
+            }
+            connection.pragma_update(None, "user_version", 3).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO projects VALUES ('cars', ?1, 0, 'untrained')",
+                    params![serde_json::to_string(&spec()).unwrap()],
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO examples VALUES ('cars', 'old', 'sedan', ?1, 4, NULL, '{}', 0)",
+                    params!["0".repeat(64)],
+                )
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let old = &db.examples("cars", "", 10).unwrap()[0];
+        assert_eq!((old.external_id.as_str(), old.label_revision), ("old", 0));
     }
 }

@@ -25,6 +25,8 @@ pub struct NewExample {
     pub class_name: String,
     /// Free-form metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The client's version of the label (see [`ExampleRow::label_revision`]).
+    pub label_revision: u64,
 }
 
 /// Why examples were not stored. Nothing of the offending batch is stored.
@@ -135,11 +137,12 @@ impl Examples {
                 }
                 SampleInput::Missing => return Err(sample_error(SampleError::Empty)),
             };
-            prepared.push((example.external_id, example.class_name, bytes, tensor_shape, example.metadata));
+            let revision = example.label_revision;
+            prepared.push((example.external_id, example.class_name, bytes, tensor_shape, example.metadata, revision));
         }
         let now = now_unix_ms();
         let mut rows = Vec::with_capacity(prepared.len());
-        for (external_id, class_name, bytes, tensor_shape, metadata) in prepared {
+        for (external_id, class_name, bytes, tensor_shape, metadata, label_revision) in prepared {
             let sha256 = self.blobs.put(&bytes)?;
             rows.push(ExampleRow {
                 external_id,
@@ -149,6 +152,7 @@ impl Examples {
                 tensor_shape,
                 metadata,
                 updated_unix_ms: now,
+                label_revision,
             });
         }
         Ok(self.db.upsert_examples(&spec.id, &rows)?)
