@@ -21,10 +21,10 @@ run: bootstrap release
 	scripts/run.sh
 
 ## test: bootstrap, then format check, clippy, unit and cross-process tests (tritonclient and
-## perf_analyzer included), the end-to-end test with a real Label Studio, and the reduced
-## active-learning experiment
+## perf_analyzer included; the deploy/ manifests rendered and validated), the end-to-end test
+## with a real Label Studio, and the reduced active-learning experiment
 test: bootstrap
-	scripts/bootstrap.sh scripts/requirements-experiments.txt
+	scripts/bootstrap.sh scripts/requirements-experiments.txt scripts/requirements-deploy.txt
 	scripts/bootstrap-label-studio.sh
 	scripts/bootstrap-triton.sh
 	scripts/install-client.sh

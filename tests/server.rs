@@ -136,3 +136,36 @@ async fn a_hung_client_cannot_hold_the_server_past_the_grace_period() {
     assert!(log.contains("grace period over"), "{log}");
     drop(channel);
 }
+
+/// Opens a raw HTTP/2 connection to `addr` and answers how it ended: `Ok` when the server
+/// closed it gracefully (GOAWAY), an error if it broke, a timeout if it was never closed.
+async fn raw_h2_connection_end(addr: &str, within: std::time::Duration) -> Result<Result<(), h2::Error>, ()> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::time::timeout(within, connection).await.map_err(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_closed_gracefully_at_their_maximum_age_and_clients_reconnect() {
+    let dirs = ServerDirs::new();
+    let (mut server, grpc) = start_server(&dirs, &["--max-connection-age-secs", "1"]);
+    // The server ends an idle connection with GOAWAY once it is 1 s old (generous bound: the
+    // test checks that it happens, not how fast).
+    let ended = raw_h2_connection_end(&grpc, std::time::Duration::from_secs(60)).await;
+    assert!(matches!(ended, Ok(Ok(()))), "the connection was not closed gracefully: {ended:?}");
+
+    // A client keeps working across its connection's end: it reconnects (to any replica).
+    let mut health = HealthClient::new(connect(&grpc).await);
+    for _ in 0..3 {
+        let status = health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        assert_eq!(status.into_inner().status, ServingStatus::Serving as i32);
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    assert!(server.terminate().success());
+
+    // 0 turns the limit off: the connection outlives what the first server allowed by far.
+    let (mut server, grpc) = start_server(&dirs, &["--max-connection-age-secs", "0"]);
+    let ended = raw_h2_connection_end(&grpc, std::time::Duration::from_secs(3)).await;
+    assert!(ended.is_err(), "closed without a maximum age: {ended:?}");
+    assert!(server.terminate().success());
+}

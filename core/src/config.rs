@@ -190,6 +190,13 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_AUTO_ACTIVATE_MAX_ACCURACY_DROP", value_parser = accuracy_drop)]
     pub auto_activate_max_accuracy_drop: Option<f32>,
 
+    /// Longest a client's gRPC connection lives, in seconds; 0 = no limit. Then the server sends
+    /// HTTP/2 GOAWAY: calls in flight finish, and the client opens a new connection, which a
+    /// load balancer (or a client balancing over a headless Service's addresses) may send to
+    /// another replica. Without it a long-lived client stays on the replica it first reached.
+    #[arg(long, env = "ALPS_MAX_CONNECTION_AGE_SECS", default_value_t = 300)]
+    pub max_connection_age_secs: u64,
+
     /// After SIGINT/SIGTERM, how long in-flight requests may take to finish before open
     /// connections are closed, in seconds (keep it below Kubernetes'
     /// `terminationGracePeriodSeconds`, default 30).

@@ -135,6 +135,7 @@ pub struct Server {
     tokens: Option<Arc<Tokens>>,
     tls: Option<Arc<Tls>>,
     max_message_mib: u32,
+    max_connection_age: Option<Duration>,
     /// Keep the plugin directory, tokens file and TLS files watched while the server lives.
     _watchers: Vec<notify::RecommendedWatcher>,
 }
@@ -240,6 +241,8 @@ impl Server {
             tokens,
             tls,
             max_message_mib: config.max_message_mib,
+            max_connection_age: (config.max_connection_age_secs > 0)
+                .then(|| Duration::from_secs(config.max_connection_age_secs)),
             _watchers: watchers,
         })
     }
@@ -280,7 +283,13 @@ impl Server {
             serving.store(false, std::sync::atomic::Ordering::Relaxed);
             health_reporter.set_service_status("", ServingStatus::NotServing).await;
         };
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(age) = self.max_connection_age {
+            // Graceful only (GOAWAY, then in-flight calls finish): tonic's
+            // `max_connection_age_grace` would replace that with a hard close after age + grace.
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
             .layer(ObserveLayer::new(self.metrics.clone(), self.max_message_mib))
             .layer(AuthLayer::new(self.tokens))
             .add_routes(self.routes);
