@@ -38,10 +38,13 @@ fn every_overlay_renders_and_validates() {
     }
 }
 
+/// A change to a copy of `deploy/`.
+type Change = Box<dyn FnOnce(&Path)>;
+
 #[test]
 fn broken_manifests_are_refused_naming_the_fault() {
     let server = |deploy: &Path| deploy.join("kubernetes/overlays/embedded/alps-server.yaml");
-    let cases: [(&str, Box<dyn FnOnce(&Path)>, &str); 4] = [
+    let cases: [(&str, Change, &str); 4] = [
         (
             "an unknown field",
             Box::new(move |d: &Path| replace(&server(d), "  replicas: 1", "  replicaz: 1")),

@@ -880,3 +880,102 @@ async fn adapter_replicas_fed_webhooks_in_any_order_keep_the_newest_label() {
     assert!(second.terminate().success());
     stack.stop();
 }
+
+/// Metric names in the expressions of the Grafana dashboard (`deploy/grafana/alps.json`), and
+/// every `rate`/`increase` argument, which must be a counter-like series.
+fn dashboard_queries() -> (std::collections::BTreeSet<String>, Vec<String>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/alps.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut expressions: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            expressions.push(target["expr"].as_str().unwrap().to_owned());
+        }
+        if panel["type"] != "row" {
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {} has a fixed data source", panel["title"]);
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            expressions.push(query.to_owned());
+        }
+    }
+    assert!(expressions.len() >= 20, "{expressions:?}");
+    let mut names = std::collections::BTreeSet::new();
+    let mut rated = Vec::new();
+    for expression in &expressions {
+        let bytes = expression.as_bytes();
+        let identifier = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        for (start, _) in expression.match_indices("alps_") {
+            if start > 0 && identifier(bytes[start - 1]) {
+                continue;
+            }
+            let end = (start..bytes.len()).find(|&i| !identifier(bytes[i])).unwrap_or(bytes.len());
+            let name = &expression[start..end];
+            names.insert(name.to_owned());
+            let before = expression[..start].trim_end_matches(|c: char| c == '(' || c.is_whitespace());
+            if before.ends_with("rate") || before.ends_with("increase") {
+                rated.push(name.to_owned());
+            }
+        }
+    }
+    (names, rated)
+}
+
+/// Sample names the endpoints at `urls` export now (`name{labels} value` lines).
+async fn exported_series(urls: &[String]) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for url in urls {
+        let Ok(response) = http_client().get(url).send().await else { continue };
+        let text = response.text().await.unwrap_or_default();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            if let Some(name) = line.split(['{', ' ']).next() {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grafana_dashboard_queries_only_metrics_the_processes_export() {
+    let (wanted, rated) = dashboard_queries();
+    for name in &rated {
+        let counter_like = ["_total", "_bucket", "_sum", "_count"].iter().any(|suffix| name.ends_with(suffix));
+        assert!(counter_like, "rate/increase over {name}, which is not a counter or histogram series");
+    }
+
+    // Exercise both processes so every family has a series: labels by webhook, a training run,
+    // pool scoring and predictions.
+    let mut stack = start_stack(&[], &[]).await;
+    stack.ls.lock().unwrap().pool =
+        (9..=12u64).map(|id| json!({"id": id, "data": {"image": format!("/data/upload/1/{id}.png")}})).collect();
+    stack.setup().await;
+    for id in 1..=8u64 {
+        let task = annotated_task(id, if id % 2 == 0 { "bright" } else { "dark" });
+        let event = json!({"action": "ANNOTATION_CREATED", "annotation": task["annotations"][0], "task": task,
+                           "project": {"id": 1, "label_config": CONFIG, "token": "secret"}});
+        assert_eq!(stack.post("/webhook", &event).await.0, 201);
+    }
+    stack.ls.lock().unwrap().tasks =
+        (1..=8).map(|id| annotated_task(id, if id % 2 == 0 { "bright" } else { "dark" })).collect();
+    assert_eq!(stack.post("/webhook", &json!({"action": "START_TRAINING", "project": {"id": 1}})).await.0, 201);
+    let request = json!({"project": "1.1", "tasks": [{"id": 9, "data": {"image": "/data/upload/1/9.png"}}]});
+    assert_eq!(stack.post("/predict", &request).await.0, 200);
+
+    let urls = [format!("http://{}/metrics", stack.core.listening_addr("metrics")), stack.url("/metrics")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let exported = exported_series(&urls).await;
+        let missing: Vec<&String> = wanted.iter().filter(|name| !exported.contains(*name)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard queries series no process exports: {missing:?}\nexported: {exported:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    stack.stop();
+}

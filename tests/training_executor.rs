@@ -240,3 +240,34 @@ async fn training_jobs_must_be_at_least_one() {
     assert!(!status.success());
     assert!(log.contains("--training-jobs"), "{log}");
 }
+
+// Multi-threaded so the client's connection answers the server's GOAWAY while the test thread
+// blocks waiting for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_jobs_train_and_wait_stops_them_and_exits_cleanly() {
+    let mut server = start(&[]).await;
+    for id in ["first", "second"] {
+        project_with_examples(&mut server, id).await;
+    }
+    let first = train(&mut server, "first", 10_000, 1).await;
+    until_training(&mut server, &first.job_id).await;
+    let second = train(&mut server, "second", 10_000, 1).await;
+    let status = server.process.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = server.process.log();
+    let stopped = log.iter().position(|line| line.contains("\"stopped\"")).expect("a stopped line");
+    let ended = log.iter().position(|line| line.contains("training ended") && line.contains(&first.job_id));
+    assert!(ended.is_some_and(|ended| ended < stopped), "the running job must end before the process: {log:#?}");
+
+    // Both jobs are recorded as interrupted, and the next start runs nothing of them.
+    let Server { _dirs: dirs, .. } = server;
+    let (_process, grpc) = start_server(&dirs, &[]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut training = TrainingServiceClient::new(channel);
+    for job in [&first, &second] {
+        let request = GetTrainingJobRequest { job_id: job.job_id.clone() };
+        let record = training.get_training_job(request).await.unwrap().into_inner().job.unwrap();
+        assert_eq!(record.state, JobState::Failed as i32, "{record:?}");
+        assert!(record.error.starts_with("interrupted: the server stopped"), "{record:?}");
+    }
+}

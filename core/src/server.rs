@@ -136,6 +136,7 @@ pub struct Server {
     tls: Option<Arc<Tls>>,
     max_message_mib: u32,
     max_connection_age: Option<Duration>,
+    trainer: Arc<Trainer>,
     /// Keep the plugin directory, tokens file and TLS files watched while the server lives.
     _watchers: Vec<notify::RecommendedWatcher>,
 }
@@ -212,6 +213,7 @@ impl Server {
             engine.clone(),
             config.max_rank_pool_values,
         );
+        let stopper = trainer.clone();
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let state = Arc::new(api::AppState {
             heuristics: heuristics.clone(),
@@ -243,6 +245,7 @@ impl Server {
             max_message_mib: config.max_message_mib,
             max_connection_age: (config.max_connection_age_secs > 0)
                 .then(|| Duration::from_secs(config.max_connection_age_secs)),
+            trainer: stopper,
             _watchers: watchers,
         })
     }
@@ -263,7 +266,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` is requested, then marks the health status `NOT_SERVING`, stops
-    /// accepting connections and lets in-flight requests finish for at most `grace`.
+    /// accepting connections and lets in-flight requests finish for at most `grace`; then
+    /// cancels training jobs (recorded as interrupted) and waits at most `grace` for them.
     ///
     /// # Errors
     /// [`ServeError`] if a transport fails.
@@ -309,6 +313,10 @@ impl Server {
         let rest = oip::rest::serve(self.http, self.tls, self.rest, shutdown.requested());
         let (grpc, metrics, rest) =
             tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace), shutdown.drain(rest, grace));
+        // Training threads use libtorch until they see their job cancelled; the process must not
+        // exit (and tear libtorch down) under them.
+        let trainer = self.trainer;
+        let _ = tokio::task::spawn_blocking(move || trainer.stop(grace)).await;
         grpc.transpose()?;
         metrics.transpose().map_err(ServeError::Metrics)?;
         rest.transpose().map_err(ServeError::Rest)?;

@@ -38,8 +38,10 @@ pub struct Slot<'a> {
 }
 
 impl Slots {
-    /// `capacity` concurrent jobs (at least 1), reported to `metrics`.
+    /// `capacity` concurrent jobs (at least 1), reported to `metrics` (from 0, so the gauge
+    /// exists before the first job).
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        metrics.set_training_jobs(0, 0);
         Self { capacity: capacity.max(1), queue: Mutex::default(), changed: Condvar::new(), metrics }
     }
 

@@ -49,6 +49,9 @@ pub enum TrainingError {
     Store(#[from] StoreError),
 }
 
+/// Why a job that was queued or running when the server stopped did not finish.
+const INTERRUPTED: &str = "interrupted: the server stopped while this job was queued or running";
+
 /// Jobs of one project.
 #[derive(Default)]
 struct ProjectJobs {
@@ -89,6 +92,11 @@ pub struct Trainer {
     device: tch::Device,
     max_accuracy_drop: Option<f32>,
     slots: Slots,
+    /// Set by [`Trainer::stop`]: running jobs are being cancelled and no job starts any more.
+    stopping: AtomicBool,
+    /// Training threads alive, and their end signalled (for [`Trainer::stop`]).
+    threads: Mutex<usize>,
+    thread_ended: std::sync::Condvar,
     state: Mutex<State>,
     embeddings: Mutex<EmbeddingCache>,
 }
@@ -117,7 +125,7 @@ impl Trainer {
         for json in db.unfinished_jobs()? {
             if let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) {
                 record.state = JobState::Failed;
-                record.error = "interrupted: the server stopped while this job was queued or running".into();
+                record.error = INTERRUPTED.into();
                 record.finished_unix_ms = now_unix_ms();
                 tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted by a restart");
                 save(&db, &record)?;
@@ -139,6 +147,9 @@ impl Trainer {
             device: settings.device,
             max_accuracy_drop: settings.max_accuracy_drop,
             slots: Slots::new(settings.concurrent_jobs, metrics),
+            stopping: AtomicBool::new(false),
+            threads: Mutex::new(0),
+            thread_ended: std::sync::Condvar::new(),
             state: Mutex::new(State::default()),
             embeddings: Mutex::new(HashMap::new()),
         })
@@ -220,12 +231,46 @@ impl Trainer {
     }
 
     fn spawn(self: &Arc<Self>, project_id: &str, job_id: String) {
+        if self.stopping.load(Ordering::Relaxed) {
+            // Left queued; the next start records it as interrupted.
+            return;
+        }
+        *self.threads() += 1;
         let (trainer, project_id) = (self.clone(), project_id.to_owned());
-        let spawned =
-            std::thread::Builder::new().name("alps-training".into()).spawn(move || trainer.run(&project_id, &job_id));
+        let spawned = std::thread::Builder::new().name("alps-training".into()).spawn(move || {
+            trainer.run(&project_id, &job_id);
+            *trainer.threads() -= 1;
+            trainer.thread_ended.notify_all();
+        });
         if let Err(error) = spawned {
+            *self.threads() -= 1;
             tracing::error!(%error, "cannot start a training thread");
         }
+    }
+
+    fn threads(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops training for a shutdown: running and waiting jobs are cancelled and recorded as
+    /// interrupted, no job starts any more, and this waits at most `within` for the training
+    /// threads to end (libtorch must not be torn down under a running job). Returns whether
+    /// they all ended in time.
+    pub fn stop(&self, within: std::time::Duration) -> bool {
+        self.stopping.store(true, Ordering::Relaxed);
+        for live in self.state().live.values() {
+            live.cancel.store(true, Ordering::Relaxed);
+        }
+        self.slots.wake();
+        let threads = self.threads();
+        let (threads, timeout) = self
+            .thread_ended
+            .wait_timeout_while(threads, within, |alive| *alive > 0)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!(threads = *threads, "training threads still running at shutdown");
+        }
+        !timeout.timed_out()
     }
 
     /// The job's record now.
@@ -353,6 +398,10 @@ impl Trainer {
                         r.model_version = version.clone();
                         r.progress.percent = 100.0;
                         r.progress.eta_ms = Some(0);
+                    }
+                    Err(TrainError::Cancelled) if self.stopping.load(Ordering::Relaxed) => {
+                        r.state = JobState::Failed;
+                        r.error = INTERRUPTED.into();
                     }
                     Err(TrainError::Cancelled) => {
                         r.state = JobState::Cancelled;
