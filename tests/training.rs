@@ -387,3 +387,85 @@ async fn full_fine_tuning_with_class_weights_trains_backbone_and_head() {
     assert_eq!(version, "v1");
     assert_eq!(classes, ["low", "high"]);
 }
+
+/// Tensor names in a safetensors file (its JSON header: 8 bytes of length, then the header).
+fn safetensors_names(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    let mut names: Vec<String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect();
+    names.sort();
+    names
+}
+
+/// Mean probabilities of the two `predict` samples, seeded: equal on every load of a version.
+async fn seeded_probabilities(server: &mut Server) -> (String, Vec<f32>) {
+    let samples =
+        vec![Sample { id: "l".into(), ..tensor(0.12).unwrap() }, Sample { id: "h".into(), ..tensor(0.88).unwrap() }];
+    let request = PredictRequest { project_id: "p".into(), samples, seed: Some(3), ..Default::default() };
+    let response = server.inference.predict(request).await.unwrap().into_inner();
+    let values = response
+        .results
+        .into_iter()
+        .flat_map(|r| match r.outcome {
+            Some(Outcome::Prediction(p)) => p.mean_probabilities,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (response.model_version, values)
+}
+
+// Multi-threaded so the client answers the server's GOAWAY while the test waits for the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_only_versions_store_the_head_and_name_their_backbone() {
+    let mut server = server_with_examples(10, &[]).await;
+    train_to_end(&mut server, 5).await; // v1: head-only on the initial weights
+    let mut full = train_request(5);
+    full.parameters.as_mut().unwrap().mode = alps_proto::v1::TrainingMode::Full as i32;
+    let job = server.training.train(full).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(watch(&mut server, &job.job_id).await.last().unwrap().state, JobState::Succeeded as i32);
+    train_to_end(&mut server, 5).await; // v3: head-only on v2's backbone
+    let dir = project_models_dir(server.dirs.data.path(), "p");
+    let everything = safetensors_names(&dir.join("v2/weights.safetensors"));
+    assert!(everything.iter().any(|n| n.starts_with("backbone.")), "{everything:?}");
+    for head_only in ["v1", "v3"] {
+        assert_eq!(
+            safetensors_names(&dir.join(head_only).join("weights.safetensors")),
+            ["head.fc.bias", "head.fc.weight"]
+        );
+    }
+    let manifest = |version: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(version).join("manifest.json")).unwrap()).unwrap()
+    };
+    let (v1, v2, v3) = (manifest("v1"), manifest("v2"), manifest("v3"));
+    assert_eq!((v1["weights"].as_str(), v1["backbone_version"].as_str()), (Some("head"), Some("")));
+    assert_eq!((v2["weights"].as_str(), v2["backbone_version"].as_str()), (Some("full"), Some("v2")));
+    assert_eq!((v3["weights"].as_str(), v3["backbone_version"].as_str()), (Some("head"), Some("v2")));
+    assert_eq!(v3["backbone_sha256"], v2["weights_sha256"]);
+    let versions = server.versions.list_model_versions(ListModelVersionsRequest { project_id: "p".into() });
+    let versions = versions.await.unwrap().into_inner().versions;
+    let bytes = |v: &str| versions.iter().find(|m| m.version == v).unwrap().weights_bytes;
+    assert!(bytes("v3") * 10 < bytes("v2"), "head {} B vs full {} B", bytes("v3"), bytes("v2"));
+
+    // A restart loads v3 from disk (v2's backbone + v3's head): the same model as before.
+    let before = seeded_probabilities(&mut server).await;
+    assert_eq!(before.0, "v3");
+    assert!(server.process.terminate().success());
+    let mut server = start(server.dirs, &[], &[]).await;
+    assert_eq!(seeded_probabilities(&mut server).await, before);
+    // v1 serves from the initial weights and its own head.
+    let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
+    server.versions.activate_model_version(rollback).await.unwrap();
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+
+    // A corrupted backbone version is caught when a version that references it loads.
+    let weights = dir.join("v2/weights.safetensors");
+    let mut corrupted = std::fs::read(&weights).unwrap();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0xff;
+    std::fs::write(&weights, corrupted).unwrap();
+    let refused = ActivateModelVersionRequest { project_id: "p".into(), version: "v3".into() };
+    let error = server.versions.activate_model_version(refused).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(error.message().contains("corrupt") && error.message().contains("v2"), "{}", error.message());
+}

@@ -194,7 +194,7 @@ impl Worker {
             .get_or_load(&key, || {
                 let loading = Instant::now();
                 let model = match &version_dir {
-                    Some(dir) => McModel::load_version(&spec, dir, device)?,
+                    Some(dir) => McModel::load_version(&spec, dir, &files, device)?,
                     None => McModel::load(&spec, &files, device)?,
                 };
                 tracing::info!(

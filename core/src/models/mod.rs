@@ -99,6 +99,35 @@ impl ModelError {
     }
 }
 
+/// Manifest `weights` of a version whose file holds every variable (also manifests without it).
+pub const FULL_WEIGHTS: &str = "full";
+/// Manifest `weights` of a head-only version: its file holds the head's variables alone.
+pub const HEAD_WEIGHTS: &str = "head";
+
+/// A version's manifest and its verified `weights.safetensors` bytes.
+fn read_version(dir: &Path) -> Result<(serde_json::Value, Vec<u8>), ModelError> {
+    let error = |message: String| ModelError::Version { dir: dir.to_owned(), message };
+    let manifest =
+        std::fs::read_to_string(dir.join("manifest.json")).map_err(|e| error(format!("manifest.json: {e}")))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&manifest).map_err(|e| error(format!("manifest.json: {e}")))?;
+    let expected = manifest["weights_sha256"].as_str().unwrap_or_default().to_owned();
+    let bytes =
+        std::fs::read(dir.join("weights.safetensors")).map_err(|e| error(format!("weights.safetensors: {e}")))?;
+    let actual = crate::store::blobs::sha256_hex(&bytes);
+    if actual != expected {
+        return Err(error(format!("weights.safetensors is corrupt: sha256 {actual}, manifest says {expected}")));
+    }
+    Ok((manifest, bytes))
+}
+
+/// The directory of version `name` (`v<number>`) next to the version directory `dir`; `None`
+/// for anything else (a manifest never names a path).
+fn sibling_version(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    name.strip_prefix('v')?.parse::<u32>().ok()?;
+    Some(dir.parent()?.join(name))
+}
+
 /// The seed of a spec's initial random parameters: the first 8 bytes of its model fingerprint.
 fn initial_seed(spec: &ProjectSpec) -> i64 {
     let fingerprint = spec.model_fingerprint();
@@ -199,29 +228,62 @@ impl McModel {
 impl McModel {
     /// Loads a trained model version from `dir` (`manifest.json` + `weights.safetensors`): the
     /// weights must hash to the manifest's `weights_sha256` and fit the architecture exactly.
+    /// A head-only version (manifest `weights: "head"`) holds the head alone: its backbone is
+    /// that of the version named by `backbone_version`, a sibling directory whose checksum must
+    /// match the manifest's `backbone_sha256` too, or, when that is empty, the project's initial
+    /// weights, read through `files`.
     ///
     /// # Errors
-    /// [`ModelError::Version`] for missing files or a checksum mismatch (corruption).
-    pub fn load_version(spec: &ProjectSpec, dir: &Path, device: Device) -> Result<Self, ModelError> {
+    /// [`ModelError::Version`] for missing files or a checksum mismatch (corruption);
+    /// [`ModelError::Weights`] for weights that do not fit.
+    pub fn load_version(
+        spec: &ProjectSpec,
+        dir: &Path,
+        files: &ModelFiles,
+        device: Device,
+    ) -> Result<Self, ModelError> {
         let error = |message: String| ModelError::Version { dir: dir.to_owned(), message };
-        let manifest =
-            std::fs::read_to_string(dir.join("manifest.json")).map_err(|e| error(format!("manifest.json: {e}")))?;
-        let manifest: serde_json::Value =
-            serde_json::from_str(&manifest).map_err(|e| error(format!("manifest.json: {e}")))?;
-        let expected = manifest["weights_sha256"].as_str().unwrap_or_default().to_owned();
-        let weights_path = dir.join("weights.safetensors");
-        let bytes = std::fs::read(&weights_path).map_err(|e| error(format!("weights.safetensors: {e}")))?;
-        let actual = crate::store::blobs::sha256_hex(&bytes);
-        if actual != expected {
-            return Err(error(format!("weights.safetensors is corrupt: sha256 {actual}, manifest says {expected}")));
+        let (manifest, bytes) = read_version(dir)?;
+        let weights_file = Path::new("weights.safetensors");
+        match manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) {
+            FULL_WEIGHTS => Self::with_weights(spec, &bytes, device),
+            HEAD_WEIGHTS => {
+                let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
+                let mut model = if backbone.is_empty() {
+                    Self::load(spec, files, device)?
+                } else {
+                    let backbone_dir = sibling_version(dir, backbone)
+                        .ok_or_else(|| error(format!("backbone_version {backbone:?} is not a version name")))?;
+                    let (backbone_manifest, backbone_bytes) = read_version(&backbone_dir)?;
+                    let (expected, actual) = (&manifest["backbone_sha256"], &backbone_manifest["weights_sha256"]);
+                    if backbone_manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) != FULL_WEIGHTS
+                        || expected != actual
+                    {
+                        return Err(error(format!(
+                            "its backbone, version {backbone}, is not the one it was trained on (sha256 {actual}, manifest says {expected})"
+                        )));
+                    }
+                    Self::with_weights(spec, &backbone_bytes, device)?
+                };
+                let Net::Builtin(network) = &model.net else {
+                    return Err(error("a head-only version of a TorchScript model".into()));
+                };
+                let prefixes = network.head_prefixes;
+                weights::load_head(&mut model.vs, weights_file, &bytes, prefixes)?;
+                Ok(model)
+            }
+            other => Err(error(format!("unknown weights scope {other:?} in manifest.json"))),
         }
+    }
+
+    /// The built-in model of `spec` with all its weights from safetensors `bytes` (verified by
+    /// the caller): a trained version needs no client file.
+    fn with_weights(spec: &ProjectSpec, bytes: &[u8], device: Device) -> Result<Self, ModelError> {
         let mut untrained = spec.clone();
         untrained.model.weights_path = None;
         untrained.model.pretrained = None;
-        // A trained version of a built-in architecture needs no client file; its weights are the
-        // bytes just verified.
         let mut model = Self::load(&untrained, &ModelFiles::none(), device)?;
-        weights::load(&mut model.vs, Path::new("weights.safetensors"), &bytes, &[])?;
+        weights::load(&mut model.vs, Path::new("weights.safetensors"), bytes, &[])?;
         Ok(model)
     }
 
@@ -271,6 +333,28 @@ impl McModel {
             });
         }
         Ok(self.vs.save(path)?)
+    }
+
+    /// Writes the head's variables alone as safetensors: the file of a head-only version (for
+    /// VGG16 about 67 MB instead of 528 MB; for a small head, kilobytes).
+    ///
+    /// # Errors
+    /// As [`save`](Self::save).
+    pub fn save_head(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        let Net::Builtin(network) = &self.net else {
+            return Err(ModelError::TorchScript {
+                path: path.to_owned(),
+                message: "weights live in the TorchScript file".into(),
+            });
+        };
+        let mut head: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| network.head_prefixes.iter().any(|prefix| name.starts_with(prefix)))
+            .collect();
+        head.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Tensor::write_safetensors(&head, path)?)
     }
 }
 
@@ -348,6 +432,58 @@ mod tests {
     fn input(batch: i64, size: i64) -> Tensor {
         tch::manual_seed(0);
         Tensor::rand([batch, 3, size, size], (Kind::Float, Device::Cpu))
+    }
+
+    /// Writes a version directory `dir` with `weights` and a manifest pointing at it.
+    fn write_version(dir: &Path, weights: &Path, manifest: serde_json::Value) {
+        std::fs::create_dir_all(dir).unwrap();
+        let bytes = std::fs::read(weights).unwrap();
+        let mut manifest = manifest;
+        manifest["weights_sha256"] = crate::store::blobs::sha256_hex(&bytes).into();
+        std::fs::write(dir.join("weights.safetensors"), bytes).unwrap();
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_head_only_version_loads_its_head_onto_the_named_backbone_and_nothing_else() {
+        let spec = project(Architecture::SmallCnn, 16, 0.0);
+        let root = tempfile::tempdir().unwrap();
+        let trained = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
+        // Version v1 holds everything; v2 holds a different head only, on v1's backbone.
+        let full = root.path().join("full.safetensors");
+        trained.save(&full).unwrap();
+        write_version(&root.path().join("v1"), &full, serde_json::json!({"weights": "full"}));
+        let other_head = {
+            let mut spec = spec.clone();
+            spec.classes.reverse(); // another fingerprint: other random head weights
+            McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap()
+        };
+        let head = root.path().join("head.safetensors");
+        other_head.save_head(&head).unwrap();
+        let v1_sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
+        let manifest = serde_json::json!({"weights": "head", "backbone_version": "v1", "backbone_sha256": v1_sha});
+        write_version(&root.path().join("v2"), &head, manifest);
+
+        let loaded = McModel::load_version(&spec, &root.path().join("v2"), &ModelFiles::none(), Device::Cpu).unwrap();
+        let x = input(2, 16);
+        let features = loaded.features(&x).unwrap();
+        assert!(features.equal(&trained.features(&x).unwrap()), "the backbone is v1's");
+        let logits = loaded.head_logits(&features).unwrap();
+        assert!(logits.equal(&other_head.head_logits(&features).unwrap()), "the head is v2's");
+
+        // Names that are not versions, a backbone other than the one trained on, a head file
+        // with backbone tensors: refused.
+        for (backbone, sha) in [("../v1", v1_sha.as_str()), ("v1/..", v1_sha.as_str()), ("v1", "0")] {
+            let manifest = serde_json::json!({"weights": "head", "backbone_version": backbone, "backbone_sha256": sha});
+            write_version(&root.path().join("v3"), &head, manifest);
+            let refused = McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu);
+            assert!(matches!(refused, Err(ModelError::Version { .. })), "{backbone} {sha}: {:?}", refused.err());
+        }
+        let manifest = serde_json::json!({"weights": "head", "backbone_version": "v1", "backbone_sha256": v1_sha});
+        write_version(&root.path().join("v4"), &full, manifest);
+        let refused = McModel::load_version(&spec, &root.path().join("v4"), &ModelFiles::none(), Device::Cpu);
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("is not part of the head"), "{message}");
     }
 
     #[test]

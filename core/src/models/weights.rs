@@ -31,6 +31,36 @@ pub fn load(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes: &[&
     load_tensors(vs, path, &tensors, head_prefixes)
 }
 
+/// Copies the head of a head-only model version, safetensors `bytes` (named `path` in
+/// messages), into `vs`: the file must hold exactly the variables whose names start with one of
+/// `head_prefixes`, each with its exact shape; the backbone is loaded beforehand.
+///
+/// # Errors
+/// [`ModelError::Weights`] for bytes that are not safetensors, or naming the missing,
+/// mismatched or unexpected tensor.
+pub fn load_head(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes: &[&str]) -> Result<(), ModelError> {
+    let error = |message: String| ModelError::Weights { path: path.to_owned(), message };
+    let file = SafeTensors::deserialize(bytes).map_err(|_| error("not a safetensors file".into()))?;
+    let in_head = |name: &str| head_prefixes.iter().any(|prefix| name.starts_with(prefix));
+    if let Some(name) = file.names().into_iter().find(|name| !in_head(name)) {
+        return Err(error(format!("tensor {name} is not part of the head")));
+    }
+    let _guard = tch::no_grad_guard();
+    for (name, mut variable) in vs.variables().into_iter().filter(|(name, _)| in_head(name)) {
+        let view = file.tensor(&name).map_err(|_| error(format!("tensor {name} is missing")))?;
+        let tensor = Tensor::try_from(view).map_err(|_| error(format!("tensor {name} is unreadable")))?;
+        if tensor.size() != variable.size() {
+            return Err(error(format!(
+                "tensor {name} has shape {:?}, the architecture needs {:?}",
+                tensor.size(),
+                variable.size()
+            )));
+        }
+        variable.f_copy_(&tensor.to_device(variable.device()).to_kind(variable.kind()))?;
+    }
+    Ok(())
+}
+
 /// Copies named `tensors` (from the file `path`, for messages) into `vs`, with the rules of
 /// [`load`]: every backbone variable present with its exact shape, head variables optional.
 ///

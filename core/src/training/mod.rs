@@ -439,7 +439,7 @@ impl Trainer {
             (McModel::load(spec, &self.model_files, self.device)?, None)
         } else {
             let dir = self.models_dir.version_dir(&spec.id, &parent);
-            let model = McModel::load_version(spec, &dir, self.device)?;
+            let model = McModel::load_version(spec, &dir, &self.model_files, self.device)?;
             (model, self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent)))
         };
         let parent_backbone = parent_manifest.as_ref().map(|m| m.backbone_version.clone()).unwrap_or_default();
@@ -469,9 +469,16 @@ impl Trainer {
         })?;
         self.update(&job_id, |r| r.progress.phase = Phase::Saving);
         let number = self.db.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
-        let backbone_version = match record.params.mode {
-            record::Mode::Full => format!("v{number}"),
-            record::Mode::HeadOnly => parent_backbone,
+        // A head-only version stores its head alone and names the backbone it was trained on:
+        // the last fully fine-tuned version (checked by its checksum), else the initial weights.
+        let (backbone_version, weights, backbone_sha256) = match record.params.mode {
+            record::Mode::Full => (format!("v{number}"), crate::models::FULL_WEIGHTS, String::new()),
+            record::Mode::HeadOnly => {
+                let sha256 = self.weights_sha256(&spec.id, &parent_backbone).ok_or_else(|| {
+                    TrainError::Precondition(format!("the backbone's version {parent_backbone} has no record"))
+                })?;
+                (parent_backbone, crate::models::HEAD_WEIGHTS, sha256)
+            }
         };
         let manifest = Manifest {
             project_id: spec.id.clone(),
@@ -479,6 +486,8 @@ impl Trainer {
             number,
             parent_version: if parent == UNTRAINED_VERSION { String::new() } else { parent },
             backbone_version,
+            weights: weights.into(),
+            backbone_sha256,
             job_id: record.job_id.clone(),
             classes: spec.classes.clone(),
             model_fingerprint: spec.model_fingerprint(),
@@ -501,6 +510,16 @@ impl Trainer {
             tracing::error!(%error, "cannot refresh the project after training");
         }
         Ok(manifest.version)
+    }
+
+    /// The `weights_sha256` of `project`'s `version`: empty for no version (the initial
+    /// weights), `None` for a version without a record.
+    fn weights_sha256(&self, project: &str, version: &str) -> Option<String> {
+        if version.is_empty() {
+            return Some(String::new());
+        }
+        let versions = self.versions(project).ok()?;
+        versions.into_iter().find(|m| m.version == version).map(|m| m.weights_sha256)
     }
 
     /// Why `candidate` must not replace `active` under the auto-activate policy, if it must not:
@@ -547,7 +566,8 @@ impl Trainer {
             self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(|| {
                 TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"))
             })?;
-        McModel::load_version(&project.spec, &self.models_dir.version_dir(project_id, version), tch::Device::Cpu)
+        let dir = self.models_dir.version_dir(project_id, version);
+        McModel::load_version(&project.spec, &dir, &self.model_files, tch::Device::Cpu)
             .map_err(|e| TrainingError::Precondition(e.client_message()))?;
         self.db.activate_version(project_id, version)?;
         self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;

@@ -323,6 +323,15 @@ pub struct Manifest {
     /// the backbone still has the project's initial weights. Keys the embedding cache.
     #[serde(default)]
     pub backbone_version: String,
+    /// What `weights.safetensors` holds: `full` (every variable; also manifests written before
+    /// this field) or `head` (the head alone: the backbone is `backbone_version`'s, or the
+    /// initial weights when that is empty). See [`crate::models::HEAD_WEIGHTS`].
+    #[serde(default = "full_weights")]
+    pub weights: String,
+    /// For a head-only version on a trained backbone: the `weights_sha256` of
+    /// `backbone_version`, checked when the version loads; empty otherwise.
+    #[serde(default)]
+    pub backbone_sha256: String,
     /// Job that produced it.
     pub job_id: String,
     /// The project's classes at training time, in order.
@@ -344,6 +353,10 @@ pub struct Manifest {
     pub weights_bytes: u64,
     /// Milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
+}
+
+fn full_weights() -> String {
+    crate::models::FULL_WEIGHTS.into()
 }
 
 #[cfg(test)]

@@ -102,7 +102,8 @@ fn sync(path: &Path) -> Result<(), VersionError> {
 }
 
 /// Writes `model` as version `manifest.version` of its project, crash-safely, then records it
-/// and activates it if `activate`. Fills `weights_sha256` and `weights_bytes` in the manifest.
+/// and activates it if `activate`: all its variables, or only the head's when `manifest.weights`
+/// says `head`. Fills `weights_sha256` and `weights_bytes` in the manifest.
 ///
 /// # Errors
 /// [`VersionError`]; the project's active version is unchanged then.
@@ -125,7 +126,11 @@ pub fn write(
     }
     fs::create_dir(&temporary).map_err(io(&temporary))?;
     let weights = temporary.join("weights.safetensors");
-    model.save(&weights)?;
+    if manifest.weights == crate::models::HEAD_WEIGHTS {
+        model.save_head(&weights)?;
+    } else {
+        model.save(&weights)?;
+    }
     sync(&weights)?;
     let bytes = fs::read(&weights).map_err(io(&weights))?;
     manifest.weights_sha256 = sha256_hex(&bytes);
