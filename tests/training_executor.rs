@@ -271,3 +271,63 @@ async fn sigterm_while_jobs_train_and_wait_stops_them_and_exits_cleanly() {
         assert!(record.error.starts_with("interrupted: the server stopped"), "{record:?}");
     }
 }
+
+/// `weights_sha256` of each of `project`'s versions, oldest first.
+async fn version_checksums(server: &mut Server, project: &str) -> Vec<String> {
+    let request = ListModelVersionsRequest { project_id: project.into() };
+    let mut versions = server.versions.list_model_versions(request).await.unwrap().into_inner().versions;
+    versions.sort_by_key(|v| v.created_unix_ms);
+    versions.into_iter().map(|v| v.weights_sha256).collect()
+}
+
+/// Trains `project` with `mode` and `seed` to the end.
+async fn train_mode(server: &mut Server, project: &str, mode: alps_proto::v1::TrainingMode, seed: u64) {
+    let parameters = TrainingParameters {
+        epochs: 20,
+        seed: Some(seed),
+        learning_rate: 0.01,
+        mode: mode as i32,
+        ..Default::default()
+    };
+    let request = TrainRequest { project_id: project.into(), parameters: Some(parameters), activate: None };
+    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(until_ended(server, &job.job_id).await.state, JobState::Succeeded as i32);
+}
+
+// Multi-threaded so the client answers the server's GOAWAY while the test waits for the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrain_from_the_model_kept_in_memory_equals_one_from_the_stored_version() {
+    use alps_proto::v1::TrainingMode::{Full, HeadOnly};
+    // Kept: v2 and v3 start from the model the previous job left in memory.
+    let mut warm = start(&[]).await;
+    project_with_examples(&mut warm, "p").await;
+    train_mode(&mut warm, "p", Full, 1).await;
+    train_mode(&mut warm, "p", HeadOnly, 2).await;
+    train_mode(&mut warm, "p", HeadOnly, 3).await;
+    let kept = version_checksums(&mut warm, "p").await;
+    let from_memory =
+        warm.process.log().iter().filter(|l| l.contains("starting from the model kept in memory")).count();
+    assert_eq!(from_memory, 2, "the second and third jobs start from the kept model");
+
+    // Cold: a restart before each retrain, so each starts from the files on disk.
+    let mut cold = start(&[]).await;
+    project_with_examples(&mut cold, "p").await;
+    for (mode, seed) in [(Full, 1), (HeadOnly, 2), (HeadOnly, 3)] {
+        train_mode(&mut cold, "p", mode, seed).await;
+        assert!(cold.process.terminate().success());
+        let Server { _dirs: dirs, .. } = cold;
+        let (process, grpc) = start_server(&dirs, &[]);
+        let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+        cold = Server {
+            process,
+            projects: ProjectServiceClient::new(channel.clone()),
+            examples: ExampleServiceClient::new(channel.clone()),
+            training: TrainingServiceClient::new(channel.clone()),
+            versions: ModelVersionServiceClient::new(channel.clone()),
+            inference: InferenceServiceClient::new(channel),
+            _dirs: dirs,
+        };
+    }
+    assert_eq!(kept.len(), 3);
+    assert_eq!(version_checksums(&mut cold, "p").await, kept, "the kept model must be the stored version");
+}

@@ -1,8 +1,10 @@
 //! Models: built-in architectures and user TorchScript modules, loaded with their weights, and
 //! the MC-Dropout forward pass. Also image preprocessing.
 //!
-//! A model is a deterministic backbone and a stochastic head. MC-Dropout runs the backbone once per sample and the head K times on the repeated
-//! features, `[K·B, D]` in one call.
+//! A model is a deterministic backbone and a stochastic head. MC-Dropout runs the backbone once
+//! per sample and the head K times on the repeated features, `[K·B, D]` in one call; the head's
+//! dropout masks come from the running job's own generator ([`random`]). A trained version loads
+//! whole, or as a head on the backbone of the version it names ([`McModel::load_version`]).
 
 mod architectures;
 pub mod files;

@@ -1,6 +1,8 @@
 //! Training and the model lifecycle: labelled examples, background training jobs (at most one
-//! running per project, further triggers coalesced into one pending job), and model versions
-//! written crash-safely and activated only once complete.
+//! running per project, further triggers coalesced into one pending job; at most
+//! `--training-jobs` across projects, on the bounded [`executor`]), and model versions written
+//! crash-safely and activated only once complete (head-only versions store the head alone,
+//! [`versions`]).
 
 pub mod examples;
 mod executor;
@@ -99,6 +101,18 @@ pub struct Trainer {
     thread_ended: std::sync::Condvar,
     state: Mutex<State>,
     embeddings: Mutex<EmbeddingCache>,
+    /// The model the last job trained, kept for the next job of its project, which starts from
+    /// it when it is still the active version: reloading (528 MB for VGG16, and for a head-only
+    /// version a rebuilt backbone) was most of a head-only retrain. One model at most.
+    warm: Mutex<Option<WarmModel>>,
+}
+
+/// A trained model still in memory, with what identifies it.
+struct WarmModel {
+    project: String,
+    version: String,
+    fingerprint: String,
+    model: McModel,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -152,6 +166,7 @@ impl Trainer {
             thread_ended: std::sync::Condvar::new(),
             state: Mutex::new(State::default()),
             embeddings: Mutex::new(HashMap::new()),
+            warm: Mutex::new(None),
         })
     }
 
@@ -438,8 +453,16 @@ impl Trainer {
             // A first version starts from the untrained model, whose weights the spec fixes.
             (McModel::load(spec, &self.model_files, self.device)?, None)
         } else {
-            let dir = self.models_dir.version_dir(&spec.id, &parent);
-            let model = McModel::load_version(spec, &dir, &self.model_files, self.device)?;
+            let model = match self.take_warm(&spec.id, &parent, &spec.model_fingerprint()) {
+                Some(model) => {
+                    tracing::info!(job = %record.job_id, version = %parent, "starting from the model kept in memory");
+                    model
+                }
+                None => {
+                    let dir = self.models_dir.version_dir(&spec.id, &parent);
+                    McModel::load_version(spec, &dir, &self.model_files, self.device)?
+                }
+            };
             (model, self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent)))
         };
         let parent_backbone = parent_manifest.as_ref().map(|m| m.backbone_version.clone()).unwrap_or_default();
@@ -506,10 +529,25 @@ impl Trainer {
         let activate = record.activate && refusal.is_none();
         let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, activate)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;
+        *self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WarmModel {
+            project: spec.id.clone(),
+            version: manifest.version.clone(),
+            fingerprint: manifest.model_fingerprint.clone(),
+            model: trained.model,
+        });
         if let Err(error) = self.projects.reload(&spec.id) {
             tracing::error!(%error, "cannot refresh the project after training");
         }
         Ok(manifest.version)
+    }
+
+    /// The kept model if it is `project`'s `version` for the spec with `fingerprint`: the same
+    /// weights as loading that version from disk (the model it was written from).
+    fn take_warm(&self, project: &str, version: &str, fingerprint: &str) -> Option<McModel> {
+        let mut warm = self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let matches =
+            warm.as_ref().is_some_and(|w| w.project == project && w.version == version && w.fingerprint == fingerprint);
+        matches.then(|| warm.take()).flatten().map(|w| w.model)
     }
 
     /// The `weights_sha256` of `project`'s `version`: empty for no version (the initial
@@ -540,6 +578,12 @@ impl Trainer {
     /// Removes the version files of a deleted project (its records are gone with it). Sample
     /// blobs stay: they are content-addressed and may be shared with other projects.
     pub fn remove_versions(&self, project: &str) {
+        // A project made again under this id numbers its versions from v1 again.
+        let mut warm = self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if warm.as_ref().is_some_and(|w| w.project == project) {
+            *warm = None;
+        }
+        drop(warm);
         match self.models_dir.remove_project(project) {
             Ok(true) => tracing::info!(%project, "model versions removed"),
             Ok(false) => {}
