@@ -8,7 +8,7 @@ use alps_proto::v1::{
     DeleteProjectRequest, LabelledExample, ListExamplesRequest, ModelSpec, Preprocessing, Project, Sample, Tensor,
     example_service_client::ExampleServiceClient, project_service_client::ProjectServiceClient, sample::Input,
 };
-use alps_system_tests::{Process, ServerDirs, builtin_plugin, install_plugin, start_server};
+use alps_system_tests::{Process, ServerDirs, builtin_plugin, eventually, install_plugin, start_server};
 use tonic::{Code, transport::Channel};
 
 struct Server {
@@ -145,4 +145,65 @@ async fn examples_are_listed_in_pages_deleted_and_survive_a_restart() {
     restarted.projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
     let gone = restarted.examples.count_examples(CountExamplesRequest { project_id: "p".into() }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
+}
+
+/// Sample blob files under the data dir (`blobs/<2 hex>/<64 hex>`).
+fn blob_files(data: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for shard in std::fs::read_dir(data.join("blobs")).unwrap().flatten() {
+        if shard.file_name().len() == 2 {
+            names.extend(
+                std::fs::read_dir(shard.path()).unwrap().flatten().map(|f| f.file_name().into_string().unwrap()),
+            );
+        }
+    }
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn blobs_no_example_references_are_collected_and_shared_ones_stay() {
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let (mut process, grpc) = start_server(&dirs, &["--gc-interval-secs", "1", "--gc-grace-secs", "0"]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let (mut projects, mut examples) = (ProjectServiceClient::new(channel.clone()), ExampleServiceClient::new(channel));
+    for id in ["a", "b"] {
+        let project = Project {
+            id: id.into(),
+            classes: vec!["cat".into(), "dog".into()],
+            model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+            preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    }
+    // "shared" bytes are in both projects; "only-a" and "deleted" in a alone.
+    let batch = vec![example("shared", "cat", 0.5), example("only-a", "dog", 0.7), example("deleted", "cat", 0.9)];
+    examples.add_examples(add("a", vec![batch])).await.unwrap();
+    examples.add_examples(add("b", vec![vec![example("shared", "cat", 0.5)]])).await.unwrap();
+    let data = dirs.data.path();
+    assert_eq!(blob_files(data).len(), 3);
+
+    // Deleting an example, then its project, leaves bytes no example references: the next pass
+    // removes them; the bytes project b still uses stay.
+    let request = DeleteExamplesRequest { project_id: "a".into(), external_ids: vec!["deleted".into()] };
+    examples.delete_examples(request).await.unwrap();
+    projects.delete_project(DeleteProjectRequest { project_id: "a".into() }).await.unwrap();
+    let remaining = eventually("two blobs collected", || async {
+        let remaining = blob_files(data);
+        (remaining.len() == 1).then_some(remaining)
+    })
+    .await;
+    let metrics = format!("http://{}/metrics", process.listening_addr("metrics"));
+    let text = alps_system_tests::http_client().get(metrics).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "alps_gc_removed_blobs_total 2"), "{text}");
+
+    // The survivor is b's example, still readable; removed bytes are stored again when needed.
+    let listed = examples.list_examples(ListExamplesRequest { project_id: "b".into(), ..Default::default() }).await;
+    assert_eq!(listed.unwrap().into_inner().examples[0].content_sha256, remaining[0]);
+    let again = examples.add_examples(add("b", vec![vec![example("back", "dog", 0.7)]])).await.unwrap().into_inner();
+    assert_eq!(again.inserted, 1);
+    assert_eq!(blob_files(data).len(), 2);
+    assert!(process.terminate().success());
 }

@@ -190,6 +190,16 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_AUTO_ACTIVATE_MAX_ACCURACY_DROP", value_parser = accuracy_drop)]
     pub auto_activate_max_accuracy_drop: Option<f32>,
 
+    /// How often unreferenced sample blobs are removed, in seconds; 0 = never. A blob is
+    /// unreferenced once no example of any project (deleted projects included) names it.
+    #[arg(long, env = "ALPS_GC_INTERVAL_SECS", default_value_t = 3600)]
+    pub gc_interval_secs: u64,
+
+    /// How long an unreferenced blob is kept after its last write, in seconds: covers a blob
+    /// written just before the example that references it is committed.
+    #[arg(long, env = "ALPS_GC_GRACE_SECS", default_value_t = 3600)]
+    pub gc_grace_secs: u64,
+
     /// Longest a client's gRPC connection lives, in seconds; 0 = no limit. Then the server sends
     /// HTTP/2 GOAWAY: calls in flight finish, and the client opens a new connection, which a
     /// load balancer (or a client balancing over a headless Service's addresses) may send to

@@ -56,6 +56,8 @@ pub struct Metrics {
     cancelled: Counter,
     loaded_models: Gauge,
     training_jobs: Family<StateLabels, Gauge>,
+    gc_removed_blobs: Counter,
+    gc_removed_bytes: Counter,
     backbone_samples: Counter,
     head_passes: Counter,
     models: Mutex<HashMap<(String, String), ModelStats>>,
@@ -158,6 +160,14 @@ impl Default for Metrics {
             "Training jobs holding one of the --training-jobs slots (running) or waiting for one (waiting)",
             training_jobs.clone(),
         );
+        let gc_removed_blobs = Counter::default();
+        registry.register(
+            "gc_removed_blobs",
+            "Sample blobs no example referenced, removed by the garbage collector",
+            gc_removed_blobs.clone(),
+        );
+        let gc_removed_bytes = Counter::default();
+        registry.register("gc_removed_bytes", "Bytes of the removed sample blobs", gc_removed_bytes.clone());
         let backbone_samples = Counter::default();
         registry.register(
             "backbone_samples",
@@ -178,6 +188,8 @@ impl Default for Metrics {
             cancelled,
             loaded_models,
             training_jobs,
+            gc_removed_blobs,
+            gc_removed_bytes,
             backbone_samples,
             head_passes,
             models: Mutex::default(),
@@ -285,6 +297,12 @@ impl Metrics {
     /// Sets the number of loaded models.
     pub fn set_loaded_models(&self, models: usize) {
         self.loaded_models.set(models as i64);
+    }
+
+    /// Counts the blobs (and their bytes) one garbage collection removed.
+    pub fn record_garbage_collected(&self, blobs: u64, bytes: u64) {
+        self.gc_removed_blobs.inc_by(blobs);
+        self.gc_removed_bytes.inc_by(bytes);
     }
 
     /// Sets the training executor's load: jobs running and jobs waiting for a slot.

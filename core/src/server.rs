@@ -27,10 +27,11 @@ use crate::{
     oip,
     plugins::{self, HeuristicHost, HostStartError, PluginDirError},
     projects::Projects,
-    store::{DataDir, DataDirError},
     store::{
+        DataDir, DataDirError,
         blobs::{BlobError, BlobStore},
         db::{Database, StoreError},
+        gc::GarbageCollector,
     },
     tls::{Tls, TlsError},
     training::{Trainer, TrainerSettings, examples::Examples},
@@ -179,6 +180,11 @@ impl Server {
         let db = Arc::new(Database::open(&data_dir.database_path())?);
         let projects = Arc::new(Projects::open(db.clone())?);
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
+        if config.gc_interval_secs > 0 {
+            let grace = Duration::from_secs(config.gc_grace_secs);
+            let collector = GarbageCollector::new(db.clone(), blobs.clone(), grace, metrics.clone());
+            collector.spawn(Duration::from_secs(config.gc_interval_secs));
+        }
         tracing::info!(projects = projects.list().len(), "projects loaded");
         // Stored projects on published weights find them cached, or fetched in the background.
         weights_cache.prefetch(

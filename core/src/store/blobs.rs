@@ -1,12 +1,19 @@
 //! Content-addressed sample bytes: `<data-dir>/blobs/<first two hex digits>/<sha256>`. A blob is
 //! written to a temporary file, fsync'ed and renamed into place, so a crash never leaves a
 //! partial blob under its final name, and writing the same bytes twice stores them once.
+//! Blobs no example references any more are removed by [`BlobStore::collect_garbage`] once
+//! their last write is older than a grace period.
 
 use std::{
+    collections::HashSet,
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
 use sha2::{Digest, Sha256};
@@ -41,6 +48,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Debug)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Writers share it; the garbage collector takes it alone for each removal, so a blob
+    /// being written again (and so refreshed) is never removed under its writer.
+    removal: RwLock<()>,
+}
+
+/// What one garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs no example referenced.
+    pub blobs: u64,
+    /// Their size, bytes.
+    pub bytes: u64,
+    /// Temporary files left by interrupted writes.
+    pub temporaries: u64,
 }
 
 impl BlobStore {
@@ -51,27 +72,35 @@ impl BlobStore {
     pub fn open(dir: PathBuf) -> Result<Self, BlobError> {
         let temporary = dir.join("tmp");
         fs::create_dir_all(&temporary).map_err(|source| BlobError::Io { path: temporary, source })?;
-        Ok(Self { dir })
+        Ok(Self { dir, removal: RwLock::new(()) })
     }
 
     fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(&sha256[..2]).join(sha256)
     }
 
-    /// Stores `bytes` durably and returns their SHA-256.
+    /// Stores `bytes` durably and returns their SHA-256. Bytes already stored are not written
+    /// again, but their blob's modification time is set to now: the garbage collector's grace
+    /// period counts from the last write, so a blob about to be referenced again stays.
     ///
     /// # Errors
     /// [`BlobError::Io`] on a file system failure.
     pub fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
         let sha256 = sha256_hex(bytes);
         let path = self.path(&sha256);
-        if path.exists() {
-            return Ok(sha256);
-        }
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| BlobError::Io { path, source }
         };
+        let _writing = self.removal.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if path.exists() {
+            File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(SystemTime::now()))
+                .map_err(io(&path))?;
+            return Ok(sha256);
+        }
         let parent = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent).map_err(io(parent))?;
         // Unique per writer: two requests storing the same bytes at once must not share (and
@@ -98,6 +127,65 @@ impl BlobStore {
             return Err(BlobError::Corrupt { sha256: sha256.to_owned(), actual });
         }
         Ok(bytes)
+    }
+}
+
+impl BlobStore {
+    /// Removes every blob whose name is not in `referenced` and whose last write is older than
+    /// `grace`, and temporary files older than `grace` (left by a crash mid-write). The grace
+    /// period covers a blob written just before the example that references it is committed,
+    /// and the time between reading `referenced` and this call.
+    ///
+    /// # Errors
+    /// [`BlobError::Io`] if the blob directory cannot be listed; files that cannot be removed
+    /// are logged and left.
+    pub fn collect_garbage(&self, referenced: &HashSet<String>, grace: Duration) -> Result<Collected, BlobError> {
+        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let list = |dir: &Path| fs::read_dir(dir).map_err(|source| BlobError::Io { path: dir.to_owned(), source });
+        let mut collected = Collected::default();
+        for shard in list(&self.dir)? {
+            let Ok(shard) = shard else { continue };
+            let name = shard.file_name().to_string_lossy().into_owned();
+            let temporaries = name == "tmp";
+            let blob_shard = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !temporaries && !blob_shard {
+                continue;
+            }
+            for file in list(&shard.path())? {
+                let Ok(file) = file else { continue };
+                let name = file.file_name().to_string_lossy().into_owned();
+                if !temporaries && (name.len() != 64 || referenced.contains(&name)) {
+                    continue;
+                }
+                if let Some(bytes) = self.remove_if_older(&file.path(), cutoff) {
+                    if temporaries {
+                        collected.temporaries += 1;
+                    } else {
+                        collected.blobs += 1;
+                        collected.bytes += bytes;
+                    }
+                }
+            }
+        }
+        Ok(collected)
+    }
+
+    /// Removes `path` if it was last modified before `cutoff`; its size when removed.
+    fn remove_if_older(&self, path: &Path, cutoff: SystemTime) -> Option<u64> {
+        // Alone against writers: a `put` refreshing this blob either happened (then it is new
+        // and stays) or waits until it is gone (then it writes the blob again).
+        let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let metadata = fs::symlink_metadata(path).ok()?;
+        if !metadata.is_file() || metadata.modified().ok()? >= cutoff {
+            return None;
+        }
+        match fs::remove_file(path) {
+            Ok(()) => Some(metadata.len()),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot remove an unreferenced blob");
+                None
+            }
+        }
     }
 }
 
@@ -130,5 +218,46 @@ mod tests {
             }
         });
         assert_eq!(store.get(&sha256_hex(&bytes)).unwrap(), bytes);
+    }
+
+    fn age(store: &BlobStore, sha: &str, by: Duration) {
+        let file = File::options().write(true).open(store.path(sha)).unwrap();
+        file.set_modified(SystemTime::now() - by).unwrap();
+    }
+
+    #[test]
+    fn garbage_collection_removes_old_unreferenced_blobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let (kept, old, fresh, again) = (
+            store.put(b"kept").unwrap(),
+            store.put(b"old").unwrap(),
+            store.put(b"fresh").unwrap(),
+            store.put(b"again").unwrap(),
+        );
+        let hour = Duration::from_secs(3600);
+        for sha in [&kept, &old, &again] {
+            age(&store, sha, 2 * hour);
+        }
+        // Written again just now: its grace period starts over.
+        assert_eq!(store.put(b"again").unwrap(), again);
+        let temporary = dir.path().join("blobs/tmp/crashed.1.1");
+        std::fs::write(&temporary, b"partial").unwrap();
+        File::options().write(true).open(&temporary).unwrap().set_modified(SystemTime::now() - 2 * hour).unwrap();
+        std::fs::write(dir.path().join("blobs/tmp/writing.1.2"), b"in progress").unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/not-a-shard")).unwrap();
+        std::fs::write(dir.path().join("blobs/not-a-shard/x"), b"x").unwrap();
+
+        let referenced = HashSet::from([kept.clone()]);
+        let collected = store.collect_garbage(&referenced, hour).unwrap();
+        assert_eq!(collected, Collected { blobs: 1, bytes: 3, temporaries: 1 });
+        assert!(store.get(&kept).is_ok(), "referenced");
+        assert!(store.get(&old).is_err(), "unreferenced and old");
+        assert!(store.get(&fresh).is_ok() && store.get(&again).is_ok(), "within the grace period");
+        assert!(!temporary.exists() && dir.path().join("blobs/tmp/writing.1.2").exists());
+        assert!(dir.path().join("blobs/not-a-shard/x").exists(), "files of no blob shard are not touched");
+        // A removed blob is written again by the next put.
+        assert_eq!(store.put(b"old").unwrap(), old);
+        assert_eq!(store.get(&old).unwrap(), b"old");
     }
 }

@@ -329,6 +329,17 @@ impl Database {
         Ok(examples)
     }
 
+    /// The sample blobs (sha256) some example of some project references.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT DISTINCT sha256 FROM examples")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Examples of `project` per class name.
     ///
     /// # Errors

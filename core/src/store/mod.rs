@@ -1,5 +1,6 @@
-//! Persistence: the data directory, opened for exclusive use by one server, and its SQLite
-//! index ([`db`]).
+//! Persistence: the data directory, opened for exclusive use by one server, its SQLite index
+//! ([`db`]), the content-addressed sample blobs ([`blobs`]) and their garbage collection
+//! ([`gc`]).
 //!
 //! Layout: `alps.db` (SQLite index), `blobs/` (content-addressed
 //! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
@@ -7,6 +8,7 @@
 
 pub mod blobs;
 pub mod db;
+pub mod gc;
 
 use std::{
     fs::{self, File, TryLockError},

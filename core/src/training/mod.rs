@@ -576,7 +576,8 @@ impl Trainer {
     }
 
     /// Removes the version files of a deleted project (its records are gone with it). Sample
-    /// blobs stay: they are content-addressed and may be shared with other projects.
+    /// blobs stay until the garbage collector ([`crate::store::gc`]) finds no example of any
+    /// project referencing them: they are content-addressed and may be shared.
     pub fn remove_versions(&self, project: &str) {
         // A project made again under this id numbers its versions from v1 again.
         let mut warm = self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
