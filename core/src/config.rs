@@ -179,8 +179,8 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MAX_RANK_POOL_VALUES", default_value_t = 64 * 1024 * 1024)]
     pub max_rank_pool_values: usize,
 
-    /// Training jobs that run at once, across all projects; further jobs stay queued and start
-    /// in the order they were triggered. Each running job holds a model, its optimiser state
+    /// Training jobs that run at once, across all projects; further jobs stay queued and take
+    /// free slots first come, first served. Each running job holds a model, its optimiser state
     /// and its examples' embeddings, and shares the device's cores with inference.
     #[arg(long, env = "ALPS_TRAINING_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub training_jobs: u16,

@@ -317,10 +317,20 @@ impl Server {
         };
         let metrics = metrics::serve(self.metrics_listener, self.metrics, shutdown.requested());
         let rest = oip::rest::serve(self.http, self.tls, self.rest, shutdown.requested());
+        // Training stops as soon as shutdown is requested, during the drain: a client watching
+        // a job (the Label Studio adapter) then sees it end, so the drain and the stop share
+        // the grace period instead of adding up.
+        let (trainer, requested) = (self.trainer.clone(), shutdown.requested());
+        let stopping = tokio::spawn(async move {
+            requested.await;
+            tokio::task::spawn_blocking(move || trainer.stop(grace)).await
+        });
         let (grpc, metrics, rest) =
             tokio::join!(shutdown.drain(grpc, grace), shutdown.drain(metrics, grace), shutdown.drain(rest, grace));
         // Training threads use libtorch until they see their job cancelled; the process must not
-        // exit (and tear libtorch down) under them.
+        // exit (and tear libtorch down) under them. (Also when serving failed without a
+        // shutdown request: then the stop starts here.)
+        stopping.abort();
         let trainer = self.trainer;
         let _ = tokio::task::spawn_blocking(move || trainer.stop(grace)).await;
         grpc.transpose()?;

@@ -35,18 +35,35 @@ impl TaskLabel {
     /// does unless it is older; otherwise ground truth wins, then the most recently updated.
     pub fn supersedes(&self, other: &TaskLabel) -> bool {
         if self.annotation == other.annotation {
-            return self.updated_at >= other.updated_at;
+            return later_or_same(&self.updated_at, &other.updated_at);
         }
-        (self.ground_truth, &self.updated_at) >= (other.ground_truth, &other.updated_at)
+        match (self.ground_truth, other.ground_truth) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => later_or_same(&self.updated_at, &other.updated_at),
+        }
     }
 }
 
-/// An annotation's `updated_at` in microseconds since the Unix epoch, if it is an RFC 3339 time
-/// (Label Studio writes e.g. `2026-11-30T10:00:00.123456Z`).
-fn updated_at_micros(annotation: &Value) -> Option<u64> {
-    let text = annotation["updated_at"].as_str()?;
+/// Whether update time `a` is not before `b`: compared as instants when both are RFC 3339
+/// (offsets and fractions of a second differ between writers), else as text.
+fn later_or_same(a: &str, b: &str) -> bool {
+    match (micros(a), micros(b)) {
+        (Some(a), Some(b)) => a >= b,
+        _ => a >= b,
+    }
+}
+
+/// An RFC 3339 time (Label Studio writes e.g. `2026-11-30T10:00:00.123456Z`) in microseconds
+/// since the Unix epoch.
+fn micros(text: &str) -> Option<u64> {
     let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(time.unix_timestamp_nanos() / 1000).ok()
+}
+
+/// An annotation's `updated_at` in microseconds since the Unix epoch, if it is RFC 3339.
+fn updated_at_micros(annotation: &Value) -> Option<u64> {
+    micros(annotation["updated_at"].as_str()?)
 }
 
 /// The label of one annotation object, if it is an accepted single choice of the config
@@ -264,6 +281,9 @@ mod tests {
         assert!(newer.supersedes(&older));
         assert!(!older.supersedes(&newer), "a late webhook must not bring back an older label");
         assert!(older.supersedes(&older.clone()));
+        // Instants, not text: 10:30+01:00 is before 10:00Z, and a missing fraction is .000.
+        let (earlier, later) = (label("Car", "2025-01-02T10:30:00+01:00"), label("Truck", "2025-01-02T10:00:00.5Z"));
+        assert!(later.supersedes(&earlier) && !earlier.supersedes(&later));
     }
 
     #[test]

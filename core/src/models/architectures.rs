@@ -23,9 +23,8 @@ pub struct Network {
 /// Dropout that stays on whatever the train flag: the "MC" in MC-Dropout (Gal & Ghahramani 2016).
 /// Masks come from the job's own generator ([`random`]), never from libtorch's shared one.
 fn mc_dropout(p: f64) -> impl ModuleT {
-    // `p` was validated with the spec (in [0, 1)) and the engine bounds a pass far below a
-    // draw's 2^32 elements, so what is left to fail is libtorch itself (out of memory), where
-    // every other `tch::nn` layer of the head panics too.
+    // `p` was validated with the spec (in [0, 1)), so what is left to fail is libtorch itself
+    // (out of memory), where every other `tch::nn` layer of the head panics too.
     nn::func_t(move |x, _train| random::with_current(|generator| generator.dropout(x, p)).expect("dropout"))
 }
 

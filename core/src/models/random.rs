@@ -24,9 +24,6 @@ use std::{
 
 use tch::{Kind, Tensor};
 
-/// Largest tensor one dropout draw covers: element indices are hashed as 32-bit values.
-pub const MAX_DRAW_ELEMENTS: i64 = 1 << 32;
-
 /// The random state of one job: a seed and the number of draws made so far. Draw `n` of a
 /// generator seeded with `s` is the same on every thread, device and run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,14 +43,11 @@ impl Generator {
         Self::new(fastrand::u64(..))
     }
 
-    /// The next draw's 64-bit key: SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) of the seed
-    /// advanced by the draw number, so consecutive draws are independent.
+    /// The next draw's 64-bit key: SplitMix64 of the seed advanced by the draw number, so
+    /// consecutive draws are independent.
     fn next_key(&mut self) -> u64 {
         self.draws += 1;
-        let mut z = self.seed.wrapping_add(self.draws.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        splitmix64(self.seed.wrapping_add(self.draws.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
     }
 
     /// A uniformly random permutation of `0..n` (Fisher–Yates from a host generator seeded with
@@ -76,17 +70,13 @@ impl Generator {
     /// (Srivastava et al., JMLR 2014). Same shape, kind and device as `x`.
     ///
     /// # Errors
-    /// [`tch::TchError`] if `p` is not in `[0, 1)`, `x` has more than [`MAX_DRAW_ELEMENTS`]
-    /// elements, or libtorch fails.
+    /// [`tch::TchError`] if `p` is not in `[0, 1)` or libtorch fails (out of memory).
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor, tch::TchError> {
         let key = self.next_key();
         if !(0.0..1.0).contains(&p) {
             return Err(tch::TchError::Kind(format!("dropout probability {p} is not in [0, 1)")));
         }
         let n = x.numel() as i64;
-        if n > MAX_DRAW_ELEMENTS {
-            return Err(tch::TchError::Shape(format!("{n} elements exceed one dropout draw ({MAX_DRAW_ELEMENTS})")));
-        }
         if p == 0.0 {
             return Ok(x.shallow_clone());
         }
@@ -94,8 +84,10 @@ impl Generator {
         let threshold = (p * 4_294_967_296.0).ceil() as i64;
         let mask = Tensor::f_empty([n], (x.kind(), x.device()))?;
         // On the CPU, chunks keep the int64 temporaries in cache (one pass over 5 million
-        // elements was 5x slower than in chunks); element i's value does not depend on them.
-        let chunk = if x.device().is_cuda() { n.max(1) } else { CPU_CHUNK };
+        // elements was 5x slower than in chunks); on CUDA they bound the temporaries' memory.
+        // Element i's value does not depend on them. Chunk sizes divide 2^32, so a chunk never
+        // straddles two blocks of 2^32 elements (see `uniform_bits`).
+        let chunk = if x.device().is_cuda() { CUDA_CHUNK } else { CPU_CHUNK };
         for start in (0..n).step_by(chunk as usize) {
             let len = chunk.min(n - start);
             let keep = uniform_bits(start, len, key, x.device())?.f_ge(threshold)?;
@@ -105,13 +97,26 @@ impl Generator {
     }
 }
 
+/// SplitMix64's output function (Steele, Lea & Flood, OOPSLA 2014).
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Elements hashed at once on the CPU: 4 MiB of int64, within a core's share of cache.
 const CPU_CHUNK: i64 = 1 << 19;
+/// Elements hashed at once on CUDA: 2 GiB of int64 temporaries at most.
+const CUDA_CHUNK: i64 = 1 << 28;
 
-/// Values of elements `start..start + len`, independent and uniform on `[0, 2^32)` as int64,
-/// for the draw with `key`: element `i` is `h(h(i xor k0) xor k1)` with `h` = lowbias32 and
-/// `k0`, `k1` the key's halves.
+/// Values of elements `start..start + len` (within one block of 2^32 elements), independent
+/// and uniform on `[0, 2^32)` as int64, for the draw with `key`: element `i` is
+/// `h(h(i mod 2^32 xor k0) xor k1)` with `h` = lowbias32 and `k0`, `k1` the halves of the key,
+/// which for blocks after the first is mixed with the block number.
 fn uniform_bits(start: i64, len: i64, key: u64, device: tch::Device) -> Result<Tensor, tch::TchError> {
+    let block = (start >> 32) as u64;
+    let key = if block == 0 { key } else { splitmix64(key ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15)) };
+    let start = start & 0xffff_ffff;
     let mut bits = Tensor::f_arange_start(start, start + len, (Kind::Int64, device))?;
     let _ = bits.f_bitwise_xor_((key & 0xffff_ffff) as i64)?;
     lowbias32(&mut bits)?;
@@ -287,6 +292,21 @@ mod tests {
         let threshold = (0.3f64 * 4_294_967_296.0).ceil() as i64;
         let whole = uniform_bits(0, n, key, tch::Device::Cpu).unwrap().f_ge(threshold).unwrap();
         assert_eq!(kept, Vec::<bool>::try_from(whole).unwrap());
+    }
+
+    #[test]
+    fn elements_past_2_32_draw_from_their_own_block_key() {
+        // Tensors of more than 2^32 elements (2,048 samples x K = 1,000 x D = 4,096 is 8.4e9)
+        // hash index i mod 2^32 under a key mixed with the block number: no repeat of block 0,
+        // and the values do not depend on where a chunk starts.
+        let values = |start: i64, len: i64| {
+            Vec::<i64>::try_from(uniform_bits(start, len, 99, tch::Device::Cpu).unwrap()).unwrap()
+        };
+        let first = values(0, 10);
+        let second = values(1 << 32, 10);
+        assert_ne!(first, second);
+        assert_eq!(values((1 << 32) + 5, 5), second[5..]);
+        assert_eq!(values(0, 10), first);
     }
 
     #[test]

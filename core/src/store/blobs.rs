@@ -5,12 +5,12 @@
 //! their last write is older than a grace period.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
     sync::{
-        RwLock,
+        Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -51,6 +51,54 @@ pub struct BlobStore {
     /// Writers share it; the garbage collector takes it alone for each removal, so a blob
     /// being written again (and so refreshed) is never removed under its writer.
     removal: RwLock<()>,
+    /// Blobs in use that no committed example may reference yet (written, not yet committed)
+    /// or any more (read by a running training job), with their number of holders.
+    pins: Mutex<HashMap<String, usize>>,
+}
+
+/// Blobs kept from the garbage collector while this lives (see [`BlobStore::pins`]).
+#[derive(Debug)]
+pub struct Pins<'a> {
+    store: &'a BlobStore,
+    held: Vec<String>,
+}
+
+impl Pins<'_> {
+    /// Pins the blob of `bytes`, then stores them ([`BlobStore::put`]): pinned first, so the
+    /// blob cannot be collected between its write and the commit of the example naming it.
+    ///
+    /// # Errors
+    /// As [`BlobStore::put`].
+    pub fn put(&mut self, bytes: &[u8]) -> Result<String, BlobError> {
+        self.hold(sha256_hex(bytes));
+        self.store.put(bytes)
+    }
+
+    /// Pins the blobs named `sha256s`.
+    pub fn hold_all(&mut self, sha256s: impl IntoIterator<Item = String>) {
+        for sha256 in sha256s {
+            self.hold(sha256);
+        }
+    }
+
+    fn hold(&mut self, sha256: String) {
+        *self.store.pin_counts().entry(sha256.clone()).or_default() += 1;
+        self.held.push(sha256);
+    }
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.store.pin_counts();
+        for sha256 in &self.held {
+            if let Some(count) = counts.get_mut(sha256) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(sha256);
+                }
+            }
+        }
+    }
 }
 
 /// What one garbage collection removed.
@@ -72,7 +120,16 @@ impl BlobStore {
     pub fn open(dir: PathBuf) -> Result<Self, BlobError> {
         let temporary = dir.join("tmp");
         fs::create_dir_all(&temporary).map_err(|source| BlobError::Io { path: temporary, source })?;
-        Ok(Self { dir, removal: RwLock::new(()) })
+        Ok(Self { dir, removal: RwLock::new(()), pins: Mutex::default() })
+    }
+
+    /// An empty set of pins: blobs added to it are not collected until it is dropped.
+    pub fn pins(&self) -> Pins<'_> {
+        Pins { store: self, held: Vec::new() }
+    }
+
+    fn pin_counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.pins.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn path(&self, sha256: &str) -> PathBuf {
@@ -131,10 +188,11 @@ impl BlobStore {
 }
 
 impl BlobStore {
-    /// Removes every blob whose name is not in `referenced` and whose last write is older than
-    /// `grace`, and temporary files older than `grace` (left by a crash mid-write). The grace
-    /// period covers a blob written just before the example that references it is committed,
-    /// and the time between reading `referenced` and this call.
+    /// Removes every blob whose name is not in `referenced`, not pinned ([`pins`](Self::pins))
+    /// and last written more than `grace` ago, and temporary files older than `grace` (left by
+    /// a crash mid-write). Pins cover a blob written just before the example that references
+    /// it is committed; the grace period adds a margin for the time between reading
+    /// `referenced` and this call.
     ///
     /// # Errors
     /// [`BlobError::Io`] if the blob directory cannot be listed; files that cannot be removed
@@ -157,7 +215,7 @@ impl BlobStore {
                 if !temporaries && (name.len() != 64 || referenced.contains(&name)) {
                     continue;
                 }
-                if let Some(bytes) = self.remove_if_older(&file.path(), cutoff) {
+                if let Some(bytes) = self.remove_if_older(&file.path(), &name, cutoff) {
                     if temporaries {
                         collected.temporaries += 1;
                     } else {
@@ -170,11 +228,15 @@ impl BlobStore {
         Ok(collected)
     }
 
-    /// Removes `path` if it was last modified before `cutoff`; its size when removed.
-    fn remove_if_older(&self, path: &Path, cutoff: SystemTime) -> Option<u64> {
+    /// Removes `path` (blob `name`) if it is not pinned and was last modified before `cutoff`;
+    /// its size when removed.
+    fn remove_if_older(&self, path: &Path, name: &str, cutoff: SystemTime) -> Option<u64> {
         // Alone against writers: a `put` refreshing this blob either happened (then it is new
-        // and stays) or waits until it is gone (then it writes the blob again).
+        // or pinned, and stays) or waits until it is gone (then it writes the blob again).
         let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.pin_counts().contains_key(name) {
+            return None;
+        }
         let metadata = fs::symlink_metadata(path).ok()?;
         if !metadata.is_file() || metadata.modified().ok()? >= cutoff {
             return None;
@@ -259,5 +321,27 @@ mod tests {
         // A removed blob is written again by the next put.
         assert_eq!(store.put(b"old").unwrap(), old);
         assert_eq!(store.get(&old).unwrap(), b"old");
+    }
+
+    #[test]
+    fn pinned_blobs_are_not_collected_until_their_pins_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let mut writing = store.pins();
+        let written = writing.put(b"being committed").unwrap();
+        let mut training = store.pins();
+        let read = store.put(b"read by a job").unwrap();
+        training.hold_all([read.clone()]);
+        let mut twice = store.pins();
+        twice.hold_all([read.clone()]);
+        // Grace 0: only the pins keep them.
+        assert_eq!(store.collect_garbage(&HashSet::new(), Duration::ZERO).unwrap().blobs, 0);
+        drop(writing);
+        drop(training);
+        let collected = store.collect_garbage(&HashSet::new(), Duration::ZERO).unwrap();
+        assert_eq!(collected.blobs, 1, "the written blob, now unpinned");
+        assert!(store.get(&written).is_err() && store.get(&read).is_ok(), "one holder of the read blob remains");
+        drop(twice);
+        assert_eq!(store.collect_garbage(&HashSet::new(), Duration::ZERO).unwrap().blobs, 1);
     }
 }

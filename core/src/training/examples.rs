@@ -142,8 +142,10 @@ impl Examples {
         }
         let now = now_unix_ms();
         let mut rows = Vec::with_capacity(prepared.len());
+        // Kept from the garbage collector until the rows naming them are committed.
+        let mut pins = self.blobs.pins();
         for (external_id, class_name, bytes, tensor_shape, metadata, label_revision) in prepared {
-            let sha256 = self.blobs.put(&bytes)?;
+            let sha256 = pins.put(&bytes)?;
             rows.push(ExampleRow {
                 external_id,
                 class_name,

@@ -253,9 +253,16 @@ impl Trainer {
         *self.threads() += 1;
         let (trainer, project_id) = (self.clone(), project_id.to_owned());
         let spawned = std::thread::Builder::new().name("alps-training".into()).spawn(move || {
-            trainer.run(&project_id, &job_id);
-            *trainer.threads() -= 1;
-            trainer.thread_ended.notify_all();
+            /// Counts the thread out however it ends.
+            struct Alive(Arc<Trainer>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    *self.0.threads() -= 1;
+                    self.0.thread_ended.notify_all();
+                }
+            }
+            let alive = Alive(trainer);
+            alive.0.run(&project_id, &job_id);
         });
         if let Err(error) = spawned {
             *self.threads() -= 1;
@@ -374,13 +381,15 @@ impl Trainer {
     /// Runs one job to its end on this thread once the executor has a slot for it, then starts
     /// the project's pending job.
     fn run(self: &Arc<Self>, project_id: &str, job_id: &str) {
-        let cancel = self.state().live.get(job_id).map(|l| l.cancel.clone()).unwrap_or_default();
-        let slot = self.slots.acquire(&cancel);
+        let cancel = self.state().live.get(job_id).map(|l| l.cancel.clone());
+        // Without a live record the job was cancelled before this thread started: no slot to
+        // wait for.
+        let slot = cancel.as_ref().and_then(|cancel| self.slots.acquire(cancel));
         // Without a slot, or without a live record, the job was cancelled while it waited
         // (`cancel` has recorded its end); the project still has to move on.
-        let outcome = match slot.as_ref().and_then(|_| self.start_job(job_id)) {
-            Some(record) => self.execute(&record, &cancel),
-            None => Err(TrainError::Cancelled),
+        let outcome = match (slot.as_ref().and_then(|_| self.start_job(job_id)), &cancel) {
+            (Some(record), Some(cancel)) => self.execute_guarded(&record, cancel),
+            _ => Err(TrainError::Cancelled),
         };
         drop(slot);
         self.finish(project_id, job_id, &outcome);
@@ -445,6 +454,17 @@ impl Trainer {
         }
     }
 
+    /// [`execute`](Self::execute), with a panic (libtorch out of memory inside a `tch::nn`
+    /// layer) turned into a failed job: the project must not stay busy for good.
+    fn execute_guarded(&self, record: &JobRecord, cancel: &AtomicBool) -> Result<String, TrainError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute(record, cancel))).unwrap_or_else(|_| {
+            tracing::error!(job = %record.job_id, "training panicked");
+            Err(TrainError::Precondition(
+                "training failed on an internal error (out of memory?); see the server log".into(),
+            ))
+        })
+    }
+
     fn execute(&self, record: &JobRecord, cancel: &AtomicBool) -> Result<String, TrainError> {
         let project = self.projects.get(&record.project_id).map_err(|e| TrainError::Precondition(e.to_string()))?;
         let spec = &project.spec;
@@ -465,9 +485,17 @@ impl Trainer {
             };
             (model, self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent)))
         };
+        // A trained parent's manifest names the backbone the new version builds on; without it
+        // a head-only version would claim the initial weights.
+        if parent != UNTRAINED_VERSION && parent_manifest.is_none() {
+            return Err(TrainError::Precondition(format!("the active version {parent} has no readable record")));
+        }
         let parent_backbone = parent_manifest.as_ref().map(|m| m.backbone_version.clone()).unwrap_or_default();
         let examples =
             self.db.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        // An example deleted while the job runs keeps its bytes until the job ends.
+        let mut pins = self.blobs.pins();
+        pins.hold_all(examples.iter().map(|e| e.sha256.clone()));
         let run = Run {
             spec,
             examples: &examples,

@@ -168,9 +168,7 @@ impl Run<'_> {
                 Tensor::f_from_slice(&random::with_current(|g| g.permutation(n as usize)))?.f_to_device(device)?;
             let (mut total, mut batches) = (0.0, 0);
             for start in (0..n).step_by(batch as usize) {
-                if self.cancel.load(Ordering::Relaxed) {
-                    return Err(TrainError::Cancelled);
-                }
+                self.check_cancelled()?;
                 let index = order.narrow(0, start, batch.min(n - start));
                 let x = train_x.index_select(0, &index);
                 let features = match self.params.mode {
@@ -214,6 +212,7 @@ impl Run<'_> {
         let p = &self.spec.preprocessing;
         let mut values = Vec::new();
         for (example, _) in examples {
+            self.check_cancelled()?;
             values.extend(self.decode(example)?);
         }
         let shape = [examples.len() as i64, i64::from(p.channels), i64::from(p.height), i64::from(p.width)];
@@ -253,6 +252,7 @@ impl Run<'_> {
         };
         let missing: Vec<usize> = (0..examples.len()).filter(|&i| rows[i].is_none()).collect();
         for chunk in missing.chunks(EMBED_BATCH) {
+            self.check_cancelled()?;
             let batch: Vec<(&ExampleRow, usize)> = chunk.iter().map(|&i| examples[i]).collect();
             let features = self.model.features(&self.inputs(&batch)?)?;
             let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -267,6 +267,12 @@ impl Run<'_> {
             return Ok(Tensor::zeros([0], (Kind::Float, self.model.device())));
         }
         Ok(Tensor::f_stack(&rows, 0)?)
+    }
+
+    /// [`TrainError::Cancelled`] once the job has been asked to stop (also checked between
+    /// training batches).
+    fn check_cancelled(&self) -> Result<(), TrainError> {
+        if self.cancel.load(Ordering::Relaxed) { Err(TrainError::Cancelled) } else { Ok(()) }
     }
 
     /// Predicted classes (argmax of the MC mean) of `x`, or `None` without a validation split.
