@@ -66,14 +66,13 @@ from experiments.strategies import ALL_STRATEGIES, SCHEDULE, STRATEGIES, acquire
 ROOT = Path(__file__).resolve().parent.parent
 # Seed of the Predict dropout masks on the test set: the evaluation is reproducible on CPU.
 EVAL_SEED = 7
-# alps-server draws the initial weights of a project's untrained model (the one Predict and Rank
-# use before the first training; the first training re-initialises with its own seed) from
-# libtorch's process-global generator when it builds the model (at CreateProject's check and at
-# the first Predict/Rank), without a seed of its own. The harness puts that generator in a known
-# state just before each project is created: a seeded one-image Predict on a throwaway project
-# (WARMUP_PROJECT) with seed UNTRAINED_SEED_BASE + seed. With one run in flight (--jobs 1) every
-# strategy of a seed then starts from the same untrained weights, and a rerun from the same ones;
-# with more runs in flight, other projects' seeded calls can come in between.
+# Historical: alps-server used to draw a project's untrained weights from libtorch's
+# process-global generator, so the harness put that generator in a known state just before each
+# project was created: a seeded one-image Predict on a throwaway project (WARMUP_PROJECT) with
+# seed UNTRAINED_SEED_BASE + seed. The server now builds the untrained weights from the project's
+# spec and draws every job's dropout masks from a generator of the job's own, so the warm-up
+# changes nothing (checked: with --no-seed-untrained, and with --jobs 2, runs give the same rows);
+# it is kept so that the published full run is reproduced by the same command.
 WARMUP_PROJECT = "rng-warmup"
 UNTRAINED_SEED_BASE = 10_000
 
