@@ -143,7 +143,8 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, field: &str, id:
     assert!(status.message().len() < 400, "the message echoes the whole id: {}", status.message().len());
 }
 
-/// A server with the built-in plugin and a trained project "p" (so `models/` holds a version).
+/// A server with the built-in plugin and a trained project "p" (so `models/` holds a version),
+/// fully fine-tuned: its `weights.safetensors` holds every variable, a valid weights file.
 async fn server_with_a_trained_project(extra: &[&str]) -> (ServerDirs, Process, Clients) {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
@@ -155,7 +156,12 @@ async fn server_with_a_trained_project(extra: &[&str]) -> (ServerDirs, Process, 
     clients.examples.add_examples(tokio_stream::iter([add])).await.unwrap();
     let train = TrainRequest {
         project_id: "p".into(),
-        parameters: Some(TrainingParameters { epochs: 2, seed: Some(1), ..Default::default() }),
+        parameters: Some(TrainingParameters {
+            epochs: 2,
+            seed: Some(1),
+            mode: alps_proto::v1::TrainingMode::Full as i32,
+            ..Default::default()
+        }),
         activate: None,
     };
     let job = clients.training.train(train).await.unwrap().into_inner().job.unwrap();
