@@ -96,3 +96,13 @@ fn adapter_malformed_core_url_is_named() {
         &["--core-url", "not a url"],
     );
 }
+
+#[test]
+fn periods_too_long_for_time_arithmetic_are_refused_naming_the_flag() {
+    // 2^64 - 1 seconds used to overflow the garbage collector's timer and silently stop it.
+    for flag in ["--gc-interval-secs", "--gc-grace-secs"] {
+        let (status, stderr) = run_to_exit("alps-server", &[flag, "18446744073709551615"]);
+        assert!(!status.success(), "{flag}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("315360000"), "{flag}: {stderr}");
+    }
+}

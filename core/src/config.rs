@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{engine::EngineConfig, models::preprocess::ImageLimits};
 
+/// Longest period a flag in seconds takes: ten years (a longer one overflows time arithmetic).
+const MAX_PERIOD_SECS: u64 = 10 * 365 * 24 * 3600;
+
 /// Command line of `alps-server`.
 #[derive(Debug, Parser)]
 #[command(name = "alps-server", version, about = "ALPS: the Active-Learning Prediction Server (gRPC)")]
@@ -192,12 +195,13 @@ pub struct ServerConfig {
 
     /// How often unreferenced sample blobs are removed, in seconds; 0 = never. A blob is
     /// unreferenced once no example of any project (deleted projects included) names it.
-    #[arg(long, env = "ALPS_GC_INTERVAL_SECS", default_value_t = 3600)]
+    #[arg(long, env = "ALPS_GC_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=MAX_PERIOD_SECS))]
     pub gc_interval_secs: u64,
 
-    /// How long an unreferenced blob is kept after its last write, in seconds: covers a blob
-    /// written just before the example that references it is committed.
-    #[arg(long, env = "ALPS_GC_GRACE_SECS", default_value_t = 3600)]
+    /// How long an unreferenced blob is kept after its last write, in seconds (0 = removed at
+    /// the next pass): a margin on top of the pins that keep a blob from its write until the
+    /// example naming it is committed.
+    #[arg(long, env = "ALPS_GC_GRACE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=MAX_PERIOD_SECS))]
     pub gc_grace_secs: u64,
 
     /// Longest a client's gRPC connection lives, in seconds; 0 = no limit. Then the server sends

@@ -54,6 +54,16 @@ pub struct BlobStore {
     /// Blobs in use that no committed example may reference yet (written, not yet committed)
     /// or any more (read by a running training job), with their number of holders.
     pins: Mutex<HashMap<String, usize>>,
+    /// Blobs unpinned since the current collection round started: their examples may have
+    /// been committed after the round read which blobs are referenced.
+    released: Mutex<HashSet<String>>,
+}
+
+/// One garbage-collection round, started before the referenced blobs are read (see
+/// [`BlobStore::start_collection`]).
+#[derive(Debug)]
+pub struct CollectionRound {
+    cutoff: SystemTime,
 }
 
 /// Blobs kept from the garbage collector while this lives (see [`BlobStore::pins`]).
@@ -89,6 +99,7 @@ impl Pins<'_> {
 
 impl Drop for Pins<'_> {
     fn drop(&mut self) {
+        self.store.released_set().extend(self.held.iter().cloned());
         let mut counts = self.store.pin_counts();
         for sha256 in &self.held {
             if let Some(count) = counts.get_mut(sha256) {
@@ -120,7 +131,20 @@ impl BlobStore {
     pub fn open(dir: PathBuf) -> Result<Self, BlobError> {
         let temporary = dir.join("tmp");
         fs::create_dir_all(&temporary).map_err(|source| BlobError::Io { path: temporary, source })?;
-        Ok(Self { dir, removal: RwLock::new(()), pins: Mutex::default() })
+        Ok(Self { dir, removal: RwLock::new(()), pins: Mutex::default(), released: Mutex::default() })
+    }
+
+    fn released_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.released.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a garbage-collection round; read which blobs are referenced after this, then call
+    /// [`collect_garbage`](Self::collect_garbage). Blobs written or unpinned from now on are
+    /// kept by this round: their examples may be committed after that read.
+    pub fn start_collection(&self, grace: Duration) -> CollectionRound {
+        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.released_set().clear();
+        CollectionRound { cutoff }
     }
 
     /// An empty set of pins: blobs added to it are not collected until it is dropped.
@@ -188,17 +212,22 @@ impl BlobStore {
 }
 
 impl BlobStore {
-    /// Removes every blob whose name is not in `referenced`, not pinned ([`pins`](Self::pins))
-    /// and last written more than `grace` ago, and temporary files older than `grace` (left by
-    /// a crash mid-write). Pins cover a blob written just before the example that references
-    /// it is committed; the grace period adds a margin for the time between reading
-    /// `referenced` and this call.
+    /// Removes every blob whose name is not in `referenced` (read after `round` started), not
+    /// pinned ([`pins`](Self::pins)) nor unpinned since the round started, and last written
+    /// before the round's start minus its grace period; and temporary files older than that
+    /// (left by a crash mid-write). A blob's writer pins it until the example naming it is
+    /// committed: either that commit came before `referenced` was read, or the unpinning came
+    /// after the round started, so no committed example loses its bytes whatever the grace.
     ///
     /// # Errors
     /// [`BlobError::Io`] if the blob directory cannot be listed; files that cannot be removed
     /// are logged and left.
-    pub fn collect_garbage(&self, referenced: &HashSet<String>, grace: Duration) -> Result<Collected, BlobError> {
-        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    pub fn collect_garbage(
+        &self,
+        round: CollectionRound,
+        referenced: &HashSet<String>,
+    ) -> Result<Collected, BlobError> {
+        let cutoff = round.cutoff;
         let list = |dir: &Path| fs::read_dir(dir).map_err(|source| BlobError::Io { path: dir.to_owned(), source });
         let mut collected = Collected::default();
         for shard in list(&self.dir)? {
@@ -234,7 +263,7 @@ impl BlobStore {
         // Alone against writers: a `put` refreshing this blob either happened (then it is new
         // or pinned, and stays) or waits until it is gone (then it writes the blob again).
         let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if self.pin_counts().contains_key(name) {
+        if self.pin_counts().contains_key(name) || self.released_set().contains(name) {
             return None;
         }
         let metadata = fs::symlink_metadata(path).ok()?;
@@ -311,7 +340,7 @@ mod tests {
         std::fs::write(dir.path().join("blobs/not-a-shard/x"), b"x").unwrap();
 
         let referenced = HashSet::from([kept.clone()]);
-        let collected = store.collect_garbage(&referenced, hour).unwrap();
+        let collected = store.collect_garbage(store.start_collection(hour), &referenced).unwrap();
         assert_eq!(collected, Collected { blobs: 1, bytes: 3, temporaries: 1 });
         assert!(store.get(&kept).is_ok(), "referenced");
         assert!(store.get(&old).is_err(), "unreferenced and old");
@@ -335,13 +364,35 @@ mod tests {
         let mut twice = store.pins();
         twice.hold_all([read.clone()]);
         // Grace 0: only the pins keep them.
-        assert_eq!(store.collect_garbage(&HashSet::new(), Duration::ZERO).unwrap().blobs, 0);
+        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 0);
         drop(writing);
         drop(training);
-        let collected = store.collect_garbage(&HashSet::new(), Duration::ZERO).unwrap();
+        let collected = store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap();
         assert_eq!(collected.blobs, 1, "the written blob, now unpinned");
         assert!(store.get(&written).is_err() && store.get(&read).is_ok(), "one holder of the read blob remains");
         drop(twice);
-        assert_eq!(store.collect_garbage(&HashSet::new(), Duration::ZERO).unwrap().blobs, 1);
+        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 1);
+    }
+
+    #[test]
+    fn a_blob_committed_after_the_round_read_its_references_is_kept() {
+        // The trial's race, at grace 0: the round reads the references (the example is not
+        // committed yet), the writer commits and unpins, then the round removes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let mut writing = store.pins();
+        let sha = writing.put(b"committed late").unwrap();
+        let round = store.start_collection(Duration::ZERO);
+        let referenced = HashSet::new(); // read before the commit
+        drop(writing); // committed, unpinned
+        assert_eq!(store.collect_garbage(round, &referenced).unwrap().blobs, 0);
+        assert!(store.get(&sha).is_ok());
+        // The next round reads the committed reference; had the example not been committed,
+        // that round would remove the blob.
+        assert_eq!(
+            store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::from([sha.clone()])).unwrap().blobs,
+            0
+        );
+        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 1);
     }
 }

@@ -43,8 +43,10 @@ impl GarbageCollector {
     /// # Errors
     /// [`GcError`]; nothing referenced is ever removed.
     pub fn collect(&self) -> Result<Collected, GcError> {
+        // The round starts before the references are read: see `BlobStore::collect_garbage`.
+        let round = self.blobs.start_collection(self.grace);
         let referenced = self.db.referenced_blobs()?;
-        let collected = self.blobs.collect_garbage(&referenced, self.grace)?;
+        let collected = self.blobs.collect_garbage(round, &referenced)?;
         self.metrics.record_garbage_collected(collected.blobs, collected.bytes);
         if collected != Collected::default() {
             tracing::info!(
