@@ -127,20 +127,28 @@ async fn active_version(server: &mut Server) -> String {
 
 /// Predicts one low and one high sample: (model version, predicted class names).
 async fn predict(server: &mut Server) -> Result<(String, Vec<String>), tonic::Status> {
+    let (version, predictions) = predict_low_and_high(server, None).await?;
+    Ok((version, predictions.into_iter().map(|p| p.class_name).collect()))
+}
+
+/// Predicts one low and one high sample with `seed`: the model version and each prediction.
+async fn predict_low_and_high(
+    server: &mut Server,
+    seed: Option<u64>,
+) -> Result<(String, Vec<alps_proto::v1::Prediction>), tonic::Status> {
     let samples =
         vec![Sample { id: "l".into(), ..tensor(0.12).unwrap() }, Sample { id: "h".into(), ..tensor(0.88).unwrap() }];
-    let response =
-        server.inference.predict(PredictRequest { project_id: "p".into(), samples, ..Default::default() }).await?;
-    let response = response.into_inner();
-    let classes = response
+    let request = PredictRequest { project_id: "p".into(), samples, seed, ..Default::default() };
+    let response = server.inference.predict(request).await?.into_inner();
+    let predictions = response
         .results
         .into_iter()
         .map(|r| match r.outcome {
-            Some(Outcome::Prediction(p)) => p.class_name,
+            Some(Outcome::Prediction(p)) => p,
             other => panic!("{other:?}"),
         })
         .collect();
-    Ok((response.model_version, classes))
+    Ok((response.model_version, predictions))
 }
 
 #[tokio::test]
@@ -400,19 +408,8 @@ fn safetensors_names(path: &std::path::Path) -> Vec<String> {
 
 /// Mean probabilities of the two `predict` samples, seeded: equal on every load of a version.
 async fn seeded_probabilities(server: &mut Server) -> (String, Vec<f32>) {
-    let samples =
-        vec![Sample { id: "l".into(), ..tensor(0.12).unwrap() }, Sample { id: "h".into(), ..tensor(0.88).unwrap() }];
-    let request = PredictRequest { project_id: "p".into(), samples, seed: Some(3), ..Default::default() };
-    let response = server.inference.predict(request).await.unwrap().into_inner();
-    let values = response
-        .results
-        .into_iter()
-        .flat_map(|r| match r.outcome {
-            Some(Outcome::Prediction(p)) => p.mean_probabilities,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    (response.model_version, values)
+    let (version, predictions) = predict_low_and_high(server, Some(3)).await.unwrap();
+    (version, predictions.into_iter().flat_map(|p| p.mean_probabilities).collect())
 }
 
 // Multi-threaded so the client answers the server's GOAWAY while the test waits for the restart.

@@ -26,6 +26,11 @@ struct Server {
 async fn start(flags: &[&str]) -> Server {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    start_in(dirs, flags).await
+}
+
+/// A server on `dirs` (a fresh one, or the data of one that stopped), with its clients.
+async fn start_in(dirs: ServerDirs, flags: &[&str]) -> Server {
     let (process, grpc) = start_server(&dirs, flags);
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     Server {
@@ -72,7 +77,12 @@ async fn project_with_examples(server: &mut Server, id: &str) {
 }
 
 async fn train(server: &mut Server, project: &str, epochs: u32, seed: u64) -> TrainingJob {
-    let parameters = TrainingParameters { epochs, seed: Some(seed), learning_rate: 0.01, ..Default::default() };
+    submit(server, project, TrainingParameters { epochs, seed: Some(seed), learning_rate: 0.01, ..Default::default() })
+        .await
+}
+
+/// Starts a job of `project` with `parameters`; its first record.
+async fn submit(server: &mut Server, project: &str, parameters: TrainingParameters) -> TrainingJob {
     let request = TrainRequest { project_id: project.into(), parameters: Some(parameters), activate: None };
     server.training.train(request).await.unwrap().into_inner().job.unwrap()
 }
@@ -262,13 +272,10 @@ async fn sigterm_while_jobs_train_and_wait_stops_them_and_exits_cleanly() {
     assert!(ended.is_some_and(|ended| ended < stopped), "the running job must end before the process: {log:#?}");
 
     // Both jobs are recorded as interrupted, and the next start runs nothing of them.
-    let Server { _dirs: dirs, .. } = server;
-    let (_process, grpc) = start_server(&dirs, &[]);
-    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-    let mut training = TrainingServiceClient::new(channel);
+    let mut restarted = start_in(server._dirs, &[]).await;
     for job in [&first, &second] {
         let request = GetTrainingJobRequest { job_id: job.job_id.clone() };
-        let record = training.get_training_job(request).await.unwrap().into_inner().job.unwrap();
+        let record = restarted.training.get_training_job(request).await.unwrap().into_inner().job.unwrap();
         assert_eq!(record.state, JobState::Failed as i32, "{record:?}");
         assert!(record.error.starts_with("interrupted: the server stopped"), "{record:?}");
     }
@@ -291,8 +298,7 @@ async fn train_mode(server: &mut Server, project: &str, mode: alps_proto::v1::Tr
         mode: mode as i32,
         ..Default::default()
     };
-    let request = TrainRequest { project_id: project.into(), parameters: Some(parameters), activate: None };
-    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
+    let job = submit(server, project, parameters).await;
     assert_eq!(until_ended(server, &job.job_id).await.state, JobState::Succeeded as i32);
 }
 
@@ -317,18 +323,7 @@ async fn a_retrain_from_the_model_kept_in_memory_equals_one_from_the_stored_vers
     for (mode, seed) in [(Full, 1), (HeadOnly, 2), (HeadOnly, 3)] {
         train_mode(&mut cold, "p", mode, seed).await;
         assert!(cold.process.terminate().success());
-        let Server { _dirs: dirs, .. } = cold;
-        let (process, grpc) = start_server(&dirs, &[]);
-        let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-        cold = Server {
-            process,
-            projects: ProjectServiceClient::new(channel.clone()),
-            examples: ExampleServiceClient::new(channel.clone()),
-            training: TrainingServiceClient::new(channel.clone()),
-            versions: ModelVersionServiceClient::new(channel.clone()),
-            inference: InferenceServiceClient::new(channel),
-            _dirs: dirs,
-        };
+        cold = start_in(cold._dirs, &[]).await;
     }
     assert_eq!(kept.len(), 3);
     assert_eq!(version_checksums(&mut cold, "p").await, kept, "the kept model must be the stored version");

@@ -328,13 +328,19 @@ impl McModel {
     /// [`ModelError::Torch`] if the file cannot be written; [`ModelError::TorchScript`] for
     /// TorchScript models, whose weights live in their own file.
     pub fn save(&self, path: &std::path::Path) -> Result<(), ModelError> {
-        if !matches!(self.net, Net::Builtin(_)) {
-            return Err(ModelError::TorchScript {
+        self.builtin_network(path)?;
+        Ok(self.vs.save(path)?)
+    }
+
+    /// The built-in network, or for a TorchScript model the error saving it to `path` gives.
+    fn builtin_network(&self, path: &std::path::Path) -> Result<&architectures::Network, ModelError> {
+        match &self.net {
+            Net::Builtin(network) => Ok(network),
+            _ => Err(ModelError::TorchScript {
                 path: path.to_owned(),
                 message: "weights live in the TorchScript file".into(),
-            });
+            }),
         }
-        Ok(self.vs.save(path)?)
     }
 
     /// Writes the head's variables alone as safetensors: the file of a head-only version (for
@@ -343,12 +349,7 @@ impl McModel {
     /// # Errors
     /// As [`save`](Self::save).
     pub fn save_head(&self, path: &std::path::Path) -> Result<(), ModelError> {
-        let Net::Builtin(network) = &self.net else {
-            return Err(ModelError::TorchScript {
-                path: path.to_owned(),
-                message: "weights live in the TorchScript file".into(),
-            });
-        };
+        let network = self.builtin_network(path)?;
         let mut head: Vec<(String, Tensor)> = self
             .vs
             .variables()

@@ -2,7 +2,7 @@
 //! `scripts/convert_torchvision.py`), read with a bound by [`super::files`]. Format: the
 //! safetensors specification (Hugging Face, `safetensors` crate documentation).
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use safetensors::SafeTensors;
 use tch::{Tensor, nn};
@@ -18,17 +18,31 @@ use super::ModelError;
 /// [`ModelError::Weights`] for bytes that are not safetensors, or naming the missing or
 /// mismatched tensor.
 pub fn load(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes: &[&str]) -> Result<(), ModelError> {
-    let error = |message: String| ModelError::Weights { path: path.to_owned(), message };
+    load_tensors(vs, path, &read_tensors(path, bytes)?, head_prefixes)
+}
+
+/// Every tensor of safetensors `bytes` (named `path` in messages), by name.
+fn read_tensors(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Tensor>, ModelError> {
     let not_safetensors = |e: &dyn std::fmt::Display| {
         tracing::warn!(path = %path.display(), error = %e, "weights file rejected");
-        error("not a safetensors file".into())
+        ModelError::Weights { path: path.to_owned(), message: "not a safetensors file".into() }
     };
     let file = SafeTensors::deserialize(bytes).map_err(|e| not_safetensors(&e))?;
-    let mut tensors = std::collections::HashMap::new();
+    let mut tensors = HashMap::new();
     for (name, view) in file.tensors() {
         tensors.insert(name, Tensor::try_from(view).map_err(|e| not_safetensors(&e))?);
     }
-    load_tensors(vs, path, &tensors, head_prefixes)
+    Ok(tensors)
+}
+
+/// The message for `tensor` named `name` whose shape differs from `variable`'s.
+fn shape_mismatch(name: &str, tensor: &Tensor, variable: &Tensor) -> String {
+    format!("tensor {name} has shape {:?}, the architecture needs {:?}", tensor.size(), variable.size())
+}
+
+/// Copies `tensor` into `variable` (same shape), on the variable's device and in its kind.
+fn copy_into(variable: &mut Tensor, tensor: &Tensor) -> Result<(), tch::TchError> {
+    variable.f_copy_(&tensor.to_device(variable.device()).to_kind(variable.kind()))
 }
 
 /// Copies the head of a head-only model version, safetensors `bytes` (named `path` in
@@ -40,23 +54,18 @@ pub fn load(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes: &[&
 /// mismatched or unexpected tensor.
 pub fn load_head(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes: &[&str]) -> Result<(), ModelError> {
     let error = |message: String| ModelError::Weights { path: path.to_owned(), message };
-    let file = SafeTensors::deserialize(bytes).map_err(|_| error("not a safetensors file".into()))?;
+    let tensors = read_tensors(path, bytes)?;
     let in_head = |name: &str| head_prefixes.iter().any(|prefix| name.starts_with(prefix));
-    if let Some(name) = file.names().into_iter().find(|name| !in_head(name)) {
+    if let Some(name) = tensors.keys().find(|name| !in_head(name)) {
         return Err(error(format!("tensor {name} is not part of the head")));
     }
     let _guard = tch::no_grad_guard();
     for (name, mut variable) in vs.variables().into_iter().filter(|(name, _)| in_head(name)) {
-        let view = file.tensor(&name).map_err(|_| error(format!("tensor {name} is missing")))?;
-        let tensor = Tensor::try_from(view).map_err(|_| error(format!("tensor {name} is unreadable")))?;
+        let tensor = tensors.get(&name).ok_or_else(|| error(format!("tensor {name} is missing")))?;
         if tensor.size() != variable.size() {
-            return Err(error(format!(
-                "tensor {name} has shape {:?}, the architecture needs {:?}",
-                tensor.size(),
-                variable.size()
-            )));
+            return Err(error(shape_mismatch(&name, tensor, &variable)));
         }
-        variable.f_copy_(&tensor.to_device(variable.device()).to_kind(variable.kind()))?;
+        copy_into(&mut variable, tensor)?;
     }
     Ok(())
 }
@@ -69,7 +78,7 @@ pub fn load_head(vs: &mut nn::VarStore, path: &Path, bytes: &[u8], head_prefixes
 pub fn load_tensors(
     vs: &mut nn::VarStore,
     path: &Path,
-    tensors: &std::collections::HashMap<String, Tensor>,
+    tensors: &HashMap<String, Tensor>,
     head_prefixes: &[&str],
 ) -> Result<(), ModelError> {
     let error = |message: String| ModelError::Weights { path: path.to_owned(), message };
@@ -80,16 +89,8 @@ pub fn load_tensors(
     for (name, mut variable) in variables {
         let in_head = head_prefixes.iter().any(|prefix| name.starts_with(prefix));
         match tensors.get(&name) {
-            Some(tensor) if tensor.size() == variable.size() => {
-                variable.f_copy_(&tensor.to_device(variable.device()).to_kind(variable.kind()))?;
-            }
-            Some(tensor) if !in_head => {
-                return Err(error(format!(
-                    "tensor {name} has shape {:?}, the architecture needs {:?}",
-                    tensor.size(),
-                    variable.size()
-                )));
-            }
+            Some(tensor) if tensor.size() == variable.size() => copy_into(&mut variable, tensor)?,
+            Some(tensor) if !in_head => return Err(error(shape_mismatch(&name, tensor, &variable))),
             None if !in_head => return Err(error(format!("tensor {name} is missing"))),
             _ => kept_random.push(name),
         }

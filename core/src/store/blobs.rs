@@ -80,8 +80,9 @@ impl Pins<'_> {
     /// # Errors
     /// As [`BlobStore::put`].
     pub fn put(&mut self, bytes: &[u8]) -> Result<String, BlobError> {
-        self.hold(sha256_hex(bytes));
-        self.store.put(bytes)
+        let sha256 = sha256_hex(bytes);
+        self.hold(sha256.clone());
+        self.store.put_hashed(sha256, bytes)
     }
 
     /// Pins the blobs named `sha256s`.
@@ -167,7 +168,11 @@ impl BlobStore {
     /// # Errors
     /// [`BlobError::Io`] on a file system failure.
     pub fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
-        let sha256 = sha256_hex(bytes);
+        self.put_hashed(sha256_hex(bytes), bytes)
+    }
+
+    /// [`put`](Self::put) of `bytes` whose SHA-256 the caller has computed.
+    fn put_hashed(&self, sha256: String, bytes: &[u8]) -> Result<String, BlobError> {
         let path = self.path(&sha256);
         let io = |path: &Path| {
             let path = path.to_owned();

@@ -469,6 +469,9 @@ impl Trainer {
         let project = self.projects.get(&record.project_id).map_err(|e| TrainError::Precondition(e.to_string()))?;
         let spec = &project.spec;
         let parent = project.active_version.clone();
+        // Read once: the parent's manifest and, for a head-only version, its backbone's checksum.
+        let manifests = self.versions(&spec.id).unwrap_or_default();
+        let manifest_of = |version: &str| manifests.iter().find(|m| m.version == version);
         let (model, parent_manifest) = if parent == UNTRAINED_VERSION {
             // A first version starts from the untrained model, whose weights the spec fixes.
             (McModel::load(spec, &self.model_files, self.device)?, None)
@@ -483,7 +486,7 @@ impl Trainer {
                     McModel::load_version(spec, &dir, &self.model_files, self.device)?
                 }
             };
-            (model, self.versions(&spec.id).ok().and_then(|all| all.into_iter().find(|m| m.version == parent)))
+            (model, manifest_of(&parent).cloned())
         };
         // A trained parent's manifest names the backbone the new version builds on; without it
         // a head-only version would claim the initial weights.
@@ -525,9 +528,13 @@ impl Trainer {
         let (backbone_version, weights, backbone_sha256) = match record.params.mode {
             record::Mode::Full => (format!("v{number}"), crate::models::FULL_WEIGHTS, String::new()),
             record::Mode::HeadOnly => {
-                let sha256 = self.weights_sha256(&spec.id, &parent_backbone).ok_or_else(|| {
-                    TrainError::Precondition(format!("the backbone's version {parent_backbone} has no record"))
-                })?;
+                // Empty for the initial weights, which no version holds.
+                let sha256 = match parent_backbone.as_str() {
+                    "" => String::new(),
+                    version => manifest_of(version).map(|m| m.weights_sha256.clone()).ok_or_else(|| {
+                        TrainError::Precondition(format!("the backbone's version {version} has no record"))
+                    })?,
+                };
                 (parent_backbone, crate::models::HEAD_WEIGHTS, sha256)
             }
         };
@@ -576,16 +583,6 @@ impl Trainer {
         let matches =
             warm.as_ref().is_some_and(|w| w.project == project && w.version == version && w.fingerprint == fingerprint);
         matches.then(|| warm.take()).flatten().map(|w| w.model)
-    }
-
-    /// The `weights_sha256` of `project`'s `version`: empty for no version (the initial
-    /// weights), `None` for a version without a record.
-    fn weights_sha256(&self, project: &str, version: &str) -> Option<String> {
-        if version.is_empty() {
-            return Some(String::new());
-        }
-        let versions = self.versions(project).ok()?;
-        versions.into_iter().find(|m| m.version == version).map(|m| m.weights_sha256)
     }
 
     /// Why `candidate` must not replace `active` under the auto-activate policy, if it must not:
