@@ -23,6 +23,8 @@ run: bootstrap release
 ## test: bootstrap, then format check, clippy, unit and cross-process tests (tritonclient and
 ## perf_analyzer included; the deploy/ manifests rendered and validated), the end-to-end test
 ## with a real Label Studio, and the reduced active-learning experiment
+# Incremental caches are for editing; a full test run only pays their disk (GBs) for them.
+test: export CARGO_INCREMENTAL := 0
 test: bootstrap
 	scripts/bootstrap.sh scripts/requirements-experiments.txt scripts/requirements-deploy.txt
 	scripts/bootstrap-label-studio.sh
