@@ -12,7 +12,7 @@ use alps_proto::v1::{
     project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
-    Process, ServerDirs, builtin_plugin, install_plugin, project_models_dir, start_server_with_env,
+    Process, ServerDirs, builtin_plugin, http_client, install_plugin, project_models_dir, start_server_with_env,
 };
 use tonic::{Code, transport::Channel};
 
@@ -275,6 +275,69 @@ async fn a_corrupted_version_is_detected_and_an_older_one_can_be_activated() {
     let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
     server.versions.activate_model_version(rollback).await.unwrap();
     assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+}
+
+/// The `fields` of the log events read so far, in order.
+fn log_events(process: &mut Process) -> Vec<serde_json::Value> {
+    let lines = process.log();
+    lines.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("fields").cloned()).collect()
+}
+
+/// The value of the metric line `series` (name and labels) on the metrics endpoint.
+async fn metric(metrics: &str, series: &str) -> Option<f64> {
+    let text = http_client().get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn an_activated_version_is_loaded_before_it_is_swapped_in() {
+    let mut server = server_with_examples(10, &[]).await;
+    let metrics = server.process.listening_addr("metrics");
+    let v1 = train_to_end(&mut server, 5).await;
+    assert_eq!((v1.state, v1.model_version.as_str()), (JobState::Succeeded as i32, "v1"));
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+    let v2 = train_to_end(&mut server, 5).await;
+    assert_eq!(predict(&mut server).await.unwrap().0, "v2");
+    let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
+    server.versions.activate_model_version(rollback).await.unwrap();
+    server.process.wait_for_log("model version activated");
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+    // A version whose files do not load is refused; the active one keeps serving.
+    std::fs::write(project_models_dir(server.dirs.data.path(), "p").join("v2/weights.safetensors"), b"garbage")
+        .unwrap();
+    let refused = ActivateModelVersionRequest { project_id: "p".into(), version: "v2".into() };
+    assert_eq!(server.versions.activate_model_version(refused).await.unwrap_err().code(), Code::FailedPrecondition);
+    server.process.wait_for_log("model failed to load");
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+
+    // Every line up to the refusal has been read: the log is complete in order.
+    let events = log_events(&mut server.process);
+    let position = |message: &str, field: &str, value: &str| {
+        events
+            .iter()
+            .position(|f| f["message"] == message && f[field] == value)
+            .unwrap_or_else(|| panic!("no {message}"))
+    };
+    let loads =
+        |version: &str| events.iter().filter(|f| f["message"] == "model loaded" && f["version"] == version).count();
+    // Each new version was loaded while its job was still running, so no Predict waited for
+    // a load; the rollback loaded v1 from its files again (they are checked on activation).
+    assert!(position("model loaded", "version", "v1") < position("training ended", "job", &v1.job_id));
+    assert!(position("model loaded", "version", "v2") < position("training ended", "job", &v2.job_id));
+    assert_eq!((loads("v1"), loads("v2")), (2, 1), "loads of v1 and v2");
+    assert_eq!(metric(&metrics, "alps_activation_seconds_count").await, Some(3.0));
+
+    // Requests are counted per project, only for projects that exist.
+    // CreateProject, AddExamples, 2 Train, 4 Predict and the rollback.
+    let ok = metric(&metrics, r#"alps_project_requests_total{project="p",outcome="ok"}"#).await;
+    assert_eq!(ok, Some(9.0));
+    let errors = metric(&metrics, r#"alps_project_requests_total{project="p",outcome="error"}"#).await;
+    assert_eq!(errors, Some(1.0), "the refused activation");
+    let unknown =
+        PredictRequest { project_id: "nope".into(), samples: vec![tensor(0.1).unwrap()], ..Default::default() };
+    assert_eq!(server.inference.predict(unknown).await.unwrap_err().code(), Code::NotFound);
+    let text = http_client().get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains(r#"project="nope""#), "an unknown project id became a series");
 }
 
 async fn jobs(server: &mut Server) -> Vec<TrainingJob> {

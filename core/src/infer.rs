@@ -131,13 +131,16 @@ impl Infer {
         Self { projects, examples, trainer, heuristics, engine, max_rank_pool_values }
     }
 
-    /// The project `id` (request field `field`), checked against the identifier grammar.
+    /// The project `id` (request field `field`), checked against the identifier grammar. The
+    /// request being served is attributed to it in the per-project metrics.
     ///
     /// # Errors
     /// [`InferError::Id`] for a malformed id, [`InferError::Project`] for an unknown one.
     pub fn project(&self, field: &str, id: &str) -> Result<Arc<Project>, InferError> {
         ids::project(field, id)?;
-        Ok(self.projects.get(id)?)
+        let project = self.projects.get(id)?;
+        crate::observe::attribute_to_project(id);
+        Ok(project)
     }
 
     /// The engine's batching: the most samples one request may carry

@@ -34,6 +34,10 @@ type StateLabels = [(&'static str, &'static str); 1];
 /// Labels of `alps_requests_total`: `service`, `method` and `code` (gRPC status code name).
 type RequestLabels = [(&'static str, &'static str); 3];
 
+/// Labels of `alps_project_requests_total`: `project` (an existing project's id) and
+/// `outcome="ok"|"error"`.
+type ProjectLabels = [(&'static str, String); 2];
+
 /// Labels of `alps_request_seconds`: `service` and `method`.
 type MethodLabels = [(&'static str, &'static str); 2];
 
@@ -48,6 +52,7 @@ pub struct Metrics {
     registry: Registry,
     plugin_loads: Family<OutcomeLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
+    project_requests: Family<ProjectLabels, Counter>,
     request_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     auth_failures: Family<OutcomeLabels, Counter>,
     queue_seconds: Histogram,
@@ -56,6 +61,7 @@ pub struct Metrics {
     cancelled: Counter,
     loaded_models: Gauge,
     training_jobs: Family<StateLabels, Gauge>,
+    activation_seconds: Histogram,
     gc_removed_blobs: Counter,
     gc_removed_bytes: Counter,
     backbone_samples: Counter,
@@ -131,6 +137,12 @@ impl Default for Metrics {
         registry.register("plugin_loads", "Heuristic plugin file loads by outcome", plugin_loads.clone());
         let requests = Family::default();
         registry.register("requests", "gRPC requests by service, method and status code", requests.clone());
+        let project_requests = Family::default();
+        registry.register(
+            "project_requests",
+            "gRPC and REST requests about one existing project, by outcome (error: any status but OK)",
+            project_requests.clone(),
+        );
         let request_seconds = Family::new_with_constructor(request_histogram as fn() -> Histogram);
         registry.register(
             "request_seconds",
@@ -160,6 +172,14 @@ impl Default for Metrics {
             "Training jobs holding one of the --training-jobs slots (running) or waiting for one (waiting)",
             training_jobs.clone(),
         );
+        // 1 ms to ~2 min.
+        let activation_seconds = Histogram::new(exponential_buckets(1e-3, 2.0, 18));
+        registry.register(
+            "activation_seconds",
+            "Time from an activation (ActivateModelVersion, or a training job's new version recorded) to this \
+             server serving it, its model loaded first, seconds",
+            activation_seconds.clone(),
+        );
         let gc_removed_blobs = Counter::default();
         registry.register(
             "gc_removed_blobs",
@@ -180,6 +200,7 @@ impl Default for Metrics {
             registry,
             plugin_loads,
             requests,
+            project_requests,
             request_seconds,
             auth_failures,
             queue_seconds,
@@ -188,6 +209,7 @@ impl Default for Metrics {
             cancelled,
             loaded_models,
             training_jobs,
+            activation_seconds,
             gc_removed_blobs,
             gc_removed_bytes,
             backbone_samples,
@@ -214,6 +236,13 @@ impl Metrics {
     ) {
         self.requests.get_or_create(&[("service", service), ("method", method), ("code", code)]).inc();
         self.request_seconds.get_or_create(&[("service", service), ("method", method)]).observe(took.as_secs_f64());
+    }
+
+    /// Counts one finished request about `project`, an existing project (callers attribute a
+    /// request only after finding the project, so made-up ids never become series).
+    pub fn record_project_request(&self, project: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.project_requests.get_or_create(&[("project", project.to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 
     /// Counts one call refused by the auth layer; `reason` is the gRPC code name,
@@ -271,9 +300,12 @@ impl Metrics {
         stats
     }
 
-    /// Forgets the per-model figures of a deleted project, so a new project of the same id
-    /// starts from zero.
+    /// Forgets the per-model figures and request counts of a deleted project, so a new project
+    /// of the same id starts from zero.
     pub fn forget_project(&self, project: &str) {
+        for outcome in ["ok", "error"] {
+            self.project_requests.remove(&[("project", project.to_owned()), ("outcome", outcome.to_owned())]);
+        }
         let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         models.retain(|(p, _), _| p != project);
     }
@@ -297,6 +329,12 @@ impl Metrics {
     /// Sets the number of loaded models.
     pub fn set_loaded_models(&self, models: usize) {
         self.loaded_models.set(models as i64);
+    }
+
+    /// Records how long an activation took to be served here (the new model loaded, then
+    /// swapped in).
+    pub fn observe_activation(&self, took: std::time::Duration) {
+        self.activation_seconds.observe(took.as_secs_f64());
     }
 
     /// Counts the blobs (and their bytes) one garbage collection removed.
@@ -363,6 +401,31 @@ mod tests {
         assert!(line.contains(&format!("libtorch=\"{LIBTORCH_VERSION}\"")), "{line}");
         assert!(line.ends_with(" 1"), "{line}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text must end with # EOF");
+    }
+
+    #[test]
+    fn project_requests_are_counted_until_the_project_is_forgotten() {
+        let metrics = Metrics::default();
+        metrics.record_project_request("cars", true);
+        metrics.record_project_request("cars", true);
+        metrics.record_project_request("cars", false);
+        metrics.record_project_request("boats", true);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("alps_project_requests_total{project=\"cars\",outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("alps_project_requests_total{project=\"cars\",outcome=\"error\"} 1"), "{text}");
+        metrics.forget_project("cars");
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("project=\"cars\""), "{text}");
+        assert!(text.contains("alps_project_requests_total{project=\"boats\",outcome=\"ok\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn activations_are_observed() {
+        let metrics = Metrics::default();
+        metrics.observe_activation(std::time::Duration::from_millis(300));
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("alps_activation_seconds_count 1"), "{text}");
+        assert!(text.contains("alps_activation_seconds_sum 0.3"), "{text}");
     }
 
     #[test]

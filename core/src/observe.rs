@@ -7,6 +7,10 @@
 //! the call is recorded when its trailers pass (or `CANCELLED` if the body is dropped first,
 //! i.e. the client went away).
 //!
+//! A call is also counted per project (`alps_project_requests_total`) once the API has found
+//! the project it is about and said so with [`attribute_to_project`]: a task-local slot that
+//! the layer reads when it records the call.
+//!
 //! tonic refuses a request message over the decoding limit with `OUT_OF_RANGE` and a message
 //! about "decoded message length"; gRPC's own servers use `RESOURCE_EXHAUSTED` for that (gRPC
 //! status code documentation, "RESOURCE_EXHAUSTED ... message size"), and a user needs to know
@@ -15,7 +19,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -26,6 +30,27 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::{auth, metrics::Metrics};
+
+tokio::task_local! {
+    /// The project the current call is about, once the API has found it.
+    static PROJECT: Arc<OnceLock<String>>;
+}
+
+/// Attributes the current call to `project`, the id of a project that exists, for
+/// `alps_project_requests_total`; the first attribution of a call wins. Call it only after
+/// finding the project, so that made-up ids never become series. Outside a call (a background
+/// job, a blocking-pool thread) it does nothing.
+pub fn attribute_to_project(project: &str) {
+    let _ = PROJECT.try_with(|slot| {
+        slot.get_or_init(|| project.to_owned());
+    });
+}
+
+/// Runs `call` with an empty project slot, which is returned for reading when the call ends.
+pub(crate) fn with_project_slot<F: Future>(call: F) -> (Arc<OnceLock<String>>, impl Future<Output = F::Output>) {
+    let slot = Arc::new(OnceLock::new());
+    (slot.clone(), PROJECT.scope(slot, call))
+}
 
 /// Adds [`Observe`] around a service.
 #[derive(Clone, Debug)]
@@ -77,18 +102,20 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let called = auth::method(request.uri().path());
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (project, answered) = with_project_slot(async move { inner.call(request).await });
         let mut call = Call {
             metrics: self.layer.metrics.clone(),
             max_message_mib: self.layer.max_message_mib,
             service: called.service,
             method: called.method,
             started: Instant::now(),
+            project,
             recorded: false,
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await?;
+            let response = answered.await?;
             let (mut parts, body) = response.into_parts();
             // A trailers-only response carries its status in the headers.
             if let Some(code) = call.normalise(&mut parts.headers) {
@@ -106,6 +133,8 @@ struct Call {
     service: &'static str,
     method: &'static str,
     started: Instant,
+    /// The project the call was attributed to, if any.
+    project: Arc<OnceLock<String>>,
     recorded: bool,
 }
 
@@ -132,6 +161,9 @@ impl Call {
             self.recorded = true;
             let took: Duration = self.started.elapsed();
             self.metrics.record_request(self.service, self.method, code_name(code), took);
+            if let Some(project) = self.project.get() {
+                self.metrics.record_project_request(project, code == Code::Ok);
+            }
             if matches!(code, Code::Unauthenticated | Code::PermissionDenied) {
                 self.metrics.record_auth_failure(code_name(code));
             }
@@ -231,8 +263,27 @@ mod tests {
             service: "alps.v1.InferenceService",
             method: "Predict",
             started: Instant::now(),
+            project: Arc::default(),
             recorded: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_is_counted_for_the_first_project_it_is_attributed_to() {
+        let (slot, answered) = with_project_slot(async {
+            attribute_to_project("cars");
+            attribute_to_project("boats");
+        });
+        answered.await;
+        assert_eq!(slot.get().map(String::as_str), Some("cars"));
+        let mut call = Call { project: slot, ..call() };
+        call.record(Code::NotFound);
+        call.record(Code::Ok); // recorded once only
+        let text = call.metrics.encode().unwrap();
+        assert!(text.contains("alps_project_requests_total{project=\"cars\",outcome=\"error\"} 1"), "{text}");
+        assert!(!text.contains("outcome=\"ok\""), "{text}");
+        // Outside a call there is no slot: nothing happens.
+        attribute_to_project("cars");
     }
 
     #[test]

@@ -200,6 +200,7 @@ impl Server {
             projects.clone(),
             data_dir.models_dir(),
             model_files.clone(),
+            Arc::new(engine.clone()),
             TrainerSettings {
                 device,
                 max_accuracy_drop: config.auto_activate_max_accuracy_drop,
@@ -384,4 +385,11 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
 
 async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { flag, addr, source })
+}
+
+/// The engine serves what the trainer activates: it loads a version before the swap.
+impl crate::training::Serving for Engine {
+    fn load(&self, project: &crate::projects::Project) -> Result<(), String> {
+        self.load_blocking(project).map_err(|error| error.to_string())
+    }
 }

@@ -308,6 +308,7 @@ impl ProjectService for ProjectApi {
         let id = spec.id.clone();
         let (project, created) = blocking(move || projects.upsert(spec).map_err(project_status)).await?;
         self.state.engine.forget(&id);
+        crate::observe::attribute_to_project(&id);
         tracing::info!(project = %id, created, "project stored");
         Ok(Response::new(CreateProjectResponse { project: Some(proto_project(&project)), created }))
     }
@@ -372,6 +373,7 @@ impl ProjectService for ProjectApi {
         let projects = self.state.projects.clone();
         let id = request.project_id.clone();
         let project = blocking(move || projects.update(&id, update).map_err(project_status)).await?;
+        crate::observe::attribute_to_project(&project.spec.id);
         if changes_inputs {
             // Loaded models and their input handling follow the new spec on the next request.
             self.state.engine.forget(&request.project_id);

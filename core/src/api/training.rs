@@ -171,7 +171,7 @@ type JobStream = Pin<Box<dyn Stream<Item = Result<pb::TrainingJob, Status>> + Se
 impl TrainingService for TrainingApi {
     async fn train(&self, request: Request<TrainRequest>) -> Result<Response<TrainResponse>, Status> {
         let request = request.into_inner();
-        ids::project("project_id", &request.project_id)?;
+        super::project(&self.state, &request.project_id)?;
         let params = params(request.parameters)?;
         let trainer = self.state.trainer.clone();
         let activate = request.activate.unwrap_or(true);
@@ -280,7 +280,7 @@ impl ModelVersionService for TrainingApi {
     ) -> Result<Response<ActivateModelVersionResponse>, Status> {
         super::audit(&request, "ActivateModelVersion", &request.get_ref().project_id);
         let request = request.into_inner();
-        ids::project("project_id", &request.project_id)?;
+        super::project(&self.state, &request.project_id)?;
         ids::other("version", &request.version)?;
         let trainer = self.state.trainer.clone();
         let (project, version) = (request.project_id.clone(), request.version.clone());

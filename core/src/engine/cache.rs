@@ -54,6 +54,13 @@ impl ModelCache {
         Ok(&entry.model)
     }
 
+    /// Puts `model` in for `key`, replacing what was there, as the most recently used model.
+    /// Call [`trim`](Self::trim) afterwards to get back within the budget.
+    pub fn insert(&mut self, key: ModelKey, model: McModel) {
+        self.clock += 1;
+        self.entries.insert(key, Entry { model, last_used: self.clock });
+    }
+
     /// Evicts least recently used models until the loaded bytes fit the budget; the most
     /// recently used model always stays.
     pub fn trim(&mut self) {

@@ -28,7 +28,7 @@ use crate::{
     projects::{Project, ProjectSpec, UNTRAINED_VERSION},
 };
 use cache::ModelKey;
-use worker::{Command, Job, WorkerConfig};
+use worker::{Command, Job, Load, WorkerConfig};
 
 /// Heuristic inputs up to this many values (N·C·K) are scored on the async thread: a few
 /// microseconds of work, cheaper than a hop to the blocking pool.
@@ -197,6 +197,34 @@ impl Engine {
         self.config.max_wait
     }
 
+    /// Loads the model `project` serves at its `active_version` into the worker's cache and
+    /// returns once it is there, so that the first request after an activation does not wait
+    /// for the load. The activating caller swaps the version in only after this returns ("load
+    /// first, then swap"): until then requests keep getting the old version. Blocks the calling
+    /// thread: call it from a blocking thread, never from async code. The load holds the worker
+    /// like a batch does (VGG16: about a second on CPU).
+    ///
+    /// # Errors
+    /// [`EngineError::Model`] with the client message of the load's failure (missing or
+    /// corrupt files); [`EngineError::Unavailable`] if the worker is gone.
+    pub fn load_blocking(&self, project: &Project) -> Result<(), EngineError> {
+        let (key, spec, version_dir) = self.model_of(project);
+        let (reply, outcome) = oneshot::channel();
+        self.commands
+            .send(Command::Load(Load { key, spec, version_dir, reply }))
+            .map_err(|_| EngineError::Unavailable)?;
+        outcome.blocking_recv().map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)
+    }
+
+    /// The cache key, spec and version directory of the model `project` serves.
+    fn model_of(&self, project: &Project) -> (ModelKey, Arc<ProjectSpec>, Option<std::path::PathBuf>) {
+        let spec = Arc::new(project.spec.clone());
+        let version = &project.active_version;
+        let version_dir = (version != UNTRAINED_VERSION).then(|| self.config.models_dir.version_dir(&spec.id, version));
+        let key = ModelKey { project: spec.id.clone(), version: version.clone(), fingerprint: fingerprint(&spec) };
+        (key, spec, version_dir)
+    }
+
     /// Drops cached models of `project` (after a delete or a spec change).
     pub fn forget(&self, project: &str) {
         let _ = self.commands.try_send(Command::Forget(project.to_owned()));
@@ -231,7 +259,7 @@ impl Engine {
     ) -> Result<Probabilities, EngineError> {
         let _permit = self.admit(samples.len().max(1))?;
         let has_images = samples.iter().any(|sample| matches!(sample, SampleInput::Image(_)));
-        let spec = Arc::new(project.spec.clone());
+        let (key, spec, version_dir) = self.model_of(project);
         let limits = self.config.image_limits;
         let preprocessing = spec.preprocessing.clone();
         let preparing = Instant::now();
@@ -254,24 +282,7 @@ impl Engine {
             return Ok(Probabilities { outcomes, values: Vec::new(), embeddings: Vec::new(), times });
         }
         let (reply, result) = oneshot::channel();
-        let version = &project.active_version;
-        let version_dir = (version != UNTRAINED_VERSION).then(|| self.config.models_dir.version_dir(&spec.id, version));
-        let job = Job {
-            version_dir,
-            key: ModelKey {
-                project: spec.id.clone(),
-                version: project.active_version.clone(),
-                fingerprint: fingerprint(&spec),
-            },
-            spec,
-            inputs,
-            n,
-            k,
-            seed,
-            embeddings,
-            enqueued: Instant::now(),
-            reply,
-        };
+        let job = Job { version_dir, key, spec, inputs, n, k, seed, embeddings, enqueued: Instant::now(), reply };
         self.commands.try_send(Command::Run(job)).map_err(|error| match error {
             TrySendError::Full(_) => {
                 EngineError::Overloaded { requested: n, available: 0, limit: self.config.max_in_flight_samples }

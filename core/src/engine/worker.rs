@@ -1,5 +1,7 @@
 //! The worker thread of one device: owns the loaded models (libtorch modules are not `Sync`),
 //! takes jobs from a bounded queue, batches compatible jobs dynamically and runs MC-Dropout.
+//! It also loads a newly activated version into its cache when asked, before the version is
+//! swapped in, so that no request waits for that load.
 //!
 //! Dynamic batching: jobs of the same model and K are merged until their work (samples × K)
 //! reaches the budget or the first job has waited `max_wait`, as in Triton's dynamic batcher
@@ -68,10 +70,24 @@ pub struct Job {
     pub reply: oneshot::Sender<JobResult>,
 }
 
+/// A model to load into the cache before it serves (an activation's "load first, then swap").
+pub struct Load {
+    /// Which model.
+    pub key: ModelKey,
+    /// The project spec to load it from.
+    pub spec: Arc<ProjectSpec>,
+    /// The trained version's directory, or `None` for the initial weights.
+    pub version_dir: Option<std::path::PathBuf>,
+    /// Where the outcome goes: the load error's client message on failure.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
 /// What the worker is asked to do.
 pub enum Command {
     /// Predict.
     Run(Job),
+    /// Load a model into the cache and answer when it is there.
+    Load(Load),
     /// Drop the cached models of a project (deleted or changed).
     Forget(String),
 }
@@ -137,6 +153,7 @@ impl Worker {
         loop {
             match self.commands.recv().ok()? {
                 Command::Run(job) => return Some(job),
+                Command::Load(load) => self.load(load),
                 Command::Forget(project) => self.cache.forget(&project),
             }
         }
@@ -170,11 +187,33 @@ impl Worker {
                     batch.push(job);
                 }
                 Ok(Command::Run(job)) => self.backlog.push_back(job),
+                Ok(Command::Load(load)) => self.load(load),
                 Ok(Command::Forget(project)) => self.cache.forget(&project),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
         batch
+    }
+
+    /// Loads `load`'s model from its files into the cache and answers. A cached copy is loaded
+    /// again, not reused: an activation checks the files (and their checksums) it will be
+    /// served from after a restart or an eviction.
+    fn load(&mut self, load: Load) {
+        let Load { key, spec, version_dir, reply } = load;
+        let outcome = match load_model(&key, &spec, version_dir.as_deref(), self.device, &self.config.model_files) {
+            Ok(model) => {
+                self.cache.insert(key, model);
+                Ok(())
+            }
+            Err(error) => {
+                let first_line = crate::errors::first_line(&error);
+                tracing::warn!(project = %key.project, version = %key.version, error = %first_line, "model failed to load");
+                Err(error.client_message())
+            }
+        };
+        let _ = reply.send(outcome);
+        self.cache.trim();
+        self.metrics.set_loaded_models(self.cache.len());
     }
 
     fn execute(&mut self, batch: Vec<Job>) {
@@ -191,21 +230,7 @@ impl Worker {
         let (device, files) = (self.device, self.config.model_files.clone());
         let result = self
             .cache
-            .get_or_load(&key, || {
-                let loading = Instant::now();
-                let model = match &version_dir {
-                    Some(dir) => McModel::load_version(&spec, dir, &files, device)?,
-                    None => McModel::load(&spec, &files, device)?,
-                };
-                tracing::info!(
-                    project = %key.project,
-                    version = %key.version,
-                    bytes = model.bytes(),
-                    ms = loading.elapsed().as_millis() as u64,
-                    "model loaded"
-                );
-                Ok(model)
-            })
+            .get_or_load(&key, || load_model(&key, &spec, version_dir.as_deref(), device, &files))
             .and_then(|model| run(model, &spec, &live, samples, k, seed, live.iter().any(|job| job.embeddings)));
         let computed = started.elapsed();
         self.metrics.observe_batch(&key.project, &key.version, samples, computed);
@@ -236,6 +261,30 @@ impl Worker {
             }
         }
     }
+}
+
+/// Loads `key`'s model onto `device`: a trained version from `version_dir`, else the initial
+/// weights.
+fn load_model(
+    key: &ModelKey,
+    spec: &ProjectSpec,
+    version_dir: Option<&std::path::Path>,
+    device: Device,
+    files: &crate::models::files::ModelFiles,
+) -> Result<McModel, ModelError> {
+    let loading = Instant::now();
+    let model = match version_dir {
+        Some(dir) => McModel::load_version(spec, dir, files, device)?,
+        None => McModel::load(spec, files, device)?,
+    };
+    tracing::info!(
+        project = %key.project,
+        version = %key.version,
+        bytes = model.bytes(),
+        ms = loading.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(model)
 }
 
 /// One forward pass for the whole batch: backbone once, head K times on the repeated features.

@@ -95,14 +95,18 @@ const ROUTES: [&str; 15] = [
 ];
 
 /// Counts each REST call in `alps_requests_total` and `alps_request_seconds` (service
-/// `inference.REST`, the route as method, the HTTP answer as the gRPC code it stands for),
-/// like the gRPC layer does for gRPC calls.
+/// `inference.REST`, the route as method, the HTTP answer as the gRPC code it stands for) and,
+/// once attributed, in `alps_project_requests_total`, like the gRPC layer does for gRPC calls.
 async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let matched = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
     let route = ROUTES.iter().copied().find(|r| Some(*r) == matched.as_deref()).unwrap_or("other");
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let (project, answered) = crate::observe::with_project_slot(next.run(request));
+    let response = answered.await;
     metrics.record_request("inference.REST", route, code_name(response.status()), started.elapsed());
+    if let Some(project) = project.get() {
+        metrics.record_project_request(project, response.status().is_success());
+    }
     response
 }
 

@@ -28,7 +28,7 @@ use self::{
 use crate::{
     metrics::Metrics,
     models::{McModel, files::ModelFiles},
-    projects::{Projects, UNTRAINED_VERSION},
+    projects::{Project, Projects, UNTRAINED_VERSION},
     store::{
         ModelsDir,
         blobs::BlobStore,
@@ -72,6 +72,18 @@ struct State {
     live: HashMap<String, LiveJob>,
 }
 
+/// What serves model versions, told of an activation before the version is swapped in: it
+/// loads the version so that the first request after the swap does not wait for the load, and
+/// the old version keeps serving meanwhile ("load first, then swap"). The inference engine in
+/// the server; a seam so that training does not depend on the engine.
+pub trait Serving: Send + Sync {
+    /// Loads the model `project` serves at its `active_version`, blocking until it is ready.
+    ///
+    /// # Errors
+    /// Why it cannot be served (missing or corrupt files), worded for the client.
+    fn load(&self, project: &Project) -> Result<(), String>;
+}
+
 /// How the trainer runs jobs.
 #[derive(Clone, Copy, Debug)]
 pub struct TrainerSettings {
@@ -91,6 +103,8 @@ pub struct Trainer {
     projects: Arc<Projects>,
     models_dir: ModelsDir,
     model_files: ModelFiles,
+    serving: Arc<dyn Serving>,
+    metrics: Arc<Metrics>,
     device: tch::Device,
     max_accuracy_drop: Option<f32>,
     slots: Slots,
@@ -122,17 +136,20 @@ impl std::fmt::Debug for Trainer {
 }
 
 impl Trainer {
-    /// A trainer over the data directory's stores. Jobs that were queued or running when the
-    /// process last stopped are recorded as failed, and partial version directories removed.
+    /// A trainer over the data directory's stores whose activated versions `serving` loads
+    /// before they are swapped in. Jobs that were queued or running when the process last
+    /// stopped are recorded as failed, and partial version directories removed.
     ///
     /// # Errors
     /// [`StoreError`] if the job records cannot be read or updated.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         db: Arc<Database>,
         blobs: Arc<BlobStore>,
         projects: Arc<Projects>,
         models_dir: ModelsDir,
         model_files: ModelFiles,
+        serving: Arc<dyn Serving>,
         settings: TrainerSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
@@ -158,9 +175,11 @@ impl Trainer {
             projects,
             models_dir,
             model_files,
+            serving,
             device: settings.device,
             max_accuracy_drop: settings.max_accuracy_drop,
-            slots: Slots::new(settings.concurrent_jobs, metrics),
+            slots: Slots::new(settings.concurrent_jobs, metrics.clone()),
+            metrics,
             stopping: AtomicBool::new(false),
             threads: Mutex::new(0),
             thread_ended: std::sync::Condvar::new(),
@@ -564,14 +583,24 @@ impl Trainer {
         let activate = record.activate && refusal.is_none();
         let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, activate)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;
+        let written = std::time::Instant::now();
+        if activate {
+            // Recorded as active already: a failed load is logged, and the first request loads
+            // it again (and reports the failure) as before the swap-after-load order.
+            if let Err(error) = self.serve(&spec.id, &manifest.version) {
+                tracing::warn!(job = %job_id, version = %manifest.version, %error, "new version not loaded before the swap");
+            }
+        }
         *self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WarmModel {
             project: spec.id.clone(),
             version: manifest.version.clone(),
             fingerprint: manifest.model_fingerprint.clone(),
             model: trained.model,
         });
-        if let Err(error) = self.projects.reload(&spec.id) {
-            tracing::error!(%error, "cannot refresh the project after training");
+        match self.projects.reload(&spec.id) {
+            Ok(_) if activate => self.metrics.observe_activation(written.elapsed()),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "cannot refresh the project after training"),
         }
         Ok(manifest.version)
     }
@@ -625,24 +654,31 @@ impl Trainer {
         Ok(self.db.versions(project)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
     }
 
-    /// Makes `version` active (also for rollback) after checking its files load.
+    /// Makes `version` active (also for rollback): the serving engine loads it first, then it
+    /// is recorded and swapped in; requests meanwhile get the old version.
     ///
     /// # Errors
     /// [`TrainingError::NotFound`] for an unknown version; [`TrainingError::Precondition`] if its
-    /// files are missing or corrupt.
+    /// files are missing or corrupt (nothing changes then).
     pub fn activate(&self, project_id: &str, version: &str) -> Result<Manifest, TrainingError> {
-        let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
+        let started = std::time::Instant::now();
+        self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         let manifest =
             self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(|| {
                 TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"))
             })?;
-        let dir = self.models_dir.version_dir(project_id, version);
-        McModel::load_version(&project.spec, &dir, &self.model_files, tch::Device::Cpu)
-            .map_err(|e| TrainingError::Precondition(e.client_message()))?;
+        self.serve(project_id, version).map_err(TrainingError::Precondition)?;
         self.db.activate_version(project_id, version)?;
         self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
+        self.metrics.observe_activation(started.elapsed());
         tracing::info!(project = %project_id, %version, "model version activated");
         Ok(manifest)
+    }
+
+    /// Has the serving engine load `project_id` at `version`, before the swap.
+    fn serve(&self, project_id: &str, version: &str) -> Result<(), String> {
+        let project = self.projects.get(project_id).map_err(|e| e.to_string())?;
+        self.serving.load(&Project { active_version: version.to_owned(), ..Project::clone(&project) })
     }
 }
 
