@@ -202,7 +202,7 @@ impl Engine {
     /// for the load. The activating caller swaps the version in only after this returns ("load
     /// first, then swap"): until then requests keep getting the old version. Blocks the calling
     /// thread: call it from a blocking thread, never from async code. The load holds the worker
-    /// like a batch does (VGG16: about a second on CPU).
+    /// like a batch does.
     ///
     /// # Errors
     /// [`EngineError::Model`] with the client message of the load's failure (missing or
