@@ -86,12 +86,14 @@ impl Projects {
         spec.validate()?;
         // Versions trained for other classes, another model or other inputs cannot serve this spec
         // (their head or input shapes differ): the project starts over from its initial weights.
-        let incompatible = self.cache_read().get(&spec.id).is_some_and(|old| !old.spec.same_model(&spec));
-        let created = self.db.upsert_project(&spec, now_unix_ms(), UNTRAINED_VERSION)?;
-        if incompatible {
-            tracing::info!(project = %spec.id, "classes, model or preprocessing changed: the project is untrained again");
-            self.db.reset_active_version(&spec.id, UNTRAINED_VERSION)?;
-        }
+        // Decided against the stored spec, in the store's transaction.
+        let created = self.db.upsert_project(&spec, now_unix_ms(), UNTRAINED_VERSION, |stored| {
+            let starts_over = !stored.same_model(&spec);
+            if starts_over {
+                tracing::info!(project = %spec.id, "classes, model or preprocessing changed: the project is untrained again");
+            }
+            starts_over
+        })?;
         let stored = self.db.project(&spec.id)?.ok_or_else(|| ProjectError::NotFound(spec.id.clone()))?;
         let project = Arc::new(stored);
         self.cache_write().insert(spec.id, project.clone());

@@ -143,8 +143,12 @@ impl Database {
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Inserts or replaces a project; returns whether it was new. The creation time and active
-    /// version of an existing project are kept.
+    /// Inserts or replaces a project, in one transaction; returns whether it was new. A new
+    /// project starts at `initial_version`. An existing one keeps its creation time, and its
+    /// active version unless `starts_over(stored spec)` says that versions trained for the
+    /// stored spec cannot serve the new one (or the stored spec is unreadable): then it starts
+    /// over at `initial_version` too, in the same transaction, so that no crash can leave a
+    /// new spec with an old version that does not fit it.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
@@ -153,18 +157,37 @@ impl Database {
         spec: &ProjectSpec,
         now_unix_ms: i64,
         initial_version: &str,
+        starts_over: impl FnOnce(&ProjectSpec) -> bool,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(spec).map_err(|source| StoreError::Corrupt { id: spec.id.clone(), source })?;
-        let connection = self.connection();
-        let updated = connection.execute("UPDATE projects SET spec = ?2 WHERE id = ?1", params![spec.id, json])?;
-        if updated == 1 {
-            return Ok(false);
-        }
-        connection.execute(
-            "INSERT INTO projects (id, spec, created_unix_ms, active_version) VALUES (?1, ?2, ?3, ?4)",
-            params![spec.id, json, now_unix_ms, initial_version],
-        )?;
-        Ok(true)
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let stored: Option<String> = transaction
+            .query_row("SELECT spec FROM projects WHERE id = ?1", params![spec.id], |row| row.get(0))
+            .optional()?;
+        let created = match stored {
+            None => {
+                transaction.execute(
+                    "INSERT INTO projects (id, spec, created_unix_ms, active_version) VALUES (?1, ?2, ?3, ?4)",
+                    params![spec.id, json, now_unix_ms, initial_version],
+                )?;
+                true
+            }
+            Some(stored) => {
+                let stored = serde_json::from_str::<ProjectSpec>(&stored);
+                if stored.as_ref().map_or(true, starts_over) {
+                    transaction.execute(
+                        "UPDATE projects SET spec = ?2, active_version = ?3 WHERE id = ?1",
+                        params![spec.id, json, initial_version],
+                    )?;
+                } else {
+                    transaction.execute("UPDATE projects SET spec = ?2 WHERE id = ?1", params![spec.id, json])?;
+                }
+                false
+            }
+        };
+        transaction.commit()?;
+        Ok(created)
     }
 
     /// One project, or `None`.
@@ -407,12 +430,10 @@ impl Database {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Sets `project`'s active version without checking that a stored model version has that name
-    /// (for "untrained", which has none).
-    ///
-    /// # Errors
-    /// [`StoreError`] on a database failure.
-    pub fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
+    /// Sets `project`'s active version without checking that a stored model version has that
+    /// name: tests use it to make a project look trained.
+    #[cfg(test)]
+    pub(crate) fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
         self.connection()
             .execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
         Ok(())
@@ -510,10 +531,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alps.db");
         let db = Database::open(&path).unwrap();
-        assert!(db.upsert_project(&spec(), 1000, "untrained").unwrap());
+        assert!(db.upsert_project(&spec(), 1000, "untrained", |_| unreachable!("nothing stored")).unwrap());
         let mut changed = spec();
         changed.mc_iterations = 7;
-        assert!(!db.upsert_project(&changed, 2000, "untrained").unwrap());
+        assert!(!db.upsert_project(&changed, 2000, "untrained", |_| false).unwrap());
         drop(db);
         let db = Database::open(&path).unwrap();
         let stored = db.project("cars").unwrap().unwrap();
@@ -524,6 +545,32 @@ mod tests {
         assert!(db.delete_project("cars").unwrap());
         assert!(!db.delete_project("cars").unwrap());
         assert!(db.project("cars").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_upsert_that_starts_over_resets_the_active_version_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("alps.db")).unwrap();
+        db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
+        db.reset_active_version("cars", "v3").unwrap();
+        let mut changed = spec();
+        changed.mc_iterations = 7;
+        db.upsert_project(&changed, 0, "untrained", |stored| {
+            assert_eq!(stored, &spec(), "the decision sees the stored spec");
+            false
+        })
+        .unwrap();
+        assert_eq!(db.project("cars").unwrap().unwrap().active_version, "v3");
+        changed.classes.push("bus".into());
+        db.upsert_project(&changed, 0, "untrained", |_| true).unwrap();
+        let stored = db.project("cars").unwrap().unwrap();
+        assert_eq!((stored.spec, stored.active_version.as_str()), (changed.clone(), "untrained"));
+        // An unreadable stored spec is replaced, and the project starts over.
+        db.reset_active_version("cars", "v4").unwrap();
+        db.connection().execute("UPDATE projects SET spec = '{' WHERE id = 'cars'", []).unwrap();
+        db.upsert_project(&changed, 0, "untrained", |_| unreachable!("no spec to compare")).unwrap();
+        let stored = db.project("cars").unwrap().unwrap();
+        assert_eq!((stored.spec, stored.active_version.as_str()), (changed, "untrained"));
     }
 
     fn labelled(class: &str, revision: u64) -> ExampleRow {
@@ -545,7 +592,7 @@ mod tests {
         let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
         for order in orders {
             let db = Database::open(std::path::Path::new(":memory:")).unwrap();
-            db.upsert_project(&spec(), 0, "untrained").unwrap();
+            db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
             let mut stale = 0;
             for i in order {
                 stale += db.upsert_examples("cars", &[updates[i].clone()]).unwrap().stale;
@@ -561,7 +608,7 @@ mod tests {
     #[test]
     fn unversioned_labels_always_apply_and_replays_refresh_the_revision() {
         let db = Database::open(std::path::Path::new(":memory:")).unwrap();
-        db.upsert_project(&spec(), 0, "untrained").unwrap();
+        db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
         db.upsert_examples("cars", &[labelled("a", 50)]).unwrap();
         let counts = db.upsert_examples("cars", &[labelled("b", 0)]).unwrap();
         assert_eq!((counts.updated, counts.stale), (1, 0), "revision 0 is last-write-wins");
