@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use alps_proto::v1::{
     AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest, DeleteExamplesRequest,
-    DeleteProjectRequest, LabelledExample, ListExamplesRequest, ModelSpec, Preprocessing, Project, Sample, Tensor,
-    example_service_client::ExampleServiceClient, project_service_client::ProjectServiceClient, sample::Input,
+    DeleteProjectRequest, LabelledExample, ListExamplesRequest, ModelSpec, PredictRequest, Preprocessing, Project,
+    Sample, Tensor, example_service_client::ExampleServiceClient, inference_service_client::InferenceServiceClient,
+    project_service_client::ProjectServiceClient, sample::Input,
 };
 use alps_system_tests::{Process, ServerDirs, builtin_plugin, eventually, install_plugin, start_server};
 use tonic::{Code, transport::Channel};
@@ -16,6 +17,7 @@ struct Server {
     process: Process,
     projects: ProjectServiceClient<Channel>,
     examples: ExampleServiceClient<Channel>,
+    inference: InferenceServiceClient<Channel>,
 }
 
 async fn start(dirs: ServerDirs) -> Server {
@@ -25,7 +27,8 @@ async fn start(dirs: ServerDirs) -> Server {
         dirs,
         process,
         projects: ProjectServiceClient::new(channel.clone()),
-        examples: ExampleServiceClient::new(channel),
+        examples: ExampleServiceClient::new(channel.clone()),
+        inference: InferenceServiceClient::new(channel),
     }
 }
 
@@ -148,6 +151,29 @@ async fn examples_are_listed_in_pages_deleted_and_survive_a_restart() {
 }
 
 /// Sample blob files under the data dir (`blobs/<2 hex>/<64 hex>`).
+#[tokio::test]
+async fn a_database_another_process_holds_refuses_writes_with_unavailable_and_predictions_go_on() {
+    let mut server = server_with_project().await;
+    server.examples.add_examples(add("p", vec![vec![example("1", "cat", 0.1)]])).await.unwrap();
+    let path = server.dirs.data.path().join("alps.db");
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refused = server.examples.add_examples(add("p", vec![vec![example("2", "dog", 0.2)]])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(refused.message().contains("retry with backoff"), "{}", refused.message());
+    assert!(!refused.message().contains(server.dirs.data.path().to_str().unwrap()), "{}", refused.message());
+    // Predictions need no database: the project and its model are in memory.
+    let sample = example("x", "cat", 0.5).sample;
+    let predict = PredictRequest { project_id: "p".into(), samples: vec![sample.unwrap()], ..Default::default() };
+    assert_eq!(server.inference.predict(predict).await.unwrap().into_inner().results.len(), 1);
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    assert_eq!(counts(&mut server).await.0, 1, "nothing of the refused batch is stored");
+    // The same request succeeds once the lock is gone.
+    server.examples.add_examples(add("p", vec![vec![example("2", "dog", 0.2)]])).await.unwrap();
+    assert_eq!(counts(&mut server).await.0, 2);
+}
+
 fn blob_files(data: &std::path::Path) -> Vec<String> {
     let mut names = Vec::new();
     for shard in std::fs::read_dir(data.join("blobs")).unwrap().flatten() {

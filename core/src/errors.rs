@@ -8,6 +8,8 @@ use std::fmt::Display;
 
 use tonic::Status;
 
+use crate::store::Failure;
+
 /// Logs `detail` at error level under a new request id and returns the one-line message for the
 /// client: `"<what> failed (request id <16 hex>; details in the server log)"`.
 pub fn logged(what: &str, detail: &dyn Display) -> String {
@@ -25,6 +27,23 @@ pub fn log_detail(what: &str, detail: &dyn Display) -> String {
 /// `INTERNAL` with a [`logged`] message.
 pub fn internal(what: &str, detail: &dyn Display) -> Status {
     Status::internal(logged(what, detail))
+}
+
+/// The status of a storage failure, its detail only in the server log: `UNAVAILABLE` when
+/// trying again may succeed (the database is busy or locked by another process, an I/O
+/// failure), `RESOURCE_EXHAUSTED` for a full disk, `INTERNAL` otherwise. A write that fails so
+/// has stored nothing (SQLite transactions roll back; blobs are renamed into place whole).
+pub fn storage(what: &str, failure: Failure, detail: &dyn Display) -> Status {
+    match failure {
+        Failure::Transient => Status::unavailable(format!(
+            "{what} is busy or unreachable; retry with backoff ({})",
+            log_detail(what, detail)
+        )),
+        Failure::Full => {
+            Status::resource_exhausted(format!("{what}: the server's disk is full ({})", log_detail(what, detail)))
+        }
+        Failure::Permanent => internal(what, detail),
+    }
 }
 
 /// The first line of a libtorch error, cut at 200 characters: for logs that must stay one line
@@ -48,6 +67,17 @@ mod tests {
         assert!(message.starts_with("loading the model failed (request id "), "{message}");
         assert!(!message.contains("/opt") && !message.contains("0x7f") && !message.contains('\n'), "{message}");
         assert_eq!(internal("x", &detail).code(), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn storage_failures_get_the_code_that_says_whether_to_retry() {
+        let detail = "database is locked at /var/lib/alps/alps.db";
+        let busy = storage("the example store", Failure::Transient, &detail);
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        assert!(busy.message().starts_with("the example store is busy or unreachable; retry"), "{}", busy.message());
+        assert!(!busy.message().contains("/var"), "{}", busy.message());
+        assert_eq!(storage("x", Failure::Full, &detail).code(), tonic::Code::ResourceExhausted);
+        assert_eq!(storage("x", Failure::Permanent, &detail).code(), tonic::Code::Internal);
     }
 
     #[test]

@@ -34,12 +34,9 @@ fn example_status(error: ExampleError) -> Status {
         ExampleError::ExternalId { .. } | ExampleError::UnknownClass { .. } | ExampleError::Sample { .. } => {
             Status::invalid_argument(error.to_string())
         }
-        ExampleError::Blob(_) | ExampleError::Store(_) => crate::errors::internal("storing examples", &error),
+        ExampleError::Blob(ref blob) => crate::errors::storage("the example store", blob.failure(), &error),
+        ExampleError::Store(ref store) => crate::errors::storage("the example store", store.failure(), &error),
     }
-}
-
-fn store_status(error: crate::store::db::StoreError) -> Status {
-    crate::errors::internal("the example store", &error)
 }
 
 #[tonic::async_trait]
@@ -100,7 +97,8 @@ impl ExampleService for ExampleApi {
         }
         let examples = self.state.examples.clone();
         let (deleted, not_found) =
-            blocking(move || examples.delete(&request.project_id, &request.external_ids).map_err(store_status)).await?;
+            blocking(move || examples.delete(&request.project_id, &request.external_ids).map_err(example_status))
+                .await?;
         Ok(Response::new(DeleteExamplesResponse { deleted, not_found }))
     }
 
@@ -121,7 +119,7 @@ impl ExampleService for ExampleApi {
         let examples = self.state.examples.clone();
         // The page token is the last external id of the previous page.
         let rows =
-            blocking(move || examples.page(&request.project_id, &request.page_token, size + 1).map_err(store_status))
+            blocking(move || examples.page(&request.project_id, &request.page_token, size + 1).map_err(example_status))
                 .await?;
         let more = rows.len() > size;
         let examples: Vec<StoredExample> = rows
@@ -148,7 +146,7 @@ impl ExampleService for ExampleApi {
     ) -> Result<Response<CountExamplesResponse>, Status> {
         let project = super::project(&self.state, &request.into_inner().project_id)?;
         let examples = self.state.examples.clone();
-        let per_class = blocking(move || examples.counts(&project).map_err(store_status)).await?;
+        let per_class = blocking(move || examples.counts(&project).map_err(example_status)).await?;
         let total = per_class.values().sum();
         Ok(Response::new(CountExamplesResponse { total, per_class: per_class.into_iter().collect() }))
     }

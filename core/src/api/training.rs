@@ -36,7 +36,7 @@ fn training_status(error: TrainingError) -> Status {
     match error {
         TrainingError::NotFound(message) => Status::not_found(message),
         TrainingError::Precondition(message) => Status::failed_precondition(message),
-        TrainingError::Store(error) => crate::errors::internal("the training store", &error),
+        TrainingError::Store(error) => crate::errors::storage("the training store", error.failure(), &error),
     }
 }
 

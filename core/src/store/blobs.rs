@@ -18,6 +18,8 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+use super::Failure;
+
 /// Why a blob could not be stored or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -37,6 +39,16 @@ pub enum BlobError {
         /// What the content hashes to now.
         actual: String,
     },
+}
+
+impl BlobError {
+    /// Whether trying again may help (see [`Failure::of_io`]); a corrupt blob stays corrupt.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Io { source, .. } => Failure::of_io(source),
+            Self::Corrupt { .. } => Failure::Permanent,
+        }
+    }
 }
 
 /// SHA-256 of `bytes`, lowercase hex.

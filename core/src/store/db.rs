@@ -5,6 +5,7 @@ use std::{path::Path, sync::Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::Failure;
 use crate::projects::ProjectSpec;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -61,6 +62,23 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether trying again may help: SQLite busy or locked (another process holds the
+    /// database) and I/O failures are transient, a full disk is [`Failure::Full`], the rest
+    /// permanent.
+    pub fn failure(&self) -> Failure {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => match error.code {
+                DatabaseBusy | DatabaseLocked | SystemIoFailure => Failure::Transient,
+                DiskFull => Failure::Full,
+                _ => Failure::Permanent,
+            },
+            Self::Sqlite(_) | Self::Corrupt { .. } => Failure::Permanent,
+        }
+    }
+}
+
 /// A labelled example as stored (its sample bytes are in the blob store).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExampleRow {
@@ -111,6 +129,9 @@ pub struct StoredProject {
     pub active_version: String,
 }
 
+/// How long a statement waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The database of one data directory.
 #[derive(Debug)]
 pub struct Database {
@@ -124,6 +145,9 @@ impl Database {
     /// [`StoreError`] if the file cannot be opened or migrated.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut connection = Connection::open(path)?;
+        // A write waits this long for a lock another process holds (a backup, an operator's
+        // sqlite3 shell), then fails as transient: the client gets UNAVAILABLE and retries.
+        connection.busy_timeout(BUSY_TIMEOUT)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // Durable on power loss with WAL while still fast (SQLite docs, "WAL mode").
         connection.pragma_update(None, "synchronous", "FULL")?;
@@ -545,6 +569,27 @@ mod tests {
         assert!(db.delete_project("cars").unwrap());
         assert!(!db.delete_project("cars").unwrap());
         assert!(db.project("cars").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_database_held_by_another_process_is_a_transient_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alps.db");
+        let db = Database::open(&path).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        db.connection().busy_timeout(std::time::Duration::from_millis(10)).unwrap();
+        let error = db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap_err();
+        assert_eq!(error.failure(), Failure::Transient, "{error}");
+        other.execute_batch("ROLLBACK").unwrap();
+        db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
+        let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        assert_eq!(StoreError::from(full).failure(), Failure::Full);
+        let corrupt = serde_json::from_str::<ProjectSpec>("{").unwrap_err();
+        assert_eq!(StoreError::Corrupt { id: "cars".into(), source: corrupt }.failure(), Failure::Permanent);
+        let disk_full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(Failure::of_io(&disk_full), Failure::Full);
+        assert_eq!(Failure::of_io(&std::io::Error::from(std::io::ErrorKind::PermissionDenied)), Failure::Permanent);
     }
 
     #[test]

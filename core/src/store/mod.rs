@@ -16,6 +16,31 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// What a storage failure means to the caller: whether trying again may succeed. The API
+/// turns it into a gRPC code with [`crate::errors::storage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Busy, locked by another process, or an I/O failure: the same request may succeed later
+    /// (`UNAVAILABLE`).
+    Transient,
+    /// The disk is full (`RESOURCE_EXHAUSTED`, the code gRPC's status code documentation names
+    /// for a file system out of space).
+    Full,
+    /// Corruption or a defect: trying again does not help (`INTERNAL`).
+    Permanent,
+}
+
+impl Failure {
+    /// The failure an I/O error stands for.
+    pub fn of_io(error: &io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Self::Full,
+            io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::Transient,
+            _ => Self::Permanent,
+        }
+    }
+}
+
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {

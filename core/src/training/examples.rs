@@ -163,17 +163,17 @@ impl Examples {
     /// Deletes examples by external id; returns (deleted, not found).
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    pub fn delete(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError> {
-        self.db.delete_examples(project, external_ids)
+    /// [`ExampleError::Store`] on a database failure.
+    pub fn delete(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), ExampleError> {
+        Ok(self.db.delete_examples(project, external_ids)?)
     }
 
     /// A page of examples after `after` (exclusive), ordered by external id.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    pub fn page(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
-        self.db.examples(project, after, limit)
+    /// [`ExampleError::Store`] on a database failure.
+    pub fn page(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, ExampleError> {
+        Ok(self.db.examples(project, after, limit)?)
     }
 
     /// A page of labelled examples as model inputs, for heuristics that need the labelled set:
@@ -206,16 +206,16 @@ impl Examples {
     /// Labelled examples of `project` in total.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    pub fn total(&self, project: &str) -> Result<u64, StoreError> {
+    /// [`ExampleError::Store`] on a database failure.
+    pub fn total(&self, project: &str) -> Result<u64, ExampleError> {
         Ok(self.db.count_examples(project)?.iter().map(|(_, count)| count).sum())
     }
 
     /// Examples per class; every project class is present, with 0 when it has none.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    pub fn counts(&self, project: &Project) -> Result<BTreeMap<String, u64>, StoreError> {
+    /// [`ExampleError::Store`] on a database failure.
+    pub fn counts(&self, project: &Project) -> Result<BTreeMap<String, u64>, ExampleError> {
         let mut counts: BTreeMap<String, u64> = project.spec.classes.iter().map(|c| (c.clone(), 0)).collect();
         for (class, count) in self.db.count_examples(&project.spec.id)? {
             counts.insert(class, count);
