@@ -273,6 +273,7 @@ async fn bad_predict_requests_get_precise_codes() {
         let error = server.inference.predict(request).await.unwrap_err();
         assert_eq!(error.code(), code, "{error:?}");
         assert!(error.message().contains(needle), "{needle:?} not in {:?}", error.message());
+        assert!(!error.message().contains(&format!("{needle}: {needle}")), "repeated field: {:?}", error.message());
     }
 }
 

@@ -204,8 +204,7 @@ impl Infer {
         if requested == 0 {
             return Ok(project.spec.mc_iterations as usize);
         }
-        check_mc_iterations("mc_iterations", requested)
-            .map_err(|e| InferError::invalid("mc_iterations", e.to_string()))?;
+        check_mc_iterations("mc_iterations", requested).map_err(|e| InferError::invalid(e.field, e.message))?;
         Ok(requested as usize)
     }
 

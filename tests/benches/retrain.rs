@@ -5,14 +5,20 @@
 //! * `vgg16` 3×224×224, 10 classes, a reduced set (default 16 + 1; full fine-tuning of VGG16 on
 //!   1,000 images takes hours on a 2-core CPU).
 //!
+//! Then a Predict: the new version was loaded before the swap, so the first Predict after the
+//! activation should cost what any other does; the first Predict of a new project of the same
+//! model, whose initial weights nothing has loaded yet, shows what loading costs, which the
+//! first Predict after an activation used to pay.
+//!
 //! Run with `make bench`. Optional arguments: `small_cnn_examples vgg16_examples`.
 
 use std::time::{Duration, Instant};
 
 use alps_proto::v1::{
-    AddExamplesRequest, Architecture, CreateProjectRequest, JobState, LabelledExample, ModelSpec, Preprocessing,
-    Project, Sample, Tensor, TrainRequest, TrainingMode, TrainingParameters, TrainingPhase, WatchTrainingJobRequest,
-    example_service_client::ExampleServiceClient, project_service_client::ProjectServiceClient, sample::Input,
+    AddExamplesRequest, Architecture, CreateProjectRequest, JobState, LabelledExample, ModelSpec, PredictRequest,
+    Preprocessing, Project, Sample, Tensor, TrainRequest, TrainingMode, TrainingParameters, TrainingPhase,
+    WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
     training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, start_server};
@@ -22,6 +28,7 @@ struct Clients {
     projects: ProjectServiceClient<Channel>,
     examples: ExampleServiceClient<Channel>,
     training: TrainingServiceClient<Channel>,
+    inference: InferenceServiceClient<Channel>,
 }
 
 fn example(i: usize, size: u32) -> LabelledExample {
@@ -54,10 +61,26 @@ struct Phases {
     before_training: Duration,
     training: Duration,
     saving: Duration,
+    /// The first Predict after the job ended, served by the new version.
+    first_predict: Duration,
 }
 
-/// Trains `project` in `mode` and returns the time until its version is active, by phase.
-async fn retrain(clients: &mut Clients, project: &str, mode: TrainingMode) -> Phases {
+/// Predicts one sample on `project`; returns the time and the version that answered.
+async fn predict(clients: &mut Clients, project: &str, size: u32) -> (Duration, String) {
+    let request = PredictRequest {
+        project_id: project.into(),
+        samples: vec![example(0, size).sample.unwrap()],
+        mc_iterations: 10,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let response = clients.inference.predict(request).await.unwrap().into_inner();
+    (started.elapsed(), response.model_version)
+}
+
+/// Trains `project` in `mode` and returns the time until its version is active, by phase, and
+/// the first Predict after.
+async fn retrain(clients: &mut Clients, project: &str, mode: TrainingMode, size: u32) -> Phases {
     let parameters = TrainingParameters { mode: mode as i32, seed: Some(1), ..Default::default() };
     let started = Instant::now();
     let request = TrainRequest { project_id: project.into(), parameters: Some(parameters), activate: Some(true) };
@@ -80,7 +103,9 @@ async fn retrain(clients: &mut Clients, project: &str, mode: TrainingMode) -> Ph
     // A phase the stream skipped (updates coalesce) counts in the next one.
     let training = training.unwrap_or_default();
     let saving = saving.unwrap_or(total).max(training);
-    Phases { total, before_training: training, training: saving - training, saving: total - saving }
+    let (first_predict, served_by) = predict(clients, project, size).await;
+    assert_eq!(served_by, last.model_version);
+    Phases { total, before_training: training, training: saving - training, saving: total - saving, first_predict }
 }
 
 async fn case(
@@ -89,7 +114,7 @@ async fn case(
     architecture: Architecture,
     size: u32,
     examples: usize,
-) -> (Phases, Phases) {
+) -> (Phases, Phases, Duration) {
     let project = Project {
         id: id.into(),
         classes: (0..10).map(|c| format!("c{c}")).collect(),
@@ -97,16 +122,20 @@ async fn case(
         preprocessing: Some(Preprocessing { width: size, height: size, channels: 3, ..Default::default() }),
         ..Default::default()
     };
+    let cold = Project { id: format!("{id}-cold"), ..project.clone() };
     clients.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
     add(clients, id, 0..examples, size).await;
     // The first head-only job embeds every example (cache fill); what is measured is the
     // retraining after one more annotation.
-    retrain(clients, id, TrainingMode::HeadOnly).await;
+    retrain(clients, id, TrainingMode::HeadOnly, size).await;
     add(clients, id, examples..examples + 1, size).await;
-    let head_only = retrain(clients, id, TrainingMode::HeadOnly).await;
+    let head_only = retrain(clients, id, TrainingMode::HeadOnly, size).await;
     add(clients, id, examples + 1..examples + 2, size).await;
-    let full = retrain(clients, id, TrainingMode::Full).await;
-    (head_only, full)
+    let full = retrain(clients, id, TrainingMode::Full, size).await;
+    // Nothing has served this project yet: its first Predict loads the initial weights.
+    clients.projects.create_project(CreateProjectRequest { project: Some(cold.clone()) }).await.unwrap();
+    let (cold, _) = predict(clients, &cold.id, size).await;
+    (head_only, full, cold)
 }
 
 #[tokio::main]
@@ -123,32 +152,47 @@ async fn main() {
     let mut clients = Clients {
         projects: ProjectServiceClient::new(channel.clone()),
         examples: ExampleServiceClient::new(channel.clone()),
-        training: TrainingServiceClient::new(channel),
+        training: TrainingServiceClient::new(channel.clone()),
+        inference: InferenceServiceClient::new(channel),
     };
     println!("retrain + activate after one more annotation (defaults: head-only 40 epochs, full 5 epochs; batch 32)");
-    let (cnn_head, cnn_full) = case(&mut clients, "cnn", Architecture::SmallCnn, 32, cnn_examples).await;
-    let (vgg_head, vgg_full) = case(&mut clients, "vgg", Architecture::Vgg16, 224, vgg_examples).await;
+    let (cnn_head, cnn_full, cnn_cold) = case(&mut clients, "cnn", Architecture::SmallCnn, 32, cnn_examples).await;
+    let (vgg_head, vgg_full, vgg_cold) = case(&mut clients, "vgg", Architecture::Vgg16, 224, vgg_examples).await;
     println!();
     println!("| model | labelled examples | head-only (cached embeddings) | full fine-tuning | full / head-only |");
     println!("| --- | --- | --- | --- | --- |");
     let rows = [
-        ("small_cnn 3x32x32", cnn_examples + 1, cnn_head, cnn_full),
-        ("vgg16 3x224x224", vgg_examples + 1, vgg_head, vgg_full),
+        ("small_cnn 3x32x32", cnn_examples + 1, cnn_head, cnn_full, cnn_cold),
+        ("vgg16 3x224x224", vgg_examples + 1, vgg_head, vgg_full, vgg_cold),
     ];
-    for (name, examples, head, full) in rows {
+    for (name, examples, head, full, _) in rows {
         let (head, full) = (head.total.as_secs_f64(), full.total.as_secs_f64());
         println!("| {name} | {examples} | {head:.2} s | {full:.2} s | {:.1}x |", full / head);
     }
     println!();
     println!("| head-only retrain | until training (load, embed) | training + validation | writing + activating |");
     println!("| --- | --- | --- | --- |");
-    for (name, _, head, _) in rows {
-        let seconds = |d: Duration| d.as_secs_f64();
+    let seconds = |d: Duration| d.as_secs_f64();
+    for (name, _, head, _, _) in rows {
         println!(
             "| {name} | {:.2} s | {:.2} s | {:.2} s |",
             seconds(head.before_training),
             seconds(head.training),
             seconds(head.saving)
+        );
+    }
+    println!();
+    println!(
+        "| head-only retrain | train to active | first Predict after | train to served | first Predict of a new project (loads first) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, _, head, _, cold) in rows {
+        println!(
+            "| {name} | {:.2} s | {:.3} s | {:.2} s | {:.3} s |",
+            seconds(head.total),
+            seconds(head.first_predict),
+            seconds(head.total + head.first_predict),
+            seconds(cold)
         );
     }
 }

@@ -270,8 +270,20 @@ impl BlobStore {
                     }
                 }
             }
+            if blob_shard {
+                self.remove_if_empty(&shard.path());
+            }
         }
         Ok(collected)
+    }
+
+    /// Removes the shard directory `dir` if no blob is left in it (else leaves it).
+    fn remove_if_empty(&self, dir: &Path) {
+        // Alone against writers, which hold the lock from creating the directory to renaming
+        // their blob into it.
+        let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // remove_dir refuses a directory that is not empty, which is the check.
+        let _ = fs::remove_dir(dir);
     }
 
     /// Removes `path` (blob `name`) if it is not pinned and was last modified before `cutoff`;
@@ -364,6 +376,10 @@ mod tests {
         assert!(store.get(&fresh).is_ok() && store.get(&again).is_ok(), "within the grace period");
         assert!(!temporary.exists() && dir.path().join("blobs/tmp/writing.1.2").exists());
         assert!(dir.path().join("blobs/not-a-shard/x").exists(), "files of no blob shard are not touched");
+        let shard = |sha: &str| dir.path().join("blobs").join(&sha[..2]);
+        let shared = [&kept, &fresh, &again].iter().any(|survivor| survivor[..2] == old[..2]);
+        assert_eq!(shard(&old).exists(), shared, "a shard directory left empty is removed");
+        assert!(shard(&kept).exists() && shard(&fresh).exists() && shard(&again).exists());
         // A removed blob is written again by the next put.
         assert_eq!(store.put(b"old").unwrap(), old);
         assert_eq!(store.get(&old).unwrap(), b"old");
