@@ -11,6 +11,10 @@ fn assert_one_line_failure(name: &str, args: &[&str], needles: &[&str]) {
     for needle in needles {
         assert!(lines[0].contains(needle), "{needle:?} missing from {:?}", lines[0]);
     }
+    let parts: Vec<&str> = lines[0].split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(part), "{part:?} said twice in {:?}", lines[0]);
+    }
 }
 
 fn server_args<'a>(data: &'a str, plugins: &'a str, listen: &'a str, metrics: &'a str) -> Vec<&'a str> {

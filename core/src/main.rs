@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => alps_runtime::fatal("alps-server", format!("{error:#}")),
+        Err(error) => alps_runtime::fatal("alps-server", error.as_ref()),
     }
 }
 

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         .and_then(|runtime| runtime.block_on(serve(config)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => alps_runtime::fatal("alps-label-studio", format!("{error:#}")),
+        Err(error) => alps_runtime::fatal("alps-label-studio", error.as_ref()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Process plumbing shared by `alps-server` and `alps-label-studio`: structured logging,
 //! graceful-shutdown signals and the one-line fatal error that a bad configuration exits with.
 
-use std::{fmt::Display, process::ExitCode, time::Duration};
+use std::{error::Error, process::ExitCode, time::Duration};
 
 use tokio::sync::watch;
 
@@ -103,14 +103,73 @@ impl Shutdown {
 ///
 /// Used by the binaries' `main` so that a bad configuration (port in use, unwritable data dir)
 /// ends with a single line naming the problem, not a backtrace.
-pub fn fatal(program: &str, error: impl Display) -> ExitCode {
-    eprintln!("{program}: {error}");
+pub fn fatal(program: &str, error: &(dyn Error + 'static)) -> ExitCode {
+    eprintln!("{program}: {}", one_line(error));
     ExitCode::FAILURE
+}
+
+/// `error` and its causes, joined by `": "`, leaving out a cause whose text the line already
+/// holds: many errors word their cause into their own message and also expose it as their
+/// source, and a cause said twice reads as two failures.
+pub fn one_line(error: &(dyn Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = error.source();
+    }
+    line
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that words its cause into its message and exposes it as its source too.
+    #[derive(Debug)]
+    struct Bind(std::io::Error);
+
+    impl std::fmt::Display for Bind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot listen on 127.0.0.1:1 (--listen): {}", self.0)
+        }
+    }
+
+    impl Error for Bind {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// An error that leaves its cause to the chain.
+    #[derive(Debug)]
+    struct Context(Bind);
+
+    impl std::fmt::Display for Context {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("cannot start the server")
+        }
+    }
+
+    impl Error for Context {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let in_use = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let cause = in_use().to_string();
+        assert_eq!(one_line(&Bind(in_use())), format!("cannot listen on 127.0.0.1:1 (--listen): {cause}"));
+        assert_eq!(
+            one_line(&Context(Bind(in_use()))),
+            format!("cannot start the server: cannot listen on 127.0.0.1:1 (--listen): {cause}")
+        );
+    }
 
     #[tokio::test]
     async fn drain_returns_the_output_of_a_server_that_finishes() {
