@@ -24,6 +24,7 @@ run: bootstrap release
 ## perf_analyzer included; the deploy/ manifests rendered and validated), the end-to-end test
 ## with a real Label Studio, and the reduced active-learning experiment
 # Incremental caches are for editing; a full test run only pays their disk (GBs) for them.
+# (Alternating `make test` with plain cargo builds therefore rebuilds the workspace crates.)
 test: export CARGO_INCREMENTAL := 0
 test: bootstrap
 	scripts/bootstrap.sh scripts/requirements-experiments.txt scripts/requirements-deploy.txt

@@ -150,7 +150,6 @@ async fn examples_are_listed_in_pages_deleted_and_survive_a_restart() {
     assert_eq!(gone.code(), Code::NotFound);
 }
 
-/// Sample blob files under the data dir (`blobs/<2 hex>/<64 hex>`).
 #[tokio::test]
 async fn a_database_another_process_holds_refuses_writes_with_unavailable_and_predictions_go_on() {
     let mut server = server_with_project().await;
@@ -174,6 +173,7 @@ async fn a_database_another_process_holds_refuses_writes_with_unavailable_and_pr
     assert_eq!(counts(&mut server).await.0, 2);
 }
 
+/// Sample blob files under the data dir (`blobs/<2 hex>/<64 hex>`).
 fn blob_files(data: &std::path::Path) -> Vec<String> {
     let mut names = Vec::new();
     for shard in std::fs::read_dir(data.join("blobs")).unwrap().flatten() {

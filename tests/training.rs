@@ -312,25 +312,38 @@ async fn an_activated_version_is_loaded_before_it_is_swapped_in() {
 
     // Every line up to the refusal has been read: the log is complete in order.
     let events = log_events(&mut server.process);
+    // Each version was loaded, then swapped in; no Predict loaded one (it would add a load),
+    // and the rollback loaded v1 from its files again (they are checked on activation).
+    let (loaded, activated) = ("model loaded", "model version activated");
+    let lifecycle: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|f| f["message"] == loaded || f["message"] == activated)
+        .map(|f| (f["message"].as_str().unwrap(), f["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [(loaded, "v1"), (activated, "v1"), (loaded, "v2"), (activated, "v2"), (loaded, "v1"), (activated, "v1")]
+    );
+    // And each job's version was serving before the job was reported done.
     let position = |message: &str, field: &str, value: &str| {
         events
             .iter()
             .position(|f| f["message"] == message && f[field] == value)
             .unwrap_or_else(|| panic!("no {message}"))
     };
-    let loads =
-        |version: &str| events.iter().filter(|f| f["message"] == "model loaded" && f["version"] == version).count();
-    // Each new version was loaded while its job was still running, so no Predict waited for
-    // a load; the rollback loaded v1 from its files again (they are checked on activation).
-    assert!(position("model loaded", "version", "v1") < position("training ended", "job", &v1.job_id));
-    assert!(position("model loaded", "version", "v2") < position("training ended", "job", &v2.job_id));
-    assert_eq!((loads("v1"), loads("v2")), (2, 1), "loads of v1 and v2");
+    assert!(position(activated, "version", "v1") < position("training ended", "job", &v1.job_id));
+    assert!(position(activated, "version", "v2") < position("training ended", "job", &v2.job_id));
     assert_eq!(metric(&metrics, "alps_activation_seconds_count").await, Some(3.0));
 
     // Requests are counted per project, only for projects that exist.
-    // CreateProject, AddExamples, 2 Train, 4 Predict and the rollback.
+    // A streaming call counts once, attributed from its task.
+    let request = PredictRequest { project_id: "p".into(), samples: vec![tensor(0.5).unwrap()], ..Default::default() };
+    let mut stream = server.inference.predict_stream(tokio_stream::iter([request])).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    // CreateProject, AddExamples, 2 Train, 2 WatchTrainingJob, 4 Predict, the rollback and
+    // the PredictStream.
     let ok = metric(&metrics, r#"alps_project_requests_total{project="p",outcome="ok"}"#).await;
-    assert_eq!(ok, Some(9.0));
+    assert_eq!(ok, Some(12.0));
     let errors = metric(&metrics, r#"alps_project_requests_total{project="p",outcome="error"}"#).await;
     assert_eq!(errors, Some(1.0), "the refused activation");
     let unknown =

@@ -30,18 +30,19 @@ pub fn internal(what: &str, detail: &dyn Display) -> Status {
 }
 
 /// The status of a storage failure, its detail only in the server log: `UNAVAILABLE` when
-/// trying again may succeed (the database is busy or locked by another process, an I/O
-/// failure), `RESOURCE_EXHAUSTED` for a full disk, `INTERNAL` otherwise. A write that fails so
-/// has stored nothing (SQLite transactions roll back; blobs are renamed into place whole).
+/// trying again may succeed (the database is busy or locked by another process),
+/// `RESOURCE_EXHAUSTED` for a full disk, `INTERNAL` otherwise (an I/O error, corruption). A
+/// write that fails so has stored nothing (SQLite transactions roll back; blobs are renamed
+/// into place whole). The first two are logged as warnings: the server is not at fault.
 pub fn storage(what: &str, failure: Failure, detail: &dyn Display) -> Status {
+    let warned = || {
+        let id = format!("{:016x}", fastrand::u64(..));
+        tracing::warn!(request_id = %id, what, detail = %detail, ?failure, "storage refused a request");
+        format!("request id {id}; details in the server log")
+    };
     match failure {
-        Failure::Transient => Status::unavailable(format!(
-            "{what} is busy or unreachable; retry with backoff ({})",
-            log_detail(what, detail)
-        )),
-        Failure::Full => {
-            Status::resource_exhausted(format!("{what}: the server's disk is full ({})", log_detail(what, detail)))
-        }
+        Failure::Transient => Status::unavailable(format!("{what} is busy; retry with backoff ({})", warned())),
+        Failure::Full => Status::resource_exhausted(format!("{what}: the server's disk is full ({})", warned())),
         Failure::Permanent => internal(what, detail),
     }
 }
@@ -74,7 +75,7 @@ mod tests {
         let detail = "database is locked at /var/lib/alps/alps.db";
         let busy = storage("the example store", Failure::Transient, &detail);
         assert_eq!(busy.code(), tonic::Code::Unavailable);
-        assert!(busy.message().starts_with("the example store is busy or unreachable; retry"), "{}", busy.message());
+        assert!(busy.message().starts_with("the example store is busy; retry with backoff"), "{}", busy.message());
         assert!(!busy.message().contains("/var"), "{}", busy.message());
         assert_eq!(storage("x", Failure::Full, &detail).code(), tonic::Code::ResourceExhausted);
         assert_eq!(storage("x", Failure::Permanent, &detail).code(), tonic::Code::Internal);

@@ -140,7 +140,8 @@ impl Default for Metrics {
         let project_requests = Family::default();
         registry.register(
             "project_requests",
-            "gRPC and REST requests about one existing project, by outcome (error: any status but OK)",
+            "gRPC and REST requests about one existing project (named by id, or by one of its training jobs), by outcome \
+             (error: any status but OK); a new project counts from its creation",
             project_requests.clone(),
         );
         let request_seconds = Family::new_with_constructor(request_histogram as fn() -> Histogram);

@@ -46,6 +46,14 @@ pub fn attribute_to_project(project: &str) {
     });
 }
 
+/// `task`, to be spawned by a call's handler (a streaming RPC's reader), with that call's
+/// project slot: a spawned task does not inherit task-locals, and without it the call would
+/// never be attributed.
+pub fn in_this_call<F: Future>(task: F) -> impl Future<Output = F::Output> {
+    let slot = PROJECT.try_with(Arc::clone).unwrap_or_default();
+    PROJECT.scope(slot, task)
+}
+
 /// Runs `call` with an empty project slot, which is returned for reading when the call ends.
 pub(crate) fn with_project_slot<F: Future>(call: F) -> (Arc<OnceLock<String>>, impl Future<Output = F::Output>) {
     let slot = Arc::new(OnceLock::new());
@@ -284,6 +292,15 @@ mod tests {
         assert!(!text.contains("outcome=\"ok\""), "{text}");
         // Outside a call there is no slot: nothing happens.
         attribute_to_project("cars");
+    }
+
+    #[tokio::test]
+    async fn a_task_spawned_by_a_call_attributes_that_call() {
+        let (slot, answered) = with_project_slot(async {
+            tokio::spawn(in_this_call(async { attribute_to_project("boats") })).await.unwrap();
+        });
+        answered.await;
+        assert_eq!(slot.get().map(String::as_str), Some("boats"));
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl InferenceService for InferenceApi {
         // Capacity 1: responses are produced in order and at the pace the client reads them.
         let (responses, outbound) = tokio::sync::mpsc::channel(1);
         let api = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(crate::observe::in_this_call(async move {
             loop {
                 let next = match inbound.message().await {
                     Ok(Some(request)) => api.predict_one(request).await,
@@ -206,7 +206,7 @@ impl InferenceService for InferenceApi {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 

@@ -332,7 +332,7 @@ impl ProjectService for ProjectApi {
     ) -> Result<Response<UpdateProjectResponse>, Status> {
         super::audit(&request, "UpdateProject", &request.get_ref().project_id);
         let request = request.into_inner();
-        ids::project("project_id", &request.project_id)?;
+        super::project(&self.state, &request.project_id)?;
         if let Some(h) = request.default_heuristic.as_ref().filter(|h| !h.name.is_empty()) {
             super::heuristics::check_reference("default_heuristic", &h.name, &h.version)?;
         }
@@ -373,7 +373,6 @@ impl ProjectService for ProjectApi {
         let projects = self.state.projects.clone();
         let id = request.project_id.clone();
         let project = blocking(move || projects.update(&id, update).map_err(project_status)).await?;
-        crate::observe::attribute_to_project(&project.spec.id);
         if changes_inputs {
             // Loaded models and their input handling follow the new spec on the next request.
             self.state.engine.forget(&request.project_id);

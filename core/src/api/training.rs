@@ -187,6 +187,7 @@ impl TrainingService for TrainingApi {
         let job_id = request.into_inner().job_id;
         ids::other("job_id", &job_id)?;
         let record = self.state.trainer.job(&job_id).map_err(training_status)?;
+        crate::observe::attribute_to_project(&record.project_id);
         Ok(Response::new(GetTrainingJobResponse { job: Some(proto_job(&record)) }))
     }
 
@@ -200,6 +201,7 @@ impl TrainingService for TrainingApi {
         ids::other("job_id", &job_id)?;
         let trainer = self.state.trainer.clone();
         let first = trainer.job(&job_id).map_err(training_status)?;
+        crate::observe::attribute_to_project(&first.project_id);
         let live = trainer.watch(&job_id);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -227,6 +229,7 @@ impl TrainingService for TrainingApi {
         let job_id = request.into_inner().job_id;
         ids::other("job_id", &job_id)?;
         let record = self.state.trainer.cancel(&job_id).map_err(training_status)?;
+        crate::observe::attribute_to_project(&record.project_id);
         Ok(Response::new(CancelTrainingJobResponse { job: Some(proto_job(&record)) }))
     }
 

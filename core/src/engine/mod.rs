@@ -28,7 +28,7 @@ use crate::{
     projects::{Project, ProjectSpec, UNTRAINED_VERSION},
 };
 use cache::ModelKey;
-use worker::{Command, Job, Load, WorkerConfig};
+use worker::{Command, Job, Loaded, WorkerConfig};
 
 /// Heuristic inputs up to this many values (N·C·K) are scored on the async thread: a few
 /// microseconds of work, cheaper than a hop to the blocking pool.
@@ -164,7 +164,8 @@ impl Engine {
     /// # Errors
     /// The OS error if the thread cannot start.
     pub fn start(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        // Every queued job holds at least one admitted sample, so this bound is never reached.
+        // Every queued job holds at least one admitted sample, so jobs never reach this bound;
+        // the rest (forgets, an activation's insert) are rare and may wait for room.
         let (commands, queue) = crossbeam_channel::bounded(config.max_in_flight_samples.max(1) + 16);
         let worker_config = WorkerConfig {
             work_budget: config.work_budget,
@@ -197,23 +198,28 @@ impl Engine {
         self.config.max_wait
     }
 
-    /// Loads the model `project` serves at its `active_version` into the worker's cache and
-    /// returns once it is there, so that the first request after an activation does not wait
-    /// for the load. The activating caller swaps the version in only after this returns ("load
-    /// first, then swap"): until then requests keep getting the old version. Blocks the calling
-    /// thread: call it from a blocking thread, never from async code. The load holds the worker
-    /// like a batch does.
+    /// Loads the model `project` serves at its `active_version` from its files (checksums
+    /// checked, even when a copy is cached: the files are what a restart serves) onto the
+    /// worker's device, on the calling thread, and puts it in the worker's cache; returns once
+    /// it is there. The activating caller swaps the version in only after this returns ("load
+    /// first, then swap"): until then requests keep getting the old version, and neither they
+    /// nor the worker wait for the load. Blocks: call it from a blocking thread, never from
+    /// async code.
     ///
     /// # Errors
     /// [`EngineError::Model`] with the client message of the load's failure (missing or
     /// corrupt files); [`EngineError::Unavailable`] if the worker is gone.
     pub fn load_blocking(&self, project: &Project) -> Result<(), EngineError> {
         let (key, spec, version_dir) = self.model_of(project);
-        let (reply, outcome) = oneshot::channel();
-        self.commands
-            .send(Command::Load(Load { key, spec, version_dir, reply }))
-            .map_err(|_| EngineError::Unavailable)?;
-        outcome.blocking_recv().map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)
+        let (device, files) = (self.config.device, &self.config.model_files);
+        let model = worker::load_model(&key, &spec, version_dir.as_deref(), device, files).map_err(|error| {
+            let first_line = crate::errors::first_line(&error);
+            tracing::warn!(project = %key.project, version = %key.version, error = %first_line, "model failed to load");
+            EngineError::Model(error.client_message())
+        })?;
+        let (reply, inserted) = oneshot::channel();
+        self.commands.send(Command::Insert(Loaded { key, model, reply })).map_err(|_| EngineError::Unavailable)?;
+        inserted.blocking_recv().map_err(|_| EngineError::Unavailable)
     }
 
     /// The cache key, spec and version directory of the model `project` serves.

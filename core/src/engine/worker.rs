@@ -1,7 +1,8 @@
 //! The worker thread of one device: owns the loaded models (libtorch modules are not `Sync`),
 //! takes jobs from a bounded queue, batches compatible jobs dynamically and runs MC-Dropout.
-//! It also loads a newly activated version into its cache when asked, before the version is
-//! swapped in, so that no request waits for that load.
+//! It also takes models loaded elsewhere into its cache: an activation loads the new version on
+//! its own thread, before the version is swapped in, so that neither the requests of the new
+//! version nor the worker wait for that load.
 //!
 //! Dynamic batching: jobs of the same model and K are merged until their work (samples × K)
 //! reaches the budget or the first job has waited `max_wait`, as in Triton's dynamic batcher
@@ -70,24 +71,22 @@ pub struct Job {
     pub reply: oneshot::Sender<JobResult>,
 }
 
-/// A model to load into the cache before it serves (an activation's "load first, then swap").
-pub struct Load {
+/// A model loaded by an activation, to put in the cache before the version is swapped in.
+pub struct Loaded {
     /// Which model.
     pub key: ModelKey,
-    /// The project spec to load it from.
-    pub spec: Arc<ProjectSpec>,
-    /// The trained version's directory, or `None` for the initial weights.
-    pub version_dir: Option<std::path::PathBuf>,
-    /// Where the outcome goes: the load error's client message on failure.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    /// The model, on the worker's device.
+    pub model: McModel,
+    /// Answered once the model is in the cache.
+    pub reply: oneshot::Sender<()>,
 }
 
 /// What the worker is asked to do.
 pub enum Command {
     /// Predict.
     Run(Job),
-    /// Load a model into the cache and answer when it is there.
-    Load(Load),
+    /// Put a loaded model into the cache (replacing what the key held) and answer.
+    Insert(Loaded),
     /// Drop the cached models of a project (deleted or changed).
     Forget(String),
 }
@@ -153,7 +152,7 @@ impl Worker {
         loop {
             match self.commands.recv().ok()? {
                 Command::Run(job) => return Some(job),
-                Command::Load(load) => self.load(load),
+                Command::Insert(loaded) => self.insert(loaded),
                 Command::Forget(project) => self.cache.forget(&project),
             }
         }
@@ -187,7 +186,7 @@ impl Worker {
                     batch.push(job);
                 }
                 Ok(Command::Run(job)) => self.backlog.push_back(job),
-                Ok(Command::Load(load)) => self.load(load),
+                Ok(Command::Insert(loaded)) => self.insert(loaded),
                 Ok(Command::Forget(project)) => self.cache.forget(&project),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
@@ -195,23 +194,10 @@ impl Worker {
         batch
     }
 
-    /// Loads `load`'s model from its files into the cache and answers. A cached copy is loaded
-    /// again, not reused: an activation checks the files (and their checksums) it will be
-    /// served from after a restart or an eviction.
-    fn load(&mut self, load: Load) {
-        let Load { key, spec, version_dir, reply } = load;
-        let outcome = match load_model(&key, &spec, version_dir.as_deref(), self.device, &self.config.model_files) {
-            Ok(model) => {
-                self.cache.insert(key, model);
-                Ok(())
-            }
-            Err(error) => {
-                let first_line = crate::errors::first_line(&error);
-                tracing::warn!(project = %key.project, version = %key.version, error = %first_line, "model failed to load");
-                Err(error.client_message())
-            }
-        };
-        let _ = reply.send(outcome);
+    /// Puts an activation's model into the cache, replacing a copy loaded earlier, and answers.
+    fn insert(&mut self, loaded: Loaded) {
+        self.cache.insert(loaded.key, loaded.model);
+        let _ = loaded.reply.send(());
         self.cache.trim();
         self.metrics.set_loaded_models(self.cache.len());
     }
@@ -265,7 +251,10 @@ impl Worker {
 
 /// Loads `key`'s model onto `device`: a trained version from `version_dir`, else the initial
 /// weights.
-fn load_model(
+///
+/// # Errors
+/// [`ModelError`] naming the file at fault (missing, corrupt, checksum mismatch).
+pub fn load_model(
     key: &ModelKey,
     spec: &ProjectSpec,
     version_dir: Option<&std::path::Path>,

@@ -255,7 +255,7 @@ impl GrpcInferenceService for OipApi {
         // request is an error message on the stream (the protocol's rule), not its end.
         let (responses, outbound) = tokio::sync::mpsc::channel(1);
         let api = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(crate::observe::in_this_call(async move {
             while let Ok(Some(request)) = inbound.message().await {
                 let message = match api.infer_one(request).await {
                     Ok(response) => {
@@ -269,7 +269,7 @@ impl GrpcInferenceService for OipApi {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 

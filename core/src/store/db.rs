@@ -3,7 +3,7 @@
 
 use std::{path::Path, sync::Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::Failure;
 use crate::projects::ProjectSpec;
@@ -64,13 +64,13 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether trying again may help: SQLite busy or locked (another process holds the
-    /// database) and I/O failures are transient, a full disk is [`Failure::Full`], the rest
-    /// permanent.
+    /// database) is transient, a full disk is [`Failure::Full`], the rest (I/O errors,
+    /// corruption) permanent, as for blobs ([`Failure::of_io`]).
     pub fn failure(&self) -> Failure {
-        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull};
         match self {
             Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => match error.code {
-                DatabaseBusy | DatabaseLocked | SystemIoFailure => Failure::Transient,
+                DatabaseBusy | DatabaseLocked => Failure::Transient,
                 DiskFull => Failure::Full,
                 _ => Failure::Permanent,
             },
@@ -132,14 +132,17 @@ pub struct StoredProject {
 /// How long a statement waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The database of one data directory.
+/// The database of one data directory: one connection for writes and one, read-only, for
+/// reads, so that a read never waits behind a write that waits for a lock (WAL lets readers
+/// go on while another connection writes).
 #[derive(Debug)]
 pub struct Database {
     connection: Mutex<Connection>,
+    reader: Mutex<Connection>,
 }
 
 impl Database {
-    /// Opens (creating if needed) `path` and applies pending migrations.
+    /// Opens (creating if needed) the database file `path` and applies pending migrations.
     ///
     /// # Errors
     /// [`StoreError`] if the file cannot be opened or migrated.
@@ -159,12 +162,26 @@ impl Database {
         }
         transaction.pragma_update(None, "user_version", MIGRATIONS.len())?;
         transaction.commit()?;
-        Ok(Self { connection: Mutex::new(connection) })
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let reader = Connection::open_with_flags(path, flags)?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Self { connection: Mutex::new(connection), reader: Mutex::new(reader) })
     }
 
     fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back).
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A write transaction that takes the write lock at once: one that read first and then
+    /// wrote could fail without waiting if another process wrote in between (WAL's
+    /// "busy snapshot").
+    fn write_transaction(connection: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        connection.transaction_with_behavior(TransactionBehavior::Immediate)
     }
 
     /// Inserts or replaces a project, in one transaction; returns whether it was new. A new
@@ -185,7 +202,7 @@ impl Database {
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(spec).map_err(|source| StoreError::Corrupt { id: spec.id.clone(), source })?;
         let mut connection = self.connection();
-        let transaction = connection.transaction()?;
+        let transaction = Self::write_transaction(&mut connection)?;
         let stored: Option<String> = transaction
             .query_row("SELECT spec FROM projects WHERE id = ?1", params![spec.id], |row| row.get(0))
             .optional()?;
@@ -220,7 +237,7 @@ impl Database {
     /// [`StoreError`] on a database failure or an unreadable row.
     pub fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
         let row = self
-            .connection()
+            .reader()
             .query_row("SELECT spec, created_unix_ms, active_version FROM projects WHERE id = ?1", params![id], |row| {
                 Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
             })
@@ -234,7 +251,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure or an unreadable row.
     pub fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement =
             connection.prepare("SELECT id, spec, created_unix_ms, active_version FROM projects ORDER BY id")?;
         let rows = statement
@@ -263,7 +280,7 @@ impl Database {
     /// [`StoreError`] on a database failure (nothing is written then).
     pub fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
         let mut connection = self.connection();
-        let transaction = connection.transaction()?;
+        let transaction = Self::write_transaction(&mut connection)?;
         let mut counts = UpsertCounts::default();
         for example in examples {
             let shape = example.tensor_shape.as_ref().map(|s| serde_json::json!(s).to_string());
@@ -325,7 +342,7 @@ impl Database {
     /// [`StoreError`] on a database failure.
     pub fn delete_examples(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError> {
         let mut connection = self.connection();
-        let transaction = connection.transaction()?;
+        let transaction = Self::write_transaction(&mut connection)?;
         let mut deleted = 0;
         for id in external_ids {
             deleted += transaction
@@ -341,7 +358,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure or an unreadable row.
     pub fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement = connection.prepare(
             "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms, label_revision
              FROM examples WHERE project_id = ?1 AND external_id > ?2 ORDER BY external_id LIMIT ?3",
@@ -381,7 +398,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement = connection.prepare("SELECT DISTINCT sha256 FROM examples")?;
         let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -392,7 +409,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement = connection
             .prepare("SELECT class_name, COUNT(*) FROM examples WHERE project_id = ?1 GROUP BY class_name")?;
         let rows = statement
@@ -407,7 +424,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn next_version_number(&self, project: &str) -> Result<u32, StoreError> {
-        let max: Option<u32> = self.connection().query_row(
+        let max: Option<u32> = self.reader().query_row(
             "SELECT MAX(number) FROM model_versions WHERE project_id = ?1",
             params![project],
             |row| row.get(0),
@@ -415,8 +432,7 @@ impl Database {
         Ok(max.unwrap_or(0) + 1)
     }
 
-    /// Records a version (its files are already in place) and, if `activate`, makes it the
-    /// project's active version, in one transaction.
+    /// Records a version (its files are already in place), inactive.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure; nothing is recorded then.
@@ -427,18 +443,11 @@ impl Database {
         number: u32,
         manifest: &str,
         created_unix_ms: i64,
-        activate: bool,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection.transaction()?;
-        transaction.execute(
+        self.connection().execute(
             "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![project, version, number, manifest, created_unix_ms],
         )?;
-        if activate {
-            transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
-        }
-        transaction.commit()?;
         Ok(())
     }
 
@@ -447,7 +456,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement =
             connection.prepare("SELECT manifest FROM model_versions WHERE project_id = ?1 ORDER BY number DESC")?;
         let rows = statement.query_map(params![project], |row| row.get::<_, String>(0))?;
@@ -469,7 +478,7 @@ impl Database {
     /// [`StoreError`] on a database failure.
     pub fn activate_version(&self, project: &str, version: &str) -> Result<bool, StoreError> {
         let mut connection = self.connection();
-        let transaction = connection.transaction()?;
+        let transaction = Self::write_transaction(&mut connection)?;
         let exists: Option<i64> = transaction
             .query_row(
                 "SELECT 1 FROM model_versions WHERE project_id = ?1 AND version = ?2",
@@ -509,7 +518,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement = connection.prepare(
             "SELECT record FROM jobs WHERE project_id = ?1 ORDER BY created_unix_ms DESC, job_id DESC LIMIT ?2",
         )?;
@@ -523,7 +532,7 @@ impl Database {
     /// [`StoreError`] on a database failure.
     pub fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .connection()
+            .reader()
             .query_row("SELECT record FROM jobs WHERE job_id = ?1", params![job_id], |row| row.get(0))
             .optional()?)
     }
@@ -533,7 +542,7 @@ impl Database {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
-        let connection = self.connection();
+        let connection = self.reader();
         let mut statement = connection.prepare("SELECT record FROM jobs WHERE finished = 0")?;
         let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -549,6 +558,7 @@ fn decode(id: &str, json: &str, created_unix_ms: i64, active_version: String) ->
 mod tests {
     use super::*;
     use crate::projects::spec::tests::spec;
+    use std::sync::Arc;
 
     #[test]
     fn projects_survive_reopening_and_upsert_keeps_creation_time() {
@@ -581,6 +591,15 @@ mod tests {
         db.connection().busy_timeout(std::time::Duration::from_millis(10)).unwrap();
         let error = db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap_err();
         assert_eq!(error.failure(), Failure::Transient, "{error}");
+        // Reads go on meanwhile, even while a write holds the writing connection.
+        let db = Arc::new(db);
+        let writing = db.connection();
+        let (done, read) = std::sync::mpsc::channel();
+        let reading = db.clone();
+        std::thread::spawn(move || done.send(reading.projects().map(|p| p.len())).unwrap());
+        let projects = read.recv_timeout(std::time::Duration::from_secs(10)).expect("a read waited for the writer");
+        assert_eq!(projects.unwrap(), 0);
+        drop(writing);
         other.execute_batch("ROLLBACK").unwrap();
         db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
         let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
@@ -636,7 +655,8 @@ mod tests {
         let updates = [labelled("a", 10), labelled("b", 20), labelled("c", 30)];
         let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
         for order in orders {
-            let db = Database::open(std::path::Path::new(":memory:")).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::open(&dir.path().join("alps.db")).unwrap();
             db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
             let mut stale = 0;
             for i in order {
@@ -652,7 +672,8 @@ mod tests {
 
     #[test]
     fn unversioned_labels_always_apply_and_replays_refresh_the_revision() {
-        let db = Database::open(std::path::Path::new(":memory:")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("alps.db")).unwrap();
         db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
         db.upsert_examples("cars", &[labelled("a", 50)]).unwrap();
         let counts = db.upsert_examples("cars", &[labelled("b", 0)]).unwrap();

@@ -20,13 +20,13 @@ use std::{
 /// turns it into a gRPC code with [`crate::errors::storage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// Busy, locked by another process, or an I/O failure: the same request may succeed later
-    /// (`UNAVAILABLE`).
+    /// Busy or locked by another process, interrupted, timed out: the same request may succeed
+    /// later (`UNAVAILABLE`).
     Transient,
     /// The disk is full (`RESOURCE_EXHAUSTED`, the code gRPC's status code documentation names
     /// for a file system out of space).
     Full,
-    /// Corruption or a defect: trying again does not help (`INTERNAL`).
+    /// An I/O error, corruption or a defect: trying again soon does not help (`INTERNAL`).
     Permanent,
 }
 
@@ -35,7 +35,10 @@ impl Failure {
     pub fn of_io(error: &io::Error) -> Self {
         match error.kind() {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Self::Full,
-            io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::Transient,
+            io::ErrorKind::Interrupted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::ResourceBusy => Self::Transient,
             _ => Self::Permanent,
         }
     }

@@ -580,29 +580,40 @@ impl Trainer {
             tracing::warn!(job = %job_id, %reason, "new version not activated");
             self.update(&job_id, |r| r.not_activated_reason = reason.clone());
         }
-        let activate = record.activate && refusal.is_none();
-        let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest, activate)
+        // Recorded inactive, then loaded for serving, then activated: "load first, then swap".
+        let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;
         let written = std::time::Instant::now();
-        if activate {
-            // Recorded as active already: a failed load is logged, and the first request loads
-            // it again (and reports the failure) as before the swap-after-load order.
-            if let Err(error) = self.serve(&spec.id, &manifest.version) {
-                tracing::warn!(job = %job_id, version = %manifest.version, %error, "new version not loaded before the swap");
-            }
-        }
         *self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WarmModel {
             project: spec.id.clone(),
             version: manifest.version.clone(),
             fingerprint: manifest.model_fingerprint.clone(),
             model: trained.model,
         });
-        match self.projects.reload(&spec.id) {
-            Ok(_) if activate => self.metrics.observe_activation(written.elapsed()),
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "cannot refresh the project after training"),
+        if record.activate && refusal.is_none() && self.serve_new(&job_id, &spec.id, &manifest.version) {
+            self.db
+                .activate_version(&spec.id, &manifest.version)
+                .map_err(|e| TrainError::Precondition(crate::errors::logged("activating the model version", &e)))?;
+            self.projects
+                .reload(&spec.id)
+                .map_err(|e| TrainError::Precondition(crate::errors::logged("activating the model version", &e)))?;
+            self.metrics.observe_activation(written.elapsed());
+            tracing::info!(project = %spec.id, version = %manifest.version, "model version activated");
         }
         Ok(manifest.version)
+    }
+
+    /// Loads a job's new version for serving; `false`, with the reason on the job, if it does
+    /// not load (it is then left inactive).
+    fn serve_new(&self, job_id: &str, project: &str, version: &str) -> bool {
+        match self.serve(project, version) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(job = %job_id, %version, %error, "new version not activated: it does not load");
+                self.update(job_id, |r| r.not_activated_reason = format!("the new version does not load: {error}"));
+                false
+            }
+        }
     }
 
     /// The kept model if it is `project`'s `version` for the spec with `fingerprint`: the same

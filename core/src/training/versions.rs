@@ -1,8 +1,9 @@
 //! Model versions on disk: `<data-dir>/models/<sha256 of project id>/v<n>/` (see
 //! [`ModelsDir`]) holds `weights.safetensors` and
 //! `manifest.json`. A version is written into a temporary directory, every file and the
-//! directory fsync'ed, then renamed into place and only then recorded (and activated) in the
-//! database. A crash at any moment leaves the previous active version intact and active.
+//! directory fsync'ed, then renamed into place and only then recorded in the database; the
+//! trainer activates it once it is loaded for serving. A crash at any moment leaves the
+//! previous active version intact and active.
 
 use std::{
     fs::{self, File},
@@ -102,17 +103,17 @@ fn sync(path: &Path) -> Result<(), VersionError> {
 }
 
 /// Writes `model` as version `manifest.version` of its project, crash-safely, then records it
-/// and activates it if `activate`: all its variables, or only the head's when `manifest.weights`
-/// says `head`. Fills `weights_sha256` and `weights_bytes` in the manifest.
+/// (inactive: activating is the caller's, once the version is loaded for serving): all its
+/// variables, or only the head's when `manifest.weights` says `head`. Fills `weights_sha256`
+/// and `weights_bytes` in the manifest.
 ///
 /// # Errors
-/// [`VersionError`]; the project's active version is unchanged then.
+/// [`VersionError`]; nothing is recorded then.
 pub fn write(
     models_dir: &ModelsDir,
     db: &Database,
     model: &McModel,
     mut manifest: Manifest,
-    activate: bool,
 ) -> Result<Manifest, VersionError> {
     let project_dir = models_dir.project_dir(&manifest.project_id);
     let io = |path: &Path| {
@@ -149,14 +150,7 @@ pub fn write(
     fs::rename(&temporary, &final_dir).map_err(io(&final_dir))?;
     sync(&project_dir)?;
     let json = serde_json::to_string(&manifest)?;
-    db.record_version(
-        &manifest.project_id,
-        &manifest.version,
-        manifest.number,
-        &json,
-        manifest.created_unix_ms,
-        activate,
-    )?;
+    db.record_version(&manifest.project_id, &manifest.version, manifest.number, &json, manifest.created_unix_ms)?;
     Ok(manifest)
 }
 
