@@ -705,16 +705,10 @@ async fn connecting_scores_the_whole_pool_in_bulk_once() {
         "{status}"
     );
 
-    // "Retrieve predictions" for a task the pass already wrote (Label Studio picked it just
-    // before the write) gets no second prediction of the version.
-    let request = json!({"project": "1.1", "tasks": [{"id": 3, "data": {"image": "/data/upload/1/3.png"}}]});
-    let (_, body) = stack.post("/predict", &request).await;
-    let entry = &body["results"][0];
-    assert_eq!(entry["model_version"], version, "{body}");
-    assert!(entry.get("result").is_none(), "a second prediction of task 3: {body}");
-    assert!(entry["error"].as_str().is_some_and(|e| e.contains("already stored")), "{body}");
-    // A prediction deleted in Label Studio meanwhile: the same answer, and the pass it triggers
-    // finds the task without the version and writes it again, once.
+    // A prediction deleted in Label Studio since the pass wrote it: "Retrieve predictions" for
+    // its task gets no second prediction of the version, and the pass it triggers finds the
+    // task without the version and writes it again, once. (First, while no pass runs: a pass
+    // that listed the pool after the deletion would rightly answer with a prediction.)
     stack.ls.lock().unwrap().imported.retain(|prediction| prediction["task"] != 4);
     let request = json!({"project": "1.1", "tasks": [{"id": 4, "data": {"image": "/data/upload/1/4.png"}}]});
     let (_, body) = stack.post("/predict", &request).await;
@@ -724,6 +718,14 @@ async fn connecting_scores_the_whole_pool_in_bulk_once() {
         (ls.imported.len() == 10 && ls.imported.iter().any(|p| p["task"] == 4)).then_some(())
     })
     .await;
+    // "Retrieve predictions" for a task the pass already wrote (Label Studio picked it just
+    // before the write) gets no second prediction of the version.
+    let request = json!({"project": "1.1", "tasks": [{"id": 3, "data": {"image": "/data/upload/1/3.png"}}]});
+    let (_, body) = stack.post("/predict", &request).await;
+    let entry = &body["results"][0];
+    assert_eq!(entry["model_version"], version, "{body}");
+    assert!(entry.get("result").is_none(), "a second prediction of task 3: {body}");
+    assert!(entry["error"].as_str().is_some_and(|e| e.contains("already stored")), "{body}");
     // Imported tasks are scored without a click.
     stack.ls.lock().unwrap().pool.push(json!({"id": 11, "data": {"image": "/data/upload/1/11.png"}}));
     let created = json!({"action": "TASKS_CREATED", "tasks": [{"id": 11}], "project": {"id": 1}});
