@@ -346,6 +346,16 @@ async fn an_activated_version_is_loaded_before_it_is_swapped_in() {
     assert_eq!(ok, Some(12.0));
     let errors = metric(&metrics, r#"alps_project_requests_total{project="p",outcome="error"}"#).await;
     assert_eq!(errors, Some(1.0), "the refused activation");
+    // A REST request refused for its parameters counts for its project too.
+    let http = server.process.listening_addr("http");
+    let body = serde_json::json!({
+        "inputs": [{"name": "tensor", "datatype": "FP32", "shape": [1, 1, 2, 2], "data": [0.5, 0.5, 0.5, 0.5]}],
+        "parameters": {"mc_iterations": 0}
+    });
+    let refused = http_client().post(format!("http://{http}/v2/models/p/infer")).json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let errors = metric(&metrics, r#"alps_project_requests_total{project="p",outcome="error"}"#).await;
+    assert_eq!(errors, Some(2.0), "the refused activation and the refused REST request");
     let unknown =
         PredictRequest { project_id: "nope".into(), samples: vec![tensor(0.1).unwrap()], ..Default::default() };
     assert_eq!(server.inference.predict(unknown).await.unwrap_err().code(), Code::NotFound);

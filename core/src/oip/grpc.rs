@@ -36,12 +36,12 @@ impl OipApi {
     }
 
     async fn infer_one(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        let project = super::project(&self.infer, &request.model_name, &request.model_version)?;
         let params: Vec<(&str, Param)> = request.parameters.iter().map(|(name, p)| (name.as_str(), param(p))).collect();
         let params = super::predict_params(params.iter().map(|(name, p)| (*name, p)))?;
         let outputs = super::requested_outputs(request.outputs.iter().map(|o| o.name.as_str()))?;
         let inputs = decode_inputs(request.inputs, request.raw_input_contents, self.infer.batching().0)?;
-        let (project, tensors) =
-            super::infer(&self.infer, &request.model_name, &request.model_version, inputs, params, &outputs).await?;
+        let (project, tensors) = super::infer(&self.infer, project, inputs, params, &outputs).await?;
         let (outputs, raw_output_contents) = tensors
             .into_iter()
             .map(|t| {

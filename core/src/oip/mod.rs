@@ -32,7 +32,7 @@ use crate::{
     engine::SampleInput,
     infer::{Infer, PredictParams},
     metrics::{Metrics, ModelStats},
-    projects::{HeuristicChoice, Project, UNTRAINED_VERSION},
+    projects::{HeuristicChoice, Project, UNTRAINED_VERSION, check_mc_iterations},
 };
 
 /// The input of encoded images.
@@ -178,11 +178,12 @@ pub fn predict_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a Param)>
     for (name, value) in params {
         match (name, value) {
             ("mc_iterations", value) => {
-                let k = integer("parameters.mc_iterations", value)?;
-                predict.mc_iterations = u32::try_from(k)
-                    .ok()
-                    .filter(|&k| k > 0)
-                    .ok_or_else(|| invalid(format!("parameters.mc_iterations: {k}; must be between 1 and 1000")))?;
+                let field = "parameters.mc_iterations";
+                let k = integer(field, value)?;
+                // The server's one rule for K, worded as everywhere else.
+                predict.mc_iterations = u32::try_from(k).unwrap_or(u32::MAX);
+                check_mc_iterations(field, predict.mc_iterations)
+                    .map_err(|e| invalid(format!("{}: {}", e.field, e.message)))?;
             }
             ("seed", value) => predict.seed = Some(integer("parameters.seed", value)?),
             ("heuristic", Param::String(reference)) => {
@@ -290,21 +291,20 @@ pub fn statistics(metrics: &Metrics, projects: &[Arc<Project>], version: &str) -
         .collect()
 }
 
-/// Runs one inference request: the project `model` at `version` (empty = active) on the one
-/// input, returning the project as served and the `outputs` in order.
+/// Runs one inference request: `project` (as [`project`] resolved it, first thing, so that
+/// every later failure counts for it) on the one input, returning the project as served and
+/// the `outputs` in order.
 ///
 /// # Errors
 /// INVALID_ARGUMENT for a request that does not follow the mapping or a sample that fails
 /// (its index named); NOT_FOUND for an unknown project or version; the statuses of `Predict`.
 pub async fn infer(
     infer: &Infer,
-    model: &str,
-    version: &str,
+    project: Arc<Project>,
     inputs: Vec<InputTensor>,
     params: PredictParams,
     outputs: &[&'static str],
 ) -> Result<(Arc<Project>, Vec<OutputTensor>), Status> {
-    let project = project(infer, model, version)?;
     let [input] = <[InputTensor; 1]>::try_from(inputs).map_err(|inputs| {
         invalid(format!(
             "inputs: {} inputs sent; send exactly one, `{IMAGE_INPUT}` (BYTES [N]) or `{TENSOR_INPUT}` (FP32 [N, C, H, W])",
@@ -526,11 +526,17 @@ mod tests {
             ("mc_iteration", Param::Int(5)),
             ("mc_iterations", Param::Int(-1)),
             ("mc_iterations", Param::Int(0)),
+            ("mc_iterations", Param::Int(1001)),
+            ("mc_iterations", Param::Uint(1 << 40)),
             ("seed", Param::String("7".into())),
             ("heuristic", Param::Int(1)),
         ] {
             let status = predict_params([(name, &value)]).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{name}");
+            // Every message names the parameter as the request does, once.
+            let message = status.message();
+            assert!(message.starts_with(&format!("parameters.{name}: ")), "{message}");
+            assert!(!message[1..].contains("parameters."), "{message}");
         }
     }
 

@@ -451,6 +451,7 @@ async fn infer_request(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Status> {
+    let project = super::project(&rest.infer, model, version)?;
     let (json_part, mut binary) = split_body(headers, body)?;
     let request: InferRequest = serde_json::from_slice(json_part).map_err(|e| {
         // With binary data, a wrong header length shows up as JSON that ends early or late.
@@ -484,7 +485,7 @@ async fn infer_request(
             binary.len()
         )));
     }
-    let (project, tensors) = super::infer(&rest.infer, model, version, inputs, params, &outputs).await?;
+    let (project, tensors) = super::infer(&rest.infer, project, inputs, params, &outputs).await?;
     Ok(encode_response(&project, request.id, tensors, &binary_outputs))
 }
 
