@@ -6,10 +6,11 @@
 use alps_proto::v1::{
     ActivateModelVersionRequest, AddExamplesRequest, Architecture, CreateProjectRequest, GetProjectRequest, JobState,
     LabelledExample, ListModelVersionsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing,
-    Project, Sample, Tensor, TrainRequest, TrainingJob, TrainingParameters, WatchTrainingJobRequest,
-    example_service_client::ExampleServiceClient, inference_service_client::InferenceServiceClient,
-    model_version_service_client::ModelVersionServiceClient, predict_result::Outcome,
-    project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
+    Project, Sample, Tensor, TrainRequest, TrainingJob, TrainingParameters, UpdateProjectRequest,
+    WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
+    predict_result::Outcome, project_service_client::ProjectServiceClient, sample::Input,
+    training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
     Process, ServerDirs, builtin_plugin, http_client, install_plugin, project_models_dir, start_server_with_env,
@@ -361,6 +362,25 @@ async fn an_activated_version_is_loaded_before_it_is_swapped_in() {
     assert_eq!(server.inference.predict(unknown).await.unwrap_err().code(), Code::NotFound);
     let text = http_client().get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(!text.contains(r#"project="nope""#), "an unknown project id became a series");
+}
+
+#[tokio::test]
+async fn a_version_made_for_other_inputs_is_not_activated() {
+    let mut server = server_with_examples(10, &[]).await;
+    train_to_end(&mut server, 5).await;
+    assert_eq!(active_version(&mut server).await, "v1");
+    // New preprocessing: the project is untrained again, and v1 no longer fits it.
+    let preprocessing = Preprocessing { width: 2, height: 2, channels: 1, mean: vec![0.5], std: vec![0.5] };
+    let update =
+        UpdateProjectRequest { project_id: "p".into(), preprocessing: Some(preprocessing), ..Default::default() };
+    server.projects.update_project(update).await.unwrap();
+    assert_eq!(active_version(&mut server).await, "untrained");
+    let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
+    let refused = server.versions.activate_model_version(rollback).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{}", refused.message());
+    assert!(refused.message().contains("trained for other classes, model or preprocessing"), "{}", refused.message());
+    assert_eq!(active_version(&mut server).await, "untrained");
+    assert_eq!(predict(&mut server).await.unwrap().0, "untrained");
 }
 
 async fn jobs(server: &mut Server) -> Vec<TrainingJob> {

@@ -177,7 +177,7 @@ impl Infer {
         let Some(manifest) = manifest else {
             return Err(InferError::UnknownVersion { project: id.to_owned(), version: version.to_owned() });
         };
-        if !serves(&manifest, &project) {
+        if !manifest.serves(&project.spec) {
             return Err(InferError::StaleVersion { project: id.to_owned(), version: version.to_owned() });
         }
         Ok(Arc::new(Project { active_version: version.to_owned(), ..Project::clone(&project) }))
@@ -191,7 +191,7 @@ impl Infer {
     pub fn versions(&self, project: &Project) -> Result<Vec<String>, InferError> {
         let manifests = self.trainer.versions(&project.spec.id)?;
         let mut versions: Vec<String> =
-            manifests.into_iter().filter(|m| serves(m, project)).map(|manifest| manifest.version).collect();
+            manifests.into_iter().filter(|m| m.serves(&project.spec)).map(|manifest| manifest.version).collect();
         versions.push(UNTRAINED_VERSION.to_owned());
         Ok(versions)
     }
@@ -361,13 +361,6 @@ impl Infer {
         let matrix = EmbeddingMatrix::new(embeddings, d).map_err(|e| RankingError::Embeddings(e.to_string()))?;
         Ok(LabelledSet::new(matrix, classes).map_err(|e| RankingError::Embeddings(e.to_string()))?)
     }
-}
-
-/// Whether the trained version of `manifest` can serve `project` as it is now: the same
-/// classes, and the same model and preprocessing where the manifest recorded them.
-fn serves(manifest: &crate::training::record::Manifest, project: &Project) -> bool {
-    manifest.classes == project.spec.classes
-        && (manifest.model_fingerprint.is_empty() || manifest.model_fingerprint == project.spec.model_fingerprint())
 }
 
 /// A ranking in progress (see [`Infer::rank`]); feed it chunks, then [`PoolRanking::finish`].

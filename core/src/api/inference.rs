@@ -161,7 +161,7 @@ impl From<InferError> for Status {
             InferError::Project(error) => super::projects::project_status(error),
             InferError::UnknownVersion { .. } => Status::not_found(error.to_string()),
             InferError::StaleVersion { .. } => Status::failed_precondition(error.to_string()),
-            InferError::Versions(error) => crate::errors::internal("the model version list", &error),
+            InferError::Versions(error) => super::training::training_status(error),
             InferError::Heuristic(error) => super::heuristics::resolve_status(error),
             InferError::Engine(error) => engine_status(error),
             InferError::Ranking(error) => ranking_status(error),

@@ -32,7 +32,8 @@ impl TrainingApi {
     }
 }
 
-fn training_status(error: TrainingError) -> Status {
+/// The gRPC status of a training error, also when inference reads a project's version list.
+pub(crate) fn training_status(error: TrainingError) -> Status {
     match error {
         TrainingError::NotFound(message) => Status::not_found(message),
         TrainingError::Precondition(message) => Status::failed_precondition(message),

@@ -32,7 +32,7 @@ use crate::{
     engine::SampleInput,
     infer::{Infer, PredictParams},
     metrics::{Metrics, ModelStats},
-    projects::{HeuristicChoice, Project, UNTRAINED_VERSION, check_mc_iterations},
+    projects::{HeuristicChoice, Project, UNTRAINED_VERSION, check_mc_iterations, spec::MAX_MC_ITERATIONS},
 };
 
 /// The input of encoded images.
@@ -178,12 +178,7 @@ pub fn predict_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a Param)>
     for (name, value) in params {
         match (name, value) {
             ("mc_iterations", value) => {
-                let field = "parameters.mc_iterations";
-                let k = integer(field, value)?;
-                // The server's one rule for K, worded as everywhere else.
-                predict.mc_iterations = u32::try_from(k).unwrap_or(u32::MAX);
-                check_mc_iterations(field, predict.mc_iterations)
-                    .map_err(|e| invalid(format!("{}: {}", e.field, e.message)))?;
+                predict.mc_iterations = mc_iterations(value)?;
             }
             ("seed", value) => predict.seed = Some(integer("parameters.seed", value)?),
             ("heuristic", Param::String(reference)) => {
@@ -204,6 +199,23 @@ pub fn predict_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a Param)>
         }
     }
     Ok(predict)
+}
+
+/// The `mc_iterations` parameter: a whole number in the server's one range for K, worded as
+/// everywhere else whatever the number (negative, or past u32).
+fn mc_iterations(value: &Param) -> Result<u32, Status> {
+    let field = "parameters.mc_iterations";
+    let whole = match value {
+        Param::Int(v) => Some(i128::from(*v)),
+        Param::Uint(v) => Some(i128::from(*v)),
+        Param::Double(v) if v.fract() == 0.0 && v.abs() <= 1e30 => Some(*v as i128),
+        _ => None,
+    };
+    let whole = whole.ok_or_else(|| invalid(format!("{field}: a whole number from 1 to 1000 is required")))?;
+    let refused = || invalid(format!("{field}: {whole} MC iterations: must be between 1 and {MAX_MC_ITERATIONS}"));
+    let k = u32::try_from(whole).map_err(|_| refused())?;
+    check_mc_iterations(field, k).map_err(|_| refused())?;
+    Ok(k)
 }
 
 fn integer(field: &str, value: &Param) -> Result<u64, Status> {
@@ -528,6 +540,7 @@ mod tests {
             ("mc_iterations", Param::Int(0)),
             ("mc_iterations", Param::Int(1001)),
             ("mc_iterations", Param::Uint(1 << 40)),
+            ("mc_iterations", Param::Double(2.5)),
             ("seed", Param::String("7".into())),
             ("heuristic", Param::Int(1)),
         ] {
@@ -538,6 +551,8 @@ mod tests {
             assert!(message.starts_with(&format!("parameters.{name}: ")), "{message}");
             assert!(!message[1..].contains("parameters."), "{message}");
         }
+        let huge = predict_params([("mc_iterations", &Param::Uint(1 << 40))]).unwrap_err();
+        assert!(huge.message().contains(&(1u64 << 40).to_string()), "the number sent: {}", huge.message());
     }
 
     #[test]

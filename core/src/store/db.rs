@@ -118,6 +118,17 @@ pub struct UpsertCounts {
     pub stale: u64,
 }
 
+/// What [`Database::activate_version`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// The version is active now.
+    Activated,
+    /// The project or the version does not exist.
+    NoSuchVersion,
+    /// The version does not fit the project's stored spec; nothing changed.
+    Unfit,
+}
+
 /// A stored project row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredProject {
@@ -137,8 +148,10 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// go on while another connection writes).
 #[derive(Debug)]
 pub struct Database {
-    connection: Mutex<Connection>,
+    // Declared first, dropped first: the writer closes last, which checkpoints the WAL into
+    // alps.db and removes it.
     reader: Mutex<Connection>,
+    connection: Mutex<Connection>,
 }
 
 impl Database {
@@ -165,7 +178,7 @@ impl Database {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let reader = Connection::open_with_flags(path, flags)?;
         reader.busy_timeout(BUSY_TIMEOUT)?;
-        Ok(Self { connection: Mutex::new(connection), reader: Mutex::new(reader) })
+        Ok(Self { reader: Mutex::new(reader), connection: Mutex::new(connection) })
     }
 
     fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -472,26 +485,38 @@ impl Database {
         Ok(())
     }
 
-    /// Makes `version` the active version of `project`; returns whether the version exists.
+    /// Makes `version` the active version of `project` if `fits(its manifest JSON, the stored
+    /// spec)`, in one transaction: a spec changed meanwhile (other classes or inputs) is seen.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    pub fn activate_version(&self, project: &str, version: &str) -> Result<bool, StoreError> {
+    /// [`StoreError`] on a database failure or an unreadable stored spec.
+    pub fn activate_version(
+        &self,
+        project: &str,
+        version: &str,
+        fits: impl FnOnce(&str, &ProjectSpec) -> bool,
+    ) -> Result<Activation, StoreError> {
         let mut connection = self.connection();
         let transaction = Self::write_transaction(&mut connection)?;
-        let exists: Option<i64> = transaction
+        let manifest: Option<String> = transaction
             .query_row(
-                "SELECT 1 FROM model_versions WHERE project_id = ?1 AND version = ?2",
+                "SELECT manifest FROM model_versions WHERE project_id = ?1 AND version = ?2",
                 params![project, version],
                 |row| row.get(0),
             )
             .optional()?;
-        if exists.is_none() {
-            return Ok(false);
+        let spec: Option<String> = transaction
+            .query_row("SELECT spec FROM projects WHERE id = ?1", params![project], |row| row.get(0))
+            .optional()?;
+        let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
+        let spec =
+            serde_json::from_str(&spec).map_err(|source| StoreError::Corrupt { id: project.to_owned(), source })?;
+        if !fits(&manifest, &spec) {
+            return Ok(Activation::Unfit);
         }
         transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
         transaction.commit()?;
-        Ok(true)
+        Ok(Activation::Activated)
     }
 
     /// Inserts or replaces a training job record (JSON).
@@ -609,6 +634,24 @@ mod tests {
         let disk_full = std::io::Error::from(std::io::ErrorKind::StorageFull);
         assert_eq!(Failure::of_io(&disk_full), Failure::Full);
         assert_eq!(Failure::of_io(&std::io::Error::from(std::io::ErrorKind::PermissionDenied)), Failure::Permanent);
+    }
+
+    #[test]
+    fn a_version_is_activated_only_if_it_fits_the_stored_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("alps.db")).unwrap();
+        db.upsert_project(&spec(), 0, "untrained", |_| false).unwrap();
+        assert_eq!(db.activate_version("cars", "v1", |_, _| true).unwrap(), Activation::NoSuchVersion);
+        db.record_version("cars", "v1", 1, r#"{"made": "for cars"}"#, 0).unwrap();
+        let refused = db.activate_version("cars", "v1", |manifest, stored| {
+            assert_eq!((manifest, stored), (r#"{"made": "for cars"}"#, &spec()), "the check sees both");
+            false
+        });
+        assert_eq!(refused.unwrap(), Activation::Unfit);
+        assert_eq!(db.project("cars").unwrap().unwrap().active_version, "untrained", "nothing changed");
+        assert_eq!(db.activate_version("cars", "v1", |_, _| true).unwrap(), Activation::Activated);
+        assert_eq!(db.project("cars").unwrap().unwrap().active_version, "v1");
+        assert_eq!(db.activate_version("boats", "v1", |_, _| true).unwrap(), Activation::NoSuchVersion);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::{
     store::{
         ModelsDir,
         blobs::BlobStore,
-        db::{Database, StoreError},
+        db::{Activation, Database, StoreError},
         now_unix_ms,
     },
 };
@@ -49,6 +49,15 @@ pub enum TrainingError {
     /// See [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a job's version was not activated when the project changed while the job trained.
+const CHANGED_MEANWHILE: &str =
+    "the project's classes, model or preprocessing changed while the job trained; this version does not fit them";
+
+/// Whether the version of `manifest` (JSON, as stored) can serve a project with `spec`.
+fn fits(manifest: &str, spec: &crate::projects::ProjectSpec) -> bool {
+    serde_json::from_str::<Manifest>(manifest).is_ok_and(|manifest| manifest.serves(spec))
 }
 
 /// Why a job that was queued or running when the server stopped did not finish.
@@ -590,30 +599,43 @@ impl Trainer {
             fingerprint: manifest.model_fingerprint.clone(),
             model: trained.model,
         });
-        if record.activate && refusal.is_none() && self.serve_new(&job_id, &spec.id, &manifest.version) {
-            self.db
-                .activate_version(&spec.id, &manifest.version)
-                .map_err(|e| TrainError::Precondition(crate::errors::logged("activating the model version", &e)))?;
-            self.projects
-                .reload(&spec.id)
-                .map_err(|e| TrainError::Precondition(crate::errors::logged("activating the model version", &e)))?;
-            self.metrics.observe_activation(written.elapsed());
-            tracing::info!(project = %spec.id, version = %manifest.version, "model version activated");
+        if record.activate && refusal.is_none() {
+            // The job succeeded whatever happens here: its version is recorded. Why it is not
+            // active, if it is not, goes on the job.
+            match self.activate_new(&manifest) {
+                Ok(()) => self.metrics.observe_activation(written.elapsed()),
+                Err(reason) => {
+                    tracing::warn!(job = %job_id, version = %manifest.version, %reason, "new version not activated");
+                    self.update(&job_id, |r| r.not_activated_reason = reason);
+                }
+            }
         }
         Ok(manifest.version)
     }
 
-    /// Loads a job's new version for serving; `false`, with the reason on the job, if it does
-    /// not load (it is then left inactive).
-    fn serve_new(&self, job_id: &str, project: &str, version: &str) -> bool {
-        match self.serve(project, version) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(job = %job_id, %version, %error, "new version not activated: it does not load");
-                self.update(job_id, |r| r.not_activated_reason = format!("the new version does not load: {error}"));
-                false
-            }
+    /// Activates a job's new version: loaded for serving first, then made active if it still
+    /// fits the project (its spec may have changed while the job trained).
+    ///
+    /// # Errors
+    /// Why it was not activated, for the job's `not_activated_reason`.
+    fn activate_new(&self, manifest: &Manifest) -> Result<(), String> {
+        let (project, version) = (&manifest.project_id, &manifest.version);
+        let current = self.projects.get(project).map_err(|e| e.to_string())?;
+        if !manifest.serves(&current.spec) {
+            return Err(CHANGED_MEANWHILE.into());
         }
+        self.serve(project, version).map_err(|error| format!("the new version does not load: {error}"))?;
+        match self.db.activate_version(project, version, fits) {
+            Ok(Activation::Activated) => {}
+            Ok(Activation::Unfit | Activation::NoSuchVersion) => return Err(CHANGED_MEANWHILE.into()),
+            Err(error) => return Err(crate::errors::logged("activating the new version", &error)),
+        }
+        // Recorded as active: a failed refresh is logged, and the next refresh catches up.
+        if let Err(error) = self.projects.reload(project) {
+            tracing::error!(%project, %error, "cannot refresh the project after activating a version");
+        }
+        tracing::info!(%project, %version, "model version activated");
+        Ok(())
     }
 
     /// The kept model if it is `project`'s `version` for the spec with `fingerprint`: the same
@@ -669,17 +691,29 @@ impl Trainer {
     /// is recorded and swapped in; requests meanwhile get the old version.
     ///
     /// # Errors
-    /// [`TrainingError::NotFound`] for an unknown version; [`TrainingError::Precondition`] if its
+    /// [`TrainingError::NotFound`] for an unknown version; [`TrainingError::Precondition`] if it
+    /// was trained for other classes, model or preprocessing than the project has now, or its
     /// files are missing or corrupt (nothing changes then).
     pub fn activate(&self, project_id: &str, version: &str) -> Result<Manifest, TrainingError> {
         let started = std::time::Instant::now();
-        self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
-        let manifest =
-            self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(|| {
-                TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"))
-            })?;
+        let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
+        let unknown = || TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"));
+        let manifest = self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(unknown)?;
+        let unfit = || {
+            TrainingError::Precondition(format!(
+                "model version {version} was trained for other classes, model or preprocessing than project \
+                 {project_id} has now; train a new version"
+            ))
+        };
+        if !manifest.serves(&project.spec) {
+            return Err(unfit());
+        }
         self.serve(project_id, version).map_err(TrainingError::Precondition)?;
-        self.db.activate_version(project_id, version)?;
+        match self.db.activate_version(project_id, version, fits)? {
+            Activation::Activated => {}
+            Activation::NoSuchVersion => return Err(unknown()),
+            Activation::Unfit => return Err(unfit()),
+        }
         self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         self.metrics.observe_activation(started.elapsed());
         tracing::info!(project = %project_id, %version, "model version activated");

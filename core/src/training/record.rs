@@ -241,7 +241,8 @@ pub struct JobRecord {
     pub model_version: String,
     /// Why it failed or was cancelled.
     pub error: String,
-    /// Why the version it produced was not activated (auto-activate policy); empty otherwise.
+    /// Why the version it produced was not activated (the auto-activate policy, a version that
+    /// does not load, or a project changed meanwhile); empty otherwise.
     #[serde(default)]
     pub not_activated_reason: String,
     /// Milliseconds since the Unix epoch.
@@ -353,6 +354,15 @@ pub struct Manifest {
     pub weights_bytes: u64,
     /// Milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
+}
+
+impl Manifest {
+    /// Whether this version can serve a project with `spec`: the same classes, and the same
+    /// model and preprocessing where the manifest recorded them (older manifests did not).
+    pub fn serves(&self, spec: &crate::projects::ProjectSpec) -> bool {
+        self.classes == spec.classes
+            && (self.model_fingerprint.is_empty() || self.model_fingerprint == spec.model_fingerprint())
+    }
 }
 
 fn full_weights() -> String {
