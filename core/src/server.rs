@@ -182,7 +182,8 @@ impl Server {
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
         if config.gc_interval_secs > 0 {
             let grace = Duration::from_secs(config.gc_grace_secs);
-            let collector = GarbageCollector::new(db.clone(), blobs.clone(), grace, metrics.clone());
+            let collector =
+                GarbageCollector::new(db.clone(), blobs.clone(), data_dir.models_dir(), grace, metrics.clone());
             collector.spawn(Duration::from_secs(config.gc_interval_secs));
         }
         tracing::info!(projects = projects.list().len(), "projects loaded");

@@ -2,10 +2,13 @@
 //! and projects, so deleting an example or a project leaves its bytes in place; a periodic
 //! pass removes the blobs no example references once their last write is older than a grace
 //! period (see [`BlobStore::collect_garbage`] for why that is safe against concurrent writes).
+//! The same pass removes model-version directories of projects that no longer exist (a crash
+//! between a project's deletion and the removal of its versions leaves them behind).
 
 use std::{sync::Arc, time::Duration};
 
 use super::{
+    ModelsDir,
     blobs::{BlobError, BlobStore, Collected},
     db::{Database, StoreError},
 };
@@ -27,14 +30,22 @@ pub enum GcError {
 pub struct GarbageCollector {
     db: Arc<Database>,
     blobs: Arc<BlobStore>,
+    models_dir: ModelsDir,
     grace: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl GarbageCollector {
-    /// A collector keeping unreferenced blobs for `grace` after their last write.
-    pub fn new(db: Arc<Database>, blobs: Arc<BlobStore>, grace: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { db, blobs, grace, metrics }
+    /// A collector keeping unreferenced blobs, and the model versions of deleted projects in
+    /// `models_dir`, for `grace` after their last write.
+    pub fn new(
+        db: Arc<Database>,
+        blobs: Arc<BlobStore>,
+        models_dir: ModelsDir,
+        grace: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { db, blobs, models_dir, grace, metrics }
     }
 
     /// One pass: reads which blobs examples reference, then removes the others past the grace
@@ -47,6 +58,7 @@ impl GarbageCollector {
         let round = self.blobs.start_collection(self.grace);
         let referenced = self.db.referenced_blobs()?;
         let collected = self.blobs.collect_garbage(round, &referenced)?;
+        self.remove_orphaned_versions();
         self.metrics.record_garbage_collected(collected.blobs, collected.bytes);
         if collected != Collected::default() {
             tracing::info!(
@@ -57,6 +69,23 @@ impl GarbageCollector {
             );
         }
         Ok(collected)
+    }
+
+    /// Removes the model-version directories of deleted projects older than the grace period;
+    /// a failure is logged and retried next time.
+    fn remove_orphaned_versions(&self) {
+        let now = std::time::SystemTime::now();
+        let cutoff = now.checked_sub(self.grace).unwrap_or(std::time::UNIX_EPOCH);
+        // Read after the cutoff: a project made since has a newer directory.
+        let projects = match self.db.projects() {
+            Ok(projects) => projects.into_iter().map(|p| p.spec.id).collect::<Vec<_>>(),
+            Err(error) => return tracing::warn!(%error, "cannot list projects for model-version collection"),
+        };
+        match self.models_dir.remove_orphans(&projects, cutoff) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed model versions of deleted projects"),
+            Err(error) => tracing::warn!(%error, "cannot list the models directory"),
+        }
     }
 
     /// Runs [`collect`](Self::collect) every `interval` on the blocking pool, for as long as

@@ -194,6 +194,38 @@ impl ModelsDir {
         crate::ids::project("project_id", project).is_ok().then(|| self.root.join(project))
     }
 
+    /// Removes the directories of projects not in `projects` (ids) that were last changed before
+    /// `cutoff`: left by a crash between a project's deletion and the removal of its versions.
+    /// Only directories named as [`project_dir`](Self::project_dir) names them are touched; a
+    /// project made meanwhile has a newer directory and stays. Returns how many were removed;
+    /// one that cannot be removed is logged and left.
+    ///
+    /// # Errors
+    /// The I/O error if the models directory exists but cannot be listed.
+    pub fn remove_orphans(&self, projects: &[String], cutoff: std::time::SystemTime) -> io::Result<u64> {
+        let known: std::collections::HashSet<String> =
+            projects.iter().map(|id| blobs::sha256_hex(id.as_bytes())).collect();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(error),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hashed = name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|modified| modified < cutoff);
+            if !hashed || known.contains(&name) || !old {
+                continue;
+            }
+            match remove_dir_inside(&self.root, &entry.path()) {
+                Ok(_) => removed += 1,
+                Err(error) => tracing::warn!(%error, "cannot remove the model versions of a deleted project"),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes `project`'s model versions; a missing directory is not an error.
     ///
     /// # Errors
@@ -261,6 +293,7 @@ pub fn remove_dir_inside(parent: &Path, target: &Path) -> Result<bool, RemoveErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn creates_missing_directories() {
@@ -279,6 +312,28 @@ mod tests {
         assert!(matches!(error, DataDirError::InUse { .. }), "{error}");
         drop(first);
         DataDir::open(root.path()).unwrap();
+    }
+
+    #[test]
+    fn model_versions_of_deleted_projects_are_removed_after_the_grace_period() {
+        let root = tempfile::tempdir().unwrap();
+        let models = ModelsDir::new(root.path().join("models"));
+        assert_eq!(models.remove_orphans(&[], SystemTime::now()).unwrap(), 0, "no models directory yet");
+        let hour = Duration::from_secs(3600);
+        let make = |project: &str, age: Duration| {
+            let dir = models.version_dir(project, "v1");
+            fs::create_dir_all(&dir).unwrap();
+            let project_dir = models.project_dir(project);
+            File::open(&project_dir).unwrap().set_modified(SystemTime::now() - age).unwrap();
+            project_dir
+        };
+        let (kept, deleted, fresh) = (make("kept", 2 * hour), make("deleted", 2 * hour), make("fresh", Duration::ZERO));
+        let other = models.root().join("not-a-project-dir");
+        fs::create_dir_all(&other).unwrap();
+        let removed = models.remove_orphans(&["kept".to_owned()], SystemTime::now() - hour).unwrap();
+        assert_eq!(removed, 1);
+        assert!(!deleted.exists(), "a deleted project's old directory goes");
+        assert!(kept.join("v1").exists() && fresh.exists() && other.exists(), "known, fresh and foreign ones stay");
     }
 
     #[test]
