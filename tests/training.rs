@@ -383,6 +383,22 @@ async fn a_version_made_for_other_inputs_is_not_activated() {
     assert_eq!(predict(&mut server).await.unwrap().0, "untrained");
 }
 
+#[tokio::test]
+async fn a_job_whose_project_changed_meanwhile_records_its_version_without_activating_it() {
+    let mut server = server_with_examples(10, &[]).await;
+    let job = server.training.train(train_request(5_000)).await.unwrap().into_inner().job.unwrap();
+    wait_for_first_epoch(&mut server, &job.job_id).await;
+    let preprocessing = Preprocessing { width: 2, height: 2, channels: 1, mean: vec![0.5], std: vec![0.5] };
+    let update =
+        UpdateProjectRequest { project_id: "p".into(), preprocessing: Some(preprocessing), ..Default::default() };
+    server.projects.update_project(update).await.unwrap();
+    let ended = watch(&mut server, &job.job_id).await.pop().unwrap();
+    assert_eq!((ended.state, ended.model_version.as_str()), (JobState::Succeeded as i32, "v1"), "{ended:?}");
+    assert!(ended.not_activated_reason.contains("changed while the job trained"), "{ended:?}");
+    assert_eq!(active_version(&mut server).await, "untrained");
+    assert_eq!(predict(&mut server).await.unwrap().0, "untrained");
+}
+
 async fn jobs(server: &mut Server) -> Vec<TrainingJob> {
     let request = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
     server.training.list_training_jobs(request).await.unwrap().into_inner().jobs
