@@ -19,8 +19,18 @@ pub fn logged(what: &str, detail: &dyn Display) -> String {
 /// Logs `detail` under a new request id and returns `"request id <16 hex>; details in the
 /// server log"`, for messages that word the failure themselves.
 pub fn log_detail(what: &str, detail: &dyn Display) -> String {
-    let id = format!("{:016x}", fastrand::u64(..));
+    let id = request_id();
     tracing::error!(request_id = %id, what, detail = %detail, "internal error");
+    see_log(&id)
+}
+
+/// A new id under which a failure's detail is logged.
+fn request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// What the client is told of a detail logged under `id`.
+fn see_log(id: &str) -> String {
     format!("request id {id}; details in the server log")
 }
 
@@ -36,9 +46,9 @@ pub fn internal(what: &str, detail: &dyn Display) -> Status {
 /// into place whole). The first two are logged as warnings: the server is not at fault.
 pub fn storage(what: &str, failure: Failure, detail: &dyn Display) -> Status {
     let warned = || {
-        let id = format!("{:016x}", fastrand::u64(..));
+        let id = request_id();
         tracing::warn!(request_id = %id, what, detail = %detail, ?failure, "storage refused a request");
-        format!("request id {id}; details in the server log")
+        see_log(&id)
     };
     match failure {
         Failure::Transient => Status::unavailable(format!("{what} is busy; retry with backoff ({})", warned())),

@@ -32,7 +32,7 @@ use crate::{
     engine::SampleInput,
     infer::{Infer, PredictParams},
     metrics::{Metrics, ModelStats},
-    projects::{HeuristicChoice, Project, UNTRAINED_VERSION, check_mc_iterations, spec::MAX_MC_ITERATIONS},
+    projects::{HeuristicChoice, Project, UNTRAINED_VERSION, check_mc_iterations},
 };
 
 /// The input of encoded images.
@@ -212,10 +212,9 @@ fn mc_iterations(value: &Param) -> Result<u32, Status> {
         _ => None,
     };
     let whole = whole.ok_or_else(|| invalid(format!("{field}: a whole number from 1 to 1000 is required")))?;
-    let refused = || invalid(format!("{field}: {whole} MC iterations: must be between 1 and {MAX_MC_ITERATIONS}"));
-    let k = u32::try_from(whole).map_err(|_| refused())?;
-    check_mc_iterations(field, k).map_err(|_| refused())?;
-    Ok(k)
+    check_mc_iterations(field, whole).map_err(|e| invalid(format!("{}: {}", e.field, e.message)))?;
+    // Within 1..=1000 now.
+    Ok(whole as u32)
 }
 
 fn integer(field: &str, value: &Param) -> Result<u64, Status> {

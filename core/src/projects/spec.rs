@@ -169,12 +169,14 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
     SpecError { field, message: message.into() }
 }
 
-/// Checks an MC-iteration count K.
+/// Checks an MC-iteration count K, of any integer type a request carries it in (the error
+/// shows the number as sent).
 ///
 /// # Errors
 /// [`SpecError`] on `field` if `k` is not in `1..=1000`.
-pub fn check_mc_iterations(field: &'static str, k: u32) -> Result<(), SpecError> {
-    if (1..=MAX_MC_ITERATIONS).contains(&k) {
+pub fn check_mc_iterations(field: &'static str, k: impl Into<i128>) -> Result<(), SpecError> {
+    let k = k.into();
+    if (1..=i128::from(MAX_MC_ITERATIONS)).contains(&k) {
         Ok(())
     } else {
         Err(invalid(field, format!("{k} MC iterations: must be between 1 and {MAX_MC_ITERATIONS}")))

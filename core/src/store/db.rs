@@ -509,9 +509,7 @@ impl Database {
             .query_row("SELECT spec FROM projects WHERE id = ?1", params![project], |row| row.get(0))
             .optional()?;
         let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
-        let spec =
-            serde_json::from_str(&spec).map_err(|source| StoreError::Corrupt { id: project.to_owned(), source })?;
-        if !fits(&manifest, &spec) {
+        if !fits(&manifest, &decode_spec(project, &spec)?) {
             return Ok(Activation::Unfit);
         }
         transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
@@ -575,8 +573,12 @@ impl Database {
 }
 
 fn decode(id: &str, json: &str, created_unix_ms: i64, active_version: String) -> Result<StoredProject, StoreError> {
-    let spec = serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })?;
-    Ok(StoredProject { spec, created_unix_ms, active_version })
+    Ok(StoredProject { spec: decode_spec(id, json)?, created_unix_ms, active_version })
+}
+
+/// Project `id`'s stored spec (JSON).
+fn decode_spec(id: &str, json: &str) -> Result<ProjectSpec, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
 }
 
 #[cfg(test)]

@@ -60,6 +60,18 @@ fn fits(manifest: &str, spec: &crate::projects::ProjectSpec) -> bool {
     serde_json::from_str::<Manifest>(manifest).is_ok_and(|manifest| manifest.serves(spec))
 }
 
+/// Why [`Trainer::load_and_activate`] left a version inactive.
+enum Refused {
+    /// Made for other classes, model or preprocessing than the project has.
+    Unfit,
+    /// The project or the version is gone.
+    Unknown,
+    /// It does not load (client message).
+    Load(String),
+    /// The database failed.
+    Store(StoreError),
+}
+
 /// Why a job that was queued or running when the server stopped did not finish.
 const INTERRUPTED: &str = "interrupted: the server stopped while this job was queued or running";
 
@@ -621,15 +633,11 @@ impl Trainer {
     fn activate_new(&self, manifest: &Manifest) -> Result<(), String> {
         let (project, version) = (&manifest.project_id, &manifest.version);
         let current = self.projects.get(project).map_err(|e| e.to_string())?;
-        if !manifest.serves(&current.spec) {
-            return Err(CHANGED_MEANWHILE.into());
-        }
-        self.serve(project, version).map_err(|error| format!("the new version does not load: {error}"))?;
-        match self.db.activate_version(project, version, fits) {
-            Ok(Activation::Activated) => {}
-            Ok(Activation::Unfit | Activation::NoSuchVersion) => return Err(CHANGED_MEANWHILE.into()),
-            Err(error) => return Err(crate::errors::logged("activating the new version", &error)),
-        }
+        self.load_and_activate(manifest, &current).map_err(|refused| match refused {
+            Refused::Unfit | Refused::Unknown => CHANGED_MEANWHILE.into(),
+            Refused::Load(error) => format!("the new version does not load: {error}"),
+            Refused::Store(error) => crate::errors::logged("activating the new version", &error),
+        })?;
         // Recorded as active: a failed refresh is logged, and the next refresh catches up.
         if let Err(error) = self.projects.reload(project) {
             tracing::error!(%project, %error, "cannot refresh the project after activating a version");
@@ -699,31 +707,35 @@ impl Trainer {
         let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         let unknown = || TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"));
         let manifest = self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(unknown)?;
-        let unfit = || {
-            TrainingError::Precondition(format!(
+        self.load_and_activate(&manifest, &project).map_err(|refused| match refused {
+            Refused::Unfit => TrainingError::Precondition(format!(
                 "model version {version} was trained for other classes, model or preprocessing than project \
                  {project_id} has now; train a new version"
-            ))
-        };
-        if !manifest.serves(&project.spec) {
-            return Err(unfit());
-        }
-        self.serve(project_id, version).map_err(TrainingError::Precondition)?;
-        match self.db.activate_version(project_id, version, fits)? {
-            Activation::Activated => {}
-            Activation::NoSuchVersion => return Err(unknown()),
-            Activation::Unfit => return Err(unfit()),
-        }
+            )),
+            Refused::Unknown => unknown(),
+            Refused::Load(error) => TrainingError::Precondition(error),
+            Refused::Store(error) => TrainingError::Store(error),
+        })?;
         self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         self.metrics.observe_activation(started.elapsed());
         tracing::info!(project = %project_id, %version, "model version activated");
         Ok(manifest)
     }
 
-    /// Has the serving engine load `project_id` at `version`, before the swap.
-    fn serve(&self, project_id: &str, version: &str) -> Result<(), String> {
-        let project = self.projects.get(project_id).map_err(|e| e.to_string())?;
-        self.serving.load(&Project { active_version: version.to_owned(), ..Project::clone(&project) })
+    /// The steps both activations share, before the cache refresh: `manifest`'s version must
+    /// fit `project` as it is, the serving engine loads it, then the database makes it active
+    /// if it still fits the stored spec (checked again in that transaction).
+    fn load_and_activate(&self, manifest: &Manifest, project: &Project) -> Result<(), Refused> {
+        if !manifest.serves(&project.spec) {
+            return Err(Refused::Unfit);
+        }
+        let version = &manifest.version;
+        self.serving.load(&Project { active_version: version.clone(), ..project.clone() }).map_err(Refused::Load)?;
+        match self.db.activate_version(&project.spec.id, version, fits).map_err(Refused::Store)? {
+            Activation::Activated => Ok(()),
+            Activation::NoSuchVersion => Err(Refused::Unknown),
+            Activation::Unfit => Err(Refused::Unfit),
+        }
     }
 }
 
