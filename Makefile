@@ -21,7 +21,8 @@ run: bootstrap release
 	scripts/run.sh
 
 ## test: bootstrap, then format check, clippy, unit and cross-process tests (tritonclient and
-## perf_analyzer included; the deploy/ manifests rendered and validated), the end-to-end test
+## perf_analyzer included; the PostgreSQL catalogue against throwaway servers from Debian's
+## postgresql package, installed where missing; the deploy/ manifests rendered and validated), the end-to-end test
 ## with a real Label Studio, and the reduced active-learning experiment
 # Incremental caches are for editing; a full test run only pays their disk (GBs) for them.
 # (Alternating `make test` with plain cargo builds therefore rebuilds the workspace crates.)
@@ -30,6 +31,7 @@ test: bootstrap
 	scripts/bootstrap.sh scripts/requirements-experiments.txt scripts/requirements-deploy.txt
 	scripts/bootstrap-label-studio.sh
 	scripts/bootstrap-triton.sh
+	scripts/bootstrap-postgres.sh
 	scripts/install-client.sh
 	cargo fmt --all --check
 	cargo build --workspace

@@ -67,6 +67,15 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// PostgreSQL database for the catalogue (projects, the example index, model versions,
+    /// training jobs) instead of `<data-dir>/alps.db`:
+    /// `postgres://user:password@host:port/database`. Sample bytes and model files stay in
+    /// `--data-dir`. One server per database: it holds an advisory lock, and a second server
+    /// on the same database refuses to start. Connections are unencrypted (loopback, a private
+    /// network or a sidecar proxy).
+    #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// Directory of heuristic plugins (`*.so`). Default: the built-in plugins shipped beside the
     /// `alps-server` binary (`<binary dir>/plugins`, or the binary's own directory in a cargo
     /// build, where the built-in cdylib is placed).

@@ -30,7 +30,9 @@ use crate::{
     store::{
         DataDir, DataDirError,
         blobs::{BlobError, BlobStore},
-        db::{Database, StoreError},
+        catalog::{Catalog, StoreError},
+        postgres::{OpenError, PostgresCatalog},
+        sqlite::SqliteCatalog,
         gc::GarbageCollector,
     },
     tls::{Tls, TlsError},
@@ -65,6 +67,9 @@ pub enum StartError {
     /// See [`StoreError`].
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// See [`OpenError`].
+    #[error("cannot open the database (--database-url): {0}")]
+    Database(#[from] OpenError),
     /// See [`BlobError`].
     #[error("cannot open the blob store: {0}")]
     Blobs(#[from] BlobError),
@@ -177,13 +182,13 @@ impl Server {
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
-        let db = Arc::new(Database::open(&data_dir.database_path())?);
-        let projects = Arc::new(Projects::open(db.clone())?);
+        let catalog = open_catalog(config.database_url.as_deref(), &data_dir)?;
+        let projects = Arc::new(Projects::open(catalog.clone())?);
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
         if config.gc_interval_secs > 0 {
             let grace = Duration::from_secs(config.gc_grace_secs);
             let collector =
-                GarbageCollector::new(db.clone(), blobs.clone(), data_dir.models_dir(), grace, metrics.clone());
+                GarbageCollector::new(catalog.clone(), blobs.clone(), data_dir.models_dir(), grace, metrics.clone());
             collector.spawn(Duration::from_secs(config.gc_interval_secs));
         }
         tracing::info!(projects = projects.list().len(), "projects loaded");
@@ -196,7 +201,7 @@ impl Server {
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
         let trainer = Arc::new(Trainer::start(
-            db.clone(),
+            catalog.clone(),
             blobs.clone(),
             projects.clone(),
             data_dir.models_dir(),
@@ -212,7 +217,7 @@ impl Server {
         let grpc = listen("--listen", config.listen).await?;
         let http = listen("--http-listen", config.http_listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
-        let examples = Arc::new(Examples::new(db, blobs, image_limits));
+        let examples = Arc::new(Examples::new(catalog, blobs, image_limits));
         let infer = Infer::new(
             projects.clone(),
             examples.clone(),
@@ -382,6 +387,20 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
         None => None,
     };
     Ok((tokens, tls, watchers))
+}
+
+/// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory.
+fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dyn Catalog>, StartError> {
+    let Some(url) = database_url else { return Ok(Arc::new(SqliteCatalog::open(&data_dir.database_path())?)) };
+    if data_dir.database_path().exists() {
+        tracing::warn!(
+            file = %data_dir.database_path().display(),
+            "the data dir's catalogue is not used with --database-url: its projects are not served"
+        );
+    }
+    let catalog = PostgresCatalog::open(url)?;
+    tracing::info!("catalogue in PostgreSQL (--database-url)");
+    Ok(Arc::new(catalog))
 }
 
 async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

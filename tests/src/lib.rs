@@ -456,3 +456,46 @@ pub fn export_torchvision_resnet18(weights: &Path, script: &Path) {
         path_str(script),
     ]);
 }
+
+/// A throwaway PostgreSQL server on loopback, started on first use by
+/// `scripts/throwaway-postgres.sh` and stopped by it when this process ends (its standard
+/// input closes). Returns the superuser's URL (`postgres://postgres@127.0.0.1:PORT/postgres`).
+///
+/// # Panics
+/// If PostgreSQL is not installed (`scripts/bootstrap-postgres.sh` installs it) or does not start.
+pub fn postgres_server() -> &'static str {
+    static SERVER: std::sync::OnceLock<(Child, String)> = std::sync::OnceLock::new();
+    let (_, url) = SERVER.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/throwaway-postgres.sh");
+        let mut child =
+            Command::new(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run the script");
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut url).expect("read the URL");
+        assert!(url.starts_with("postgres://"), "no PostgreSQL for the tests (see the script's error above)");
+        (child, url.trim().to_owned())
+    });
+    url
+}
+
+/// A new database on [`postgres_server`] owned by a new login role without superuser rights,
+/// as a managed PostgreSQL gives an application: returns (the role's name, its database URL).
+pub fn postgres_database(name: &str) -> (String, String) {
+    let role = format!("{name}_{}", std::process::id());
+    postgres_admin(&format!("CREATE ROLE {role} LOGIN PASSWORD 'secret'"));
+    postgres_admin(&format!("CREATE DATABASE {role} OWNER {role}"));
+    let server = postgres_server();
+    let host = server.trim_start_matches("postgres://postgres@").split('/').next().expect("host:port");
+    (role.clone(), format!("postgres://{role}:secret@{host}/{role}"))
+}
+
+/// Runs `sql` on [`postgres_server`] as the superuser.
+pub fn postgres_admin(sql: &str) {
+    let server = postgres_server();
+    // The blocking client runs its own tokio runtime: not on a thread of the test's.
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut admin = postgres::Client::connect(server, postgres::NoTls).expect("connect as the superuser");
+            admin.batch_execute(sql).expect("admin SQL");
+        });
+    });
+}

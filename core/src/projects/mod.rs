@@ -14,7 +14,7 @@ pub use spec::{
 };
 
 use crate::store::{
-    db::{Database, StoreError, StoredProject},
+    catalog::{Catalog, StoreError, StoredProject},
     now_unix_ms,
 };
 
@@ -54,7 +54,7 @@ pub struct ProjectUpdate {
 /// All projects, persisted in `db` and cached in memory.
 #[derive(Debug)]
 pub struct Projects {
-    db: Arc<Database>,
+    catalog: Arc<dyn Catalog>,
     cache: RwLock<HashMap<String, Arc<Project>>>,
 }
 
@@ -63,9 +63,9 @@ impl Projects {
     ///
     /// # Errors
     /// [`StoreError`] if the database cannot be read.
-    pub fn open(db: Arc<Database>) -> Result<Self, StoreError> {
-        let cache = db.projects()?.into_iter().map(|p| (p.spec.id.clone(), Arc::new(p))).collect();
-        Ok(Self { db, cache: RwLock::new(cache) })
+    pub fn open(catalog: Arc<dyn Catalog>) -> Result<Self, StoreError> {
+        let cache = catalog.projects()?.into_iter().map(|p| (p.spec.id.clone(), Arc::new(p))).collect();
+        Ok(Self { catalog, cache: RwLock::new(cache) })
     }
 
     fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Project>>> {
@@ -87,14 +87,14 @@ impl Projects {
         // Versions trained for other classes, another model or other inputs cannot serve this spec
         // (their head or input shapes differ): the project starts over from its initial weights.
         // Decided against the stored spec, in the store's transaction.
-        let created = self.db.upsert_project(&spec, now_unix_ms(), UNTRAINED_VERSION, |stored| {
+        let created = self.catalog.upsert_project(&spec, now_unix_ms(), UNTRAINED_VERSION, &|stored: &ProjectSpec| {
             let starts_over = !stored.same_model(&spec);
             if starts_over {
                 tracing::info!(project = %spec.id, "classes, model or preprocessing changed: the project is untrained again");
             }
             starts_over
         })?;
-        let stored = self.db.project(&spec.id)?.ok_or_else(|| ProjectError::NotFound(spec.id.clone()))?;
+        let stored = self.catalog.project(&spec.id)?.ok_or_else(|| ProjectError::NotFound(spec.id.clone()))?;
         let project = Arc::new(stored);
         self.cache_write().insert(spec.id, project.clone());
         Ok((project, created))
@@ -145,7 +145,7 @@ impl Projects {
     /// # Errors
     /// [`ProjectError::NotFound`], or a store failure.
     pub fn reload(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
-        let project = Arc::new(self.db.project(id)?.ok_or_else(|| ProjectError::NotFound(id.to_owned()))?);
+        let project = Arc::new(self.catalog.project(id)?.ok_or_else(|| ProjectError::NotFound(id.to_owned()))?);
         self.cache_write().insert(id.to_owned(), project.clone());
         Ok(project)
     }
@@ -155,7 +155,7 @@ impl Projects {
     /// # Errors
     /// [`ProjectError::NotFound`], or a store failure.
     pub fn delete(&self, id: &str) -> Result<(), ProjectError> {
-        if !self.db.delete_project(id)? {
+        if !self.catalog.delete_project(id)? {
             return Err(ProjectError::NotFound(id.to_owned()));
         }
         self.cache_write().remove(id);
@@ -169,7 +169,7 @@ mod tests {
     use crate::projects::spec::tests::spec;
 
     fn projects(dir: &std::path::Path) -> Projects {
-        Projects::open(Arc::new(Database::open(&dir.join("alps.db")).unwrap())).unwrap()
+        Projects::open(Arc::new(crate::store::sqlite::SqliteCatalog::open(&dir.join("alps.db")).unwrap())).unwrap()
     }
 
     #[test]
@@ -192,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = projects(dir.path());
         registry.upsert(spec()).unwrap();
-        registry.db.reset_active_version("cars", "v3").unwrap();
+        registry.catalog.reset_active_version("cars", "v3").unwrap();
         assert_eq!(registry.reload("cars").unwrap().active_version, "v3");
         let renamed = ProjectSpec { display_name: "Cars".into(), ..spec() };
         assert_eq!(registry.upsert(renamed).unwrap().0.active_version, "v3", "a display name is no model change");
@@ -206,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = projects(dir.path());
         registry.upsert(spec()).unwrap();
-        registry.db.reset_active_version("cars", "v2").unwrap();
+        registry.catalog.reset_active_version("cars", "v2").unwrap();
         registry.reload("cars").unwrap();
         let same = ProjectUpdate { preprocessing: Some(spec().preprocessing), ..Default::default() };
         assert_eq!(registry.update("cars", same).unwrap().active_version, "v2", "unchanged inputs keep the version");

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use super::{
     ModelsDir,
     blobs::{BlobError, BlobStore, Collected},
-    db::{Database, StoreError},
+    catalog::{Catalog, StoreError},
 };
 use crate::metrics::Metrics;
 
@@ -28,7 +28,7 @@ pub enum GcError {
 /// Removes unreferenced sample blobs of one data directory.
 #[derive(Clone, Debug)]
 pub struct GarbageCollector {
-    db: Arc<Database>,
+    catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     models_dir: ModelsDir,
     grace: Duration,
@@ -39,13 +39,13 @@ impl GarbageCollector {
     /// A collector keeping unreferenced blobs, and the model versions of deleted projects in
     /// `models_dir`, for `grace` after their last write.
     pub fn new(
-        db: Arc<Database>,
+        catalog: Arc<dyn Catalog>,
         blobs: Arc<BlobStore>,
         models_dir: ModelsDir,
         grace: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { db, blobs, models_dir, grace, metrics }
+        Self { catalog, blobs, models_dir, grace, metrics }
     }
 
     /// One pass: reads which blobs examples reference, then removes the others past the grace
@@ -56,7 +56,7 @@ impl GarbageCollector {
     pub fn collect(&self) -> Result<Collected, GcError> {
         // The round starts before the references are read: see `BlobStore::collect_garbage`.
         let round = self.blobs.start_collection(self.grace);
-        let referenced = self.db.referenced_blobs()?;
+        let referenced = self.catalog.referenced_blobs()?;
         let collected = self.blobs.collect_garbage(round, &referenced)?;
         self.remove_orphaned_versions();
         self.metrics.record_garbage_collected(collected.blobs, collected.bytes);
@@ -77,7 +77,7 @@ impl GarbageCollector {
         let now = std::time::SystemTime::now();
         let cutoff = now.checked_sub(self.grace).unwrap_or(std::time::UNIX_EPOCH);
         // Read after the cutoff: a project made since has a newer directory.
-        let projects = match self.db.projects() {
+        let projects = match self.catalog.projects() {
             Ok(projects) => projects.into_iter().map(|p| p.spec.id).collect::<Vec<_>>(),
             Err(error) => return tracing::warn!(%error, "cannot list projects for model-version collection"),
         };

@@ -1,14 +1,19 @@
-//! Persistence: the data directory, opened for exclusive use by one server, its SQLite index
-//! ([`db`]), the content-addressed sample blobs ([`blobs`]) and their garbage collection
-//! ([`gc`]).
+//! Persistence: the data directory, opened for exclusive use by one server; the catalogue
+//! ([`catalog`]: projects, example index, model versions, jobs) in SQLite there ([`sqlite`]) or
+//! in PostgreSQL ([`postgres`]); the content-addressed sample blobs ([`blobs`]) and their
+//! garbage collection ([`gc`]).
 //!
 //! Layout: `alps.db` (SQLite index), `blobs/` (content-addressed
 //! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
 //! (the default model root: uploaded and operator-placed model files), `LOCK`.
 
 pub mod blobs;
-pub mod db;
+pub mod catalog;
+#[cfg(test)]
+mod conformance;
 pub mod gc;
+pub mod postgres;
+pub mod sqlite;
 
 use std::{
     fs::{self, File, TryLockError},

@@ -9,7 +9,7 @@ use crate::{
     projects::Project,
     store::{
         blobs::{BlobError, BlobStore},
-        db::{Database, ExampleRow, StoreError, UpsertCounts},
+        catalog::{Catalog, ExampleRow, StoreError, UpsertCounts},
         now_unix_ms,
     },
 };
@@ -92,15 +92,15 @@ pub struct LabelledPage {
 /// The labelled examples of every project.
 #[derive(Debug)]
 pub struct Examples {
-    db: Arc<Database>,
+    catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     limits: ImageLimits,
 }
 
 impl Examples {
     /// Examples in `db` with sample bytes in `blobs`; images are checked against `limits`.
-    pub fn new(db: Arc<Database>, blobs: Arc<BlobStore>, limits: ImageLimits) -> Self {
-        Self { db, blobs, limits }
+    pub fn new(catalog: Arc<dyn Catalog>, blobs: Arc<BlobStore>, limits: ImageLimits) -> Self {
+        Self { catalog, blobs, limits }
     }
 
     /// Validates every example of the batch, then stores them durably (blobs fsync'ed, index
@@ -157,7 +157,7 @@ impl Examples {
                 label_revision,
             });
         }
-        Ok(self.db.upsert_examples(&spec.id, &rows)?)
+        Ok(self.catalog.upsert_examples(&spec.id, &rows)?)
     }
 
     /// Deletes examples by external id; returns (deleted, not found).
@@ -165,7 +165,7 @@ impl Examples {
     /// # Errors
     /// [`ExampleError::Store`] on a database failure.
     pub fn delete(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), ExampleError> {
-        Ok(self.db.delete_examples(project, external_ids)?)
+        Ok(self.catalog.delete_examples(project, external_ids)?)
     }
 
     /// A page of examples after `after` (exclusive), ordered by external id.
@@ -173,7 +173,7 @@ impl Examples {
     /// # Errors
     /// [`ExampleError::Store`] on a database failure.
     pub fn page(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, ExampleError> {
-        Ok(self.db.examples(project, after, limit)?)
+        Ok(self.catalog.examples(project, after, limit)?)
     }
 
     /// A page of labelled examples as model inputs, for heuristics that need the labelled set:
@@ -184,7 +184,7 @@ impl Examples {
     /// [`ExampleError::Store`] when the index cannot be read (an unreadable sample is logged and
     /// left out).
     pub fn labelled_inputs(&self, project: &Project, after: &str, limit: usize) -> Result<LabelledPage, ExampleError> {
-        let rows = self.db.examples(&project.spec.id, after, limit)?;
+        let rows = self.catalog.examples(&project.spec.id, after, limit)?;
         let last = rows.last().map(|row| row.external_id.clone());
         let mut inputs = Vec::with_capacity(rows.len());
         for row in rows {
@@ -208,7 +208,7 @@ impl Examples {
     /// # Errors
     /// [`ExampleError::Store`] on a database failure.
     pub fn total(&self, project: &str) -> Result<u64, ExampleError> {
-        Ok(self.db.count_examples(project)?.iter().map(|(_, count)| count).sum())
+        Ok(self.catalog.count_examples(project)?.iter().map(|(_, count)| count).sum())
     }
 
     /// Examples per class; every project class is present, with 0 when it has none.
@@ -217,7 +217,7 @@ impl Examples {
     /// [`ExampleError::Store`] on a database failure.
     pub fn counts(&self, project: &Project) -> Result<BTreeMap<String, u64>, ExampleError> {
         let mut counts: BTreeMap<String, u64> = project.spec.classes.iter().map(|c| (c.clone(), 0)).collect();
-        for (class, count) in self.db.count_examples(&project.spec.id)? {
+        for (class, count) in self.catalog.count_examples(&project.spec.id)? {
             counts.insert(class, count);
         }
         Ok(counts)

@@ -32,7 +32,7 @@ use crate::{
     store::{
         ModelsDir,
         blobs::BlobStore,
-        db::{Activation, Database, StoreError},
+        catalog::{Activation, Catalog, StoreError},
         now_unix_ms,
     },
 };
@@ -119,7 +119,7 @@ pub struct TrainerSettings {
 
 /// Runs training jobs in the background.
 pub struct Trainer {
-    db: Arc<Database>,
+    catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     projects: Arc<Projects>,
     models_dir: ModelsDir,
@@ -165,7 +165,7 @@ impl Trainer {
     /// [`StoreError`] if the job records cannot be read or updated.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
-        db: Arc<Database>,
+        catalog: Arc<dyn Catalog>,
         blobs: Arc<BlobStore>,
         projects: Arc<Projects>,
         models_dir: ModelsDir,
@@ -174,13 +174,13 @@ impl Trainer {
         settings: TrainerSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        for json in db.unfinished_jobs()? {
+        for json in catalog.unfinished_jobs()? {
             if let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) {
                 record.state = JobState::Failed;
                 record.error = INTERRUPTED.into();
                 record.finished_unix_ms = now_unix_ms();
                 tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted by a restart");
-                save(&db, &record)?;
+                save(catalog.as_ref(), &record)?;
             }
         }
         let ids: Vec<String> = projects.list().iter().map(|p| p.spec.id.clone()).collect();
@@ -191,7 +191,7 @@ impl Trainer {
             Err(error) => tracing::warn!(%error, "cannot clean partial model versions"),
         }
         Ok(Self {
-            db,
+            catalog,
             blobs,
             projects,
             models_dir,
@@ -233,7 +233,7 @@ impl Trainer {
     ) -> Result<(JobRecord, bool), TrainingError> {
         let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         let classes_with_examples = self
-            .db
+            .catalog
             .count_examples(project_id)?
             .into_iter()
             .filter(|(class, n)| *n > 0 && project.spec.classes.contains(class))
@@ -268,7 +268,7 @@ impl Trainer {
             started_unix_ms: 0,
             finished_unix_ms: 0,
         };
-        save(&self.db, &record)?;
+        save(self.catalog.as_ref(), &record)?;
         let job_id = record.job_id.clone();
         let start_now = jobs.running.is_none();
         if start_now {
@@ -344,7 +344,7 @@ impl Trainer {
             return Ok(live.record.borrow().clone());
         }
         let json = self
-            .db
+            .catalog
             .job(job_id)?
             .ok_or_else(|| TrainingError::NotFound(format!("training job {job_id:?} not found")))?;
         serde_json::from_str(&json)
@@ -376,7 +376,7 @@ impl Trainer {
             ended.state = JobState::Cancelled;
             ended.error = "cancelled before it started".into();
             ended.finished_unix_ms = now_unix_ms();
-            save(&self.db, &ended)?;
+            save(self.catalog.as_ref(), &ended)?;
             state.live.remove(job_id);
             drop(state);
             // A job waiting for a training slot gives up its place.
@@ -401,7 +401,7 @@ impl Trainer {
     /// [`StoreError`] on a database failure.
     pub fn jobs(&self, project_id: &str, limit: usize) -> Result<Vec<JobRecord>, TrainingError> {
         let mut records: Vec<JobRecord> =
-            self.db.jobs(project_id, limit)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect();
+            self.catalog.jobs(project_id, limit)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect();
         let state = self.state();
         for record in &mut records {
             if let Some(live) = state.live.get(&record.job_id) {
@@ -441,7 +441,7 @@ impl Trainer {
             r.state = JobState::Running;
             r.started_unix_ms = now_unix_ms();
         })?;
-        if let Err(error) = save(&self.db, &record) {
+        if let Err(error) = save(self.catalog.as_ref(), &record) {
             tracing::error!(%error, "cannot record the job start");
         }
         tracing::info!(job = %job_id, project = %record.project_id, "training started");
@@ -480,7 +480,7 @@ impl Trainer {
             live.record.borrow().clone()
         });
         if let Some(record) = &ended {
-            if let Err(error) = save(&self.db, record) {
+            if let Err(error) = save(self.catalog.as_ref(), record) {
                 tracing::error!(%error, "cannot record the job end");
             }
             tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
@@ -535,7 +535,7 @@ impl Trainer {
         }
         let parent_backbone = parent_manifest.as_ref().map(|m| m.backbone_version.clone()).unwrap_or_default();
         let examples =
-            self.db.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
+            self.catalog.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
         // An example deleted while the job runs keeps its bytes until the job ends.
         let mut pins = self.blobs.pins();
         pins.hold_all(examples.iter().map(|e| e.sha256.clone()));
@@ -562,7 +562,7 @@ impl Trainer {
             });
         })?;
         self.update(&job_id, |r| r.progress.phase = Phase::Saving);
-        let number = self.db.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let number = self.catalog.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
         // A head-only version stores its head alone and names the backbone it was trained on:
         // the last fully fine-tuned version (checked by its checksum), else the initial weights.
         let (backbone_version, weights, backbone_sha256) = match record.params.mode {
@@ -602,7 +602,7 @@ impl Trainer {
             self.update(&job_id, |r| r.not_activated_reason = reason.clone());
         }
         // Recorded inactive, then loaded for serving, then activated: "load first, then swap".
-        let manifest = versions::write(&self.models_dir, &self.db, &trained.model, manifest)
+        let manifest = versions::write(&self.models_dir, self.catalog.as_ref(), &trained.model, manifest)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;
         let written = std::time::Instant::now();
         *self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WarmModel {
@@ -692,7 +692,7 @@ impl Trainer {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn versions(&self, project: &str) -> Result<Vec<Manifest>, TrainingError> {
-        Ok(self.db.versions(project)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
+        Ok(self.catalog.versions(project)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
     }
 
     /// Makes `version` active (also for rollback): the serving engine loads it first, then it
@@ -731,7 +731,7 @@ impl Trainer {
         }
         let version = &manifest.version;
         self.serving.load(&Project { active_version: version.clone(), ..project.clone() }).map_err(Refused::Load)?;
-        match self.db.activate_version(&project.spec.id, version, fits).map_err(Refused::Store)? {
+        match self.catalog.activate_version(&project.spec.id, version, &fits).map_err(Refused::Store)? {
             Activation::Activated => Ok(()),
             Activation::NoSuchVersion => Err(Refused::Unknown),
             Activation::Unfit => Err(Refused::Unfit),
@@ -739,8 +739,8 @@ impl Trainer {
     }
 }
 
-fn save(db: &Database, record: &JobRecord) -> Result<(), StoreError> {
+fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
     let json =
         serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: record.job_id.clone(), source })?;
-    db.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &json, record.created_unix_ms)
+    catalog.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &json, record.created_unix_ms)
 }

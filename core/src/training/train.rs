@@ -24,7 +24,7 @@ use crate::{
     projects::ProjectSpec,
     store::{
         blobs::{BlobError, BlobStore, sha256_hex},
-        db::ExampleRow,
+        catalog::ExampleRow,
     },
 };
 

@@ -17,7 +17,7 @@ use crate::{
     store::{
         ModelsDir,
         blobs::sha256_hex,
-        db::{Database, StoreError},
+        catalog::{Catalog, StoreError},
     },
 };
 
@@ -111,7 +111,7 @@ fn sync(path: &Path) -> Result<(), VersionError> {
 /// [`VersionError`]; nothing is recorded then.
 pub fn write(
     models_dir: &ModelsDir,
-    db: &Database,
+    catalog: &dyn Catalog,
     model: &McModel,
     mut manifest: Manifest,
 ) -> Result<Manifest, VersionError> {
@@ -150,7 +150,7 @@ pub fn write(
     fs::rename(&temporary, &final_dir).map_err(io(&final_dir))?;
     sync(&project_dir)?;
     let json = serde_json::to_string(&manifest)?;
-    db.record_version(&manifest.project_id, &manifest.version, manifest.number, &json, manifest.created_unix_ms)?;
+    catalog.record_version(&manifest.project_id, &manifest.version, manifest.number, &json, manifest.created_unix_ms)?;
     Ok(manifest)
 }
 

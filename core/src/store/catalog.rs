@@ -1,0 +1,364 @@
+//! The catalogue: projects, the example index, model versions and training jobs, behind one
+//! interface ([`Catalog`]) with two backends: SQLite in the data directory
+//! ([`super::sqlite`], the default) and PostgreSQL ([`super::postgres`], `--database-url`).
+//! Both pass the same conformance suite (`store::conformance`).
+//!
+//! Calls are synchronous and short; async callers run them on the blocking pool. Sample bytes
+//! and model files are not in the catalogue: it holds their sha256 names and manifests.
+
+use crate::projects::ProjectSpec;
+
+use super::Failure;
+
+/// A catalogue failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (I/O error, corruption, disk full, busy).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed or could not be reached.
+    #[error("database error: {}", with_causes(.0))]
+    Postgres(#[from] postgres::Error),
+    /// Another alps-server holds the PostgreSQL database (see [`super::postgres`]).
+    #[error("another alps-server uses this database (it holds the catalogue's lock)")]
+    Taken,
+    /// A stored row could not be decoded (written by an incompatible version).
+    #[error("stored project {id} is unreadable: {source}")]
+    Corrupt {
+        /// The project.
+        id: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again may help: busy, locked, unreachable or a serialization conflict
+    /// is transient, a full disk is [`Failure::Full`], the rest (I/O errors, corruption,
+    /// constraint violations) permanent, as for blobs ([`Failure::of_io`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Sqlite(error) => super::sqlite::failure(error),
+            Self::Postgres(error) => super::postgres::failure(error),
+            Self::Taken | Self::Corrupt { .. } => Failure::Permanent,
+        }
+    }
+}
+
+/// `error` and its causes, one after the other: the PostgreSQL client's own message is only
+/// its kind ("db error"), the server's message is its cause.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// A labelled example as stored (its sample bytes are in the blob store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExampleRow {
+    /// Client-side identity (e.g. the Label Studio task id).
+    pub external_id: String,
+    /// Class name.
+    pub class_name: String,
+    /// SHA-256 of the sample bytes (blob name).
+    pub sha256: String,
+    /// Size of the sample bytes.
+    pub size_bytes: u64,
+    /// `Some([C, H, W])` when the sample is a raw little-endian f32 tensor, `None` for an
+    /// encoded image.
+    pub tensor_shape: Option<Vec<u64>>,
+    /// Free-form metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Last insert or change, milliseconds since the Unix epoch.
+    pub updated_unix_ms: i64,
+    /// The client's version of the label; a lower one never replaces it (0 = unversioned).
+    pub label_revision: u64,
+}
+
+impl ExampleRow {
+    /// The tensor shape and metadata as stored (JSON text).
+    pub(super) fn encoded(&self) -> (Option<String>, String) {
+        let shape = self.tensor_shape.as_ref().map(|s| serde_json::json!(s).to_string());
+        (shape, serde_json::json!(self.metadata).to_string())
+    }
+
+    /// The row of example `external_id` of `project` from its stored columns.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode(
+        project: &str,
+        external_id: String,
+        class_name: String,
+        sha256: String,
+        size_bytes: i64,
+        shape: Option<String>,
+        metadata: &str,
+        updated_unix_ms: i64,
+        label_revision: i64,
+    ) -> Result<Self, StoreError> {
+        let corrupt = |source| StoreError::Corrupt { id: format!("{project}/{external_id}"), source };
+        Ok(Self {
+            tensor_shape: shape.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+            metadata: serde_json::from_str(metadata).map_err(corrupt)?,
+            external_id,
+            class_name,
+            sha256,
+            size_bytes: size_bytes as u64,
+            updated_unix_ms,
+            // Stored bit for bit in a signed 64-bit column.
+            label_revision: label_revision as u64,
+        })
+    }
+}
+
+/// What an example stores, as compared by an upsert: class name, sample sha256, tensor shape
+/// and metadata (both as JSON), and its label revision.
+pub(super) struct StoredExample {
+    pub content: (String, String, Option<String>, String),
+    pub label_revision: u64,
+}
+
+/// What an upsert does with one example, given what is stored under its id.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Upsert {
+    /// A new id: insert it.
+    Insert,
+    /// Its content changed: replace the row.
+    Update,
+    /// The same content: keep the row; store the new revision if `true`.
+    Unchanged(bool),
+    /// Older than the stored label (a lower, non-zero revision): change nothing.
+    Stale,
+}
+
+impl Upsert {
+    /// The decision both backends take, so that they count alike: the highest label revision
+    /// wins whatever the arrival order; revision 0 is unversioned (last write wins).
+    pub(super) fn of(example: &ExampleRow, stored: Option<StoredExample>) -> Self {
+        let Some(stored) = stored else { return Self::Insert };
+        if example.label_revision != 0 && example.label_revision < stored.label_revision {
+            return Self::Stale;
+        }
+        let (shape, metadata) = example.encoded();
+        if stored.content == (example.class_name.clone(), example.sha256.clone(), shape, metadata) {
+            Self::Unchanged(stored.label_revision != example.label_revision)
+        } else {
+            Self::Update
+        }
+    }
+
+    /// Adds this decision to `counts`.
+    pub(super) fn count(&self, counts: &mut UpsertCounts) {
+        match self {
+            Self::Insert => counts.inserted += 1,
+            Self::Update => counts.updated += 1,
+            Self::Unchanged(_) => counts.unchanged += 1,
+            Self::Stale => counts.stale += 1,
+        }
+    }
+}
+
+/// What an upsert of examples did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpsertCounts {
+    /// New external ids.
+    pub inserted: u64,
+    /// Existing ids whose class, sample or metadata changed.
+    pub updated: u64,
+    /// Replays identical to what was stored.
+    pub unchanged: u64,
+    /// Updates older than the stored label (a lower, non-zero label revision): not applied.
+    pub stale: u64,
+}
+
+/// What [`Catalog::activate_version`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// The version is active now.
+    Activated,
+    /// The project or the version does not exist.
+    NoSuchVersion,
+    /// The version does not fit the project's stored spec; nothing changed.
+    Unfit,
+}
+
+/// A stored project row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredProject {
+    /// The specification.
+    pub spec: ProjectSpec,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+    /// The active model version (e.g. `v3`, or `untrained`).
+    pub active_version: String,
+}
+
+impl StoredProject {
+    /// Project `id`'s row from its stored columns.
+    pub(super) fn decode(
+        id: &str,
+        json: &str,
+        created_unix_ms: i64,
+        active_version: String,
+    ) -> Result<Self, StoreError> {
+        Ok(Self { spec: decode_spec(id, json)?, created_unix_ms, active_version })
+    }
+}
+
+/// Project `id`'s stored spec (JSON).
+pub(super) fn decode_spec(id: &str, json: &str) -> Result<ProjectSpec, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
+}
+
+/// `spec` as stored (JSON).
+pub(super) fn encode_spec(spec: &ProjectSpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|source| StoreError::Corrupt { id: spec.id.clone(), source })
+}
+
+/// The catalogue's operations. Every write is one transaction: it applies whole or not at all.
+/// Reads never wait behind a write that waits for a lock.
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    /// Inserts or replaces a project, in one transaction; returns whether it was new. A new
+    /// project starts at `initial_version`. An existing one keeps its creation time, and its
+    /// active version unless `starts_over(stored spec)` says that versions trained for the
+    /// stored spec cannot serve the new one (or the stored spec is unreadable): then it starts
+    /// over at `initial_version` too, in the same transaction, so that no crash can leave a
+    /// new spec with an old version that does not fit it.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn upsert_project(
+        &self,
+        spec: &ProjectSpec,
+        now_unix_ms: i64,
+        initial_version: &str,
+        starts_over: &(dyn Fn(&ProjectSpec) -> bool + Sync),
+    ) -> Result<bool, StoreError>;
+
+    /// One project, or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or an unreadable row.
+    fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError>;
+
+    /// Every project, ordered by id (bytewise).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or an unreadable row.
+    fn projects(&self) -> Result<Vec<StoredProject>, StoreError>;
+
+    /// Deletes a project with its examples, versions and jobs; returns whether it existed.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn delete_project(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Inserts or updates `examples` of `project` in one transaction, by external id (see
+    /// [`UpsertCounts`] for what each one did).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure (nothing is written then).
+    fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError>;
+
+    /// Deletes examples of `project` by external id; returns (deleted, not found).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn delete_examples(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError>;
+
+    /// Up to `limit` examples of `project` with external ids after `after`, ordered by id
+    /// (bytewise).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or an unreadable row.
+    fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError>;
+
+    /// The sample blobs (sha256) some example of some project references.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError>;
+
+    /// Examples of `project` per class name.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// The next version number of `project` (1 for the first).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn next_version_number(&self, project: &str) -> Result<u32, StoreError>;
+
+    /// Records a version (its files are already in place), inactive.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure (a version of that name exists, the project does
+    /// not); nothing is recorded then.
+    fn record_version(
+        &self,
+        project: &str,
+        version: &str,
+        number: u32,
+        manifest: &str,
+        created_unix_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Manifests (JSON) of `project`'s versions, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn versions(&self, project: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Makes `version` the active version of `project` if `fits(its manifest JSON, the stored
+    /// spec)`, in one transaction: a spec changed meanwhile (other classes or inputs) is seen.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure or an unreadable stored spec.
+    fn activate_version(
+        &self,
+        project: &str,
+        version: &str,
+        fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+    ) -> Result<Activation, StoreError>;
+
+    /// Inserts or replaces a training job record (JSON).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn save_job(
+        &self,
+        job_id: &str,
+        project: &str,
+        finished: bool,
+        record: &str,
+        created_unix_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Job records (JSON) of `project`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// One job record (JSON).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn job(&self, job_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records (JSON) of jobs that never finished (queued or running when the process died).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Sets `project`'s active version without checking that a stored model version has that
+    /// name: tests use it to make a project look trained.
+    #[cfg(test)]
+    fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError>;
+}

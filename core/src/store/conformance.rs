@@ -1,0 +1,326 @@
+//! The catalogue conformance suite: every case runs against both backends, on fresh storage,
+//! so that what one backend does the other does too (orderings, counts, refusals,
+//! transactions). PostgreSQL runs as a throwaway server on loopback
+//! (`scripts/throwaway-postgres.sh`), one database per case.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use super::{
+    Failure,
+    catalog::{Activation, Catalog, ExampleRow, StoreError, UpsertCounts},
+    postgres::PostgresCatalog,
+    sqlite::SqliteCatalog,
+};
+use crate::projects::{ProjectSpec, spec::tests::spec};
+
+/// A backend under test.
+pub(crate) trait Backend {
+    /// Opens a catalogue on new, empty storage.
+    fn create(&mut self) -> Box<dyn Catalog>;
+    /// Opens the storage last created again, as a restarted server would.
+    fn reopen(&mut self) -> Box<dyn Catalog>;
+    /// Overwrites project `id`'s stored spec with text that is not a spec.
+    fn corrupt_spec(&mut self, id: &str);
+}
+
+struct Sqlite {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Sqlite {
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.as_ref().expect("created").path().join("alps.db")
+    }
+}
+
+impl Backend for Sqlite {
+    fn create(&mut self) -> Box<dyn Catalog> {
+        self.dir = Some(tempfile::tempdir().unwrap());
+        self.reopen()
+    }
+
+    fn reopen(&mut self) -> Box<dyn Catalog> {
+        Box::new(SqliteCatalog::open(&self.path()).unwrap())
+    }
+
+    fn corrupt_spec(&mut self, id: &str) {
+        let connection = rusqlite::Connection::open(self.path()).unwrap();
+        connection.execute("UPDATE projects SET spec = '{' WHERE id = ?1", [id]).unwrap();
+    }
+}
+
+/// The throwaway server's URL (`postgres://postgres@127.0.0.1:PORT/postgres`), started on
+/// first use. The script stops it when this process ends and closes its standard input.
+pub(crate) fn postgres_server() -> &'static str {
+    static SERVER: OnceLock<(Child, String)> = OnceLock::new();
+    let (_, url) = SERVER.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/throwaway-postgres.sh");
+        let mut child =
+            Command::new(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run the script");
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut url).unwrap();
+        assert!(url.starts_with("postgres://"), "no PostgreSQL for the tests (see the script's error above)");
+        (child, url.trim().to_owned())
+    });
+    url
+}
+
+/// A new, empty database on the throwaway server; its URL.
+pub(crate) fn postgres_database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let server = postgres_server();
+    let name = format!("alps_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut client = postgres::Client::connect(server, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    format!("{}/{name}", server.rsplit_once('/').unwrap().0)
+}
+
+struct Postgres {
+    url: String,
+}
+
+impl Backend for Postgres {
+    fn create(&mut self) -> Box<dyn Catalog> {
+        self.url = postgres_database();
+        self.reopen()
+    }
+
+    fn reopen(&mut self) -> Box<dyn Catalog> {
+        Box::new(PostgresCatalog::open(&self.url).unwrap())
+    }
+
+    fn corrupt_spec(&mut self, id: &str) {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        client.execute("UPDATE projects SET spec = '{' WHERE id = $1", &[&id]).unwrap();
+    }
+}
+
+type Case = fn(&mut dyn Backend);
+
+/// Every case of the suite, by name.
+const CASES: &[(&str, Case)] = &[
+    ("projects survive reopening; upsert keeps the creation time", projects_survive_reopening),
+    ("an upsert that starts over resets the active version", upsert_starts_over),
+    ("a version is activated only if it fits the stored spec", activation_checks_fit),
+    ("the newest label revision wins in every arrival order", newest_revision_wins),
+    ("unversioned labels always apply; replays refresh the revision", unversioned_labels),
+    ("examples page bytewise; counts, deletes and references agree", examples_page_and_count),
+    ("versions are numbered, listed newest first, unique", versions_are_numbered),
+    ("jobs are replaced by id, listed newest first, unfinished found", jobs_round_trip),
+    ("deleting a project deletes what belongs to it", delete_cascades),
+];
+
+fn run_suite(backend: &mut dyn Backend) {
+    for (name, case) in CASES {
+        eprintln!("case: {name}");
+        case(backend);
+    }
+}
+
+#[test]
+fn sqlite_passes_the_catalogue_conformance_suite() {
+    run_suite(&mut Sqlite { dir: None });
+}
+
+#[test]
+fn postgres_passes_the_catalogue_conformance_suite() {
+    run_suite(&mut Postgres { url: String::new() });
+}
+
+fn projects_survive_reopening(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    assert!(catalog.upsert_project(&spec(), 1000, "untrained", &|_| unreachable!("nothing stored")).unwrap());
+    let mut changed = spec();
+    changed.mc_iterations = 7;
+    assert!(!catalog.upsert_project(&changed, 2000, "untrained", &|_| false).unwrap());
+    drop(catalog);
+    let catalog = backend.reopen();
+    let stored = catalog.project("cars").unwrap().unwrap();
+    assert_eq!(stored.spec, changed);
+    assert_eq!(stored.created_unix_ms, 1000);
+    assert_eq!(stored.active_version, "untrained");
+    let mut boats = spec();
+    boats.id = "Boats".into();
+    catalog.upsert_project(&boats, 0, "untrained", &|_| false).unwrap();
+    let ids: Vec<_> = catalog.projects().unwrap().into_iter().map(|p| p.spec.id).collect();
+    assert_eq!(ids, ["Boats", "cars"], "bytewise: upper case first");
+    assert!(catalog.delete_project("cars").unwrap());
+    assert!(!catalog.delete_project("cars").unwrap());
+    assert!(catalog.project("cars").unwrap().is_none());
+}
+
+fn upsert_starts_over(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    catalog.reset_active_version("cars", "v3").unwrap();
+    let mut changed = spec();
+    changed.mc_iterations = 7;
+    let kept = catalog.upsert_project(&changed, 0, "untrained", &|stored: &ProjectSpec| {
+        assert_eq!(stored, &spec(), "the decision sees the stored spec");
+        false
+    });
+    assert!(!kept.unwrap());
+    assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "v3");
+    changed.classes.push("bus".into());
+    catalog.upsert_project(&changed, 0, "untrained", &|_| true).unwrap();
+    let stored = catalog.project("cars").unwrap().unwrap();
+    assert_eq!((stored.spec, stored.active_version.as_str()), (changed.clone(), "untrained"));
+    // An unreadable stored spec is reported, then replaced, and the project starts over.
+    catalog.reset_active_version("cars", "v4").unwrap();
+    backend.corrupt_spec("cars");
+    let unreadable = catalog.project("cars").unwrap_err();
+    assert!(matches!(unreadable, StoreError::Corrupt { .. }), "{unreadable}");
+    assert_eq!(unreadable.failure(), Failure::Permanent);
+    catalog.upsert_project(&changed, 0, "untrained", &|_| unreachable!("no spec to compare")).unwrap();
+    let stored = catalog.project("cars").unwrap().unwrap();
+    assert_eq!((stored.spec, stored.active_version.as_str()), (changed, "untrained"));
+}
+
+fn activation_checks_fit(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true).unwrap(), Activation::NoSuchVersion);
+    catalog.record_version("cars", "v1", 1, r#"{"made": "for cars"}"#, 0).unwrap();
+    let refused = catalog.activate_version("cars", "v1", &|manifest, stored| {
+        assert_eq!((manifest, stored), (r#"{"made": "for cars"}"#, &spec()), "the check sees both");
+        false
+    });
+    assert_eq!(refused.unwrap(), Activation::Unfit);
+    assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "untrained", "nothing changed");
+    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true).unwrap(), Activation::Activated);
+    assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "v1");
+    assert_eq!(catalog.activate_version("boats", "v1", &|_, _| true).unwrap(), Activation::NoSuchVersion);
+}
+
+fn labelled(id: &str, class: &str, revision: u64) -> ExampleRow {
+    ExampleRow {
+        external_id: id.into(),
+        class_name: class.into(),
+        sha256: format!("{class:0>64}"),
+        size_bytes: 4,
+        tensor_shape: None,
+        metadata: BTreeMap::new(),
+        updated_unix_ms: 0,
+        label_revision: revision,
+    }
+}
+
+fn newest_revision_wins(backend: &mut dyn Backend) {
+    let updates = [labelled("task-1", "a", 10), labelled("task-1", "b", 20), labelled("task-1", "c", 30)];
+    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    for order in orders {
+        let catalog = backend.create();
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        let mut stale = 0;
+        for i in order {
+            stale += catalog.upsert_examples("cars", &[updates[i].clone()]).unwrap().stale;
+        }
+        let stored = catalog.examples("cars", "", 10).unwrap();
+        assert_eq!((stored[0].class_name.as_str(), stored[0].label_revision), ("c", 30), "order {order:?}");
+        // Every update that arrived after a newer one was refused.
+        let expected = order.iter().enumerate().filter(|&(k, &i)| order[..k].iter().any(|&j| j > i)).count() as u64;
+        assert_eq!(stale, expected, "order {order:?}");
+    }
+}
+
+fn unversioned_labels(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    let upsert = |example| catalog.upsert_examples("cars", &[example]).unwrap();
+    upsert(labelled("task-1", "a", 50));
+    let counts = upsert(labelled("task-1", "b", 0));
+    assert_eq!((counts.updated, counts.stale), (1, 0), "revision 0 is last-write-wins");
+    assert_eq!(catalog.examples("cars", "", 10).unwrap()[0].label_revision, 0);
+    // The same label again with a revision: unchanged, but later updates are ordered by it.
+    assert_eq!(upsert(labelled("task-1", "b", 40)).unchanged, 1);
+    assert_eq!(upsert(labelled("task-1", "a", 39)).stale, 1);
+    assert_eq!(catalog.examples("cars", "", 10).unwrap()[0].class_name, "b");
+    // u64 revisions above i64::MAX keep their order.
+    upsert(labelled("task-1", "a", u64::MAX - 1));
+    assert_eq!(upsert(labelled("task-1", "c", 1 << 63)).stale, 1);
+    assert_eq!(catalog.examples("cars", "", 10).unwrap()[0].label_revision, u64::MAX - 1);
+}
+
+fn examples_page_and_count(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    let mut tensor = labelled("b", "sedan", 0);
+    tensor.tensor_shape = Some(vec![3, 8, 8]);
+    tensor.metadata = BTreeMap::from([("source".into(), "camera 2".into())]);
+    tensor.size_bytes = 768;
+    tensor.updated_unix_ms = 1_700_000_000_000;
+    let batch = [labelled("a", "sedan", 0), tensor.clone(), labelled("B", "truck", 0), labelled("é", "truck", 0)];
+    let counts = catalog.upsert_examples("cars", &batch).unwrap();
+    assert_eq!(counts, UpsertCounts { inserted: 4, ..Default::default() });
+    assert_eq!(catalog.upsert_examples("cars", &batch).unwrap().unchanged, 4, "a replay changes nothing");
+    let ids = |after: &str, limit| -> Vec<String> {
+        catalog.examples("cars", after, limit).unwrap().into_iter().map(|e| e.external_id).collect()
+    };
+    assert_eq!(ids("", 10), ["B", "a", "b", "é"], "bytewise order");
+    assert_eq!(ids("", 2), ["B", "a"]);
+    assert_eq!(ids("a", 2), ["b", "é"]);
+    assert_eq!(catalog.examples("cars", "a", 1).unwrap()[0], tensor, "every field round-trips");
+    let mut per_class = catalog.count_examples("cars").unwrap();
+    per_class.sort();
+    assert_eq!(per_class, [("sedan".to_owned(), 2), ("truck".to_owned(), 2)]);
+    let referenced = catalog.referenced_blobs().unwrap();
+    assert_eq!(referenced.len(), 2, "{referenced:?}");
+    assert!(referenced.contains(&format!("{:0>64}", "truck")));
+    let gone = ["a".to_owned(), "missing".to_owned(), "a".to_owned()];
+    assert_eq!(catalog.delete_examples("cars", &gone).unwrap(), (1, 2));
+    assert_eq!(ids("", 10), ["B", "b", "é"]);
+    let unknown = catalog.upsert_examples("boats", &[labelled("a", "sedan", 0)]).unwrap_err();
+    assert_eq!(unknown.failure(), Failure::Permanent, "{unknown}");
+}
+
+fn versions_are_numbered(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    assert_eq!(catalog.next_version_number("cars").unwrap(), 1);
+    catalog.record_version("cars", "v1", 1, "one", 10).unwrap();
+    catalog.record_version("cars", "v2", 2, "two", 20).unwrap();
+    assert_eq!(catalog.next_version_number("cars").unwrap(), 3);
+    assert_eq!(catalog.versions("cars").unwrap(), ["two", "one"]);
+    let duplicate = catalog.record_version("cars", "v2", 3, "again", 30).unwrap_err();
+    assert_eq!(duplicate.failure(), Failure::Permanent, "{duplicate}");
+    assert_eq!(catalog.versions("cars").unwrap(), ["two", "one"], "nothing recorded");
+    assert!(catalog.record_version("boats", "v1", 1, "x", 0).is_err(), "no such project");
+}
+
+fn jobs_round_trip(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    catalog.save_job("job-a", "cars", false, "a queued", 100).unwrap();
+    catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
+    catalog.save_job("job-c", "cars", true, "c done", 200).unwrap();
+    catalog.save_job("job-a", "cars", true, "a done", 100).unwrap();
+    assert_eq!(catalog.jobs("cars", 10).unwrap(), ["c done", "b running", "a done"], "newest first, then id");
+    assert_eq!(catalog.jobs("cars", 1).unwrap(), ["c done"]);
+    assert_eq!(catalog.job("job-a").unwrap().as_deref(), Some("a done"));
+    assert_eq!(catalog.job("job-z").unwrap(), None);
+    assert_eq!(catalog.unfinished_jobs().unwrap(), ["b running"]);
+    assert!(catalog.save_job("job-d", "boats", false, "d", 0).is_err(), "no such project");
+}
+
+fn delete_cascades(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    catalog.upsert_examples("cars", &[labelled("a", "sedan", 0)]).unwrap();
+    catalog.record_version("cars", "v1", 1, "one", 0).unwrap();
+    catalog.save_job("job-a", "cars", false, "a", 0).unwrap();
+    assert!(catalog.delete_project("cars").unwrap());
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    assert!(catalog.examples("cars", "", 10).unwrap().is_empty());
+    assert!(catalog.versions("cars").unwrap().is_empty());
+    assert_eq!(catalog.next_version_number("cars").unwrap(), 1);
+    assert_eq!(catalog.job("job-a").unwrap(), None);
+    assert!(catalog.referenced_blobs().unwrap().is_empty());
+}

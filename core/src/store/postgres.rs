@@ -1,0 +1,580 @@
+//! The PostgreSQL catalogue backend (`--database-url postgres://…`): the same tables as the
+//! SQLite one, so that a catalogue can live outside the machine that serves it.
+//!
+//! * One server per database for now. The writing session holds a PostgreSQL advisory lock
+//!   (`pg_try_advisory_lock`); a second server on the same database fails to start with
+//!   [`StoreError::Taken`]. The server's in-memory project cache and its failing of unfinished
+//!   jobs at start assume one server; the lock makes that assumption true, not implicit.
+//! * Two sessions, like the SQLite backend's two connections: one writes, one reads, so that a
+//!   read never waits behind a write that waits for a row lock.
+//! * A session that breaks (the server restarted, the connection was terminated) is opened
+//!   again by the next call: the call that saw it break fails as transient (`UNAVAILABLE`).
+//! * Text identifiers are stored with the `"C"` collation, so ids sort bytewise, as in SQLite:
+//!   paging through examples gives the same pages on both backends.
+//!
+//! The blocking `postgres` client drives a private tokio runtime, which tokio refuses to start
+//! on a thread that is driving one; each call therefore runs on a scoped thread of its own.
+
+use std::{str::FromStr, sync::Mutex, time::Duration};
+
+use postgres::{Client, NoTls, Row, error::SqlState};
+
+use super::{
+    Failure,
+    catalog::{
+        Activation, Catalog, ExampleRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts, decode_spec,
+        encode_spec,
+    },
+};
+use crate::projects::ProjectSpec;
+
+/// Schema migrations, applied in order, each once; `alps_schema_migrations` records them.
+const MIGRATIONS: &[&str] = &["CREATE TABLE projects (
+        id TEXT COLLATE \"C\" PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_unix_ms BIGINT NOT NULL,
+        active_version TEXT NOT NULL
+    );
+    CREATE TABLE examples (
+        project_id TEXT COLLATE \"C\" NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        external_id TEXT COLLATE \"C\" NOT NULL,
+        class_name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        tensor_shape TEXT,
+        metadata TEXT NOT NULL,
+        updated_unix_ms BIGINT NOT NULL,
+        -- The client's label revision, a u64 stored bit for bit; 0 = unversioned.
+        label_revision BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (project_id, external_id)
+    );
+    CREATE INDEX examples_by_sha256 ON examples (sha256);
+    CREATE TABLE model_versions (
+        project_id TEXT COLLATE \"C\" NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        version TEXT COLLATE \"C\" NOT NULL,
+        number INTEGER NOT NULL,
+        manifest TEXT NOT NULL,
+        created_unix_ms BIGINT NOT NULL,
+        PRIMARY KEY (project_id, version)
+    );
+    CREATE TABLE jobs (
+        job_id TEXT COLLATE \"C\" PRIMARY KEY,
+        project_id TEXT COLLATE \"C\" NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        finished BOOLEAN NOT NULL,
+        record TEXT NOT NULL,
+        created_unix_ms BIGINT NOT NULL
+    );
+    CREATE INDEX jobs_by_project ON jobs (project_id, created_unix_ms DESC, job_id DESC);
+    CREATE INDEX unfinished_jobs ON jobs (finished) WHERE NOT finished"];
+
+/// The advisory lock key the writing session holds: "alps" in ASCII.
+const SERVER_LOCK: i64 = 0x616c_7073;
+/// The advisory lock key that serialises migrations of servers starting together.
+const MIGRATION_LOCK: i64 = 0x616c_7073_6d69;
+/// How long a connection attempt may take before the call fails as transient.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for a row lock before failing as transient (the SQLite
+/// backend's busy timeout).
+const LOCK_TIMEOUT: &str = "5s";
+
+/// What a PostgreSQL error means to the caller: an unreachable or restarting server, a lost
+/// connection, a lock or serialization conflict is transient; a full disk [`Failure::Full`];
+/// the rest (constraint violations, bad credentials, type errors) permanent.
+pub(super) fn failure(error: &postgres::Error) -> Failure {
+    const TRANSIENT: &[SqlState] = &[
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::TOO_MANY_CONNECTIONS,
+    ];
+    match error.code() {
+        Some(code) if *code == SqlState::DISK_FULL => Failure::Full,
+        Some(code) if TRANSIENT.contains(code) => Failure::Transient,
+        Some(_) => Failure::Permanent,
+        // No SQLSTATE: the connection failed, closed or timed out (the client has no public
+        // kind for a timeout; its message is fixed: "timeout waiting for server").
+        None if error.is_closed()
+            || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+            || error.to_string().starts_with("timeout") =>
+        {
+            Failure::Transient
+        }
+        None => Failure::Permanent,
+    }
+}
+
+/// Why a database URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL does not parse as a PostgreSQL connection string.
+    #[error("--database-url is not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
+    Url(postgres::Error),
+    /// The database cannot be reached, migrated or locked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One PostgreSQL session, opened on first use and again after it breaks.
+struct Session {
+    config: postgres::Config,
+    /// `Some(key)` for the writing session: it holds this advisory lock.
+    lock: Option<i64>,
+    client: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config's Debug leaves the password out.
+        f.debug_struct("Session").field("config", &self.config).field("lock", &self.lock).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    fn new(config: &postgres::Config, lock: Option<i64>) -> Self {
+        Self { config: config.clone(), lock, client: Mutex::new(None) }
+    }
+
+    /// Runs `work` on this session, connecting first if it is not connected.
+    fn run<T: Send>(&self, work: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+        // A panic while holding the lock cannot leave PostgreSQL inconsistent (the
+        // transaction rolls back when its session closes).
+        let mut guard = self.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = &mut *guard;
+        off_runtime(|| {
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                *slot = None;
+                *slot = Some(self.connect()?);
+            }
+            let client = slot.as_mut().expect("connected above");
+            let result = work(client);
+            if client.is_closed() {
+                *slot = None;
+            }
+            result
+        })
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))?;
+        if let Some(key) = self.lock {
+            let held: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0);
+            if !held {
+                return Err(StoreError::Taken);
+            }
+        }
+        Ok(client)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The client's own drop blocks on its runtime too, and the last catalogue reference
+        // may go on an async thread.
+        let client = self.client.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(client) = client {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+/// Runs `work` on a scoped thread, outside any tokio runtime (see the module docs).
+fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(work).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// The catalogue in a PostgreSQL database.
+#[derive(Debug)]
+pub struct PostgresCatalog {
+    reader: Session,
+    writer: Session,
+}
+
+impl PostgresCatalog {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or a
+    /// libpq key=value string), takes the server lock and applies pending migrations.
+    ///
+    /// # Errors
+    /// [`OpenError::Url`] for a malformed URL; [`OpenError::Store`] if the database cannot
+    /// be reached or migrated, or another server holds it ([`StoreError::Taken`]).
+    pub fn open(url: &str) -> Result<Self, OpenError> {
+        let mut config = postgres::Config::from_str(url).map_err(OpenError::Url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("alps-server");
+        let catalog = Self { reader: Session::new(&config, None), writer: Session::new(&config, Some(SERVER_LOCK)) };
+        catalog.writer.run(migrate)?;
+        Ok(catalog)
+    }
+}
+
+/// Applies the migrations this database has not seen, in one transaction, while holding a lock
+/// that makes servers starting together take turns.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut transaction = client.transaction()?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    transaction.batch_execute(
+        "CREATE TABLE IF NOT EXISTS alps_schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_unix_ms BIGINT NOT NULL
+        )",
+    )?;
+    let applied: i32 =
+        transaction.query_one("SELECT COALESCE(MAX(version), 0) FROM alps_schema_migrations", &[])?.get(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        transaction.batch_execute(migration)?;
+        let version = index as i32 + 1;
+        transaction.execute(
+            "INSERT INTO alps_schema_migrations (version, applied_unix_ms) VALUES ($1, $2)",
+            &[&version, &super::now_unix_ms()],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+fn example(project: &str, row: &Row) -> Result<ExampleRow, StoreError> {
+    ExampleRow::decode(
+        project,
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get::<_, &str>(5),
+        row.get(6),
+        row.get(7),
+    )
+}
+
+fn strings(rows: Vec<Row>) -> Vec<String> {
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+impl Catalog for PostgresCatalog {
+    fn upsert_project(
+        &self,
+        spec: &ProjectSpec,
+        now_unix_ms: i64,
+        initial_version: &str,
+        starts_over: &(dyn Fn(&ProjectSpec) -> bool + Sync),
+    ) -> Result<bool, StoreError> {
+        let json = encode_spec(spec)?;
+        self.writer.run(|client| {
+            let mut transaction = client.transaction()?;
+            let stored = transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&spec.id])?;
+            let created = match stored {
+                None => {
+                    transaction.execute(
+                        "INSERT INTO projects (id, spec, created_unix_ms, active_version) VALUES ($1, $2, $3, $4)",
+                        &[&spec.id, &json, &now_unix_ms, &initial_version],
+                    )?;
+                    true
+                }
+                Some(row) => {
+                    let stored = serde_json::from_str::<ProjectSpec>(row.get(0));
+                    if stored.as_ref().map_or(true, starts_over) {
+                        transaction.execute(
+                            "UPDATE projects SET spec = $2, active_version = $3 WHERE id = $1",
+                            &[&spec.id, &json, &initial_version],
+                        )?;
+                    } else {
+                        transaction.execute("UPDATE projects SET spec = $2 WHERE id = $1", &[&spec.id, &json])?;
+                    }
+                    false
+                }
+            };
+            transaction.commit()?;
+            Ok(created)
+        })
+    }
+
+    fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
+        let row = self.reader.run(|client| {
+            Ok(client.query_opt("SELECT spec, created_unix_ms, active_version FROM projects WHERE id = $1", &[&id])?)
+        })?;
+        row.map(|row| StoredProject::decode(id, row.get(0), row.get(1), row.get(2))).transpose()
+    }
+
+    fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
+        let rows = self.reader.run(|client| {
+            Ok(client.query("SELECT id, spec, created_unix_ms, active_version FROM projects ORDER BY id", &[])?)
+        })?;
+        rows.iter().map(|row| StoredProject::decode(row.get(0), row.get(1), row.get(2), row.get(3))).collect()
+    }
+
+    fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
+        self.writer.run(|client| Ok(client.execute("DELETE FROM projects WHERE id = $1", &[&id])? == 1))
+    }
+
+    fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
+        self.writer.run(|client| {
+            let mut transaction = client.transaction()?;
+            let mut counts = UpsertCounts::default();
+            for example in examples {
+                let stored = transaction
+                    .query_opt(
+                        "SELECT class_name, sha256, tensor_shape, metadata, label_revision FROM examples
+                         WHERE project_id = $1 AND external_id = $2 FOR UPDATE",
+                        &[&project, &example.external_id],
+                    )?
+                    .map(|row| StoredExample {
+                        content: (row.get(0), row.get(1), row.get(2), row.get(3)),
+                        label_revision: row.get::<_, i64>(4) as u64,
+                    });
+                let upsert = Upsert::of(example, stored);
+                upsert.count(&mut counts);
+                let revision = example.label_revision as i64;
+                match upsert {
+                    Upsert::Stale | Upsert::Unchanged(false) => {}
+                    Upsert::Unchanged(true) => {
+                        transaction.execute(
+                            "UPDATE examples SET label_revision = $3 WHERE project_id = $1 AND external_id = $2",
+                            &[&project, &example.external_id, &revision],
+                        )?;
+                    }
+                    Upsert::Insert | Upsert::Update => {
+                        let (shape, metadata) = example.encoded();
+                        transaction.execute(
+                            "INSERT INTO examples
+                             (project_id, external_id, class_name, sha256, size_bytes, tensor_shape, metadata,
+                              updated_unix_ms, label_revision)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                             ON CONFLICT (project_id, external_id) DO UPDATE SET
+                              class_name = excluded.class_name, sha256 = excluded.sha256,
+                              size_bytes = excluded.size_bytes, tensor_shape = excluded.tensor_shape,
+                              metadata = excluded.metadata, updated_unix_ms = excluded.updated_unix_ms,
+                              label_revision = excluded.label_revision",
+                            &[
+                                &project,
+                                &example.external_id,
+                                &example.class_name,
+                                &example.sha256,
+                                &(example.size_bytes as i64),
+                                &shape,
+                                &metadata,
+                                &example.updated_unix_ms,
+                                &revision,
+                            ],
+                        )?;
+                    }
+                }
+            }
+            transaction.commit()?;
+            Ok(counts)
+        })
+    }
+
+    fn delete_examples(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError> {
+        let deleted = self.writer.run(|client| {
+            Ok(client.execute(
+                "DELETE FROM examples WHERE project_id = $1 AND external_id = ANY($2)",
+                &[&project, &external_ids],
+            )?)
+        })?;
+        Ok((deleted, external_ids.len() as u64 - deleted))
+    }
+
+    fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.reader.run(|client| {
+            Ok(client.query(
+                "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms,
+                        label_revision
+                 FROM examples WHERE project_id = $1 AND external_id > $2 ORDER BY external_id LIMIT $3",
+                &[&project, &after, &limit],
+            )?)
+        })?;
+        rows.iter().map(|row| example(project, row)).collect()
+    }
+
+    fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows = self.reader.run(|client| Ok(client.query("SELECT DISTINCT sha256 FROM examples", &[])?))?;
+        Ok(strings(rows).into_iter().collect())
+    }
+
+    fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self.reader.run(|client| {
+            Ok(client
+                .query("SELECT class_name, COUNT(*) FROM examples WHERE project_id = $1 GROUP BY class_name", &[&project])?)
+        })?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect())
+    }
+
+    fn next_version_number(&self, project: &str) -> Result<u32, StoreError> {
+        let max: Option<i32> = self.reader.run(|client| {
+            Ok(client.query_one("SELECT MAX(number) FROM model_versions WHERE project_id = $1", &[&project])?.get(0))
+        })?;
+        Ok(max.map_or(0, |max| max as u32) + 1)
+    }
+
+    fn record_version(
+        &self,
+        project: &str,
+        version: &str,
+        number: u32,
+        manifest: &str,
+        created_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        let number = number as i32;
+        self.writer.run(|client| {
+            client.execute(
+                "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&project, &version, &number, &manifest, &created_unix_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.reader.run(|client| {
+            Ok(client
+                .query("SELECT manifest FROM model_versions WHERE project_id = $1 ORDER BY number DESC", &[&project])?)
+        })?;
+        Ok(strings(rows))
+    }
+
+    #[cfg(test)]
+    fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
+        self.writer.run(|client| {
+            client.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
+            Ok(())
+        })
+    }
+
+    fn activate_version(
+        &self,
+        project: &str,
+        version: &str,
+        fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+    ) -> Result<Activation, StoreError> {
+        self.writer.run(|client| {
+            let mut transaction = client.transaction()?;
+            let spec = transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&project])?;
+            let manifest = transaction.query_opt(
+                "SELECT manifest FROM model_versions WHERE project_id = $1 AND version = $2",
+                &[&project, &version],
+            )?;
+            let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
+            if !fits(manifest.get(0), &decode_spec(project, spec.get(0))?) {
+                return Ok(Activation::Unfit);
+            }
+            transaction.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
+            transaction.commit()?;
+            Ok(Activation::Activated)
+        })
+    }
+
+    fn save_job(
+        &self,
+        job_id: &str,
+        project: &str,
+        finished: bool,
+        record: &str,
+        created_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.writer.run(|client| {
+            client.execute(
+                "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
+                  record = excluded.record, created_unix_ms = excluded.created_unix_ms",
+                &[&job_id, &project, &finished, &record, &created_unix_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.reader.run(|client| {
+            Ok(client.query(
+                "SELECT record FROM jobs WHERE project_id = $1 ORDER BY created_unix_ms DESC, job_id DESC LIMIT $2",
+                &[&project, &limit],
+            )?)
+        })?;
+        Ok(strings(rows))
+    }
+
+    fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        let row =
+            self.reader.run(|client| Ok(client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id])?))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.reader.run(|client| Ok(client.query("SELECT record FROM jobs WHERE NOT finished", &[])?))?;
+        Ok(strings(rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{projects::spec::tests::spec, store::conformance::postgres_database};
+
+    #[test]
+    fn a_second_server_on_the_same_database_is_refused_until_the_first_closes() {
+        let url = postgres_database();
+        let first = PostgresCatalog::open(&url).unwrap();
+        first.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        let second = PostgresCatalog::open(&url).unwrap_err();
+        assert!(matches!(second, OpenError::Store(StoreError::Taken)), "{second}");
+        assert_eq!(second.to_string(), "another alps-server uses this database (it holds the catalogue's lock)");
+        drop(first);
+        // Migrations already applied are not applied again; the data is there.
+        let reopened = PostgresCatalog::open(&url).unwrap();
+        assert_eq!(reopened.projects().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_terminated_session_fails_one_call_as_transient_and_the_next_reconnects() {
+        let url = postgres_database();
+        let catalog = PostgresCatalog::open(&url).unwrap();
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        assert_eq!(catalog.projects().unwrap().len(), 1, "the reading session is open");
+        let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+        let terminated = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'alps-server' AND datname = current_database()",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(terminated, 2, "the reading and the writing session");
+        let broken = catalog.projects().unwrap_err();
+        assert_eq!(broken.failure(), Failure::Transient, "{broken}");
+        assert_eq!(catalog.projects().unwrap().len(), 1, "reconnected");
+        // The writing session breaks, reconnects and takes the server lock again.
+        let mut changed = spec();
+        changed.mc_iterations = 9;
+        let write = catalog.upsert_project(&changed, 0, "untrained", &|_| false);
+        let write = write.or_else(|error| {
+            assert_eq!(error.failure(), Failure::Transient, "{error}");
+            catalog.upsert_project(&changed, 0, "untrained", &|_| false)
+        });
+        assert!(!write.unwrap());
+        assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
+        assert!(matches!(PostgresCatalog::open(&url).unwrap_err(), OpenError::Store(StoreError::Taken)));
+    }
+
+    #[test]
+    fn an_unreachable_server_is_transient_and_a_bad_url_names_the_flag() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let error = PostgresCatalog::open(&format!("postgres://alps:secret@{closed}/alps")).unwrap_err();
+        let OpenError::Store(store) = &error else { panic!("{error}") };
+        assert_eq!(store.failure(), Failure::Transient, "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+        let url = PostgresCatalog::open("postgres://alps:secret@host:notaport/alps").unwrap_err();
+        assert!(url.to_string().starts_with("--database-url is not a PostgreSQL URL"), "{url}");
+        assert!(!url.to_string().contains("secret"), "{url}");
+    }
+}

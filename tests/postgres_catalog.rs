@@ -1,0 +1,189 @@
+//! The server with its catalogue in PostgreSQL (`--database-url`), against a throwaway server
+//! on loopback and a login role without superuser rights: projects, examples, versions and
+//! jobs survive a restart; a second server on the same database is refused; predictions go on
+//! while the database refuses connections, writes get UNAVAILABLE and succeed once it is back.
+
+use alps_proto::v1::{
+    AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest, GetProjectRequest, JobState,
+    LabelledExample, ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor,
+    TrainRequest, TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
+    training_service_client::TrainingServiceClient,
+};
+use alps_system_tests::{
+    Process, ServerDirs, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database, run_to_exit,
+    start_server,
+};
+use tonic::{Code, transport::Channel};
+
+struct Server {
+    process: Process,
+    projects: ProjectServiceClient<Channel>,
+    examples: ExampleServiceClient<Channel>,
+    training: TrainingServiceClient<Channel>,
+    inference: InferenceServiceClient<Channel>,
+}
+
+impl Server {
+    /// Closes the client's connection (a graceful shutdown waits for open ones; the tests run
+    /// on a multi-threaded runtime so that the channel's task can close it while this thread
+    /// waits), then stops the server with SIGTERM; returns whether it exited with success.
+    fn stop(self) -> bool {
+        let Self { mut process, projects, examples, training, inference } = self;
+        drop((projects, examples, training, inference));
+        process.terminate().success()
+    }
+}
+
+async fn start(dirs: &ServerDirs, url: &str) -> Server {
+    let (process, grpc) = start_server(dirs, &["--database-url", url]);
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    Server {
+        process,
+        projects: ProjectServiceClient::new(channel.clone()),
+        examples: ExampleServiceClient::new(channel.clone()),
+        training: TrainingServiceClient::new(channel.clone()),
+        inference: InferenceServiceClient::new(channel),
+    }
+}
+
+fn tensor(value: f32) -> Option<Sample> {
+    Some(Sample { id: String::new(), input: Some(Input::Tensor(Tensor { shape: vec![1, 2, 2], data: vec![value; 4] })) })
+}
+
+/// `per_class` examples of each class (low ≈ 0.1, high ≈ 0.9), ids prefixed with `prefix`.
+fn examples(prefix: &str, per_class: usize) -> AddExamplesRequest {
+    let examples = (0..per_class)
+        .flat_map(|i| {
+            let jitter = i as f32 * 0.005;
+            [("low", 0.1 + jitter), ("high", 0.9 - jitter)].map(|(class, value)| LabelledExample {
+                external_id: format!("{prefix}{class}-{i}"),
+                sample: tensor(value),
+                class_name: class.into(),
+                metadata: Default::default(),
+                label_revision: 0,
+            })
+        })
+        .collect();
+    AddExamplesRequest { project_id: "p".into(), examples }
+}
+
+/// Creates the MLP project "p" (classes low/high over 1×2×2 inputs) with `per_class` examples
+/// of each class.
+async fn create_project(server: &mut Server, per_class: usize) {
+    let project = Project {
+        id: "p".into(),
+        classes: vec!["low".into(), "high".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
+    server.examples.add_examples(tokio_stream::iter([examples("", per_class)])).await.unwrap();
+}
+
+/// The model version that served a prediction of one sample, and its class.
+async fn predict(server: &mut Server) -> (String, String) {
+    let request = PredictRequest { project_id: "p".into(), samples: vec![tensor(0.88).unwrap()], ..Default::default() };
+    let response = server.inference.predict(request).await.unwrap().into_inner();
+    let Some(alps_proto::v1::predict_result::Outcome::Prediction(prediction)) = &response.results[0].outcome else {
+        panic!("{response:?}")
+    };
+    (response.model_version, prediction.class_name.clone())
+}
+
+async fn count(server: &mut Server) -> Result<u64, tonic::Status> {
+    let request = CountExamplesRequest { project_id: "p".into() };
+    Ok(server.examples.count_examples(request).await?.into_inner().total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_examples_versions_and_jobs_live_in_postgresql_across_restarts() {
+    let (_, url) = postgres_database("alps_restart");
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start(&dirs, &url).await;
+    create_project(&mut server, 20).await;
+    let parameters = TrainingParameters { epochs: 40, seed: Some(1), learning_rate: 0.01, ..Default::default() };
+    let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None };
+    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
+    let mut stream = server
+        .training
+        .watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(record) = stream.message().await.unwrap() {
+        last = Some(record);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
+    assert_eq!(predict(&mut server).await, ("v1".to_owned(), "high".to_owned()));
+
+    // A second server on the same database is refused, without echoing the password.
+    let other = ServerDirs::new();
+    let (status, stderr) = run_to_exit(
+        "alps-server",
+        &["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(["--data-dir", path_str(other.data.path()), "--database-url", &url])
+            .collect::<Vec<_>>(),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("another alps-server uses this database"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+
+    // The catalogue is not in the data dir; a restart finds all of it in PostgreSQL.
+    assert!(!dirs.data.path().join("alps.db").exists());
+    assert!(server.stop());
+    let mut server = start(&dirs, &url).await;
+    let project = server.projects.get_project(GetProjectRequest { project_id: "p".into() }).await.unwrap();
+    assert_eq!(project.into_inner().project.unwrap().active_model_version, "v1");
+    assert_eq!(count(&mut server).await.unwrap(), 40);
+    let jobs = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
+    let jobs = server.training.list_training_jobs(jobs).await.unwrap().into_inner().jobs;
+    assert_eq!(jobs.iter().map(|j| (j.job_id.as_str(), j.state())).collect::<Vec<_>>(), [(
+        job.job_id.as_str(),
+        JobState::Succeeded
+    )]);
+    assert_eq!(predict(&mut server).await, ("v1".to_owned(), "high".to_owned()));
+    assert!(server.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_go_on_while_the_database_refuses_connections_and_writes_resume_after() {
+    let (role, url) = postgres_database("alps_outage");
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start(&dirs, &url).await;
+    create_project(&mut server, 5).await;
+    assert_eq!(count(&mut server).await.unwrap(), 10);
+
+    // The database goes away for this server: its sessions end and new ones are refused.
+    postgres_admin(&format!(
+        "ALTER ROLE {role} CONNECTION LIMIT 0;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    assert_eq!(predict(&mut server).await.0, "untrained", "the hot path does not touch the database");
+    // The first call of each session finds it ended, the second finds reconnecting refused.
+    for _ in 0..2 {
+        let refused = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("retry with backoff"), "{}", refused.message());
+        for secret in ["secret", "127.0.0.1", &role] {
+            assert!(!refused.message().contains(secret), "{}", refused.message());
+        }
+        assert_eq!(count(&mut server).await.unwrap_err().code(), Code::Unavailable);
+    }
+    assert_eq!(predict(&mut server).await.0, "untrained");
+
+    // Back: the same request succeeds on a new session, and nothing of the refused one was kept.
+    postgres_admin(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"));
+    let added = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap();
+    assert_eq!(added.into_inner().inserted, 2);
+    assert_eq!(count(&mut server).await.unwrap(), 12);
+    let log = server.process.log().join("\n");
+    assert!(log.contains("too many connections for role"), "the server's reason is logged:\n{log}");
+    assert!(server.stop());
+}
