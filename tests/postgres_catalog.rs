@@ -1,7 +1,8 @@
 //! The server with its catalogue in PostgreSQL (`--database-url`), against a throwaway server
 //! on loopback and a login role without superuser rights: projects, examples, versions and
 //! jobs survive a restart; a second server on the same database is refused; predictions go on
-//! while the database refuses connections, writes get UNAVAILABLE and succeed once it is back.
+//! while the database refuses connections, writes get UNAVAILABLE and succeed once it is back;
+//! `alps-server migrate` moves a data dir's catalogue there with the same predictions after.
 
 use alps_proto::v1::{
     AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest, GetProjectRequest, JobState,
@@ -11,8 +12,8 @@ use alps_proto::v1::{
     training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
-    Process, ServerDirs, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database, run_to_exit,
-    start_server,
+    Process, ServerDirs, binary, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database,
+    run_to_exit, start_server,
 };
 use tonic::{Code, transport::Channel};
 
@@ -36,7 +37,11 @@ impl Server {
 }
 
 async fn start(dirs: &ServerDirs, url: &str) -> Server {
-    let (process, grpc) = start_server(dirs, &["--database-url", url]);
+    start_with(dirs, &["--database-url", url]).await
+}
+
+async fn start_with(dirs: &ServerDirs, flags: &[&str]) -> Server {
+    let (process, grpc) = start_server(dirs, flags);
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     Server {
         process,
@@ -48,7 +53,10 @@ async fn start(dirs: &ServerDirs, url: &str) -> Server {
 }
 
 fn tensor(value: f32) -> Option<Sample> {
-    Some(Sample { id: String::new(), input: Some(Input::Tensor(Tensor { shape: vec![1, 2, 2], data: vec![value; 4] })) })
+    Some(Sample {
+        id: String::new(),
+        input: Some(Input::Tensor(Tensor { shape: vec![1, 2, 2], data: vec![value; 4] })),
+    })
 }
 
 /// `per_class` examples of each class (low ≈ 0.1, high ≈ 0.9), ids prefixed with `prefix`.
@@ -92,6 +100,40 @@ async fn predict(server: &mut Server) -> (String, String) {
     (response.model_version, prediction.class_name.clone())
 }
 
+/// Trains "p" for 40 epochs to its end; returns the job's id.
+async fn train_to_end(server: &mut Server) -> String {
+    let parameters = TrainingParameters { epochs: 40, seed: Some(1), learning_rate: 0.01, ..Default::default() };
+    let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None };
+    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
+    let request = WatchTrainingJobRequest { job_id: job.job_id.clone() };
+    let mut stream = server.training.watch_training_job(request).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(record) = stream.message().await.unwrap() {
+        last = Some(record);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
+    job.job_id
+}
+
+/// Seeded predictions of a few samples: the model version and each prediction, whole.
+async fn seeded_predictions(server: &mut Server) -> (String, Vec<alps_proto::v1::PredictResult>) {
+    let samples = [0.1, 0.4, 0.6, 0.9].map(|v| tensor(v).unwrap()).to_vec();
+    let request = PredictRequest { project_id: "p".into(), samples, seed: Some(7), ..Default::default() };
+    let response = server.inference.predict(request).await.unwrap().into_inner();
+    (response.model_version, response.results)
+}
+
+/// Runs `alps-server migrate`: (success, stdout, stderr).
+fn migrate(data_dir: &std::path::Path, url: &str) -> (bool, String, String) {
+    let output = std::process::Command::new(binary("alps-server"))
+        .args(["migrate", "--from-data-dir", path_str(data_dir), "--database-url", url])
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
 async fn count(server: &mut Server) -> Result<u64, tonic::Status> {
     let request = CountExamplesRequest { project_id: "p".into() };
     Ok(server.examples.count_examples(request).await?.into_inner().total)
@@ -104,21 +146,7 @@ async fn projects_examples_versions_and_jobs_live_in_postgresql_across_restarts(
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
     let mut server = start(&dirs, &url).await;
     create_project(&mut server, 20).await;
-    let parameters = TrainingParameters { epochs: 40, seed: Some(1), learning_rate: 0.01, ..Default::default() };
-    let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None };
-    let job = server.training.train(request).await.unwrap().into_inner().job.unwrap();
-    let mut stream = server
-        .training
-        .watch_training_job(WatchTrainingJobRequest { job_id: job.job_id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(record) = stream.message().await.unwrap() {
-        last = Some(record);
-    }
-    let last = last.unwrap();
-    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
+    let job = train_to_end(&mut server).await;
     assert_eq!(predict(&mut server).await, ("v1".to_owned(), "high".to_owned()));
 
     // A second server on the same database is refused, without echoing the password.
@@ -143,10 +171,10 @@ async fn projects_examples_versions_and_jobs_live_in_postgresql_across_restarts(
     assert_eq!(count(&mut server).await.unwrap(), 40);
     let jobs = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
     let jobs = server.training.list_training_jobs(jobs).await.unwrap().into_inner().jobs;
-    assert_eq!(jobs.iter().map(|j| (j.job_id.as_str(), j.state())).collect::<Vec<_>>(), [(
-        job.job_id.as_str(),
-        JobState::Succeeded
-    )]);
+    assert_eq!(
+        jobs.iter().map(|j| (j.job_id.as_str(), j.state())).collect::<Vec<_>>(),
+        [(job.as_str(), JobState::Succeeded)]
+    );
     assert_eq!(predict(&mut server).await, ("v1".to_owned(), "high".to_owned()));
     assert!(server.stop());
 }
@@ -186,4 +214,44 @@ async fn predictions_go_on_while_the_database_refuses_connections_and_writes_res
     let log = server.process.log().join("\n");
     assert!(log.contains("too many connections for role"), "the server's reason is logged:\n{log}");
     assert!(server.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
+    let (_, url) = postgres_database("alps_migrate");
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start_with(&dirs, &[]).await;
+    create_project(&mut server, 20).await;
+    let job = train_to_end(&mut server).await;
+    let before = seeded_predictions(&mut server).await;
+    assert_eq!(before.0, "v1");
+
+    // Not while a server uses the data dir.
+    let (migrated, _, stderr) = migrate(dirs.data.path(), &url);
+    assert!(!migrated && stderr.contains("is in use by another alps-server"), "{stderr}");
+    assert!(server.stop());
+
+    let expected =
+        "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified";
+    for run in ["first", "second"] {
+        let (migrated, stdout, stderr) = migrate(dirs.data.path(), &url);
+        assert!(migrated, "{run} run: {stderr}");
+        assert!(stdout.starts_with(expected), "{run} run: {stdout}");
+        assert!(!stdout.contains("secret") && !stderr.contains("secret"), "{stdout}{stderr}");
+    }
+
+    let mut server = start(&dirs, &url).await;
+    assert_eq!(seeded_predictions(&mut server).await, before, "same version, same predictions");
+    assert_eq!(count(&mut server).await.unwrap(), 40);
+    let jobs = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
+    let jobs = server.training.list_training_jobs(jobs).await.unwrap().into_inner().jobs;
+    assert_eq!(jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), [job.as_str()]);
+    assert!(server.process.log().iter().any(|line| line.contains("the data dir's catalogue is not used")));
+    assert!(server.stop());
+
+    // A data dir without a catalogue is refused, naming the file.
+    let empty = tempfile::tempdir().unwrap();
+    let (migrated, _, stderr) = migrate(empty.path(), &url);
+    assert!(!migrated && stderr.contains("no catalogue to migrate"), "{stderr}");
 }

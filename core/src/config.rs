@@ -36,6 +36,18 @@ pub enum Command {
     /// Manage bearer tokens (see `--auth-tokens-file`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Copy a data dir's catalogue (projects, labelled examples, model versions, training jobs)
+    /// into PostgreSQL, verify it and exit. Idempotent; never overwrites a project the database
+    /// holds differently. Sample bytes and model files stay in the data dir: serve it with
+    /// `--data-dir DIR --database-url URL`. Stop the server that uses DIR first.
+    Migrate {
+        /// The data dir whose `alps.db` is copied.
+        #[arg(long)]
+        from_data_dir: PathBuf,
+        /// The PostgreSQL database to copy into (see the server's `--database-url`).
+        #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 /// `alps-server token ...`.

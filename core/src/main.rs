@@ -7,6 +7,7 @@ use alps_core::{
     config::{Cli, Command, ServerConfig, TokenCommand},
     engine::device::{DeviceReport, forward_check},
     server::Server,
+    store::{self, DataDir, postgres::PostgresCatalog, sqlite::SqliteCatalog},
 };
 use alps_runtime::Shutdown;
 use anyhow::Context;
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.server),
         Command::SelfCheck => self_check(),
         Command::Token(TokenCommand::Create { role, name, tokens_file }) => create_token(role, &name, &tokens_file),
+        Command::Migrate { from_data_dir, database_url } => migrate(&from_data_dir, &database_url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,6 +50,22 @@ fn create_token(role: Role, name: &str, tokens_file: &std::path::Path) -> anyhow
     let token = tokens::create(tokens_file, role, name)?;
     eprintln!("token {name:?} ({role}) added to {}; it is shown once:", tokens_file.display());
     println!("{token}");
+    Ok(())
+}
+
+fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()> {
+    let file = data_dir.join("alps.db");
+    anyhow::ensure!(file.is_file(), "no catalogue to migrate: {} is not a file", file.display());
+    // Holding the data dir's lock: no server changes the catalogue while it is copied.
+    let data_dir = DataDir::open(data_dir)?;
+    let source = SqliteCatalog::open(&data_dir.database_path())?;
+    let target = PostgresCatalog::open(database_url).context("cannot open the database (--database-url)")?;
+    let migrated = store::migrate::migrate(&source, &target)?;
+    println!(
+        "migrated {} projects, {} labelled examples, {} model versions, {} training jobs into PostgreSQL; verified",
+        migrated.projects, migrated.examples, migrated.versions, migrated.jobs
+    );
+    println!("serve them with: alps-server --data-dir {} --database-url <the same URL>", data_dir.path().display());
     Ok(())
 }
 

@@ -174,6 +174,32 @@ pub struct UpsertCounts {
     pub stale: u64,
 }
 
+/// A model version as stored (its files are in the models directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRow {
+    /// Its name, e.g. `v3`.
+    pub version: String,
+    /// Its number within the project (1 for the first).
+    pub number: u32,
+    /// Its manifest (JSON, owned by `training::record`).
+    pub manifest: String,
+    /// When it was recorded, milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+}
+
+/// A training job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    /// Its id.
+    pub job_id: String,
+    /// Whether it ended (succeeded, failed or cancelled).
+    pub finished: bool,
+    /// Its record (JSON, owned by `training`).
+    pub record: String,
+    /// When it was triggered, milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+}
+
 /// What [`Catalog::activate_version`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -308,11 +334,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         created_unix_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// Manifests (JSON) of `project`'s versions, newest first.
+    /// `project`'s versions, newest (highest number) first.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn versions(&self, project: &str) -> Result<Vec<String>, StoreError>;
+    fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError>;
 
     /// Makes `version` the active version of `project` if `fits(its manifest JSON, the stored
     /// spec)`, in one transaction: a spec changed meanwhile (other classes or inputs) is seen.
@@ -339,11 +365,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         created_unix_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// Job records (JSON) of `project`, newest first, at most `limit`.
+    /// Jobs of `project`, newest first (ties by id, descending), at most `limit`.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError>;
 
     /// One job record (JSON).
     ///

@@ -288,10 +288,18 @@ fn versions_are_numbered(backend: &mut dyn Backend) {
     catalog.record_version("cars", "v1", 1, "one", 10).unwrap();
     catalog.record_version("cars", "v2", 2, "two", 20).unwrap();
     assert_eq!(catalog.next_version_number("cars").unwrap(), 3);
-    assert_eq!(catalog.versions("cars").unwrap(), ["two", "one"]);
+    let versions = || -> Vec<_> {
+        catalog
+            .versions("cars")
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.version, v.number, v.manifest, v.created_unix_ms))
+            .collect()
+    };
+    assert_eq!(versions(), [("v2".into(), 2, "two".into(), 20), ("v1".into(), 1, "one".into(), 10)]);
     let duplicate = catalog.record_version("cars", "v2", 3, "again", 30).unwrap_err();
     assert_eq!(duplicate.failure(), Failure::Permanent, "{duplicate}");
-    assert_eq!(catalog.versions("cars").unwrap(), ["two", "one"], "nothing recorded");
+    assert_eq!(versions().len(), 2, "nothing recorded");
     assert!(catalog.record_version("boats", "v1", 1, "x", 0).is_err(), "no such project");
 }
 
@@ -302,8 +310,21 @@ fn jobs_round_trip(backend: &mut dyn Backend) {
     catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
     catalog.save_job("job-c", "cars", true, "c done", 200).unwrap();
     catalog.save_job("job-a", "cars", true, "a done", 100).unwrap();
-    assert_eq!(catalog.jobs("cars", 10).unwrap(), ["c done", "b running", "a done"], "newest first, then id");
-    assert_eq!(catalog.jobs("cars", 1).unwrap(), ["c done"]);
+    let jobs = |limit| -> Vec<_> {
+        catalog
+            .jobs("cars", limit)
+            .unwrap()
+            .into_iter()
+            .map(|j| (j.job_id, j.finished, j.record, j.created_unix_ms))
+            .collect()
+    };
+    let done = |id: &str, record: &str, created| (id.to_owned(), true, record.to_owned(), created);
+    assert_eq!(
+        jobs(10),
+        [done("job-c", "c done", 200), ("job-b".into(), false, "b running".into(), 200), done("job-a", "a done", 100)],
+        "newest first, then id"
+    );
+    assert_eq!(jobs(1), [done("job-c", "c done", 200)]);
     assert_eq!(catalog.job("job-a").unwrap().as_deref(), Some("a done"));
     assert_eq!(catalog.job("job-z").unwrap(), None);
     assert_eq!(catalog.unfinished_jobs().unwrap(), ["b running"]);

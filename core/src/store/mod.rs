@@ -3,7 +3,9 @@
 //! in PostgreSQL ([`postgres`]); the content-addressed sample blobs ([`blobs`]) and their
 //! garbage collection ([`gc`]).
 //!
-//! Layout: `alps.db` (SQLite index), `blobs/` (content-addressed
+//! [`migrate`] copies one catalogue into the other (`alps-server migrate`).
+//!
+//! Layout: `alps.db` (the SQLite catalogue, unused with `--database-url`), `blobs/` (content-addressed
 //! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
 //! (the default model root: uploaded and operator-placed model files), `LOCK`.
 
@@ -12,6 +14,7 @@ pub mod catalog;
 #[cfg(test)]
 mod conformance;
 pub mod gc;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 

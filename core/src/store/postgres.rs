@@ -22,8 +22,8 @@ use postgres::{Client, NoTls, Row, error::SqlState};
 use super::{
     Failure,
     catalog::{
-        Activation, Catalog, ExampleRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts, decode_spec,
-        encode_spec,
+        Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
+        VersionRow, decode_spec, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -403,8 +403,10 @@ impl Catalog for PostgresCatalog {
 
     fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let rows = self.reader.run(|client| {
-            Ok(client
-                .query("SELECT class_name, COUNT(*) FROM examples WHERE project_id = $1 GROUP BY class_name", &[&project])?)
+            Ok(client.query(
+                "SELECT class_name, COUNT(*) FROM examples WHERE project_id = $1 GROUP BY class_name",
+                &[&project],
+            )?)
         })?;
         Ok(rows.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect())
     }
@@ -435,12 +437,23 @@ impl Catalog for PostgresCatalog {
         })
     }
 
-    fn versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
+    fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError> {
         let rows = self.reader.run(|client| {
-            Ok(client
-                .query("SELECT manifest FROM model_versions WHERE project_id = $1 ORDER BY number DESC", &[&project])?)
+            Ok(client.query(
+                "SELECT version, number, manifest, created_unix_ms FROM model_versions WHERE project_id = $1
+                 ORDER BY number DESC",
+                &[&project],
+            )?)
         })?;
-        Ok(strings(rows))
+        Ok(rows
+            .iter()
+            .map(|row| VersionRow {
+                version: row.get(0),
+                number: row.get::<_, i32>(1) as u32,
+                manifest: row.get(2),
+                created_unix_ms: row.get(3),
+            })
+            .collect())
     }
 
     #[cfg(test)]
@@ -493,15 +506,24 @@ impl Catalog for PostgresCatalog {
         })
     }
 
-    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.reader.run(|client| {
             Ok(client.query(
-                "SELECT record FROM jobs WHERE project_id = $1 ORDER BY created_unix_ms DESC, job_id DESC LIMIT $2",
+                "SELECT job_id, finished, record, created_unix_ms FROM jobs WHERE project_id = $1
+                 ORDER BY created_unix_ms DESC, job_id DESC LIMIT $2",
                 &[&project, &limit],
             )?)
         })?;
-        Ok(strings(rows))
+        Ok(rows
+            .iter()
+            .map(|row| JobRow {
+                job_id: row.get(0),
+                finished: row.get(1),
+                record: row.get(2),
+                created_unix_ms: row.get(3),
+            })
+            .collect())
     }
 
     fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::{
     Failure,
     catalog::{
-        Activation, Catalog, ExampleRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts, decode_spec,
-        encode_spec,
+        Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
+        VersionRow, decode_spec, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -169,8 +169,10 @@ impl Catalog for SqliteCatalog {
                 Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
             })
             .optional()?;
-        row.map(|(json, created_unix_ms, active_version)| StoredProject::decode(id, &json, created_unix_ms, active_version))
-            .transpose()
+        row.map(|(json, created_unix_ms, active_version)| {
+            StoredProject::decode(id, &json, created_unix_ms, active_version)
+        })
+        .transpose()
     }
 
     fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
@@ -332,11 +334,20 @@ impl Catalog for SqliteCatalog {
         Ok(())
     }
 
-    fn versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
+    fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError> {
         let connection = self.reader();
-        let mut statement =
-            connection.prepare("SELECT manifest FROM model_versions WHERE project_id = ?1 ORDER BY number DESC")?;
-        let rows = statement.query_map(params![project], |row| row.get::<_, String>(0))?;
+        let mut statement = connection.prepare(
+            "SELECT version, number, manifest, created_unix_ms FROM model_versions WHERE project_id = ?1
+             ORDER BY number DESC",
+        )?;
+        let rows = statement.query_map(params![project], |row| {
+            Ok(VersionRow {
+                version: row.get(0)?,
+                number: row.get(1)?,
+                manifest: row.get(2)?,
+                created_unix_ms: row.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -389,12 +400,16 @@ impl Catalog for SqliteCatalog {
         Ok(())
     }
 
-    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {
         let connection = self.reader();
         let mut statement = connection.prepare(
-            "SELECT record FROM jobs WHERE project_id = ?1 ORDER BY created_unix_ms DESC, job_id DESC LIMIT ?2",
+            "SELECT job_id, finished, record, created_unix_ms FROM jobs WHERE project_id = ?1
+             ORDER BY created_unix_ms DESC, job_id DESC LIMIT ?2",
         )?;
-        let rows = statement.query_map(params![project, limit as i64], |row| row.get::<_, String>(0))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![project, limit], |row| {
+            Ok(JobRow { job_id: row.get(0)?, finished: row.get(1)?, record: row.get(2)?, created_unix_ms: row.get(3)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -418,7 +433,6 @@ mod tests {
     use super::*;
     use crate::projects::spec::tests::spec;
     use std::sync::Arc;
-
 
     #[test]
     fn a_database_held_by_another_process_is_a_transient_failure() {

@@ -400,8 +400,12 @@ impl Trainer {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn jobs(&self, project_id: &str, limit: usize) -> Result<Vec<JobRecord>, TrainingError> {
-        let mut records: Vec<JobRecord> =
-            self.catalog.jobs(project_id, limit)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect();
+        let mut records: Vec<JobRecord> = self
+            .catalog
+            .jobs(project_id, limit)?
+            .iter()
+            .filter_map(|row| serde_json::from_str(&row.record).ok())
+            .collect();
         let state = self.state();
         for record in &mut records {
             if let Some(live) = state.live.get(&record.job_id) {
@@ -534,8 +538,10 @@ impl Trainer {
             return Err(TrainError::Precondition(format!("the active version {parent} has no readable record")));
         }
         let parent_backbone = parent_manifest.as_ref().map(|m| m.backbone_version.clone()).unwrap_or_default();
-        let examples =
-            self.catalog.examples(&spec.id, "", usize::MAX >> 1).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let examples = self
+            .catalog
+            .examples(&spec.id, "", usize::MAX >> 1)
+            .map_err(|e| TrainError::Precondition(e.to_string()))?;
         // An example deleted while the job runs keeps its bytes until the job ends.
         let mut pins = self.blobs.pins();
         pins.hold_all(examples.iter().map(|e| e.sha256.clone()));
@@ -692,7 +698,7 @@ impl Trainer {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn versions(&self, project: &str) -> Result<Vec<Manifest>, TrainingError> {
-        Ok(self.catalog.versions(project)?.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
+        Ok(self.catalog.versions(project)?.iter().filter_map(|row| serde_json::from_str(&row.manifest).ok()).collect())
     }
 
     /// Makes `version` active (also for rollback): the serving engine loads it first, then it
