@@ -52,6 +52,8 @@ bench:
 	scripts/bootstrap-triton.sh
 	cargo bench -p alps-system-tests --bench open_inference
 	cargo bench -p alps-system-tests --bench retrain
+	scripts/bootstrap-postgres.sh
+	PG_FSYNC=on cargo bench -p alps-system-tests --bench catalogue
 	scripts/bootstrap.sh scripts/requirements-experiments.txt
 	scripts/install-client.sh
 	scripts/bootstrap-label-studio.sh

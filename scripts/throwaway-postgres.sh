@@ -3,6 +3,7 @@
 # directory, prints its URL (one line), then waits until its standard input closes (the test
 # process ended, however it ended), stops the server and removes every file it made.
 # Uses Debian's postgresql package (scripts/bootstrap-postgres.sh installs it).
+# PG_FSYNC=on makes it durable like a real server (benchmarks); tests default to off (faster).
 set -euo pipefail
 
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
@@ -27,7 +28,7 @@ trap cleanup EXIT
 for attempt in 1 2 3; do
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     if "${as_postgres[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null; then
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=200" start >/dev/null; then
         echo "postgres://postgres@127.0.0.1:$port/postgres"
         cat >/dev/null || true
         exit 0

@@ -116,6 +116,7 @@ impl ExampleRow {
 
 /// What an example stores, as compared by an upsert: class name, sample sha256, tensor shape
 /// and metadata (both as JSON), and its label revision.
+#[derive(Clone)]
 pub(super) struct StoredExample {
     pub content: (String, String, Option<String>, String),
     pub label_revision: u64,

@@ -113,6 +113,7 @@ const CASES: &[(&str, Case)] = &[
     ("the newest label revision wins in every arrival order", newest_revision_wins),
     ("unversioned labels always apply; replays refresh the revision", unversioned_labels),
     ("examples page bytewise; counts, deletes and references agree", examples_page_and_count),
+    ("a batch that names an example twice applies in order", batch_in_order),
     ("versions are numbered, listed newest first, unique", versions_are_numbered),
     ("jobs are replaced by id, listed newest first, unfinished found", jobs_round_trip),
     ("deleting a project deletes what belongs to it", delete_cascades),
@@ -279,6 +280,24 @@ fn examples_page_and_count(backend: &mut dyn Backend) {
     assert_eq!(ids("", 10), ["B", "b", "é"]);
     let unknown = catalog.upsert_examples("boats", &[labelled("a", "sedan", 0)]).unwrap_err();
     assert_eq!(unknown.failure(), Failure::Permanent, "{unknown}");
+}
+
+fn batch_in_order(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    let batch = [
+        labelled("a", "x", 5),
+        labelled("a", "y", 3),
+        labelled("b", "x", 0),
+        labelled("a", "x", 5),
+        labelled("a", "z", 0),
+        labelled("b", "x", 0),
+    ];
+    let counts = catalog.upsert_examples("cars", &batch).unwrap();
+    assert_eq!(counts, UpsertCounts { inserted: 2, updated: 1, unchanged: 2, stale: 1 });
+    let stored: Vec<_> =
+        catalog.examples("cars", "", 10).unwrap().into_iter().map(|e| (e.class_name, e.label_revision)).collect();
+    assert_eq!(stored, [("z".to_owned(), 0), ("x".to_owned(), 0)]);
 }
 
 fn versions_are_numbered(backend: &mut dyn Backend) {
