@@ -231,15 +231,28 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     let (migrated, _, stderr) = migrate(dirs.data.path(), &url);
     assert!(!migrated && stderr.contains("is in use by another alps-server"), "{stderr}");
     assert!(server.stop());
+    // Nor served with the database before it moved there: the database does not know its
+    // samples and model files.
+    let data = path_str(dirs.data.path());
+    let flags = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    let (status, stderr) =
+        run_to_exit("alps-server", &[&flags[..], &["--data-dir", data, "--database-url", &url]].concat());
+    assert!(!status.success() && stderr.contains("move it into the database with `alps-server migrate`"), "{stderr}");
 
-    let expected =
-        "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified";
-    for run in ["first", "second"] {
+    let expected = [
+        "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified",
+        "already migrated: data dir",
+    ];
+    for expected in expected {
         let (migrated, stdout, stderr) = migrate(dirs.data.path(), &url);
-        assert!(migrated, "{run} run: {stderr}");
-        assert!(stdout.starts_with(expected), "{run} run: {stdout}");
+        assert!(migrated, "{stderr}");
+        assert!(stdout.starts_with(expected), "{stdout}");
         assert!(!stdout.contains("secret") && !stderr.contains("secret"), "{stdout}{stderr}");
     }
+    // The data dir has moved: served without --database-url, it is refused (its samples and
+    // model files would be collected against the old catalogue).
+    let (status, stderr) = run_to_exit("alps-server", &[&flags[..], &["--data-dir", data]].concat());
+    assert!(!status.success() && stderr.contains("served with the same --database-url"), "{stderr}");
 
     let mut server = start(&dirs, &url).await;
     assert_eq!(seeded_predictions(&mut server).await, before, "same version, same predictions");
@@ -247,7 +260,7 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     let jobs = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
     let jobs = server.training.list_training_jobs(jobs).await.unwrap().into_inner().jobs;
     assert_eq!(jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), [job.as_str()]);
-    assert!(server.process.log().iter().any(|line| line.contains("the data dir's catalogue is not used")));
+    assert!(server.process.log().iter().any(|line| line.contains("own catalogue was moved by migrate")));
     assert!(server.stop());
 
     // A data dir without a catalogue is refused, naming the file.

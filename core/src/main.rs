@@ -7,7 +7,7 @@ use alps_core::{
     config::{Cli, Command, ServerConfig, TokenCommand},
     engine::device::{DeviceReport, forward_check},
     server::Server,
-    store::{self, DataDir, postgres::PostgresCatalog, sqlite::SqliteCatalog},
+    store::{self, DataDir, catalog::Catalog, postgres::PostgresCatalog, sqlite::SqliteCatalog},
 };
 use alps_runtime::Shutdown;
 use anyhow::Context;
@@ -60,7 +60,26 @@ fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()>
     let data_dir = DataDir::open(data_dir)?;
     let source = SqliteCatalog::open(&data_dir.database_path())?;
     let target = PostgresCatalog::open(database_url).context("cannot open the database (--database-url)")?;
+    let (source_id, target_id) = (source.identity()?, target.identity()?);
+    // A data dir moved to a database serves that one only: its samples and model files are
+    // collected against it from now on. A rerun into the same database is allowed.
+    match data_dir.bound_catalogue()? {
+        // Moved before: a server may have changed the target since (deleted examples would
+        // come back), so nothing is copied again.
+        Some(bound) if bound == target_id => {
+            println!(
+                "already migrated: data dir {} belongs to this database; nothing copied",
+                data_dir.path().display()
+            );
+            return Ok(());
+        }
+        Some(bound) if bound != source_id => {
+            anyhow::bail!("data dir {} was moved to another database (catalogue {bound})", data_dir.path().display())
+        }
+        _ => {}
+    }
     let migrated = store::migrate::migrate(&source, &target)?;
+    data_dir.rebind_catalogue(&target_id)?;
     println!(
         "migrated {} projects, {} labelled examples, {} model versions, {} training jobs into PostgreSQL; verified",
         migrated.projects, migrated.examples, migrated.versions, migrated.jobs

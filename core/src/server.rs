@@ -389,18 +389,29 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
     Ok((tokens, tls, watchers))
 }
 
-/// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory.
+/// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory;
+/// the data directory must belong to it (else its garbage collection would remove samples and
+/// model files of another catalogue).
 fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dyn Catalog>, StartError> {
-    let Some(url) = database_url else { return Ok(Arc::new(SqliteCatalog::open(&data_dir.database_path())?)) };
-    if data_dir.database_path().exists() {
-        tracing::warn!(
-            file = %data_dir.database_path().display(),
-            "the data dir's catalogue is not used with --database-url: its projects are not served"
-        );
-    }
-    let catalog = PostgresCatalog::open(url)?;
-    tracing::info!("catalogue in PostgreSQL (--database-url)");
-    Ok(Arc::new(catalog))
+    let catalog: Arc<dyn Catalog> = match database_url {
+        None => Arc::new(SqliteCatalog::open(&data_dir.database_path())?),
+        Some(url) => {
+            let catalog = PostgresCatalog::open(url)?;
+            tracing::info!("catalogue in PostgreSQL (--database-url)");
+            if data_dir.database_path().exists() {
+                if data_dir.bound_catalogue()? != Some(catalog.identity()?) {
+                    return Err(DataDirError::Unmigrated { path: data_dir.path().to_owned() }.into());
+                }
+                tracing::warn!(
+                    file = %data_dir.database_path().display(),
+                    "the data dir's own catalogue was moved by migrate and is not used"
+                );
+            }
+            Arc::new(catalog)
+        }
+    };
+    data_dir.bind_catalogue(&catalog.identity()?)?;
+    Ok(catalog)
 }
 
 async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -22,6 +22,16 @@ pub enum StoreError {
     /// Another alps-server holds the PostgreSQL database (see [`super::postgres`]).
     #[error("another alps-server uses this database (it holds the catalogue's lock)")]
     Taken,
+    /// The database was migrated by a newer alps-server.
+    #[error(
+        "the database's schema is version {found}, newer than this alps-server's ({known}): use a newer alps-server"
+    )]
+    NewerSchema {
+        /// Migrations the database has.
+        found: usize,
+        /// Migrations this server knows.
+        known: usize,
+    },
     /// A stored row could not be decoded (written by an incompatible version).
     #[error("stored project {id} is unreadable: {source}")]
     Corrupt {
@@ -33,14 +43,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again may help: busy, locked, unreachable or a serialization conflict
-    /// is transient, a full disk is [`Failure::Full`], the rest (I/O errors, corruption,
+    /// Whether trying again may help: busy, locked, unreachable, a lost lock or a
+    /// serialization conflict is transient, a full disk is [`Failure::Full`], the rest (I/O errors, corruption,
     /// constraint violations) permanent, as for blobs ([`Failure::of_io`]).
     pub fn failure(&self) -> Failure {
         match self {
             Self::Sqlite(error) => super::sqlite::failure(error),
             Self::Postgres(error) => super::postgres::failure(error),
-            Self::Taken | Self::Corrupt { .. } => Failure::Permanent,
+            // Taken while serving: our session broke and another server's (or our own old one)
+            // holds the lock; it is released when that session ends.
+            Self::Taken => Failure::Transient,
+            Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,
         }
     }
 }
@@ -248,6 +261,13 @@ pub(super) fn encode_spec(spec: &ProjectSpec) -> Result<String, StoreError> {
 /// The catalogue's operations. Every write is one transaction: it applies whole or not at all.
 /// Reads never wait behind a write that waits for a lock.
 pub trait Catalog: Send + Sync + std::fmt::Debug {
+    /// This catalogue's id: random, made when its schema was first created; a data dir records
+    /// the id of the catalogue its samples and model files belong to.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn identity(&self) -> Result<String, StoreError>;
+
     /// Inserts or replaces a project, in one transaction; returns whether it was new. A new
     /// project starts at `initial_version`. An existing one keeps its creation time, and its
     /// active version unless `starts_over(stored spec)` says that versions trained for the

@@ -107,6 +107,7 @@ type Case = fn(&mut dyn Backend);
 
 /// Every case of the suite, by name.
 const CASES: &[(&str, Case)] = &[
+    ("a catalogue keeps its identity; another has another", identity),
     ("projects survive reopening; upsert keeps the creation time", projects_survive_reopening),
     ("an upsert that starts over resets the active version", upsert_starts_over),
     ("a version is activated only if it fits the stored spec", activation_checks_fit),
@@ -134,6 +135,14 @@ fn sqlite_passes_the_catalogue_conformance_suite() {
 #[test]
 fn postgres_passes_the_catalogue_conformance_suite() {
     run_suite(&mut Postgres { url: String::new() });
+}
+
+fn identity(backend: &mut dyn Backend) {
+    let first = backend.create().identity().unwrap();
+    assert_eq!(first.len(), 32, "{first}");
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_eq!(backend.reopen().identity().unwrap(), first, "stable");
+    assert_ne!(backend.create().identity().unwrap(), first, "random");
 }
 
 fn projects_survive_reopening(backend: &mut dyn Backend) {

@@ -2,12 +2,19 @@
 //! version and training job of one catalogue into another (the data directory's SQLite into
 //! PostgreSQL), then reads both back and checks that the target holds the same rows.
 //!
-//! Idempotent: a second run finds everything in place and changes nothing. It never
-//! overwrites: a project the target already holds with another spec, creation time, active
-//! version or version manifest is a [`MigrateError::Conflict`], and nothing of that project
-//! is changed. Sample bytes and model files are not in the catalogue; they stay where they are.
+//! Idempotent: a second run finds everything in place and changes nothing, and a run after the
+//! source grew copies what is new. It never overwrites: before writing anything of a project,
+//! it checks that everything the target holds of it (the project row, every version, labelled
+//! example and job) is in the source, equal; else it stops with [`MigrateError::Conflict`] and
+//! nothing of that project is changed (a server that already wrote to the target made it the
+//! newer copy). A deletion in the target alone cannot be told from a row not copied yet: that
+//! is why `alps-server migrate` copies nothing once the data dir has moved to the target
+//! (no server serves the target with that data dir before). Sample bytes and model files are
+//! not in the catalogue; they stay where they are.
 
-use super::catalog::{Catalog, StoreError, StoredProject};
+use std::collections::{HashMap, VecDeque};
+
+use super::catalog::{Catalog, ExampleRow, StoreError, StoredProject};
 
 /// Examples copied and compared per page.
 const PAGE: usize = 1000;
@@ -31,12 +38,13 @@ pub enum MigrateError {
     /// Reading the source or writing the target failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The target already holds this project, or one of its versions, differently.
-    #[error("project {project}: the target already holds it with another {what}; nothing of it was changed")]
+    /// The target holds something of this project that the source does not, or holds it
+    /// differently (its spec, a version, a labelled example, a job).
+    #[error("project {project}: the target holds {what} differently or the source lacks it; nothing of it was changed")]
     Conflict {
         /// The project.
         project: String,
-        /// What differs, e.g. "spec" or "manifest of v2".
+        /// What differs, e.g. "spec" or "labelled example task-7".
         what: String,
     },
     /// After copying, the target's rows differ from the source's (another writer changed them).
@@ -57,6 +65,7 @@ pub enum MigrateError {
 pub fn migrate(source: &dyn Catalog, target: &dyn Catalog) -> Result<Migrated, MigrateError> {
     let mut migrated = Migrated::default();
     for project in source.projects()? {
+        check_target(source, target, &project)?;
         copy_project(source, target, &project)?;
         let counts = verify_project(source, target, &project.spec.id)?;
         migrated.projects += 1;
@@ -71,35 +80,75 @@ fn conflict(project: &str, what: impl Into<String>) -> MigrateError {
     MigrateError::Conflict { project: project.to_owned(), what: what.into() }
 }
 
+/// A project's examples in id order, a page at a time.
+struct Examples<'a> {
+    catalog: &'a dyn Catalog,
+    project: &'a str,
+    after: String,
+    page: VecDeque<ExampleRow>,
+}
+
+impl<'a> Examples<'a> {
+    fn new(catalog: &'a dyn Catalog, project: &'a str) -> Self {
+        Self { catalog, project, after: String::new(), page: VecDeque::new() }
+    }
+
+    fn next(&mut self) -> Result<Option<ExampleRow>, StoreError> {
+        if self.page.is_empty() {
+            self.page = self.catalog.examples(self.project, &self.after, PAGE)?.into();
+            if let Some(last) = self.page.back() {
+                self.after = last.external_id.clone();
+            }
+        }
+        Ok(self.page.pop_front())
+    }
+}
+
+/// Checks that everything `target` holds of `project` is in `source`, equal.
+fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProject) -> Result<(), MigrateError> {
+    let id = &project.spec.id;
+    let Some(existing) = target.project(id)? else { return Ok(()) };
+    for (differs, what) in [
+        (existing.spec != project.spec, "its spec"),
+        (existing.created_unix_ms != project.created_unix_ms, "its creation time"),
+        (existing.active_version != project.active_version, "its active version"),
+    ] {
+        if differs {
+            return Err(conflict(id, what));
+        }
+    }
+    let versions: HashMap<_, _> = source.versions(id)?.into_iter().map(|v| (v.version.clone(), v)).collect();
+    if let Some(version) = target.versions(id)?.into_iter().find(|v| versions.get(&v.version) != Some(v)) {
+        return Err(conflict(id, format!("model version {}", version.version)));
+    }
+    let jobs: HashMap<_, _> = source.jobs(id, usize::MAX)?.into_iter().map(|j| (j.job_id.clone(), j)).collect();
+    if let Some(job) = target.jobs(id, usize::MAX)?.into_iter().find(|j| jobs.get(&j.job_id) != Some(j)) {
+        return Err(conflict(id, format!("training job {}", job.job_id)));
+    }
+    // Both in the same (bytewise) id order: one pass over each.
+    let (mut ours, mut theirs) = (Examples::new(source, id), Examples::new(target, id));
+    let mut next_ours = ours.next()?;
+    while let Some(held) = theirs.next()? {
+        while next_ours.as_ref().is_some_and(|row| row.external_id < held.external_id) {
+            next_ours = ours.next()?;
+        }
+        if next_ours.as_ref() != Some(&held) {
+            return Err(conflict(id, format!("labelled example {}", held.external_id)));
+        }
+    }
+    Ok(())
+}
+
+/// Writes what `target` lacks of `project` (checked by [`check_target`] first).
 fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProject) -> Result<(), MigrateError> {
     let id = &project.spec.id;
-    match target.project(id)? {
-        Some(existing) if existing.spec != project.spec => return Err(conflict(id, "spec")),
-        Some(existing) if existing.created_unix_ms != project.created_unix_ms => {
-            return Err(conflict(id, "creation time"));
-        }
-        Some(existing) if existing.active_version != project.active_version => {
-            return Err(conflict(id, "active version"));
-        }
-        Some(_) => {}
-        None => {
-            target.upsert_project(&project.spec, project.created_unix_ms, &project.active_version, &|_| false)?;
-        }
+    if target.project(id)?.is_none() {
+        target.upsert_project(&project.spec, project.created_unix_ms, &project.active_version, &|_| false)?;
     }
     let present = target.versions(id)?;
     for version in source.versions(id)?.into_iter().rev() {
-        match present.iter().find(|v| v.version == version.version) {
-            Some(existing) if *existing != version => {
-                return Err(conflict(id, format!("manifest of {}", version.version)));
-            }
-            Some(_) => {}
-            None => target.record_version(
-                id,
-                &version.version,
-                version.number,
-                &version.manifest,
-                version.created_unix_ms,
-            )?,
+        if !present.iter().any(|v| v.version == version.version) {
+            target.record_version(id, &version.version, version.number, &version.manifest, version.created_unix_ms)?;
         }
     }
     let mut after = String::new();
@@ -207,7 +256,8 @@ mod tests {
         other.classes.push("bus".into());
         target.upsert_project(&other, 111, "untrained", &|_| false).unwrap();
         let error = migrate(&source, &target).unwrap_err();
-        let expected = "project cars: the target already holds it with another spec; nothing of it was changed";
+        let expected =
+            "project cars: the target holds its spec differently or the source lacks it; nothing of it was changed";
         assert_eq!(error.to_string(), expected);
         assert_eq!(target.project("cars").unwrap().unwrap().spec, other);
         assert!(target.examples("cars", "", 10).unwrap().is_empty());
@@ -218,6 +268,31 @@ mod tests {
         target.upsert_project(&spec(), 111, "v2", &|_| false).unwrap();
         target.record_version("cars", "v1", 1, "another manifest", 10).unwrap();
         let error = migrate(&source, &target).unwrap_err();
-        assert!(matches!(&error, MigrateError::Conflict { what, .. } if what == "manifest of v1"), "{error}");
+        assert!(matches!(&error, MigrateError::Conflict { what, .. } if what == "model version v1"), "{error}");
+        assert_eq!(target.versions("cars").unwrap().len(), 1, "nothing of it was written");
+    }
+
+    #[test]
+    fn a_rerun_after_a_server_wrote_to_the_target_changes_nothing_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = populated(dir.path());
+        let target = PostgresCatalog::open(&postgres_database()).unwrap();
+        migrate(&source, &target).unwrap();
+        // A server on the target relabels an example: a rerun would have reverted it.
+        let mut relabelled = example(4);
+        relabelled.class_name = "truck".into();
+        relabelled.label_revision = 0;
+        target.upsert_examples("cars", &[relabelled.clone()]).unwrap();
+        let error = migrate(&source, &target).unwrap_err();
+        assert!(
+            matches!(&error, MigrateError::Conflict { what, .. } if what == "labelled example task-0004"),
+            "{error}"
+        );
+        assert_eq!(target.examples("cars", "task-0003", 1).unwrap(), [relabelled]);
+        // A job the target made is the target's.
+        target.upsert_examples("cars", &[example(4)]).unwrap();
+        target.save_job("job-3", "cars", true, "on the target", 7).unwrap();
+        let error = migrate(&source, &target).unwrap_err();
+        assert!(matches!(&error, MigrateError::Conflict { what, .. } if what == "training job job-3"), "{error}");
     }
 }

@@ -71,6 +71,37 @@ pub enum DataDirError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The directory's samples and model files belong to another catalogue: served with this
+    /// one, garbage collection would remove what this catalogue does not know.
+    #[error(
+        "data dir {path} belongs to catalogue {bound}, not to this one ({given}); a data dir moved by \
+         `alps-server migrate` is served with the same --database-url"
+    )]
+    OtherCatalogue {
+        /// The data directory.
+        path: PathBuf,
+        /// The catalogue it belongs to.
+        bound: String,
+        /// The catalogue given.
+        given: String,
+    },
+    /// `--database-url` with a data dir that has its own, unmoved catalogue.
+    #[error(
+        "data dir {path} has its own catalogue (alps.db): move it into the database with `alps-server migrate` \
+         first, or use another data dir"
+    )]
+    Unmigrated {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The catalogue binding could not be read or written.
+    #[error("cannot read or write {path}: {source}")]
+    Binding {
+        /// The binding file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// Another process (normally another `alps-server`) holds the directory's lock.
     #[error("data dir {path} is in use by another alps-server (lock {lock} is held)")]
     InUse {
@@ -118,6 +149,52 @@ impl DataDir {
     /// The directory's path as given.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn binding_path(&self) -> PathBuf {
+        self.path.join("CATALOGUE")
+    }
+
+    /// The id of the catalogue this directory belongs to (`<dir>/CATALOGUE`), if bound.
+    ///
+    /// # Errors
+    /// [`DataDirError::Binding`] if the file exists but cannot be read.
+    pub fn bound_catalogue(&self) -> Result<Option<String>, DataDirError> {
+        let path = self.binding_path();
+        match fs::read_to_string(&path) {
+            Ok(id) => Ok(Some(id.trim().to_owned())),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(DataDirError::Binding { path, source }),
+        }
+    }
+
+    /// Checks that this directory belongs to catalogue `id`, binding it if it belongs to none
+    /// yet. Its blobs and model files are garbage-collected against that catalogue only.
+    ///
+    /// # Errors
+    /// [`DataDirError::OtherCatalogue`] if bound to another; [`DataDirError::Binding`] on an
+    /// I/O failure.
+    pub fn bind_catalogue(&self, id: &str) -> Result<(), DataDirError> {
+        match self.bound_catalogue()? {
+            Some(bound) if bound == id => Ok(()),
+            Some(bound) => Err(DataDirError::OtherCatalogue { path: self.path.clone(), bound, given: id.to_owned() }),
+            None => self.rebind_catalogue(id),
+        }
+    }
+
+    /// Binds this directory to catalogue `id` whatever it belonged to (after `migrate`),
+    /// crash-safely (written aside, then renamed).
+    ///
+    /// # Errors
+    /// [`DataDirError::Binding`] on an I/O failure.
+    pub fn rebind_catalogue(&self, id: &str) -> Result<(), DataDirError> {
+        let path = self.binding_path();
+        let temporary = self.path.join("CATALOGUE.tmp");
+        let written = File::create(&temporary)
+            .and_then(|mut file| writeln!(file, "{id}").and_then(|()| file.sync_all()))
+            .and_then(|()| fs::rename(&temporary, &path))
+            .and_then(|()| File::open(&self.path).and_then(|dir| dir.sync_all()));
+        written.map_err(|source| DataDirError::Binding { path, source })
     }
 
     /// Content-addressed sample bytes, `<dir>/blobs`.
@@ -310,6 +387,24 @@ mod tests {
         let data = DataDir::open(&dir).unwrap();
         assert_eq!(data.path(), dir);
         assert!(dir.join("LOCK").is_file());
+    }
+
+    #[test]
+    fn a_data_dir_serves_the_catalogue_it_is_bound_to_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data.bound_catalogue().unwrap(), None);
+        data.bind_catalogue("aaa").unwrap();
+        data.bind_catalogue("aaa").unwrap();
+        assert_eq!(data.bound_catalogue().unwrap().as_deref(), Some("aaa"));
+        let other = data.bind_catalogue("bbb").unwrap_err();
+        assert!(
+            matches!(&other, DataDirError::OtherCatalogue { bound, given, .. } if bound == "aaa" && given == "bbb")
+        );
+        assert!(other.to_string().contains("belongs to catalogue aaa, not to this one (bbb)"), "{other}");
+        data.rebind_catalogue("bbb").unwrap();
+        data.bind_catalogue("bbb").unwrap();
+        assert!(!dir.path().join("CATALOGUE.tmp").exists());
     }
 
     #[test]

@@ -15,7 +15,15 @@
 //! The blocking `postgres` client drives a private tokio runtime, which tokio refuses to start
 //! on a thread that is driving one; each call therefore runs on a scoped thread of its own.
 
-use std::{collections::HashMap, str::FromStr, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    str::FromStr,
+    sync::{
+        Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
+    time::Duration,
+};
 
 use postgres::{Client, NoTls, Row, error::SqlState};
 
@@ -29,7 +37,8 @@ use super::{
 use crate::projects::ProjectSpec;
 
 /// Schema migrations, applied in order, each once; `alps_schema_migrations` records them.
-const MIGRATIONS: &[&str] = &["CREATE TABLE projects (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE projects (
         id TEXT COLLATE \"C\" PRIMARY KEY,
         spec TEXT NOT NULL,
         created_unix_ms BIGINT NOT NULL,
@@ -65,12 +74,16 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE projects (
         created_unix_ms BIGINT NOT NULL
     );
     CREATE INDEX jobs_by_project ON jobs (project_id, created_unix_ms DESC, job_id DESC);
-    CREATE INDEX unfinished_jobs ON jobs (finished) WHERE NOT finished"];
+    CREATE INDEX unfinished_jobs ON jobs (finished) WHERE NOT finished",
+    // The catalogue's id, which its data dir records (see `DataDir::bind_catalogue`).
+    "CREATE TABLE alps_catalogue (id TEXT NOT NULL);
+    INSERT INTO alps_catalogue (id) VALUES (md5(random()::text || clock_timestamp()::text))",
+];
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
 const SERVER_LOCK: i64 = 0x616c_7073;
-/// The advisory lock key that serialises migrations of servers starting together.
-const MIGRATION_LOCK: i64 = 0x616c_7073_6d69;
+/// How long a starting server waits for another server's lock to be released.
+const TAKEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take before the call fails as transient.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sent data may stay unacknowledged, and an idle session silent, before the
@@ -80,23 +93,17 @@ const UNANSWERED_TIMEOUT: Duration = Duration::from_secs(20);
 /// backend's busy timeout).
 const LOCK_TIMEOUT: &str = "5s";
 
-/// What a PostgreSQL error means to the caller: an unreachable or restarting server, a lost
-/// connection, a lock or serialization conflict is transient; a full disk [`Failure::Full`];
-/// the rest (constraint violations, bad credentials, type errors) permanent.
+/// What a PostgreSQL error means to the caller (SQLSTATE classes from the PostgreSQL manual,
+/// appendix A "PostgreSQL Error Codes"): a full disk is [`Failure::Full`]; a lost or refused
+/// connection (08), a transaction rollback such as a serialization failure or deadlock (40),
+/// insufficient resources (53), an operator intervention such as a shutdown or an idle-session
+/// timeout (57), a lock not available (55P03) or a read-only server after a failover (25006)
+/// is transient; the rest (constraint violations, bad credentials, type errors) permanent.
 pub(super) fn failure(error: &postgres::Error) -> Failure {
-    const TRANSIENT: &[SqlState] = &[
-        SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::T_R_DEADLOCK_DETECTED,
-        SqlState::LOCK_NOT_AVAILABLE,
-        SqlState::QUERY_CANCELED,
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::TOO_MANY_CONNECTIONS,
-    ];
-    match error.code() {
-        Some(code) if *code == SqlState::DISK_FULL => Failure::Full,
-        Some(code) if TRANSIENT.contains(code) => Failure::Transient,
+    match error.code().map(SqlState::code) {
+        Some("53100") => Failure::Full,
+        Some(code) if ["08", "40", "53", "57"].contains(&&code[..2]) => Failure::Transient,
+        Some("55P03" | "25006") => Failure::Transient,
         Some(_) => Failure::Permanent,
         // No SQLSTATE: the connection failed, closed or timed out (the client has no public
         // kind for a timeout; its message is fixed: "timeout waiting for server").
@@ -108,6 +115,12 @@ pub(super) fn failure(error: &postgres::Error) -> Failure {
         }
         None => Failure::Permanent,
     }
+}
+
+/// Whether SQLSTATE `code` says the session is over (08: connection exception; 57P: operator
+/// intervention, e.g. terminated, shut down, idle-session timeout): the next call reconnects.
+fn lost_connection(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P")
 }
 
 /// Why a database URL cannot be used.
@@ -127,6 +140,9 @@ struct Session {
     /// `Some(key)` for the writing session: it holds this advisory lock.
     lock: Option<i64>,
     client: Mutex<Option<Client>>,
+    /// The server process of this session's last connection (`pg_backend_pid()`): a session
+    /// that broke on our side may live on in the server for a while, holding the lock.
+    backend_pid: AtomicI32,
 }
 
 impl std::fmt::Debug for Session {
@@ -138,7 +154,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     fn new(config: &postgres::Config, lock: Option<i64>) -> Self {
-        Self { config: config.clone(), lock, client: Mutex::new(None) }
+        Self { config: config.clone(), lock, client: Mutex::new(None), backend_pid: AtomicI32::new(0) }
     }
 
     /// Runs `work` on this session, connecting first if it is not connected.
@@ -154,7 +170,10 @@ impl Session {
             }
             let client = slot.as_mut().expect("connected above");
             let result = work(client);
-            if client.is_closed() {
+            // The server may have said the session is over before the socket closed.
+            let over =
+                matches!(&result, Err(StoreError::Postgres(e)) if e.code().is_some_and(|c| lost_connection(c.code())));
+            if over || client.is_closed() {
                 *slot = None;
             }
             result
@@ -163,15 +182,52 @@ impl Session {
 
     fn connect(&self) -> Result<Client, StoreError> {
         let mut client = self.config.connect(NoTls)?;
-        client.batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))?;
+        // The server-side keepalives end a session whose client vanished (a node lost, a
+        // network cut) within about 35 s, releasing its lock; the default is the kernel's
+        // (hours).
+        client.batch_execute(&format!(
+            "SET lock_timeout = '{LOCK_TIMEOUT}'; SET tcp_keepalives_idle = 20; SET tcp_keepalives_interval = 5;
+             SET tcp_keepalives_count = 3"
+        ))?;
         if let Some(key) = self.lock {
-            let held: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0);
-            if !held {
-                return Err(StoreError::Taken);
-            }
+            take_lock(&mut client, key, self.backend_pid.load(Ordering::Relaxed))?;
         }
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+        self.backend_pid.store(pid, Ordering::Relaxed);
         Ok(client)
     }
+}
+
+/// Takes the advisory lock `key` for this session. If our own previous session still holds it
+/// (it broke on our side only), that session is ended first.
+fn take_lock(client: &mut Client, key: i64, previous_pid: i32) -> Result<(), StoreError> {
+    let try_lock = |client: &mut Client| -> Result<bool, StoreError> {
+        Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0))
+    };
+    if try_lock(client)? {
+        return Ok(());
+    }
+    // A bigint advisory key is stored as (classid, objid) = (high, low) 32 bits, objsubid 1.
+    let holder: Option<i32> = client
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+             AND classid::bigint = $1 AND objid::bigint = $2
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&(key >> 32), &(key & 0xffff_ffff)],
+        )?
+        .map(|row| row.get(0));
+    if previous_pid == 0 || holder != Some(previous_pid) {
+        return Err(StoreError::Taken);
+    }
+    tracing::warn!(pid = previous_pid, "ending this server's own broken database session that still holds its lock");
+    client.execute("SELECT pg_terminate_backend($1)", &[&previous_pid])?;
+    for _ in 0..40 {
+        if try_lock(client)? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(StoreError::Taken)
 }
 
 impl Drop for Session {
@@ -222,16 +278,25 @@ impl PostgresCatalog {
         }
         config.application_name("alps-server");
         let catalog = Self { reader: Session::new(&config, None), writer: Session::new(&config, Some(SERVER_LOCK)) };
-        catalog.writer.run(migrate)?;
+        // A server that just stopped (a restart, a rescheduled pod) releases the lock when its
+        // session ends, which may take a moment.
+        let deadline = std::time::Instant::now() + TAKEN_WAIT;
+        loop {
+            match catalog.writer.run(migrate) {
+                Err(StoreError::Taken) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                result => break result?,
+            }
+        }
         Ok(catalog)
     }
 }
 
-/// Applies the migrations this database has not seen, in one transaction, while holding a lock
-/// that makes servers starting together take turns.
+/// Applies the migrations this database has not seen, in one transaction. The writing
+/// session holds the server lock, so no other server migrates meanwhile.
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut transaction = client.transaction()?;
-    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     transaction.batch_execute(
         "CREATE TABLE IF NOT EXISTS alps_schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -240,7 +305,11 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     )?;
     let applied: i32 =
         transaction.query_one("SELECT COALESCE(MAX(version), 0) FROM alps_schema_migrations", &[])?.get(0);
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::NewerSchema { found: applied, known: MIGRATIONS.len() });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
         transaction.batch_execute(migration)?;
         let version = index as i32 + 1;
         transaction.execute(
@@ -306,6 +375,10 @@ impl Catalog for PostgresCatalog {
             transaction.commit()?;
             Ok(created)
         })
+    }
+
+    fn identity(&self) -> Result<String, StoreError> {
+        self.reader.run(|client| Ok(client.query_one("SELECT id FROM alps_catalogue", &[])?.get(0)))
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
@@ -609,6 +682,21 @@ mod tests {
         assert!(!write.unwrap());
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
         assert!(matches!(PostgresCatalog::open(&url).unwrap_err(), OpenError::Store(StoreError::Taken)));
+    }
+
+    #[test]
+    fn a_lock_held_by_our_own_broken_session_is_taken_back_and_another_holder_is_respected() {
+        let url = postgres_database();
+        let connect = || postgres::Client::connect(&url, NoTls).unwrap();
+        let (mut old, mut new) = (connect(), connect());
+        assert!(old.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK]).unwrap().get::<_, bool>(0));
+        let old_pid: i32 = old.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let other_pid = old_pid + 1;
+        assert!(matches!(take_lock(&mut new, SERVER_LOCK, other_pid), Err(StoreError::Taken)), "another holder");
+        assert!(matches!(take_lock(&mut new, SERVER_LOCK, 0), Err(StoreError::Taken)), "no previous session");
+        take_lock(&mut new, SERVER_LOCK, old_pid).unwrap();
+        assert!(old.is_valid(Duration::from_secs(5)).is_err(), "the old session was ended");
+        assert_eq!(StoreError::Taken.failure(), Failure::Transient, "while serving, the lock comes back");
     }
 
     #[test]

@@ -49,6 +49,9 @@ const MIGRATIONS: &[&str] = &[
     )",
     // The client's label revision (a u64 stored bit for bit in SQLite's i64), 0 = unversioned.
     "ALTER TABLE examples ADD COLUMN label_revision INTEGER NOT NULL DEFAULT 0",
+    // The catalogue's id, which its data dir records (see `DataDir::bind_catalogue`).
+    "CREATE TABLE catalogue (id TEXT NOT NULL);
+    INSERT INTO catalogue (id) VALUES (lower(hex(randomblob(16))))",
 ];
 
 /// How long a statement waits for a lock held by another process before failing.
@@ -94,8 +97,11 @@ impl SqliteCatalog {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         let applied: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::NewerSchema { found: applied, known: MIGRATIONS.len() });
+        }
         let transaction = connection.transaction()?;
-        for migration in &MIGRATIONS[applied.min(MIGRATIONS.len())..] {
+        for migration in &MIGRATIONS[applied..] {
             transaction.execute_batch(migration)?;
         }
         transaction.pragma_update(None, "user_version", MIGRATIONS.len())?;
@@ -160,6 +166,10 @@ impl Catalog for SqliteCatalog {
         };
         transaction.commit()?;
         Ok(created)
+    }
+
+    fn identity(&self) -> Result<String, StoreError> {
+        Ok(self.reader().query_row("SELECT id FROM catalogue", [], |row| row.get(0))?)
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
