@@ -13,10 +13,12 @@ if [[ $(id -u) != 0 ]]; then
 fi
 echo "installing Debian's postgresql package for the tests"
 "${as_root[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-# The package may start a default cluster; the tests need none running.
+# Through env: sudo resets the environment, and a prompt (tzdata) would hang the install.
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+# The package makes and may start a default cluster on port 5432, which would come back at
+# every boot; the tests start their own, so it is removed (it is new and empty).
 for cluster in /etc/postgresql/*/main; do
     [[ -d $cluster ]] || continue
     version=$(basename "$(dirname "$cluster")")
-    "${as_root[@]}" pg_ctlcluster "$version" main stop 2>/dev/null || true
+    "${as_root[@]}" pg_dropcluster --stop "$version" main 2>/dev/null || true
 done

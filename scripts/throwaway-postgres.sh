@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL for tests: starts one on a free loopback port with a fresh data
-# directory, prints its URL (one line), then waits until its standard input closes (the test
-# process ended, however it ended), stops the server and removes every file it made.
-# Uses Debian's postgresql package (scripts/bootstrap-postgres.sh installs it).
+# directory, prints its superuser URL (one line, with a random password), then waits until its
+# standard input closes (the test process ended, however it ended), stops the server and
+# removes every file it made. Connections over TCP need a password (SCRAM), so tests of
+# passwords test something. Uses Debian's postgresql package (scripts/bootstrap-postgres.sh).
 # PG_FSYNC=on makes it durable like a real server (benchmarks); tests default to off (faster).
 set -euo pipefail
 
@@ -12,28 +13,33 @@ if [[ -z "$bin" || ! -x "$bin/initdb" ]]; then
     exit 1
 fi
 dir=$(mktemp -d)
-# initdb refuses to run as root: as root, the server runs as the package's postgres user.
+chmod 700 "$dir"
+password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$password" >"$dir/password"
+# initdb refuses to run as root: as root, the server runs as the package's postgres user, which
+# then owns the directory (no one else may enter it).
 as_postgres=()
 if [[ $(id -u) == 0 ]]; then
     as_postgres=(runuser -u postgres --)
-    chmod 777 "$dir"
+    chown -R postgres: "$dir"
 fi
 cleanup() {
     "${as_postgres[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$dir"
 }
 trap cleanup EXIT
-"${as_postgres[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
-    { cat "$dir/initdb.log" >&2; exit 1; }
+"${as_postgres[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    --pwfile="$dir/password" >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
 for attempt in 1 2 3; do
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    if "${as_postgres[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=200" start >/dev/null; then
-        echo "postgres://postgres@127.0.0.1:$port/postgres"
+    if "${as_postgres[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -w -t 60 \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=200" \
+        start >/dev/null; then
+        echo "postgres://postgres:$password@127.0.0.1:$port/postgres"
         cat >/dev/null || true
         exit 0
     fi
     echo "PostgreSQL did not start on port $port (attempt $attempt):" >&2
-    tail -5 "$dir/server.log" >&2 || true
+    tail -5 "$dir/data/server.log" >&2 || true
 done
 exit 1

@@ -26,6 +26,32 @@ pub struct Cli {
     pub server: ServerConfig,
 }
 
+/// A database URL (`--database-url`). It may hold a password, so its `Debug` output is
+/// redacted: a configuration printed for debugging never shows it.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Any text; [`crate::store::postgres::PostgresCatalog::open`] parses it.
+    ///
+    /// # Errors
+    /// Never: the type is for clap's `value_parser`.
+    pub fn parse(url: &str) -> Result<Self, std::convert::Infallible> {
+        Ok(Self(url.to_owned()))
+    }
+
+    /// The URL itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
 /// Subcommands of `alps-server`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -45,8 +71,8 @@ pub enum Command {
         #[arg(long)]
         from_data_dir: PathBuf,
         /// The PostgreSQL database to copy into (see the server's `--database-url`).
-        #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
+        database_url: DatabaseUrl,
     },
 }
 
@@ -85,8 +111,8 @@ pub struct ServerConfig {
     /// `--data-dir`. One server per database: it holds an advisory lock, and a second server
     /// on the same database refuses to start. Connections are unencrypted (loopback, a private
     /// network or a sidecar proxy).
-    #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
+    pub database_url: Option<DatabaseUrl>,
 
     /// Directory of heuristic plugins (`*.so`). Default: the built-in plugins shipped beside the
     /// `alps-server` binary (`<binary dir>/plugins`, or the binary's own directory in a cargo
@@ -336,6 +362,17 @@ mod tests {
         assert_eq!(cli.server.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(cli.server.data_dir, PathBuf::from("./data"));
         assert_eq!(cli.server.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn a_database_url_is_kept_whole_and_never_printed() {
+        let url = "postgres://alps:s3cret@db:5432/alps";
+        let cli = parse(&["--database-url", url]);
+        assert_eq!(cli.server.database_url.as_ref().map(DatabaseUrl::expose), Some(url));
+        let printed = format!("{cli:?}");
+        assert!(printed.contains("DatabaseUrl(..)") && !printed.contains("s3cret"), "{printed}");
+        let migrate = parse(&["migrate", "--from-data-dir", "d", "--database-url", url]);
+        assert!(!format!("{migrate:?}").contains("s3cret"));
     }
 
     #[test]

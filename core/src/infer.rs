@@ -67,9 +67,10 @@ pub enum InferError {
     /// The ranking failed.
     #[error(transparent)]
     Ranking(#[from] RankingError),
-    /// The labelled set a heuristic asked for could not be read (INTERNAL).
+    /// The labelled set a heuristic asked for could not be read (UNAVAILABLE while the
+    /// catalogue is unreachable, else INTERNAL).
     #[error("cannot read the project's labelled examples: {0}")]
-    LabelledSet(String),
+    LabelledSet(#[source] crate::training::examples::ExampleError),
 }
 
 impl InferError {
@@ -173,7 +174,8 @@ impl Infer {
         if version == UNTRAINED_VERSION {
             return Ok(Arc::new(Project { active_version: UNTRAINED_VERSION.to_owned(), ..Project::clone(&project) }));
         }
-        let manifest = self.trainer.versions(id)?.into_iter().find(|m| m.version == version);
+        let manifests = tokio::task::block_in_place(|| self.trainer.versions(id))?;
+        let manifest = manifests.into_iter().find(|m| m.version == version);
         let Some(manifest) = manifest else {
             return Err(InferError::UnknownVersion { project: id.to_owned(), version: version.to_owned() });
         };
@@ -189,7 +191,7 @@ impl Infer {
     /// # Errors
     /// [`InferError::Versions`] if the version list cannot be read.
     pub fn versions(&self, project: &Project) -> Result<Vec<String>, InferError> {
-        let manifests = self.trainer.versions(&project.spec.id)?;
+        let manifests = tokio::task::block_in_place(|| self.trainer.versions(&project.spec.id))?;
         let mut versions: Vec<String> =
             manifests.into_iter().filter(|m| m.serves(&project.spec)).map(|manifest| manifest.version).collect();
         versions.push(UNTRAINED_VERSION.to_owned());
@@ -268,8 +270,8 @@ impl Infer {
         let Some(schedule) = project.spec.acquisition_schedule.as_ref().filter(|_| requested.is_none()) else {
             return Ok((self.heuristic(project, requested)?, false));
         };
-        let labels = tokio::task::block_in_place(|| self.examples.total(&project.spec.id))
-            .map_err(|e| InferError::LabelledSet(e.to_string()))?;
+        let labels =
+            tokio::task::block_in_place(|| self.examples.total(&project.spec.id)).map_err(InferError::LabelledSet)?;
         if labels >= schedule.switch_at(project.spec.classes.len()) {
             return Ok((self.heuristic(project, None)?, false));
         }
@@ -338,7 +340,7 @@ impl Infer {
         let (mut after, mut embeddings, mut classes) = (String::new(), Vec::new(), Vec::new());
         loop {
             let page = tokio::task::block_in_place(|| self.examples.labelled_inputs(project, &after, chunk))
-                .map_err(|e| InferError::LabelledSet(e.to_string()))?;
+                .map_err(InferError::LabelledSet)?;
             let Some(last) = page.last else { break };
             after = last;
             let (inputs, page_classes): (Vec<_>, Vec<_>) = page.inputs.into_iter().unzip();

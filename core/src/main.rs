@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.server),
         Command::SelfCheck => self_check(),
         Command::Token(TokenCommand::Create { role, name, tokens_file }) => create_token(role, &name, &tokens_file),
-        Command::Migrate { from_data_dir, database_url } => migrate(&from_data_dir, &database_url),
+        Command::Migrate { from_data_dir, database_url } => migrate(&from_data_dir, database_url.expose()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

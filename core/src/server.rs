@@ -18,7 +18,7 @@ use crate::{
         layer::AuthLayer,
         tokens::{Tokens, TokensError},
     },
-    config::ServerConfig,
+    config::{DatabaseUrl, ServerConfig},
     engine::Engine,
     infer::Infer,
     metrics::{self, Metrics},
@@ -182,7 +182,7 @@ impl Server {
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
-        let catalog = open_catalog(config.database_url.as_deref(), &data_dir)?;
+        let catalog = open_catalog(config.database_url.as_ref().map(DatabaseUrl::expose), &data_dir)?;
         let projects = Arc::new(Projects::open(catalog.clone())?);
         let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
         if config.gc_interval_secs > 0 {

@@ -459,7 +459,7 @@ pub fn export_torchvision_resnet18(weights: &Path, script: &Path) {
 
 /// A throwaway PostgreSQL server on loopback, started on first use by
 /// `scripts/throwaway-postgres.sh` and stopped by it when this process ends (its standard
-/// input closes). Returns the superuser's URL (`postgres://postgres@127.0.0.1:PORT/postgres`).
+/// input closes). Returns the superuser's URL (`postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`).
 ///
 /// # Panics
 /// If PostgreSQL is not installed (`scripts/bootstrap-postgres.sh` installs it) or does not start.
@@ -484,7 +484,7 @@ pub fn postgres_database(name: &str) -> (String, String) {
     postgres_admin(&format!("CREATE ROLE {role} LOGIN PASSWORD 'secret'"));
     postgres_admin(&format!("CREATE DATABASE {role} OWNER {role}"));
     let server = postgres_server();
-    let host = server.trim_start_matches("postgres://postgres@").split('/').next().expect("host:port");
+    let host = server.rsplit_once('@').and_then(|(_, rest)| rest.split('/').next()).expect("host:port");
     (role.clone(), format!("postgres://{role}:secret@{host}/{role}"))
 }
 

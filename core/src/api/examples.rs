@@ -29,7 +29,7 @@ impl ExampleApi {
     }
 }
 
-fn example_status(error: ExampleError) -> Status {
+pub(crate) fn example_status(error: ExampleError) -> Status {
     match error {
         ExampleError::ExternalId { .. } | ExampleError::UnknownClass { .. } | ExampleError::Sample { .. } => {
             Status::invalid_argument(error.to_string())

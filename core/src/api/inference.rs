@@ -165,12 +165,8 @@ impl From<InferError> for Status {
             InferError::Heuristic(error) => super::heuristics::resolve_status(error),
             InferError::Engine(error) => engine_status(error),
             InferError::Ranking(error) => ranking_status(error),
-            InferError::LabelledSet(ref message) => {
-                // The store's message may name server paths; the log keeps it, the client gets
-                // what failed.
-                tracing::error!(%message, "labelled set unreadable");
-                Status::internal("cannot read the project's labelled examples for the heuristic")
-            }
+            // The store's detail stays in the log (it may name paths or the database).
+            InferError::LabelledSet(error) => super::examples::example_status(error),
         }
     }
 }

@@ -187,7 +187,8 @@ impl TrainingService for TrainingApi {
     ) -> Result<Response<GetTrainingJobResponse>, Status> {
         let job_id = request.into_inner().job_id;
         ids::other("job_id", &job_id)?;
-        let record = self.state.trainer.job(&job_id).map_err(training_status)?;
+        let trainer = self.state.trainer.clone();
+        let record = blocking(move || trainer.job(&job_id).map_err(training_status)).await?;
         crate::observe::attribute_to_project(&record.project_id);
         Ok(Response::new(GetTrainingJobResponse { job: Some(proto_job(&record)) }))
     }
@@ -201,7 +202,8 @@ impl TrainingService for TrainingApi {
         let job_id = request.into_inner().job_id;
         ids::other("job_id", &job_id)?;
         let trainer = self.state.trainer.clone();
-        let first = trainer.job(&job_id).map_err(training_status)?;
+        let (reader, id) = (trainer.clone(), job_id.clone());
+        let first = blocking(move || reader.job(&id).map_err(training_status)).await?;
         crate::observe::attribute_to_project(&first.project_id);
         let live = trainer.watch(&job_id);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
@@ -212,7 +214,13 @@ impl TrainingService for TrainingApi {
             let Some(mut live) = live else { return };
             loop {
                 let ended = live.changed().await.is_err();
-                let record = if ended { trainer.job(&job_id).ok() } else { Some(live.borrow_and_update().clone()) };
+                let record = if ended {
+                    // The job left memory: its final record is in the catalogue.
+                    let (reader, id) = (trainer.clone(), job_id.clone());
+                    tokio::task::spawn_blocking(move || reader.job(&id).ok()).await.ok().flatten()
+                } else {
+                    Some(live.borrow_and_update().clone())
+                };
                 let Some(record) = record else { return };
                 let terminal = record.state.is_terminal();
                 if sender.send(Ok(proto_job(&record))).await.is_err() || terminal || ended {
@@ -241,7 +249,8 @@ impl TrainingService for TrainingApi {
         let request = request.into_inner();
         super::project(&self.state, &request.project_id)?;
         let limit = if request.limit == 0 { 50 } else { request.limit as usize };
-        let records = self.state.trainer.jobs(&request.project_id, limit).map_err(training_status)?;
+        let trainer = self.state.trainer.clone();
+        let records = blocking(move || trainer.jobs(&request.project_id, limit).map_err(training_status)).await?;
         Ok(Response::new(ListTrainingJobsResponse { jobs: records.iter().map(proto_job).collect() }))
     }
 }
@@ -253,7 +262,8 @@ impl ModelVersionService for TrainingApi {
         request: Request<ListModelVersionsRequest>,
     ) -> Result<Response<ListModelVersionsResponse>, Status> {
         let project = super::project(&self.state, &request.into_inner().project_id)?;
-        let manifests = self.state.trainer.versions(&project.spec.id).map_err(training_status)?;
+        let (trainer, id) = (self.state.trainer.clone(), project.spec.id.clone());
+        let manifests = blocking(move || trainer.versions(&id).map_err(training_status)).await?;
         let versions = manifests.iter().map(|m| proto_version(m, &project.active_version)).collect();
         Ok(Response::new(ListModelVersionsResponse { versions }))
     }
@@ -265,11 +275,9 @@ impl ModelVersionService for TrainingApi {
         let request = request.into_inner();
         let project = super::project(&self.state, &request.project_id)?;
         ids::other("version", &request.version)?;
-        let manifest = self
-            .state
-            .trainer
-            .versions(&project.spec.id)
-            .map_err(training_status)?
+        let (trainer, id) = (self.state.trainer.clone(), project.spec.id.clone());
+        let manifest = blocking(move || trainer.versions(&id).map_err(training_status))
+            .await?
             .into_iter()
             .find(|m| m.version == request.version)
             .ok_or_else(|| {

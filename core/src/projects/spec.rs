@@ -251,6 +251,10 @@ impl ProjectSpec {
         if let Some(empty) = self.classes.iter().position(String::is_empty) {
             return Err(invalid("project.classes", format!("class {empty} is empty")));
         }
+        // Class names are stored as text columns (PostgreSQL refuses NUL) and shown to people.
+        if let Some(control) = self.classes.iter().position(|c| c.chars().any(char::is_control)) {
+            return Err(invalid("project.classes", format!("class {control} contains a control character")));
+        }
         for (i, class) in self.classes.iter().enumerate() {
             if self.classes[..i].contains(class) {
                 return Err(invalid("project.classes", format!("duplicate class {class:?}")));
@@ -364,6 +368,8 @@ pub(crate) mod tests {
             (|s| s.id = "bad id!".into(), "project.id"),
             (|s| s.classes.clear(), "project.classes"),
             (|s| s.classes.push("car".into()), "project.classes"),
+            (|s| s.classes.push("a\u{0}b".into()), "project.classes"),
+            (|s| s.classes.push("two\nlines".into()), "project.classes"),
             (|s| s.mc_iterations = 0, "project.mc_iterations"),
             (|s| s.mc_iterations = 1001, "project.mc_iterations"),
             (|s| s.model.head_dropout = 1.0, "project.model.head_dropout"),

@@ -57,7 +57,7 @@ impl Backend for Sqlite {
     }
 }
 
-/// The throwaway server's URL (`postgres://postgres@127.0.0.1:PORT/postgres`), started on
+/// The throwaway server's URL (`postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`), started on
 /// first use. The script stops it when this process ends and closes its standard input.
 pub(crate) fn postgres_server() -> &'static str {
     static SERVER: OnceLock<(Child, String)> = OnceLock::new();
@@ -277,6 +277,8 @@ fn examples_page_and_count(backend: &mut dyn Backend) {
     assert_eq!(ids("", 10), ["B", "a", "b", "é"], "bytewise order");
     assert_eq!(ids("", 2), ["B", "a"]);
     assert_eq!(ids("a", 2), ["b", "é"]);
+    assert!(ids("", 0).is_empty());
+    assert_eq!(ids("", usize::MAX).len(), 4, "no limit");
     assert_eq!(catalog.examples("cars", "a", 1).unwrap()[0], tensor, "every field round-trips");
     let mut per_class = catalog.count_examples("cars").unwrap();
     per_class.sort();
@@ -329,6 +331,10 @@ fn versions_are_numbered(backend: &mut dyn Backend) {
     assert_eq!(duplicate.failure(), Failure::Permanent, "{duplicate}");
     assert_eq!(versions().len(), 2, "nothing recorded");
     assert!(catalog.record_version("boats", "v1", 1, "x", 0).is_err(), "no such project");
+    // Numbers beyond i32 (a 32-bit column would wrap them).
+    catalog.record_version("cars", "v3000000000", 3_000_000_000, "big", 40).unwrap();
+    assert_eq!(catalog.next_version_number("cars").unwrap(), 3_000_000_001);
+    assert_eq!(catalog.versions("cars").unwrap()[0].number, 3_000_000_000);
 }
 
 fn jobs_round_trip(backend: &mut dyn Backend) {

@@ -61,7 +61,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE model_versions (
         project_id TEXT COLLATE \"C\" NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
         version TEXT COLLATE \"C\" NOT NULL,
-        number INTEGER NOT NULL,
+        number BIGINT NOT NULL,
         manifest TEXT NOT NULL,
         created_unix_ms BIGINT NOT NULL,
         PRIMARY KEY (project_id, version)
@@ -159,8 +159,8 @@ impl Session {
 
     /// Runs `work` on this session, connecting first if it is not connected.
     fn run<T: Send>(&self, work: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
-        // A panic while holding the lock cannot leave PostgreSQL inconsistent (the
-        // transaction rolls back when its session closes).
+        // A panic while holding the lock cannot leave PostgreSQL inconsistent: an open
+        // transaction rolls back when it is dropped while unwinding.
         let mut guard = self.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let slot = &mut *guard;
         off_runtime(|| {
@@ -508,7 +508,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn next_version_number(&self, project: &str) -> Result<u32, StoreError> {
-        let max: Option<i32> = self.reader.run(|client| {
+        let max: Option<i64> = self.reader.run(|client| {
             Ok(client.query_one("SELECT MAX(number) FROM model_versions WHERE project_id = $1", &[&project])?.get(0))
         })?;
         Ok(max.map_or(0, |max| max as u32) + 1)
@@ -522,7 +522,7 @@ impl Catalog for PostgresCatalog {
         manifest: &str,
         created_unix_ms: i64,
     ) -> Result<(), StoreError> {
-        let number = number as i32;
+        let number = i64::from(number);
         self.writer.run(|client| {
             client.execute(
                 "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
@@ -545,7 +545,7 @@ impl Catalog for PostgresCatalog {
             .iter()
             .map(|row| VersionRow {
                 version: row.get(0),
-                number: row.get::<_, i32>(1) as u32,
+                number: row.get::<_, i64>(1) as u32,
                 manifest: row.get(2),
                 created_unix_ms: row.get(3),
             })

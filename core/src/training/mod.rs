@@ -541,7 +541,7 @@ impl Trainer {
         let examples = self
             .catalog
             .examples(&spec.id, "", usize::MAX >> 1)
-            .map_err(|e| TrainError::Precondition(e.to_string()))?;
+            .map_err(|e| TrainError::Precondition(crate::errors::logged("reading the labelled examples", &e)))?;
         // An example deleted while the job runs keeps its bytes until the job ends.
         let mut pins = self.blobs.pins();
         pins.hold_all(examples.iter().map(|e| e.sha256.clone()));
@@ -568,7 +568,10 @@ impl Trainer {
             });
         })?;
         self.update(&job_id, |r| r.progress.phase = Phase::Saving);
-        let number = self.catalog.next_version_number(&spec.id).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        let number = self
+            .catalog
+            .next_version_number(&spec.id)
+            .map_err(|e| TrainError::Precondition(crate::errors::logged("numbering the model version", &e)))?;
         // A head-only version stores its head alone and names the backbone it was trained on:
         // the last fully fine-tuned version (checked by its checksum), else the initial weights.
         let (backbone_version, weights, backbone_sha256) = match record.params.mode {
