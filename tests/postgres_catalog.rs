@@ -239,8 +239,24 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
         run_to_exit("alps-server", &[&flags[..], &["--data-dir", data, "--database-url", &url]].concat());
     assert!(!status.success() && stderr.contains("move it into the database with `alps-server migrate`"), "{stderr}");
 
+    // Files are checked before anything is copied: a corrupt sample stops the move.
+    let blob = std::fs::read_dir(dirs.data.path().join("blobs"))
+        .unwrap()
+        .map(|shard| shard.unwrap().path())
+        .filter(|shard| shard.file_name().unwrap().len() == 2)
+        .flat_map(|shard| std::fs::read_dir(shard).unwrap().map(|f| f.unwrap().path()))
+        .next()
+        .unwrap();
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, b"not the sample").unwrap();
+    let (migrated, _, stderr) = migrate(dirs.data.path(), &url);
+    let name = blob.file_name().unwrap().to_str().unwrap();
+    assert!(!migrated && stderr.contains(&format!("nothing migrated: sample blob {name} is unusable")), "{stderr}");
+    std::fs::write(&blob, bytes).unwrap();
+
     let expected = [
-        "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified",
+        "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified \
+         (40 sample blobs and 1 model versions checked against their sha256)",
         "already migrated: data dir",
     ];
     for expected in expected {

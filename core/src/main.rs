@@ -7,7 +7,7 @@ use alps_core::{
     config::{Cli, Command, ServerConfig, TokenCommand},
     engine::device::{DeviceReport, forward_check},
     server::Server,
-    store::{self, DataDir, catalog::Catalog, postgres::PostgresCatalog, sqlite::SqliteCatalog},
+    store::{self, DataDir, blobs::BlobStore, catalog::Catalog, postgres::PostgresCatalog, sqlite::SqliteCatalog},
 };
 use alps_runtime::Shutdown;
 use anyhow::Context;
@@ -78,14 +78,39 @@ fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()>
         }
         _ => {}
     }
+    let (blobs, versions) = check_files(&source, &data_dir)?;
     let migrated = store::migrate::migrate(&source, &target)?;
     data_dir.rebind_catalogue(&target_id)?;
     println!(
-        "migrated {} projects, {} labelled examples, {} model versions, {} training jobs into PostgreSQL; verified",
+        "migrated {} projects, {} labelled examples, {} model versions, {} training jobs into PostgreSQL; verified \
+         ({blobs} sample blobs and {versions} model versions checked against their sha256)",
         migrated.projects, migrated.examples, migrated.versions, migrated.jobs
     );
     println!("serve them with: alps-server --data-dir {} --database-url <the same URL>", data_dir.path().display());
     Ok(())
+}
+
+/// Reads every sample blob `catalog` references and every model version's weights in
+/// `data_dir`, checked against their sha256, before anything is copied: the data dir serves
+/// the new catalogue with these files. Returns (blobs, versions) checked.
+fn check_files(catalog: &dyn Catalog, data_dir: &DataDir) -> anyhow::Result<(usize, usize)> {
+    let blobs = BlobStore::open(data_dir.blobs_dir())?;
+    let referenced = catalog.referenced_blobs()?;
+    for sha256 in &referenced {
+        blobs.get(sha256).with_context(|| format!("nothing migrated: sample blob {sha256} is unusable"))?;
+    }
+    let models = data_dir.models_dir();
+    let mut versions = 0;
+    for project in catalog.projects()? {
+        let id = &project.spec.id;
+        for version in catalog.versions(id)? {
+            alps_core::models::verify_version(&models.version_dir(id, &version.version)).with_context(|| {
+                format!("nothing migrated: model version {} of project {id} is unusable", version.version)
+            })?;
+            versions += 1;
+        }
+    }
+    Ok((referenced.len(), versions))
 }
 
 fn self_check() -> anyhow::Result<()> {

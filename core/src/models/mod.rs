@@ -123,6 +123,15 @@ fn read_version(dir: &Path) -> Result<(serde_json::Value, Vec<u8>), ModelError> 
     Ok((manifest, bytes))
 }
 
+/// Checks that the version in `dir` is whole: its manifest reads and its weights hash to the
+/// manifest's `weights_sha256`.
+///
+/// # Errors
+/// [`ModelError::Version`] naming the file at fault.
+pub fn verify_version(dir: &Path) -> Result<(), ModelError> {
+    read_version(dir).map(drop)
+}
+
 /// The directory of version `name` (`v<number>`) next to the version directory `dir`; `None`
 /// for anything else (a manifest never names a path).
 fn sibling_version(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
