@@ -279,6 +279,19 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     assert!(server.process.log().iter().any(|line| line.contains("own catalogue was moved by migrate")));
     assert!(server.stop());
 
+    // The database is served with its data dir only: a new (or mistyped) one is refused, since
+    // it lacks the database's samples and model files.
+    let fresh = ServerDirs::new();
+    let flags = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    let args = [&flags[..], &["--data-dir", path_str(fresh.data.path()), "--database-url", &url]].concat();
+    let (status, stderr) = run_to_exit("alps-server", &args);
+    assert!(!status.success() && stderr.contains("serve it with that data dir"), "{stderr}");
+    // And the moved data dir with another database says which catalogue it belongs to.
+    let (_, other) = postgres_database("alps_migrate_other");
+    let args = [&flags[..], &["--data-dir", path_str(dirs.data.path()), "--database-url", &other]].concat();
+    let (status, stderr) = run_to_exit("alps-server", &args);
+    assert!(!status.success() && stderr.contains("belongs to catalogue"), "{stderr}");
+
     // A data dir without a catalogue is refused, naming the file.
     let empty = tempfile::tempdir().unwrap();
     let (migrated, _, stderr) = migrate(empty.path(), &url);

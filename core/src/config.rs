@@ -32,11 +32,16 @@ pub struct Cli {
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
-    /// Any text; [`crate::store::postgres::PostgresCatalog::open`] parses it.
+    /// Any text but empty; [`crate::store::postgres::PostgresCatalog::open`] parses it.
     ///
     /// # Errors
-    /// Never: the type is for clap's `value_parser`.
-    pub fn parse(url: &str) -> Result<Self, std::convert::Infallible> {
+    /// An empty URL (an empty `ALPS_DATABASE_URL`), with what to do.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.trim().is_empty() {
+            return Err(
+                "is empty: unset ALPS_DATABASE_URL for the embedded catalogue, or give a postgres:// URL".into()
+            );
+        }
         Ok(Self(url.to_owned()))
     }
 
@@ -373,6 +378,8 @@ mod tests {
         assert!(printed.contains("DatabaseUrl(..)") && !printed.contains("s3cret"), "{printed}");
         let migrate = parse(&["migrate", "--from-data-dir", "d", "--database-url", url]);
         assert!(!format!("{migrate:?}").contains("s3cret"));
+        let empty = Cli::try_parse_from(["alps-server", "--database-url", ""]).unwrap_err().to_string();
+        assert!(empty.contains("unset ALPS_DATABASE_URL for the embedded catalogue"), "{empty}");
     }
 
     #[test]

@@ -51,7 +51,9 @@ pub fn storage(what: &str, failure: Failure, detail: &dyn Display) -> Status {
         see_log(&id)
     };
     match failure {
-        Failure::Transient => Status::unavailable(format!("{what} is busy; retry with backoff ({})", warned())),
+        Failure::Transient => {
+            Status::unavailable(format!("{what} is busy or unreachable; retry with backoff ({})", warned()))
+        }
         Failure::Full => Status::resource_exhausted(format!("{what}: the server's disk is full ({})", warned())),
         Failure::Permanent => internal(what, detail),
     }
@@ -85,7 +87,11 @@ mod tests {
         let detail = "database is locked at /var/lib/alps/alps.db";
         let busy = storage("the example store", Failure::Transient, &detail);
         assert_eq!(busy.code(), tonic::Code::Unavailable);
-        assert!(busy.message().starts_with("the example store is busy; retry with backoff"), "{}", busy.message());
+        assert!(
+            busy.message().starts_with("the example store is busy or unreachable; retry with backoff"),
+            "{}",
+            busy.message()
+        );
         assert!(!busy.message().contains("/var"), "{}", busy.message());
         assert_eq!(storage("x", Failure::Full, &detail).code(), tonic::Code::ResourceExhausted);
         assert_eq!(storage("x", Failure::Permanent, &detail).code(), tonic::Code::Internal);

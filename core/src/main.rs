@@ -73,10 +73,20 @@ fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()>
             );
             return Ok(());
         }
-        Some(bound) if bound != source_id => {
-            anyhow::bail!("data dir {} was moved to another database (catalogue {bound})", data_dir.path().display())
-        }
+        Some(bound) if bound != source_id => anyhow::bail!(
+            "data dir {} was moved to another database (catalogue {bound}); it is served with that database",
+            data_dir.path().display()
+        ),
         _ => {}
+    }
+    // The database's files must be this data dir's from now on: refused if another data dir
+    // already holds them.
+    let dir_id = data_dir.id()?;
+    if let Some(bound) = target.bind_data_dir(&dir_id)? {
+        anyhow::bail!(
+            "nothing migrated: the database already belongs with another data dir (id {bound}); migrate into an \
+             empty database"
+        );
     }
     let (blobs, versions) = check_files(&source, &data_dir)?;
     let migrated = store::migrate::migrate(&source, &target)?;

@@ -389,29 +389,51 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
     Ok((tokens, tls, watchers))
 }
 
-/// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory;
-/// the data directory must belong to it (else its garbage collection would remove samples and
-/// model files of another catalogue).
+/// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory.
+/// The two must belong together (else garbage collection would remove files the catalogue
+/// needs, or serve a catalogue without its files): see [`bind`].
 fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dyn Catalog>, StartError> {
     let catalog: Arc<dyn Catalog> = match database_url {
         None => Arc::new(SqliteCatalog::open(&data_dir.database_path())?),
         Some(url) => {
             let catalog = PostgresCatalog::open(url)?;
             tracing::info!("catalogue in PostgreSQL (--database-url)");
+            let id = catalog.identity()?;
             if data_dir.database_path().exists() {
-                if data_dir.bound_catalogue()? != Some(catalog.identity()?) {
-                    return Err(DataDirError::Unmigrated { path: data_dir.path().to_owned() }.into());
+                // The data dir's own catalogue: moved here by migrate, or not yet.
+                let own = SqliteCatalog::open(&data_dir.database_path())?.identity()?;
+                match data_dir.bound_catalogue()? {
+                    Some(bound) if bound == id => tracing::warn!(
+                        file = %data_dir.database_path().display(),
+                        "the data dir's own catalogue was moved by migrate and is not used"
+                    ),
+                    Some(bound) if bound != own => {
+                        let path = data_dir.path().to_owned();
+                        return Err(DataDirError::OtherCatalogue { path, bound, given: id }.into());
+                    }
+                    _ => return Err(DataDirError::Unmigrated { path: data_dir.path().to_owned() }.into()),
                 }
-                tracing::warn!(
-                    file = %data_dir.database_path().display(),
-                    "the data dir's own catalogue was moved by migrate and is not used"
-                );
             }
             Arc::new(catalog)
         }
     };
-    data_dir.bind_catalogue(&catalog.identity()?)?;
+    bind(catalog.as_ref(), data_dir)?;
     Ok(catalog)
+}
+
+/// Checks that `data_dir` belongs to `catalog` and `catalog` to `data_dir`, binding whichever
+/// is still unbound: a data dir serves one catalogue, a catalogue one data dir.
+fn bind(catalog: &dyn Catalog, data_dir: &DataDir) -> Result<(), StartError> {
+    let id = catalog.identity()?;
+    if let Some(bound) = data_dir.bound_catalogue()?.filter(|bound| *bound != id) {
+        return Err(DataDirError::OtherCatalogue { path: data_dir.path().to_owned(), bound, given: id }.into());
+    }
+    let given = data_dir.id()?;
+    if let Some(bound) = catalog.bind_data_dir(&given)? {
+        return Err(DataDirError::OtherDataDir { path: data_dir.path().to_owned(), given, bound }.into());
+    }
+    data_dir.bind_catalogue(&id)?;
+    Ok(())
 }
 
 async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -43,17 +43,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again may help: busy, locked, unreachable, a lost lock or a
-    /// serialization conflict is transient, a full disk is [`Failure::Full`], the rest (I/O errors, corruption,
+    /// Whether trying again may help: busy, locked, unreachable or a serialization conflict
+    /// is transient, a full disk is [`Failure::Full`], the rest (I/O errors, corruption,
     /// constraint violations) permanent, as for blobs ([`Failure::of_io`]).
     pub fn failure(&self) -> Failure {
         match self {
             Self::Sqlite(error) => super::sqlite::failure(error),
             Self::Postgres(error) => super::postgres::failure(error),
-            // Taken while serving: our session broke and another server's (or our own old one)
-            // holds the lock; it is released when that session ends.
-            Self::Taken => Failure::Transient,
-            Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,
+            // Taken while serving: our session broke and another server took the lock (our own
+            // old session's is taken back), so this server must not write.
+            Self::Taken | Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,
         }
     }
 }
@@ -267,6 +266,20 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`StoreError`] on a database failure.
     fn identity(&self) -> Result<String, StoreError>;
+
+    /// Records that the data dir `data_dir` (its id) holds this catalogue's sample bytes and
+    /// model files, if no data dir does yet. Returns the id of the data dir that does, when it
+    /// is another one: this catalogue must not be served with `data_dir`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn bind_data_dir(&self, data_dir: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records that `data_dir` holds this catalogue's files from now on (after `migrate`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn rebind_data_dir(&self, data_dir: &str) -> Result<(), StoreError>;
 
     /// Inserts or replaces a project, in one transaction; returns whether it was new. A new
     /// project starts at `initial_version`. An existing one keeps its creation time, and its

@@ -85,6 +85,19 @@ pub enum DataDirError {
         /// The catalogue given.
         given: String,
     },
+    /// The catalogue's samples and model files are in another data dir.
+    #[error(
+        "the database's samples and model files are in another data dir (id {bound}), not in {path} (id {given}): \
+         serve it with that data dir"
+    )]
+    OtherDataDir {
+        /// The data directory given.
+        path: PathBuf,
+        /// Its id.
+        given: String,
+        /// The id of the data dir the catalogue belongs with.
+        bound: String,
+    },
     /// `--database-url` with a data dir that has its own, unmoved catalogue.
     #[error(
         "data dir {path} has its own catalogue (alps.db): move it into the database with `alps-server migrate` \
@@ -182,19 +195,40 @@ impl DataDir {
         }
     }
 
-    /// Binds this directory to catalogue `id` whatever it belonged to (after `migrate`),
-    /// crash-safely (written aside, then renamed).
+    /// Binds this directory to catalogue `id` whatever it belonged to (after `migrate`).
     ///
     /// # Errors
     /// [`DataDirError::Binding`] on an I/O failure.
     pub fn rebind_catalogue(&self, id: &str) -> Result<(), DataDirError> {
-        let path = self.binding_path();
-        let temporary = self.path.join("CATALOGUE.tmp");
+        self.write_line(&self.binding_path(), id)
+    }
+
+    /// This directory's id (`<dir>/ID`, 32 hex digits, made on first use): its catalogue
+    /// records it, so that no other data dir serves that catalogue.
+    ///
+    /// # Errors
+    /// [`DataDirError::Binding`] on an I/O failure.
+    pub fn id(&self) -> Result<String, DataDirError> {
+        let path = self.path.join("ID");
+        match fs::read_to_string(&path) {
+            Ok(id) => Ok(id.trim().to_owned()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let id = format!("{:032x}", fastrand::u128(..));
+                self.write_line(&path, &id)?;
+                Ok(id)
+            }
+            Err(source) => Err(DataDirError::Binding { path, source }),
+        }
+    }
+
+    /// Writes `line` as the whole of `path`, crash-safely (written aside, then renamed).
+    fn write_line(&self, path: &Path, line: &str) -> Result<(), DataDirError> {
+        let temporary = path.with_extension("tmp");
         let written = File::create(&temporary)
-            .and_then(|mut file| writeln!(file, "{id}").and_then(|()| file.sync_all()))
-            .and_then(|()| fs::rename(&temporary, &path))
+            .and_then(|mut file| writeln!(file, "{line}").and_then(|()| file.sync_all()))
+            .and_then(|()| fs::rename(&temporary, path))
             .and_then(|()| File::open(&self.path).and_then(|dir| dir.sync_all()));
-        written.map_err(|source| DataDirError::Binding { path, source })
+        written.map_err(|source| DataDirError::Binding { path: path.to_owned(), source })
     }
 
     /// Content-addressed sample bytes, `<dir>/blobs`.

@@ -75,13 +75,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_by_project ON jobs (project_id, created_unix_ms DESC, job_id DESC);
     CREATE INDEX unfinished_jobs ON jobs (finished) WHERE NOT finished",
-    // The catalogue's id, which its data dir records (see `DataDir::bind_catalogue`).
-    "CREATE TABLE alps_catalogue (id TEXT NOT NULL);
+    // The catalogue's id, which its data dir records (see `DataDir::bind_catalogue`), and the id
+    // of the data dir that holds its files (see `Catalog::bind_data_dir`).
+    "CREATE TABLE alps_catalogue (id TEXT NOT NULL, data_dir TEXT);
     INSERT INTO alps_catalogue (id) VALUES (md5(random()::text || clock_timestamp()::text))",
 ];
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
 const SERVER_LOCK: i64 = 0x616c_7073;
+/// A session idle for longer is probed (an empty query) before it runs a call.
+const IDLE_PROBE: Duration = Duration::from_secs(1);
+/// How long that probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a starting server waits for another server's lock to be released.
 const TAKEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take before the call fails as transient.
@@ -129,7 +134,15 @@ pub enum OpenError {
     /// The URL does not parse as a PostgreSQL connection string.
     #[error("--database-url is not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
     Url(postgres::Error),
-    /// The database cannot be reached, migrated or locked.
+    /// The database cannot be reached (named by host, port and database; never the password).
+    #[error("cannot reach PostgreSQL at {at}: {source}")]
+    Unreachable {
+        /// `host:port/database`.
+        at: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The database cannot be migrated or locked.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -140,6 +153,10 @@ struct Session {
     /// `Some(key)` for the writing session: it holds this advisory lock.
     lock: Option<i64>,
     client: Mutex<Option<Client>>,
+    /// When this session last ran a call: one idle for longer than [`IDLE_PROBE`] is checked
+    /// before use, so that a session the server ended meanwhile (a restart, a terminated
+    /// backend) is replaced instead of failing the next call.
+    used: Mutex<std::time::Instant>,
     /// The server process of this session's last connection (`pg_backend_pid()`): a session
     /// that broke on our side may live on in the server for a while, holding the lock.
     backend_pid: AtomicI32,
@@ -154,7 +171,13 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     fn new(config: &postgres::Config, lock: Option<i64>) -> Self {
-        Self { config: config.clone(), lock, client: Mutex::new(None), backend_pid: AtomicI32::new(0) }
+        Self {
+            config: config.clone(),
+            lock,
+            client: Mutex::new(None),
+            used: Mutex::new(std::time::Instant::now()),
+            backend_pid: AtomicI32::new(0),
+        }
     }
 
     /// Runs `work` on this session, connecting first if it is not connected.
@@ -163,8 +186,13 @@ impl Session {
         // transaction rolls back when it is dropped while unwinding.
         let mut guard = self.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let slot = &mut *guard;
+        let idle = {
+            let mut used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::replace(&mut *used, std::time::Instant::now()).elapsed() > IDLE_PROBE
+        };
         off_runtime(|| {
-            if slot.as_ref().is_none_or(Client::is_closed) {
+            let usable = |client: &mut Client| !client.is_closed() && (!idle || client.is_valid(PROBE_TIMEOUT).is_ok());
+            if !slot.as_mut().is_some_and(usable) {
                 *slot = None;
                 *slot = Some(self.connect()?);
             }
@@ -187,7 +215,7 @@ impl Session {
         // (hours).
         client.batch_execute(&format!(
             "SET lock_timeout = '{LOCK_TIMEOUT}'; SET tcp_keepalives_idle = 20; SET tcp_keepalives_interval = 5;
-             SET tcp_keepalives_count = 3"
+             SET tcp_keepalives_count = 3; SET client_min_messages = warning"
         ))?;
         if let Some(key) = self.lock {
             take_lock(&mut client, key, self.backend_pid.load(Ordering::Relaxed))?;
@@ -286,11 +314,28 @@ impl PostgresCatalog {
                 Err(StoreError::Taken) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(250));
                 }
+                Err(error) if error.failure() == Failure::Transient && !matches!(error, StoreError::Taken) => {
+                    return Err(OpenError::Unreachable { at: address(&config), source: error });
+                }
                 result => break result?,
             }
         }
         Ok(catalog)
     }
+}
+
+/// Where `config` connects, for people: `host:port/database`.
+fn address(config: &postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+        })
+        .collect();
+    format!("{}/{}", hosts.join(","), config.get_dbname().unwrap_or("(the user's)"))
 }
 
 /// Applies the migrations this database has not seen, in one transaction. The writing
@@ -379,6 +424,21 @@ impl Catalog for PostgresCatalog {
 
     fn identity(&self) -> Result<String, StoreError> {
         self.reader.run(|client| Ok(client.query_one("SELECT id FROM alps_catalogue", &[])?.get(0)))
+    }
+
+    fn bind_data_dir(&self, data_dir: &str) -> Result<Option<String>, StoreError> {
+        self.writer.run(|client| {
+            client.execute("UPDATE alps_catalogue SET data_dir = $1 WHERE data_dir IS NULL", &[&data_dir])?;
+            let bound: String = client.query_one("SELECT data_dir FROM alps_catalogue", &[])?.get(0);
+            Ok((bound != data_dir).then_some(bound))
+        })
+    }
+
+    fn rebind_data_dir(&self, data_dir: &str) -> Result<(), StoreError> {
+        self.writer.run(|client| {
+            client.execute("UPDATE alps_catalogue SET data_dir = $1", &[&data_dir])?;
+            Ok(())
+        })
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
@@ -696,15 +756,35 @@ mod tests {
         assert!(matches!(take_lock(&mut new, SERVER_LOCK, 0), Err(StoreError::Taken)), "no previous session");
         take_lock(&mut new, SERVER_LOCK, old_pid).unwrap();
         assert!(old.is_valid(Duration::from_secs(5)).is_err(), "the old session was ended");
-        assert_eq!(StoreError::Taken.failure(), Failure::Transient, "while serving, the lock comes back");
+        assert_eq!(StoreError::Taken.failure(), Failure::Permanent, "another server has it: this one must not write");
+    }
+
+    #[test]
+    fn a_session_ended_while_idle_is_replaced_before_the_next_call() {
+        let url = postgres_database();
+        let catalog = PostgresCatalog::open(&url).unwrap();
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        assert_eq!(catalog.projects().unwrap().len(), 1);
+        let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'alps-server' AND datname = current_database()",
+                &[],
+            )
+            .unwrap();
+        std::thread::sleep(IDLE_PROBE + Duration::from_millis(200));
+        assert_eq!(catalog.projects().unwrap().len(), 1, "the reader was probed and replaced");
+        assert!(!catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap(), "so was the writer");
     }
 
     #[test]
     fn an_unreachable_server_is_transient_and_a_bad_url_names_the_flag() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let error = PostgresCatalog::open(&format!("postgres://alps:secret@{closed}/alps")).unwrap_err();
-        let OpenError::Store(store) = &error else { panic!("{error}") };
-        assert_eq!(store.failure(), Failure::Transient, "{error}");
+        let OpenError::Unreachable { source, .. } = &error else { panic!("{error}") };
+        assert_eq!(source.failure(), Failure::Transient, "{error}");
+        assert!(error.to_string().starts_with(&format!("cannot reach PostgreSQL at {closed}/alps: ")), "{error}");
         assert!(!error.to_string().contains("secret"), "{error}");
         let url = PostgresCatalog::open("postgres://alps:secret@host:notaport/alps").unwrap_err();
         assert!(url.to_string().starts_with("--database-url is not a PostgreSQL URL"), "{url}");

@@ -49,8 +49,9 @@ const MIGRATIONS: &[&str] = &[
     )",
     // The client's label revision (a u64 stored bit for bit in SQLite's i64), 0 = unversioned.
     "ALTER TABLE examples ADD COLUMN label_revision INTEGER NOT NULL DEFAULT 0",
-    // The catalogue's id, which its data dir records (see `DataDir::bind_catalogue`).
-    "CREATE TABLE catalogue (id TEXT NOT NULL);
+    // The catalogue's id, which its data dir records (see `DataDir::bind_catalogue`), and the id
+    // of the data dir that holds its files (see `Catalog::bind_data_dir`).
+    "CREATE TABLE catalogue (id TEXT NOT NULL, data_dir TEXT);
     INSERT INTO catalogue (id) VALUES (lower(hex(randomblob(16))))",
 ];
 
@@ -170,6 +171,18 @@ impl Catalog for SqliteCatalog {
 
     fn identity(&self) -> Result<String, StoreError> {
         Ok(self.reader().query_row("SELECT id FROM catalogue", [], |row| row.get(0))?)
+    }
+
+    fn bind_data_dir(&self, data_dir: &str) -> Result<Option<String>, StoreError> {
+        let connection = self.connection();
+        connection.execute("UPDATE catalogue SET data_dir = ?1 WHERE data_dir IS NULL", params![data_dir])?;
+        let bound: String = connection.query_row("SELECT data_dir FROM catalogue", [], |row| row.get(0))?;
+        Ok((bound != data_dir).then_some(bound))
+    }
+
+    fn rebind_data_dir(&self, data_dir: &str) -> Result<(), StoreError> {
+        self.connection().execute("UPDATE catalogue SET data_dir = ?1", params![data_dir])?;
+        Ok(())
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
