@@ -13,7 +13,7 @@ use alps_proto::v1::{
 };
 use alps_system_tests::{
     Process, ServerDirs, binary, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database,
-    run_to_exit, start_server,
+    postgres_value, run_to_exit, start_server,
 };
 use tonic::{Code, transport::Channel};
 
@@ -253,6 +253,8 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     let name = blob.file_name().unwrap().to_str().unwrap();
     assert!(!migrated && stderr.contains(&format!("nothing migrated: sample blob {name} is unusable")), "{stderr}");
     std::fs::write(&blob, bytes).unwrap();
+    let bound = || postgres_value(&url, "SELECT data_dir FROM alps_catalogue");
+    assert_eq!(bound(), None, "a refused move binds nothing");
 
     let expected = [
         "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified \
@@ -265,6 +267,8 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
         assert!(stdout.starts_with(expected), "{stdout}");
         assert!(!stdout.contains("secret") && !stderr.contains("secret"), "{stdout}{stderr}");
     }
+    let id = std::fs::read_to_string(dirs.data.path().join("ID")).unwrap();
+    assert_eq!(bound().as_deref(), Some(id.trim()), "the database belongs with the moved data dir");
     // The data dir has moved: served without --database-url, it is refused (its samples and
     // model files would be collected against the old catalogue).
     let (status, stderr) = run_to_exit("alps-server", &[&flags[..], &["--data-dir", data]].concat());
@@ -291,6 +295,23 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     let args = [&flags[..], &["--data-dir", path_str(dirs.data.path()), "--database-url", &other]].concat();
     let (status, stderr) = run_to_exit("alps-server", &args);
     assert!(!status.success() && stderr.contains("belongs to catalogue"), "{stderr}");
+
+    // migrate moves into an empty database only: one that belongs with another data dir, or
+    // already holds projects, could bring back what was deleted there.
+    install_plugin(&builtin_plugin(), fresh.plugins.path(), "builtin.so");
+    let mut other_server = start(&fresh, &other).await;
+    create_project(&mut other_server, 1).await;
+    assert!(other_server.stop());
+    let local = ServerDirs::new();
+    install_plugin(&builtin_plugin(), local.plugins.path(), "builtin.so");
+    let mut local_server = start_with(&local, &[]).await;
+    create_project(&mut local_server, 1).await;
+    assert!(local_server.stop());
+    let (migrated, _, stderr) = migrate(local.data.path(), &other);
+    assert!(!migrated && stderr.contains("the database belongs with another data dir"), "{stderr}");
+    postgres_value(&other, "UPDATE alps_catalogue SET data_dir = NULL");
+    let (migrated, _, stderr) = migrate(local.data.path(), &other);
+    assert!(!migrated && stderr.contains("the database already holds projects"), "{stderr}");
 
     // A data dir without a catalogue is refused, naming the file.
     let empty = tempfile::tempdir().unwrap();

@@ -80,15 +80,24 @@ fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()>
         _ => {}
     }
     // The database's files must be this data dir's from now on: refused if another data dir
-    // already holds them.
+    // holds them, or if the database already serves projects (this data dir's could bring back
+    // what was deleted there). An interrupted run finds it bound to this data dir.
     let dir_id = data_dir.id()?;
-    if let Some(bound) = target.bind_data_dir(&dir_id)? {
-        anyhow::bail!(
-            "nothing migrated: the database already belongs with another data dir (id {bound}); migrate into an \
-             empty database"
-        );
+    let empty = || anyhow::Ok(target.projects()?.is_empty());
+    match target.data_dir()? {
+        Some(bound) if bound != dir_id => anyhow::bail!(
+            "nothing migrated: the database belongs with another data dir (id {bound}); migrate into an empty \
+             database"
+        ),
+        None if !empty()? => {
+            anyhow::bail!("nothing migrated: the database already holds projects; migrate into an empty database")
+        }
+        _ => {}
     }
     let (blobs, versions) = check_files(&source, &data_dir)?;
+    if let Some(bound) = target.bind_data_dir(&dir_id)? {
+        anyhow::bail!("nothing migrated: another data dir (id {bound}) took the database meanwhile");
+    }
     let migrated = store::migrate::migrate(&source, &target)?;
     data_dir.rebind_catalogue(&target_id)?;
     println!(

@@ -399,20 +399,21 @@ fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dy
             let catalog = PostgresCatalog::open(url)?;
             tracing::info!("catalogue in PostgreSQL (--database-url)");
             let id = catalog.identity()?;
-            if data_dir.database_path().exists() {
-                // The data dir's own catalogue: moved here by migrate, or not yet.
+            let bound = data_dir.bound_catalogue()?;
+            if bound.as_ref() == Some(&id) && data_dir.database_path().exists() {
+                tracing::warn!(
+                    file = %data_dir.database_path().display(),
+                    "the data dir's own catalogue was moved by migrate and is not used"
+                );
+            } else if data_dir.database_path().exists() {
+                // The data dir's own catalogue, not moved here: moved elsewhere, or not yet.
                 let own = SqliteCatalog::open(&data_dir.database_path())?.identity()?;
-                match data_dir.bound_catalogue()? {
-                    Some(bound) if bound == id => tracing::warn!(
-                        file = %data_dir.database_path().display(),
-                        "the data dir's own catalogue was moved by migrate and is not used"
-                    ),
-                    Some(bound) if bound != own => {
-                        let path = data_dir.path().to_owned();
-                        return Err(DataDirError::OtherCatalogue { path, bound, given: id }.into());
-                    }
-                    _ => return Err(DataDirError::Unmigrated { path: data_dir.path().to_owned() }.into()),
+                let path = data_dir.path().to_owned();
+                return Err(match bound {
+                    Some(bound) if bound != own => DataDirError::OtherCatalogue { path, bound, given: id },
+                    _ => DataDirError::Unmigrated { path },
                 }
+                .into());
             }
             Arc::new(catalog)
         }

@@ -499,3 +499,21 @@ pub fn postgres_admin(sql: &str) {
         });
     });
 }
+
+/// Runs `sql` on the database at `url` (a role's own) and returns the first column of its first
+/// row as text, if any: for tests that look at what the server stored.
+pub fn postgres_value(url: &str, sql: &str) -> Option<String> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+                let rows = client.simple_query(sql).expect("query");
+                rows.iter().find_map(|message| match message {
+                    postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+            })
+            .join()
+            .expect("query thread")
+    })
+}

@@ -237,7 +237,8 @@ impl TrainingService for TrainingApi {
     ) -> Result<Response<CancelTrainingJobResponse>, Status> {
         let job_id = request.into_inner().job_id;
         ids::other("job_id", &job_id)?;
-        let record = self.state.trainer.cancel(&job_id).map_err(training_status)?;
+        let trainer = self.state.trainer.clone();
+        let record = blocking(move || trainer.cancel(&job_id).map_err(training_status)).await?;
         crate::observe::attribute_to_project(&record.project_id);
         Ok(Response::new(CancelTrainingJobResponse { job: Some(proto_job(&record)) }))
     }

@@ -275,11 +275,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn bind_data_dir(&self, data_dir: &str) -> Result<Option<String>, StoreError>;
 
-    /// Records that `data_dir` holds this catalogue's files from now on (after `migrate`).
+    /// The id of the data dir that holds this catalogue's files, if one does yet.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn rebind_data_dir(&self, data_dir: &str) -> Result<(), StoreError>;
+    fn data_dir(&self) -> Result<Option<String>, StoreError>;
 
     /// Inserts or replaces a project, in one transaction; returns whether it was new. A new
     /// project starts at `initial_version`. An existing one keeps its creation time, and its

@@ -135,7 +135,7 @@ pub enum OpenError {
     #[error("--database-url is not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
     Url(postgres::Error),
     /// The database cannot be reached (named by host, port and database; never the password).
-    #[error("cannot reach PostgreSQL at {at}: {source}")]
+    #[error("cannot use PostgreSQL at {at}: {source}")]
     Unreachable {
         /// `host:port/database`.
         at: String,
@@ -217,10 +217,12 @@ impl Session {
             "SET lock_timeout = '{LOCK_TIMEOUT}'; SET tcp_keepalives_idle = 20; SET tcp_keepalives_interval = 5;
              SET tcp_keepalives_count = 3; SET client_min_messages = warning"
         ))?;
+        // Asked before the lock is taken and recorded once it is: no failure in between can
+        // leave a pid that does not hold the lock, or lose the one that does.
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
         if let Some(key) = self.lock {
             take_lock(&mut client, key, self.backend_pid.load(Ordering::Relaxed))?;
         }
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
         self.backend_pid.store(pid, Ordering::Relaxed);
         Ok(client)
     }
@@ -434,11 +436,8 @@ impl Catalog for PostgresCatalog {
         })
     }
 
-    fn rebind_data_dir(&self, data_dir: &str) -> Result<(), StoreError> {
-        self.writer.run(|client| {
-            client.execute("UPDATE alps_catalogue SET data_dir = $1", &[&data_dir])?;
-            Ok(())
-        })
+    fn data_dir(&self) -> Result<Option<String>, StoreError> {
+        self.reader.run(|client| Ok(client.query_one("SELECT data_dir FROM alps_catalogue", &[])?.get(0)))
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
@@ -756,7 +755,6 @@ mod tests {
         assert!(matches!(take_lock(&mut new, SERVER_LOCK, 0), Err(StoreError::Taken)), "no previous session");
         take_lock(&mut new, SERVER_LOCK, old_pid).unwrap();
         assert!(old.is_valid(Duration::from_secs(5)).is_err(), "the old session was ended");
-        assert_eq!(StoreError::Taken.failure(), Failure::Permanent, "another server has it: this one must not write");
     }
 
     #[test]
@@ -784,7 +782,7 @@ mod tests {
         let error = PostgresCatalog::open(&format!("postgres://alps:secret@{closed}/alps")).unwrap_err();
         let OpenError::Unreachable { source, .. } = &error else { panic!("{error}") };
         assert_eq!(source.failure(), Failure::Transient, "{error}");
-        assert!(error.to_string().starts_with(&format!("cannot reach PostgreSQL at {closed}/alps: ")), "{error}");
+        assert!(error.to_string().starts_with(&format!("cannot use PostgreSQL at {closed}/alps: ")), "{error}");
         assert!(!error.to_string().contains("secret"), "{error}");
         let url = PostgresCatalog::open("postgres://alps:secret@host:notaport/alps").unwrap_err();
         assert!(url.to_string().starts_with("--database-url is not a PostgreSQL URL"), "{url}");

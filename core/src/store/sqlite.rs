@@ -180,9 +180,8 @@ impl Catalog for SqliteCatalog {
         Ok((bound != data_dir).then_some(bound))
     }
 
-    fn rebind_data_dir(&self, data_dir: &str) -> Result<(), StoreError> {
-        self.connection().execute("UPDATE catalogue SET data_dir = ?1", params![data_dir])?;
-        Ok(())
+    fn data_dir(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.reader().query_row("SELECT data_dir FROM catalogue", [], |row| row.get(0))?)
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
