@@ -108,6 +108,7 @@ type Case = fn(&mut dyn Backend);
 /// Every case of the suite, by name.
 const CASES: &[(&str, Case)] = &[
     ("a catalogue keeps its identity; another has another", identity),
+    ("a catalogue belongs with the first data dir bound to it", data_dir_binding),
     ("projects survive reopening; upsert keeps the creation time", projects_survive_reopening),
     ("an upsert that starts over resets the active version", upsert_starts_over),
     ("a version is activated only if it fits the stored spec", activation_checks_fit),
@@ -143,6 +144,16 @@ fn identity(backend: &mut dyn Backend) {
     assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
     assert_eq!(backend.reopen().identity().unwrap(), first, "stable");
     assert_ne!(backend.create().identity().unwrap(), first, "random");
+}
+
+fn data_dir_binding(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    assert_eq!(catalog.data_dir().unwrap(), None);
+    assert_eq!(catalog.bind_data_dir("dir-a").unwrap(), None, "the first binds");
+    assert_eq!(catalog.bind_data_dir("dir-a").unwrap(), None, "again: the same");
+    assert_eq!(catalog.bind_data_dir("dir-b").unwrap().as_deref(), Some("dir-a"), "another is refused");
+    drop(catalog);
+    assert_eq!(backend.reopen().data_dir().unwrap().as_deref(), Some("dir-a"), "kept");
 }
 
 fn projects_survive_reopening(backend: &mut dyn Backend) {
