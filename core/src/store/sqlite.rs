@@ -512,5 +512,18 @@ mod tests {
         let db = SqliteCatalog::open(&path).unwrap();
         let old = &db.examples("cars", "", 10).unwrap()[0];
         assert_eq!((old.external_id.as_str(), old.label_revision), ("old", 0));
+        // An installation from before catalogue ids gets one, and binds its data dir on its
+        // first start; the id stays across restarts.
+        let id = db.identity().unwrap();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(db.data_dir().unwrap(), None);
+        let data_dir = super::super::DataDir::open(dir.path()).unwrap();
+        assert_eq!(db.bind_data_dir(&data_dir.id().unwrap()).unwrap(), None);
+        data_dir.bind_catalogue(&id).unwrap();
+        drop(db);
+        let reopened = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(reopened.identity().unwrap(), id);
+        data_dir.bind_catalogue(&reopened.identity().unwrap()).unwrap();
+        assert_eq!(reopened.bind_data_dir(&data_dir.id().unwrap()).unwrap(), None, "the same data dir");
     }
 }
