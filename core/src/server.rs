@@ -393,8 +393,12 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
 /// The two must belong together (else garbage collection would remove files the catalogue
 /// needs, or serve a catalogue without its files): see [`bind`].
 fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dyn Catalog>, StartError> {
-    let catalog: Arc<dyn Catalog> = match database_url {
-        None => Arc::new(SqliteCatalog::open(&data_dir.database_path())?),
+    let (catalog, id): (Arc<dyn Catalog>, String) = match database_url {
+        None => {
+            let catalog = SqliteCatalog::open(&data_dir.database_path())?;
+            let id = catalog.identity()?;
+            (Arc::new(catalog), id)
+        }
         Some(url) => {
             let catalog = PostgresCatalog::open(url)?;
             tracing::info!("catalogue in PostgreSQL (--database-url)");
@@ -415,25 +419,25 @@ fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dy
                 }
                 .into());
             }
-            Arc::new(catalog)
+            (Arc::new(catalog), id)
         }
     };
-    bind(catalog.as_ref(), data_dir)?;
+    bind(catalog.as_ref(), &id, data_dir)?;
     Ok(catalog)
 }
 
-/// Checks that `data_dir` belongs to `catalog` and `catalog` to `data_dir`, binding whichever
-/// is still unbound: a data dir serves one catalogue, a catalogue one data dir.
-fn bind(catalog: &dyn Catalog, data_dir: &DataDir) -> Result<(), StartError> {
-    let id = catalog.identity()?;
-    if let Some(bound) = data_dir.bound_catalogue()?.filter(|bound| *bound != id) {
-        return Err(DataDirError::OtherCatalogue { path: data_dir.path().to_owned(), bound, given: id }.into());
+/// Checks that `data_dir` belongs to `catalog` (whose id is `id`) and `catalog` to `data_dir`,
+/// binding whichever is still unbound: a data dir serves one catalogue, a catalogue one data dir.
+fn bind(catalog: &dyn Catalog, id: &str, data_dir: &DataDir) -> Result<(), StartError> {
+    if let Some(bound) = data_dir.bound_catalogue()?.filter(|bound| bound != id) {
+        let (path, given) = (data_dir.path().to_owned(), id.to_owned());
+        return Err(DataDirError::OtherCatalogue { path, bound, given }.into());
     }
     let given = data_dir.id()?;
     if let Some(bound) = catalog.bind_data_dir(&given)? {
         return Err(DataDirError::OtherDataDir { path: data_dir.path().to_owned(), given, bound }.into());
     }
-    data_dir.bind_catalogue(&id)?;
+    data_dir.bind_catalogue(id)?;
     Ok(())
 }
 

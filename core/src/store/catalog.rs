@@ -248,8 +248,31 @@ impl StoredProject {
 }
 
 /// Project `id`'s stored spec (JSON).
-pub(super) fn decode_spec(id: &str, json: &str) -> Result<ProjectSpec, StoreError> {
+fn decode_spec(id: &str, json: &str) -> Result<ProjectSpec, StoreError> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
+}
+
+/// Whether replacing the stored spec (JSON) makes the project start over: when `starts_over`
+/// says so, or when the stored spec is unreadable. The rule of [`Catalog::upsert_project`]
+/// for both backends.
+pub(super) fn starts_over(stored: &str, starts_over: &dyn Fn(&ProjectSpec) -> bool) -> bool {
+    serde_json::from_str::<ProjectSpec>(stored).as_ref().map_or(true, starts_over)
+}
+
+/// What [`Catalog::activate_version`] does given the version's stored manifest and the
+/// project's stored spec (JSON), each `None` when absent: [`Activation::Activated`] means that
+/// the caller makes it active. The rule for both backends.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] if the stored spec is unreadable.
+pub(super) fn activation(
+    project: &str,
+    manifest: Option<&str>,
+    spec: Option<&str>,
+    fits: &dyn Fn(&str, &ProjectSpec) -> bool,
+) -> Result<Activation, StoreError> {
+    let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
+    Ok(if fits(manifest, &decode_spec(project, spec)?) { Activation::Activated } else { Activation::Unfit })
 }
 
 /// `spec` as stored (JSON).

@@ -30,8 +30,8 @@ use postgres::{Client, NoTls, Row, error::SqlState};
 use super::{
     Failure,
     catalog::{
-        Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
-        VersionRow, decode_spec, encode_spec,
+        self, Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
+        VersionRow, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -407,8 +407,7 @@ impl Catalog for PostgresCatalog {
                     true
                 }
                 Some(row) => {
-                    let stored = serde_json::from_str::<ProjectSpec>(row.get(0));
-                    if stored.as_ref().map_or(true, starts_over) {
+                    if catalog::starts_over(row.get(0), starts_over) {
                         transaction.execute(
                             "UPDATE projects SET spec = $2, active_version = $3 WHERE id = $1",
                             &[&spec.id, &json, &initial_version],
@@ -632,13 +631,13 @@ impl Catalog for PostgresCatalog {
                 "SELECT manifest FROM model_versions WHERE project_id = $1 AND version = $2",
                 &[&project, &version],
             )?;
-            let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
-            if !fits(manifest.get(0), &decode_spec(project, spec.get(0))?) {
-                return Ok(Activation::Unfit);
+            let (manifest, spec) = (manifest.as_ref().map(|row| row.get(0)), spec.as_ref().map(|row| row.get(0)));
+            let outcome = catalog::activation(project, manifest, spec, fits)?;
+            if outcome == Activation::Activated {
+                transaction.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
+                transaction.commit()?;
             }
-            transaction.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
-            transaction.commit()?;
-            Ok(Activation::Activated)
+            Ok(outcome)
         })
     }
 

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::{
     Failure,
     catalog::{
-        Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
-        VersionRow, decode_spec, encode_spec,
+        self, Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
+        VersionRow, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -153,8 +153,7 @@ impl Catalog for SqliteCatalog {
                 true
             }
             Some(stored) => {
-                let stored = serde_json::from_str::<ProjectSpec>(&stored);
-                if stored.as_ref().map_or(true, starts_over) {
+                if catalog::starts_over(&stored, starts_over) {
                     transaction.execute(
                         "UPDATE projects SET spec = ?2, active_version = ?3 WHERE id = ?1",
                         params![spec.id, json, initial_version],
@@ -398,13 +397,12 @@ impl Catalog for SqliteCatalog {
         let spec: Option<String> = transaction
             .query_row("SELECT spec FROM projects WHERE id = ?1", params![project], |row| row.get(0))
             .optional()?;
-        let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
-        if !fits(&manifest, &decode_spec(project, &spec)?) {
-            return Ok(Activation::Unfit);
+        let outcome = catalog::activation(project, manifest.as_deref(), spec.as_deref(), fits)?;
+        if outcome == Activation::Activated {
+            transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
+            transaction.commit()?;
         }
-        transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
-        transaction.commit()?;
-        Ok(Activation::Activated)
+        Ok(outcome)
     }
 
     fn save_job(
