@@ -22,13 +22,14 @@ run: bootstrap release
 
 ## test: bootstrap, then format check, clippy, unit and cross-process tests (tritonclient and
 ## perf_analyzer included; the PostgreSQL catalogue against throwaway servers from Debian's
-## postgresql package, installed where missing; the deploy/ manifests rendered and validated), the end-to-end test
+## postgresql package, installed where missing; the object store against moto's S3 from PyPI; the
+## deploy/ manifests rendered and validated), the end-to-end test
 ## with a real Label Studio, and the reduced active-learning experiment
 # Incremental caches are for editing; a full test run only pays their disk (GBs) for them.
 # (Alternating `make test` with plain cargo builds therefore rebuilds the workspace crates.)
 test: export CARGO_INCREMENTAL := 0
 test: bootstrap
-	scripts/bootstrap.sh scripts/requirements-experiments.txt scripts/requirements-deploy.txt
+	scripts/bootstrap.sh scripts/requirements-experiments.txt scripts/requirements-deploy.txt scripts/requirements-objects.txt
 	scripts/bootstrap-label-studio.sh
 	scripts/bootstrap-triton.sh
 	scripts/bootstrap-postgres.sh

@@ -3,6 +3,9 @@
 //! jobs survive a restart; a second server on the same database is refused; predictions go on
 //! while the database refuses connections, writes get UNAVAILABLE and succeed once it is back;
 //! `alps-server migrate` moves a data dir's catalogue there with the same predictions after.
+//! With an object store (moto's S3 on loopback, behind a relay a test can cut): samples and
+//! weights live there, a new data dir serves the same predictions, uploads of the same bytes
+//! store one object, and while the store is away predictions go on and writes get UNAVAILABLE.
 
 use alps_proto::v1::{
     AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest, GetProjectRequest, JobState,
@@ -12,8 +15,8 @@ use alps_proto::v1::{
     training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
-    Process, ServerDirs, binary, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database,
-    postgres_value, run_to_exit, start_server,
+    Process, Relay, ServerDirs, binary, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database,
+    postgres_value, run_to_exit, s3_bucket, s3_env, s3_keys, s3_server, start_server, start_server_with_env,
 };
 use tonic::{Code, transport::Channel};
 
@@ -42,6 +45,19 @@ async fn start(dirs: &ServerDirs, url: &str) -> Server {
 
 async fn start_with(dirs: &ServerDirs, flags: &[&str]) -> Server {
     let (process, grpc) = start_server(dirs, flags);
+    connect(process, grpc).await
+}
+
+/// A server on database `url` with its files in object store `store`, reached at `endpoint`.
+async fn start_on_objects(dirs: &ServerDirs, url: &str, store: &str, endpoint: &str) -> Server {
+    let env = s3_env(endpoint);
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let flags = ["--database-url", url, "--object-store-url", store];
+    let (process, grpc) = start_server_with_env(dirs, &flags, &env);
+    connect(process, grpc).await
+}
+
+async fn connect(process: Process, grpc: String) -> Server {
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     Server {
         process,
@@ -317,4 +333,83 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     let empty = tempfile::tempdir().unwrap();
     let (migrated, _, stderr) = migrate(empty.path(), &url);
     assert!(!migrated && stderr.contains("no catalogue to migrate"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_and_weights_live_in_the_object_store_and_a_new_data_dir_serves_them() {
+    let (_, url) = postgres_database("alps_objects");
+    let bucket = s3_bucket("alps-objects").await;
+    let relay = Relay::start(s3_server().trim_start_matches("http://"));
+    let store = format!("s3://{bucket}/alps");
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start_on_objects(&dirs, &url, &store, &relay.url()).await;
+    create_project(&mut server, 20).await;
+    train_to_end(&mut server).await;
+    let before = seeded_predictions(&mut server).await;
+    assert_eq!(before.0, "v1");
+    assert_eq!(s3_keys(&bucket, "alps/blobs/").await.len(), 40, "one object per sample");
+    assert_eq!(s3_keys(&bucket, "alps/weights/").await.len(), 1, "v1's weights");
+    assert!(!dirs.data.path().join("blobs").exists(), "no sample in the data dir");
+
+    // Eight concurrent uploads of the same bytes: every one acknowledged, one object stored.
+    let uploads: Vec<_> = (0..8)
+        .map(|i| {
+            let mut client = server.examples.clone();
+            let mut request = examples(&format!("same-{i}-"), 1);
+            request.examples.truncate(1);
+            request.examples[0].sample = tensor(0.5);
+            tokio::spawn(async move { client.add_examples(tokio_stream::iter([request])).await })
+        })
+        .collect();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap().unwrap().into_inner().inserted, 1);
+    }
+    assert_eq!(s3_keys(&bucket, "alps/blobs/").await.len(), 41);
+    assert_eq!(count(&mut server).await.unwrap(), 48);
+
+    // The object store goes away: the loaded model keeps predicting; writes are refused as
+    // retryable, naming neither the store nor its address, and keep nothing.
+    relay.cut();
+    assert_eq!(seeded_predictions(&mut server).await, before);
+    let refused = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("retry with backoff"), "{}", refused.message());
+    for secret in ["127.0.0.1", bucket.as_str(), "test-secret"] {
+        assert!(!refused.message().contains(secret), "{}", refused.message());
+    }
+    assert_eq!(count(&mut server).await.unwrap(), 48);
+    // Back: the same request succeeds.
+    relay.restore();
+    let added = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap();
+    assert_eq!(added.into_inner().inserted, 2);
+    assert!(server.stop());
+
+    // A new data dir (another node's, or an emptied volume) fetches v1 from the store: the same
+    // predictions.
+    let fresh = ServerDirs::new();
+    install_plugin(&builtin_plugin(), fresh.plugins.path(), "builtin.so");
+    let mut server = start_on_objects(&fresh, &url, &store, &relay.url()).await;
+    assert_eq!(seeded_predictions(&mut server).await, before);
+    assert!(server.process.log().iter().any(|line| line.contains("model version fetched from the object store")));
+    assert_eq!(count(&mut server).await.unwrap(), 50);
+    assert!(server.stop());
+
+    // A bucket and prefix hold one catalogue's files; a catalogue's files are in one place.
+    let flags = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    let refused_start = |database: &str, store: &str| {
+        let mut command = std::process::Command::new(binary("alps-server"));
+        let data = tempfile::tempdir().unwrap();
+        command.args(flags).args(["--data-dir", path_str(data.path()), "--database-url", database]);
+        command.args(["--object-store-url", store]).envs(s3_env(&relay.url()));
+        let output = command.output().unwrap();
+        assert!(!output.status.success());
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let (_, other) = postgres_database("alps_objects_other");
+    let stderr = refused_start(&other, &store);
+    assert!(stderr.contains("holds the files of catalogue"), "{stderr}");
+    let stderr = refused_start(&url, &format!("s3://{bucket}/elsewhere"));
+    assert!(stderr.contains("samples and model files are not in object store"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
 }

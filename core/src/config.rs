@@ -69,7 +69,8 @@ pub enum Command {
     Token(TokenCommand),
     /// Copy a data dir's catalogue (projects, labelled examples, model versions, training jobs)
     /// into PostgreSQL, verify it and exit. Idempotent; never overwrites a project the database
-    /// holds differently. Sample bytes and model files stay in the data dir: serve it with
+    /// holds differently. With `--object-store-url`, sample bytes and model weights are copied
+    /// there too and checked; without it they stay in the data dir: serve it with
     /// `--data-dir DIR --database-url URL`. Stop the server that uses DIR first.
     Migrate {
         /// The data dir whose `alps.db` is copied.
@@ -78,7 +79,21 @@ pub enum Command {
         /// The PostgreSQL database to copy into (see the server's `--database-url`).
         #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
         database_url: DatabaseUrl,
+        /// The object store to copy sample bytes and model weights into (see the server's
+        /// `--object-store-url`).
+        #[arg(long, env = "ALPS_OBJECT_STORE_URL", value_parser = non_empty)]
+        object_store_url: Option<String>,
     },
+}
+
+/// A flag's value that must not be empty (an empty environment variable is a mistake, not a
+/// choice).
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("is empty: unset the variable or give a URL".into())
+    } else {
+        Ok(value.to_owned())
+    }
 }
 
 /// `alps-server token ...`.
@@ -113,11 +128,18 @@ pub struct ServerConfig {
     /// PostgreSQL database for the catalogue (projects, the example index, model versions,
     /// training jobs) instead of `<data-dir>/alps.db`:
     /// `postgres://user:password@host:port/database`. Sample bytes and model files stay in
-    /// `--data-dir`. One server per database: it holds an advisory lock, and a second server
-    /// on the same database refuses to start. Connections are unencrypted (loopback, a private
-    /// network or a sidecar proxy).
+    /// `--data-dir` unless `--object-store-url` is given. One server per database: it holds an
+    /// advisory lock, and a second server on the same database refuses to start. Connections
+    /// are unencrypted (loopback, a private network or a sidecar proxy).
     #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
     pub database_url: Option<DatabaseUrl>,
+
+    /// Object store for sample bytes and model weights, with `--database-url`:
+    /// `s3://bucket/prefix` (credentials, region and endpoint from the standard AWS_*
+    /// variables), `gs://bucket/prefix`, `az://container/prefix` or `file:///shared/path`.
+    /// `--data-dir` then caches model versions. One catalogue per bucket and prefix.
+    #[arg(long, env = "ALPS_OBJECT_STORE_URL", requires = "database_url", value_parser = non_empty)]
+    pub object_store_url: Option<String>,
 
     /// Directory of heuristic plugins (`*.so`). Default: the built-in plugins shipped beside the
     /// `alps-server` binary (`<binary dir>/plugins`, or the binary's own directory in a cargo

@@ -7,7 +7,14 @@ use alps_core::{
     config::{Cli, Command, ServerConfig, TokenCommand},
     engine::device::{DeviceReport, forward_check},
     server::Server,
-    store::{self, DataDir, blobs::BlobStore, catalog::Catalog, postgres::PostgresCatalog, sqlite::SqliteCatalog},
+    store::{
+        self, DataDir,
+        blobs::BlobStore,
+        catalog::Catalog,
+        objects::{Kind, Objects},
+        postgres::PostgresCatalog,
+        sqlite::SqliteCatalog,
+    },
 };
 use alps_runtime::Shutdown;
 use anyhow::Context;
@@ -19,7 +26,9 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.server),
         Command::SelfCheck => self_check(),
         Command::Token(TokenCommand::Create { role, name, tokens_file }) => create_token(role, &name, &tokens_file),
-        Command::Migrate { from_data_dir, database_url } => migrate(&from_data_dir, database_url.expose()),
+        Command::Migrate { from_data_dir, database_url, object_store_url } => {
+            migrate(&from_data_dir, database_url.expose(), object_store_url.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,17 +62,31 @@ fn create_token(role: Role, name: &str, tokens_file: &std::path::Path) -> anyhow
     Ok(())
 }
 
-fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()> {
+fn migrate(data_dir: &std::path::Path, database_url: &str, object_store_url: Option<&str>) -> anyhow::Result<()> {
     let file = data_dir.join("alps.db");
     anyhow::ensure!(file.is_file(), "no catalogue to migrate: {} is not a file", file.display());
     // Holding the data dir's lock: no server changes the catalogue while it is copied.
     let data_dir = DataDir::open(data_dir)?;
     let source = SqliteCatalog::open(&data_dir.database_path())?;
     let target = PostgresCatalog::open(database_url).context("cannot open the database (--database-url)")?;
+    let objects = object_store_url.map(Objects::open).transpose()?;
     let (source_id, target_id) = (source.identity()?, target.identity()?);
+    // Where the database's files will be: the object store, or this data dir.
+    let files_id = match &objects {
+        Some(objects) => objects.id().context("cannot reach the object store (--object-store-url)")?,
+        None => data_dir.id()?,
+    };
     // A data dir moved to a database serves that one only: its samples and model files are
     // collected against it from now on. A rerun into the same database is allowed.
     match data_dir.bound_catalogue()? {
+        Some(bound) if bound == target_id && target.data_dir()?.is_some_and(|files| files != files_id) => {
+            anyhow::bail!(
+                "nothing migrated: data dir {} was moved to this database before, with its files kept {}; moving \
+                 them afterwards is not supported: serve it as it was moved",
+                data_dir.path().display(),
+                if objects.is_some() { "in the data dir" } else { "in an object store" }
+            )
+        }
         // Moved before: a server may have changed the target since (deleted examples would
         // come back), so nothing is copied again.
         Some(bound) if bound == target_id => {
@@ -79,24 +102,32 @@ fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()>
         ),
         _ => {}
     }
-    // The database's files must be this data dir's from now on: refused if another data dir
+    // The database's files must be these from now on: refused if another data dir or store
     // holds them, or if the database already serves projects (this data dir's could bring back
-    // what was deleted there). An interrupted run finds it bound to this data dir.
-    let dir_id = data_dir.id()?;
+    // what was deleted there). An interrupted run finds it bound to these files.
     let empty = || anyhow::Ok(target.projects()?.is_empty());
     match target.data_dir()? {
-        Some(bound) if bound != dir_id => anyhow::bail!(
-            "nothing migrated: the database belongs with another data dir (id {bound}); migrate into an empty \
-             database"
+        Some(bound) if bound != files_id => anyhow::bail!(
+            "nothing migrated: the database belongs with another data dir or object store (id {bound}); migrate \
+             into an empty database"
         ),
         None if !empty()? => {
             anyhow::bail!("nothing migrated: the database already holds projects; migrate into an empty database")
         }
         _ => {}
     }
+    if let Some(bound) = objects.as_ref().map(|o| o.bind_catalogue(&target_id)).transpose()?.flatten() {
+        anyhow::bail!(
+            "nothing migrated: the object store holds the files of another catalogue ({bound}); give each database \
+             its own bucket or prefix"
+        );
+    }
     let (blobs, versions) = check_files(&source, &data_dir)?;
-    if let Some(bound) = target.bind_data_dir(&dir_id)? {
-        anyhow::bail!("nothing migrated: another data dir (id {bound}) took the database meanwhile");
+    if let Some(objects) = &objects {
+        copy_files(&source, &data_dir, objects)?;
+    }
+    if let Some(bound) = target.bind_data_dir(&files_id)? {
+        anyhow::bail!("nothing migrated: another data dir or object store (id {bound}) took the database meanwhile");
     }
     let migrated = store::migrate::migrate(&source, &target)?;
     data_dir.rebind_catalogue(&target_id)?;
@@ -105,7 +136,43 @@ fn migrate(data_dir: &std::path::Path, database_url: &str) -> anyhow::Result<()>
          ({blobs} sample blobs and {versions} model versions checked against their sha256)",
         migrated.projects, migrated.examples, migrated.versions, migrated.jobs
     );
-    println!("serve them with: alps-server --data-dir {} --database-url <the same URL>", data_dir.path().display());
+    match object_store_url {
+        Some(url) => println!(
+            "copied and read back {blobs} sample blobs and {versions} model versions' weights in {url}; serve them \
+             with: alps-server --data-dir {} --database-url <the same URL> --object-store-url {url}",
+            data_dir.path().display()
+        ),
+        None => println!(
+            "serve them with: alps-server --data-dir {} --database-url <the same URL>",
+            data_dir.path().display()
+        ),
+    }
+    Ok(())
+}
+
+/// Copies every sample blob `catalog` references and every model version's weights from
+/// `data_dir` into `objects` (objects already there are kept: they are content-addressed), then
+/// reads each back, checked against its sha256.
+fn copy_files(catalog: &dyn Catalog, data_dir: &DataDir, objects: &Objects) -> anyhow::Result<()> {
+    let blobs = BlobStore::open(data_dir.blobs_dir())?;
+    let mut copied = Vec::new();
+    for sha256 in catalog.referenced_blobs()? {
+        objects.put(Kind::Blob, &sha256, blobs.get(&sha256)?).context("nothing migrated: copying sample blobs")?;
+        copied.push((Kind::Blob, sha256));
+    }
+    let models = data_dir.models_dir();
+    for project in catalog.projects()? {
+        let id = &project.spec.id;
+        for version in catalog.versions(id)? {
+            let weights = std::fs::read(models.version_dir(id, &version.version).join("weights.safetensors"))?;
+            let sha256 = store::blobs::sha256_hex(&weights);
+            objects.put(Kind::Weights, &sha256, weights).context("nothing migrated: copying model weights")?;
+            copied.push((Kind::Weights, sha256));
+        }
+    }
+    for (kind, sha256) in &copied {
+        objects.get(*kind, sha256).with_context(|| format!("nothing migrated: {sha256} does not read back"))?;
+    }
     Ok(())
 }
 

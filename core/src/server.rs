@@ -32,6 +32,7 @@ use crate::{
         blobs::{BlobError, BlobStore},
         catalog::{Catalog, StoreError},
         gc::GarbageCollector,
+        objects::{ObjectError, Objects},
         postgres::{OpenError, PostgresCatalog},
         sqlite::SqliteCatalog,
     },
@@ -73,6 +74,33 @@ pub enum StartError {
     /// See [`BlobError`].
     #[error("cannot open the blob store: {0}")]
     Blobs(#[from] BlobError),
+    /// The object store could not be opened or reached.
+    #[error("cannot use the object store: {0}")]
+    Objects(#[from] ObjectError),
+    /// The object store holds another catalogue's files.
+    #[error(
+        "object store {store} holds the files of catalogue {bound}, not of this database's ({given}): give each \
+         database its own bucket or prefix"
+    )]
+    ObjectsOfOtherCatalogue {
+        /// The store.
+        store: String,
+        /// The catalogue it belongs to.
+        bound: String,
+        /// This database's catalogue.
+        given: String,
+    },
+    /// The catalogue's files are in a data dir or another object store.
+    #[error(
+        "the database's samples and model files are not in object store {store} but elsewhere (id {bound}): \
+         serve it with the data dir or object store that holds them"
+    )]
+    FilesElsewhere {
+        /// The store given.
+        store: String,
+        /// The id of the data dir or store that holds them.
+        bound: String,
+    },
     /// The inference worker thread could not start.
     #[error("cannot start the inference worker: {0}")]
     Engine(std::io::Error),
@@ -182,13 +210,22 @@ impl Server {
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
-        let catalog = open_catalog(config.database_url.as_ref().map(DatabaseUrl::expose), &data_dir)?;
+        let objects = config.object_store_url.as_deref().map(Objects::open).transpose()?.map(Arc::new);
+        let catalog =
+            open_catalog(config.database_url.as_ref().map(DatabaseUrl::expose), &data_dir, objects.as_deref())?;
         let projects = Arc::new(Projects::open(catalog.clone())?);
-        let blobs = Arc::new(BlobStore::open(data_dir.blobs_dir())?);
+        let (blobs, models_dir) = match &objects {
+            Some(objects) => {
+                tracing::info!(store = objects.name(), "sample blobs and model weights in the object store");
+                let models_dir = data_dir.models_dir().with_objects(objects.clone(), catalog.clone());
+                (Arc::new(BlobStore::in_objects(objects.clone())), models_dir)
+            }
+            None => (Arc::new(BlobStore::open(data_dir.blobs_dir())?), data_dir.models_dir()),
+        };
         if config.gc_interval_secs > 0 {
             let grace = Duration::from_secs(config.gc_grace_secs);
             let collector =
-                GarbageCollector::new(catalog.clone(), blobs.clone(), data_dir.models_dir(), grace, metrics.clone());
+                GarbageCollector::new(catalog.clone(), blobs.clone(), models_dir.clone(), grace, metrics.clone());
             collector.spawn(Duration::from_secs(config.gc_interval_secs));
         }
         tracing::info!(projects = projects.list().len(), "projects loaded");
@@ -196,7 +233,7 @@ impl Server {
         weights_cache.prefetch(
             projects.list().iter().filter_map(|p| Some((p.spec.model.architecture, p.spec.model.pretrained?))),
         );
-        let engine_config = config.engine(data_dir.models_dir(), model_files.clone());
+        let engine_config = config.engine(models_dir.clone(), model_files.clone());
         let (device, image_limits) = (engine_config.device, engine_config.image_limits);
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
@@ -204,7 +241,7 @@ impl Server {
             catalog.clone(),
             blobs.clone(),
             projects.clone(),
-            data_dir.models_dir(),
+            models_dir,
             model_files.clone(),
             Arc::new(engine.clone()),
             TrainerSettings {
@@ -392,7 +429,11 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
 /// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory.
 /// The two must belong together (else garbage collection would remove files the catalogue
 /// needs, or serve a catalogue without its files): see [`bind`].
-fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dyn Catalog>, StartError> {
+fn open_catalog(
+    database_url: Option<&str>,
+    data_dir: &DataDir,
+    objects: Option<&Objects>,
+) -> Result<Arc<dyn Catalog>, StartError> {
     let (catalog, id): (Arc<dyn Catalog>, String) = match database_url {
         None => {
             let catalog = SqliteCatalog::open(&data_dir.database_path())?;
@@ -422,16 +463,32 @@ fn open_catalog(database_url: Option<&str>, data_dir: &DataDir) -> Result<Arc<dy
             (Arc::new(catalog), id)
         }
     };
-    bind(catalog.as_ref(), &id, data_dir)?;
+    bind(catalog.as_ref(), &id, data_dir, objects)?;
     Ok(catalog)
 }
 
 /// Checks that `data_dir` belongs to `catalog` (whose id is `id`) and `catalog` to `data_dir`,
 /// binding whichever is still unbound: a data dir serves one catalogue, a catalogue one data dir.
-fn bind(catalog: &dyn Catalog, id: &str, data_dir: &DataDir) -> Result<(), StartError> {
+/// With an object store, the catalogue's files are there instead: the store and the catalogue
+/// are bound to each other the same way (the data dir, a cache, still belongs to the catalogue).
+fn bind(catalog: &dyn Catalog, id: &str, data_dir: &DataDir, objects: Option<&Objects>) -> Result<(), StartError> {
     if let Some(bound) = data_dir.bound_catalogue()?.filter(|bound| bound != id) {
         let (path, given) = (data_dir.path().to_owned(), id.to_owned());
         return Err(DataDirError::OtherCatalogue { path, bound, given }.into());
+    }
+    if let Some(objects) = objects {
+        let (given, store) = (objects.id()?, objects.name().to_owned());
+        if let Some(bound) = catalog.data_dir()?.filter(|bound| *bound != given) {
+            return Err(StartError::FilesElsewhere { store, bound });
+        }
+        if let Some(bound) = objects.bind_catalogue(id)? {
+            return Err(StartError::ObjectsOfOtherCatalogue { store, bound, given: id.to_owned() });
+        }
+        if let Some(bound) = catalog.bind_data_dir(&given)? {
+            return Err(StartError::FilesElsewhere { store, bound });
+        }
+        data_dir.bind_catalogue(id)?;
+        return Ok(());
     }
     let given = data_dir.id()?;
     if let Some(bound) = catalog.bind_data_dir(&given)? {

@@ -517,3 +517,109 @@ pub fn postgres_value(url: &str, sql: &str) -> Option<String> {
             .expect("query thread")
     })
 }
+
+/// A throwaway S3-compatible server (moto) on loopback, started on first use by
+/// `scripts/throwaway-s3.sh` and stopped by it when this process ends. Returns its endpoint
+/// (`http://127.0.0.1:PORT`); make a bucket with [`s3_bucket`].
+///
+/// # Panics
+/// If moto is not installed (`scripts/bootstrap.sh scripts/requirements-objects.txt`).
+pub fn s3_server() -> &'static str {
+    static SERVER: std::sync::OnceLock<(Child, String)> = std::sync::OnceLock::new();
+    let (_, url) = SERVER.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/throwaway-s3.sh");
+        let mut child =
+            Command::new(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run the script");
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut url).expect("read the URL");
+        assert!(url.starts_with("http://"), "no S3 server for the tests (see the script's error above)");
+        (child, url.trim().to_owned())
+    });
+    url
+}
+
+/// Makes bucket `name` (unique per test process) on [`s3_server`]; returns its name.
+pub async fn s3_bucket(name: &str) -> String {
+    let bucket = format!("{name}-{}", std::process::id()).replace('_', "-");
+    let response = http_client().put(format!("{}/{bucket}", s3_server())).send().await.expect("create the bucket");
+    assert!(response.status().is_success(), "{response:?}");
+    bucket
+}
+
+/// The keys under `prefix` in `bucket` on [`s3_server`] (the first 1,000).
+pub async fn s3_keys(bucket: &str, prefix: &str) -> Vec<String> {
+    let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", s3_server());
+    let body = http_client().get(url).send().await.expect("list").text().await.expect("listing");
+    body.split("<Key>").skip(1).filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned())).collect()
+}
+
+/// The environment a server needs to use [`s3_server`] through `endpoint`: test credentials,
+/// a region, the endpoint and plain HTTP.
+pub fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", endpoint.into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
+/// A TCP relay on a loopback port to `target` that a test can cut (open connections are shut
+/// down and new ones closed at once, as when a server goes away) and restore: the server behind
+/// it keeps its state.
+pub struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    /// Starts relaying to `target` (`host:port`).
+    pub fn start(target: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("address").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, accepting, connections) = (target.to_owned(), open.clone(), live.clone());
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let mut live = connections.lock().expect("relay connections");
+                live.extend([client.try_clone(), server.try_clone()].into_iter().flatten());
+                for (mut from, mut to) in
+                    [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())]
+                        .into_iter()
+                        .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, open, live }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection, and every new one until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.live.lock().expect("relay connections").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Relays new connections again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

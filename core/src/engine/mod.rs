@@ -172,6 +172,7 @@ impl Engine {
             max_wait: config.max_wait,
             cache_bytes: config.cache_bytes,
             model_files: config.model_files.clone(),
+            models_dir: config.models_dir.clone(),
         };
         worker::spawn(queue, config.device, worker_config, metrics.clone())?;
         Ok(Self { commands, admission: Arc::new(Semaphore::new(config.max_in_flight_samples)), config, metrics })
@@ -210,9 +211,9 @@ impl Engine {
     /// [`EngineError::Model`] with the client message of the load's failure (missing or
     /// corrupt files); [`EngineError::Unavailable`] if the worker is gone.
     pub fn load_blocking(&self, project: &Project) -> Result<(), EngineError> {
-        let (key, spec, version_dir) = self.model_of(project);
-        let (device, files) = (self.config.device, &self.config.model_files);
-        let model = worker::load_model(&key, &spec, version_dir.as_deref(), device, files).map_err(|error| {
+        let (key, spec, trained) = self.model_of(project);
+        let (device, files, models_dir) = (self.config.device, &self.config.model_files, &self.config.models_dir);
+        let model = worker::load_model(&key, &spec, trained, models_dir, device, files).map_err(|error| {
             let first_line = crate::errors::first_line(&error);
             tracing::warn!(project = %key.project, version = %key.version, error = %first_line, "model failed to load");
             EngineError::Model(error.client_message())
@@ -222,13 +223,12 @@ impl Engine {
         inserted.blocking_recv().map_err(|_| EngineError::Unavailable)
     }
 
-    /// The cache key, spec and version directory of the model `project` serves.
-    fn model_of(&self, project: &Project) -> (ModelKey, Arc<ProjectSpec>, Option<std::path::PathBuf>) {
+    /// The cache key and spec of the model `project` serves, and whether it is a trained version.
+    fn model_of(&self, project: &Project) -> (ModelKey, Arc<ProjectSpec>, bool) {
         let spec = Arc::new(project.spec.clone());
         let version = &project.active_version;
-        let version_dir = (version != UNTRAINED_VERSION).then(|| self.config.models_dir.version_dir(&spec.id, version));
         let key = ModelKey { project: spec.id.clone(), version: version.clone(), fingerprint: fingerprint(&spec) };
-        (key, spec, version_dir)
+        (key, spec, version != UNTRAINED_VERSION)
     }
 
     /// Drops cached models of `project` (after a delete or a spec change).
@@ -265,7 +265,7 @@ impl Engine {
     ) -> Result<Probabilities, EngineError> {
         let _permit = self.admit(samples.len().max(1))?;
         let has_images = samples.iter().any(|sample| matches!(sample, SampleInput::Image(_)));
-        let (key, spec, version_dir) = self.model_of(project);
+        let (key, spec, trained) = self.model_of(project);
         let limits = self.config.image_limits;
         let preprocessing = spec.preprocessing.clone();
         let preparing = Instant::now();
@@ -288,7 +288,7 @@ impl Engine {
             return Ok(Probabilities { outcomes, values: Vec::new(), embeddings: Vec::new(), times });
         }
         let (reply, result) = oneshot::channel();
-        let job = Job { version_dir, key, spec, inputs, n, k, seed, embeddings, enqueued: Instant::now(), reply };
+        let job = Job { trained, key, spec, inputs, n, k, seed, embeddings, enqueued: Instant::now(), reply };
         self.commands.try_send(Command::Run(job)).map_err(|error| match error {
             TrySendError::Full(_) => {
                 EngineError::Overloaded { requested: n, available: 0, limit: self.config.max_in_flight_samples }

@@ -53,8 +53,8 @@ pub struct Job {
     pub key: ModelKey,
     /// The project spec to load the model from when it is not cached.
     pub spec: Arc<ProjectSpec>,
-    /// The trained version's directory, or `None` for the initial weights (`untrained`).
-    pub version_dir: Option<std::path::PathBuf>,
+    /// Whether `key.version` is a trained version (else the initial weights, `untrained`).
+    pub trained: bool,
     /// Preprocessed inputs `[n, C, H, W]`, flattened.
     pub inputs: Vec<f32>,
     /// Samples n.
@@ -102,6 +102,8 @@ pub struct WorkerConfig {
     pub cache_bytes: usize,
     /// Where client-named model files are read from.
     pub model_files: crate::models::files::ModelFiles,
+    /// Where trained versions are read from (fetched from the object store when there is one).
+    pub models_dir: crate::store::ModelsDir,
 }
 
 /// Starts the worker thread for `device`; it ends when every sender of `commands` is dropped.
@@ -211,12 +213,12 @@ impl Worker {
         for job in &live {
             self.metrics.observe_queue_time(started - job.enqueued);
         }
-        let version_dir = first.version_dir.clone();
+        let trained = first.trained;
         let samples: usize = live.iter().map(|job| job.n).sum();
-        let (device, files) = (self.device, self.config.model_files.clone());
+        let (device, files, models_dir) = (self.device, &self.config.model_files, &self.config.models_dir);
         let result = self
             .cache
-            .get_or_load(&key, || load_model(&key, &spec, version_dir.as_deref(), device, &files))
+            .get_or_load(&key, || load_model(&key, &spec, trained, models_dir, device, files))
             .and_then(|model| run(model, &spec, &live, samples, k, seed, live.iter().any(|job| job.embeddings)));
         let computed = started.elapsed();
         self.metrics.observe_batch(&key.project, &key.version, samples, computed);
@@ -249,22 +251,30 @@ impl Worker {
     }
 }
 
-/// Loads `key`'s model onto `device`: a trained version from `version_dir`, else the initial
-/// weights.
+/// Loads `key`'s model onto `device`: trained version `key.version` from `models_dir`
+/// (fetched from the object store first if needed), else the initial weights.
 ///
 /// # Errors
-/// [`ModelError`] naming the file at fault (missing, corrupt, checksum mismatch).
+/// [`ModelError`] naming the file at fault (missing, corrupt, checksum mismatch), or
+/// [`ModelError::Fetch`].
 pub fn load_model(
     key: &ModelKey,
     spec: &ProjectSpec,
-    version_dir: Option<&std::path::Path>,
+    trained: bool,
+    models_dir: &crate::store::ModelsDir,
     device: Device,
     files: &crate::models::files::ModelFiles,
 ) -> Result<McModel, ModelError> {
     let loading = Instant::now();
-    let model = match version_dir {
-        Some(dir) => McModel::load_version(spec, dir, files, device)?,
-        None => McModel::load(spec, files, device)?,
+    let model = if trained {
+        let dir = models_dir.fetch(&key.project, &key.version).map_err(|error| {
+            tracing::warn!(project = %key.project, version = %key.version, %error, "cannot fetch a model version");
+            let transient = error.failure() != crate::store::Failure::Permanent;
+            ModelError::Fetch { version: key.version.clone(), transient }
+        })?;
+        McModel::load_version(spec, &dir, files, device)?
+    } else {
+        McModel::load(spec, files, device)?
     };
     tracing::info!(
         project = %key.project,

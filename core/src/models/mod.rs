@@ -56,6 +56,18 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// A trained version's weights could not be fetched from the object store (the cause is
+    /// logged where it happened).
+    #[error(
+        "model version {version} cannot be fetched from the object store{}",
+        if *.transient { " now; retry with backoff" } else { ": its weights are missing or corrupt there; activate another version to roll back" }
+    )]
+    Fetch {
+        /// The version.
+        version: String,
+        /// Whether trying again may help (the store was unreachable or failing).
+        transient: bool,
+    },
     /// Published pretrained weights are not available (not fetched, unusable).
     #[error(transparent)]
     Pretrained(#[from] pretrained::PretrainedError),

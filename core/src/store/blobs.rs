@@ -1,8 +1,10 @@
-//! Content-addressed sample bytes: `<data-dir>/blobs/<first two hex digits>/<sha256>`. A blob is
-//! written to a temporary file, fsync'ed and renamed into place, so a crash never leaves a
-//! partial blob under its final name, and writing the same bytes twice stores them once.
-//! Blobs no example references any more are removed by [`BlobStore::collect_garbage`] once
-//! their last write is older than a grace period.
+//! Content-addressed sample bytes, in the data dir (`<data-dir>/blobs/<first two hex
+//! digits>/<sha256>`) or in the object store ([`super::objects`], `--object-store-url`). In the
+//! data dir a blob is written to a temporary file, fsync'ed and renamed into place, so a crash
+//! never leaves a partial blob under its final name; in the object store a conditional put does
+//! the same. Writing the same bytes twice stores them once. Blobs no example references any
+//! more are removed by [`BlobStore::collect_garbage`] once their last write is older than a
+//! grace period.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +20,10 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::Failure;
+use super::{
+    Failure,
+    objects::{Kind, ObjectError, Objects},
+};
 
 /// Why a blob could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,9 @@ pub enum BlobError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The object store failed, or its object is missing or corrupt.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     /// The stored bytes no longer hash to their name (disk corruption or tampering).
     #[error("blob {sha256} is corrupt: its content hashes to {actual}")]
     Corrupt {
@@ -46,6 +54,7 @@ impl BlobError {
     pub fn failure(&self) -> Failure {
         match self {
             Self::Io { source, .. } => Failure::of_io(source),
+            Self::Object(error) => error.failure(),
             Self::Corrupt { .. } => Failure::Permanent,
         }
     }
@@ -56,10 +65,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The blob directory of one data directory.
+/// Where the blobs are.
+#[derive(Debug)]
+enum Place {
+    /// A directory of the data dir, with `tmp/` for writes in progress.
+    Dir(PathBuf),
+    /// The object store.
+    Objects(std::sync::Arc<Objects>),
+}
+
+/// The sample blobs of one catalogue.
 #[derive(Debug)]
 pub struct BlobStore {
-    dir: PathBuf,
+    place: Place,
     /// Writers share it; the garbage collector takes it alone for each removal, so a blob
     /// being written again (and so refreshed) is never removed under its writer.
     removal: RwLock<()>,
@@ -144,7 +162,16 @@ impl BlobStore {
     pub fn open(dir: PathBuf) -> Result<Self, BlobError> {
         let temporary = dir.join("tmp");
         fs::create_dir_all(&temporary).map_err(|source| BlobError::Io { path: temporary, source })?;
-        Ok(Self { dir, removal: RwLock::new(()), pins: Mutex::default(), released: Mutex::default() })
+        Ok(Self::at(Place::Dir(dir)))
+    }
+
+    /// The blobs in the object store `objects`.
+    pub fn in_objects(objects: std::sync::Arc<Objects>) -> Self {
+        Self::at(Place::Objects(objects))
+    }
+
+    fn at(place: Place) -> Self {
+        Self { place, removal: RwLock::new(()), pins: Mutex::default(), released: Mutex::default() }
     }
 
     fn released_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -169,47 +196,30 @@ impl BlobStore {
         self.pins.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    #[cfg(test)]
     fn path(&self, sha256: &str) -> PathBuf {
-        self.dir.join(&sha256[..2]).join(sha256)
+        let Place::Dir(dir) = &self.place else { panic!("blobs in the object store have no path") };
+        blob_path(dir, sha256)
     }
 
     /// Stores `bytes` durably and returns their SHA-256. Bytes already stored are not written
-    /// again, but their blob's modification time is set to now: the garbage collector's grace
-    /// period counts from the last write, so a blob about to be referenced again stays.
+    /// again; in the data dir their blob's modification time is set to now, so the garbage
+    /// collector's grace period counts from the last write (in the object store, where objects
+    /// never change, the writer's pin alone keeps a blob about to be referenced again).
     ///
     /// # Errors
-    /// [`BlobError::Io`] on a file system failure.
+    /// [`BlobError::Io`] on a file system failure, [`BlobError::Object`] on an object-store one.
     pub fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
         self.put_hashed(sha256_hex(bytes), bytes)
     }
 
     /// [`put`](Self::put) of `bytes` whose SHA-256 the caller has computed.
     fn put_hashed(&self, sha256: String, bytes: &[u8]) -> Result<String, BlobError> {
-        let path = self.path(&sha256);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| BlobError::Io { path, source }
-        };
         let _writing = self.removal.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if path.exists() {
-            File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(SystemTime::now()))
-                .map_err(io(&path))?;
-            return Ok(sha256);
+        match &self.place {
+            Place::Dir(dir) => put_in_dir(dir, &sha256, bytes)?,
+            Place::Objects(objects) => drop(objects.put(Kind::Blob, &sha256, bytes.to_vec())?),
         }
-        let parent = path.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent).map_err(io(parent))?;
-        // Unique per writer: two requests storing the same bytes at once must not share (and
-        // rename away) each other's temporary file.
-        static WRITERS: AtomicU64 = AtomicU64::new(0);
-        let writer = WRITERS.fetch_add(1, Ordering::Relaxed);
-        let temporary = self.dir.join("tmp").join(format!("{sha256}.{}.{writer}", std::process::id()));
-        let mut file = File::create(&temporary).map_err(io(&temporary))?;
-        file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&temporary))?;
-        fs::rename(&temporary, &path).map_err(io(&path))?;
-        File::open(parent).and_then(|dir| dir.sync_all()).map_err(io(parent))?;
         Ok(sha256)
     }
 
@@ -218,7 +228,11 @@ impl BlobStore {
     /// # Errors
     /// [`BlobError`] if missing, unreadable or corrupt.
     pub fn get(&self, sha256: &str) -> Result<Vec<u8>, BlobError> {
-        let path = self.path(sha256);
+        let dir = match &self.place {
+            Place::Dir(dir) => dir,
+            Place::Objects(objects) => return Ok(objects.get(Kind::Blob, sha256)?),
+        };
+        let path = blob_path(dir, sha256);
         let bytes = fs::read(&path).map_err(|source| BlobError::Io { path, source })?;
         let actual = sha256_hex(&bytes);
         if actual != sha256 {
@@ -226,6 +240,35 @@ impl BlobStore {
         }
         Ok(bytes)
     }
+}
+
+fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
+    dir.join(&sha256[..2]).join(sha256)
+}
+
+/// Writes blob `sha256` into `dir` (see the module docs), or refreshes its modification time.
+fn put_in_dir(dir: &Path, sha256: &str, bytes: &[u8]) -> Result<(), BlobError> {
+    let path = blob_path(dir, sha256);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BlobError::Io { path, source }
+    };
+    if path.exists() {
+        File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now())).map_err(io(&path))?;
+        return Ok(());
+    }
+    let parent = path.parent().unwrap_or(dir);
+    fs::create_dir_all(parent).map_err(io(parent))?;
+    // Unique per writer: two requests storing the same bytes at once must not share (and
+    // rename away) each other's temporary file.
+    static WRITERS: AtomicU64 = AtomicU64::new(0);
+    let writer = WRITERS.fetch_add(1, Ordering::Relaxed);
+    let temporary = dir.join("tmp").join(format!("{sha256}.{}.{writer}", std::process::id()));
+    let mut file = File::create(&temporary).map_err(io(&temporary))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&temporary))?;
+    fs::rename(&temporary, &path).map_err(io(&path))?;
+    File::open(parent).and_then(|dir| dir.sync_all()).map_err(io(parent))?;
+    Ok(())
 }
 
 impl BlobStore {
@@ -245,9 +288,13 @@ impl BlobStore {
         referenced: &HashSet<String>,
     ) -> Result<Collected, BlobError> {
         let cutoff = round.cutoff;
+        let dir = match &self.place {
+            Place::Dir(dir) => dir,
+            Place::Objects(objects) => return self.collect_objects(objects, cutoff, referenced),
+        };
         let list = |dir: &Path| fs::read_dir(dir).map_err(|source| BlobError::Io { path: dir.to_owned(), source });
         let mut collected = Collected::default();
-        for shard in list(&self.dir)? {
+        for shard in list(dir)? {
             let Ok(shard) = shard else { continue };
             let name = shard.file_name().to_string_lossy().into_owned();
             let temporaries = name == "tmp";
@@ -261,7 +308,7 @@ impl BlobStore {
                 if !temporaries && (name.len() != 64 || referenced.contains(&name)) {
                     continue;
                 }
-                if let Some(bytes) = self.remove_if_older(&file.path(), &name, cutoff) {
+                if let Some(bytes) = self.remove_file_if_older(&file.path(), &name, cutoff) {
                     if temporaries {
                         collected.temporaries += 1;
                     } else {
@@ -286,13 +333,46 @@ impl BlobStore {
         let _ = fs::remove_dir(dir);
     }
 
+    /// [`collect_garbage`](Self::collect_garbage) in the object store: the same rule, with the
+    /// objects' write times as listed.
+    fn collect_objects(
+        &self,
+        objects: &Objects,
+        cutoff: SystemTime,
+        referenced: &HashSet<String>,
+    ) -> Result<Collected, BlobError> {
+        let mut collected = Collected::default();
+        for object in objects.list(Kind::Blob)? {
+            if referenced.contains(&object.name) || object.modified >= cutoff {
+                continue;
+            }
+            let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if self.in_use(&object.name) {
+                continue;
+            }
+            match objects.delete(Kind::Blob, &object.name) {
+                Ok(()) => {
+                    collected.blobs += 1;
+                    collected.bytes += object.size;
+                }
+                Err(error) => tracing::warn!(%error, "cannot remove an unreferenced blob"),
+            }
+        }
+        Ok(collected)
+    }
+
+    /// Whether blob `name` is pinned, or was unpinned since the current round started.
+    fn in_use(&self, name: &str) -> bool {
+        self.pin_counts().contains_key(name) || self.released_set().contains(name)
+    }
+
     /// Removes `path` (blob `name`) if it is not pinned and was last modified before `cutoff`;
     /// its size when removed.
-    fn remove_if_older(&self, path: &Path, name: &str, cutoff: SystemTime) -> Option<u64> {
+    fn remove_file_if_older(&self, path: &Path, name: &str, cutoff: SystemTime) -> Option<u64> {
         // Alone against writers: a `put` refreshing this blob either happened (then it is new
         // or pinned, and stays) or waits until it is gone (then it writes the blob again).
         let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if self.pin_counts().contains_key(name) || self.released_set().contains(name) {
+        if self.in_use(name) {
             return None;
         }
         let metadata = fs::symlink_metadata(path).ok()?;
@@ -405,6 +485,26 @@ mod tests {
         assert!(store.get(&written).is_err() && store.get(&read).is_ok(), "one holder of the read blob remains");
         drop(twice);
         assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 1);
+    }
+
+    #[test]
+    fn garbage_collection_in_the_object_store_keeps_referenced_pinned_and_fresh_blobs() {
+        let objects = std::sync::Arc::new(Objects::in_memory());
+        let store = BlobStore::in_objects(objects.clone());
+        let (kept, old) = (store.put(b"kept").unwrap(), store.put(b"old").unwrap());
+        let mut writing = store.pins();
+        let pinned = writing.put(b"pinned").unwrap();
+        assert_eq!(store.put(b"kept").unwrap(), kept, "idempotent");
+        let hour = Duration::from_secs(3600);
+        assert_eq!(store.collect_garbage(store.start_collection(hour), &HashSet::new()).unwrap().blobs, 0, "all fresh");
+        let referenced = HashSet::from([kept.clone()]);
+        let collected = store.collect_garbage(store.start_collection(Duration::ZERO), &referenced).unwrap();
+        assert_eq!(collected, Collected { blobs: 1, bytes: 3, temporaries: 0 });
+        assert!(store.get(&kept).is_ok() && store.get(&pinned).is_ok());
+        assert!(matches!(store.get(&old), Err(BlobError::Object(ObjectError::Missing { .. }))));
+        drop(writing);
+        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 2);
+        assert!(objects.list(Kind::Blob).unwrap().is_empty());
     }
 
     #[test]

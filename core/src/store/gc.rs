@@ -3,7 +3,8 @@
 //! pass removes the blobs no example references once their last write is older than a grace
 //! period (see [`BlobStore::collect_garbage`] for why that is safe against concurrent writes).
 //! The same pass removes model-version directories of projects that no longer exist (a crash
-//! between a project's deletion and the removal of its versions leaves them behind).
+//! between a project's deletion and the removal of its versions leaves them behind) and, with
+//! an object store, the weights no recorded version names ([`ModelsDir::collect_weights`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -85,6 +86,11 @@ impl GarbageCollector {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "removed model versions of deleted projects"),
             Err(error) => tracing::warn!(%error, "cannot list the models directory"),
+        }
+        match self.models_dir.collect_weights(cutoff) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed model weights no version names from the object store"),
+            Err(error) => tracing::warn!(%error, "cannot collect model weights in the object store"),
         }
     }
 

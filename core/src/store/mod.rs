@@ -3,6 +3,9 @@
 //! in PostgreSQL ([`postgres`]); the content-addressed sample blobs ([`blobs`]) and their
 //! garbage collection ([`gc`]).
 //!
+//! With `--object-store-url`, sample blobs and model weights live in the object store
+//! ([`objects`]) and the data dir's `models/` is a cache of it ([`weights`]).
+//!
 //! [`migrate`] copies one catalogue into the other (`alps-server migrate`).
 //!
 //! Layout: `alps.db` (the SQLite catalogue, unused with `--database-url`), `blobs/` (content-addressed
@@ -15,8 +18,10 @@ pub mod catalog;
 mod conformance;
 pub mod gc;
 pub mod migrate;
+pub mod objects;
 pub mod postgres;
 pub mod sqlite;
+pub mod weights;
 
 use std::{
     fs::{self, File, TryLockError},
@@ -280,15 +285,19 @@ pub fn now_unix_ms() -> i64 {
 /// (`models/<64 hex>/`), and a version's directory is its server-made name (`v<n>`), checked
 /// against the identifier grammar ([`crate::ids`]) and hashed too if it ever fails it. Removals
 /// go through [`remove_dir_inside`].
+///
+/// With an object store ([`with_objects`](Self::with_objects)) the directory is a cache: weights
+/// are published to the store and fetched from it on first use ([`weights`]).
 #[derive(Clone, Debug)]
 pub struct ModelsDir {
     root: PathBuf,
+    remote: Option<weights::Remote>,
 }
 
 impl ModelsDir {
     /// The models directory at `root` (created on first write).
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self { root, remote: None }
     }
 
     /// The models directory itself.

@@ -526,7 +526,9 @@ impl Trainer {
                     model
                 }
                 None => {
-                    let dir = self.models_dir.version_dir(&spec.id, &parent);
+                    let dir = self.models_dir.fetch(&spec.id, &parent).map_err(|e| {
+                        TrainError::Precondition(crate::errors::logged("fetching the active version", &e))
+                    })?;
                     McModel::load_version(spec, &dir, &self.model_files, self.device)?
                 }
             };

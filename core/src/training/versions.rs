@@ -3,7 +3,8 @@
 //! `manifest.json`. A version is written into a temporary directory, every file and the
 //! directory fsync'ed, then renamed into place and only then recorded in the database; the
 //! trainer activates it once it is loaded for serving. A crash at any moment leaves the
-//! previous active version intact and active.
+//! previous active version intact and active. With an object store, the weights are published
+//! there before the rename ([`ModelsDir::publish_weights`]).
 
 use std::{
     fs::{self, File},
@@ -43,6 +44,9 @@ pub enum VersionError {
     /// See [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The weights could not be published to the object store.
+    #[error(transparent)]
+    Objects(#[from] crate::store::objects::ObjectError),
     /// The manifest could not be encoded.
     #[error("encoding the manifest: {0}")]
     Manifest(#[from] serde_json::Error),
@@ -136,6 +140,9 @@ pub fn write(
     let bytes = fs::read(&weights).map_err(io(&weights))?;
     manifest.weights_sha256 = sha256_hex(&bytes);
     manifest.weights_bytes = bytes.len() as u64;
+    // Published before the version exists anywhere else: a recorded version's weights are
+    // always in the object store.
+    let _published = models_dir.publish_weights(&manifest.weights_sha256, &bytes)?;
     let manifest_path = temporary.join("manifest.json");
     fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?).map_err(io(&manifest_path))?;
     sync(&manifest_path)?;

@@ -1,0 +1,211 @@
+//! Model weights in the object store: a version's `weights.safetensors` is published as
+//! `weights/<sha256>` before the version is recorded, and fetched into the local models
+//! directory, checked against its sha256, before it is first loaded. The manifest comes from the
+//! catalogue, which is where a version exists; the weights object is immutable and shared by
+//! every version (of any project) with the same bytes. Weights no recorded version names are
+//! removed by [`ModelsDir::collect_weights`].
+
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use super::{
+    Failure, ModelsDir,
+    catalog::{Catalog, StoreError},
+    objects::{Kind, ObjectError, Objects},
+};
+
+/// The object store behind a [`ModelsDir`], and the catalogue that says what a version is.
+#[derive(Clone, Debug)]
+pub(super) struct Remote {
+    objects: Arc<Objects>,
+    catalog: Arc<dyn Catalog>,
+    publications: Arc<Mutex<Publications>>,
+}
+
+/// Weights published and not yet recorded, as the garbage collector must see them.
+#[derive(Debug, Default)]
+struct Publications {
+    /// Publications whose version is not recorded yet (or failed).
+    open: usize,
+    /// Publications ended so far.
+    ended: u64,
+}
+
+/// A version's weights, published: while this lives, and for the collection round during which
+/// it is dropped, no weights are collected (the version naming them may be recorded after the
+/// collector read the versions). Drop it once the version is recorded.
+#[derive(Debug)]
+#[must_use = "keep it until the version is recorded"]
+pub struct Published {
+    publications: Option<Arc<Mutex<Publications>>>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        if let Some(publications) = &self.publications {
+            let mut publications = publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            publications.open -= 1;
+            publications.ended += 1;
+        }
+    }
+}
+
+/// Why a version could not be fetched from the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The catalogue could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The object store failed, or the weights are missing or corrupt there.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// The catalogue has no such version.
+    #[error("model version {version} is not in the catalogue")]
+    Unknown {
+        /// The version.
+        version: String,
+    },
+    /// The recorded manifest does not name its weights.
+    #[error("model version {version}: its manifest names no weights_sha256")]
+    Manifest {
+        /// The version.
+        version: String,
+    },
+    /// The local copy could not be written.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+impl FetchError {
+    /// Whether trying again may help.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Store(error) => error.failure(),
+            Self::Object(error) => error.failure(),
+            Self::Io { source, .. } => Failure::of_io(source),
+            Self::Unknown { .. } | Self::Manifest { .. } => Failure::Permanent,
+        }
+    }
+}
+
+impl ModelsDir {
+    /// This directory as a cache of the weights in `objects`, whose versions `catalog` records.
+    pub fn with_objects(mut self, objects: Arc<Objects>, catalog: Arc<dyn Catalog>) -> Self {
+        self.remote = Some(Remote { objects, catalog, publications: Arc::default() });
+        self
+    }
+
+    /// Publishes a version's weights (`bytes`, whose sha256 is `sha256`) to the object store,
+    /// if there is one; bytes already there are not written again. Keep what it returns until
+    /// the version is recorded.
+    ///
+    /// # Errors
+    /// [`ObjectError`] if the store fails: the version must not be recorded then.
+    pub fn publish_weights(&self, sha256: &str, bytes: &[u8]) -> Result<Published, ObjectError> {
+        let Some(remote) = &self.remote else { return Ok(Published { publications: None }) };
+        remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).open += 1;
+        let published = Published { publications: Some(remote.publications.clone()) };
+        remote.objects.put(Kind::Weights, sha256, bytes.to_vec())?;
+        Ok(published)
+    }
+
+    /// Removes the weights objects no recorded version of any project names, written before
+    /// `cutoff`; returns how many. A round during which weights were being published removes
+    /// nothing (the next one does). Without an object store, nothing.
+    ///
+    /// # Errors
+    /// [`FetchError::Store`] or [`FetchError::Object`] if the catalogue or the store cannot
+    /// be read; objects that cannot be removed are logged and left.
+    pub fn collect_weights(&self, cutoff: SystemTime) -> Result<u64, FetchError> {
+        let Some(remote) = &self.remote else { return Ok(0) };
+        let publications = || {
+            let publications = remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            (publications.open, publications.ended)
+        };
+        let before = publications();
+        let listed = remote.objects.list(Kind::Weights)?;
+        let mut referenced = HashSet::new();
+        for project in remote.catalog.projects()? {
+            for row in remote.catalog.versions(&project.spec.id)? {
+                let manifest: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
+                referenced.extend(manifest["weights_sha256"].as_str().map(str::to_owned));
+            }
+        }
+        if before.0 > 0 || publications() != before {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for object in listed.iter().filter(|o| !referenced.contains(&o.name) && o.modified < cutoff) {
+            match remote.objects.delete(Kind::Weights, &object.name) {
+                Ok(()) => removed += 1,
+                Err(error) => tracing::warn!(%error, "cannot remove unreferenced model weights"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The local directory of `project`'s `version`, fetched from the object store first if it
+    /// is not here yet (with the version its head-only weights build on). Without an object
+    /// store this is [`version_dir`](Self::version_dir). Loading checks the files' sha256.
+    ///
+    /// # Errors
+    /// [`FetchError`]; nothing is left under the version's name then.
+    pub fn fetch(&self, project: &str, version: &str) -> Result<PathBuf, FetchError> {
+        let dir = self.version_dir(project, version);
+        let Some(remote) = &self.remote else { return Ok(dir) };
+        if dir.join("manifest.json").is_file() {
+            return Ok(dir);
+        }
+        let row = remote.catalog.versions(project)?.into_iter().find(|row| row.version == version);
+        let row = row.ok_or_else(|| FetchError::Unknown { version: version.to_owned() })?;
+        let manifest: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
+        let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
+        if !backbone.is_empty() && backbone != version {
+            self.fetch(project, backbone)?;
+        }
+        let sha256 = manifest["weights_sha256"].as_str().filter(|sha| sha.len() == 64);
+        let sha256 = sha256.ok_or_else(|| FetchError::Manifest { version: version.to_owned() })?;
+        let weights = remote.objects.get(Kind::Weights, sha256)?;
+        write_version(&self.project_dir(project), &dir, &weights, row.manifest.as_bytes())?;
+        tracing::info!(%project, %version, bytes = weights.len(), "model version fetched from the object store");
+        Ok(dir)
+    }
+}
+
+/// Writes a fetched version into `dir` (in `project_dir`) crash-safely: aside, fsync'ed, then
+/// renamed into place. Another thread that fetched it meanwhile wins; its copy is the same.
+fn write_version(project_dir: &Path, dir: &Path, weights: &[u8], manifest: &[u8]) -> Result<(), FetchError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FetchError::Io { path, source }
+    };
+    fs::create_dir_all(project_dir).map_err(io(project_dir))?;
+    let temporary = project_dir.join(format!(".tmp-fetch-{:016x}", fastrand::u64(..)));
+    fs::create_dir(&temporary).map_err(io(&temporary))?;
+    let written = (|| {
+        for (name, bytes) in [("weights.safetensors", weights), ("manifest.json", manifest)] {
+            let path = temporary.join(name);
+            fs::write(&path, bytes).and_then(|()| File::open(&path)?.sync_all()).map_err(io(&path))?;
+        }
+        File::open(&temporary).and_then(|d| d.sync_all()).map_err(io(&temporary))?;
+        match fs::rename(&temporary, dir) {
+            Ok(()) => Ok(()),
+            Err(_) if dir.join("manifest.json").is_file() => Ok(()),
+            Err(source) => Err(FetchError::Io { path: dir.to_owned(), source }),
+        }
+    })();
+    let _ = fs::remove_dir_all(&temporary);
+    written?;
+    File::open(project_dir).and_then(|d| d.sync_all()).map_err(io(project_dir))
+}
