@@ -142,8 +142,20 @@ async fn seeded_predictions(server: &mut Server) -> (String, Vec<alps_proto::v1:
 
 /// Runs `alps-server migrate`: (success, stdout, stderr).
 fn migrate(data_dir: &std::path::Path, url: &str) -> (bool, String, String) {
+    migrate_with(data_dir, url, &[], &[])
+}
+
+/// Runs `alps-server migrate` with extra flags and environment: (success, stdout, stderr).
+fn migrate_with(
+    data_dir: &std::path::Path,
+    url: &str,
+    flags: &[&str],
+    env: &[(&str, String)],
+) -> (bool, String, String) {
     let output = std::process::Command::new(binary("alps-server"))
         .args(["migrate", "--from-data-dir", path_str(data_dir), "--database-url", url])
+        .args(flags)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .output()
         .unwrap();
     let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
@@ -412,4 +424,51 @@ async fn samples_and_weights_live_in_the_object_store_and_a_new_data_dir_serves_
     let stderr = refused_start(&url, &format!("s3://{bucket}/elsewhere"));
     assert!(stderr.contains("samples and model files are not in object store"), "{stderr}");
     assert!(!stderr.contains("secret"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_migrated_into_postgresql_and_the_object_store_serves_the_same_predictions_anywhere() {
+    let (_, url) = postgres_database("alps_migrate_objects");
+    let bucket = s3_bucket("alps-migrate-objects").await;
+    let store = format!("s3://{bucket}/cluster");
+    let env = s3_env(s3_server());
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start_with(&dirs, &[]).await;
+    create_project(&mut server, 20).await;
+    let job = train_to_end(&mut server).await;
+    let before = seeded_predictions(&mut server).await;
+    assert!(server.stop());
+
+    let store_flags = ["--object-store-url", store.as_str()];
+    let (migrated, stdout, stderr) = migrate_with(dirs.data.path(), &url, &store_flags, &env);
+    assert!(migrated, "{stderr}");
+    assert!(stdout.contains("copied and read back 40 sample blobs and 1 model versions' weights"), "{stdout}");
+    assert_eq!(s3_keys(&bucket, "cluster/blobs/").await.len(), 40);
+    assert_eq!(s3_keys(&bucket, "cluster/weights/").await.len(), 1);
+    let (migrated, stdout, _) = migrate_with(dirs.data.path(), &url, &store_flags, &env);
+    assert!(migrated && stdout.starts_with("already migrated"), "{stdout}");
+    // Its files are in the store now: the database is not served with the data dir's.
+    let (migrated, _, stderr) = migrate(dirs.data.path(), &url);
+    assert!(!migrated && stderr.contains("with its files kept in an object store"), "{stderr}");
+
+    // Any data dir serves it, the moved one or a new one: same projects, examples, versions,
+    // jobs and predictions.
+    let mut expected = before;
+    for (data, jobs_before) in [(dirs, 1), (ServerDirs::new(), 2)] {
+        install_plugin(&builtin_plugin(), data.plugins.path(), "builtin.so");
+        let mut server = start_on_objects(&data, &url, &store, s3_server()).await;
+        assert_eq!(seeded_predictions(&mut server).await, expected);
+        assert_eq!(count(&mut server).await.unwrap(), 40);
+        let jobs = ListTrainingJobsRequest { project_id: "p".into(), limit: 0 };
+        let jobs = server.training.list_training_jobs(jobs).await.unwrap().into_inner().jobs;
+        assert_eq!(jobs.len(), jobs_before);
+        assert!(jobs.iter().any(|j| j.job_id == job));
+        // Training reads the samples from the store and publishes its weights there.
+        train_to_end(&mut server).await;
+        expected = seeded_predictions(&mut server).await;
+        assert!(server.stop());
+    }
+    assert_eq!(expected.0, "v3");
+    assert_eq!(s3_keys(&bucket, "cluster/weights/").await.len(), 3, "v1, and v2 and v3 trained from the store");
 }

@@ -209,3 +209,93 @@ fn write_version(project_dir: &Path, dir: &Path, weights: &[u8], manifest: &[u8]
     written?;
     File::open(project_dir).and_then(|d| d.sync_all()).map_err(io(project_dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{projects::spec::tests::spec, store::sqlite::SqliteCatalog};
+
+    /// A models dir on `objects` whose catalogue has project "cars" with v1 (full) and v2 (a
+    /// head on v1's backbone), published and recorded as the trainer does.
+    fn published(objects: &Arc<Objects>, root: &Path) -> (ModelsDir, Arc<dyn Catalog>) {
+        let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(&root.join("alps.db")).unwrap());
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        let models = ModelsDir::new(root.join("models")).with_objects(objects.clone(), catalog.clone());
+        for (number, weights, backbone) in [(1, b"full weights".as_slice(), "v1"), (2, b"head".as_slice(), "v1")] {
+            let sha256 = super::super::blobs::sha256_hex(weights);
+            let manifest = serde_json::json!({"weights_sha256": sha256, "backbone_version": backbone});
+            let _published = models.publish_weights(&sha256, weights).unwrap();
+            catalog.record_version("cars", &format!("v{number}"), number, &manifest.to_string(), 0).unwrap();
+        }
+        (models, catalog)
+    }
+
+    #[test]
+    fn a_version_is_fetched_with_its_backbone_into_a_new_directory() {
+        let objects = Arc::new(Objects::in_memory());
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_, catalog) = published(&objects, first.path());
+        // Another node: same catalogue and store, an empty models dir.
+        let models = ModelsDir::new(second.path().join("models")).with_objects(objects.clone(), catalog);
+        let dir = models.fetch("cars", "v2").unwrap();
+        assert_eq!(fs::read(dir.join("weights.safetensors")).unwrap(), b"head");
+        let backbone = models.version_dir("cars", "v1");
+        assert_eq!(fs::read(backbone.join("weights.safetensors")).unwrap(), b"full weights", "fetched first");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["backbone_version"], "v1");
+        crate::models::verify_version(&dir).unwrap();
+        // Fetched once: a local copy is used as it is (loading checks its sha256).
+        fs::write(dir.join("weights.safetensors"), b"changed").unwrap();
+        assert_eq!(fs::read(models.fetch("cars", "v2").unwrap().join("weights.safetensors")).unwrap(), b"changed");
+        assert!(matches!(models.fetch("cars", "v9"), Err(FetchError::Unknown { .. })));
+        assert!(
+            fs::read_dir(models.project_dir("cars")).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp"))
+        );
+    }
+
+    #[test]
+    fn corrupt_or_missing_weights_are_not_fetched() {
+        let objects = Arc::new(Objects::in_memory());
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_, catalog) = published(&objects, first.path());
+        let models = ModelsDir::new(second.path().join("models")).with_objects(objects.clone(), catalog);
+        let v1 = super::super::blobs::sha256_hex(b"full weights");
+        objects.delete(Kind::Weights, &v1).unwrap();
+        objects.put(Kind::Weights, &v1, b"tampered".to_vec()).unwrap();
+        let error = models.fetch("cars", "v2").unwrap_err();
+        assert!(matches!(error, FetchError::Object(ObjectError::Corrupt { .. })), "{error}");
+        assert_eq!(error.failure(), Failure::Permanent);
+        objects.delete(Kind::Weights, &v1).unwrap();
+        assert!(matches!(models.fetch("cars", "v1"), Err(FetchError::Object(ObjectError::Missing { .. }))));
+        assert!(!models.version_dir("cars", "v1").exists() && !models.version_dir("cars", "v2").exists());
+    }
+
+    #[test]
+    fn weights_no_version_names_are_collected_but_not_while_one_is_being_published() {
+        let objects = Arc::new(Objects::in_memory());
+        let root = tempfile::tempdir().unwrap();
+        let (models, catalog) = published(&objects, root.path());
+        let orphan = super::super::blobs::sha256_hex(b"orphan");
+        objects.put(Kind::Weights, &orphan, b"orphan".to_vec()).unwrap();
+        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert_eq!(models.collect_weights(hour_ago).unwrap(), 0, "within the grace period");
+        // Being published (its version not recorded yet): nothing is collected.
+        let pending = models.publish_weights(&super::super::blobs::sha256_hex(b"new"), b"new").unwrap();
+        assert_eq!(models.collect_weights(SystemTime::now()).unwrap(), 0);
+        drop(pending);
+        assert_eq!(models.collect_weights(SystemTime::now()).unwrap(), 2, "the orphan and the unrecorded one");
+        let left: HashSet<String> = objects.list(Kind::Weights).unwrap().into_iter().map(|o| o.name).collect();
+        let recorded = [b"full weights".as_slice(), b"head"].map(super::super::blobs::sha256_hex);
+        assert_eq!(left, HashSet::from(recorded));
+        // A deleted project's versions no longer keep their weights.
+        catalog.delete_project("cars").unwrap();
+        assert_eq!(models.collect_weights(SystemTime::now()).unwrap(), 2);
+        // Without an object store there is nothing to collect.
+        assert_eq!(ModelsDir::new(root.path().join("other")).collect_weights(SystemTime::now()).unwrap(), 0);
+    }
+}
