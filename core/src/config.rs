@@ -79,6 +79,9 @@ pub enum Command {
         /// The PostgreSQL database to copy into (see the server's `--database-url`).
         #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
         database_url: DatabaseUrl,
+        /// See the server's `--database-ca-file`.
+        #[arg(long, env = "ALPS_DATABASE_CA_FILE")]
+        database_ca_file: Option<PathBuf>,
         /// The object store to copy sample bytes and model weights into (see the server's
         /// `--object-store-url`).
         #[arg(long, env = "ALPS_OBJECT_STORE_URL", value_parser = non_empty)]
@@ -130,9 +133,16 @@ pub struct ServerConfig {
     /// `postgres://user:password@host:port/database`. Sample bytes and model files stay in
     /// `--data-dir` unless `--object-store-url` is given. One server per database: it holds an
     /// advisory lock, and a second server on the same database refuses to start. Connections
-    /// are unencrypted (loopback, a private network or a sidecar proxy).
+    /// are plaintext unless the URL says `sslmode=require`, `verify-ca` or `verify-full`:
+    /// then TLS, the server's certificate and host name always verified.
     #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
     pub database_url: Option<DatabaseUrl>,
+
+    /// PEM file of the CA certificates that sign the PostgreSQL server's certificate (e.g. a
+    /// cloud provider's bundle), trusted instead of the system's roots; needs `sslmode=require`
+    /// or `verify-full` in `--database-url`.
+    #[arg(long, env = "ALPS_DATABASE_CA_FILE", requires = "database_url")]
+    pub database_ca_file: Option<PathBuf>,
 
     /// Object store for sample bytes and model weights, with `--database-url`:
     /// `s3://bucket/prefix` (credentials, region and endpoint from the standard AWS_*
@@ -402,6 +412,19 @@ mod tests {
         assert!(!format!("{migrate:?}").contains("s3cret"));
         let empty = Cli::try_parse_from(["alps-server", "--database-url", ""]).unwrap_err().to_string();
         assert!(empty.contains("unset ALPS_DATABASE_URL for the embedded catalogue"), "{empty}");
+    }
+
+    #[test]
+    fn the_object_store_and_the_database_ca_need_a_database() {
+        let cli = parse(&["--database-url", "postgres://db/alps", "--object-store-url", "s3://b/p"]);
+        assert_eq!(cli.server.object_store_url.as_deref(), Some("s3://b/p"));
+        for alone in [["--object-store-url", "s3://b/p"], ["--database-ca-file", "ca.pem"]] {
+            let error = Cli::try_parse_from(std::iter::once("alps-server").chain(alone)).unwrap_err().to_string();
+            assert!(error.contains("--database-url"), "{error}");
+        }
+        let args = ["alps-server", "--database-url", "postgres://db/alps", "--object-store-url", " "];
+        let empty = Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(empty.contains("is empty"), "{empty}");
     }
 
     #[test]

@@ -26,8 +26,9 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.server),
         Command::SelfCheck => self_check(),
         Command::Token(TokenCommand::Create { role, name, tokens_file }) => create_token(role, &name, &tokens_file),
-        Command::Migrate { from_data_dir, database_url, object_store_url } => {
-            migrate(&from_data_dir, database_url.expose(), object_store_url.as_deref())
+        Command::Migrate { from_data_dir, database_url, database_ca_file, object_store_url } => {
+            let database = (database_url.expose(), database_ca_file.as_deref());
+            migrate(&from_data_dir, database, object_store_url.as_deref())
         }
     };
     match result {
@@ -62,13 +63,18 @@ fn create_token(role: Role, name: &str, tokens_file: &std::path::Path) -> anyhow
     Ok(())
 }
 
-fn migrate(data_dir: &std::path::Path, database_url: &str, object_store_url: Option<&str>) -> anyhow::Result<()> {
+/// `alps-server migrate`; `database` is the URL and the CA file of `--database-ca-file`.
+fn migrate(
+    data_dir: &std::path::Path,
+    database: (&str, Option<&std::path::Path>),
+    object_store_url: Option<&str>,
+) -> anyhow::Result<()> {
     let file = data_dir.join("alps.db");
     anyhow::ensure!(file.is_file(), "no catalogue to migrate: {} is not a file", file.display());
     // Holding the data dir's lock: no server changes the catalogue while it is copied.
     let data_dir = DataDir::open(data_dir)?;
     let source = SqliteCatalog::open(&data_dir.database_path())?;
-    let target = PostgresCatalog::open(database_url).context("cannot open the database (--database-url)")?;
+    let target = PostgresCatalog::open(database.0, database.1).context("cannot open the database (--database-url)")?;
     let objects = object_store_url.map(Objects::open).transpose()?;
     let (source_id, target_id) = (source.identity()?, target.identity()?);
     // Where the database's files will be: the object store, or this data dir.

@@ -18,7 +18,7 @@ use crate::{
         layer::AuthLayer,
         tokens::{Tokens, TokensError},
     },
-    config::{DatabaseUrl, ServerConfig},
+    config::ServerConfig,
     engine::Engine,
     infer::Infer,
     metrics::{self, Metrics},
@@ -211,8 +211,8 @@ impl Server {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
         let objects = config.object_store_url.as_deref().map(Objects::open).transpose()?.map(Arc::new);
-        let catalog =
-            open_catalog(config.database_url.as_ref().map(DatabaseUrl::expose), &data_dir, objects.as_deref())?;
+        let database = config.database_url.as_ref().map(|url| (url.expose(), config.database_ca_file.as_deref()));
+        let catalog = open_catalog(database, &data_dir, objects.as_deref())?;
         let projects = Arc::new(Projects::open(catalog.clone())?);
         let (blobs, models_dir) = match &objects {
             Some(objects) => {
@@ -426,22 +426,23 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
     Ok((tokens, tls, watchers))
 }
 
-/// The catalogue: in PostgreSQL when `database_url` is given, else in the data directory.
-/// The two must belong together (else garbage collection would remove files the catalogue
-/// needs, or serve a catalogue without its files): see [`bind`].
+/// The catalogue: in PostgreSQL when `database` (its URL and CA file) is given, else in the
+/// data directory. It and the place of its files must belong together (else garbage
+/// collection would remove files the catalogue needs, or serve a catalogue without its
+/// files): see [`bind`].
 fn open_catalog(
-    database_url: Option<&str>,
+    database: Option<(&str, Option<&Path>)>,
     data_dir: &DataDir,
     objects: Option<&Objects>,
 ) -> Result<Arc<dyn Catalog>, StartError> {
-    let (catalog, id): (Arc<dyn Catalog>, String) = match database_url {
+    let (catalog, id): (Arc<dyn Catalog>, String) = match database {
         None => {
             let catalog = SqliteCatalog::open(&data_dir.database_path())?;
             let id = catalog.identity()?;
             (Arc::new(catalog), id)
         }
-        Some(url) => {
-            let catalog = PostgresCatalog::open(url)?;
+        Some((url, ca_file)) => {
+            let catalog = PostgresCatalog::open(url, ca_file)?;
             tracing::info!("catalogue in PostgreSQL (--database-url)");
             let id = catalog.identity()?;
             let bound = data_dir.bound_catalogue()?;

@@ -1,10 +1,11 @@
-//! The catalogue in PostgreSQL (`--database-url`) against SQLite in the data dir, side by side
+//! The catalogue in PostgreSQL (`--database-url`) against SQLite in the data dir, and samples in
+//! an S3 object store (`--object-store-url`, moto on loopback) against the data dir, side by side
 //! on the same machine, release server:
 //! * Predict: 32 concurrent clients predicting one 3×32×32 image each (K = 20) on `small_cnn`,
 //!   as in the serving benchmark. Predict never reads the catalogue, so both must be equal
 //!   within noise;
 //! * AddExamples: batches of 100 labelled 3×32×32 tensors, one client, labelled examples per
-//!   second (blob write + catalogue transaction).
+//!   second (blob writes + catalogue transaction).
 //!
 //! PostgreSQL is a throwaway server on loopback; `make bench` runs it with `PG_FSYNC=on`, as
 //! durable as SQLite's `synchronous = FULL`. Optional argument: requests per client (default 30).
@@ -16,7 +17,10 @@ use alps_proto::v1::{
     Project, Sample, Tensor, example_service_client::ExampleServiceClient,
     inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
 };
-use alps_system_tests::{ServerDirs, builtin_plugin, channel, install_plugin, postgres_database, start_server};
+use alps_system_tests::{
+    ServerDirs, builtin_plugin, channel, install_plugin, postgres_database, s3_bucket, s3_env, s3_server,
+    start_server_with_env,
+};
 use tonic::transport::Channel;
 
 const CLIENTS: usize = 32;
@@ -35,12 +39,31 @@ struct Run {
     examples_per_s: f64,
 }
 
-/// One server (`--database-url url` when given): the Predict load, then the AddExamples load.
-async fn run(database_url: Option<&str>, per_client: usize, round: usize) -> Run {
+/// Where one server keeps its catalogue and files.
+enum Storage<'a> {
+    /// SQLite and files in the data dir.
+    Embedded,
+    /// PostgreSQL at this URL, files in the data dir.
+    Postgres(&'a str),
+    /// PostgreSQL at this URL, files in this S3 bucket.
+    Objects(&'a str, &'a str),
+}
+
+/// One server on `storage`: the Predict load, then the AddExamples load.
+async fn run(storage: &Storage<'_>, per_client: usize, round: usize) -> Run {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let flags: Vec<&str> = database_url.map(|url| vec!["--database-url", url]).unwrap_or_default();
-    let (mut process, grpc) = start_server(&dirs, &flags);
+    let (flags, env) = match storage {
+        Storage::Embedded => (vec![], vec![]),
+        Storage::Postgres(url) => (vec!["--database-url".to_owned(), url.to_string()], vec![]),
+        Storage::Objects(url, bucket) => (
+            ["--database-url", url, "--object-store-url", &format!("s3://{bucket}/alps")].map(str::to_owned).to_vec(),
+            s3_env(s3_server()),
+        ),
+    };
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let (mut process, grpc) = start_server_with_env(&dirs, &flags, &env);
     let channel: Channel = channel(&grpc, None, None).await.unwrap();
     let project = Project {
         id: "cnn".into(),
@@ -125,18 +148,20 @@ async fn main() {
         "small_cnn 3x32x32, K = 20: {CLIENTS} clients x {per_client} Predict of 1 image; then AddExamples, \
          {BATCHES} batches of {BATCH} tensors; {rounds} alternating rounds, medians; PostgreSQL fsync {fsync}"
     );
-    // The databases are made first: CREATE DATABASE writes and syncs a copy of a template,
-    // which must not overlap a measured run.
-    let urls: Vec<String> = (0..rounds).map(|round| postgres_database(&format!("alps_bench_{round}")).1).collect();
-    let (mut sqlite, mut postgres) = (Vec::new(), Vec::new());
-    for (round, url) in urls.iter().enumerate() {
-        // Alternating which goes first, so that neither always meets a warmer machine.
-        if round % 2 == 0 {
-            sqlite.push(run(None, per_client, round).await);
-            postgres.push(run(Some(url), per_client, round).await);
-        } else {
-            postgres.push(run(Some(url), per_client, round).await);
-            sqlite.push(run(None, per_client, round).await);
+    // The databases and buckets are made first: CREATE DATABASE writes and syncs a copy of a
+    // template, which must not overlap a measured run.
+    let mut stores = Vec::new();
+    for round in 0..rounds {
+        let postgres = postgres_database(&format!("alps_bench_{round}")).1;
+        let objects = postgres_database(&format!("alps_bench_objects_{round}")).1;
+        stores.push((postgres, objects, s3_bucket(&format!("alps-bench-{round}")).await));
+    }
+    let mut runs: [Vec<Run>; 3] = Default::default();
+    for (round, (postgres, objects, bucket)) in stores.iter().enumerate() {
+        let storages = [Storage::Embedded, Storage::Postgres(postgres), Storage::Objects(objects, bucket)];
+        // Rotating which goes first, so that none always meets a warmer machine.
+        for which in (0..3).map(|i| (i + round) % 3) {
+            runs[which].push(run(&storages[which], per_client, round).await);
         }
     }
     let figures = |runs: &[Run]| {
@@ -147,17 +172,20 @@ async fn main() {
             median(runs.iter().map(|r| r.examples_per_s).collect()),
         )
     };
-    let (s, p) = (figures(&sqlite), figures(&postgres));
+    let [s, p, o] = [&runs[0], &runs[1], &runs[2]].map(|runs| figures(runs));
     println!();
-    println!("| catalogue | Predict images / s | p50 latency | p99 latency | AddExamples examples / s |");
+    println!("| storage | Predict images / s | p50 latency | p99 latency | AddExamples examples / s |");
     println!("| --- | --- | --- | --- | --- |");
-    println!("| SQLite (data dir) | {:.0} | {:.1} ms | {:.1} ms | {:.0} |", s.0, s.1, s.2, s.3);
-    println!("| PostgreSQL (loopback) | {:.0} | {:.1} ms | {:.1} ms | {:.0} |", p.0, p.1, p.2, p.3);
-    println!(
-        "| ratio PostgreSQL / SQLite | {:.3}x | {:.3}x | {:.3}x | {:.3}x |",
-        p.0 / s.0,
-        p.1 / s.1,
-        p.2 / s.2,
-        p.3 / s.3
-    );
+    println!("| SQLite, files in the data dir | {:.0} | {:.1} ms | {:.1} ms | {:.0} |", s.0, s.1, s.2, s.3);
+    println!("| PostgreSQL, files in the data dir | {:.0} | {:.1} ms | {:.1} ms | {:.0} |", p.0, p.1, p.2, p.3);
+    println!("| PostgreSQL, files in S3 (moto) | {:.0} | {:.1} ms | {:.1} ms | {:.0} |", o.0, o.1, o.2, o.3);
+    for (name, x, base) in [("PostgreSQL / SQLite", p, s), ("S3 / data dir (both PostgreSQL)", o, p)] {
+        println!(
+            "| ratio {name} | {:.3}x | {:.3}x | {:.3}x | {:.3}x |",
+            x.0 / base.0,
+            x.1 / base.1,
+            x.2 / base.2,
+            x.3 / base.3
+        );
+    }
 }

@@ -104,15 +104,32 @@ pub struct Pins<'a> {
 }
 
 impl Pins<'_> {
-    /// Pins the blob of `bytes`, then stores them ([`BlobStore::put`]): pinned first, so the
-    /// blob cannot be collected between its write and the commit of the example naming it.
+    /// Pins the blobs of `samples`, then stores them durably (in the object store, several at a
+    /// time): pinned first, so that no blob can be collected between its write and the commit
+    /// of the example naming it. Bytes already stored are not written again; in the data dir
+    /// their blob's modification time is set to now, so the garbage collector's grace period
+    /// counts from the last write (in the object store, where objects never change, the pin
+    /// alone keeps a blob about to be referenced again). Returns their SHA-256s in order.
     ///
     /// # Errors
-    /// As [`BlobStore::put`].
-    pub fn put(&mut self, bytes: &[u8]) -> Result<String, BlobError> {
-        let sha256 = sha256_hex(bytes);
-        self.hold(sha256.clone());
-        self.store.put_hashed(sha256, bytes)
+    /// The first failure: [`BlobError::Io`] on a file system one, [`BlobError::Object`] on an
+    /// object-store one.
+    pub fn put_all(&mut self, samples: &[&[u8]]) -> Result<Vec<String>, BlobError> {
+        let sha256s: Vec<String> = samples.iter().map(|bytes| sha256_hex(bytes)).collect();
+        self.hold_all(sha256s.iter().cloned());
+        let _writing = self.store.removal.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &self.store.place {
+            Place::Dir(dir) => {
+                for (sha256, bytes) in sha256s.iter().zip(samples) {
+                    put_in_dir(dir, sha256, bytes)?;
+                }
+            }
+            Place::Objects(objects) => {
+                let objects_to_put = sha256s.iter().cloned().zip(samples.iter().map(|bytes| bytes.to_vec())).collect();
+                objects.put_all(Kind::Blob, objects_to_put)?;
+            }
+        }
+        Ok(sha256s)
     }
 
     /// Pins the blobs named `sha256s`.
@@ -202,25 +219,10 @@ impl BlobStore {
         blob_path(dir, sha256)
     }
 
-    /// Stores `bytes` durably and returns their SHA-256. Bytes already stored are not written
-    /// again; in the data dir their blob's modification time is set to now, so the garbage
-    /// collector's grace period counts from the last write (in the object store, where objects
-    /// never change, the writer's pin alone keeps a blob about to be referenced again).
-    ///
-    /// # Errors
-    /// [`BlobError::Io`] on a file system failure, [`BlobError::Object`] on an object-store one.
-    pub fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
-        self.put_hashed(sha256_hex(bytes), bytes)
-    }
-
-    /// [`put`](Self::put) of `bytes` whose SHA-256 the caller has computed.
-    fn put_hashed(&self, sha256: String, bytes: &[u8]) -> Result<String, BlobError> {
-        let _writing = self.removal.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match &self.place {
-            Place::Dir(dir) => put_in_dir(dir, &sha256, bytes)?,
-            Place::Objects(objects) => drop(objects.put(Kind::Blob, &sha256, bytes.to_vec())?),
-        }
-        Ok(sha256)
+    /// Stores `bytes` without pinning them and returns their SHA-256 (tests).
+    #[cfg(test)]
+    fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        self.pins().put_all(&[bytes]).map(|mut sha256s| sha256s.remove(0))
     }
 
     /// The bytes of blob `sha256`, checked against their hash.
@@ -239,6 +241,19 @@ impl BlobStore {
             return Err(BlobError::Corrupt { sha256: sha256.to_owned(), actual });
         }
         Ok(bytes)
+    }
+}
+
+impl BlobStore {
+    /// [`get`](Self::get) of several blobs; in the object store, several at a time. The results
+    /// are in the order of `sha256s`.
+    pub fn get_all(&self, sha256s: &[&str]) -> Vec<Result<Vec<u8>, BlobError>> {
+        match &self.place {
+            Place::Dir(_) => sha256s.iter().map(|sha256| self.get(sha256)).collect(),
+            Place::Objects(objects) => {
+                objects.get_all(Kind::Blob, sha256s).into_iter().map(|result| result.map_err(BlobError::from)).collect()
+            }
+        }
     }
 }
 
@@ -470,7 +485,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().join("blobs")).unwrap();
         let mut writing = store.pins();
-        let written = writing.put(b"being committed").unwrap();
+        let written = writing.put_all(&[b"being committed"]).unwrap().remove(0);
         let mut training = store.pins();
         let read = store.put(b"read by a job").unwrap();
         training.hold_all([read.clone()]);
@@ -493,7 +508,7 @@ mod tests {
         let store = BlobStore::in_objects(objects.clone());
         let (kept, old) = (store.put(b"kept").unwrap(), store.put(b"old").unwrap());
         let mut writing = store.pins();
-        let pinned = writing.put(b"pinned").unwrap();
+        let pinned = writing.put_all(&[b"pinned"]).unwrap().remove(0);
         assert_eq!(store.put(b"kept").unwrap(), kept, "idempotent");
         let hour = Duration::from_secs(3600);
         assert_eq!(store.collect_garbage(store.start_collection(hour), &HashSet::new()).unwrap().blobs, 0, "all fresh");
@@ -514,7 +529,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().join("blobs")).unwrap();
         let mut writing = store.pins();
-        let sha = writing.put(b"committed late").unwrap();
+        let sha = writing.put_all(&[b"committed late"]).unwrap().remove(0);
         let round = store.start_collection(Duration::ZERO);
         let referenced = HashSet::new(); // read before the commit
         drop(writing); // committed, unpinned

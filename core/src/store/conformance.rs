@@ -57,20 +57,30 @@ impl Backend for Sqlite {
     }
 }
 
-/// The throwaway server's URL (`postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`), started on
-/// first use. The script stops it when this process ends and closes its standard input.
-pub(crate) fn postgres_server() -> &'static str {
-    static SERVER: OnceLock<(Child, String)> = OnceLock::new();
-    let (_, url) = SERVER.get_or_init(|| {
+/// The throwaway server (its script, URL and CA file), started on first use. The script stops
+/// it when this process ends and closes its standard input.
+fn throwaway() -> &'static (Child, String, std::path::PathBuf) {
+    static SERVER: OnceLock<(Child, String, std::path::PathBuf)> = OnceLock::new();
+    SERVER.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/throwaway-postgres.sh");
         let mut child =
             Command::new(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run the script");
-        let mut url = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut url).unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = lines.next().and_then(Result::ok).unwrap_or_default();
         assert!(url.starts_with("postgres://"), "no PostgreSQL for the tests (see the script's error above)");
-        (child, url.trim().to_owned())
-    });
-    url
+        let ca = lines.next().and_then(Result::ok).expect("the CA file's path");
+        (child, url, ca.into())
+    })
+}
+
+/// The throwaway server's URL (`postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`).
+pub(crate) fn postgres_server() -> &'static str {
+    &throwaway().1
+}
+
+/// The CA certificate (PEM) that signed the throwaway server's TLS certificate (for 127.0.0.1).
+pub(crate) fn postgres_ca() -> &'static std::path::Path {
+    &throwaway().2
 }
 
 /// A new, empty database on the throwaway server; its URL.
@@ -94,7 +104,7 @@ impl Backend for Postgres {
     }
 
     fn reopen(&mut self) -> Box<dyn Catalog> {
-        Box::new(PostgresCatalog::open(&self.url).unwrap())
+        Box::new(PostgresCatalog::open(&self.url, None).unwrap())
     }
 
     fn corrupt_spec(&mut self, id: &str) {

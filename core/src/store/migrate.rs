@@ -234,7 +234,7 @@ mod tests {
     fn a_migration_copies_everything_verifies_it_and_a_rerun_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let source = populated(dir.path());
-        let target = PostgresCatalog::open(&postgres_database()).unwrap();
+        let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
         let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 2 };
         assert_eq!(migrate(&source, &target).unwrap(), expected);
         assert_eq!(target.projects().unwrap(), source.projects().unwrap(), "specs, creation times, active versions");
@@ -251,7 +251,7 @@ mod tests {
     fn a_target_that_holds_a_project_differently_is_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let source = populated(dir.path());
-        let target = PostgresCatalog::open(&postgres_database()).unwrap();
+        let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
         let mut other = spec();
         other.classes.push("bus".into());
         target.upsert_project(&other, 111, "untrained", &|_| false).unwrap();
@@ -276,7 +276,7 @@ mod tests {
     fn a_rerun_after_a_server_wrote_to_the_target_changes_nothing_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let source = populated(dir.path());
-        let target = PostgresCatalog::open(&postgres_database()).unwrap();
+        let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
         migrate(&source, &target).unwrap();
         // A server on the target relabels an example: a rerun would have reverted it.
         let mut relabelled = example(4);

@@ -16,6 +16,7 @@ pub mod blobs;
 pub mod catalog;
 #[cfg(test)]
 mod conformance;
+pub mod database_tls;
 pub mod gc;
 pub mod migrate;
 pub mod objects;

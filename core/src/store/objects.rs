@@ -27,7 +27,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::{
     ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload, RetryConfig, aws::AmazonS3Builder,
     azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path,
@@ -42,6 +42,8 @@ const REQUEST_TIMEOUT: &str = "30s";
 const CONNECT_TIMEOUT: &str = "5s";
 const RETRY_FOR: Duration = Duration::from_secs(10);
 const RETRIES: usize = 3;
+/// Requests in flight at once for a batch (the samples of one AddExamples, a training set).
+const CONCURRENCY: usize = 16;
 
 /// Why the object store could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +301,59 @@ impl Objects {
         self.put_once(&Self::key(kind, sha256), bytes)
     }
 
+    /// [`put`](Self::put) of several objects, [`CONCURRENCY`] requests at a time.
+    ///
+    /// # Errors
+    /// The first failure; the others may have been stored (they are content-addressed, so a
+    /// retry stores nothing twice).
+    pub fn put_all(&self, kind: Kind, objects: Vec<(String, Vec<u8>)>) -> Result<(), ObjectError> {
+        let store = self.store.clone();
+        let requests: Vec<_> = objects.into_iter().map(|(sha256, bytes)| (Self::key(kind, &sha256), bytes)).collect();
+        let requests: Vec<_> = requests.into_iter().map(|(key, bytes)| (self.path(&key), key, bytes)).collect();
+        let results = self.wait(async move {
+            let puts = requests.into_iter().map(|(path, key, bytes)| {
+                let store = store.clone();
+                let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+                async move { (key, store.put_opts(&path, PutPayload::from(bytes), options).await) }
+            });
+            futures_util::stream::iter(puts).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await
+        });
+        for (key, result) in results {
+            match result {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(error) => return Err(self.error("put", &key, &error)),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`get`](Self::get) of several objects, [`CONCURRENCY`] requests at a time; the results in
+    /// the order of `sha256s`.
+    pub fn get_all(&self, kind: Kind, sha256s: &[&str]) -> Vec<Result<Vec<u8>, ObjectError>> {
+        let store = self.store.clone();
+        let paths: Vec<Path> = sha256s.iter().map(|sha256| self.path(&Self::key(kind, sha256))).collect();
+        let results = self.wait(async move {
+            let gets = paths.into_iter().map(|path| {
+                let store = store.clone();
+                async move { store.get(&path).await?.bytes().await }
+            });
+            futures_util::stream::iter(gets).buffered(CONCURRENCY).collect::<Vec<_>>().await
+        });
+        results
+            .into_iter()
+            .zip(sha256s)
+            .map(|(result, sha256)| {
+                let key = Self::key(kind, sha256);
+                let bytes = result.map_err(|error| self.error("get", &key, &error))?.to_vec();
+                let actual = sha256_hex(&bytes);
+                if actual != *sha256 {
+                    return Err(ObjectError::Corrupt { key, actual });
+                }
+                Ok(bytes)
+            })
+            .collect()
+    }
+
     /// The bytes of the `kind` object `sha256`, checked against their hash.
     ///
     /// # Errors
@@ -406,6 +461,24 @@ mod tests {
         objects.delete(Kind::Blob, &sha).unwrap();
         objects.delete(Kind::Blob, &sha).unwrap();
         assert!(objects.list(Kind::Blob).unwrap().is_empty());
+    }
+
+    #[test]
+    fn batches_are_stored_once_and_read_back_in_order() {
+        let objects = Objects::in_memory();
+        let samples: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 3]).collect();
+        let named: Vec<(String, Vec<u8>)> = samples.iter().map(|s| (sha256_hex(s), s.clone())).collect();
+        objects.put_all(Kind::Blob, named.clone()).unwrap();
+        objects.put_all(Kind::Blob, named.clone()).unwrap();
+        assert_eq!(objects.list(Kind::Blob).unwrap().len(), 40);
+        let mut sha256s: Vec<&str> = named.iter().map(|(sha, _)| sha.as_str()).rev().collect();
+        let read: Vec<Vec<u8>> = objects.get_all(Kind::Blob, &sha256s).into_iter().map(Result::unwrap).collect();
+        assert_eq!(read, samples.iter().rev().cloned().collect::<Vec<_>>());
+        let absent = sha256_hex(b"absent");
+        sha256s.insert(1, &absent);
+        let results = objects.get_all(Kind::Blob, &sha256s);
+        assert!(matches!(results[1], Err(ObjectError::Missing { .. })));
+        assert!(results[0].is_ok() && results[2].is_ok());
     }
 
     #[test]

@@ -145,11 +145,16 @@ pub enum OpenError {
     /// The database cannot be migrated or locked.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// See [`super::database_tls::DatabaseTlsError`].
+    #[error(transparent)]
+    Tls(#[from] super::database_tls::DatabaseTlsError),
 }
 
 /// One PostgreSQL session, opened on first use and again after it breaks.
 struct Session {
     config: postgres::Config,
+    /// `None`: plaintext (see [`super::database_tls`]).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// `Some(key)` for the writing session: it holds this advisory lock.
     lock: Option<i64>,
     client: Mutex<Option<Client>>,
@@ -170,9 +175,14 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn new(config: &postgres::Config, lock: Option<i64>) -> Self {
+    fn new(
+        config: &postgres::Config,
+        tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+        lock: Option<i64>,
+    ) -> Self {
         Self {
             config: config.clone(),
+            tls: tls.cloned(),
             lock,
             client: Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
@@ -209,7 +219,10 @@ impl Session {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = self.config.connect(NoTls)?;
+        let mut client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone())?,
+            None => self.config.connect(NoTls)?,
+        };
         // The server-side keepalives end a session whose client vanished (a node lost, a
         // network cut) within about 35 s, releasing its lock; the default is the kernel's
         // (hours).
@@ -288,13 +301,18 @@ pub struct PostgresCatalog {
 
 impl PostgresCatalog {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or a
-    /// libpq key=value string), takes the server lock and applies pending migrations.
+    /// libpq key=value string), over verified TLS when it says `sslmode=require`, `verify-ca`
+    /// or `verify-full` (trusting `ca_file`'s certificates when given, see
+    /// [`super::database_tls`]), takes the server lock and applies pending migrations.
     ///
     /// # Errors
-    /// [`OpenError::Url`] for a malformed URL; [`OpenError::Store`] if the database cannot
-    /// be reached or migrated, or another server holds it ([`StoreError::Taken`]).
-    pub fn open(url: &str) -> Result<Self, OpenError> {
-        let mut config = postgres::Config::from_str(url).map_err(OpenError::Url)?;
+    /// [`OpenError::Url`] for a malformed URL; [`OpenError::Tls`] if TLS cannot be set up;
+    /// [`OpenError::Store`] if the database cannot be reached or migrated, or another server
+    /// holds it ([`StoreError::Taken`]).
+    pub fn open(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, OpenError> {
+        let mut config =
+            postgres::Config::from_str(&super::database_tls::normalised_url(url)).map_err(OpenError::Url)?;
+        let tls = super::database_tls::connector(&config, ca_file)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -307,7 +325,10 @@ impl PostgresCatalog {
             config.keepalives_idle(UNANSWERED_TIMEOUT).keepalives_interval(Duration::from_secs(5));
         }
         config.application_name("alps-server");
-        let catalog = Self { reader: Session::new(&config, None), writer: Session::new(&config, Some(SERVER_LOCK)) };
+        let catalog = Self {
+            reader: Session::new(&config, tls.as_ref(), None),
+            writer: Session::new(&config, tls.as_ref(), Some(SERVER_LOCK)),
+        };
         // A server that just stopped (a restart, a rescheduled pod) releases the lock when its
         // session ends, which may take a moment.
         let deadline = std::time::Instant::now() + TAKEN_WAIT;
@@ -695,26 +716,32 @@ impl Catalog for PostgresCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{projects::spec::tests::spec, store::conformance::postgres_database};
+    use crate::{
+        projects::spec::tests::spec,
+        store::{
+            conformance::{postgres_ca, postgres_database},
+            database_tls::DatabaseTlsError,
+        },
+    };
 
     #[test]
     fn a_second_server_on_the_same_database_is_refused_until_the_first_closes() {
         let url = postgres_database();
-        let first = PostgresCatalog::open(&url).unwrap();
+        let first = PostgresCatalog::open(&url, None).unwrap();
         first.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
-        let second = PostgresCatalog::open(&url).unwrap_err();
+        let second = PostgresCatalog::open(&url, None).unwrap_err();
         assert!(matches!(second, OpenError::Store(StoreError::Taken)), "{second}");
         assert_eq!(second.to_string(), "another alps-server uses this database (it holds the catalogue's lock)");
         drop(first);
         // Migrations already applied are not applied again; the data is there.
-        let reopened = PostgresCatalog::open(&url).unwrap();
+        let reopened = PostgresCatalog::open(&url, None).unwrap();
         assert_eq!(reopened.projects().unwrap().len(), 1);
     }
 
     #[test]
     fn a_terminated_session_fails_one_call_as_transient_and_the_next_reconnects() {
         let url = postgres_database();
-        let catalog = PostgresCatalog::open(&url).unwrap();
+        let catalog = PostgresCatalog::open(&url, None).unwrap();
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         assert_eq!(catalog.projects().unwrap().len(), 1, "the reading session is open");
         let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
@@ -739,7 +766,7 @@ mod tests {
         });
         assert!(!write.unwrap());
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
-        assert!(matches!(PostgresCatalog::open(&url).unwrap_err(), OpenError::Store(StoreError::Taken)));
+        assert!(matches!(PostgresCatalog::open(&url, None).unwrap_err(), OpenError::Store(StoreError::Taken)));
     }
 
     #[test]
@@ -759,7 +786,7 @@ mod tests {
     #[test]
     fn a_session_ended_while_idle_is_replaced_before_the_next_call() {
         let url = postgres_database();
-        let catalog = PostgresCatalog::open(&url).unwrap();
+        let catalog = PostgresCatalog::open(&url, None).unwrap();
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         assert_eq!(catalog.projects().unwrap().len(), 1);
         let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
@@ -778,13 +805,59 @@ mod tests {
     #[test]
     fn an_unreachable_server_is_transient_and_a_bad_url_names_the_flag() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let error = PostgresCatalog::open(&format!("postgres://alps:secret@{closed}/alps")).unwrap_err();
+        let error = PostgresCatalog::open(&format!("postgres://alps:secret@{closed}/alps"), None).unwrap_err();
         let OpenError::Unreachable { source, .. } = &error else { panic!("{error}") };
         assert_eq!(source.failure(), Failure::Transient, "{error}");
         assert!(error.to_string().starts_with(&format!("cannot use PostgreSQL at {closed}/alps: ")), "{error}");
         assert!(!error.to_string().contains("secret"), "{error}");
-        let url = PostgresCatalog::open("postgres://alps:secret@host:notaport/alps").unwrap_err();
+        let url = PostgresCatalog::open("postgres://alps:secret@host:notaport/alps", None).unwrap_err();
         assert!(url.to_string().starts_with("--database-url is not a PostgreSQL URL"), "{url}");
         assert!(!url.to_string().contains("secret"), "{url}");
+    }
+
+    /// Sessions of the catalogue at `url` that use TLS, as the server sees them.
+    fn tls_sessions(url: &str) -> i64 {
+        let mut admin = postgres::Client::connect(url, NoTls).unwrap();
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'alps-server' AND a.datname = current_database() AND s.ssl",
+                &[],
+            )
+            .unwrap();
+        row.get(0)
+    }
+
+    #[test]
+    fn tls_is_used_when_asked_and_the_server_certificate_and_name_are_verified() {
+        let url = postgres_database();
+        let ca = Some(postgres_ca());
+        // libpq's verify-full, with the CA that signed the server's certificate: both sessions
+        // are encrypted.
+        let catalog = PostgresCatalog::open(&format!("{url}?sslmode=verify-full"), ca).unwrap();
+        assert!(catalog.projects().unwrap().is_empty());
+        assert_eq!(tls_sessions(&url), 2);
+        drop(catalog);
+        // Without it: plaintext, as before.
+        let catalog = PostgresCatalog::open(&url, None).unwrap();
+        assert!(catalog.projects().unwrap().is_empty());
+        assert_eq!(tls_sessions(&url), 0);
+        drop(catalog);
+        // A server whose certificate the system's roots do not vouch for is refused, even with
+        // `require`; so is one reached under a name its certificate does not carry.
+        let unverified = PostgresCatalog::open(&format!("{url}?sslmode=require"), None).unwrap_err();
+        assert!(unverified.to_string().contains("certificate"), "{unverified}");
+        let by_name = url.replace("127.0.0.1", "localhost");
+        let misnamed = PostgresCatalog::open(&format!("{by_name}?sslmode=verify-ca"), ca).unwrap_err();
+        assert!(misnamed.to_string().contains("certificate"), "{misnamed}");
+        for error in [&unverified, &misnamed] {
+            assert!(!error.to_string().contains(url.split(['@', ':']).nth(2).unwrap()), "no password: {error}");
+        }
+        // A CA file the URL does not use, and one that is not PEM, are refused.
+        let ignored = PostgresCatalog::open(&url, ca).unwrap_err();
+        assert!(matches!(ignored, OpenError::Tls(DatabaseTlsError::NotAsked)), "{ignored}");
+        let not_pem = tempfile::NamedTempFile::new().unwrap();
+        let bad = PostgresCatalog::open(&format!("{url}?sslmode=require"), Some(not_pem.path())).unwrap_err();
+        assert!(bad.to_string().contains("no PEM certificate"), "{bad}");
     }
 }

@@ -77,6 +77,9 @@ pub enum FetchError {
         /// The version.
         version: String,
     },
+    /// A stale local copy could not be removed.
+    #[error(transparent)]
+    Remove(#[from] super::RemoveError),
     /// The local copy could not be written.
     #[error("writing {path}: {source}")]
     Io {
@@ -94,7 +97,7 @@ impl FetchError {
             Self::Store(error) => error.failure(),
             Self::Object(error) => error.failure(),
             Self::Io { source, .. } => Failure::of_io(source),
-            Self::Unknown { .. } | Self::Manifest { .. } => Failure::Permanent,
+            Self::Unknown { .. } | Self::Manifest { .. } | Self::Remove(_) => Failure::Permanent,
         }
     }
 }
@@ -156,17 +159,16 @@ impl ModelsDir {
     }
 
     /// The local directory of `project`'s `version`, fetched from the object store first if it
-    /// is not here yet (with the version its head-only weights build on). Without an object
-    /// store this is [`version_dir`](Self::version_dir). Loading checks the files' sha256.
+    /// is not here yet (with the version its head-only weights build on). A local copy that is
+    /// not the recorded version (a project deleted and made again under the same id while this
+    /// server did not see it) is replaced. Without an object store this is
+    /// [`version_dir`](Self::version_dir). Loading checks the files' sha256.
     ///
     /// # Errors
     /// [`FetchError`]; nothing is left under the version's name then.
     pub fn fetch(&self, project: &str, version: &str) -> Result<PathBuf, FetchError> {
         let dir = self.version_dir(project, version);
         let Some(remote) = &self.remote else { return Ok(dir) };
-        if dir.join("manifest.json").is_file() {
-            return Ok(dir);
-        }
         let row = remote.catalog.versions(project)?.into_iter().find(|row| row.version == version);
         let row = row.ok_or_else(|| FetchError::Unknown { version: version.to_owned() })?;
         let manifest: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
@@ -176,11 +178,25 @@ impl ModelsDir {
         }
         let sha256 = manifest["weights_sha256"].as_str().filter(|sha| sha.len() == 64);
         let sha256 = sha256.ok_or_else(|| FetchError::Manifest { version: version.to_owned() })?;
+        match local_weights_sha256(&dir) {
+            Some(local) if local == sha256 => return Ok(dir),
+            Some(_) => {
+                tracing::warn!(%project, %version, "the cached copy is not the recorded version; fetching it again");
+                super::remove_dir_inside(self.root(), &dir)?;
+            }
+            None => {}
+        }
         let weights = remote.objects.get(Kind::Weights, sha256)?;
         write_version(&self.project_dir(project), &dir, &weights, row.manifest.as_bytes())?;
         tracing::info!(%project, %version, bytes = weights.len(), "model version fetched from the object store");
         Ok(dir)
     }
+}
+
+/// The `weights_sha256` the manifest of the local copy in `dir` names, if there is one.
+fn local_weights_sha256(dir: &Path) -> Option<String> {
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    manifest["weights_sha256"].as_str().map(str::to_owned)
 }
 
 /// Writes a fetched version into `dir` (in `project_dir`) crash-safely: aside, fsync'ed, then
@@ -245,9 +261,14 @@ mod tests {
             serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["backbone_version"], "v1");
         crate::models::verify_version(&dir).unwrap();
-        // Fetched once: a local copy is used as it is (loading checks its sha256).
+        // Fetched once: a local copy of the recorded version is used as it is (loading checks
+        // its sha256).
         fs::write(dir.join("weights.safetensors"), b"changed").unwrap();
         assert_eq!(fs::read(models.fetch("cars", "v2").unwrap().join("weights.safetensors")).unwrap(), b"changed");
+        // A copy of another version under the same name (the project was made again) is not.
+        let stale = serde_json::json!({"weights_sha256": super::super::blobs::sha256_hex(b"old project")});
+        fs::write(dir.join("manifest.json"), stale.to_string()).unwrap();
+        assert_eq!(fs::read(models.fetch("cars", "v2").unwrap().join("weights.safetensors")).unwrap(), b"head");
         assert!(matches!(models.fetch("cars", "v9"), Err(FetchError::Unknown { .. })));
         assert!(
             fs::read_dir(models.project_dir("cars")).unwrap().all(|e| !e

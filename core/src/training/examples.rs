@@ -144,8 +144,11 @@ impl Examples {
         let mut rows = Vec::with_capacity(prepared.len());
         // Kept from the garbage collector until the rows naming them are committed.
         let mut pins = self.blobs.pins();
-        for (external_id, class_name, bytes, tensor_shape, metadata, label_revision) in prepared {
-            let sha256 = pins.put(&bytes)?;
+        let samples: Vec<&[u8]> = prepared.iter().map(|(_, _, bytes, ..)| bytes.as_slice()).collect();
+        let sha256s = pins.put_all(&samples)?;
+        for ((external_id, class_name, bytes, tensor_shape, metadata, label_revision), sha256) in
+            prepared.into_iter().zip(sha256s)
+        {
             rows.push(ExampleRow {
                 external_id,
                 class_name,

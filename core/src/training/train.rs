@@ -210,20 +210,21 @@ impl Run<'_> {
     /// Decoded model inputs `[n, C, H, W]`.
     fn inputs(&self, examples: &[(&ExampleRow, usize)]) -> Result<Tensor, TrainError> {
         let p = &self.spec.preprocessing;
+        // Read together: from an object store, many requests are in flight at once.
+        let sha256s: Vec<&str> = examples.iter().map(|(example, _)| example.sha256.as_str()).collect();
         let mut values = Vec::new();
-        for (example, _) in examples {
+        for ((example, _), bytes) in examples.iter().zip(self.blobs.get_all(&sha256s)) {
             self.check_cancelled()?;
-            values.extend(self.decode(example)?);
+            let bytes =
+                bytes.map_err(|source| TrainError::Blob { external_id: example.external_id.clone(), source })?;
+            values.extend(self.decode(example, bytes)?);
         }
         let shape = [examples.len() as i64, i64::from(p.channels), i64::from(p.height), i64::from(p.width)];
         Ok(Tensor::f_from_slice(&values)?.f_view(shape)?.f_to_device(self.model.device())?)
     }
 
-    fn decode(&self, example: &ExampleRow) -> Result<Vec<f32>, TrainError> {
-        let bytes = self
-            .blobs
-            .get(&example.sha256)
-            .map_err(|source| TrainError::Blob { external_id: example.external_id.clone(), source })?;
+    /// `example`'s model input from its sample `bytes`.
+    fn decode(&self, example: &ExampleRow, bytes: Vec<u8>) -> Result<Vec<f32>, TrainError> {
         let sample_error = |e: preprocess::SampleError| TrainError::Sample {
             external_id: example.external_id.clone(),
             message: e.to_string(),
