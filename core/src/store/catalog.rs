@@ -187,6 +187,33 @@ pub struct UpsertCounts {
     pub stale: u64,
 }
 
+/// Proof that this server uses the catalogue alone (see [`Catalog::alone`]); dropping it lets
+/// other replicas start again.
+#[must_use = "the server is alone only while this lives"]
+pub struct Alone<'a> {
+    release: Option<Box<dyn FnOnce() + 'a>>,
+}
+
+impl<'a> Alone<'a> {
+    /// For a server that is always alone.
+    pub fn always() -> Self {
+        Self { release: None }
+    }
+
+    /// Alone until this is dropped, which calls `release`.
+    pub fn until(release: impl FnOnce() + 'a) -> Self {
+        Self { release: Some(Box::new(release)) }
+    }
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
 /// A model version as stored (its files are in the models directory).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionRow {
@@ -439,6 +466,38 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`StoreError`] on a database failure.
     fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError>;
+
+    /// While what this returns lives, this server is the only one using the catalogue (garbage
+    /// collection relies on it: the pins that keep a blob being written are in memory). A
+    /// server alone on its catalogue always is; a replica is only while no other replica runs,
+    /// and none can start meanwhile. `None` when others run.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn alone(&self) -> Result<Option<Alone<'_>>, StoreError> {
+        Ok(Some(Alone::always()))
+    }
+
+    /// Whether the replica with id `replica` runs (its jobs are its own; a dead replica's
+    /// unfinished jobs are failed by any other). A catalogue one server uses alone knows no
+    /// replica but that server, which asks only about others: `false`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn replica_alive(&self, _replica: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Blocks until a project may have changed in the catalogue (created, updated, deleted, a
+    /// version activated), by any server, or `timeout` passed. It may return early for nothing;
+    /// a catalogue one server uses alone has nothing to announce and just waits.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn wait_for_change(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        std::thread::sleep(timeout);
+        Ok(())
+    }
 
     /// Sets `project`'s active version without checking that a stored model version has that
     /// name: tests use it to make a project look trained.

@@ -1,10 +1,14 @@
 //! The PostgreSQL catalogue backend (`--database-url postgres://…`): the same tables as the
 //! SQLite one, so that a catalogue can live outside the machine that serves it.
 //!
-//! * One server per database for now. The writing session holds a PostgreSQL advisory lock
-//!   (`pg_try_advisory_lock`); a second server on the same database fails to start with
-//!   [`StoreError::Taken`]. The server's in-memory project cache and its failing of unfinished
-//!   jobs at start assume one server; the lock makes that assumption true, not implicit.
+//! * A server whose files are in its data dir is alone on its database
+//!   ([`Sharing::Alone`]): the writing session holds a PostgreSQL advisory lock
+//!   (`pg_try_advisory_lock`), and a second server fails to start with [`StoreError::Taken`].
+//!   Replicas over an object store ([`Sharing::Replicas`]) hold the same lock shared, so any
+//!   number of them run together but never with a server that must be alone; each also holds a
+//!   lock of its own ([`Catalog::replica_alive`]) and takes the server lock alone for a garbage
+//!   collection round ([`Catalog::alone`]). A notification on every project change
+//!   ([`Catalog::wait_for_change`]) lets replicas refresh their caches at once.
 //! * Two sessions, like the SQLite backend's two connections: one writes, one reads, so that a
 //!   read never waits behind a write that waits for a row lock.
 //! * A session that breaks (the server restarted, the connection was terminated) is opened
@@ -30,8 +34,8 @@ use postgres::{Client, NoTls, Row, error::SqlState};
 use super::{
     Failure,
     catalog::{
-        self, Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
-        VersionRow, encode_spec,
+        self, Activation, Alone, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert,
+        UpsertCounts, VersionRow, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -83,6 +87,28 @@ const MIGRATIONS: &[&str] = &[
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
 const SERVER_LOCK: i64 = 0x616c_7073;
+/// The advisory lock key (transaction-level) that serialises migrations: "alpm".
+const MIGRATION_LOCK: i64 = 0x616c_706d;
+/// The notification channel of project changes (see [`Catalog::wait_for_change`]).
+const CHANGES: &str = "alps_projects";
+
+/// How a server shares its database with other servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// One server per database (its files are in its data dir): it holds the server lock.
+    Alone,
+    /// Replicas over one object store, as this one: each holds the server lock shared.
+    Replicas,
+}
+
+/// An advisory lock a session holds for as long as it is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// The server lock, exclusive or shared.
+    Server(Sharing),
+    /// This replica's own lock (key from its id).
+    Replica(i64),
+}
 /// A session idle for longer is probed (an empty query) before it runs a call.
 const IDLE_PROBE: Duration = Duration::from_secs(1);
 /// How long that probe may take.
@@ -155,8 +181,10 @@ struct Session {
     config: postgres::Config,
     /// `None`: plaintext (see [`super::database_tls`]).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    /// `Some(key)` for the writing session: it holds this advisory lock.
-    lock: Option<i64>,
+    /// The locks this session holds (the writing session's).
+    locks: Vec<Held>,
+    /// Whether this session listens for project changes.
+    listens: bool,
     client: Mutex<Option<Client>>,
     /// When this session last ran a call: one idle for longer than [`IDLE_PROBE`] is checked
     /// before use, so that a session the server ended meanwhile (a restart, a terminated
@@ -170,7 +198,7 @@ struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The config's Debug leaves the password out.
-        f.debug_struct("Session").field("config", &self.config).field("lock", &self.lock).finish_non_exhaustive()
+        f.debug_struct("Session").field("config", &self.config).field("locks", &self.locks).finish_non_exhaustive()
     }
 }
 
@@ -178,12 +206,13 @@ impl Session {
     fn new(
         config: &postgres::Config,
         tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
-        lock: Option<i64>,
+        locks: Vec<Held>,
     ) -> Self {
         Self {
             config: config.clone(),
             tls: tls.cloned(),
-            lock,
+            locks,
+            listens: false,
             client: Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
             backend_pid: AtomicI32::new(0),
@@ -233,8 +262,25 @@ impl Session {
         // Asked before the lock is taken and recorded once it is: no failure in between can
         // leave a pid that does not hold the lock, or lose the one that does.
         let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
-        if let Some(key) = self.lock {
-            take_lock(&mut client, key, self.backend_pid.load(Ordering::Relaxed))?;
+        for held in &self.locks {
+            match held {
+                Held::Server(Sharing::Alone) => {
+                    take_lock(&mut client, SERVER_LOCK, self.backend_pid.load(Ordering::Relaxed))?;
+                }
+                Held::Server(Sharing::Replicas) => {
+                    let taken: bool =
+                        client.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK])?.get(0);
+                    if !taken {
+                        return Err(StoreError::Taken);
+                    }
+                }
+                // Our own key: only our previous session of this process can hold it, and
+                // it is gone or going (keepalives end it).
+                Held::Replica(key) => take_lock(&mut client, *key, self.backend_pid.load(Ordering::Relaxed))?,
+            }
+        }
+        if self.listens {
+            client.batch_execute(&format!("LISTEN {CHANGES}"))?;
         }
         self.backend_pid.store(pid, Ordering::Relaxed);
         Ok(client)
@@ -251,15 +297,18 @@ fn take_lock(client: &mut Client, key: i64, previous_pid: i32) -> Result<(), Sto
         return Ok(());
     }
     // A bigint advisory key is stored as (classid, objid) = (high, low) 32 bits, objsubid 1.
-    let holder: Option<i32> = client
-        .query_opt(
+    // Replicas may hold it shared, several at once.
+    let holders: Vec<i32> = client
+        .query(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
              AND classid::bigint = $1 AND objid::bigint = $2
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[&(key >> 32), &(key & 0xffff_ffff)],
         )?
-        .map(|row| row.get(0));
-    if previous_pid == 0 || holder != Some(previous_pid) {
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if previous_pid == 0 || holders != [previous_pid] {
         return Err(StoreError::Taken);
     }
     tracing::warn!(pid = previous_pid, "ending this server's own broken database session that still holds its lock");
@@ -297,6 +346,9 @@ fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 pub struct PostgresCatalog {
     reader: Session,
     writer: Session,
+    /// Waits for change notifications ([`Catalog::wait_for_change`]).
+    listener: Session,
+    sharing: Sharing,
 }
 
 impl PostgresCatalog {
@@ -310,6 +362,21 @@ impl PostgresCatalog {
     /// [`OpenError::Store`] if the database cannot be reached or migrated, or another server
     /// holds it ([`StoreError::Taken`]).
     pub fn open(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, OpenError> {
+        Self::open_as(url, ca_file, Sharing::Alone, "")
+    }
+
+    /// [`open`](Self::open) for a server that shares the database as `sharing` says;
+    /// `replica` is this replica's id (unique per process) with [`Sharing::Replicas`].
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`StoreError::Taken`] if a server that must be alone holds
+    /// the database (or, alone, if replicas do).
+    pub fn open_as(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        sharing: Sharing,
+        replica: &str,
+    ) -> Result<Self, OpenError> {
         let mut config =
             postgres::Config::from_str(&super::database_tls::normalised_url(url)).map_err(OpenError::Url)?;
         let tls = super::database_tls::connector(&config, ca_file)?;
@@ -325,9 +392,17 @@ impl PostgresCatalog {
             config.keepalives_idle(UNANSWERED_TIMEOUT).keepalives_interval(Duration::from_secs(5));
         }
         config.application_name("alps-server");
+        let mut locks = vec![Held::Server(sharing)];
+        if sharing == Sharing::Replicas {
+            locks.push(Held::Replica(replica_key(replica)));
+        }
+        let mut listener = Session::new(&config, tls.as_ref(), Vec::new());
+        listener.listens = true;
         let catalog = Self {
-            reader: Session::new(&config, tls.as_ref(), None),
-            writer: Session::new(&config, tls.as_ref(), Some(SERVER_LOCK)),
+            reader: Session::new(&config, tls.as_ref(), Vec::new()),
+            writer: Session::new(&config, tls.as_ref(), locks),
+            listener,
+            sharing,
         };
         // A server that just stopped (a restart, a rescheduled pod) releases the lock when its
         // session ends, which may take a moment.
@@ -347,6 +422,13 @@ impl PostgresCatalog {
     }
 }
 
+/// The advisory lock key of replica `id`: the first 8 bytes of its SHA-256.
+fn replica_key(id: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("alps replica {id}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// Where `config` connects, for people: `host:port/database`.
 fn address(config: &postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -361,10 +443,11 @@ fn address(config: &postgres::Config) -> String {
     format!("{}/{}", hosts.join(","), config.get_dbname().unwrap_or("(the user's)"))
 }
 
-/// Applies the migrations this database has not seen, in one transaction. The writing
-/// session holds the server lock, so no other server migrates meanwhile.
+/// Applies the migrations this database has not seen, in one transaction, holding the
+/// migration lock: replicas starting together migrate one after the other.
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut transaction = client.transaction()?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     transaction.batch_execute(
         "CREATE TABLE IF NOT EXISTS alps_schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -386,6 +469,13 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         )?;
     }
     transaction.commit()?;
+    Ok(())
+}
+
+/// Tells the replicas listening that `project` changed, when `transaction` commits (PostgreSQL
+/// delivers notifications at commit, and drops them on a rollback).
+fn notify(transaction: &mut postgres::Transaction<'_>, project: &str) -> Result<(), StoreError> {
+    transaction.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &project])?;
     Ok(())
 }
 
@@ -439,6 +529,7 @@ impl Catalog for PostgresCatalog {
                     false
                 }
             };
+            notify(&mut transaction, &spec.id)?;
             transaction.commit()?;
             Ok(created)
         })
@@ -475,7 +566,13 @@ impl Catalog for PostgresCatalog {
     }
 
     fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
-        self.writer.run(|client| Ok(client.execute("DELETE FROM projects WHERE id = $1", &[&id])? == 1))
+        self.writer.run(|client| {
+            let mut transaction = client.transaction()?;
+            let deleted = transaction.execute("DELETE FROM projects WHERE id = $1", &[&id])? == 1;
+            notify(&mut transaction, id)?;
+            transaction.commit()?;
+            Ok(deleted)
+        })
     }
 
     fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
@@ -631,6 +728,52 @@ impl Catalog for PostgresCatalog {
             .collect())
     }
 
+    fn alone(&self) -> Result<Option<Alone<'_>>, StoreError> {
+        if self.sharing == Sharing::Alone {
+            return Ok(Some(Alone::always()));
+        }
+        // The writing session holds the lock shared; taking it alone as well succeeds when no
+        // other session holds it, and keeps replicas from starting until it is released.
+        let taken: bool = self
+            .writer
+            .run(|client| Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0)))?;
+        Ok(taken.then(|| {
+            Alone::until(move || {
+                let released = self.writer.run(|client| {
+                    client.execute("SELECT pg_advisory_unlock($1)", &[&SERVER_LOCK])?;
+                    Ok(())
+                });
+                if let Err(error) = released {
+                    // A broken session released it anyway.
+                    tracing::warn!(%error, "cannot release the catalogue lock after garbage collection");
+                }
+            })
+        }))
+    }
+
+    fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {
+        let key = replica_key(replica);
+        self.reader.run(|client| {
+            let free: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0);
+            if free {
+                client.execute("SELECT pg_advisory_unlock($1)", &[&key])?;
+            }
+            Ok(!free)
+        })
+    }
+
+    fn wait_for_change(&self, timeout: Duration) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        self.listener.run(|client| {
+            let mut notifications = client.notifications();
+            if notifications.timeout_iter(timeout).next()?.is_some() {
+                // Several changes at once need one refresh.
+                while notifications.iter().next()?.is_some() {}
+            }
+            Ok(())
+        })
+    }
+
     #[cfg(test)]
     fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
         self.writer.run(|client| {
@@ -656,6 +799,7 @@ impl Catalog for PostgresCatalog {
             let outcome = catalog::activation(project, manifest, spec, fits)?;
             if outcome == Activation::Activated {
                 transaction.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
+                notify(&mut transaction, project)?;
                 transaction.commit()?;
             }
             Ok(outcome)
@@ -859,5 +1003,55 @@ mod tests {
         let not_pem = tempfile::NamedTempFile::new().unwrap();
         let bad = PostgresCatalog::open(&format!("{url}?sslmode=require"), Some(not_pem.path())).unwrap_err();
         assert!(bad.to_string().contains("no PEM certificate"), "{bad}");
+    }
+
+    #[test]
+    fn replicas_share_the_database_but_not_with_a_server_that_must_be_alone() {
+        let url = postgres_database();
+        let replica = |id: &str| PostgresCatalog::open_as(&url, None, Sharing::Replicas, id);
+        let (a, b) = (replica("a").unwrap(), replica("b").unwrap());
+        a.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        assert_eq!(b.projects().unwrap().len(), 1);
+        let alone = PostgresCatalog::open(&url, None).unwrap_err();
+        assert!(matches!(alone, OpenError::Store(StoreError::Taken)), "{alone}");
+        // Each knows whether the other runs.
+        assert!(a.replica_alive("b").unwrap() && b.replica_alive("a").unwrap());
+        assert!(!a.replica_alive("c").unwrap());
+        // Garbage collection's exclusivity: not while another replica runs; while it is held,
+        // a replica cannot start (it waits, then starts once it is released).
+        assert!(a.alone().unwrap().is_none());
+        drop(b);
+        assert!(!a.replica_alive("b").unwrap(), "its session ended with it");
+        let guard = a.alone().unwrap().expect("alone now");
+        let (started, starting) = std::sync::mpsc::channel();
+        let joining = std::thread::scope(|scope| {
+            scope.spawn(|| started.send(replica("c")).unwrap());
+            std::thread::sleep(Duration::from_millis(500));
+            let waited = starting.try_recv().is_err();
+            drop(guard);
+            let joined = starting.recv_timeout(Duration::from_secs(30)).unwrap();
+            (waited, joined)
+        });
+        assert!(joining.0, "a replica starting during a collection round waits");
+        let c = joining.1.unwrap();
+        assert!(a.alone().unwrap().is_none() && a.replica_alive("c").unwrap());
+        drop(c);
+    }
+
+    #[test]
+    fn a_change_on_one_replica_wakes_the_others() {
+        let url = postgres_database();
+        let replica = |id: &str| PostgresCatalog::open_as(&url, None, Sharing::Replicas, id).unwrap();
+        let (a, b) = (replica("a"), replica("b"));
+        // Listening starts with the first wait; a short one opens the session.
+        b.wait_for_change(Duration::from_millis(10)).unwrap();
+        let (woke, waking) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| woke.send(b.wait_for_change(Duration::from_secs(120))).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(waking.try_recv().is_err(), "nothing changed yet");
+            a.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+            waking.recv_timeout(Duration::from_secs(30)).expect("woken by the change").unwrap();
+        });
     }
 }
