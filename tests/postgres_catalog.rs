@@ -8,15 +8,17 @@
 //! store one object, and while the store is away predictions go on and writes get UNAVAILABLE.
 
 use alps_proto::v1::{
-    AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest, GetProjectRequest, JobState,
-    LabelledExample, ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor,
-    TrainRequest, TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
-    inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
-    training_service_client::TrainingServiceClient,
+    ActivateModelVersionRequest, AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest,
+    DeleteProjectRequest, GetProjectRequest, GetTrainingJobRequest, JobState, LabelledExample, ListTrainingJobsRequest,
+    ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor, TrainRequest, TrainingParameters,
+    WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
+    project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
-    Process, Relay, ServerDirs, binary, builtin_plugin, install_plugin, path_str, postgres_admin, postgres_database,
-    postgres_value, run_to_exit, s3_bucket, s3_env, s3_keys, s3_server, start_server, start_server_with_env,
+    Process, Relay, ServerDirs, binary, builtin_plugin, eventually, install_plugin, path_str, postgres_admin,
+    postgres_database, postgres_value, run_to_exit, s3_bucket, s3_env, s3_keys, s3_server, start_server,
+    start_server_with_env,
 };
 use tonic::{Code, transport::Channel};
 
@@ -26,6 +28,7 @@ struct Server {
     examples: ExampleServiceClient<Channel>,
     training: TrainingServiceClient<Channel>,
     inference: InferenceServiceClient<Channel>,
+    models: ModelVersionServiceClient<Channel>,
 }
 
 impl Server {
@@ -33,8 +36,8 @@ impl Server {
     /// on a multi-threaded runtime so that the channel's task can close it while this thread
     /// waits), then stops the server with SIGTERM; returns whether it exited with success.
     fn stop(self) -> bool {
-        let Self { mut process, projects, examples, training, inference } = self;
-        drop((projects, examples, training, inference));
+        let Self { mut process, projects, examples, training, inference, models } = self;
+        drop((projects, examples, training, inference, models));
         process.terminate().success()
     }
 }
@@ -64,7 +67,8 @@ async fn connect(process: Process, grpc: String) -> Server {
         projects: ProjectServiceClient::new(channel.clone()),
         examples: ExampleServiceClient::new(channel.clone()),
         training: TrainingServiceClient::new(channel.clone()),
-        inference: InferenceServiceClient::new(channel),
+        inference: InferenceServiceClient::new(channel.clone()),
+        models: ModelVersionServiceClient::new(channel),
     }
 }
 
@@ -471,4 +475,105 @@ async fn a_data_dir_migrated_into_postgresql_and_the_object_store_serves_the_sam
     }
     assert_eq!(expected.0, "v3");
     assert_eq!(s3_keys(&bucket, "cluster/weights/").await.len(), 3, "v1, and v2 and v3 trained from the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_follow_each_other() {
+    let (_, url) = postgres_database("alps_replicas");
+    let bucket = s3_bucket("alps-replicas").await;
+    let store = format!("s3://{bucket}/alps");
+    let dirs: Vec<ServerDirs> = (0..3).map(|_| ServerDirs::new()).collect();
+    let mut replicas = Vec::new();
+    for dirs in &dirs {
+        install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+        replicas.push(start_on_objects(dirs, &url, &store, s3_server()).await);
+    }
+    // A server whose files are in its data dir cannot join them.
+    let alone = ServerDirs::new();
+    let flags = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    let args = [&flags[..], &["--data-dir", path_str(alone.data.path()), "--database-url", &url]].concat();
+    let (status, stderr) = run_to_exit("alps-server", &args);
+    assert!(!status.success() && stderr.contains("another alps-server uses this database"), "{stderr}");
+
+    // Made on one, served by every one.
+    create_project(&mut replicas[0], 20).await;
+    for replica in &mut replicas[1..] {
+        let inference = replica.inference.clone();
+        let request =
+            PredictRequest { project_id: "p".into(), samples: vec![tensor(0.5).unwrap()], ..Default::default() };
+        eventually("the project on every replica", || {
+            let (mut inference, request) = (inference.clone(), request.clone());
+            async move { inference.predict(request).await.ok() }
+        })
+        .await;
+    }
+
+    // Trained on another: the new version is served by all three.
+    let job = train_to_end(&mut replicas[1]).await;
+    let v1 = seeded_predictions(&mut replicas[1]).await;
+    assert_eq!(v1.0, "v1");
+    follow(&mut replicas, &v1).await;
+    // Jobs are read from any replica.
+    let request = GetTrainingJobRequest { job_id: job.clone() };
+    let found = replicas[2].training.get_training_job(request).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(found.state(), JobState::Succeeded);
+
+    // Trained again on the third, rolled back on the first: all follow both.
+    train_to_end(&mut replicas[2]).await;
+    let v2 = seeded_predictions(&mut replicas[2]).await;
+    assert_eq!(v2.0, "v2");
+    follow(&mut replicas, &v2).await;
+    let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
+    replicas[0].models.activate_model_version(rollback).await.unwrap();
+    follow(&mut replicas, &v1).await;
+
+    // A replica killed in the middle of a job: another records the job as failed.
+    let parameters = TrainingParameters { epochs: 10_000, seed: Some(1), ..Default::default() };
+    let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None };
+    let long = replicas[1].training.train(request).await.unwrap().into_inner().job.unwrap();
+    let killed = replicas.remove(1);
+    killed.process.signal(libc::SIGKILL);
+    let training = replicas[0].training.clone();
+    let failed = eventually("the killed replica's job failed", || {
+        let (mut training, job_id) = (training.clone(), long.job_id.clone());
+        async move {
+            let job = training.get_training_job(GetTrainingJobRequest { job_id }).await.ok()?.into_inner().job?;
+            (job.state() == JobState::Failed).then_some(job)
+        }
+    })
+    .await;
+    assert!(failed.error.contains("interrupted"), "{failed:?}");
+
+    // Deleted on one: gone from the other.
+    replicas[1].projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
+    let projects = replicas[0].projects.clone();
+    eventually("the project gone from the other replica", || {
+        let mut projects = projects.clone();
+        async move {
+            let gone = projects.get_project(GetProjectRequest { project_id: "p".into() }).await.err()?;
+            (gone.code() == Code::NotFound).then_some(())
+        }
+    })
+    .await;
+    for replica in replicas {
+        assert!(replica.stop());
+    }
+}
+
+/// Waits until every replica serves `expected` (a version and its seeded predictions).
+async fn follow(replicas: &mut [Server], expected: &(String, Vec<alps_proto::v1::PredictResult>)) {
+    for replica in replicas.iter() {
+        let inference = replica.inference.clone();
+        eventually(&format!("every replica serving {}", expected.0), || {
+            let mut inference = inference.clone();
+            let samples = [0.1, 0.4, 0.6, 0.9].map(|v| tensor(v).unwrap()).to_vec();
+            let request = PredictRequest { project_id: "p".into(), samples, seed: Some(7), ..Default::default() };
+            async move {
+                let response = inference.predict(request).await.ok()?.into_inner();
+                ((response.model_version.as_str(), &response.results) == (expected.0.as_str(), &expected.1))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
 }

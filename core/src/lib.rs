@@ -16,6 +16,7 @@ pub mod oip;
 pub mod plugins;
 pub mod projects;
 pub mod reload;
+pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod tls;

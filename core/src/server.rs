@@ -33,7 +33,7 @@ use crate::{
         catalog::{Catalog, StoreError},
         gc::GarbageCollector,
         objects::{ObjectError, Objects},
-        postgres::{OpenError, PostgresCatalog},
+        postgres::{OpenError, PostgresCatalog, Sharing},
         sqlite::SqliteCatalog,
     },
     tls::{Tls, TlsError},
@@ -104,6 +104,9 @@ pub enum StartError {
     /// The inference worker thread could not start.
     #[error("cannot start the inference worker: {0}")]
     Engine(std::io::Error),
+    /// The thread that follows other replicas' changes could not start.
+    #[error("cannot start following the other replicas: {0}")]
+    Follower(std::io::Error),
     /// The model root cannot be created.
     #[error("cannot create the model root {path} (--model-root): {source}")]
     ModelRoot {
@@ -212,7 +215,9 @@ impl Server {
         }
         let objects = config.object_store_url.as_deref().map(Objects::open).transpose()?.map(Arc::new);
         let database = config.database_url.as_ref().map(|url| (url.expose(), config.database_ca_file.as_deref()));
-        let catalog = open_catalog(database, &data_dir, objects.as_deref())?;
+        // Unique per process: a restarted replica is a new one (its old jobs are failed).
+        let replica = format!("{:016x}", fastrand::u64(..));
+        let catalog = open_catalog(database, &data_dir, objects.as_deref(), &replica)?;
         let projects = Arc::new(Projects::open(catalog.clone())?);
         let (blobs, models_dir) = match &objects {
             Some(objects) => {
@@ -248,9 +253,13 @@ impl Server {
                 device,
                 max_accuracy_drop: config.auto_activate_max_accuracy_drop,
                 concurrent_jobs: usize::from(config.training_jobs),
+                replica: replica.clone(),
             },
             metrics.clone(),
         )?);
+        if objects.is_some() {
+            crate::replicas::follow(catalog.clone(), projects.clone(), engine.clone()).map_err(StartError::Follower)?;
+        }
         let grpc = listen("--listen", config.listen).await?;
         let http = listen("--http-listen", config.http_listen).await?;
         let metrics_listener = listen("--metrics-listen", config.metrics_listen).await?;
@@ -434,6 +443,7 @@ fn open_catalog(
     database: Option<(&str, Option<&Path>)>,
     data_dir: &DataDir,
     objects: Option<&Objects>,
+    replica: &str,
 ) -> Result<Arc<dyn Catalog>, StartError> {
     let (catalog, id): (Arc<dyn Catalog>, String) = match database {
         None => {
@@ -442,8 +452,10 @@ fn open_catalog(
             (Arc::new(catalog), id)
         }
         Some((url, ca_file)) => {
-            let catalog = PostgresCatalog::open(url, ca_file)?;
-            tracing::info!("catalogue in PostgreSQL (--database-url)");
+            // With an object store, the files are where every replica finds them.
+            let sharing = if objects.is_some() { Sharing::Replicas } else { Sharing::Alone };
+            let catalog = PostgresCatalog::open_as(url, ca_file, sharing, replica)?;
+            tracing::info!(?sharing, %replica, "catalogue in PostgreSQL (--database-url)");
             let id = catalog.identity()?;
             let bound = data_dir.bound_catalogue()?;
             if bound.as_ref() == Some(&id) && data_dir.database_path().exists() {

@@ -51,6 +51,17 @@ pub struct ProjectUpdate {
     pub acquisition_schedule: Option<Option<AcquisitionSchedule>>,
 }
 
+/// What [`Projects::refresh`] changed in the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Created, or its spec changed, by another server.
+    Changed(String),
+    /// Another server activated a version of it (the project, the version).
+    Activated(String, String),
+    /// Deleted by another server.
+    Removed(String),
+}
+
 /// All projects, persisted in `db` and cached in memory.
 #[derive(Debug)]
 pub struct Projects {
@@ -150,6 +161,60 @@ impl Projects {
         Ok(project)
     }
 
+    /// Brings the cache in line with the catalogue after other servers changed it (replicas,
+    /// see [`crate::replicas`]). A project whose active version changed is swapped in only once
+    /// `load` has loaded that version for serving (load first, then swap: the old version serves
+    /// meanwhile); if `load` fails, the project keeps its cached state and the next refresh tries
+    /// again. An entry this server changed while the catalogue was being read is kept: it is the
+    /// newer one.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the catalogue cannot be read; the cache is unchanged then.
+    pub fn refresh(&self, load: &dyn Fn(&Project) -> Result<(), String>) -> Result<Vec<Refreshed>, StoreError> {
+        let before = self.cache_read().clone();
+        let stored = self.catalog.projects()?;
+        let mut changes = Vec::new();
+        let mut updates = Vec::new();
+        for project in stored.iter().cloned() {
+            let id = project.spec.id.clone();
+            let cached = before.get(&id);
+            if cached.is_some_and(|cached| **cached == project) {
+                continue;
+            }
+            let activated = project.active_version != UNTRAINED_VERSION
+                && cached.is_some_and(|cached| cached.active_version != project.active_version);
+            let change = if activated {
+                if let Err(error) = load(&project) {
+                    let version = &project.active_version;
+                    tracing::warn!(project = %id, %version, %error, "cannot load a version another server activated");
+                    continue;
+                }
+                Refreshed::Activated(id.clone(), project.active_version.clone())
+            } else {
+                Refreshed::Changed(id.clone())
+            };
+            updates.push((cached.cloned(), Arc::new(project), change));
+        }
+        let kept: std::collections::HashSet<&str> = stored.iter().map(|p| p.spec.id.as_str()).collect();
+        let mut cache = self.cache_write();
+        let unchanged = |cache: &HashMap<String, Arc<Project>>, id: &str, cached: Option<&Arc<Project>>| {
+            cache.get(id).map(Arc::as_ptr) == cached.map(Arc::as_ptr)
+        };
+        for (cached, project, change) in updates {
+            if unchanged(&cache, &project.spec.id, cached.as_ref()) {
+                cache.insert(project.spec.id.clone(), project);
+                changes.push(change);
+            }
+        }
+        for (id, cached) in &before {
+            if !kept.contains(id.as_str()) && unchanged(&cache, id, Some(cached)) {
+                cache.remove(id);
+                changes.push(Refreshed::Removed(id.clone()));
+            }
+        }
+        Ok(changes)
+    }
+
     /// Deletes project `id`.
     ///
     /// # Errors
@@ -233,5 +298,34 @@ mod tests {
         registry.delete("cars").unwrap();
         assert!(matches!(registry.get("cars"), Err(ProjectError::NotFound(_))));
         assert!(matches!(registry.delete("cars"), Err(ProjectError::NotFound(_))));
+    }
+
+    #[test]
+    fn refresh_follows_changes_made_by_another_server_loading_new_versions_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (here, there) = (projects(dir.path()), projects(dir.path()));
+        let never = |_: &Project| -> Result<(), String> { panic!("nothing to load") };
+        there.upsert(spec()).unwrap();
+        assert_eq!(here.refresh(&never).unwrap(), [Refreshed::Changed("cars".into())]);
+        assert_eq!(here.get("cars").unwrap().spec, spec());
+        assert!(here.refresh(&never).unwrap().is_empty(), "nothing changed since");
+
+        // Another server activates v1: swapped in only once loaded.
+        there.catalog.reset_active_version("cars", "v1").unwrap();
+        let failing = |_: &Project| -> Result<(), String> { Err("weights unreachable".into()) };
+        assert!(here.refresh(&failing).unwrap().is_empty());
+        assert_eq!(here.get("cars").unwrap().active_version, UNTRAINED_VERSION, "the old version serves");
+        let loaded = std::sync::Mutex::new(Vec::new());
+        let load = |project: &Project| {
+            loaded.lock().unwrap().push(project.active_version.clone());
+            Ok(())
+        };
+        assert_eq!(here.refresh(&load).unwrap(), [Refreshed::Activated("cars".into(), "v1".into())]);
+        assert_eq!(*loaded.lock().unwrap(), ["v1"]);
+        assert_eq!(here.get("cars").unwrap().active_version, "v1");
+
+        there.delete("cars").unwrap();
+        assert_eq!(here.refresh(&never).unwrap(), [Refreshed::Removed("cars".into())]);
+        assert!(matches!(here.get("cars"), Err(ProjectError::NotFound(_))));
     }
 }

@@ -55,6 +55,12 @@ impl GarbageCollector {
     /// # Errors
     /// [`GcError`]; nothing referenced is ever removed.
     pub fn collect(&self) -> Result<Collected, GcError> {
+        // The pins that keep blobs being written are this process's: with other replicas
+        // running, theirs are unknown, so the round waits until this one is alone.
+        let Some(_alone) = self.catalog.alone()? else {
+            tracing::info!("garbage collection skipped: other replicas are running");
+            return Ok(Collected::default());
+        };
         // The round starts before the references are read: see `BlobStore::collect_garbage`.
         let round = self.blobs.start_collection(self.grace);
         let referenced = self.catalog.referenced_blobs()?;

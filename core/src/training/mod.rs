@@ -106,7 +106,7 @@ pub trait Serving: Send + Sync {
 }
 
 /// How the trainer runs jobs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TrainerSettings {
     /// Device jobs train on.
     pub device: tch::Device,
@@ -115,10 +115,14 @@ pub struct TrainerSettings {
     pub max_accuracy_drop: Option<f32>,
     /// Jobs that train at once across all projects (at least 1); further jobs wait in order.
     pub concurrent_jobs: usize,
+    /// This server's replica id: its jobs are recorded as its own.
+    pub replica: String,
 }
 
 /// Runs training jobs in the background.
 pub struct Trainer {
+    /// This server's replica id (see [`TrainerSettings::replica`]).
+    replica: String,
     catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     projects: Arc<Projects>,
@@ -158,8 +162,9 @@ impl std::fmt::Debug for Trainer {
 
 impl Trainer {
     /// A trainer over the data directory's stores whose activated versions `serving` loads
-    /// before they are swapped in. Jobs that were queued or running when the process last
-    /// stopped are recorded as failed, and partial version directories removed.
+    /// before they are swapped in. Jobs that were queued or running when their server stopped
+    /// are recorded as failed ([`fail_orphaned_jobs`](Self::fail_orphaned_jobs)), and partial
+    /// version directories removed.
     ///
     /// # Errors
     /// [`StoreError`] if the job records cannot be read or updated.
@@ -174,15 +179,7 @@ impl Trainer {
         settings: TrainerSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        for json in catalog.unfinished_jobs()? {
-            if let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) {
-                record.state = JobState::Failed;
-                record.error = INTERRUPTED.into();
-                record.finished_unix_ms = now_unix_ms();
-                tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted by a restart");
-                save(catalog.as_ref(), &record)?;
-            }
-        }
+        fail_orphaned_jobs(catalog.as_ref())?;
         let ids: Vec<String> = projects.list().iter().map(|p| p.spec.id.clone()).collect();
         versions::move_legacy_dirs(&models_dir, &ids);
         match versions::remove_partial_versions(&models_dir) {
@@ -191,6 +188,7 @@ impl Trainer {
             Err(error) => tracing::warn!(%error, "cannot clean partial model versions"),
         }
         Ok(Self {
+            replica: settings.replica,
             catalog,
             blobs,
             projects,
@@ -267,6 +265,7 @@ impl Trainer {
             created_unix_ms: now_unix_ms(),
             started_unix_ms: 0,
             finished_unix_ms: 0,
+            replica: self.replica.clone(),
         };
         save(self.catalog.as_ref(), &record)?;
         let job_id = record.job_id.clone();
@@ -748,6 +747,29 @@ impl Trainer {
             Activation::Unfit => Err(Refused::Unfit),
         }
     }
+}
+
+/// Records as failed the unfinished jobs (queued or running) whose server is gone: every one
+/// at the start of a server alone on its catalogue; with replicas, those of replicas that no
+/// longer run. Returns how many.
+///
+/// # Errors
+/// [`StoreError`] if the job records cannot be read or updated.
+pub fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
+    let mut failed = 0;
+    for json in catalog.unfinished_jobs()? {
+        let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) else { continue };
+        if catalog.replica_alive(&record.replica)? {
+            continue;
+        }
+        record.state = JobState::Failed;
+        record.error = INTERRUPTED.into();
+        record.finished_unix_ms = now_unix_ms();
+        tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted: its server stopped");
+        save(catalog, &record)?;
+        failed += 1;
+    }
+    Ok(failed)
 }
 
 fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {

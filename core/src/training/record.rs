@@ -251,6 +251,9 @@ pub struct JobRecord {
     pub started_unix_ms: i64,
     /// Milliseconds since the Unix epoch; 0 until ended.
     pub finished_unix_ms: i64,
+    /// The id of the server (replica) that runs it; empty in records from before replicas.
+    #[serde(default)]
+    pub replica: String,
 }
 
 /// Precision, recall and F1 of one class on the validation split.
