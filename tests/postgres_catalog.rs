@@ -136,11 +136,15 @@ async fn train_to_end(server: &mut Server) -> String {
     job.job_id
 }
 
+/// A seeded Predict of a few samples.
+fn seeded_request() -> PredictRequest {
+    let samples = [0.1, 0.4, 0.6, 0.9].map(|v| tensor(v).unwrap()).to_vec();
+    PredictRequest { project_id: "p".into(), samples, seed: Some(7), ..Default::default() }
+}
+
 /// Seeded predictions of a few samples: the model version and each prediction, whole.
 async fn seeded_predictions(server: &mut Server) -> (String, Vec<alps_proto::v1::PredictResult>) {
-    let samples = [0.1, 0.4, 0.6, 0.9].map(|v| tensor(v).unwrap()).to_vec();
-    let request = PredictRequest { project_id: "p".into(), samples, seed: Some(7), ..Default::default() };
-    let response = server.inference.predict(request).await.unwrap().into_inner();
+    let response = server.inference.predict(seeded_request()).await.unwrap().into_inner();
     (response.model_version, response.results)
 }
 
@@ -527,21 +531,67 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     replicas[0].models.activate_model_version(rollback).await.unwrap();
     follow(&mut replicas, &v1).await;
 
-    // A replica killed in the middle of a job: another records the job as failed.
-    let parameters = TrainingParameters { epochs: 10_000, seed: Some(1), ..Default::default() };
-    let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None };
-    let long = replicas[1].training.train(request).await.unwrap().into_inner().job.unwrap();
-    let killed = replicas.remove(1);
-    killed.process.signal(libc::SIGKILL);
-    let training = replicas[0].training.clone();
-    let failed = eventually("the killed replica's job failed", || {
-        let (mut training, job_id) = (training.clone(), long.job_id.clone());
+    // Train asked of all three at once: one job runs, and the others answer with it.
+    let trains: Vec<_> = replicas
+        .iter()
+        .map(|replica| {
+            let mut training = replica.training.clone();
+            // Long enough that all three triggers arrive while it runs.
+            tokio::spawn(async move { training.train(train_request(2_000)).await })
+        })
+        .collect();
+    let mut jobs = std::collections::HashSet::new();
+    for train in trains {
+        jobs.insert(train.await.unwrap().unwrap().into_inner().job.unwrap().job_id);
+    }
+    assert_eq!(jobs.len(), 1, "one job for three triggers: {jobs:?}");
+    let one = jobs.into_iter().next().unwrap();
+    let ended = job_ended(&replicas[2], &one).await;
+    assert_eq!(ended.state(), JobState::Succeeded, "{ended:?}");
+    let v3 = ended.model_version.clone();
+    let inference = replicas[0].inference.clone();
+    let latest = eventually(&format!("{v3} served"), || {
+        let (mut inference, v3) = (inference.clone(), v3.clone());
         async move {
-            let job = training.get_training_job(GetTrainingJobRequest { job_id }).await.ok()?.into_inner().job?;
-            (job.state() == JobState::Failed).then_some(job)
+            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
+            (response.model_version == v3).then_some((response.model_version, response.results))
         }
     })
     .await;
+    follow(&mut replicas, &latest).await;
+
+    // A replica paused and cut off from the database while it trains: another takes the
+    // project; the paused one's version is not activated when it resumes.
+    let paused = replicas[0].training.train(train_request(2_000)).await.unwrap().into_inner().job.unwrap();
+    let id = replica_id(&mut replicas[0]);
+    // Paused in the middle of its epochs, past the reads that start a job.
+    let local = &replicas[0];
+    eventually("the job in its epochs", || async {
+        read_job(local, &paused.job_id).await.filter(|job| job.epoch >= 1).map(drop)
+    })
+    .await;
+    replicas[0].process.signal(libc::SIGSTOP);
+    postgres_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'alps-server {id}'"
+    ));
+    let long = replicas[1].training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
+    assert_ne!(long.job_id, paused.job_id, "the project was free to claim");
+    replicas[0].process.signal(libc::SIGCONT);
+    let ended = job_ended(&replicas[1], &paused.job_id).await;
+    replicas[0].process.wait_for_log("training ended");
+    let ended = read_job(&replicas[1], &paused.job_id).await.unwrap_or(ended);
+    assert!(
+        ended.state() == JobState::Failed || ended.not_activated_reason.contains("another replica trains this project"),
+        "{ended:?}"
+    );
+    let project = replicas[1].projects.get_project(GetProjectRequest { project_id: "p".into() }).await.unwrap();
+    assert_eq!(project.into_inner().project.unwrap().active_model_version, v3, "the paused replica activated nothing");
+
+    // The replica running the long job is killed: another records the job as failed.
+    let killed = replicas.remove(1);
+    killed.process.signal(libc::SIGKILL);
+    let failed = job_ended(&replicas[0], &long.job_id).await;
+    assert_eq!(failed.state(), JobState::Failed);
     assert!(failed.error.contains("interrupted"), "{failed:?}");
 
     // Deleted on one: gone from the other.
@@ -560,16 +610,44 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     }
 }
 
+/// Training for `epochs` epochs, seeded.
+fn train_request(epochs: u32) -> TrainRequest {
+    let parameters = TrainingParameters { epochs, seed: Some(1), learning_rate: 0.01, ..Default::default() };
+    TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None }
+}
+
+/// Job `job_id` as `replica` reads it from the catalogue.
+async fn read_job(replica: &Server, job_id: &str) -> Option<alps_proto::v1::TrainingJob> {
+    let request = GetTrainingJobRequest { job_id: job_id.to_owned() };
+    replica.training.clone().get_training_job(request).await.ok()?.into_inner().job
+}
+
+/// Waits until job `job_id` has ended, as `replica` reads it.
+async fn job_ended(replica: &Server, job_id: &str) -> alps_proto::v1::TrainingJob {
+    eventually(&format!("job {job_id} ended"), || async {
+        read_job(replica, job_id)
+            .await
+            .filter(|job| matches!(job.state(), JobState::Succeeded | JobState::Failed | JobState::Cancelled))
+    })
+    .await
+}
+
+/// The replica id `replica` logged at start.
+fn replica_id(replica: &mut Server) -> String {
+    let log = replica.process.log();
+    let line = log.iter().find(|line| line.contains("catalogue in PostgreSQL")).expect("the catalogue log");
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    event["fields"]["replica"].as_str().unwrap().to_owned()
+}
+
 /// Waits until every replica serves `expected` (a version and its seeded predictions).
 async fn follow(replicas: &mut [Server], expected: &(String, Vec<alps_proto::v1::PredictResult>)) {
     for replica in replicas.iter() {
         let inference = replica.inference.clone();
         eventually(&format!("every replica serving {}", expected.0), || {
             let mut inference = inference.clone();
-            let samples = [0.1, 0.4, 0.6, 0.9].map(|v| tensor(v).unwrap()).to_vec();
-            let request = PredictRequest { project_id: "p".into(), samples, seed: Some(7), ..Default::default() };
             async move {
-                let response = inference.predict(request).await.ok()?.into_inner();
+                let response = inference.predict(seeded_request()).await.ok()?.into_inner();
                 ((response.model_version.as_str(), &response.results) == (expected.0.as_str(), &expected.1))
                     .then_some(())
             }

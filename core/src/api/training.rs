@@ -37,6 +37,7 @@ pub(crate) fn training_status(error: TrainingError) -> Status {
     match error {
         TrainingError::NotFound(message) => Status::not_found(message),
         TrainingError::Precondition(message) => Status::failed_precondition(message),
+        TrainingError::Busy(message) => Status::unavailable(message),
         TrainingError::Store(error) => crate::errors::storage("the training store", error.failure(), &error),
     }
 }

@@ -488,6 +488,29 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// Claims the right to train `project` for this server, so that one server at a time trains
+    /// it: `false` if another server holds it. Held until [`release_training`]
+    /// (Self::release_training) or until this server's connection to the catalogue is lost and
+    /// another server claims it meanwhile. A catalogue one server uses alone grants it always.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn claim_training(&self, _project: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Whether this server still holds its claim on training `project` (a version trained
+    /// without it must not be activated: another server trains the project now).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn holds_training(&self, _project: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives up this server's claim on training `project`, if it holds one.
+    fn release_training(&self, _project: &str) {}
+
     /// Blocks until a project may have changed in the catalogue (created, updated, deleted, a
     /// version activated), by any server, or `timeout` passed. It may return early for nothing;
     /// a catalogue one server uses alone has nothing to announce and just waits.

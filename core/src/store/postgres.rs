@@ -185,6 +185,9 @@ struct Session {
     locks: Vec<Held>,
     /// Whether this session listens for project changes.
     listens: bool,
+    /// Training claims (advisory lock keys) this session holds besides `locks`, taken again
+    /// on a reconnect; one another session took meanwhile is dropped from here (lost).
+    claims: Mutex<Vec<i64>>,
     client: Mutex<Option<Client>>,
     /// When this session last ran a call: one idle for longer than [`IDLE_PROBE`] is checked
     /// before use, so that a session the server ended meanwhile (a restart, a terminated
@@ -213,6 +216,7 @@ impl Session {
             tls: tls.cloned(),
             locks,
             listens: false,
+            claims: Mutex::default(),
             client: Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
             backend_pid: AtomicI32::new(0),
@@ -282,6 +286,17 @@ impl Session {
         if self.listens {
             client.batch_execute(&format!("LISTEN {CHANGES}"))?;
         }
+        let mut claims = self.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut kept = Vec::with_capacity(claims.len());
+        for key in claims.drain(..) {
+            if client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0) {
+                kept.push(key);
+            } else {
+                tracing::warn!("a training claim was taken by another replica while the connection was down");
+            }
+        }
+        *claims = kept;
+        drop(claims);
         self.backend_pid.store(pid, Ordering::Relaxed);
         Ok(client)
     }
@@ -391,7 +406,11 @@ impl PostgresCatalog {
         if config.get_keepalives_idle() > UNANSWERED_TIMEOUT {
             config.keepalives_idle(UNANSWERED_TIMEOUT).keepalives_interval(Duration::from_secs(5));
         }
-        config.application_name("alps-server");
+        // Replicas name themselves, so that an operator (or a test) can tell their sessions apart.
+        config.application_name(&match sharing {
+            Sharing::Alone => "alps-server".to_owned(),
+            Sharing::Replicas => format!("alps-server {replica}"),
+        });
         let mut locks = vec![Held::Server(sharing)];
         if sharing == Sharing::Replicas {
             locks.push(Held::Replica(replica_key(replica)));
@@ -422,10 +441,20 @@ impl PostgresCatalog {
     }
 }
 
-/// The advisory lock key of replica `id`: the first 8 bytes of its SHA-256.
+/// The advisory lock key of replica `id`.
 fn replica_key(id: &str) -> i64 {
+    lock_key(&format!("alps replica {id}"))
+}
+
+/// The advisory lock key of the claim on training `project`.
+fn training_key(project: &str) -> i64 {
+    lock_key(&format!("alps training {project}"))
+}
+
+/// An advisory lock key for `name`: the first 8 bytes of its SHA-256.
+fn lock_key(name: &str) -> i64 {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("alps replica {id}").as_bytes());
+    let digest = sha2::Sha256::digest(name.as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
@@ -749,6 +778,46 @@ impl Catalog for PostgresCatalog {
                 }
             })
         }))
+    }
+
+    fn claim_training(&self, project: &str) -> Result<bool, StoreError> {
+        let key = training_key(project);
+        self.writer.run(|client| {
+            let mut claims = self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if claims.contains(&key) {
+                return Ok(true);
+            }
+            let taken: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0);
+            if taken {
+                claims.push(key);
+            }
+            Ok(taken)
+        })
+    }
+
+    fn holds_training(&self, project: &str) -> Result<bool, StoreError> {
+        let key = training_key(project);
+        // A call reconnects a broken session first, taking its claims again where it can.
+        self.writer.run(|client| {
+            client.query_one("SELECT 1", &[])?;
+            Ok(self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&key))
+        })
+    }
+
+    fn release_training(&self, project: &str) {
+        let key = training_key(project);
+        let released = self.writer.run(|client| {
+            let mut claims = self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(index) = claims.iter().position(|claim| *claim == key) {
+                claims.remove(index);
+                client.execute("SELECT pg_advisory_unlock($1)", &[&key])?;
+            }
+            Ok(())
+        });
+        if let Err(error) = released {
+            // A broken session has released it anyway.
+            tracing::warn!(%project, %error, "cannot release the training claim");
+        }
     }
 
     fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {

@@ -46,6 +46,10 @@ pub enum TrainingError {
     /// Nothing to train on (fewer than 2 classes, no examples) or an untrainable model.
     #[error("{0}")]
     Precondition(String),
+    /// Another replica holds the project's training claim and its job is not visible yet
+    /// (`UNAVAILABLE`: retry).
+    #[error("{0}")]
+    Busy(String),
     /// See [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -74,6 +78,11 @@ enum Refused {
 
 /// Why a job that was queued or running when the server stopped did not finish.
 const INTERRUPTED: &str = "interrupted: the server stopped while this job was queued or running";
+/// How often a trigger tries to claim a project another replica trains (100 ms apart) before
+/// it answers `UNAVAILABLE`.
+const CLAIM_ATTEMPTS: u32 = 20;
+/// Why a version is not activated when its replica lost the project to another one.
+const LOST_CLAIM: &str = "another replica trains this project now (this one lost its claim while it trained); activate the version by hand if wanted";
 
 /// Jobs of one project.
 #[derive(Default)]
@@ -241,17 +250,38 @@ impl Trainer {
                 "training needs labelled examples of at least 2 classes; project {project_id} has {classes_with_examples}"
             )));
         }
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let jobs = state.projects.entry(project_id.to_owned()).or_default();
-        if jobs.running.is_some()
-            && let Some(pending) = jobs.pending.clone()
-        {
-            let record = state.live.get(&pending).map(|live| live.record.borrow().clone());
-            if let Some(record) = record {
+        // One server at a time trains a project: while another replica does, its job answers.
+        // Its record may take a moment to appear after its claim, and a short job may end
+        // meanwhile (then the claim is free again).
+        let mut attempts = 0;
+        let mut guard = loop {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let jobs = state.projects.entry(project_id.to_owned()).or_default();
+            if jobs.running.is_some()
+                && let Some(pending) = jobs.pending.clone()
+            {
+                let record = state.live.get(&pending).map(|live| live.record.borrow().clone());
+                if let Some(record) = record {
+                    return Ok((record, true));
+                }
+            }
+            if jobs.running.is_some() || self.catalog.claim_training(project_id)? {
+                break guard;
+            }
+            drop(guard);
+            if let Some(record) = self.unfinished_job(project_id)? {
                 return Ok((record, true));
             }
-        }
+            attempts += 1;
+            if attempts == CLAIM_ATTEMPTS {
+                let message = format!("another replica is training project {project_id}; try again shortly");
+                return Err(TrainingError::Busy(message));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let state = &mut *guard;
+        let jobs = state.projects.entry(project_id.to_owned()).or_default();
         let record = JobRecord {
             job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
             project_id: project_id.to_owned(),
@@ -267,9 +297,14 @@ impl Trainer {
             finished_unix_ms: 0,
             replica: self.replica.clone(),
         };
-        save(self.catalog.as_ref(), &record)?;
-        let job_id = record.job_id.clone();
         let start_now = jobs.running.is_none();
+        if let Err(error) = save(self.catalog.as_ref(), &record) {
+            if start_now {
+                self.catalog.release_training(project_id);
+            }
+            return Err(error.into());
+        }
+        let job_id = record.job_id.clone();
         if start_now {
             jobs.running = Some(job_id.clone());
         } else {
@@ -282,6 +317,12 @@ impl Trainer {
             self.spawn(project_id, job_id);
         }
         Ok((record, false))
+    }
+
+    /// The newest unfinished job of `project_id` in the catalogue (another replica's).
+    fn unfinished_job(&self, project_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let unfinished = self.catalog.jobs(project_id, 20)?.into_iter().find(|row| !row.finished);
+        Ok(unfinished.and_then(|row| serde_json::from_str(&row.record).ok()))
     }
 
     fn spawn(self: &Arc<Self>, project_id: &str, job_id: String) {
@@ -444,7 +485,7 @@ impl Trainer {
             r.state = JobState::Running;
             r.started_unix_ms = now_unix_ms();
         })?;
-        if let Err(error) = save(self.catalog.as_ref(), &record) {
+        if let Err(error) = save_retrying(self.catalog.as_ref(), &record) {
             tracing::error!(%error, "cannot record the job start");
         }
         tracing::info!(job = %job_id, project = %record.project_id, "training started");
@@ -483,7 +524,13 @@ impl Trainer {
             live.record.borrow().clone()
         });
         if let Some(record) = &ended {
-            if let Err(error) = save(self.catalog.as_ref(), record) {
+            // A replica cut off from the catalogue for long enough finds its job recorded as
+            // failed by another replica: that record stands.
+            let recorded = self.catalog.job(job_id).ok().flatten();
+            let recorded = recorded.and_then(|json| serde_json::from_str::<JobRecord>(&json).ok());
+            if recorded.is_some_and(|recorded| recorded.state.is_terminal()) {
+                tracing::warn!(job = %job_id, "the job was recorded as failed by another replica meanwhile");
+            } else if let Err(error) = save_retrying(self.catalog.as_ref(), record) {
                 tracing::error!(%error, "cannot record the job end");
             }
             tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
@@ -491,6 +538,10 @@ impl Trainer {
         let jobs = state.projects.entry(project_id.to_owned()).or_default();
         jobs.running = jobs.pending.take();
         let next = jobs.running.clone();
+        if next.is_none() {
+            // Under the state lock: a trigger from now on claims the project again.
+            self.catalog.release_training(project_id);
+        }
         drop(state);
         if let Some(next) = next {
             self.spawn(project_id, next);
@@ -642,6 +693,13 @@ impl Trainer {
     /// Why it was not activated, for the job's `not_activated_reason`.
     fn activate_new(&self, manifest: &Manifest) -> Result<(), String> {
         let (project, version) = (&manifest.project_id, &manifest.version);
+        // Fenced: a replica that lost its claim while it trained (cut off from the catalogue,
+        // paused) must not replace what the replica that claimed the project since activates.
+        match self.catalog.holds_training(project) {
+            Ok(true) => {}
+            Ok(false) => return Err(LOST_CLAIM.into()),
+            Err(error) => return Err(crate::errors::logged("checking the training claim", &error)),
+        }
         let current = self.projects.get(project).map_err(|e| e.to_string())?;
         self.load_and_activate(manifest, &current).map_err(|refused| match refused {
             Refused::Unfit | Refused::Unknown => CHANGED_MEANWHILE.into(),
@@ -770,6 +828,19 @@ pub fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
         failed += 1;
     }
     Ok(failed)
+}
+
+/// [`save`], tried again a few times within seconds while the failure is transient (a
+/// database connection that broke is opened again by the next call): a job's start and end
+/// must not be lost to a blip, or other replicas would see it run for ever.
+fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
+    use backon::{BlockingRetryable, ExponentialBuilder};
+    let backoff = ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(200)).with_max_times(4);
+    (|| save(catalog, record))
+        .retry(backoff)
+        .sleep(std::thread::sleep)
+        .when(|error| error.failure() == crate::store::Failure::Transient)
+        .call()
 }
 
 fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
