@@ -54,7 +54,9 @@ bench:
 	cargo bench -p alps-system-tests --bench open_inference
 	cargo bench -p alps-system-tests --bench retrain
 	scripts/bootstrap-postgres.sh
+	scripts/bootstrap.sh scripts/requirements-objects.txt
 	PG_FSYNC=on cargo bench -p alps-system-tests --bench catalogue
+	cargo bench -p alps-system-tests --bench replicas
 	scripts/bootstrap.sh scripts/requirements-experiments.txt
 	scripts/install-client.sh
 	scripts/bootstrap-label-studio.sh

@@ -33,8 +33,10 @@ fn replace(file: &Path, from: &str, to: &str) {
 fn every_overlay_renders_and_validates() {
     let (ok, output) = check_copy(|_| {});
     assert!(ok, "{output}");
-    for overlay in ["embedded", "embedded-gpu"] {
-        assert!(output.contains(&format!("overlay {overlay} renders and validates (6 resources)")), "{output}");
+    // The cluster overlays add a PodDisruptionBudget to the server.
+    for (overlay, resources) in [("embedded", 6), ("embedded-gpu", 6), ("cluster", 7), ("cluster-gpu", 7)] {
+        let line = format!("overlay {overlay} renders and validates ({resources} resources)");
+        assert!(output.contains(&line), "{output}");
     }
 }
 

@@ -587,12 +587,21 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let project = replicas[1].projects.get_project(GetProjectRequest { project_id: "p".into() }).await.unwrap();
     assert_eq!(project.into_inner().project.unwrap().active_model_version, v3, "the paused replica activated nothing");
 
-    // The replica running the long job is killed: another records the job as failed.
+    // The replica running the long job is killed: another records the job as failed, and a
+    // watch of it on a third replica follows it to that end.
+    let request = WatchTrainingJobRequest { job_id: long.job_id.clone() };
+    let mut watch = replicas[2].training.watch_training_job(request).await.unwrap().into_inner();
     let killed = replicas.remove(1);
     killed.process.signal(libc::SIGKILL);
     let failed = job_ended(&replicas[0], &long.job_id).await;
     assert_eq!(failed.state(), JobState::Failed);
     assert!(failed.error.contains("interrupted"), "{failed:?}");
+    let mut watched = Vec::new();
+    while let Some(record) = watch.message().await.unwrap() {
+        watched.push(record.state());
+    }
+    assert_eq!(watched.first(), Some(&JobState::Running));
+    assert_eq!(watched.last(), Some(&JobState::Failed), "{watched:?}");
 
     // Deleted on one: gone from the other.
     replicas[1].projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();

@@ -1,6 +1,7 @@
 //! `alps-core`: the ALPS model server. Data flows one way: the protocol surfaces ([`api`] for
 //! `alps.v1`, [`oip`] for the Open Inference Protocol) → [`infer`] (the inference facade) →
-//! [`engine`] (devices, MC-Dropout) → models → [`plugins`] (heuristics); [`store`] persists.
+//! [`engine`] (devices, MC-Dropout) → models → [`plugins`] (heuristics); [`store`] persists;
+//! [`replicas`] keeps a replica's in-memory projects in step with the others'.
 
 pub mod api;
 pub mod auth;

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::{AppState, blocking};
 use crate::ids;
 use crate::training::{
-    TrainingError,
+    Trainer, TrainingError,
     record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, RequestedParams, TrainingParams},
 };
 
@@ -95,6 +95,33 @@ fn proto_params(params: &TrainingParams) -> pb::TrainingParameters {
         class_weighting: params.class_weighting,
         validation_fraction: Some(params.validation_fraction as f32),
         seed: Some(params.seed),
+    }
+}
+
+/// How often a watch of a job that another replica runs reads its record.
+const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Streams the record of job `job_id`, which another replica runs (its catalogue record
+/// changes when it starts and ends), from `last` on, until it ends or the client leaves.
+async fn follow_elsewhere(
+    trainer: &Arc<Trainer>,
+    job_id: &str,
+    mut last: JobRecord,
+    sender: &tokio::sync::mpsc::Sender<Result<pb::TrainingJob, Status>>,
+) {
+    while !sender.is_closed() {
+        tokio::time::sleep(ELSEWHERE_POLL).await;
+        let (reader, id) = (trainer.clone(), job_id.to_owned());
+        let Some(record) = tokio::task::spawn_blocking(move || reader.job(&id).ok()).await.ok().flatten() else {
+            return;
+        };
+        if record == last {
+            continue;
+        }
+        if sender.send(Ok(proto_job(&record))).await.is_err() || record.state.is_terminal() {
+            return;
+        }
+        last = record;
     }
 }
 
@@ -212,7 +239,10 @@ impl TrainingService for TrainingApi {
             if sender.send(Ok(proto_job(&first))).await.is_err() || first.state.is_terminal() {
                 return;
             }
-            let Some(mut live) = live else { return };
+            let Some(mut live) = live else {
+                follow_elsewhere(&trainer, &job_id, first, &sender).await;
+                return;
+            };
             loop {
                 let ended = live.changed().await.is_err();
                 let record = if ended {

@@ -4,7 +4,8 @@
 //! garbage collection ([`gc`]).
 //!
 //! With `--object-store-url`, sample blobs and model weights live in the object store
-//! ([`objects`]) and the data dir's `models/` is a cache of it ([`weights`]).
+//! ([`objects`]) and the data dir's `models/` is a cache of it ([`weights`]). TLS to
+//! PostgreSQL is [`database_tls`].
 //!
 //! [`migrate`] copies one catalogue into the other (`alps-server migrate`).
 //!
