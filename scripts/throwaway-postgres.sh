@@ -53,8 +53,10 @@ for attempt in 1 2 3; do
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=200 \
             -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" \
         start >/dev/null; then
-        echo "postgres://postgres:$password@127.0.0.1:$port/postgres"
-        echo "$dir/ca.crt"
+        # A reader that stops after the first line must not end this script (and its server).
+        trap '' PIPE
+        echo "postgres://postgres:$password@127.0.0.1:$port/postgres" || true
+        echo "$dir/ca.crt" || true
         cat >/dev/null || true
         exit 0
     fi

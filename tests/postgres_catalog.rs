@@ -431,6 +431,8 @@ async fn samples_and_weights_live_in_the_object_store_and_a_new_data_dir_serves_
     assert!(stderr.contains("holds the files of catalogue"), "{stderr}");
     let stderr = refused_start(&url, &format!("s3://{bucket}/elsewhere"));
     assert!(stderr.contains("samples and model files are not in object store"), "{stderr}");
+    let stderr = refused_start(&url, "s3://no-such-bucket/alps");
+    assert!(stderr.contains("does the bucket exist"), "{stderr}");
     assert!(!stderr.contains("secret"), "{stderr}");
 }
 

@@ -5,58 +5,105 @@
 //! notifications (PostgreSQL `LISTEN`/`NOTIFY`), at most [`REFRESH_INTERVAL`] at a time, then
 //! re-reads the projects and applies what changed as the replica that made the change did: a
 //! newly activated version is loaded before it is swapped in (the old one serves meanwhile), a
-//! changed spec drops the cached models, a deleted project goes. The interval bounds how late a
-//! lost notification (a dropped connection, a reconnect) can make a replica. The same thread
-//! records the jobs of replicas that stopped as failed.
+//! changed spec drops the cached models, a deleted (or deleted and re-made) project takes its
+//! cached models and trained versions with it. The interval bounds how late a lost
+//! notification (a dropped connection, a reconnect) can make a replica. The same thread keeps
+//! this replica's locks held (so that an idle replica does not look stopped) and records as
+//! failed the jobs of replicas that have looked stopped for [`ORPHAN_PATIENCE`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     engine::Engine,
     projects::{Project, Projects, Refreshed},
     store::catalog::Catalog,
-    training::fail_orphaned_jobs,
+    training::{Trainer, fail_orphaned_jobs},
 };
 
 /// The longest a replica goes without re-reading the projects.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a replica must look stopped (its locks free) before its unfinished jobs are
+/// recorded as failed: longer than a reconnect takes, so a database restart fails no job.
+pub const ORPHAN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a version that failed to load (missing or corrupt weights) is not tried again.
+const LOAD_BACKOFF: Duration = Duration::from_secs(60);
 
-/// Starts the thread that keeps `projects` (and `engine`'s loaded models) in step with
-/// `catalog`; it runs for as long as the process.
+/// What the following thread works with.
+pub struct Follower {
+    /// The shared catalogue.
+    pub catalog: Arc<dyn Catalog>,
+    /// This server's projects.
+    pub projects: Arc<Projects>,
+    /// This server's models.
+    pub engine: Engine,
+    /// This server's training (its kept models and versions of deleted projects go).
+    pub trainer: Arc<Trainer>,
+    /// This server's replica id.
+    pub replica: String,
+}
+
+/// Starts the thread that keeps `follower`'s projects and models in step with its catalogue;
+/// it runs for as long as the process.
 ///
 /// # Errors
 /// The OS error if the thread cannot be spawned.
-pub fn follow(catalog: Arc<dyn Catalog>, projects: Arc<Projects>, engine: Engine) -> std::io::Result<()> {
+pub fn follow(follower: Follower) -> std::io::Result<()> {
     std::thread::Builder::new().name("alps-replica".into()).spawn(move || {
+        let failed_loads = RefCell::new(HashMap::new());
+        let mut stopped_since = HashMap::new();
         loop {
-            if let Err(error) = catalog.wait_for_change(REFRESH_INTERVAL) {
+            if let Err(error) = follower.catalog.wait_for_change(REFRESH_INTERVAL) {
                 tracing::warn!(%error, "cannot listen for catalogue changes; re-reading on the interval");
                 std::thread::sleep(REFRESH_INTERVAL);
             }
-            refresh(catalog.as_ref(), &projects, &engine);
+            if let Err(error) = follower.catalog.keep_locks() {
+                tracing::warn!(%error, "cannot reach the catalogue to hold this replica's locks");
+            }
+            follower.refresh(&failed_loads);
+            let patience = Some((&mut stopped_since, ORPHAN_PATIENCE));
+            if let Err(error) = fail_orphaned_jobs(follower.catalog.as_ref(), &follower.replica, patience) {
+                tracing::warn!(%error, "cannot check the jobs of stopped replicas");
+            }
         }
     })?;
     Ok(())
 }
 
-/// One round: projects, then the jobs of stopped replicas. Failures are logged; the next round
-/// tries again.
-fn refresh(catalog: &dyn Catalog, projects: &Projects, engine: &Engine) {
-    let load = |project: &Project| engine.load_blocking(project).map_err(|error| error.to_string());
-    match projects.refresh(&load) {
-        Ok(changes) => {
-            for change in changes {
-                match change {
-                    Refreshed::Changed(project) | Refreshed::Removed(project) => engine.forget(&project),
-                    Refreshed::Activated(project, version) => {
-                        tracing::info!(%project, %version, "serving the version another replica activated");
-                    }
+impl Follower {
+    /// Re-reads the projects. A version that failed to load is tried again after
+    /// [`LOAD_BACKOFF`], not on every round: each try fetches its weights.
+    fn refresh(&self, failed_loads: &RefCell<HashMap<(String, String), Instant>>) {
+        let load = |project: &Project| {
+            let key = (project.spec.id.clone(), project.active_version.clone());
+            if failed_loads.borrow().get(&key).is_some_and(|at| at.elapsed() < LOAD_BACKOFF) {
+                return Err("it failed to load a moment ago; trying again later".to_owned());
+            }
+            let loaded = self.engine.load_blocking(project).map_err(|error| error.to_string());
+            if loaded.is_err() {
+                failed_loads.borrow_mut().insert(key, Instant::now());
+            }
+            loaded
+        };
+        let changes = match self.projects.refresh(&load) {
+            Ok(changes) => changes,
+            Err(error) => return tracing::warn!(%error, "cannot re-read the projects"),
+        };
+        for change in changes {
+            match change {
+                Refreshed::Changed(project) => self.engine.forget(&project),
+                Refreshed::Removed(project) | Refreshed::Recreated(project) => {
+                    self.engine.forget(&project);
+                    self.trainer.remove_versions(&project);
+                }
+                Refreshed::Activated(project, version) => {
+                    tracing::info!(%project, %version, "serving the version another replica activated");
                 }
             }
         }
-        Err(error) => tracing::warn!(%error, "cannot re-read the projects"),
-    }
-    if let Err(error) = fail_orphaned_jobs(catalog) {
-        tracing::warn!(%error, "cannot check the jobs of stopped replicas");
     }
 }

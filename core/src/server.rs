@@ -254,11 +254,19 @@ impl Server {
                 max_accuracy_drop: config.auto_activate_max_accuracy_drop,
                 concurrent_jobs: usize::from(config.training_jobs),
                 replica: replica.clone(),
+                follows_replicas: objects.is_some(),
             },
             metrics.clone(),
         )?);
         if objects.is_some() {
-            crate::replicas::follow(catalog.clone(), projects.clone(), engine.clone()).map_err(StartError::Follower)?;
+            let follower = crate::replicas::Follower {
+                catalog: catalog.clone(),
+                projects: projects.clone(),
+                engine: engine.clone(),
+                trainer: trainer.clone(),
+                replica: replica.clone(),
+            };
+            crate::replicas::follow(follower).map_err(StartError::Follower)?;
         }
         let grpc = listen("--listen", config.listen).await?;
         let http = listen("--http-listen", config.http_listen).await?;

@@ -469,9 +469,13 @@ pub fn postgres_server() -> &'static str {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/throwaway-postgres.sh");
         let mut child =
             Command::new(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run the script");
-        let mut url = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut url).expect("read the URL");
+        let (mut url, mut ca) = (String::new(), String::new());
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        stdout.read_line(&mut url).expect("read the URL");
         assert!(url.starts_with("postgres://"), "no PostgreSQL for the tests (see the script's error above)");
+        // Read before the pipe closes: the script writes the CA file's path second, and a write to
+        // a closed pipe would end it (and its server).
+        stdout.read_line(&mut ca).expect("read the CA file's path");
         (child, url.trim().to_owned())
     });
     url

@@ -112,8 +112,13 @@ async fn follow_elsewhere(
     while !sender.is_closed() {
         tokio::time::sleep(ELSEWHERE_POLL).await;
         let (reader, id) = (trainer.clone(), job_id.to_owned());
-        let Some(record) = tokio::task::spawn_blocking(move || reader.job(&id).ok()).await.ok().flatten() else {
-            return;
+        let record = match tokio::task::spawn_blocking(move || reader.job(&id)).await {
+            Ok(Ok(record)) => record,
+            Ok(Err(error)) => {
+                let _ = sender.send(Err(training_status(error))).await;
+                return;
+            }
+            Err(_) => return,
         };
         if record == last {
             continue;

@@ -60,6 +60,9 @@ pub enum Refreshed {
     Activated(String, String),
     /// Deleted by another server.
     Removed(String),
+    /// Deleted and made again under the same id by other servers: what this server kept of the
+    /// old one (trained versions, cached models) is not the new one's.
+    Recreated(String),
 }
 
 /// All projects, persisted in `db` and cached in memory.
@@ -131,7 +134,11 @@ impl Projects {
     /// # Errors
     /// [`ProjectError::NotFound`], [`ProjectError::Invalid`] naming the field, or a store failure.
     pub fn update(&self, id: &str, update: ProjectUpdate) -> Result<Arc<Project>, ProjectError> {
-        let mut spec = self.get(id)?.spec.clone();
+        self.get(id)?;
+        // From the catalogue, not the cache: another replica may have changed it a moment ago,
+        // and writing back a stale copy would undo that.
+        let stored = self.catalog.project(id)?.ok_or_else(|| ProjectError::NotFound(id.to_owned()))?;
+        let mut spec = stored.spec;
         if let Some(k) = update.mc_iterations {
             check_mc_iterations("mc_iterations", k)?;
             spec.mc_iterations = k;
@@ -183,7 +190,10 @@ impl Projects {
             }
             let activated = project.active_version != UNTRAINED_VERSION
                 && cached.is_some_and(|cached| cached.active_version != project.active_version);
-            let change = if activated {
+            let recreated = cached.is_some_and(|cached| cached.created_unix_ms != project.created_unix_ms);
+            let change = if recreated {
+                Refreshed::Recreated(id.clone())
+            } else if activated {
                 if let Err(error) = load(&project) {
                     let version = &project.active_version;
                     tracing::warn!(project = %id, %version, %error, "cannot load a version another server activated");
@@ -324,6 +334,24 @@ mod tests {
         assert_eq!(*loaded.lock().unwrap(), ["v1"]);
         assert_eq!(here.get("cars").unwrap().active_version, "v1");
 
+        // An update here starts from the catalogue, not from a cache a moment behind: it does
+        // not undo the other server's change.
+        let mut changed = spec();
+        changed.mc_iterations = 7;
+        there.upsert(changed).unwrap();
+        let renamed = ProjectUpdate { display_name: Some("renamed".into()), ..Default::default() };
+        let updated = here.update("cars", renamed).unwrap();
+        assert_eq!((updated.spec.mc_iterations, updated.spec.display_name.as_str()), (7, "renamed"));
+
+        there.delete("cars").unwrap();
+        assert_eq!(here.refresh(&never).unwrap(), [Refreshed::Removed("cars".into())]);
+        // Made again under the same id while this server was not looking.
+        there.upsert(spec()).unwrap();
+        assert_eq!(here.refresh(&never).unwrap(), [Refreshed::Changed("cars".into())]);
+        there.delete("cars").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        there.upsert(spec()).unwrap();
+        assert_eq!(here.refresh(&never).unwrap(), [Refreshed::Recreated("cars".into())]);
         there.delete("cars").unwrap();
         assert_eq!(here.refresh(&never).unwrap(), [Refreshed::Removed("cars".into())]);
         assert!(matches!(here.get("cars"), Err(ProjectError::NotFound(_))));

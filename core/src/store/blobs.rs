@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Failure,
+    catalog::Alone,
     objects::{Kind, ObjectError, Objects},
 };
 
@@ -301,11 +302,12 @@ impl BlobStore {
         &self,
         round: CollectionRound,
         referenced: &HashSet<String>,
+        alone: &Alone<'_>,
     ) -> Result<Collected, BlobError> {
         let cutoff = round.cutoff;
         let dir = match &self.place {
             Place::Dir(dir) => dir,
-            Place::Objects(objects) => return self.collect_objects(objects, cutoff, referenced),
+            Place::Objects(objects) => return self.collect_objects(objects, cutoff, referenced, alone),
         };
         let list = |dir: &Path| fs::read_dir(dir).map_err(|source| BlobError::Io { path: dir.to_owned(), source });
         let mut collected = Collected::default();
@@ -355,11 +357,18 @@ impl BlobStore {
         objects: &Objects,
         cutoff: SystemTime,
         referenced: &HashSet<String>,
+        alone: &Alone<'_>,
     ) -> Result<Collected, BlobError> {
         let mut collected = Collected::default();
         for object in objects.list(Kind::Blob)? {
             if referenced.contains(&object.name) || object.modified >= cutoff {
                 continue;
+            }
+            // Another replica may have started: its writes in progress are pinned where this
+            // server cannot see.
+            if !alone.still() {
+                tracing::warn!("garbage collection stopped: this replica may no longer be alone");
+                break;
             }
             let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if self.in_use(&object.name) {
@@ -464,7 +473,7 @@ mod tests {
         std::fs::write(dir.path().join("blobs/not-a-shard/x"), b"x").unwrap();
 
         let referenced = HashSet::from([kept.clone()]);
-        let collected = store.collect_garbage(store.start_collection(hour), &referenced).unwrap();
+        let collected = store.collect_garbage(store.start_collection(hour), &referenced, &Alone::always()).unwrap();
         assert_eq!(collected, Collected { blobs: 1, bytes: 3, temporaries: 1 });
         assert!(store.get(&kept).is_ok(), "referenced");
         assert!(store.get(&old).is_err(), "unreferenced and old");
@@ -492,14 +501,27 @@ mod tests {
         let mut twice = store.pins();
         twice.hold_all([read.clone()]);
         // Grace 0: only the pins keep them.
-        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 0);
+        assert_eq!(
+            store
+                .collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new(), &Alone::always())
+                .unwrap()
+                .blobs,
+            0
+        );
         drop(writing);
         drop(training);
-        let collected = store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap();
+        let collected =
+            store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new(), &Alone::always()).unwrap();
         assert_eq!(collected.blobs, 1, "the written blob, now unpinned");
         assert!(store.get(&written).is_err() && store.get(&read).is_ok(), "one holder of the read blob remains");
         drop(twice);
-        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 1);
+        assert_eq!(
+            store
+                .collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new(), &Alone::always())
+                .unwrap()
+                .blobs,
+            1
+        );
     }
 
     #[test]
@@ -511,14 +533,25 @@ mod tests {
         let pinned = writing.put_all(&[b"pinned"]).unwrap().remove(0);
         assert_eq!(store.put(b"kept").unwrap(), kept, "idempotent");
         let hour = Duration::from_secs(3600);
-        assert_eq!(store.collect_garbage(store.start_collection(hour), &HashSet::new()).unwrap().blobs, 0, "all fresh");
+        assert_eq!(
+            store.collect_garbage(store.start_collection(hour), &HashSet::new(), &Alone::always()).unwrap().blobs,
+            0,
+            "all fresh"
+        );
         let referenced = HashSet::from([kept.clone()]);
-        let collected = store.collect_garbage(store.start_collection(Duration::ZERO), &referenced).unwrap();
+        let collected =
+            store.collect_garbage(store.start_collection(Duration::ZERO), &referenced, &Alone::always()).unwrap();
         assert_eq!(collected, Collected { blobs: 1, bytes: 3, temporaries: 0 });
         assert!(store.get(&kept).is_ok() && store.get(&pinned).is_ok());
         assert!(matches!(store.get(&old), Err(BlobError::Object(ObjectError::Missing { .. }))));
         drop(writing);
-        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 2);
+        assert_eq!(
+            store
+                .collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new(), &Alone::always())
+                .unwrap()
+                .blobs,
+            2
+        );
         assert!(objects.list(Kind::Blob).unwrap().is_empty());
     }
 
@@ -533,14 +566,27 @@ mod tests {
         let round = store.start_collection(Duration::ZERO);
         let referenced = HashSet::new(); // read before the commit
         drop(writing); // committed, unpinned
-        assert_eq!(store.collect_garbage(round, &referenced).unwrap().blobs, 0);
+        assert_eq!(store.collect_garbage(round, &referenced, &Alone::always()).unwrap().blobs, 0);
         assert!(store.get(&sha).is_ok());
         // The next round reads the committed reference; had the example not been committed,
         // that round would remove the blob.
         assert_eq!(
-            store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::from([sha.clone()])).unwrap().blobs,
+            store
+                .collect_garbage(
+                    store.start_collection(Duration::ZERO),
+                    &HashSet::from([sha.clone()]),
+                    &Alone::always()
+                )
+                .unwrap()
+                .blobs,
             0
         );
-        assert_eq!(store.collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new()).unwrap().blobs, 1);
+        assert_eq!(
+            store
+                .collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new(), &Alone::always())
+                .unwrap()
+                .blobs,
+            1
+        );
     }
 }

@@ -191,18 +191,25 @@ pub struct UpsertCounts {
 /// other replicas start again.
 #[must_use = "the server is alone only while this lives"]
 pub struct Alone<'a> {
+    still: Option<Box<dyn Fn() -> bool + 'a>>,
     release: Option<Box<dyn FnOnce() + 'a>>,
 }
 
 impl<'a> Alone<'a> {
     /// For a server that is always alone.
     pub fn always() -> Self {
-        Self { release: None }
+        Self { still: None, release: None }
     }
 
-    /// Alone until this is dropped, which calls `release`.
-    pub fn until(release: impl FnOnce() + 'a) -> Self {
-        Self { release: Some(Box::new(release)) }
+    /// Alone while `still` says so, until this is dropped, which calls `release`.
+    pub fn until(still: impl Fn() -> bool + 'a, release: impl FnOnce() + 'a) -> Self {
+        Self { still: Some(Box::new(still)), release: Some(Box::new(release)) }
+    }
+
+    /// Whether this server is still alone: a replica whose database session broke since may
+    /// have let others start. Check before each removal.
+    pub fn still(&self) -> bool {
+        self.still.as_ref().is_none_or(|still| still())
     }
 }
 
@@ -486,6 +493,16 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn replica_alive(&self, _replica: &str) -> Result<bool, StoreError> {
         Ok(false)
+    }
+
+    /// Makes sure this server holds its locks (its replica lock, its training claims): a
+    /// database session that broke is opened again and takes them back. Replicas call it every
+    /// few seconds, so that an idle replica does not look stopped to the others.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn keep_locks(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Claims the right to train `project` for this server, so that one server at a time trains

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use super::{
     ModelsDir,
     blobs::{BlobError, BlobStore, Collected},
-    catalog::{Catalog, StoreError},
+    catalog::{Alone, Catalog, StoreError},
 };
 use crate::metrics::Metrics;
 
@@ -57,15 +57,15 @@ impl GarbageCollector {
     pub fn collect(&self) -> Result<Collected, GcError> {
         // The pins that keep blobs being written are this process's: with other replicas
         // running, theirs are unknown, so the round waits until this one is alone.
-        let Some(_alone) = self.catalog.alone()? else {
+        let Some(alone) = self.catalog.alone()? else {
             tracing::info!("garbage collection skipped: other replicas are running");
             return Ok(Collected::default());
         };
         // The round starts before the references are read: see `BlobStore::collect_garbage`.
         let round = self.blobs.start_collection(self.grace);
         let referenced = self.catalog.referenced_blobs()?;
-        let collected = self.blobs.collect_garbage(round, &referenced)?;
-        self.remove_orphaned_versions();
+        let collected = self.blobs.collect_garbage(round, &referenced, &alone)?;
+        self.remove_orphaned_versions(&alone);
         self.metrics.record_garbage_collected(collected.blobs, collected.bytes);
         if collected != Collected::default() {
             tracing::info!(
@@ -80,7 +80,7 @@ impl GarbageCollector {
 
     /// Removes the model-version directories of deleted projects older than the grace period;
     /// a failure is logged and retried next time.
-    fn remove_orphaned_versions(&self) {
+    fn remove_orphaned_versions(&self, alone: &Alone<'_>) {
         let now = std::time::SystemTime::now();
         let cutoff = now.checked_sub(self.grace).unwrap_or(std::time::UNIX_EPOCH);
         // Read after the cutoff: a project made since has a newer directory.
@@ -93,7 +93,7 @@ impl GarbageCollector {
             Ok(removed) => tracing::info!(removed, "removed model versions of deleted projects"),
             Err(error) => tracing::warn!(%error, "cannot list the models directory"),
         }
-        match self.models_dir.collect_weights(cutoff) {
+        match self.models_dir.collect_weights(cutoff, alone) {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "removed model weights no version names from the object store"),
             Err(error) => tracing::warn!(%error, "cannot collect model weights in the object store"),

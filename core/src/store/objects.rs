@@ -36,8 +36,9 @@ use object_store::{
 use super::{Failure, blobs::sha256_hex};
 
 /// How long one request may take, and how long a call retries before it reports the store
-/// unreachable: a write then fails with `UNAVAILABLE` in seconds, not after the crate's
-/// default three minutes.
+/// unreachable: a write to a store that refuses connections fails with `UNAVAILABLE` in
+/// seconds (one that hangs, within the request timeout plus the retries), not after the
+/// crate's default three minutes.
 const REQUEST_TIMEOUT: &str = "30s";
 const CONNECT_TIMEOUT: &str = "5s";
 const RETRY_FOR: Duration = Duration::from_secs(10);
@@ -102,8 +103,11 @@ fn failure_of(error: &object_store::Error) -> Failure {
             let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
             while let Some(error) = cause {
                 if let Some(io) = error.downcast_ref::<std::io::Error>() {
-                    return match Failure::of_io(io) {
-                        Failure::Full => Failure::Full,
+                    return match (Failure::of_io(io), io.kind()) {
+                        (Failure::Full, _) => Failure::Full,
+                        (_, std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem) => {
+                            Failure::Permanent
+                        }
                         _ => Failure::Transient,
                     };
                 }
@@ -253,10 +257,16 @@ impl Objects {
     }
 
     fn error(&self, operation: &'static str, key: &str, error: &object_store::Error) -> ObjectError {
-        if matches!(error, object_store::Error::NotFound { .. }) {
+        let not_found = matches!(error, object_store::Error::NotFound { .. });
+        if not_found && matches!(operation, "get" | "delete") {
             return ObjectError::Missing { store: self.name.clone(), key: key.to_owned() };
         }
-        let message = crate::errors::first_line(error);
+        // Writing or listing finds nothing only where there is no bucket (or container).
+        let message = if not_found {
+            "not found: does the bucket exist, and is the endpoint right?".to_owned()
+        } else {
+            crate::errors::first_line(error)
+        };
         ObjectError::Store {
             store: self.name.clone(),
             operation,

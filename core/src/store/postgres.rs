@@ -288,9 +288,10 @@ impl Session {
         }
         let mut claims = self.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut kept = Vec::with_capacity(claims.len());
-        for key in claims.drain(..) {
-            if client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0) {
-                kept.push(key);
+        // On a failure the list stays whole: the next connection tries every claim again.
+        for key in claims.iter() {
+            if client.query_one("SELECT pg_try_advisory_lock($1)", &[key])?.get(0) {
+                kept.push(*key);
             } else {
                 tracing::warn!("a training claim was taken by another replica while the connection was down");
             }
@@ -304,6 +305,20 @@ impl Session {
 
 /// Takes the advisory lock `key` for this session. If our own previous session still holds it
 /// (it broke on our side only), that session is ended first.
+/// The server processes (pids) holding advisory lock `key` in this database, read without
+/// taking it. A bigint key is stored as (classid, objid) = its (high, low) 32 bits as unsigned
+/// oids, objsubid 1.
+fn lock_holders(client: &mut Client, key: i64) -> Result<Vec<i32>, StoreError> {
+    let (high, low) = ((key >> 32) & 0xffff_ffff, key & 0xffff_ffff);
+    let rows = client.query(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+         AND classid::bigint = $1 AND objid::bigint = $2
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[&high, &low],
+    )?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 fn take_lock(client: &mut Client, key: i64, previous_pid: i32) -> Result<(), StoreError> {
     let try_lock = |client: &mut Client| -> Result<bool, StoreError> {
         Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0))
@@ -311,18 +326,8 @@ fn take_lock(client: &mut Client, key: i64, previous_pid: i32) -> Result<(), Sto
     if try_lock(client)? {
         return Ok(());
     }
-    // A bigint advisory key is stored as (classid, objid) = (high, low) 32 bits, objsubid 1.
     // Replicas may hold it shared, several at once.
-    let holders: Vec<i32> = client
-        .query(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
-             AND classid::bigint = $1 AND objid::bigint = $2
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&(key >> 32), &(key & 0xffff_ffff)],
-        )?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let holders = lock_holders(client, key)?;
     if previous_pid == 0 || holders != [previous_pid] {
         return Err(StoreError::Taken);
     }
@@ -766,8 +771,17 @@ impl Catalog for PostgresCatalog {
         let taken: bool = self
             .writer
             .run(|client| Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0)))?;
+        // The lock lives on this session: if it breaks, others may start and write, unseen.
+        let pid = self.writer.backend_pid.load(Ordering::Relaxed);
+        let still = move || {
+            let unbroken = self.writer.run(|client| {
+                client.batch_execute("SELECT 1")?;
+                Ok(self.writer.backend_pid.load(Ordering::Relaxed) == pid)
+            });
+            unbroken.unwrap_or(false)
+        };
         Ok(taken.then(|| {
-            Alone::until(move || {
+            Alone::until(still, move || {
                 let released = self.writer.run(|client| {
                     client.execute("SELECT pg_advisory_unlock($1)", &[&SERVER_LOCK])?;
                     Ok(())
@@ -806,12 +820,14 @@ impl Catalog for PostgresCatalog {
 
     fn release_training(&self, project: &str) {
         let key = training_key(project);
+        // Out of the list first, whatever happens next: a session that breaks before the unlock
+        // has released it anyway, and a reconnect must not take it again.
+        let mut claims = self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(index) = claims.iter().position(|claim| *claim == key) else { return };
+        claims.remove(index);
+        drop(claims);
         let released = self.writer.run(|client| {
-            let mut claims = self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(index) = claims.iter().position(|claim| *claim == key) {
-                claims.remove(index);
-                client.execute("SELECT pg_advisory_unlock($1)", &[&key])?;
-            }
+            client.execute("SELECT pg_advisory_unlock($1)", &[&key])?;
             Ok(())
         });
         if let Err(error) = released {
@@ -822,12 +838,15 @@ impl Catalog for PostgresCatalog {
 
     fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {
         let key = replica_key(replica);
-        self.reader.run(|client| {
-            let free: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0);
-            if free {
-                client.execute("SELECT pg_advisory_unlock($1)", &[&key])?;
-            }
-            Ok(!free)
+        // Read, not taken: taking it even for a moment could make that replica's reconnect fail.
+        self.reader.run(|client| Ok(!lock_holders(client, key)?.is_empty()))
+    }
+
+    fn keep_locks(&self) -> Result<(), StoreError> {
+        // A call on the writing session reconnects it if it broke, taking its locks again.
+        self.writer.run(|client| {
+            client.batch_execute("SELECT 1")?;
+            Ok(())
         })
     }
 
@@ -1090,7 +1109,12 @@ mod tests {
         // a replica cannot start (it waits, then starts once it is released).
         assert!(a.alone().unwrap().is_none());
         drop(b);
-        assert!(!a.replica_alive("b").unwrap(), "its session ended with it");
+        // Its server process ends a moment after the connection closes.
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            !a.replica_alive("b").unwrap()
+        });
+        assert!(gone, "its session ended with it");
         let guard = a.alone().unwrap().expect("alone now");
         let (started, starting) = std::sync::mpsc::channel();
         let joining = std::thread::scope(|scope| {
@@ -1122,5 +1146,19 @@ mod tests {
             a.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
             waking.recv_timeout(Duration::from_secs(30)).expect("woken by the change").unwrap();
         });
+    }
+
+    #[test]
+    fn lock_holders_are_found_for_keys_of_either_sign() {
+        let url = postgres_database();
+        let mut holder = postgres::Client::connect(&url, NoTls).unwrap();
+        let mut reader = postgres::Client::connect(&url, NoTls).unwrap();
+        let pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        for key in [SERVER_LOCK, -0x1234_5678_9abc_def0, i64::MIN + 7, replica_key("a"), training_key("p")] {
+            assert!(lock_holders(&mut reader, key).unwrap().is_empty(), "{key:x}");
+            holder.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+            assert_eq!(lock_holders(&mut reader, key).unwrap(), [pid], "{key:x}");
+            holder.execute("SELECT pg_advisory_unlock($1)", &[&key]).unwrap();
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::{
 
 use super::{
     Failure, ModelsDir,
-    catalog::{Catalog, StoreError},
+    catalog::{Alone, Catalog, StoreError},
     objects::{Kind, ObjectError, Objects},
 };
 
@@ -130,13 +130,11 @@ impl ModelsDir {
     /// # Errors
     /// [`FetchError::Store`] or [`FetchError::Object`] if the catalogue or the store cannot
     /// be read; objects that cannot be removed are logged and left.
-    pub fn collect_weights(&self, cutoff: SystemTime) -> Result<u64, FetchError> {
+    pub fn collect_weights(&self, cutoff: SystemTime, alone: &Alone<'_>) -> Result<u64, FetchError> {
         let Some(remote) = &self.remote else { return Ok(0) };
-        let publications = || {
-            let publications = remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            (publications.open, publications.ended)
-        };
-        let before = publications();
+        let publications = || remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let counts = |publications: &Publications| (publications.open, publications.ended);
+        let before = counts(&publications());
         let listed = remote.objects.list(Kind::Weights)?;
         let mut referenced = HashSet::new();
         for project in remote.catalog.projects()? {
@@ -145,11 +143,14 @@ impl ModelsDir {
                 referenced.extend(manifest["weights_sha256"].as_str().map(str::to_owned));
             }
         }
-        if before.0 > 0 || publications() != before {
-            return Ok(0);
-        }
         let mut removed = 0;
         for object in listed.iter().filter(|o| !referenced.contains(&o.name) && o.modified < cutoff) {
+            // Held through the removal: a publication starting now waits for it, then writes
+            // its object again instead of finding it there and losing it.
+            let publications = publications();
+            if before.0 > 0 || counts(&publications) != before || !alone.still() {
+                return Ok(removed);
+            }
             match remote.objects.delete(Kind::Weights, &object.name) {
                 Ok(()) => removed += 1,
                 Err(error) => tracing::warn!(%error, "cannot remove unreferenced model weights"),
@@ -304,19 +305,26 @@ mod tests {
         let orphan = super::super::blobs::sha256_hex(b"orphan");
         objects.put(Kind::Weights, &orphan, b"orphan".to_vec()).unwrap();
         let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
-        assert_eq!(models.collect_weights(hour_ago).unwrap(), 0, "within the grace period");
+        assert_eq!(models.collect_weights(hour_ago, &Alone::always()).unwrap(), 0, "within the grace period");
         // Being published (its version not recorded yet): nothing is collected.
         let pending = models.publish_weights(&super::super::blobs::sha256_hex(b"new"), b"new").unwrap();
-        assert_eq!(models.collect_weights(SystemTime::now()).unwrap(), 0);
+        assert_eq!(models.collect_weights(SystemTime::now(), &Alone::always()).unwrap(), 0);
         drop(pending);
-        assert_eq!(models.collect_weights(SystemTime::now()).unwrap(), 2, "the orphan and the unrecorded one");
+        assert_eq!(
+            models.collect_weights(SystemTime::now(), &Alone::always()).unwrap(),
+            2,
+            "the orphan and the unrecorded one"
+        );
         let left: HashSet<String> = objects.list(Kind::Weights).unwrap().into_iter().map(|o| o.name).collect();
         let recorded = [b"full weights".as_slice(), b"head"].map(super::super::blobs::sha256_hex);
         assert_eq!(left, HashSet::from(recorded));
         // A deleted project's versions no longer keep their weights.
         catalog.delete_project("cars").unwrap();
-        assert_eq!(models.collect_weights(SystemTime::now()).unwrap(), 2);
+        assert_eq!(models.collect_weights(SystemTime::now(), &Alone::always()).unwrap(), 2);
         // Without an object store there is nothing to collect.
-        assert_eq!(ModelsDir::new(root.path().join("other")).collect_weights(SystemTime::now()).unwrap(), 0);
+        assert_eq!(
+            ModelsDir::new(root.path().join("other")).collect_weights(SystemTime::now(), &Alone::always()).unwrap(),
+            0
+        );
     }
 }

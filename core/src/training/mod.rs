@@ -126,6 +126,9 @@ pub struct TrainerSettings {
     pub concurrent_jobs: usize,
     /// This server's replica id: its jobs are recorded as its own.
     pub replica: String,
+    /// Whether other replicas may share the catalogue (then the jobs of stopped replicas are
+    /// failed by [`crate::replicas`], not at start).
+    pub follows_replicas: bool,
 }
 
 /// Runs training jobs in the background.
@@ -188,7 +191,10 @@ impl Trainer {
         settings: TrainerSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        fail_orphaned_jobs(catalog.as_ref())?;
+        // With replicas, the following thread does it, patiently (see `crate::replicas`).
+        if !settings.follows_replicas {
+            fail_orphaned_jobs(catalog.as_ref(), &settings.replica, None)?;
+        }
         let ids: Vec<String> = projects.list().iter().map(|p| p.spec.id.clone()).collect();
         versions::move_legacy_dirs(&models_dir, &ids);
         match versions::remove_partial_versions(&models_dir) {
@@ -605,10 +611,13 @@ impl Trainer {
             model,
             // Head-only training never changes the backbone: its identity is the initial weights
             // (the spec) plus the last version that fine-tuned it.
+            // The backbone version's checksum too: a project made again under this id has
+            // versions of the same names.
             backbone_id: format!(
-                "{}:{}:{parent_backbone}",
+                "{}:{}:{parent_backbone}:{}",
                 spec.id,
-                serde_json::to_string(&spec.model).unwrap_or_default()
+                serde_json::to_string(&spec.model).unwrap_or_default(),
+                manifest_of(&parent_backbone).map(|m| m.weights_sha256.as_str()).unwrap_or_default()
             ),
             cache: &self.embeddings,
             cancel,
@@ -700,6 +709,20 @@ impl Trainer {
             Ok(false) => return Err(LOST_CLAIM.into()),
             Err(error) => return Err(crate::errors::logged("checking the training claim", &error)),
         }
+        // And only over the version it was trained from: one activated meanwhile (by hand, or by
+        // a replica that held the claim while this one was cut off) stays.
+        let parent = if manifest.parent_version.is_empty() { UNTRAINED_VERSION } else { &manifest.parent_version };
+        match self.catalog.project(project) {
+            Ok(Some(stored)) if stored.active_version != parent => {
+                return Err(format!(
+                    "version {} was activated while this job trained from {parent}; activate this version by hand if \
+                     wanted",
+                    stored.active_version
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => return Err(crate::errors::logged("reading the active version", &error)),
+        }
         let current = self.projects.get(project).map_err(|e| e.to_string())?;
         self.load_and_activate(manifest, &current).map_err(|refused| match refused {
             Refused::Unfit | Refused::Unknown => CHANGED_MEANWHILE.into(),
@@ -748,6 +771,11 @@ impl Trainer {
             *warm = None;
         }
         drop(warm);
+        let prefix = format!("{project}:");
+        self.embeddings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|(id, _), _| !id.starts_with(&prefix));
         match self.models_dir.remove_project(project) {
             Ok(true) => tracing::info!(%project, "model versions removed"),
             Ok(false) => {}
@@ -807,18 +835,35 @@ impl Trainer {
     }
 }
 
-/// Records as failed the unfinished jobs (queued or running) whose server is gone: every one
-/// at the start of a server alone on its catalogue; with replicas, those of replicas that no
-/// longer run. Returns how many.
+/// Records as failed the unfinished jobs (queued or running) whose server is gone, other than
+/// `own` (this server's replica id): every one at the start of a server alone on its catalogue
+/// (`patience` `None`); with replicas, those of replicas that have looked stopped (their lock
+/// free) for the patience's duration, `stopped_since` remembering since when. Returns how many.
 ///
 /// # Errors
 /// [`StoreError`] if the job records cannot be read or updated.
-pub fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
+pub fn fail_orphaned_jobs(
+    catalog: &dyn Catalog,
+    own: &str,
+    mut patience: Option<(&mut HashMap<String, std::time::Instant>, std::time::Duration)>,
+) -> Result<usize, StoreError> {
     let mut failed = 0;
     for json in catalog.unfinished_jobs()? {
         let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) else { continue };
-        if catalog.replica_alive(&record.replica)? {
+        if record.replica == own && !own.is_empty() {
             continue;
+        }
+        if catalog.replica_alive(&record.replica)? {
+            if let Some((stopped_since, _)) = patience.as_mut() {
+                stopped_since.remove(&record.replica);
+            }
+            continue;
+        }
+        if let Some((stopped_since, wait)) = patience.as_mut() {
+            let since = stopped_since.entry(record.replica.clone()).or_insert_with(std::time::Instant::now);
+            if since.elapsed() < *wait {
+                continue;
+            }
         }
         record.state = JobState::Failed;
         record.error = INTERRUPTED.into();

@@ -75,9 +75,11 @@ impl TrainError {
         match self {
             Self::Model(error) => error.client_message(),
             Self::Torch(error) => crate::errors::logged("training", error),
-            Self::Blob { source: crate::store::blobs::BlobError::Io { .. }, .. } => {
-                crate::errors::logged("reading a stored example", self)
-            }
+            // Paths, store names and request URLs stay in the log.
+            Self::Blob {
+                source: crate::store::blobs::BlobError::Io { .. } | crate::store::blobs::BlobError::Object(_),
+                ..
+            } => crate::errors::logged("reading a stored example", self),
             other => other.to_string(),
         }
     }

@@ -154,6 +154,13 @@ pub fn write(
         }
     }
     let final_dir = models_dir.version_dir(&manifest.project_id, &manifest.version);
+    // The number is new in the catalogue, so a directory of that name is a leftover: of a
+    // project deleted and made again while this server did not see it, or of a crash before
+    // the recording. It never holds a recorded version.
+    if final_dir.exists() {
+        crate::store::remove_dir_inside(models_dir.root(), &final_dir)
+            .map_err(|e| VersionError::Io { path: final_dir.clone(), source: io::Error::other(e.to_string()) })?;
+    }
     fs::rename(&temporary, &final_dir).map_err(io(&final_dir))?;
     sync(&project_dir)?;
     let json = serde_json::to_string(&manifest)?;
