@@ -417,15 +417,18 @@ async fn samples_and_weights_live_in_the_object_store_and_a_new_data_dir_serves_
 
     // A bucket and prefix hold one catalogue's files; a catalogue's files are in one place.
     let flags = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
-    let refused_start = |database: &str, store: &str| {
+    let refused_start_without = |database: &str, store: &str, without: &[&str]| {
         let mut command = std::process::Command::new(binary("alps-server"));
         let data = tempfile::tempdir().unwrap();
         command.args(flags).args(["--data-dir", path_str(data.path()), "--database-url", database]);
-        command.args(["--object-store-url", store]).envs(s3_env(&relay.url()));
+        command
+            .args(["--object-store-url", store])
+            .envs(s3_env(&relay.url()).into_iter().filter(|(name, _)| !without.contains(name)));
         let output = command.output().unwrap();
         assert!(!output.status.success());
         String::from_utf8(output.stderr).unwrap()
     };
+    let refused_start = |database: &str, store: &str| refused_start_without(database, store, &[]);
     let (_, other) = postgres_database("alps_objects_other");
     let stderr = refused_start(&other, &store);
     assert!(stderr.contains("holds the files of catalogue"), "{stderr}");
@@ -433,6 +436,10 @@ async fn samples_and_weights_live_in_the_object_store_and_a_new_data_dir_serves_
     assert!(stderr.contains("samples and model files are not in object store"), "{stderr}");
     let stderr = refused_start(&url, "s3://no-such-bucket/alps");
     assert!(stderr.contains("does the bucket exist"), "{stderr}");
+    let stderr = refused_start_without(&url, &store, &["AWS_ALLOW_HTTP"]);
+    assert!(stderr.contains("is plain HTTP: set AWS_ALLOW_HTTP=true"), "{stderr}");
+    let stderr = refused_start(&url, "bucket/alps");
+    assert!(stderr.contains("use s3://bucket/prefix"), "{stderr}");
     assert!(!stderr.contains("secret"), "{stderr}");
 }
 

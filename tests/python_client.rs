@@ -31,6 +31,9 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     assert!(failed.starts_with("FAILED_PRECONDITION") && failed.contains("at least 2 classes"), "{failed}");
     assert_eq!(report["cli_rank"]["code"], 0);
     assert_eq!(report["cli_rank"]["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(report["cli_full"]["code"], 0, "{}", report["cli_full"]);
+    let full = report["cli_full"]["stdout"].as_str().unwrap();
+    assert!(full.contains("(full fine-tuning"), "{full}");
     assert_eq!(report["cli_missing"]["code"], 1);
     assert!(report["cli_missing"]["stderr"].as_str().unwrap().contains("NOT_FOUND"), "{}", report["cli_missing"]);
 }

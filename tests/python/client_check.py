@@ -92,6 +92,8 @@ def main() -> None:
     cli = [sys.executable, "-m", "alps_client.cli", "--address", args.grpc]
     ranked = subprocess.run([*cli, "rank-folder", "shades", str(pool), "--query-size", "2"], capture_output=True, text=True)
     report["cli_rank"] = {"code": ranked.returncode, "lines": ranked.stdout.strip().splitlines()}
+    full = subprocess.run([*cli, "train", "shades", "--epochs", "1", "--seed", "1", "--full"], capture_output=True, text=True)
+    report["cli_full"] = {"code": full.returncode, "stdout": full.stdout.strip(), "stderr": full.stderr.strip()}
     missing = subprocess.run([*cli, "train", "no-such-project"], capture_output=True, text=True)
     report["cli_missing"] = {"code": missing.returncode, "stderr": missing.stderr.strip()}
     print(json.dumps(report))

@@ -20,7 +20,10 @@ pub enum StoreError {
     #[error("database error: {}", with_causes(.0))]
     Postgres(#[from] postgres::Error),
     /// Another alps-server holds the PostgreSQL database (see [`super::postgres`]).
-    #[error("another alps-server uses this database (it holds the catalogue's lock)")]
+    #[error(
+        "another alps-server uses this database (it holds the catalogue's lock); servers share a database only as \
+         replicas, every one started with the same --object-store-url"
+    )]
     Taken,
     /// The database was migrated by a newer alps-server.
     #[error(

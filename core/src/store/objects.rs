@@ -53,7 +53,7 @@ pub enum ObjectError {
     #[error("--object-store-url: {0}")]
     Url(String),
     /// The store failed or could not be reached (after retries).
-    #[error("object store {store}: {operation} {key}: {message}")]
+    #[error("object store {store}: {operation} of {key} failed: {message}")]
     Store {
         /// The store (scheme, bucket and prefix; never credentials).
         store: String,
@@ -185,7 +185,7 @@ impl Objects {
     /// [`ObjectError::Url`] for an unsupported or malformed URL or configuration.
     pub fn open(url: &str) -> Result<Self, ObjectError> {
         install_tls_provider();
-        let parsed = url::Url::parse(url).map_err(|e| ObjectError::Url(format!("{e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| ObjectError::Url(format!("{e}; {SCHEMES}")))?;
         if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some() {
             // Secrets go in the environment, where the standard variables are read.
             return Err(ObjectError::Url("credentials and query parameters are not read from the URL".into()));
@@ -207,6 +207,7 @@ impl Objects {
             }
             ObjectStoreScheme::AmazonS3 => {
                 use object_store::aws::AmazonS3ConfigKey::Client;
+                plain_http_allowed()?;
                 let builder = AmazonS3Builder::from_env().with_url(url).with_retry(retry);
                 let builder = builder.with_config(Client(Timeout), REQUEST_TIMEOUT);
                 Arc::new(builder.with_config(Client(ConnectTimeout), CONNECT_TIMEOUT).build().map_err(fail)?)
@@ -264,6 +265,12 @@ impl Objects {
         // Writing or listing finds nothing only where there is no bucket (or container).
         let message = if not_found {
             "not found: does the bucket exist, and is the endpoint right?".to_owned()
+        } else if error.to_string().contains("169.254.169.254") {
+            // With no credentials in the environment the crate asks the instance metadata
+            // service, which says nothing useful off a cloud instance.
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a web identity \
+             (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN) or an instance role"
+                .to_owned()
         } else {
             crate::errors::first_line(error)
         };
@@ -443,10 +450,25 @@ fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The URLs this server takes, for error messages.
+const SCHEMES: &str = "use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path";
+
 fn unsupported(scheme: &str) -> String {
-    format!(
-        "unsupported scheme {scheme:?}: use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path"
-    )
+    format!("unsupported scheme {scheme:?}: {SCHEMES}")
+}
+
+/// Refuses a plain-HTTP S3 endpoint without `AWS_ALLOW_HTTP=true` up front: the crate would
+/// refuse every request with no more than "builder error".
+fn plain_http_allowed() -> Result<(), ObjectError> {
+    let endpoint =
+        ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().find_map(|name| std::env::var(name).ok());
+    let allowed = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
+    match endpoint {
+        Some(endpoint) if endpoint.starts_with("http://") && !allowed => Err(ObjectError::Url(format!(
+            "the S3 endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true to use it (or give an https:// one)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

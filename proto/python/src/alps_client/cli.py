@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("project")
     train.add_argument("--epochs", type=int, default=0, help="default: the server's (0)")
     train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--full", action="store_true", help="fine-tune the backbone too (needed when it starts from random weights)"
+    )
     rank = commands.add_parser("rank-folder", help="the most informative images of FOLDER")
     rank.add_argument("project")
     rank.add_argument("folder")
@@ -68,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
                 added = alps.add_folder(args.project, args.folder)
                 print(f"inserted {added.inserted}, updated {added.updated}, unchanged {added.unchanged}")
             elif args.command == "train":
-                job = alps.train(args.project, epochs=args.epochs, seed=args.seed)
-                print(f"job {job.job_id}: model version {job.model_version}")
+                job = alps.train(args.project, epochs=args.epochs, seed=args.seed, full=args.full)
+                accuracy = job.validation_accuracy if job.HasField("validation_accuracy") else None
+                held_out = f", validation accuracy {accuracy:.3f}" if accuracy is not None else ""
+                mode = "full fine-tuning" if args.full else "head only"
+                print(f"job {job.job_id}: model version {job.model_version} ({mode}{held_out})")
             elif args.command == "rank-folder":
                 for path, score in alps.rank_folder(
                     args.project, args.folder, query_size=args.query_size, heuristic=args.heuristic
