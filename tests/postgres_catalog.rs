@@ -8,10 +8,10 @@
 //! store one object, and while the store is away predictions go on and writes get UNAVAILABLE.
 
 use alps_proto::v1::{
-    ActivateModelVersionRequest, AddExamplesRequest, Architecture, CountExamplesRequest, CreateProjectRequest,
-    DeleteProjectRequest, GetProjectRequest, GetTrainingJobRequest, JobState, LabelledExample, ListTrainingJobsRequest,
-    ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor, TrainRequest, TrainingParameters,
-    WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    ActivateModelVersionRequest, AddExamplesRequest, Architecture, CancelTrainingJobRequest, CountExamplesRequest,
+    CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, GetTrainingJobRequest, JobState, LabelledExample,
+    ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor, TrainRequest,
+    TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
     inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
     project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
 };
@@ -568,6 +568,18 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     })
     .await;
     follow(&mut replicas, &latest).await;
+
+    // A job's progress is read on any replica, and a cancel asked of any replica reaches it.
+    let running = replicas[0].training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
+    let elsewhere = &replicas[2];
+    eventually("the job's progress on another replica", || async {
+        read_job(elsewhere, &running.job_id).await.filter(|job| job.epoch >= 1).map(drop)
+    })
+    .await;
+    let request = CancelTrainingJobRequest { job_id: running.job_id.clone() };
+    replicas[1].training.cancel_training_job(request).await.unwrap();
+    let cancelled = job_ended(&replicas[1], &running.job_id).await;
+    assert_eq!(cancelled.state(), JobState::Cancelled, "{cancelled:?}");
 
     // A replica paused and cut off from the database while it trains: another takes the
     // project; the paused one's version is not activated when it resumes.

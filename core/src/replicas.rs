@@ -8,8 +8,9 @@
 //! changed spec drops the cached models, a deleted (or deleted and re-made) project takes its
 //! cached models and trained versions with it. The interval bounds how late a lost
 //! notification (a dropped connection, a reconnect) can make a replica. The same thread keeps
-//! this replica's locks held (so that an idle replica does not look stopped) and records as
-//! failed the jobs of replicas that have looked stopped for [`ORPHAN_PATIENCE`].
+//! this replica's locks held (so that an idle replica does not look stopped), cancels this
+//! replica's jobs that a client asked another replica to cancel, and records as failed the jobs
+//! of replicas that have looked stopped for [`ORPHAN_PATIENCE`].
 
 use std::{
     cell::RefCell,
@@ -65,6 +66,7 @@ pub fn follow(follower: Follower) -> std::io::Result<()> {
                 tracing::warn!(%error, "cannot reach the catalogue to hold this replica's locks");
             }
             follower.refresh(&failed_loads);
+            follower.trainer.honour_cancel_requests();
             let patience = Some((&mut stopped_since, ORPHAN_PATIENCE));
             if let Err(error) = fail_orphaned_jobs(follower.catalog.as_ref(), &follower.replica, patience) {
                 tracing::warn!(%error, "cannot check the jobs of stopped replicas");

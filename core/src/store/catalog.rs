@@ -471,6 +471,20 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn job(&self, job_id: &str) -> Result<Option<String>, StoreError>;
 
+    /// Asks whoever runs job `job_id` to cancel it (a replica other than the one asked runs it;
+    /// it checks every few seconds). Saving the job's record keeps the request. Returns whether
+    /// the job exists and has not finished.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn request_cancel(&self, job_id: &str) -> Result<bool, StoreError>;
+
+    /// Whether cancelling job `job_id` was asked for ([`request_cancel`](Self::request_cancel)).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn cancel_requested(&self, job_id: &str) -> Result<bool, StoreError>;
+
     /// Records (JSON) of jobs that never finished (queued or running when the process died).
     ///
     /// # Errors

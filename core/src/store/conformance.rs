@@ -383,6 +383,15 @@ fn jobs_round_trip(backend: &mut dyn Backend) {
     assert_eq!(catalog.job("job-a").unwrap().as_deref(), Some("a done"));
     assert_eq!(catalog.job("job-z").unwrap(), None);
     assert_eq!(catalog.unfinished_jobs().unwrap(), ["b running"]);
+    // A cancellation asked of another replica: only of a job not finished, and kept when the
+    // job's record is saved again.
+    assert!(!catalog.cancel_requested("job-b").unwrap());
+    assert!(catalog.request_cancel("job-b").unwrap());
+    catalog.save_job("job-b", "cars", false, "b still running", 200).unwrap();
+    assert!(catalog.cancel_requested("job-b").unwrap());
+    assert!(!catalog.request_cancel("job-c").unwrap(), "finished");
+    assert!(!catalog.request_cancel("job-x").unwrap() && !catalog.cancel_requested("job-x").unwrap(), "unknown");
+    catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
     assert!(catalog.save_job("job-d", "boats", false, "d", 0).is_err(), "no such project");
 }
 

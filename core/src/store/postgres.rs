@@ -83,6 +83,8 @@ const MIGRATIONS: &[&str] = &[
     // of the data dir that holds its files (see `Catalog::bind_data_dir`).
     "CREATE TABLE alps_catalogue (id TEXT NOT NULL, data_dir TEXT);
     INSERT INTO alps_catalogue (id) VALUES (md5(random()::text || clock_timestamp()::text))",
+    // A cancellation asked of the replica that runs a job (see `Catalog::request_cancel`).
+    "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
 ];
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
@@ -836,6 +838,21 @@ impl Catalog for PostgresCatalog {
         }
     }
 
+    fn request_cancel(&self, job_id: &str) -> Result<bool, StoreError> {
+        self.writer.run(|client| {
+            let asked = client
+                .execute("UPDATE jobs SET cancel_requested = true WHERE job_id = $1 AND NOT finished", &[&job_id])?;
+            Ok(asked == 1)
+        })
+    }
+
+    fn cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
+        self.reader.run(|client| {
+            let row = client.query_opt("SELECT cancel_requested FROM jobs WHERE job_id = $1", &[&job_id])?;
+            Ok(row.is_some_and(|row| row.get(0)))
+        })
+    }
+
     fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {
         let key = replica_key(replica);
         // Read, not taken: taking it even for a moment could make that replica's reconnect fail.
@@ -963,7 +980,10 @@ mod tests {
         first.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         let second = PostgresCatalog::open(&url, None).unwrap_err();
         assert!(matches!(second, OpenError::Store(StoreError::Taken)), "{second}");
-        assert_eq!(second.to_string(), "another alps-server uses this database (it holds the catalogue's lock)");
+        assert!(
+            second.to_string().starts_with("another alps-server uses this database (it holds the catalogue's lock)"),
+            "{second}"
+        );
         drop(first);
         // Migrations already applied are not applied again; the data is there.
         let reopened = PostgresCatalog::open(&url, None).unwrap();

@@ -53,6 +53,8 @@ const MIGRATIONS: &[&str] = &[
     // of the data dir that holds its files (see `Catalog::bind_data_dir`).
     "CREATE TABLE catalogue (id TEXT NOT NULL, data_dir TEXT);
     INSERT INTO catalogue (id) VALUES (lower(hex(randomblob(16))))",
+    // A cancellation asked of the replica that runs a job (see `Catalog::request_cancel`).
+    "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// How long a statement waits for a lock held by another process before failing.
@@ -413,11 +415,29 @@ impl Catalog for SqliteCatalog {
         record: &str,
         created_unix_ms: i64,
     ) -> Result<(), StoreError> {
+        // An update, not a replacement: a cancellation asked meanwhile stays.
         self.connection().execute(
-            "INSERT OR REPLACE INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
+              record = excluded.record, created_unix_ms = excluded.created_unix_ms",
             params![job_id, project, finished, record, created_unix_ms],
         )?;
         Ok(())
+    }
+
+    fn request_cancel(&self, job_id: &str) -> Result<bool, StoreError> {
+        let asked = self
+            .connection()
+            .execute("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?1 AND finished = 0", params![job_id])?;
+        Ok(asked == 1)
+    }
+
+    fn cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
+        let connection = self.reader();
+        let asked = connection
+            .query_row("SELECT cancel_requested FROM jobs WHERE job_id = ?1", params![job_id], |row| row.get(0))
+            .optional()?;
+        Ok(asked.unwrap_or(false))
     }
 
     fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {

@@ -78,6 +78,8 @@ enum Refused {
 
 /// Why a job that was queued or running when the server stopped did not finish.
 const INTERRUPTED: &str = "interrupted: the server stopped while this job was queued or running";
+/// How often a running job's progress is written to the catalogue (for other replicas).
+const PROGRESS_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a trigger tries to claim a project another replica trains (100 ms apart) before
 /// it answers `UNAVAILABLE`.
 const CLAIM_ATTEMPTS: u32 = 20;
@@ -325,6 +327,25 @@ impl Trainer {
         Ok((record, false))
     }
 
+    /// Saves a running job's `record` unless the catalogue has it ended: a replica cut off for
+    /// long enough finds its job failed by another, and that verdict stands. A failure is
+    /// logged; the next save tries again.
+    fn save_unless_ended(&self, record: &JobRecord) {
+        if self.ended_in_catalogue(&record.job_id) {
+            return;
+        }
+        if let Err(error) = save(self.catalog.as_ref(), record) {
+            tracing::debug!(job = %record.job_id, %error, "cannot record the job's progress");
+        }
+    }
+
+    /// Whether the catalogue has job `job_id` ended (recorded by another replica).
+    fn ended_in_catalogue(&self, job_id: &str) -> bool {
+        let recorded = self.catalog.job(job_id).ok().flatten();
+        let recorded = recorded.and_then(|json| serde_json::from_str::<JobRecord>(&json).ok());
+        recorded.is_some_and(|recorded| recorded.state.is_terminal())
+    }
+
     /// The newest unfinished job of `project_id` in the catalogue (another replica's).
     fn unfinished_job(&self, project_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let unfinished = self.catalog.jobs(project_id, 20)?.into_iter().find(|row| !row.finished);
@@ -403,13 +424,23 @@ impl Trainer {
         self.state().live.get(job_id).map(|live| live.record.subscribe())
     }
 
-    /// Cancels a queued or running job; a no-op for an ended one.
+    /// Cancels a queued or running job; a no-op for an ended one. A job another replica runs is
+    /// cancelled by that replica within a few seconds ([`honour_cancel_requests`]
+    /// (Self::honour_cancel_requests)); the record returned is its state now.
     ///
     /// # Errors
-    /// [`TrainingError::NotFound`] for an unknown job.
+    /// [`TrainingError::NotFound`] for an unknown job; [`TrainingError::Store`] if the request
+    /// cannot be recorded.
     pub fn cancel(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
         let mut state = self.state();
-        let Some(live) = state.live.get(job_id) else { return self.job_after_unlock(state, job_id) };
+        let Some(live) = state.live.get(job_id) else {
+            let record = self.job_after_unlock(state, job_id)?;
+            // Another replica runs it: the request goes through the catalogue.
+            if !record.state.is_terminal() && record.replica != self.replica {
+                self.catalog.request_cancel(job_id)?;
+            }
+            return Ok(record);
+        };
         live.cancel.store(true, Ordering::Relaxed);
         let record = live.record.borrow().clone();
         if record.state == JobState::Queued {
@@ -430,6 +461,24 @@ impl Trainer {
             return Ok(ended);
         }
         Ok(record)
+    }
+
+    /// Cancels this server's jobs that another replica was asked to cancel (see
+    /// [`Catalog::request_cancel`]); the replica follower calls it every round.
+    pub fn honour_cancel_requests(&self) {
+        let live: Vec<String> = self.state().live.keys().cloned().collect();
+        for job_id in live {
+            match self.catalog.cancel_requested(&job_id) {
+                Ok(true) => {
+                    tracing::info!(job = %job_id, "cancelled at another replica's request");
+                    if let Err(error) = self.cancel(&job_id) {
+                        tracing::warn!(job = %job_id, %error, "cannot cancel the job");
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(job = %job_id, %error, "cannot read the job's cancel request"),
+            }
+        }
     }
 
     fn job_after_unlock(
@@ -532,9 +581,7 @@ impl Trainer {
         if let Some(record) = &ended {
             // A replica cut off from the catalogue for long enough finds its job recorded as
             // failed by another replica: that record stands.
-            let recorded = self.catalog.job(job_id).ok().flatten();
-            let recorded = recorded.and_then(|json| serde_json::from_str::<JobRecord>(&json).ok());
-            if recorded.is_some_and(|recorded| recorded.state.is_terminal()) {
+            if self.ended_in_catalogue(job_id) {
                 tracing::warn!(job = %job_id, "the job was recorded as failed by another replica meanwhile");
             } else if let Err(error) = save_retrying(self.catalog.as_ref(), record) {
                 tracing::error!(%error, "cannot record the job end");
@@ -623,10 +670,18 @@ impl Trainer {
             cancel,
         };
         let job_id = record.job_id.clone();
+        // Progress goes through the catalogue too, so that other replicas can show it.
+        let mut saved = std::time::Instant::now();
         let trained = run.execute(&mut |progress| {
-            self.update(&job_id, |r| {
+            let record = self.update(&job_id, |r| {
                 r.progress = progress;
             });
+            if let Some(record) = record
+                && saved.elapsed() >= PROGRESS_SAVE_INTERVAL
+            {
+                saved = std::time::Instant::now();
+                self.save_unless_ended(&record);
+            }
         })?;
         self.update(&job_id, |r| r.progress.phase = Phase::Saving);
         let number = self
