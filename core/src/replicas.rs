@@ -80,6 +80,7 @@ impl Follower {
     /// Re-reads the projects. A version that failed to load is tried again after
     /// [`LOAD_BACKOFF`], not on every round: each try fetches its weights.
     fn refresh(&self, failed_loads: &RefCell<HashMap<(String, String), Instant>>) {
+        failed_loads.borrow_mut().retain(|_, at| at.elapsed() < LOAD_BACKOFF);
         let load = |project: &Project| {
             let key = (project.spec.id.clone(), project.active_version.clone());
             if failed_loads.borrow().get(&key).is_some_and(|at| at.elapsed() < LOAD_BACKOFF) {

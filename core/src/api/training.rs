@@ -114,6 +114,8 @@ async fn follow_elsewhere(
         let (reader, id) = (trainer.clone(), job_id.to_owned());
         let record = match tokio::task::spawn_blocking(move || reader.job(&id)).await {
             Ok(Ok(record)) => record,
+            // A database blip: the next poll tries again.
+            Ok(Err(TrainingError::Store(error))) if error.failure() == crate::store::Failure::Transient => continue,
             Ok(Err(error)) => {
                 let _ = sender.send(Err(training_status(error))).await;
                 return;

@@ -446,7 +446,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
     ) -> Result<Activation, StoreError>;
 
-    /// Inserts or replaces a training job record (JSON).
+    /// Inserts a training job record (JSON), or updates it while the job has not finished: a
+    /// finished job's record never changes again (the first verdict stands, whichever replica
+    /// wrote it), and nothing is written then.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.

@@ -391,6 +391,10 @@ fn jobs_round_trip(backend: &mut dyn Backend) {
     assert!(catalog.cancel_requested("job-b").unwrap());
     assert!(!catalog.request_cancel("job-c").unwrap(), "finished");
     assert!(!catalog.request_cancel("job-x").unwrap() && !catalog.cancel_requested("job-x").unwrap(), "unknown");
+    // A finished job's record stands: a later save (a late replica) changes nothing.
+    catalog.save_job("job-c", "cars", false, "c resurrected", 200).unwrap();
+    catalog.save_job("job-c", "cars", true, "c done again", 200).unwrap();
+    assert_eq!(catalog.job("job-c").unwrap().as_deref(), Some("c done"));
     catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
     assert!(catalog.save_job("job-d", "boats", false, "d", 0).is_err(), "no such project");
 }

@@ -770,11 +770,12 @@ impl Catalog for PostgresCatalog {
         }
         // The writing session holds the lock shared; taking it alone as well succeeds when no
         // other session holds it, and keeps replicas from starting until it is released.
-        let taken: bool = self
-            .writer
-            .run(|client| Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0)))?;
-        // The lock lives on this session: if it breaks, others may start and write, unseen.
-        let pid = self.writer.backend_pid.load(Ordering::Relaxed);
+        // The lock lives on this session: if it breaks, others may start and write, unseen. Its
+        // process is read in the same call, so a reconnect by another thread cannot slip between.
+        let (taken, pid): (bool, i32) = self.writer.run(|client| {
+            let taken = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0);
+            Ok((taken, self.writer.backend_pid.load(Ordering::Relaxed)))
+        })?;
         let still = move || {
             let unbroken = self.writer.run(|client| {
                 client.batch_execute("SELECT 1")?;
@@ -923,7 +924,8 @@ impl Catalog for PostgresCatalog {
             client.execute(
                 "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
-                  record = excluded.record, created_unix_ms = excluded.created_unix_ms",
+                  record = excluded.record, created_unix_ms = excluded.created_unix_ms
+                 WHERE NOT jobs.finished",
                 &[&job_id, &project, &finished, &record, &created_unix_ms],
             )?;
             Ok(())

@@ -419,7 +419,8 @@ impl Catalog for SqliteCatalog {
         self.connection().execute(
             "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
-              record = excluded.record, created_unix_ms = excluded.created_unix_ms",
+              record = excluded.record, created_unix_ms = excluded.created_unix_ms
+             WHERE jobs.finished = 0",
             params![job_id, project, finished, record, created_unix_ms],
         )?;
         Ok(())

@@ -80,6 +80,8 @@ enum Refused {
 const INTERRUPTED: &str = "interrupted: the server stopped while this job was queued or running";
 /// How often a running job's progress is written to the catalogue (for other replicas).
 const PROGRESS_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest wait between progress saves while they fail.
+const PROGRESS_SAVE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often a trigger tries to claim a project another replica trains (100 ms apart) before
 /// it answers `UNAVAILABLE`.
 const CLAIM_ATTEMPTS: u32 = 20;
@@ -137,6 +139,8 @@ pub struct TrainerSettings {
 pub struct Trainer {
     /// This server's replica id (see [`TrainerSettings::replica`]).
     replica: String,
+    /// See [`TrainerSettings::follows_replicas`].
+    follows_replicas: bool,
     catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     projects: Arc<Projects>,
@@ -206,6 +210,7 @@ impl Trainer {
         }
         Ok(Self {
             replica: settings.replica,
+            follows_replicas: settings.follows_replicas,
             catalog,
             blobs,
             projects,
@@ -328,14 +333,18 @@ impl Trainer {
     }
 
     /// Saves a running job's `record` unless the catalogue has it ended: a replica cut off for
-    /// long enough finds its job failed by another, and that verdict stands. A failure is
-    /// logged; the next save tries again.
-    fn save_unless_ended(&self, record: &JobRecord) {
+    /// long enough finds its job failed by another, and that verdict stands (the catalogue
+    /// never changes a finished job's record either). Returns false if the save failed (logged).
+    fn save_unless_ended(&self, record: &JobRecord) -> bool {
         if self.ended_in_catalogue(&record.job_id) {
-            return;
+            return true;
         }
-        if let Err(error) = save(self.catalog.as_ref(), record) {
-            tracing::debug!(job = %record.job_id, %error, "cannot record the job's progress");
+        match save(self.catalog.as_ref(), record) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(job = %record.job_id, %error, "cannot record the job's progress");
+                false
+            }
         }
     }
 
@@ -466,7 +475,14 @@ impl Trainer {
     /// Cancels this server's jobs that another replica was asked to cancel (see
     /// [`Catalog::request_cancel`]); the replica follower calls it every round.
     pub fn honour_cancel_requests(&self) {
-        let live: Vec<String> = self.state().live.keys().cloned().collect();
+        // Those not being cancelled already.
+        let live: Vec<String> = self
+            .state()
+            .live
+            .iter()
+            .filter(|(_, live)| !live.cancel.load(Ordering::Relaxed))
+            .map(|(job_id, _)| job_id.clone())
+            .collect();
         for job_id in live {
             match self.catalog.cancel_requested(&job_id) {
                 Ok(true) => {
@@ -613,7 +629,13 @@ impl Trainer {
     }
 
     fn execute(&self, record: &JobRecord, cancel: &AtomicBool) -> Result<String, TrainError> {
-        let project = self.projects.get(&record.project_id).map_err(|e| TrainError::Precondition(e.to_string()))?;
+        // From the catalogue, not the cache: another replica's newest version may still be
+        // loading here, and the job must start from it (its result is activated only over it).
+        let project = self
+            .catalog
+            .project(&record.project_id)
+            .map_err(|e| TrainError::Precondition(crate::errors::logged("reading the project", &e)))?
+            .ok_or_else(|| TrainError::Precondition(format!("project {:?} not found", record.project_id)))?;
         let spec = &project.spec;
         let parent = project.active_version.clone();
         // Read once: the parent's manifest and, for a head-only version, its backbone's checksum.
@@ -670,17 +692,20 @@ impl Trainer {
             cancel,
         };
         let job_id = record.job_id.clone();
-        // Progress goes through the catalogue too, so that other replicas can show it.
-        let mut saved = std::time::Instant::now();
+        // With replicas, progress goes through the catalogue too, so that the others can show
+        // it; after a failed save (the database away) the next waits longer, and training goes on.
+        let (mut saved, mut wait) = (std::time::Instant::now(), PROGRESS_SAVE_INTERVAL);
         let trained = run.execute(&mut |progress| {
             let record = self.update(&job_id, |r| {
                 r.progress = progress;
             });
             if let Some(record) = record
-                && saved.elapsed() >= PROGRESS_SAVE_INTERVAL
+                && self.follows_replicas
+                && saved.elapsed() >= wait
             {
+                let ok = self.save_unless_ended(&record);
+                wait = if ok { PROGRESS_SAVE_INTERVAL } else { (wait * 2).min(PROGRESS_SAVE_BACKOFF) };
                 saved = std::time::Instant::now();
-                self.save_unless_ended(&record);
             }
         })?;
         self.update(&job_id, |r| r.progress.phase = Phase::Saving);
@@ -768,6 +793,7 @@ impl Trainer {
         // a replica that held the claim while this one was cut off) stays.
         let parent = if manifest.parent_version.is_empty() { UNTRAINED_VERSION } else { &manifest.parent_version };
         match self.catalog.project(project) {
+            Ok(Some(stored)) if !manifest.serves(&stored.spec) => return Err(CHANGED_MEANWHILE.into()),
             Ok(Some(stored)) if stored.active_version != parent => {
                 return Err(format!(
                     "version {} was activated while this job trained from {parent}; activate this version by hand if \
@@ -903,6 +929,9 @@ pub fn fail_orphaned_jobs(
     mut patience: Option<(&mut HashMap<String, std::time::Instant>, std::time::Duration)>,
 ) -> Result<usize, StoreError> {
     let mut failed = 0;
+    // Replicas seen stopped in this round: an entry of one not seen stopped now is stale (it came
+    // back, or its jobs ended) and must not shorten the patience the next time it blips.
+    let mut stopped_now = std::collections::HashSet::new();
     for json in catalog.unfinished_jobs()? {
         let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) else { continue };
         if record.replica == own && !own.is_empty() {
@@ -915,6 +944,7 @@ pub fn fail_orphaned_jobs(
             continue;
         }
         if let Some((stopped_since, wait)) = patience.as_mut() {
+            stopped_now.insert(record.replica.clone());
             let since = stopped_since.entry(record.replica.clone()).or_insert_with(std::time::Instant::now);
             if since.elapsed() < *wait {
                 continue;
@@ -926,6 +956,9 @@ pub fn fail_orphaned_jobs(
         tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted: its server stopped");
         save(catalog, &record)?;
         failed += 1;
+    }
+    if let Some((stopped_since, _)) = patience {
+        stopped_since.retain(|replica, _| stopped_now.contains(replica));
     }
     Ok(failed)
 }
@@ -947,4 +980,64 @@ fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
     let json =
         serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: record.job_id.clone(), source })?;
     catalog.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &json, record.created_unix_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{projects::spec::tests::spec, store::sqlite::SqliteCatalog};
+
+    /// An unfinished job of project "cars" that replica `replica` runs.
+    fn running(catalog: &dyn Catalog, job_id: &str, replica: &str) {
+        let record = JobRecord {
+            job_id: job_id.into(),
+            project_id: "cars".into(),
+            state: JobState::Running,
+            progress: Progress::default(),
+            params: TrainingParams::resolve(record::RequestedParams::default()).unwrap(),
+            activate: true,
+            model_version: String::new(),
+            error: String::new(),
+            not_activated_reason: String::new(),
+            created_unix_ms: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            replica: replica.into(),
+        };
+        save(catalog, &record).unwrap();
+    }
+
+    fn state_of(catalog: &dyn Catalog, job_id: &str) -> JobState {
+        serde_json::from_str::<JobRecord>(&catalog.job(job_id).unwrap().unwrap()).unwrap().state
+    }
+
+    #[test]
+    fn jobs_of_stopped_replicas_fail_after_the_patience_and_a_stale_sighting_does_not_shorten_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // SQLite knows no other live replica: every other replica looks stopped.
+        let catalog = SqliteCatalog::open(&dir.path().join("alps.db")).unwrap();
+        catalog.upsert_project(&spec(), 0, UNTRAINED_VERSION, &|_| false).unwrap();
+        running(&catalog, "mine", "me");
+        running(&catalog, "theirs", "them");
+        let hour = Duration::from_secs(3600);
+        let mut stopped_since = HashMap::new();
+        // Seen stopped just now: it may be reconnecting.
+        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 0);
+        assert!(stopped_since.contains_key("them"));
+        // A sighting older than the patience: its job fails; this replica's own never does.
+        stopped_since.insert("them".into(), Instant::now() - 2 * hour);
+        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 1);
+        assert_eq!((state_of(&catalog, "theirs"), state_of(&catalog, "mine")), (JobState::Failed, JobState::Running));
+        // Its jobs ended: the sighting goes, so a later blip waits the whole patience again.
+        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 0);
+        assert!(stopped_since.is_empty(), "{stopped_since:?}");
+        running(&catalog, "again", "them");
+        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 0);
+        assert_eq!(state_of(&catalog, "again"), JobState::Running);
+        // A server alone on its catalogue fails every unfinished job of others at once.
+        assert_eq!(fail_orphaned_jobs(&catalog, "new", None).unwrap(), 2);
+        assert_eq!(state_of(&catalog, "mine"), JobState::Failed);
+    }
 }
