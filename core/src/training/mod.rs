@@ -2,7 +2,10 @@
 //! running per project, further triggers coalesced into one pending job; at most
 //! `--training-jobs` across projects, on the bounded [`executor`]), and model versions written
 //! crash-safely and activated only once complete (head-only versions store the head alone,
-//! [`versions`]).
+//! [`versions`]). With replicas, one server at a time trains a project (a claim in the
+//! catalogue, [`Catalog::claim_training`]); a version is activated only while the claim holds
+//! and only over the version its job started from; progress, cancel requests and the jobs of
+//! stopped replicas go through the catalogue.
 
 pub mod examples;
 mod executor;
