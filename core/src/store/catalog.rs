@@ -525,8 +525,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     }
 
     /// Claims the right to train `project` for this server, so that one server at a time trains
-    /// it: `false` if another server holds it. Held until [`release_training`]
-    /// (Self::release_training) or until this server's connection to the catalogue is lost and
+    /// it: `false` if another server holds it. Held until
+    /// [`release_training`](Self::release_training) or until this server's connection to the catalogue is lost and
     /// another server claims it meanwhile. A catalogue one server uses alone grants it always.
     ///
     /// # Errors

@@ -184,7 +184,7 @@ impl std::fmt::Debug for Trainer {
 impl Trainer {
     /// A trainer over the data directory's stores whose activated versions `serving` loads
     /// before they are swapped in. Jobs that were queued or running when their server stopped
-    /// are recorded as failed ([`fail_orphaned_jobs`](Self::fail_orphaned_jobs)), and partial
+    /// are recorded as failed ([`fail_orphaned_jobs`]), and partial
     /// version directories removed.
     ///
     /// # Errors
@@ -437,8 +437,8 @@ impl Trainer {
     }
 
     /// Cancels a queued or running job; a no-op for an ended one. A job another replica runs is
-    /// cancelled by that replica within a few seconds ([`honour_cancel_requests`]
-    /// (Self::honour_cancel_requests)); the record returned is its state now.
+    /// cancelled by that replica within a few seconds (see
+    /// [`honour_cancel_requests`](Self::honour_cancel_requests)); the record returned is its state now.
     ///
     /// # Errors
     /// [`TrainingError::NotFound`] for an unknown job; [`TrainingError::Store`] if the request
