@@ -148,6 +148,17 @@ async fn seeded_predictions(server: &mut Server) -> (String, Vec<alps_proto::v1:
     (response.model_version, response.results)
 }
 
+/// An embedded server (SQLite, files in `dirs`) with project "p", 40 examples and v1 trained:
+/// the server, the job's id and the version's seeded predictions.
+async fn trained_embedded(dirs: &ServerDirs) -> (Server, String, (String, Vec<alps_proto::v1::PredictResult>)) {
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start_with(dirs, &[]).await;
+    create_project(&mut server, 20).await;
+    let job = train_to_end(&mut server).await;
+    let predictions = seeded_predictions(&mut server).await;
+    (server, job, predictions)
+}
+
 /// Runs `alps-server migrate`: (success, stdout, stderr).
 fn migrate(data_dir: &std::path::Path, url: &str) -> (bool, String, String) {
     migrate_with(data_dir, url, &[], &[])
@@ -256,11 +267,7 @@ async fn predictions_go_on_while_the_database_refuses_connections_and_writes_res
 async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     let (_, url) = postgres_database("alps_migrate");
     let dirs = ServerDirs::new();
-    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let mut server = start_with(&dirs, &[]).await;
-    create_project(&mut server, 20).await;
-    let job = train_to_end(&mut server).await;
-    let before = seeded_predictions(&mut server).await;
+    let (server, job, before) = trained_embedded(&dirs).await;
     assert_eq!(before.0, "v1");
 
     // Not while a server uses the data dir.
@@ -450,11 +457,7 @@ async fn a_data_dir_migrated_into_postgresql_and_the_object_store_serves_the_sam
     let store = format!("s3://{bucket}/cluster");
     let env = s3_env(s3_server());
     let dirs = ServerDirs::new();
-    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let mut server = start_with(&dirs, &[]).await;
-    create_project(&mut server, 20).await;
-    let job = train_to_end(&mut server).await;
-    let before = seeded_predictions(&mut server).await;
+    let (server, job, before) = trained_embedded(&dirs).await;
     assert!(server.stop());
 
     let store_flags = ["--object-store-url", store.as_str()];

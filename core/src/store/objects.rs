@@ -287,8 +287,7 @@ impl Objects {
     /// wrote it.
     fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, ObjectError> {
         let (store, path) = (self.store.clone(), self.path(key));
-        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        let result = self.wait(async move { store.put_opts(&path, PutPayload::from(bytes), options).await });
+        let result = self.wait(async move { store.put_opts(&path, PutPayload::from(bytes), write_once()).await });
         match result {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
@@ -330,8 +329,7 @@ impl Objects {
         let results = self.wait(async move {
             let puts = requests.into_iter().map(|(path, key, bytes)| {
                 let store = store.clone();
-                let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-                async move { (key, store.put_opts(&path, PutPayload::from(bytes), options).await) }
+                async move { (key, store.put_opts(&path, PutPayload::from(bytes), write_once()).await) }
             });
             futures_util::stream::iter(puts).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await
         });
@@ -376,13 +374,7 @@ impl Objects {
     /// # Errors
     /// [`ObjectError::Missing`], [`ObjectError::Corrupt`] or [`ObjectError::Store`].
     pub fn get(&self, kind: Kind, sha256: &str) -> Result<Vec<u8>, ObjectError> {
-        let key = Self::key(kind, sha256);
-        let bytes = self.get_bytes(&key)?;
-        let actual = sha256_hex(&bytes);
-        if actual != sha256 {
-            return Err(ObjectError::Corrupt { key, actual });
-        }
-        Ok(bytes)
+        self.get_all(kind, &[sha256]).remove(0)
     }
 
     /// Every object of `kind`, named by its sha256 (other names under the prefix are left out).
@@ -448,6 +440,11 @@ impl Objects {
 /// reqwest's rustls needs a process-wide crypto provider; an already installed one is kept.
 fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A conditional put: written only where nothing is (`If-None-Match: *` on S3).
+fn write_once() -> PutOptions {
+    PutOptions { mode: PutMode::Create, ..PutOptions::default() }
 }
 
 /// The URLs this server takes, for error messages.

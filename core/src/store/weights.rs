@@ -16,7 +16,7 @@ use std::{
 
 use super::{
     Failure, ModelsDir,
-    catalog::{Alone, Catalog, StoreError},
+    catalog::{Alone, Catalog, StoreError, VersionRow},
     objects::{Kind, ObjectError, Objects},
 };
 
@@ -168,14 +168,27 @@ impl ModelsDir {
     /// # Errors
     /// [`FetchError`]; nothing is left under the version's name then.
     pub fn fetch(&self, project: &str, version: &str) -> Result<PathBuf, FetchError> {
+        let Some(remote) = &self.remote else { return Ok(self.version_dir(project, version)) };
+        // Read once, for the version and the backbone it may build on.
+        let rows = remote.catalog.versions(project)?;
+        self.fetch_recorded(remote, &rows, project, version)
+    }
+
+    /// [`fetch`](Self::fetch) of `version`, one of `rows` (the project's recorded versions).
+    fn fetch_recorded(
+        &self,
+        remote: &Remote,
+        rows: &[VersionRow],
+        project: &str,
+        version: &str,
+    ) -> Result<PathBuf, FetchError> {
         let dir = self.version_dir(project, version);
-        let Some(remote) = &self.remote else { return Ok(dir) };
-        let row = remote.catalog.versions(project)?.into_iter().find(|row| row.version == version);
+        let row = rows.iter().find(|row| row.version == version);
         let row = row.ok_or_else(|| FetchError::Unknown { version: version.to_owned() })?;
         let manifest: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
         let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
         if !backbone.is_empty() && backbone != version {
-            self.fetch(project, backbone)?;
+            self.fetch_recorded(remote, rows, project, backbone)?;
         }
         let sha256 = manifest["weights_sha256"].as_str().filter(|sha| sha.len() == 64);
         let sha256 = sha256.ok_or_else(|| FetchError::Manifest { version: version.to_owned() })?;
