@@ -272,6 +272,13 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_TRAINING_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub training_jobs: u16,
 
+    /// Replicas: how long a replica's lease on training a project lasts unless renewed (it is
+    /// renewed every third of it while a job runs), in seconds. Another replica takes the
+    /// project's training over (failing the job that was running and queueing it again) this
+    /// long after the replica stopped, or was paused or cut off from the database.
+    #[arg(long, env = "ALPS_TRAINING_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub training_lease_secs: u64,
+
     /// Auto-activate policy: a newly trained version becomes active only if its validation
     /// accuracy is at most this much (in [0, 1]) below the active version's. Unset: always.
     #[arg(long, env = "ALPS_AUTO_ACTIVATE_MAX_ACCURACY_DROP", value_parser = accuracy_drop)]

@@ -8,9 +8,9 @@
 //! changed spec drops the cached models, a deleted (or deleted and re-made) project takes its
 //! cached models and trained versions with it. The interval bounds how late a lost
 //! notification (a dropped connection, a reconnect) can make a replica. The same thread keeps
-//! this replica's locks held (so that an idle replica does not look stopped), cancels this
-//! replica's jobs that a client asked another replica to cancel, and records as failed the jobs
-//! of replicas that have looked stopped for [`ORPHAN_PATIENCE`].
+//! this replica's lock on the catalogue held, cancels this replica's jobs that a client asked
+//! another replica to cancel, and takes over the training of projects whose replica stopped or
+//! lost the lease (see `training::leases`).
 
 use std::{
     cell::RefCell,
@@ -23,14 +23,11 @@ use crate::{
     engine::Engine,
     projects::{Project, Projects, Refreshed},
     store::catalog::Catalog,
-    training::{Trainer, fail_orphaned_jobs},
+    training::Trainer,
 };
 
 /// The longest a replica goes without re-reading the projects.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a replica must look stopped (its locks free) before its unfinished jobs are
-/// recorded as failed: longer than a reconnect takes, so a database restart fails no job.
-pub const ORPHAN_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a version that failed to load (missing or corrupt weights) is not tried again.
 const LOAD_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -42,10 +39,9 @@ pub struct Follower {
     pub projects: Arc<Projects>,
     /// This server's models.
     pub engine: Engine,
-    /// This server's training (its kept models and versions of deleted projects go).
+    /// This server's training (its kept models and versions of deleted projects go; it takes
+    /// over the training other replicas left).
     pub trainer: Arc<Trainer>,
-    /// This server's replica id.
-    pub replica: String,
 }
 
 /// Starts the thread that keeps `follower`'s projects and models in step with its catalogue;
@@ -56,21 +52,17 @@ pub struct Follower {
 pub fn follow(follower: Follower) -> std::io::Result<()> {
     std::thread::Builder::new().name("alps-replica".into()).spawn(move || {
         let failed_loads = RefCell::new(HashMap::new());
-        let mut stopped_since = HashMap::new();
         loop {
             if let Err(error) = follower.catalog.wait_for_change(REFRESH_INTERVAL) {
                 tracing::warn!(%error, "cannot listen for catalogue changes; re-reading on the interval");
                 std::thread::sleep(REFRESH_INTERVAL);
             }
             if let Err(error) = follower.catalog.keep_locks() {
-                tracing::warn!(%error, "cannot reach the catalogue to hold this replica's locks");
+                tracing::warn!(%error, "cannot reach the catalogue to hold this replica's lock");
             }
             follower.refresh(&failed_loads);
             follower.trainer.honour_cancel_requests();
-            let patience = Some((&mut stopped_since, ORPHAN_PATIENCE));
-            if let Err(error) = fail_orphaned_jobs(follower.catalog.as_ref(), &follower.replica, patience) {
-                tracing::warn!(%error, "cannot check the jobs of stopped replicas");
-            }
+            follower.trainer.take_over_abandoned();
         }
     })?;
     Ok(())

@@ -215,7 +215,7 @@ impl Server {
         }
         let objects = config.object_store_url.as_deref().map(Objects::open).transpose()?.map(Arc::new);
         let database = config.database_url.as_ref().map(|url| (url.expose(), config.database_ca_file.as_deref()));
-        // Unique per process: a restarted replica is a new one (its old jobs are failed).
+        // Unique per process: a restarted replica is a new one (the jobs it left are taken over).
         let replica = format!("{:016x}", fastrand::u64(..));
         let catalog = open_catalog(database, &data_dir, objects.as_deref(), &replica)?;
         let projects = Arc::new(Projects::open(catalog.clone())?);
@@ -253,8 +253,9 @@ impl Server {
                 device,
                 max_accuracy_drop: config.auto_activate_max_accuracy_drop,
                 concurrent_jobs: usize::from(config.training_jobs),
-                replica: replica.clone(),
+                replica,
                 follows_replicas: objects.is_some(),
+                lease_ttl: Duration::from_secs(config.training_lease_secs),
             },
             metrics.clone(),
         )?);
@@ -264,9 +265,9 @@ impl Server {
                 projects: projects.clone(),
                 engine: engine.clone(),
                 trainer: trainer.clone(),
-                replica: replica.clone(),
             };
             crate::replicas::follow(follower).map_err(StartError::Follower)?;
+            trainer.keep_leases().map_err(StartError::Follower)?;
         }
         let grpc = listen("--listen", config.listen).await?;
         let http = listen("--http-listen", config.http_listen).await?;

@@ -37,7 +37,6 @@ pub(crate) fn training_status(error: TrainingError) -> Status {
     match error {
         TrainingError::NotFound(message) => Status::not_found(message),
         TrainingError::Precondition(message) => Status::failed_precondition(message),
-        TrainingError::Busy(message) => Status::unavailable(message),
         TrainingError::Store(error) => crate::errors::storage("the training store", error.failure(), &error),
     }
 }
@@ -98,19 +97,23 @@ fn proto_params(params: &TrainingParams) -> pb::TrainingParameters {
     }
 }
 
-/// How often a watch of a job that another replica runs reads its record.
+/// How often a watch of a job that is not live on this server reads its record.
 const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Streams the record of job `job_id`, which another replica runs (its catalogue record
-/// changes when it starts and ends), from `last` on, until it ends or the client leaves.
+/// Streams the record of job `job_id`, which is queued in the catalogue or runs on another
+/// replica (its record there changes as it starts, progresses and ends), from `last` on, until
+/// it ends or the client leaves (`None`), or until this server starts it: then its live record.
 async fn follow_elsewhere(
     trainer: &Arc<Trainer>,
     job_id: &str,
     mut last: JobRecord,
     sender: &tokio::sync::mpsc::Sender<Result<pb::TrainingJob, Status>>,
-) {
+) -> Option<tokio::sync::watch::Receiver<JobRecord>> {
     while !sender.is_closed() {
         tokio::time::sleep(ELSEWHERE_POLL).await;
+        if let Some(live) = trainer.watch(job_id) {
+            return Some(live);
+        }
         let (reader, id) = (trainer.clone(), job_id.to_owned());
         let record = match tokio::task::spawn_blocking(move || reader.job(&id)).await {
             Ok(Ok(record)) => record,
@@ -118,18 +121,19 @@ async fn follow_elsewhere(
             Ok(Err(TrainingError::Store(error))) if error.failure() == crate::store::Failure::Transient => continue,
             Ok(Err(error)) => {
                 let _ = sender.send(Err(training_status(error))).await;
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
         if record == last {
             continue;
         }
         if sender.send(Ok(proto_job(&record))).await.is_err() || record.state.is_terminal() {
-            return;
+            return None;
         }
         last = record;
     }
+    None
 }
 
 /// The API view of a job record.
@@ -246,10 +250,15 @@ impl TrainingService for TrainingApi {
             if sender.send(Ok(proto_job(&first))).await.is_err() || first.state.is_terminal() {
                 return;
             }
-            let Some(mut live) = live else {
-                follow_elsewhere(&trainer, &job_id, first, &sender).await;
-                return;
+            let live = match live {
+                Some(live) => Some(live),
+                // Started here since: its record now is news.
+                None => follow_elsewhere(&trainer, &job_id, first, &sender).await.map(|mut live| {
+                    live.mark_changed();
+                    live
+                }),
             };
+            let Some(mut live) = live else { return };
             loop {
                 let ended = live.changed().await.is_err();
                 let record = if ended {

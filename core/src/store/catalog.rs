@@ -6,6 +6,8 @@
 //! Calls are synchronous and short; async callers run them on the blocking pool. Sample bytes
 //! and model files are not in the catalogue: it holds their sha256 names and manifests.
 
+use std::time::Duration;
+
 use crate::projects::ProjectSpec;
 
 use super::Failure;
@@ -35,10 +37,14 @@ pub enum StoreError {
         /// Migrations this server knows.
         known: usize,
     },
+    /// Concurrent writers kept changing what a write depends on (a project's queued training
+    /// job, taken and queued again by replicas) for every try.
+    #[error("the catalogue changed under this write on every try; retry")]
+    Contended,
     /// A stored row could not be decoded (written by an incompatible version).
-    #[error("stored project {id} is unreadable: {source}")]
+    #[error("stored record of {id} is unreadable: {source}")]
     Corrupt {
-        /// The project.
+        /// What the record is of: a project's id, `project/example`, a training job.
         id: String,
         /// The decoding error.
         source: serde_json::Error,
@@ -53,6 +59,7 @@ impl StoreError {
         match self {
             Self::Sqlite(error) => super::sqlite::failure(error),
             Self::Postgres(error) => super::postgres::failure(error),
+            Self::Contended => Failure::Transient,
             // Taken while serving: our session broke and another server took the lock (our own
             // old session's is taken back), so this server must not write.
             Self::Taken | Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,
@@ -244,6 +251,9 @@ pub struct JobRow {
     pub job_id: String,
     /// Whether it ended (succeeded, failed or cancelled).
     pub finished: bool,
+    /// Whether it waits for a server to take it ([`Catalog::enqueue_job`]): a trigger not yet
+    /// taken by the server that trains its project.
+    pub queued: bool,
     /// Its record (JSON, owned by `training`).
     pub record: String,
     /// When it was triggered, milliseconds since the Unix epoch.
@@ -259,6 +269,36 @@ pub enum Activation {
     NoSuchVersion,
     /// The version does not fit the project's stored spec; nothing changed.
     Unfit,
+    /// The fence's lease is no longer the project's (another replica took it over): nothing
+    /// changed.
+    Fenced,
+}
+
+/// The right to train one project, held by one replica at a time cluster-wide: granted by
+/// [`Catalog::claim_training`] for a time to live, renewed while its jobs run, and taken over by
+/// another replica once it has expired. Each grant has a higher epoch than the one before, so
+/// that a replica that was paused or cut off past its lease can be told from the holder (the
+/// fencing token of Kleppmann, "How to do distributed locking", 2016).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The grant's number for its project: 1 for the first, 0 for a server alone on its
+    /// catalogue, which needs no lease.
+    pub epoch: i64,
+}
+
+impl Lease {
+    /// The lease of a server alone on its catalogue: always granted, never lost.
+    pub const SOLE: Self = Self { epoch: 0 };
+}
+
+/// What [`Catalog::activate_version`] checks before a trained version replaces the active one:
+/// that `replica` still holds `lease` on the project.
+#[derive(Clone, Copy, Debug)]
+pub struct Fence<'a> {
+    /// The replica's id.
+    pub replica: &'a str,
+    /// The lease its job trained under.
+    pub lease: Lease,
 }
 
 /// A stored project row.
@@ -435,7 +475,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError>;
 
     /// Makes `version` the active version of `project` if `fits(its manifest JSON, the stored
-    /// spec)`, in one transaction: a spec changed meanwhile (other classes or inputs) is seen.
+    /// spec)` and, given a `fence`, if its replica still holds its lease, in one transaction: a
+    /// spec changed meanwhile (other classes or inputs) is seen, and a replica that lost the
+    /// project to another ([`Activation::Fenced`]) changes nothing.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure or an unreadable stored spec.
@@ -444,6 +486,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         project: &str,
         version: &str,
         fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+        fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError>;
 
     /// Inserts a training job record (JSON), or updates it while the job has not finished: a
@@ -487,11 +530,41 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn cancel_requested(&self, job_id: &str) -> Result<bool, StoreError>;
 
-    /// Records (JSON) of jobs that never finished (queued or running when the process died).
+    /// Jobs that have not finished (queued, running, or left so by a server that stopped), in
+    /// no particular order.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError>;
+    fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError>;
+
+    /// Queues a training job for `project` (its record, JSON) to be taken by whichever server
+    /// trains the project ([`take_queued_job`](Self::take_queued_job)), unless one is queued
+    /// already: a project has at most one, so that every trigger on any replica coalesces into
+    /// it. Returns `None` when queued, else the record of the job queued before.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure (an unknown project).
+    fn enqueue_job(
+        &self,
+        job_id: &str,
+        project: &str,
+        record: &str,
+        created_unix_ms: i64,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Takes `project`'s queued job, if any, for the caller to run: it is no longer queued (no
+    /// other server takes it, and a trigger queues a new one). Returns its record (JSON).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError>;
+
+    /// Ends queued job `job_id` with `record` (JSON) if no server took it yet. Returns whether
+    /// it did.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError>;
 
     /// While what this returns lives, this server is the only one using the catalogue (garbage
     /// collection relies on it: the pins that keep a blob being written are in memory). A
@@ -504,19 +577,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         Ok(Some(Alone::always()))
     }
 
-    /// Whether the replica with id `replica` runs (its jobs are its own; a dead replica's
-    /// unfinished jobs are failed by any other). A catalogue one server uses alone knows no
-    /// replica but that server, which asks only about others: `false`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on a database failure.
-    fn replica_alive(&self, _replica: &str) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-
-    /// Makes sure this server holds its locks (its replica lock, its training claims): a
-    /// database session that broke is opened again and takes them back. Replicas call it every
-    /// few seconds, so that an idle replica does not look stopped to the others.
+    /// Makes sure this server holds its lock on the catalogue: a database session that broke
+    /// is opened again and takes it back. Replicas call it every few seconds.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
@@ -524,28 +586,45 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Claims the right to train `project` for this server, so that one server at a time trains
-    /// it: `false` if another server holds it. Held until
-    /// [`release_training`](Self::release_training) or until this server's connection to the catalogue is lost and
-    /// another server claims it meanwhile. A catalogue one server uses alone grants it always.
+    /// Grants `replica` the [`Lease`] on training `project` for `ttl` if no replica holds an
+    /// unexpired one (the catalogue's clock decides), with the next epoch; `None` if another
+    /// holds it. A catalogue one server uses alone grants [`Lease::SOLE`] always.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn claim_training(&self, _project: &str) -> Result<bool, StoreError> {
-        Ok(true)
+    fn claim_training(&self, _project: &str, _replica: &str, _ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        Ok(Some(Lease::SOLE))
     }
 
-    /// Whether this server still holds its claim on training `project` (a version trained
-    /// without it must not be activated: another server trains the project now).
+    /// Extends `replica`'s `lease` on `project` to `ttl` from now. Returns `false` if it is no
+    /// longer the project's (another replica took it over after it expired): then the
+    /// replica's job must stop, and its version is never activated ([`Fence`]). An expired
+    /// lease that nobody took over is renewed.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn holds_training(&self, _project: &str) -> Result<bool, StoreError> {
+    fn renew_training(&self, _project: &str, _replica: &str, _lease: Lease, _ttl: Duration) -> Result<bool, StoreError> {
         Ok(true)
     }
 
-    /// Gives up this server's claim on training `project`, if it holds one.
-    fn release_training(&self, _project: &str) {}
+    /// Gives up `replica`'s `lease` on `project` (it expires now; the epoch stays, so the next
+    /// grant's is higher).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure: the lease then runs out by itself.
+    fn release_training(&self, _project: &str, _replica: &str, _lease: Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Projects with unfinished jobs (queued, or left running) and no unexpired lease: work a
+    /// replica that claims them takes over. A catalogue one server uses alone has none (its
+    /// server recovers its jobs when it starts).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn projects_to_take_over(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Blocks until a project may have changed in the catalogue (created, updated, deleted, a
     /// version activated), by any server, or `timeout` passed. It may return early for nothing;
@@ -553,7 +632,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn wait_for_change(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+    fn wait_for_change(&self, timeout: Duration) -> Result<(), StoreError> {
         std::thread::sleep(timeout);
         Ok(())
     }

@@ -128,6 +128,7 @@ const CASES: &[(&str, Case)] = &[
     ("a batch that names an example twice applies in order", batch_in_order),
     ("versions are numbered, listed newest first, unique", versions_are_numbered),
     ("jobs are replaced by id, listed newest first, unfinished found", jobs_round_trip),
+    ("a project has one queued job, taken or cancelled once", one_queued_job),
     ("deleting a project deletes what belongs to it", delete_cascades),
 ];
 
@@ -218,17 +219,17 @@ fn upsert_starts_over(backend: &mut dyn Backend) {
 fn activation_checks_fit(backend: &mut dyn Backend) {
     let catalog = backend.create();
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
-    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true).unwrap(), Activation::NoSuchVersion);
+    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::NoSuchVersion);
     catalog.record_version("cars", "v1", 1, r#"{"made": "for cars"}"#, 0).unwrap();
     let refused = catalog.activate_version("cars", "v1", &|manifest, stored| {
         assert_eq!((manifest, stored), (r#"{"made": "for cars"}"#, &spec()), "the check sees both");
         false
-    });
+    }, None);
     assert_eq!(refused.unwrap(), Activation::Unfit);
     assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "untrained", "nothing changed");
-    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true).unwrap(), Activation::Activated);
+    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::Activated);
     assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "v1");
-    assert_eq!(catalog.activate_version("boats", "v1", &|_, _| true).unwrap(), Activation::NoSuchVersion);
+    assert_eq!(catalog.activate_version("boats", "v1", &|_, _| true, None).unwrap(), Activation::NoSuchVersion);
 }
 
 fn labelled(id: &str, class: &str, revision: u64) -> ExampleRow {
@@ -382,7 +383,8 @@ fn jobs_round_trip(backend: &mut dyn Backend) {
     assert_eq!(jobs(1), [done("job-c", "c done", 200)]);
     assert_eq!(catalog.job("job-a").unwrap().as_deref(), Some("a done"));
     assert_eq!(catalog.job("job-z").unwrap(), None);
-    assert_eq!(catalog.unfinished_jobs().unwrap(), ["b running"]);
+    let unfinished: Vec<_> = catalog.unfinished_jobs().unwrap().into_iter().map(|job| job.record).collect();
+    assert_eq!(unfinished, ["b running"]);
     // A cancellation asked of another replica: only of a job not finished, and kept when the
     // job's record is saved again.
     assert!(!catalog.cancel_requested("job-b").unwrap());
@@ -397,6 +399,40 @@ fn jobs_round_trip(backend: &mut dyn Backend) {
     assert_eq!(catalog.job("job-c").unwrap().as_deref(), Some("c done"));
     catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
     assert!(catalog.save_job("job-d", "boats", false, "d", 0).is_err(), "no such project");
+}
+
+fn one_queued_job(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    let mut boats = spec();
+    boats.id = "boats".into();
+    catalog.upsert_project(&boats, 0, "untrained", &|_| false).unwrap();
+    assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
+    // Every trigger while one waits coalesces into it, whichever server it reached.
+    assert_eq!(catalog.enqueue_job("job-a", "cars", "a", 100).unwrap(), None);
+    assert_eq!(catalog.enqueue_job("job-b", "cars", "b", 200).unwrap().as_deref(), Some("a"));
+    assert_eq!(catalog.enqueue_job("job-c", "boats", "c", 200).unwrap(), None, "one per project");
+    let row = |id: &str| catalog.jobs("cars", 10).unwrap().into_iter().find(|job| job.job_id == id);
+    assert!(row("job-a").is_some_and(|job| job.queued && !job.finished));
+    assert_eq!(row("job-b"), None);
+    assert_eq!(catalog.unfinished_jobs().unwrap().len(), 2);
+    // Taken once: then a trigger queues the next job.
+    assert_eq!(catalog.take_queued_job("cars").unwrap().as_deref(), Some("a"));
+    assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
+    assert!(row("job-a").is_some_and(|job| !job.queued && !job.finished));
+    assert!(!catalog.cancel_queued_job("job-a", "a cancelled").unwrap(), "taken: its server cancels it");
+    assert_eq!(catalog.enqueue_job("job-d", "cars", "d", 300).unwrap(), None);
+    // Cancelled before any server took it: ended, and no longer queued.
+    assert!(catalog.cancel_queued_job("job-d", "d cancelled").unwrap());
+    assert!(row("job-d").is_some_and(|job| !job.queued && job.finished));
+    assert_eq!(catalog.job("job-d").unwrap().as_deref(), Some("d cancelled"));
+    assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
+    // A queued job ended by a save (failed at a server's start) is no longer queued either.
+    assert_eq!(catalog.enqueue_job("job-e", "cars", "e", 400).unwrap(), None);
+    catalog.save_job("job-e", "cars", true, "e interrupted", 400).unwrap();
+    assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
+    assert_eq!(catalog.enqueue_job("job-f", "cars", "f", 500).unwrap(), None);
+    assert!(catalog.enqueue_job("job-g", "lorries", "g", 500).is_err(), "no such project");
 }
 
 fn delete_cascades(backend: &mut dyn Backend) {

@@ -159,7 +159,12 @@ fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProj
         target.upsert_examples(id, &page)?;
     }
     for job in source.jobs(id, usize::MAX)? {
-        target.save_job(&job.job_id, id, job.finished, &job.record, job.created_unix_ms)?;
+        // A trigger still queued stays queued: the server that trains the project takes it.
+        if job.queued {
+            target.enqueue_job(&job.job_id, id, &job.record, job.created_unix_ms)?;
+        } else {
+            target.save_job(&job.job_id, id, job.finished, &job.record, job.created_unix_ms)?;
+        }
     }
     Ok(())
 }
@@ -224,9 +229,10 @@ mod tests {
         for n in 1..=3 {
             source.record_version("cars", &format!("v{n}"), n, &format!("manifest {n}"), 10 * i64::from(n)).unwrap();
         }
-        source.activate_version("cars", "v2", &|_, _| true).unwrap();
+        source.activate_version("cars", "v2", &|_, _| true, None).unwrap();
         source.save_job("job-1", "cars", true, "done", 5).unwrap();
         source.save_job("job-2", "cars", false, "running", 6).unwrap();
+        assert_eq!(source.enqueue_job("job-3", "cars", "queued", 7).unwrap(), None);
         source
     }
 
@@ -235,11 +241,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = populated(dir.path());
         let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
-        let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 2 };
+        let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 3 };
         assert_eq!(migrate(&source, &target).unwrap(), expected);
         assert_eq!(target.projects().unwrap(), source.projects().unwrap(), "specs, creation times, active versions");
         assert_eq!(target.project("cars").unwrap().unwrap().active_version, "v2");
-        assert_eq!(target.unfinished_jobs().unwrap(), ["running"]);
+        let mut unfinished: Vec<_> =
+            target.unfinished_jobs().unwrap().into_iter().map(|job| (job.record, job.queued)).collect();
+        unfinished.sort();
+        assert_eq!(unfinished, [("queued".to_owned(), true), ("running".to_owned(), false)], "a trigger stays queued");
         assert_eq!(target.next_version_number("cars").unwrap(), 4);
         assert_eq!(migrate(&source, &target).unwrap(), expected, "idempotent");
         // The source grew: a rerun copies what is new.

@@ -34,7 +34,7 @@ use postgres::{Client, NoTls, Row, error::SqlState};
 use super::{
     Failure,
     catalog::{
-        self, Activation, Alone, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert,
+        self, Activation, Alone, Catalog, ExampleRow, Fence, JobRow, Lease, StoreError, StoredExample, StoredProject, Upsert,
         UpsertCounts, VersionRow, encode_spec,
     },
 };
@@ -85,6 +85,16 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO alps_catalogue (id) VALUES (md5(random()::text || clock_timestamp()::text))",
     // A cancellation asked of the replica that runs a job (see `Catalog::request_cancel`).
     "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
+    // Training leases with fencing epochs (see `Catalog::claim_training`), and a trigger waiting
+    // for the replica that trains its project, one per project (see `Catalog::enqueue_job`).
+    "CREATE TABLE training_leases (
+        project_id TEXT COLLATE \"C\" PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN queued BOOLEAN NOT NULL DEFAULT false;
+    CREATE UNIQUE INDEX one_queued_job ON jobs (project_id) WHERE queued",
 ];
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
@@ -103,14 +113,6 @@ pub enum Sharing {
     Replicas,
 }
 
-/// An advisory lock a session holds for as long as it is connected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Held {
-    /// The server lock, exclusive or shared.
-    Server(Sharing),
-    /// This replica's own lock (key from its id).
-    Replica(i64),
-}
 /// A session idle for longer is probed (an empty query) before it runs a call.
 const IDLE_PROBE: Duration = Duration::from_secs(1);
 /// How long that probe may take.
@@ -183,13 +185,10 @@ struct Session {
     config: postgres::Config,
     /// `None`: plaintext (see [`super::database_tls`]).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    /// The locks this session holds (the writing session's).
-    locks: Vec<Held>,
+    /// The server lock this session holds (the writing session), alone or shared.
+    lock: Option<Sharing>,
     /// Whether this session listens for project changes.
     listens: bool,
-    /// Training claims (advisory lock keys) this session holds besides `locks`, taken again
-    /// on a reconnect; one another session took meanwhile is dropped from here (lost).
-    claims: Mutex<Vec<i64>>,
     client: Mutex<Option<Client>>,
     /// When this session last ran a call: one idle for longer than [`IDLE_PROBE`] is checked
     /// before use, so that a session the server ended meanwhile (a restart, a terminated
@@ -203,7 +202,7 @@ struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The config's Debug leaves the password out.
-        f.debug_struct("Session").field("config", &self.config).field("locks", &self.locks).finish_non_exhaustive()
+        f.debug_struct("Session").field("config", &self.config).field("lock", &self.lock).finish_non_exhaustive()
     }
 }
 
@@ -211,14 +210,13 @@ impl Session {
     fn new(
         config: &postgres::Config,
         tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
-        locks: Vec<Held>,
+        lock: Option<Sharing>,
     ) -> Self {
         Self {
             config: config.clone(),
             tls: tls.cloned(),
-            locks,
+            lock,
             listens: false,
-            claims: Mutex::default(),
             client: Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
             backend_pid: AtomicI32::new(0),
@@ -268,38 +266,19 @@ impl Session {
         // Asked before the lock is taken and recorded once it is: no failure in between can
         // leave a pid that does not hold the lock, or lose the one that does.
         let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
-        for held in &self.locks {
-            match held {
-                Held::Server(Sharing::Alone) => {
-                    take_lock(&mut client, SERVER_LOCK, self.backend_pid.load(Ordering::Relaxed))?;
+        match self.lock {
+            Some(Sharing::Alone) => take_lock(&mut client, SERVER_LOCK, self.backend_pid.load(Ordering::Relaxed))?,
+            Some(Sharing::Replicas) => {
+                let taken: bool = client.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK])?.get(0);
+                if !taken {
+                    return Err(StoreError::Taken);
                 }
-                Held::Server(Sharing::Replicas) => {
-                    let taken: bool =
-                        client.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK])?.get(0);
-                    if !taken {
-                        return Err(StoreError::Taken);
-                    }
-                }
-                // Our own key: only our previous session of this process can hold it, and
-                // it is gone or going (keepalives end it).
-                Held::Replica(key) => take_lock(&mut client, *key, self.backend_pid.load(Ordering::Relaxed))?,
             }
+            None => {}
         }
         if self.listens {
             client.batch_execute(&format!("LISTEN {CHANGES}"))?;
         }
-        let mut claims = self.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut kept = Vec::with_capacity(claims.len());
-        // On a failure the list stays whole: the next connection tries every claim again.
-        for key in claims.iter() {
-            if client.query_one("SELECT pg_try_advisory_lock($1)", &[key])?.get(0) {
-                kept.push(*key);
-            } else {
-                tracing::warn!("a training claim was taken by another replica while the connection was down");
-            }
-        }
-        *claims = kept;
-        drop(claims);
         self.backend_pid.store(pid, Ordering::Relaxed);
         Ok(client)
     }
@@ -418,15 +397,11 @@ impl PostgresCatalog {
             Sharing::Alone => "alps-server".to_owned(),
             Sharing::Replicas => format!("alps-server {replica}"),
         });
-        let mut locks = vec![Held::Server(sharing)];
-        if sharing == Sharing::Replicas {
-            locks.push(Held::Replica(replica_key(replica)));
-        }
-        let mut listener = Session::new(&config, tls.as_ref(), Vec::new());
+        let mut listener = Session::new(&config, tls.as_ref(), None);
         listener.listens = true;
         let catalog = Self {
-            reader: Session::new(&config, tls.as_ref(), Vec::new()),
-            writer: Session::new(&config, tls.as_ref(), locks),
+            reader: Session::new(&config, tls.as_ref(), None),
+            writer: Session::new(&config, tls.as_ref(), Some(sharing)),
             listener,
             sharing,
         };
@@ -446,23 +421,6 @@ impl PostgresCatalog {
         }
         Ok(catalog)
     }
-}
-
-/// The advisory lock key of replica `id`.
-fn replica_key(id: &str) -> i64 {
-    lock_key(&format!("alps replica {id}"))
-}
-
-/// The advisory lock key of the claim on training `project`.
-fn training_key(project: &str) -> i64 {
-    lock_key(&format!("alps training {project}"))
-}
-
-/// An advisory lock key for `name`: the first 8 bytes of its SHA-256.
-fn lock_key(name: &str) -> i64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(name.as_bytes());
-    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// Where `config` connects, for people: `host:port/database`.
@@ -531,6 +489,16 @@ fn example(project: &str, row: &Row) -> Result<ExampleRow, StoreError> {
 
 fn strings(rows: Vec<Row>) -> Vec<String> {
     rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// A row of `SELECT job_id, finished, queued, record, created_unix_ms FROM jobs`.
+fn job_row(row: &Row) -> JobRow {
+    JobRow { job_id: row.get(0), finished: row.get(1), queued: row.get(2), record: row.get(3), created_unix_ms: row.get(4) }
+}
+
+/// `duration` in milliseconds, for an interval computed in SQL.
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 impl Catalog for PostgresCatalog {
@@ -797,46 +765,64 @@ impl Catalog for PostgresCatalog {
         }))
     }
 
-    fn claim_training(&self, project: &str) -> Result<bool, StoreError> {
-        let key = training_key(project);
-        self.writer.run(|client| {
-            let mut claims = self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if claims.contains(&key) {
-                return Ok(true);
-            }
-            let taken: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0);
-            if taken {
-                claims.push(key);
-            }
-            Ok(taken)
-        })
-    }
-
-    fn holds_training(&self, project: &str) -> Result<bool, StoreError> {
-        let key = training_key(project);
-        // A call reconnects a broken session first, taking its claims again where it can.
-        self.writer.run(|client| {
-            client.query_one("SELECT 1", &[])?;
-            Ok(self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&key))
-        })
-    }
-
-    fn release_training(&self, project: &str) {
-        let key = training_key(project);
-        // Out of the list first, whatever happens next: a session that breaks before the unlock
-        // has released it anyway, and a reconnect must not take it again.
-        let mut claims = self.writer.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(index) = claims.iter().position(|claim| *claim == key) else { return };
-        claims.remove(index);
-        drop(claims);
-        let released = self.writer.run(|client| {
-            client.execute("SELECT pg_advisory_unlock($1)", &[&key])?;
-            Ok(())
-        });
-        if let Err(error) = released {
-            // A broken session has released it anyway.
-            tracing::warn!(%project, %error, "cannot release the training claim");
+    fn claim_training(&self, project: &str, replica: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        if self.sharing == Sharing::Alone {
+            return Ok(Some(Lease::SOLE));
         }
+        // The database's clock decides expiry, so replicas' clocks need not agree.
+        let granted = self.writer.run(|client| {
+            Ok(client.query_opt(
+                "INSERT INTO training_leases (project_id, holder, epoch, expires_at)
+                 VALUES ($1, $2, 1, clock_timestamp() + $3::float8 * interval '1 millisecond')
+                 ON CONFLICT (project_id) DO UPDATE SET holder = excluded.holder, epoch = training_leases.epoch + 1,
+                  expires_at = excluded.expires_at
+                 WHERE training_leases.expires_at <= clock_timestamp()
+                 RETURNING epoch",
+                &[&project, &replica, &millis(ttl)],
+            )?)
+        })?;
+        Ok(granted.map(|row| Lease { epoch: row.get(0) }))
+    }
+
+    fn renew_training(&self, project: &str, replica: &str, lease: Lease, ttl: Duration) -> Result<bool, StoreError> {
+        if self.sharing == Sharing::Alone {
+            return Ok(true);
+        }
+        let renewed = self.writer.run(|client| {
+            Ok(client.execute(
+                "UPDATE training_leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
+                 WHERE project_id = $1 AND holder = $2 AND epoch = $3",
+                &[&project, &replica, &lease.epoch, &millis(ttl)],
+            )?)
+        })?;
+        Ok(renewed == 1)
+    }
+
+    fn release_training(&self, project: &str, replica: &str, lease: Lease) -> Result<(), StoreError> {
+        if self.sharing == Sharing::Alone {
+            return Ok(());
+        }
+        self.writer.run(|client| {
+            client.execute(
+                "UPDATE training_leases SET expires_at = '-infinity' WHERE project_id = $1 AND holder = $2 AND epoch = $3",
+                &[&project, &replica, &lease.epoch],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn projects_to_take_over(&self) -> Result<Vec<String>, StoreError> {
+        if self.sharing == Sharing::Alone {
+            return Ok(Vec::new());
+        }
+        let rows = self.reader.run(|client| {
+            Ok(client.query(
+                "SELECT DISTINCT j.project_id FROM jobs j LEFT JOIN training_leases l ON l.project_id = j.project_id
+                 WHERE NOT j.finished AND (l.expires_at IS NULL OR l.expires_at <= clock_timestamp())",
+                &[],
+            )?)
+        })?;
+        Ok(strings(rows))
     }
 
     fn request_cancel(&self, job_id: &str) -> Result<bool, StoreError> {
@@ -854,14 +840,8 @@ impl Catalog for PostgresCatalog {
         })
     }
 
-    fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {
-        let key = replica_key(replica);
-        // Read, not taken: taking it even for a moment could make that replica's reconnect fail.
-        self.reader.run(|client| Ok(!lock_holders(client, key)?.is_empty()))
-    }
-
     fn keep_locks(&self) -> Result<(), StoreError> {
-        // A call on the writing session reconnects it if it broke, taking its locks again.
+        // A call on the writing session reconnects it if it broke, taking its lock again.
         self.writer.run(|client| {
             client.batch_execute("SELECT 1")?;
             Ok(())
@@ -893,9 +873,21 @@ impl Catalog for PostgresCatalog {
         project: &str,
         version: &str,
         fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+        fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError> {
         self.writer.run(|client| {
             let mut transaction = client.transaction()?;
+            // The lease row stays locked until the commit: a takeover waits for this activation
+            // to end, and then starts from the version it made active.
+            if let Some(fence) = fence.filter(|fence| fence.lease != Lease::SOLE) {
+                let held = transaction.query_opt(
+                    "SELECT 1 FROM training_leases WHERE project_id = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
+                    &[&project, &fence.replica, &fence.lease.epoch],
+                )?;
+                if held.is_none() {
+                    return Ok(Activation::Fenced);
+                }
+            }
             let spec = transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&project])?;
             let manifest = transaction.query_opt(
                 "SELECT manifest FROM model_versions WHERE project_id = $1 AND version = $2",
@@ -924,7 +916,8 @@ impl Catalog for PostgresCatalog {
             client.execute(
                 "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
-                  record = excluded.record, created_unix_ms = excluded.created_unix_ms
+                  record = excluded.record, created_unix_ms = excluded.created_unix_ms,
+                  queued = jobs.queued AND NOT excluded.finished
                  WHERE NOT jobs.finished",
                 &[&job_id, &project, &finished, &record, &created_unix_ms],
             )?;
@@ -936,20 +929,12 @@ impl Catalog for PostgresCatalog {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.reader.run(|client| {
             Ok(client.query(
-                "SELECT job_id, finished, record, created_unix_ms FROM jobs WHERE project_id = $1
+                "SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE project_id = $1
                  ORDER BY created_unix_ms DESC, job_id DESC LIMIT $2",
                 &[&project, &limit],
             )?)
         })?;
-        Ok(rows
-            .iter()
-            .map(|row| JobRow {
-                job_id: row.get(0),
-                finished: row.get(1),
-                record: row.get(2),
-                created_unix_ms: row.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(job_row).collect())
     }
 
     fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
@@ -958,9 +943,59 @@ impl Catalog for PostgresCatalog {
         Ok(row.map(|row| row.get(0)))
     }
 
-    fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self.reader.run(|client| Ok(client.query("SELECT record FROM jobs WHERE NOT finished", &[])?))?;
-        Ok(strings(rows))
+    fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = self.reader.run(|client| {
+            Ok(client
+                .query("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE NOT finished", &[])?)
+        })?;
+        Ok(rows.iter().map(job_row).collect())
+    }
+
+    fn enqueue_job(
+        &self,
+        job_id: &str,
+        project: &str,
+        record: &str,
+        created_unix_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        self.writer.run(|client| {
+            // Replicas enqueue concurrently: the unique index decides, and a queued job taken
+            // between the insert and the read leaves room for this one (tried again).
+            for _ in 0..3 {
+                let inserted = client.execute(
+                    "INSERT INTO jobs (job_id, project_id, finished, queued, record, created_unix_ms)
+                     VALUES ($1, $2, false, true, $3, $4) ON CONFLICT (project_id) WHERE queued DO NOTHING",
+                    &[&job_id, &project, &record, &created_unix_ms],
+                )?;
+                if inserted == 1 {
+                    return Ok(None);
+                }
+                let queued = client.query_opt("SELECT record FROM jobs WHERE project_id = $1 AND queued", &[&project])?;
+                if let Some(row) = queued {
+                    return Ok(Some(row.get(0)));
+                }
+            }
+            Err(StoreError::Contended)
+        })
+    }
+
+    fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError> {
+        let row = self.writer.run(|client| {
+            Ok(client.query_opt("UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING record", &[
+                &project,
+            ])?)
+        })?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError> {
+        let ended = self.writer.run(|client| {
+            Ok(client.execute(
+                "UPDATE jobs SET queued = false, finished = true, record = $2 WHERE job_id = $1 AND queued",
+                &[&job_id, &record],
+            )?)
+        })?;
+        Ok(ended == 1)
     }
 }
 
@@ -1124,20 +1159,17 @@ mod tests {
         assert_eq!(b.projects().unwrap().len(), 1);
         let alone = PostgresCatalog::open(&url, None).unwrap_err();
         assert!(matches!(alone, OpenError::Store(StoreError::Taken)), "{alone}");
-        // Each knows whether the other runs.
-        assert!(a.replica_alive("b").unwrap() && b.replica_alive("a").unwrap());
-        assert!(!a.replica_alive("c").unwrap());
         // Garbage collection's exclusivity: not while another replica runs; while it is held,
         // a replica cannot start (it waits, then starts once it is released).
         assert!(a.alone().unwrap().is_none());
         drop(b);
         // Its server process ends a moment after the connection closes.
-        let gone = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            !a.replica_alive("b").unwrap()
-        });
-        assert!(gone, "its session ended with it");
-        let guard = a.alone().unwrap().expect("alone now");
+        let guard = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                a.alone().unwrap()
+            })
+            .expect("alone once its session ended");
         let (started, starting) = std::sync::mpsc::channel();
         let joining = std::thread::scope(|scope| {
             scope.spawn(|| started.send(replica("c")).unwrap());
@@ -1149,8 +1181,45 @@ mod tests {
         });
         assert!(joining.0, "a replica starting during a collection round waits");
         let c = joining.1.unwrap();
-        assert!(a.alone().unwrap().is_none() && a.replica_alive("c").unwrap());
+        assert!(a.alone().unwrap().is_none());
         drop(c);
+    }
+
+    #[test]
+    fn a_training_lease_is_held_until_it_expires_then_taken_over_and_the_old_holder_is_fenced() {
+        let url = postgres_database();
+        let replica = |id: &str| PostgresCatalog::open_as(&url, None, Sharing::Replicas, id).unwrap();
+        let (a, b) = (replica("a"), replica("b"));
+        a.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        let (long, short) = (Duration::from_secs(60), Duration::from_millis(300));
+        let first = a.claim_training("cars", "a", short).unwrap().expect("free");
+        assert_eq!(first, Lease { epoch: 1 });
+        assert_eq!(b.claim_training("cars", "b", long).unwrap(), None, "held by a");
+        assert_eq!(b.claim_training("boats", "b", long).unwrap(), Some(Lease { epoch: 1 }), "one lease per project");
+        assert!(a.renew_training("cars", "a", first, short).unwrap());
+        // a stops renewing (paused, cut off): once it expires, b takes it over with a new epoch.
+        std::thread::sleep(short + Duration::from_millis(200));
+        assert_eq!(a.projects_to_take_over().unwrap(), Vec::<String>::new(), "no unfinished job");
+        a.save_job("job-1", "cars", false, "running on a", 0).unwrap();
+        assert_eq!(b.projects_to_take_over().unwrap(), ["cars"]);
+        let second = b.claim_training("cars", "b", long).unwrap().expect("expired");
+        assert_eq!(second, Lease { epoch: 2 });
+        assert!(b.projects_to_take_over().unwrap().is_empty(), "held again");
+        // a learns it lost the lease, and cannot activate what it trained under it.
+        assert!(!a.renew_training("cars", "a", first, long).unwrap());
+        let manifest = "{}";
+        a.record_version("cars", "v1", 1, manifest, 0).unwrap();
+        let fence = |replica, lease| Some(Fence { replica, lease });
+        assert_eq!(a.activate_version("cars", "v1", &|_, _| true, fence("a", first)).unwrap(), Activation::Fenced);
+        assert_eq!(a.project("cars").unwrap().unwrap().active_version, "untrained");
+        assert_eq!(b.activate_version("cars", "v1", &|_, _| true, fence("b", second)).unwrap(), Activation::Activated);
+        // Released, it is free at once, and the next grant's epoch is higher still.
+        b.release_training("cars", "b", second).unwrap();
+        assert_eq!(a.claim_training("cars", "a", long).unwrap(), Some(Lease { epoch: 3 }));
+        // A server alone on its database needs no lease.
+        drop((a, b));
+        let alone = PostgresCatalog::open(&url, None).unwrap();
+        assert_eq!(alone.claim_training("cars", "", long).unwrap(), Some(Lease::SOLE));
     }
 
     #[test]
@@ -1176,7 +1245,7 @@ mod tests {
         let mut holder = postgres::Client::connect(&url, NoTls).unwrap();
         let mut reader = postgres::Client::connect(&url, NoTls).unwrap();
         let pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        for key in [SERVER_LOCK, -0x1234_5678_9abc_def0, i64::MIN + 7, replica_key("a"), training_key("p")] {
+        for key in [SERVER_LOCK, MIGRATION_LOCK, -0x1234_5678_9abc_def0, i64::MIN + 7, i64::MAX] {
             assert!(lock_holders(&mut reader, key).unwrap().is_empty(), "{key:x}");
             holder.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
             assert_eq!(lock_holders(&mut reader, key).unwrap(), [pid], "{key:x}");

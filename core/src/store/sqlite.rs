@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::{
     Failure,
     catalog::{
-        self, Activation, Catalog, ExampleRow, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
+        self, Activation, Catalog, ExampleRow, Fence, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
         VersionRow, encode_spec,
     },
 };
@@ -55,7 +55,22 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO catalogue (id) VALUES (lower(hex(randomblob(16))))",
     // A cancellation asked of the replica that runs a job (see `Catalog::request_cancel`).
     "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    // A trigger waiting for the server that trains its project, one per project (see
+    // `Catalog::enqueue_job`).
+    "ALTER TABLE jobs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX one_queued_job ON jobs (project_id) WHERE queued = 1",
 ];
+
+/// A row of `SELECT job_id, finished, queued, record, created_unix_ms FROM jobs`.
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        job_id: row.get(0)?,
+        finished: row.get(1)?,
+        queued: row.get(2)?,
+        record: row.get(3)?,
+        created_unix_ms: row.get(4)?,
+    })
+}
 
 /// How long a statement waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -386,6 +401,8 @@ impl Catalog for SqliteCatalog {
         project: &str,
         version: &str,
         fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+        // One server uses a SQLite catalogue: nothing to fence.
+        _fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError> {
         let mut connection = self.connection();
         let transaction = Self::write_transaction(&mut connection)?;
@@ -415,11 +432,13 @@ impl Catalog for SqliteCatalog {
         record: &str,
         created_unix_ms: i64,
     ) -> Result<(), StoreError> {
-        // An update, not a replacement: a cancellation asked meanwhile stays.
+        // An update, not a replacement: a cancellation asked meanwhile stays. An ended job is no
+        // longer queued.
         self.connection().execute(
             "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
-              record = excluded.record, created_unix_ms = excluded.created_unix_ms
+              record = excluded.record, created_unix_ms = excluded.created_unix_ms,
+              queued = (jobs.queued AND NOT excluded.finished)
              WHERE jobs.finished = 0",
             params![job_id, project, finished, record, created_unix_ms],
         )?;
@@ -444,13 +463,11 @@ impl Catalog for SqliteCatalog {
     fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {
         let connection = self.reader();
         let mut statement = connection.prepare(
-            "SELECT job_id, finished, record, created_unix_ms FROM jobs WHERE project_id = ?1
+            "SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE project_id = ?1
              ORDER BY created_unix_ms DESC, job_id DESC LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![project, limit], |row| {
-            Ok(JobRow { job_id: row.get(0)?, finished: row.get(1)?, record: row.get(2)?, created_unix_ms: row.get(3)? })
-        })?;
+        let rows = statement.query_map(params![project, limit], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -461,11 +478,54 @@ impl Catalog for SqliteCatalog {
             .optional()?)
     }
 
-    fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
+    fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
         let connection = self.reader();
-        let mut statement = connection.prepare("SELECT record FROM jobs WHERE finished = 0")?;
-        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        let mut statement =
+            connection.prepare("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE finished = 0")?;
+        let rows = statement.query_map([], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn enqueue_job(
+        &self,
+        job_id: &str,
+        project: &str,
+        record: &str,
+        created_unix_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection();
+        let transaction = Self::write_transaction(&mut connection)?;
+        let queued: Option<String> = transaction
+            .query_row("SELECT record FROM jobs WHERE project_id = ?1 AND queued = 1", params![project], |row| row.get(0))
+            .optional()?;
+        if queued.is_none() {
+            transaction.execute(
+                "INSERT INTO jobs (job_id, project_id, finished, queued, record, created_unix_ms)
+                 VALUES (?1, ?2, 0, 1, ?3, ?4)",
+                params![job_id, project, record, created_unix_ms],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(queued)
+    }
+
+    fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection()
+            .query_row(
+                "UPDATE jobs SET queued = 0 WHERE project_id = ?1 AND queued = 1 RETURNING record",
+                params![project],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError> {
+        let ended = self.connection().execute(
+            "UPDATE jobs SET queued = 0, finished = 1, record = ?2 WHERE job_id = ?1 AND queued = 1",
+            params![job_id, record],
+        )?;
+        Ok(ended == 1)
     }
 }
 

@@ -1,14 +1,20 @@
 //! Training and the model lifecycle: labelled examples, background training jobs (at most one
-//! running per project, further triggers coalesced into one pending job; at most
-//! `--training-jobs` across projects, on the bounded [`executor`]), and model versions written
-//! crash-safely and activated only once complete (head-only versions store the head alone,
-//! [`versions`]). With replicas, one server at a time trains a project (a claim in the
-//! catalogue, [`Catalog::claim_training`]); a version is activated only while the claim holds
-//! and only over the version its job started from; progress, cancel requests and the jobs of
-//! stopped replicas go through the catalogue.
+//! running per project; further triggers coalesce into one queued job, kept in the catalogue; at
+//! most `--training-jobs` across projects, on the bounded [`executor`]), and model versions
+//! written crash-safely and activated only once complete (head-only versions store the head
+//! alone, [`versions`]).
+//!
+//! The server that trains a project holds its lease ([`Catalog::claim_training`]; a server
+//! alone on its catalogue always does): it runs the project's jobs one after the other, taking
+//! the queued one, whichever server the trigger reached, when a job ends. With replicas the
+//! lease expires unless renewed, another replica takes over the work of one that stopped or
+//! was cut off ([`leases`]), and a version is activated only under the lease its job ran under
+//! and only over the version the job started from. Progress and cancel requests go through the
+//! catalogue too.
 
 pub mod examples;
 mod executor;
+mod leases;
 pub mod record;
 mod train;
 pub mod versions;
@@ -35,7 +41,7 @@ use crate::{
     store::{
         ModelsDir,
         blobs::BlobStore,
-        catalog::{Activation, Catalog, StoreError},
+        catalog::{Activation, Catalog, Fence, Lease, StoreError},
         now_unix_ms,
     },
 };
@@ -49,10 +55,6 @@ pub enum TrainingError {
     /// Nothing to train on (fewer than 2 classes, no examples) or an untrainable model.
     #[error("{0}")]
     Precondition(String),
-    /// Another replica holds the project's training claim and its job is not visible yet
-    /// (`UNAVAILABLE`: retry).
-    #[error("{0}")]
-    Busy(String),
     /// See [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -75,6 +77,8 @@ enum Refused {
     Unknown,
     /// It does not load (client message).
     Load(String),
+    /// The job's lease is another replica's now.
+    Fenced,
     /// The database failed.
     Store(StoreError),
 }
@@ -85,17 +89,19 @@ const INTERRUPTED: &str = "interrupted: the server stopped while this job was qu
 const PROGRESS_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// The longest wait between progress saves while they fail.
 const PROGRESS_SAVE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
-/// How often a trigger tries to claim a project another replica trains (100 ms apart) before
-/// it answers `UNAVAILABLE`.
-const CLAIM_ATTEMPTS: u32 = 20;
-/// Why a version is not activated when its replica lost the project to another one.
-const LOST_CLAIM: &str = "another replica trains this project now (this one lost its claim while it trained); activate the version by hand if wanted";
+/// Why a version is not activated, or a job stopped, when its replica lost the project's lease
+/// to another replica (it was paused or cut off from the catalogue for longer than the lease).
+const LOST_LEASE: &str = "another replica trains this project now: this one lost the project's training lease while the \
+                          job ran (paused or cut off from the catalogue)";
 
-/// Jobs of one project.
-#[derive(Default)]
-struct ProjectJobs {
-    running: Option<String>,
-    pending: Option<String>,
+/// The job a project runs on this server (or that waits for a training slot), and the lease
+/// it runs under.
+#[derive(Clone)]
+struct Running {
+    job_id: String,
+    lease: Lease,
+    /// Another replica took the lease over: the job stops, and nothing more runs under it.
+    lost: bool,
 }
 
 struct LiveJob {
@@ -105,7 +111,8 @@ struct LiveJob {
 
 #[derive(Default)]
 struct State {
-    projects: HashMap<String, ProjectJobs>,
+    /// By project.
+    running: HashMap<String, Running>,
     live: HashMap<String, LiveJob>,
 }
 
@@ -134,8 +141,11 @@ pub struct TrainerSettings {
     /// This server's replica id: its jobs are recorded as its own.
     pub replica: String,
     /// Whether other replicas may share the catalogue (then the jobs of stopped replicas are
-    /// failed by [`crate::replicas`], not at start).
+    /// taken over by [`crate::replicas`], not failed at start).
     pub follows_replicas: bool,
+    /// How long a training lease lasts unless renewed (`--training-lease-secs`): how long
+    /// another replica waits before it takes over the training of a replica that stopped.
+    pub lease_ttl: std::time::Duration,
 }
 
 /// Runs training jobs in the background.
@@ -144,6 +154,8 @@ pub struct Trainer {
     replica: String,
     /// See [`TrainerSettings::follows_replicas`].
     follows_replicas: bool,
+    /// See [`TrainerSettings::lease_ttl`].
+    lease_ttl: std::time::Duration,
     catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     projects: Arc<Projects>,
@@ -202,7 +214,7 @@ impl Trainer {
     ) -> Result<Self, StoreError> {
         // With replicas, the following thread does it, patiently (see `crate::replicas`).
         if !settings.follows_replicas {
-            fail_orphaned_jobs(catalog.as_ref(), &settings.replica, None)?;
+            fail_orphaned_jobs(catalog.as_ref())?;
         }
         let ids: Vec<String> = projects.list().iter().map(|p| p.spec.id.clone()).collect();
         versions::move_legacy_dirs(&models_dir, &ids);
@@ -214,6 +226,7 @@ impl Trainer {
         Ok(Self {
             replica: settings.replica,
             follows_replicas: settings.follows_replicas,
+            lease_ttl: settings.lease_ttl,
             catalog,
             blobs,
             projects,
@@ -242,12 +255,13 @@ impl Trainer {
         &self.models_dir
     }
 
-    /// Queues a job for `project`: it starts at once if the project has none running; else it
-    /// waits, and a further trigger while one waits returns that waiting job (`true`: coalesced).
+    /// Triggers a job for `project`. It starts at once, on this server, if no server trains the
+    /// project; else it is queued in the catalogue for the server that does, and a trigger while
+    /// one is queued returns that job instead (`true`: coalesced), whichever server it reached.
     ///
     /// # Errors
     /// [`TrainingError::NotFound`] for an unknown project; [`TrainingError::Precondition`]
-    /// without examples of at least 2 classes.
+    /// without examples of at least 2 classes; [`TrainingError::Store`] if the catalogue fails.
     pub fn train(
         self: &Arc<Self>,
         project_id: &str,
@@ -266,39 +280,35 @@ impl Trainer {
                 "training needs labelled examples of at least 2 classes; project {project_id} has {classes_with_examples}"
             )));
         }
-        // One server at a time trains a project: while another replica does, its job answers.
-        // Its record may take a moment to appear after its claim, and a short job may end
-        // meanwhile (then the claim is free again).
-        let mut attempts = 0;
-        let mut guard = loop {
-            let mut guard = self.state();
-            let state = &mut *guard;
-            let jobs = state.projects.entry(project_id.to_owned()).or_default();
-            if jobs.running.is_some()
-                && let Some(pending) = jobs.pending.clone()
-            {
-                let record = state.live.get(&pending).map(|live| live.record.borrow().clone());
-                if let Some(record) = record {
-                    return Ok((record, true));
-                }
+        let record = self.new_job(project_id, params, activate, 1);
+        // Under the state lock: a job of this server that ends meanwhile takes what is queued.
+        let mut state = self.state();
+        if !state.running.contains_key(project_id)
+            && let Some(lease) = self.catalog.claim_training(project_id, &self.replica, self.lease_ttl)?
+        {
+            // This server trains the project now. A job queued before the claim (a trigger
+            // another server queued, a job of a replica that stopped) runs first: this trigger
+            // joins it.
+            let started = self.take_queued(project_id, None).and_then(|queued| {
+                let coalesced = queued.is_some();
+                Ok((self.launch(&mut state, lease, queued.unwrap_or(record))?, coalesced))
+            });
+            if started.is_err() {
+                self.release(project_id, lease);
             }
-            if jobs.running.is_some() || self.catalog.claim_training(project_id)? {
-                break guard;
-            }
-            drop(guard);
-            if let Some(record) = self.unfinished_job(project_id)? {
-                return Ok((record, true));
-            }
-            attempts += 1;
-            if attempts == CLAIM_ATTEMPTS {
-                let message = format!("another replica is training project {project_id}; try again shortly");
-                return Err(TrainingError::Busy(message));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        let state = &mut *guard;
-        let jobs = state.projects.entry(project_id.to_owned()).or_default();
-        let record = JobRecord {
+            return Ok(started?);
+        }
+        let queued = self.catalog.enqueue_job(&record.job_id, project_id, &encode(&record)?, record.created_unix_ms)?;
+        drop(state);
+        match queued {
+            None => Ok((record, false)),
+            Some(json) => Ok((decode(&json)?, true)),
+        }
+    }
+
+    /// A new job's record, queued.
+    fn new_job(&self, project_id: &str, params: TrainingParams, activate: bool, attempt: u32) -> JobRecord {
+        JobRecord {
             job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
             project_id: project_id.to_owned(),
             state: JobState::Queued,
@@ -312,27 +322,53 @@ impl Trainer {
             started_unix_ms: 0,
             finished_unix_ms: 0,
             replica: self.replica.clone(),
-        };
-        let start_now = jobs.running.is_none();
-        if let Err(error) = save(self.catalog.as_ref(), &record) {
-            if start_now {
-                self.catalog.release_training(project_id);
-            }
-            return Err(error.into());
+            attempt,
         }
-        let job_id = record.job_id.clone();
-        if start_now {
-            jobs.running = Some(job_id.clone());
-        } else {
-            jobs.pending = Some(job_id.clone());
-        }
+    }
+
+    /// The job this server runs next for `project_id`, whose lease it holds: the queued one,
+    /// taken from the catalogue, if any. Jobs left unfinished under an earlier lease are failed
+    /// first (and tried again, see [`leases`]), except `ended`, the job this server has just
+    /// finished.
+    fn take_queued(&self, project_id: &str, ended: Option<&str>) -> Result<Option<JobRecord>, StoreError> {
+        self.fail_abandoned_jobs(project_id, ended)?;
+        self.catalog.take_queued_job(project_id)?.map(|json| decode(&json)).transpose()
+    }
+
+    /// Starts `record` on this server under `lease` on its project: recorded as this server's,
+    /// live, and on a training thread (which waits for a training slot).
+    fn launch(self: &Arc<Self>, state: &mut State, lease: Lease, mut record: JobRecord) -> Result<JobRecord, StoreError> {
+        record.replica.clone_from(&self.replica);
+        save(self.catalog.as_ref(), &record)?;
+        let (project_id, job_id) = (record.project_id.clone(), record.job_id.clone());
+        state.running.insert(project_id.clone(), Running { job_id: job_id.clone(), lease, lost: false });
         let (sender, _) = watch::channel(record.clone());
         state.live.insert(job_id.clone(), LiveJob { record: sender, cancel: Arc::new(AtomicBool::new(false)) });
-        drop(guard);
-        if start_now {
-            self.spawn(project_id, job_id);
+        self.spawn(&project_id, job_id);
+        Ok(record)
+    }
+
+    /// Runs the job queued for `project_id` under `lease`, or gives the lease up when none is
+    /// (or when the catalogue fails: then another replica, or the next trigger, runs it).
+    fn run_queued(self: &Arc<Self>, state: &mut State, project_id: &str, lease: Lease, ended: Option<&str>) {
+        let next = self
+            .take_queued(project_id, ended)
+            .and_then(|queued| queued.map(|record| self.launch(state, lease, record)).transpose());
+        match next {
+            Ok(Some(record)) => tracing::info!(job = %record.job_id, project = %project_id, "queued job taken"),
+            Ok(None) => self.release(project_id, lease),
+            Err(error) => {
+                tracing::warn!(project = %project_id, %error, "cannot start the queued job; leaving it queued");
+                self.release(project_id, lease);
+            }
         }
-        Ok((record, false))
+    }
+
+    /// Gives up this server's `lease` on `project_id`; on a failure it runs out by itself.
+    fn release(&self, project_id: &str, lease: Lease) {
+        if let Err(error) = self.catalog.release_training(project_id, &self.replica, lease) {
+            tracing::warn!(project = %project_id, %error, "cannot release the training lease; it runs out by itself");
+        }
     }
 
     /// Saves a running job's `record` unless the catalogue has it ended: a replica cut off for
@@ -356,12 +392,6 @@ impl Trainer {
         let recorded = self.catalog.job(job_id).ok().flatten();
         let recorded = recorded.and_then(|json| serde_json::from_str::<JobRecord>(&json).ok());
         recorded.is_some_and(|recorded| recorded.state.is_terminal())
-    }
-
-    /// The newest unfinished job of `project_id` in the catalogue (another replica's).
-    fn unfinished_job(&self, project_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let unfinished = self.catalog.jobs(project_id, 20)?.into_iter().find(|row| !row.finished);
-        Ok(unfinished.and_then(|row| serde_json::from_str(&row.record).ok()))
     }
 
     fn spawn(self: &Arc<Self>, project_id: &str, job_id: String) {
@@ -444,35 +474,46 @@ impl Trainer {
     /// [`TrainingError::NotFound`] for an unknown job; [`TrainingError::Store`] if the request
     /// cannot be recorded.
     pub fn cancel(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
-        let mut state = self.state();
-        let Some(live) = state.live.get(job_id) else {
-            let record = self.job_after_unlock(state, job_id)?;
-            // Another replica runs it: the request goes through the catalogue.
-            if !record.state.is_terminal() && record.replica != self.replica {
-                self.catalog.request_cancel(job_id)?;
-            }
+        if let Some(record) = self.cancel_live(job_id)? {
             return Ok(record);
-        };
+        }
+        let record = self.job(job_id)?;
+        if record.state.is_terminal() {
+            return Ok(record);
+        }
+        if record.state == JobState::Queued {
+            // Queued in the catalogue: ended there unless a server took it meanwhile.
+            let ended = cancelled_before_start(record);
+            if self.catalog.cancel_queued_job(job_id, &encode(&ended)?)? {
+                return Ok(ended);
+            }
+        }
+        // Taken meanwhile by this server (then it is live here now) or run by another one.
+        if let Some(record) = self.cancel_live(job_id)? {
+            return Ok(record);
+        }
+        self.catalog.request_cancel(job_id)?;
+        self.job(job_id)
+    }
+
+    /// Cancels job `job_id` if this server runs it (or it waits here for a training slot), and
+    /// returns its record; `None` if it is not live here.
+    fn cancel_live(&self, job_id: &str) -> Result<Option<JobRecord>, TrainingError> {
+        let mut state = self.state();
+        let Some(live) = state.live.get(job_id) else { return Ok(None) };
         live.cancel.store(true, Ordering::Relaxed);
         let record = live.record.borrow().clone();
-        if record.state == JobState::Queued {
-            // Never started: end it here.
-            let jobs = state.projects.entry(record.project_id.clone()).or_default();
-            if jobs.pending.as_deref() == Some(job_id) {
-                jobs.pending = None;
-            }
-            let mut ended = record;
-            ended.state = JobState::Cancelled;
-            ended.error = "cancelled before it started".into();
-            ended.finished_unix_ms = now_unix_ms();
-            save(self.catalog.as_ref(), &ended)?;
-            state.live.remove(job_id);
-            drop(state);
-            // A job waiting for a training slot gives up its place.
-            self.slots.wake();
-            return Ok(ended);
+        if record.state != JobState::Queued {
+            return Ok(Some(record));
         }
-        Ok(record)
+        // Waiting for a training slot, never started: ended here; its thread moves the project on.
+        let ended = cancelled_before_start(record);
+        save(self.catalog.as_ref(), &ended)?;
+        state.live.remove(job_id);
+        drop(state);
+        // A job waiting for a training slot gives up its place.
+        self.slots.wake();
+        Ok(Some(ended))
     }
 
     /// Cancels this server's jobs that another replica was asked to cancel (see
@@ -498,15 +539,6 @@ impl Trainer {
                 Err(error) => tracing::warn!(job = %job_id, %error, "cannot read the job's cancel request"),
             }
         }
-    }
-
-    fn job_after_unlock(
-        &self,
-        state: std::sync::MutexGuard<'_, State>,
-        job_id: &str,
-    ) -> Result<JobRecord, TrainingError> {
-        drop(state);
-        self.job(job_id)
     }
 
     /// The project's jobs, newest first.
@@ -566,12 +598,14 @@ impl Trainer {
         Some(record)
     }
 
-    /// Records the job's end and starts the project's pending job.
+    /// Records the job's end and starts the project's queued job, if any.
     fn finish(self: &Arc<Self>, project_id: &str, job_id: &str, outcome: &Result<String, TrainError>) {
-        // One critical section: the project's slot is freed before anyone can see the job as
-        // ended, so a trigger right after the end starts at once instead of queueing.
+        // One critical section: the queued job is taken, or the lease given up, before anyone
+        // can see the job as ended, so a trigger right after the end starts at once.
         let mut state = self.state();
-        let ended = state.live.remove(job_id).map(|live| {
+        let lost = state.running.get(project_id).is_some_and(|running| running.lost);
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        let mut ended = state.live.remove(job_id).map(|live| {
             live.record.send_modify(|r| {
                 r.finished_unix_ms = now_unix_ms();
                 match outcome {
@@ -581,7 +615,11 @@ impl Trainer {
                         r.progress.percent = 100.0;
                         r.progress.eta_ms = Some(0);
                     }
-                    Err(TrainError::Cancelled) if self.stopping.load(Ordering::Relaxed) => {
+                    Err(TrainError::Cancelled) if lost => {
+                        r.state = JobState::Failed;
+                        r.error = LOST_LEASE.into();
+                    }
+                    Err(TrainError::Cancelled) if stopping => {
                         r.state = JobState::Failed;
                         r.error = INTERRUPTED.into();
                     }
@@ -597,7 +635,11 @@ impl Trainer {
             });
             live.record.borrow().clone()
         });
-        if let Some(record) = &ended {
+        if let Some(record) = &mut ended {
+            // Replicas: a job a shutdown interrupts runs again on another one.
+            if stopping && self.follows_replicas && record.state == JobState::Failed && !lost {
+                record.error = format!("{INTERRUPTED}; {}", self.retry(record));
+            }
             // A replica cut off from the catalogue for long enough finds its job recorded as
             // failed by another replica: that record stands.
             if self.ended_in_catalogue(job_id) {
@@ -607,16 +649,12 @@ impl Trainer {
             }
             tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
         }
-        let jobs = state.projects.entry(project_id.to_owned()).or_default();
-        jobs.running = jobs.pending.take();
-        let next = jobs.running.clone();
-        if next.is_none() {
-            // Under the state lock: a trigger from now on claims the project again.
-            self.catalog.release_training(project_id);
-        }
-        drop(state);
-        if let Some(next) = next {
-            self.spawn(project_id, next);
+        match state.running.remove(project_id) {
+            // Another replica's now: nothing more runs under it here.
+            Some(running) if running.lost => {}
+            Some(running) if stopping => self.release(project_id, running.lease),
+            Some(running) => self.run_queued(&mut state, project_id, running.lease, Some(job_id)),
+            None => {}
         }
     }
 
@@ -785,13 +823,11 @@ impl Trainer {
     /// Why it was not activated, for the job's `not_activated_reason`.
     fn activate_new(&self, manifest: &Manifest) -> Result<(), String> {
         let (project, version) = (&manifest.project_id, &manifest.version);
-        // Fenced: a replica that lost its claim while it trained (cut off from the catalogue,
-        // paused) must not replace what the replica that claimed the project since activates.
-        match self.catalog.holds_training(project) {
-            Ok(true) => {}
-            Ok(false) => return Err(LOST_CLAIM.into()),
-            Err(error) => return Err(crate::errors::logged("checking the training claim", &error)),
-        }
+        // Fenced: a replica that lost the lease while it trained (cut off from the catalogue,
+        // paused) must not replace what the replica that took the project over activates
+        // (checked again in the activation's transaction).
+        let running = self.state().running.get(project.as_str()).cloned();
+        let Some(Running { lease, lost: false, .. }) = running else { return Err(LOST_LEASE.into()) };
         // And only over the version it was trained from: one activated meanwhile (by hand, or by
         // a replica that held the claim while this one was cut off) stays.
         let parent = if manifest.parent_version.is_empty() { UNTRAINED_VERSION } else { &manifest.parent_version };
@@ -808,8 +844,10 @@ impl Trainer {
             Err(error) => return Err(crate::errors::logged("reading the active version", &error)),
         }
         let current = self.projects.get(project).map_err(|e| e.to_string())?;
-        self.load_and_activate(manifest, &current).map_err(|refused| match refused {
+        let fence = Fence { replica: &self.replica, lease };
+        self.load_and_activate(manifest, &current, Some(fence)).map_err(|refused| match refused {
             Refused::Unfit | Refused::Unknown => CHANGED_MEANWHILE.into(),
+            Refused::Fenced => LOST_LEASE.into(),
             Refused::Load(error) => format!("the new version does not load: {error}"),
             Refused::Store(error) => crate::errors::logged("activating the new version", &error),
         })?;
@@ -887,12 +925,12 @@ impl Trainer {
         let project = self.projects.get(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         let unknown = || TrainingError::NotFound(format!("project {project_id} has no model version {version:?}"));
         let manifest = self.versions(project_id)?.into_iter().find(|m| m.version == version).ok_or_else(unknown)?;
-        self.load_and_activate(&manifest, &project).map_err(|refused| match refused {
+        self.load_and_activate(&manifest, &project, None).map_err(|refused| match refused {
             Refused::Unfit => TrainingError::Precondition(format!(
                 "model version {version} was trained for other classes, model or preprocessing than project \
                  {project_id} has now; train a new version"
             )),
-            Refused::Unknown => unknown(),
+            Refused::Unknown | Refused::Fenced => unknown(),
             Refused::Load(error) => TrainingError::Precondition(error),
             Refused::Store(error) => TrainingError::Store(error),
         })?;
@@ -904,55 +942,32 @@ impl Trainer {
 
     /// The steps both activations share, before the cache refresh: `manifest`'s version must
     /// fit `project` as it is, the serving engine loads it, then the database makes it active
-    /// if it still fits the stored spec (checked again in that transaction).
-    fn load_and_activate(&self, manifest: &Manifest, project: &Project) -> Result<(), Refused> {
+    /// if it still fits the stored spec (checked again in that transaction) and, for a job's
+    /// version, if its replica still holds the lease (`fence`).
+    fn load_and_activate(&self, manifest: &Manifest, project: &Project, fence: Option<Fence<'_>>) -> Result<(), Refused> {
         if !manifest.serves(&project.spec) {
             return Err(Refused::Unfit);
         }
         let version = &manifest.version;
         self.serving.load(&Project { active_version: version.clone(), ..project.clone() }).map_err(Refused::Load)?;
-        match self.catalog.activate_version(&project.spec.id, version, &fits).map_err(Refused::Store)? {
+        match self.catalog.activate_version(&project.spec.id, version, &fits, fence).map_err(Refused::Store)? {
             Activation::Activated => Ok(()),
             Activation::NoSuchVersion => Err(Refused::Unknown),
             Activation::Unfit => Err(Refused::Unfit),
+            Activation::Fenced => Err(Refused::Fenced),
         }
     }
 }
 
-/// Records as failed the unfinished jobs (queued or running) whose server is gone, other than
-/// `own` (this server's replica id): every one at the start of a server alone on its catalogue
-/// (`patience` `None`); with replicas, those of replicas that have looked stopped (their lock
-/// free) for the patience's duration, `stopped_since` remembering since when. Returns how many.
+/// Records as failed every unfinished job (queued or running): a server alone on its catalogue
+/// calls it when it starts, when no job can still run. Returns how many.
 ///
 /// # Errors
 /// [`StoreError`] if the job records cannot be read or updated.
-pub fn fail_orphaned_jobs(
-    catalog: &dyn Catalog,
-    own: &str,
-    mut patience: Option<(&mut HashMap<String, std::time::Instant>, std::time::Duration)>,
-) -> Result<usize, StoreError> {
+fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
     let mut failed = 0;
-    // Replicas seen stopped in this round: an entry of one not seen stopped now is stale (it came
-    // back, or its jobs ended) and must not shorten the patience the next time it blips.
-    let mut stopped_now = std::collections::HashSet::new();
-    for json in catalog.unfinished_jobs()? {
-        let Ok(mut record) = serde_json::from_str::<JobRecord>(&json) else { continue };
-        if record.replica == own && !own.is_empty() {
-            continue;
-        }
-        if catalog.replica_alive(&record.replica)? {
-            if let Some((stopped_since, _)) = patience.as_mut() {
-                stopped_since.remove(&record.replica);
-            }
-            continue;
-        }
-        if let Some((stopped_since, wait)) = patience.as_mut() {
-            stopped_now.insert(record.replica.clone());
-            let since = stopped_since.entry(record.replica.clone()).or_insert_with(std::time::Instant::now);
-            if since.elapsed() < *wait {
-                continue;
-            }
-        }
+    for row in catalog.unfinished_jobs()? {
+        let Ok(mut record) = decode(&row.record) else { continue };
         record.state = JobState::Failed;
         record.error = INTERRUPTED.into();
         record.finished_unix_ms = now_unix_ms();
@@ -960,10 +975,25 @@ pub fn fail_orphaned_jobs(
         save(catalog, &record)?;
         failed += 1;
     }
-    if let Some((stopped_since, _)) = patience {
-        stopped_since.retain(|replica, _| stopped_now.contains(replica));
-    }
     Ok(failed)
+}
+
+/// A queued job's record once cancelled before it started.
+fn cancelled_before_start(mut record: JobRecord) -> JobRecord {
+    record.state = JobState::Cancelled;
+    record.error = "cancelled before it started".into();
+    record.finished_unix_ms = now_unix_ms();
+    record
+}
+
+/// A job's record as stored (JSON).
+fn encode(record: &JobRecord) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: format!("job {}", record.job_id), source })
+}
+
+/// A job's record from its stored JSON.
+fn decode(json: &str) -> Result<JobRecord, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: "a training job".into(), source })
 }
 
 /// [`save`], tried again a few times within seconds while the failure is transient (a
@@ -980,67 +1010,5 @@ fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreE
 }
 
 fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
-    let json =
-        serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: record.job_id.clone(), source })?;
-    catalog.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &json, record.created_unix_ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::*;
-    use crate::{projects::spec::tests::spec, store::sqlite::SqliteCatalog};
-
-    /// An unfinished job of project "cars" that replica `replica` runs.
-    fn running(catalog: &dyn Catalog, job_id: &str, replica: &str) {
-        let record = JobRecord {
-            job_id: job_id.into(),
-            project_id: "cars".into(),
-            state: JobState::Running,
-            progress: Progress::default(),
-            params: TrainingParams::resolve(record::RequestedParams::default()).unwrap(),
-            activate: true,
-            model_version: String::new(),
-            error: String::new(),
-            not_activated_reason: String::new(),
-            created_unix_ms: 0,
-            started_unix_ms: 0,
-            finished_unix_ms: 0,
-            replica: replica.into(),
-        };
-        save(catalog, &record).unwrap();
-    }
-
-    fn state_of(catalog: &dyn Catalog, job_id: &str) -> JobState {
-        serde_json::from_str::<JobRecord>(&catalog.job(job_id).unwrap().unwrap()).unwrap().state
-    }
-
-    #[test]
-    fn jobs_of_stopped_replicas_fail_after_the_patience_and_a_stale_sighting_does_not_shorten_it() {
-        let dir = tempfile::tempdir().unwrap();
-        // SQLite knows no other live replica: every other replica looks stopped.
-        let catalog = SqliteCatalog::open(&dir.path().join("alps.db")).unwrap();
-        catalog.upsert_project(&spec(), 0, UNTRAINED_VERSION, &|_| false).unwrap();
-        running(&catalog, "mine", "me");
-        running(&catalog, "theirs", "them");
-        let hour = Duration::from_secs(3600);
-        let mut stopped_since = HashMap::new();
-        // Seen stopped just now: it may be reconnecting.
-        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 0);
-        assert!(stopped_since.contains_key("them"));
-        // A sighting older than the patience: its job fails; this replica's own never does.
-        stopped_since.insert("them".into(), Instant::now() - 2 * hour);
-        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 1);
-        assert_eq!((state_of(&catalog, "theirs"), state_of(&catalog, "mine")), (JobState::Failed, JobState::Running));
-        // Its jobs ended: the sighting goes, so a later blip waits the whole patience again.
-        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 0);
-        assert!(stopped_since.is_empty(), "{stopped_since:?}");
-        running(&catalog, "again", "them");
-        assert_eq!(fail_orphaned_jobs(&catalog, "me", Some((&mut stopped_since, hour))).unwrap(), 0);
-        assert_eq!(state_of(&catalog, "again"), JobState::Running);
-        // A server alone on its catalogue fails every unfinished job of others at once.
-        assert_eq!(fail_orphaned_jobs(&catalog, "new", None).unwrap(), 2);
-        assert_eq!(state_of(&catalog, "mine"), JobState::Failed);
-    }
+    catalog.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &encode(record)?, record.created_unix_ms)
 }

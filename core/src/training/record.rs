@@ -251,9 +251,18 @@ pub struct JobRecord {
     pub started_unix_ms: i64,
     /// Milliseconds since the Unix epoch; 0 until ended.
     pub finished_unix_ms: i64,
-    /// The id of the server (replica) that runs it; empty in records from before replicas.
+    /// The id of the server (replica) that runs it (or queued it, until a server takes it);
+    /// empty in records from before replicas.
     #[serde(default)]
     pub replica: String,
+    /// Which try this is: 1, or more for a job queued again after its replica stopped (see
+    /// `training::leases`).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Precision, recall and F1 of one class on the validation split.

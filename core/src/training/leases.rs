@@ -1,0 +1,232 @@
+//! Training with replicas: which replica trains a project, and what happens to the work of one
+//! that stops.
+//!
+//! A replica trains a project while it holds the project's lease ([`Lease`], granted by the
+//! catalogue for `--training-lease-secs`). A thread renews the leases of this server's running
+//! jobs every third of that time; a lease that another replica took over meanwhile (this one
+//! was paused, or cut off from the catalogue, for longer than the lease) cancels its job, and
+//! the activation of what it trained is refused by the catalogue (the lease's epoch is the
+//! fencing token). Every replica's follower ([`crate::replicas`]) looks for projects with
+//! unfinished jobs and no live lease: it claims the lease, records the jobs left running under
+//! the old one as failed, queues each again (at most [`MAX_ATTEMPTS`] tries, so that a job that
+//! kills its replica does not kill them all), and runs the queued job.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use super::{INTERRUPTED, JobRecord, JobState, Progress, Trainer, decode, encode, save};
+use crate::store::{
+    catalog::{Catalog, StoreError},
+    now_unix_ms,
+};
+
+/// How often a job is tried in all: a job interrupted this often is not queued again.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+impl Trainer {
+    /// Starts the thread that renews this server's training leases while its jobs run; it ends
+    /// with the trainer.
+    ///
+    /// # Errors
+    /// The OS error if the thread cannot be spawned.
+    pub fn keep_leases(self: &Arc<Self>) -> std::io::Result<()> {
+        let trainer = Arc::downgrade(self);
+        let every = self.lease_ttl / 3;
+        std::thread::Builder::new().name("alps-leases".into()).spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(trainer) = trainer.upgrade() else { return };
+                trainer.renew_leases();
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Renews the lease of every project this server trains; a job whose lease another replica
+    /// took over is cancelled (it ends failed, and nothing more runs under that lease here).
+    fn renew_leases(&self) {
+        let held: Vec<(String, super::Running)> = self
+            .state()
+            .running
+            .iter()
+            .filter(|(_, running)| !running.lost)
+            .map(|(project, running)| (project.clone(), running.clone()))
+            .collect();
+        for (project, running) in held {
+            match self.catalog.renew_training(&project, &self.replica, running.lease, self.lease_ttl) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%project, job = %running.job_id, "another replica took over this project's training lease; stopping the job");
+                    let mut state = self.state();
+                    if let Some(entry) = state.running.get_mut(&project).filter(|entry| entry.lease == running.lease) {
+                        entry.lost = true;
+                    }
+                    if let Some(live) = state.live.get(&running.job_id) {
+                        live.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                // The lease runs out unless a later round reaches the catalogue in time.
+                Err(error) => tracing::warn!(%project, %error, "cannot renew the training lease"),
+            }
+        }
+    }
+
+    /// Takes over the training of projects whose jobs no replica runs any more (their lease
+    /// expired or was released with a job still queued): claims each one's lease and runs its
+    /// queued job, after failing (and queueing again) the jobs left running under the old
+    /// lease. The follower calls it every round.
+    pub fn take_over_abandoned(self: &Arc<Self>) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let projects = match self.catalog.projects_to_take_over() {
+            Ok(projects) => projects,
+            Err(error) => return tracing::warn!(%error, "cannot look for training to take over"),
+        };
+        for project in projects {
+            let mut state = self.state();
+            if state.running.contains_key(&project) {
+                continue;
+            }
+            match self.catalog.claim_training(&project, &self.replica, self.lease_ttl) {
+                Ok(Some(lease)) => {
+                    tracing::info!(%project, epoch = lease.epoch, "taking over the project's training");
+                    self.run_queued(&mut state, &project, lease, None);
+                }
+                // Another replica was faster.
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%project, %error, "cannot claim the training lease"),
+            }
+        }
+    }
+
+    /// Records as failed `project_id`'s jobs that a replica left unfinished (it stopped, or lost
+    /// the lease) other than `ended`, each queued again ([`retry`]). Called under a lease just
+    /// taken, or held after a job ended, when no job of the project can still run elsewhere.
+    pub(super) fn fail_abandoned_jobs(&self, project_id: &str, ended: Option<&str>) -> Result<(), StoreError> {
+        for row in self.catalog.unfinished_jobs()? {
+            if row.queued || Some(row.job_id.as_str()) == ended {
+                continue;
+            }
+            let Ok(mut record) = decode(&row.record) else { continue };
+            if record.project_id != project_id {
+                continue;
+            }
+            let retried = retry(self.catalog.as_ref(), &record)?;
+            record.state = JobState::Failed;
+            record.error = format!("{INTERRUPTED} (or lost the project's training lease); {retried}");
+            record.finished_unix_ms = now_unix_ms();
+            tracing::warn!(job = %record.job_id, project = %project_id, replica = %record.replica, "job abandoned by its replica; {retried}");
+            save(self.catalog.as_ref(), &record)?;
+        }
+        Ok(())
+    }
+
+    /// Queues `record`'s job again after its replica interrupted it ([`retry`]); says what
+    /// became of it.
+    pub(super) fn retry(&self, record: &JobRecord) -> String {
+        retry(self.catalog.as_ref(), record).unwrap_or_else(|error| {
+            tracing::warn!(job = %record.job_id, %error, "cannot queue the interrupted job again");
+            "not retried: the catalogue failed".into()
+        })
+    }
+}
+
+/// Queues a new job with `record`'s settings after its replica interrupted it, unless a client
+/// asked to cancel it or it was tried [`MAX_ATTEMPTS`] times; a job already queued for the
+/// project takes its place (it trains on the same examples). Returns what became of it, for the
+/// interrupted job's error.
+///
+/// # Errors
+/// [`StoreError`] if the catalogue fails.
+pub(super) fn retry(catalog: &dyn Catalog, record: &JobRecord) -> Result<String, StoreError> {
+    if catalog.cancel_requested(&record.job_id)? {
+        return Ok("not retried: cancelling it was asked for".into());
+    }
+    if record.attempt >= MAX_ATTEMPTS {
+        return Ok(format!("not retried after {} attempts", record.attempt));
+    }
+    let again = JobRecord {
+        job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
+        state: JobState::Queued,
+        progress: Progress::default(),
+        model_version: String::new(),
+        error: String::new(),
+        not_activated_reason: String::new(),
+        created_unix_ms: now_unix_ms(),
+        started_unix_ms: 0,
+        finished_unix_ms: 0,
+        attempt: record.attempt + 1,
+        ..record.clone()
+    };
+    let queued = catalog.enqueue_job(&again.job_id, &again.project_id, &encode(&again)?, again.created_unix_ms)?;
+    Ok(match queued {
+        None => format!("retried as job {} (attempt {} of {MAX_ATTEMPTS})", again.job_id, again.attempt),
+        Some(json) => {
+            let queued = decode(&json).map(|queued| queued.job_id).unwrap_or_default();
+            format!("job {queued}, queued, trains the project instead")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        projects::{UNTRAINED_VERSION, spec::tests::spec},
+        store::sqlite::SqliteCatalog,
+        training::record::{RequestedParams, TrainingParams},
+    };
+
+    /// A running job of project "cars", on its `attempt`.
+    fn running(job_id: &str, attempt: u32) -> JobRecord {
+        JobRecord {
+            job_id: job_id.into(),
+            project_id: "cars".into(),
+            state: JobState::Running,
+            progress: Progress::default(),
+            params: TrainingParams::resolve(RequestedParams { epochs: 7, ..RequestedParams::default() }).unwrap(),
+            activate: false,
+            model_version: String::new(),
+            error: String::new(),
+            not_activated_reason: String::new(),
+            created_unix_ms: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            replica: "gone".into(),
+            attempt,
+        }
+    }
+
+    fn catalog() -> (tempfile::TempDir, SqliteCatalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&dir.path().join("alps.db")).unwrap();
+        catalog.upsert_project(&spec(), 0, UNTRAINED_VERSION, &|_| false).unwrap();
+        (dir, catalog)
+    }
+
+    #[test]
+    fn an_interrupted_job_is_queued_again_with_its_settings_until_the_last_attempt() {
+        let (_dir, catalog) = catalog();
+        let first = running("job-1", 1);
+        let said = retry(&catalog, &first).unwrap();
+        let queued = decode(&catalog.take_queued_job("cars").unwrap().expect("queued again")).unwrap();
+        assert_eq!(said, format!("retried as job {} (attempt 2 of 3)", queued.job_id));
+        assert_ne!(queued.job_id, first.job_id);
+        assert_eq!((queued.state, queued.attempt), (JobState::Queued, 2));
+        assert_eq!((queued.params, queued.activate), (first.params, first.activate), "the same settings");
+        // The last attempt is not queued again, so a job that kills its replica does not kill them all.
+        assert_eq!(retry(&catalog, &running("job-3", 3)).unwrap(), "not retried after 3 attempts");
+        assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
+    }
+
+    #[test]
+    fn a_job_queued_already_takes_the_place_of_the_retry_and_a_cancelled_one_is_not_retried() {
+        let (_dir, catalog) = catalog();
+        assert_eq!(catalog.enqueue_job("job-q", "cars", &encode(&running("job-q", 1)).unwrap(), 0).unwrap(), None);
+        assert_eq!(retry(&catalog, &running("job-1", 1)).unwrap(), "job job-q, queued, trains the project instead");
+        assert_eq!(catalog.unfinished_jobs().unwrap().len(), 1, "nothing more queued");
+        save(&catalog, &running("job-2", 1)).unwrap();
+        assert!(catalog.request_cancel("job-2").unwrap());
+        assert_eq!(retry(&catalog, &running("job-2", 1)).unwrap(), "not retried: cancelling it was asked for");
+    }
+}
