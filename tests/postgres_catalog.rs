@@ -55,7 +55,8 @@ async fn start_with(dirs: &ServerDirs, flags: &[&str]) -> Server {
 async fn start_on_objects(dirs: &ServerDirs, url: &str, store: &str, endpoint: &str) -> Server {
     let env = s3_env(endpoint);
     let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
-    let flags = ["--database-url", url, "--object-store-url", store];
+    // A short lease: a replica that stops is taken over within seconds.
+    let flags = ["--database-url", url, "--object-store-url", store, "--training-lease-secs", "5"];
     let (process, grpc) = start_server_with_env(dirs, &flags, &env);
     connect(process, grpc).await
 }
@@ -539,34 +540,63 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let v2 = seeded_predictions(&mut replicas[2]).await;
     assert_eq!(v2.0, "v2");
     follow(&mut replicas, &v2).await;
+    // The rollback's notification cannot reach the second replica, whose database sessions (its
+    // listener's too) were ended just before: its periodic reconcile catches it.
+    let second = replica_id(&mut replicas[1]);
+    postgres_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'alps-server {second}'"
+    ));
     let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
     replicas[0].models.activate_model_version(rollback).await.unwrap();
     follow(&mut replicas, &v1).await;
 
-    // Train asked of all three at once: one job runs, and the others answer with it.
+    // Train asked of all three at once: one job runs, the other triggers coalesce into one
+    // queued job, which runs after it; never two at once.
     let trains: Vec<_> = replicas
         .iter()
         .map(|replica| {
             let mut training = replica.training.clone();
-            // Long enough that all three triggers arrive while it runs.
-            tokio::spawn(async move { training.train(train_request(2_000)).await })
+            // Long enough that all three triggers arrive while it runs. The second replica's
+            // first write after its sessions ended may find its session broken: UNAVAILABLE,
+            // and a client tries again.
+            tokio::spawn(async move {
+                loop {
+                    match training.train(train_request(2_000)).await {
+                        Err(status) if status.code() == Code::Unavailable => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        answer => break answer,
+                    }
+                }
+            })
         })
         .collect();
-    let mut jobs = std::collections::HashSet::new();
+    let mut jobs = std::collections::BTreeMap::new();
     for train in trains {
-        jobs.insert(train.await.unwrap().unwrap().into_inner().job.unwrap().job_id);
+        let response = train.await.unwrap().unwrap().into_inner();
+        *jobs.entry(response.job.unwrap().job_id).or_insert(0) += 1;
     }
-    assert_eq!(jobs.len(), 1, "one job for three triggers: {jobs:?}");
-    let one = jobs.into_iter().next().unwrap();
-    let ended = job_ended(&replicas[2], &one).await;
-    assert_eq!(ended.state(), JobState::Succeeded, "{ended:?}");
-    let v3 = ended.model_version.clone();
+    // Two when the first starts before the others arrive; one when the others queue their
+    // trigger before the replica that claimed the project takes what is queued.
+    assert!((1..=2).contains(&jobs.len()), "at most one running and one queued job for three triggers: {jobs:?}");
+    let mut ended = Vec::new();
+    for job in jobs.keys() {
+        let job = job_ended(&replicas[2], job).await;
+        assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
+        ended.push(job);
+    }
+    ended.sort_by_key(|job| job.started_unix_ms);
+    assert!(
+        ended.windows(2).all(|two| two[0].finished_unix_ms <= two[1].started_unix_ms),
+        "one after the other: {ended:?}"
+    );
+    let newest = ended.last().unwrap().model_version.clone();
     let inference = replicas[0].inference.clone();
-    let latest = eventually(&format!("{v3} served"), || {
-        let (mut inference, v3) = (inference.clone(), v3.clone());
+    let latest = eventually(&format!("{newest} served"), || {
+        let (mut inference, newest) = (inference.clone(), newest.clone());
         async move {
             let response = inference.predict(seeded_request()).await.ok()?.into_inner();
-            (response.model_version == v3).then_some((response.model_version, response.results))
+            (response.model_version == newest).then_some((response.model_version, response.results))
         }
     })
     .await;
@@ -584,8 +614,9 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let cancelled = job_ended(&replicas[1], &running.job_id).await;
     assert_eq!(cancelled.state(), JobState::Cancelled, "{cancelled:?}");
 
-    // A replica paused and cut off from the database while it trains: another takes the
-    // project; the paused one's version is not activated when it resumes.
+    // A replica paused and cut off from the database while it trains: once its lease runs out,
+    // another replica takes the project over (the paused job fails, the trigger queued meanwhile
+    // runs), and the paused one, resumed, activates nothing.
     let paused = replicas[0].training.train(train_request(2_000)).await.unwrap().into_inner().job.unwrap();
     let id = replica_id(&mut replicas[0]);
     // Paused in the middle of its epochs, past the reads that start a job.
@@ -599,23 +630,45 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'alps-server {id}'"
     ));
     let long = replicas[1].training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
-    assert_ne!(long.job_id, paused.job_id, "the project was free to claim");
+    assert_ne!(long.job_id, paused.job_id);
+    assert_eq!(long.state(), JobState::Queued, "the paused replica's lease still holds");
+    let failed = job_ended(&replicas[1], &paused.job_id).await;
+    assert_eq!(failed.state(), JobState::Failed, "{failed:?}");
+    let taken_over = format!("lost the project's training lease, before it ended; job {}, queued, trains", long.job_id);
+    assert!(failed.error.starts_with("interrupted: ") && failed.error.contains(&taken_over), "{failed:?}");
+    let other = &replicas[2];
+    eventually("the queued job running elsewhere", || async {
+        read_job(other, &long.job_id).await.filter(|job| job.epoch >= 1).map(drop)
+    })
+    .await;
     replicas[0].process.signal(libc::SIGCONT);
-    let ended = job_ended(&replicas[1], &paused.job_id).await;
+    let stopped =
+        replicas[0].process.wait_for_log("another replica took over this project's training lease; stopping the job");
+    assert_eq!(stopped["job"], paused.job_id.as_str(), "{stopped}");
     replicas[0].process.wait_for_log("training ended");
-    let ended = read_job(&replicas[1], &paused.job_id).await.unwrap_or(ended);
-    assert!(
-        ended.state() == JobState::Failed || ended.not_activated_reason.contains("another replica trains this project"),
-        "{ended:?}"
-    );
+    assert_eq!(read_job(&replicas[1], &paused.job_id).await.unwrap(), failed, "the first verdict stands");
     let project = replicas[1].projects.get_project(GetProjectRequest { project_id: "p".into() }).await.unwrap();
-    assert_eq!(project.into_inner().project.unwrap().active_model_version, v3, "the paused replica activated nothing");
+    assert_eq!(
+        project.into_inner().project.unwrap().active_model_version,
+        newest,
+        "the paused replica activated nothing"
+    );
 
-    // The replica running the long job is killed: another records the job as failed, and a
-    // watch of it on a third replica follows it to that end.
+    // The replica running the long job is killed with a trigger queued behind it: after the
+    // lease another replica records the job as failed and runs the queued one, whose version
+    // every replica left serves; a watch of the killed job on a third replica follows it to
+    // its end.
+    let runner = replicas.iter_mut().position(|replica| runs_job(replica, &long.job_id)).expect("a replica runs it");
+    let (queue_on, watch_on) = match runner {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let next = replicas[queue_on].training.train(train_request(50)).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(next.state(), JobState::Queued);
     let request = WatchTrainingJobRequest { job_id: long.job_id.clone() };
-    let mut watch = replicas[2].training.watch_training_job(request).await.unwrap().into_inner();
-    let killed = replicas.remove(1);
+    let mut watch = replicas[watch_on].training.watch_training_job(request).await.unwrap().into_inner();
+    let killed = replicas.remove(runner);
     killed.process.signal(libc::SIGKILL);
     let failed = job_ended(&replicas[0], &long.job_id).await;
     assert_eq!(failed.state(), JobState::Failed);
@@ -626,6 +679,19 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     }
     assert_eq!(watched.first(), Some(&JobState::Running));
     assert_eq!(watched.last(), Some(&JobState::Failed), "{watched:?}");
+    let finished = job_ended(&replicas[1], &next.job_id).await;
+    assert_eq!(finished.state(), JobState::Succeeded, "{finished:?}");
+    let inference = replicas[0].inference.clone();
+    let version = finished.model_version.clone();
+    let latest = eventually(&format!("{version} served"), || {
+        let (mut inference, version) = (inference.clone(), version.clone());
+        async move {
+            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
+            (response.model_version == version).then_some((response.model_version, response.results))
+        }
+    })
+    .await;
+    follow(&mut replicas, &latest).await;
 
     // Deleted on one: gone from the other.
     replicas[1].projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
@@ -663,6 +729,11 @@ async fn job_ended(replica: &Server, job_id: &str) -> alps_proto::v1::TrainingJo
             .filter(|job| matches!(job.state(), JobState::Succeeded | JobState::Failed | JobState::Cancelled))
     })
     .await
+}
+
+/// Whether `replica` logged the start of job `job_id`.
+fn runs_job(replica: &mut Server, job_id: &str) -> bool {
+    replica.process.log().iter().any(|line| line.contains("training started") && line.contains(job_id))
 }
 
 /// The replica id `replica` logged at start.

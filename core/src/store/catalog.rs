@@ -598,12 +598,18 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// Extends `replica`'s `lease` on `project` to `ttl` from now. Returns `false` if it is no
     /// longer the project's (another replica took it over after it expired): then the
-    /// replica's job must stop, and its version is never activated ([`Fence`]). An expired
-    /// lease that nobody took over is renewed.
+    /// replica's job must stop, and its version is never activated ([`Fence`]); also `false`
+    /// once released. An expired lease that nobody took over is renewed.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn renew_training(&self, _project: &str, _replica: &str, _lease: Lease, _ttl: Duration) -> Result<bool, StoreError> {
+    fn renew_training(
+        &self,
+        _project: &str,
+        _replica: &str,
+        _lease: Lease,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
         Ok(true)
     }
 

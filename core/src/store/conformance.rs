@@ -221,10 +221,15 @@ fn activation_checks_fit(backend: &mut dyn Backend) {
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
     assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::NoSuchVersion);
     catalog.record_version("cars", "v1", 1, r#"{"made": "for cars"}"#, 0).unwrap();
-    let refused = catalog.activate_version("cars", "v1", &|manifest, stored| {
-        assert_eq!((manifest, stored), (r#"{"made": "for cars"}"#, &spec()), "the check sees both");
-        false
-    }, None);
+    let refused = catalog.activate_version(
+        "cars",
+        "v1",
+        &|manifest, stored| {
+            assert_eq!((manifest, stored), (r#"{"made": "for cars"}"#, &spec()), "the check sees both");
+            false
+        },
+        None,
+    );
     assert_eq!(refused.unwrap(), Activation::Unfit);
     assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "untrained", "nothing changed");
     assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::Activated);

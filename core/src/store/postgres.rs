@@ -34,8 +34,8 @@ use postgres::{Client, NoTls, Row, error::SqlState};
 use super::{
     Failure,
     catalog::{
-        self, Activation, Alone, Catalog, ExampleRow, Fence, JobRow, Lease, StoreError, StoredExample, StoredProject, Upsert,
-        UpsertCounts, VersionRow, encode_spec,
+        self, Activation, Alone, Catalog, ExampleRow, Fence, JobRow, Lease, StoreError, StoredExample, StoredProject,
+        Upsert, UpsertCounts, VersionRow, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -493,7 +493,13 @@ fn strings(rows: Vec<Row>) -> Vec<String> {
 
 /// A row of `SELECT job_id, finished, queued, record, created_unix_ms FROM jobs`.
 fn job_row(row: &Row) -> JobRow {
-    JobRow { job_id: row.get(0), finished: row.get(1), queued: row.get(2), record: row.get(3), created_unix_ms: row.get(4) }
+    JobRow {
+        job_id: row.get(0),
+        finished: row.get(1),
+        queued: row.get(2),
+        record: row.get(3),
+        created_unix_ms: row.get(4),
+    }
 }
 
 /// `duration` in milliseconds, for an interval computed in SQL.
@@ -788,10 +794,11 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone {
             return Ok(true);
         }
+        // Never a released lease: a renewal racing the release must not hold it again.
         let renewed = self.writer.run(|client| {
             Ok(client.execute(
                 "UPDATE training_leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
-                 WHERE project_id = $1 AND holder = $2 AND epoch = $3",
+                 WHERE project_id = $1 AND holder = $2 AND epoch = $3 AND expires_at <> '-infinity'",
                 &[&project, &replica, &lease.epoch, &millis(ttl)],
             )?)
         })?;
@@ -970,7 +977,8 @@ impl Catalog for PostgresCatalog {
                 if inserted == 1 {
                     return Ok(None);
                 }
-                let queued = client.query_opt("SELECT record FROM jobs WHERE project_id = $1 AND queued", &[&project])?;
+                let queued =
+                    client.query_opt("SELECT record FROM jobs WHERE project_id = $1 AND queued", &[&project])?;
                 if let Some(row) = queued {
                     return Ok(Some(row.get(0)));
                 }
@@ -981,9 +989,10 @@ impl Catalog for PostgresCatalog {
 
     fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError> {
         let row = self.writer.run(|client| {
-            Ok(client.query_opt("UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING record", &[
-                &project,
-            ])?)
+            Ok(client.query_opt(
+                "UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING record",
+                &[&project],
+            )?)
         })?;
         Ok(row.map(|row| row.get(0)))
     }
@@ -1213,8 +1222,10 @@ mod tests {
         assert_eq!(a.activate_version("cars", "v1", &|_, _| true, fence("a", first)).unwrap(), Activation::Fenced);
         assert_eq!(a.project("cars").unwrap().unwrap().active_version, "untrained");
         assert_eq!(b.activate_version("cars", "v1", &|_, _| true, fence("b", second)).unwrap(), Activation::Activated);
-        // Released, it is free at once, and the next grant's epoch is higher still.
+        // Released, it is free at once (a late renewal does not hold it again), and the next
+        // grant's epoch is higher still.
         b.release_training("cars", "b", second).unwrap();
+        assert!(!b.renew_training("cars", "b", second, long).unwrap());
         assert_eq!(a.claim_training("cars", "a", long).unwrap(), Some(Lease { epoch: 3 }));
         // A server alone on its database needs no lease.
         drop((a, b));

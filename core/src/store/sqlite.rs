@@ -7,8 +7,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::{
     Failure,
     catalog::{
-        self, Activation, Catalog, ExampleRow, Fence, JobRow, StoreError, StoredExample, StoredProject, Upsert, UpsertCounts,
-        VersionRow, encode_spec,
+        self, Activation, Catalog, ExampleRow, Fence, JobRow, StoreError, StoredExample, StoredProject, Upsert,
+        UpsertCounts, VersionRow, encode_spec,
     },
 };
 use crate::projects::ProjectSpec;
@@ -480,8 +480,8 @@ impl Catalog for SqliteCatalog {
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
         let connection = self.reader();
-        let mut statement =
-            connection.prepare("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE finished = 0")?;
+        let mut statement = connection
+            .prepare("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE finished = 0")?;
         let rows = statement.query_map([], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -496,7 +496,9 @@ impl Catalog for SqliteCatalog {
         let mut connection = self.connection();
         let transaction = Self::write_transaction(&mut connection)?;
         let queued: Option<String> = transaction
-            .query_row("SELECT record FROM jobs WHERE project_id = ?1 AND queued = 1", params![project], |row| row.get(0))
+            .query_row("SELECT record FROM jobs WHERE project_id = ?1 AND queued = 1", params![project], |row| {
+                row.get(0)
+            })
             .optional()?;
         if queued.is_none() {
             transaction.execute(

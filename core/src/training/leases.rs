@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{INTERRUPTED, JobRecord, JobState, Progress, Trainer, decode, encode, save};
+use super::{JobRecord, JobState, Progress, Trainer, decode, encode, save};
 use crate::store::{
     catalog::{Catalog, StoreError},
     now_unix_ms,
@@ -21,6 +21,9 @@ use crate::store::{
 
 /// How often a job is tried in all: a job interrupted this often is not queued again.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Why a job that another replica left unfinished failed.
+const ABANDONED: &str =
+    "interrupted: the replica that ran it stopped, or lost the project's training lease, before it ended";
 
 impl Trainer {
     /// Starts the thread that renews this server's training leases while its jobs run; it ends
@@ -113,7 +116,7 @@ impl Trainer {
             }
             let retried = retry(self.catalog.as_ref(), &record)?;
             record.state = JobState::Failed;
-            record.error = format!("{INTERRUPTED} (or lost the project's training lease); {retried}");
+            record.error = format!("{ABANDONED}; {retried}");
             record.finished_unix_ms = now_unix_ms();
             tracing::warn!(job = %record.job_id, project = %project_id, replica = %record.replica, "job abandoned by its replica; {retried}");
             save(self.catalog.as_ref(), &record)?;

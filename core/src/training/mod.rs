@@ -337,7 +337,12 @@ impl Trainer {
 
     /// Starts `record` on this server under `lease` on its project: recorded as this server's,
     /// live, and on a training thread (which waits for a training slot).
-    fn launch(self: &Arc<Self>, state: &mut State, lease: Lease, mut record: JobRecord) -> Result<JobRecord, StoreError> {
+    fn launch(
+        self: &Arc<Self>,
+        state: &mut State,
+        lease: Lease,
+        mut record: JobRecord,
+    ) -> Result<JobRecord, StoreError> {
         record.replica.clone_from(&self.replica);
         save(self.catalog.as_ref(), &record)?;
         let (project_id, job_id) = (record.project_id.clone(), record.job_id.clone());
@@ -944,7 +949,12 @@ impl Trainer {
     /// fit `project` as it is, the serving engine loads it, then the database makes it active
     /// if it still fits the stored spec (checked again in that transaction) and, for a job's
     /// version, if its replica still holds the lease (`fence`).
-    fn load_and_activate(&self, manifest: &Manifest, project: &Project, fence: Option<Fence<'_>>) -> Result<(), Refused> {
+    fn load_and_activate(
+        &self,
+        manifest: &Manifest,
+        project: &Project,
+        fence: Option<Fence<'_>>,
+    ) -> Result<(), Refused> {
         if !manifest.serves(&project.spec) {
             return Err(Refused::Unfit);
         }
@@ -1010,5 +1020,11 @@ fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreE
 }
 
 fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
-    catalog.save_job(&record.job_id, &record.project_id, record.state.is_terminal(), &encode(record)?, record.created_unix_ms)
+    catalog.save_job(
+        &record.job_id,
+        &record.project_id,
+        record.state.is_terminal(),
+        &encode(record)?,
+        record.created_unix_ms,
+    )
 }
