@@ -6,6 +6,10 @@
 //! With an object store (moto's S3 on loopback, behind a relay a test can cut): samples and
 //! weights live there, a new data dir serves the same predictions, uploads of the same bytes
 //! store one object, and while the store is away predictions go on and writes get UNAVAILABLE.
+//! Three replicas over both: each serves every project and follows the others' activations
+//! (also one whose notification was lost); triggers on all of them run one job at a time; the
+//! training of a replica paused, killed or stopped mid-job is taken over after its lease and
+//! the paused one, resumed, activates nothing.
 
 use alps_proto::v1::{
     ActivateModelVersionRequest, AddExamplesRequest, Architecture, CancelTrainingJobRequest, CountExamplesRequest,
@@ -499,10 +503,13 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let (_, url) = postgres_database("alps_replicas");
     let bucket = s3_bucket("alps-replicas").await;
     let store = format!("s3://{bucket}/alps");
-    let dirs: Vec<ServerDirs> = (0..3).map(|_| ServerDirs::new()).collect();
+    // Three replicas, and a fourth that joins late.
+    let dirs: Vec<ServerDirs> = (0..4).map(|_| ServerDirs::new()).collect();
     let mut replicas = Vec::new();
     for dirs in &dirs {
         install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    }
+    for dirs in &dirs[..3] {
         replicas.push(start_on_objects(dirs, &url, &store, s3_server()).await);
     }
     // A server whose files are in its data dir cannot join them.
@@ -684,6 +691,35 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let inference = replicas[0].inference.clone();
     let version = finished.model_version.clone();
     let latest = eventually(&format!("{version} served"), || {
+        let (mut inference, version) = (inference.clone(), version.clone());
+        async move {
+            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
+            (response.model_version == version).then_some((response.model_version, response.results))
+        }
+    })
+    .await;
+    follow(&mut replicas, &latest).await;
+
+    // A replica stopped while it trains (a rolling update): its job fails as interrupted and is
+    // queued again, the other replica runs it, and a replica started meanwhile serves the result.
+    let interrupted = replicas[0].training.train(train_request(5_000)).await.unwrap().into_inner().job.unwrap();
+    let local = &replicas[0];
+    eventually("the job in its epochs", || async {
+        read_job(local, &interrupted.job_id).await.filter(|job| job.epoch >= 1).map(drop)
+    })
+    .await;
+    assert!(replicas.remove(0).stop(), "a clean exit");
+    let failed = job_ended(&replicas[0], &interrupted.job_id).await;
+    assert_eq!(failed.state(), JobState::Failed, "{failed:?}");
+    let (_, retry) = failed.error.split_once("; retried as job ").unwrap_or_else(|| panic!("{failed:?}"));
+    let retry = retry.split_once(' ').unwrap().0;
+    replicas.push(start_on_objects(&dirs[3], &url, &store, s3_server()).await);
+    let retried = job_ended(&replicas[1], retry).await;
+    assert_eq!(retried.state(), JobState::Succeeded, "{retried:?}");
+    assert!(replicas.iter_mut().any(|replica| runs_job(replica, retry)), "run by a replica that runs");
+    let version = retried.model_version.clone();
+    let inference = replicas[1].inference.clone();
+    let latest = eventually(&format!("{version} served by the new replica"), || {
         let (mut inference, version) = (inference.clone(), version.clone());
         async move {
             let response = inference.predict(seeded_request()).await.ok()?.into_inner();
