@@ -5,10 +5,12 @@
 //!   ([`Sharing::Alone`]): the writing session holds a PostgreSQL advisory lock
 //!   (`pg_try_advisory_lock`), and a second server fails to start with [`StoreError::Taken`].
 //!   Replicas over an object store ([`Sharing::Replicas`]) hold the same lock shared, so any
-//!   number of them run together but never with a server that must be alone; each also holds a
-//!   lock of its own ([`Catalog::replica_alive`]) and takes the server lock alone for a garbage
-//!   collection round ([`Catalog::alone`]). A notification on every project change
-//!   ([`Catalog::wait_for_change`]) lets replicas refresh their caches at once.
+//!   number of them run together but never with a server that must be alone; a replica takes
+//!   the server lock alone for a garbage collection round ([`Catalog::alone`]). A notification
+//!   on every project change ([`Catalog::wait_for_change`]) lets replicas refresh their caches
+//!   at once. Training leases ([`Catalog::claim_training`]) are rows whose expiry the
+//!   database's clock decides, not locks: a paused replica keeps its session (its kernel still
+//!   answers keepalives) but not its lease.
 //! * Two sessions, like the SQLite backend's two connections: one writes, one reads, so that a
 //!   read never waits behind a write that waits for a row lock.
 //! * A session that breaks (the server restarted, the connection was terminated) is opened

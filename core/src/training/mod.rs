@@ -8,7 +8,7 @@
 //! alone on its catalogue always does): it runs the project's jobs one after the other, taking
 //! the queued one, whichever server the trigger reached, when a job ends. With replicas the
 //! lease expires unless renewed, another replica takes over the work of one that stopped or
-//! was cut off ([`leases`]), and a version is activated only under the lease its job ran under
+//! was cut off (`leases`), and a version is activated only under the lease its job ran under
 //! and only over the version the job started from. Progress and cancel requests go through the
 //! catalogue too.
 
@@ -196,7 +196,7 @@ impl std::fmt::Debug for Trainer {
 impl Trainer {
     /// A trainer over the data directory's stores whose activated versions `serving` loads
     /// before they are swapped in. Jobs that were queued or running when their server stopped
-    /// are recorded as failed ([`fail_orphaned_jobs`]), and partial
+    /// are recorded as failed (`fail_orphaned_jobs`), and partial
     /// version directories removed.
     ///
     /// # Errors
@@ -328,7 +328,7 @@ impl Trainer {
 
     /// The job this server runs next for `project_id`, whose lease it holds: the queued one,
     /// taken from the catalogue, if any. Jobs left unfinished under an earlier lease are failed
-    /// first (and tried again, see [`leases`]), except `ended`, the job this server has just
+    /// first (and tried again, see `leases`), except `ended`, the job this server has just
     /// finished.
     fn take_queued(&self, project_id: &str, ended: Option<&str>) -> Result<Option<JobRecord>, StoreError> {
         self.fail_abandoned_jobs(project_id, ended)?;
@@ -834,7 +834,7 @@ impl Trainer {
         let running = self.state().running.get(project.as_str()).cloned();
         let Some(Running { lease, lost: false, .. }) = running else { return Err(LOST_LEASE.into()) };
         // And only over the version it was trained from: one activated meanwhile (by hand, or by
-        // a replica that held the claim while this one was cut off) stays.
+        // a replica that held the lease while this one was cut off) stays.
         let parent = if manifest.parent_version.is_empty() { UNTRAINED_VERSION } else { &manifest.parent_version };
         match self.catalog.project(project) {
             Ok(Some(stored)) if !manifest.serves(&stored.spec) => return Err(CHANGED_MEANWHILE.into()),
