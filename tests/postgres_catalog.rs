@@ -57,11 +57,16 @@ async fn start_with(dirs: &ServerDirs, flags: &[&str]) -> Server {
 
 /// A server on database `url` with its files in object store `store`, reached at `endpoint`.
 async fn start_on_objects(dirs: &ServerDirs, url: &str, store: &str, endpoint: &str) -> Server {
+    start_on_objects_with(dirs, url, store, endpoint, &[]).await
+}
+
+/// [`start_on_objects`] with more flags.
+async fn start_on_objects_with(dirs: &ServerDirs, url: &str, store: &str, endpoint: &str, more: &[&str]) -> Server {
     let env = s3_env(endpoint);
     let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
     // A short lease: a replica that stops is taken over within seconds.
     let flags = ["--database-url", url, "--object-store-url", store, "--training-lease-secs", "5"];
-    let (process, grpc) = start_server_with_env(dirs, &flags, &env);
+    let (process, grpc) = start_server_with_env(dirs, &[&flags[..], more].concat(), &env);
     connect(process, grpc).await
 }
 
@@ -265,6 +270,45 @@ async fn predictions_go_on_while_the_database_refuses_connections_and_writes_res
     assert_eq!(count(&mut server).await.unwrap(), 12);
     let log = server.process.log().join("\n");
     assert!(log.contains("too many connections for role"), "the server's reason is logged:\n{log}");
+    assert!(server.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_evicted_from_the_cache_loads_again_from_its_local_copy_while_the_database_is_away() {
+    let (role, url) = postgres_database("alps_evicted");
+    let bucket = s3_bucket("alps-evicted").await;
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    // A cache of one model: predicting another project evicts the first.
+    let flags = ["--model-cache-mib", "0"];
+    let mut server = start_on_objects_with(&dirs, &url, &format!("s3://{bucket}/alps"), s3_server(), &flags).await;
+    create_project(&mut server, 20).await;
+    train_to_end(&mut server).await;
+    let v1 = seeded_predictions(&mut server).await;
+    assert_eq!(v1.0, "v1");
+    let other = Project {
+        id: "q".into(),
+        classes: vec!["a".into(), "b".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    server.projects.create_project(CreateProjectRequest { project: Some(other) }).await.unwrap();
+    let predict_other =
+        PredictRequest { project_id: "q".into(), samples: vec![tensor(0.5).unwrap()], ..Default::default() };
+
+    postgres_admin(&format!(
+        "ALTER ROLE {role} CONNECTION LIMIT 0;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    for _ in 0..2 {
+        server.inference.predict(predict_other.clone()).await.unwrap();
+        assert_eq!(seeded_predictions(&mut server).await, v1, "loaded again from the fetched copy");
+    }
+    let log = server.process.log().join("\n");
+    assert!(log.contains("evicting model from the cache"), "{log}");
+    assert!(log.contains("the catalogue is unreachable; loading the local copy"), "{log}");
+    postgres_admin(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"));
     assert!(server.stop());
 }
 

@@ -136,7 +136,7 @@ pub fn engine_status(error: EngineError) -> Status {
         EngineError::TooLarge { .. } | EngineError::BatchHeuristic(_) => Status::invalid_argument(error.to_string()),
         EngineError::Heuristic(error) => call_status(error),
         EngineError::Model(_) => Status::internal(error.to_string()),
-        EngineError::Unavailable => Status::unavailable(error.to_string()),
+        EngineError::Unavailable | EngineError::Fetch(_) => Status::unavailable(error.to_string()),
     }
 }
 
@@ -208,5 +208,25 @@ impl InferenceService for InferenceApi {
 
     async fn rank(&self, request: Request<Streaming<RankRequest>>) -> Result<Response<RankResponse>, Status> {
         self.rank_pool(request.into_inner()).await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{engine::ModelFailure, models::ModelError};
+
+    #[test]
+    fn a_version_that_cannot_be_fetched_now_is_unavailable_and_a_missing_one_internal() {
+        let status = |transient| {
+            let error = ModelError::Fetch { version: "v1".into(), transient };
+            engine_status(EngineError::from(ModelFailure::from(&error)))
+        };
+        let now = status(true);
+        assert_eq!(now.code(), tonic::Code::Unavailable, "{now:?}");
+        assert!(now.message().ends_with("retry with backoff"), "{now:?}");
+        let missing = status(false);
+        assert_eq!(missing.code(), tonic::Code::Internal, "{missing:?}");
+        assert!(missing.message().contains("activate another version"), "{missing:?}");
     }
 }

@@ -16,6 +16,7 @@ use std::{
 use crossbeam_channel::{Sender, TrySendError};
 pub use rank::{Ranking, RankingError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+pub use worker::ModelFailure;
 
 use crate::{
     metrics::{Metrics, RequestTimes},
@@ -138,6 +139,10 @@ pub enum EngineError {
     /// The model could not be loaded or run.
     #[error("{0}")]
     Model(String),
+    /// The model's version could not be fetched now (the object store or the catalogue was
+    /// unreachable): the same request may succeed later.
+    #[error("{0}")]
+    Fetch(String),
     /// The heuristic failed on the model's output.
     #[error(transparent)]
     Heuristic(#[from] CallError),
@@ -147,6 +152,12 @@ pub enum EngineError {
     /// The worker thread is gone (server shutting down).
     #[error("inference worker unavailable")]
     Unavailable,
+}
+
+impl From<ModelFailure> for EngineError {
+    fn from(failure: ModelFailure) -> Self {
+        if failure.transient { Self::Fetch(failure.message) } else { Self::Model(failure.message) }
+    }
 }
 
 /// Handle to the engine; cheap to clone.
@@ -216,7 +227,7 @@ impl Engine {
         let model = worker::load_model(&key, &spec, trained, models_dir, device, files).map_err(|error| {
             let first_line = crate::errors::first_line(&error);
             tracing::warn!(project = %key.project, version = %key.version, error = %first_line, "model failed to load");
-            EngineError::Model(error.client_message())
+            EngineError::from(ModelFailure::from(&error))
         })?;
         let (reply, inserted) = oneshot::channel();
         self.commands.send(Command::Insert(Loaded { key, model, reply })).map_err(|_| EngineError::Unavailable)?;
@@ -296,7 +307,7 @@ impl Engine {
             TrySendError::Disconnected(_) => EngineError::Unavailable,
         })?;
         // If this future is dropped (client gone), the worker sees the closed reply and skips the job.
-        let computed = result.await.map_err(|_| EngineError::Unavailable)?.map_err(EngineError::Model)?;
+        let computed = result.await.map_err(|_| EngineError::Unavailable)?.map_err(EngineError::from)?;
         (times.queue, times.infer) = (computed.queued, computed.computed);
         Ok(Probabilities { outcomes, values: computed.probabilities, embeddings: computed.embeddings, times })
     }

@@ -32,7 +32,23 @@ use crate::{
 
 /// Probabilities `[n, C, K]` of a job with its queue and compute times, or why the model
 /// failed.
-pub type JobResult = Result<Computed, String>;
+pub type JobResult = Result<Computed, ModelFailure>;
+
+/// Why a model could not run a job, as a client may see it.
+#[derive(Clone, Debug)]
+pub struct ModelFailure {
+    /// For the client (see [`ModelError::client_message`]).
+    pub message: String,
+    /// Whether the same request may succeed later (the object store or the catalogue was
+    /// unreachable while the model's version was fetched).
+    pub transient: bool,
+}
+
+impl From<&ModelError> for ModelFailure {
+    fn from(error: &ModelError) -> Self {
+        Self { message: error.client_message(), transient: matches!(error, ModelError::Fetch { transient: true, .. }) }
+    }
+}
 
 /// What the worker computed for one job.
 #[derive(Debug)]
@@ -242,9 +258,9 @@ impl Worker {
             }
             Err(error) => {
                 tracing::warn!(project = %key.project, error = %crate::errors::first_line(&error), "model failed");
-                let message = error.client_message();
+                let failure = ModelFailure::from(&error);
                 for job in live {
-                    let _ = job.reply.send(Err(message.clone()));
+                    let _ = job.reply.send(Err(failure.clone()));
                 }
             }
         }

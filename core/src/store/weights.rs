@@ -162,7 +162,9 @@ impl ModelsDir {
     /// The local directory of `project`'s `version`, fetched from the object store first if it
     /// is not here yet (with the version its head-only weights build on). A local copy that is
     /// not the recorded version (a project deleted and made again under the same id while this
-    /// server did not see it) is replaced. Without an object store this is
+    /// server did not see it) is replaced. While the catalogue cannot be reached, a complete
+    /// local copy is used as it is: the model this server evicted from its cache is loaded
+    /// again, so predictions go on through a database outage. Without an object store this is
     /// [`version_dir`](Self::version_dir). Loading checks the files' sha256.
     ///
     /// # Errors
@@ -170,8 +172,26 @@ impl ModelsDir {
     pub fn fetch(&self, project: &str, version: &str) -> Result<PathBuf, FetchError> {
         let Some(remote) = &self.remote else { return Ok(self.version_dir(project, version)) };
         // Read once, for the version and the backbone it may build on.
-        let rows = remote.catalog.versions(project)?;
+        let rows = match remote.catalog.versions(project) {
+            Ok(rows) => rows,
+            Err(error) if error.failure() == Failure::Transient && self.has_local_copy(project, version) => {
+                tracing::warn!(%project, %version, %error, "the catalogue is unreachable; loading the local copy");
+                return Ok(self.version_dir(project, version));
+            }
+            Err(error) => return Err(error.into()),
+        };
         self.fetch_recorded(remote, &rows, project, version)
+    }
+
+    /// Whether `project`'s `version` is here whole: its manifest and weights, and those of the
+    /// version its head-only weights build on.
+    fn has_local_copy(&self, project: &str, version: &str) -> bool {
+        let dir = self.version_dir(project, version);
+        let Ok(manifest) = fs::read(dir.join("manifest.json")) else { return false };
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap_or_default();
+        let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
+        dir.join("weights.safetensors").is_file()
+            && (backbone.is_empty() || backbone == version || self.has_local_copy(project, backbone))
     }
 
     /// [`fetch`](Self::fetch) of `version`, one of `rows` (the project's recorded versions).
