@@ -14,15 +14,16 @@
 use alps_proto::v1::{
     ActivateModelVersionRequest, AddExamplesRequest, Architecture, CancelTrainingJobRequest, CountExamplesRequest,
     CreateProjectRequest, DeleteProjectRequest, GetProjectRequest, GetTrainingJobRequest, JobState, LabelledExample,
-    ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor, TrainRequest,
-    TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
-    inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
-    project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
+    ListHeuristicsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing, Project, Sample, Tensor,
+    TrainRequest, TrainingParameters, WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
+    heuristic_service_client::HeuristicServiceClient, inference_service_client::InferenceServiceClient,
+    model_version_service_client::ModelVersionServiceClient, project_service_client::ProjectServiceClient,
+    sample::Input, training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
-    Process, Relay, ServerDirs, binary, builtin_plugin, eventually, install_plugin, path_str, postgres_admin,
-    postgres_database, postgres_value, run_to_exit, s3_bucket, s3_env, s3_keys, s3_server, start_server,
-    start_server_with_env,
+    Process, Relay, ServerDirs, binary, builtin_plugin, eventually, example_plugin, http_client, install_plugin,
+    path_str, postgres_admin, postgres_database, postgres_value, run_to_exit, s3_bucket, s3_env, s3_keys, s3_server,
+    start_server, start_server_with_env, venv_python,
 };
 use tonic::{Code, transport::Channel};
 
@@ -33,6 +34,7 @@ struct Server {
     training: TrainingServiceClient<Channel>,
     inference: InferenceServiceClient<Channel>,
     models: ModelVersionServiceClient<Channel>,
+    heuristics: HeuristicServiceClient<Channel>,
 }
 
 impl Server {
@@ -40,8 +42,8 @@ impl Server {
     /// on a multi-threaded runtime so that the channel's task can close it while this thread
     /// waits), then stops the server with SIGTERM; returns whether it exited with success.
     fn stop(self) -> bool {
-        let Self { mut process, projects, examples, training, inference, models } = self;
-        drop((projects, examples, training, inference, models));
+        let Self { mut process, projects, examples, training, inference, models, heuristics } = self;
+        drop((projects, examples, training, inference, models, heuristics));
         process.terminate().success()
     }
 }
@@ -78,7 +80,8 @@ async fn connect(process: Process, grpc: String) -> Server {
         examples: ExampleServiceClient::new(channel.clone()),
         training: TrainingServiceClient::new(channel.clone()),
         inference: InferenceServiceClient::new(channel.clone()),
-        models: ModelVersionServiceClient::new(channel),
+        models: ModelVersionServiceClient::new(channel.clone()),
+        heuristics: HeuristicServiceClient::new(channel),
     }
 }
 
@@ -271,6 +274,55 @@ async fn predictions_go_on_while_the_database_refuses_connections_and_writes_res
     let log = server.process.log().join("\n");
     assert!(log.contains("too many connections for role"), "the server's reason is logged:\n{log}");
     assert!(server.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_published_in_the_object_store_reaches_every_replica_and_so_does_its_withdrawal() {
+    let (_, url) = postgres_database("alps_published");
+    let bucket = s3_bucket("alps-published").await;
+    let store = format!("s3://{bucket}/alps");
+    let dirs: Vec<ServerDirs> = (0..2).map(|_| ServerDirs::new()).collect();
+    let mut replicas = Vec::new();
+    for dirs in &dirs {
+        install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+        replicas.push(start_on_objects(dirs, &url, &store, s3_server()).await);
+    }
+    // The example plugin's heuristic, as each replica lists it: its sha256 if loaded.
+    let ratio = |replica: &Server| {
+        let mut heuristics = replica.heuristics.clone();
+        async move {
+            let listed = heuristics.list_heuristics(ListHeuristicsRequest {}).await.unwrap().into_inner();
+            listed.heuristics.into_iter().find(|h| h.name == "ratio").map(|h| h.sha256)
+        }
+    };
+    assert_eq!(ratio(&replicas[0]).await, None);
+    let plugin = std::fs::read(example_plugin(&[])).unwrap();
+    let sha256: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&plugin).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let object = format!("{}/{bucket}/alps/plugins/example.so", s3_server());
+    assert!(http_client().put(&object).body(plugin).send().await.unwrap().status().is_success());
+    for replica in &replicas {
+        let loaded = eventually("the published plugin on every replica", || async { ratio(replica).await }).await;
+        assert_eq!(loaded, sha256, "the same file everywhere");
+    }
+    // moto refuses an unsigned DELETE: boto3 (which moto brings) signs it.
+    let delete = format!(
+        "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', \
+         aws_secret_access_key='test-secret').delete_object(Bucket='{bucket}', Key='alps/plugins/example.so')",
+        s3_server()
+    );
+    venv_python(&["-c", &delete]);
+    for replica in &replicas {
+        eventually("the withdrawn plugin gone from every replica", || async {
+            ratio(replica).await.is_none().then_some(())
+        })
+        .await;
+    }
+    for replica in replicas {
+        assert!(replica.stop());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,7 @@ use crate::{
         catalog::{Catalog, StoreError},
         gc::GarbageCollector,
         objects::{ObjectError, Objects},
+        plugins::{PublishedPlugins, keep_synced},
         postgres::{OpenError, PostgresCatalog, Sharing},
         sqlite::SqliteCatalog,
     },
@@ -200,20 +201,35 @@ impl Server {
         .map_err(|source| StartError::WeightsCache { path: cache_dir, source })?;
         let model_files = model_files.with_weights_cache(weights_cache.clone());
         let metrics = Arc::new(Metrics::default());
+        let objects = config.object_store_url.as_deref().map(Objects::open).transpose()?.map(Arc::new);
         let plugin_dir = config.resolved_plugin_dir(executable);
         tracing::info!(dir = %plugin_dir.display(), "plugin directory");
-        let heuristics = Arc::new(HeuristicHost::new(plugin_dir, data_dir.plugin_copies_dir(), metrics.clone())?);
+        let mut heuristics = HeuristicHost::new(plugin_dir, data_dir.plugin_copies_dir(), metrics.clone())?;
+        // Replicas load the plugins published in the object store too, copied in before the
+        // first load and kept in step after it.
+        let published = objects
+            .as_ref()
+            .map(|objects| PublishedPlugins::new(objects.clone(), data_dir.path().join("published-plugins")));
+        if let Some(published) = &published {
+            heuristics = heuristics.with_published(published.dir().to_owned())?;
+        }
+        let heuristics = Arc::new(heuristics);
         // Watch before the first load, and before announcing readiness: a plugin dropped in
         // from then on is always picked up. Without a watch, ReloadHeuristics still works.
         let watcher = plugins::watch_plugin_dir(heuristics.clone())
             .inspect_err(|error| tracing::warn!(%error, "cannot watch the plugin directory; use ReloadHeuristics"))
             .ok();
         watchers.extend(watcher);
+        if let Some(mut published) = published {
+            if let Err(error) = published.sync() {
+                tracing::warn!(%error, "cannot copy the published plugins; trying again in the background");
+            }
+            keep_synced(published).map_err(StartError::Follower)?;
+        }
         let report = heuristics.reload().map_err(HostStartError::Dir)?;
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
-        let objects = config.object_store_url.as_deref().map(Objects::open).transpose()?.map(Arc::new);
         let database = config.database_url.as_ref().map(|url| (url.expose(), config.database_ca_file.as_deref()));
         // Unique per process: a restarted replica is a new one (the jobs it left are taken over).
         let replica = format!("{:016x}", fastrand::u64(..));

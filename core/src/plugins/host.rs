@@ -29,6 +29,9 @@ pub struct ReloadReport {
 #[derive(Debug)]
 pub struct HeuristicHost {
     dir: PathBuf,
+    /// Plugins published in the object store, synced here (replicas; see
+    /// `crate::store::plugins`).
+    published: Option<PathBuf>,
     copies_dir: PathBuf,
     current: ArcSwap<Registry>,
     /// Serialises reloads (watcher and admin RPC) so their snapshots never interleave.
@@ -54,6 +57,7 @@ impl HeuristicHost {
         fs::create_dir_all(&copies_dir).map_err(|source| StartError::Copies { path: copies_dir.clone(), source })?;
         Ok(Self {
             dir,
+            published: None,
             copies_dir,
             current: ArcSwap::from_pointee(Registry::default()),
             reloading: Mutex::new(()),
@@ -61,16 +65,37 @@ impl HeuristicHost {
         })
     }
 
+    /// This host loading the plugins in `published` too (a directory the object store's
+    /// published plugins are synced into), after those of the plugin directory: a heuristic
+    /// version both provide is the plugin directory's.
+    ///
+    /// # Errors
+    /// [`StartError`] if `published` cannot be created.
+    pub fn with_published(mut self, published: PathBuf) -> Result<Self, StartError> {
+        fs::create_dir_all(&published).map_err(|source| StartError::Published { path: published.clone(), source })?;
+        self.published = Some(published);
+        Ok(self)
+    }
+
     /// The plugin directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directories plugins are loaded from, in order: the plugin directory, then the
+    /// published plugins' if any.
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.dir.as_path()).chain(self.published.as_deref())
     }
 
     /// `message` with the plugin directory and the copies directory replaced by `<plugin-dir>`
     /// and `<plugin-copies>`, for messages that reach a client (no server paths leave the host).
     pub fn redact(&self, message: &str) -> String {
         let mut message = message.to_owned();
-        for (dir, name) in [(&self.copies_dir, "<plugin-copies>"), (&self.dir, "<plugin-dir>")] {
+        let published = self.published.iter().map(|dir| (dir, "<published-plugins>"));
+        for (dir, name) in
+            [(&self.copies_dir, "<plugin-copies>"), (&self.dir, "<plugin-dir>")].into_iter().chain(published)
+        {
             let shown = dir.display().to_string();
             if !shown.is_empty() {
                 message = message.replace(&shown, name);
@@ -98,7 +123,10 @@ impl HeuristicHost {
     pub fn reload(&self) -> Result<ReloadReport, PluginDirError> {
         let _serialised = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = self.current.load_full();
-        let files = plugin_files(&self.dir)?;
+        let mut files = Vec::new();
+        for dir in self.dirs() {
+            files.extend(plugin_files(dir)?);
+        }
         let mut heuristics: Vec<Arc<LoadedHeuristic>> = Vec::new();
         let mut errors = Vec::new();
         for file in &files {
@@ -169,6 +197,14 @@ pub enum StartError {
     /// The directory for loaded copies could not be prepared.
     #[error("cannot prepare plugin copies dir {path}: {source}")]
     Copies {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The directory for published plugins could not be created.
+    #[error("cannot create the published plugins dir {path}: {source}")]
+    Published {
         /// The directory.
         path: PathBuf,
         /// The I/O error.

@@ -11,7 +11,7 @@ use super::{PLUGIN_EXTENSION, host::HeuristicHost};
 /// writes is loaded once, complete. (Ops should still prefer write-then-rename.)
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Starts watching the host's plugin directory. Changes to `*.so` files trigger a debounced
+/// Starts watching the host's plugin directories. Changes to `*.so` files trigger a debounced
 /// [`HeuristicHost::reload`] on a blocking thread. Watching stops when the returned watcher is
 /// dropped. Must be called inside a tokio runtime.
 ///
@@ -28,7 +28,9 @@ pub fn watch_plugin_dir(host: Arc<HeuristicHost>) -> notify::Result<notify::Reco
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "plugin directory watch error"),
     })?;
-    watcher.watch(host.dir(), RecursiveMode::NonRecursive)?;
+    for dir in host.dirs() {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
             // Wait until the directory has been quiet for DEBOUNCE.

@@ -21,6 +21,7 @@ pub mod database_tls;
 pub mod gc;
 pub mod migrate;
 pub mod objects;
+pub mod plugins;
 pub mod postgres;
 pub mod sqlite;
 pub mod weights;

@@ -119,6 +119,9 @@ fn failure_of(error: &object_store::Error) -> Failure {
     }
 }
 
+/// Where ops publish heuristic plugins, under the store's prefix.
+const PLUGINS: &str = "plugins";
+
 /// An object as listed: its name (the last path segment), size in bytes and last change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -393,6 +396,35 @@ impl Objects {
                 hashed.then(|| Listed { name, size: meta.size, modified: meta.last_modified.into() })
             })
             .collect())
+    }
+
+    /// The heuristic plugins ops published under `plugins/` (mutable objects, unlike the
+    /// content-addressed ones): each one's file name, size and last change. Objects in deeper
+    /// folders are left out.
+    ///
+    /// # Errors
+    /// [`ObjectError::Store`] if the listing fails.
+    pub fn published_plugins(&self) -> Result<Vec<Listed>, ObjectError> {
+        let (store, path) = (self.store.clone(), self.path(PLUGINS));
+        let result = self.wait(async move { store.list_with_delimiter(Some(&path)).await });
+        let listed = result.map_err(|error| self.error("list", PLUGINS, &error))?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?.to_owned();
+                Some(Listed { name, size: meta.size, modified: meta.last_modified.into() })
+            })
+            .collect())
+    }
+
+    /// The bytes of published plugin `name` (see [`published_plugins`](Self::published_plugins)).
+    ///
+    /// # Errors
+    /// [`ObjectError::Missing`] if it was removed meanwhile; [`ObjectError::Store`] if the store
+    /// fails.
+    pub fn published_plugin(&self, name: &str) -> Result<Vec<u8>, ObjectError> {
+        self.get_bytes(&format!("{PLUGINS}/{name}"))
     }
 
     /// Removes the `kind` object `sha256`; a missing one is not an error.
