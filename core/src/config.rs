@@ -251,6 +251,12 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MODEL_CACHE_MIB", default_value_t = 4096)]
     pub model_cache_mib: usize,
 
+    /// Replicas: the most the local copies of model versions (in `<data-dir>/models`, fetched
+    /// from the object store) may hold, in MiB; after a fetch, the least recently used copies
+    /// go, except every project's active version and the version its head builds on.
+    #[arg(long, env = "ALPS_VERSION_CACHE_MIB", default_value_t = 20 * 1024)]
+    pub version_cache_mib: u64,
+
     /// Largest encoded image accepted, in bytes.
     #[arg(long, env = "ALPS_MAX_IMAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_image_bytes: usize,

@@ -238,7 +238,10 @@ impl Server {
         let (blobs, models_dir) = match &objects {
             Some(objects) => {
                 tracing::info!(store = objects.name(), "sample blobs and model weights in the object store");
-                let models_dir = data_dir.models_dir().with_objects(objects.clone(), catalog.clone());
+                let models_dir = data_dir
+                    .models_dir()
+                    .with_objects(objects.clone(), catalog.clone())
+                    .with_cache_budget(config.version_cache_mib.saturating_mul(1024 * 1024));
                 (Arc::new(BlobStore::in_objects(objects.clone())), models_dir)
             }
             None => (Arc::new(BlobStore::open(data_dir.blobs_dir())?), data_dir.models_dir()),

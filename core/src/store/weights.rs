@@ -3,7 +3,9 @@
 //! directory, checked against its sha256, before it is first loaded. The manifest comes from the
 //! catalogue, which is where a version exists; the weights object is immutable and shared by
 //! every version (of any project) with the same bytes. Weights no recorded version names are
-//! removed by [`ModelsDir::collect_weights`].
+//! removed by [`ModelsDir::collect_weights`]. The local copies are a cache of bounded size:
+//! after a fetch, the least recently used versions go until the copies fit the budget, except
+//! every project's active version and the version its head builds on ([`ModelsDir::trim`]).
 
 use std::{
     collections::HashSet,
@@ -26,6 +28,8 @@ pub(super) struct Remote {
     objects: Arc<Objects>,
     catalog: Arc<dyn Catalog>,
     publications: Arc<Mutex<Publications>>,
+    /// The local copies' budget, bytes (see [`ModelsDir::trim`]).
+    budget_bytes: u64,
 }
 
 /// Weights published and not yet recorded, as the garbage collector must see them.
@@ -105,8 +109,79 @@ impl FetchError {
 impl ModelsDir {
     /// This directory as a cache of the weights in `objects`, whose versions `catalog` records.
     pub fn with_objects(mut self, objects: Arc<Objects>, catalog: Arc<dyn Catalog>) -> Self {
-        self.remote = Some(Remote { objects, catalog, publications: Arc::default() });
+        self.remote = Some(Remote { objects, catalog, publications: Arc::default(), budget_bytes: u64::MAX });
         self
+    }
+
+    /// This cache holding at most about `bytes` of local copies (see [`trim`](Self::trim)).
+    pub fn with_cache_budget(mut self, bytes: u64) -> Self {
+        if let Some(remote) = &mut self.remote {
+            remote.budget_bytes = bytes;
+        }
+        self
+    }
+
+    /// Removes the least recently used local copies of versions until the copies fit the
+    /// budget, keeping every project's active version and the version its head builds on (a
+    /// job trains from the active version), and `also` (a version being loaded, with its
+    /// backbone). A version is used when it is fetched or found here. Without an object store
+    /// the directory is not a cache and nothing goes. Returns how many versions were removed.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the catalogue cannot say which versions are active (nothing goes).
+    pub fn trim(&self, also: &[(&str, &str)]) -> Result<usize, StoreError> {
+        let Some(remote) = &self.remote else { return Ok(0) };
+        let mut copies = self.local_copies();
+        let mut total: u64 = copies.iter().map(|copy| copy.bytes).sum();
+        if total <= remote.budget_bytes {
+            return Ok(0);
+        }
+        let mut keep = HashSet::new();
+        let active = remote.catalog.projects()?;
+        let active = active.iter().map(|p| (p.spec.id.as_str(), p.active_version.as_str()));
+        for (project, version) in active.chain(also.iter().copied()) {
+            let dir = self.version_dir(project, version);
+            if let Some(backbone) = local_manifest(&dir).and_then(|m| m["backbone_version"].as_str().map(str::to_owned))
+            {
+                keep.insert(self.version_dir(project, &backbone));
+            }
+            keep.insert(dir);
+        }
+        copies.sort_by_key(|copy| copy.used);
+        let mut removed = 0;
+        for copy in copies {
+            if total <= remote.budget_bytes {
+                break;
+            }
+            if keep.contains(&copy.dir) {
+                continue;
+            }
+            match super::remove_dir_inside(self.root(), &copy.dir) {
+                Ok(_) => {
+                    total -= copy.bytes;
+                    removed += 1;
+                }
+                Err(error) => tracing::warn!(%error, "cannot remove a cached model version"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, bytes = total, "cached model versions removed (--version-cache-mib)");
+        }
+        Ok(removed)
+    }
+
+    /// Every local copy of a version: `<models>/<project hash>/<version>`, complete ones only.
+    fn local_copies(&self) -> Vec<LocalCopy> {
+        let entries = |dir: &Path| fs::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path());
+        entries(self.root())
+            .filter(|project| project.is_dir())
+            .flat_map(|project| entries(&project).collect::<Vec<_>>())
+            .filter_map(|dir| {
+                let manifest = fs::metadata(dir.join("manifest.json")).ok()?;
+                let weights = fs::metadata(dir.join("weights.safetensors")).ok()?;
+                Some(LocalCopy { bytes: manifest.len() + weights.len(), used: manifest.modified().ok()?, dir })
+            })
+            .collect()
     }
 
     /// Publishes a version's weights (`bytes`, whose sha256 is `sha256`) to the object store,
@@ -180,7 +255,11 @@ impl ModelsDir {
             }
             Err(error) => return Err(error.into()),
         };
-        self.fetch_recorded(remote, &rows, project, version)
+        let dir = self.fetch_recorded(remote, &rows, project, version)?;
+        if let Err(error) = self.trim(&[(project, version)]) {
+            tracing::warn!(%error, "cannot trim the cached model versions");
+        }
+        Ok(dir)
     }
 
     /// Whether `project`'s `version` is here whole: its manifest and weights, and those of the
@@ -213,7 +292,10 @@ impl ModelsDir {
         let sha256 = manifest["weights_sha256"].as_str().filter(|sha| sha.len() == 64);
         let sha256 = sha256.ok_or_else(|| FetchError::Manifest { version: version.to_owned() })?;
         match local_weights_sha256(&dir) {
-            Some(local) if local == sha256 => return Ok(dir),
+            Some(local) if local == sha256 => {
+                mark_used(&dir);
+                return Ok(dir);
+            }
             Some(_) => {
                 tracing::warn!(%project, %version, "the cached copy is not the recorded version; fetching it again");
                 super::remove_dir_inside(self.root(), &dir)?;
@@ -227,10 +309,31 @@ impl ModelsDir {
     }
 }
 
+/// A local copy of a version, as [`ModelsDir::trim`] weighs it.
+struct LocalCopy {
+    dir: PathBuf,
+    bytes: u64,
+    /// When it was last used: its manifest's modification time.
+    used: SystemTime,
+}
+
+/// Records that the local copy in `dir` was used now (see [`ModelsDir::trim`]).
+fn mark_used(dir: &Path) {
+    let marked =
+        File::options().write(true).open(dir.join("manifest.json")).and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(error) = marked {
+        tracing::debug!(dir = %dir.display(), %error, "cannot mark a cached version as used");
+    }
+}
+
+/// The manifest of the local copy in `dir`, if there is one.
+fn local_manifest(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()
+}
+
 /// The `weights_sha256` the manifest of the local copy in `dir` names, if there is one.
 fn local_weights_sha256(dir: &Path) -> Option<String> {
-    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
-    manifest["weights_sha256"].as_str().map(str::to_owned)
+    local_manifest(dir)?["weights_sha256"].as_str().map(str::to_owned)
 }
 
 /// Writes a fetched version into `dir` (in `project_dir`) crash-safely: aside, fsync'ed, then
@@ -311,6 +414,39 @@ mod tests {
                 .to_string_lossy()
                 .starts_with(".tmp"))
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_its_budget_but_never_drops_an_active_version_or_its_backbone() {
+        let objects = Arc::new(Objects::in_memory());
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (publisher, catalog) = published(&objects, first.path());
+        for (number, weights) in [(3, b"third weights".as_slice()), (4, b"fourth weights".as_slice())] {
+            let sha256 = super::super::blobs::sha256_hex(weights);
+            let manifest = serde_json::json!({"weights_sha256": sha256, "backbone_version": format!("v{number}")});
+            let _published = publisher.publish_weights(&sha256, weights).unwrap();
+            catalog.record_version("cars", &format!("v{number}"), number, &manifest.to_string(), 0).unwrap();
+        }
+        // A budget nothing fits in: only what must stay stays.
+        let models = ModelsDir::new(second.path().join("models"))
+            .with_objects(objects.clone(), catalog.clone())
+            .with_cache_budget(1);
+        let here = |version: &str| models.version_dir("cars", version).join("manifest.json").is_file();
+        let cached = || ["v1", "v2", "v3", "v4"].into_iter().filter(|v| here(v)).collect::<Vec<_>>();
+        models.fetch("cars", "v2").unwrap();
+        assert_eq!(cached(), ["v1", "v2"], "the version being loaded and its backbone");
+        models.fetch("cars", "v3").unwrap();
+        assert_eq!(cached(), ["v3"], "the least recently used went");
+        catalog.reset_active_version("cars", "v2").unwrap();
+        models.fetch("cars", "v2").unwrap();
+        models.fetch("cars", "v4").unwrap();
+        assert_eq!(cached(), ["v1", "v2", "v4"], "the active version and its backbone stay");
+        // Within the budget, nothing goes.
+        let roomy =
+            ModelsDir::new(second.path().join("models")).with_objects(objects, catalog).with_cache_budget(1 << 20);
+        roomy.fetch("cars", "v3").unwrap();
+        assert_eq!(cached(), ["v1", "v2", "v3", "v4"]);
+        assert_eq!(ModelsDir::new(second.path().join("models")).trim(&[]).unwrap(), 0, "without a store: not a cache");
     }
 
     #[test]
