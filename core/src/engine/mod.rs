@@ -220,7 +220,8 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::Model`] with the client message of the load's failure (missing or
-    /// corrupt files); [`EngineError::Unavailable`] if the worker is gone.
+    /// corrupt files); [`EngineError::Fetch`] if its version cannot be fetched now;
+    /// [`EngineError::Unavailable`] if the worker is gone.
     pub fn load_blocking(&self, project: &Project) -> Result<(), EngineError> {
         let (key, spec, trained) = self.model_of(project);
         let (device, files, models_dir) = (self.config.device, &self.config.model_files, &self.config.models_dir);

@@ -586,9 +586,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Grants `replica` the [`Lease`] on training `project` for `ttl` if no replica holds an
-    /// unexpired one (the catalogue's clock decides), with the next epoch; `None` if another
-    /// holds it. A catalogue one server uses alone grants [`Lease::SOLE`] always.
+    /// Grants `replica` the [`Lease`] on training `project` for `ttl` if no other replica holds
+    /// an unexpired one (the catalogue's clock decides), with the next epoch; `None` if another
+    /// holds it. (A replica claims only a project it runs no job of: one it still holds, say
+    /// after a failed release, is granted again.) A catalogue one server uses alone grants [`Lease::SOLE`] always.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.

@@ -159,9 +159,12 @@ fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProj
         target.upsert_examples(id, &page)?;
     }
     for job in source.jobs(id, usize::MAX)? {
-        // A trigger still queued stays queued: the server that trains the project takes it.
+        // A trigger still queued stays queued: the server that trains the project takes it
+        // (a rerun after it did leaves it alone).
         if job.queued {
-            target.enqueue_job(&job.job_id, id, &job.record, job.created_unix_ms)?;
+            if target.job(&job.job_id)?.is_none() {
+                target.enqueue_job(&job.job_id, id, &job.record, job.created_unix_ms)?;
+            }
         } else {
             target.save_job(&job.job_id, id, job.finished, &job.record, job.created_unix_ms)?;
         }

@@ -784,7 +784,7 @@ impl Catalog for PostgresCatalog {
                  VALUES ($1, $2, 1, clock_timestamp() + $3::float8 * interval '1 millisecond')
                  ON CONFLICT (project_id) DO UPDATE SET holder = excluded.holder, epoch = training_leases.epoch + 1,
                   expires_at = excluded.expires_at
-                 WHERE training_leases.expires_at <= clock_timestamp()
+                 WHERE training_leases.expires_at <= clock_timestamp() OR training_leases.holder = excluded.holder
                  RETURNING epoch",
                 &[&project, &replica, &millis(ttl)],
             )?)
@@ -1202,14 +1202,14 @@ mod tests {
         let replica = |id: &str| PostgresCatalog::open_as(&url, None, Sharing::Replicas, id).unwrap();
         let (a, b) = (replica("a"), replica("b"));
         a.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
-        let (long, short) = (Duration::from_secs(60), Duration::from_millis(300));
+        let (long, short) = (Duration::from_secs(60), Duration::from_secs(2));
         let first = a.claim_training("cars", "a", short).unwrap().expect("free");
         assert_eq!(first, Lease { epoch: 1 });
         assert_eq!(b.claim_training("cars", "b", long).unwrap(), None, "held by a");
         assert_eq!(b.claim_training("boats", "b", long).unwrap(), Some(Lease { epoch: 1 }), "one lease per project");
         assert!(a.renew_training("cars", "a", first, short).unwrap());
         // a stops renewing (paused, cut off): once it expires, b takes it over with a new epoch.
-        std::thread::sleep(short + Duration::from_millis(200));
+        std::thread::sleep(short + Duration::from_millis(300));
         assert_eq!(a.projects_to_take_over().unwrap(), Vec::<String>::new(), "no unfinished job");
         a.save_job("job-1", "cars", false, "running on a", 0).unwrap();
         assert_eq!(b.projects_to_take_over().unwrap(), ["cars"]);
@@ -1225,10 +1225,13 @@ mod tests {
         assert_eq!(a.project("cars").unwrap().unwrap().active_version, "untrained");
         assert_eq!(b.activate_version("cars", "v1", &|_, _| true, fence("b", second)).unwrap(), Activation::Activated);
         // Released, it is free at once (a late renewal does not hold it again), and the next
-        // grant's epoch is higher still.
+        // grant's epoch is higher still; a replica that still holds one (its release failed)
+        // is granted it again.
         b.release_training("cars", "b", second).unwrap();
         assert!(!b.renew_training("cars", "b", second, long).unwrap());
         assert_eq!(a.claim_training("cars", "a", long).unwrap(), Some(Lease { epoch: 3 }));
+        assert_eq!(a.claim_training("cars", "a", long).unwrap(), Some(Lease { epoch: 4 }));
+        assert_eq!(b.claim_training("cars", "b", long).unwrap(), None);
         // A server alone on its database needs no lease.
         drop((a, b));
         let alone = PostgresCatalog::open(&url, None).unwrap();

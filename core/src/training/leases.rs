@@ -15,7 +15,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use super::{JobRecord, JobState, Progress, Trainer, decode, encode, save};
 use crate::store::{
-    catalog::{Catalog, StoreError},
+    catalog::{Catalog, Lease, StoreError},
     now_unix_ms,
 };
 
@@ -57,19 +57,22 @@ impl Trainer {
         for (project, running) in held {
             match self.catalog.renew_training(&project, &self.replica, running.lease, self.lease_ttl) {
                 Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(%project, job = %running.job_id, "another replica took over this project's training lease; stopping the job");
-                    let mut state = self.state();
-                    if let Some(entry) = state.running.get_mut(&project).filter(|entry| entry.lease == running.lease) {
-                        entry.lost = true;
-                    }
-                    if let Some(live) = state.live.get(&running.job_id) {
-                        live.cancel.store(true, Ordering::Relaxed);
-                    }
-                }
+                Ok(false) => self.lose_lease(&project, running.lease),
                 // The lease runs out unless a later round reaches the catalogue in time.
                 Err(error) => tracing::warn!(%project, %error, "cannot renew the training lease"),
             }
+        }
+    }
+
+    /// Marks `lease` on `project` lost, if this server still runs the project under it, and
+    /// cancels the job it runs now (the job ends failed, and nothing more runs under it here).
+    pub(super) fn lose_lease(&self, project: &str, lease: Lease) {
+        let mut state = self.state();
+        let Some(entry) = state.running.get_mut(project).filter(|entry| entry.lease == lease) else { return };
+        entry.lost = true;
+        tracing::warn!(%project, job = %entry.job_id, "another replica took over this project's training lease; stopping the job");
+        if let Some(live) = self.live().get(&entry.job_id) {
+            live.cancel.store(true, Ordering::Relaxed);
         }
     }
 
@@ -148,8 +151,15 @@ pub(super) fn retry(catalog: &dyn Catalog, record: &JobRecord) -> Result<String,
     if record.attempt >= MAX_ATTEMPTS {
         return Ok(format!("not retried after {} attempts", record.attempt));
     }
+    // Named after the job, so that a second pass over the same interrupted job (its failure
+    // was not saved) finds the retry instead of queueing another.
+    let base = record.job_id.split("-retry").next().unwrap_or(&record.job_id);
+    let job_id = format!("{base}-retry{}", record.attempt + 1);
+    if catalog.job(&job_id)?.is_some() {
+        return Ok(format!("retried as job {job_id}"));
+    }
     let again = JobRecord {
-        job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
+        job_id,
         state: JobState::Queued,
         progress: Progress::default(),
         model_version: String::new(),
@@ -214,9 +224,12 @@ mod tests {
         let said = retry(&catalog, &first).unwrap();
         let queued = decode(&catalog.take_queued_job("cars").unwrap().expect("queued again")).unwrap();
         assert_eq!(said, format!("retried as job {} (attempt 2 of 3)", queued.job_id));
-        assert_ne!(queued.job_id, first.job_id);
+        assert_eq!(queued.job_id, "job-1-retry2");
         assert_eq!((queued.state, queued.attempt), (JobState::Queued, 2));
-        assert_eq!((queued.params, queued.activate), (first.params, first.activate), "the same settings");
+        assert_eq!((&queued.params, queued.activate), (&first.params, first.activate), "the same settings");
+        // A second pass over the same job (its failure was not saved) finds the retry.
+        assert_eq!(retry(&catalog, &first).unwrap(), format!("retried as job {}", queued.job_id));
+        assert_eq!(catalog.take_queued_job("cars").unwrap(), None, "not queued twice");
         // The last attempt is not queued again, so a job that kills its replica does not kill them all.
         assert_eq!(retry(&catalog, &running("job-3", 3)).unwrap(), "not retried after 3 attempts");
         assert_eq!(catalog.take_queued_job("cars").unwrap(), None);

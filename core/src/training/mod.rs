@@ -109,11 +109,11 @@ struct LiveJob {
     cancel: Arc<AtomicBool>,
 }
 
+/// The jobs this server runs, by project. Taken before [`Trainer::live`] when both are; held
+/// across catalogue calls (claims, takes), unlike the live records, which async handlers read.
 #[derive(Default)]
 struct State {
-    /// By project.
     running: HashMap<String, Running>,
-    live: HashMap<String, LiveJob>,
 }
 
 /// What serves model versions, told of an activation before the version is swapped in: it
@@ -172,6 +172,9 @@ pub struct Trainer {
     threads: Mutex<usize>,
     thread_ended: std::sync::Condvar,
     state: Mutex<State>,
+    /// The records of the jobs this server runs or has waiting for a training slot, by id:
+    /// held briefly, never across a catalogue call (`watch` reads it on async threads).
+    live: Mutex<HashMap<String, LiveJob>>,
     embeddings: Mutex<EmbeddingCache>,
     /// The model the last job trained, kept for the next job of its project, which starts from
     /// it when it is still the active version: reloading (528 MB for VGG16, and for a head-only
@@ -241,6 +244,7 @@ impl Trainer {
             threads: Mutex::new(0),
             thread_ended: std::sync::Condvar::new(),
             state: Mutex::new(State::default()),
+            live: Mutex::new(HashMap::new()),
             embeddings: Mutex::new(HashMap::new()),
             warm: Mutex::new(None),
         })
@@ -248,6 +252,10 @@ impl Trainer {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveJob>> {
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Where versions are written.
@@ -348,7 +356,7 @@ impl Trainer {
         let (project_id, job_id) = (record.project_id.clone(), record.job_id.clone());
         state.running.insert(project_id.clone(), Running { job_id: job_id.clone(), lease, lost: false });
         let (sender, _) = watch::channel(record.clone());
-        state.live.insert(job_id.clone(), LiveJob { record: sender, cancel: Arc::new(AtomicBool::new(false)) });
+        self.live().insert(job_id.clone(), LiveJob { record: sender, cancel: Arc::new(AtomicBool::new(false)) });
         self.spawn(&project_id, job_id);
         Ok(record)
     }
@@ -362,8 +370,10 @@ impl Trainer {
         match next {
             Ok(Some(record)) => tracing::info!(job = %record.job_id, project = %project_id, "queued job taken"),
             Ok(None) => self.release(project_id, lease),
+            // A job taken but not started is failed and queued again by the next server that
+            // takes the project over (a replica, or this one at the next trigger).
             Err(error) => {
-                tracing::warn!(project = %project_id, %error, "cannot start the queued job; leaving it queued");
+                tracing::warn!(project = %project_id, %error, "cannot start the queued job");
                 self.release(project_id, lease);
             }
         }
@@ -401,7 +411,8 @@ impl Trainer {
 
     fn spawn(self: &Arc<Self>, project_id: &str, job_id: String) {
         if self.stopping.load(Ordering::Relaxed) {
-            // Left queued; the next start records it as interrupted.
+            // Left queued: the next start records it as interrupted (alone), or another replica
+            // takes it over once this one's lease runs out.
             return;
         }
         *self.threads() += 1;
@@ -434,7 +445,7 @@ impl Trainer {
     /// they all ended in time.
     pub fn stop(&self, within: std::time::Duration) -> bool {
         self.stopping.store(true, Ordering::Relaxed);
-        for live in self.state().live.values() {
+        for live in self.live().values() {
             live.cancel.store(true, Ordering::Relaxed);
         }
         self.slots.wake();
@@ -454,7 +465,7 @@ impl Trainer {
     /// # Errors
     /// [`TrainingError::NotFound`] for an unknown job.
     pub fn job(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
-        if let Some(live) = self.state().live.get(job_id) {
+        if let Some(live) = self.live().get(job_id) {
             return Ok(live.record.borrow().clone());
         }
         let json = self
@@ -468,7 +479,7 @@ impl Trainer {
     /// A receiver of the job's record at every change, or `None` if the job has ended (then
     /// [`job`](Self::job) has its final record).
     pub fn watch(&self, job_id: &str) -> Option<watch::Receiver<JobRecord>> {
-        self.state().live.get(job_id).map(|live| live.record.subscribe())
+        self.live().get(job_id).map(|live| live.record.subscribe())
     }
 
     /// Cancels a queued or running job; a no-op for an ended one. A job another replica runs is
@@ -504,18 +515,20 @@ impl Trainer {
     /// Cancels job `job_id` if this server runs it (or it waits here for a training slot), and
     /// returns its record; `None` if it is not live here.
     fn cancel_live(&self, job_id: &str) -> Result<Option<JobRecord>, TrainingError> {
-        let mut state = self.state();
-        let Some(live) = state.live.get(job_id) else { return Ok(None) };
-        live.cancel.store(true, Ordering::Relaxed);
-        let record = live.record.borrow().clone();
+        let record = {
+            let live = self.live();
+            let Some(live) = live.get(job_id) else { return Ok(None) };
+            live.cancel.store(true, Ordering::Relaxed);
+            live.record.borrow().clone()
+        };
         if record.state != JobState::Queued {
             return Ok(Some(record));
         }
-        // Waiting for a training slot, never started: ended here; its thread moves the project on.
+        // Waiting for a training slot, never started (cancelled, it never will): ended here; its
+        // thread moves the project on.
         let ended = cancelled_before_start(record);
         save(self.catalog.as_ref(), &ended)?;
-        state.live.remove(job_id);
-        drop(state);
+        self.live().remove(job_id);
         // A job waiting for a training slot gives up its place.
         self.slots.wake();
         Ok(Some(ended))
@@ -526,8 +539,7 @@ impl Trainer {
     pub fn honour_cancel_requests(&self) {
         // Those not being cancelled already.
         let live: Vec<String> = self
-            .state()
-            .live
+            .live()
             .iter()
             .filter(|(_, live)| !live.cancel.load(Ordering::Relaxed))
             .map(|(job_id, _)| job_id.clone())
@@ -557,9 +569,9 @@ impl Trainer {
             .iter()
             .filter_map(|row| serde_json::from_str(&row.record).ok())
             .collect();
-        let state = self.state();
+        let live = self.live();
         for record in &mut records {
-            if let Some(live) = state.live.get(&record.job_id) {
+            if let Some(live) = live.get(&record.job_id) {
                 *record = live.record.borrow().clone();
             }
         }
@@ -567,8 +579,8 @@ impl Trainer {
     }
 
     fn update(&self, job_id: &str, change: impl FnOnce(&mut JobRecord)) -> Option<JobRecord> {
-        let state = self.state();
-        let live = state.live.get(job_id)?;
+        let live = self.live();
+        let live = live.get(job_id)?;
         live.record.send_modify(change);
         Some(live.record.borrow().clone())
     }
@@ -576,7 +588,7 @@ impl Trainer {
     /// Runs one job to its end on this thread once the executor has a slot for it, then starts
     /// the project's pending job.
     fn run(self: &Arc<Self>, project_id: &str, job_id: &str) {
-        let cancel = self.state().live.get(job_id).map(|l| l.cancel.clone());
+        let cancel = self.live().get(job_id).map(|l| l.cancel.clone());
         // Without a live record the job was cancelled before this thread started: no slot to
         // wait for.
         let slot = cancel.as_ref().and_then(|cancel| self.slots.acquire(cancel));
@@ -610,7 +622,8 @@ impl Trainer {
         let mut state = self.state();
         let lost = state.running.get(project_id).is_some_and(|running| running.lost);
         let stopping = self.stopping.load(Ordering::Relaxed);
-        let mut ended = state.live.remove(job_id).map(|live| {
+        let live = self.live().remove(job_id);
+        let mut ended = live.map(|live| {
             live.record.send_modify(|r| {
                 r.finished_unix_ms = now_unix_ms();
                 match outcome {
@@ -642,7 +655,8 @@ impl Trainer {
         });
         if let Some(record) = &mut ended {
             // Replicas: a job a shutdown interrupts runs again on another one.
-            if stopping && self.follows_replicas && record.state == JobState::Failed && !lost {
+            let interrupted = stopping && !lost && matches!(outcome, Err(TrainError::Cancelled));
+            if interrupted && self.follows_replicas {
                 record.error = format!("{INTERRUPTED}; {}", self.retry(record));
             }
             // A replica cut off from the catalogue for long enough finds its job recorded as
@@ -658,7 +672,19 @@ impl Trainer {
             // Another replica's now: nothing more runs under it here.
             Some(running) if running.lost => {}
             Some(running) if stopping => self.release(project_id, running.lease),
-            Some(running) => self.run_queued(&mut state, project_id, running.lease, Some(job_id)),
+            // Still ours? A replica paused past its lease may learn it only now: nothing more
+            // runs under a lease another replica holds.
+            Some(running) => {
+                match self.catalog.renew_training(project_id, &self.replica, running.lease, self.lease_ttl) {
+                    Ok(true) => self.run_queued(&mut state, project_id, running.lease, Some(job_id)),
+                    Ok(false) => {
+                        tracing::warn!(project = %project_id, "another replica took over this project's training lease")
+                    }
+                    // Unconfirmed: the queued job waits for the lease to run out and another
+                    // replica (or the next trigger) to take it.
+                    Err(error) => tracing::warn!(project = %project_id, %error, "cannot renew the training lease"),
+                }
+            }
             None => {}
         }
     }
