@@ -242,7 +242,7 @@ impl Server {
                     .models_dir()
                     .with_objects(objects.clone(), catalog.clone())
                     .with_cache_budget(config.version_cache_mib.saturating_mul(1024 * 1024));
-                (Arc::new(BlobStore::in_objects(objects.clone())), models_dir)
+                (Arc::new(BlobStore::in_objects(objects.clone(), catalog.clone())), models_dir)
             }
             None => (Arc::new(BlobStore::open(data_dir.blobs_dir())?), data_dir.models_dir()),
         };

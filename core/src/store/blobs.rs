@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Failure,
-    catalog::Alone,
+    catalog::{Alone, Catalog, StoreError},
     objects::{Kind, ObjectError, Objects},
 };
 
@@ -40,6 +40,10 @@ pub enum BlobError {
     /// The object store failed, or its object is missing or corrupt.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The catalogue could not record the blobs' use (replicas, see
+    /// [`Catalog::declare_object_uses`]): nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The stored bytes no longer hash to their name (disk corruption or tampering).
     #[error("blob {sha256} is corrupt: its content hashes to {actual}")]
     Corrupt {
@@ -56,6 +60,7 @@ impl BlobError {
         match self {
             Self::Io { source, .. } => Failure::of_io(source),
             Self::Object(error) => error.failure(),
+            Self::Store(error) => error.failure(),
             Self::Corrupt { .. } => Failure::Permanent,
         }
     }
@@ -71,8 +76,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 enum Place {
     /// A directory of the data dir, with `tmp/` for writes in progress.
     Dir(PathBuf),
-    /// The object store.
-    Objects(std::sync::Arc<Objects>),
+    /// The object store, and the catalogue where writers declare the blobs they use, for
+    /// the collectors of other replicas.
+    Objects { objects: std::sync::Arc<Objects>, uses: std::sync::Arc<dyn Catalog> },
 }
 
 /// The sample blobs of one catalogue.
@@ -95,6 +101,7 @@ pub struct BlobStore {
 #[derive(Debug)]
 pub struct CollectionRound {
     cutoff: SystemTime,
+    grace: Duration,
 }
 
 /// Blobs kept from the garbage collector while this lives (see [`BlobStore::pins`]).
@@ -125,7 +132,10 @@ impl Pins<'_> {
                     put_in_dir(dir, sha256, bytes)?;
                 }
             }
-            Place::Objects(objects) => {
+            Place::Objects { objects, uses } => {
+                // Declared first: a collector elsewhere then keeps, or waits to remove, what
+                // this write may find there already.
+                uses.declare_object_uses("blobs", &sha256s)?;
                 let objects_to_put = sha256s.iter().cloned().zip(samples.iter().map(|bytes| bytes.to_vec())).collect();
                 objects.put_all(Kind::Blob, objects_to_put)?;
             }
@@ -183,9 +193,23 @@ impl BlobStore {
         Ok(Self::at(Place::Dir(dir)))
     }
 
-    /// The blobs in the object store `objects`.
-    pub fn in_objects(objects: std::sync::Arc<Objects>) -> Self {
-        Self::at(Place::Objects(objects))
+    /// The blobs in the object store `objects`, their uses declared in `uses` (see
+    /// [`Catalog::declare_object_uses`]).
+    pub fn in_objects(objects: std::sync::Arc<Objects>, uses: std::sync::Arc<dyn Catalog>) -> Self {
+        Self::at(Place::Objects { objects, uses })
+    }
+
+    /// Declares that a training job reads blobs `sha256s` (pinned here with
+    /// [`Pins::hold_all`]), so that a collector on another replica keeps them for its grace
+    /// period even if their examples are deleted meanwhile. Only in the object store.
+    ///
+    /// # Errors
+    /// [`BlobError::Store`] if the catalogue cannot record it.
+    pub fn declare_reads(&self, sha256s: &[String]) -> Result<(), BlobError> {
+        match &self.place {
+            Place::Dir(_) => Ok(()),
+            Place::Objects { uses, .. } => Ok(uses.declare_object_uses("blobs", sha256s)?),
+        }
     }
 
     fn at(place: Place) -> Self {
@@ -202,7 +226,7 @@ impl BlobStore {
     pub fn start_collection(&self, grace: Duration) -> CollectionRound {
         let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         self.released_set().clear();
-        CollectionRound { cutoff }
+        CollectionRound { cutoff, grace }
     }
 
     /// An empty set of pins: blobs added to it are not collected until it is dropped.
@@ -233,7 +257,7 @@ impl BlobStore {
     pub fn get(&self, sha256: &str) -> Result<Vec<u8>, BlobError> {
         let dir = match &self.place {
             Place::Dir(dir) => dir,
-            Place::Objects(objects) => return Ok(objects.get(Kind::Blob, sha256)?),
+            Place::Objects { objects, .. } => return Ok(objects.get(Kind::Blob, sha256)?),
         };
         let path = blob_path(dir, sha256);
         let bytes = fs::read(&path).map_err(|source| BlobError::Io { path, source })?;
@@ -251,7 +275,7 @@ impl BlobStore {
     pub fn get_all(&self, sha256s: &[&str]) -> Vec<Result<Vec<u8>, BlobError>> {
         match &self.place {
             Place::Dir(_) => sha256s.iter().map(|sha256| self.get(sha256)).collect(),
-            Place::Objects(objects) => {
+            Place::Objects { objects, .. } => {
                 objects.get_all(Kind::Blob, sha256s).into_iter().map(|result| result.map_err(BlobError::from)).collect()
             }
         }
@@ -307,7 +331,9 @@ impl BlobStore {
         let cutoff = round.cutoff;
         let dir = match &self.place {
             Place::Dir(dir) => dir,
-            Place::Objects(objects) => return self.collect_objects(objects, cutoff, referenced, alone),
+            Place::Objects { objects, uses } => {
+                return self.collect_objects(objects, uses.as_ref(), &round, referenced, alone);
+            }
         };
         let list = |dir: &Path| fs::read_dir(dir).map_err(|source| BlobError::Io { path: dir.to_owned(), source });
         let mut collected = Collected::default();
@@ -351,35 +377,40 @@ impl BlobStore {
     }
 
     /// [`collect_garbage`](Self::collect_garbage) in the object store: the same rule, with the
-    /// objects' write times as listed.
+    /// objects' write times as listed; with replicas, a blob another one declared in use within
+    /// the grace period stays too ([`Catalog::remove_unused_object`]).
     fn collect_objects(
         &self,
         objects: &Objects,
-        cutoff: SystemTime,
+        uses: &dyn Catalog,
+        round: &CollectionRound,
         referenced: &HashSet<String>,
         alone: &Alone<'_>,
     ) -> Result<Collected, BlobError> {
         let mut collected = Collected::default();
         for object in objects.list(Kind::Blob)? {
-            if referenced.contains(&object.name) || object.modified >= cutoff {
+            if referenced.contains(&object.name) || object.modified >= round.cutoff {
                 continue;
             }
-            // Another replica may have started: its writes in progress are pinned where this
-            // server cannot see.
+            // The turn may have passed to another replica's collector (a broken session).
             if !alone.still() {
-                tracing::warn!("garbage collection stopped: this replica may no longer be alone");
+                tracing::warn!("garbage collection stopped: this replica may no longer collect");
                 break;
             }
             let _removing = self.removal.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if self.in_use(&object.name) {
                 continue;
             }
-            match objects.delete(Kind::Blob, &object.name) {
-                Ok(()) => {
-                    collected.blobs += 1;
-                    collected.bytes += object.size;
+            let mut delete = || match objects.delete(Kind::Blob, &object.name) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot remove an unreferenced blob");
+                    false
                 }
-                Err(error) => tracing::warn!(%error, "cannot remove an unreferenced blob"),
+            };
+            if uses.remove_unused_object("blobs", &object.name, round.grace, &mut delete)? {
+                collected.blobs += 1;
+                collected.bytes += object.size;
             }
         }
         Ok(collected)
@@ -527,7 +558,10 @@ mod tests {
     #[test]
     fn garbage_collection_in_the_object_store_keeps_referenced_pinned_and_fresh_blobs() {
         let objects = std::sync::Arc::new(Objects::in_memory());
-        let store = BlobStore::in_objects(objects.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let catalog =
+            std::sync::Arc::new(super::super::sqlite::SqliteCatalog::open(&dir.path().join("alps.db")).unwrap());
+        let store = BlobStore::in_objects(objects.clone(), catalog);
         let (kept, old) = (store.put(b"kept").unwrap(), store.put(b"old").unwrap());
         let mut writing = store.pins();
         let pinned = writing.put_all(&[b"pinned"]).unwrap().remove(0);

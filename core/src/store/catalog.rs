@@ -197,9 +197,9 @@ pub struct UpsertCounts {
     pub stale: u64,
 }
 
-/// Proof that this server uses the catalogue alone (see [`Catalog::alone`]); dropping it lets
-/// other replicas start again.
-#[must_use = "the server is alone only while this lives"]
+/// Proof that this server may collect garbage now, alone on its catalogue or the only collector
+/// of the replicas (see [`Catalog::alone`]); dropping it lets another replica collect.
+#[must_use = "the server may collect only while this lives"]
 pub struct Alone<'a> {
     still: Option<Box<dyn Fn() -> bool + 'a>>,
     release: Option<Box<dyn FnOnce() + 'a>>,
@@ -216,8 +216,8 @@ impl<'a> Alone<'a> {
         Self { still: Some(Box::new(still)), release: Some(Box::new(release)) }
     }
 
-    /// Whether this server is still alone: a replica whose database session broke since may
-    /// have let others start. Check before each removal.
+    /// Whether this server still may collect: a replica whose database session broke since may
+    /// have let another start. Check before each removal.
     pub fn still(&self) -> bool {
         self.still.as_ref().is_none_or(|still| still())
     }
@@ -566,15 +566,45 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError>;
 
-    /// While what this returns lives, this server is the only one using the catalogue (garbage
-    /// collection relies on it: the pins that keep a blob being written are in memory). A
-    /// server alone on its catalogue always is; a replica is only while no other replica runs,
-    /// and none can start meanwhile. `None` when others run.
+    /// While what this returns lives, this server may collect garbage: a server alone on its
+    /// catalogue always may (the pins that keep a blob being written are its own, in memory);
+    /// of replicas, one at a time, whose removals of shared objects go through
+    /// [`remove_unused_object`](Self::remove_unused_object). `None` while another collects.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
     fn alone(&self) -> Result<Option<Alone<'_>>, StoreError> {
         Ok(Some(Alone::always()))
+    }
+
+    /// Records that the objects `sha256s` of `kind` (`"blobs"`, `"weights"`) are about to be
+    /// written, or read by a training job, on this server: a collector on another replica keeps
+    /// them for its grace period from now (see
+    /// [`remove_unused_object`](Self::remove_unused_object)). Call it before writing them. A
+    /// catalogue one server uses alone records nothing: its collector sees this server's pins.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure (then do not write them).
+    fn declare_object_uses(&self, _kind: &str, _sha256s: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Runs `remove` (removing object `sha256` of `kind`, returning whether it did) unless the
+    /// object was declared in use less than `grace` ago (replicas: at least 10 minutes), with
+    /// the record of its uses locked meanwhile: a server declaring it then waits for the
+    /// removal to end, and writes the object again. Returns whether it was removed. A catalogue
+    /// one server uses alone just runs `remove`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure (`remove` has not run, or its removal stands).
+    fn remove_unused_object(
+        &self,
+        _kind: &str,
+        _sha256: &str,
+        _grace: Duration,
+        remove: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<bool, StoreError> {
+        Ok(remove())
     }
 
     /// Makes sure this server holds its lock on the catalogue: a database session that broke

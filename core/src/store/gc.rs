@@ -5,6 +5,8 @@
 //! The same pass removes model-version directories of projects that no longer exist (a crash
 //! between a project's deletion and the removal of its versions leaves them behind) and, with
 //! an object store, the weights no recorded version names ([`ModelsDir::collect_weights`]).
+//! Replicas collect one at a time ([`Catalog::alone`]), and remove a shared object only if no
+//! replica declared it in use within the grace period ([`Catalog::remove_unused_object`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,10 +57,10 @@ impl GarbageCollector {
     /// # Errors
     /// [`GcError`]; nothing referenced is ever removed.
     pub fn collect(&self) -> Result<Collected, GcError> {
-        // The pins that keep blobs being written are this process's: with other replicas
-        // running, theirs are unknown, so the round waits until this one is alone.
+        // Alone on the catalogue, the pins that keep blobs being written are this process's;
+        // replicas declare theirs in the catalogue, and collect one at a time.
         let Some(alone) = self.catalog.alone()? else {
-            tracing::info!("garbage collection skipped: other replicas are running");
+            tracing::info!("garbage collection skipped: another replica collects now");
             return Ok(Collected::default());
         };
         // The round starts before the references are read: see `BlobStore::collect_garbage`.

@@ -97,12 +97,25 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE jobs ADD COLUMN queued BOOLEAN NOT NULL DEFAULT false;
     CREATE UNIQUE INDEX one_queued_job ON jobs (project_id) WHERE queued",
+    // When replicas last declared an object of the store in use (see
+    // `Catalog::declare_object_uses`).
+    "CREATE TABLE object_uses (
+        kind TEXT COLLATE \"C\" NOT NULL,
+        sha256 TEXT COLLATE \"C\" NOT NULL,
+        used_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (kind, sha256)
+    )",
 ];
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
 const SERVER_LOCK: i64 = 0x616c_7073;
 /// The advisory lock key (transaction-level) that serialises migrations: "alpm".
 const MIGRATION_LOCK: i64 = 0x616c_706d;
+/// The advisory lock key of the replicas' garbage collector's turn: "alpg".
+const COLLECTOR_LOCK: i64 = 0x616c_7067;
+/// With replicas, an object declared in use this recently is never removed, whatever
+/// `--gc-grace-secs` says: longer than a write takes from its declaration to its commit.
+const SHARED_GRACE_FLOOR: Duration = Duration::from_secs(600);
 /// The notification channel of project changes (see [`Catalog::wait_for_change`]).
 const CHANGES: &str = "alps_projects";
 
@@ -351,6 +364,8 @@ pub struct PostgresCatalog {
     writer: Session,
     /// Waits for change notifications ([`Catalog::wait_for_change`]).
     listener: Session,
+    /// Garbage collection's: its turn's lock, and each removal's lock on an object's uses.
+    collector: Session,
     sharing: Sharing,
 }
 
@@ -405,6 +420,7 @@ impl PostgresCatalog {
             reader: Session::new(&config, tls.as_ref(), None),
             writer: Session::new(&config, tls.as_ref(), Some(sharing)),
             listener,
+            collector: Session::new(&config, tls.as_ref(), None),
             sharing,
         };
         // A server that just stopped (a restart, a rescheduled pod) releases the lock when its
@@ -744,33 +760,81 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone {
             return Ok(Some(Alone::always()));
         }
-        // The writing session holds the lock shared; taking it alone as well succeeds when no
-        // other session holds it, and keeps replicas from starting until it is released.
-        // The lock lives on this session: if it breaks, others may start and write, unseen. Its
-        // process is read in the same call, so a reconnect by another thread cannot slip between.
-        let (taken, pid): (bool, i32) = self.writer.run(|client| {
-            let taken = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0);
-            Ok((taken, self.writer.backend_pid.load(Ordering::Relaxed)))
+        // One collector at a time; replicas go on writing meanwhile (their writes are safe
+        // through the object uses). The lock lives on the collector's session: if it breaks,
+        // another replica may start collecting. Its process is read in the same call, so a
+        // reconnect cannot slip between.
+        let (taken, pid): (bool, i32) = self.collector.run(|client| {
+            let taken = client.query_one("SELECT pg_try_advisory_lock($1)", &[&COLLECTOR_LOCK])?.get(0);
+            Ok((taken, self.collector.backend_pid.load(Ordering::Relaxed)))
         })?;
         let still = move || {
-            let unbroken = self.writer.run(|client| {
+            let unbroken = self.collector.run(|client| {
                 client.batch_execute("SELECT 1")?;
-                Ok(self.writer.backend_pid.load(Ordering::Relaxed) == pid)
+                Ok(self.collector.backend_pid.load(Ordering::Relaxed) == pid)
             });
             unbroken.unwrap_or(false)
         };
         Ok(taken.then(|| {
             Alone::until(still, move || {
-                let released = self.writer.run(|client| {
-                    client.execute("SELECT pg_advisory_unlock($1)", &[&SERVER_LOCK])?;
+                let released = self.collector.run(|client| {
+                    client.execute("SELECT pg_advisory_unlock($1)", &[&COLLECTOR_LOCK])?;
                     Ok(())
                 });
                 if let Err(error) = released {
                     // A broken session released it anyway.
-                    tracing::warn!(%error, "cannot release the catalogue lock after garbage collection");
+                    tracing::warn!(%error, "cannot release the collector's lock after garbage collection");
                 }
             })
         }))
+    }
+
+    fn declare_object_uses(&self, kind: &str, sha256s: &[String]) -> Result<(), StoreError> {
+        if self.sharing == Sharing::Alone || sha256s.is_empty() {
+            return Ok(());
+        }
+        self.writer.run(|client| {
+            client.execute(
+                "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
+                 ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
+                &[&kind, &sha256s],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn remove_unused_object(
+        &self,
+        kind: &str,
+        sha256: &str,
+        grace: Duration,
+        remove: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<bool, StoreError> {
+        if self.sharing == Sharing::Alone {
+            return Ok(remove());
+        }
+        let grace = millis(grace.max(SHARED_GRACE_FLOOR));
+        self.collector.run(|client| {
+            let mut transaction = client.transaction()?;
+            // A row to lock even for an object never declared: a declaration now waits for it.
+            transaction.execute(
+                "INSERT INTO object_uses (kind, sha256, used_at) VALUES ($1, $2, '-infinity') ON CONFLICT DO NOTHING",
+                &[&kind, &sha256],
+            )?;
+            let recent: bool = transaction
+                .query_one(
+                    "SELECT used_at > clock_timestamp() - $3::float8 * interval '1 millisecond' FROM object_uses
+                     WHERE kind = $1 AND sha256 = $2 FOR UPDATE",
+                    &[&kind, &sha256, &grace],
+                )?
+                .get(0);
+            if recent || !remove() {
+                return Ok(false);
+            }
+            transaction.execute("DELETE FROM object_uses WHERE kind = $1 AND sha256 = $2", &[&kind, &sha256])?;
+            transaction.commit()?;
+            Ok(true)
+        })
     }
 
     fn claim_training(&self, project: &str, replica: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
@@ -1170,30 +1234,56 @@ mod tests {
         assert_eq!(b.projects().unwrap().len(), 1);
         let alone = PostgresCatalog::open(&url, None).unwrap_err();
         assert!(matches!(alone, OpenError::Store(StoreError::Taken)), "{alone}");
-        // Garbage collection's exclusivity: not while another replica runs; while it is held,
-        // a replica cannot start (it waits, then starts once it is released).
-        assert!(a.alone().unwrap().is_none());
-        drop(b);
-        // Its server process ends a moment after the connection closes.
-        let guard = (0..100)
-            .find_map(|_| {
-                std::thread::sleep(Duration::from_millis(50));
-                a.alone().unwrap()
-            })
-            .expect("alone once its session ended");
-        let (started, starting) = std::sync::mpsc::channel();
-        let joining = std::thread::scope(|scope| {
-            scope.spawn(|| started.send(replica("c")).unwrap());
-            std::thread::sleep(Duration::from_millis(500));
-            let waited = starting.try_recv().is_err();
-            drop(guard);
-            let joined = starting.recv_timeout(Duration::from_secs(30)).unwrap();
-            (waited, joined)
+        // Garbage collection: one replica's turn at a time, and replicas start meanwhile.
+        let turn = a.alone().unwrap().expect("a's turn");
+        assert!(turn.still());
+        assert!(b.alone().unwrap().is_none(), "not while a collects");
+        let c = replica("c").unwrap();
+        drop(turn);
+        assert!(c.alone().unwrap().is_some(), "once a is done");
+    }
+
+    #[test]
+    fn an_object_declared_in_use_is_not_removed_and_a_declaration_waits_for_a_removal() {
+        let url = postgres_database();
+        let replica = |id: &str| PostgresCatalog::open_as(&url, None, Sharing::Replicas, id).unwrap();
+        let (writer, collector) = (replica("writer"), replica("collector"));
+        let hour = Duration::from_secs(3600);
+        let (declared, undeclared) = ("a".repeat(64), "b".repeat(64));
+        writer.declare_object_uses("blobs", std::slice::from_ref(&declared)).unwrap();
+        let mut removals = 0;
+        let mut count = || {
+            removals += 1;
+            true
+        };
+        assert!(!collector.remove_unused_object("blobs", &declared, hour, &mut count).unwrap(), "declared just now");
+        assert!(!collector.remove_unused_object("blobs", &declared, Duration::ZERO, &mut count).unwrap(), "the floor");
+        assert!(collector.remove_unused_object("weights", &declared, hour, &mut count).unwrap(), "another kind");
+        assert_eq!(removals, 1);
+        // While the removal of an object runs, a declaration of it waits until it is over (and
+        // then writes the object again).
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (started, start) = std::sync::mpsc::channel();
+        let waited = std::thread::scope(|scope| {
+            let (writer, undeclared, done) = (&writer, &undeclared, &done);
+            scope.spawn(move || {
+                start.recv().unwrap();
+                writer.declare_object_uses("blobs", std::slice::from_ref(undeclared)).unwrap();
+                done.store(true, Ordering::SeqCst);
+            });
+            let mut remove = || {
+                started.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+                !done.load(Ordering::SeqCst)
+            };
+            collector.remove_unused_object("blobs", undeclared, hour, &mut remove).unwrap()
         });
-        assert!(joining.0, "a replica starting during a collection round waits");
-        let c = joining.1.unwrap();
-        assert!(a.alone().unwrap().is_none());
-        drop(c);
+        assert!(waited, "the declaration waited for the removal");
+        assert!(!collector.remove_unused_object("blobs", &undeclared, hour, &mut || true).unwrap(), "declared since");
+        // A server alone on its database records nothing and removes what it is asked to.
+        drop((writer, collector));
+        let alone = PostgresCatalog::open(&url, None).unwrap();
+        assert!(alone.remove_unused_object("blobs", &undeclared, hour, &mut || true).unwrap());
     }
 
     #[test]

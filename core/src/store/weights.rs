@@ -60,6 +60,17 @@ impl Drop for Published {
     }
 }
 
+/// Why a version's weights could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The catalogue could not record their use (see [`Catalog::declare_object_uses`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The object store failed.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
+
 /// Why a version could not be fetched from the object store.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -189,11 +200,14 @@ impl ModelsDir {
     /// the version is recorded.
     ///
     /// # Errors
-    /// [`ObjectError`] if the store fails: the version must not be recorded then.
-    pub fn publish_weights(&self, sha256: &str, bytes: &[u8]) -> Result<Published, ObjectError> {
+    /// [`PublishError`] if the catalogue or the store fails: the version must not be recorded
+    /// then.
+    pub fn publish_weights(&self, sha256: &str, bytes: &[u8]) -> Result<Published, PublishError> {
         let Some(remote) = &self.remote else { return Ok(Published { publications: None }) };
         remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).open += 1;
         let published = Published { publications: Some(remote.publications.clone()) };
+        // Declared first, for the collectors of other replicas (see `Catalog::remove_unused_object`).
+        remote.catalog.declare_object_uses("weights", &[sha256.to_owned()])?;
         remote.objects.put(Kind::Weights, sha256, bytes.to_vec())?;
         Ok(published)
     }
@@ -206,6 +220,7 @@ impl ModelsDir {
     /// [`FetchError::Store`] or [`FetchError::Object`] if the catalogue or the store cannot
     /// be read; objects that cannot be removed are logged and left.
     pub fn collect_weights(&self, cutoff: SystemTime, alone: &Alone<'_>) -> Result<u64, FetchError> {
+        let grace = SystemTime::now().duration_since(cutoff).unwrap_or_default();
         let Some(remote) = &self.remote else { return Ok(0) };
         let publications = || remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let counts = |publications: &Publications| (publications.open, publications.ended);
@@ -226,9 +241,15 @@ impl ModelsDir {
             if before.0 > 0 || counts(&publications) != before || !alone.still() {
                 return Ok(removed);
             }
-            match remote.objects.delete(Kind::Weights, &object.name) {
-                Ok(()) => removed += 1,
-                Err(error) => tracing::warn!(%error, "cannot remove unreferenced model weights"),
+            let mut delete = || match remote.objects.delete(Kind::Weights, &object.name) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot remove unreferenced model weights");
+                    false
+                }
+            };
+            if remote.catalog.remove_unused_object("weights", &object.name, grace, &mut delete)? {
+                removed += 1;
             }
         }
         Ok(removed)

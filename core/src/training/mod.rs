@@ -743,7 +743,12 @@ impl Trainer {
             .map_err(|e| TrainError::Precondition(crate::errors::logged("reading the labelled examples", &e)))?;
         // An example deleted while the job runs keeps its bytes until the job ends.
         let mut pins = self.blobs.pins();
-        pins.hold_all(examples.iter().map(|e| e.sha256.clone()));
+        let sha256s: Vec<String> = examples.iter().map(|e| e.sha256.clone()).collect();
+        // And, with replicas, the collectors of the others keep them for their grace period.
+        if let Err(error) = self.blobs.declare_reads(&sha256s) {
+            tracing::warn!(job = %record.job_id, %error, "cannot declare the training set's samples in use");
+        }
+        pins.hold_all(sha256s);
         let run = Run {
             spec,
             examples: &examples,

@@ -46,7 +46,7 @@ pub enum VersionError {
     Store(#[from] StoreError),
     /// The weights could not be published to the object store.
     #[error(transparent)]
-    Objects(#[from] crate::store::objects::ObjectError),
+    Publish(#[from] crate::store::weights::PublishError),
     /// The manifest could not be encoded.
     #[error("encoding the manifest: {0}")]
     Manifest(#[from] serde_json::Error),
