@@ -14,8 +14,12 @@ export ALPS_LS_LISTEN="${ALPS_LS_LISTEN:-127.0.0.1:9090}"
 export ALPS_CORE_URL="${ALPS_CORE_URL:-http://$ALPS_LISTEN}"
 
 pids=()
+stopped=""
 stop() {
     trap - INT TERM
+    # Once: Ctrl-C runs it from the trap, and then again after `wait -n` returns.
+    [[ -n "$stopped" ]] && return
+    stopped=1
     echo "run: stopping alps-label-studio and alps-server"
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true

@@ -34,6 +34,10 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     assert_eq!(report["cli_full"]["code"], 0, "{}", report["cli_full"]);
     let full = report["cli_full"]["stdout"].as_str().unwrap();
     assert!(full.contains("(full fine-tuning"), "{full}");
+    let digits = &report["cli_digits"];
+    assert_eq!(digits["codes"], json!([0, 0, 0]), "{digits}");
+    assert_eq!(digits["folders"], json!(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]), "{digits}");
+    assert!(digits["stdout"].as_str().unwrap().contains("inserted 40,"), "the 40 digits added: {digits}");
     assert_eq!(report["cli_missing"]["code"], 1);
     assert!(report["cli_missing"]["stderr"].as_str().unwrap().contains("NOT_FOUND"), "{}", report["cli_missing"]);
 }

@@ -96,6 +96,22 @@ def main() -> None:
     report["cli_full"] = {"code": full.returncode, "stdout": full.stdout.strip(), "stderr": full.stderr.strip()}
     missing = subprocess.run([*cli, "train", "no-such-project"], capture_output=True, text=True)
     report["cli_missing"] = {"code": missing.returncode, "stderr": missing.stderr.strip()}
+    # The README's digits, written by class, added from the command line.
+    digits = args.workdir / "digits"
+    writer = Path(__file__).resolve().parents[2] / "scripts" / "write_digits.py"
+    written = subprocess.run(
+        [sys.executable, str(writer), str(digits), "--limit", "40", "--by-class"], capture_output=True, text=True
+    )
+    classes = ",".join(str(digit) for digit in range(10))
+    create = [*cli, "create-project", "digits", "--classes", classes, "--size", "32", "--channels", "1"]
+    created = subprocess.run([*create, "--architecture", "small_cnn"], capture_output=True, text=True)
+    added = subprocess.run([*cli, "add-folder", "digits", str(digits)], capture_output=True, text=True)
+    report["cli_digits"] = {
+        "codes": [written.returncode, created.returncode, added.returncode],
+        "folders": sorted(p.name for p in digits.iterdir() if p.is_dir()),
+        "stdout": added.stdout.strip(),
+        "stderr": written.stderr.strip() + created.stderr.strip() + added.stderr.strip(),
+    }
     print(json.dumps(report))
 
 
