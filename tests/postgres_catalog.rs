@@ -281,12 +281,15 @@ async fn a_plugin_published_in_the_object_store_reaches_every_replica_and_so_doe
     let (_, url) = postgres_database("alps_published");
     let bucket = s3_bucket("alps-published").await;
     let store = format!("s3://{bucket}/alps");
-    let dirs: Vec<ServerDirs> = (0..2).map(|_| ServerDirs::new()).collect();
+    let dirs: Vec<ServerDirs> = (0..3).map(|_| ServerDirs::new()).collect();
     let mut replicas = Vec::new();
-    for dirs in &dirs {
+    for dirs in &dirs[..2] {
         install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-        replicas.push(start_on_objects(dirs, &url, &store, s3_server()).await);
+        replicas.push(start_on_objects_with(dirs, &url, &store, s3_server(), &["--published-plugins"]).await);
     }
+    // One without the flag loads nothing published (writing the bucket is not deploying code).
+    install_plugin(&builtin_plugin(), dirs[2].plugins.path(), "builtin.so");
+    let unflagged = start_on_objects(&dirs[2], &url, &store, s3_server()).await;
     // The example plugin's heuristic, as each replica lists it: its sha256 if loaded.
     let ratio = |replica: &Server| {
         let mut heuristics = replica.heuristics.clone();
@@ -307,6 +310,10 @@ async fn a_plugin_published_in_the_object_store_reaches_every_replica_and_so_doe
         let loaded = eventually("the published plugin on every replica", || async { ratio(replica).await }).await;
         assert_eq!(loaded, sha256, "the same file everywhere");
     }
+    // Past a sync interval and the reload's debounce.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(ratio(&unflagged).await, None, "not without --published-plugins");
+    assert!(unflagged.stop());
     // moto refuses an unsigned DELETE: boto3 (which moto brings) signs it.
     let delete = format!(
         "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', \

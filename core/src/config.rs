@@ -151,6 +151,12 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_OBJECT_STORE_URL", requires = "database_url", value_parser = non_empty)]
     pub object_store_url: Option<String>,
 
+    /// Also load the heuristic plugins published under the object store's `plugins/` prefix,
+    /// copied to every replica every 5 s. Whoever may write that prefix then runs code on every
+    /// replica: grant it as you would a deployment.
+    #[arg(long, env = "ALPS_PUBLISHED_PLUGINS", requires = "object_store_url")]
+    pub published_plugins: bool,
+
     /// Directory of heuristic plugins (`*.so`). Default: the built-in plugins shipped beside the
     /// `alps-server` binary (`<binary dir>/plugins`, or the binary's own directory in a cargo
     /// build, where the built-in cdylib is placed).

@@ -209,6 +209,7 @@ impl Server {
         // first load and kept in step after it.
         let published = objects
             .as_ref()
+            .filter(|_| config.published_plugins)
             .map(|objects| PublishedPlugins::new(objects.clone(), data_dir.path().join("published-plugins")));
         if let Some(published) = &published {
             heuristics = heuristics.with_published(published.dir().to_owned())?;

@@ -37,6 +37,12 @@ pub enum StoreError {
         /// Migrations this server knows.
         known: usize,
     },
+    /// A collector on another replica removed an object this write names after it was
+    /// written (the write took longer than the grace period): nothing was written.
+    #[error(
+        "a sample or model file this request wrote was removed by garbage collection before it was recorded; retry"
+    )]
+    Collected,
     /// Concurrent writers kept changing what a write depends on (a project's queued training
     /// job, taken and queued again by replicas) for every try.
     #[error("the catalogue changed under this write on every try; retry")]
@@ -59,7 +65,7 @@ impl StoreError {
         match self {
             Self::Sqlite(error) => super::sqlite::failure(error),
             Self::Postgres(error) => super::postgres::failure(error),
-            Self::Contended => Failure::Transient,
+            Self::Contended | Self::Collected => Failure::Transient,
             // Taken while serving: our session broke and another server took the lock (our own
             // old session's is taken back), so this server must not write.
             Self::Taken | Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,

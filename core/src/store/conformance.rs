@@ -237,7 +237,7 @@ fn activation_checks_fit(backend: &mut dyn Backend) {
     assert_eq!(catalog.activate_version("boats", "v1", &|_, _| true, None).unwrap(), Activation::NoSuchVersion);
 }
 
-fn labelled(id: &str, class: &str, revision: u64) -> ExampleRow {
+pub(super) fn labelled(id: &str, class: &str, revision: u64) -> ExampleRow {
     ExampleRow {
         external_id: id.into(),
         class_name: class.into(),

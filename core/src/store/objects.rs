@@ -122,6 +122,17 @@ fn failure_of(error: &object_store::Error) -> Failure {
 /// Where ops publish heuristic plugins, under the store's prefix.
 const PLUGINS: &str = "plugins";
 
+/// A published (mutable) object as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Its name, the last path segment.
+    pub name: String,
+    /// Size, bytes.
+    pub size: u64,
+    /// Changes whenever the object does: its ETag, else its size and last change.
+    pub version: String,
+}
+
 /// An object as listed: its name (the last path segment), size in bytes and last change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -399,12 +410,13 @@ impl Objects {
     }
 
     /// The heuristic plugins ops published under `plugins/` (mutable objects, unlike the
-    /// content-addressed ones): each one's file name, size and last change. Objects in deeper
-    /// folders are left out.
+    /// content-addressed ones). Objects in deeper folders are left out.
     ///
     /// # Errors
-    /// [`ObjectError::Store`] if the listing fails.
-    pub fn published_plugins(&self) -> Result<Vec<Listed>, ObjectError> {
+    /// [`ObjectError::Store`] if the listing fails (also when a key under the prefix is not a
+    /// valid path, such as one with an empty or `..` segment: the store's client refuses the
+    /// whole listing).
+    pub fn published_plugins(&self) -> Result<Vec<Published>, ObjectError> {
         let (store, path) = (self.store.clone(), self.path(PLUGINS));
         let result = self.wait(async move { store.list_with_delimiter(Some(&path)).await });
         let listed = result.map_err(|error| self.error("list", PLUGINS, &error))?;
@@ -413,18 +425,40 @@ impl Objects {
             .into_iter()
             .filter_map(|meta| {
                 let name = meta.location.filename()?.to_owned();
-                Some(Listed { name, size: meta.size, modified: meta.last_modified.into() })
+                let modified = meta.last_modified.timestamp_nanos_opt().unwrap_or_default();
+                let version = meta.e_tag.clone().unwrap_or_else(|| format!("{}:{modified}", meta.size));
+                Some(Published { name, size: meta.size, version })
             })
             .collect())
     }
 
-    /// The bytes of published plugin `name` (see [`published_plugins`](Self::published_plugins)).
+    /// The bytes of published plugin `name` (see [`published_plugins`](Self::published_plugins)),
+    /// if it holds at most `limit` bytes: a larger one is not read.
     ///
     /// # Errors
     /// [`ObjectError::Missing`] if it was removed meanwhile; [`ObjectError::Store`] if the store
-    /// fails.
-    pub fn published_plugin(&self, name: &str) -> Result<Vec<u8>, ObjectError> {
-        self.get_bytes(&format!("{PLUGINS}/{name}"))
+    /// fails or the object is over `limit`.
+    pub fn published_plugin(&self, name: &str, limit: u64) -> Result<Vec<u8>, ObjectError> {
+        let key = format!("{PLUGINS}/{name}");
+        let (store, path) = (self.store.clone(), self.path(&key));
+        let result = self.wait(async move {
+            let found = store.get(&path).await?;
+            // Checked before the body is read: the object may have grown since the listing.
+            if found.meta.size > limit {
+                return Ok(None);
+            }
+            found.bytes().await.map(Some)
+        });
+        match result.map_err(|error| self.error("get", &key, &error))? {
+            Some(bytes) if bytes.len() as u64 <= limit => Ok(bytes.to_vec()),
+            _ => Err(ObjectError::Store {
+                store: self.name.clone(),
+                operation: "get",
+                key,
+                message: format!("larger than {limit} bytes"),
+                failure: Failure::Permanent,
+            }),
+        }
     }
 
     /// Removes the `kind` object `sha256`; a missing one is not an error.

@@ -11,7 +11,7 @@ use std::{
     io::{self, Write},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use super::objects::{ObjectError, Objects};
@@ -44,8 +44,9 @@ pub enum SyncError {
 pub struct PublishedPlugins {
     objects: Arc<Objects>,
     dir: PathBuf,
-    /// Each copied plugin's size and last change in the store when it was copied.
-    copied: HashMap<String, (u64, SystemTime)>,
+    /// Each copied plugin's version in the store (see [`super::objects::Published`]) when it
+    /// was copied.
+    copied: HashMap<String, String>,
 }
 
 impl PublishedPlugins {
@@ -78,11 +79,10 @@ impl PublishedPlugins {
                 continue;
             }
             published.insert(object.name.clone());
-            let version = (object.size, object.modified);
-            if self.copied.get(&object.name) == Some(&version) && self.dir.join(&object.name).is_file() {
+            if self.copied.get(&object.name) == Some(&object.version) && self.dir.join(&object.name).is_file() {
                 continue;
             }
-            let bytes = match self.objects.published_plugin(&object.name) {
+            let bytes = match self.objects.published_plugin(&object.name, MAX_PLUGIN_BYTES) {
                 Ok(bytes) => bytes,
                 // Withdrawn since the listing.
                 Err(ObjectError::Missing { .. }) => continue,
@@ -92,7 +92,7 @@ impl PublishedPlugins {
                 tracing::info!(name = %object.name, bytes = bytes.len(), "published plugin copied");
                 changed += 1;
             }
-            self.copied.insert(object.name, version);
+            self.copied.insert(object.name, object.version);
         }
         changed += self.remove_withdrawn(&published)?;
         Ok(changed)
@@ -132,7 +132,8 @@ impl PublishedPlugins {
         for entry in fs::read_dir(&self.dir).map_err(unreadable)? {
             let path = entry.map_err(unreadable)?.path();
             let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-            if published.contains(&name) {
+            // Only files: the host loads no directory, and removing one is not this pass's job.
+            if published.contains(&name) || !path.is_file() {
                 continue;
             }
             fs::remove_file(&path).map_err(|source| SyncError::Io { path: path.clone(), source })?;

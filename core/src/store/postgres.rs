@@ -520,9 +520,42 @@ fn job_row(row: &Row) -> JobRow {
     }
 }
 
+/// The most objects one statement declares in use.
+const DECLARATION_CHUNK: usize = 1000;
+
 /// `duration` in milliseconds, for an interval computed in SQL.
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+impl PostgresCatalog {
+    /// With replicas, checks in `transaction`, which is about to name the objects `sha256s` of
+    /// `kind` (sorted, each once), that each is still declared in use, and keeps each declared
+    /// until it commits (a shared lock: a collector waits, then sees the reference). A missing
+    /// declaration means a collector removed the object after this server declared and wrote
+    /// it (the write took longer than the grace period): nothing is written then.
+    ///
+    /// # Errors
+    /// [`StoreError::Collected`] for an object removed meanwhile; [`StoreError`] on a database
+    /// failure.
+    fn check_declared(
+        &self,
+        transaction: &mut postgres::Transaction<'_>,
+        kind: &str,
+        sha256s: &[&str],
+    ) -> Result<(), StoreError> {
+        if self.sharing == Sharing::Alone || sha256s.is_empty() {
+            return Ok(());
+        }
+        let held = transaction.query(
+            "SELECT sha256 FROM object_uses WHERE kind = $1 AND sha256 = ANY($2) ORDER BY sha256 FOR SHARE",
+            &[&kind, &sha256s],
+        )?;
+        if held.len() < sha256s.len() {
+            return Err(StoreError::Collected);
+        }
+        Ok(())
+    }
 }
 
 impl Catalog for PostgresCatalog {
@@ -606,6 +639,10 @@ impl Catalog for PostgresCatalog {
     fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
         self.writer.run(|client| {
             let mut transaction = client.transaction()?;
+            let mut sha256s: Vec<&str> = examples.iter().map(|e| e.sha256.as_str()).collect();
+            sha256s.sort_unstable();
+            sha256s.dedup();
+            self.check_declared(&mut transaction, "blobs", &sha256s)?;
             // One read for the whole batch and prepared writes: a round trip per changed
             // example instead of four. Decisions see the batch's own earlier writes.
             let ids: Vec<&str> = examples.iter().map(|e| e.external_id.as_str()).collect();
@@ -727,12 +764,20 @@ impl Catalog for PostgresCatalog {
         created_unix_ms: i64,
     ) -> Result<(), StoreError> {
         let number = i64::from(number);
+        let weights: Option<String> = serde_json::from_str::<serde_json::Value>(manifest)
+            .ok()
+            .and_then(|manifest| manifest["weights_sha256"].as_str().map(str::to_owned));
         self.writer.run(|client| {
-            client.execute(
+            let mut transaction = client.transaction()?;
+            if let Some(weights) = &weights {
+                self.check_declared(&mut transaction, "weights", &[weights.as_str()])?;
+            }
+            transaction.execute(
                 "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
                  VALUES ($1, $2, $3, $4, $5)",
                 &[&project, &version, &number, &manifest, &created_unix_ms],
             )?;
+            transaction.commit()?;
             Ok(())
         })
     }
@@ -793,14 +838,22 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone || sha256s.is_empty() {
             return Ok(());
         }
-        self.writer.run(|client| {
-            client.execute(
-                "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
-                 ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
-                &[&kind, &sha256s],
-            )?;
-            Ok(())
-        })
+        // Once each (a row is changed once per statement) and in order (two declarations that
+        // share objects lock them in the same order: no deadlock), in bounded statements.
+        let mut sha256s: Vec<&str> = sha256s.iter().map(String::as_str).collect();
+        sha256s.sort_unstable();
+        sha256s.dedup();
+        for chunk in sha256s.chunks(DECLARATION_CHUNK) {
+            self.writer.run(|client| {
+                client.execute(
+                    "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
+                     ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
+                    &[&kind, &chunk],
+                )?;
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     fn remove_unused_object(
@@ -828,7 +881,19 @@ impl Catalog for PostgresCatalog {
                     &[&kind, &sha256, &grace],
                 )?
                 .get(0);
-            if recent || !remove() {
+            // Referenced since the round read the references (a long round): it stays.
+            let referenced: bool = match kind {
+                "blobs" => transaction
+                    .query_one("SELECT EXISTS (SELECT 1 FROM examples WHERE sha256 = $1)", &[&sha256])?
+                    .get(0),
+                _ => transaction
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM model_versions WHERE strpos(manifest, $1) > 0)",
+                        &[&sha256],
+                    )?
+                    .get(0),
+            };
+            if recent || referenced || !remove() {
                 return Ok(false);
             }
             transaction.execute("DELETE FROM object_uses WHERE kind = $1 AND sha256 = $2", &[&kind, &sha256])?;
@@ -1280,6 +1345,26 @@ mod tests {
         });
         assert!(waited, "the declaration waited for the removal");
         assert!(!collector.remove_unused_object("blobs", &undeclared, hour, &mut || true).unwrap(), "declared since");
+        // A write naming an object that is not declared (removed after a write that took too
+        // long) is refused, as retryable; declared, it goes through.
+        writer.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        let mut example = crate::store::conformance::labelled("x", "sedan", 0);
+        example.sha256 = "e".repeat(64);
+        let refused = writer.upsert_examples("cars", std::slice::from_ref(&example)).unwrap_err();
+        assert!(matches!(refused, StoreError::Collected) && refused.failure() == Failure::Transient, "{refused}");
+        writer.declare_object_uses("blobs", std::slice::from_ref(&example.sha256)).unwrap();
+        writer.upsert_examples("cars", std::slice::from_ref(&example)).unwrap();
+        let manifest = serde_json::json!({ "weights_sha256": "f".repeat(64) }).to_string();
+        assert!(matches!(writer.record_version("cars", "v1", 1, &manifest, 0), Err(StoreError::Collected)));
+        writer.declare_object_uses("weights", &["f".repeat(64)]).unwrap();
+        writer.record_version("cars", "v1", 1, &manifest, 0).unwrap();
+        // Declared long ago but referenced since the round read the references: it stays.
+        let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+        admin.execute("UPDATE object_uses SET used_at = '-infinity'", &[]).unwrap();
+        for (kind, sha256) in [("blobs", "e".repeat(64)), ("weights", "f".repeat(64))] {
+            assert!(!collector.remove_unused_object(kind, &sha256, hour, &mut || true).unwrap(), "{kind} referenced");
+        }
+        assert!(collector.remove_unused_object("blobs", &declared, hour, &mut || true).unwrap(), "unreferenced, old");
         // A server alone on its database records nothing and removes what it is asked to.
         drop((writer, collector));
         let alone = PostgresCatalog::open(&url, None).unwrap();

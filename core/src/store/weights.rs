@@ -134,9 +134,11 @@ impl ModelsDir {
 
     /// Removes the least recently used local copies of versions until the copies fit the
     /// budget, keeping every project's active version and the version its head builds on (a
-    /// job trains from the active version), and `also` (a version being loaded, with its
-    /// backbone). A version is used when it is fetched or found here. Without an object store
-    /// the directory is not a cache and nothing goes. Returns how many versions were removed.
+    /// job trains from the active version), `also` (a version being loaded, with its backbone),
+    /// and every copy used in the last [`RECENTLY_USED`] (another thread may be loading it, an
+    /// activation for one). A version is used when it is fetched or found here; directories
+    /// being written (hidden names) are never touched. Without an object store the directory
+    /// is not a cache and nothing goes. Returns how many versions were removed.
     ///
     /// # Errors
     /// [`StoreError`] if the catalogue cannot say which versions are active (nothing goes).
@@ -159,12 +161,13 @@ impl ModelsDir {
             keep.insert(dir);
         }
         copies.sort_by_key(|copy| copy.used);
+        let recent = SystemTime::now().checked_sub(RECENTLY_USED).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut removed = 0;
         for copy in copies {
             if total <= remote.budget_bytes {
                 break;
             }
-            if keep.contains(&copy.dir) {
+            if keep.contains(&copy.dir) || copy.used >= recent {
                 continue;
             }
             match super::remove_dir_inside(self.root(), &copy.dir) {
@@ -181,12 +184,23 @@ impl ModelsDir {
         Ok(removed)
     }
 
-    /// Every local copy of a version: `<models>/<project hash>/<version>`, complete ones only.
+    /// Every local copy of a version: `<models>/<project hash>/<version>`, complete ones only,
+    /// and none being written (`.tmp-…`).
     fn local_copies(&self) -> Vec<LocalCopy> {
-        let entries = |dir: &Path| fs::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path());
+        let visible = |path: &PathBuf| path.file_name().is_some_and(|name| !name.to_string_lossy().starts_with('.'));
+        let entries = |dir: &Path| {
+            fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(visible)
+                .collect::<Vec<_>>()
+        };
         entries(self.root())
+            .into_iter()
             .filter(|project| project.is_dir())
-            .flat_map(|project| entries(&project).collect::<Vec<_>>())
+            .flat_map(|project| entries(&project))
             .filter_map(|dir| {
                 let manifest = fs::metadata(dir.join("manifest.json")).ok()?;
                 let weights = fs::metadata(dir.join("weights.safetensors")).ok()?;
@@ -330,6 +344,9 @@ impl ModelsDir {
     }
 }
 
+/// How long a used local copy is safe from [`ModelsDir::trim`]: longer than a load takes.
+const RECENTLY_USED: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A local copy of a version, as [`ModelsDir::trim`] weighs it.
 struct LocalCopy {
     dir: PathBuf,
@@ -454,15 +471,38 @@ mod tests {
             .with_cache_budget(1);
         let here = |version: &str| models.version_dir("cars", version).join("manifest.json").is_file();
         let cached = || ["v1", "v2", "v3", "v4"].into_iter().filter(|v| here(v)).collect::<Vec<_>>();
+        // Last used `hours` ago.
+        let age = |version: &str, hours: u64| {
+            let manifest = File::options().write(true).open(models.version_dir("cars", version).join("manifest.json"));
+            let at = SystemTime::now() - std::time::Duration::from_secs(hours * 3600);
+            manifest.and_then(|file| file.set_modified(at)).unwrap();
+        };
         models.fetch("cars", "v2").unwrap();
         assert_eq!(cached(), ["v1", "v2"], "the version being loaded and its backbone");
+        age("v1", 3);
+        age("v2", 2);
+        // A version being written is never touched.
+        let writing = models.project_dir("cars").join(".tmp-v9");
+        fs::create_dir(&writing).unwrap();
+        fs::write(writing.join("manifest.json"), "{}").unwrap();
+        fs::write(writing.join("weights.safetensors"), "partial").unwrap();
         models.fetch("cars", "v3").unwrap();
         assert_eq!(cached(), ["v3"], "the least recently used went");
+        assert!(writing.join("weights.safetensors").is_file());
         catalog.reset_active_version("cars", "v2").unwrap();
         models.fetch("cars", "v2").unwrap();
+        for version in ["v1", "v2", "v3"] {
+            age(version, 2);
+        }
         models.fetch("cars", "v4").unwrap();
         assert_eq!(cached(), ["v1", "v2", "v4"], "the active version and its backbone stay");
+        // A copy used in the last minutes stays too (another thread may be loading it).
+        models.fetch("cars", "v3").unwrap();
+        assert_eq!(cached(), ["v1", "v2", "v3", "v4"]);
         // Within the budget, nothing goes.
+        for version in ["v1", "v2", "v3", "v4"] {
+            age(version, 2);
+        }
         let roomy =
             ModelsDir::new(second.path().join("models")).with_objects(objects, catalog).with_cache_budget(1 << 20);
         roomy.fetch("cars", "v3").unwrap();
