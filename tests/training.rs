@@ -250,9 +250,27 @@ async fn triggers_coalesce_and_predictions_keep_the_old_version_while_a_job_runs
     assert_eq!(classes, ["low", "high"]);
     let first = watch(&mut server, &running.job.unwrap().job_id).await;
     assert_eq!(first.last().unwrap().model_version, "v2");
+    // Watched from its queued state, which it leaves when the job before it ends.
     let second = watch(&mut server, &queued.job.unwrap().job_id).await;
+    assert_eq!(second.first().unwrap().state, JobState::Queued as i32);
     assert_eq!(second.last().unwrap().model_version, "v3");
     assert_eq!(active_version(&mut server).await, "v3");
+
+    // A queued job cancelled before it was taken ends at once; the next trigger queues anew.
+    let long = server.training.train(train_request(3000)).await.unwrap().into_inner().job.unwrap();
+    let queued = server.training.train(train_request(5)).await.unwrap().into_inner().job.unwrap();
+    let cancel = |job_id: &str| alps_proto::v1::CancelTrainingJobRequest { job_id: job_id.to_owned() };
+    let cancelled = server.training.cancel_training_job(cancel(&queued.job_id)).await.unwrap().into_inner();
+    let cancelled = cancelled.job.unwrap();
+    assert_eq!(
+        (cancelled.state, cancelled.error.as_str()),
+        (JobState::Cancelled as i32, "cancelled before it started")
+    );
+    let again = server.training.train(train_request(5)).await.unwrap().into_inner();
+    assert!(!again.coalesced && again.job.as_ref().unwrap().job_id != queued.job_id, "{again:?}");
+    for job in [&again.job.unwrap().job_id, &long.job_id] {
+        server.training.cancel_training_job(cancel(job)).await.unwrap();
+    }
 }
 
 #[tokio::test]
