@@ -131,8 +131,9 @@ pub struct ServerConfig {
     /// PostgreSQL database for the catalogue (projects, the example index, model versions,
     /// training jobs) instead of `<data-dir>/alps.db`:
     /// `postgres://user:password@host:port/database`. Sample bytes and model files stay in
-    /// `--data-dir` unless `--object-store-url` is given. One server per database: it holds an
-    /// advisory lock, and a second server on the same database refuses to start. Connections
+    /// `--data-dir` unless `--object-store-url` is given. Without it, one server per database:
+    /// it holds an advisory lock, and a second server on the same database refuses to start;
+    /// with it, every server on the database is a replica of the others. Connections
     /// are plaintext unless the URL says `sslmode=require`, `verify-ca` or `verify-full`:
     /// then TLS, the server's certificate and host name always verified.
     #[arg(long, env = "ALPS_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]

@@ -222,6 +222,11 @@ impl Server {
             .ok();
         watchers.extend(watcher);
         if let Some(mut published) = published {
+            tracing::info!(
+                dir = %published.dir().display(),
+                every_secs = crate::store::plugins::SYNC_INTERVAL.as_secs(),
+                "published plugins: copying those under the object store's plugins/ prefix"
+            );
             if let Err(error) = published.sync() {
                 tracing::warn!(%error, "cannot copy the published plugins; trying again in the background");
             }
