@@ -4,14 +4,16 @@
 //! garbage collection ([`gc`]).
 //!
 //! With `--object-store-url`, sample blobs and model weights live in the object store
-//! ([`objects`]) and the data dir's `models/` is a cache of it ([`weights`]). TLS to
-//! PostgreSQL is [`database_tls`].
+//! ([`objects`]) and the data dir's `models/` is a bounded cache of it ([`weights`]); with
+//! `--published-plugins` the heuristic plugins published there are copied to
+//! `published-plugins/` ([`plugins`]). TLS to PostgreSQL is [`database_tls`].
 //!
 //! [`migrate`] copies one catalogue into the other (`alps-server migrate`).
 //!
 //! Layout: `alps.db` (the SQLite catalogue, unused with `--database-url`), `blobs/` (content-addressed
 //! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
-//! (the default model root: uploaded and operator-placed model files), `LOCK`.
+//! (the default model root: uploaded and operator-placed model files), `published-plugins/`
+//! (replicas), `LOCK`.
 
 pub mod blobs;
 pub mod catalog;
