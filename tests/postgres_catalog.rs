@@ -659,6 +659,11 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
     replicas[0].models.activate_model_version(rollback).await.unwrap();
     follow(&mut replicas, &v1).await;
+    // The replicas that followed the rollback found v1 loaded already (once: the one that
+    // trained it when it activated it, the third when it followed); the first loaded it when it
+    // followed and again for its own ActivateModelVersion, which reads and checks the files.
+    let counts: Vec<usize> = replicas.iter_mut().map(|replica| loads(replica, "v1")).collect();
+    assert_eq!(counts, [2, 1, 1]);
 
     // Train asked of all three at once: one job runs, the other triggers coalesce into one
     // queued job, which runs after it; never two at once.
@@ -867,6 +872,16 @@ async fn job_ended(replica: &Server, job_id: &str) -> alps_proto::v1::TrainingJo
             .filter(|job| matches!(job.state(), JobState::Succeeded | JobState::Failed | JobState::Cancelled))
     })
     .await
+}
+
+/// How often `replica` logged loading project "p"'s `version`.
+fn loads(replica: &mut Server, version: &str) -> usize {
+    let loaded = |line: &&String| {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let fields = &event["fields"];
+        fields["message"] == "model loaded" && fields["project"] == "p" && fields["version"] == version
+    };
+    replica.process.log().iter().filter(loaded).count()
 }
 
 /// Whether `replica` logged the start of job `job_id`.

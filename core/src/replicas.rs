@@ -78,7 +78,7 @@ impl Follower {
             if failed_loads.borrow().get(&key).is_some_and(|at| at.elapsed() < LOAD_BACKOFF) {
                 return Err("it failed to load a moment ago; trying again later".to_owned());
             }
-            let loaded = self.engine.load_blocking(project).map_err(|error| error.to_string());
+            let loaded = self.engine.ensure_loaded(project).map_err(|error| error.to_string());
             if loaded.is_err() {
                 failed_loads.borrow_mut().insert(key, Instant::now());
             }

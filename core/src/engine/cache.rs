@@ -54,6 +54,11 @@ impl ModelCache {
         Ok(&entry.model)
     }
 
+    /// Whether the model for `key` is loaded (without marking it used).
+    pub fn contains(&self, key: &ModelKey) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// Puts `model` in for `key`, replacing what was there, as the most recently used model.
     /// Call [`trim`](Self::trim) afterwards to get back within the budget.
     pub fn insert(&mut self, key: ModelKey, model: McModel) {

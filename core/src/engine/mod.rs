@@ -243,6 +243,23 @@ impl Engine {
         (key, spec, version != UNTRAINED_VERSION)
     }
 
+    /// [`load_blocking`](Self::load_blocking), unless the model `project` serves at its
+    /// `active_version` is loaded already: a replica following an activation it made itself
+    /// (its notification can arrive before its own cache is updated) loads the version once.
+    /// Blocks, also behind a batch the worker is computing.
+    ///
+    /// # Errors
+    /// As [`load_blocking`](Self::load_blocking).
+    pub fn ensure_loaded(&self, project: &Project) -> Result<(), EngineError> {
+        let (key, _, _) = self.model_of(project);
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Has(key, reply)).map_err(|_| EngineError::Unavailable)?;
+        if answer.blocking_recv().map_err(|_| EngineError::Unavailable)? {
+            return Ok(());
+        }
+        self.load_blocking(project)
+    }
+
     /// Drops cached models of `project` (after a delete or a spec change).
     pub fn forget(&self, project: &str) {
         let _ = self.commands.try_send(Command::Forget(project.to_owned()));

@@ -105,6 +105,8 @@ pub enum Command {
     Insert(Loaded),
     /// Drop the cached models of a project (deleted or changed).
     Forget(String),
+    /// Answer whether a model is in the cache.
+    Has(ModelKey, oneshot::Sender<bool>),
 }
 
 /// Batching and cache settings.
@@ -172,6 +174,9 @@ impl Worker {
                 Command::Run(job) => return Some(job),
                 Command::Insert(loaded) => self.insert(loaded),
                 Command::Forget(project) => self.cache.forget(&project),
+                Command::Has(key, reply) => {
+                    let _ = reply.send(self.cache.contains(&key));
+                }
             }
         }
     }
@@ -206,6 +211,9 @@ impl Worker {
                 Ok(Command::Run(job)) => self.backlog.push_back(job),
                 Ok(Command::Insert(loaded)) => self.insert(loaded),
                 Ok(Command::Forget(project)) => self.cache.forget(&project),
+                Ok(Command::Has(key, reply)) => {
+                    let _ = reply.send(self.cache.contains(&key));
+                }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
