@@ -824,6 +824,8 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     replicas.push(start_on_objects(&dirs[3], &url, &store, s3_server()).await);
     let retried = job_ended(&replicas[1], retry).await;
     assert_eq!(retried.state(), JobState::Succeeded, "{retried:?}");
+    assert_eq!((failed.attempt, retried.attempt), (1, 2), "the retry says which try it is");
+    assert!(retry.starts_with(&format!("{}-retry", interrupted.job_id)), "{retry}");
     let version = retried.model_version.clone();
     let inference = replicas[1].inference.clone();
     let latest = eventually(&format!("{version} served by the new replica"), || {

@@ -171,6 +171,7 @@ pub fn proto_job(record: &JobRecord) -> pb::TrainingJob {
         started_unix_ms: record.started_unix_ms,
         finished_unix_ms: record.finished_unix_ms,
         not_activated_reason: record.not_activated_reason.clone(),
+        attempt: record.attempt,
     }
 }
 
