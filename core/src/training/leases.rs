@@ -13,11 +13,8 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{JobRecord, JobState, Progress, Trainer, decode, encode, save};
-use crate::store::{
-    catalog::{Catalog, Lease, StoreError},
-    now_unix_ms,
-};
+use super::{JobRecord, JobState, Trainer, decode, encode, end_job, save};
+use crate::store::catalog::{Catalog, Lease, StoreError};
 
 /// How often a job is tried in all: a job interrupted this often is not queued again.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -66,7 +63,7 @@ impl Trainer {
 
     /// Marks `lease` on `project` lost, if this server still runs the project under it, and
     /// cancels the job it runs now (the job ends failed, and nothing more runs under it here).
-    pub(super) fn lose_lease(&self, project: &str, lease: Lease) {
+    fn lose_lease(&self, project: &str, lease: Lease) {
         let mut state = self.state();
         let Some(entry) = state.running.get_mut(project).filter(|entry| entry.lease == lease) else { return };
         entry.lost = true;
@@ -113,14 +110,12 @@ impl Trainer {
             if row.queued || Some(row.job_id.as_str()) == ended {
                 continue;
             }
-            let Ok(mut record) = decode(&row.record) else { continue };
+            let Ok(record) = decode(&row.record) else { continue };
             if record.project_id != project_id {
                 continue;
             }
             let retried = retry(self.catalog.as_ref(), &record)?;
-            record.state = JobState::Failed;
-            record.error = format!("{ABANDONED}; {retried}");
-            record.finished_unix_ms = now_unix_ms();
+            let record = end_job(record, JobState::Failed, format!("{ABANDONED}; {retried}"));
             tracing::warn!(job = %record.job_id, project = %project_id, replica = %record.replica, "job abandoned by its replica; {retried}");
             save(self.catalog.as_ref(), &record)?;
         }
@@ -158,19 +153,14 @@ pub(super) fn retry(catalog: &dyn Catalog, record: &JobRecord) -> Result<String,
     if catalog.job(&job_id)?.is_some() {
         return Ok(format!("retried as job {job_id}"));
     }
-    let again = JobRecord {
+    let again = JobRecord::queued(
         job_id,
-        state: JobState::Queued,
-        progress: Progress::default(),
-        model_version: String::new(),
-        error: String::new(),
-        not_activated_reason: String::new(),
-        created_unix_ms: now_unix_ms(),
-        started_unix_ms: 0,
-        finished_unix_ms: 0,
-        attempt: record.attempt + 1,
-        ..record.clone()
-    };
+        &record.project_id,
+        record.params.clone(),
+        record.activate,
+        &record.replica,
+        record.attempt + 1,
+    );
     let queued = catalog.enqueue_job(&again.job_id, &again.project_id, &encode(&again)?, again.created_unix_ms)?;
     Ok(match queued {
         None => format!("retried as job {} (attempt {} of {MAX_ATTEMPTS})", again.job_id, again.attempt),
@@ -192,21 +182,10 @@ mod tests {
 
     /// A running job of project "cars", on its `attempt`.
     fn running(job_id: &str, attempt: u32) -> JobRecord {
+        let params = TrainingParams::resolve(RequestedParams { epochs: 7, ..RequestedParams::default() }).unwrap();
         JobRecord {
-            job_id: job_id.into(),
-            project_id: "cars".into(),
             state: JobState::Running,
-            progress: Progress::default(),
-            params: TrainingParams::resolve(RequestedParams { epochs: 7, ..RequestedParams::default() }).unwrap(),
-            activate: false,
-            model_version: String::new(),
-            error: String::new(),
-            not_activated_reason: String::new(),
-            created_unix_ms: 0,
-            started_unix_ms: 0,
-            finished_unix_ms: 0,
-            replica: "gone".into(),
-            attempt,
+            ..JobRecord::queued(job_id.into(), "cars", params, false, "gone", attempt)
         }
     }
 

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use self::{
     executor::Slots,
-    record::{JobRecord, JobState, Manifest, Phase, Progress, TrainingParams},
+    record::{JobRecord, JobState, Manifest, Phase, TrainingParams},
     train::{EmbeddingCache, Run, TrainError},
 };
 use crate::{
@@ -215,7 +215,7 @@ impl Trainer {
         settings: TrainerSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        // With replicas, the following thread does it, patiently (see `crate::replicas`).
+        // With replicas, another replica takes them over once their lease runs out (`leases`).
         if !settings.follows_replicas {
             fail_orphaned_jobs(catalog.as_ref())?;
         }
@@ -288,7 +288,8 @@ impl Trainer {
                 "training needs labelled examples of at least 2 classes; project {project_id} has {classes_with_examples}"
             )));
         }
-        let record = self.new_job(project_id, params, activate, 1);
+        let job_id = format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..));
+        let record = JobRecord::queued(job_id, project_id, params, activate, &self.replica, 1);
         // Under the state lock: a job of this server that ends meanwhile takes what is queued.
         let mut state = self.state();
         if !state.running.contains_key(project_id)
@@ -311,26 +312,6 @@ impl Trainer {
         match queued {
             None => Ok((record, false)),
             Some(json) => Ok((decode(&json)?, true)),
-        }
-    }
-
-    /// A new job's record, queued.
-    fn new_job(&self, project_id: &str, params: TrainingParams, activate: bool, attempt: u32) -> JobRecord {
-        JobRecord {
-            job_id: format!("job-{}-{:08x}", now_unix_ms(), fastrand::u32(..)),
-            project_id: project_id.to_owned(),
-            state: JobState::Queued,
-            progress: Progress::default(),
-            params,
-            activate,
-            model_version: String::new(),
-            error: String::new(),
-            not_activated_reason: String::new(),
-            created_unix_ms: now_unix_ms(),
-            started_unix_ms: 0,
-            finished_unix_ms: 0,
-            replica: self.replica.clone(),
-            attempt,
         }
     }
 
@@ -404,8 +385,7 @@ impl Trainer {
 
     /// Whether the catalogue has job `job_id` ended (recorded by another replica).
     fn ended_in_catalogue(&self, job_id: &str) -> bool {
-        let recorded = self.catalog.job(job_id).ok().flatten();
-        let recorded = recorded.and_then(|json| serde_json::from_str::<JobRecord>(&json).ok());
+        let recorded = self.catalog.job(job_id).ok().flatten().and_then(|json| decode(&json).ok());
         recorded.is_some_and(|recorded| recorded.state.is_terminal())
     }
 
@@ -1008,10 +988,8 @@ impl Trainer {
 fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
     let mut failed = 0;
     for row in catalog.unfinished_jobs()? {
-        let Ok(mut record) = decode(&row.record) else { continue };
-        record.state = JobState::Failed;
-        record.error = INTERRUPTED.into();
-        record.finished_unix_ms = now_unix_ms();
+        let Ok(record) = decode(&row.record) else { continue };
+        let record = end_job(record, JobState::Failed, INTERRUPTED.into());
         tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted: its server stopped");
         save(catalog, &record)?;
         failed += 1;
@@ -1019,12 +997,18 @@ fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
     Ok(failed)
 }
 
-/// A queued job's record once cancelled before it started.
-fn cancelled_before_start(mut record: JobRecord) -> JobRecord {
-    record.state = JobState::Cancelled;
-    record.error = "cancelled before it started".into();
+/// `record` ended now in `state`, for the reason `error`, by this server's say (the job did
+/// not run to its end here).
+fn end_job(mut record: JobRecord, state: JobState, error: String) -> JobRecord {
+    record.state = state;
+    record.error = error;
     record.finished_unix_ms = now_unix_ms();
     record
+}
+
+/// A queued job's record once cancelled before it started.
+fn cancelled_before_start(record: JobRecord) -> JobRecord {
+    end_job(record, JobState::Cancelled, "cancelled before it started".into())
 }
 
 /// A job's record as stored (JSON).

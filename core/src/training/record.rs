@@ -265,6 +265,36 @@ fn first_attempt() -> u32 {
     1
 }
 
+impl JobRecord {
+    /// A job of `project_id` just queued with `params`, by server `replica`, on its `attempt`
+    /// (1 for a trigger's job, more for a retry), created now.
+    pub fn queued(
+        job_id: String,
+        project_id: &str,
+        params: TrainingParams,
+        activate: bool,
+        replica: &str,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            job_id,
+            project_id: project_id.to_owned(),
+            state: JobState::Queued,
+            progress: Progress::default(),
+            params,
+            activate,
+            model_version: String::new(),
+            error: String::new(),
+            not_activated_reason: String::new(),
+            created_unix_ms: crate::store::now_unix_ms(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            replica: replica.to_owned(),
+            attempt,
+        }
+    }
+}
+
 /// Precision, recall and F1 of one class on the validation split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
