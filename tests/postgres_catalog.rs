@@ -112,15 +112,19 @@ fn examples(prefix: &str, per_class: usize) -> AddExamplesRequest {
 /// Creates the MLP project "p" (classes low/high over 1×2×2 inputs) with `per_class` examples
 /// of each class.
 async fn create_project(server: &mut Server, per_class: usize) {
-    let project = Project {
-        id: "p".into(),
+    server.projects.create_project(CreateProjectRequest { project: Some(mlp_project("p")) }).await.unwrap();
+    server.examples.add_examples(tokio_stream::iter([examples("", per_class)])).await.unwrap();
+}
+
+/// An MLP project `id` with classes low/high over 1×2×2 inputs.
+fn mlp_project(id: &str) -> Project {
+    Project {
+        id: id.into(),
         classes: vec!["low".into(), "high".into()],
         model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
         preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
         ..Default::default()
-    };
-    server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
-    server.examples.add_examples(tokio_stream::iter([examples("", per_class)])).await.unwrap();
+    }
 }
 
 /// The model version that served a prediction of one sample, and its class.
@@ -345,14 +349,7 @@ async fn a_model_evicted_from_the_cache_loads_again_from_its_local_copy_while_th
     train_to_end(&mut server).await;
     let v1 = seeded_predictions(&mut server).await;
     assert_eq!(v1.0, "v1");
-    let other = Project {
-        id: "q".into(),
-        classes: vec!["a".into(), "b".into()],
-        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
-        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
-        ..Default::default()
-    };
-    server.projects.create_project(CreateProjectRequest { project: Some(other) }).await.unwrap();
+    server.projects.create_project(CreateProjectRequest { project: Some(mlp_project("q")) }).await.unwrap();
     let predict_other =
         PredictRequest { project_id: "q".into(), samples: vec![tensor(0.5).unwrap()], ..Default::default() };
 
@@ -706,24 +703,11 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
         "one after the other: {ended:?}"
     );
     let newest = ended.last().unwrap().model_version.clone();
-    let inference = replicas[0].inference.clone();
-    let latest = eventually(&format!("{newest} served"), || {
-        let (mut inference, newest) = (inference.clone(), newest.clone());
-        async move {
-            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
-            (response.model_version == newest).then_some((response.model_version, response.results))
-        }
-    })
-    .await;
-    follow(&mut replicas, &latest).await;
+    served_everywhere(&mut replicas, &newest).await;
 
     // A job's progress is read on any replica, and a cancel asked of any replica reaches it.
     let running = replicas[0].training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
-    let elsewhere = &replicas[2];
-    eventually("the job's progress on another replica", || async {
-        read_job(elsewhere, &running.job_id).await.filter(|job| job.epoch >= 1).map(drop)
-    })
-    .await;
+    in_epochs(&replicas[2], &running.job_id, "the job's progress on another replica").await;
     let request = CancelTrainingJobRequest { job_id: running.job_id.clone() };
     replicas[1].training.cancel_training_job(request).await.unwrap();
     let cancelled = job_ended(&replicas[1], &running.job_id).await;
@@ -735,11 +719,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let paused = replicas[0].training.train(train_request(2_000)).await.unwrap().into_inner().job.unwrap();
     let id = replica_id(&mut replicas[0]);
     // Paused in the middle of its epochs, past the reads that start a job.
-    let local = &replicas[0];
-    eventually("the job in its epochs", || async {
-        read_job(local, &paused.job_id).await.filter(|job| job.epoch >= 1).map(drop)
-    })
-    .await;
+    in_epochs(&replicas[0], &paused.job_id, "the job in its epochs").await;
     replicas[0].process.signal(libc::SIGSTOP);
     postgres_admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'alps-server {id}'"
@@ -751,11 +731,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     assert_eq!(failed.state(), JobState::Failed, "{failed:?}");
     let taken_over = format!("lost the project's training lease, before it ended; job {}, queued, trains", long.job_id);
     assert!(failed.error.starts_with("interrupted: ") && failed.error.contains(&taken_over), "{failed:?}");
-    let other = &replicas[2];
-    eventually("the queued job running elsewhere", || async {
-        read_job(other, &long.job_id).await.filter(|job| job.epoch >= 1).map(drop)
-    })
-    .await;
+    in_epochs(&replicas[2], &long.job_id, "the queued job running elsewhere").await;
     replicas[0].process.signal(libc::SIGCONT);
     let stopped =
         replicas[0].process.wait_for_log("another replica took over this project's training lease; stopping the job");
@@ -796,26 +772,12 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     assert_eq!(watched.last(), Some(&JobState::Failed), "{watched:?}");
     let finished = job_ended(&replicas[1], &next.job_id).await;
     assert_eq!(finished.state(), JobState::Succeeded, "{finished:?}");
-    let inference = replicas[0].inference.clone();
-    let version = finished.model_version.clone();
-    let latest = eventually(&format!("{version} served"), || {
-        let (mut inference, version) = (inference.clone(), version.clone());
-        async move {
-            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
-            (response.model_version == version).then_some((response.model_version, response.results))
-        }
-    })
-    .await;
-    follow(&mut replicas, &latest).await;
+    served_everywhere(&mut replicas, &finished.model_version).await;
 
     // A replica stopped while it trains (a rolling update): its job fails as interrupted and is
     // queued again, the other replica runs it, and a replica started meanwhile serves the result.
     let interrupted = replicas[0].training.train(train_request(5_000)).await.unwrap().into_inner().job.unwrap();
-    let local = &replicas[0];
-    eventually("the job in its epochs", || async {
-        read_job(local, &interrupted.job_id).await.filter(|job| job.epoch >= 1).map(drop)
-    })
-    .await;
+    in_epochs(&replicas[0], &interrupted.job_id, "the job in its epochs").await;
     assert!(replicas.remove(0).stop(), "a clean exit");
     let failed = job_ended(&replicas[0], &interrupted.job_id).await;
     assert_eq!(failed.state(), JobState::Failed, "{failed:?}");
@@ -826,17 +788,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     assert_eq!(retried.state(), JobState::Succeeded, "{retried:?}");
     assert_eq!((failed.attempt, retried.attempt), (1, 2), "the retry says which try it is");
     assert!(retry.starts_with(&format!("{}-retry", interrupted.job_id)), "{retry}");
-    let version = retried.model_version.clone();
-    let inference = replicas[1].inference.clone();
-    let latest = eventually(&format!("{version} served by the new replica"), || {
-        let (mut inference, version) = (inference.clone(), version.clone());
-        async move {
-            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
-            (response.model_version == version).then_some((response.model_version, response.results))
-        }
-    })
-    .await;
-    follow(&mut replicas, &latest).await;
+    served_everywhere(&mut replicas, &retried.model_version).await;
 
     // Deleted on one: gone from the other.
     replicas[1].projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
@@ -897,6 +849,26 @@ fn replica_id(replica: &mut Server) -> String {
     let line = log.iter().find(|line| line.contains("catalogue in PostgreSQL")).expect("the catalogue log");
     let event: serde_json::Value = serde_json::from_str(line).unwrap();
     event["fields"]["replica"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the first replica serves `version`, then until every replica serves it with the
+/// same seeded predictions.
+async fn served_everywhere(replicas: &mut [Server], version: &str) {
+    let inference = replicas[0].inference.clone();
+    let latest = eventually(&format!("{version} served"), || {
+        let mut inference = inference.clone();
+        async move {
+            let response = inference.predict(seeded_request()).await.ok()?.into_inner();
+            (response.model_version == version).then_some((response.model_version, response.results))
+        }
+    })
+    .await;
+    follow(replicas, &latest).await;
+}
+
+/// Waits until `replica` reads job `job_id` past its first epoch (`what` says which job).
+async fn in_epochs(replica: &Server, job_id: &str, what: &str) {
+    eventually(what, || async { read_job(replica, job_id).await.filter(|job| job.epoch >= 1).map(drop) }).await;
 }
 
 /// Waits until every replica serves `expected` (a version and its seeded predictions).

@@ -40,7 +40,14 @@ fn sample(value: f32) -> Option<Sample> {
 /// Trains project "p" on `channel` to its end; returns the version made.
 async fn train(channel: &Channel, seed: u64) -> String {
     let parameters = TrainingParameters { epochs: 20, seed: Some(seed), learning_rate: 0.01, ..Default::default() };
-    let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None };
+    train_to_end(channel, "p", Some(parameters)).await.0
+}
+
+/// Trains `project` with `parameters` (the defaults when `None`) on `channel` to its end;
+/// returns the version made and how long the job took from the call until it succeeded.
+async fn train_to_end(channel: &Channel, project: &str, parameters: Option<TrainingParameters>) -> (String, Duration) {
+    let started = Instant::now();
+    let request = TrainRequest { project_id: project.into(), parameters, activate: None };
     let mut training = TrainingServiceClient::new(channel.clone());
     let job = training.train(request).await.unwrap().into_inner().job.unwrap();
     let mut stream = training.watch_training_job(WatchTrainingJobRequest { job_id: job.job_id }).await.unwrap();
@@ -50,7 +57,7 @@ async fn train(channel: &Channel, seed: u64) -> String {
     }
     let last = last.unwrap();
     assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
-    last.model_version
+    (last.model_version, started.elapsed())
 }
 
 /// Waits until `inference` answers with `version`.
@@ -71,23 +78,6 @@ fn image(i: usize) -> LabelledExample {
         class_name: format!("c{}", i % 10),
         ..Default::default()
     }
-}
-
-/// Trains project `project` head-only with the defaults on `channel`; returns the version made
-/// and how long the job took from the call until it succeeded.
-async fn train_head(channel: &Channel, project: &str) -> (String, Duration) {
-    let started = Instant::now();
-    let request = TrainRequest { project_id: project.into(), parameters: None, activate: None };
-    let mut training = TrainingServiceClient::new(channel.clone());
-    let job = training.train(request).await.unwrap().into_inner().job.unwrap();
-    let mut stream = training.watch_training_job(WatchTrainingJobRequest { job_id: job.job_id }).await.unwrap();
-    let mut last = None;
-    while let Some(record) = stream.get_mut().message().await.unwrap() {
-        last = Some(record);
-    }
-    let last = last.unwrap();
-    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
-    (last.model_version, started.elapsed())
 }
 
 /// Waits until every replica's cache has `project` at `version`.
@@ -123,12 +113,12 @@ async fn vgg16_rounds(channels: &[Channel], rounds: usize) -> Vec<(Duration, Dur
         async move { examples.add_examples(tokio_stream::iter([request])).await.unwrap() }
     };
     add(&channels[0], 0..16).await;
-    let (first, _) = train_head(&channels[1], "vgg").await;
+    let (first, _) = train_to_end(&channels[1], "vgg", None).await;
     active_everywhere(channels, "vgg", &first).await;
     let mut samples = Vec::new();
     for round in 0..rounds {
         add(&channels[round % 3], 16 + round..17 + round).await;
-        let (version, trained) = train_head(&channels[(round + 1) % 3], "vgg").await;
+        let (version, trained) = train_to_end(&channels[(round + 1) % 3], "vgg", None).await;
         let ended = Instant::now();
         active_everywhere(channels, "vgg", &version).await;
         samples.push((trained, ended.elapsed()));
