@@ -135,7 +135,7 @@ impl Pins<'_> {
             Place::Objects { objects, uses } => {
                 // Declared first: a collector elsewhere then keeps, or waits to remove, what
                 // this write may find there already.
-                uses.declare_object_uses("blobs", &sha256s)?;
+                uses.declare_object_uses(Kind::Blob, &sha256s)?;
                 let objects_to_put = sha256s.iter().cloned().zip(samples.iter().map(|bytes| bytes.to_vec())).collect();
                 objects.put_all(Kind::Blob, objects_to_put)?;
             }
@@ -208,7 +208,7 @@ impl BlobStore {
     pub fn declare_reads(&self, sha256s: &[String]) -> Result<(), BlobError> {
         match &self.place {
             Place::Dir(_) => Ok(()),
-            Place::Objects { uses, .. } => Ok(uses.declare_object_uses("blobs", sha256s)?),
+            Place::Objects { uses, .. } => Ok(uses.declare_object_uses(Kind::Blob, sha256s)?),
         }
     }
 
@@ -401,14 +401,8 @@ impl BlobStore {
             if self.in_use(&object.name) {
                 continue;
             }
-            let mut delete = || match objects.delete(Kind::Blob, &object.name) {
-                Ok(()) => true,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot remove an unreferenced blob");
-                    false
-                }
-            };
-            if uses.remove_unused_object("blobs", &object.name, round.grace, &mut delete)? {
+            let mut delete = || objects.delete_unreferenced(Kind::Blob, &object.name);
+            if uses.remove_unused_object(Kind::Blob, &object.name, round.grace, &mut delete)? {
                 collected.blobs += 1;
                 collected.bytes += object.size;
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::projects::ProjectSpec;
 
-use super::Failure;
+use super::{Failure, objects::Kind};
 
 /// A catalogue failure.
 #[derive(Debug, thiserror::Error)]
@@ -583,7 +583,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         Ok(Some(Alone::always()))
     }
 
-    /// Records that the objects `sha256s` of `kind` (`"blobs"`, `"weights"`) are about to be
+    /// Records that the objects `sha256s` of `kind` are about to be
     /// written, or read by a training job, on this server: a collector on another replica keeps
     /// them for its grace period from now (see
     /// [`remove_unused_object`](Self::remove_unused_object)). Call it before writing them. A
@@ -591,7 +591,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// [`StoreError`] on a database failure (then do not write them).
-    fn declare_object_uses(&self, _kind: &str, _sha256s: &[String]) -> Result<(), StoreError> {
+    fn declare_object_uses(&self, _kind: Kind, _sha256s: &[String]) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -605,7 +605,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure (`remove` has not run, or its removal stands).
     fn remove_unused_object(
         &self,
-        _kind: &str,
+        _kind: Kind,
         _sha256: &str,
         _grace: Duration,
         remove: &mut (dyn FnMut() -> bool + Send),

@@ -154,7 +154,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn prefix(self) -> &'static str {
+    /// Its name: the prefix its objects are under, and its name in the catalogue's records of
+    /// object uses.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Blob => "blobs",
             Self::Weights => "weights",
@@ -396,9 +398,9 @@ impl Objects {
     /// # Errors
     /// [`ObjectError::Store`] if the listing fails.
     pub fn list(&self, kind: Kind) -> Result<Vec<Listed>, ObjectError> {
-        let (store, path) = (self.store.clone(), self.path(kind.prefix()));
+        let (store, path) = (self.store.clone(), self.path(kind.name()));
         let result = self.wait(async move { store.list(Some(&path)).try_collect::<Vec<_>>().await });
-        let objects = result.map_err(|error| self.error("list", kind.prefix(), &error))?;
+        let objects = result.map_err(|error| self.error("list", kind.name(), &error))?;
         Ok(objects
             .into_iter()
             .filter_map(|meta| {
@@ -458,6 +460,18 @@ impl Objects {
                 message: format!("larger than {limit} bytes"),
                 failure: Failure::Permanent,
             }),
+        }
+    }
+
+    /// [`delete`](Self::delete) for a garbage collector: a failure is logged (the next round
+    /// tries again). Returns whether the object is gone.
+    pub fn delete_unreferenced(&self, kind: Kind, sha256: &str) -> bool {
+        match self.delete(kind, sha256) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(kind = kind.name(), %error, "cannot remove an unreferenced object");
+                false
+            }
         }
     }
 

@@ -39,6 +39,7 @@ use super::{
         self, Activation, Alone, Catalog, ExampleRow, Fence, JobRow, Lease, StoreError, StoredExample, StoredProject,
         Upsert, UpsertCounts, VersionRow, encode_spec,
     },
+    objects::Kind,
 };
 use crate::projects::ProjectSpec;
 
@@ -541,7 +542,7 @@ impl PostgresCatalog {
     fn check_declared(
         &self,
         transaction: &mut postgres::Transaction<'_>,
-        kind: &str,
+        kind: Kind,
         sha256s: &[&str],
     ) -> Result<(), StoreError> {
         if self.sharing == Sharing::Alone || sha256s.is_empty() {
@@ -549,7 +550,7 @@ impl PostgresCatalog {
         }
         let held = transaction.query(
             "SELECT sha256 FROM object_uses WHERE kind = $1 AND sha256 = ANY($2) ORDER BY sha256 FOR SHARE",
-            &[&kind, &sha256s],
+            &[&kind.name(), &sha256s],
         )?;
         if held.len() < sha256s.len() {
             return Err(StoreError::Collected);
@@ -642,7 +643,7 @@ impl Catalog for PostgresCatalog {
             let mut sha256s: Vec<&str> = examples.iter().map(|e| e.sha256.as_str()).collect();
             sha256s.sort_unstable();
             sha256s.dedup();
-            self.check_declared(&mut transaction, "blobs", &sha256s)?;
+            self.check_declared(&mut transaction, Kind::Blob, &sha256s)?;
             // One read for the whole batch and prepared writes: a round trip per changed
             // example instead of four. Decisions see the batch's own earlier writes.
             let ids: Vec<&str> = examples.iter().map(|e| e.external_id.as_str()).collect();
@@ -770,7 +771,7 @@ impl Catalog for PostgresCatalog {
         self.writer.run(|client| {
             let mut transaction = client.transaction()?;
             if let Some(weights) = &weights {
-                self.check_declared(&mut transaction, "weights", &[weights.as_str()])?;
+                self.check_declared(&mut transaction, Kind::Weights, &[weights.as_str()])?;
             }
             transaction.execute(
                 "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
@@ -834,7 +835,7 @@ impl Catalog for PostgresCatalog {
         }))
     }
 
-    fn declare_object_uses(&self, kind: &str, sha256s: &[String]) -> Result<(), StoreError> {
+    fn declare_object_uses(&self, kind: Kind, sha256s: &[String]) -> Result<(), StoreError> {
         if self.sharing == Sharing::Alone || sha256s.is_empty() {
             return Ok(());
         }
@@ -848,7 +849,7 @@ impl Catalog for PostgresCatalog {
                 client.execute(
                     "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
                      ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
-                    &[&kind, &chunk],
+                    &[&kind.name(), &chunk],
                 )?;
                 Ok(())
             })?;
@@ -858,7 +859,7 @@ impl Catalog for PostgresCatalog {
 
     fn remove_unused_object(
         &self,
-        kind: &str,
+        kind: Kind,
         sha256: &str,
         grace: Duration,
         remove: &mut (dyn FnMut() -> bool + Send),
@@ -872,21 +873,21 @@ impl Catalog for PostgresCatalog {
             // A row to lock even for an object never declared: a declaration now waits for it.
             transaction.execute(
                 "INSERT INTO object_uses (kind, sha256, used_at) VALUES ($1, $2, '-infinity') ON CONFLICT DO NOTHING",
-                &[&kind, &sha256],
+                &[&kind.name(), &sha256],
             )?;
             let recent: bool = transaction
                 .query_one(
                     "SELECT used_at > clock_timestamp() - $3::float8 * interval '1 millisecond' FROM object_uses
                      WHERE kind = $1 AND sha256 = $2 FOR UPDATE",
-                    &[&kind, &sha256, &grace],
+                    &[&kind.name(), &sha256, &grace],
                 )?
                 .get(0);
             // Referenced since the round read the references (a long round): it stays.
             let referenced: bool = match kind {
-                "blobs" => transaction
+                Kind::Blob => transaction
                     .query_one("SELECT EXISTS (SELECT 1 FROM examples WHERE sha256 = $1)", &[&sha256])?
                     .get(0),
-                _ => transaction
+                Kind::Weights => transaction
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM model_versions WHERE strpos(manifest, $1) > 0)",
                         &[&sha256],
@@ -896,7 +897,7 @@ impl Catalog for PostgresCatalog {
             if recent || referenced || !remove() {
                 return Ok(false);
             }
-            transaction.execute("DELETE FROM object_uses WHERE kind = $1 AND sha256 = $2", &[&kind, &sha256])?;
+            transaction.execute("DELETE FROM object_uses WHERE kind = $1 AND sha256 = $2", &[&kind.name(), &sha256])?;
             transaction.commit()?;
             Ok(true)
         })
@@ -1315,15 +1316,18 @@ mod tests {
         let (writer, collector) = (replica("writer"), replica("collector"));
         let hour = Duration::from_secs(3600);
         let (declared, undeclared) = ("a".repeat(64), "b".repeat(64));
-        writer.declare_object_uses("blobs", std::slice::from_ref(&declared)).unwrap();
+        writer.declare_object_uses(Kind::Blob, std::slice::from_ref(&declared)).unwrap();
         let mut removals = 0;
         let mut count = || {
             removals += 1;
             true
         };
-        assert!(!collector.remove_unused_object("blobs", &declared, hour, &mut count).unwrap(), "declared just now");
-        assert!(!collector.remove_unused_object("blobs", &declared, Duration::ZERO, &mut count).unwrap(), "the floor");
-        assert!(collector.remove_unused_object("weights", &declared, hour, &mut count).unwrap(), "another kind");
+        assert!(!collector.remove_unused_object(Kind::Blob, &declared, hour, &mut count).unwrap(), "declared just now");
+        assert!(
+            !collector.remove_unused_object(Kind::Blob, &declared, Duration::ZERO, &mut count).unwrap(),
+            "the floor"
+        );
+        assert!(collector.remove_unused_object(Kind::Weights, &declared, hour, &mut count).unwrap(), "another kind");
         assert_eq!(removals, 1);
         // While the removal of an object runs, a declaration of it waits until it is over (and
         // then writes the object again).
@@ -1333,7 +1337,7 @@ mod tests {
             let (writer, undeclared, done) = (&writer, &undeclared, &done);
             scope.spawn(move || {
                 start.recv().unwrap();
-                writer.declare_object_uses("blobs", std::slice::from_ref(undeclared)).unwrap();
+                writer.declare_object_uses(Kind::Blob, std::slice::from_ref(undeclared)).unwrap();
                 done.store(true, Ordering::SeqCst);
             });
             let mut remove = || {
@@ -1341,10 +1345,13 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(500));
                 !done.load(Ordering::SeqCst)
             };
-            collector.remove_unused_object("blobs", undeclared, hour, &mut remove).unwrap()
+            collector.remove_unused_object(Kind::Blob, undeclared, hour, &mut remove).unwrap()
         });
         assert!(waited, "the declaration waited for the removal");
-        assert!(!collector.remove_unused_object("blobs", &undeclared, hour, &mut || true).unwrap(), "declared since");
+        assert!(
+            !collector.remove_unused_object(Kind::Blob, &undeclared, hour, &mut || true).unwrap(),
+            "declared since"
+        );
         // A write naming an object that is not declared (removed after a write that took too
         // long) is refused, as retryable; declared, it goes through.
         writer.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
@@ -1352,23 +1359,26 @@ mod tests {
         example.sha256 = "e".repeat(64);
         let refused = writer.upsert_examples("cars", std::slice::from_ref(&example)).unwrap_err();
         assert!(matches!(refused, StoreError::Collected) && refused.failure() == Failure::Transient, "{refused}");
-        writer.declare_object_uses("blobs", std::slice::from_ref(&example.sha256)).unwrap();
+        writer.declare_object_uses(Kind::Blob, std::slice::from_ref(&example.sha256)).unwrap();
         writer.upsert_examples("cars", std::slice::from_ref(&example)).unwrap();
         let manifest = serde_json::json!({ "weights_sha256": "f".repeat(64) }).to_string();
         assert!(matches!(writer.record_version("cars", "v1", 1, &manifest, 0), Err(StoreError::Collected)));
-        writer.declare_object_uses("weights", &["f".repeat(64)]).unwrap();
+        writer.declare_object_uses(Kind::Weights, &["f".repeat(64)]).unwrap();
         writer.record_version("cars", "v1", 1, &manifest, 0).unwrap();
         // Declared long ago but referenced since the round read the references: it stays.
         let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
         admin.execute("UPDATE object_uses SET used_at = '-infinity'", &[]).unwrap();
-        for (kind, sha256) in [("blobs", "e".repeat(64)), ("weights", "f".repeat(64))] {
-            assert!(!collector.remove_unused_object(kind, &sha256, hour, &mut || true).unwrap(), "{kind} referenced");
+        for (kind, sha256) in [(Kind::Blob, "e".repeat(64)), (Kind::Weights, "f".repeat(64))] {
+            assert!(!collector.remove_unused_object(kind, &sha256, hour, &mut || true).unwrap(), "{kind:?} referenced");
         }
-        assert!(collector.remove_unused_object("blobs", &declared, hour, &mut || true).unwrap(), "unreferenced, old");
+        assert!(
+            collector.remove_unused_object(Kind::Blob, &declared, hour, &mut || true).unwrap(),
+            "unreferenced, old"
+        );
         // A server alone on its database records nothing and removes what it is asked to.
         drop((writer, collector));
         let alone = PostgresCatalog::open(&url, None).unwrap();
-        assert!(alone.remove_unused_object("blobs", &undeclared, hour, &mut || true).unwrap());
+        assert!(alone.remove_unused_object(Kind::Blob, &undeclared, hour, &mut || true).unwrap());
     }
 
     #[test]

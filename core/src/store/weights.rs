@@ -221,7 +221,7 @@ impl ModelsDir {
         remote.publications.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).open += 1;
         let published = Published { publications: Some(remote.publications.clone()) };
         // Declared first, for the collectors of other replicas (see `Catalog::remove_unused_object`).
-        remote.catalog.declare_object_uses("weights", &[sha256.to_owned()])?;
+        remote.catalog.declare_object_uses(Kind::Weights, &[sha256.to_owned()])?;
         remote.objects.put(Kind::Weights, sha256, bytes.to_vec())?;
         Ok(published)
     }
@@ -255,14 +255,8 @@ impl ModelsDir {
             if before.0 > 0 || counts(&publications) != before || !alone.still() {
                 return Ok(removed);
             }
-            let mut delete = || match remote.objects.delete(Kind::Weights, &object.name) {
-                Ok(()) => true,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot remove unreferenced model weights");
-                    false
-                }
-            };
-            if remote.catalog.remove_unused_object("weights", &object.name, grace, &mut delete)? {
+            let mut delete = || remote.objects.delete_unreferenced(Kind::Weights, &object.name);
+            if remote.catalog.remove_unused_object(Kind::Weights, &object.name, grace, &mut delete)? {
                 removed += 1;
             }
         }
