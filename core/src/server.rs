@@ -33,7 +33,7 @@ use crate::{
         catalog::{Catalog, StoreError},
         gc::GarbageCollector,
         objects::{ObjectError, Objects},
-        plugins::{PublishedPlugins, keep_synced},
+        plugins::{PublishedPlugins, SYNC_INTERVAL, keep_synced},
         postgres::{OpenError, PostgresCatalog, Sharing},
         sqlite::SqliteCatalog,
     },
@@ -210,7 +210,7 @@ impl Server {
         let published = objects
             .as_ref()
             .filter(|_| config.published_plugins)
-            .map(|objects| PublishedPlugins::new(objects.clone(), data_dir.path().join("published-plugins")));
+            .map(|objects| PublishedPlugins::new(objects.clone(), data_dir.published_plugins_dir()));
         if let Some(published) = &published {
             heuristics = heuristics.with_published(published.dir().to_owned())?;
         }
@@ -224,7 +224,7 @@ impl Server {
         if let Some(mut published) = published {
             tracing::info!(
                 dir = %published.dir().display(),
-                every_secs = crate::store::plugins::SYNC_INTERVAL.as_secs(),
+                every_secs = SYNC_INTERVAL.as_secs(),
                 "published plugins: copying those under the object store's plugins/ prefix"
             );
             if let Err(error) = published.sync() {

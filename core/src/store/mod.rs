@@ -271,6 +271,12 @@ impl DataDir {
     pub fn plugin_copies_dir(&self) -> PathBuf {
         self.path.join("plugin-copies")
     }
+
+    /// Where the plugins published in the object store are copied (`<dir>/published-plugins`,
+    /// see [`plugins`]).
+    pub fn published_plugins_dir(&self) -> PathBuf {
+        self.path.join("published-plugins")
+    }
 }
 
 /// `time` as milliseconds since the Unix epoch, the unit of every stored timestamp (0 before
