@@ -242,6 +242,9 @@ async fn triggers_coalesce_and_predictions_keep_the_old_version_while_a_job_runs
     let queued = server.training.train(train_request(5)).await.unwrap().into_inner();
     assert!(!queued.coalesced);
     assert_eq!(queued.job.as_ref().unwrap().state, JobState::Queued as i32);
+    // Watched while it is queued (the long job runs), and read to its end below.
+    let request = WatchTrainingJobRequest { job_id: queued.job.as_ref().unwrap().job_id.clone() };
+    let mut watching = server.training.watch_training_job(request).await.unwrap().into_inner();
     let merged = server.training.train(train_request(5)).await.unwrap().into_inner();
     assert!(merged.coalesced);
     assert_eq!(merged.job.unwrap().job_id, queued.job.as_ref().unwrap().job_id);
@@ -250,8 +253,11 @@ async fn triggers_coalesce_and_predictions_keep_the_old_version_while_a_job_runs
     assert_eq!(classes, ["low", "high"]);
     let first = watch(&mut server, &running.job.unwrap().job_id).await;
     assert_eq!(first.last().unwrap().model_version, "v2");
-    // Watched from its queued state, which it leaves when the job before it ends.
-    let second = watch(&mut server, &queued.job.unwrap().job_id).await;
+    // Followed from its queued state, which it leaves when the job before it ends.
+    let mut second = Vec::new();
+    while let Some(record) = watching.message().await.unwrap() {
+        second.push(record);
+    }
     assert_eq!(second.first().unwrap().state, JobState::Queued as i32);
     assert_eq!(second.last().unwrap().model_version, "v3");
     assert_eq!(active_version(&mut server).await, "v3");
