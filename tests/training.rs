@@ -560,7 +560,7 @@ async fn seeded_probabilities(server: &mut Server) -> (String, Vec<f32>) {
 
 // Multi-threaded so the client answers the server's GOAWAY while the test waits for the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn head_only_versions_store_the_head_and_name_their_backbone() {
+async fn head_only_versions_store_the_last_layer_and_name_their_backbone() {
     let mut server = server_with_examples(10, &[]).await;
     train_to_end(&mut server, 5).await; // v1: head-only on the initial weights
     let mut full = train_request(5);
@@ -581,9 +581,9 @@ async fn head_only_versions_store_the_head_and_name_their_backbone() {
         serde_json::from_slice(&std::fs::read(dir.join(version).join("manifest.json")).unwrap()).unwrap()
     };
     let (v1, v2, v3) = (manifest("v1"), manifest("v2"), manifest("v3"));
-    assert_eq!((v1["weights"].as_str(), v1["backbone_version"].as_str()), (Some("head"), Some("")));
+    assert_eq!((v1["weights"].as_str(), v1["backbone_version"].as_str()), (Some("last_layer"), Some("")));
     assert_eq!((v2["weights"].as_str(), v2["backbone_version"].as_str()), (Some("full"), Some("v2")));
-    assert_eq!((v3["weights"].as_str(), v3["backbone_version"].as_str()), (Some("head"), Some("v2")));
+    assert_eq!((v3["weights"].as_str(), v3["backbone_version"].as_str()), (Some("last_layer"), Some("v2")));
     assert_eq!(v3["backbone_sha256"], v2["weights_sha256"]);
     let versions = server.versions.list_model_versions(ListModelVersionsRequest { project_id: "p".into() });
     let versions = versions.await.unwrap().into_inner().versions;
@@ -601,12 +601,16 @@ async fn head_only_versions_store_the_head_and_name_their_backbone() {
     server.versions.activate_model_version(rollback).await.unwrap();
     assert_eq!(predict(&mut server).await.unwrap().0, "v1");
 
-    // A corrupted backbone version is caught when a version that references it loads.
+    // A corrupted backbone version is caught when a version that references it loads from its
+    // files. (Until the restart, the v3 model still in memory holds v2's backbone, checked when
+    // it loaded, and v3 would be built on it without reading v2.)
     let weights = dir.join("v2/weights.safetensors");
     let mut corrupted = std::fs::read(&weights).unwrap();
     let middle = corrupted.len() / 2;
     corrupted[middle] ^= 0xff;
     std::fs::write(&weights, corrupted).unwrap();
+    assert!(server.process.terminate().success());
+    let mut server = start(server.dirs, &[], &[]).await;
     let refused = ActivateModelVersionRequest { project_id: "p".into(), version: "v3".into() };
     let error = server.versions.activate_model_version(refused).await.unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);

@@ -6,7 +6,8 @@ use std::collections::{
     hash_map::Entry::{Occupied, Vacant},
 };
 
-use crate::models::McModel;
+use super::worker::Backbone;
+use crate::models::{McModel, SharedVariables};
 
 /// Identifies one loadable model: a project, its active version and its spec's fingerprint (a
 /// changed spec is a different model).
@@ -59,6 +60,19 @@ impl ModelCache {
         self.entries.contains_key(key)
     }
 
+    /// The variables of a model of `backbone`'s project and fingerprint whose
+    /// [`McModel::frozen`] matches (without marking it used).
+    pub fn shared(&self, backbone: &Backbone) -> Option<SharedVariables> {
+        self.entries
+            .iter()
+            .find(|(key, entry)| {
+                key.project == backbone.project
+                    && key.fingerprint == backbone.fingerprint
+                    && entry.model.frozen() == Some(backbone.frozen.as_str())
+            })
+            .map(|(_, entry)| entry.model.shared_variables())
+    }
+
     /// Puts `model` in for `key`, replacing what was there, as the most recently used model.
     /// Call [`trim`](Self::trim) afterwards to get back within the budget.
     pub fn insert(&mut self, key: ModelKey, model: McModel) {
@@ -91,5 +105,28 @@ impl ModelCache {
     /// Number of loaded models.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{models::files::ModelFiles, projects::spec::tests::spec};
+
+    #[test]
+    fn a_backbone_is_shared_only_by_a_model_of_the_same_project_spec_and_weights() {
+        let model = McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap();
+        let mut cache = ModelCache::new(usize::MAX);
+        cache.insert(ModelKey { project: "cars".into(), version: "v1".into(), fingerprint: 7 }, model);
+        let wanted = |project: &str, fingerprint, frozen: &str| Backbone {
+            project: project.into(),
+            fingerprint,
+            frozen: frozen.into(),
+        };
+        let shared = cache.shared(&wanted("cars", 7, "initial")).expect("the cached model's backbone");
+        assert!(shared.contains_key("backbone.conv1.weight") && shared.contains_key("head.fc.weight"));
+        for other in [wanted("trucks", 7, "initial"), wanted("cars", 8, "initial"), wanted("cars", 7, "sha256:00")] {
+            assert!(cache.shared(&other).is_none(), "{} {} {}", other.project, other.fingerprint, other.frozen);
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::{
     projects::{Project, ProjectSpec, UNTRAINED_VERSION},
 };
 use cache::ModelKey;
-use worker::{Command, Job, Loaded, WorkerConfig};
+use worker::{Backbone, Command, Job, Loaded, WorkerConfig};
 
 /// Heuristic inputs up to this many values (N·C·K) are scored on the async thread: a few
 /// microseconds of work, cheaper than a hop to the blocking pool.
@@ -213,7 +213,8 @@ impl Engine {
     /// Loads the model `project` serves at its `active_version` from its files (checksums
     /// checked, even when a copy is cached: the files are what a restart serves) onto the
     /// worker's device, on the calling thread, and puts it in the worker's cache; returns once
-    /// it is there. The activating caller swaps the version in only after this returns ("load
+    /// it is there. A head-only version whose backbone a cached model already holds (checked
+    /// when that model loaded) shares it: only the version's own file is read. The activating caller swaps the version in only after this returns ("load
     /// first, then swap"): until then requests keep getting the old version, and neither they
     /// nor the worker wait for the load. Blocks: call it from a blocking thread, never from
     /// async code.
@@ -225,7 +226,14 @@ impl Engine {
     pub fn load_blocking(&self, project: &Project) -> Result<(), EngineError> {
         let (key, spec, trained) = self.model_of(project);
         let (device, files, models_dir) = (self.config.device, &self.config.model_files, &self.config.models_dir);
-        let model = worker::load_model(&key, &spec, trained, models_dir, device, files).map_err(|error| {
+        let shared = |frozen: &str| {
+            let backbone =
+                Backbone { project: key.project.clone(), fingerprint: key.fingerprint, frozen: frozen.into() };
+            let (reply, answer) = oneshot::channel();
+            self.commands.send(Command::Shared(backbone, reply)).ok()?;
+            answer.blocking_recv().ok().flatten()
+        };
+        let model = worker::load_model(&key, &spec, trained, models_dir, device, files, &shared).map_err(|error| {
             let first_line = crate::errors::first_line(&error);
             tracing::warn!(project = %key.project, version = %key.version, error = %first_line, "model failed to load");
             EngineError::from(ModelFailure::from(&error))

@@ -2,7 +2,8 @@
 //! takes jobs from a bounded queue, batches compatible jobs dynamically and runs MC-Dropout.
 //! It also takes models loaded elsewhere into its cache: an activation loads the new version on
 //! its own thread, before the version is swapped in, so that neither the requests of the new
-//! version nor the worker wait for that load.
+//! version nor the worker wait for that load. Such a load may share the backbone of a model the
+//! worker holds (`Command::Shared`): a head-only version then costs its head alone.
 //!
 //! Dynamic batching: jobs of the same model and K are merged until their work (samples × K)
 //! reaches the budget or the first job has waited `max_wait`, as in Triton's dynamic batcher
@@ -24,7 +25,7 @@ use super::cache::{ModelCache, ModelKey};
 use crate::{
     metrics::Metrics,
     models::{
-        McModel, ModelError,
+        McModel, ModelError, SharedVariables,
         random::{self, Generator},
     },
     projects::ProjectSpec,
@@ -107,6 +108,19 @@ pub enum Command {
     Forget(String),
     /// Answer whether a model is in the cache.
     Has(ModelKey, oneshot::Sender<bool>),
+    /// Answer with the variables of a cached model of the project and spec fingerprint whose
+    /// [`McModel::frozen`] is the one given, if there is one.
+    Shared(Backbone, oneshot::Sender<Option<SharedVariables>>),
+}
+
+/// A backbone wanted by a load: which project and spec, and its [`McModel::frozen`] value.
+pub struct Backbone {
+    /// Project id.
+    pub project: String,
+    /// The spec's fingerprint ([`ModelKey::fingerprint`]).
+    pub fingerprint: u64,
+    /// What the variables outside the last layer hold.
+    pub frozen: String,
 }
 
 /// Batching and cache settings.
@@ -177,6 +191,9 @@ impl Worker {
                 Command::Has(key, reply) => {
                     let _ = reply.send(self.cache.contains(&key));
                 }
+                Command::Shared(backbone, reply) => {
+                    let _ = reply.send(self.cache.shared(&backbone));
+                }
             }
         }
     }
@@ -214,6 +231,9 @@ impl Worker {
                 Ok(Command::Has(key, reply)) => {
                     let _ = reply.send(self.cache.contains(&key));
                 }
+                Ok(Command::Shared(backbone, reply)) => {
+                    let _ = reply.send(self.cache.shared(&backbone));
+                }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -242,7 +262,7 @@ impl Worker {
         let (device, files, models_dir) = (self.device, &self.config.model_files, &self.config.models_dir);
         let result = self
             .cache
-            .get_or_load(&key, || load_model(&key, &spec, trained, models_dir, device, files))
+            .get_or_load(&key, || load_model(&key, &spec, trained, models_dir, device, files, &|_| None))
             .and_then(|model| run(model, &spec, &live, samples, k, seed, live.iter().any(|job| job.embeddings)));
         let computed = started.elapsed();
         self.metrics.observe_batch(&key.project, &key.version, samples, computed);
@@ -276,7 +296,8 @@ impl Worker {
 }
 
 /// Loads `key`'s model onto `device`: trained version `key.version` from `models_dir`
-/// (fetched from the object store first if needed), else the initial weights.
+/// (fetched from the object store first if needed), else the initial weights. A head-only
+/// version shares the backbone `shared` gives for its [`McModel::frozen`] value, if it gives one.
 ///
 /// # Errors
 /// [`ModelError`] naming the file at fault (missing, corrupt, checksum mismatch), or
@@ -288,6 +309,7 @@ pub fn load_model(
     models_dir: &crate::store::ModelsDir,
     device: Device,
     files: &crate::models::files::ModelFiles,
+    shared: &dyn Fn(&str) -> Option<SharedVariables>,
 ) -> Result<McModel, ModelError> {
     let loading = Instant::now();
     let model = if trained {
@@ -296,7 +318,7 @@ pub fn load_model(
             let transient = error.failure() != crate::store::Failure::Permanent;
             ModelError::Fetch { version: key.version.clone(), transient }
         })?;
-        McModel::load_version(spec, &dir, files, device)?
+        McModel::load_version(spec, &dir, files, device, shared)?
     } else {
         McModel::load(spec, files, device)?
     };

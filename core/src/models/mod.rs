@@ -4,7 +4,9 @@
 //! A model is a deterministic backbone and a stochastic head. MC-Dropout runs the backbone once
 //! per sample and the head K times on the repeated features, `[K·B, D]` in one call; the head's
 //! dropout masks come from the running job's own generator ([`random`]). A trained version loads
-//! whole, or as a head on the backbone of the version it names ([`McModel::load_version`]).
+//! whole, or as a head on the backbone of the version it names ([`McModel::load_version`]); a
+//! head-only version whose backbone another loaded model already holds shares that model's
+//! tensors instead of reading them again.
 
 mod architectures;
 pub mod files;
@@ -18,7 +20,10 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor, nn, nn::ModuleT};
 
-use self::files::{ModelFileError, ModelFiles};
+use self::{
+    architectures::{Fill, Shape},
+    files::{ModelFileError, ModelFiles},
+};
 use crate::projects::ProjectSpec;
 
 /// Why a model could not be built or loaded. Messages name the file (as the client gave it) or
@@ -93,7 +98,17 @@ pub struct McModel {
     classes: i64,
     /// Bytes of parameters and buffers.
     bytes: usize,
+    /// What every variable outside the head's last layer holds (see [`McModel::frozen`]).
+    frozen: Option<String>,
 }
+
+/// Variables of a loaded model by name, sharing its storage: what a head-only version on the
+/// same backbone is built from ([`McModel::load_version`]).
+pub type SharedVariables = std::collections::HashMap<String, Tensor>;
+
+/// [`McModel::frozen`] of a model whose variables outside the last layer are the spec's
+/// initial weights.
+const INITIAL_WEIGHTS: &str = "initial";
 
 impl std::fmt::Debug for McModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,8 +130,12 @@ impl ModelError {
 
 /// Manifest `weights` of a version whose file holds every variable (also manifests without it).
 pub const FULL_WEIGHTS: &str = "full";
-/// Manifest `weights` of a head-only version: its file holds the head's variables alone.
+/// Manifest `weights` of a head-only version written before `last_layer` (or on a parent of
+/// that kind): its file holds every variable of the head.
 pub const HEAD_WEIGHTS: &str = "head";
+/// Manifest `weights` of a head-only version: its file holds the head's last linear layer alone
+/// (for VGG16 `classifier.6`, 160 KB at 10 classes); every other variable is its backbone's.
+pub const LAST_LAYER_WEIGHTS: &str = "last_layer";
 
 /// A version's manifest and its verified `weights.safetensors` bytes.
 fn read_version(dir: &Path) -> Result<(serde_json::Value, Vec<u8>), ModelError> {
@@ -151,6 +170,19 @@ fn sibling_version(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     Some(dir.parent()?.join(name))
 }
 
+fn shape(spec: &ProjectSpec) -> Shape {
+    let p = &spec.preprocessing;
+    Shape {
+        input: (i64::from(p.channels), i64::from(p.height), i64::from(p.width)),
+        classes: spec.classes.len() as i64,
+        head_dropout: f64::from(spec.model.head_dropout),
+    }
+}
+
+fn starts_with_any(name: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|prefix| name.starts_with(prefix))
+}
+
 /// The seed of a spec's initial random parameters: the first 8 bytes of its model fingerprint.
 fn initial_seed(spec: &ProjectSpec) -> i64 {
     let fingerprint = spec.model_fingerprint();
@@ -172,17 +204,9 @@ impl McModel {
         let _guard = tch::no_grad_guard();
         let _generator = random::libtorch_generator();
         tch::manual_seed(initial_seed(spec));
-        let classes = spec.classes.len() as i64;
-        let p = &spec.preprocessing;
-        let input = (i64::from(p.channels), i64::from(p.height), i64::from(p.width));
+        let shape = shape(spec);
         let mut vs = nn::VarStore::new(device);
-        let net = match architectures::build(
-            &vs.root(),
-            spec.model.architecture,
-            input,
-            classes,
-            f64::from(spec.model.head_dropout),
-        ) {
+        let net = match architectures::build(&vs.root(), spec.model.architecture, shape, Fill::Random) {
             Some(network) => {
                 if let Some(path) = &spec.model.weights_path {
                     let bytes = files.read(path)?;
@@ -199,13 +223,58 @@ impl McModel {
                 }
                 Net::Builtin(network)
             }
-            None => load_torchscript(spec, files, device, input)?,
+            None => load_torchscript(spec, files, device, shape.input)?,
         };
         // Back to an unpredictable state: later unseeded requests must not replay the draws
         // that follow this spec's seed.
         tch::manual_seed(fastrand::i64(..));
+        let frozen = matches!(net, Net::Builtin(_)).then(|| INITIAL_WEIGHTS.to_owned());
+        Ok(Self::from_parts(vs, net, device, shape.classes, frozen))
+    }
+
+    fn from_parts(vs: nn::VarStore, net: Net, device: Device, classes: i64, frozen: Option<String>) -> Self {
         let bytes = vs.variables().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
-        Ok(Self { vs, net, device, classes, bytes })
+        Self { vs, net, device, classes, bytes, frozen }
+    }
+
+    /// `spec`'s built-in network with every parameter zero, for a caller that replaces them all
+    /// next (no random draws: for VGG16 they would cost about half a second).
+    fn zeros(spec: &ProjectSpec, device: Device) -> Result<Self, ModelError> {
+        let shape = shape(spec);
+        let vs = nn::VarStore::new(device);
+        let network =
+            architectures::build(&vs.root(), spec.model.architecture, shape, Fill::Zeros).ok_or_else(|| {
+                ModelError::TorchScript {
+                    path: spec.model.torchscript_path.clone().unwrap_or_default(),
+                    message: "weights live in the TorchScript file".into(),
+                }
+            })?;
+        Ok(Self::from_parts(vs, Net::Builtin(network), device, shape.classes, None))
+    }
+
+    /// What every variable outside the head's last linear layer holds: `initial` (the spec's
+    /// initial weights) or `sha256:<hex>` (those of the fully fine-tuned version whose weights
+    /// file has that checksum); `None` when no such statement holds (TorchScript, a version
+    /// whose head file changed more than the last layer). Two models of one spec with the
+    /// same `Some` value differ in the last layer at most.
+    pub fn frozen(&self) -> Option<&str> {
+        self.frozen.as_deref()
+    }
+
+    /// The variables, sharing their storage (no copy), for [`load_version`](Self::load_version)
+    /// of a head-only version on the same backbone. Only read by whoever receives them.
+    pub fn shared_variables(&self) -> SharedVariables {
+        self.vs.variables()
+    }
+
+    /// Whether the head is its last linear layer alone (every architecture but VGG16).
+    pub fn head_is_last_layer(&self) -> bool {
+        match &self.net {
+            Net::Builtin(network) => self.vs.variables().keys().all(|name| {
+                !starts_with_any(name, network.head_prefixes) || starts_with_any(name, network.last_layer_prefixes)
+            }),
+            _ => false,
+        }
     }
 
     /// Device the model runs on.
@@ -251,10 +320,13 @@ impl McModel {
 impl McModel {
     /// Loads a trained model version from `dir` (`manifest.json` + `weights.safetensors`): the
     /// weights must hash to the manifest's `weights_sha256` and fit the architecture exactly.
-    /// A head-only version (manifest `weights: "head"`) holds the head alone: its backbone is
-    /// that of the version named by `backbone_version`, a sibling directory whose checksum must
-    /// match the manifest's `backbone_sha256` too, or, when that is empty, the project's initial
-    /// weights, read through `files`.
+    /// A head-only version (manifest `weights: "last_layer"`, or `"head"` for the whole head)
+    /// holds those variables alone; every other one is its backbone's: that of the version
+    /// named by `backbone_version`, a sibling directory whose checksum must match the
+    /// manifest's `backbone_sha256` too, or, when that is empty, the project's initial weights,
+    /// read through `files`. For a `last_layer` version, `shared` is asked first for a loaded
+    /// model's variables with that backbone (its [`frozen`](Self::frozen) value): given them,
+    /// the new model shares their storage and reads nothing but its own file.
     ///
     /// # Errors
     /// [`ModelError::Version`] for missing files or a checksum mismatch (corruption);
@@ -264,49 +336,76 @@ impl McModel {
         dir: &Path,
         files: &ModelFiles,
         device: Device,
+        shared: &dyn Fn(&str) -> Option<SharedVariables>,
     ) -> Result<Self, ModelError> {
         let error = |message: String| ModelError::Version { dir: dir.to_owned(), message };
         let (manifest, bytes) = read_version(dir)?;
         let weights_file = Path::new("weights.safetensors");
-        match manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) {
-            FULL_WEIGHTS => Self::with_weights(spec, &bytes, device),
-            HEAD_WEIGHTS => {
-                let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
-                let mut model = if backbone.is_empty() {
-                    Self::load(spec, files, device)?
-                } else {
-                    let backbone_dir = sibling_version(dir, backbone)
-                        .ok_or_else(|| error(format!("backbone_version {backbone:?} is not a version name")))?;
-                    let (backbone_manifest, backbone_bytes) = read_version(&backbone_dir)?;
-                    let (expected, actual) = (&manifest["backbone_sha256"], &backbone_manifest["weights_sha256"]);
-                    if backbone_manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) != FULL_WEIGHTS
-                        || expected != actual
-                    {
-                        return Err(error(format!(
-                            "its backbone, version {backbone}, is not the one it was trained on (sha256 {actual}, manifest says {expected})"
-                        )));
-                    }
-                    Self::with_weights(spec, &backbone_bytes, device)?
-                };
-                let Net::Builtin(network) = &model.net else {
-                    return Err(error("a head-only version of a TorchScript model".into()));
-                };
-                let prefixes = network.head_prefixes;
-                weights::load_head(&mut model.vs, weights_file, &bytes, prefixes)?;
-                Ok(model)
-            }
-            other => Err(error(format!("unknown weights scope {other:?} in manifest.json"))),
+        let scope = manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS);
+        if scope == FULL_WEIGHTS {
+            let mut model = Self::with_weights(spec, &bytes, device)?;
+            model.frozen = Some(format!("sha256:{}", manifest["weights_sha256"].as_str().unwrap_or_default()));
+            return Ok(model);
         }
+        if scope != HEAD_WEIGHTS && scope != LAST_LAYER_WEIGHTS {
+            return Err(error(format!("unknown weights scope {scope:?} in manifest.json")));
+        }
+        let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
+        let frozen = match backbone {
+            "" => INITIAL_WEIGHTS.to_owned(),
+            _ => format!("sha256:{}", manifest["backbone_sha256"].as_str().unwrap_or_default()),
+        };
+        let sharing = if scope == LAST_LAYER_WEIGHTS { shared(&frozen) } else { None };
+        let mut model = match sharing {
+            Some(variables) => Self::sharing(spec, device, &variables)?,
+            None if backbone.is_empty() => Self::load(spec, files, device)?,
+            None => {
+                let backbone_dir = sibling_version(dir, backbone)
+                    .ok_or_else(|| error(format!("backbone_version {backbone:?} is not a version name")))?;
+                let (backbone_manifest, backbone_bytes) = read_version(&backbone_dir)?;
+                let (expected, actual) = (&manifest["backbone_sha256"], &backbone_manifest["weights_sha256"]);
+                if backbone_manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) != FULL_WEIGHTS || expected != actual {
+                    return Err(error(format!(
+                        "its backbone, version {backbone}, is not the one it was trained on (sha256 {actual}, manifest says {expected})"
+                    )));
+                }
+                Self::with_weights(spec, &backbone_bytes, device)?
+            }
+        };
+        let Net::Builtin(network) = &model.net else {
+            return Err(error("a head-only version of a TorchScript model".into()));
+        };
+        let prefixes = if scope == LAST_LAYER_WEIGHTS { network.last_layer_prefixes } else { network.head_prefixes };
+        weights::load_head(&mut model.vs, weights_file, &bytes, prefixes)?;
+        model.frozen = (scope == LAST_LAYER_WEIGHTS || model.head_is_last_layer()).then_some(frozen);
+        Ok(model)
     }
 
     /// The built-in model of `spec` with all its weights from safetensors `bytes` (verified by
     /// the caller): a trained version needs no client file.
     fn with_weights(spec: &ProjectSpec, bytes: &[u8], device: Device) -> Result<Self, ModelError> {
-        let mut untrained = spec.clone();
-        untrained.model.weights_path = None;
-        untrained.model.pretrained = None;
-        let mut model = Self::load(&untrained, &ModelFiles::none(), device)?;
+        let mut model = Self::zeros(spec, device)?;
         weights::load(&mut model.vs, Path::new("weights.safetensors"), bytes, &[])?;
+        Ok(model)
+    }
+
+    /// The built-in model of `spec` whose variables outside the head's last layer are those of
+    /// `shared`, storage and all (no copy); the last layer is zeros until it is loaded.
+    fn sharing(spec: &ProjectSpec, device: Device, shared: &SharedVariables) -> Result<Self, ModelError> {
+        let model = Self::zeros(spec, device)?;
+        let Net::Builtin(network) = &model.net else { unreachable!("zeros builds built-in networks") };
+        let error = |message: String| ModelError::Weights { path: "shared backbone".into(), message };
+        for (name, mut variable) in model.vs.variables() {
+            if starts_with_any(&name, network.last_layer_prefixes) {
+                continue;
+            }
+            let source = shared.get(&name).ok_or_else(|| error(format!("tensor {name} is missing")))?;
+            if source.size() != variable.size() {
+                return Err(error(weights::shape_mismatch(&name, source, &variable)));
+            }
+            // The variable's own zeros are dropped; the layers holding it see the shared data.
+            variable.f_set_data(source)?;
+        }
         Ok(model)
     }
 
@@ -326,6 +425,20 @@ impl McModel {
     /// The variables of a built-in model, for an optimiser; `None` for TorchScript models.
     pub fn variables(&self) -> Option<&nn::VarStore> {
         matches!(self.net, Net::Builtin(_)).then_some(&self.vs)
+    }
+
+    /// Makes every trainable variable take gradients (`false`), or only those of the head's
+    /// last linear layer (`true`: a head-only retrain, which changes nothing else).
+    pub fn train_last_layer_only(&mut self, only: bool) {
+        let Net::Builtin(network) = &self.net else { return };
+        self.vs.unfreeze();
+        if only {
+            for (name, variable) in self.vs.variables() {
+                if !starts_with_any(&name, network.last_layer_prefixes) {
+                    let _ = variable.set_requires_grad(false);
+                }
+            }
+        }
     }
 
     /// MC-Dropout by replicating the batch K times and running the whole network on `[K·B, ...]`
@@ -364,19 +477,17 @@ impl McModel {
         }
     }
 
-    /// Writes the head's variables alone as safetensors: the file of a head-only version (for
-    /// VGG16 about 67 MB instead of 528 MB; for a small head, kilobytes).
+    /// Writes the variables of a head-only version's `scope` as safetensors: the head's last
+    /// linear layer ([`LAST_LAYER_WEIGHTS`]; for VGG16 160 KB at 10 classes instead of 528 MB)
+    /// or the whole head ([`HEAD_WEIGHTS`]).
     ///
     /// # Errors
     /// As [`save`](Self::save).
-    pub fn save_head(&self, path: &std::path::Path) -> Result<(), ModelError> {
+    pub fn save_head(&self, path: &std::path::Path, scope: &str) -> Result<(), ModelError> {
         let network = self.builtin_network(path)?;
-        let mut head: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(name, _)| network.head_prefixes.iter().any(|prefix| name.starts_with(prefix)))
-            .collect();
+        let prefixes = if scope == LAST_LAYER_WEIGHTS { network.last_layer_prefixes } else { network.head_prefixes };
+        let mut head: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(name, _)| starts_with_any(name, prefixes)).collect();
         head.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Tensor::write_safetensors(&head, path)?)
     }
@@ -483,12 +594,13 @@ mod tests {
             McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap()
         };
         let head = root.path().join("head.safetensors");
-        other_head.save_head(&head).unwrap();
+        other_head.save_head(&head, HEAD_WEIGHTS).unwrap();
         let v1_sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
         let manifest = serde_json::json!({"weights": "head", "backbone_version": "v1", "backbone_sha256": v1_sha});
         write_version(&root.path().join("v2"), &head, manifest);
 
-        let loaded = McModel::load_version(&spec, &root.path().join("v2"), &ModelFiles::none(), Device::Cpu).unwrap();
+        let loaded =
+            McModel::load_version(&spec, &root.path().join("v2"), &ModelFiles::none(), Device::Cpu, &|_| None).unwrap();
         let x = input(2, 16);
         let features = loaded.features(&x).unwrap();
         assert!(features.equal(&trained.features(&x).unwrap()), "the backbone is v1's");
@@ -500,14 +612,130 @@ mod tests {
         for (backbone, sha) in [("../v1", v1_sha.as_str()), ("v1/..", v1_sha.as_str()), ("v1", "0")] {
             let manifest = serde_json::json!({"weights": "head", "backbone_version": backbone, "backbone_sha256": sha});
             write_version(&root.path().join("v3"), &head, manifest);
-            let refused = McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu);
+            let refused =
+                McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu, &|_| None);
             assert!(matches!(refused, Err(ModelError::Version { .. })), "{backbone} {sha}: {:?}", refused.err());
         }
         let manifest = serde_json::json!({"weights": "head", "backbone_version": "v1", "backbone_sha256": v1_sha});
         write_version(&root.path().join("v4"), &full, manifest);
-        let refused = McModel::load_version(&spec, &root.path().join("v4"), &ModelFiles::none(), Device::Cpu);
+        let refused =
+            McModel::load_version(&spec, &root.path().join("v4"), &ModelFiles::none(), Device::Cpu, &|_| None);
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("is not part of the head"), "{message}");
+    }
+
+    /// The names of the tensors in the safetensors file `path`, sorted.
+    fn tensor_names(path: &Path) -> Vec<String> {
+        let bytes = std::fs::read(path).unwrap();
+        let mut names: Vec<String> =
+            safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_vgg16_head_only_version_is_its_last_layer_and_shares_a_loaded_backbone() {
+        let _guard = tch::no_grad_guard();
+        let spec = project(Architecture::Vgg16, 32, 0.0);
+        let root = tempfile::tempdir().unwrap();
+        let base = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
+        assert_eq!(base.frozen(), Some("initial"));
+        assert!(!base.head_is_last_layer(), "VGG16's head is classifier.3 and classifier.6");
+        // A retrain changes the last layer alone.
+        let retrained = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
+        let _ = retrained.vs.variables().get_mut("classifier.6.weight").unwrap().uniform_(-0.1, 0.1);
+        let file = root.path().join("last_layer.safetensors");
+        retrained.save_head(&file, LAST_LAYER_WEIGHTS).unwrap();
+        assert_eq!(tensor_names(&file), ["classifier.6.bias", "classifier.6.weight"]);
+        let bytes = std::fs::metadata(&file).unwrap().len();
+        assert!(bytes < 200_000, "2 classes x 4096 floats and a header: {bytes} B");
+        write_version(
+            &root.path().join("v1"),
+            &file,
+            serde_json::json!({"weights": "last_layer", "backbone_version": ""}),
+        );
+
+        let asked = std::cell::RefCell::new(Vec::new());
+        let from_files =
+            McModel::load_version(&spec, &root.path().join("v1"), &ModelFiles::none(), Device::Cpu, &|f| {
+                asked.borrow_mut().push(f.to_owned());
+                None
+            })
+            .unwrap();
+        let shared = McModel::load_version(&spec, &root.path().join("v1"), &ModelFiles::none(), Device::Cpu, &|f| {
+            asked.borrow_mut().push(f.to_owned());
+            Some(base.shared_variables())
+        })
+        .unwrap();
+        assert_eq!(*asked.borrow(), ["initial", "initial"], "the backbone of a version on the initial weights");
+        let x = input(2, 32);
+        let outputs = |m: &McModel| m.mc_probabilities(&m.features(&x).unwrap(), 2).unwrap();
+        let expected = outputs(&retrained);
+        assert!(outputs(&from_files).equal(&expected), "read from files: the retrained model");
+        assert!(outputs(&shared).equal(&expected), "built on the loaded backbone: the same model");
+        assert!(!outputs(&base).equal(&expected), "the shared model's last layer is not written into the base");
+        let pointer = |m: &McModel, name: &str| m.vs.variables()[name].data_ptr();
+        for name in ["features.0.weight", "classifier.0.weight", "classifier.3.weight"] {
+            assert_eq!(pointer(&shared, name), pointer(&base, name), "{name} is shared, not copied");
+            assert_ne!(pointer(&from_files, name), pointer(&base, name), "{name}");
+        }
+        assert_ne!(pointer(&shared, "classifier.6.weight"), pointer(&base, "classifier.6.weight"));
+        assert_eq!((shared.frozen(), from_files.frozen()), (Some("initial"), Some("initial")));
+
+        // An older version holding the whole head: read from files, never shared, and not a
+        // base for others (its classifier.3 is not the backbone's).
+        let _ = retrained.vs.variables().get_mut("classifier.3.weight").unwrap().uniform_(-0.1, 0.1);
+        let whole = root.path().join("head.safetensors");
+        retrained.save_head(&whole, HEAD_WEIGHTS).unwrap();
+        assert_eq!(tensor_names(&whole).len(), 4);
+        write_version(&root.path().join("v2"), &whole, serde_json::json!({"weights": "head", "backbone_version": ""}));
+        asked.borrow_mut().clear();
+        let older = McModel::load_version(&spec, &root.path().join("v2"), &ModelFiles::none(), Device::Cpu, &|f| {
+            asked.borrow_mut().push(f.to_owned());
+            Some(base.shared_variables())
+        })
+        .unwrap();
+        assert!(asked.borrow().is_empty());
+        assert!(outputs(&older).equal(&outputs(&retrained)));
+        assert_eq!(older.frozen(), None);
+
+        // A full version is its own backbone; a last-layer version on it names it by checksum.
+        let full = root.path().join("full.safetensors");
+        base.save(&full).unwrap();
+        write_version(&root.path().join("v3"), &full, serde_json::json!({"weights": "full"}));
+        let v3 = McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu, &|_| None);
+        let sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
+        assert_eq!(v3.unwrap().frozen(), Some(format!("sha256:{sha}").as_str()));
+    }
+
+    #[test]
+    fn a_head_only_retrain_changes_the_last_layer_alone() {
+        let spec = project(Architecture::Vgg16, 32, 0.5);
+        let mut model = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
+        let before: Vec<(String, Tensor)> =
+            model.vs.variables().into_iter().map(|(name, t)| (name, t.detach().copy())).collect();
+        let step = |model: &McModel| {
+            let mut optimizer =
+                nn::OptimizerConfig::build(nn::Adam::default(), model.variables().unwrap(), 1e-2).unwrap();
+            let features = model.features(&input(2, 32)).unwrap();
+            let loss = model.head_logits(&features).unwrap().cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1]));
+            optimizer.backward_step(&loss);
+        };
+        model.train_last_layer_only(true);
+        step(&model);
+        let variables = model.vs.variables();
+        for (name, old) in &before {
+            let changed = !variables[name].equal(old);
+            assert_eq!(changed, name.starts_with("classifier.6."), "{name}");
+        }
+        // Full fine-tuning trains everything again.
+        model.train_last_layer_only(false);
+        step(&model);
+        let changed = |name: &str| {
+            let old = &before.iter().find(|(n, _)| n == name).unwrap().1;
+            !model.vs.variables()[name].equal(old)
+        };
+        assert!(changed("classifier.3.weight") && changed("features.0.weight"));
     }
 
     #[test]
@@ -581,13 +809,15 @@ mod tests {
     #[test]
     fn vgg16_has_torchvisions_variable_names_and_a_head_after_the_first_classifier_layer() {
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let network = architectures::build(&vs.root(), Architecture::Vgg16, (3, 224, 224), 10, 0.5).unwrap();
+        let shape = Shape { input: (3, 224, 224), classes: 10, head_dropout: 0.5 };
+        let network = architectures::build(&vs.root(), Architecture::Vgg16, shape, Fill::Random).unwrap();
         let variables = vs.variables();
         for name in ["features.0.weight", "features.28.bias", "classifier.0.weight", "classifier.6.weight"] {
             assert!(variables.contains_key(name), "{name}");
         }
         assert_eq!(variables["classifier.6.weight"].size(), [10, 4096]);
         assert_eq!(network.head_prefixes, ["classifier.3.", "classifier.6."]);
+        assert_eq!(network.last_layer_prefixes, ["classifier.6."]);
         vs.freeze();
     }
 

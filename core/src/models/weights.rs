@@ -36,7 +36,7 @@ fn read_tensors(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Tensor>, Mo
 }
 
 /// The message for `tensor` named `name` whose shape differs from `variable`'s.
-fn shape_mismatch(name: &str, tensor: &Tensor, variable: &Tensor) -> String {
+pub(super) fn shape_mismatch(name: &str, tensor: &Tensor, variable: &Tensor) -> String {
     format!("tensor {name} has shape {:?}, the architecture needs {:?}", tensor.size(), variable.size())
 }
 

@@ -706,7 +706,7 @@ impl Trainer {
                     let dir = self.models_dir.fetch(&spec.id, &parent).map_err(|e| {
                         TrainError::Precondition(crate::errors::logged("fetching the active version", &e))
                     })?;
-                    McModel::load_version(spec, &dir, &self.model_files, self.device)?
+                    McModel::load_version(spec, &dir, &self.model_files, self.device, &|_| None)?
                 }
             };
             (model, manifest_of(&parent).cloned())
@@ -770,8 +770,10 @@ impl Trainer {
             .catalog
             .next_version_number(&spec.id)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("numbering the model version", &e)))?;
-        // A head-only version stores its head alone and names the backbone it was trained on:
-        // the last fully fine-tuned version (checked by its checksum), else the initial weights.
+        // A head-only version stores what the job trained, the head's last layer, and names the
+        // backbone it was trained on: the last fully fine-tuned version (checked by its
+        // checksum), else the initial weights. On a parent that stored more of the head (older
+        // VGG16 versions), the version stores that too, since the backbone does not hold it.
         let (backbone_version, weights, backbone_sha256) = match record.params.mode {
             record::Mode::Full => (format!("v{number}"), crate::models::FULL_WEIGHTS, String::new()),
             record::Mode::HeadOnly => {
@@ -782,7 +784,8 @@ impl Trainer {
                         TrainError::Precondition(format!("the backbone's version {version} has no record"))
                     })?,
                 };
-                (parent_backbone, crate::models::HEAD_WEIGHTS, sha256)
+                let scope = versions::head_only_scope(parent_manifest.as_ref(), trained.model.head_is_last_layer());
+                (parent_backbone, scope, sha256)
             }
         };
         let manifest = Manifest {

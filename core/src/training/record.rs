@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Only the MC-Dropout head, on cached backbone embeddings.
+    /// Only the MC-Dropout head's last linear layer, on cached backbone embeddings.
     HeadOnly,
     /// Backbone and head (BatchNorm stays in eval mode).
     Full,
@@ -367,8 +367,10 @@ pub struct Manifest {
     #[serde(default)]
     pub backbone_version: String,
     /// What `weights.safetensors` holds: `full` (every variable; also manifests written before
-    /// this field) or `head` (the head alone: the backbone is `backbone_version`'s, or the
-    /// initial weights when that is empty). See [`crate::models::HEAD_WEIGHTS`].
+    /// this field), `last_layer` (the head's last linear layer alone, what a head-only job
+    /// trains) or `head` (the whole head; older head-only versions): every other variable is
+    /// `backbone_version`'s, or the initial weights' when that is empty. See
+    /// [`crate::models::LAST_LAYER_WEIGHTS`].
     #[serde(default = "full_weights")]
     pub weights: String,
     /// For a head-only version on a trained backbone: the `weights_sha256` of

@@ -132,7 +132,7 @@ impl Run<'_> {
         random::with_generator(Generator::new(self.params.seed), || self.train(report))
     }
 
-    fn train(self, report: &mut dyn FnMut(Progress)) -> Result<Trained, TrainError> {
+    fn train(mut self, report: &mut dyn FnMut(Progress)) -> Result<Trained, TrainError> {
         let started = Instant::now();
         let mut progress = Progress { phase: Phase::Loading, ..Progress::default() };
         report(progress);
@@ -144,6 +144,7 @@ impl Run<'_> {
         check_trainable(&labelled, self.spec)?;
         let (train, validation) = split(&labelled, self.spec.classes.len(), self.params.validation_fraction);
         let device = self.model.device();
+        self.model.train_last_layer_only(self.params.mode == Mode::HeadOnly);
         let variables = self.model.variables().ok_or_else(|| {
             TrainError::Precondition(
                 "TorchScript models cannot be trained by ALPS; export a new version instead".into(),

@@ -102,6 +102,18 @@ pub fn move_legacy_dirs(models_dir: &ModelsDir, project_ids: &[String]) {
     }
 }
 
+/// What a head-only version on `parent` stores: the head's last layer, which is all a head-only
+/// job trains, unless the parent stored more of a head that is more than its last layer (older
+/// VGG16 versions): the backbone does not hold that part, so the new version stores it too.
+pub fn head_only_scope(parent: Option<&Manifest>, head_is_last_layer: bool) -> &'static str {
+    match parent {
+        Some(parent) if parent.weights == crate::models::HEAD_WEIGHTS && !head_is_last_layer => {
+            crate::models::HEAD_WEIGHTS
+        }
+        _ => crate::models::LAST_LAYER_WEIGHTS,
+    }
+}
+
 fn sync(path: &Path) -> Result<(), VersionError> {
     File::open(path).and_then(|f| f.sync_all()).map_err(|source| VersionError::Io { path: path.to_owned(), source })
 }
@@ -131,10 +143,10 @@ pub fn write(
     }
     fs::create_dir(&temporary).map_err(io(&temporary))?;
     let weights = temporary.join("weights.safetensors");
-    if manifest.weights == crate::models::HEAD_WEIGHTS {
-        model.save_head(&weights)?;
-    } else {
+    if manifest.weights == crate::models::FULL_WEIGHTS {
         model.save(&weights)?;
+    } else {
+        model.save_head(&weights, &manifest.weights)?;
     }
     sync(&weights)?;
     let bytes = fs::read(&weights).map_err(io(&weights))?;
@@ -177,6 +189,32 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_only_version_stores_the_last_layer_unless_its_parent_stored_a_larger_head() {
+        use crate::models::{FULL_WEIGHTS, HEAD_WEIGHTS, LAST_LAYER_WEIGHTS};
+        let parent = |weights: &str| -> Manifest {
+            let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
+                "project_id": "p", "version": "v1", "number": 1, "parent_version": "", "job_id": "j",
+                "classes": ["a", "b"], "params": crate::training::record::TrainingParams::defaults(
+                    crate::training::record::Mode::HeadOnly, 1),
+                "example_count": 2, "metrics": null, "weights_sha256": "", "weights_bytes": 0, "created_unix_ms": 0
+            }))
+            .unwrap();
+            manifest.weights = weights.into();
+            manifest
+        };
+        assert_eq!(head_only_scope(None, false), LAST_LAYER_WEIGHTS, "on the initial weights");
+        for (weights, head_is_last_layer, expected) in [
+            (FULL_WEIGHTS, false, LAST_LAYER_WEIGHTS),
+            (LAST_LAYER_WEIGHTS, false, LAST_LAYER_WEIGHTS),
+            (HEAD_WEIGHTS, true, LAST_LAYER_WEIGHTS),
+            (HEAD_WEIGHTS, false, HEAD_WEIGHTS),
+        ] {
+            let scope = head_only_scope(Some(&parent(weights)), head_is_last_layer);
+            assert_eq!(scope, expected, "{weights} {head_is_last_layer}");
+        }
+    }
 
     #[test]
     fn legacy_directories_move_to_their_hashed_place_and_odd_ids_stay_put() {
