@@ -132,7 +132,7 @@ fn small_cnn(vs: &nn::Path, channels: i64, classes: i64, p: f64, fill: Fill) -> 
 /// VGG16 (Simonyan & Zisserman 2015, configuration D) with torchvision's variable names.
 /// `classifier.0` + ReLU is deterministic and belongs to the backbone (D = 4096); the head starts
 /// at the first dropout: dropout → `classifier.3` (4096) → ReLU → dropout → `classifier.6`.
-/// A head-only retrain trains `classifier.6` alone (`[classes, 4096]`: 160 KB for 10 classes),
+/// A head-only retrain trains `classifier.6` alone (`[classes, 4096]`: 160 KiB for 10 classes),
 /// so a head-only version is kilobytes; `classifier.3` (64 MiB) stays its backbone's.
 fn vgg16(vs: &nn::Path, channels: i64, classes: i64, p: f64, fill: Fill) -> Network {
     const CONFIG: [i64; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];

@@ -134,7 +134,7 @@ pub const FULL_WEIGHTS: &str = "full";
 /// that kind): its file holds every variable of the head.
 pub const HEAD_WEIGHTS: &str = "head";
 /// Manifest `weights` of a head-only version: its file holds the head's last linear layer alone
-/// (for VGG16 `classifier.6`, 160 KB at 10 classes); every other variable is its backbone's.
+/// (for VGG16 `classifier.6`, 160 KiB at 10 classes); every other variable is its backbone's.
 pub const LAST_LAYER_WEIGHTS: &str = "last_layer";
 
 /// A version's manifest and its verified `weights.safetensors` bytes.
@@ -478,7 +478,7 @@ impl McModel {
     }
 
     /// Writes the variables of a head-only version's `scope` as safetensors: the head's last
-    /// linear layer ([`LAST_LAYER_WEIGHTS`]; for VGG16 160 KB at 10 classes instead of 528 MB)
+    /// linear layer ([`LAST_LAYER_WEIGHTS`]; for VGG16 160 KiB at 10 classes instead of 528 MB)
     /// or the whole head ([`HEAD_WEIGHTS`]).
     ///
     /// # Errors
