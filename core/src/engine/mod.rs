@@ -213,9 +213,10 @@ impl Engine {
     /// Loads the model `project` serves at its `active_version` from its files (checksums
     /// checked, even when a copy is cached: the files are what a restart serves) onto the
     /// worker's device, on the calling thread, and puts it in the worker's cache; returns once
-    /// it is there. A head-only version whose backbone a cached model already holds (checked
-    /// when that model loaded) shares it: only the version's own file is read. The activating caller swaps the version in only after this returns ("load
-    /// first, then swap"): until then requests keep getting the old version, and neither they
+    /// it is there. A head-only version whose backbone a cached model already holds (hashed
+    /// when that model loaded) shares it: its own file is read and hashed, and of the backbone
+    /// version only the manifest and file size are checked. The activating caller swaps the
+    /// version in only after this returns ("load first, then swap"): until then requests keep getting the old version, and neither they
     /// nor the worker wait for the load. Blocks: call it from a blocking thread, never from
     /// async code.
     ///

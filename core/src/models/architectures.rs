@@ -44,6 +44,14 @@ impl Fill {
             }
         }
     }
+
+    fn batch_norm(self) -> nn::BatchNormConfig {
+        match self {
+            // tch's default draws BatchNorm weights from U(0, 1).
+            Self::Random => Default::default(),
+            Self::Zeros => nn::BatchNormConfig { ws_init: nn::Init::Const(0.), ..Default::default() },
+        }
+    }
 }
 
 fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, fill: Fill) -> nn::Linear {
@@ -173,14 +181,14 @@ fn vgg16(vs: &nn::Path, channels: i64, classes: i64, p: f64, fill: Fill) -> Netw
 /// A ResNet basic block (two 3×3 convs with BatchNorm and a shortcut).
 fn basic_block(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, fill: Fill) -> impl ModuleT + use<> {
     let conv1 = conv(&vs / "conv1", c_in, c_out, 3, (stride, 1, false), fill);
-    let bn1 = nn::batch_norm2d(&vs / "bn1", c_out, Default::default());
+    let bn1 = nn::batch_norm2d(&vs / "bn1", c_out, fill.batch_norm());
     let conv2 = conv(&vs / "conv2", c_out, c_out, 3, (1, 1, false), fill);
-    let bn2 = nn::batch_norm2d(&vs / "bn2", c_out, Default::default());
+    let bn2 = nn::batch_norm2d(&vs / "bn2", c_out, fill.batch_norm());
     let downsample =
         (stride != 1 || c_in != c_out).then(|| {
             nn::seq_t()
                 .add(conv(&vs / "downsample" / 0, c_in, c_out, 1, (stride, 0, false), fill))
-                .add(nn::batch_norm2d(&vs / "downsample" / 1, c_out, Default::default()))
+                .add(nn::batch_norm2d(&vs / "downsample" / 1, c_out, fill.batch_norm()))
         });
     nn::func_t(move |x, train| {
         let y = x.apply(&conv1).apply_t(&bn1, train).relu().apply(&conv2).apply_t(&bn2, train);
@@ -197,7 +205,7 @@ fn basic_block(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, fill: Fill) -> 
 fn resnet18(vs: &nn::Path, channels: i64, classes: i64, p: f64, fill: Fill) -> Network {
     let mut backbone = nn::seq_t()
         .add(conv(vs / "conv1", channels, 64, 7, (2, 3, false), fill))
-        .add(nn::batch_norm2d(vs / "bn1", 64, Default::default()))
+        .add(nn::batch_norm2d(vs / "bn1", 64, fill.batch_norm()))
         .add_fn(|x| x.relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false));
     let mut c_in = 64;
     for (layer, c_out) in [(1, 64), (2, 128), (3, 256), (4, 512)] {

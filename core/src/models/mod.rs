@@ -163,6 +163,32 @@ pub fn verify_version(dir: &Path) -> Result<(), ModelError> {
     read_version(dir).map(drop)
 }
 
+/// The directory of `backbone`, the version the head-only version in `dir` (with `manifest`)
+/// builds on, once its manifest says it is the one the head was trained on: a full version
+/// whose `weights_sha256` is the head's `backbone_sha256` and whose weights file has the size
+/// it records. Its checksum is left to whoever reads the file.
+fn check_backbone(dir: &Path, manifest: &serde_json::Value, backbone: &str) -> Result<PathBuf, ModelError> {
+    let error = |message: String| ModelError::Version { dir: dir.to_owned(), message };
+    let backbone_dir = sibling_version(dir, backbone)
+        .ok_or_else(|| error(format!("backbone_version {backbone:?} is not a version name")))?;
+    let backbone_manifest = std::fs::read(backbone_dir.join("manifest.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .ok_or_else(|| error(format!("its backbone, version {backbone}, has no readable manifest.json")))?;
+    let (expected, actual) = (&manifest["backbone_sha256"], &backbone_manifest["weights_sha256"]);
+    if backbone_manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) != FULL_WEIGHTS || expected != actual {
+        return Err(error(format!(
+            "its backbone, version {backbone}, is not the one it was trained on (sha256 {actual}, manifest says {expected})"
+        )));
+    }
+    let size = std::fs::metadata(backbone_dir.join("weights.safetensors")).map(|m| m.len()).ok();
+    let recorded = backbone_manifest["weights_bytes"].as_u64();
+    if size.is_none() || recorded.is_some_and(|bytes| Some(bytes) != size) {
+        return Err(error(format!("its backbone, version {backbone}: weights.safetensors is missing or truncated")));
+    }
+    Ok(backbone_dir)
+}
+
 /// The directory of version `name` (`v<number>`) next to the version directory `dir`; `None`
 /// for anything else (a manifest never names a path).
 fn sibling_version(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
@@ -355,19 +381,27 @@ impl McModel {
             "" => INITIAL_WEIGHTS.to_owned(),
             _ => format!("sha256:{}", manifest["backbone_sha256"].as_str().unwrap_or_default()),
         };
+        // The backbone version is checked either way: by its manifest and size when its weights
+        // are shared (hashed when they loaded), by its checksum when they are read.
+        let backbone_dir = match backbone {
+            "" => None,
+            _ => Some(check_backbone(dir, &manifest, backbone)?),
+        };
         let sharing = if scope == LAST_LAYER_WEIGHTS { shared(&frozen) } else { None };
-        let mut model = match sharing {
-            Some(variables) => Self::sharing(spec, device, &variables)?,
-            None if backbone.is_empty() => Self::load(spec, files, device)?,
-            None => {
-                let backbone_dir = sibling_version(dir, backbone)
-                    .ok_or_else(|| error(format!("backbone_version {backbone:?} is not a version name")))?;
+        let built = sharing.and_then(|variables| {
+            Self::sharing(spec, device, &variables)
+                .inspect_err(
+                    |e| tracing::warn!(dir = %dir.display(), error = %e, "cannot share a loaded backbone; reading it"),
+                )
+                .ok()
+        });
+        let mut model = match (built, backbone_dir) {
+            (Some(model), _) => model,
+            (None, None) => Self::load(spec, files, device)?,
+            (None, Some(backbone_dir)) => {
                 let (backbone_manifest, backbone_bytes) = read_version(&backbone_dir)?;
-                let (expected, actual) = (&manifest["backbone_sha256"], &backbone_manifest["weights_sha256"]);
-                if backbone_manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS) != FULL_WEIGHTS || expected != actual {
-                    return Err(error(format!(
-                        "its backbone, version {backbone}, is not the one it was trained on (sha256 {actual}, manifest says {expected})"
-                    )));
+                if backbone_manifest["weights_sha256"] != manifest["backbone_sha256"] {
+                    return Err(error(format!("its backbone, version {backbone}, changed while it loaded")));
                 }
                 Self::with_weights(spec, &backbone_bytes, device)?
             }
@@ -427,10 +461,15 @@ impl McModel {
         matches!(self.net, Net::Builtin(_)).then_some(&self.vs)
     }
 
-    /// Makes every trainable variable take gradients (`false`), or only those of the head's
-    /// last linear layer (`true`: a head-only retrain, which changes nothing else).
+    /// Makes every trainable variable take gradients (`false`: full fine-tuning, after which
+    /// [`frozen`](Self::frozen) no longer holds), or only those of the head's last linear layer
+    /// (`true`: a head-only retrain, which changes nothing else).
     pub fn train_last_layer_only(&mut self, only: bool) {
         let Net::Builtin(network) = &self.net else { return };
+        if !only {
+            // Fine-tuning changes every variable: no longer those of the backbone it loaded.
+            self.frozen = None;
+        }
         self.vs.unfreeze();
         if only {
             for (name, variable) in self.vs.variables() {
@@ -565,6 +604,8 @@ mod tests {
     }
 
     fn input(batch: i64, size: i64) -> Tensor {
+        // Under the generator's lock, so that no model built meanwhile draws other weights.
+        let _generator = random::libtorch_generator();
         tch::manual_seed(0);
         Tensor::rand([batch, 3, size, size], (Kind::Float, Device::Cpu))
     }
@@ -609,13 +650,35 @@ mod tests {
 
         // Names that are not versions, a backbone other than the one trained on, a head file
         // with backbone tensors: refused.
+        // Also when a loaded model offers its backbone: the backbone version is checked anyway.
+        let offered = |_: &str| Some(trained.shared_variables());
         for (backbone, sha) in [("../v1", v1_sha.as_str()), ("v1/..", v1_sha.as_str()), ("v1", "0")] {
-            let manifest = serde_json::json!({"weights": "head", "backbone_version": backbone, "backbone_sha256": sha});
-            write_version(&root.path().join("v3"), &head, manifest);
-            let refused =
-                McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu, &|_| None);
-            assert!(matches!(refused, Err(ModelError::Version { .. })), "{backbone} {sha}: {:?}", refused.err());
+            for (scope, share) in [("head", false), ("last_layer", false), ("last_layer", true)] {
+                let manifest =
+                    serde_json::json!({"weights": scope, "backbone_version": backbone, "backbone_sha256": sha});
+                write_version(&root.path().join("v3"), &head, manifest);
+                let shared = |frozen: &str| if share { offered(frozen) } else { None };
+                let refused =
+                    McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu, &shared);
+                assert!(matches!(refused, Err(ModelError::Version { .. })), "{backbone} {sha}: {:?}", refused.err());
+            }
         }
+        // A backbone whose weights file is gone or truncated is refused before anything shares it.
+        let manifest =
+            serde_json::json!({"weights": "last_layer", "backbone_version": "v1", "backbone_sha256": v1_sha});
+        write_version(&root.path().join("v3"), &head, manifest);
+        let mut v1_manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.path().join("v1/manifest.json")).unwrap()).unwrap();
+        v1_manifest["weights_bytes"] = std::fs::metadata(&full).unwrap().len().into();
+        std::fs::write(root.path().join("v1/manifest.json"), v1_manifest.to_string()).unwrap();
+        let load_v3 =
+            || McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu, &offered);
+        assert!(load_v3().is_ok());
+        let weights = std::fs::read(&full).unwrap();
+        std::fs::write(root.path().join("v1/weights.safetensors"), &weights[..weights.len() - 1]).unwrap();
+        let message = load_v3().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("missing or truncated"), "{message}");
+        std::fs::write(root.path().join("v1/weights.safetensors"), &weights).unwrap();
         let manifest = serde_json::json!({"weights": "head", "backbone_version": "v1", "backbone_sha256": v1_sha});
         write_version(&root.path().join("v4"), &full, manifest);
         let refused =
@@ -638,36 +701,44 @@ mod tests {
         let _guard = tch::no_grad_guard();
         let spec = project(Architecture::Vgg16, 32, 0.0);
         let root = tempfile::tempdir().unwrap();
-        let base = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
-        assert_eq!(base.frozen(), Some("initial"));
-        assert!(!base.head_is_last_layer(), "VGG16's head is classifier.3 and classifier.6");
-        // A retrain changes the last layer alone.
-        let retrained = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
-        let _ = retrained.vs.variables().get_mut("classifier.6.weight").unwrap().uniform_(-0.1, 0.1);
+        let version = |name: &str| root.path().join(name);
+        let initial = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
+        assert_eq!(initial.frozen(), Some("initial"));
+        assert!(!initial.head_is_last_layer(), "VGG16's head is classifier.3 and classifier.6");
+        // v1: a full version (no random draws below this point, which other tests could shift).
+        let full = root.path().join("full.safetensors");
+        initial.save(&full).unwrap();
+        write_version(&version("v1"), &full, serde_json::json!({"weights": "full"}));
+        let v1_sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
+        let no_sharing = |_: &str| None;
+        let base = McModel::load_version(&spec, &version("v1"), &ModelFiles::none(), Device::Cpu, &no_sharing).unwrap();
+        let frozen = format!("sha256:{v1_sha}");
+        assert_eq!(base.frozen(), Some(frozen.as_str()), "a full version is its own backbone");
+
+        // v2: a retrain changed the last layer alone, and stores it alone.
+        let retrained =
+            McModel::load_version(&spec, &version("v1"), &ModelFiles::none(), Device::Cpu, &no_sharing).unwrap();
+        let _ = retrained.vs.variables().get_mut("classifier.6.weight").unwrap().fill_(0.01);
         let file = root.path().join("last_layer.safetensors");
         retrained.save_head(&file, LAST_LAYER_WEIGHTS).unwrap();
         assert_eq!(tensor_names(&file), ["classifier.6.bias", "classifier.6.weight"]);
         let bytes = std::fs::metadata(&file).unwrap().len();
         assert!(bytes < 200_000, "2 classes x 4096 floats and a header: {bytes} B");
-        write_version(
-            &root.path().join("v1"),
-            &file,
-            serde_json::json!({"weights": "last_layer", "backbone_version": ""}),
-        );
+        let on_v1 =
+            |scope: &str| serde_json::json!({"weights": scope, "backbone_version": "v1", "backbone_sha256": v1_sha});
+        write_version(&version("v2"), &file, on_v1("last_layer"));
 
         let asked = std::cell::RefCell::new(Vec::new());
-        let from_files =
-            McModel::load_version(&spec, &root.path().join("v1"), &ModelFiles::none(), Device::Cpu, &|f| {
+        let load = |name: &str, share: bool| {
+            let shared = |f: &str| {
                 asked.borrow_mut().push(f.to_owned());
-                None
-            })
-            .unwrap();
-        let shared = McModel::load_version(&spec, &root.path().join("v1"), &ModelFiles::none(), Device::Cpu, &|f| {
-            asked.borrow_mut().push(f.to_owned());
-            Some(base.shared_variables())
-        })
-        .unwrap();
-        assert_eq!(*asked.borrow(), ["initial", "initial"], "the backbone of a version on the initial weights");
+                share.then(|| base.shared_variables())
+            };
+            McModel::load_version(&spec, &version(name), &ModelFiles::none(), Device::Cpu, &shared).unwrap()
+        };
+        let from_files = load("v2", false);
+        let shared = load("v2", true);
+        assert_eq!(*asked.borrow(), [frozen.as_str(), frozen.as_str()], "asked for v1's backbone");
         let x = input(2, 32);
         let outputs = |m: &McModel| m.mc_probabilities(&m.features(&x).unwrap(), 2).unwrap();
         let expected = outputs(&retrained);
@@ -680,32 +751,20 @@ mod tests {
             assert_ne!(pointer(&from_files, name), pointer(&base, name), "{name}");
         }
         assert_ne!(pointer(&shared, "classifier.6.weight"), pointer(&base, "classifier.6.weight"));
-        assert_eq!((shared.frozen(), from_files.frozen()), (Some("initial"), Some("initial")));
+        assert_eq!((shared.frozen(), from_files.frozen()), (Some(frozen.as_str()), Some(frozen.as_str())));
 
-        // An older version holding the whole head: read from files, never shared, and not a
-        // base for others (its classifier.3 is not the backbone's).
-        let _ = retrained.vs.variables().get_mut("classifier.3.weight").unwrap().uniform_(-0.1, 0.1);
+        // v3, an older kind of version holding the whole head: read from files, never shared,
+        // and not a base for others (its classifier.3 is not the backbone's).
+        let _ = retrained.vs.variables().get_mut("classifier.3.weight").unwrap().fill_(0.001);
         let whole = root.path().join("head.safetensors");
         retrained.save_head(&whole, HEAD_WEIGHTS).unwrap();
         assert_eq!(tensor_names(&whole).len(), 4);
-        write_version(&root.path().join("v2"), &whole, serde_json::json!({"weights": "head", "backbone_version": ""}));
+        write_version(&version("v3"), &whole, on_v1("head"));
         asked.borrow_mut().clear();
-        let older = McModel::load_version(&spec, &root.path().join("v2"), &ModelFiles::none(), Device::Cpu, &|f| {
-            asked.borrow_mut().push(f.to_owned());
-            Some(base.shared_variables())
-        })
-        .unwrap();
+        let older = load("v3", true);
         assert!(asked.borrow().is_empty());
         assert!(outputs(&older).equal(&outputs(&retrained)));
         assert_eq!(older.frozen(), None);
-
-        // A full version is its own backbone; a last-layer version on it names it by checksum.
-        let full = root.path().join("full.safetensors");
-        base.save(&full).unwrap();
-        write_version(&root.path().join("v3"), &full, serde_json::json!({"weights": "full"}));
-        let v3 = McModel::load_version(&spec, &root.path().join("v3"), &ModelFiles::none(), Device::Cpu, &|_| None);
-        let sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
-        assert_eq!(v3.unwrap().frozen(), Some(format!("sha256:{sha}").as_str()));
     }
 
     #[test]
@@ -736,6 +795,22 @@ mod tests {
             !model.vs.variables()[name].equal(old)
         };
         assert!(changed("classifier.3.weight") && changed("features.0.weight"));
+    }
+
+    #[test]
+    fn a_zero_filled_network_draws_nothing_from_libtorchs_generator() {
+        let _generator = random::libtorch_generator();
+        let draw = || Tensor::rand([8], (Kind::Float, Device::Cpu));
+        tch::manual_seed(7);
+        let expected = draw();
+        tch::manual_seed(7);
+        for architecture in [Architecture::Mlp, Architecture::SmallCnn, Architecture::Resnet18, Architecture::Vgg16] {
+            let model = McModel::zeros(&project(architecture, 32, 0.5), Device::Cpu).unwrap();
+            // Parameters are zero (BatchNorm's running variance, a buffer, starts at one).
+            let parameters = model.vs.trainable_variables();
+            assert!(parameters.iter().all(|t| t.abs().max().double_value(&[]) == 0.0), "{architecture:?}");
+        }
+        assert!(draw().equal(&expected), "building drew from the generator");
     }
 
     #[test]
@@ -800,7 +875,10 @@ mod tests {
             }
             let model = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
             let c = i64::from(spec.preprocessing.channels);
-            let x = Tensor::rand([2, c, i64::from(size), i64::from(size)], (Kind::Float, Device::Cpu));
+            let x = {
+                let _generator = random::libtorch_generator();
+                Tensor::rand([2, c, i64::from(size), i64::from(size)], (Kind::Float, Device::Cpu))
+            };
             let out = model.mc_probabilities(&model.features(&x).unwrap(), 3).unwrap();
             assert_eq!(out.size(), [2, 2, 3], "{architecture:?}");
         }

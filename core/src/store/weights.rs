@@ -295,8 +295,7 @@ impl ModelsDir {
     /// version its head-only weights build on.
     fn has_local_copy(&self, project: &str, version: &str) -> bool {
         let dir = self.version_dir(project, version);
-        let Ok(manifest) = fs::read(dir.join("manifest.json")) else { return false };
-        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap_or_default();
+        let Some(manifest) = local_manifest(&dir) else { return false };
         let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
         dir.join("weights.safetensors").is_file()
             && (backbone.is_empty() || backbone == version || self.has_local_copy(project, backbone))

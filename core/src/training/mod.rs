@@ -1,8 +1,8 @@
 //! Training and the model lifecycle: labelled examples, background training jobs (at most one
 //! running per project; further triggers coalesce into one queued job, kept in the catalogue; at
 //! most `--training-jobs` across projects, on the bounded [`executor`]), and model versions
-//! written crash-safely and activated only once complete (head-only versions store the head
-//! alone, [`versions`]).
+//! written crash-safely and activated only once complete (head-only versions store the head's
+//! last layer alone, the only part a head-only job trains, [`versions`]).
 //!
 //! The server that trains a project holds its lease ([`Catalog::claim_training`]; a server
 //! alone on its catalogue always does): it runs the project's jobs one after the other, taking

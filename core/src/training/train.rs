@@ -1,7 +1,8 @@
 //! One training run: labelled examples in, a trained model and its validation metrics out.
 //!
 //! Head-only (default): the backbone embeds every example once (cached by sample hash), then
-//! the MC-Dropout head is optimised on the embeddings, which is cheap enough to retrain after
+//! the MC-Dropout head's last linear layer is optimised on the embeddings (the rest of the head
+//! runs, dropout on, but keeps its weights), which is cheap enough to retrain after
 //! every annotation. Full fine-tuning optimises backbone and head on the decoded inputs, with
 //! BatchNorm kept in eval mode. A stratified validation split, chosen deterministically from
 //! the examples' ids, scores each epoch and the final model.
@@ -144,12 +145,11 @@ impl Run<'_> {
         check_trainable(&labelled, self.spec)?;
         let (train, validation) = split(&labelled, self.spec.classes.len(), self.params.validation_fraction);
         let device = self.model.device();
-        self.model.train_last_layer_only(self.params.mode == Mode::HeadOnly);
-        let variables = self.model.variables().ok_or_else(|| {
-            TrainError::Precondition(
+        if self.model.variables().is_none() {
+            return Err(TrainError::Precondition(
                 "TorchScript models cannot be trained by ALPS; export a new version instead".into(),
-            )
-        })?;
+            ));
+        }
 
         progress.phase = Phase::Embedding;
         report(progress);
@@ -161,7 +161,7 @@ impl Run<'_> {
             Mode::Full => (self.inputs(&train)?, self.inputs(&validation)?),
         };
 
-        let mut optimizer = optimizer(self.params, variables)?;
+        let mut optimizer = optimizer(self.params, &mut self.model)?;
         let n = train.len() as i64;
         let batch = i64::from(self.params.batch_size.max(1));
         let epochs = self.params.epochs.max(1);
@@ -350,16 +350,71 @@ fn class_weights(train: &[(&ExampleRow, usize)], classes: usize, device: Device)
     Tensor::from_slice(&weights).to_device(device)
 }
 
-fn optimizer(params: &TrainingParams, variables: &nn::VarStore) -> Result<nn::Optimizer, tch::TchError> {
+/// The job's optimiser over `model`'s variables: all of them for full fine-tuning, the head's
+/// last layer alone for head-only ([`McModel::train_last_layer_only`]; the optimisers skip a
+/// variable without a gradient, weight decay and momentum included).
+fn optimizer(params: &TrainingParams, model: &mut McModel) -> Result<nn::Optimizer, TrainError> {
+    model.train_last_layer_only(params.mode == Mode::HeadOnly);
+    let variables = model.variables().ok_or_else(|| TrainError::Precondition("a TorchScript model".into()))?;
     let (lr, wd) = (params.learning_rate, params.weight_decay);
-    match params.optimizer {
+    Ok(match params.optimizer {
         Optimizer::Adam => nn::Adam { wd, ..Default::default() }.build(variables, lr),
         Optimizer::AdamW => nn::AdamW { wd, ..Default::default() }.build(variables, lr),
         Optimizer::Sgd => nn::Sgd { momentum: 0.9, wd, ..Default::default() }.build(variables, lr),
-    }
+    }?)
 }
 
 fn accuracy(validation: &[(&ExampleRow, usize)], predicted: &[usize]) -> f32 {
     let correct = validation.iter().zip(predicted).filter(|((_, label), p)| label == *p).count();
     correct as f32 / validation.len().max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        models::files::ModelFiles,
+        projects::{Architecture, spec::tests::spec},
+    };
+
+    #[test]
+    fn a_head_only_job_changes_the_last_layer_alone_whatever_the_optimiser_and_a_full_job_everything() {
+        let mut spec = spec();
+        spec.model.architecture = Architecture::Vgg16;
+        (spec.preprocessing.width, spec.preprocessing.height) = (32, 32);
+        let mut model = McModel::load(&spec, &ModelFiles::none(), Device::Cpu).unwrap();
+        let snapshot = |model: &McModel| -> Vec<(String, Tensor)> {
+            let mut variables: Vec<(String, Tensor)> =
+                model.variables().unwrap().variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+            variables.sort_by(|a, b| a.0.cmp(&b.0));
+            variables
+        };
+        let x = {
+            let _generator = crate::models::random::libtorch_generator();
+            Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu))
+        };
+        let labels = Tensor::from_slice(&[0i64, 1]);
+        // A full step first: its gradients are left on every variable.
+        for (mode, optimizer_kind) in [
+            (Mode::Full, Optimizer::Sgd),
+            (Mode::HeadOnly, Optimizer::Adam),
+            (Mode::HeadOnly, Optimizer::AdamW),
+            (Mode::HeadOnly, Optimizer::Sgd),
+            (Mode::Full, Optimizer::Adam),
+        ] {
+            let mut params = TrainingParams::defaults(mode, 1);
+            (params.optimizer, params.weight_decay, params.learning_rate) = (optimizer_kind, 0.1, 1e-2);
+            let before = snapshot(&model);
+            let mut optimizer = optimizer(&params, &mut model).unwrap();
+            for _ in 0..2 {
+                let logits = model.head_logits(&model.features(&x).unwrap()).unwrap();
+                optimizer.backward_step(&logits.cross_entropy_for_logits(&labels));
+            }
+            for ((name, old), (_, new)) in before.iter().zip(snapshot(&model)) {
+                // BatchNorm-free VGG16: every variable is a parameter.
+                let expected = mode == Mode::Full || name.starts_with("classifier.6.");
+                assert_eq!(!new.equal(old), expected, "{mode:?} {optimizer_kind:?}: {name}");
+            }
+        }
+    }
 }
