@@ -309,7 +309,8 @@ impl McModel {
     }
 
     /// Bytes of parameters and buffers (for the cache's memory bound); 0 for TorchScript,
-    /// whose size libtorch does not expose through tch.
+    /// whose size libtorch does not expose through tch. A model sharing another's backbone
+    /// counts it too, so the bound errs on the side of evicting early.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
