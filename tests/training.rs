@@ -178,6 +178,7 @@ async fn a_job_trains_reports_progress_and_activates_a_new_version() {
     assert_eq!(metrics.examples, 8);
     assert_eq!(metrics.confusion_matrix.iter().sum::<u64>(), 8);
     assert_eq!(metrics.per_class.len(), 2);
+    assert_eq!(last.validation_accuracy, Some(metrics.accuracy), "the job reports the version's accuracy");
 
     // Deleting the project removes its versions' files too.
     assert!(project_models_dir(server.dirs.data.path(), "p").join("v1/weights.safetensors").is_file());

@@ -207,6 +207,12 @@ impl Run<'_> {
             let truth: Vec<usize> = validation.iter().map(|(_, l)| *l).collect();
             ValidationMetrics::from_predictions(&self.spec.classes, &truth, &predicted)
         });
+        // The job's last word on accuracy is the version's: each MC estimate draws its own
+        // dropout masks, so the last epoch's may differ from the final one.
+        if let Some(metrics) = &metrics {
+            progress.validation_accuracy = Some(metrics.accuracy);
+            report(progress);
+        }
         Ok(Trained { model: self.model, metrics, example_count: labelled.len() as u64 })
     }
 
