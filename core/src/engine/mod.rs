@@ -216,9 +216,9 @@ impl Engine {
     /// it is there. A head-only version whose backbone a cached model already holds (hashed
     /// when that model loaded) shares it: its own file is read and hashed, and of the backbone
     /// version only the manifest and file size are checked. The activating caller swaps the
-    /// version in only after this returns ("load first, then swap"): until then requests keep getting the old version, and neither they
-    /// nor the worker wait for the load. Blocks: call it from a blocking thread, never from
-    /// async code.
+    /// version in only after this returns ("load first, then swap"): until then requests keep
+    /// getting the old version, and neither they nor the worker wait for the load. Blocks: call
+    /// it from a blocking thread, never from async code.
     ///
     /// # Errors
     /// [`EngineError::Model`] with the client message of the load's failure (missing or

@@ -184,18 +184,26 @@ impl Worker {
             return Some(job);
         }
         loop {
-            match self.commands.recv().ok()? {
-                Command::Run(job) => return Some(job),
-                Command::Insert(loaded) => self.insert(loaded),
-                Command::Forget(project) => self.cache.forget(&project),
-                Command::Has(key, reply) => {
-                    let _ = reply.send(self.cache.contains(&key));
-                }
-                Command::Shared(backbone, reply) => {
-                    let _ = reply.send(self.cache.shared(&backbone));
-                }
+            if let Some(job) = self.handle(self.commands.recv().ok()?) {
+                return Some(job);
             }
         }
+    }
+
+    /// Carries out every command but a prediction, which it gives back.
+    fn handle(&mut self, command: Command) -> Option<Job> {
+        match command {
+            Command::Run(job) => return Some(job),
+            Command::Insert(loaded) => self.insert(loaded),
+            Command::Forget(project) => self.cache.forget(&project),
+            Command::Has(key, reply) => {
+                let _ = reply.send(self.cache.contains(&key));
+            }
+            Command::Shared(backbone, reply) => {
+                let _ = reply.send(self.cache.shared(&backbone));
+            }
+        }
+        None
     }
 
     fn collect_batch(&mut self, first: Job) -> Vec<Job> {
@@ -220,21 +228,17 @@ impl Worker {
         }
         while work < self.config.work_budget {
             let wait = deadline.saturating_duration_since(Instant::now());
-            match self.commands.recv_timeout(wait) {
-                Ok(Command::Run(job)) if fits(&batch, work, &job, self.config.work_budget) => {
+            let command = match self.commands.recv_timeout(wait) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            };
+            match self.handle(command) {
+                Some(job) if fits(&batch, work, &job, self.config.work_budget) => {
                     work += job.n * job.k;
                     batch.push(job);
                 }
-                Ok(Command::Run(job)) => self.backlog.push_back(job),
-                Ok(Command::Insert(loaded)) => self.insert(loaded),
-                Ok(Command::Forget(project)) => self.cache.forget(&project),
-                Ok(Command::Has(key, reply)) => {
-                    let _ = reply.send(self.cache.contains(&key));
-                }
-                Ok(Command::Shared(backbone, reply)) => {
-                    let _ = reply.send(self.cache.shared(&backbone));
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                Some(job) => self.backlog.push_back(job),
+                None => {}
             }
         }
         batch

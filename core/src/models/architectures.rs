@@ -45,6 +45,15 @@ impl Fill {
         }
     }
 
+    /// A convolution's configuration; `layout` is (stride, padding, bias).
+    fn conv(self, (stride, padding, bias): (i64, i64, bool)) -> nn::ConvConfig {
+        let config = nn::ConvConfig { stride, padding, bias, ..Default::default() };
+        match self {
+            Self::Random => config,
+            Self::Zeros => nn::ConvConfig { ws_init: nn::Init::Const(0.), bs_init: nn::Init::Const(0.), ..config },
+        }
+    }
+
     fn batch_norm(self) -> nn::BatchNormConfig {
         match self {
             // tch's default draws BatchNorm weights from U(0, 1).
@@ -68,12 +77,7 @@ fn mc_dropout(p: f64) -> impl ModuleT {
 
 /// A 2-D convolution `[c_out, c_in, kernel, kernel]`; `layout` is (stride, padding, bias).
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, layout: (i64, i64, bool), fill: Fill) -> nn::Conv2D {
-    let (stride, padding, bias) = layout;
-    let mut config = nn::ConvConfig { stride, padding, bias, ..Default::default() };
-    if fill == Fill::Zeros {
-        (config.ws_init, config.bs_init) = (nn::Init::Const(0.), nn::Init::Const(0.));
-    }
-    nn::conv2d(vs, c_in, c_out, kernel, config)
+    nn::conv2d(vs, c_in, c_out, kernel, fill.conv(layout))
 }
 
 /// The shape of a built-in network: inputs `(channels, height, width)`, `classes` outputs, the

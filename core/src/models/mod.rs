@@ -205,6 +205,11 @@ fn shape(spec: &ProjectSpec) -> Shape {
     }
 }
 
+/// [`McModel::frozen`] of the weights of a full version whose file has checksum `sha256`.
+fn weights_identity(sha256: &serde_json::Value) -> String {
+    format!("sha256:{}", sha256.as_str().unwrap_or_default())
+}
+
 fn starts_with_any(name: &str, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|prefix| name.starts_with(prefix))
 }
@@ -371,7 +376,7 @@ impl McModel {
         let scope = manifest["weights"].as_str().unwrap_or(FULL_WEIGHTS);
         if scope == FULL_WEIGHTS {
             let mut model = Self::with_weights(spec, &bytes, device)?;
-            model.frozen = Some(format!("sha256:{}", manifest["weights_sha256"].as_str().unwrap_or_default()));
+            model.frozen = Some(weights_identity(&manifest["weights_sha256"]));
             return Ok(model);
         }
         if scope != HEAD_WEIGHTS && scope != LAST_LAYER_WEIGHTS {
@@ -380,7 +385,7 @@ impl McModel {
         let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
         let frozen = match backbone {
             "" => INITIAL_WEIGHTS.to_owned(),
-            _ => format!("sha256:{}", manifest["backbone_sha256"].as_str().unwrap_or_default()),
+            _ => weights_identity(&manifest["backbone_sha256"]),
         };
         // The backbone version is checked either way: by its manifest and size when its weights
         // are shared (hashed when they loaded), by its checksum when they are read.
@@ -467,16 +472,15 @@ impl McModel {
     /// (`true`: a head-only retrain, which changes nothing else).
     pub fn train_last_layer_only(&mut self, only: bool) {
         let Net::Builtin(network) = &self.net else { return };
+        self.vs.unfreeze();
         if !only {
             // Fine-tuning changes every variable: no longer those of the backbone it loaded.
             self.frozen = None;
+            return;
         }
-        self.vs.unfreeze();
-        if only {
-            for (name, variable) in self.vs.variables() {
-                if !starts_with_any(&name, network.last_layer_prefixes) {
-                    let _ = variable.set_requires_grad(false);
-                }
+        for (name, variable) in self.vs.variables() {
+            if !starts_with_any(&name, network.last_layer_prefixes) {
+                let _ = variable.set_requires_grad(false);
             }
         }
     }
