@@ -1,7 +1,8 @@
 //! The server with its catalogue in PostgreSQL (`--database-url`), against a throwaway server
 //! on loopback and a login role without superuser rights: projects, examples, versions and
 //! jobs survive a restart; a second server on the same database is refused; predictions go on
-//! while the database refuses connections, writes get UNAVAILABLE and succeed once it is back;
+//! while the database refuses connections or stops answering, other calls get UNAVAILABLE (at
+//! their deadline when it stops answering) and succeed once it is back;
 //! `alps-server migrate` moves a data dir's catalogue there with the same predictions after.
 //! With an object store (moto's S3 on loopback, behind a relay a test can cut): samples and
 //! weights live there, a new data dir serves the same predictions, uploads of the same bytes
@@ -277,6 +278,46 @@ async fn predictions_go_on_while_the_database_refuses_connections_and_writes_res
     assert_eq!(count(&mut server).await.unwrap(), 12);
     let log = server.process.log().join("\n");
     assert!(log.contains("too many connections for role"), "the server's reason is logged:\n{log}");
+    assert!(server.stop());
+}
+
+/// `call`'s answer; panics after 60 s (a bound for a test that must not hang, not a deadline).
+async fn within<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), call).await.expect("an answer within 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_go_on_while_the_database_stops_answering_and_other_calls_fail_at_their_deadline() {
+    let (_, direct) = postgres_database("alps_frozen");
+    let host = direct.rsplit_once('@').and_then(|(_, rest)| rest.split('/').next()).unwrap().to_owned();
+    let relay = Relay::start(&host);
+    let url = direct.replace(&host, &relay.address());
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let mut server = start(&dirs, &url).await;
+    create_project(&mut server, 5).await;
+    assert_eq!(count(&mut server).await.unwrap(), 10);
+
+    // PostgreSQL stops answering without closing a connection (a frozen process): a call that
+    // needs it fails at its deadline instead of hanging (60 s is a bound for the test, not the
+    // deadline), and one that does not goes on.
+    relay.freeze();
+    assert_eq!(predict(&mut server).await.0, "untrained", "the hot path does not touch the database");
+    let add = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)]));
+    let refused = within(add).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("retry with backoff"), "{}", refused.message());
+    assert_eq!(within(count(&mut server)).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(predict(&mut server).await.0, "untrained");
+
+    // Answering again: the same request succeeds on a new session, and the one that timed out
+    // left nothing (its transaction never reached its commit).
+    relay.restore();
+    let added = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap();
+    assert_eq!(added.into_inner().inserted, 2);
+    assert_eq!(count(&mut server).await.unwrap(), 12);
+    let log = server.process.log().join("\n");
+    assert!(log.contains("the database did not answer within 15s"), "the server's reason is logged:\n{log}");
     assert!(server.stop());
 }
 

@@ -570,11 +570,13 @@ pub fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 /// A TCP relay on a loopback port to `target` that a test can cut (open connections are shut
-/// down and new ones closed at once, as when a server goes away) and restore: the server behind
-/// it keeps its state.
+/// down and new ones closed at once, as when a server goes away) or freeze (connections stay
+/// open, new ones are accepted, and no byte passes: a server that stopped answering, or a
+/// network that drops packets), and restore: the server behind it keeps its state.
 pub struct Relay {
     port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
@@ -584,8 +586,10 @@ impl Relay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
         let port = listener.local_addr().expect("address").port();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (target, accepting, connections) = (target.to_owned(), open.clone(), live.clone());
+        let holding = frozen.clone();
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
@@ -599,14 +603,23 @@ impl Relay {
                         .into_iter()
                         .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
                 {
+                    let holding = holding.clone();
                     thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buffer = [0; 16 * 1024];
+                        while let Ok(read @ 1..) = std::io::Read::read(&mut from, &mut buffer) {
+                            while holding.load(std::sync::atomic::Ordering::SeqCst) {
+                                thread::sleep(Duration::from_millis(20));
+                            }
+                            if std::io::Write::write_all(&mut to, &buffer[..read]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Write);
                     });
                 }
             }
         });
-        Self { port, open, live }
+        Self { port, open, frozen, live }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -622,8 +635,19 @@ impl Relay {
         }
     }
 
-    /// Relays new connections again.
+    /// Holds every byte, of open connections and new ones, until [`restore`](Self::restore).
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Relays new connections again, and the bytes held while frozen.
     pub fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }

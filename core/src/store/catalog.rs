@@ -20,7 +20,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed or could not be reached.
     #[error("database error: {}", with_causes(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database did not answer within a call's deadline: it is frozen, or the network
+    /// drops its packets. What the call sent may still be applied once it answers again.
+    #[error("the database did not answer within {0:?}; retry")]
+    TimedOut(Duration),
     /// Another alps-server holds the PostgreSQL database (see [`super::postgres`]).
     #[error(
         "another alps-server uses this database (it holds the catalogue's lock); servers share a database only as \
@@ -65,7 +69,7 @@ impl StoreError {
         match self {
             Self::Sqlite(error) => super::sqlite::failure(error),
             Self::Postgres(error) => super::postgres::failure(error),
-            Self::Contended | Self::Collected => Failure::Transient,
+            Self::Contended | Self::Collected | Self::TimedOut(_) => Failure::Transient,
             // Taken while serving: our session broke and another server took the lock (our own
             // old session's is taken back), so this server must not write.
             Self::Taken | Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,

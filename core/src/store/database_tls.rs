@@ -8,9 +8,9 @@
 
 use std::{path::Path, sync::Arc};
 
-use postgres::config::SslMode;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Why TLS to PostgreSQL cannot be set up.
@@ -44,7 +44,7 @@ pub fn normalised_url(url: &str) -> String {
 /// # Errors
 /// [`DatabaseTlsError`].
 pub fn connector(
-    config: &postgres::Config,
+    config: &tokio_postgres::Config,
     ca_file: Option<&Path>,
 ) -> Result<Option<MakeRustlsConnect>, DatabaseTlsError> {
     if !matches!(config.get_ssl_mode(), SslMode::Require) {

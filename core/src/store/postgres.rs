@@ -18,8 +18,15 @@
 //! * Text identifiers are stored with the `"C"` collation, so ids sort bytewise, as in SQLite:
 //!   paging through examples gives the same pages on both backends.
 //!
-//! The blocking `postgres` client drives a private tokio runtime, which tokio refuses to start
-//! on a thread that is driving one; each call therefore runs on a scoped thread of its own.
+//! * Every call has a deadline ([`CALL_TIMEOUT`], waiting for its session and connecting
+//!   included): a server that stops answering without closing the connection (a frozen host,
+//!   a network cut that drops packets) fails the call as transient ([`StoreError::TimedOut`])
+//!   instead of hanging it, and the session is closed and opened again by the next call.
+//!
+//! The catalogue is synchronous ([`Catalog`]); `tokio-postgres` sessions run on a private
+//! runtime of one worker thread, which drives every connection between calls too. A call
+//! blocks on that runtime from a scoped thread of its own, since tokio refuses to block on a
+//! runtime from a thread that drives another.
 
 use std::{
     collections::HashMap,
@@ -31,7 +38,11 @@ use std::{
     time::Duration,
 };
 
-use postgres::{Client, NoTls, Row, error::SqlState};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::mpsc,
+};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification, Row, Transaction, error::SqlState};
 
 use super::{
     Failure,
@@ -133,6 +144,9 @@ pub enum Sharing {
 const IDLE_PROBE: Duration = Duration::from_secs(1);
 /// How long that probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call may take, from asking for its session to its last answer. The longest
+/// legitimate call waits [`LOCK_TIMEOUT`] for a row lock a few times.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a starting server waits for another server's lock to be released.
 const TAKEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take before the call fails as transient.
@@ -150,7 +164,7 @@ const LOCK_TIMEOUT: &str = "5s";
 /// insufficient resources (53), an operator intervention such as a shutdown or an idle-session
 /// timeout (57), a lock not available (55P03) or a read-only server after a failover (25006)
 /// is transient; the rest (constraint violations, bad credentials, type errors) permanent.
-pub(super) fn failure(error: &postgres::Error) -> Failure {
+pub(super) fn failure(error: &tokio_postgres::Error) -> Failure {
     match error.code().map(SqlState::code) {
         Some("53100") => Failure::Full,
         Some(code) if ["08", "40", "53", "57"].contains(&&code[..2]) => Failure::Transient,
@@ -179,7 +193,7 @@ fn lost_connection(code: &str) -> bool {
 pub enum OpenError {
     /// The URL does not parse as a PostgreSQL connection string.
     #[error("--database-url is not a PostgreSQL URL (postgres://user:password@host:port/database): {0}")]
-    Url(postgres::Error),
+    Url(tokio_postgres::Error),
     /// The database cannot be reached (named by host, port and database; never the password).
     #[error("cannot use PostgreSQL at {at}: {source}")]
     Unreachable {
@@ -194,18 +208,89 @@ pub enum OpenError {
     /// See [`super::database_tls::DatabaseTlsError`].
     #[error(transparent)]
     Tls(#[from] super::database_tls::DatabaseTlsError),
+    /// The runtime that drives the sessions cannot start (out of threads).
+    #[error("cannot start the PostgreSQL client's runtime: {0}")]
+    Runtime(String),
 }
 
-/// One PostgreSQL session, opened on first use and again after it breaks.
+/// A connected session: the client, and the task on the catalogue's runtime that drives its
+/// connection and forwards the server's notifications.
+struct Live {
+    client: Client,
+    /// Notifications, then the error that ended the connection (only a listening session is
+    /// sent notifications).
+    notifications: mpsc::UnboundedReceiver<Result<Notification, tokio_postgres::Error>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Live {
+    /// Spawns the task that drives `connection` (on the current runtime).
+    fn new<S, T>(client: Client, mut connection: tokio_postgres::Connection<S, T>) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, notifications) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(notification)) => {
+                        let _ = sender.send(Ok(notification));
+                    }
+                    Ok(AsyncMessage::Notice(notice)) => tracing::debug!(%notice, "PostgreSQL notice"),
+                    Ok(_) => {}
+                    Err(error) => {
+                        let _ = sender.send(Err(error));
+                        break;
+                    }
+                }
+            }
+        });
+        Self { client, notifications, driver }
+    }
+
+    /// Whether the session answers an empty query within [`PROBE_TIMEOUT`].
+    async fn answers(&self) -> bool {
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, self.client.simple_query("")).await, Ok(Ok(_)))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Closes the socket: a session given up on (a call past its deadline) must not go on
+        // waiting for a server that may never answer.
+        self.driver.abort();
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Live {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// One PostgreSQL session, opened on first use and again after it breaks or a call on it
+/// passes its deadline.
 struct Session {
-    config: postgres::Config,
+    config: Config,
     /// `None`: plaintext (see [`super::database_tls`]).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// The server lock this session holds (the writing session), alone or shared.
     lock: Option<Sharing>,
     /// Whether this session listens for project changes.
     listens: bool,
-    client: Mutex<Option<Client>>,
+    /// The catalogue's runtime, which drives every session's connection.
+    runtime: tokio::runtime::Handle,
+    /// How long a call may take, waiting for the session and connecting included.
+    call_timeout: Duration,
+    live: tokio::sync::Mutex<Option<Live>>,
     /// When this session last ran a call: one idle for longer than [`IDLE_PROBE`] is checked
     /// before use, so that a session the server ended meanwhile (a restart, a terminated
     /// backend) is replaced instead of failing the next call.
@@ -223,69 +308,104 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn new(
-        config: &postgres::Config,
-        tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
-        lock: Option<Sharing>,
-    ) -> Self {
+    fn new(settings: &Settings, lock: Option<Sharing>, listens: bool) -> Self {
         Self {
-            config: config.clone(),
-            tls: tls.cloned(),
+            config: settings.config.clone(),
+            tls: settings.tls.clone(),
             lock,
-            listens: false,
-            client: Mutex::new(None),
+            listens,
+            runtime: settings.runtime.clone(),
+            call_timeout: settings.call_timeout,
+            live: tokio::sync::Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
             backend_pid: AtomicI32::new(0),
         }
     }
 
-    /// Runs `work` on this session, connecting first if it is not connected.
-    fn run<T: Send>(&self, work: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
-        // A panic while holding the lock cannot leave PostgreSQL inconsistent: an open
-        // transaction rolls back when it is dropped while unwinding.
-        let mut guard = self.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let slot = &mut *guard;
+    /// Runs `work` on this session, connecting first if it is not connected, within the
+    /// call's deadline.
+    ///
+    /// # Errors
+    /// `work`'s; [`StoreError::TimedOut`] past the deadline (the session is then closed; what
+    /// `work` sent may still be applied if the server answers later); [`StoreError::Postgres`]
+    /// if connecting fails.
+    fn run<T: Send>(&self, work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+        self.run_longer(Duration::ZERO, work)
+    }
+
+    /// [`run`](Self::run) for a call that may take `longer` than others by design.
+    fn run_longer<T: Send>(
+        &self,
+        longer: Duration,
+        work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let limit = self.call_timeout + longer;
+        let deadline = tokio::time::Instant::now() + limit;
+        off_runtime(|| {
+            self.runtime.block_on(async {
+                let mut slot =
+                    tokio::time::timeout_at(deadline, self.live.lock()).await.map_err(|_| StoreError::TimedOut(limit))?;
+                let Ok(result) = tokio::time::timeout_at(deadline, self.call(&mut slot, work)).await else {
+                    *slot = None;
+                    return Err(StoreError::TimedOut(limit));
+                };
+                // The server may have said the session is over before the socket closed.
+                let over = matches!(&result, Err(StoreError::Postgres(e)) if e.code().is_some_and(|c| lost_connection(c.code())));
+                if over || slot.as_ref().is_some_and(|live| live.is_closed()) {
+                    *slot = None;
+                }
+                result
+            })
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        slot: &mut Option<Live>,
+        work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let idle = {
             let mut used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             std::mem::replace(&mut *used, std::time::Instant::now()).elapsed() > IDLE_PROBE
         };
-        off_runtime(|| {
-            let usable = |client: &mut Client| !client.is_closed() && (!idle || client.is_valid(PROBE_TIMEOUT).is_ok());
-            if !slot.as_mut().is_some_and(usable) {
-                *slot = None;
-                *slot = Some(self.connect()?);
-            }
-            let client = slot.as_mut().expect("connected above");
-            let result = work(client);
-            // The server may have said the session is over before the socket closed.
-            let over =
-                matches!(&result, Err(StoreError::Postgres(e)) if e.code().is_some_and(|c| lost_connection(c.code())));
-            if over || client.is_closed() {
-                *slot = None;
-            }
-            result
-        })
+        let usable = match slot.as_ref() {
+            Some(live) if !live.is_closed() => !idle || live.answers().await,
+            _ => false,
+        };
+        if !usable {
+            *slot = None;
+            *slot = Some(self.connect().await?);
+        }
+        work(slot.as_mut().expect("connected above")).await
     }
 
-    fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = match &self.tls {
-            Some(tls) => self.config.connect(tls.clone())?,
-            None => self.config.connect(NoTls)?,
+    async fn connect(&self) -> Result<Live, StoreError> {
+        let live = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                Live::new(client, connection)
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                Live::new(client, connection)
+            }
         };
         // The server-side keepalives end a session whose client vanished (a node lost, a
         // network cut) within about 35 s, releasing its lock; the default is the kernel's
         // (hours).
-        client.batch_execute(&format!(
+        live.batch_execute(&format!(
             "SET lock_timeout = '{LOCK_TIMEOUT}'; SET tcp_keepalives_idle = 20; SET tcp_keepalives_interval = 5;
              SET tcp_keepalives_count = 3; SET client_min_messages = warning"
-        ))?;
+        ))
+        .await?;
         // Asked before the lock is taken and recorded once it is: no failure in between can
         // leave a pid that does not hold the lock, or lose the one that does.
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+        let pid: i32 = live.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
         match self.lock {
-            Some(Sharing::Alone) => take_lock(&mut client, SERVER_LOCK, self.backend_pid.load(Ordering::Relaxed))?,
+            Some(Sharing::Alone) => take_lock(&live, SERVER_LOCK, self.backend_pid.load(Ordering::Relaxed)).await?,
             Some(Sharing::Replicas) => {
-                let taken: bool = client.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK])?.get(0);
+                let taken: bool =
+                    live.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK]).await?.get(0);
                 if !taken {
                     return Err(StoreError::Taken);
                 }
@@ -293,61 +413,52 @@ impl Session {
             None => {}
         }
         if self.listens {
-            client.batch_execute(&format!("LISTEN {CHANGES}"))?;
+            live.batch_execute(&format!("LISTEN {CHANGES}")).await?;
         }
         self.backend_pid.store(pid, Ordering::Relaxed);
-        Ok(client)
+        Ok(live)
     }
+}
+
+/// The server processes (pids) holding advisory lock `key` in this database, read without
+/// taking it. A bigint key is stored as (classid, objid) = its (high, low) 32 bits as unsigned
+/// oids, objsubid 1.
+async fn lock_holders(client: &Client, key: i64) -> Result<Vec<i32>, StoreError> {
+    let (high, low) = ((key >> 32) & 0xffff_ffff, key & 0xffff_ffff);
+    let rows = client
+        .query(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+             AND classid::bigint = $1 AND objid::bigint = $2
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&high, &low],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Takes the advisory lock `key` for this session. If our own previous session still holds it
 /// (it broke on our side only), that session is ended first.
-/// The server processes (pids) holding advisory lock `key` in this database, read without
-/// taking it. A bigint key is stored as (classid, objid) = its (high, low) 32 bits as unsigned
-/// oids, objsubid 1.
-fn lock_holders(client: &mut Client, key: i64) -> Result<Vec<i32>, StoreError> {
-    let (high, low) = ((key >> 32) & 0xffff_ffff, key & 0xffff_ffff);
-    let rows = client.query(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
-         AND classid::bigint = $1 AND objid::bigint = $2
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        &[&high, &low],
-    )?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
-fn take_lock(client: &mut Client, key: i64, previous_pid: i32) -> Result<(), StoreError> {
-    let try_lock = |client: &mut Client| -> Result<bool, StoreError> {
-        Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?.get(0))
+async fn take_lock(client: &Client, key: i64, previous_pid: i32) -> Result<(), StoreError> {
+    let try_lock = async || -> Result<bool, StoreError> {
+        Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0))
     };
-    if try_lock(client)? {
+    if try_lock().await? {
         return Ok(());
     }
     // Replicas may hold it shared, several at once.
-    let holders = lock_holders(client, key)?;
+    let holders = lock_holders(client, key).await?;
     if previous_pid == 0 || holders != [previous_pid] {
         return Err(StoreError::Taken);
     }
     tracing::warn!(pid = previous_pid, "ending this server's own broken database session that still holds its lock");
-    client.execute("SELECT pg_terminate_backend($1)", &[&previous_pid])?;
+    client.execute("SELECT pg_terminate_backend($1)", &[&previous_pid]).await?;
     for _ in 0..40 {
-        if try_lock(client)? {
+        if try_lock().await? {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(StoreError::Taken)
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // The client's own drop blocks on its runtime too, and the last catalogue reference
-        // may go on an async thread.
-        let client = self.client.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        if let Some(client) = client {
-            off_runtime(move || drop(client));
-        }
-    }
 }
 
 /// Runs `work` on a scoped thread, outside any tokio runtime (see the module docs).
@@ -356,6 +467,29 @@ fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
         Ok(value) => value,
         Err(panic) => std::panic::resume_unwind(panic),
     })
+}
+
+/// The private runtime that drives a catalogue's sessions: one worker thread, so that
+/// connections are driven (notifications read, a closed socket seen) between calls too.
+#[derive(Debug)]
+struct Driver(Option<tokio::runtime::Runtime>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The last catalogue reference may go on an async thread, where a runtime may not
+        // block to shut down.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What every session of a catalogue is opened with.
+struct Settings {
+    config: Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    runtime: tokio::runtime::Handle,
+    call_timeout: Duration,
 }
 
 /// The catalogue in a PostgreSQL database.
@@ -368,6 +502,8 @@ pub struct PostgresCatalog {
     /// Garbage collection's: its turn's lock, and each removal's lock on an object's uses.
     collector: Session,
     sharing: Sharing,
+    /// Dropped last: it drives the sessions' connections.
+    _driver: Driver,
 }
 
 impl PostgresCatalog {
@@ -396,8 +532,18 @@ impl PostgresCatalog {
         sharing: Sharing,
         replica: &str,
     ) -> Result<Self, OpenError> {
-        let mut config =
-            postgres::Config::from_str(&super::database_tls::normalised_url(url)).map_err(OpenError::Url)?;
+        Self::open_within(url, ca_file, sharing, replica, CALL_TIMEOUT)
+    }
+
+    /// [`open_as`](Self::open_as) with calls that fail after `call_timeout`.
+    fn open_within(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        sharing: Sharing,
+        replica: &str,
+        call_timeout: Duration,
+    ) -> Result<Self, OpenError> {
+        let mut config = Config::from_str(&super::database_tls::normalised_url(url)).map_err(OpenError::Url)?;
         let tls = super::database_tls::connector(&config, ca_file)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -415,20 +561,26 @@ impl PostgresCatalog {
             Sharing::Alone => "alps-server".to_owned(),
             Sharing::Replicas => format!("alps-server {replica}"),
         });
-        let mut listener = Session::new(&config, tls.as_ref(), None);
-        listener.listens = true;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("alps-postgres")
+            .enable_all()
+            .build()
+            .map_err(|error| OpenError::Runtime(error.to_string()))?;
+        let settings = Settings { config: config.clone(), tls, runtime: runtime.handle().clone(), call_timeout };
         let catalog = Self {
-            reader: Session::new(&config, tls.as_ref(), None),
-            writer: Session::new(&config, tls.as_ref(), Some(sharing)),
-            listener,
-            collector: Session::new(&config, tls.as_ref(), None),
+            reader: Session::new(&settings, None, false),
+            writer: Session::new(&settings, Some(sharing), false),
+            listener: Session::new(&settings, None, true),
+            collector: Session::new(&settings, None, false),
             sharing,
+            _driver: Driver(Some(runtime)),
         };
         // A server that just stopped (a restart, a rescheduled pod) releases the lock when its
         // session ends, which may take a moment.
         let deadline = std::time::Instant::now() + TAKEN_WAIT;
         loop {
-            match catalog.writer.run(migrate) {
+            match catalog.writer.run(async |client| migrate(client).await) {
                 Err(StoreError::Taken) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(250));
                 }
@@ -443,14 +595,14 @@ impl PostgresCatalog {
 }
 
 /// Where `config` connects, for people: `host:port/database`.
-fn address(config: &postgres::Config) -> String {
+fn address(config: &Config) -> String {
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
         .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
         .map(|(host, port)| match host {
-            postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
-            postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
         })
         .collect();
     format!("{}/{}", hosts.join(","), config.get_dbname().unwrap_or("(the user's)"))
@@ -458,37 +610,41 @@ fn address(config: &postgres::Config) -> String {
 
 /// Applies the migrations this database has not seen, in one transaction, holding the
 /// migration lock: replicas starting together migrate one after the other.
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut transaction = client.transaction()?;
-    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    transaction.batch_execute(
-        "CREATE TABLE IF NOT EXISTS alps_schema_migrations (
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let transaction = client.transaction().await?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS alps_schema_migrations (
             version INTEGER PRIMARY KEY,
             applied_unix_ms BIGINT NOT NULL
         )",
-    )?;
+        )
+        .await?;
     let applied: i32 =
-        transaction.query_one("SELECT COALESCE(MAX(version), 0) FROM alps_schema_migrations", &[])?.get(0);
+        transaction.query_one("SELECT COALESCE(MAX(version), 0) FROM alps_schema_migrations", &[]).await?.get(0);
     let applied = usize::try_from(applied).unwrap_or(0);
     if applied > MIGRATIONS.len() {
         return Err(StoreError::NewerSchema { found: applied, known: MIGRATIONS.len() });
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        transaction.batch_execute(migration)?;
+        transaction.batch_execute(migration).await?;
         let version = index as i32 + 1;
-        transaction.execute(
-            "INSERT INTO alps_schema_migrations (version, applied_unix_ms) VALUES ($1, $2)",
-            &[&version, &super::now_unix_ms()],
-        )?;
+        transaction
+            .execute(
+                "INSERT INTO alps_schema_migrations (version, applied_unix_ms) VALUES ($1, $2)",
+                &[&version, &super::now_unix_ms()],
+            )
+            .await?;
     }
-    transaction.commit()?;
+    transaction.commit().await?;
     Ok(())
 }
 
 /// Tells the replicas listening that `project` changed, when `transaction` commits (PostgreSQL
 /// delivers notifications at commit, and drops them on a rollback).
-fn notify(transaction: &mut postgres::Transaction<'_>, project: &str) -> Result<(), StoreError> {
-    transaction.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &project])?;
+async fn notify(transaction: &Transaction<'_>, project: &str) -> Result<(), StoreError> {
+    transaction.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &project]).await?;
     Ok(())
 }
 
@@ -539,19 +695,21 @@ impl PostgresCatalog {
     /// # Errors
     /// [`StoreError::Collected`] for an object removed meanwhile; [`StoreError`] on a database
     /// failure.
-    fn check_declared(
+    async fn check_declared(
         &self,
-        transaction: &mut postgres::Transaction<'_>,
+        transaction: &Transaction<'_>,
         kind: Kind,
         sha256s: &[&str],
     ) -> Result<(), StoreError> {
         if self.sharing == Sharing::Alone || sha256s.is_empty() {
             return Ok(());
         }
-        let held = transaction.query(
-            "SELECT sha256 FROM object_uses WHERE kind = $1 AND sha256 = ANY($2) ORDER BY sha256 FOR SHARE",
-            &[&kind.name(), &sha256s],
-        )?;
+        let held = transaction
+            .query(
+                "SELECT sha256 FROM object_uses WHERE kind = $1 AND sha256 = ANY($2) ORDER BY sha256 FOR SHARE",
+                &[&kind.name(), &sha256s],
+            )
+            .await?;
         if held.len() < sha256s.len() {
             return Err(StoreError::Collected);
         }
@@ -568,82 +726,89 @@ impl Catalog for PostgresCatalog {
         starts_over: &(dyn Fn(&ProjectSpec) -> bool + Sync),
     ) -> Result<bool, StoreError> {
         let json = encode_spec(spec)?;
-        self.writer.run(|client| {
-            let mut transaction = client.transaction()?;
-            let stored = transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&spec.id])?;
+        self.writer.run(async |client| {
+            let transaction = client.transaction().await?;
+            let stored =
+                transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&spec.id]).await?;
             let created = match stored {
                 None => {
-                    transaction.execute(
-                        "INSERT INTO projects (id, spec, created_unix_ms, active_version) VALUES ($1, $2, $3, $4)",
-                        &[&spec.id, &json, &now_unix_ms, &initial_version],
-                    )?;
+                    transaction
+                        .execute(
+                            "INSERT INTO projects (id, spec, created_unix_ms, active_version) VALUES ($1, $2, $3, $4)",
+                            &[&spec.id, &json, &now_unix_ms, &initial_version],
+                        )
+                        .await?;
                     true
                 }
                 Some(row) => {
                     if catalog::starts_over(row.get(0), starts_over) {
-                        transaction.execute(
-                            "UPDATE projects SET spec = $2, active_version = $3 WHERE id = $1",
-                            &[&spec.id, &json, &initial_version],
-                        )?;
+                        transaction
+                            .execute(
+                                "UPDATE projects SET spec = $2, active_version = $3 WHERE id = $1",
+                                &[&spec.id, &json, &initial_version],
+                            )
+                            .await?;
                     } else {
-                        transaction.execute("UPDATE projects SET spec = $2 WHERE id = $1", &[&spec.id, &json])?;
+                        transaction.execute("UPDATE projects SET spec = $2 WHERE id = $1", &[&spec.id, &json]).await?;
                     }
                     false
                 }
             };
-            notify(&mut transaction, &spec.id)?;
-            transaction.commit()?;
+            notify(&transaction, &spec.id).await?;
+            transaction.commit().await?;
             Ok(created)
         })
     }
 
     fn identity(&self) -> Result<String, StoreError> {
-        self.reader.run(|client| Ok(client.query_one("SELECT id FROM alps_catalogue", &[])?.get(0)))
+        self.reader.run(async |client| Ok(client.query_one("SELECT id FROM alps_catalogue", &[]).await?.get(0)))
     }
 
     fn bind_data_dir(&self, data_dir: &str) -> Result<Option<String>, StoreError> {
-        self.writer.run(|client| {
-            client.execute("UPDATE alps_catalogue SET data_dir = $1 WHERE data_dir IS NULL", &[&data_dir])?;
-            let bound: String = client.query_one("SELECT data_dir FROM alps_catalogue", &[])?.get(0);
+        self.writer.run(async |client| {
+            client.execute("UPDATE alps_catalogue SET data_dir = $1 WHERE data_dir IS NULL", &[&data_dir]).await?;
+            let bound: String = client.query_one("SELECT data_dir FROM alps_catalogue", &[]).await?.get(0);
             Ok((bound != data_dir).then_some(bound))
         })
     }
 
     fn data_dir(&self) -> Result<Option<String>, StoreError> {
-        self.reader.run(|client| Ok(client.query_one("SELECT data_dir FROM alps_catalogue", &[])?.get(0)))
+        self.reader.run(async |client| Ok(client.query_one("SELECT data_dir FROM alps_catalogue", &[]).await?.get(0)))
     }
 
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
-        let row = self.reader.run(|client| {
-            Ok(client.query_opt("SELECT spec, created_unix_ms, active_version FROM projects WHERE id = $1", &[&id])?)
+        let row = self.reader.run(async |client| {
+            Ok(client
+                .query_opt("SELECT spec, created_unix_ms, active_version FROM projects WHERE id = $1", &[&id])
+                .await?)
         })?;
         row.map(|row| StoredProject::decode(id, row.get(0), row.get(1), row.get(2))).transpose()
     }
 
     fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
-        let rows = self.reader.run(|client| {
-            Ok(client.query("SELECT id, spec, created_unix_ms, active_version FROM projects ORDER BY id", &[])?)
+        let rows = self.reader.run(async |client| {
+            Ok(client.query("SELECT id, spec, created_unix_ms, active_version FROM projects ORDER BY id", &[]).await?)
         })?;
         rows.iter().map(|row| StoredProject::decode(row.get(0), row.get(1), row.get(2), row.get(3))).collect()
     }
 
     fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
-        self.writer.run(|client| {
-            let mut transaction = client.transaction()?;
-            let deleted = transaction.execute("DELETE FROM projects WHERE id = $1", &[&id])? == 1;
-            notify(&mut transaction, id)?;
-            transaction.commit()?;
+        self.writer.run(async |client| {
+            let transaction = client.transaction().await?;
+            let deleted = transaction.execute("DELETE FROM projects WHERE id = $1", &[&id]).await? == 1;
+            notify(&transaction, id).await?;
+            transaction.commit().await?;
             Ok(deleted)
         })
     }
 
     fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
-        self.writer.run(|client| {
-            let mut transaction = client.transaction()?;
+        self.writer.run(async |client| {
+            let transaction = client.transaction().await?;
             let mut sha256s: Vec<&str> = examples.iter().map(|e| e.sha256.as_str()).collect();
             sha256s.sort_unstable();
             sha256s.dedup();
-            self.check_declared(&mut transaction, Kind::Blob, &sha256s)?;
+            self.check_declared(&transaction, Kind::Blob, &sha256s).await?;
             // One read for the whole batch and prepared writes: a round trip per changed
             // example instead of four. Decisions see the batch's own earlier writes.
             let ids: Vec<&str> = examples.iter().map(|e| e.external_id.as_str()).collect();
@@ -652,7 +817,8 @@ impl Catalog for PostgresCatalog {
                     "SELECT external_id, class_name, sha256, tensor_shape, metadata, label_revision FROM examples
                      WHERE project_id = $1 AND external_id = ANY($2) FOR UPDATE",
                     &[&project, &ids],
-                )?
+                )
+                .await?
                 .iter()
                 .map(|row| {
                     let content = (row.get(1), row.get(2), row.get(3), row.get(4));
@@ -660,9 +826,11 @@ impl Catalog for PostgresCatalog {
                 })
                 .collect();
             let refresh = transaction
-                .prepare("UPDATE examples SET label_revision = $3 WHERE project_id = $1 AND external_id = $2")?;
-            let write = transaction.prepare(
-                "INSERT INTO examples
+                .prepare("UPDATE examples SET label_revision = $3 WHERE project_id = $1 AND external_id = $2")
+                .await?;
+            let write = transaction
+                .prepare(
+                    "INSERT INTO examples
                  (project_id, external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms,
                   label_revision)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -670,7 +838,8 @@ impl Catalog for PostgresCatalog {
                   class_name = excluded.class_name, sha256 = excluded.sha256, size_bytes = excluded.size_bytes,
                   tensor_shape = excluded.tensor_shape, metadata = excluded.metadata,
                   updated_unix_ms = excluded.updated_unix_ms, label_revision = excluded.label_revision",
-            )?;
+                )
+                .await?;
             let mut counts = UpsertCounts::default();
             for example in examples {
                 let upsert = Upsert::of(example, stored.get(&example.external_id).cloned());
@@ -681,23 +850,25 @@ impl Catalog for PostgresCatalog {
                     Upsert::Stale => continue,
                     Upsert::Unchanged(false) => {}
                     Upsert::Unchanged(true) => {
-                        transaction.execute(&refresh, &[&project, &example.external_id, &revision])?;
+                        transaction.execute(&refresh, &[&project, &example.external_id, &revision]).await?;
                     }
                     Upsert::Insert | Upsert::Update => {
-                        transaction.execute(
-                            &write,
-                            &[
-                                &project,
-                                &example.external_id,
-                                &example.class_name,
-                                &example.sha256,
-                                &(example.size_bytes as i64),
-                                &shape,
-                                &metadata,
-                                &example.updated_unix_ms,
-                                &revision,
-                            ],
-                        )?;
+                        transaction
+                            .execute(
+                                &write,
+                                &[
+                                    &project,
+                                    &example.external_id,
+                                    &example.class_name,
+                                    &example.sha256,
+                                    &(example.size_bytes as i64),
+                                    &shape,
+                                    &metadata,
+                                    &example.updated_unix_ms,
+                                    &revision,
+                                ],
+                            )
+                            .await?;
                     }
                 }
                 let content = (example.class_name.clone(), example.sha256.clone(), shape, metadata);
@@ -706,52 +877,62 @@ impl Catalog for PostgresCatalog {
                     StoredExample { content, label_revision: example.label_revision },
                 );
             }
-            transaction.commit()?;
+            transaction.commit().await?;
             Ok(counts)
         })
     }
 
     fn delete_examples(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError> {
-        let deleted = self.writer.run(|client| {
-            Ok(client.execute(
-                "DELETE FROM examples WHERE project_id = $1 AND external_id = ANY($2)",
-                &[&project, &external_ids],
-            )?)
+        let deleted = self.writer.run(async |client| {
+            Ok(client
+                .execute(
+                    "DELETE FROM examples WHERE project_id = $1 AND external_id = ANY($2)",
+                    &[&project, &external_ids],
+                )
+                .await?)
         })?;
         Ok((deleted, external_ids.len() as u64 - deleted))
     }
 
     fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.reader.run(|client| {
-            Ok(client.query(
-                "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms,
+        let rows = self.reader.run(async |client| {
+            Ok(client
+                .query(
+                    "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms,
                         label_revision
                  FROM examples WHERE project_id = $1 AND external_id > $2 ORDER BY external_id LIMIT $3",
-                &[&project, &after, &limit],
-            )?)
+                    &[&project, &after, &limit],
+                )
+                .await?)
         })?;
         rows.iter().map(|row| example(project, row)).collect()
     }
 
     fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let rows = self.reader.run(|client| Ok(client.query("SELECT DISTINCT sha256 FROM examples", &[])?))?;
+        let rows =
+            self.reader.run(async |client| Ok(client.query("SELECT DISTINCT sha256 FROM examples", &[]).await?))?;
         Ok(strings(rows).into_iter().collect())
     }
 
     fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = self.reader.run(|client| {
-            Ok(client.query(
-                "SELECT class_name, COUNT(*) FROM examples WHERE project_id = $1 GROUP BY class_name",
-                &[&project],
-            )?)
+        let rows = self.reader.run(async |client| {
+            Ok(client
+                .query(
+                    "SELECT class_name, COUNT(*) FROM examples WHERE project_id = $1 GROUP BY class_name",
+                    &[&project],
+                )
+                .await?)
         })?;
         Ok(rows.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect())
     }
 
     fn next_version_number(&self, project: &str) -> Result<u32, StoreError> {
-        let max: Option<i64> = self.reader.run(|client| {
-            Ok(client.query_one("SELECT MAX(number) FROM model_versions WHERE project_id = $1", &[&project])?.get(0))
+        let max: Option<i64> = self.reader.run(async |client| {
+            Ok(client
+                .query_one("SELECT MAX(number) FROM model_versions WHERE project_id = $1", &[&project])
+                .await?
+                .get(0))
         })?;
         Ok(max.map_or(0, |max| max as u32) + 1)
     }
@@ -768,28 +949,32 @@ impl Catalog for PostgresCatalog {
         let weights: Option<String> = serde_json::from_str::<serde_json::Value>(manifest)
             .ok()
             .and_then(|manifest| manifest["weights_sha256"].as_str().map(str::to_owned));
-        self.writer.run(|client| {
-            let mut transaction = client.transaction()?;
+        self.writer.run(async |client| {
+            let transaction = client.transaction().await?;
             if let Some(weights) = &weights {
-                self.check_declared(&mut transaction, Kind::Weights, &[weights.as_str()])?;
+                self.check_declared(&transaction, Kind::Weights, &[weights.as_str()]).await?;
             }
-            transaction.execute(
-                "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
+            transaction
+                .execute(
+                    "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
                  VALUES ($1, $2, $3, $4, $5)",
-                &[&project, &version, &number, &manifest, &created_unix_ms],
-            )?;
-            transaction.commit()?;
+                    &[&project, &version, &number, &manifest, &created_unix_ms],
+                )
+                .await?;
+            transaction.commit().await?;
             Ok(())
         })
     }
 
     fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError> {
-        let rows = self.reader.run(|client| {
-            Ok(client.query(
-                "SELECT version, number, manifest, created_unix_ms FROM model_versions WHERE project_id = $1
+        let rows = self.reader.run(async |client| {
+            Ok(client
+                .query(
+                    "SELECT version, number, manifest, created_unix_ms FROM model_versions WHERE project_id = $1
                  ORDER BY number DESC",
-                &[&project],
-            )?)
+                    &[&project],
+                )
+                .await?)
         })?;
         Ok(rows
             .iter()
@@ -810,21 +995,21 @@ impl Catalog for PostgresCatalog {
         // through the object uses). The lock lives on the collector's session: if it breaks,
         // another replica may start collecting. Its process is read in the same call, so a
         // reconnect cannot slip between.
-        let (taken, pid): (bool, i32) = self.collector.run(|client| {
-            let taken = client.query_one("SELECT pg_try_advisory_lock($1)", &[&COLLECTOR_LOCK])?.get(0);
+        let (taken, pid): (bool, i32) = self.collector.run(async |client| {
+            let taken = client.query_one("SELECT pg_try_advisory_lock($1)", &[&COLLECTOR_LOCK]).await?.get(0);
             Ok((taken, self.collector.backend_pid.load(Ordering::Relaxed)))
         })?;
         let still = move || {
-            let unbroken = self.collector.run(|client| {
-                client.batch_execute("SELECT 1")?;
+            let unbroken = self.collector.run(async |client| {
+                client.batch_execute("SELECT 1").await?;
                 Ok(self.collector.backend_pid.load(Ordering::Relaxed) == pid)
             });
             unbroken.unwrap_or(false)
         };
         Ok(taken.then(|| {
             Alone::until(still, move || {
-                let released = self.collector.run(|client| {
-                    client.execute("SELECT pg_advisory_unlock($1)", &[&COLLECTOR_LOCK])?;
+                let released = self.collector.run(async |client| {
+                    client.execute("SELECT pg_advisory_unlock($1)", &[&COLLECTOR_LOCK]).await?;
                     Ok(())
                 });
                 if let Err(error) = released {
@@ -845,12 +1030,12 @@ impl Catalog for PostgresCatalog {
         sha256s.sort_unstable();
         sha256s.dedup();
         for chunk in sha256s.chunks(DECLARATION_CHUNK) {
-            self.writer.run(|client| {
+            self.writer.run(async |client| {
                 client.execute(
                     "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
                      ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
                     &[&kind.name(), &chunk],
-                )?;
+                ).await?;
                 Ok(())
             })?;
         }
@@ -868,37 +1053,43 @@ impl Catalog for PostgresCatalog {
             return Ok(remove());
         }
         let grace = millis(grace.max(SHARED_GRACE_FLOOR));
-        self.collector.run(|client| {
-            let mut transaction = client.transaction()?;
+        self.collector.run(async |client| {
+            let transaction = client.transaction().await?;
             // A row to lock even for an object never declared: a declaration now waits for it.
             transaction.execute(
                 "INSERT INTO object_uses (kind, sha256, used_at) VALUES ($1, $2, '-infinity') ON CONFLICT DO NOTHING",
                 &[&kind.name(), &sha256],
-            )?;
+            ).await?;
             let recent: bool = transaction
                 .query_one(
                     "SELECT used_at > clock_timestamp() - $3::float8 * interval '1 millisecond' FROM object_uses
                      WHERE kind = $1 AND sha256 = $2 FOR UPDATE",
                     &[&kind.name(), &sha256, &grace],
-                )?
+                )
+                .await?
                 .get(0);
             // Referenced since the round read the references (a long round): it stays.
             let referenced: bool = match kind {
                 Kind::Blob => transaction
-                    .query_one("SELECT EXISTS (SELECT 1 FROM examples WHERE sha256 = $1)", &[&sha256])?
+                    .query_one("SELECT EXISTS (SELECT 1 FROM examples WHERE sha256 = $1)", &[&sha256])
+                    .await?
                     .get(0),
                 Kind::Weights => transaction
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM model_versions WHERE strpos(manifest, $1) > 0)",
                         &[&sha256],
-                    )?
+                    )
+                    .await?
                     .get(0),
             };
-            if recent || referenced || !remove() {
+            // The removal blocks (the object store's client has its own runtime): off this one.
+            if recent || referenced || !off_runtime(remove) {
                 return Ok(false);
             }
-            transaction.execute("DELETE FROM object_uses WHERE kind = $1 AND sha256 = $2", &[&kind.name(), &sha256])?;
-            transaction.commit()?;
+            transaction
+                .execute("DELETE FROM object_uses WHERE kind = $1 AND sha256 = $2", &[&kind.name(), &sha256])
+                .await?;
+            transaction.commit().await?;
             Ok(true)
         })
     }
@@ -908,16 +1099,18 @@ impl Catalog for PostgresCatalog {
             return Ok(Some(Lease::SOLE));
         }
         // The database's clock decides expiry, so replicas' clocks need not agree.
-        let granted = self.writer.run(|client| {
-            Ok(client.query_opt(
-                "INSERT INTO training_leases (project_id, holder, epoch, expires_at)
+        let granted = self.writer.run(async |client| {
+            Ok(client
+                .query_opt(
+                    "INSERT INTO training_leases (project_id, holder, epoch, expires_at)
                  VALUES ($1, $2, 1, clock_timestamp() + $3::float8 * interval '1 millisecond')
                  ON CONFLICT (project_id) DO UPDATE SET holder = excluded.holder, epoch = training_leases.epoch + 1,
                   expires_at = excluded.expires_at
                  WHERE training_leases.expires_at <= clock_timestamp() OR training_leases.holder = excluded.holder
                  RETURNING epoch",
-                &[&project, &replica, &millis(ttl)],
-            )?)
+                    &[&project, &replica, &millis(ttl)],
+                )
+                .await?)
         })?;
         Ok(granted.map(|row| Lease { epoch: row.get(0) }))
     }
@@ -927,13 +1120,14 @@ impl Catalog for PostgresCatalog {
             return Ok(true);
         }
         // Never a released lease: a renewal racing the release must not hold it again.
-        let renewed = self.writer.run(|client| {
-            Ok(client.execute(
+        let renewed =
+            self.writer.run(async |client| {
+                Ok(client.execute(
                 "UPDATE training_leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
                  WHERE project_id = $1 AND holder = $2 AND epoch = $3 AND expires_at <> '-infinity'",
                 &[&project, &replica, &lease.epoch, &millis(ttl)],
-            )?)
-        })?;
+            ).await?)
+            })?;
         Ok(renewed == 1)
     }
 
@@ -941,11 +1135,11 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone {
             return Ok(());
         }
-        self.writer.run(|client| {
+        self.writer.run(async |client| {
             client.execute(
                 "UPDATE training_leases SET expires_at = '-infinity' WHERE project_id = $1 AND holder = $2 AND epoch = $3",
                 &[&project, &replica, &lease.epoch],
-            )?;
+            ).await?;
             Ok(())
         })
     }
@@ -954,46 +1148,49 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone {
             return Ok(Vec::new());
         }
-        let rows = self.reader.run(|client| {
+        let rows = self.reader.run(async |client| {
             Ok(client.query(
                 "SELECT DISTINCT j.project_id FROM jobs j LEFT JOIN training_leases l ON l.project_id = j.project_id
                  WHERE NOT j.finished AND (l.expires_at IS NULL OR l.expires_at <= clock_timestamp())",
                 &[],
-            )?)
+            ).await?)
         })?;
         Ok(strings(rows))
     }
 
     fn request_cancel(&self, job_id: &str) -> Result<bool, StoreError> {
-        self.writer.run(|client| {
+        self.writer.run(async |client| {
             let asked = client
-                .execute("UPDATE jobs SET cancel_requested = true WHERE job_id = $1 AND NOT finished", &[&job_id])?;
+                .execute("UPDATE jobs SET cancel_requested = true WHERE job_id = $1 AND NOT finished", &[&job_id])
+                .await?;
             Ok(asked == 1)
         })
     }
 
     fn cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
-        self.reader.run(|client| {
-            let row = client.query_opt("SELECT cancel_requested FROM jobs WHERE job_id = $1", &[&job_id])?;
+        self.reader.run(async |client| {
+            let row = client.query_opt("SELECT cancel_requested FROM jobs WHERE job_id = $1", &[&job_id]).await?;
             Ok(row.is_some_and(|row| row.get(0)))
         })
     }
 
     fn keep_locks(&self) -> Result<(), StoreError> {
         // A call on the writing session reconnects it if it broke, taking its lock again.
-        self.writer.run(|client| {
-            client.batch_execute("SELECT 1")?;
+        self.writer.run(async |client| {
+            client.batch_execute("SELECT 1").await?;
             Ok(())
         })
     }
 
     fn wait_for_change(&self, timeout: Duration) -> Result<(), StoreError> {
-        use postgres::fallible_iterator::FallibleIterator;
-        self.listener.run(|client| {
-            let mut notifications = client.notifications();
-            if notifications.timeout_iter(timeout).next()?.is_some() {
+        self.listener.run_longer(timeout, async |live| {
+            // A closed channel: the connection ended, and the next call reconnects.
+            if let Ok(Some(notification)) = tokio::time::timeout(timeout, live.notifications.recv()).await {
+                notification?;
                 // Several changes at once need one refresh.
-                while notifications.iter().next()?.is_some() {}
+                while let Ok(notification) = live.notifications.try_recv() {
+                    notification?;
+                }
             }
             Ok(())
         })
@@ -1001,8 +1198,8 @@ impl Catalog for PostgresCatalog {
 
     #[cfg(test)]
     fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
-        self.writer.run(|client| {
-            client.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
+        self.writer.run(async |client| {
+            client.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version]).await?;
             Ok(())
         })
     }
@@ -1014,30 +1211,36 @@ impl Catalog for PostgresCatalog {
         fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
         fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError> {
-        self.writer.run(|client| {
-            let mut transaction = client.transaction()?;
+        self.writer.run(async |client| {
+            let transaction = client.transaction().await?;
             // The lease row stays locked until the commit: a takeover waits for this activation
             // to end, and then starts from the version it made active.
             if let Some(fence) = fence.filter(|fence| fence.lease != Lease::SOLE) {
-                let held = transaction.query_opt(
-                    "SELECT 1 FROM training_leases WHERE project_id = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
-                    &[&project, &fence.replica, &fence.lease.epoch],
-                )?;
+                let held = transaction
+                    .query_opt(
+                        "SELECT 1 FROM training_leases WHERE project_id = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
+                        &[&project, &fence.replica, &fence.lease.epoch],
+                    )
+                    .await?;
                 if held.is_none() {
                     return Ok(Activation::Fenced);
                 }
             }
-            let spec = transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&project])?;
-            let manifest = transaction.query_opt(
-                "SELECT manifest FROM model_versions WHERE project_id = $1 AND version = $2",
-                &[&project, &version],
-            )?;
+            let spec = transaction.query_opt("SELECT spec FROM projects WHERE id = $1 FOR UPDATE", &[&project]).await?;
+            let manifest = transaction
+                .query_opt(
+                    "SELECT manifest FROM model_versions WHERE project_id = $1 AND version = $2",
+                    &[&project, &version],
+                )
+                .await?;
             let (manifest, spec) = (manifest.as_ref().map(|row| row.get(0)), spec.as_ref().map(|row| row.get(0)));
             let outcome = catalog::activation(project, manifest, spec, fits)?;
             if outcome == Activation::Activated {
-                transaction.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
-                notify(&mut transaction, project)?;
-                transaction.commit()?;
+                transaction
+                    .execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])
+                    .await?;
+                notify(&transaction, project).await?;
+                transaction.commit().await?;
             }
             Ok(outcome)
         })
@@ -1051,7 +1254,7 @@ impl Catalog for PostgresCatalog {
         record: &str,
         created_unix_ms: i64,
     ) -> Result<(), StoreError> {
-        self.writer.run(|client| {
+        self.writer.run(async |client| {
             client.execute(
                 "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
@@ -1059,33 +1262,37 @@ impl Catalog for PostgresCatalog {
                   queued = jobs.queued AND NOT excluded.finished
                  WHERE NOT jobs.finished",
                 &[&job_id, &project, &finished, &record, &created_unix_ms],
-            )?;
+            ).await?;
             Ok(())
         })
     }
 
     fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.reader.run(|client| {
-            Ok(client.query(
-                "SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE project_id = $1
+        let rows = self.reader.run(async |client| {
+            Ok(client
+                .query(
+                    "SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE project_id = $1
                  ORDER BY created_unix_ms DESC, job_id DESC LIMIT $2",
-                &[&project, &limit],
-            )?)
+                    &[&project, &limit],
+                )
+                .await?)
         })?;
         Ok(rows.iter().map(job_row).collect())
     }
 
     fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
-        let row =
-            self.reader.run(|client| Ok(client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id])?))?;
+        let row = self.reader.run(async |client| {
+            Ok(client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id]).await?)
+        })?;
         Ok(row.map(|row| row.get(0)))
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = self.reader.run(|client| {
+        let rows = self.reader.run(async |client| {
             Ok(client
-                .query("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE NOT finished", &[])?)
+                .query("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE NOT finished", &[])
+                .await?)
         })?;
         Ok(rows.iter().map(job_row).collect())
     }
@@ -1097,20 +1304,22 @@ impl Catalog for PostgresCatalog {
         record: &str,
         created_unix_ms: i64,
     ) -> Result<Option<String>, StoreError> {
-        self.writer.run(|client| {
+        self.writer.run(async |client| {
             // Replicas enqueue concurrently: the unique index decides, and a queued job taken
             // between the insert and the read leaves room for this one (tried again).
             for _ in 0..3 {
-                let inserted = client.execute(
-                    "INSERT INTO jobs (job_id, project_id, finished, queued, record, created_unix_ms)
+                let inserted = client
+                    .execute(
+                        "INSERT INTO jobs (job_id, project_id, finished, queued, record, created_unix_ms)
                      VALUES ($1, $2, false, true, $3, $4) ON CONFLICT (project_id) WHERE queued DO NOTHING",
-                    &[&job_id, &project, &record, &created_unix_ms],
-                )?;
+                        &[&job_id, &project, &record, &created_unix_ms],
+                    )
+                    .await?;
                 if inserted == 1 {
                     return Ok(None);
                 }
                 let queued =
-                    client.query_opt("SELECT record FROM jobs WHERE project_id = $1 AND queued", &[&project])?;
+                    client.query_opt("SELECT record FROM jobs WHERE project_id = $1 AND queued", &[&project]).await?;
                 if let Some(row) = queued {
                     return Ok(Some(row.get(0)));
                 }
@@ -1120,21 +1329,25 @@ impl Catalog for PostgresCatalog {
     }
 
     fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError> {
-        let row = self.writer.run(|client| {
-            Ok(client.query_opt(
-                "UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING record",
-                &[&project],
-            )?)
+        let row = self.writer.run(async |client| {
+            Ok(client
+                .query_opt(
+                    "UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING record",
+                    &[&project],
+                )
+                .await?)
         })?;
         Ok(row.map(|row| row.get(0)))
     }
 
     fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError> {
-        let ended = self.writer.run(|client| {
-            Ok(client.execute(
-                "UPDATE jobs SET queued = false, finished = true, record = $2 WHERE job_id = $1 AND queued",
-                &[&job_id, &record],
-            )?)
+        let ended = self.writer.run(async |client| {
+            Ok(client
+                .execute(
+                    "UPDATE jobs SET queued = false, finished = true, record = $2 WHERE job_id = $1 AND queued",
+                    &[&job_id, &record],
+                )
+                .await?)
         })?;
         Ok(ended == 1)
     }
@@ -1142,6 +1355,8 @@ impl Catalog for PostgresCatalog {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, atomic::AtomicBool};
+
     use super::*;
     use crate::{
         projects::spec::tests::spec,
@@ -1169,7 +1384,7 @@ mod tests {
     }
 
     #[test]
-    fn a_terminated_session_fails_one_call_as_transient_and_the_next_reconnects() {
+    fn a_terminated_session_fails_at_most_one_call_as_transient_and_the_next_reconnects() {
         let url = postgres_database();
         let catalog = PostgresCatalog::open(&url, None).unwrap();
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
@@ -1183,8 +1398,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(terminated, 2, "the reading and the writing session");
-        let broken = catalog.projects().unwrap_err();
-        assert_eq!(broken.failure(), Failure::Transient, "{broken}");
+        // The session's connection is driven between calls: if the server's word that it ended
+        // arrived before the next call, that call reconnects; otherwise it fails as transient.
+        if let Err(broken) = catalog.projects() {
+            assert_eq!(broken.failure(), Failure::Transient, "{broken}");
+        }
         assert_eq!(catalog.projects().unwrap().len(), 1, "reconnected");
         // The writing session breaks, reconnects and takes the server lock again.
         let mut changed = spec();
@@ -1199,18 +1417,134 @@ mod tests {
         assert!(matches!(PostgresCatalog::open(&url, None).unwrap_err(), OpenError::Store(StoreError::Taken)));
     }
 
+    /// A runtime, and a `tokio-postgres` client on it for `url`.
+    fn async_client(url: &str) -> (tokio::runtime::Runtime, Client) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+        });
+        (runtime, client)
+    }
+
     #[test]
     fn a_lock_held_by_our_own_broken_session_is_taken_back_and_another_holder_is_respected() {
         let url = postgres_database();
-        let connect = || postgres::Client::connect(&url, NoTls).unwrap();
-        let (mut old, mut new) = (connect(), connect());
+        let mut old = postgres::Client::connect(&url, NoTls).unwrap();
+        let (runtime, new) = async_client(&url);
         assert!(old.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK]).unwrap().get::<_, bool>(0));
         let old_pid: i32 = old.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
         let other_pid = old_pid + 1;
-        assert!(matches!(take_lock(&mut new, SERVER_LOCK, other_pid), Err(StoreError::Taken)), "another holder");
-        assert!(matches!(take_lock(&mut new, SERVER_LOCK, 0), Err(StoreError::Taken)), "no previous session");
-        take_lock(&mut new, SERVER_LOCK, old_pid).unwrap();
+        let take = |previous_pid| runtime.block_on(take_lock(&new, SERVER_LOCK, previous_pid));
+        assert!(matches!(take(other_pid), Err(StoreError::Taken)), "another holder");
+        assert!(matches!(take(0), Err(StoreError::Taken)), "no previous session");
+        take(old_pid).unwrap();
         assert!(old.is_valid(Duration::from_secs(5)).is_err(), "the old session was ended");
+    }
+
+    /// A TCP relay to a PostgreSQL server that can stop relaying while keeping its connections
+    /// open: to a client, a server that froze (SIGSTOP) or a network that drops its packets.
+    struct Relay {
+        /// `url` with the relay's address in place of the server's.
+        url: String,
+        frozen: Arc<AtomicBool>,
+    }
+
+    impl Relay {
+        fn to(url: &str) -> Self {
+            let config = Config::from_str(url).unwrap();
+            let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("{url}") };
+            let server = format!("{host}:{}", config.get_ports()[0]);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let relay_url = url.replace(&server, &listener.local_addr().unwrap().to_string());
+            assert_ne!(relay_url, url);
+            let frozen = Arc::new(AtomicBool::new(false));
+            let relaying = Arc::clone(&frozen);
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let upstream = std::net::TcpStream::connect(&server).unwrap();
+                    for (from, to) in [(client.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, client)]
+                    {
+                        let frozen = Arc::clone(&relaying);
+                        std::thread::spawn(move || Self::pump(from, to, &frozen));
+                    }
+                }
+            });
+            Self { url: relay_url, frozen }
+        }
+
+        /// Copies `from` to `to`, holding what it read while frozen; ends both at the end.
+        fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, frozen: &AtomicBool) {
+            use std::io::{Read, Write};
+            let mut buffer = [0; 8192];
+            while let Ok(read @ 1..) = from.read(&mut buffer) {
+                while frozen.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if to.write_all(&buffer[..read]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        }
+
+        fn freeze(&self, frozen: bool) {
+            self.frozen.store(frozen, Ordering::SeqCst);
+        }
+    }
+
+    /// The test spec with another number of MC iterations.
+    fn changed() -> ProjectSpec {
+        let mut changed = spec();
+        changed.mc_iterations = 9;
+        changed
+    }
+
+    #[test]
+    fn a_server_that_stops_answering_fails_calls_as_transient_at_their_deadline_and_serves_again_when_it_answers() {
+        let url = postgres_database();
+        let relay = Relay::to(&url);
+        let deadline = Duration::from_secs(2);
+        let catalog = Arc::new(PostgresCatalog::open_within(&relay.url, None, Sharing::Alone, "", deadline).unwrap());
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        assert_eq!(catalog.projects().unwrap().len(), 1);
+        relay.freeze(true);
+        // Calls run on detached threads, so that a call that never returns fails the test
+        // instead of hanging it.
+        type Call = fn(&PostgresCatalog) -> Result<(), StoreError>;
+        let timed_out = |calls: &[(&str, Call)]| {
+            let answers: Vec<_> = calls
+                .iter()
+                .map(|&(name, call)| {
+                    let (answer, answered) = std::sync::mpsc::channel();
+                    let catalog = Arc::clone(&catalog);
+                    std::thread::spawn(move || answer.send(call(&catalog)));
+                    (name, answered)
+                })
+                .collect();
+            for (name, answered) in answers {
+                let result = answered.recv_timeout(Duration::from_secs(60));
+                let error = result.unwrap_or_else(|_| panic!("{name}: no answer after 60 s")).unwrap_err();
+                assert!(matches!(error, StoreError::TimedOut(limit) if limit >= deadline), "{name}: {error}");
+                assert_eq!(error.failure(), Failure::Transient, "{name}");
+                assert!(error.to_string().starts_with("the database did not answer within"), "{error}");
+            }
+        };
+        let read: Call = |catalog| catalog.projects().map(drop);
+        // A connected session (reading, writing), and one that must connect (listening).
+        timed_out(&[("read", read)]);
+        timed_out(&[("write", |catalog| catalog.upsert_project(&changed(), 0, "untrained", &|_| false).map(drop))]);
+        timed_out(&[("listen", |catalog| catalog.wait_for_change(Duration::from_millis(100)))]);
+        // Calls queued behind one that hangs wait no longer than their own deadline.
+        timed_out(&[("a queued read", read), ("another", read), ("a third", read)]);
+        relay.freeze(false);
+        // New sessions; the writer takes the server lock back from its own abandoned session.
+        assert_eq!(catalog.projects().unwrap().len(), 1);
+        assert!(!catalog.upsert_project(&changed(), 0, "untrained", &|_| false).unwrap());
+        assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
+        catalog.wait_for_change(Duration::from_millis(100)).unwrap();
     }
 
     #[test]
@@ -1444,12 +1778,12 @@ mod tests {
     fn lock_holders_are_found_for_keys_of_either_sign() {
         let url = postgres_database();
         let mut holder = postgres::Client::connect(&url, NoTls).unwrap();
-        let mut reader = postgres::Client::connect(&url, NoTls).unwrap();
+        let (runtime, reader) = async_client(&url);
         let pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
         for key in [SERVER_LOCK, MIGRATION_LOCK, -0x1234_5678_9abc_def0, i64::MIN + 7, i64::MAX] {
-            assert!(lock_holders(&mut reader, key).unwrap().is_empty(), "{key:x}");
+            assert!(runtime.block_on(lock_holders(&reader, key)).unwrap().is_empty(), "{key:x}");
             holder.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
-            assert_eq!(lock_holders(&mut reader, key).unwrap(), [pid], "{key:x}");
+            assert_eq!(runtime.block_on(lock_holders(&reader, key)).unwrap(), [pid], "{key:x}");
             holder.execute("SELECT pg_advisory_unlock($1)", &[&key]).unwrap();
         }
     }
