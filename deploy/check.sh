@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lints the deployment files and validates the rendered Kubernetes manifests against the
-# Kubernetes API schemas, offline (make test; the tools come from scripts/requirements-deploy.txt).
+# Lints the deployment files, validates the compose files against the Compose Specification's
+# schema and the rendered Kubernetes manifests against the Kubernetes API schemas, offline (make
+# test; the tools come from scripts/requirements-deploy.txt).
 #
 #   deploy/check.sh [DEPLOY_DIR]    # default: the deploy/ directory next to this script
 set -euo pipefail
@@ -8,7 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 deploy="${1:-$here}"
 bin="$(cd "$here/.." && pwd)/.venv/bin"
-for tool in yamllint kubectl kubernetes-validate; do
+for tool in yamllint check-jsonschema kubectl kubernetes-validate; do
     if [[ ! -x "$bin/$tool" ]]; then
         echo "deploy/check.sh: $bin/$tool is missing; run scripts/bootstrap.sh scripts/requirements-deploy.txt" >&2
         exit 1
@@ -16,6 +17,10 @@ for tool in yamllint kubectl kubernetes-validate; do
 done
 
 "$bin/yamllint" --strict -c "$here/yamllint.yaml" "$deploy"
+# Each file alone: an override file (compose.postgres.yaml, compose.objects.yaml) is a partial
+# compose file, which the schema allows.
+"$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$deploy"/compose*.yaml
+echo "deploy/check.sh: $(ls "$deploy"/compose*.yaml | wc -l) compose files validate against the Compose Specification"
 rendered="$(mktemp -d)"
 trap 'rm -rf "$rendered"' EXIT
 for overlay in "$deploy"/kubernetes/overlays/*/; do

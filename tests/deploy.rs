@@ -1,6 +1,7 @@
-//! The deployment files: `deploy/check.sh` lints them and validates every Kustomize overlay,
-//! rendered, against the Kubernetes API schemas (strict: unknown fields are errors). It passes
-//! on the repository's files and fails, naming the fault, on broken copies.
+//! The deployment files: `deploy/check.sh` lints them, validates the compose files against the
+//! Compose Specification's schema and every Kustomize overlay, rendered, against the Kubernetes
+//! API schemas (strict: unknown fields are errors). It passes on the repository's files and
+//! fails, naming the fault, on broken copies.
 
 use std::{
     path::{Path, PathBuf},
@@ -33,6 +34,7 @@ fn replace(file: &Path, from: &str, to: &str) {
 fn every_overlay_renders_and_validates() {
     let (ok, output) = check_copy(|_| {});
     assert!(ok, "{output}");
+    assert!(output.contains("3 compose files validate against the Compose Specification"), "{output}");
     // The cluster overlays add a PodDisruptionBudget to the server.
     for (overlay, resources) in [("embedded", 6), ("embedded-gpu", 6), ("cluster", 7), ("cluster-gpu", 7)] {
         let line = format!("overlay {overlay} renders and validates ({resources} resources)");
@@ -46,7 +48,7 @@ type Change = Box<dyn FnOnce(&Path)>;
 #[test]
 fn broken_manifests_are_refused_naming_the_fault() {
     let server = |deploy: &Path| deploy.join("kubernetes/overlays/embedded/alps-server.yaml");
-    let cases: [(&str, Change, &str); 4] = [
+    let cases: [(&str, Change, &str); 6] = [
         (
             "an unknown field",
             Box::new(move |d: &Path| replace(&server(d), "  replicas: 1", "  replicaz: 1")),
@@ -63,6 +65,18 @@ fn broken_manifests_are_refused_naming_the_fault() {
             "a missing resource file",
             Box::new(|d: &Path| std::fs::remove_file(d.join("kubernetes/base/adapter.yaml")).unwrap()),
             "adapter.yaml",
+        ),
+        (
+            "an unknown compose key",
+            Box::new(|d: &Path| replace(&d.join("compose.yaml"), "stop_grace_period:", "stop_grace_periods:")),
+            "'stop_grace_periods' was unexpected",
+        ),
+        (
+            "an unknown value in a compose override",
+            Box::new(|d: &Path| {
+                replace(&d.join("compose.postgres.yaml"), "condition: service_healthy", "condition: healthy")
+            }),
+            "'healthy' is not one of ['service_started', 'service_healthy', 'service_completed_successfully']",
         ),
         (
             "a YAML syntax error",
