@@ -14,29 +14,25 @@
 //! * Two sessions, like the SQLite backend's two connections: one writes, one reads, so that a
 //!   read never waits behind a write that waits for a row lock.
 //! * A session that breaks (the server restarted, the connection was terminated) is opened
-//!   again by the next call: the call that saw it break fails as transient (`UNAVAILABLE`).
+//!   again by the next call. Connections are driven between calls too, so a break the server
+//!   announced is seen before the next call; one that shows only during a call fails that call
+//!   as transient (`UNAVAILABLE`).
 //! * Text identifiers are stored with the `"C"` collation, so ids sort bytewise, as in SQLite:
 //!   paging through examples gives the same pages on both backends.
 //!
-//! * Every call has a deadline ([`CALL_TIMEOUT`], waiting for its session and connecting
-//!   included): a server that stops answering without closing the connection (a frozen host,
-//!   a network cut that drops packets) fails the call as transient ([`StoreError::TimedOut`])
-//!   instead of hanging it, and the session is closed and opened again by the next call.
+//! * Every call has a deadline ([`CALL_TIMEOUT`] to get its session, then [`CALL_TIMEOUT`]
+//!   to connect if need be and run, longer for the few calls that may legitimately take
+//!   longer): a server that stops answering without closing the connection (a frozen host, a
+//!   network cut that drops packets) fails the call as transient ([`StoreError::TimedOut`])
+//!   instead of hanging it. The session given up on is asked to cancel what it runs and
+//!   closed; the next call opens a new one.
 //!
 //! The catalogue is synchronous ([`Catalog`]); `tokio-postgres` sessions run on a private
 //! runtime of one worker thread, which drives every connection between calls too. A call
 //! blocks on that runtime from a scoped thread of its own, since tokio refuses to block on a
 //! runtime from a thread that drives another.
 
-use std::{
-    collections::HashMap,
-    str::FromStr,
-    sync::{
-        Mutex,
-        atomic::{AtomicI32, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, collections::VecDeque, str::FromStr, sync::Mutex, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -144,9 +140,19 @@ pub enum Sharing {
 const IDLE_PROBE: Duration = Duration::from_secs(1);
 /// How long that probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one call may take, from asking for its session to its last answer. The longest
-/// legitimate call waits [`LOCK_TIMEOUT`] for a row lock a few times.
+/// How long a call may wait for its session, and then take (connecting included). A call
+/// waits at most [`LOCK_TIMEOUT`] for each row lock; calls that may take longer by design
+/// have more ([`Session::run_longer`]).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How much longer a write of examples may take per example: one round trip each.
+const PER_EXAMPLE: Duration = Duration::from_millis(10);
+/// How much longer a scan of the whole catalogue (garbage collection's) or the migrations
+/// at start may take.
+const SCAN_ALLOWANCE: Duration = Duration::from_secs(120);
+/// How much longer a collector's removal may take: it deletes the object from the object
+/// store while it holds the object's row lock, and one delete takes up to a request's timeout
+/// after retrying for a while (`store::objects`: 30 s and 10 s).
+const REMOVAL_ALLOWANCE: Duration = Duration::from_secs(60);
 /// How long a starting server waits for another server's lock to be released.
 const TAKEN_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take before the call fails as transient.
@@ -255,10 +261,24 @@ impl Live {
     }
 }
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        // Closes the socket: a session given up on (a call past its deadline) must not go on
-        // waiting for a server that may never answer.
+impl Live {
+    /// Gives up on this session (a call past its deadline, a failed probe): asks the server to
+    /// cancel what the session runs, so that it releases its locks (bounded: a server that
+    /// stopped answering answers that neither), and closes the socket at once instead of
+    /// waiting for the server to read the session's end.
+    fn abandon(self, tls: Option<tokio_postgres_rustls::MakeRustlsConnect>) {
+        let token = self.client.cancel_token();
+        tokio::spawn(async move {
+            let cancel = async {
+                match tls {
+                    Some(tls) => token.cancel_query(tls).await,
+                    None => token.cancel_query(NoTls).await,
+                }
+            };
+            if let Ok(Err(error)) = tokio::time::timeout(PROBE_TIMEOUT, cancel).await {
+                tracing::debug!(%error, "cannot cancel the query of a database session given up on");
+            }
+        });
         self.driver.abort();
     }
 }
@@ -295,9 +315,10 @@ struct Session {
     /// before use, so that a session the server ended meanwhile (a restart, a terminated
     /// backend) is replaced instead of failing the next call.
     used: Mutex<std::time::Instant>,
-    /// The server process of this session's last connection (`pg_backend_pid()`): a session
-    /// that broke on our side may live on in the server for a while, holding the lock.
-    backend_pid: AtomicI32,
+    /// The server processes of this session's last connections (`pg_backend_pid()`), the
+    /// newest last: a session that broke or was given up on may live on in the server for a
+    /// while, holding the lock.
+    backend_pids: Mutex<VecDeque<i32>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -318,7 +339,7 @@ impl Session {
             call_timeout: settings.call_timeout,
             live: tokio::sync::Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
-            backend_pid: AtomicI32::new(0),
+            backend_pids: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -340,13 +361,18 @@ impl Session {
         work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         let limit = self.call_timeout + longer;
-        let deadline = tokio::time::Instant::now() + limit;
         off_runtime(|| {
             self.runtime.block_on(async {
-                let mut slot =
-                    tokio::time::timeout_at(deadline, self.live.lock()).await.map_err(|_| StoreError::TimedOut(limit))?;
-                let Ok(result) = tokio::time::timeout_at(deadline, self.call(&mut slot, work)).await else {
-                    *slot = None;
+                // Bounded apart from the call: calls queued behind one that hangs fail at their
+                // own deadline, and a call that waited long for a busy session still has its
+                // whole time to run (giving up on a session that answers would cost its lock).
+                let mut slot = tokio::time::timeout(self.call_timeout, self.live.lock())
+                    .await
+                    .map_err(|_| StoreError::TimedOut(self.call_timeout))?;
+                let Ok(result) = tokio::time::timeout(limit, self.call(&mut slot, work)).await else {
+                    if let Some(live) = slot.take() {
+                        live.abandon(self.tls.clone());
+                    }
                     return Err(StoreError::TimedOut(limit));
                 };
                 // The server may have said the session is over before the socket closed.
@@ -373,7 +399,9 @@ impl Session {
             _ => false,
         };
         if !usable {
-            *slot = None;
+            if let Some(live) = slot.take() {
+                live.abandon(self.tls.clone());
+            }
             *slot = Some(self.connect().await?);
         }
         work(slot.as_mut().expect("connected above")).await
@@ -398,11 +426,12 @@ impl Session {
              SET tcp_keepalives_count = 3; SET client_min_messages = warning"
         ))
         .await?;
-        // Asked before the lock is taken and recorded once it is: no failure in between can
-        // leave a pid that does not hold the lock, or lose the one that does.
+        // Recorded before the lock is taken: a call given up on while the server grants it
+        // leaves a session that holds the lock, which the next connection must know as ours.
         let pid: i32 = live.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        let ours = self.remember(pid);
         match self.lock {
-            Some(Sharing::Alone) => take_lock(&live, SERVER_LOCK, self.backend_pid.load(Ordering::Relaxed)).await?,
+            Some(Sharing::Alone) => take_lock(&live, SERVER_LOCK, &ours).await?,
             Some(Sharing::Replicas) => {
                 let taken: bool =
                     live.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK]).await?.get(0);
@@ -415,10 +444,29 @@ impl Session {
         if self.listens {
             live.batch_execute(&format!("LISTEN {CHANGES}")).await?;
         }
-        self.backend_pid.store(pid, Ordering::Relaxed);
         Ok(live)
     }
+
+    /// Records `pid` as this session's newest server process; returns the ones recorded
+    /// before it.
+    fn remember(&self, pid: i32) -> Vec<i32> {
+        let mut pids = self.backend_pids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = pids.iter().copied().collect();
+        if pids.len() == REMEMBERED_PIDS {
+            pids.pop_front();
+        }
+        pids.push_back(pid);
+        before
+    }
+
+    /// The server process of this session's newest connection (0 before the first).
+    fn backend_pid(&self) -> i32 {
+        self.backend_pids.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).back().copied().unwrap_or(0)
+    }
 }
+
+/// How many of a session's server processes it remembers as its own.
+const REMEMBERED_PIDS: usize = 8;
 
 /// The server processes (pids) holding advisory lock `key` in this database, read without
 /// taking it. A bigint key is stored as (classid, objid) = its (high, low) 32 bits as unsigned
@@ -436,25 +484,22 @@ async fn lock_holders(client: &Client, key: i64) -> Result<Vec<i32>, StoreError>
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Takes the advisory lock `key` for this session. If our own previous session still holds it
-/// (it broke on our side only), that session is ended first.
-async fn take_lock(client: &Client, key: i64, previous_pid: i32) -> Result<(), StoreError> {
-    let try_lock = async || -> Result<bool, StoreError> {
-        Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0))
-    };
-    if try_lock().await? {
-        return Ok(());
-    }
-    // Replicas may hold it shared, several at once.
-    let holders = lock_holders(client, key).await?;
-    if previous_pid == 0 || holders != [previous_pid] {
-        return Err(StoreError::Taken);
-    }
-    tracing::warn!(pid = previous_pid, "ending this server's own broken database session that still holds its lock");
-    client.execute("SELECT pg_terminate_backend($1)", &[&previous_pid]).await?;
+/// Takes the advisory lock `key` for this session. If sessions of ours (server processes
+/// `ours`: they broke on our side, or we gave up on them) still hold it, they are ended
+/// first; a holder that is not ours (another server, replicas holding it shared) refuses it.
+async fn take_lock(client: &Client, key: i64, ours: &[i32]) -> Result<(), StoreError> {
     for _ in 0..40 {
-        if try_lock().await? {
+        if client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0) {
             return Ok(());
+        }
+        // Empty when the holder ended between the two reads: try again.
+        let holders = lock_holders(client, key).await?;
+        if holders.iter().any(|pid| !ours.contains(pid)) {
+            return Err(StoreError::Taken);
+        }
+        for pid in holders {
+            tracing::warn!(pid, "ending this server's own broken database session that still holds its lock");
+            client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -580,7 +625,7 @@ impl PostgresCatalog {
         // session ends, which may take a moment.
         let deadline = std::time::Instant::now() + TAKEN_WAIT;
         loop {
-            match catalog.writer.run(async |client| migrate(client).await) {
+            match catalog.writer.run_longer(SCAN_ALLOWANCE, async |client| migrate(client).await) {
                 Err(StoreError::Taken) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(250));
                 }
@@ -803,7 +848,8 @@ impl Catalog for PostgresCatalog {
     }
 
     fn upsert_examples(&self, project: &str, examples: &[ExampleRow]) -> Result<UpsertCounts, StoreError> {
-        self.writer.run(async |client| {
+        let longer = PER_EXAMPLE.saturating_mul(u32::try_from(examples.len()).unwrap_or(u32::MAX));
+        self.writer.run_longer(longer, async |client| {
             let transaction = client.transaction().await?;
             let mut sha256s: Vec<&str> = examples.iter().map(|e| e.sha256.as_str()).collect();
             sha256s.sort_unstable();
@@ -910,8 +956,9 @@ impl Catalog for PostgresCatalog {
     }
 
     fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let rows =
-            self.reader.run(async |client| Ok(client.query("SELECT DISTINCT sha256 FROM examples", &[]).await?))?;
+        let rows = self.reader.run_longer(SCAN_ALLOWANCE, async |client| {
+            Ok(client.query("SELECT DISTINCT sha256 FROM examples", &[]).await?)
+        })?;
         Ok(strings(rows).into_iter().collect())
     }
 
@@ -997,12 +1044,12 @@ impl Catalog for PostgresCatalog {
         // reconnect cannot slip between.
         let (taken, pid): (bool, i32) = self.collector.run(async |client| {
             let taken = client.query_one("SELECT pg_try_advisory_lock($1)", &[&COLLECTOR_LOCK]).await?.get(0);
-            Ok((taken, self.collector.backend_pid.load(Ordering::Relaxed)))
+            Ok((taken, self.collector.backend_pid()))
         })?;
         let still = move || {
             let unbroken = self.collector.run(async |client| {
                 client.batch_execute("SELECT 1").await?;
-                Ok(self.collector.backend_pid.load(Ordering::Relaxed) == pid)
+                Ok(self.collector.backend_pid() == pid)
             });
             unbroken.unwrap_or(false)
         };
@@ -1053,7 +1100,7 @@ impl Catalog for PostgresCatalog {
             return Ok(remove());
         }
         let grace = millis(grace.max(SHARED_GRACE_FLOOR));
-        self.collector.run(async |client| {
+        self.collector.run_longer(REMOVAL_ALLOWANCE, async |client| {
             let transaction = client.transaction().await?;
             // A row to lock even for an object never declared: a declaration now waits for it.
             transaction.execute(
@@ -1082,7 +1129,10 @@ impl Catalog for PostgresCatalog {
                     .await?
                     .get(0),
             };
-            // The removal blocks (the object store's client has its own runtime): off this one.
+            // The removal blocks, off this runtime (the object store's client has its own), and
+            // that is what keeps the row locked until the object is gone: no declaration can
+            // slip in between. The call's deadline cannot fire meanwhile; the object store's
+            // own timeouts bound it, and REMOVAL_ALLOWANCE covers them.
             if recent || referenced || !off_runtime(remove) {
                 return Ok(false);
             }
@@ -1355,7 +1405,10 @@ impl Catalog for PostgresCatalog {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, atomic::AtomicBool};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
 
     use super::*;
     use crate::{
@@ -1436,10 +1489,10 @@ mod tests {
         assert!(old.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK]).unwrap().get::<_, bool>(0));
         let old_pid: i32 = old.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
         let other_pid = old_pid + 1;
-        let take = |previous_pid| runtime.block_on(take_lock(&new, SERVER_LOCK, previous_pid));
-        assert!(matches!(take(other_pid), Err(StoreError::Taken)), "another holder");
-        assert!(matches!(take(0), Err(StoreError::Taken)), "no previous session");
-        take(old_pid).unwrap();
+        let take = |ours: &[i32]| runtime.block_on(take_lock(&new, SERVER_LOCK, ours));
+        assert!(matches!(take(&[other_pid]), Err(StoreError::Taken)), "another holder");
+        assert!(matches!(take(&[]), Err(StoreError::Taken)), "no previous session");
+        take(&[other_pid, old_pid]).unwrap();
         assert!(old.is_valid(Duration::from_secs(5)).is_err(), "the old session was ended");
     }
 
@@ -1495,6 +1548,13 @@ mod tests {
         }
     }
 
+    impl Drop for Relay {
+        /// Lets the relaying threads see their connections end (a test that failed while frozen).
+        fn drop(&mut self) {
+            self.freeze(false);
+        }
+    }
+
     /// The test spec with another number of MC iterations.
     fn changed() -> ProjectSpec {
         let mut changed = spec();
@@ -1506,18 +1566,19 @@ mod tests {
     fn a_server_that_stops_answering_fails_calls_as_transient_at_their_deadline_and_serves_again_when_it_answers() {
         let url = postgres_database();
         let relay = Relay::to(&url);
-        let deadline = Duration::from_secs(2);
+        let deadline = Duration::from_secs(3);
         let catalog = Arc::new(PostgresCatalog::open_within(&relay.url, None, Sharing::Alone, "", deadline).unwrap());
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         assert_eq!(catalog.projects().unwrap().len(), 1);
-        relay.freeze(true);
+        let pids = (catalog.reader.backend_pid(), catalog.writer.backend_pid());
         // Calls run on detached threads, so that a call that never returns fails the test
-        // instead of hanging it.
-        type Call = fn(&PostgresCatalog) -> Result<(), StoreError>;
-        let timed_out = |calls: &[(&str, Call)]| {
+        // instead of hanging it; each answer's time since they started is checked too.
+        type Call = Box<dyn FnOnce(&PostgresCatalog) -> Result<(), StoreError> + Send>;
+        let timed_out = |calls: Vec<(&str, Call)>| {
+            let start = std::time::Instant::now();
             let answers: Vec<_> = calls
-                .iter()
-                .map(|&(name, call)| {
+                .into_iter()
+                .map(|(name, call)| {
                     let (answer, answered) = std::sync::mpsc::channel();
                     let catalog = Arc::clone(&catalog);
                     std::thread::spawn(move || answer.send(call(&catalog)));
@@ -1530,19 +1591,34 @@ mod tests {
                 assert!(matches!(error, StoreError::TimedOut(limit) if limit >= deadline), "{name}: {error}");
                 assert_eq!(error.failure(), Failure::Transient, "{name}");
                 assert!(error.to_string().starts_with("the database did not answer within"), "{error}");
+                // Calls queued behind one that hangs fail within their own wait for the session
+                // and their own run (two deadlines), not one after the other (the third after
+                // three). A bound with room for a loaded machine, not a timing.
+                assert!(start.elapsed() < deadline * 5 / 2, "{name} answered after {:?}", start.elapsed());
             }
         };
-        let read: Call = |catalog| catalog.projects().map(drop);
-        // A connected session (reading, writing), and one that must connect (listening).
-        timed_out(&[("read", read)]);
-        timed_out(&[("write", |catalog| catalog.upsert_project(&changed(), 0, "untrained", &|_| false).map(drop))]);
-        timed_out(&[("listen", |catalog| catalog.wait_for_change(Duration::from_millis(100)))]);
-        // Calls queued behind one that hangs wait no longer than their own deadline.
-        timed_out(&[("a queued read", read), ("another", read), ("a third", read)]);
+        // The server stops answering in the middle of a write's transaction (after its read).
+        let frozen = Arc::clone(&relay.frozen);
+        let freezing: Call = Box::new(move |catalog| {
+            let freeze = |_: &ProjectSpec| {
+                frozen.store(true, Ordering::SeqCst);
+                false
+            };
+            catalog.upsert_project(&changed(), 0, "untrained", &freeze).map(drop)
+        });
+        timed_out(vec![("a write frozen mid-transaction", freezing)]);
+        let read = || -> Call { Box::new(|catalog| catalog.projects().map(drop)) };
+        // A connected session (reading), and one that must connect (listening).
+        timed_out(vec![("read", read())]);
+        timed_out(vec![("listen", Box::new(|catalog| catalog.wait_for_change(Duration::from_millis(100))))]);
+        timed_out(vec![("a queued read", read()), ("another", read()), ("a third", read())]);
         relay.freeze(false);
-        // New sessions; the writer takes the server lock back from its own abandoned session.
-        assert_eq!(catalog.projects().unwrap().len(), 1);
+        // The write given up on did not land; the sessions given up on were replaced (the
+        // writer took the server lock back from its own old session).
+        assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, spec().mc_iterations);
+        assert_ne!(catalog.reader.backend_pid(), pids.0, "a new reading session");
         assert!(!catalog.upsert_project(&changed(), 0, "untrained", &|_| false).unwrap());
+        assert_ne!(catalog.writer.backend_pid(), pids.1, "a new writing session");
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
         catalog.wait_for_change(Duration::from_millis(100)).unwrap();
     }

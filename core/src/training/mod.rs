@@ -1024,17 +1024,20 @@ fn decode(json: &str) -> Result<JobRecord, StoreError> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: "a training job".into(), source })
 }
 
-/// [`save`], tried again a few times within seconds while the failure is transient (a
-/// database connection that broke is opened again by the next call): a job's start and end
-/// must not be lost to a blip, or other replicas would see it run for ever.
+/// [`save`], tried again a few times within seconds while [`worth_retrying`]: a job's start
+/// and end must not be lost to a blip, or other replicas would see it run for ever.
 fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
     use backon::{BlockingRetryable, ExponentialBuilder};
     let backoff = ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(200)).with_max_times(4);
-    (|| save(catalog, record))
-        .retry(backoff)
-        .sleep(std::thread::sleep)
-        .when(|error| error.failure() == crate::store::Failure::Transient)
-        .call()
+    (|| save(catalog, record)).retry(backoff).sleep(std::thread::sleep).when(worth_retrying).call()
+}
+
+/// Whether a failed save is tried again: a transient failure is (a database connection that
+/// broke is opened again by the next call), except a call that passed its deadline, which
+/// already waited longer than all the tries would (a database that stopped answering is no
+/// blip, and the caller holds the trainer's state meanwhile).
+fn worth_retrying(error: &StoreError) -> bool {
+    error.failure() == crate::store::Failure::Transient && !matches!(error, StoreError::TimedOut(_))
 }
 
 fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
@@ -1045,4 +1048,19 @@ fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
         &encode(record)?,
         record.created_unix_ms,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_save_is_tried_again_after_a_transient_failure_but_not_after_its_deadline_or_a_permanent_one() {
+        assert!(worth_retrying(&StoreError::Contended), "transient");
+        assert!(!worth_retrying(&StoreError::TimedOut(Duration::from_secs(15))), "past its deadline");
+        assert_eq!(StoreError::TimedOut(Duration::from_secs(15)).failure(), crate::store::Failure::Transient);
+        assert!(!worth_retrying(&StoreError::Taken), "permanent");
+    }
 }
