@@ -38,7 +38,9 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::mpsc,
 };
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification, Row, Transaction, error::SqlState};
+use tokio_postgres::{
+    AsyncMessage, Client, Config, NoTls, Notification, Row, Transaction, error::SqlState, types::ToSql,
+};
 
 use super::{
     Failure,
@@ -722,6 +724,46 @@ fn job_row(row: &Row) -> JobRow {
     }
 }
 
+/// A write of an example that [`Catalog::upsert_examples`] decided on.
+struct Write<'a> {
+    example: &'a ExampleRow,
+    /// `Some((tensor shape, metadata))` (encoded) for a full write, `None` when only the label
+    /// revision changes.
+    full: Option<(Option<String>, String)>,
+    /// The columns as SQL: the revision and size, a u64 each, stored bit for bit.
+    revision: i64,
+    size: i64,
+}
+
+impl<'a> Write<'a> {
+    fn new(example: &'a ExampleRow, full: Option<(Option<String>, String)>) -> Self {
+        Self { example, full, revision: example.label_revision as i64, size: example.size_bytes as i64 }
+    }
+
+    /// The parameters of the revision's update (`false`) or the full write (`true`) in
+    /// `project`.
+    fn params<'p>(&'p self, project: &'p &'p str) -> (Vec<&'p (dyn ToSql + Sync)>, bool) {
+        let example = self.example;
+        match &self.full {
+            None => (vec![project, &example.external_id, &self.revision], false),
+            Some((shape, metadata)) => (
+                vec![
+                    project,
+                    &example.external_id,
+                    &example.class_name,
+                    &example.sha256,
+                    &self.size,
+                    shape,
+                    metadata,
+                    &example.updated_unix_ms,
+                    &self.revision,
+                ],
+                true,
+            ),
+        }
+    }
+}
+
 /// The most objects one statement declares in use.
 const DECLARATION_CHUNK: usize = 1000;
 
@@ -855,8 +897,9 @@ impl Catalog for PostgresCatalog {
             sha256s.sort_unstable();
             sha256s.dedup();
             self.check_declared(&transaction, Kind::Blob, &sha256s).await?;
-            // One read for the whole batch and prepared writes: a round trip per changed
-            // example instead of four. Decisions see the batch's own earlier writes.
+            // One read for the whole batch, then prepared writes sent all at once (pipelined:
+            // one round trip for the batch, not one per changed example). Decisions see the
+            // batch's own earlier writes, and the writes reach the server in the batch's order.
             let ids: Vec<&str> = examples.iter().map(|e| e.external_id.as_str()).collect();
             let mut stored: HashMap<String, StoredExample> = transaction
                 .query(
@@ -887,34 +930,17 @@ impl Catalog for PostgresCatalog {
                 )
                 .await?;
             let mut counts = UpsertCounts::default();
+            let mut writes = Vec::new();
             for example in examples {
                 let upsert = Upsert::of(example, stored.get(&example.external_id).cloned());
                 upsert.count(&mut counts);
-                let revision = example.label_revision as i64;
                 let (shape, metadata) = example.encoded();
                 match upsert {
                     Upsert::Stale => continue,
                     Upsert::Unchanged(false) => {}
-                    Upsert::Unchanged(true) => {
-                        transaction.execute(&refresh, &[&project, &example.external_id, &revision]).await?;
-                    }
+                    Upsert::Unchanged(true) => writes.push(Write::new(example, None)),
                     Upsert::Insert | Upsert::Update => {
-                        transaction
-                            .execute(
-                                &write,
-                                &[
-                                    &project,
-                                    &example.external_id,
-                                    &example.class_name,
-                                    &example.sha256,
-                                    &(example.size_bytes as i64),
-                                    &shape,
-                                    &metadata,
-                                    &example.updated_unix_ms,
-                                    &revision,
-                                ],
-                            )
-                            .await?;
+                        writes.push(Write::new(example, Some((shape.clone(), metadata.clone()))));
                     }
                 }
                 let content = (example.class_name.clone(), example.sha256.clone(), shape, metadata);
@@ -923,6 +949,11 @@ impl Catalog for PostgresCatalog {
                     StoredExample { content, label_revision: example.label_revision },
                 );
             }
+            let sent = writes.iter().map(|change| match change.params(&project) {
+                (params, false) => transaction.execute_raw(&refresh, params),
+                (params, true) => transaction.execute_raw(&write, params),
+            });
+            futures_util::future::try_join_all(sent).await?;
             transaction.commit().await?;
             Ok(counts)
         })
