@@ -136,10 +136,15 @@ impl Infer {
     /// request being served is attributed to it in the per-project metrics.
     ///
     /// # Errors
-    /// [`InferError::Id`] for a malformed id, [`InferError::Project`] for an unknown one.
+    /// [`InferError::Id`] for a malformed id, [`InferError::Project`] for an unknown one (or a
+    /// store failure while looking for it, with replicas).
     pub fn project(&self, field: &str, id: &str) -> Result<Arc<Project>, InferError> {
         ids::project(field, id)?;
-        let project = self.projects.get(id)?;
+        // With replicas, a miss reads the catalogue (the hot path, for a known project, never).
+        let project = match self.projects.get(id) {
+            Err(_) if self.projects.follows_replicas() => tokio::task::block_in_place(|| self.projects.find(id))?,
+            found => found?,
+        };
         crate::observe::attribute_to_project(id);
         Ok(project)
     }

@@ -240,7 +240,7 @@ impl Server {
         // Unique per process: a restarted replica is a new one (the jobs it left are taken over).
         let replica = format!("{:016x}", fastrand::u64(..));
         let catalog = open_catalog(database, &data_dir, objects.as_deref(), &replica)?;
-        let projects = Arc::new(Projects::open(catalog.clone())?);
+        let projects = Arc::new(Projects::open(catalog.clone())?.with_replicas(objects.is_some()));
         let (blobs, models_dir) = match &objects {
             Some(objects) => {
                 tracing::info!(store = objects.name(), "sample blobs and model weights in the object store");

@@ -70,6 +70,8 @@ pub enum Refreshed {
 pub struct Projects {
     catalog: Arc<dyn Catalog>,
     cache: RwLock<HashMap<String, Arc<Project>>>,
+    /// Whether other servers (replicas) change the catalogue too: then the cache may lag it.
+    replicas: bool,
 }
 
 impl Projects {
@@ -79,7 +81,19 @@ impl Projects {
     /// [`StoreError`] if the database cannot be read.
     pub fn open(catalog: Arc<dyn Catalog>) -> Result<Self, StoreError> {
         let cache = catalog.projects()?.into_iter().map(|p| (p.spec.id.clone(), Arc::new(p))).collect();
-        Ok(Self { catalog, cache: RwLock::new(cache) })
+        Ok(Self { catalog, cache: RwLock::new(cache), replicas: false })
+    }
+
+    /// This registry, for a server whose catalogue replicas change too (see [`Self::find`]).
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: bool) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Whether other servers change the catalogue too ([`Self::with_replicas`]).
+    pub fn follows_replicas(&self) -> bool {
+        self.replicas
     }
 
     fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Project>>> {
@@ -120,6 +134,20 @@ impl Projects {
     /// [`ProjectError::NotFound`].
     pub fn get(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
         self.cache_read().get(id).cloned().ok_or_else(|| ProjectError::NotFound(id.to_owned()))
+    }
+
+    /// The project `id`, as [`get`](Self::get); with replicas, one missing from the cache is
+    /// looked for in the catalogue (read-your-writes across replicas: a client that created it
+    /// on another replica a moment ago, before this one heard of it, finds it). Reads the
+    /// catalogue only on a miss.
+    ///
+    /// # Errors
+    /// [`ProjectError::NotFound`], or a store failure.
+    pub fn find(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
+        match self.get(id) {
+            Err(ProjectError::NotFound(_)) if self.replicas => self.reload(id),
+            found => found,
+        }
     }
 
     /// Every project, ordered by id.
@@ -245,6 +273,21 @@ mod tests {
 
     fn projects(dir: &std::path::Path) -> Projects {
         Projects::open(Arc::new(crate::store::sqlite::SqliteCatalog::open(&dir.join("alps.db")).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn with_replicas_a_project_created_elsewhere_is_found_before_this_server_hears_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (here, elsewhere) = (projects(dir.path()).with_replicas(true), projects(dir.path()));
+        elsewhere.upsert(spec()).unwrap();
+        assert!(matches!(here.get("cars"), Err(ProjectError::NotFound(_))), "not in this server's cache yet");
+        assert_eq!(here.find("cars").unwrap().spec, spec(), "read from the catalogue on the miss");
+        assert_eq!(here.get("cars").unwrap().spec, spec(), "and cached");
+        assert!(matches!(here.find("trucks"), Err(ProjectError::NotFound(_))));
+        // A lone server's cache is the catalogue: a miss is an unknown project.
+        let alone = projects(dir.path());
+        elsewhere.upsert(ProjectSpec { id: "bikes".into(), ..spec() }).unwrap();
+        assert!(matches!(alone.find("bikes"), Err(ProjectError::NotFound(_))));
     }
 
     #[test]

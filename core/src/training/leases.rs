@@ -114,6 +114,11 @@ impl Trainer {
             if record.project_id != project_id {
                 continue;
             }
+            if let Some(done) = recorded_its_version(self.catalog.as_ref(), record.clone())? {
+                tracing::warn!(job = %done.job_id, project = %project_id, version = %done.model_version, "job abandoned by its replica after it recorded its version: recorded as succeeded");
+                save(self.catalog.as_ref(), &done)?;
+                continue;
+            }
             let retried = retry(self.catalog.as_ref(), &record)?;
             let record = end_job(record, JobState::Failed, format!("{ABANDONED}; {retried}"));
             tracing::warn!(job = %record.job_id, project = %project_id, replica = %record.replica, "job abandoned by its replica; {retried}");
@@ -130,6 +135,36 @@ impl Trainer {
             "not retried: the catalogue failed".into()
         })
     }
+}
+
+/// `record`'s job as succeeded, if it recorded its version before its replica stopped: only
+/// its end was not saved (the catalogue failed then, or the replica stopped in between), and
+/// training it again would make another version of the same work. A version that is not the
+/// active one says so in `not_activated_reason` (its replica stopped before activating it, or
+/// another version was activated since): activating it is the user's call.
+///
+/// # Errors
+/// [`StoreError`] if the catalogue fails.
+pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: JobRecord) -> Result<Option<JobRecord>, StoreError> {
+    let names_job = |manifest: &str| {
+        serde_json::from_str::<serde_json::Value>(manifest).is_ok_and(|m| m["job_id"] == record.job_id.as_str())
+    };
+    let Some(version) = catalog.versions(&record.project_id)?.into_iter().find(|row| names_job(&row.manifest)) else {
+        return Ok(None);
+    };
+    let active = catalog.project(&record.project_id)?.map(|project| project.active_version);
+    let mut done = end_job(record, JobState::Succeeded, String::new());
+    done.progress.percent = 100.0;
+    done.progress.eta_ms = Some(0);
+    if active.as_deref() != Some(version.version.as_str()) {
+        done.not_activated_reason = format!(
+            "the replica that ran this job stopped after recording version {} and before recording the job's end; \
+             it is not the active version: activate it by hand if it should serve",
+            version.version
+        );
+    }
+    done.model_version = version.version;
+    Ok(Some(done))
 }
 
 /// Queues a new job with `record`'s settings after its replica interrupted it, unless a client
@@ -223,5 +258,25 @@ mod tests {
         save(&catalog, &running("job-2", 1)).unwrap();
         assert!(catalog.request_cancel("job-2").unwrap());
         assert_eq!(retry(&catalog, &running("job-2", 1)).unwrap(), "not retried: cancelling it was asked for");
+    }
+
+    #[test]
+    fn a_job_that_recorded_its_version_before_its_replica_stopped_is_succeeded_not_retried() {
+        let (_dir, catalog) = catalog();
+        let manifest = |job: &str| serde_json::json!({ "job_id": job, "version": "v1" }).to_string();
+        catalog.record_version("cars", "v1", 1, &manifest("job-1"), 10).unwrap();
+        assert_eq!(recorded_its_version(&catalog, running("job-2", 1)).unwrap(), None, "another job's version");
+        // Recorded, not activated: the replica stopped in between.
+        let done = recorded_its_version(&catalog, running("job-1", 1)).unwrap().expect("it made v1");
+        assert_eq!(
+            (done.state, done.model_version.as_str(), done.progress.percent),
+            (JobState::Succeeded, "v1", 100.0)
+        );
+        assert!(done.not_activated_reason.contains("activate it by hand"), "{}", done.not_activated_reason);
+        assert!(done.finished_unix_ms > 0);
+        // Recorded and activated: only the job's end was lost.
+        catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap();
+        let done = recorded_its_version(&catalog, running("job-1", 1)).unwrap().expect("it made v1");
+        assert_eq!((done.state, done.not_activated_reason.as_str()), (JobState::Succeeded, ""));
     }
 }
