@@ -5,7 +5,10 @@ pub mod spec;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 pub use spec::{
@@ -72,6 +75,27 @@ pub struct Projects {
     cache: RwLock<HashMap<String, Arc<Project>>>,
     /// Whether other servers (replicas) change the catalogue too: then the cache may lag it.
     replicas: bool,
+    /// Catalogue reads for ids missing from the cache in progress ([`Self::find`]).
+    miss_lookups: AtomicUsize,
+}
+
+/// How many catalogue reads for ids missing from the cache may run at once.
+pub const MISS_LOOKUPS: usize = 4;
+
+/// A turn to read the catalogue for a missing id; the count goes down when it is dropped.
+struct MissLookup<'a>(&'a AtomicUsize);
+
+impl<'a> MissLookup<'a> {
+    fn start(running: &'a AtomicUsize) -> Option<Self> {
+        running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MISS_LOOKUPS).then_some(n + 1)).ok()?;
+        Some(Self(running))
+    }
+}
+
+impl Drop for MissLookup<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Projects {
@@ -81,7 +105,7 @@ impl Projects {
     /// [`StoreError`] if the database cannot be read.
     pub fn open(catalog: Arc<dyn Catalog>) -> Result<Self, StoreError> {
         let cache = catalog.projects()?.into_iter().map(|p| (p.spec.id.clone(), Arc::new(p))).collect();
-        Ok(Self { catalog, cache: RwLock::new(cache), replicas: false })
+        Ok(Self { catalog, cache: RwLock::new(cache), replicas: false, miss_lookups: AtomicUsize::new(0) })
     }
 
     /// This registry, for a server whose catalogue replicas change too (see [`Self::find`]).
@@ -143,9 +167,18 @@ impl Projects {
     ///
     /// # Errors
     /// [`ProjectError::NotFound`], or a store failure.
+    /// At most [`MISS_LOOKUPS`] run at once: past that, a miss is `NotFound` without a read,
+    /// so that a flood of unknown ids cannot keep the catalogue's reading session busy.
     pub fn find(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
         match self.get(id) {
-            Err(ProjectError::NotFound(_)) if self.replicas => self.reload(id),
+            Err(ProjectError::NotFound(_)) if self.replicas => {
+                let Some(_turn) = MissLookup::start(&self.miss_lookups) else {
+                    return Err(ProjectError::NotFound(id.to_owned()));
+                };
+                let stored = self.catalog.project(id)?.ok_or_else(|| ProjectError::NotFound(id.to_owned()))?;
+                // An entry this server made meanwhile (a refresh, an activation) is newer.
+                Ok(self.cache_write().entry(id.to_owned()).or_insert_with(|| Arc::new(stored)).clone())
+            }
             found => found,
         }
     }
@@ -284,6 +317,12 @@ mod tests {
         assert_eq!(here.find("cars").unwrap().spec, spec(), "read from the catalogue on the miss");
         assert_eq!(here.get("cars").unwrap().spec, spec(), "and cached");
         assert!(matches!(here.find("trucks"), Err(ProjectError::NotFound(_))));
+        // While as many lookups as allowed run, a miss answers without reading.
+        elsewhere.upsert(ProjectSpec { id: "vans".into(), ..spec() }).unwrap();
+        let turns: Vec<_> = (0..MISS_LOOKUPS).map(|_| MissLookup::start(&here.miss_lookups).unwrap()).collect();
+        assert!(matches!(here.find("vans"), Err(ProjectError::NotFound(_))), "no turn left");
+        drop(turns);
+        assert_eq!(here.find("vans").unwrap().spec.id, "vans");
         // A lone server's cache is the catalogue: a miss is an unknown project.
         let alone = projects(dir.path());
         elsewhere.upsert(ProjectSpec { id: "bikes".into(), ..spec() }).unwrap();

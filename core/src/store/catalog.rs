@@ -25,6 +25,10 @@ pub enum StoreError {
     /// drops its packets. What the call sent may still be applied once it answers again.
     #[error("the database did not answer within {0:?}; retry")]
     TimedOut(Duration),
+    /// The call waited this long for its database session, busy with other calls, and gave
+    /// up before sending anything.
+    #[error("the database session stayed busy for {0:?}; retry")]
+    SessionBusy(Duration),
     /// Another alps-server holds the PostgreSQL database (see [`super::postgres`]).
     #[error(
         "another alps-server uses this database (it holds the catalogue's lock); servers share a database only as \
@@ -69,7 +73,7 @@ impl StoreError {
         match self {
             Self::Sqlite(error) => super::sqlite::failure(error),
             Self::Postgres(error) => super::postgres::failure(error),
-            Self::Contended | Self::Collected | Self::TimedOut(_) => Failure::Transient,
+            Self::Contended | Self::Collected | Self::TimedOut(_) | Self::SessionBusy(_) => Failure::Transient,
             // Taken while serving: our session broke and another server took the lock (our own
             // old session's is taken back), so this server must not write.
             Self::Taken | Self::NewerSchema { .. } | Self::Corrupt { .. } => Failure::Permanent,

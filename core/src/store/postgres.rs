@@ -263,10 +263,18 @@ impl Live {
     }
 }
 
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Closes the socket at once: a session dropped while it was being opened (its call
+        // passed its deadline) must not linger, waiting for a server that may never answer.
+        self.driver.abort();
+    }
+}
+
 impl Live {
     /// Gives up on this session (a call past its deadline, a failed probe): asks the server to
     /// cancel what the session runs, so that it releases its locks (bounded: a server that
-    /// stopped answering answers that neither), and closes the socket at once instead of
+    /// stopped answering answers that neither), and closes the socket (on drop) instead of
     /// waiting for the server to read the session's end.
     fn abandon(self, tls: Option<tokio_postgres_rustls::MakeRustlsConnect>) {
         let token = self.client.cancel_token();
@@ -281,7 +289,6 @@ impl Live {
                 tracing::debug!(%error, "cannot cancel the query of a database session given up on");
             }
         });
-        self.driver.abort();
     }
 }
 
@@ -349,9 +356,10 @@ impl Session {
     /// call's deadline.
     ///
     /// # Errors
-    /// `work`'s; [`StoreError::TimedOut`] past the deadline (the session is then closed; what
-    /// `work` sent may still be applied if the server answers later); [`StoreError::Postgres`]
-    /// if connecting fails.
+    /// `work`'s; [`StoreError::SessionBusy`] if the session stays busy with other calls for
+    /// [`CALL_TIMEOUT`]; [`StoreError::TimedOut`] past the deadline (the session is then
+    /// closed; what `work` sent may still be applied if the server answers later);
+    /// [`StoreError::Postgres`] if connecting fails.
     fn run<T: Send>(&self, work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
         self.run_longer(Duration::ZERO, work)
     }
@@ -370,7 +378,7 @@ impl Session {
                 // whole time to run (giving up on a session that answers would cost its lock).
                 let mut slot = tokio::time::timeout(self.call_timeout, self.live.lock())
                     .await
-                    .map_err(|_| StoreError::TimedOut(self.call_timeout))?;
+                    .map_err(|_| StoreError::SessionBusy(self.call_timeout))?;
                 let Ok(result) = tokio::time::timeout(limit, self.call(&mut slot, work)).await else {
                     if let Some(live) = slot.take() {
                         live.abandon(self.tls.clone());
@@ -953,7 +961,12 @@ impl Catalog for PostgresCatalog {
                 (params, false) => transaction.execute_raw(&refresh, params),
                 (params, true) => transaction.execute_raw(&write, params),
             });
-            futures_util::future::try_join_all(sent).await?;
+            // Every answer, then the first error by position: a write that fails aborts the
+            // transaction, and the writes after it fail for that reason only (25P02), which
+            // may arrive first.
+            for result in futures_util::future::join_all(sent).await {
+                result?;
+            }
             transaction.commit().await?;
             Ok(counts)
         })
@@ -987,7 +1000,9 @@ impl Catalog for PostgresCatalog {
     }
 
     fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let rows = self.reader.run_longer(SCAN_ALLOWANCE, async |client| {
+        // On the collector's session (garbage collection's scan): a long scan on the reading
+        // one would make every other read wait for it.
+        let rows = self.collector.run_longer(SCAN_ALLOWANCE, async |client| {
             Ok(client.query("SELECT DISTINCT sha256 FROM examples", &[]).await?)
         })?;
         Ok(strings(rows).into_iter().collect())
@@ -1619,9 +1634,14 @@ mod tests {
             for (name, answered) in answers {
                 let result = answered.recv_timeout(Duration::from_secs(60));
                 let error = result.unwrap_or_else(|_| panic!("{name}: no answer after 60 s")).unwrap_err();
-                assert!(matches!(error, StoreError::TimedOut(limit) if limit >= deadline), "{name}: {error}");
+                // A call behind one that hangs gives up waiting for the session (nothing sent).
+                let message = match &error {
+                    StoreError::TimedOut(limit) if *limit >= deadline => "the database did not answer within",
+                    StoreError::SessionBusy(limit) if *limit >= deadline => "the database session stayed busy for",
+                    _ => panic!("{name}: {error}"),
+                };
+                assert!(error.to_string().starts_with(message), "{error}");
                 assert_eq!(error.failure(), Failure::Transient, "{name}");
-                assert!(error.to_string().starts_with("the database did not answer within"), "{error}");
                 // Calls queued behind one that hangs fail within their own wait for the session
                 // and their own run (two deadlines), not one after the other (the third after
                 // three). A bound with room for a loaded machine, not a timing.

@@ -139,9 +139,10 @@ impl Trainer {
 
 /// `record`'s job as succeeded, if it recorded its version before its replica stopped: only
 /// its end was not saved (the catalogue failed then, or the replica stopped in between), and
-/// training it again would make another version of the same work. A version that is not the
-/// active one says so in `not_activated_reason` (its replica stopped before activating it, or
-/// another version was activated since): activating it is the user's call.
+/// training it again would make another version of the same work. A job that was to activate
+/// its version and whose version is not the active one says so in `not_activated_reason` (its
+/// replica stopped before activating it, or another version was activated since): activating
+/// it is the user's call.
 ///
 /// # Errors
 /// [`StoreError`] if the catalogue fails.
@@ -156,7 +157,7 @@ pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: JobRecord) -> 
     let mut done = end_job(record, JobState::Succeeded, String::new());
     done.progress.percent = 100.0;
     done.progress.eta_ms = Some(0);
-    if active.as_deref() != Some(version.version.as_str()) {
+    if done.activate && active.as_deref() != Some(version.version.as_str()) {
         done.not_activated_reason = format!(
             "the replica that ran this job stopped after recording version {} and before recording the job's end; \
              it is not the active version: activate it by hand if it should serve",
@@ -267,16 +268,19 @@ mod tests {
         catalog.record_version("cars", "v1", 1, &manifest("job-1"), 10).unwrap();
         assert_eq!(recorded_its_version(&catalog, running("job-2", 1)).unwrap(), None, "another job's version");
         // Recorded, not activated: the replica stopped in between.
-        let done = recorded_its_version(&catalog, running("job-1", 1)).unwrap().expect("it made v1");
+        let activating = || JobRecord { activate: true, ..running("job-1", 1) };
+        let done = recorded_its_version(&catalog, activating()).unwrap().expect("it made v1");
         assert_eq!(
             (done.state, done.model_version.as_str(), done.progress.percent),
             (JobState::Succeeded, "v1", 100.0)
         );
         assert!(done.not_activated_reason.contains("activate it by hand"), "{}", done.not_activated_reason);
         assert!(done.finished_unix_ms > 0);
+        // A job that was not to activate it says nothing of activation.
+        assert_eq!(recorded_its_version(&catalog, running("job-1", 1)).unwrap().unwrap().not_activated_reason, "");
         // Recorded and activated: only the job's end was lost.
         catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap();
-        let done = recorded_its_version(&catalog, running("job-1", 1)).unwrap().expect("it made v1");
+        let done = recorded_its_version(&catalog, activating()).unwrap().expect("it made v1");
         assert_eq!((done.state, done.not_activated_reason.as_str()), (JobState::Succeeded, ""));
     }
 }

@@ -1033,9 +1033,9 @@ fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreE
 }
 
 /// Whether a failed save is tried again: a transient failure is (a database connection that
-/// broke is opened again by the next call), except a call that passed its deadline, which
-/// already waited longer than all the tries would (a database that stopped answering is no
-/// blip, and the caller holds the trainer's state meanwhile).
+/// broke is opened again by the next call; a session busy with other calls), except a call
+/// that passed its deadline, which already waited longer than all the tries would (a database
+/// that stopped answering is no blip, and the caller holds the trainer's state meanwhile).
 fn worth_retrying(error: &StoreError) -> bool {
     error.failure() == crate::store::Failure::Transient && !matches!(error, StoreError::TimedOut(_))
 }
@@ -1059,6 +1059,7 @@ mod tests {
     #[test]
     fn a_save_is_tried_again_after_a_transient_failure_but_not_after_its_deadline_or_a_permanent_one() {
         assert!(worth_retrying(&StoreError::Contended), "transient");
+        assert!(worth_retrying(&StoreError::SessionBusy(Duration::from_secs(15))), "a busy session: nothing was sent");
         assert!(!worth_retrying(&StoreError::TimedOut(Duration::from_secs(15))), "past its deadline");
         assert_eq!(StoreError::TimedOut(Duration::from_secs(15)).failure(), crate::store::Failure::Transient);
         assert!(!worth_retrying(&StoreError::Taken), "permanent");
