@@ -273,11 +273,17 @@ async fn predictions_go_on_while_the_database_refuses_connections_and_writes_res
 
     // Back: the same request succeeds on a new session, and nothing of the refused one was kept.
     postgres_admin(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"));
+    writes_resume(server, "too many connections for role").await;
+}
+
+/// Once the database is back: the AddExamples refused during the outage (2 examples on top
+/// of 10) succeeds, nothing of the refused one was kept, and the log gives `reason`.
+async fn writes_resume(mut server: Server, reason: &str) {
     let added = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap();
     assert_eq!(added.into_inner().inserted, 2);
     assert_eq!(count(&mut server).await.unwrap(), 12);
     let log = server.process.log().join("\n");
-    assert!(log.contains("too many connections for role"), "the server's reason is logged:\n{log}");
+    assert!(log.contains(reason), "the server's reason is logged:\n{log}");
     assert!(server.stop());
 }
 
@@ -313,12 +319,7 @@ async fn predictions_go_on_while_the_database_stops_answering_and_other_calls_fa
     // Answering again: the same request succeeds on a new session, and the one that timed out
     // left nothing (its transaction never reached its commit).
     relay.restore();
-    let added = server.examples.add_examples(tokio_stream::iter([examples("late-", 1)])).await.unwrap();
-    assert_eq!(added.into_inner().inserted, 2);
-    assert_eq!(count(&mut server).await.unwrap(), 12);
-    let log = server.process.log().join("\n");
-    assert!(log.contains("the database did not answer within 15s"), "the server's reason is logged:\n{log}");
-    assert!(server.stop());
+    writes_resume(server, "the database did not answer within 15s").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -580,6 +580,13 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError>;
 
+    /// Ends unfinished, unqueued job `job_id` if it is `project`'s, leaving its record as it
+    /// is: one this build cannot read (another build wrote it). Returns whether it did.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database failure.
+    fn end_unreadable_job(&self, job_id: &str, project: &str) -> Result<bool, StoreError>;
+
     /// While what this returns lives, this server may collect garbage: a server alone on its
     /// catalogue always may (the pins that keep a blob being written are its own, in memory);
     /// of replicas, one at a time, whose removals of shared objects go through

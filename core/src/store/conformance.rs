@@ -129,6 +129,7 @@ const CASES: &[(&str, Case)] = &[
     ("versions are numbered, listed newest first, unique", versions_are_numbered),
     ("jobs are replaced by id, listed newest first, unfinished found", jobs_round_trip),
     ("a project has one queued job, taken or cancelled once", one_queued_job),
+    ("an unreadable job is ended in its own project only, its record kept", unreadable_job),
     ("deleting a project deletes what belongs to it", delete_cascades),
 ];
 
@@ -438,6 +439,21 @@ fn one_queued_job(backend: &mut dyn Backend) {
     assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
     assert_eq!(catalog.enqueue_job("job-f", "cars", "f", 500).unwrap(), None);
     assert!(catalog.enqueue_job("job-g", "lorries", "g", 500).is_err(), "no such project");
+}
+
+fn unreadable_job(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    catalog.save_job("job-x", "cars", false, "{written by another build", 100).unwrap();
+    assert!(!catalog.end_unreadable_job("job-x", "boats").unwrap(), "another project's");
+    assert_eq!(catalog.unfinished_jobs().unwrap().len(), 1);
+    assert!(catalog.end_unreadable_job("job-x", "cars").unwrap());
+    assert!(!catalog.end_unreadable_job("job-x", "cars").unwrap(), "ended once");
+    assert!(catalog.unfinished_jobs().unwrap().is_empty());
+    assert_eq!(catalog.job("job-x").unwrap().as_deref(), Some("{written by another build"), "its record kept");
+    // A queued job is not ended so: the server that takes it decides.
+    assert_eq!(catalog.enqueue_job("job-q", "cars", "{unreadable too", 200).unwrap(), None);
+    assert!(!catalog.end_unreadable_job("job-q", "cars").unwrap());
 }
 
 fn delete_cascades(backend: &mut dyn Backend) {

@@ -1447,6 +1447,18 @@ impl Catalog for PostgresCatalog {
         })?;
         Ok(ended == 1)
     }
+
+    fn end_unreadable_job(&self, job_id: &str, project: &str) -> Result<bool, StoreError> {
+        let ended = self.writer.run(async |client| {
+            Ok(client
+                .execute(
+                    "UPDATE jobs SET finished = true WHERE job_id = $1 AND project_id = $2 AND NOT finished AND NOT queued",
+                    &[&job_id, &project],
+                )
+                .await?)
+        })?;
+        Ok(ended == 1)
+    }
 }
 
 #[cfg(test)]

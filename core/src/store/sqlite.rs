@@ -529,6 +529,14 @@ impl Catalog for SqliteCatalog {
         )?;
         Ok(ended == 1)
     }
+
+    fn end_unreadable_job(&self, job_id: &str, project: &str) -> Result<bool, StoreError> {
+        let ended = self.connection().execute(
+            "UPDATE jobs SET finished = 1 WHERE job_id = ?1 AND project_id = ?2 AND finished = 0 AND queued = 0",
+            params![job_id, project],
+        )?;
+        Ok(ended == 1)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! fencing token). Every replica's follower ([`crate::replicas`]) looks for projects with
 //! unfinished jobs and no live lease: it claims the lease, records the jobs left running under
 //! the old one as failed, queues each again (at most [`MAX_ATTEMPTS`] tries, so that a job that
-//! kills its replica does not kill them all), and runs the queued job.
+//! kills its replica does not kill them all), and runs the queued job. A job left running that
+//! recorded its version first is recorded as succeeded instead; one whose record this build
+//! cannot read is ended as it is.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -110,7 +112,15 @@ impl Trainer {
             if row.queued || Some(row.job_id.as_str()) == ended {
                 continue;
             }
-            let Ok(record) = decode(&row.record) else { continue };
+            let Ok(record) = decode(&row.record) else {
+                // Written by another build (replicas of different builds must not run
+                // together): left unfinished, it would keep its project abandoned, and every
+                // replica would claim the project's lease every round. Its record stays.
+                if self.catalog.end_unreadable_job(&row.job_id, project_id)? {
+                    tracing::warn!(job = %row.job_id, project = %project_id, "ended an abandoned job whose record this build cannot read");
+                }
+                continue;
+            };
             if record.project_id != project_id {
                 continue;
             }
