@@ -65,6 +65,32 @@ async fn serves_health_reflection_and_metrics_then_stops_cleanly_on_sigterm() {
     assert!(log.contains("stopped"), "{log}");
 }
 
+#[test]
+fn text_logs_written_to_a_pipe_are_plain_text() {
+    use std::io::BufRead;
+    let dirs = ServerDirs::new();
+    let mut child = std::process::Command::new(binary("alps-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dirs.data.path())
+        .arg("--plugin-dir")
+        .arg(dirs.plugins.path())
+        .env("RUST_LOG", "info")
+        .env_remove("ALPS_LOG_FORMAT")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|line| !line.contains("listening"))
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(lines.iter().any(|line| line.contains("INFO")), "{lines:?}");
+    assert!(lines.iter().all(|line| !line.contains('\u{1b}')), "colour codes in a pipe: {lines:?}");
+}
+
 #[tokio::test]
 async fn metrics_endpoint_serves_build_info() {
     let dirs = ServerDirs::new();

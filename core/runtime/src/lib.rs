@@ -1,7 +1,7 @@
 //! Process plumbing shared by `alps-server` and `alps-label-studio`: structured logging,
 //! graceful-shutdown signals and the one-line fatal error that a bad configuration exits with.
 
-use std::{error::Error, process::ExitCode, time::Duration};
+use std::{error::Error, io::IsTerminal, process::ExitCode, time::Duration};
 
 use tokio::sync::watch;
 
@@ -20,10 +20,11 @@ pub enum LogFormat {
 /// Installs the global `tracing` subscriber writing to stdout.
 ///
 /// The level filter comes from `RUST_LOG` (e.g. `RUST_LOG=alps_core=debug`), default `info`.
+/// Text lines are coloured only on a terminal: a file or a log collector gets plain text.
 /// Calling it twice keeps the first subscriber.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    let builder = fmt().with_env_filter(filter).with_target(true).with_ansi(std::io::stdout().is_terminal());
     // `try_init` fails only when a subscriber is already set, which is harmless.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
