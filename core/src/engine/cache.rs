@@ -1,10 +1,8 @@
 //! Loaded models, least recently used first out when their bytes exceed the budget. An evicted
-//! model is loaded again from its spec the next time it is needed.
+//! model is loaded again from its spec the next time it is needed (a head-only version on the
+//! backbone of a model still cached, if one holds it).
 
-use std::collections::{
-    HashMap,
-    hash_map::Entry::{Occupied, Vacant},
-};
+use std::collections::HashMap;
 
 use super::worker::Backbone;
 use crate::models::{McModel, SharedVariables};
@@ -40,17 +38,23 @@ impl ModelCache {
         Self { entries: HashMap::new(), budget_bytes, clock: 0 }
     }
 
-    /// The model for `key`, loading it with `load` when absent. Call [`trim`](Self::trim)
-    /// afterwards to get back within the budget.
+    /// The model for `key`, loading it with `load` when absent; `load` sees the cache, so
+    /// that a head-only version can build on a cached model's backbone ([`Self::shared`]).
+    /// Call [`trim`](Self::trim) afterwards to get back within the budget.
     ///
     /// # Errors
     /// Whatever `load` returns.
-    pub fn get_or_load<E>(&mut self, key: &ModelKey, load: impl FnOnce() -> Result<McModel, E>) -> Result<&McModel, E> {
+    pub fn get_or_load<E>(
+        &mut self,
+        key: &ModelKey,
+        load: impl FnOnce(&Self) -> Result<McModel, E>,
+    ) -> Result<&McModel, E> {
         self.clock += 1;
-        let entry = match self.entries.entry(key.clone()) {
-            Occupied(entry) => entry.into_mut(),
-            Vacant(entry) => entry.insert(Entry { model: load()?, last_used: 0 }),
-        };
+        if !self.entries.contains_key(key) {
+            let model = load(self)?;
+            self.entries.insert(key.clone(), Entry { model, last_used: 0 });
+        }
+        let entry = self.entries.get_mut(key).expect("present or inserted above");
         entry.last_used = self.clock;
         Ok(&entry.model)
     }
@@ -128,5 +132,14 @@ mod tests {
         for other in [wanted("trucks", 7, "initial"), wanted("cars", 8, "initial"), wanted("cars", 7, "sha256:00")] {
             assert!(cache.shared(&other).is_none(), "{} {} {}", other.project, other.fingerprint, other.frozen);
         }
+        // A model loaded on demand (evicted, needed again) sees the cache: it can build on the
+        // cached model's backbone; a cached one is not loaded again.
+        let v2 = ModelKey { project: "cars".into(), version: "v2".into(), fingerprint: 7 };
+        let loaded = cache.get_or_load(&v2, |cache| {
+            cache.shared(&wanted("cars", 7, "initial")).ok_or("no backbone to share")?;
+            McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).map_err(|_| "load")
+        });
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+        assert!(cache.get_or_load(&v2, |_| Err("loaded again")).is_ok());
     }
 }

@@ -3,7 +3,8 @@
 //! It also takes models loaded elsewhere into its cache: an activation loads the new version on
 //! its own thread, before the version is swapped in, so that neither the requests of the new
 //! version nor the worker wait for that load. Such a load may share the backbone of a model the
-//! worker holds (`Command::Shared`): a head-only version then costs its head alone.
+//! worker holds (`Command::Shared`): a head-only version then costs its head alone. So may a
+//! model the worker loads itself (evicted, and needed again).
 //!
 //! Dynamic batching: jobs of the same model and K are merged until their work (samples × K)
 //! reaches the budget or the first job has waited `max_wait`, as in Triton's dynamic batcher
@@ -266,7 +267,15 @@ impl Worker {
         let (device, files, models_dir) = (self.device, &self.config.model_files, &self.config.models_dir);
         let result = self
             .cache
-            .get_or_load(&key, || load_model(&key, &spec, trained, models_dir, device, files, &|_| None))
+            .get_or_load(&key, |cache| {
+                // Evicted and needed again: a head-only version builds on a cached backbone too.
+                let shared = |frozen: &str| {
+                    let backbone =
+                        Backbone { project: key.project.clone(), fingerprint: key.fingerprint, frozen: frozen.into() };
+                    cache.shared(&backbone)
+                };
+                load_model(&key, &spec, trained, models_dir, device, files, &shared)
+            })
             .and_then(|model| run(model, &spec, &live, samples, k, seed, live.iter().any(|job| job.embeddings)));
         let computed = started.elapsed();
         self.metrics.observe_batch(&key.project, &key.version, samples, computed);
