@@ -163,12 +163,12 @@ impl Projects {
     /// The project `id`, as [`get`](Self::get); with replicas, one missing from the cache is
     /// looked for in the catalogue (read-your-writes across replicas: a client that created it
     /// on another replica a moment ago, before this one heard of it, finds it). Reads the
-    /// catalogue only on a miss.
+    /// catalogue only on a miss. At most [`MISS_LOOKUPS`] such reads run at once: past that,
+    /// a miss is `NotFound` without a read, so that a flood of unknown ids cannot keep the
+    /// catalogue's reading session busy.
     ///
     /// # Errors
     /// [`ProjectError::NotFound`], or a store failure.
-    /// At most [`MISS_LOOKUPS`] run at once: past that, a miss is `NotFound` without a read,
-    /// so that a flood of unknown ids cannot keep the catalogue's reading session busy.
     pub fn find(&self, id: &str) -> Result<Arc<Project>, ProjectError> {
         match self.get(id) {
             Err(ProjectError::NotFound(_)) if self.replicas => {

@@ -124,7 +124,7 @@ impl Trainer {
             if record.project_id != project_id {
                 continue;
             }
-            if let Some(done) = recorded_its_version(self.catalog.as_ref(), record.clone())? {
+            if let Some(done) = recorded_its_version(self.catalog.as_ref(), &record)? {
                 tracing::warn!(job = %done.job_id, project = %project_id, version = %done.model_version, "job abandoned by its replica after it recorded its version: recorded as succeeded");
                 save(self.catalog.as_ref(), &done)?;
                 continue;
@@ -156,7 +156,7 @@ impl Trainer {
 ///
 /// # Errors
 /// [`StoreError`] if the catalogue fails.
-pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: JobRecord) -> Result<Option<JobRecord>, StoreError> {
+pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
     let names_job = |manifest: &str| {
         serde_json::from_str::<serde_json::Value>(manifest).is_ok_and(|m| m["job_id"] == record.job_id.as_str())
     };
@@ -164,9 +164,7 @@ pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: JobRecord) -> 
         return Ok(None);
     };
     let active = catalog.project(&record.project_id)?.map(|project| project.active_version);
-    let mut done = end_job(record, JobState::Succeeded, String::new());
-    done.progress.percent = 100.0;
-    done.progress.eta_ms = Some(0);
+    let mut done = end_job(record.clone(), JobState::Succeeded, String::new());
     if done.activate && active.as_deref() != Some(version.version.as_str()) {
         done.not_activated_reason = format!(
             "the replica that ran this job stopped after recording version {} and before recording the job's end; \
@@ -174,7 +172,7 @@ pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: JobRecord) -> 
             version.version
         );
     }
-    done.model_version = version.version;
+    done.succeed(version.version);
     Ok(Some(done))
 }
 
@@ -276,10 +274,10 @@ mod tests {
         let (_dir, catalog) = catalog();
         let manifest = |job: &str| serde_json::json!({ "job_id": job, "version": "v1" }).to_string();
         catalog.record_version("cars", "v1", 1, &manifest("job-1"), 10).unwrap();
-        assert_eq!(recorded_its_version(&catalog, running("job-2", 1)).unwrap(), None, "another job's version");
+        assert_eq!(recorded_its_version(&catalog, &running("job-2", 1)).unwrap(), None, "another job's version");
         // Recorded, not activated: the replica stopped in between.
         let activating = || JobRecord { activate: true, ..running("job-1", 1) };
-        let done = recorded_its_version(&catalog, activating()).unwrap().expect("it made v1");
+        let done = recorded_its_version(&catalog, &activating()).unwrap().expect("it made v1");
         assert_eq!(
             (done.state, done.model_version.as_str(), done.progress.percent),
             (JobState::Succeeded, "v1", 100.0)
@@ -287,10 +285,10 @@ mod tests {
         assert!(done.not_activated_reason.contains("activate it by hand"), "{}", done.not_activated_reason);
         assert!(done.finished_unix_ms > 0);
         // A job that was not to activate it says nothing of activation.
-        assert_eq!(recorded_its_version(&catalog, running("job-1", 1)).unwrap().unwrap().not_activated_reason, "");
+        assert_eq!(recorded_its_version(&catalog, &running("job-1", 1)).unwrap().unwrap().not_activated_reason, "");
         // Recorded and activated: only the job's end was lost.
         catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap();
-        let done = recorded_its_version(&catalog, activating()).unwrap().expect("it made v1");
+        let done = recorded_its_version(&catalog, &activating()).unwrap().expect("it made v1");
         assert_eq!((done.state, done.not_activated_reason.as_str()), (JobState::Succeeded, ""));
     }
 }

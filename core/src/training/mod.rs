@@ -607,12 +607,7 @@ impl Trainer {
             live.record.send_modify(|r| {
                 r.finished_unix_ms = now_unix_ms();
                 match outcome {
-                    Ok(version) => {
-                        r.state = JobState::Succeeded;
-                        r.model_version = version.clone();
-                        r.progress.percent = 100.0;
-                        r.progress.eta_ms = Some(0);
-                    }
+                    Ok(version) => r.succeed(version.clone()),
                     Err(TrainError::Cancelled) if lost => {
                         r.state = JobState::Failed;
                         r.error = LOST_LEASE.into();

@@ -293,6 +293,14 @@ impl JobRecord {
             attempt,
         }
     }
+
+    /// Marks the job succeeded with model version `version`, its progress complete.
+    pub fn succeed(&mut self, version: String) {
+        self.state = JobState::Succeeded;
+        self.model_version = version;
+        self.progress.percent = 100.0;
+        self.progress.eta_ms = Some(0);
+    }
 }
 
 /// Precision, recall and F1 of one class on the validation split.
