@@ -1463,10 +1463,9 @@ impl Catalog for PostgresCatalog {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
+    use std::sync::{Arc, atomic::Ordering};
+
+    use alps_system_tests::Relay;
 
     use super::*;
     use crate::{
@@ -1554,63 +1553,17 @@ mod tests {
         assert!(old.is_valid(Duration::from_secs(5)).is_err(), "the old session was ended");
     }
 
-    /// A TCP relay to a PostgreSQL server that can stop relaying while keeping its connections
-    /// open: to a client, a server that froze (SIGSTOP) or a network that drops its packets.
-    struct Relay {
-        /// `url` with the relay's address in place of the server's.
-        url: String,
-        frozen: Arc<AtomicBool>,
-    }
-
-    impl Relay {
-        fn to(url: &str) -> Self {
-            let config = Config::from_str(url).unwrap();
-            let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("{url}") };
-            let server = format!("{host}:{}", config.get_ports()[0]);
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let relay_url = url.replace(&server, &listener.local_addr().unwrap().to_string());
-            assert_ne!(relay_url, url);
-            let frozen = Arc::new(AtomicBool::new(false));
-            let relaying = Arc::clone(&frozen);
-            std::thread::spawn(move || {
-                for client in listener.incoming().flatten() {
-                    let upstream = std::net::TcpStream::connect(&server).unwrap();
-                    for (from, to) in [(client.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, client)]
-                    {
-                        let frozen = Arc::clone(&relaying);
-                        std::thread::spawn(move || Self::pump(from, to, &frozen));
-                    }
-                }
-            });
-            Self { url: relay_url, frozen }
-        }
-
-        /// Copies `from` to `to`, holding what it read while frozen; ends both at the end.
-        fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, frozen: &AtomicBool) {
-            use std::io::{Read, Write};
-            let mut buffer = [0; 8192];
-            while let Ok(read @ 1..) = from.read(&mut buffer) {
-                while frozen.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if to.write_all(&buffer[..read]).is_err() {
-                    break;
-                }
-            }
-            let _ = to.shutdown(std::net::Shutdown::Both);
-            let _ = from.shutdown(std::net::Shutdown::Both);
-        }
-
-        fn freeze(&self, frozen: bool) {
-            self.frozen.store(frozen, Ordering::SeqCst);
-        }
-    }
-
-    impl Drop for Relay {
-        /// Lets the relaying threads see their connections end (a test that failed while frozen).
-        fn drop(&mut self) {
-            self.freeze(false);
-        }
+    /// `url` reached through a relay to its server that a test can freeze (the system tests'
+    /// [`Relay`]: connections stay open and no byte passes, as with a server that froze or a
+    /// network that drops its packets), and the relay.
+    fn relayed(url: &str) -> (String, Arc<Relay>) {
+        let config = Config::from_str(url).unwrap();
+        let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("{url}") };
+        let server = format!("{host}:{}", config.get_ports()[0]);
+        let relay = Relay::start(&server);
+        let relayed = url.replace(&server, &relay.address());
+        assert_ne!(relayed, url);
+        (relayed, Arc::new(relay))
     }
 
     /// The test spec with another number of MC iterations.
@@ -1623,9 +1576,9 @@ mod tests {
     #[test]
     fn a_server_that_stops_answering_fails_calls_as_transient_at_their_deadline_and_serves_again_when_it_answers() {
         let url = postgres_database();
-        let relay = Relay::to(&url);
+        let (relayed, relay) = relayed(&url);
         let deadline = Duration::from_secs(3);
-        let catalog = Arc::new(PostgresCatalog::open_within(&relay.url, None, Sharing::Alone, "", deadline).unwrap());
+        let catalog = Arc::new(PostgresCatalog::open_within(&relayed, None, Sharing::Alone, "", deadline).unwrap());
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         assert_eq!(catalog.projects().unwrap().len(), 1);
         let pids = (catalog.reader.backend_pid(), catalog.writer.backend_pid());
@@ -1661,10 +1614,10 @@ mod tests {
             }
         };
         // The server stops answering in the middle of a write's transaction (after its read).
-        let frozen = Arc::clone(&relay.frozen);
+        let freezer = Arc::clone(&relay);
         let freezing: Call = Box::new(move |catalog| {
             let freeze = |_: &ProjectSpec| {
-                frozen.store(true, Ordering::SeqCst);
+                freezer.freeze();
                 false
             };
             catalog.upsert_project(&changed(), 0, "untrained", &freeze).map(drop)
@@ -1675,7 +1628,7 @@ mod tests {
         timed_out(vec![("read", read())]);
         timed_out(vec![("listen", Box::new(|catalog| catalog.wait_for_change(Duration::from_millis(100))))]);
         timed_out(vec![("a queued read", read()), ("another", read()), ("a third", read())]);
-        relay.freeze(false);
+        relay.restore();
         // The write given up on did not land; the sessions given up on were replaced (the
         // writer took the server lock back from its own old session).
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, spec().mc_iterations);
