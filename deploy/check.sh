@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lints the deployment files, validates the compose files against the Compose Specification's
-# schema and the rendered Kubernetes manifests against the Kubernetes API schemas, offline (make
+# schema (and checks that each profile starts what its services depend on) and the rendered Kubernetes manifests against the Kubernetes API schemas, offline (make
 # test; the tools come from scripts/requirements-deploy.txt).
 #
 #   deploy/check.sh [DEPLOY_DIR]    # default: the deploy/ directory next to this script
@@ -17,10 +17,12 @@ for tool in yamllint check-jsonschema kubectl kubernetes-validate; do
 done
 
 "$bin/yamllint" --strict -c "$here/yamllint.yaml" "$deploy"
-# Each file alone: an override file (compose.postgres.yaml, compose.objects.yaml) is a partial
-# compose file, which the schema allows.
 "$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$deploy"/compose*.yaml
-echo "deploy/check.sh: $(ls "$deploy"/compose*.yaml | wc -l) compose files validate against the Compose Specification"
+echo "deploy/check.sh: compose files validate against the Compose Specification: $(cd "$deploy" && echo compose*.yaml)"
+for compose in "$deploy"/compose*.yaml; do
+    "$bin/python" "$here/compose_profiles.py" "$compose"
+done
+echo "deploy/check.sh: every compose profile starts the services its services depend on"
 rendered="$(mktemp -d)"
 trap 'rm -rf "$rendered"' EXIT
 for overlay in "$deploy"/kubernetes/overlays/*/; do

@@ -34,7 +34,8 @@ fn replace(file: &Path, from: &str, to: &str) {
 fn every_overlay_renders_and_validates() {
     let (ok, output) = check_copy(|_| {});
     assert!(ok, "{output}");
-    assert!(output.contains("3 compose files validate against the Compose Specification"), "{output}");
+    assert!(output.contains("compose files validate against the Compose Specification: compose.yaml"), "{output}");
+    assert!(output.contains("every compose profile starts the services its services depend on"), "{output}");
     // The cluster overlays add a PodDisruptionBudget to the server.
     for (overlay, resources) in [("embedded", 6), ("embedded-gpu", 6), ("cluster", 7), ("cluster-gpu", 7)] {
         let line = format!("overlay {overlay} renders and validates ({resources} resources)");
@@ -48,7 +49,7 @@ type Change = Box<dyn FnOnce(&Path)>;
 #[test]
 fn broken_manifests_are_refused_naming_the_fault() {
     let server = |deploy: &Path| deploy.join("kubernetes/overlays/embedded/alps-server.yaml");
-    let cases: [(&str, Change, &str); 6] = [
+    let cases: [(&str, Change, &str); 7] = [
         (
             "an unknown field",
             Box::new(move |d: &Path| replace(&server(d), "  replicas: 1", "  replicaz: 1")),
@@ -72,11 +73,20 @@ fn broken_manifests_are_refused_naming_the_fault() {
             "'stop_grace_periods' was unexpected",
         ),
         (
-            "an unknown value in a compose override",
-            Box::new(|d: &Path| {
-                replace(&d.join("compose.postgres.yaml"), "condition: service_healthy", "condition: healthy")
-            }),
+            "an unknown value in a compose file",
+            Box::new(|d: &Path| replace(&d.join("compose.yaml"), "condition: service_healthy", "condition: healthy")),
             "'healthy' is not one of ['service_started', 'service_healthy', 'service_completed_successfully']",
+        ),
+        (
+            "a profile that lacks a service one of its services depends on",
+            Box::new(|d: &Path| {
+                replace(
+                    &d.join("compose.yaml"),
+                    "alps-server: { condition: service_started, required: false }",
+                    "alps-server: { condition: service_started }",
+                )
+            }),
+            "profile cluster: alps-label-studio depends on alps-server, which the profile does not start",
         ),
         (
             "a YAML syntax error",
