@@ -470,11 +470,16 @@ async fn the_model_cache_evicts_beyond_its_budget_and_reloads_transparently() {
     let mut server = server(&["--model-cache-mib", "0"]).await;
     create(&mut server, mlp_project("a")).await;
     create(&mut server, mlp_project("b")).await;
+    let mut sizes = Vec::new();
     for project in ["a", "b", "a"] {
         let response = server.inference.predict(predict(project, vec![tensor_sample("x", 0.5)])).await.unwrap();
         assert!(matches!(response.into_inner().results[0].outcome, Some(Outcome::Prediction(_))));
-        assert_eq!(metric(&scrape(&server).await, "alps_loaded_models"), 1.0);
+        let metrics = scrape(&server).await;
+        assert_eq!(metric(&metrics, "alps_loaded_models"), 1.0);
+        sizes.push(metric(&metrics, "alps_loaded_model_bytes"));
     }
+    // One model of the same shape at a time: the same bytes each time, never two models' worth.
+    assert!(sizes[0] > 0.0 && sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
 }
 
 /// `image`'s JPEG encoder output of a `width`×`height` grey gradient with noise.

@@ -60,6 +60,7 @@ pub struct Metrics {
     batch_samples: Histogram,
     cancelled: Counter,
     loaded_models: Gauge,
+    loaded_model_bytes: Gauge,
     training_jobs: Family<StateLabels, Gauge>,
     activation_seconds: Histogram,
     gc_removed_blobs: Counter,
@@ -167,6 +168,12 @@ impl Default for Metrics {
         registry.register("cancelled_jobs", "Jobs skipped because their caller went away", cancelled.clone());
         let loaded_models = Gauge::default();
         registry.register("loaded_models", "Models in the worker's cache", loaded_models.clone());
+        let loaded_model_bytes = Gauge::default();
+        registry.register(
+            "loaded_model_bytes",
+            "Bytes of the cached models' parameters and buffers (a shared backbone once), against --model-cache-mib",
+            loaded_model_bytes.clone(),
+        );
         let training_jobs = Family::default();
         registry.register(
             "training_jobs",
@@ -209,6 +216,7 @@ impl Default for Metrics {
             batch_samples,
             cancelled,
             loaded_models,
+            loaded_model_bytes,
             training_jobs,
             activation_seconds,
             gc_removed_blobs,
@@ -327,9 +335,10 @@ impl Metrics {
         self.cancelled.inc_by(jobs as u64);
     }
 
-    /// Sets the number of loaded models.
-    pub fn set_loaded_models(&self, models: usize) {
+    /// Sets the number of loaded models and their bytes (a shared backbone counted once).
+    pub fn set_loaded_models(&self, models: usize, bytes: usize) {
         self.loaded_models.set(models as i64);
+        self.loaded_model_bytes.set(bytes as i64);
     }
 
     /// Records how long an activation took to be served here (the new model loaded, then

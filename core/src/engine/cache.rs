@@ -1,6 +1,7 @@
 //! Loaded models, least recently used first out when their bytes exceed the budget. An evicted
 //! model is loaded again from its spec the next time it is needed (a head-only version on the
-//! backbone of a model still cached, if one holds it).
+//! backbone of a model still cached, if one holds it). A backbone shared by several models
+//! counts once against the budget: it is in memory once.
 
 use std::collections::HashMap;
 
@@ -101,9 +102,12 @@ impl ModelCache {
         self.entries.retain(|key, _| key.project != project);
     }
 
-    /// Bytes of all loaded models.
+    /// Bytes of the loaded models' parameters and buffers, each storage counted once however
+    /// many models share it (a backbone under head-only versions). An evicted model's shared
+    /// storage stays counted while another cached model holds it.
     pub fn bytes(&self) -> usize {
-        self.entries.values().map(|e| e.model.bytes()).sum()
+        let storages: HashMap<usize, usize> = self.entries.values().flat_map(|e| e.model.storages()).collect();
+        storages.values().sum()
     }
 
     /// Number of loaded models.
@@ -141,5 +145,29 @@ mod tests {
         });
         assert!(loaded.is_ok(), "{:?}", loaded.err());
         assert!(cache.get_or_load(&v2, |_| Err("loaded again")).is_ok());
+    }
+
+    #[test]
+    fn a_shared_backbone_counts_once_against_the_budget() {
+        let key = |version: &str| ModelKey { project: "cars".into(), version: version.into(), fingerprint: 7 };
+        let base = McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap();
+        let on_base = McModel::sharing(&spec(), tch::Device::Cpu, &base.shared_variables()).unwrap();
+        let one = base.bytes();
+        let base_storage: Vec<usize> = base.storages().map(|(address, _)| address).collect();
+        let last_layer: usize = on_base.storages().filter(|(a, _)| !base_storage.contains(a)).map(|(_, b)| b).sum();
+        assert!(last_layer > 0 && last_layer < one / 2, "only the last layer is its own: {last_layer} of {one} bytes");
+
+        // A head-only model on v1's backbone fits a budget that two separate copies would not.
+        let mut cache = ModelCache::new(one + last_layer);
+        cache.insert(key("v1"), base);
+        cache.insert(key("v2"), on_base);
+        cache.trim();
+        assert_eq!((cache.len(), cache.bytes()), (2, one + last_layer));
+
+        // A separate copy shares nothing. Evicting v1 frees only its last layer (v2 still holds
+        // the backbone), so v2 goes too.
+        cache.insert(key("v3"), McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap());
+        cache.trim();
+        assert_eq!((cache.len(), cache.contains(&key("v3")), cache.bytes()), (1, true, one));
     }
 }

@@ -163,7 +163,7 @@ pub fn spawn(
             let batch = worker.collect_batch(first);
             worker.execute(batch);
             worker.cache.trim();
-            worker.metrics.set_loaded_models(worker.cache.len());
+            worker.metrics.set_loaded_models(worker.cache.len(), worker.cache.bytes());
         }
     })
 }
@@ -250,7 +250,7 @@ impl Worker {
         self.cache.insert(loaded.key, loaded.model);
         let _ = loaded.reply.send(());
         self.cache.trim();
-        self.metrics.set_loaded_models(self.cache.len());
+        self.metrics.set_loaded_models(self.cache.len(), self.cache.bytes());
     }
 
     fn execute(&mut self, batch: Vec<Job>) {

@@ -313,11 +313,19 @@ impl McModel {
         self.device
     }
 
-    /// Bytes of parameters and buffers (for the cache's memory bound); 0 for TorchScript,
-    /// whose size libtorch does not expose through tch. A model sharing another's backbone
-    /// counts it too, so the bound errs on the side of evicting early.
+    /// Bytes of parameters and buffers; 0 for TorchScript, whose size libtorch does not
+    /// expose through tch. A model sharing another's backbone counts it too: the cache counts
+    /// shared storage once through [`storages`](Self::storages).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Each parameter's and buffer's storage as `(address, bytes)`. A model built on another's
+    /// backbone ([`load_version`](Self::load_version) with shared variables) reports the
+    /// backbone's addresses, so a sum over distinct addresses counts shared tensors once.
+    /// Empty for TorchScript.
+    pub fn storages(&self) -> impl Iterator<Item = (usize, usize)> {
+        self.vs.variables().into_values().map(|t| (t.data_ptr() as usize, t.numel() * t.kind().elt_size_in_bytes()))
     }
 
     /// Backbone features `[B, D]` of inputs `[B, C, H, W]` (no dropout, BatchNorm on running
@@ -431,7 +439,7 @@ impl McModel {
 
     /// The built-in model of `spec` whose variables outside the head's last layer are those of
     /// `shared`, storage and all (no copy); the last layer is zeros until it is loaded.
-    fn sharing(spec: &ProjectSpec, device: Device, shared: &SharedVariables) -> Result<Self, ModelError> {
+    pub(crate) fn sharing(spec: &ProjectSpec, device: Device, shared: &SharedVariables) -> Result<Self, ModelError> {
         let model = Self::zeros(spec, device)?;
         let Net::Builtin(network) = &model.net else { unreachable!("zeros builds built-in networks") };
         let error = |message: String| ModelError::Weights { path: "shared backbone".into(), message };
