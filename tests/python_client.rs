@@ -38,6 +38,32 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     assert_eq!(digits["codes"], json!([0, 0, 0]), "{digits}");
     assert_eq!(digits["folders"], json!(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]), "{digits}");
     assert!(digits["stdout"].as_str().unwrap().contains("inserted 40,"), "the 40 digits added: {digits}");
+    // `versions` newest first with the served one starred; `activate` rolls back; `predict`.
+    let versions = &report["cli_versions"];
+    assert_eq!(versions["codes"], json!([0, 0, 0, 0]), "{versions}");
+    let lines = |key: &str| -> Vec<String> {
+        versions[key].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned()).collect()
+    };
+    let (before, after) = (lines("before"), lines("after"));
+    assert_eq!(before.len(), 2, "{versions}");
+    assert!(
+        before[0].starts_with("* v2\tfrom v1\t") && before[1].starts_with("  v1\tfirst\t12 examples"),
+        "{before:?}"
+    );
+    assert_eq!(versions["activated"], "project shades serves v1");
+    assert!(after[0].starts_with("  v2") && after[1].starts_with("* v1"), "{after:?}");
+    let predicted = versions["predicted"].as_array().unwrap();
+    assert_eq!(predicted.len(), 2, "{versions}");
+    assert_eq!([&predicted[0][0], &predicted[1][0]], ["dark", "light"], "{versions}");
+    assert!(predicted[0][3].as_str().unwrap().ends_with("dark/0.png"), "{versions}");
+    assert!(versions["served"].as_str().unwrap().starts_with("model version v1, "), "{versions}");
+    let unreadable = &versions["unreadable"];
+    assert_eq!(unreadable["code"], 1, "an unreadable image fails the command: {unreadable}");
+    assert_eq!(unreadable["lines"][0][0], "dark", "the readable image is still predicted: {unreadable}");
+    assert_eq!(unreadable["lines"][1][0], "error", "{unreadable}");
+    assert!(unreadable["lines"][1][2].as_str().unwrap().ends_with("notes.txt"), "{unreadable}");
+    assert_eq!(versions["unknown"]["code"], 1);
+    assert!(versions["unknown"]["stderr"].as_str().unwrap().starts_with("alps-client: NOT_FOUND"), "{versions}");
     assert_eq!(report["cli_missing"]["code"], 1);
     assert!(report["cli_missing"]["stderr"].as_str().unwrap().contains("NOT_FOUND"), "{}", report["cli_missing"]);
 }

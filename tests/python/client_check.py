@@ -94,6 +94,25 @@ def main() -> None:
     report["cli_rank"] = {"code": ranked.returncode, "lines": ranked.stdout.strip().splitlines()}
     full = subprocess.run([*cli, "train", "shades", "--epochs", "1", "--seed", "1", "--full"], capture_output=True, text=True)
     report["cli_full"] = {"code": full.returncode, "stdout": full.stdout.strip(), "stderr": full.stderr.strip()}
+    # Versions, a rollback and predictions from the command line.
+    run = lambda *words: subprocess.run([*cli, *words], capture_output=True, text=True)  # noqa: E731
+    before = run("versions", "shades")
+    rolled_back = run("activate", "shades", "v1")
+    after = run("versions", "shades")
+    images = [str(labelled / "dark" / "0.png"), str(labelled / "light" / "0.png")]
+    predicted = run("predict", "shades", *images, "--seed", "4")
+    unreadable = run("predict", "shades", images[0], str(pool / "notes.txt"))
+    unknown = run("activate", "shades", "v9")
+    report["cli_versions"] = {
+        "codes": [r.returncode for r in (before, rolled_back, after, predicted)],
+        "before": before.stdout.splitlines(),
+        "activated": rolled_back.stdout.strip(),
+        "after": after.stdout.splitlines(),
+        "predicted": [line.split("\t") for line in predicted.stdout.strip().splitlines()],
+        "served": predicted.stderr.strip(),
+        "unreadable": {"code": unreadable.returncode, "lines": [line.split("\t") for line in unreadable.stdout.strip().splitlines()]},
+        "unknown": {"code": unknown.returncode, "stderr": unknown.stderr.strip()},
+    }
     missing = subprocess.run([*cli, "train", "no-such-project"], capture_output=True, text=True)
     report["cli_missing"] = {"code": missing.returncode, "stderr": missing.stderr.strip()}
     # The README's digits, written by class, added from the command line.

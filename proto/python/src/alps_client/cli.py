@@ -42,7 +42,40 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("folder")
     rank.add_argument("--query-size", type=int, default=10, help="how many to return (default %(default)s)")
     rank.add_argument("--heuristic", default="", help="acquisition function, e.g. bald (default: the project's)")
+    predict = commands.add_parser("predict", help="class, probability and acquisition score of each IMAGE")
+    predict.add_argument("project")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--seed", type=int, help="draw the dropout masks from this seed (reproducible)")
+    versions = commands.add_parser("versions", help="the project's model versions, newest first (* = served)")
+    versions.add_argument("project")
+    activate = commands.add_parser("activate", help="serve VERSION of the project (also to roll back)")
+    activate.add_argument("project")
+    activate.add_argument("version", help="e.g. v2 (see `versions`)")
     return parser
+
+
+def _version_line(version) -> str:
+    """One line of `versions`: marker, version, parent, examples, validation accuracy, job."""
+    marker = "*" if version.active else " "
+    parent = f"from {version.parent_version}" if version.parent_version else "first"
+    accuracy = f"accuracy {version.metrics.accuracy:.3f}" if version.HasField("metrics") else "no validation split"
+    return f"{marker} {version.version}\t{parent}\t{version.example_count} examples\t{accuracy}\tjob {version.job_id}"
+
+
+def _predict(alps: Client, project: str, paths: list[str], seed: int | None) -> int:
+    """Prints `class<TAB>probability<TAB>score<TAB>path` per image (or `error<TAB>message<TAB>
+    path`); 1 if any image failed."""
+    response = alps.predict(project, [open(path, "rb").read() for path in paths], seed=seed)
+    failed = 0
+    for path, result in zip(paths, response.results):
+        if result.HasField("prediction"):
+            p = result.prediction
+            print(f"{p.class_name}\t{p.probability:.4f}\t{p.score:.6f}\t{path}")
+        else:
+            failed += 1
+            print(f"error\t{result.error.message}\t{path}")
+    print(f"model version {response.model_version}, {response.heuristic.name} scores", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                     args.project, args.folder, query_size=args.query_size, heuristic=args.heuristic
                 ):
                     print(f"{score:.6f}\t{path}")
+            elif args.command == "predict":
+                return _predict(alps, args.project, args.images, args.seed)
+            elif args.command == "versions":
+                for version in alps.list_versions(args.project):
+                    print(_version_line(version))
+            elif args.command == "activate":
+                version = alps.activate(args.project, args.version)
+                print(f"project {args.project} serves {version.version}")
     except grpc.RpcError as error:
         print(f"alps-client: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -308,6 +308,17 @@ class Client:
         logging.getLogger(__name__).info("%s ranked with %s@%s", project_id, ranked_with.name, ranked_with.version)
         return [(files[s.id], s.score) for s in response.selected]
 
+    def list_versions(self, project_id: str) -> list[models_pb2.ModelVersion]:
+        """The model versions of ``project_id``, newest first; ``active`` marks the served one."""
+        request = models_pb2.ListModelVersionsRequest(project_id=project_id)
+        return list(self.versions.ListModelVersions(request).versions)
+
+    def activate(self, project_id: str, version: str) -> models_pb2.ModelVersion:
+        """Makes ``version`` (e.g. ``"v2"``) the one ``project_id`` serves, also to roll back;
+        returns it. The server loads it before it swaps, so the old one serves meanwhile."""
+        request = models_pb2.ActivateModelVersionRequest(project_id=project_id, version=version)
+        return self.versions.ActivateModelVersion(request).version
+
     def predict(
         self, project_id: str, images: Sequence[bytes], *, mc_iterations: int = 0, seed: int | None = None
     ) -> inference_pb2.PredictResponse:
