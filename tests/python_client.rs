@@ -62,6 +62,12 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     assert_eq!(unreadable["lines"][0][0], "dark", "the readable image is still predicted: {unreadable}");
     assert_eq!(unreadable["lines"][1][0], "error", "{unreadable}");
     assert!(unreadable["lines"][1][2].as_str().unwrap().ends_with("notes.txt"), "{unreadable}");
+    let changed = lines("changed");
+    assert_eq!(changed.len(), 2, "{versions}");
+    assert!(
+        changed.iter().all(|l| l.starts_with("  v") && l.ends_with("\tfor an earlier spec: cannot be activated")),
+        "{changed:?}"
+    );
     assert_eq!(versions["unknown"]["code"], 1);
     assert!(versions["unknown"]["stderr"].as_str().unwrap().starts_with("alps-client: NOT_FOUND"), "{versions}");
     assert_eq!(report["cli_missing"]["code"], 1);

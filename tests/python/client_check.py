@@ -103,6 +103,9 @@ def main() -> None:
     predicted = run("predict", "shades", *images, "--seed", "4")
     unreadable = run("predict", "shades", images[0], str(pool / "notes.txt"))
     unknown = run("activate", "shades", "v9")
+    # A third class: the versions no longer fit the project, and the listing says so.
+    run("create-project", "shades", "--classes", "dark,light,grey", "--size", str(SIDE), "--channels", "1", "--architecture", "mlp")
+    changed = run("versions", "shades")
     report["cli_versions"] = {
         "codes": [r.returncode for r in (before, rolled_back, after, predicted)],
         "before": before.stdout.splitlines(),
@@ -112,6 +115,7 @@ def main() -> None:
         "served": predicted.stderr.strip(),
         "unreadable": {"code": unreadable.returncode, "lines": [line.split("\t") for line in unreadable.stdout.strip().splitlines()]},
         "unknown": {"code": unknown.returncode, "stderr": unknown.stderr.strip()},
+        "changed": changed.stdout.splitlines(),
     }
     missing = subprocess.run([*cli, "train", "no-such-project"], capture_output=True, text=True)
     report["cli_missing"] = {"code": missing.returncode, "stderr": missing.stderr.strip()}

@@ -13,11 +13,11 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{AppState, blocking};
-use crate::ids;
 use crate::training::{
     Trainer, TrainingError,
     record::{JobRecord, JobState, Manifest, Mode, Optimizer, Phase, RequestedParams, TrainingParams},
 };
+use crate::{ids, projects::Project};
 
 /// Serves training jobs and model versions.
 #[derive(Debug, Clone)]
@@ -175,12 +175,13 @@ pub fn proto_job(record: &JobRecord) -> pb::TrainingJob {
     }
 }
 
-fn proto_version(manifest: &Manifest, active: &str) -> pb::ModelVersion {
+fn proto_version(manifest: &Manifest, project: &Project) -> pb::ModelVersion {
     pb::ModelVersion {
         project_id: manifest.project_id.clone(),
         version: manifest.version.clone(),
         parent_version: manifest.parent_version.clone(),
-        active: manifest.version == active,
+        active: manifest.version == project.active_version,
+        activatable: manifest.serves(&project.spec),
         job_id: manifest.job_id.clone(),
         parameters: Some(proto_params(&manifest.params)),
         example_count: manifest.example_count,
@@ -313,7 +314,7 @@ impl ModelVersionService for TrainingApi {
         let project = super::project(&self.state, &request.into_inner().project_id)?;
         let (trainer, id) = (self.state.trainer.clone(), project.spec.id.clone());
         let manifests = blocking(move || trainer.versions(&id).map_err(training_status)).await?;
-        let versions = manifests.iter().map(|m| proto_version(m, &project.active_version)).collect();
+        let versions = manifests.iter().map(|m| proto_version(m, &project)).collect();
         Ok(Response::new(ListModelVersionsResponse { versions }))
     }
 
@@ -332,7 +333,7 @@ impl ModelVersionService for TrainingApi {
             .ok_or_else(|| {
                 Status::not_found(format!("project {} has no model version {:?}", project.spec.id, request.version))
             })?;
-        Ok(Response::new(GetModelVersionResponse { version: Some(proto_version(&manifest, &project.active_version)) }))
+        Ok(Response::new(GetModelVersionResponse { version: Some(proto_version(&manifest, &project)) }))
     }
 
     async fn activate_model_version(
@@ -341,11 +342,13 @@ impl ModelVersionService for TrainingApi {
     ) -> Result<Response<ActivateModelVersionResponse>, Status> {
         super::audit(&request, "ActivateModelVersion", &request.get_ref().project_id);
         let request = request.into_inner();
-        super::project(&self.state, &request.project_id)?;
+        let project = super::project(&self.state, &request.project_id)?;
         ids::other("version", &request.version)?;
         let trainer = self.state.trainer.clone();
-        let (project, version) = (request.project_id.clone(), request.version.clone());
-        let manifest = blocking(move || trainer.activate(&project, &version).map_err(training_status)).await?;
-        Ok(Response::new(ActivateModelVersionResponse { version: Some(proto_version(&manifest, &manifest.version)) }))
+        let (id, version) = (request.project_id.clone(), request.version.clone());
+        let manifest = blocking(move || trainer.activate(&id, &version).map_err(training_status)).await?;
+        // Activation checked that it fits the project's spec and made it the active version.
+        let now = Project { active_version: manifest.version.clone(), ..(*project).clone() };
+        Ok(Response::new(ActivateModelVersionResponse { version: Some(proto_version(&manifest, &now)) }))
     }
 }

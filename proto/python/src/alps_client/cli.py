@@ -55,11 +55,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version_line(version) -> str:
-    """One line of `versions`: marker, version, parent, examples, validation accuracy, job."""
+    """One line of `versions`: marker, version, parent, examples, validation accuracy, job, and
+    whether it was made for an earlier spec of the project (then it cannot be activated)."""
     marker = "*" if version.active else " "
     parent = f"from {version.parent_version}" if version.parent_version else "first"
     accuracy = f"accuracy {version.metrics.accuracy:.3f}" if version.HasField("metrics") else "no validation split"
-    return f"{marker} {version.version}\t{parent}\t{version.example_count} examples\t{accuracy}\tjob {version.job_id}"
+    line = f"{marker} {version.version}\t{parent}\t{version.example_count} examples\t{accuracy}\tjob {version.job_id}"
+    return line if version.activatable else f"{line}\tfor an earlier spec: cannot be activated"
 
 
 def _predict(alps: Client, project: str, paths: list[str], seed: int | None) -> int:
