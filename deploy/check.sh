@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lints the deployment files, validates the compose files against the Compose Specification's
-# schema (and checks that each profile starts what its services depend on) and the rendered Kubernetes manifests against the Kubernetes API schemas, offline (make
-# test; the tools come from scripts/requirements-deploy.txt).
+# schema, checks that each compose profile starts what its services depend on, and validates the
+# rendered Kubernetes manifests against the Kubernetes API schemas, offline (make test; the tools
+# come from scripts/requirements-deploy.txt).
 #
 #   deploy/check.sh [DEPLOY_DIR]    # default: the deploy/ directory next to this script
 set -euo pipefail

@@ -1,5 +1,6 @@
 //! The deployment files: `deploy/check.sh` lints them, validates the compose files against the
-//! Compose Specification's schema and every Kustomize overlay, rendered, against the Kubernetes
+//! Compose Specification's schema, checks that each compose profile starts the services its
+//! services depend on, and validates every Kustomize overlay, rendered, against the Kubernetes
 //! API schemas (strict: unknown fields are errors). It passes on the repository's files and
 //! fails, naming the fault, on broken copies.
 

@@ -470,16 +470,20 @@ async fn the_model_cache_evicts_beyond_its_budget_and_reloads_transparently() {
     let mut server = server(&["--model-cache-mib", "0"]).await;
     create(&mut server, mlp_project("a")).await;
     create(&mut server, mlp_project("b")).await;
-    let mut sizes = Vec::new();
     for project in ["a", "b", "a"] {
         let response = server.inference.predict(predict(project, vec![tensor_sample("x", 0.5)])).await.unwrap();
         assert!(matches!(response.into_inner().results[0].outcome, Some(Outcome::Prediction(_))));
-        let metrics = scrape(&server).await;
-        assert_eq!(metric(&metrics, "alps_loaded_models"), 1.0);
-        sizes.push(metric(&metrics, "alps_loaded_model_bytes"));
+        // Both projects have one shape: every load logs the same bytes, and the gauge holds one.
+        let one_model = server.process.wait_for_log("model loaded")["bytes"].as_f64().unwrap();
+        assert!(one_model > 0.0);
+        // The worker trims its cache and sets the gauges after it answers.
+        let gauges = alps_system_tests::eventually("the cache's gauges after the eviction", || async {
+            let metrics = scrape(&server).await;
+            let gauges = (metric(&metrics, "alps_loaded_models"), metric(&metrics, "alps_loaded_model_bytes"));
+            (gauges == (1.0, one_model)).then_some(gauges)
+        });
+        assert_eq!(gauges.await, (1.0, one_model));
     }
-    // One model of the same shape at a time: the same bytes each time, never two models' worth.
-    assert!(sizes[0] > 0.0 && sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
 }
 
 /// `image`'s JPEG encoder output of a `width`×`height` grey gradient with noise.

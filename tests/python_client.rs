@@ -46,6 +46,7 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     };
     let (before, after) = (lines("before"), lines("after"));
     assert_eq!(before.len(), 2, "{versions}");
+    assert!(before.iter().all(|l| !l.contains("cannot be activated")), "both fit the project: {before:?}");
     assert!(
         before[0].starts_with("* v2\tfrom v1\t") && before[1].starts_with("  v1\tfirst\t12 examples"),
         "{before:?}"

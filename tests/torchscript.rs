@@ -97,7 +97,7 @@ fn export_small_cnn(classes: u32, dropout: &str, weights: &Path, script: &Path) 
 /// A server with the built-in plugin, and clients for it.
 struct Server {
     _dirs: ServerDirs,
-    _process: alps_system_tests::Process,
+    process: alps_system_tests::Process,
     projects: ProjectServiceClient<Channel>,
     inference: InferenceServiceClient<Channel>,
 }
@@ -111,7 +111,7 @@ impl Server {
         let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
         Self {
             _dirs: dirs,
-            _process: process,
+            process,
             projects: ProjectServiceClient::new(channel.clone()),
             inference: InferenceServiceClient::new(channel),
         }
@@ -166,6 +166,9 @@ async fn a_forward_only_module_is_served_by_replicating_the_batch() {
     let means = server.create_and_predict(project("fwd", Architecture::Torchscript, &script, &script, 2)).await;
     assert_eq!(means.len(), 4);
     assert!(means.iter().all(|m| m.len() == 2 && (m.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+    // Its parameters count against the model cache: 768 x 2 weights and 2 biases, f32.
+    let loaded = server.process.wait_for_log("model loaded");
+    assert_eq!(loaded["bytes"], (768 * 2 + 2) * 4, "{loaded}");
 }
 
 #[tokio::test]

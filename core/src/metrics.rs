@@ -171,7 +171,7 @@ impl Default for Metrics {
         let loaded_model_bytes = Gauge::default();
         registry.register(
             "loaded_model_bytes",
-            "Bytes of the cached models' parameters and buffers (a shared backbone once), against --model-cache-mib",
+            "Bytes of the cached models' tensors (a shared backbone once), the measure --model-cache-mib bounds",
             loaded_model_bytes.clone(),
         );
         let training_jobs = Family::default();

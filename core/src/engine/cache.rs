@@ -23,6 +23,15 @@ pub struct ModelKey {
 struct Entry {
     model: McModel,
     last_used: u64,
+    /// The model's [`McModel::storages`], read once: a loaded model's tensors do not move.
+    storages: Vec<(usize, usize)>,
+}
+
+impl Entry {
+    fn new(model: McModel, last_used: u64) -> Self {
+        let storages = model.storages();
+        Self { model, last_used, storages }
+    }
 }
 
 /// The cache of one worker. Not shared: it lives on the worker thread with its models.
@@ -53,7 +62,7 @@ impl ModelCache {
         self.clock += 1;
         if !self.entries.contains_key(key) {
             let model = load(self)?;
-            self.entries.insert(key.clone(), Entry { model, last_used: 0 });
+            self.entries.insert(key.clone(), Entry::new(model, 0));
         }
         let entry = self.entries.get_mut(key).expect("present or inserted above");
         entry.last_used = self.clock;
@@ -82,7 +91,7 @@ impl ModelCache {
     /// Call [`trim`](Self::trim) afterwards to get back within the budget.
     pub fn insert(&mut self, key: ModelKey, model: McModel) {
         self.clock += 1;
-        self.entries.insert(key, Entry { model, last_used: self.clock });
+        self.entries.insert(key, Entry::new(model, self.clock));
     }
 
     /// Evicts least recently used models until the loaded bytes fit the budget; the most
@@ -102,12 +111,17 @@ impl ModelCache {
         self.entries.retain(|key, _| key.project != project);
     }
 
-    /// Bytes of the loaded models' parameters and buffers, each storage counted once however
-    /// many models share it (a backbone under head-only versions). An evicted model's shared
-    /// storage stays counted while another cached model holds it.
+    /// Bytes of the loaded models' tensors ([`McModel::storages`]), each data pointer counted
+    /// once however many models share it (a backbone under head-only versions). An evicted
+    /// model's shared tensors stay counted while another cached model holds them.
     pub fn bytes(&self) -> usize {
-        let storages: HashMap<usize, usize> = self.entries.values().flat_map(|e| e.model.storages()).collect();
-        storages.values().sum()
+        let mut tensors: HashMap<usize, usize> = HashMap::new();
+        for &(pointer, bytes) in self.entries.values().flat_map(|e| &e.storages) {
+            // The larger wins: an empty tensor may have a null or reused pointer.
+            let counted = tensors.entry(pointer).or_default();
+            *counted = (*counted).max(bytes);
+        }
+        tensors.values().sum()
     }
 
     /// Number of loaded models.
@@ -153,8 +167,9 @@ mod tests {
         let base = McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap();
         let on_base = McModel::sharing(&spec(), tch::Device::Cpu, &base.shared_variables()).unwrap();
         let one = base.bytes();
-        let base_storage: Vec<usize> = base.storages().map(|(address, _)| address).collect();
-        let last_layer: usize = on_base.storages().filter(|(a, _)| !base_storage.contains(a)).map(|(_, b)| b).sum();
+        let base_storage: Vec<usize> = base.storages().into_iter().map(|(pointer, _)| pointer).collect();
+        let own = on_base.storages().into_iter().filter(|(pointer, _)| !base_storage.contains(pointer));
+        let last_layer: usize = own.map(|(_, bytes)| bytes).sum();
         assert!(last_layer > 0 && last_layer < one / 2, "only the last layer is its own: {last_layer} of {one} bytes");
 
         // A head-only model on v1's backbone fits a budget that two separate copies would not.

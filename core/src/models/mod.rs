@@ -264,8 +264,9 @@ impl McModel {
     }
 
     fn from_parts(vs: nn::VarStore, net: Net, device: Device, classes: i64, frozen: Option<String>) -> Self {
-        let bytes = vs.variables().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
-        Self { vs, net, device, classes, bytes, frozen }
+        let mut model = Self { vs, net, device, classes, bytes: 0, frozen };
+        model.bytes = model.storages().iter().map(|(_, bytes)| bytes).sum();
+        model
     }
 
     /// `spec`'s built-in network with every parameter zero, for a caller that replaces them all
@@ -313,19 +314,26 @@ impl McModel {
         self.device
     }
 
-    /// Bytes of parameters and buffers; 0 for TorchScript, whose size libtorch does not
-    /// expose through tch. A model sharing another's backbone counts it too: the cache counts
-    /// shared storage once through [`storages`](Self::storages).
+    /// Bytes of [`storages`](Self::storages). A model sharing another's backbone counts it
+    /// too: the cache counts shared tensors once.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Each parameter's and buffer's storage as `(address, bytes)`. A model built on another's
+    /// Each tensor's data as `(data pointer, bytes)`: the parameters and buffers of a built-in
+    /// network, the parameters of a TorchScript module (its buffers, such as BatchNorm
+    /// statistics, are not exposed through tch and are left out). A model built on another's
     /// backbone ([`load_version`](Self::load_version) with shared variables) reports the
-    /// backbone's addresses, so a sum over distinct addresses counts shared tensors once.
-    /// Empty for TorchScript.
-    pub fn storages(&self) -> impl Iterator<Item = (usize, usize)> {
-        self.vs.variables().into_values().map(|t| (t.data_ptr() as usize, t.numel() * t.kind().elt_size_in_bytes()))
+    /// backbone's pointers, so a sum over distinct pointers counts shared tensors once.
+    pub fn storages(&self) -> Vec<(usize, usize)> {
+        let tensors: Vec<Tensor> = match &self.net {
+            Net::Builtin(_) => self.vs.variables().into_values().collect(),
+            Net::ScriptSplit(module) | Net::ScriptForward(module) => {
+                // Listing fails only for a broken module; it then counts 0 bytes.
+                module.named_parameters().map(|named| named.into_iter().map(|(_, t)| t).collect()).unwrap_or_default()
+            }
+        };
+        tensors.iter().map(|t| (t.data_ptr() as usize, t.numel() * t.kind().elt_size_in_bytes())).collect()
     }
 
     /// Backbone features `[B, D]` of inputs `[B, C, H, W]` (no dropout, BatchNorm on running

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import grpc
 
@@ -67,7 +68,7 @@ def _version_line(version) -> str:
 def _predict(alps: Client, project: str, paths: list[str], seed: int | None) -> int:
     """Prints `class<TAB>probability<TAB>score<TAB>path` per image (or `error<TAB>message<TAB>
     path`); 1 if any image failed."""
-    response = alps.predict(project, [open(path, "rb").read() for path in paths], seed=seed)
+    response = alps.predict(project, [Path(path).read_bytes() for path in paths], seed=seed)
     failed = 0
     for path, result in zip(paths, response.results):
         if result.HasField("prediction"):
@@ -119,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "predict":
                 return _predict(alps, args.project, args.images, args.seed)
             elif args.command == "versions":
-                for version in alps.list_versions(args.project):
+                listed = alps.list_versions(args.project)
+                for version in listed:
                     print(_version_line(version))
+                if not listed:
+                    print(f"project {args.project} has no model versions yet (train it first)", file=sys.stderr)
             elif args.command == "activate":
                 version = alps.activate(args.project, args.version)
                 print(f"project {args.project} serves {version.version}")

@@ -309,13 +309,17 @@ class Client:
         return [(files[s.id], s.score) for s in response.selected]
 
     def list_versions(self, project_id: str) -> list[models_pb2.ModelVersion]:
-        """The model versions of ``project_id``, newest first; ``active`` marks the served one."""
+        """The model versions of ``project_id``, newest first; ``active`` marks the served one and
+        ``activatable`` those made for the project's current spec. Raises ``grpc.RpcError``
+        NOT_FOUND for an unknown project."""
         request = models_pb2.ListModelVersionsRequest(project_id=project_id)
         return list(self.versions.ListModelVersions(request).versions)
 
     def activate(self, project_id: str, version: str) -> models_pb2.ModelVersion:
         """Makes ``version`` (e.g. ``"v2"``) the one ``project_id`` serves, also to roll back;
-        returns it. The server loads it before it swaps, so the old one serves meanwhile."""
+        returns it. The server loads it before it swaps, so the old one serves meanwhile. Raises
+        ``grpc.RpcError`` NOT_FOUND for an unknown project or version, FAILED_PRECONDITION for a
+        version made for another spec of the project or whose files fail their checksums."""
         request = models_pb2.ActivateModelVersionRequest(project_id=project_id, version=version)
         return self.versions.ActivateModelVersion(request).version
 
