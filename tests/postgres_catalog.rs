@@ -703,6 +703,18 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     // followed and again for its own ActivateModelVersion, which reads and checks the files.
     let counts: Vec<usize> = replicas.iter_mut().map(|replica| loads(replica, "v1")).collect();
     assert_eq!(counts, [2, 1, 1]);
+    // Each replica made one of the three activations (v1, v2, the rollback) and followed the
+    // other two: its activation histogram counts all three, the followed ones from their time
+    // in the catalogue (a replica racing its own activation may count it twice). A follower
+    // records it just after it swaps the version in, so the count may trail a prediction.
+    for replica in &mut replicas {
+        let metrics = replica.process.listening_addr("metrics");
+        eventually("every replica to count the three activations", || {
+            let metrics = metrics.clone();
+            async move { (activations(&metrics).await >= 3.0).then_some(()) }
+        })
+        .await;
+    }
 
     // Train asked of all three at once: one job runs, the other triggers coalesce into one
     // queued job, which runs after it; never two at once.
@@ -871,6 +883,14 @@ async fn job_ended(replica: &Server, job_id: &str) -> alps_proto::v1::TrainingJo
 }
 
 /// How often `replica` logged loading project "p"'s `version`.
+/// The count of the `alps_activation_seconds` histogram of the server whose metrics listen on
+/// `metrics`.
+async fn activations(metrics: &str) -> f64 {
+    let text = http_client().get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
+    let count = text.lines().find_map(|line| line.strip_prefix("alps_activation_seconds_count "));
+    count.and_then(|value| value.trim().parse().ok()).unwrap_or_else(|| panic!("no activation histogram in {text}"))
+}
+
 fn loads(replica: &mut Server, version: &str) -> usize {
     let loaded = |line: &&String| {
         let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();

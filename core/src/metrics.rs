@@ -342,7 +342,8 @@ impl Metrics {
     }
 
     /// Records how long an activation took to be served here (the new model loaded, then
-    /// swapped in).
+    /// swapped in): on the activating server from the request, on the other replicas from the
+    /// activation's time in the catalogue.
     pub fn observe_activation(&self, took: std::time::Duration) {
         self.activation_seconds.observe(took.as_secs_f64());
     }

@@ -21,6 +21,7 @@ use std::{
 
 use crate::{
     engine::Engine,
+    metrics::Metrics,
     projects::{Project, Projects, Refreshed},
     store::catalog::Catalog,
     training::Trainer,
@@ -42,6 +43,8 @@ pub struct Follower {
     /// This server's training (its kept models and versions of deleted projects go; it takes
     /// over the training other replicas left).
     pub trainer: Arc<Trainer>,
+    /// Where this replica's activation lag goes (`alps_activation_seconds`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the thread that keeps `follower`'s projects and models in step with its catalogue;
@@ -95,10 +98,22 @@ impl Follower {
                     self.engine.forget(&project);
                     self.trainer.remove_versions(&project);
                 }
-                Refreshed::Activated(project, version) => {
-                    tracing::info!(%project, %version, "serving the version another replica activated");
-                }
+                Refreshed::Activated(project, version) => self.served_activation(&project, &version),
             }
         }
+    }
+
+    /// Records how late this replica serves `version` of `project`, activated by another one:
+    /// from the activation's time in the catalogue to now, on the two servers' clocks (so
+    /// their skew adds to it).
+    fn served_activation(&self, project: &str, version: &str) {
+        let activated = self.projects.get(project).map(|p| p.activated_unix_ms).unwrap_or(0);
+        let lag_ms = crate::store::now_unix_ms() - activated;
+        // An activation recorded before the catalogue kept its time (0), or a clock far behind
+        // the activating server's, measures nothing.
+        if activated > 0 && lag_ms >= 0 {
+            self.metrics.observe_activation(Duration::from_millis(lag_ms as u64));
+        }
+        tracing::info!(%project, %version, lag_ms, "serving the version another replica activated");
     }
 }

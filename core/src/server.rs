@@ -290,6 +290,7 @@ impl Server {
                 projects: projects.clone(),
                 engine: engine.clone(),
                 trainer: trainer.clone(),
+                metrics: metrics.clone(),
             };
             crate::replicas::follow(follower).map_err(StartError::Follower)?;
             trainer.keep_leases().map_err(StartError::Follower)?;

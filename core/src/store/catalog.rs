@@ -324,6 +324,10 @@ pub struct StoredProject {
     pub created_unix_ms: i64,
     /// The active model version (e.g. `v3`, or `untrained`).
     pub active_version: String,
+    /// When a version was last activated (ActivateModelVersion, or a training job's new
+    /// version), milliseconds since the Unix epoch on the activating server's clock; 0 if none
+    /// was, or before the catalogue recorded it. Replicas measure how late they follow from it.
+    pub activated_unix_ms: i64,
 }
 
 impl StoredProject {
@@ -333,8 +337,9 @@ impl StoredProject {
         json: &str,
         created_unix_ms: i64,
         active_version: String,
+        activated_unix_ms: i64,
     ) -> Result<Self, StoreError> {
-        Ok(Self { spec: decode_spec(id, json)?, created_unix_ms, active_version })
+        Ok(Self { spec: decode_spec(id, json)?, created_unix_ms, active_version, activated_unix_ms })
     }
 }
 

@@ -121,7 +121,7 @@ const CASES: &[(&str, Case)] = &[
     ("a catalogue belongs with the first data dir bound to it", data_dir_binding),
     ("projects survive reopening; upsert keeps the creation time", projects_survive_reopening),
     ("an upsert that starts over resets the active version", upsert_starts_over),
-    ("a version is activated only if it fits the stored spec", activation_checks_fit),
+    ("a version is activated only if it fits the stored spec, and the time is kept", activation_checks_fit),
     ("the newest label revision wins in every arrival order", newest_revision_wins),
     ("unversioned labels always apply; replays refresh the revision", unversioned_labels),
     ("examples page bytewise; counts, deletes and references agree", examples_page_and_count),
@@ -232,9 +232,18 @@ fn activation_checks_fit(backend: &mut dyn Backend) {
         None,
     );
     assert_eq!(refused.unwrap(), Activation::Unfit);
-    assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "untrained", "nothing changed");
+    let stored = catalog.project("cars").unwrap().unwrap();
+    assert_eq!((stored.active_version.as_str(), stored.activated_unix_ms), ("untrained", 0), "nothing changed");
+    let before = super::now_unix_ms();
     assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::Activated);
-    assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "v1");
+    let stored = catalog.project("cars").unwrap().unwrap();
+    assert_eq!(stored.active_version, "v1");
+    let activated = stored.activated_unix_ms;
+    assert!((before..=super::now_unix_ms()).contains(&activated), "{before} <= {activated}");
+    // Activating the active version again is no new activation: its time stays.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::Activated);
+    assert_eq!(catalog.projects().unwrap()[0].activated_unix_ms, activated);
     assert_eq!(catalog.activate_version("boats", "v1", &|_, _| true, None).unwrap(), Activation::NoSuchVersion);
 }
 

@@ -115,6 +115,8 @@ const MIGRATIONS: &[&str] = &[
         used_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (kind, sha256)
     )",
+    // When the active version was last activated (see `StoredProject::activated_unix_ms`).
+    "ALTER TABLE projects ADD COLUMN activated_unix_ms BIGINT NOT NULL DEFAULT 0",
 ];
 
 /// The advisory lock key the writing session holds: "alps" in ASCII.
@@ -874,17 +876,23 @@ impl Catalog for PostgresCatalog {
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
         let row = self.reader.run(async |client| {
             Ok(client
-                .query_opt("SELECT spec, created_unix_ms, active_version FROM projects WHERE id = $1", &[&id])
+                .query_opt(
+                    "SELECT spec, created_unix_ms, active_version, activated_unix_ms FROM projects WHERE id = $1",
+                    &[&id],
+                )
                 .await?)
         })?;
-        row.map(|row| StoredProject::decode(id, row.get(0), row.get(1), row.get(2))).transpose()
+        row.map(|row| StoredProject::decode(id, row.get(0), row.get(1), row.get(2), row.get(3))).transpose()
     }
 
     fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
         let rows = self.reader.run(async |client| {
-            Ok(client.query("SELECT id, spec, created_unix_ms, active_version FROM projects ORDER BY id", &[]).await?)
+            let sql = "SELECT id, spec, created_unix_ms, active_version, activated_unix_ms FROM projects ORDER BY id";
+            Ok(client.query(sql, &[]).await?)
         })?;
-        rows.iter().map(|row| StoredProject::decode(row.get(0), row.get(1), row.get(2), row.get(3))).collect()
+        rows.iter()
+            .map(|row| StoredProject::decode(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+            .collect()
     }
 
     fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
@@ -1332,8 +1340,13 @@ impl Catalog for PostgresCatalog {
             let (manifest, spec) = (manifest.as_ref().map(|row| row.get(0)), spec.as_ref().map(|row| row.get(0)));
             let outcome = catalog::activation(project, manifest, spec, fits)?;
             if outcome == Activation::Activated {
+                // The activation time changes only if the version was not active already.
                 transaction
-                    .execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])
+                    .execute(
+                        "UPDATE projects SET active_version = $2, activated_unix_ms = CASE WHEN active_version = $2
+                          THEN activated_unix_ms ELSE $3 END WHERE id = $1",
+                        &[&project, &version, &super::now_unix_ms()],
+                    )
                     .await?;
                 notify(&transaction, project).await?;
                 transaction.commit().await?;

@@ -59,7 +59,14 @@ const MIGRATIONS: &[&str] = &[
     // `Catalog::enqueue_job`).
     "ALTER TABLE jobs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
     CREATE UNIQUE INDEX one_queued_job ON jobs (project_id) WHERE queued = 1",
+    // When the active version was last activated (see `StoredProject::activated_unix_ms`).
+    "ALTER TABLE projects ADD COLUMN activated_unix_ms INTEGER NOT NULL DEFAULT 0",
 ];
+
+/// Makes `?2` project `?1`'s active version; the activation time `?3` changes only if it was
+/// not active already, so that activating the active version again changes nothing.
+const ACTIVATE_SQLITE: &str = "UPDATE projects SET active_version = ?2,
+    activated_unix_ms = CASE WHEN active_version = ?2 THEN activated_unix_ms ELSE ?3 END WHERE id = ?1";
 
 /// A row of `SELECT job_id, finished, queued, record, created_unix_ms FROM jobs`.
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
@@ -203,26 +210,27 @@ impl Catalog for SqliteCatalog {
     fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
         let row = self
             .reader()
-            .query_row("SELECT spec, created_unix_ms, active_version FROM projects WHERE id = ?1", params![id], |row| {
-                Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
-            })
+            .query_row(
+                "SELECT spec, created_unix_ms, active_version, activated_unix_ms FROM projects WHERE id = ?1",
+                params![id],
+                |row| Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
             .optional()?;
-        row.map(|(json, created_unix_ms, active_version)| {
-            StoredProject::decode(id, &json, created_unix_ms, active_version)
-        })
-        .transpose()
+        row.map(|(json, created, active, activated)| StoredProject::decode(id, &json, created, active, activated))
+            .transpose()
     }
 
     fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
         let connection = self.reader();
-        let mut statement =
-            connection.prepare("SELECT id, spec, created_unix_ms, active_version FROM projects ORDER BY id")?;
-        let rows = statement
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?)))?;
+        let mut statement = connection
+            .prepare("SELECT id, spec, created_unix_ms, active_version, activated_unix_ms FROM projects ORDER BY id")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+        })?;
         let mut projects = Vec::new();
         for row in rows {
-            let (id, json, created, active) = row?;
-            projects.push(StoredProject::decode(&id, &json, created, active)?);
+            let (id, json, created, active, activated) = row?;
+            projects.push(StoredProject::decode(&id, &json, created, active, activated)?);
         }
         Ok(projects)
     }
@@ -418,7 +426,7 @@ impl Catalog for SqliteCatalog {
             .optional()?;
         let outcome = catalog::activation(project, manifest.as_deref(), spec.as_deref(), fits)?;
         if outcome == Activation::Activated {
-            transaction.execute("UPDATE projects SET active_version = ?2 WHERE id = ?1", params![project, version])?;
+            transaction.execute(ACTIVATE_SQLITE, params![project, version, super::now_unix_ms()])?;
             transaction.commit()?;
         }
         Ok(outcome)
