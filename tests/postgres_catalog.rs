@@ -645,14 +645,19 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let (_, url) = postgres_database("alps_replicas");
     let bucket = s3_bucket("alps-replicas").await;
     let store = format!("s3://{bucket}/alps");
-    // Three replicas, and a fourth that joins late.
+    // Three replicas, and a fourth that joins late. The second reaches PostgreSQL through a
+    // relay, so that the test can keep it from reconnecting.
+    let host = url.rsplit_once('@').and_then(|(_, rest)| rest.split('/').next()).unwrap().to_owned();
+    let relay = Relay::start(&host);
+    let relayed = url.replace(&host, &relay.address());
     let dirs: Vec<ServerDirs> = (0..4).map(|_| ServerDirs::new()).collect();
     let mut replicas = Vec::new();
     for dirs in &dirs {
         install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
     }
-    for dirs in &dirs[..3] {
-        replicas.push(start_on_objects(dirs, &url, &store, s3_server()).await);
+    for (index, dirs) in dirs[..3].iter().enumerate() {
+        let url = if index == 1 { &relayed } else { &url };
+        replicas.push(start_on_objects(dirs, url, &store, s3_server()).await);
     }
     // A server whose files are in its data dir cannot join them.
     let alone = ServerDirs::new();
@@ -689,14 +694,18 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let v2 = seeded_predictions(&mut replicas[2]).await;
     assert_eq!(v2.0, "v2");
     follow(&mut replicas, &v2).await;
-    // The rollback's notification cannot reach the second replica, whose database sessions (its
-    // listener's too) were ended just before: its periodic reconcile catches it.
+    // The rollback's notification cannot reach the second replica: its database sessions (its
+    // listener's too) are ended just before, and it cannot connect again until the rollback is
+    // done. Its new listener starts after the notification, so only its periodic reconcile can
+    // catch the rollback.
     let second = replica_id(&mut replicas[1]);
+    relay.cut();
     postgres_admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'alps-server {second}'"
     ));
     let rollback = ActivateModelVersionRequest { project_id: "p".into(), version: "v1".into() };
     replicas[0].models.activate_model_version(rollback).await.unwrap();
+    relay.restore();
     follow(&mut replicas, &v1).await;
     // The replicas that followed the rollback found v1 loaded already (once: the one that
     // trained it when it activated it, the third when it followed); the first loaded it when it

@@ -603,45 +603,44 @@ impl Trainer {
         let lost = state.running.get(project_id).is_some_and(|running| running.lost);
         let stopping = self.stopping.load(Ordering::Relaxed);
         let live = self.live().remove(job_id);
-        let mut ended = live.map(|live| {
-            live.record.send_modify(|r| {
-                r.finished_unix_ms = now_unix_ms();
-                match outcome {
-                    Ok(version) => r.succeed(version.clone()),
-                    Err(TrainError::Cancelled) if lost => {
-                        r.state = JobState::Failed;
-                        r.error = LOST_LEASE.into();
-                    }
-                    Err(TrainError::Cancelled) if stopping => {
-                        r.state = JobState::Failed;
-                        r.error = INTERRUPTED.into();
-                    }
-                    Err(TrainError::Cancelled) => {
-                        r.state = JobState::Cancelled;
-                        r.error = "cancelled".into();
-                    }
-                    Err(error) => {
-                        r.state = JobState::Failed;
-                        r.error = error.client_message();
-                    }
+        if let Some(live) = live {
+            let mut record = live.record.borrow().clone();
+            record.finished_unix_ms = now_unix_ms();
+            match outcome {
+                Ok(version) => record.succeed(version.clone()),
+                Err(TrainError::Cancelled) if lost => {
+                    record.state = JobState::Failed;
+                    record.error = LOST_LEASE.into();
                 }
-            });
-            live.record.borrow().clone()
-        });
-        if let Some(record) = &mut ended {
+                Err(TrainError::Cancelled) if stopping => {
+                    record.state = JobState::Failed;
+                    record.error = INTERRUPTED.into();
+                }
+                Err(TrainError::Cancelled) => {
+                    record.state = JobState::Cancelled;
+                    record.error = "cancelled".into();
+                }
+                Err(error) => {
+                    record.state = JobState::Failed;
+                    record.error = error.client_message();
+                }
+            }
             // Replicas: a job a shutdown interrupts runs again on another one.
             let interrupted = stopping && !lost && matches!(outcome, Err(TrainError::Cancelled));
             if interrupted && self.follows_replicas {
-                record.error = format!("{INTERRUPTED}; {}", self.retry(record));
+                record.error = format!("{INTERRUPTED}; {}", self.retry(&record));
             }
             // A replica cut off from the catalogue for long enough finds its job recorded as
             // failed by another replica: that record stands.
             if self.ended_in_catalogue(job_id) {
                 tracing::warn!(job = %job_id, "the job was recorded as failed by another replica meanwhile");
-            } else if let Err(error) = save_retrying(self.catalog.as_ref(), record) {
+            } else if let Err(error) = save_retrying(self.catalog.as_ref(), &record) {
                 tracing::error!(%error, "cannot record the job end");
             }
             tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
+            // Watchers see the end only once the catalogue has it: a client that saw it here
+            // and asks another replica next finds the job ended there too.
+            live.record.send_replace(record);
         }
         match state.running.remove(project_id) {
             // Another replica's now: nothing more runs under it here.
