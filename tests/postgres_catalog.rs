@@ -23,8 +23,8 @@ use alps_proto::v1::{
 };
 use alps_system_tests::{
     Process, Relay, ServerDirs, binary, builtin_plugin, eventually, example_plugin, http_client, install_plugin,
-    path_str, postgres_admin, postgres_database, postgres_value, run_to_exit, s3_bucket, s3_env, s3_keys, s3_server,
-    start_server, start_server_with_env, venv_python,
+    path_str, postgres_admin, postgres_database, postgres_value, run_to_exit, run_to_exit_with_env, s3_bucket, s3_env,
+    s3_keys, s3_server, start_server, start_server_with_env, venv_python,
 };
 use tonic::{Code, transport::Channel};
 
@@ -638,6 +638,38 @@ async fn a_data_dir_migrated_into_postgresql_and_the_object_store_serves_the_sam
     }
     assert_eq!(expected.0, "v3");
     assert_eq!(s3_keys(&bucket, "cluster/weights/").await.len(), 3, "v1, and v2 and v3 trained from the store");
+}
+
+#[tokio::test]
+async fn a_replica_whose_database_or_object_store_does_not_answer_at_start_exits_without_serving() {
+    let (_, url) = postgres_database("alps_unreachable");
+    let bucket = s3_bucket("alps-unreachable").await;
+    let store = format!("s3://{bucket}/alps");
+    let dirs = ServerDirs::new();
+    install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
+    let flags = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    let start = |database: &str, endpoint: &str| {
+        let env = s3_env(endpoint);
+        let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let more = ["--data-dir", path_str(dirs.data.path()), "--database-url", database, "--object-store-url", &store];
+        run_to_exit_with_env("alps-server", &[&flags[..], &more].concat(), &env)
+    };
+    // Nothing listens where the database should be: the server exits before it serves, naming
+    // the flag and not the password.
+    let host = url.rsplit_once('@').and_then(|(_, rest)| rest.split('/').next()).unwrap().to_owned();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (status, stderr) = start(&url.replace(&host, &closed), s3_server());
+    assert!(!status.success() && stderr.contains("cannot open the database (--database-url)"), "{stderr}");
+    assert!(!stderr.contains("secret"), "neither password: {stderr}");
+    // The object store refuses connections: the same.
+    let relay = Relay::start(s3_server().trim_start_matches("http://"));
+    relay.cut();
+    let (status, stderr) = start(&url, &relay.url());
+    assert!(!status.success() && stderr.contains("object store"), "{stderr}");
+    // Both back: it serves.
+    relay.restore();
+    let mut server = start_on_objects(&dirs, &url, &store, &relay.url()).await;
+    create_project(&mut server, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

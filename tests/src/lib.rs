@@ -173,8 +173,17 @@ impl Drop for Process {
 /// # Panics
 /// If it does not exit within [`PROCESS_TIMEOUT`] (it is killed first).
 pub fn run_to_exit(name: &str, args: &[&str]) -> (ExitStatus, String) {
+    run_to_exit_with_env(name, args, &[])
+}
+
+/// [`run_to_exit`] with `env` added to the environment.
+///
+/// # Panics
+/// If it does not exit within [`PROCESS_TIMEOUT`] (it is killed first).
+pub fn run_to_exit_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut child = Command::new(binary(name))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
