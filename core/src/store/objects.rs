@@ -628,6 +628,31 @@ mod tests {
     }
 
     #[test]
+    fn the_test_s3_server_honours_conditional_writes_so_an_object_is_never_replaced() {
+        // The tests' S3 server (moto): a server that ignored `If-None-Match: *` would let the
+        // second put replace the object, and "stored once" would hold by luck only.
+        let create = alps_system_tests::s3_bucket("alps-write-once");
+        let bucket = tokio::runtime::Runtime::new().unwrap().block_on(create);
+        install_tls_provider();
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_endpoint(alps_system_tests::s3_server())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test-secret")
+            .build()
+            .unwrap();
+        let objects = Objects::with(Arc::new(store), Path::default(), &format!("s3://{bucket}"));
+        let sha = sha256_hex(b"first");
+        assert!(objects.put(Kind::Blob, &sha, b"first".to_vec()).unwrap(), "written");
+        // Other bytes under the name (never so for content-addressed names, but what shows
+        // whether the server checked): refused, and the first bytes stay.
+        assert!(!objects.put(Kind::Blob, &sha, b"second".to_vec()).unwrap(), "the conditional put was ignored");
+        assert_eq!(objects.get(Kind::Blob, &sha).unwrap(), b"first");
+    }
+
+    #[test]
     fn an_unreachable_store_is_transient_and_named_without_secrets() {
         // A port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
