@@ -477,19 +477,40 @@ async fn kill_9_during_the_checkpoint_write_keeps_the_previous_version() {
     assert_eq!(next.model_version, "v2");
 }
 
+/// `alps_training_memory_bytes` once `wanted` holds of it, or after 60 s. The inference worker
+/// sets the gauge after each batch, so each try predicts first.
+async fn training_memory(server: &mut Server, metrics: &str, wanted: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        predict(server).await.unwrap();
+        let held = metric(metrics, "alps_training_memory_bytes").await.unwrap();
+        if wanted(held) || std::time::Instant::now() > deadline {
+            return held;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
     let mut server = server_with_examples(10, &[]).await;
+    let metrics = server.process.listening_addr("metrics");
     let job = server.training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
     wait_for_first_epoch(&mut server, &job.job_id).await;
+    // The running job holds part of the model budget.
+    let held = training_memory(&mut server, &metrics, |bytes| bytes > 0.0).await;
+    assert!(held > 0.0, "a running job holds memory");
     let request = alps_proto::v1::CancelTrainingJobRequest { job_id: job.job_id.clone() };
     server.training.cancel_training_job(request).await.unwrap();
     let records = watch(&mut server, &job.job_id).await;
     let last = records.last().unwrap();
     assert_eq!(last.state, JobState::Cancelled as i32, "{last:?}");
     assert_eq!(active_version(&mut server).await, "untrained", "a cancelled job writes no version");
+    assert_eq!(training_memory(&mut server, &metrics, |bytes| bytes == 0.0).await, 0.0, "released at the end");
     let next = train_to_end(&mut server, 5).await;
     assert_eq!(next.model_version, "v1");
+    let warm = training_memory(&mut server, &metrics, |bytes| bytes > 0.0).await;
+    assert!(warm > 0.0 && warm < held, "the model kept for the next job holds its bytes: {warm} of {held}");
     let unknown = alps_proto::v1::GetTrainingJobRequest { job_id: "nope".into() };
     assert_eq!(server.training.get_training_job(unknown).await.unwrap_err().code(), Code::NotFound);
 }

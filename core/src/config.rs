@@ -253,8 +253,10 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_MAX_IN_FLIGHT_SAMPLES", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight_samples: u32,
 
-    /// Memory for loaded models (parameters), in MiB; least recently used models are evicted
-    /// beyond it and reload on their next request.
+    /// Memory for models (parameters and buffers), in MiB, shared by inference and training:
+    /// what training holds (a running job's model, gradients, optimiser state and inputs; the
+    /// model kept for the project's next job) is taken off it, and the least recently used
+    /// loaded models are evicted beyond the rest and reload on their next request.
     #[arg(long, env = "ALPS_MODEL_CACHE_MIB", default_value_t = 4096)]
     pub model_cache_mib: usize,
 
@@ -351,7 +353,7 @@ impl ServerConfig {
             work_budget: self.work_budget,
             max_wait: Duration::from_millis(self.max_batch_wait_ms),
             max_in_flight_samples: self.max_in_flight_samples as usize,
-            cache_bytes: self.model_cache_mib * 1024 * 1024,
+            memory: crate::memory::MemoryBudget::new(self.model_cache_mib * 1024 * 1024),
             image_limits: ImageLimits { max_encoded_bytes: self.max_image_bytes, max_pixels: self.max_image_pixels },
             device: match self.device {
                 DeviceChoice::Auto => crate::engine::device::preferred_device(),

@@ -1,7 +1,8 @@
 //! `alps-core`: the ALPS model server. Data flows one way: the protocol surfaces ([`api`] for
 //! `alps.v1`, [`oip`] for the Open Inference Protocol) → [`infer`] (the inference facade) →
 //! [`engine`] (devices, MC-Dropout) → models → [`plugins`] (heuristics); [`store`] persists;
-//! [`replicas`] keeps a replica's in-memory projects in step with the others'.
+//! [`replicas`] keeps a replica's in-memory projects in step with the others'; [`memory`] is
+//! the models' memory budget that the engine's cache and [`training`] share.
 
 pub mod api;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod engine;
 pub mod errors;
 pub mod ids;
 pub mod infer;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod observe;

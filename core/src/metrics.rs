@@ -61,6 +61,7 @@ pub struct Metrics {
     cancelled: Counter,
     loaded_models: Gauge,
     loaded_model_bytes: Gauge,
+    training_memory_bytes: Gauge,
     training_jobs: Family<StateLabels, Gauge>,
     activation_seconds: Histogram,
     gc_removed_blobs: Counter,
@@ -174,6 +175,12 @@ impl Default for Metrics {
             "Bytes of the cached models' tensors (a shared backbone once), the measure --model-cache-mib bounds",
             loaded_model_bytes.clone(),
         );
+        let training_memory_bytes = Gauge::default();
+        registry.register(
+            "training_memory_bytes",
+            "Bytes of the --model-cache-mib budget training holds (running jobs, the model kept for the next job)",
+            training_memory_bytes.clone(),
+        );
         let training_jobs = Family::default();
         registry.register(
             "training_jobs",
@@ -217,6 +224,7 @@ impl Default for Metrics {
             cancelled,
             loaded_models,
             loaded_model_bytes,
+            training_memory_bytes,
             training_jobs,
             activation_seconds,
             gc_removed_blobs,
@@ -335,10 +343,12 @@ impl Metrics {
         self.cancelled.inc_by(jobs as u64);
     }
 
-    /// Sets the number of loaded models and their bytes (a shared backbone counted once).
-    pub fn set_loaded_models(&self, models: usize, bytes: usize) {
+    /// Sets the number of loaded models, their bytes (a shared backbone counted once) and the
+    /// bytes of the budget training holds.
+    pub fn set_loaded_models(&self, models: usize, bytes: usize, training_bytes: usize) {
         self.loaded_models.set(models as i64);
         self.loaded_model_bytes.set(bytes as i64);
+        self.training_memory_bytes.set(training_bytes as i64);
     }
 
     /// Records how long an activation took to be served here (the new model loaded, then

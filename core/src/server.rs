@@ -265,6 +265,7 @@ impl Server {
         );
         let engine_config = config.engine(models_dir.clone(), model_files.clone());
         let (device, image_limits) = (engine_config.device, engine_config.image_limits);
+        let memory = engine_config.memory.clone();
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
         let trainer = Arc::new(Trainer::start(
@@ -281,6 +282,7 @@ impl Server {
                 replica,
                 follows_replicas: objects.is_some(),
                 lease_ttl: Duration::from_secs(config.training_lease_secs),
+                memory,
             },
             metrics.clone(),
         )?);

@@ -3,10 +3,13 @@
 //! backbone of a model still cached, if one holds it). A backbone shared by several models
 //! counts once against the budget: it is in memory once.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::worker::Backbone;
-use crate::models::{McModel, SharedVariables};
+use crate::{
+    memory::MemoryBudget,
+    models::{McModel, SharedVariables},
+};
 
 /// Identifies one loadable model: a project, its active version and its spec's fingerprint (a
 /// changed spec is a different model).
@@ -37,15 +40,16 @@ impl Entry {
 /// The cache of one worker. Not shared: it lives on the worker thread with its models.
 pub struct ModelCache {
     entries: HashMap<ModelKey, Entry>,
-    budget_bytes: usize,
+    budget: Arc<MemoryBudget>,
     clock: u64,
 }
 
 impl ModelCache {
-    /// An empty cache holding at most `budget_bytes` of model parameters (always at least one
-    /// model, however large).
-    pub fn new(budget_bytes: usize) -> Self {
-        Self { entries: HashMap::new(), budget_bytes, clock: 0 }
+    /// An empty cache holding at most what `budget` leaves to inference
+    /// ([`MemoryBudget::for_inference`], bytes of model tensors; always at least one model,
+    /// however large).
+    pub fn new(budget: Arc<MemoryBudget>) -> Self {
+        Self { entries: HashMap::new(), budget, clock: 0 }
     }
 
     /// The model for `key`, loading it with `load` when absent; `load` sees the cache, so
@@ -94,10 +98,10 @@ impl ModelCache {
         self.entries.insert(key, Entry::new(model, self.clock));
     }
 
-    /// Evicts least recently used models until the loaded bytes fit the budget; the most
-    /// recently used model always stays.
+    /// Evicts least recently used models until the loaded bytes fit what the budget leaves to
+    /// inference now; the most recently used model always stays.
     pub fn trim(&mut self) {
-        while self.entries.len() > 1 && self.bytes() > self.budget_bytes {
+        while self.entries.len() > 1 && self.bytes() > self.budget.for_inference() {
             let oldest = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
             if let Some(key) = oldest {
                 tracing::info!(project = %key.project, version = %key.version, "evicting model from the cache");
@@ -138,7 +142,7 @@ mod tests {
     #[test]
     fn a_backbone_is_shared_only_by_a_model_of_the_same_project_spec_and_weights() {
         let model = McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap();
-        let mut cache = ModelCache::new(usize::MAX);
+        let mut cache = ModelCache::new(MemoryBudget::new(usize::MAX));
         cache.insert(ModelKey { project: "cars".into(), version: "v1".into(), fingerprint: 7 }, model);
         let wanted = |project: &str, fingerprint, frozen: &str| Backbone {
             project: project.into(),
@@ -173,7 +177,7 @@ mod tests {
         assert!(last_layer > 0 && last_layer < one / 2, "only the last layer is its own: {last_layer} of {one} bytes");
 
         // A head-only model on v1's backbone fits a budget that two separate copies would not.
-        let mut cache = ModelCache::new(one + last_layer);
+        let mut cache = ModelCache::new(MemoryBudget::new(one + last_layer));
         cache.insert(key("v1"), base);
         cache.insert(key("v2"), on_base);
         cache.trim();
@@ -184,5 +188,25 @@ mod tests {
         cache.insert(key("v3"), McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap());
         cache.trim();
         assert_eq!((cache.len(), cache.contains(&key("v3")), cache.bytes()), (1, true, one));
+    }
+
+    #[test]
+    fn what_training_holds_of_the_budget_the_cache_gives_up_at_its_next_trim() {
+        let model = || McModel::load(&spec(), &ModelFiles::none(), tch::Device::Cpu).unwrap();
+        let one = model().bytes();
+        let budget = MemoryBudget::new(2 * one);
+        let mut cache = ModelCache::new(budget.clone());
+        let key = |project: &str| ModelKey { project: project.into(), version: "v1".into(), fingerprint: 7 };
+        cache.insert(key("a"), model());
+        cache.insert(key("b"), model());
+        cache.trim();
+        assert_eq!(cache.len(), 2, "both fit");
+        let job = budget.hold(one);
+        cache.trim();
+        assert_eq!((cache.len(), cache.contains(&key("b"))), (1, true), "the least recently used went");
+        drop(job);
+        cache.insert(key("a"), model());
+        cache.trim();
+        assert_eq!(cache.len(), 2, "room again once the job ended");
     }
 }

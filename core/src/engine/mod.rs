@@ -44,8 +44,9 @@ pub struct EngineConfig {
     pub max_wait: Duration,
     /// Samples admitted at once across all requests; beyond, RESOURCE_EXHAUSTED.
     pub max_in_flight_samples: usize,
-    /// Model cache budget, bytes of parameters.
-    pub cache_bytes: usize,
+    /// The models' memory budget, shared with training: the cache keeps what training does
+    /// not hold of it.
+    pub memory: Arc<crate::memory::MemoryBudget>,
     /// Limits on encoded images.
     pub image_limits: ImageLimits,
     /// Device of the worker.
@@ -181,7 +182,7 @@ impl Engine {
         let worker_config = WorkerConfig {
             work_budget: config.work_budget,
             max_wait: config.max_wait,
-            cache_bytes: config.cache_bytes,
+            memory: config.memory.clone(),
             model_files: config.model_files.clone(),
             models_dir: config.models_dir.clone(),
         };

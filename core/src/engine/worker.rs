@@ -131,8 +131,8 @@ pub struct WorkerConfig {
     pub work_budget: usize,
     /// Longest a job waits for others to batch with.
     pub max_wait: Duration,
-    /// Model cache budget, bytes of parameters.
-    pub cache_bytes: usize,
+    /// The models' memory budget (the cache keeps what training does not hold of it).
+    pub memory: Arc<crate::memory::MemoryBudget>,
     /// Where client-named model files are read from.
     pub model_files: crate::models::files::ModelFiles,
     /// Where trained versions are read from (fetched from the object store when there is one).
@@ -154,7 +154,7 @@ pub fn spawn(
         let mut worker = Worker {
             commands,
             device,
-            cache: ModelCache::new(config.cache_bytes),
+            cache: ModelCache::new(config.memory.clone()),
             config,
             metrics,
             backlog: VecDeque::new(),
@@ -163,7 +163,11 @@ pub fn spawn(
             let batch = worker.collect_batch(first);
             worker.execute(batch);
             worker.cache.trim();
-            worker.metrics.set_loaded_models(worker.cache.len(), worker.cache.bytes());
+            worker.metrics.set_loaded_models(
+                worker.cache.len(),
+                worker.cache.bytes(),
+                worker.config.memory.training_bytes(),
+            );
         }
     })
 }
@@ -250,7 +254,7 @@ impl Worker {
         self.cache.insert(loaded.key, loaded.model);
         let _ = loaded.reply.send(());
         self.cache.trim();
-        self.metrics.set_loaded_models(self.cache.len(), self.cache.bytes());
+        self.metrics.set_loaded_models(self.cache.len(), self.cache.bytes(), self.config.memory.training_bytes());
     }
 
     fn execute(&mut self, batch: Vec<Job>) {

@@ -320,6 +320,13 @@ impl McModel {
         self.bytes
     }
 
+    /// Bytes of the variables training changes (see [`train_last_layer_only`](Self::train_last_layer_only));
+    /// 0 for TorchScript, which ALPS does not train.
+    pub fn trainable_bytes(&self) -> usize {
+        let trainable = self.vs.variables().into_values().filter(Tensor::requires_grad);
+        trainable.map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+    }
+
     /// Each tensor's data as `(data pointer, bytes)`: the parameters and buffers of a built-in
     /// network, the parameters of a TorchScript module (its buffers, such as BatchNorm
     /// statistics, are not exposed through tch and are left out). A model built on another's
@@ -808,8 +815,11 @@ mod tests {
             let changed = !variables[name].equal(old);
             assert_eq!(changed, name.starts_with("classifier.6."), "{name}");
         }
+        // What the job holds memory for: the last layer, 2 x 4096 weights and 2 biases (f32).
+        assert_eq!(model.trainable_bytes(), (2 * 4096 + 2) * 4);
         // Full fine-tuning trains everything again.
         model.train_last_layer_only(false);
+        assert_eq!(model.trainable_bytes(), model.bytes());
         step(&model);
         let changed = |name: &str| {
             let old = &before.iter().find(|(n, _)| n == name).unwrap().1;

@@ -35,6 +35,7 @@ use self::{
     train::{EmbeddingCache, Run, TrainError},
 };
 use crate::{
+    memory::{Held, MemoryBudget},
     metrics::Metrics,
     models::{McModel, files::ModelFiles},
     projects::{Project, Projects, UNTRAINED_VERSION},
@@ -146,6 +147,9 @@ pub struct TrainerSettings {
     /// How long a training lease lasts unless renewed (`--training-lease-secs`): how long
     /// another replica waits before it takes over the training of a replica that stopped.
     pub lease_ttl: std::time::Duration,
+    /// The models' memory budget, shared with the inference cache: running jobs and the warm
+    /// model hold their share of it.
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// Runs training jobs in the background.
@@ -156,6 +160,8 @@ pub struct Trainer {
     follows_replicas: bool,
     /// See [`TrainerSettings::lease_ttl`].
     lease_ttl: std::time::Duration,
+    /// See [`TrainerSettings::memory`].
+    memory: Arc<MemoryBudget>,
     catalog: Arc<dyn Catalog>,
     blobs: Arc<BlobStore>,
     projects: Arc<Projects>,
@@ -188,6 +194,8 @@ struct WarmModel {
     version: String,
     fingerprint: String,
     model: McModel,
+    /// Its bytes, held of the memory budget while it is kept.
+    _held: Held,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -230,6 +238,7 @@ impl Trainer {
             replica: settings.replica,
             follows_replicas: settings.follows_replicas,
             lease_ttl: settings.lease_ttl,
+            memory: settings.memory,
             catalog,
             blobs,
             projects,
@@ -740,6 +749,7 @@ impl Trainer {
                 manifest_of(&parent_backbone).map(|m| m.weights_sha256.as_str()).unwrap_or_default()
             ),
             cache: &self.embeddings,
+            memory: &self.memory,
             cancel,
         };
         let job_id = record.job_id.clone();
@@ -813,6 +823,7 @@ impl Trainer {
             project: spec.id.clone(),
             version: manifest.version.clone(),
             fingerprint: manifest.model_fingerprint.clone(),
+            _held: self.memory.hold(trained.model.bytes()),
             model: trained.model,
         });
         if record.activate && refusal.is_none() {

@@ -118,6 +118,8 @@ pub struct Run<'a> {
     pub backbone_id: String,
     /// Shared embedding cache.
     pub cache: &'a std::sync::Mutex<EmbeddingCache>,
+    /// The models' memory budget: the run holds its share while it trains.
+    pub memory: &'a std::sync::Arc<crate::memory::MemoryBudget>,
     /// Set to stop at the next step.
     pub cancel: &'a AtomicBool,
 }
@@ -162,6 +164,11 @@ impl Run<'_> {
         };
 
         let mut optimizer = optimizer(self.params, &mut self.model)?;
+        // Held of the budget while the job trains (the inference cache keeps less meanwhile):
+        // the model, a gradient and the optimiser's two moments (Adam's; SGD keeps fewer) per
+        // trained value, and the inputs.
+        let inputs = [&train_x, &validation_x].map(|x| x.numel() * x.kind().elt_size_in_bytes()).iter().sum::<usize>();
+        let _held = self.memory.hold(self.model.bytes() + 3 * self.model.trainable_bytes() + inputs);
         let n = train.len() as i64;
         let batch = i64::from(self.params.batch_size.max(1));
         let epochs = self.params.epochs.max(1);
