@@ -173,7 +173,7 @@ async fn a_job_trains_reports_progress_and_activates_a_new_version() {
     let versions = versions.into_inner().versions;
     assert_eq!(versions.len(), 1);
     let v1 = &versions[0];
-    assert!(v1.active && v1.activatable && v1.example_count == 40 && v1.weights_sha256.len() == 64);
+    assert!(v1.active && !v1.for_other_spec && v1.example_count == 40 && v1.weights_sha256.len() == 64);
     let metrics = v1.metrics.as_ref().expect("a validation split of 20 %");
     assert_eq!(metrics.examples, 8);
     assert_eq!(metrics.confusion_matrix.iter().sum::<u64>(), 8);
@@ -408,7 +408,7 @@ async fn a_version_made_for_other_inputs_is_not_activated() {
     // The listing says so before anyone tries.
     let listed = server.versions.list_model_versions(ListModelVersionsRequest { project_id: "p".into() }).await;
     let v1 = &listed.unwrap().into_inner().versions[0];
-    assert_eq!((v1.version.as_str(), v1.active, v1.activatable), ("v1", false, false));
+    assert_eq!((v1.version.as_str(), v1.active, v1.for_other_spec), ("v1", false, true));
     assert_eq!(predict(&mut server).await.unwrap().0, "untrained");
 }
 

@@ -181,7 +181,7 @@ fn proto_version(manifest: &Manifest, project: &Project) -> pb::ModelVersion {
         version: manifest.version.clone(),
         parent_version: manifest.parent_version.clone(),
         active: manifest.version == project.active_version,
-        activatable: manifest.serves(&project.spec),
+        for_other_spec: !manifest.serves(&project.spec),
         job_id: manifest.job_id.clone(),
         parameters: Some(proto_params(&manifest.params)),
         example_count: manifest.example_count,

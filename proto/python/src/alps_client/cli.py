@@ -62,7 +62,7 @@ def _version_line(version) -> str:
     parent = f"from {version.parent_version}" if version.parent_version else "first"
     accuracy = f"accuracy {version.metrics.accuracy:.3f}" if version.HasField("metrics") else "no validation split"
     line = f"{marker} {version.version}\t{parent}\t{version.example_count} examples\t{accuracy}\tjob {version.job_id}"
-    return line if version.activatable else f"{line}\tfor an earlier spec: cannot be activated"
+    return f"{line}\tfor an earlier spec: cannot be activated" if version.for_other_spec else line
 
 
 def _predict(alps: Client, project: str, paths: list[str], seed: int | None) -> int:

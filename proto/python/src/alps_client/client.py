@@ -310,8 +310,8 @@ class Client:
 
     def list_versions(self, project_id: str) -> list[models_pb2.ModelVersion]:
         """The model versions of ``project_id``, newest first; ``active`` marks the served one and
-        ``activatable`` those made for the project's current spec. Raises ``grpc.RpcError``
-        NOT_FOUND for an unknown project."""
+        ``for_other_spec`` those made before the project's spec changed (they cannot be
+        activated). Raises ``grpc.RpcError`` NOT_FOUND for an unknown project."""
         request = models_pb2.ListModelVersionsRequest(project_id=project_id)
         return list(self.versions.ListModelVersions(request).versions)
 
