@@ -366,6 +366,15 @@ impl Session {
         self.run_longer(Duration::ZERO, work)
     }
 
+    /// One statement `sql` with `params` as a call of its own ([`run`](Self::run)); returns
+    /// the rows it changed.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.run(async |client| Ok(client.execute(sql, params).await?))
+    }
+
     /// [`run`](Self::run) for a call that may take `longer` than others by design.
     fn run_longer<T: Send>(
         &self,
@@ -981,14 +990,10 @@ impl Catalog for PostgresCatalog {
     }
 
     fn delete_examples(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), StoreError> {
-        let deleted = self.writer.run(async |client| {
-            Ok(client
-                .execute(
-                    "DELETE FROM examples WHERE project_id = $1 AND external_id = ANY($2)",
-                    &[&project, &external_ids],
-                )
-                .await?)
-        })?;
+        let deleted = self.writer.execute(
+            "DELETE FROM examples WHERE project_id = $1 AND external_id = ANY($2)",
+            &[&project, &external_ids],
+        )?;
         Ok((deleted, external_ids.len() as u64 - deleted))
     }
 
@@ -1109,10 +1114,7 @@ impl Catalog for PostgresCatalog {
         };
         Ok(taken.then(|| {
             Alone::until(still, move || {
-                let released = self.collector.run(async |client| {
-                    client.execute("SELECT pg_advisory_unlock($1)", &[&COLLECTOR_LOCK]).await?;
-                    Ok(())
-                });
+                let released = self.collector.execute("SELECT pg_advisory_unlock($1)", &[&COLLECTOR_LOCK]);
                 if let Err(error) = released {
                     // A broken session released it anyway.
                     tracing::warn!(%error, "cannot release the collector's lock after garbage collection");
@@ -1131,14 +1133,11 @@ impl Catalog for PostgresCatalog {
         sha256s.sort_unstable();
         sha256s.dedup();
         for chunk in sha256s.chunks(DECLARATION_CHUNK) {
-            self.writer.run(async |client| {
-                client.execute(
-                    "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
-                     ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
-                    &[&kind.name(), &chunk],
-                ).await?;
-                Ok(())
-            })?;
+            self.writer.execute(
+                "INSERT INTO object_uses (kind, sha256, used_at) SELECT $1, unnest($2::text[]), clock_timestamp()
+                 ON CONFLICT (kind, sha256) DO UPDATE SET used_at = excluded.used_at",
+                &[&kind.name(), &chunk],
+            )?;
         }
         Ok(())
     }
@@ -1224,14 +1223,11 @@ impl Catalog for PostgresCatalog {
             return Ok(true);
         }
         // Never a released lease: a renewal racing the release must not hold it again.
-        let renewed =
-            self.writer.run(async |client| {
-                Ok(client.execute(
-                "UPDATE training_leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
-                 WHERE project_id = $1 AND holder = $2 AND epoch = $3 AND expires_at <> '-infinity'",
-                &[&project, &replica, &lease.epoch, &millis(ttl)],
-            ).await?)
-            })?;
+        let renewed = self.writer.execute(
+            "UPDATE training_leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
+             WHERE project_id = $1 AND holder = $2 AND epoch = $3 AND expires_at <> '-infinity'",
+            &[&project, &replica, &lease.epoch, &millis(ttl)],
+        )?;
         Ok(renewed == 1)
     }
 
@@ -1239,13 +1235,11 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone {
             return Ok(());
         }
-        self.writer.run(async |client| {
-            client.execute(
-                "UPDATE training_leases SET expires_at = '-infinity' WHERE project_id = $1 AND holder = $2 AND epoch = $3",
-                &[&project, &replica, &lease.epoch],
-            ).await?;
-            Ok(())
-        })
+        self.writer.execute(
+            "UPDATE training_leases SET expires_at = '-infinity' WHERE project_id = $1 AND holder = $2 AND epoch = $3",
+            &[&project, &replica, &lease.epoch],
+        )?;
+        Ok(())
     }
 
     fn projects_to_take_over(&self) -> Result<Vec<String>, StoreError> {
@@ -1302,10 +1296,8 @@ impl Catalog for PostgresCatalog {
 
     #[cfg(test)]
     fn reset_active_version(&self, project: &str, version: &str) -> Result<(), StoreError> {
-        self.writer.run(async |client| {
-            client.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version]).await?;
-            Ok(())
-        })
+        self.writer.execute("UPDATE projects SET active_version = $2 WHERE id = $1", &[&project, &version])?;
+        Ok(())
     }
 
     fn activate_version(
@@ -1363,17 +1355,15 @@ impl Catalog for PostgresCatalog {
         record: &str,
         created_unix_ms: i64,
     ) -> Result<(), StoreError> {
-        self.writer.run(async |client| {
-            client.execute(
-                "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
-                  record = excluded.record, created_unix_ms = excluded.created_unix_ms,
-                  queued = jobs.queued AND NOT excluded.finished
-                 WHERE NOT jobs.finished",
-                &[&job_id, &project, &finished, &record, &created_unix_ms],
-            ).await?;
-            Ok(())
-        })
+        self.writer.execute(
+            "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
+              record = excluded.record, created_unix_ms = excluded.created_unix_ms,
+              queued = jobs.queued AND NOT excluded.finished
+             WHERE NOT jobs.finished",
+            &[&job_id, &project, &finished, &record, &created_unix_ms],
+        )?;
+        Ok(())
     }
 
     fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {
@@ -1450,26 +1440,18 @@ impl Catalog for PostgresCatalog {
     }
 
     fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError> {
-        let ended = self.writer.run(async |client| {
-            Ok(client
-                .execute(
-                    "UPDATE jobs SET queued = false, finished = true, record = $2 WHERE job_id = $1 AND queued",
-                    &[&job_id, &record],
-                )
-                .await?)
-        })?;
+        let ended = self.writer.execute(
+            "UPDATE jobs SET queued = false, finished = true, record = $2 WHERE job_id = $1 AND queued",
+            &[&job_id, &record],
+        )?;
         Ok(ended == 1)
     }
 
     fn end_unreadable_job(&self, job_id: &str, project: &str) -> Result<bool, StoreError> {
-        let ended = self.writer.run(async |client| {
-            Ok(client
-                .execute(
-                    "UPDATE jobs SET finished = true WHERE job_id = $1 AND project_id = $2 AND NOT finished AND NOT queued",
-                    &[&job_id, &project],
-                )
-                .await?)
-        })?;
+        let ended = self.writer.execute(
+            "UPDATE jobs SET finished = true WHERE job_id = $1 AND project_id = $2 AND NOT finished AND NOT queued",
+            &[&job_id, &project],
+        )?;
         Ok(ended == 1)
     }
 }
