@@ -162,12 +162,7 @@ pub fn spawn(
         while let Some(first) = worker.next_job() {
             let batch = worker.collect_batch(first);
             worker.execute(batch);
-            worker.cache.trim();
-            worker.metrics.set_loaded_models(
-                worker.cache.len(),
-                worker.cache.bytes(),
-                worker.config.memory.training_bytes(),
-            );
+            worker.trim_cache();
         }
     })
 }
@@ -253,6 +248,11 @@ impl Worker {
     fn insert(&mut self, loaded: Loaded) {
         self.cache.insert(loaded.key, loaded.model);
         let _ = loaded.reply.send(());
+        self.trim_cache();
+    }
+
+    /// Gets the cache back within what the memory budget leaves it, and reports it.
+    fn trim_cache(&mut self) {
         self.cache.trim();
         self.metrics.set_loaded_models(self.cache.len(), self.cache.bytes(), self.config.memory.training_bytes());
     }

@@ -102,6 +102,11 @@ pub struct McModel {
     frozen: Option<String>,
 }
 
+/// Bytes of `tensor`'s elements.
+pub fn tensor_bytes(tensor: &Tensor) -> usize {
+    tensor.numel() * tensor.kind().elt_size_in_bytes()
+}
+
 /// Variables of a loaded model by name, sharing its storage: what a head-only version on the
 /// same backbone is built from ([`McModel::load_version`]).
 pub type SharedVariables = std::collections::HashMap<String, Tensor>;
@@ -323,8 +328,7 @@ impl McModel {
     /// Bytes of the variables training changes (see [`train_last_layer_only`](Self::train_last_layer_only));
     /// 0 for TorchScript, which ALPS does not train.
     pub fn trainable_bytes(&self) -> usize {
-        let trainable = self.vs.variables().into_values().filter(Tensor::requires_grad);
-        trainable.map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+        self.vs.variables().values().filter(|t| t.requires_grad()).map(tensor_bytes).sum()
     }
 
     /// Each tensor's data as `(data pointer, bytes)`: the parameters and buffers of a built-in
@@ -340,7 +344,7 @@ impl McModel {
                 module.named_parameters().map(|named| named.into_iter().map(|(_, t)| t).collect()).unwrap_or_default()
             }
         };
-        tensors.iter().map(|t| (t.data_ptr() as usize, t.numel() * t.kind().elt_size_in_bytes())).collect()
+        tensors.iter().map(|t| (t.data_ptr() as usize, tensor_bytes(t))).collect()
     }
 
     /// Backbone features `[B, D]` of inputs `[B, C, H, W]` (no dropout, BatchNorm on running

@@ -167,7 +167,7 @@ impl Run<'_> {
         // Held of the budget while the job trains (the inference cache keeps less meanwhile):
         // the model, a gradient and the optimiser's two moments (Adam's; SGD keeps fewer) per
         // trained value, and the inputs.
-        let inputs = [&train_x, &validation_x].map(|x| x.numel() * x.kind().elt_size_in_bytes()).iter().sum::<usize>();
+        let inputs = crate::models::tensor_bytes(&train_x) + crate::models::tensor_bytes(&validation_x);
         let _held = self.memory.hold(self.model.bytes() + 3 * self.model.trainable_bytes() + inputs);
         let n = train.len() as i64;
         let batch = i64::from(self.params.batch_size.max(1));
