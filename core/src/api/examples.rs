@@ -34,8 +34,7 @@ pub(crate) fn example_status(error: ExampleError) -> Status {
         ExampleError::ExternalId { .. } | ExampleError::UnknownClass { .. } | ExampleError::Sample { .. } => {
             Status::invalid_argument(error.to_string())
         }
-        ExampleError::Blob(ref blob) => crate::errors::storage("the example store", blob.failure(), &error),
-        ExampleError::Store(ref store) => crate::errors::storage("the example store", store.failure(), &error),
+        ExampleError::Storage(ref storage) => crate::errors::storage("the example store", storage.failure, &error),
     }
 }
 

@@ -143,7 +143,7 @@ pub fn project_status(error: ProjectError) -> Status {
     match error {
         ProjectError::Invalid(error) => Status::invalid_argument(error.to_string()),
         ProjectError::NotFound(_) => Status::not_found(error.to_string()),
-        ProjectError::Store(error) => crate::errors::storage("the project store", error.failure(), &error),
+        ProjectError::Storage(error) => crate::errors::storage("the project store", error.failure, &error),
     }
 }
 

@@ -37,7 +37,7 @@ pub(crate) fn training_status(error: TrainingError) -> Status {
     match error {
         TrainingError::NotFound(message) => Status::not_found(message),
         TrainingError::Precondition(message) => Status::failed_precondition(message),
-        TrainingError::Store(error) => crate::errors::storage("the training store", error.failure(), &error),
+        TrainingError::Storage(error) => crate::errors::storage("the training store", error.failure, &error),
     }
 }
 
@@ -118,7 +118,7 @@ async fn follow_elsewhere(
         let record = match tokio::task::spawn_blocking(move || reader.job(&id)).await {
             Ok(Ok(record)) => record,
             // A database blip: the next poll tries again.
-            Ok(Err(TrainingError::Store(error))) if error.failure() == crate::store::Failure::Transient => continue,
+            Ok(Err(TrainingError::Storage(error))) if error.failure == crate::store::Failure::Transient => continue,
             Ok(Err(error)) => {
                 let _ = sender.send(Err(training_status(error))).await;
                 return None;

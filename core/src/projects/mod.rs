@@ -17,6 +17,7 @@ pub use spec::{
 };
 
 use crate::store::{
+    StorageFailure,
     catalog::{Catalog, StoreError, StoredProject},
     now_unix_ms,
 };
@@ -33,9 +34,15 @@ pub enum ProjectError {
     /// No project with this id.
     #[error("project {0:?} not found")]
     NotFound(String),
-    /// See [`StoreError`].
+    /// The catalogue failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Storage(#[from] StorageFailure),
+}
+
+impl From<StoreError> for ProjectError {
+    fn from(error: StoreError) -> Self {
+        Self::Storage(error.into())
+    }
 }
 
 /// Changes to a project's mutable settings; `None` = unchanged.

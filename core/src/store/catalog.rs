@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::projects::ProjectSpec;
+use crate::{projects::ProjectSpec, training::record::Manifest};
 
 use super::{Failure, objects::Kind};
 
@@ -246,14 +246,14 @@ impl Drop for Alone<'_> {
 }
 
 /// A model version as stored (its files are in the models directory).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct VersionRow {
     /// Its name, e.g. `v3`.
     pub version: String,
     /// Its number within the project (1 for the first).
     pub number: u32,
-    /// Its manifest (JSON, owned by `training::record`).
-    pub manifest: String,
+    /// Its manifest (stored as JSON).
+    pub manifest: Manifest,
     /// When it was recorded, milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
 }
@@ -355,20 +355,36 @@ pub(super) fn starts_over(stored: &str, starts_over: &dyn Fn(&ProjectSpec) -> bo
     serde_json::from_str::<ProjectSpec>(stored).as_ref().map_or(true, starts_over)
 }
 
-/// What [`Catalog::activate_version`] does given the version's stored manifest and the
-/// project's stored spec (JSON), each `None` when absent: [`Activation::Activated`] means that
-/// the caller makes it active. The rule for both backends.
+/// What [`Catalog::activate_version`] does given `version`'s stored manifest and the project's
+/// stored spec (JSON), each `None` when absent: [`Activation::Activated`] means that the caller
+/// makes it active. The rule for both backends.
 ///
 /// # Errors
-/// [`StoreError::Corrupt`] if the stored spec is unreadable.
+/// [`StoreError::Corrupt`] if the stored spec or manifest is unreadable.
 pub(super) fn activation(
     project: &str,
+    version: &str,
     manifest: Option<&str>,
     spec: Option<&str>,
-    fits: &dyn Fn(&str, &ProjectSpec) -> bool,
+    fits: &dyn Fn(&Manifest, &ProjectSpec) -> bool,
 ) -> Result<Activation, StoreError> {
     let (Some(manifest), Some(spec)) = (manifest, spec) else { return Ok(Activation::NoSuchVersion) };
-    Ok(if fits(manifest, &decode_spec(project, spec)?) { Activation::Activated } else { Activation::Unfit })
+    let manifest = decode_manifest(project, version, manifest)?;
+    Ok(if fits(&manifest, &decode_spec(project, spec)?) { Activation::Activated } else { Activation::Unfit })
+}
+
+/// `manifest` as stored (JSON).
+pub(super) fn encode_manifest(manifest: &Manifest) -> Result<String, StoreError> {
+    serde_json::to_string(manifest).map_err(|source| StoreError::Corrupt { id: manifest.version.clone(), source })
+}
+
+/// The stored manifest (JSON) of `project`'s `version`.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] if it does not read as a [`Manifest`] (written by an incompatible
+/// build, or edited by hand).
+pub(super) fn decode_manifest(project: &str, version: &str, json: &str) -> Result<Manifest, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: format!("{project} {version}"), source })
 }
 
 /// `spec` as stored (JSON).
@@ -473,38 +489,33 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn next_version_number(&self, project: &str) -> Result<u32, StoreError>;
 
-    /// Records a version (its files are already in place), inactive.
+    /// Records version `manifest.version` (number `manifest.number`) of `manifest.project_id`,
+    /// inactive; its files are already in place.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure (a version of that name exists, the project does
     /// not); nothing is recorded then.
-    fn record_version(
-        &self,
-        project: &str,
-        version: &str,
-        number: u32,
-        manifest: &str,
-        created_unix_ms: i64,
-    ) -> Result<(), StoreError>;
+    fn record_version(&self, manifest: &Manifest, created_unix_ms: i64) -> Result<(), StoreError>;
 
     /// `project`'s versions, newest (highest number) first.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
+    /// [`StoreError`] on a database failure, or [`StoreError::Corrupt`] for a manifest that
+    /// does not read.
     fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError>;
 
-    /// Makes `version` the active version of `project` if `fits(its manifest JSON, the stored
+    /// Makes `version` the active version of `project` if `fits(its manifest, the stored
     /// spec)` and, given a `fence`, if its replica still holds its lease, in one transaction: a
     /// spec changed meanwhile (other classes or inputs) is seen, and a replica that lost the
     /// project to another ([`Activation::Fenced`]) changes nothing.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure or an unreadable stored spec.
+    /// [`StoreError`] on a database failure or an unreadable stored spec or manifest.
     fn activate_version(
         &self,
         project: &str,
         version: &str,
-        fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+        fits: &(dyn Fn(&Manifest, &ProjectSpec) -> bool + Sync),
         fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError>;
 

@@ -19,7 +19,10 @@ use super::{
     postgres::PostgresCatalog,
     sqlite::SqliteCatalog,
 };
-use crate::projects::{ProjectSpec, spec::tests::spec};
+use crate::{
+    projects::{ProjectSpec, spec::tests::spec},
+    training::record::Manifest,
+};
 
 /// A backend under test.
 pub(crate) trait Backend {
@@ -29,6 +32,8 @@ pub(crate) trait Backend {
     fn reopen(&mut self) -> Box<dyn Catalog>;
     /// Overwrites project `id`'s stored spec with text that is not a spec.
     fn corrupt_spec(&mut self, id: &str);
+    /// Overwrites the stored manifests of project `id`'s versions with text that is not one.
+    fn corrupt_manifests(&mut self, id: &str);
 }
 
 struct Sqlite {
@@ -54,6 +59,11 @@ impl Backend for Sqlite {
     fn corrupt_spec(&mut self, id: &str) {
         let connection = rusqlite::Connection::open(self.path()).unwrap();
         connection.execute("UPDATE projects SET spec = '{' WHERE id = ?1", [id]).unwrap();
+    }
+
+    fn corrupt_manifests(&mut self, id: &str) {
+        let connection = rusqlite::Connection::open(self.path()).unwrap();
+        connection.execute("UPDATE model_versions SET manifest = '{' WHERE project_id = ?1", [id]).unwrap();
     }
 }
 
@@ -110,6 +120,11 @@ impl Backend for Postgres {
     fn corrupt_spec(&mut self, id: &str) {
         let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
         client.execute("UPDATE projects SET spec = '{' WHERE id = $1", &[&id]).unwrap();
+    }
+
+    fn corrupt_manifests(&mut self, id: &str) {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        client.execute("UPDATE model_versions SET manifest = '{' WHERE project_id = $1", &[&id]).unwrap();
     }
 }
 
@@ -221,12 +236,13 @@ fn activation_checks_fit(backend: &mut dyn Backend) {
     let catalog = backend.create();
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
     assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::NoSuchVersion);
-    catalog.record_version("cars", "v1", 1, r#"{"made": "for cars"}"#, 0).unwrap();
+    let made = Manifest { job_id: "made for cars".into(), ..Manifest::example("cars", 1) };
+    catalog.record_version(&made, 0).unwrap();
     let refused = catalog.activate_version(
         "cars",
         "v1",
         &|manifest, stored| {
-            assert_eq!((manifest, stored), (r#"{"made": "for cars"}"#, &spec()), "the check sees both");
+            assert_eq!((manifest, stored), (&made, &spec()), "the check sees both");
             false
         },
         None,
@@ -352,8 +368,10 @@ fn versions_are_numbered(backend: &mut dyn Backend) {
     let catalog = backend.create();
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
     assert_eq!(catalog.next_version_number("cars").unwrap(), 1);
-    catalog.record_version("cars", "v1", 1, "one", 10).unwrap();
-    catalog.record_version("cars", "v2", 2, "two", 20).unwrap();
+    let (one, two) =
+        (Manifest::example("cars", 1), Manifest { weights_sha256: "2".repeat(64), ..Manifest::example("cars", 2) });
+    catalog.record_version(&one, 10).unwrap();
+    catalog.record_version(&two, 20).unwrap();
     assert_eq!(catalog.next_version_number("cars").unwrap(), 3);
     let versions = || -> Vec<_> {
         catalog
@@ -363,15 +381,25 @@ fn versions_are_numbered(backend: &mut dyn Backend) {
             .map(|v| (v.version, v.number, v.manifest, v.created_unix_ms))
             .collect()
     };
-    assert_eq!(versions(), [("v2".into(), 2, "two".into(), 20), ("v1".into(), 1, "one".into(), 10)]);
-    let duplicate = catalog.record_version("cars", "v2", 3, "again", 30).unwrap_err();
+    assert_eq!(versions(), [("v2".into(), 2, two.clone(), 20), ("v1".into(), 1, one, 10)], "manifests read back whole");
+    let again = Manifest { job_id: "again".into(), ..two };
+    let duplicate = catalog.record_version(&again, 30).unwrap_err();
     assert_eq!(duplicate.failure(), Failure::Permanent, "{duplicate}");
     assert_eq!(versions().len(), 2, "nothing recorded");
-    assert!(catalog.record_version("boats", "v1", 1, "x", 0).is_err(), "no such project");
+    assert!(catalog.record_version(&Manifest::example("boats", 1), 0).is_err(), "no such project");
     // Numbers beyond i32 (a 32-bit column would wrap them).
-    catalog.record_version("cars", "v3000000000", 3_000_000_000, "big", 40).unwrap();
+    catalog.record_version(&Manifest::example("cars", 3_000_000_000), 40).unwrap();
     assert_eq!(catalog.next_version_number("cars").unwrap(), 3_000_000_001);
     assert_eq!(catalog.versions("cars").unwrap()[0].number, 3_000_000_000);
+    // A manifest this build cannot read (another build's, or edited by hand) is an error, not
+    // a version without weights; activating it changes nothing.
+    backend.corrupt_manifests("cars");
+    let unreadable = catalog.versions("cars").unwrap_err();
+    assert!(matches!(&unreadable, StoreError::Corrupt { id, .. } if id.starts_with("cars v")), "{unreadable}");
+    assert_eq!(unreadable.failure(), Failure::Permanent);
+    let refused = catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap_err();
+    assert!(matches!(refused, StoreError::Corrupt { .. }), "{refused}");
+    assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "untrained");
 }
 
 fn jobs_round_trip(backend: &mut dyn Backend) {
@@ -469,7 +497,7 @@ fn delete_cascades(backend: &mut dyn Backend) {
     let catalog = backend.create();
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
     catalog.upsert_examples("cars", &[labelled("a", "sedan", 0)]).unwrap();
-    catalog.record_version("cars", "v1", 1, "one", 0).unwrap();
+    catalog.record_version(&Manifest::example("cars", 1), 0).unwrap();
     catalog.save_job("job-a", "cars", false, "a", 0).unwrap();
     assert!(catalog.delete_project("cars").unwrap());
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();

@@ -149,7 +149,7 @@ fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProj
     let present = target.versions(id)?;
     for version in source.versions(id)?.into_iter().rev() {
         if !present.iter().any(|v| v.version == version.version) {
-            target.record_version(id, &version.version, version.number, &version.manifest, version.created_unix_ms)?;
+            target.record_version(&version.manifest, version.created_unix_ms)?;
         }
     }
     let mut after = String::new();
@@ -206,6 +206,7 @@ mod tests {
     use crate::{
         projects::spec::tests::spec,
         store::{conformance::postgres_database, postgres::PostgresCatalog, sqlite::SqliteCatalog},
+        training::record::Manifest,
     };
 
     fn example(id: usize) -> crate::store::catalog::ExampleRow {
@@ -231,7 +232,7 @@ mod tests {
         source.upsert_examples("cars", &(0..2500).map(example).collect::<Vec<_>>()).unwrap();
         source.upsert_examples("boats", &[example(9)]).unwrap();
         for n in 1..=3 {
-            source.record_version("cars", &format!("v{n}"), n, &format!("manifest {n}"), 10 * i64::from(n)).unwrap();
+            source.record_version(&Manifest::example("cars", n), 10 * i64::from(n)).unwrap();
         }
         source.activate_version("cars", "v2", &|_, _| true, None).unwrap();
         source.save_job("job-1", "cars", true, "done", 5).unwrap();
@@ -283,7 +284,7 @@ mod tests {
         // A version recorded differently is a conflict too.
         target.delete_project("cars").unwrap();
         target.upsert_project(&spec(), 111, "v2", &|_| false).unwrap();
-        target.record_version("cars", "v1", 1, "another manifest", 10).unwrap();
+        target.record_version(&Manifest { job_id: "another job".into(), ..Manifest::example("cars", 1) }, 10).unwrap();
         let error = migrate(&source, &target).unwrap_err();
         assert!(matches!(&error, MigrateError::Conflict { what, .. } if what == "model version v1"), "{error}");
         assert_eq!(target.versions("cars").unwrap().len(), 1, "nothing of it was written");

@@ -28,6 +28,7 @@ pub mod postgres;
 pub mod sqlite;
 pub mod weights;
 
+use catalog::StoreError;
 use std::{
     fs::{self, File, TryLockError},
     io::{self, Write},
@@ -59,6 +60,31 @@ impl Failure {
             | io::ErrorKind::ResourceBusy => Self::Transient,
             _ => Self::Permanent,
         }
+    }
+}
+
+/// A storage failure as a domain passes it on to its callers: what it means to them
+/// ([`Failure`]) and, for the server log only, what failed. The backends' own errors
+/// ([`StoreError`], [`BlobError`](blobs::BlobError)) stay inside the domains, so the API layer
+/// never depends on which backend is configured.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct StorageFailure {
+    /// Whether trying again may help.
+    pub failure: Failure,
+    /// The backend's message, with its causes.
+    detail: String,
+}
+
+impl From<StoreError> for StorageFailure {
+    fn from(error: StoreError) -> Self {
+        Self { failure: error.failure(), detail: error.to_string() }
+    }
+}
+
+impl From<blobs::BlobError> for StorageFailure {
+    fn from(error: blobs::BlobError) -> Self {
+        Self { failure: error.failure(), detail: error.to_string() }
     }
 }
 
@@ -491,6 +517,18 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(!deleted.exists(), "a deleted project's old directory goes");
         assert!(kept.join("v1").exists() && fresh.exists() && other.exists(), "known, fresh and foreign ones stay");
+    }
+
+    #[test]
+    fn a_storage_failure_keeps_what_it_means_and_the_message_but_not_the_backend() {
+        let timed_out: StorageFailure = StoreError::TimedOut(Duration::from_secs(15)).into();
+        assert_eq!(timed_out.failure, Failure::Transient);
+        assert_eq!(timed_out.to_string(), "the database did not answer within 15s; retry");
+        let unreadable =
+            StoreError::Corrupt { id: "cars".into(), source: serde_json::from_str::<u8>("{").unwrap_err() };
+        assert_eq!(StorageFailure::from(unreadable).failure, Failure::Permanent);
+        let full = blobs::BlobError::Io { path: "blobs/x".into(), source: io::ErrorKind::StorageFull.into() };
+        assert_eq!(StorageFailure::from(full).failure, Failure::Full);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use super::{
     },
     objects::Kind,
 };
-use crate::projects::ProjectSpec;
+use crate::{projects::ProjectSpec, training::record::Manifest};
 
 /// Schema migrations, applied in order, each once; `alps_schema_migrations` records them.
 const MIGRATIONS: &[&str] = &[
@@ -1043,28 +1043,20 @@ impl Catalog for PostgresCatalog {
         Ok(max.map_or(0, |max| max as u32) + 1)
     }
 
-    fn record_version(
-        &self,
-        project: &str,
-        version: &str,
-        number: u32,
-        manifest: &str,
-        created_unix_ms: i64,
-    ) -> Result<(), StoreError> {
-        let number = i64::from(number);
-        let weights: Option<String> = serde_json::from_str::<serde_json::Value>(manifest)
-            .ok()
-            .and_then(|manifest| manifest["weights_sha256"].as_str().map(str::to_owned));
+    fn record_version(&self, manifest: &Manifest, created_unix_ms: i64) -> Result<(), StoreError> {
+        let (project, version, number) = (&manifest.project_id, &manifest.version, i64::from(manifest.number));
+        let json = catalog::encode_manifest(manifest)?;
+        let weights = &manifest.weights_sha256;
         self.writer.run(async |client| {
             let transaction = client.transaction().await?;
-            if let Some(weights) = &weights {
+            if !weights.is_empty() {
                 self.check_declared(&transaction, Kind::Weights, &[weights.as_str()]).await?;
             }
             transaction
                 .execute(
                     "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms)
                  VALUES ($1, $2, $3, $4, $5)",
-                    &[&project, &version, &number, &manifest, &created_unix_ms],
+                    &[project, version, &number, &json, &created_unix_ms],
                 )
                 .await?;
             transaction.commit().await?;
@@ -1082,15 +1074,13 @@ impl Catalog for PostgresCatalog {
                 )
                 .await?)
         })?;
-        Ok(rows
-            .iter()
-            .map(|row| VersionRow {
-                version: row.get(0),
-                number: row.get::<_, i64>(1) as u32,
-                manifest: row.get(2),
-                created_unix_ms: row.get(3),
+        rows.iter()
+            .map(|row| {
+                let version: String = row.get(0);
+                let manifest = catalog::decode_manifest(project, &version, row.get(2))?;
+                Ok(VersionRow { version, number: row.get::<_, i64>(1) as u32, manifest, created_unix_ms: row.get(3) })
             })
-            .collect())
+            .collect()
     }
 
     fn alone(&self) -> Result<Option<Alone<'_>>, StoreError> {
@@ -1304,7 +1294,7 @@ impl Catalog for PostgresCatalog {
         &self,
         project: &str,
         version: &str,
-        fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+        fits: &(dyn Fn(&Manifest, &ProjectSpec) -> bool + Sync),
         fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError> {
         self.writer.run(async |client| {
@@ -1330,7 +1320,7 @@ impl Catalog for PostgresCatalog {
                 )
                 .await?;
             let (manifest, spec) = (manifest.as_ref().map(|row| row.get(0)), spec.as_ref().map(|row| row.get(0)));
-            let outcome = catalog::activation(project, manifest, spec, fits)?;
+            let outcome = catalog::activation(project, version, manifest, spec, fits)?;
             if outcome == Activation::Activated {
                 // The activation time changes only if the version was not active already.
                 transaction
@@ -1782,10 +1772,10 @@ mod tests {
         assert!(matches!(refused, StoreError::Collected) && refused.failure() == Failure::Transient, "{refused}");
         writer.declare_object_uses(Kind::Blob, std::slice::from_ref(&example.sha256)).unwrap();
         writer.upsert_examples("cars", std::slice::from_ref(&example)).unwrap();
-        let manifest = serde_json::json!({ "weights_sha256": "f".repeat(64) }).to_string();
-        assert!(matches!(writer.record_version("cars", "v1", 1, &manifest, 0), Err(StoreError::Collected)));
+        let manifest = Manifest { weights_sha256: "f".repeat(64), ..Manifest::example("cars", 1) };
+        assert!(matches!(writer.record_version(&manifest, 0), Err(StoreError::Collected)));
         writer.declare_object_uses(Kind::Weights, &["f".repeat(64)]).unwrap();
-        writer.record_version("cars", "v1", 1, &manifest, 0).unwrap();
+        writer.record_version(&manifest, 0).unwrap();
         // Declared long ago but referenced since the round read the references: it stays.
         let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
         admin.execute("UPDATE object_uses SET used_at = '-infinity'", &[]).unwrap();
@@ -1824,8 +1814,7 @@ mod tests {
         assert!(b.projects_to_take_over().unwrap().is_empty(), "held again");
         // a learns it lost the lease, and cannot activate what it trained under it.
         assert!(!a.renew_training("cars", "a", first, long).unwrap());
-        let manifest = "{}";
-        a.record_version("cars", "v1", 1, manifest, 0).unwrap();
+        a.record_version(&Manifest::example("cars", 1), 0).unwrap();
         let fence = |replica, lease| Some(Fence { replica, lease });
         assert_eq!(a.activate_version("cars", "v1", &|_, _| true, fence("a", first)).unwrap(), Activation::Fenced);
         assert_eq!(a.project("cars").unwrap().unwrap().active_version, "untrained");

@@ -11,7 +11,7 @@ use super::{
         UpsertCounts, VersionRow, encode_spec,
     },
 };
-use crate::projects::ProjectSpec;
+use crate::{projects::ProjectSpec, training::record::Manifest};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -365,17 +365,11 @@ impl Catalog for SqliteCatalog {
         Ok(max.unwrap_or(0) + 1)
     }
 
-    fn record_version(
-        &self,
-        project: &str,
-        version: &str,
-        number: u32,
-        manifest: &str,
-        created_unix_ms: i64,
-    ) -> Result<(), StoreError> {
+    fn record_version(&self, manifest: &Manifest, created_unix_ms: i64) -> Result<(), StoreError> {
+        let json = catalog::encode_manifest(manifest)?;
         self.connection().execute(
             "INSERT INTO model_versions (project_id, version, number, manifest, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![project, version, number, manifest, created_unix_ms],
+            params![manifest.project_id, manifest.version, manifest.number, json, created_unix_ms],
         )?;
         Ok(())
     }
@@ -387,14 +381,14 @@ impl Catalog for SqliteCatalog {
              ORDER BY number DESC",
         )?;
         let rows = statement.query_map(params![project], |row| {
-            Ok(VersionRow {
-                version: row.get(0)?,
-                number: row.get(1)?,
-                manifest: row.get(2)?,
-                created_unix_ms: row.get(3)?,
-            })
+            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get::<_, String>(2)?, row.get(3)?))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.map(|row| {
+            let (version, number, manifest, created_unix_ms) = row?;
+            let manifest = catalog::decode_manifest(project, &version, &manifest)?;
+            Ok(VersionRow { version, number, manifest, created_unix_ms })
+        })
+        .collect()
     }
 
     #[cfg(test)]
@@ -408,7 +402,7 @@ impl Catalog for SqliteCatalog {
         &self,
         project: &str,
         version: &str,
-        fits: &(dyn Fn(&str, &ProjectSpec) -> bool + Sync),
+        fits: &(dyn Fn(&Manifest, &ProjectSpec) -> bool + Sync),
         // One server uses a SQLite catalogue: nothing to fence.
         _fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError> {
@@ -424,7 +418,7 @@ impl Catalog for SqliteCatalog {
         let spec: Option<String> = transaction
             .query_row("SELECT spec FROM projects WHERE id = ?1", params![project], |row| row.get(0))
             .optional()?;
-        let outcome = catalog::activation(project, manifest.as_deref(), spec.as_deref(), fits)?;
+        let outcome = catalog::activation(project, version, manifest.as_deref(), spec.as_deref(), fits)?;
         if outcome == Activation::Activated {
             transaction.execute(ACTIVATE_SQLITE, params![project, version, super::now_unix_ms()])?;
             transaction.commit()?;

@@ -16,6 +16,8 @@ use std::{
     time::SystemTime,
 };
 
+use crate::training::record::Manifest;
+
 use super::{
     Failure, ModelsDir,
     catalog::{Alone, Catalog, StoreError, VersionRow},
@@ -154,9 +156,8 @@ impl ModelsDir {
         let active = active.iter().map(|p| (p.spec.id.as_str(), p.active_version.as_str()));
         for (project, version) in active.chain(also.iter().copied()) {
             let dir = self.version_dir(project, version);
-            if let Some(backbone) = local_manifest(&dir).and_then(|m| m["backbone_version"].as_str().map(str::to_owned))
-            {
-                keep.insert(self.version_dir(project, &backbone));
+            if let Some(local) = local_manifest(&dir).filter(|local| !local.backbone_version.is_empty()) {
+                keep.insert(self.version_dir(project, &local.backbone_version));
             }
             keep.insert(dir);
         }
@@ -242,10 +243,8 @@ impl ModelsDir {
         let listed = remote.objects.list(Kind::Weights)?;
         let mut referenced = HashSet::new();
         for project in remote.catalog.projects()? {
-            for row in remote.catalog.versions(&project.spec.id)? {
-                let manifest: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
-                referenced.extend(manifest["weights_sha256"].as_str().map(str::to_owned));
-            }
+            referenced
+                .extend(remote.catalog.versions(&project.spec.id)?.into_iter().map(|row| row.manifest.weights_sha256));
         }
         let mut removed = 0;
         for object in listed.iter().filter(|o| !referenced.contains(&o.name) && o.modified < cutoff) {
@@ -296,7 +295,7 @@ impl ModelsDir {
     fn has_local_copy(&self, project: &str, version: &str) -> bool {
         let dir = self.version_dir(project, version);
         let Some(manifest) = local_manifest(&dir) else { return false };
-        let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
+        let backbone = manifest.backbone_version.as_str();
         dir.join("weights.safetensors").is_file()
             && (backbone.is_empty() || backbone == version || self.has_local_copy(project, backbone))
     }
@@ -312,26 +311,32 @@ impl ModelsDir {
         let dir = self.version_dir(project, version);
         let row = rows.iter().find(|row| row.version == version);
         let row = row.ok_or_else(|| FetchError::Unknown { version: version.to_owned() })?;
-        let manifest: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
-        let backbone = manifest["backbone_version"].as_str().unwrap_or_default();
+        let manifest = &row.manifest;
+        let backbone = manifest.backbone_version.as_str();
         if !backbone.is_empty() && backbone != version {
             self.fetch_recorded(remote, rows, project, backbone)?;
         }
-        let sha256 = manifest["weights_sha256"].as_str().filter(|sha| sha.len() == 64);
-        let sha256 = sha256.ok_or_else(|| FetchError::Manifest { version: version.to_owned() })?;
-        match local_weights_sha256(&dir) {
-            Some(local) if local == sha256 => {
+        let sha256 = &manifest.weights_sha256;
+        if sha256.len() != 64 {
+            return Err(FetchError::Manifest { version: version.to_owned() });
+        }
+        match local_manifest(&dir) {
+            Some(local) if local.weights_sha256 == *sha256 => {
                 mark_used(&dir);
                 return Ok(dir);
             }
-            Some(_) => {
+            // Another version's copy (the project was made again), or one whose manifest
+            // does not read.
+            _ if dir.exists() => {
                 tracing::warn!(%project, %version, "the cached copy is not the recorded version; fetching it again");
                 super::remove_dir_inside(self.root(), &dir)?;
             }
-            None => {}
+            _ => {}
         }
         let weights = remote.objects.get(Kind::Weights, sha256)?;
-        write_version(&self.project_dir(project), &dir, &weights, row.manifest.as_bytes())?;
+        let manifest = serde_json::to_vec_pretty(manifest)
+            .map_err(|error| FetchError::Io { path: dir.join("manifest.json"), source: io::Error::other(error) })?;
+        write_version(&self.project_dir(project), &dir, &weights, &manifest)?;
         tracing::info!(%project, %version, bytes = weights.len(), "model version fetched from the object store");
         Ok(dir)
     }
@@ -357,14 +362,9 @@ fn mark_used(dir: &Path) {
     }
 }
 
-/// The manifest of the local copy in `dir`, if there is one.
-fn local_manifest(dir: &Path) -> Option<serde_json::Value> {
+/// The manifest of the local copy in `dir`, if there is one and it reads.
+fn local_manifest(dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()
-}
-
-/// The `weights_sha256` the manifest of the local copy in `dir` names, if there is one.
-fn local_weights_sha256(dir: &Path) -> Option<String> {
-    local_manifest(dir)?["weights_sha256"].as_str().map(str::to_owned)
 }
 
 /// Writes a fetched version into `dir` (in `project_dir`) crash-safely: aside, fsync'ed, then
@@ -407,9 +407,13 @@ mod tests {
         let models = ModelsDir::new(root.join("models")).with_objects(objects.clone(), catalog.clone());
         for (number, weights, backbone) in [(1, b"full weights".as_slice(), "v1"), (2, b"head".as_slice(), "v1")] {
             let sha256 = super::super::blobs::sha256_hex(weights);
-            let manifest = serde_json::json!({"weights_sha256": sha256, "backbone_version": backbone});
+            let manifest = Manifest {
+                weights_sha256: sha256.clone(),
+                backbone_version: backbone.into(),
+                ..Manifest::example("cars", number)
+            };
             let _published = models.publish_weights(&sha256, weights).unwrap();
-            catalog.record_version("cars", &format!("v{number}"), number, &manifest.to_string(), 0).unwrap();
+            catalog.record_version(&manifest, 0).unwrap();
         }
         (models, catalog)
     }
@@ -454,9 +458,13 @@ mod tests {
         let (publisher, catalog) = published(&objects, first.path());
         for (number, weights) in [(3, b"third weights".as_slice()), (4, b"fourth weights".as_slice())] {
             let sha256 = super::super::blobs::sha256_hex(weights);
-            let manifest = serde_json::json!({"weights_sha256": sha256, "backbone_version": format!("v{number}")});
+            let manifest = Manifest {
+                weights_sha256: sha256.clone(),
+                backbone_version: format!("v{number}"),
+                ..Manifest::example("cars", number)
+            };
             let _published = publisher.publish_weights(&sha256, weights).unwrap();
-            catalog.record_version("cars", &format!("v{number}"), number, &manifest.to_string(), 0).unwrap();
+            catalog.record_version(&manifest, 0).unwrap();
         }
         // A budget nothing fits in: only what must stay stays.
         let models = ModelsDir::new(second.path().join("models"))

@@ -8,6 +8,7 @@ use crate::{
     models::preprocess::{self, ImageLimits, SampleError},
     projects::Project,
     store::{
+        StorageFailure,
         blobs::{BlobError, BlobStore},
         catalog::{Catalog, ExampleRow, StoreError, UpsertCounts},
         now_unix_ms,
@@ -60,12 +61,21 @@ pub enum ExampleError {
         /// Why.
         source: SampleError,
     },
-    /// See [`BlobError`].
+    /// The blob store or the catalogue failed: nothing of the request was written.
     #[error(transparent)]
-    Blob(#[from] BlobError),
-    /// See [`StoreError`].
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    Storage(#[from] StorageFailure),
+}
+
+impl From<BlobError> for ExampleError {
+    fn from(error: BlobError) -> Self {
+        Self::Storage(error.into())
+    }
+}
+
+impl From<StoreError> for ExampleError {
+    fn from(error: StoreError) -> Self {
+        Self::Storage(error.into())
+    }
 }
 
 /// The sample a stored example holds, from its blob `bytes`: a raw little-endian f32 tensor when
@@ -166,7 +176,7 @@ impl Examples {
     /// Deletes examples by external id; returns (deleted, not found).
     ///
     /// # Errors
-    /// [`ExampleError::Store`] on a database failure.
+    /// [`ExampleError::Storage`] on a database failure.
     pub fn delete(&self, project: &str, external_ids: &[String]) -> Result<(u64, u64), ExampleError> {
         Ok(self.catalog.delete_examples(project, external_ids)?)
     }
@@ -174,7 +184,7 @@ impl Examples {
     /// A page of examples after `after` (exclusive), ordered by external id.
     ///
     /// # Errors
-    /// [`ExampleError::Store`] on a database failure.
+    /// [`ExampleError::Storage`] on a database failure.
     pub fn page(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, ExampleError> {
         Ok(self.catalog.examples(project, after, limit)?)
     }
@@ -184,7 +194,7 @@ impl Examples {
     /// class index.
     ///
     /// # Errors
-    /// [`ExampleError::Store`] when the index cannot be read (an unreadable sample is logged and
+    /// [`ExampleError::Storage`] when the index cannot be read (an unreadable sample is logged and
     /// left out).
     pub fn labelled_inputs(&self, project: &Project, after: &str, limit: usize) -> Result<LabelledPage, ExampleError> {
         let rows = self.catalog.examples(&project.spec.id, after, limit)?;
@@ -209,7 +219,7 @@ impl Examples {
     /// Labelled examples of `project` in total.
     ///
     /// # Errors
-    /// [`ExampleError::Store`] on a database failure.
+    /// [`ExampleError::Storage`] on a database failure.
     pub fn total(&self, project: &str) -> Result<u64, ExampleError> {
         Ok(self.catalog.count_examples(project)?.iter().map(|(_, count)| count).sum())
     }
@@ -217,7 +227,7 @@ impl Examples {
     /// Examples per class; every project class is present, with 0 when it has none.
     ///
     /// # Errors
-    /// [`ExampleError::Store`] on a database failure.
+    /// [`ExampleError::Storage`] on a database failure.
     pub fn counts(&self, project: &Project) -> Result<BTreeMap<String, u64>, ExampleError> {
         let mut counts: BTreeMap<String, u64> = project.spec.classes.iter().map(|c| (c.clone(), 0)).collect();
         for (class, count) in self.catalog.count_examples(&project.spec.id)? {

@@ -157,10 +157,8 @@ impl Trainer {
 /// # Errors
 /// [`StoreError`] if the catalogue fails.
 pub(super) fn recorded_its_version(catalog: &dyn Catalog, record: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
-    let names_job = |manifest: &str| {
-        serde_json::from_str::<serde_json::Value>(manifest).is_ok_and(|m| m["job_id"] == record.job_id.as_str())
-    };
-    let Some(version) = catalog.versions(&record.project_id)?.into_iter().find(|row| names_job(&row.manifest)) else {
+    let versions = catalog.versions(&record.project_id)?;
+    let Some(version) = versions.into_iter().find(|row| row.manifest.job_id == record.job_id) else {
         return Ok(None);
     };
     let active = catalog.project(&record.project_id)?.map(|project| project.active_version);
@@ -221,7 +219,7 @@ mod tests {
     use crate::{
         projects::{UNTRAINED_VERSION, spec::tests::spec},
         store::sqlite::SqliteCatalog,
-        training::record::{RequestedParams, TrainingParams},
+        training::record::{Manifest, RequestedParams, TrainingParams},
     };
 
     /// A running job of project "cars", on its `attempt`.
@@ -272,8 +270,7 @@ mod tests {
     #[test]
     fn a_job_that_recorded_its_version_before_its_replica_stopped_is_succeeded_not_retried() {
         let (_dir, catalog) = catalog();
-        let manifest = |job: &str| serde_json::json!({ "job_id": job, "version": "v1" }).to_string();
-        catalog.record_version("cars", "v1", 1, &manifest("job-1"), 10).unwrap();
+        catalog.record_version(&Manifest::example("cars", 1), 10).unwrap();
         assert_eq!(recorded_its_version(&catalog, &running("job-2", 1)).unwrap(), None, "another job's version");
         // Recorded, not activated: the replica stopped in between.
         let activating = || JobRecord { activate: true, ..running("job-1", 1) };

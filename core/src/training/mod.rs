@@ -40,7 +40,7 @@ use crate::{
     models::{McModel, files::ModelFiles},
     projects::{Project, Projects, UNTRAINED_VERSION},
     store::{
-        ModelsDir,
+        ModelsDir, StorageFailure,
         blobs::BlobStore,
         catalog::{Activation, Catalog, Fence, Lease, StoreError},
         now_unix_ms,
@@ -56,18 +56,24 @@ pub enum TrainingError {
     /// Nothing to train on (fewer than 2 classes, no examples) or an untrainable model.
     #[error("{0}")]
     Precondition(String),
-    /// See [`StoreError`].
+    /// The catalogue failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Storage(#[from] StorageFailure),
+}
+
+impl From<StoreError> for TrainingError {
+    fn from(error: StoreError) -> Self {
+        Self::Storage(error.into())
+    }
 }
 
 /// Why a job's version was not activated when the project changed while the job trained.
 const CHANGED_MEANWHILE: &str =
     "the project's classes, model or preprocessing changed while the job trained; this version does not fit them";
 
-/// Whether the version of `manifest` (JSON, as stored) can serve a project with `spec`.
-fn fits(manifest: &str, spec: &crate::projects::ProjectSpec) -> bool {
-    serde_json::from_str::<Manifest>(manifest).is_ok_and(|manifest| manifest.serves(spec))
+/// Whether the version of `manifest` can serve a project with `spec`.
+fn fits(manifest: &Manifest, spec: &crate::projects::ProjectSpec) -> bool {
+    manifest.serves(spec)
 }
 
 /// Why [`Trainer::load_and_activate`] left a version inactive.
@@ -278,7 +284,7 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainingError::NotFound`] for an unknown project; [`TrainingError::Precondition`]
-    /// without examples of at least 2 classes; [`TrainingError::Store`] if the catalogue fails.
+    /// without examples of at least 2 classes; [`TrainingError::Storage`] if the catalogue fails.
     pub fn train(
         self: &Arc<Self>,
         project_id: &str,
@@ -476,7 +482,7 @@ impl Trainer {
     /// [`honour_cancel_requests`](Self::honour_cancel_requests)); the record returned is its state now.
     ///
     /// # Errors
-    /// [`TrainingError::NotFound`] for an unknown job; [`TrainingError::Store`] if the request
+    /// [`TrainingError::NotFound`] for an unknown job; [`TrainingError::Storage`] if the request
     /// cannot be recorded.
     pub fn cancel(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
         if let Some(record) = self.cancel_live(job_id)? {
@@ -932,9 +938,9 @@ impl Trainer {
     /// Manifests of `project`'s versions, newest first.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
+    /// [`TrainingError::Storage`] on a database failure or an unreadable manifest.
     pub fn versions(&self, project: &str) -> Result<Vec<Manifest>, TrainingError> {
-        Ok(self.catalog.versions(project)?.iter().filter_map(|row| serde_json::from_str(&row.manifest).ok()).collect())
+        Ok(self.catalog.versions(project)?.into_iter().map(|row| row.manifest).collect())
     }
 
     /// Makes `version` active (also for rollback): the serving engine loads it first, then it
@@ -956,7 +962,7 @@ impl Trainer {
             )),
             Refused::Unknown | Refused::Fenced => unknown(),
             Refused::Load(error) => TrainingError::Precondition(error),
-            Refused::Store(error) => TrainingError::Store(error),
+            Refused::Store(error) => TrainingError::Storage(error.into()),
         })?;
         self.projects.reload(project_id).map_err(|e| TrainingError::NotFound(e.to_string()))?;
         self.metrics.observe_activation(started.elapsed());

@@ -422,6 +422,32 @@ fn full_weights() -> String {
 }
 
 #[cfg(test)]
+impl Manifest {
+    /// Full version `v{number}` of `project`, made by job `job-{number}` from the initial
+    /// weights, naming no weights file: for tests of what records and reads manifests.
+    pub(crate) fn example(project: &str, number: u32) -> Self {
+        Self {
+            project_id: project.into(),
+            version: format!("v{number}"),
+            number,
+            parent_version: String::new(),
+            backbone_version: String::new(),
+            weights: full_weights(),
+            backbone_sha256: String::new(),
+            job_id: format!("job-{number}"),
+            classes: vec!["a".into(), "b".into()],
+            model_fingerprint: String::new(),
+            params: TrainingParams::defaults(Mode::HeadOnly, 1),
+            example_count: 2,
+            metrics: None,
+            weights_sha256: String::new(),
+            weights_bytes: 0,
+            created_unix_ms: 0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -175,14 +175,7 @@ pub fn write(
     }
     fs::rename(&temporary, &final_dir).map_err(io(&final_dir))?;
     sync(&project_dir)?;
-    let json = serde_json::to_string(&manifest)?;
-    catalog.record_version(
-        &manifest.project_id,
-        &manifest.version,
-        manifest.number,
-        &json,
-        manifest.created_unix_ms,
-    )?;
+    catalog.record_version(&manifest, manifest.created_unix_ms)?;
     Ok(manifest)
 }
 
