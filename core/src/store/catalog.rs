@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use crate::{projects::ProjectSpec, training::record::Manifest};
+use crate::{
+    projects::ProjectSpec,
+    training::record::{JobRecord, Manifest},
+};
 
 use super::{Failure, objects::Kind};
 
@@ -259,7 +262,7 @@ pub struct VersionRow {
 }
 
 /// A training job as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JobRow {
     /// Its id.
     pub job_id: String,
@@ -268,10 +271,32 @@ pub struct JobRow {
     /// Whether it waits for a server to take it ([`Catalog::enqueue_job`]): a trigger not yet
     /// taken by the server that trains its project.
     pub queued: bool,
-    /// Its record (JSON, owned by `training`).
-    pub record: String,
+    /// Its record; `None` when this build cannot read it (another build wrote it, see
+    /// [`Catalog::end_unreadable_job`]).
+    pub record: Option<JobRecord>,
     /// When it was triggered, milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
+}
+
+impl JobRow {
+    /// Job `job_id`'s row from its stored columns (its record as JSON).
+    pub(super) fn decode(job_id: String, finished: bool, queued: bool, record: &str, created_unix_ms: i64) -> Self {
+        let record = serde_json::from_str(record).ok();
+        Self { job_id, finished, queued, record, created_unix_ms }
+    }
+}
+
+/// `record` as stored (JSON).
+pub(super) fn encode_job(record: &JobRecord) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: record.job_id.clone(), source })
+}
+
+/// Job `job_id`'s stored record (JSON).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] if it does not read as a [`JobRecord`] (another build wrote it).
+pub(super) fn decode_job(job_id: &str, json: &str) -> Result<JobRecord, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: format!("training job {job_id}"), source })
 }
 
 /// What [`Catalog::activate_version`] did.
@@ -519,20 +544,14 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         fence: Option<Fence<'_>>,
     ) -> Result<Activation, StoreError>;
 
-    /// Inserts a training job record (JSON), or updates it while the job has not finished: a
-    /// finished job's record never changes again (the first verdict stands, whichever replica
-    /// wrote it), and nothing is written then.
+    /// Inserts job `record.job_id` of project `record.project_id`, or updates it while the job
+    /// has not finished: a finished job's record never changes again (the first verdict stands,
+    /// whichever replica wrote it), and nothing is written then. It is finished once its state
+    /// is terminal.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn save_job(
-        &self,
-        job_id: &str,
-        project: &str,
-        finished: bool,
-        record: &str,
-        created_unix_ms: i64,
-    ) -> Result<(), StoreError>;
+    fn save_job(&self, record: &JobRecord) -> Result<(), StoreError>;
 
     /// Jobs of `project`, newest first (ties by id, descending), at most `limit`.
     ///
@@ -540,11 +559,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError>;
 
-    /// One job record (JSON).
+    /// One job's record, or `None`.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    fn job(&self, job_id: &str) -> Result<Option<String>, StoreError>;
+    /// [`StoreError`] on a database failure, [`StoreError::Corrupt`] for a record this build
+    /// cannot read.
+    fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
 
     /// Asks whoever runs job `job_id` to cancel it (a replica other than the one asked runs it;
     /// it checks every few seconds). Saving the job's record keeps the request. Returns whether
@@ -567,34 +587,31 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// [`StoreError`] on a database failure.
     fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError>;
 
-    /// Queues a training job for `project` (its record, JSON) to be taken by whichever server
-    /// trains the project ([`take_queued_job`](Self::take_queued_job)), unless one is queued
-    /// already: a project has at most one, so that every trigger on any replica coalesces into
-    /// it. Returns `None` when queued, else the record of the job queued before.
+    /// Queues job `record` for its project, to be taken by whichever server trains the project
+    /// ([`take_queued_job`](Self::take_queued_job)), unless one is queued already: a project
+    /// has at most one, so that every trigger on any replica coalesces into it. Returns `None`
+    /// when queued, else the record of the job queued before.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure (an unknown project).
-    fn enqueue_job(
-        &self,
-        job_id: &str,
-        project: &str,
-        record: &str,
-        created_unix_ms: i64,
-    ) -> Result<Option<String>, StoreError>;
+    /// [`StoreError`] on a database failure (an unknown project), [`StoreError::Corrupt`] if
+    /// the job queued before has a record this build cannot read (nothing is queued then).
+    fn enqueue_job(&self, record: &JobRecord) -> Result<Option<JobRecord>, StoreError>;
 
     /// Takes `project`'s queued job, if any, for the caller to run: it is no longer queued (no
-    /// other server takes it, and a trigger queues a new one). Returns its record (JSON).
+    /// other server takes it, and a trigger queues a new one). Returns its record.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
-    fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError>;
+    /// [`StoreError`] on a database failure; [`StoreError::Corrupt`] if its record is one this
+    /// build cannot read (it is taken all the same, and left to
+    /// [`end_unreadable_job`](Self::end_unreadable_job)).
+    fn take_queued_job(&self, project: &str) -> Result<Option<JobRecord>, StoreError>;
 
-    /// Ends queued job `job_id` with `record` (JSON) if no server took it yet. Returns whether
-    /// it did.
+    /// Ends queued job `ended.job_id` with record `ended` if no server took it yet. Returns
+    /// whether it did.
     ///
     /// # Errors
     /// [`StoreError`] on a database failure.
-    fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError>;
+    fn cancel_queued_job(&self, ended: &JobRecord) -> Result<bool, StoreError>;
 
     /// Ends unfinished, unqueued job `job_id` if it is `project`'s, leaving its record as it
     /// is: one this build cannot read (another build wrote it). Returns whether it did.

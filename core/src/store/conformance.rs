@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     projects::{ProjectSpec, spec::tests::spec},
-    training::record::Manifest,
+    training::record::{JobRecord, JobState, Manifest, Mode, TrainingParams},
 };
 
 /// A backend under test.
@@ -34,6 +34,8 @@ pub(crate) trait Backend {
     fn corrupt_spec(&mut self, id: &str);
     /// Overwrites the stored manifests of project `id`'s versions with text that is not one.
     fn corrupt_manifests(&mut self, id: &str);
+    /// Overwrites job `job_id`'s stored record with text that is not one (another build's).
+    fn corrupt_job(&mut self, job_id: &str);
 }
 
 struct Sqlite {
@@ -64,6 +66,11 @@ impl Backend for Sqlite {
     fn corrupt_manifests(&mut self, id: &str) {
         let connection = rusqlite::Connection::open(self.path()).unwrap();
         connection.execute("UPDATE model_versions SET manifest = '{' WHERE project_id = ?1", [id]).unwrap();
+    }
+
+    fn corrupt_job(&mut self, job_id: &str) {
+        let connection = rusqlite::Connection::open(self.path()).unwrap();
+        connection.execute("UPDATE jobs SET record = '{' WHERE job_id = ?1", [job_id]).unwrap();
     }
 }
 
@@ -126,6 +133,11 @@ impl Backend for Postgres {
         let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
         client.execute("UPDATE model_versions SET manifest = '{' WHERE project_id = $1", &[&id]).unwrap();
     }
+
+    fn corrupt_job(&mut self, job_id: &str) {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        client.execute("UPDATE jobs SET record = '{' WHERE job_id = $1", &[&job_id]).unwrap();
+    }
 }
 
 type Case = fn(&mut dyn Backend);
@@ -144,7 +156,7 @@ const CASES: &[(&str, Case)] = &[
     ("versions are numbered, listed newest first, unique", versions_are_numbered),
     ("jobs are replaced by id, listed newest first, unfinished found", jobs_round_trip),
     ("a project has one queued job, taken or cancelled once", one_queued_job),
-    ("an unreadable job is ended in its own project only, its record kept", unreadable_job),
+    ("an unreadable job is listed without a record, ended in its own project only, its record kept", unreadable_job),
     ("deleting a project deletes what belongs to it", delete_cascades),
 ];
 
@@ -402,13 +414,24 @@ fn versions_are_numbered(backend: &mut dyn Backend) {
     assert_eq!(catalog.project("cars").unwrap().unwrap().active_version, "untrained");
 }
 
+/// Job `job_id` of `project` in `state`, triggered at `created_unix_ms`; `note` (its error
+/// text) tells two records of one job apart.
+pub(super) fn job(job_id: &str, project: &str, state: JobState, created_unix_ms: i64, note: &str) -> JobRecord {
+    let params = TrainingParams::defaults(Mode::HeadOnly, 1);
+    let queued = JobRecord::queued(job_id.into(), project, params, false, "replica-1", 1);
+    JobRecord { state, error: note.into(), created_unix_ms, ..queued }
+}
+
 fn jobs_round_trip(backend: &mut dyn Backend) {
     let catalog = backend.create();
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
-    catalog.save_job("job-a", "cars", false, "a queued", 100).unwrap();
-    catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
-    catalog.save_job("job-c", "cars", true, "c done", 200).unwrap();
-    catalog.save_job("job-a", "cars", true, "a done", 100).unwrap();
+    let a_done = job("job-a", "cars", JobState::Succeeded, 100, "a done");
+    let b_running = job("job-b", "cars", JobState::Running, 200, "b running");
+    let c_done = job("job-c", "cars", JobState::Cancelled, 200, "c done");
+    catalog.save_job(&job("job-a", "cars", JobState::Queued, 100, "a queued")).unwrap();
+    for record in [&b_running, &c_done, &a_done] {
+        catalog.save_job(record).unwrap();
+    }
     let jobs = |limit| -> Vec<_> {
         catalog
             .jobs("cars", limit)
@@ -417,31 +440,29 @@ fn jobs_round_trip(backend: &mut dyn Backend) {
             .map(|j| (j.job_id, j.finished, j.record, j.created_unix_ms))
             .collect()
     };
-    let done = |id: &str, record: &str, created| (id.to_owned(), true, record.to_owned(), created);
-    assert_eq!(
-        jobs(10),
-        [done("job-c", "c done", 200), ("job-b".into(), false, "b running".into(), 200), done("job-a", "a done", 100)],
-        "newest first, then id"
-    );
-    assert_eq!(jobs(1), [done("job-c", "c done", 200)]);
-    assert_eq!(catalog.job("job-a").unwrap().as_deref(), Some("a done"));
+    let row = |record: &JobRecord| {
+        (record.job_id.clone(), record.state.is_terminal(), Some(record.clone()), record.created_unix_ms)
+    };
+    assert_eq!(jobs(10), [row(&c_done), row(&b_running), row(&a_done)], "newest first, then id; records whole");
+    assert_eq!(jobs(1), [row(&c_done)]);
+    assert_eq!(catalog.job("job-a").unwrap(), Some(a_done));
     assert_eq!(catalog.job("job-z").unwrap(), None);
     let unfinished: Vec<_> = catalog.unfinished_jobs().unwrap().into_iter().map(|job| job.record).collect();
-    assert_eq!(unfinished, ["b running"]);
+    assert_eq!(unfinished, [Some(b_running.clone())]);
     // A cancellation asked of another replica: only of a job not finished, and kept when the
     // job's record is saved again.
     assert!(!catalog.cancel_requested("job-b").unwrap());
     assert!(catalog.request_cancel("job-b").unwrap());
-    catalog.save_job("job-b", "cars", false, "b still running", 200).unwrap();
+    catalog.save_job(&job("job-b", "cars", JobState::Running, 200, "b still running")).unwrap();
     assert!(catalog.cancel_requested("job-b").unwrap());
     assert!(!catalog.request_cancel("job-c").unwrap(), "finished");
     assert!(!catalog.request_cancel("job-x").unwrap() && !catalog.cancel_requested("job-x").unwrap(), "unknown");
     // A finished job's record stands: a later save (a late replica) changes nothing.
-    catalog.save_job("job-c", "cars", false, "c resurrected", 200).unwrap();
-    catalog.save_job("job-c", "cars", true, "c done again", 200).unwrap();
-    assert_eq!(catalog.job("job-c").unwrap().as_deref(), Some("c done"));
-    catalog.save_job("job-b", "cars", false, "b running", 200).unwrap();
-    assert!(catalog.save_job("job-d", "boats", false, "d", 0).is_err(), "no such project");
+    catalog.save_job(&job("job-c", "cars", JobState::Running, 200, "c resurrected")).unwrap();
+    catalog.save_job(&job("job-c", "cars", JobState::Failed, 200, "c done again")).unwrap();
+    assert_eq!(catalog.job("job-c").unwrap(), Some(c_done));
+    catalog.save_job(&b_running).unwrap();
+    assert!(catalog.save_job(&job("job-d", "boats", JobState::Running, 0, "d")).is_err(), "no such project");
 }
 
 fn one_queued_job(backend: &mut dyn Backend) {
@@ -450,47 +471,66 @@ fn one_queued_job(backend: &mut dyn Backend) {
     let mut boats = spec();
     boats.id = "boats".into();
     catalog.upsert_project(&boats, 0, "untrained", &|_| false).unwrap();
+    let queued = |id: &str, project: &str, created| job(id, project, JobState::Queued, created, id);
+    // The id of the job queued before, if any.
+    let enqueue = |id: &str, project: &str, created| {
+        catalog.enqueue_job(&queued(id, project, created)).map(|before| before.map(|before| before.job_id))
+    };
     assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
     // Every trigger while one waits coalesces into it, whichever server it reached.
-    assert_eq!(catalog.enqueue_job("job-a", "cars", "a", 100).unwrap(), None);
-    assert_eq!(catalog.enqueue_job("job-b", "cars", "b", 200).unwrap().as_deref(), Some("a"));
-    assert_eq!(catalog.enqueue_job("job-c", "boats", "c", 200).unwrap(), None, "one per project");
+    assert_eq!(enqueue("job-a", "cars", 100).unwrap(), None);
+    assert_eq!(catalog.enqueue_job(&queued("job-b", "cars", 200)).unwrap(), Some(queued("job-a", "cars", 100)));
+    assert_eq!(enqueue("job-c", "boats", 200).unwrap(), None, "one per project");
     let row = |id: &str| catalog.jobs("cars", 10).unwrap().into_iter().find(|job| job.job_id == id);
     assert!(row("job-a").is_some_and(|job| job.queued && !job.finished));
     assert_eq!(row("job-b"), None);
     assert_eq!(catalog.unfinished_jobs().unwrap().len(), 2);
     // Taken once: then a trigger queues the next job.
-    assert_eq!(catalog.take_queued_job("cars").unwrap().as_deref(), Some("a"));
+    assert_eq!(catalog.take_queued_job("cars").unwrap(), Some(queued("job-a", "cars", 100)));
     assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
     assert!(row("job-a").is_some_and(|job| !job.queued && !job.finished));
-    assert!(!catalog.cancel_queued_job("job-a", "a cancelled").unwrap(), "taken: its server cancels it");
-    assert_eq!(catalog.enqueue_job("job-d", "cars", "d", 300).unwrap(), None);
+    let cancelled = |id: &str, created| job(id, "cars", JobState::Cancelled, created, "cancelled");
+    assert!(!catalog.cancel_queued_job(&cancelled("job-a", 100)).unwrap(), "taken: its server cancels it");
+    assert_eq!(enqueue("job-d", "cars", 300).unwrap(), None);
     // Cancelled before any server took it: ended, and no longer queued.
-    assert!(catalog.cancel_queued_job("job-d", "d cancelled").unwrap());
+    assert!(catalog.cancel_queued_job(&cancelled("job-d", 300)).unwrap());
     assert!(row("job-d").is_some_and(|job| !job.queued && job.finished));
-    assert_eq!(catalog.job("job-d").unwrap().as_deref(), Some("d cancelled"));
+    assert_eq!(catalog.job("job-d").unwrap(), Some(cancelled("job-d", 300)));
     assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
     // A queued job ended by a save (failed at a server's start) is no longer queued either.
-    assert_eq!(catalog.enqueue_job("job-e", "cars", "e", 400).unwrap(), None);
-    catalog.save_job("job-e", "cars", true, "e interrupted", 400).unwrap();
+    assert_eq!(enqueue("job-e", "cars", 400).unwrap(), None);
+    catalog.save_job(&job("job-e", "cars", JobState::Failed, 400, "e interrupted")).unwrap();
     assert_eq!(catalog.take_queued_job("cars").unwrap(), None);
-    assert_eq!(catalog.enqueue_job("job-f", "cars", "f", 500).unwrap(), None);
-    assert!(catalog.enqueue_job("job-g", "lorries", "g", 500).is_err(), "no such project");
+    assert_eq!(enqueue("job-f", "cars", 500).unwrap(), None);
+    assert!(enqueue("job-g", "lorries", 500).is_err(), "no such project");
 }
 
 fn unreadable_job(backend: &mut dyn Backend) {
     let catalog = backend.create();
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
-    catalog.save_job("job-x", "cars", false, "{written by another build", 100).unwrap();
+    catalog.save_job(&job("job-x", "cars", JobState::Running, 100, "x")).unwrap();
+    backend.corrupt_job("job-x");
+    let unreadable = |error: StoreError| matches!(error, StoreError::Corrupt { .. });
+    assert!(unreadable(catalog.job("job-x").unwrap_err()), "an error, not a missing job");
+    let rows = catalog.unfinished_jobs().unwrap();
+    assert_eq!((rows.len(), rows[0].record.as_ref()), (1, None), "listed, without a record");
+    assert_eq!(catalog.jobs("cars", 10).unwrap()[0].record, None);
     assert!(!catalog.end_unreadable_job("job-x", "boats").unwrap(), "another project's");
     assert_eq!(catalog.unfinished_jobs().unwrap().len(), 1);
     assert!(catalog.end_unreadable_job("job-x", "cars").unwrap());
     assert!(!catalog.end_unreadable_job("job-x", "cars").unwrap(), "ended once");
     assert!(catalog.unfinished_jobs().unwrap().is_empty());
-    assert_eq!(catalog.job("job-x").unwrap().as_deref(), Some("{written by another build"), "its record kept");
-    // A queued job is not ended so: the server that takes it decides.
-    assert_eq!(catalog.enqueue_job("job-q", "cars", "{unreadable too", 200).unwrap(), None);
+    assert!(unreadable(catalog.job("job-x").unwrap_err()), "its record kept as it was");
+    // A queued job is not ended so: the server that takes it decides. A trigger meanwhile
+    // queues nothing; taking it takes it, then says it cannot be read.
+    catalog.enqueue_job(&job("job-q", "cars", JobState::Queued, 200, "q")).unwrap();
+    backend.corrupt_job("job-q");
     assert!(!catalog.end_unreadable_job("job-q", "cars").unwrap());
+    assert!(unreadable(catalog.enqueue_job(&job("job-r", "cars", JobState::Queued, 300, "r")).unwrap_err()));
+    assert_eq!(catalog.unfinished_jobs().unwrap().len(), 1, "nothing more queued");
+    assert!(unreadable(catalog.take_queued_job("cars").unwrap_err()));
+    assert_eq!(catalog.take_queued_job("cars").unwrap(), None, "taken");
+    assert!(catalog.end_unreadable_job("job-q", "cars").unwrap());
 }
 
 fn delete_cascades(backend: &mut dyn Backend) {
@@ -498,7 +538,7 @@ fn delete_cascades(backend: &mut dyn Backend) {
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
     catalog.upsert_examples("cars", &[labelled("a", "sedan", 0)]).unwrap();
     catalog.record_version(&Manifest::example("cars", 1), 0).unwrap();
-    catalog.save_job("job-a", "cars", false, "a", 0).unwrap();
+    catalog.save_job(&job("job-a", "cars", JobState::Running, 0, "a")).unwrap();
     assert!(catalog.delete_project("cars").unwrap());
     catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
     assert!(catalog.examples("cars", "", 10).unwrap().is_empty());

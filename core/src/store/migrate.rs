@@ -48,6 +48,17 @@ pub enum MigrateError {
         /// What differs, e.g. "spec" or "labelled example task-7".
         what: String,
     },
+    /// A training job's record in the source is one this build cannot read (another build
+    /// wrote it): it cannot be copied, so nothing of its project is.
+    #[error(
+        "project {project}: training job {job}'s record was written by another alps-server build; migrate with that build; nothing of the project was changed"
+    )]
+    UnreadableJob {
+        /// The project.
+        project: String,
+        /// The job.
+        job: String,
+    },
     /// After copying, the target's rows differ from the source's (another writer changed them).
     #[error("project {project}: after copying, the target's {what} differ from the source's")]
     Mismatch {
@@ -105,9 +116,14 @@ impl<'a> Examples<'a> {
     }
 }
 
-/// Checks that everything `target` holds of `project` is in `source`, equal.
+/// Checks that every job record of `project` in `source` reads, and that everything `target`
+/// holds of it is in `source`, equal.
 fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProject) -> Result<(), MigrateError> {
     let id = &project.spec.id;
+    let jobs: HashMap<_, _> = source.jobs(id, usize::MAX)?.into_iter().map(|j| (j.job_id.clone(), j)).collect();
+    if let Some(job) = jobs.values().find(|job| job.record.is_none()) {
+        return Err(MigrateError::UnreadableJob { project: id.clone(), job: job.job_id.clone() });
+    }
     let Some(existing) = target.project(id)? else { return Ok(()) };
     for (differs, what) in [
         (existing.spec != project.spec, "its spec"),
@@ -122,7 +138,6 @@ fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProj
     if let Some(version) = target.versions(id)?.into_iter().find(|v| versions.get(&v.version) != Some(v)) {
         return Err(conflict(id, format!("model version {}", version.version)));
     }
-    let jobs: HashMap<_, _> = source.jobs(id, usize::MAX)?.into_iter().map(|j| (j.job_id.clone(), j)).collect();
     if let Some(job) = target.jobs(id, usize::MAX)?.into_iter().find(|j| jobs.get(&j.job_id) != Some(j)) {
         return Err(conflict(id, format!("training job {}", job.job_id)));
     }
@@ -160,14 +175,16 @@ fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProj
         target.upsert_examples(id, &page)?;
     }
     for job in source.jobs(id, usize::MAX)? {
+        // Checked by check_target.
+        let Some(record) = &job.record else { continue };
         // A trigger still queued stays queued: the server that trains the project takes it
         // (a rerun after it did leaves it alone).
         if job.queued {
             if target.job(&job.job_id)?.is_none() {
-                target.enqueue_job(&job.job_id, id, &job.record, job.created_unix_ms)?;
+                target.enqueue_job(record)?;
             }
         } else {
-            target.save_job(&job.job_id, id, job.finished, &job.record, job.created_unix_ms)?;
+            target.save_job(record)?;
         }
     }
     Ok(())
@@ -205,8 +222,9 @@ mod tests {
     use super::*;
     use crate::{
         projects::spec::tests::spec,
+        store::conformance::job,
         store::{conformance::postgres_database, postgres::PostgresCatalog, sqlite::SqliteCatalog},
-        training::record::Manifest,
+        training::record::{JobState, Manifest},
     };
 
     fn example(id: usize) -> crate::store::catalog::ExampleRow {
@@ -235,9 +253,9 @@ mod tests {
             source.record_version(&Manifest::example("cars", n), 10 * i64::from(n)).unwrap();
         }
         source.activate_version("cars", "v2", &|_, _| true, None).unwrap();
-        source.save_job("job-1", "cars", true, "done", 5).unwrap();
-        source.save_job("job-2", "cars", false, "running", 6).unwrap();
-        assert_eq!(source.enqueue_job("job-3", "cars", "queued", 7).unwrap(), None);
+        source.save_job(&job("job-1", "cars", JobState::Succeeded, 5, "done")).unwrap();
+        source.save_job(&job("job-2", "cars", JobState::Running, 6, "running")).unwrap();
+        assert_eq!(source.enqueue_job(&job("job-3", "cars", JobState::Queued, 7, "queued")).unwrap(), None);
         source
     }
 
@@ -254,15 +272,36 @@ mod tests {
         };
         assert_eq!(copied(&target), copied(&source), "specs, creation times, active versions");
         assert_eq!(target.project("cars").unwrap().unwrap().active_version, "v2");
-        let mut unfinished: Vec<_> =
-            target.unfinished_jobs().unwrap().into_iter().map(|job| (job.record, job.queued)).collect();
+        let mut unfinished: Vec<_> = target
+            .unfinished_jobs()
+            .unwrap()
+            .into_iter()
+            .map(|job| (job.record.map(|record| record.error), job.queued))
+            .collect();
         unfinished.sort();
-        assert_eq!(unfinished, [("queued".to_owned(), true), ("running".to_owned(), false)], "a trigger stays queued");
+        let queued_and_running = [(Some("queued".to_owned()), true), (Some("running".to_owned()), false)];
+        assert_eq!(unfinished, queued_and_running, "a trigger stays queued");
         assert_eq!(target.next_version_number("cars").unwrap(), 4);
         assert_eq!(migrate(&source, &target).unwrap(), expected, "idempotent");
         // The source grew: a rerun copies what is new.
         source.upsert_examples("boats", &[example(10)]).unwrap();
         assert_eq!(migrate(&source, &target).unwrap().examples, 2502);
+    }
+
+    #[test]
+    fn a_job_record_this_build_cannot_read_stops_its_project_before_anything_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = populated(dir.path());
+        let connection = rusqlite::Connection::open(dir.path().join("alps.db")).unwrap();
+        connection
+            .execute("UPDATE jobs SET record = '{\"from\": \"a newer build\"}' WHERE job_id = 'job-2'", [])
+            .unwrap();
+        let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
+        let error = migrate(&source, &target).unwrap_err();
+        assert!(matches!(&error, MigrateError::UnreadableJob { project, job } if project == "cars" && job == "job-2"));
+        assert!(error.to_string().contains("migrate with that build"), "{error}");
+        assert_eq!(target.project("boats").unwrap().map(|p| p.created_unix_ms), Some(222), "the project before it");
+        assert_eq!(target.project("cars").unwrap(), None, "nothing of its project");
     }
 
     #[test]
@@ -309,7 +348,7 @@ mod tests {
         assert_eq!(target.examples("cars", "task-0003", 1).unwrap(), [relabelled]);
         // A job the target made is the target's.
         target.upsert_examples("cars", &[example(4)]).unwrap();
-        target.save_job("job-3", "cars", true, "on the target", 7).unwrap();
+        target.save_job(&job("job-3", "cars", JobState::Failed, 7, "on the target")).unwrap();
         let error = migrate(&source, &target).unwrap_err();
         assert!(matches!(&error, MigrateError::Conflict { what, .. } if what == "training job job-3"), "{error}");
     }

@@ -50,7 +50,10 @@ use super::{
     },
     objects::Kind,
 };
-use crate::{projects::ProjectSpec, training::record::Manifest};
+use crate::{
+    projects::ProjectSpec,
+    training::record::{JobRecord, Manifest},
+};
 
 /// Schema migrations, applied in order, each once; `alps_schema_migrations` records them.
 const MIGRATIONS: &[&str] = &[
@@ -734,13 +737,7 @@ fn strings(rows: Vec<Row>) -> Vec<String> {
 
 /// A row of `SELECT job_id, finished, queued, record, created_unix_ms FROM jobs`.
 fn job_row(row: &Row) -> JobRow {
-    JobRow {
-        job_id: row.get(0),
-        finished: row.get(1),
-        queued: row.get(2),
-        record: row.get(3),
-        created_unix_ms: row.get(4),
-    }
+    JobRow::decode(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
 }
 
 /// A write of an example that [`Catalog::upsert_examples`] decided on.
@@ -1337,21 +1334,15 @@ impl Catalog for PostgresCatalog {
         })
     }
 
-    fn save_job(
-        &self,
-        job_id: &str,
-        project: &str,
-        finished: bool,
-        record: &str,
-        created_unix_ms: i64,
-    ) -> Result<(), StoreError> {
+    fn save_job(&self, record: &JobRecord) -> Result<(), StoreError> {
+        let json = catalog::encode_job(record)?;
         self.writer.execute(
             "INSERT INTO jobs (job_id, project_id, finished, record, created_unix_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (job_id) DO UPDATE SET project_id = excluded.project_id, finished = excluded.finished,
               record = excluded.record, created_unix_ms = excluded.created_unix_ms,
               queued = jobs.queued AND NOT excluded.finished
              WHERE NOT jobs.finished",
-            &[&job_id, &project, &finished, &record, &created_unix_ms],
+            &[&record.job_id, &record.project_id, &record.state.is_terminal(), &json, &record.created_unix_ms],
         )?;
         Ok(())
     }
@@ -1370,11 +1361,11 @@ impl Catalog for PostgresCatalog {
         Ok(rows.iter().map(job_row).collect())
     }
 
-    fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+    fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let row = self.reader.run(async |client| {
             Ok(client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id]).await?)
         })?;
-        Ok(row.map(|row| row.get(0)))
+        row.map(|row| catalog::decode_job(job_id, row.get(0))).transpose()
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
@@ -1386,13 +1377,9 @@ impl Catalog for PostgresCatalog {
         Ok(rows.iter().map(job_row).collect())
     }
 
-    fn enqueue_job(
-        &self,
-        job_id: &str,
-        project: &str,
-        record: &str,
-        created_unix_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
+    fn enqueue_job(&self, record: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        let (job_id, project, created_unix_ms) = (&record.job_id, &record.project_id, &record.created_unix_ms);
+        let json = catalog::encode_job(record)?;
         self.writer.run(async |client| {
             // Replicas enqueue concurrently: the unique index decides, and a queued job taken
             // between the insert and the read leaves room for this one (tried again).
@@ -1401,38 +1388,40 @@ impl Catalog for PostgresCatalog {
                     .execute(
                         "INSERT INTO jobs (job_id, project_id, finished, queued, record, created_unix_ms)
                      VALUES ($1, $2, false, true, $3, $4) ON CONFLICT (project_id) WHERE queued DO NOTHING",
-                        &[&job_id, &project, &record, &created_unix_ms],
+                        &[job_id, project, &json, created_unix_ms],
                     )
                     .await?;
                 if inserted == 1 {
                     return Ok(None);
                 }
-                let queued =
-                    client.query_opt("SELECT record FROM jobs WHERE project_id = $1 AND queued", &[&project]).await?;
+                let queued = client
+                    .query_opt("SELECT job_id, record FROM jobs WHERE project_id = $1 AND queued", &[project])
+                    .await?;
                 if let Some(row) = queued {
-                    return Ok(Some(row.get(0)));
+                    return catalog::decode_job(row.get(0), row.get(1)).map(Some);
                 }
             }
             Err(StoreError::Contended)
         })
     }
 
-    fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError> {
+    fn take_queued_job(&self, project: &str) -> Result<Option<JobRecord>, StoreError> {
         let row = self.writer.run(async |client| {
             Ok(client
                 .query_opt(
-                    "UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING record",
+                    "UPDATE jobs SET queued = false WHERE project_id = $1 AND queued RETURNING job_id, record",
                     &[&project],
                 )
                 .await?)
         })?;
-        Ok(row.map(|row| row.get(0)))
+        row.map(|row| catalog::decode_job(row.get(0), row.get(1))).transpose()
     }
 
-    fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError> {
+    fn cancel_queued_job(&self, ended: &JobRecord) -> Result<bool, StoreError> {
+        let json = catalog::encode_job(ended)?;
         let ended = self.writer.execute(
             "UPDATE jobs SET queued = false, finished = true, record = $2 WHERE job_id = $1 AND queued",
-            &[&job_id, &record],
+            &[&ended.job_id, &json],
         )?;
         Ok(ended == 1)
     }
@@ -1456,9 +1445,10 @@ mod tests {
     use crate::{
         projects::spec::tests::spec,
         store::{
-            conformance::{postgres_ca, postgres_database},
+            conformance::{job, postgres_ca, postgres_database},
             database_tls::DatabaseTlsError,
         },
+        training::record::JobState,
     };
 
     #[test]
@@ -1807,7 +1797,7 @@ mod tests {
         // a stops renewing (paused, cut off): once it expires, b takes it over with a new epoch.
         std::thread::sleep(short + Duration::from_millis(300));
         assert_eq!(a.projects_to_take_over().unwrap(), Vec::<String>::new(), "no unfinished job");
-        a.save_job("job-1", "cars", false, "running on a", 0).unwrap();
+        a.save_job(&job("job-1", "cars", JobState::Running, 0, "running on a")).unwrap();
         assert_eq!(b.projects_to_take_over().unwrap(), ["cars"]);
         let second = b.claim_training("cars", "b", long).unwrap().expect("expired");
         assert_eq!(second, Lease { epoch: 2 });

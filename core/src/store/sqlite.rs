@@ -11,7 +11,10 @@ use super::{
         UpsertCounts, VersionRow, encode_spec,
     },
 };
-use crate::{projects::ProjectSpec, training::record::Manifest};
+use crate::{
+    projects::ProjectSpec,
+    training::record::{JobRecord, Manifest},
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -70,13 +73,8 @@ const ACTIVATE_SQLITE: &str = "UPDATE projects SET active_version = ?2,
 
 /// A row of `SELECT job_id, finished, queued, record, created_unix_ms FROM jobs`.
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
-    Ok(JobRow {
-        job_id: row.get(0)?,
-        finished: row.get(1)?,
-        queued: row.get(2)?,
-        record: row.get(3)?,
-        created_unix_ms: row.get(4)?,
-    })
+    let record: String = row.get(3)?;
+    Ok(JobRow::decode(row.get(0)?, row.get(1)?, row.get(2)?, &record, row.get(4)?))
 }
 
 /// How long a statement waits for a lock held by another process before failing.
@@ -426,14 +424,8 @@ impl Catalog for SqliteCatalog {
         Ok(outcome)
     }
 
-    fn save_job(
-        &self,
-        job_id: &str,
-        project: &str,
-        finished: bool,
-        record: &str,
-        created_unix_ms: i64,
-    ) -> Result<(), StoreError> {
+    fn save_job(&self, record: &JobRecord) -> Result<(), StoreError> {
+        let json = catalog::encode_job(record)?;
         // An update, not a replacement: a cancellation asked meanwhile stays. An ended job is no
         // longer queued.
         self.connection().execute(
@@ -442,7 +434,7 @@ impl Catalog for SqliteCatalog {
               record = excluded.record, created_unix_ms = excluded.created_unix_ms,
               queued = (jobs.queued AND NOT excluded.finished)
              WHERE jobs.finished = 0",
-            params![job_id, project, finished, record, created_unix_ms],
+            params![record.job_id, record.project_id, record.state.is_terminal(), json, record.created_unix_ms],
         )?;
         Ok(())
     }
@@ -473,11 +465,12 @@ impl Catalog for SqliteCatalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn job(&self, job_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
+    fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let json: Option<String> = self
             .reader()
             .query_row("SELECT record FROM jobs WHERE job_id = ?1", params![job_id], |row| row.get(0))
-            .optional()?)
+            .optional()?;
+        json.map(|json| catalog::decode_job(job_id, &json)).transpose()
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
@@ -488,46 +481,46 @@ impl Catalog for SqliteCatalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn enqueue_job(
-        &self,
-        job_id: &str,
-        project: &str,
-        record: &str,
-        created_unix_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
+    fn enqueue_job(&self, record: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        let json = catalog::encode_job(record)?;
         let mut connection = self.connection();
         let transaction = Self::write_transaction(&mut connection)?;
-        let queued: Option<String> = transaction
-            .query_row("SELECT record FROM jobs WHERE project_id = ?1 AND queued = 1", params![project], |row| {
-                row.get(0)
-            })
+        let queued: Option<(String, String)> = transaction
+            .query_row(
+                "SELECT job_id, record FROM jobs WHERE project_id = ?1 AND queued = 1",
+                params![record.project_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
             .optional()?;
-        if queued.is_none() {
+        let Some((job_id, queued)) = queued else {
             transaction.execute(
                 "INSERT INTO jobs (job_id, project_id, finished, queued, record, created_unix_ms)
                  VALUES (?1, ?2, 0, 1, ?3, ?4)",
-                params![job_id, project, record, created_unix_ms],
+                params![record.job_id, record.project_id, json, record.created_unix_ms],
             )?;
-        }
-        transaction.commit()?;
-        Ok(queued)
+            transaction.commit()?;
+            return Ok(None);
+        };
+        catalog::decode_job(&job_id, &queued).map(Some)
     }
 
-    fn take_queued_job(&self, project: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
+    fn take_queued_job(&self, project: &str) -> Result<Option<JobRecord>, StoreError> {
+        let taken: Option<(String, String)> = self
             .connection()
             .query_row(
-                "UPDATE jobs SET queued = 0 WHERE project_id = ?1 AND queued = 1 RETURNING record",
+                "UPDATE jobs SET queued = 0 WHERE project_id = ?1 AND queued = 1 RETURNING job_id, record",
                 params![project],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .optional()?)
+            .optional()?;
+        taken.map(|(job_id, json)| catalog::decode_job(&job_id, &json)).transpose()
     }
 
-    fn cancel_queued_job(&self, job_id: &str, record: &str) -> Result<bool, StoreError> {
+    fn cancel_queued_job(&self, ended: &JobRecord) -> Result<bool, StoreError> {
+        let json = catalog::encode_job(ended)?;
         let ended = self.connection().execute(
             "UPDATE jobs SET queued = 0, finished = 1, record = ?2 WHERE job_id = ?1 AND queued = 1",
-            params![job_id, record],
+            params![ended.job_id, json],
         )?;
         Ok(ended == 1)
     }

@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{JobRecord, JobState, Trainer, decode, encode, end_job, save};
+use super::{JobRecord, JobState, Trainer, end_job};
 use crate::store::catalog::{Catalog, Lease, StoreError};
 
 /// How often a job is tried in all: a job interrupted this often is not queued again.
@@ -112,7 +112,7 @@ impl Trainer {
             if row.queued || Some(row.job_id.as_str()) == ended {
                 continue;
             }
-            let Ok(record) = decode(&row.record) else {
+            let Some(record) = row.record else {
                 // Written by another build (replicas of different builds must not run
                 // together): left unfinished, it would keep its project abandoned, and every
                 // replica would claim the project's lease every round. Its record stays.
@@ -126,13 +126,13 @@ impl Trainer {
             }
             if let Some(done) = recorded_its_version(self.catalog.as_ref(), &record)? {
                 tracing::warn!(job = %done.job_id, project = %project_id, version = %done.model_version, "job abandoned by its replica after it recorded its version: recorded as succeeded");
-                save(self.catalog.as_ref(), &done)?;
+                self.catalog.save_job(&done)?;
                 continue;
             }
             let retried = retry(self.catalog.as_ref(), &record)?;
             let record = end_job(record, JobState::Failed, format!("{ABANDONED}; {retried}"));
             tracing::warn!(job = %record.job_id, project = %project_id, replica = %record.replica, "job abandoned by its replica; {retried}");
-            save(self.catalog.as_ref(), &record)?;
+            self.catalog.save_job(&record)?;
         }
         Ok(())
     }
@@ -203,13 +203,9 @@ pub(super) fn retry(catalog: &dyn Catalog, record: &JobRecord) -> Result<String,
         &record.replica,
         record.attempt + 1,
     );
-    let queued = catalog.enqueue_job(&again.job_id, &again.project_id, &encode(&again)?, again.created_unix_ms)?;
-    Ok(match queued {
+    Ok(match catalog.enqueue_job(&again)? {
         None => format!("retried as job {} (attempt {} of {MAX_ATTEMPTS})", again.job_id, again.attempt),
-        Some(json) => {
-            let queued = decode(&json).map(|queued| queued.job_id).unwrap_or_default();
-            format!("job {queued}, queued, trains the project instead")
-        }
+        Some(queued) => format!("job {}, queued, trains the project instead", queued.job_id),
     })
 }
 
@@ -243,7 +239,7 @@ mod tests {
         let (_dir, catalog) = catalog();
         let first = running("job-1", 1);
         let said = retry(&catalog, &first).unwrap();
-        let queued = decode(&catalog.take_queued_job("cars").unwrap().expect("queued again")).unwrap();
+        let queued = catalog.take_queued_job("cars").unwrap().expect("queued again");
         assert_eq!(said, format!("retried as job {} (attempt 2 of 3)", queued.job_id));
         assert_eq!(queued.job_id, "job-1-retry2");
         assert_eq!((queued.state, queued.attempt), (JobState::Queued, 2));
@@ -259,10 +255,10 @@ mod tests {
     #[test]
     fn a_job_queued_already_takes_the_place_of_the_retry_and_a_cancelled_one_is_not_retried() {
         let (_dir, catalog) = catalog();
-        assert_eq!(catalog.enqueue_job("job-q", "cars", &encode(&running("job-q", 1)).unwrap(), 0).unwrap(), None);
+        assert_eq!(catalog.enqueue_job(&running("job-q", 1)).unwrap(), None);
         assert_eq!(retry(&catalog, &running("job-1", 1)).unwrap(), "job job-q, queued, trains the project instead");
         assert_eq!(catalog.unfinished_jobs().unwrap().len(), 1, "nothing more queued");
-        save(&catalog, &running("job-2", 1)).unwrap();
+        catalog.save_job(&running("job-2", 1)).unwrap();
         assert!(catalog.request_cancel("job-2").unwrap());
         assert_eq!(retry(&catalog, &running("job-2", 1)).unwrap(), "not retried: cancelling it was asked for");
     }

@@ -322,11 +322,11 @@ impl Trainer {
             }
             return Ok(started?);
         }
-        let queued = self.catalog.enqueue_job(&record.job_id, project_id, &encode(&record)?, record.created_unix_ms)?;
+        let queued = self.catalog.enqueue_job(&record)?;
         drop(state);
         match queued {
             None => Ok((record, false)),
-            Some(json) => Ok((decode(&json)?, true)),
+            Some(queued) => Ok((queued, true)),
         }
     }
 
@@ -336,7 +336,7 @@ impl Trainer {
     /// finished.
     fn take_queued(&self, project_id: &str, ended: Option<&str>) -> Result<Option<JobRecord>, StoreError> {
         self.fail_abandoned_jobs(project_id, ended)?;
-        self.catalog.take_queued_job(project_id)?.map(|json| decode(&json)).transpose()
+        self.catalog.take_queued_job(project_id)
     }
 
     /// Starts `record` on this server under `lease` on its project: recorded as this server's,
@@ -348,7 +348,7 @@ impl Trainer {
         mut record: JobRecord,
     ) -> Result<JobRecord, StoreError> {
         record.replica.clone_from(&self.replica);
-        save(self.catalog.as_ref(), &record)?;
+        self.catalog.save_job(&record)?;
         let (project_id, job_id) = (record.project_id.clone(), record.job_id.clone());
         state.running.insert(project_id.clone(), Running { job_id: job_id.clone(), lease, lost: false });
         let (sender, _) = watch::channel(record.clone());
@@ -389,7 +389,7 @@ impl Trainer {
         if self.ended_in_catalogue(&record.job_id) {
             return true;
         }
-        match save(self.catalog.as_ref(), record) {
+        match self.catalog.save_job(record) {
             Ok(()) => true,
             Err(error) => {
                 tracing::debug!(job = %record.job_id, %error, "cannot record the job's progress");
@@ -400,7 +400,7 @@ impl Trainer {
 
     /// Whether the catalogue has job `job_id` ended (recorded by another replica).
     fn ended_in_catalogue(&self, job_id: &str) -> bool {
-        let recorded = self.catalog.job(job_id).ok().flatten().and_then(|json| decode(&json).ok());
+        let recorded = self.catalog.job(job_id).ok().flatten();
         recorded.is_some_and(|recorded| recorded.state.is_terminal())
     }
 
@@ -463,12 +463,7 @@ impl Trainer {
         if let Some(live) = self.live().get(job_id) {
             return Ok(live.record.borrow().clone());
         }
-        let json = self
-            .catalog
-            .job(job_id)?
-            .ok_or_else(|| TrainingError::NotFound(format!("training job {job_id:?} not found")))?;
-        serde_json::from_str(&json)
-            .map_err(|e| TrainingError::NotFound(format!("training job {job_id:?} is unreadable: {e}")))
+        self.catalog.job(job_id)?.ok_or_else(|| TrainingError::NotFound(format!("training job {job_id:?} not found")))
     }
 
     /// A receiver of the job's record at every change, or `None` if the job has ended (then
@@ -495,7 +490,7 @@ impl Trainer {
         if record.state == JobState::Queued {
             // Queued in the catalogue: ended there unless a server took it meanwhile.
             let ended = cancelled_before_start(record);
-            if self.catalog.cancel_queued_job(job_id, &encode(&ended)?)? {
+            if self.catalog.cancel_queued_job(&ended)? {
                 return Ok(ended);
             }
         }
@@ -522,7 +517,7 @@ impl Trainer {
         // Waiting for a training slot, never started (cancelled, it never will): ended here; its
         // thread moves the project on.
         let ended = cancelled_before_start(record);
-        save(self.catalog.as_ref(), &ended)?;
+        self.catalog.save_job(&ended)?;
         self.live().remove(job_id);
         // A job waiting for a training slot gives up its place.
         self.slots.wake();
@@ -558,12 +553,8 @@ impl Trainer {
     /// # Errors
     /// [`StoreError`] on a database failure.
     pub fn jobs(&self, project_id: &str, limit: usize) -> Result<Vec<JobRecord>, TrainingError> {
-        let mut records: Vec<JobRecord> = self
-            .catalog
-            .jobs(project_id, limit)?
-            .iter()
-            .filter_map(|row| serde_json::from_str(&row.record).ok())
-            .collect();
+        let mut records: Vec<JobRecord> =
+            self.catalog.jobs(project_id, limit)?.into_iter().filter_map(|row| row.record).collect();
         let live = self.live();
         for record in &mut records {
             if let Some(live) = live.get(&record.job_id) {
@@ -1002,10 +993,10 @@ impl Trainer {
 fn fail_orphaned_jobs(catalog: &dyn Catalog) -> Result<usize, StoreError> {
     let mut failed = 0;
     for row in catalog.unfinished_jobs()? {
-        let Ok(record) = decode(&row.record) else { continue };
+        let Some(record) = row.record else { continue };
         let record = end_job(record, JobState::Failed, INTERRUPTED.into());
         tracing::warn!(job = %record.job_id, project = %record.project_id, "job interrupted: its server stopped");
-        save(catalog, &record)?;
+        catalog.save_job(&record)?;
         failed += 1;
     }
     Ok(failed)
@@ -1025,22 +1016,12 @@ fn cancelled_before_start(record: JobRecord) -> JobRecord {
     end_job(record, JobState::Cancelled, "cancelled before it started".into())
 }
 
-/// A job's record as stored (JSON).
-fn encode(record: &JobRecord) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: format!("job {}", record.job_id), source })
-}
-
-/// A job's record from its stored JSON.
-fn decode(json: &str) -> Result<JobRecord, StoreError> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: "a training job".into(), source })
-}
-
-/// [`save`], tried again a few times within seconds while [`worth_retrying`]: a job's start
+/// [`Catalog::save_job`], tried again a few times within seconds while [`worth_retrying`]: a job's start
 /// and end must not be lost to a blip, or other replicas would see it run for ever.
 fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
     use backon::{BlockingRetryable, ExponentialBuilder};
     let backoff = ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(200)).with_max_times(4);
-    (|| save(catalog, record)).retry(backoff).sleep(std::thread::sleep).when(worth_retrying).call()
+    (|| catalog.save_job(record)).retry(backoff).sleep(std::thread::sleep).when(worth_retrying).call()
 }
 
 /// Whether a failed save is tried again: a transient failure is (a database connection that
@@ -1049,16 +1030,6 @@ fn save_retrying(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreE
 /// that stopped answering is no blip, and the caller holds the trainer's state meanwhile).
 fn worth_retrying(error: &StoreError) -> bool {
     error.failure() == crate::store::Failure::Transient && !matches!(error, StoreError::TimedOut(_))
-}
-
-fn save(catalog: &dyn Catalog, record: &JobRecord) -> Result<(), StoreError> {
-    catalog.save_job(
-        &record.job_id,
-        &record.project_id,
-        record.state.is_terminal(),
-        &encode(record)?,
-        record.created_unix_ms,
-    )
 }
 
 #[cfg(test)]
