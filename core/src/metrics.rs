@@ -280,7 +280,7 @@ impl Metrics {
         self.with_model(project, version, |stats| {
             stats.execution_count += 1;
             stats.inference_count += samples as u64;
-            stats.last_inference_unix_ms = crate::store::now_unix_ms().max(0) as u64;
+            stats.last_inference_unix_ms = crate::clock::now_unix_ms().max(0) as u64;
         });
     }
 

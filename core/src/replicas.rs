@@ -108,7 +108,7 @@ impl Follower {
     /// their skew adds to it).
     fn served_activation(&self, project: &str, version: &str) {
         let activated = self.projects.get(project).map(|p| p.activated_unix_ms).unwrap_or(0);
-        let lag_ms = crate::store::now_unix_ms() - activated;
+        let lag_ms = crate::clock::now_unix_ms() - activated;
         // An activation recorded before the catalogue kept its time (0), or a clock far behind
         // the activating server's, measures nothing.
         if activated > 0 && lag_ms >= 0 {

@@ -156,7 +156,7 @@ fn info(heuristic: &LoadedHeuristic) -> HeuristicInfo {
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default(),
         sha256: heuristic.plugin.sha256.clone(),
-        loaded_unix_ms: crate::store::unix_ms(heuristic.plugin.loaded_at),
+        loaded_unix_ms: crate::clock::unix_ms(heuristic.plugin.loaded_at),
         needs_embeddings: heuristic.needs_embeddings(),
         needs_labelled_set: heuristic.needs_labelled(),
     }

@@ -13,17 +13,17 @@ use std::{
 
 pub use spec::{
     AcquisitionSchedule, Architecture, DEFAULT_HEAD_DROPOUT, DEFAULT_HEURISTIC, DEFAULT_MC_ITERATIONS, HeuristicChoice,
-    ModelSpec, Preprocessing, PretrainedWeights, ProjectSpec, SpecError, UNTRAINED_VERSION, check_mc_iterations,
+    ModelSpec, Preprocessing, PretrainedWeights, Project, ProjectSpec, SpecError, UNTRAINED_VERSION,
+    check_mc_iterations,
 };
 
-use crate::store::{
-    StorageFailure,
-    catalog::{Catalog, StoreError, StoredProject},
-    now_unix_ms,
+use crate::{
+    clock::now_unix_ms,
+    store::{
+        StorageFailure,
+        catalog::{Catalog, StoreError},
+    },
 };
-
-/// A project as served: its spec plus server-owned state.
-pub type Project = StoredProject;
 
 /// Why a project operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,25 @@
-//! A project's specification: its classes, model, preprocessing and defaults, validated.
+//! A project as stored and served ([`Project`]) and its specification ([`ProjectSpec`]): its
+//! classes, model, preprocessing and defaults, validated. Plain data: the store keeps these types,
+//! and this module depends on no storage.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// A project as served and stored: its spec plus server-owned state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Project {
+    /// The specification.
+    pub spec: ProjectSpec,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+    /// The active model version (e.g. `v3`, or `untrained`).
+    pub active_version: String,
+    /// When a version was last activated (ActivateModelVersion, or a training job's new
+    /// version), milliseconds since the Unix epoch on the activating server's clock; 0 if none
+    /// was, or before the catalogue recorded it. Replicas measure how late they follow from it.
+    pub activated_unix_ms: i64,
+}
 
 /// Default MC-Dropout iterations K per sample.
 pub const DEFAULT_MC_ITERATIONS: u32 = 20;

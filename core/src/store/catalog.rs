@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::{
-    projects::ProjectSpec,
+    projects::spec::{Project, ProjectSpec},
     training::record::{JobRecord, Manifest},
 };
 
@@ -340,32 +340,18 @@ pub struct Fence<'a> {
     pub lease: Lease,
 }
 
-/// A stored project row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredProject {
-    /// The specification.
-    pub spec: ProjectSpec,
-    /// Creation time, milliseconds since the Unix epoch.
-    pub created_unix_ms: i64,
-    /// The active model version (e.g. `v3`, or `untrained`).
-    pub active_version: String,
-    /// When a version was last activated (ActivateModelVersion, or a training job's new
-    /// version), milliseconds since the Unix epoch on the activating server's clock; 0 if none
-    /// was, or before the catalogue recorded it. Replicas measure how late they follow from it.
-    pub activated_unix_ms: i64,
-}
-
-impl StoredProject {
-    /// Project `id`'s row from its stored columns.
-    pub(super) fn decode(
-        id: &str,
-        json: &str,
-        created_unix_ms: i64,
-        active_version: String,
-        activated_unix_ms: i64,
-    ) -> Result<Self, StoreError> {
-        Ok(Self { spec: decode_spec(id, json)?, created_unix_ms, active_version, activated_unix_ms })
-    }
+/// Project `id`'s row from its stored columns.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] if the stored spec is unreadable.
+pub(super) fn decode_project(
+    id: &str,
+    json: &str,
+    created_unix_ms: i64,
+    active_version: String,
+    activated_unix_ms: i64,
+) -> Result<Project, StoreError> {
+    Ok(Project { spec: decode_spec(id, json)?, created_unix_ms, active_version, activated_unix_ms })
 }
 
 /// Project `id`'s stored spec (JSON).
@@ -462,13 +448,13 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// [`StoreError`] on a database failure or an unreadable row.
-    fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError>;
+    fn project(&self, id: &str) -> Result<Option<Project>, StoreError>;
 
     /// Every project, ordered by id (bytewise).
     ///
     /// # Errors
     /// [`StoreError`] on a database failure or an unreadable row.
-    fn projects(&self) -> Result<Vec<StoredProject>, StoreError>;
+    fn projects(&self) -> Result<Vec<Project>, StoreError>;
 
     /// Deletes a project with its examples, versions and jobs; returns whether it existed.
     ///

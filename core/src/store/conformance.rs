@@ -20,7 +20,7 @@ use super::{
     sqlite::SqliteCatalog,
 };
 use crate::{
-    projects::{ProjectSpec, spec::tests::spec},
+    projects::spec::{ProjectSpec, tests::spec},
     training::record::{JobRecord, JobState, Manifest, Mode, TrainingParams},
 };
 
@@ -262,12 +262,12 @@ fn activation_checks_fit(backend: &mut dyn Backend) {
     assert_eq!(refused.unwrap(), Activation::Unfit);
     let stored = catalog.project("cars").unwrap().unwrap();
     assert_eq!((stored.active_version.as_str(), stored.activated_unix_ms), ("untrained", 0), "nothing changed");
-    let before = super::now_unix_ms();
+    let before = crate::clock::now_unix_ms();
     assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::Activated);
     let stored = catalog.project("cars").unwrap().unwrap();
     assert_eq!(stored.active_version, "v1");
     let activated = stored.activated_unix_ms;
-    assert!((before..=super::now_unix_ms()).contains(&activated), "{before} <= {activated}");
+    assert!((before..=crate::clock::now_unix_ms()).contains(&activated), "{before} <= {activated}");
     // Activating the active version again is no new activation: its time stays.
     std::thread::sleep(std::time::Duration::from_millis(5));
     assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, None).unwrap(), Activation::Activated);

@@ -15,7 +15,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::catalog::{Catalog, ExampleRow, StoreError, StoredProject};
+use super::catalog::{Catalog, ExampleRow, StoreError};
+use crate::projects::spec::Project;
 
 /// Examples copied and compared per page.
 const PAGE: usize = 1000;
@@ -118,7 +119,7 @@ impl<'a> Examples<'a> {
 
 /// Checks that every job record of `project` in `source` reads, and that everything `target`
 /// holds of it is in `source`, equal.
-fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProject) -> Result<(), MigrateError> {
+fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &Project) -> Result<(), MigrateError> {
     let id = &project.spec.id;
     let jobs: HashMap<_, _> = source.jobs(id, usize::MAX)?.into_iter().map(|j| (j.job_id.clone(), j)).collect();
     if let Some(job) = jobs.values().find(|job| job.record.is_none()) {
@@ -156,7 +157,7 @@ fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProj
 }
 
 /// Writes what `target` lacks of `project` (checked by [`check_target`] first).
-fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &StoredProject) -> Result<(), MigrateError> {
+fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &Project) -> Result<(), MigrateError> {
     let id = &project.spec.id;
     if target.project(id)?.is_none() {
         target.upsert_project(&project.spec, project.created_unix_ms, &project.active_version, &|_| false)?;
@@ -267,8 +268,8 @@ mod tests {
         let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 3 };
         assert_eq!(migrate(&source, &target).unwrap(), expected);
         // Activation times are not copied (see the module docs).
-        let copied = |catalog: &dyn Catalog| -> Vec<StoredProject> {
-            catalog.projects().unwrap().into_iter().map(|p| StoredProject { activated_unix_ms: 0, ..p }).collect()
+        let copied = |catalog: &dyn Catalog| -> Vec<Project> {
+            catalog.projects().unwrap().into_iter().map(|p| Project { activated_unix_ms: 0, ..p }).collect()
         };
         assert_eq!(copied(&target), copied(&source), "specs, creation times, active versions");
         assert_eq!(target.project("cars").unwrap().unwrap().active_version, "v2");

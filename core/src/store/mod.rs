@@ -10,6 +10,11 @@
 //!
 //! [`migrate`] copies one catalogue into the other (`alps-server migrate`).
 //!
+//! The store depends on the domains' plain data types only ([`crate::projects::spec`]'s
+//! `Project` and `ProjectSpec`, [`crate::training::record`]'s `Manifest` and `JobRecord`),
+//! which it takes and returns typed and encodes itself; the services that use it
+//! (`projects`, `training`) pass its failures on as [`StorageFailure`].
+//!
 //! Layout: `alps.db` (the SQLite catalogue, unused with `--database-url`), `blobs/` (content-addressed
 //! sample bytes), `models/<sha256 of project id>/<version>/` (weights and manifests), `imports/`
 //! (the default model root: uploaded and operator-placed model files), `published-plugins/`
@@ -305,17 +310,6 @@ impl DataDir {
     }
 }
 
-/// `time` as milliseconds since the Unix epoch, the unit of every stored timestamp (0 before
-/// the epoch, `i64::MAX` far after it).
-pub fn unix_ms(time: std::time::SystemTime) -> i64 {
-    time.duration_since(std::time::UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
-}
-
-/// Now, in milliseconds since the Unix epoch.
-pub fn now_unix_ms() -> i64 {
-    unix_ms(std::time::SystemTime::now())
-}
-
 /// `<data-dir>/models`: the model-version files of every project.
 ///
 /// No directory is named by a client string: a project's directory is the hex SHA-256 of its id
@@ -517,6 +511,41 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(!deleted.exists(), "a deleted project's old directory goes");
         assert!(kept.join("v1").exists() && fresh.exists() && other.exists(), "known, fresh and foreign ones stay");
+    }
+
+    /// The source files under `core/src/<dir>`, with their text.
+    fn sources(dir: &str) -> Vec<(String, String)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+        let mut files: Vec<_> = fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().path()).collect();
+        files.sort();
+        files.into_iter().map(|path| (path.display().to_string(), fs::read_to_string(&path).unwrap())).collect()
+    }
+
+    #[test]
+    fn the_storage_seam_runs_one_way() {
+        // The store knows the domains' data types only, never their services. (Paths are
+        // put together here so that this test does not match itself.)
+        let path = |module: &str| format!("{module}::");
+        for (file, text) in sources("store") {
+            for (domain, types) in [("projects", "spec"), ("training", "record"), ("engine", "-"), ("api", "-")] {
+                for (at, _) in text.match_indices(&path(domain)) {
+                    let rest = &text[at + domain.len() + 2..];
+                    assert!(rest.starts_with(types), "{file}: {}", &text[at..(at + 40).min(text.len())]);
+                }
+            }
+        }
+        // ...those types know nothing of storage...
+        for file in ["projects/spec.rs", "training/record.rs"] {
+            let text =
+                fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file)).unwrap();
+            assert!(!text.contains("store::"), "{file} depends on the store");
+        }
+        // ...and the API sees storage failures as StorageFailure, never a backend's error.
+        for (file, text) in sources("api") {
+            for backend_error in ["StoreError", "BlobError", "ObjectError", "rusqlite", "tokio_postgres"] {
+                assert!(!text.contains(backend_error), "{file} names {backend_error}");
+            }
+        }
     }
 
     #[test]

@@ -45,13 +45,13 @@ use tokio_postgres::{
 use super::{
     Failure,
     catalog::{
-        self, Activation, Alone, Catalog, ExampleRow, Fence, JobRow, Lease, StoreError, StoredExample, StoredProject,
-        Upsert, UpsertCounts, VersionRow, encode_spec,
+        self, Activation, Alone, Catalog, ExampleRow, Fence, JobRow, Lease, StoreError, StoredExample, Upsert,
+        UpsertCounts, VersionRow, encode_spec,
     },
     objects::Kind,
 };
 use crate::{
-    projects::ProjectSpec,
+    projects::spec::{Project, ProjectSpec},
     training::record::{JobRecord, Manifest},
 };
 
@@ -118,7 +118,7 @@ const MIGRATIONS: &[&str] = &[
         used_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (kind, sha256)
     )",
-    // When the active version was last activated (see `StoredProject::activated_unix_ms`).
+    // When the active version was last activated (see `Project::activated_unix_ms`).
     "ALTER TABLE projects ADD COLUMN activated_unix_ms BIGINT NOT NULL DEFAULT 0",
 ];
 
@@ -702,7 +702,7 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         transaction
             .execute(
                 "INSERT INTO alps_schema_migrations (version, applied_unix_ms) VALUES ($1, $2)",
-                &[&version, &super::now_unix_ms()],
+                &[&version, &crate::clock::now_unix_ms()],
             )
             .await?;
     }
@@ -879,7 +879,7 @@ impl Catalog for PostgresCatalog {
         self.reader.run(async |client| Ok(client.query_one("SELECT data_dir FROM alps_catalogue", &[]).await?.get(0)))
     }
 
-    fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
+    fn project(&self, id: &str) -> Result<Option<Project>, StoreError> {
         let row = self.reader.run(async |client| {
             Ok(client
                 .query_opt(
@@ -888,16 +888,16 @@ impl Catalog for PostgresCatalog {
                 )
                 .await?)
         })?;
-        row.map(|row| StoredProject::decode(id, row.get(0), row.get(1), row.get(2), row.get(3))).transpose()
+        row.map(|row| catalog::decode_project(id, row.get(0), row.get(1), row.get(2), row.get(3))).transpose()
     }
 
-    fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
+    fn projects(&self) -> Result<Vec<Project>, StoreError> {
         let rows = self.reader.run(async |client| {
             let sql = "SELECT id, spec, created_unix_ms, active_version, activated_unix_ms FROM projects ORDER BY id";
             Ok(client.query(sql, &[]).await?)
         })?;
         rows.iter()
-            .map(|row| StoredProject::decode(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+            .map(|row| catalog::decode_project(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
             .collect()
     }
 
@@ -1324,7 +1324,7 @@ impl Catalog for PostgresCatalog {
                     .execute(
                         "UPDATE projects SET active_version = $2, activated_unix_ms = CASE WHEN active_version = $2
                           THEN activated_unix_ms ELSE $3 END WHERE id = $1",
-                        &[&project, &version, &super::now_unix_ms()],
+                        &[&project, &version, &crate::clock::now_unix_ms()],
                     )
                     .await?;
                 notify(&transaction, project).await?;

@@ -7,12 +7,12 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::{
     Failure,
     catalog::{
-        self, Activation, Catalog, ExampleRow, Fence, JobRow, StoreError, StoredExample, StoredProject, Upsert,
-        UpsertCounts, VersionRow, encode_spec,
+        self, Activation, Catalog, ExampleRow, Fence, JobRow, StoreError, StoredExample, Upsert, UpsertCounts,
+        VersionRow, encode_spec,
     },
 };
 use crate::{
-    projects::ProjectSpec,
+    projects::spec::{Project, ProjectSpec},
     training::record::{JobRecord, Manifest},
 };
 
@@ -62,7 +62,7 @@ const MIGRATIONS: &[&str] = &[
     // `Catalog::enqueue_job`).
     "ALTER TABLE jobs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
     CREATE UNIQUE INDEX one_queued_job ON jobs (project_id) WHERE queued = 1",
-    // When the active version was last activated (see `StoredProject::activated_unix_ms`).
+    // When the active version was last activated (see `Project::activated_unix_ms`).
     "ALTER TABLE projects ADD COLUMN activated_unix_ms INTEGER NOT NULL DEFAULT 0",
 ];
 
@@ -205,7 +205,7 @@ impl Catalog for SqliteCatalog {
         Ok(self.reader().query_row("SELECT data_dir FROM catalogue", [], |row| row.get(0))?)
     }
 
-    fn project(&self, id: &str) -> Result<Option<StoredProject>, StoreError> {
+    fn project(&self, id: &str) -> Result<Option<Project>, StoreError> {
         let row = self
             .reader()
             .query_row(
@@ -214,11 +214,11 @@ impl Catalog for SqliteCatalog {
                 |row| Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()?;
-        row.map(|(json, created, active, activated)| StoredProject::decode(id, &json, created, active, activated))
+        row.map(|(json, created, active, activated)| catalog::decode_project(id, &json, created, active, activated))
             .transpose()
     }
 
-    fn projects(&self) -> Result<Vec<StoredProject>, StoreError> {
+    fn projects(&self) -> Result<Vec<Project>, StoreError> {
         let connection = self.reader();
         let mut statement = connection
             .prepare("SELECT id, spec, created_unix_ms, active_version, activated_unix_ms FROM projects ORDER BY id")?;
@@ -228,7 +228,7 @@ impl Catalog for SqliteCatalog {
         let mut projects = Vec::new();
         for row in rows {
             let (id, json, created, active, activated) = row?;
-            projects.push(StoredProject::decode(&id, &json, created, active, activated)?);
+            projects.push(catalog::decode_project(&id, &json, created, active, activated)?);
         }
         Ok(projects)
     }
@@ -418,7 +418,7 @@ impl Catalog for SqliteCatalog {
             .optional()?;
         let outcome = catalog::activation(project, version, manifest.as_deref(), spec.as_deref(), fits)?;
         if outcome == Activation::Activated {
-            transaction.execute(ACTIVATE_SQLITE, params![project, version, super::now_unix_ms()])?;
+            transaction.execute(ACTIVATE_SQLITE, params![project, version, crate::clock::now_unix_ms()])?;
             transaction.commit()?;
         }
         Ok(outcome)

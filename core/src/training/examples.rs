@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
+    clock::now_unix_ms,
     engine::SampleInput,
     models::preprocess::{self, ImageLimits, SampleError},
     projects::Project,
@@ -11,7 +12,6 @@ use crate::{
         StorageFailure,
         blobs::{BlobError, BlobStore},
         catalog::{Catalog, ExampleRow, StoreError, UpsertCounts},
-        now_unix_ms,
     },
 };
 

@@ -35,6 +35,7 @@ use self::{
     train::{EmbeddingCache, Run, TrainError},
 };
 use crate::{
+    clock::now_unix_ms,
     memory::{Held, MemoryBudget},
     metrics::Metrics,
     models::{McModel, files::ModelFiles},
@@ -43,7 +44,6 @@ use crate::{
         ModelsDir, StorageFailure,
         blobs::BlobStore,
         catalog::{Activation, Catalog, Fence, Lease, StoreError},
-        now_unix_ms,
     },
 };
 

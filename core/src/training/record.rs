@@ -286,7 +286,7 @@ impl JobRecord {
             model_version: String::new(),
             error: String::new(),
             not_activated_reason: String::new(),
-            created_unix_ms: crate::store::now_unix_ms(),
+            created_unix_ms: crate::clock::now_unix_ms(),
             started_unix_ms: 0,
             finished_unix_ms: 0,
             replica: replica.to_owned(),
@@ -389,7 +389,7 @@ pub struct Manifest {
     pub job_id: String,
     /// The project's classes at training time, in order.
     pub classes: Vec<String>,
-    /// [`ProjectSpec::model_fingerprint`](crate::projects::ProjectSpec::model_fingerprint) of
+    /// [`ProjectSpec::model_fingerprint`](crate::projects::spec::ProjectSpec::model_fingerprint) of
     /// the project at training time (classes, model and preprocessing); empty in manifests
     /// written before it was recorded.
     #[serde(default)]
@@ -411,7 +411,7 @@ pub struct Manifest {
 impl Manifest {
     /// Whether this version can serve a project with `spec`: the same classes, and the same
     /// model and preprocessing where the manifest recorded them (older manifests did not).
-    pub fn serves(&self, spec: &crate::projects::ProjectSpec) -> bool {
+    pub fn serves(&self, spec: &crate::projects::spec::ProjectSpec) -> bool {
         self.classes == spec.classes
             && (self.model_fingerprint.is_empty() || self.model_fingerprint == spec.model_fingerprint())
     }
