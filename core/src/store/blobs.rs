@@ -443,30 +443,85 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blobs_are_content_addressed_and_checked_on_read() {
+    fn a_blob_changed_on_disk_is_refused_on_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().join("blobs")).unwrap();
         let sha = store.put(b"hello").unwrap();
-        assert_eq!(sha, sha256_hex(b"hello"));
-        assert_eq!(store.put(b"hello").unwrap(), sha, "idempotent");
-        assert_eq!(store.get(&sha).unwrap(), b"hello");
         std::fs::write(store.path(&sha), b"jello").unwrap();
         assert!(matches!(store.get(&sha), Err(BlobError::Corrupt { .. })));
-        assert!(matches!(store.get(&sha256_hex(b"absent")), Err(BlobError::Io { .. })));
     }
 
+    /// The blob stores under test, by name: the data dir's, and the object store's in
+    /// memory, in a shared directory (`file://`) and on an S3 server (moto), with a catalogue
+    /// to declare uses in. Every case of [`conformance`] runs on each.
+    fn every_place(dir: &Path) -> Vec<(&'static str, BlobStore)> {
+        let catalog = |name: &str| -> std::sync::Arc<dyn Catalog> {
+            std::sync::Arc::new(super::super::sqlite::SqliteCatalog::open(&dir.join(name)).unwrap())
+        };
+        let shared = url::Url::from_directory_path(dir.join("shared")).unwrap();
+        let objects = |objects: Objects, name| BlobStore::in_objects(std::sync::Arc::new(objects), catalog(name));
+        vec![
+            ("data dir", BlobStore::open(dir.join("blobs")).unwrap()),
+            ("memory", objects(Objects::in_memory(), "memory.db")),
+            ("file://", objects(Objects::open(shared.as_str()).unwrap(), "file.db")),
+            ("s3://", objects(Objects::on_test_s3("alps-blob-conformance"), "s3.db")),
+        ]
+    }
+
+    /// What every blob store does alike, whichever holds the bytes.
     #[test]
-    fn concurrent_writers_of_the_same_bytes_all_succeed() {
+    fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        for (place, store) in every_place(dir.path()) {
+            content_addressed_and_idempotent(&store, place);
+            concurrent_writers_of_the_same_bytes_all_succeed(&store, place);
+            collected_when_unreferenced_unpinned_and_past_the_grace_period(&store, place);
+        }
+    }
+
+    fn content_addressed_and_idempotent(store: &BlobStore, place: &str) {
+        let sha = store.put(b"hello").unwrap();
+        assert_eq!(sha, sha256_hex(b"hello"), "{place}");
+        assert_eq!(store.put(b"hello").unwrap(), sha, "{place}: idempotent");
+        assert_eq!(store.get(&sha).unwrap(), b"hello", "{place}");
+        let absent = store.get(&sha256_hex(b"absent")).unwrap_err();
+        assert_eq!(absent.failure(), Failure::Permanent, "{place}: {absent}");
+        let other = store.put(b"other").unwrap();
+        let all: Vec<_> = store.get_all(&[&other, &sha256_hex(b"absent"), &sha]).into_iter().map(Result::ok).collect();
+        assert_eq!(all, [Some(b"other".to_vec()), None, Some(b"hello".to_vec())], "{place}: in order");
+    }
+
+    fn concurrent_writers_of_the_same_bytes_all_succeed(store: &BlobStore, place: &str) {
         let bytes = vec![7u8; 1 << 20];
         std::thread::scope(|scope| {
             let writers: Vec<_> = (0..8).map(|_| scope.spawn(|| store.put(&bytes))).collect();
             for writer in writers {
-                assert_eq!(writer.join().unwrap().unwrap(), sha256_hex(&bytes));
+                assert_eq!(writer.join().unwrap().unwrap(), sha256_hex(&bytes), "{place}");
             }
         });
-        assert_eq!(store.get(&sha256_hex(&bytes)).unwrap(), bytes);
+        assert_eq!(store.get(&sha256_hex(&bytes)).unwrap(), bytes, "{place}");
+    }
+
+    fn collected_when_unreferenced_unpinned_and_past_the_grace_period(store: &BlobStore, place: &str) {
+        let collect = |grace, referenced: &[&String]| {
+            let referenced = referenced.iter().map(|sha| (*sha).clone()).collect();
+            store.collect_garbage(store.start_collection(grace), &referenced, &Alone::always()).unwrap().blobs
+        };
+        let (kept, unused) = (store.put(b"referenced").unwrap(), store.put(b"unused").unwrap());
+        let mut writing = store.pins();
+        let pinned = writing.put_all(&[b"being committed"]).unwrap().remove(0);
+        let everything_else: Vec<String> = [b"hello".as_slice(), b"other", &[7u8; 1 << 20]].map(sha256_hex).into();
+        let mut referenced: Vec<&String> = everything_else.iter().collect();
+        referenced.push(&kept);
+        assert_eq!(collect(Duration::from_secs(3600), &[]), 0, "{place}: all within the grace period");
+        assert_eq!(collect(Duration::ZERO, &referenced), 1, "{place}: the unused blob");
+        assert!(store.get(&unused).is_err(), "{place}");
+        assert!(store.get(&kept).is_ok() && store.get(&pinned).is_ok(), "{place}: referenced, pinned");
+        drop(writing);
+        referenced.push(&pinned);
+        assert_eq!(collect(Duration::ZERO, &referenced), 0, "{place}: committed, so referenced now");
+        assert_eq!(store.put(b"unused").unwrap(), unused, "{place}: written again after its removal");
+        assert_eq!(store.get(&unused).unwrap(), b"unused", "{place}");
     }
 
     fn age(store: &BlobStore, sha: &str, by: Duration) {
@@ -547,40 +602,6 @@ mod tests {
                 .blobs,
             1
         );
-    }
-
-    #[test]
-    fn garbage_collection_in_the_object_store_keeps_referenced_pinned_and_fresh_blobs() {
-        let objects = std::sync::Arc::new(Objects::in_memory());
-        let dir = tempfile::tempdir().unwrap();
-        let catalog =
-            std::sync::Arc::new(super::super::sqlite::SqliteCatalog::open(&dir.path().join("alps.db")).unwrap());
-        let store = BlobStore::in_objects(objects.clone(), catalog);
-        let (kept, old) = (store.put(b"kept").unwrap(), store.put(b"old").unwrap());
-        let mut writing = store.pins();
-        let pinned = writing.put_all(&[b"pinned"]).unwrap().remove(0);
-        assert_eq!(store.put(b"kept").unwrap(), kept, "idempotent");
-        let hour = Duration::from_secs(3600);
-        assert_eq!(
-            store.collect_garbage(store.start_collection(hour), &HashSet::new(), &Alone::always()).unwrap().blobs,
-            0,
-            "all fresh"
-        );
-        let referenced = HashSet::from([kept.clone()]);
-        let collected =
-            store.collect_garbage(store.start_collection(Duration::ZERO), &referenced, &Alone::always()).unwrap();
-        assert_eq!(collected, Collected { blobs: 1, bytes: 3, temporaries: 0 });
-        assert!(store.get(&kept).is_ok() && store.get(&pinned).is_ok());
-        assert!(matches!(store.get(&old), Err(BlobError::Object(ObjectError::Missing { .. }))));
-        drop(writing);
-        assert_eq!(
-            store
-                .collect_garbage(store.start_collection(Duration::ZERO), &HashSet::new(), &Alone::always())
-                .unwrap()
-                .blobs,
-            2
-        );
-        assert!(objects.list(Kind::Blob).unwrap().is_empty());
     }
 
     #[test]

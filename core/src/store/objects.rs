@@ -255,6 +255,23 @@ impl Objects {
         Self::with(Arc::new(object_store::memory::InMemory::new()), Path::default(), "memory:///")
     }
 
+    /// A new bucket `name` on the tests' S3 server (moto, started on first use), as a store.
+    #[cfg(test)]
+    pub fn on_test_s3(name: &str) -> Objects {
+        let bucket = tokio::runtime::Runtime::new().unwrap().block_on(alps_system_tests::s3_bucket(name));
+        install_tls_provider();
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_endpoint(alps_system_tests::s3_server())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test-secret")
+            .build()
+            .unwrap();
+        Objects::with(Arc::new(store), Path::default(), &format!("s3://{bucket}"))
+    }
+
     /// The store as named in messages (its URL, which holds no credentials).
     pub fn name(&self) -> &str {
         &self.name
@@ -631,19 +648,7 @@ mod tests {
     fn the_test_s3_server_honours_conditional_writes_so_an_object_is_never_replaced() {
         // The tests' S3 server (moto): a server that ignored `If-None-Match: *` would let the
         // second put replace the object, and "stored once" would hold by luck only.
-        let create = alps_system_tests::s3_bucket("alps-write-once");
-        let bucket = tokio::runtime::Runtime::new().unwrap().block_on(create);
-        install_tls_provider();
-        let store = AmazonS3Builder::new()
-            .with_bucket_name(&bucket)
-            .with_endpoint(alps_system_tests::s3_server())
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test-secret")
-            .build()
-            .unwrap();
-        let objects = Objects::with(Arc::new(store), Path::default(), &format!("s3://{bucket}"));
+        let objects = Objects::on_test_s3("alps-write-once");
         let sha = sha256_hex(b"first");
         assert!(objects.put(Kind::Blob, &sha, b"first".to_vec()).unwrap(), "written");
         // Other bytes under the name (never so for content-addressed names, but what shows

@@ -11,8 +11,9 @@
 //!   at once. Training leases ([`Catalog::claim_training`]) are rows whose expiry the
 //!   database's clock decides, not locks: a paused replica keeps its session (its kernel still
 //!   answers keepalives) but not its lease.
-//! * Two sessions, like the SQLite backend's two connections: one writes, one reads, so that a
-//!   read never waits behind a write that waits for a row lock.
+//! * Sessions apart for writing and reading, like the SQLite backend's two connections, so that
+//!   a read never waits behind a write that waits for a row lock: one writes, and reads take
+//!   the first free one of up to four ([`Readers`]), so that they run side by side.
 //! * A session that breaks (the server restarted, the connection was terminated) is opened
 //!   again by the next call. Connections are driven between calls too, so a break the server
 //!   announced is seen before the next call; one that shows only during a call fails that call
@@ -553,6 +554,30 @@ impl Drop for Driver {
     }
 }
 
+/// The reading sessions: a read runs on the first one not busy with another, so that reads run
+/// side by side instead of queueing behind one session. Each opens on first use, so a replica
+/// with little to read holds one connection; under load it holds up to [`READERS`]. A pool of
+/// our own [`Session`]s, not a pool crate's connections: every session keeps its deadline, its
+/// cancel-on-timeout and its idle probe (see the module docs).
+#[derive(Debug)]
+struct Readers(Vec<Session>);
+
+/// The most reading sessions one catalogue opens.
+const READERS: usize = 4;
+
+impl Readers {
+    fn new(settings: &Settings) -> Self {
+        Self((0..READERS).map(|_| Session::new(settings, None, false)).collect())
+    }
+
+    /// [`Session::run`] on the first reading session that is free, or the first one when all
+    /// are busy (the call then waits for it, as with one session).
+    fn run<T: Send>(&self, work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+        let free = self.0.iter().find(|session| session.live.try_lock().is_ok());
+        free.unwrap_or(&self.0[0]).run(work)
+    }
+}
+
 /// What every session of a catalogue is opened with.
 struct Settings {
     config: Config,
@@ -564,7 +589,7 @@ struct Settings {
 /// The catalogue in a PostgreSQL database.
 #[derive(Debug)]
 pub struct PostgresCatalog {
-    reader: Session,
+    readers: Readers,
     writer: Session,
     /// Waits for change notifications ([`Catalog::wait_for_change`]).
     listener: Session,
@@ -638,7 +663,7 @@ impl PostgresCatalog {
             .map_err(|error| OpenError::Runtime(error.to_string()))?;
         let settings = Settings { config: config.clone(), tls, runtime: runtime.handle().clone(), call_timeout };
         let catalog = Self {
-            reader: Session::new(&settings, None, false),
+            readers: Readers::new(&settings),
             writer: Session::new(&settings, Some(sharing), false),
             listener: Session::new(&settings, None, true),
             collector: Session::new(&settings, None, false),
@@ -864,7 +889,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn identity(&self) -> Result<String, StoreError> {
-        self.reader.run(async |client| Ok(client.query_one("SELECT id FROM alps_catalogue", &[]).await?.get(0)))
+        self.readers.run(async |client| Ok(client.query_one("SELECT id FROM alps_catalogue", &[]).await?.get(0)))
     }
 
     fn bind_data_dir(&self, data_dir: &str) -> Result<Option<String>, StoreError> {
@@ -876,11 +901,11 @@ impl Catalog for PostgresCatalog {
     }
 
     fn data_dir(&self) -> Result<Option<String>, StoreError> {
-        self.reader.run(async |client| Ok(client.query_one("SELECT data_dir FROM alps_catalogue", &[]).await?.get(0)))
+        self.readers.run(async |client| Ok(client.query_one("SELECT data_dir FROM alps_catalogue", &[]).await?.get(0)))
     }
 
     fn project(&self, id: &str) -> Result<Option<Project>, StoreError> {
-        let row = self.reader.run(async |client| {
+        let row = self.readers.run(async |client| {
             Ok(client
                 .query_opt(
                     "SELECT spec, created_unix_ms, active_version, activated_unix_ms FROM projects WHERE id = $1",
@@ -892,7 +917,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn projects(&self) -> Result<Vec<Project>, StoreError> {
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             let sql = "SELECT id, spec, created_unix_ms, active_version, activated_unix_ms FROM projects ORDER BY id";
             Ok(client.query(sql, &[]).await?)
         })?;
@@ -996,7 +1021,7 @@ impl Catalog for PostgresCatalog {
 
     fn examples(&self, project: &str, after: &str, limit: usize) -> Result<Vec<ExampleRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             Ok(client
                 .query(
                     "SELECT external_id, class_name, sha256, size_bytes, tensor_shape, metadata, updated_unix_ms,
@@ -1019,7 +1044,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn count_examples(&self, project: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             Ok(client
                 .query(
                     "SELECT class_name, COUNT(*) FROM examples WHERE project_id = $1 GROUP BY class_name",
@@ -1031,7 +1056,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn next_version_number(&self, project: &str) -> Result<u32, StoreError> {
-        let max: Option<i64> = self.reader.run(async |client| {
+        let max: Option<i64> = self.readers.run(async |client| {
             Ok(client
                 .query_one("SELECT MAX(number) FROM model_versions WHERE project_id = $1", &[&project])
                 .await?
@@ -1062,7 +1087,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn versions(&self, project: &str) -> Result<Vec<VersionRow>, StoreError> {
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             Ok(client
                 .query(
                     "SELECT version, number, manifest, created_unix_ms FROM model_versions WHERE project_id = $1
@@ -1233,7 +1258,7 @@ impl Catalog for PostgresCatalog {
         if self.sharing == Sharing::Alone {
             return Ok(Vec::new());
         }
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             Ok(client.query(
                 "SELECT DISTINCT j.project_id FROM jobs j LEFT JOIN training_leases l ON l.project_id = j.project_id
                  WHERE NOT j.finished AND (l.expires_at IS NULL OR l.expires_at <= clock_timestamp())",
@@ -1253,7 +1278,7 @@ impl Catalog for PostgresCatalog {
     }
 
     fn cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
-        self.reader.run(async |client| {
+        self.readers.run(async |client| {
             let row = client.query_opt("SELECT cancel_requested FROM jobs WHERE job_id = $1", &[&job_id]).await?;
             Ok(row.is_some_and(|row| row.get(0)))
         })
@@ -1349,7 +1374,7 @@ impl Catalog for PostgresCatalog {
 
     fn jobs(&self, project: &str, limit: usize) -> Result<Vec<JobRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             Ok(client
                 .query(
                     "SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE project_id = $1
@@ -1362,14 +1387,14 @@ impl Catalog for PostgresCatalog {
     }
 
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let row = self.reader.run(async |client| {
+        let row = self.readers.run(async |client| {
             Ok(client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id]).await?)
         })?;
         row.map(|row| catalog::decode_job(job_id, row.get(0))).transpose()
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = self.reader.run(async |client| {
+        let rows = self.readers.run(async |client| {
             Ok(client
                 .query("SELECT job_id, finished, queued, record, created_unix_ms FROM jobs WHERE NOT finished", &[])
                 .await?)
@@ -1556,7 +1581,7 @@ mod tests {
         let catalog = Arc::new(PostgresCatalog::open_within(&relayed, None, Sharing::Alone, "", deadline).unwrap());
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         assert_eq!(catalog.projects().unwrap().len(), 1);
-        let pids = (catalog.reader.backend_pid(), catalog.writer.backend_pid());
+        let pids = (catalog.readers.0[0].backend_pid(), catalog.writer.backend_pid());
         // Calls run on detached threads, so that a call that never returns fails the test
         // instead of hanging it; each answer's time since they started is checked too.
         type Call = Box<dyn FnOnce(&PostgresCatalog) -> Result<(), StoreError> + Send>;
@@ -1607,11 +1632,34 @@ mod tests {
         // The write given up on did not land; the sessions given up on were replaced (the
         // writer took the server lock back from its own old session).
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, spec().mc_iterations);
-        assert_ne!(catalog.reader.backend_pid(), pids.0, "a new reading session");
+        assert_ne!(catalog.readers.0[0].backend_pid(), pids.0, "a new reading session");
         assert!(!catalog.upsert_project(&changed(), 0, "untrained", &|_| false).unwrap());
         assert_ne!(catalog.writer.backend_pid(), pids.1, "a new writing session");
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
         catalog.wait_for_change(Duration::from_millis(100)).unwrap();
+    }
+
+    #[test]
+    fn a_read_runs_beside_one_that_waits_in_the_server() {
+        let url = postgres_database();
+        let catalog = Arc::new(PostgresCatalog::open(&url, None).unwrap());
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+        admin.execute("SELECT pg_advisory_lock(77)", &[]).unwrap();
+        // A read that waits for the lock in the server, holding its session meanwhile.
+        let waiting = std::thread::spawn({
+            let catalog = Arc::clone(&catalog);
+            move || catalog.readers.run(async |client| Ok(client.execute("SELECT pg_advisory_lock(77)", &[]).await?))
+        });
+        let waits = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+        while admin.query_one(waits, &[]).unwrap().get::<_, i64>(0) == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // With one reading session this read would wait behind it, and fail as SessionBusy.
+        assert_eq!(catalog.projects().unwrap().len(), 1);
+        assert_eq!(catalog.count_examples("cars").unwrap(), []);
+        admin.execute("SELECT pg_advisory_unlock(77)", &[]).unwrap();
+        waiting.join().unwrap().unwrap();
     }
 
     #[test]
