@@ -22,9 +22,9 @@ use alps_proto::v1::{
     sample::Input, training_service_client::TrainingServiceClient,
 };
 use alps_system_tests::{
-    Process, Relay, ServerDirs, binary, builtin_plugin, eventually, example_plugin, http_client, install_plugin,
-    path_str, postgres_admin, postgres_database, postgres_value, run_to_exit, run_to_exit_with_env, s3_bucket, s3_env,
-    s3_keys, s3_server, start_server, start_server_with_env, venv_python,
+    PROCESS_TIMEOUT, Process, Relay, ServerDirs, binary, builtin_plugin, eventually, example_plugin, http_client,
+    install_plugin, path_str, postgres_admin, postgres_database, postgres_value, run_to_exit, run_to_exit_with_env,
+    s3_bucket, s3_env, s3_keys, s3_server, start_server, start_server_with_env, venv_python,
 };
 use tonic::{Code, transport::Channel};
 
@@ -715,7 +715,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     let job = train_to_end(&mut replicas[1]).await;
     let v1 = seeded_predictions(&mut replicas[1]).await;
     assert_eq!(v1.0, "v1");
-    follow(&mut replicas, &v1).await;
+    follow_within(&mut replicas, &v1, PROPAGATION_BOUND).await;
     // Jobs are read from any replica.
     let request = GetTrainingJobRequest { job_id: job.clone() };
     let found = replicas[2].training.get_training_job(request).await.unwrap().into_inner().job.unwrap();
@@ -725,7 +725,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     train_to_end(&mut replicas[2]).await;
     let v2 = seeded_predictions(&mut replicas[2]).await;
     assert_eq!(v2.0, "v2");
-    follow(&mut replicas, &v2).await;
+    follow_within(&mut replicas, &v2, PROPAGATION_BOUND).await;
     // The rollback's notification cannot reach the second replica: its database sessions (its
     // listener's too) are ended just before, and it cannot connect again until the rollback is
     // done. Its new listener starts after the notification, so only its periodic reconcile can
@@ -976,6 +976,22 @@ async fn in_epochs(replica: &Server, job_id: &str, what: &str) {
 
 /// Waits until every replica serves `expected` (a version and its seeded predictions).
 async fn follow(replicas: &mut [Server], expected: &(String, Vec<alps_proto::v1::PredictResult>)) {
+    follow_within(replicas, expected, PROCESS_TIMEOUT).await;
+}
+
+/// How soon after a version is activated on one replica every replica serves it, when the
+/// change notification reaches them: the notification, the fetch and the load of a small
+/// model, with room for a loaded test machine (a bound, not a timing; the re-read that
+/// catches a lost notification runs every 2 s).
+const PROPAGATION_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`follow`], failing if it takes longer than `bound` from now.
+async fn follow_within(
+    replicas: &mut [Server],
+    expected: &(String, Vec<alps_proto::v1::PredictResult>),
+    bound: std::time::Duration,
+) {
+    let start = std::time::Instant::now();
     for replica in replicas.iter() {
         let inference = replica.inference.clone();
         eventually(&format!("every replica serving {}", expected.0), || {
@@ -988,4 +1004,5 @@ async fn follow(replicas: &mut [Server], expected: &(String, Vec<alps_proto::v1:
         })
         .await;
     }
+    assert!(start.elapsed() < bound, "every replica served {} only after {:?}", expected.0, start.elapsed());
 }

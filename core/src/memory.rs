@@ -1,7 +1,8 @@
 //! The memory budget of models (`--model-cache-mib`), shared by inference and training. What
 //! training holds (a running job's model, gradients, optimiser state and inputs; the model kept
 //! warm for the project's next job) is taken off what the inference cache may keep, so that the
-//! flag bounds both: the cache evicts down to the rest at its next batch.
+//! flag bounds both: the cache evicts down to the rest at its next batch. So is the cache of
+//! backbone embeddings that head-only training keeps between jobs.
 
 use std::sync::{
     Arc,
@@ -47,6 +48,19 @@ impl MemoryBudget {
     }
 }
 
+impl Held {
+    /// Holds `bytes` instead of what this held so far (a cache that grew or shrank).
+    pub fn resize(&mut self, bytes: usize) {
+        let training = &self.budget.training_bytes;
+        if bytes >= self.bytes {
+            training.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else {
+            training.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.budget.training_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
@@ -69,6 +83,13 @@ mod tests {
         drop((job, huge));
         assert_eq!(budget.for_inference(), 800);
         drop(warm);
+        assert_eq!(budget.for_inference(), 1000);
+        let mut cache = budget.hold(0);
+        cache.resize(400);
+        assert_eq!(budget.for_inference(), 600, "grown");
+        cache.resize(100);
+        assert_eq!(budget.for_inference(), 900, "shrunk");
+        drop(cache);
         assert_eq!(budget.for_inference(), 1000);
     }
 }

@@ -240,11 +240,12 @@ impl Trainer {
             Ok(removed) => tracing::warn!(removed, "removed partial model versions left by a crash"),
             Err(error) => tracing::warn!(%error, "cannot clean partial model versions"),
         }
+        let (memory, embeddings) = (settings.memory.clone(), EmbeddingCache::new(&settings.memory));
         Ok(Self {
             replica: settings.replica,
             follows_replicas: settings.follows_replicas,
             lease_ttl: settings.lease_ttl,
-            memory: settings.memory,
+            memory,
             catalog,
             blobs,
             projects,
@@ -260,7 +261,7 @@ impl Trainer {
             thread_ended: std::sync::Condvar::new(),
             state: Mutex::new(State::default()),
             live: Mutex::new(HashMap::new()),
-            embeddings: Mutex::new(HashMap::new()),
+            embeddings: Mutex::new(embeddings),
             warm: Mutex::new(None),
         })
     }
@@ -914,11 +915,7 @@ impl Trainer {
             *warm = None;
         }
         drop(warm);
-        let prefix = format!("{project}:");
-        self.embeddings
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|(id, _), _| !id.starts_with(&prefix));
+        self.embeddings.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).forget(project);
         match self.models_dir.remove_project(project) {
             Ok(true) => tracing::info!(%project, "model versions removed"),
             Ok(false) => {}

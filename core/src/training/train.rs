@@ -99,8 +99,53 @@ pub struct Trained {
 /// Examples with their class index.
 type Labelled<'a> = Vec<(&'a ExampleRow, usize)>;
 
-/// Backbone embeddings `[D]` cached by (backbone identity, sample sha256).
-pub type EmbeddingCache = HashMap<(String, String), Tensor>;
+/// Backbone embeddings `[D]` of labelled examples, by (backbone identity, sample sha256), kept
+/// between head-only jobs, which then embed only the examples added since. One backbone per
+/// project: embeddings of a backbone that full fine-tuning replaced are dropped when the new
+/// one's are made. Their bytes are held of the models' memory budget (VGG16: 16 KiB per
+/// example), so that the inference cache gives them room.
+#[derive(Debug)]
+pub struct EmbeddingCache {
+    entries: HashMap<(String, String), Tensor>,
+    held: crate::memory::Held,
+}
+
+impl EmbeddingCache {
+    /// An empty cache whose bytes count against `memory`.
+    pub fn new(memory: &std::sync::Arc<crate::memory::MemoryBudget>) -> Self {
+        Self { entries: HashMap::new(), held: memory.hold(0) }
+    }
+
+    /// The embedding of sample `sha256` by backbone `backbone`, if cached.
+    fn get(&self, backbone: &str, sha256: &str) -> Option<Tensor> {
+        self.entries.get(&(backbone.to_owned(), sha256.to_owned())).map(Tensor::shallow_clone)
+    }
+
+    /// Caches `embeddings` (`[D]` each, by sample sha256) made by `backbone` of `project`,
+    /// dropping the project's embeddings by any other backbone.
+    fn insert(&mut self, project: &str, backbone: &str, embeddings: impl IntoIterator<Item = (String, Tensor)>) {
+        self.entries.retain(|(id, _), _| id == backbone || !belongs_to(id, project));
+        self.entries.extend(embeddings.into_iter().map(|(sha256, tensor)| ((backbone.to_owned(), sha256), tensor)));
+        self.held.resize(self.entries.values().map(crate::models::tensor_bytes).sum());
+    }
+
+    /// Drops every embedding of `project` (deleted).
+    pub fn forget(&mut self, project: &str) {
+        self.entries.retain(|(id, _), _| !belongs_to(id, project));
+        self.held.resize(self.entries.values().map(crate::models::tensor_bytes).sum());
+    }
+
+    /// Embeddings cached.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Whether backbone identity `id` (`<project>:…`, see [`Run::backbone_id`]) is `project`'s.
+fn belongs_to(id: &str, project: &str) -> bool {
+    id.strip_prefix(project).is_some_and(|rest| rest.starts_with(':'))
+}
 
 /// Everything a run needs.
 pub struct Run<'a> {
@@ -114,7 +159,8 @@ pub struct Run<'a> {
     pub params: &'a TrainingParams,
     /// Starting point: the loaded active model.
     pub model: McModel,
-    /// Identity of the model's backbone weights, for the embedding cache.
+    /// Identity of the model's backbone weights, for the embedding cache: `<project id>:`
+    /// followed by what tells its weights apart.
     pub backbone_id: String,
     /// Shared embedding cache.
     pub cache: &'a std::sync::Mutex<EmbeddingCache>,
@@ -262,22 +308,21 @@ impl Run<'_> {
         let _no_grad = tch::no_grad_guard();
         let mut rows: Vec<Option<Tensor>> = {
             let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            examples
-                .iter()
-                .map(|(e, _)| cache.get(&(self.backbone_id.clone(), e.sha256.clone())).map(Tensor::shallow_clone))
-                .collect()
+            examples.iter().map(|(e, _)| cache.get(&self.backbone_id, &e.sha256)).collect()
         };
         let missing: Vec<usize> = (0..examples.len()).filter(|&i| rows[i].is_none()).collect();
         for chunk in missing.chunks(EMBED_BATCH) {
             self.check_cancelled()?;
             let batch: Vec<(&ExampleRow, usize)> = chunk.iter().map(|&i| examples[i]).collect();
             let features = self.model.features(&self.inputs(&batch)?)?;
-            let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut made = Vec::with_capacity(chunk.len());
             for (row, &i) in chunk.iter().enumerate() {
                 let feature = features.get(row as i64);
-                cache.insert((self.backbone_id.clone(), examples[i].0.sha256.clone()), feature.shallow_clone());
+                made.push((examples[i].0.sha256.clone(), feature.shallow_clone()));
                 rows[i] = Some(feature);
             }
+            let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            cache.insert(&self.spec.id, &self.backbone_id, made);
         }
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
         if rows.is_empty() {
@@ -389,6 +434,30 @@ mod tests {
         models::files::ModelFiles,
         projects::{Architecture, spec::tests::spec},
     };
+
+    #[test]
+    fn the_embedding_cache_keeps_one_backbone_per_project_and_holds_its_bytes_of_the_budget() {
+        let memory = crate::memory::MemoryBudget::new(1 << 20);
+        let mut cache = EmbeddingCache::new(&memory);
+        let embedding = |value: f64| Tensor::full([256], value, (Kind::Float, Device::Cpu));
+        let made = |shas: &[&str]| -> Vec<(String, Tensor)> {
+            shas.iter().map(|sha| ((*sha).to_owned(), embedding(1.0))).collect()
+        };
+        cache.insert("cars", "cars:initial", made(&["a", "b"]));
+        cache.insert("cars-2", "cars-2:initial", made(&["a"]));
+        assert_eq!((cache.len(), memory.training_bytes()), (3, 3 * 1024), "256 f32 each");
+        assert!(cache.get("cars:initial", "a").is_some() && cache.get("cars:initial", "c").is_none());
+        // Full fine-tuning made a new backbone: the old one's embeddings go, not another
+        // project's (whose id only starts like this one's).
+        cache.insert("cars", "cars:v3", made(&["a"]));
+        assert!(cache.get("cars:initial", "a").is_none() && cache.get("cars:v3", "a").is_some());
+        assert!(cache.get("cars-2:initial", "a").is_some());
+        assert_eq!(memory.training_bytes(), 2 * 1024);
+        cache.forget("cars");
+        assert_eq!((cache.len(), memory.training_bytes()), (1, 1024));
+        drop(cache);
+        assert_eq!(memory.training_bytes(), 0);
+    }
 
     #[test]
     fn a_head_only_job_changes_the_last_layer_alone_whatever_the_optimiser_and_a_full_job_everything() {
