@@ -145,6 +145,18 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_DATABASE_CA_FILE", requires = "database_url")]
     pub database_ca_file: Option<PathBuf>,
 
+    /// Most PostgreSQL sessions this server reads through at once (1 to 64), opened as
+    /// concurrent reads need them; besides them it holds one that writes, one that listens and
+    /// one for garbage collection. Lower it where the database limits connections.
+    #[arg(
+        long,
+        env = "ALPS_DATABASE_READ_SESSIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=64),
+        requires = "database_url"
+    )]
+    pub database_read_sessions: u16,
+
     /// Object store for sample bytes and model weights, with `--database-url`:
     /// `s3://bucket/prefix` (credentials, region and endpoint from the standard AWS_*
     /// variables), `gs://bucket/prefix`, `az://container/prefix` or `file:///shared/path`.
@@ -437,10 +449,20 @@ mod tests {
     }
 
     #[test]
-    fn the_object_store_and_the_database_ca_need_a_database() {
+    fn the_object_store_the_database_ca_and_read_sessions_need_a_database() {
         let cli = parse(&["--database-url", "postgres://db/alps", "--object-store-url", "s3://b/p"]);
         assert_eq!(cli.server.object_store_url.as_deref(), Some("s3://b/p"));
-        for alone in [["--object-store-url", "s3://b/p"], ["--database-ca-file", "ca.pem"]] {
+        assert_eq!(cli.server.database_read_sessions, 4, "the default");
+        let cli = parse(&["--database-url", "postgres://db/alps", "--database-read-sessions", "16"]);
+        assert_eq!(cli.server.database_read_sessions, 16);
+        for sessions in ["0", "65", "many"] {
+            let args = ["alps-server", "--database-url", "postgres://db/alps", "--database-read-sessions", sessions];
+            let error = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(error.contains("--database-read-sessions"), "{sessions}: {error}");
+        }
+        for alone in
+            [["--object-store-url", "s3://b/p"], ["--database-ca-file", "ca.pem"], ["--database-read-sessions", "2"]]
+        {
             let error = Cli::try_parse_from(std::iter::once("alps-server").chain(alone)).unwrap_err().to_string();
             assert!(error.contains("--database-url"), "{error}");
         }

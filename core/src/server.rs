@@ -236,7 +236,11 @@ impl Server {
         if report.registry.is_empty() {
             tracing::warn!("no heuristic loaded: Score, Select and rankings will answer NOT_FOUND");
         }
-        let database = config.database_url.as_ref().map(|url| (url.expose(), config.database_ca_file.as_deref()));
+        let database = config.database_url.as_ref().map(|url| Database {
+            url: url.expose(),
+            ca_file: config.database_ca_file.as_deref(),
+            read_sessions: usize::from(config.database_read_sessions),
+        });
         // Unique per process: a restarted replica is a new one (the jobs it left are taken over).
         let replica = format!("{:016x}", fastrand::u64(..));
         let catalog = open_catalog(database, &data_dir, objects.as_deref(), &replica)?;
@@ -472,12 +476,19 @@ fn security(config: &ServerConfig) -> Result<Security, StartError> {
     Ok((tokens, tls, watchers))
 }
 
-/// The catalogue: in PostgreSQL when `database` (its URL and CA file) is given, else in the
-/// data directory. It and the place of its files must belong together (else garbage
+/// Where a PostgreSQL catalogue is and how to reach it (`--database-url`,
+/// `--database-ca-file`, `--database-read-sessions`).
+struct Database<'a> {
+    url: &'a str,
+    ca_file: Option<&'a Path>,
+    read_sessions: usize,
+}
+
+/// The catalogue: in PostgreSQL when `database` is given, else in the data directory. It and the place of its files must belong together (else garbage
 /// collection would remove files the catalogue needs, or serve a catalogue without its
 /// files): see [`bind`].
 fn open_catalog(
-    database: Option<(&str, Option<&Path>)>,
+    database: Option<Database<'_>>,
     data_dir: &DataDir,
     objects: Option<&Objects>,
     replica: &str,
@@ -488,10 +499,10 @@ fn open_catalog(
             let id = catalog.identity()?;
             (Arc::new(catalog), id)
         }
-        Some((url, ca_file)) => {
+        Some(Database { url, ca_file, read_sessions }) => {
             // With an object store, the files are where every replica finds them.
             let sharing = if objects.is_some() { Sharing::Replicas } else { Sharing::Alone };
-            let catalog = PostgresCatalog::open_as(url, ca_file, sharing, replica)?;
+            let catalog = PostgresCatalog::open_as(url, ca_file, sharing, replica)?.reading_through(read_sessions);
             tracing::info!(?sharing, %replica, "catalogue in PostgreSQL (--database-url)");
             let id = catalog.identity()?;
             let bound = data_dir.bound_catalogue()?;

@@ -358,6 +358,16 @@ impl Session {
         }
     }
 
+    /// What this session was opened with, for opening others like it.
+    fn settings(&self) -> Settings {
+        Settings {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            runtime: self.runtime.clone(),
+            call_timeout: self.call_timeout,
+        }
+    }
+
     /// Runs `work` on this session, connecting first if it is not connected, within the
     /// call's deadline.
     ///
@@ -556,18 +566,20 @@ impl Drop for Driver {
 
 /// The reading sessions: a read runs on the first one not busy with another, so that reads run
 /// side by side instead of queueing behind one session. Each opens on first use, so a replica
-/// with little to read holds one connection; under load it holds up to [`READERS`]. A pool of
-/// our own [`Session`]s, not a pool crate's connections: every session keeps its deadline, its
+/// with little to read holds one connection; under load it holds all of them
+/// ([`PostgresCatalog::reading_through`]; [`READERS`] by default). A pool of our own
+/// [`Session`]s, not a pool crate's connections: every session keeps its deadline, its
 /// cancel-on-timeout and its idle probe (see the module docs).
 #[derive(Debug)]
 struct Readers(Vec<Session>);
 
-/// The most reading sessions one catalogue opens.
-const READERS: usize = 4;
+/// How many reading sessions a catalogue opens at most unless told otherwise
+/// (`--database-read-sessions`).
+pub const READERS: usize = 4;
 
 impl Readers {
-    fn new(settings: &Settings) -> Self {
-        Self((0..READERS).map(|_| Session::new(settings, None, false)).collect())
+    fn new(settings: &Settings, sessions: usize) -> Self {
+        Self((0..sessions.max(1)).map(|_| Session::new(settings, None, false)).collect())
     }
 
     /// [`Session::run`] on the first reading session that is free, or the first one when all
@@ -629,6 +641,15 @@ impl PostgresCatalog {
         Self::open_within(url, ca_file, sharing, replica, CALL_TIMEOUT)
     }
 
+    /// This catalogue, reading through at most `sessions` PostgreSQL sessions at once (at
+    /// least 1; [`READERS`] unless told).
+    #[must_use]
+    pub fn reading_through(mut self, sessions: usize) -> Self {
+        let settings = self.readers.0[0].settings();
+        self.readers = Readers::new(&settings, sessions);
+        self
+    }
+
     /// [`open_as`](Self::open_as) with calls that fail after `call_timeout`.
     fn open_within(
         url: &str,
@@ -663,7 +684,7 @@ impl PostgresCatalog {
             .map_err(|error| OpenError::Runtime(error.to_string()))?;
         let settings = Settings { config: config.clone(), tls, runtime: runtime.handle().clone(), call_timeout };
         let catalog = Self {
-            readers: Readers::new(&settings),
+            readers: Readers::new(&settings, READERS),
             writer: Session::new(&settings, Some(sharing), false),
             listener: Session::new(&settings, None, true),
             collector: Session::new(&settings, None, false),
@@ -1640,26 +1661,36 @@ mod tests {
     }
 
     #[test]
-    fn a_read_runs_beside_one_that_waits_in_the_server() {
+    fn a_read_runs_beside_one_that_waits_in_the_server_given_more_than_one_reading_session() {
         let url = postgres_database();
-        let catalog = Arc::new(PostgresCatalog::open(&url, None).unwrap());
-        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
-        let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
-        admin.execute("SELECT pg_advisory_lock(77)", &[]).unwrap();
-        // A read that waits for the lock in the server, holding its session meanwhile.
-        let waiting = std::thread::spawn({
-            let catalog = Arc::clone(&catalog);
-            move || catalog.readers.run(async |client| Ok(client.execute("SELECT pg_advisory_lock(77)", &[]).await?))
-        });
-        let waits = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
-        while admin.query_one(waits, &[]).unwrap().get::<_, i64>(0) == 0 {
-            std::thread::sleep(Duration::from_millis(20));
+        let deadline = Duration::from_secs(2);
+        for sessions in [1, READERS] {
+            let catalog = PostgresCatalog::open_within(&url, None, Sharing::Replicas, "r", deadline).unwrap();
+            let catalog = Arc::new(catalog.reading_through(sessions));
+            catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+            let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+            admin.execute("SELECT pg_advisory_lock(77)", &[]).unwrap();
+            // A read that waits for the lock in the server, holding the first reading session
+            // meanwhile (allowed longer than the deadline of a read queued behind it).
+            let waiting = std::thread::spawn({
+                let catalog = Arc::clone(&catalog);
+                let lock = async |client: &mut Live| Ok(client.execute("SELECT pg_advisory_lock(77)", &[]).await?);
+                move || catalog.readers.0[0].run_longer(Duration::from_secs(60), lock)
+            });
+            let waits = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+            while admin.query_one(waits, &[]).unwrap().get::<_, i64>(0) == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let read = catalog.projects();
+            admin.execute("SELECT pg_advisory_unlock(77)", &[]).unwrap();
+            if sessions == 1 {
+                assert!(matches!(read, Err(StoreError::SessionBusy(_))), "queued behind the waiting read: {read:?}");
+            } else {
+                assert_eq!(read.unwrap().len(), 1, "another session answered");
+            }
+            waiting.join().unwrap().unwrap();
+            catalog.delete_project("cars").unwrap();
         }
-        // With one reading session this read would wait behind it, and fail as SessionBusy.
-        assert_eq!(catalog.projects().unwrap().len(), 1);
-        assert_eq!(catalog.count_examples("cars").unwrap(), []);
-        admin.execute("SELECT pg_advisory_unlock(77)", &[]).unwrap();
-        waiting.join().unwrap().unwrap();
     }
 
     #[test]
