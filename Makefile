@@ -56,6 +56,7 @@ bench:
 	scripts/bootstrap-postgres.sh
 	scripts/bootstrap.sh scripts/requirements-objects.txt
 	PG_FSYNC=on cargo bench -p alps-system-tests --bench catalogue
+	PG_FSYNC=on cargo bench -p alps-system-tests --bench catalogue_reads
 	cargo bench -p alps-system-tests --bench replicas
 	scripts/bootstrap.sh scripts/requirements-experiments.txt
 	scripts/install-client.sh

@@ -979,10 +979,10 @@ async fn follow(replicas: &mut [Server], expected: &(String, Vec<alps_proto::v1:
     follow_within(replicas, expected, PROCESS_TIMEOUT).await;
 }
 
-/// How soon after a version is activated on one replica every replica serves it, when the
-/// change notification reaches them: the notification, the fetch and the load of a small
-/// model, with room for a loaded test machine (a bound, not a timing; the re-read that
-/// catches a lost notification runs every 2 s).
+/// How soon every replica serves a version once the replica that trained it does: the change
+/// notification (or the re-read every 2 s that catches a lost one), the fetch and the load of
+/// a small model, with room for a loaded test machine. A bound, not a timing: a replica that
+/// followed only by chance (neither notified nor re-reading) fails it.
 const PROPAGATION_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// [`follow`], failing if it takes longer than `bound` from now.

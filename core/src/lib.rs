@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod digest;
 pub mod engine;
 pub mod errors;
 pub mod ids;

@@ -142,6 +142,12 @@ fn migrate(
          ({blobs} sample blobs and {versions} model versions checked against their sha256)",
         migrated.projects, migrated.examples, migrated.versions, migrated.jobs
     );
+    if migrated.unreadable_jobs > 0 {
+        println!(
+            "left behind {} training jobs whose records another alps-server build wrote (this one cannot read them)",
+            migrated.unreadable_jobs
+        );
+    }
     match object_store_url {
         Some(url) => println!(
             "copied and read back {blobs} sample blobs and {versions} model versions' weights in {url}; serve them \
@@ -171,7 +177,7 @@ fn copy_files(catalog: &dyn Catalog, data_dir: &DataDir, objects: &Objects) -> a
         let id = &project.spec.id;
         for version in catalog.versions(id)? {
             let weights = std::fs::read(models.version_dir(id, &version.version).join("weights.safetensors"))?;
-            let sha256 = store::blobs::sha256_hex(&weights);
+            let sha256 = alps_core::digest::sha256_hex(&weights);
             objects.put(Kind::Weights, &sha256, weights).context("nothing migrated: copying model weights")?;
             copied.push((Kind::Weights, sha256));
         }

@@ -484,9 +484,9 @@ struct Database<'a> {
     read_sessions: usize,
 }
 
-/// The catalogue: in PostgreSQL when `database` is given, else in the data directory. It and the place of its files must belong together (else garbage
-/// collection would remove files the catalogue needs, or serve a catalogue without its
-/// files): see [`bind`].
+/// The catalogue: in PostgreSQL when `database` is given, else in the data directory. It and
+/// the place of its files must belong together (else garbage collection would remove files the
+/// catalogue needs, or serve a catalogue without its files): see [`bind`].
 fn open_catalog(
     database: Option<Database<'_>>,
     data_dir: &DataDir,

@@ -347,7 +347,7 @@ mod tests {
             upload.finish("pt").unwrap()
         };
         let name = upload(&[b"scr", b"ipt"]);
-        let sha = crate::store::blobs::sha256_hex(b"script");
+        let sha = crate::digest::sha256_hex(b"script");
         assert_eq!(name, Path::new("uploads").join(format!("{sha}.pt")));
         assert_eq!(upload(&[b"script"]), name);
         assert_eq!(files.read(&name).unwrap(), b"script");

@@ -152,7 +152,7 @@ fn read_version(dir: &Path) -> Result<(serde_json::Value, Vec<u8>), ModelError> 
     let expected = manifest["weights_sha256"].as_str().unwrap_or_default().to_owned();
     let bytes =
         std::fs::read(dir.join("weights.safetensors")).map_err(|e| error(format!("weights.safetensors: {e}")))?;
-    let actual = crate::store::blobs::sha256_hex(&bytes);
+    let actual = crate::digest::sha256_hex(&bytes);
     if actual != expected {
         return Err(error(format!("weights.safetensors is corrupt: sha256 {actual}, manifest says {expected}")));
     }
@@ -647,7 +647,7 @@ mod tests {
         std::fs::create_dir_all(dir).unwrap();
         let bytes = std::fs::read(weights).unwrap();
         let mut manifest = manifest;
-        manifest["weights_sha256"] = crate::store::blobs::sha256_hex(&bytes).into();
+        manifest["weights_sha256"] = crate::digest::sha256_hex(&bytes).into();
         std::fs::write(dir.join("weights.safetensors"), bytes).unwrap();
         std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
     }
@@ -668,7 +668,7 @@ mod tests {
         };
         let head = root.path().join("head.safetensors");
         other_head.save_head(&head, HEAD_WEIGHTS).unwrap();
-        let v1_sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
+        let v1_sha = crate::digest::sha256_hex(&std::fs::read(&full).unwrap());
         let manifest = serde_json::json!({"weights": "head", "backbone_version": "v1", "backbone_sha256": v1_sha});
         write_version(&root.path().join("v2"), &head, manifest);
 
@@ -741,7 +741,7 @@ mod tests {
         let full = root.path().join("full.safetensors");
         initial.save(&full).unwrap();
         write_version(&version("v1"), &full, serde_json::json!({"weights": "full"}));
-        let v1_sha = crate::store::blobs::sha256_hex(&std::fs::read(&full).unwrap());
+        let v1_sha = crate::digest::sha256_hex(&std::fs::read(&full).unwrap());
         let no_sharing = |_: &str| None;
         let base = McModel::load_version(&spec, &version("v1"), &ModelFiles::none(), Device::Cpu, &no_sharing).unwrap();
         let frozen = format!("sha256:{v1_sha}");

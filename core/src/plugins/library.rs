@@ -177,7 +177,7 @@ pub fn load(path: &Path, copies_dir: &Path) -> Result<Vec<Arc<LoadedHeuristic>>,
     let io_error = |source| LoadError::Io { path: path.to_owned(), source };
     let bytes = fs::read(path).map_err(io_error)?;
     check_elf(&bytes).map_err(|message| LoadError::Open { path: path.to_owned(), message })?;
-    let sha256 = crate::store::blobs::sha256_hex(&bytes);
+    let sha256 = crate::digest::sha256_hex(&bytes);
     // The copy holds exactly the bytes checked above, whatever happens to `path` meanwhile.
     let copy = copies_dir.join(format!("{sha256}.{}", super::PLUGIN_EXTENSION));
     if !copy.exists() {

@@ -18,13 +18,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sha2::{Digest, Sha256};
-
 use super::{
     Failure,
     catalog::{Alone, Catalog, StoreError},
     objects::{Kind, ObjectError, Objects},
 };
+use crate::digest::sha256_hex;
 
 /// Why a blob could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +63,6 @@ impl BlobError {
             Self::Corrupt { .. } => Failure::Permanent,
         }
     }
-}
-
-/// SHA-256 of `bytes`, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where the blobs are.
@@ -505,23 +499,26 @@ mod tests {
     fn collected_when_unreferenced_unpinned_and_past_the_grace_period(store: &BlobStore, place: &str) {
         let collect = |grace, referenced: &[&String]| {
             let referenced = referenced.iter().map(|sha| (*sha).clone()).collect();
-            store.collect_garbage(store.start_collection(grace), &referenced, &Alone::always()).unwrap().blobs
+            store.collect_garbage(store.start_collection(grace), &referenced, &Alone::always()).unwrap()
         };
+        let removed = |blobs, bytes| Collected { blobs, bytes, temporaries: 0 };
         let (kept, unused) = (store.put(b"referenced").unwrap(), store.put(b"unused").unwrap());
         let mut writing = store.pins();
         let pinned = writing.put_all(&[b"being committed"]).unwrap().remove(0);
         let everything_else: Vec<String> = [b"hello".as_slice(), b"other", &[7u8; 1 << 20]].map(sha256_hex).into();
         let mut referenced: Vec<&String> = everything_else.iter().collect();
         referenced.push(&kept);
-        assert_eq!(collect(Duration::from_secs(3600), &[]), 0, "{place}: all within the grace period");
-        assert_eq!(collect(Duration::ZERO, &referenced), 1, "{place}: the unused blob");
+        assert_eq!(collect(Duration::from_secs(3600), &[]), removed(0, 0), "{place}: all within the grace period");
+        assert_eq!(collect(Duration::ZERO, &referenced), removed(1, 6), "{place}: the unused blob, 6 bytes");
         assert!(store.get(&unused).is_err(), "{place}");
         assert!(store.get(&kept).is_ok() && store.get(&pinned).is_ok(), "{place}: referenced, pinned");
         drop(writing);
         referenced.push(&pinned);
-        assert_eq!(collect(Duration::ZERO, &referenced), 0, "{place}: committed, so referenced now");
+        assert_eq!(collect(Duration::ZERO, &referenced), removed(0, 0), "{place}: committed, so referenced now");
         assert_eq!(store.put(b"unused").unwrap(), unused, "{place}: written again after its removal");
         assert_eq!(store.get(&unused).unwrap(), b"unused", "{place}");
+        assert_eq!(collect(Duration::ZERO, &[]).blobs, 6, "{place}: all six, once unreferenced");
+        assert!(store.get(&kept).is_err(), "{place}");
     }
 
     fn age(store: &BlobStore, sha: &str, by: Duration) {

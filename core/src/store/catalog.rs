@@ -288,7 +288,8 @@ impl JobRow {
 
 /// `record` as stored (JSON).
 pub(super) fn encode_job(record: &JobRecord) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|source| StoreError::Corrupt { id: record.job_id.clone(), source })
+    serde_json::to_string(record)
+        .map_err(|source| StoreError::Corrupt { id: format!("training job {}", record.job_id), source })
 }
 
 /// Job `job_id`'s stored record (JSON).
@@ -386,7 +387,8 @@ pub(super) fn activation(
 
 /// `manifest` as stored (JSON).
 pub(super) fn encode_manifest(manifest: &Manifest) -> Result<String, StoreError> {
-    serde_json::to_string(manifest).map_err(|source| StoreError::Corrupt { id: manifest.version.clone(), source })
+    let id = format!("{} {}", manifest.project_id, manifest.version);
+    serde_json::to_string(manifest).map_err(|source| StoreError::Corrupt { id, source })
 }
 
 /// The stored manifest (JSON) of `project`'s `version`.

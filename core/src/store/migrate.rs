@@ -11,7 +11,9 @@
 //! is why `alps-server migrate` copies nothing once the data dir has moved to the target
 //! (no server serves the target with that data dir before). Sample bytes and model files are
 //! not in the catalogue; they stay where they are. A project's activation time is not copied:
-//! it only times how late replicas follow an activation, and the next one sets it.
+//! it only times how late replicas follow an activation, and the next one sets it. A training
+//! job whose record this build cannot read (another build wrote it) cannot be copied as a
+//! record: it is left behind and counted ([`Migrated::unreadable_jobs`]), the rest is copied.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -32,6 +34,9 @@ pub struct Migrated {
     pub versions: u64,
     /// Training jobs.
     pub jobs: u64,
+    /// Training jobs left behind: their records were written by another build, which this one
+    /// cannot read (see [`super::catalog::JobRow::record`]).
+    pub unreadable_jobs: u64,
 }
 
 /// Why a migration stopped.
@@ -48,17 +53,6 @@ pub enum MigrateError {
         project: String,
         /// What differs, e.g. "spec" or "labelled example task-7".
         what: String,
-    },
-    /// A training job's record in the source is one this build cannot read (another build
-    /// wrote it): it cannot be copied, so nothing of its project is.
-    #[error(
-        "project {project}: training job {job}'s record was written by another alps-server build; migrate with that build; nothing of the project was changed"
-    )]
-    UnreadableJob {
-        /// The project.
-        project: String,
-        /// The job.
-        job: String,
     },
     /// After copying, the target's rows differ from the source's (another writer changed them).
     #[error("project {project}: after copying, the target's {what} differ from the source's")]
@@ -85,6 +79,7 @@ pub fn migrate(source: &dyn Catalog, target: &dyn Catalog) -> Result<Migrated, M
         migrated.examples += counts.examples;
         migrated.versions += counts.versions;
         migrated.jobs += counts.jobs;
+        migrated.unreadable_jobs += counts.unreadable_jobs;
     }
     Ok(migrated)
 }
@@ -117,14 +112,10 @@ impl<'a> Examples<'a> {
     }
 }
 
-/// Checks that every job record of `project` in `source` reads, and that everything `target`
-/// holds of it is in `source`, equal.
+/// Checks that everything `target` holds of `project` is in `source`, equal.
 fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &Project) -> Result<(), MigrateError> {
     let id = &project.spec.id;
-    let jobs: HashMap<_, _> = source.jobs(id, usize::MAX)?.into_iter().map(|j| (j.job_id.clone(), j)).collect();
-    if let Some(job) = jobs.values().find(|job| job.record.is_none()) {
-        return Err(MigrateError::UnreadableJob { project: id.clone(), job: job.job_id.clone() });
-    }
+    let jobs: HashMap<_, _> = readable_jobs(source, id)?.into_iter().map(|j| (j.job_id.clone(), j)).collect();
     let Some(existing) = target.project(id)? else { return Ok(()) };
     for (differs, what) in [
         (existing.spec != project.spec, "its spec"),
@@ -139,7 +130,7 @@ fn check_target(source: &dyn Catalog, target: &dyn Catalog, project: &Project) -
     if let Some(version) = target.versions(id)?.into_iter().find(|v| versions.get(&v.version) != Some(v)) {
         return Err(conflict(id, format!("model version {}", version.version)));
     }
-    if let Some(job) = target.jobs(id, usize::MAX)?.into_iter().find(|j| jobs.get(&j.job_id) != Some(j)) {
+    if let Some(job) = readable_jobs(target, id)?.into_iter().find(|j| jobs.get(&j.job_id) != Some(j)) {
         return Err(conflict(id, format!("training job {}", job.job_id)));
     }
     // Both in the same (bytewise) id order: one pass over each.
@@ -176,8 +167,10 @@ fn copy_project(source: &dyn Catalog, target: &dyn Catalog, project: &Project) -
         target.upsert_examples(id, &page)?;
     }
     for job in source.jobs(id, usize::MAX)? {
-        // Checked by check_target.
-        let Some(record) = &job.record else { continue };
+        let Some(record) = &job.record else {
+            tracing::warn!(project = %id, job = %job.job_id, "left behind: a training job whose record another build wrote");
+            continue;
+        };
         // A trigger still queued stays queued: the server that trains the project takes it
         // (a rerun after it did leaves it alone).
         if job.queued {
@@ -210,12 +203,20 @@ fn verify_project(source: &dyn Catalog, target: &dyn Catalog, id: &str) -> Resul
         return Err(mismatch("versions"));
     }
     let jobs = source.jobs(id, usize::MAX)?;
-    if target.jobs(id, usize::MAX)? != jobs {
+    let unreadable = jobs.iter().filter(|job| job.record.is_none()).count();
+    let jobs: Vec<_> = jobs.into_iter().filter(|job| job.record.is_some()).collect();
+    if readable_jobs(target, id)? != jobs {
         return Err(mismatch("jobs"));
     }
     counts.versions = versions.len() as u64;
     counts.jobs = jobs.len() as u64;
+    counts.unreadable_jobs = unreadable as u64;
     Ok(counts)
+}
+
+/// `catalog`'s jobs of project `id` whose records this build reads.
+fn readable_jobs(catalog: &dyn Catalog, id: &str) -> Result<Vec<super::catalog::JobRow>, StoreError> {
+    Ok(catalog.jobs(id, usize::MAX)?.into_iter().filter(|job| job.record.is_some()).collect())
 }
 
 #[cfg(test)]
@@ -265,7 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = populated(dir.path());
         let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
-        let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 3 };
+        let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 3, unreadable_jobs: 0 };
         assert_eq!(migrate(&source, &target).unwrap(), expected);
         // Activation times are not copied (see the module docs).
         let copied = |catalog: &dyn Catalog| -> Vec<Project> {
@@ -290,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_record_this_build_cannot_read_stops_its_project_before_anything_is_copied() {
+    fn a_job_record_this_build_cannot_read_is_left_behind_counted_and_the_rest_copied() {
         let dir = tempfile::tempdir().unwrap();
         let source = populated(dir.path());
         let connection = rusqlite::Connection::open(dir.path().join("alps.db")).unwrap();
@@ -298,11 +299,11 @@ mod tests {
             .execute("UPDATE jobs SET record = '{\"from\": \"a newer build\"}' WHERE job_id = 'job-2'", [])
             .unwrap();
         let target = PostgresCatalog::open(&postgres_database(), None).unwrap();
-        let error = migrate(&source, &target).unwrap_err();
-        assert!(matches!(&error, MigrateError::UnreadableJob { project, job } if project == "cars" && job == "job-2"));
-        assert!(error.to_string().contains("migrate with that build"), "{error}");
-        assert_eq!(target.project("boats").unwrap().map(|p| p.created_unix_ms), Some(222), "the project before it");
-        assert_eq!(target.project("cars").unwrap(), None, "nothing of its project");
+        let expected = Migrated { projects: 2, examples: 2501, versions: 3, jobs: 2, unreadable_jobs: 1 };
+        assert_eq!(migrate(&source, &target).unwrap(), expected);
+        let copied: Vec<_> = target.jobs("cars", 10).unwrap().into_iter().map(|job| job.job_id).collect();
+        assert_eq!(copied, ["job-3", "job-1"], "newest first, without job-2");
+        assert_eq!(migrate(&source, &target).unwrap(), expected, "idempotent");
     }
 
     #[test]

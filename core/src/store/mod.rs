@@ -338,7 +338,7 @@ impl ModelsDir {
 
     /// `project`'s directory: `<models>/<sha256(project) in hex>`.
     pub fn project_dir(&self, project: &str) -> PathBuf {
-        self.root.join(blobs::sha256_hex(project.as_bytes()))
+        self.root.join(crate::digest::sha256_hex(project.as_bytes()))
     }
 
     /// The directory of `project`'s model `version`, with `weights.safetensors` and
@@ -363,7 +363,7 @@ impl ModelsDir {
     /// The I/O error if the models directory exists but cannot be listed.
     pub fn remove_orphans(&self, projects: &[String], cutoff: std::time::SystemTime) -> io::Result<u64> {
         let known: std::collections::HashSet<String> =
-            projects.iter().map(|id| blobs::sha256_hex(id.as_bytes())).collect();
+            projects.iter().map(|id| crate::digest::sha256_hex(id.as_bytes())).collect();
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -396,7 +396,7 @@ impl ModelsDir {
 
 /// `name` if it is one plain path component by the identifier grammar, else its hex SHA-256.
 fn safe_component(name: &str) -> String {
-    if crate::ids::other("name", name).is_ok() { name.to_owned() } else { blobs::sha256_hex(name.as_bytes()) }
+    if crate::ids::other("name", name).is_ok() { name.to_owned() } else { crate::digest::sha256_hex(name.as_bytes()) }
 }
 
 /// Why [`remove_dir_inside`] removed nothing.
@@ -534,11 +534,14 @@ mod tests {
                 }
             }
         }
-        // ...those types know nothing of storage...
-        for file in ["projects/spec.rs", "training/record.rs"] {
-            let text =
-                fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file)).unwrap();
-            assert!(!text.contains("store::"), "{file} depends on the store");
+        // ...those types, and the models they name, know nothing of storage...
+        let file = |name: &str| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(name);
+            (name.to_owned(), fs::read_to_string(path).unwrap())
+        };
+        let below = [file("projects/spec.rs"), file("training/record.rs"), file("clock.rs"), file("digest.rs")];
+        for (file, text) in below.into_iter().chain(sources("models")) {
+            assert!(!text.contains(&path("store")), "{file} depends on the store");
         }
         // ...and the API sees storage failures as StorageFailure, never a backend's error.
         for (file, text) in sources("api") {

@@ -33,7 +33,8 @@ use object_store::{
     azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path,
 };
 
-use super::{Failure, blobs::sha256_hex};
+use super::Failure;
+use crate::digest::sha256_hex;
 
 /// How long one request may take, and how long a call retries before it reports the store
 /// unreachable: a write to a store that refuses connections fails with `UNAVAILABLE` in

@@ -12,8 +12,9 @@
 //!   database's clock decides, not locks: a paused replica keeps its session (its kernel still
 //!   answers keepalives) but not its lease.
 //! * Sessions apart for writing and reading, like the SQLite backend's two connections, so that
-//!   a read never waits behind a write that waits for a row lock: one writes, and reads take
-//!   the first free one of up to four ([`Readers`]), so that they run side by side.
+//!   a read never waits behind a write that waits for a row lock: one writes, and reads take a
+//!   free one of up to `--database-read-sessions` ([`Readers`], 4 by default), so that they run
+//!   side by side.
 //! * A session that breaks (the server restarted, the connection was terminated) is opened
 //!   again by the next call. Connections are driven between calls too, so a break the server
 //!   announced is seen before the next call; one that shows only during a call fails that call
@@ -571,7 +572,11 @@ impl Drop for Driver {
 /// [`Session`]s, not a pool crate's connections: every session keeps its deadline, its
 /// cancel-on-timeout and its idle probe (see the module docs).
 #[derive(Debug)]
-struct Readers(Vec<Session>);
+struct Readers {
+    sessions: Vec<Session>,
+    /// The session the next call waits for when all are busy (modulo their number).
+    next: std::sync::atomic::AtomicUsize,
+}
 
 /// How many reading sessions a catalogue opens at most unless told otherwise
 /// (`--database-read-sessions`).
@@ -579,14 +584,20 @@ pub const READERS: usize = 4;
 
 impl Readers {
     fn new(settings: &Settings, sessions: usize) -> Self {
-        Self((0..sessions.max(1)).map(|_| Session::new(settings, None, false)).collect())
+        let sessions = (0..sessions.max(1)).map(|_| Session::new(settings, None, false)).collect();
+        Self { sessions, next: std::sync::atomic::AtomicUsize::new(0) }
     }
 
-    /// [`Session::run`] on the first reading session that is free, or the first one when all
-    /// are busy (the call then waits for it, as with one session).
+    /// [`Session::run`] on a free reading session, a connected one first (a new connection
+    /// costs a round trip or more, and counts against the database's limit); when all are busy,
+    /// on each in turn, so that waiting calls spread over them.
     fn run<T: Send>(&self, work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
-        let free = self.0.iter().find(|session| session.live.try_lock().is_ok());
-        free.unwrap_or(&self.0[0]).run(work)
+        let free = |connected: bool| {
+            self.sessions.iter().find(|session| session.live.try_lock().is_ok_and(|live| live.is_some() == connected))
+        };
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let next = || &self.sessions[turn % self.sessions.len()];
+        free(true).or_else(|| free(false)).unwrap_or_else(next).run(work)
     }
 }
 
@@ -645,7 +656,7 @@ impl PostgresCatalog {
     /// least 1; [`READERS`] unless told).
     #[must_use]
     pub fn reading_through(mut self, sessions: usize) -> Self {
-        let settings = self.readers.0[0].settings();
+        let settings = self.readers.sessions[0].settings();
         self.readers = Readers::new(&settings, sessions);
         self
     }
@@ -1602,7 +1613,7 @@ mod tests {
         let catalog = Arc::new(PostgresCatalog::open_within(&relayed, None, Sharing::Alone, "", deadline).unwrap());
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         assert_eq!(catalog.projects().unwrap().len(), 1);
-        let pids = (catalog.readers.0[0].backend_pid(), catalog.writer.backend_pid());
+        let pids = (catalog.readers.sessions[0].backend_pid(), catalog.writer.backend_pid());
         // Calls run on detached threads, so that a call that never returns fails the test
         // instead of hanging it; each answer's time since they started is checked too.
         type Call = Box<dyn FnOnce(&PostgresCatalog) -> Result<(), StoreError> + Send>;
@@ -1653,7 +1664,7 @@ mod tests {
         // The write given up on did not land; the sessions given up on were replaced (the
         // writer took the server lock back from its own old session).
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, spec().mc_iterations);
-        assert_ne!(catalog.readers.0[0].backend_pid(), pids.0, "a new reading session");
+        assert_ne!(catalog.readers.sessions[0].backend_pid(), pids.0, "a new reading session");
         assert!(!catalog.upsert_project(&changed(), 0, "untrained", &|_| false).unwrap());
         assert_ne!(catalog.writer.backend_pid(), pids.1, "a new writing session");
         assert_eq!(catalog.project("cars").unwrap().unwrap().spec.mc_iterations, 9);
@@ -1675,9 +1686,10 @@ mod tests {
             let waiting = std::thread::spawn({
                 let catalog = Arc::clone(&catalog);
                 let lock = async |client: &mut Live| Ok(client.execute("SELECT pg_advisory_lock(77)", &[]).await?);
-                move || catalog.readers.0[0].run_longer(Duration::from_secs(60), lock)
+                move || catalog.readers.sessions[0].run_longer(Duration::from_secs(60), lock)
             });
-            let waits = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+            let waits = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                         WHERE l.locktype = 'advisory' AND l.objid = 77 AND NOT l.granted AND d.datname = current_database()";
             while admin.query_one(waits, &[]).unwrap().get::<_, i64>(0) == 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }

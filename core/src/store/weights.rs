@@ -406,7 +406,7 @@ mod tests {
         catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
         let models = ModelsDir::new(root.join("models")).with_objects(objects.clone(), catalog.clone());
         for (number, weights, backbone) in [(1, b"full weights".as_slice(), "v1"), (2, b"head".as_slice(), "v1")] {
-            let sha256 = super::super::blobs::sha256_hex(weights);
+            let sha256 = crate::digest::sha256_hex(weights);
             let manifest = Manifest {
                 weights_sha256: sha256.clone(),
                 backbone_version: backbone.into(),
@@ -438,7 +438,7 @@ mod tests {
         fs::write(dir.join("weights.safetensors"), b"changed").unwrap();
         assert_eq!(fs::read(models.fetch("cars", "v2").unwrap().join("weights.safetensors")).unwrap(), b"changed");
         // A copy of another version under the same name (the project was made again) is not.
-        let stale = serde_json::json!({"weights_sha256": super::super::blobs::sha256_hex(b"old project")});
+        let stale = serde_json::json!({"weights_sha256": crate::digest::sha256_hex(b"old project")});
         fs::write(dir.join("manifest.json"), stale.to_string()).unwrap();
         assert_eq!(fs::read(models.fetch("cars", "v2").unwrap().join("weights.safetensors")).unwrap(), b"head");
         assert!(matches!(models.fetch("cars", "v9"), Err(FetchError::Unknown { .. })));
@@ -457,7 +457,7 @@ mod tests {
         let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (publisher, catalog) = published(&objects, first.path());
         for (number, weights) in [(3, b"third weights".as_slice()), (4, b"fourth weights".as_slice())] {
-            let sha256 = super::super::blobs::sha256_hex(weights);
+            let sha256 = crate::digest::sha256_hex(weights);
             let manifest = Manifest {
                 weights_sha256: sha256.clone(),
                 backbone_version: format!("v{number}"),
@@ -517,7 +517,7 @@ mod tests {
         let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (_, catalog) = published(&objects, first.path());
         let models = ModelsDir::new(second.path().join("models")).with_objects(objects.clone(), catalog);
-        let v1 = super::super::blobs::sha256_hex(b"full weights");
+        let v1 = crate::digest::sha256_hex(b"full weights");
         objects.delete(Kind::Weights, &v1).unwrap();
         objects.put(Kind::Weights, &v1, b"tampered".to_vec()).unwrap();
         let error = models.fetch("cars", "v2").unwrap_err();
@@ -533,12 +533,12 @@ mod tests {
         let objects = Arc::new(Objects::in_memory());
         let root = tempfile::tempdir().unwrap();
         let (models, catalog) = published(&objects, root.path());
-        let orphan = super::super::blobs::sha256_hex(b"orphan");
+        let orphan = crate::digest::sha256_hex(b"orphan");
         objects.put(Kind::Weights, &orphan, b"orphan".to_vec()).unwrap();
         let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
         assert_eq!(models.collect_weights(hour_ago, &Alone::always()).unwrap(), 0, "within the grace period");
         // Being published (its version not recorded yet): nothing is collected.
-        let pending = models.publish_weights(&super::super::blobs::sha256_hex(b"new"), b"new").unwrap();
+        let pending = models.publish_weights(&crate::digest::sha256_hex(b"new"), b"new").unwrap();
         assert_eq!(models.collect_weights(SystemTime::now(), &Alone::always()).unwrap(), 0);
         drop(pending);
         assert_eq!(
@@ -547,7 +547,7 @@ mod tests {
             "the orphan and the unrecorded one"
         );
         let left: HashSet<String> = objects.list(Kind::Weights).unwrap().into_iter().map(|o| o.name).collect();
-        let recorded = [b"full weights".as_slice(), b"head"].map(super::super::blobs::sha256_hex);
+        let recorded = [b"full weights".as_slice(), b"head"].map(crate::digest::sha256_hex);
         assert_eq!(left, HashSet::from(recorded));
         // A deleted project's versions no longer keep their weights.
         catalog.delete_project("cars").unwrap();

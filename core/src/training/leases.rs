@@ -192,8 +192,11 @@ pub(super) fn retry(catalog: &dyn Catalog, record: &JobRecord) -> Result<String,
     // was not saved) finds the retry instead of queueing another.
     let base = record.job_id.split("-retry").next().unwrap_or(&record.job_id);
     let job_id = format!("{base}-retry{}", record.attempt + 1);
-    if catalog.job(&job_id)?.is_some() {
-        return Ok(format!("retried as job {job_id}"));
+    match catalog.job(&job_id) {
+        // A retry another build recorded is one too.
+        Ok(Some(_)) | Err(StoreError::Corrupt { .. }) => return Ok(format!("retried as job {job_id}")),
+        Ok(None) => {}
+        Err(error) => return Err(error),
     }
     let again = JobRecord::queued(
         job_id,

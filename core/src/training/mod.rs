@@ -459,7 +459,8 @@ impl Trainer {
     /// The job's record now.
     ///
     /// # Errors
-    /// [`TrainingError::NotFound`] for an unknown job.
+    /// [`TrainingError::NotFound`] for an unknown job; [`TrainingError::Storage`] if the
+    /// catalogue fails, or holds a record this build cannot read (another build's).
     pub fn job(&self, job_id: &str) -> Result<JobRecord, TrainingError> {
         if let Some(live) = self.live().get(job_id) {
             return Ok(live.record.borrow().clone());
@@ -552,7 +553,8 @@ impl Trainer {
     /// The project's jobs, newest first.
     ///
     /// # Errors
-    /// [`StoreError`] on a database failure.
+    /// [`TrainingError::Storage`] on a database failure (records this build cannot read are
+    /// left out).
     pub fn jobs(&self, project_id: &str, limit: usize) -> Result<Vec<JobRecord>, TrainingError> {
         let mut records: Vec<JobRecord> =
             self.catalog.jobs(project_id, limit)?.into_iter().filter_map(|row| row.record).collect();
@@ -692,7 +694,9 @@ impl Trainer {
         let spec = &project.spec;
         let parent = project.active_version.clone();
         // Read once: the parent's manifest and, for a head-only version, its backbone's checksum.
-        let manifests = self.versions(&spec.id).unwrap_or_default();
+        let manifests = self
+            .versions(&spec.id)
+            .map_err(|e| TrainError::Precondition(crate::errors::logged("reading the project's versions", &e)))?;
         let manifest_of = |version: &str| manifests.iter().find(|m| m.version == version);
         let (model, parent_manifest) = if parent == UNTRAINED_VERSION {
             // A first version starts from the untrained model, whose weights the spec fixes.

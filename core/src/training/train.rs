@@ -17,6 +17,7 @@ use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
 use super::record::{Mode, Optimizer, Phase, Progress, TrainingParams, ValidationMetrics};
 use crate::{
+    digest::sha256_hex,
     engine::SampleInput,
     models::{
         McModel, ModelError, preprocess,
@@ -24,7 +25,7 @@ use crate::{
     },
     projects::ProjectSpec,
     store::{
-        blobs::{BlobError, BlobStore, sha256_hex},
+        blobs::{BlobError, BlobStore},
         catalog::ExampleRow,
     },
 };
@@ -107,13 +108,17 @@ type Labelled<'a> = Vec<(&'a ExampleRow, usize)>;
 #[derive(Debug)]
 pub struct EmbeddingCache {
     entries: HashMap<(String, String), Tensor>,
+    /// The backbone each project's entries are of.
+    backbones: HashMap<String, String>,
+    /// The entries' bytes, held of the budget.
     held: crate::memory::Held,
+    bytes: usize,
 }
 
 impl EmbeddingCache {
     /// An empty cache whose bytes count against `memory`.
     pub fn new(memory: &std::sync::Arc<crate::memory::MemoryBudget>) -> Self {
-        Self { entries: HashMap::new(), held: memory.hold(0) }
+        Self { entries: HashMap::new(), backbones: HashMap::new(), held: memory.hold(0), bytes: 0 }
     }
 
     /// The embedding of sample `sha256` by backbone `backbone`, if cached.
@@ -122,17 +127,34 @@ impl EmbeddingCache {
     }
 
     /// Caches `embeddings` (`[D]` each, by sample sha256) made by `backbone` of `project`,
-    /// dropping the project's embeddings by any other backbone.
+    /// first dropping the project's embeddings by another backbone.
     fn insert(&mut self, project: &str, backbone: &str, embeddings: impl IntoIterator<Item = (String, Tensor)>) {
-        self.entries.retain(|(id, _), _| id == backbone || !belongs_to(id, project));
-        self.entries.extend(embeddings.into_iter().map(|(sha256, tensor)| ((backbone.to_owned(), sha256), tensor)));
-        self.held.resize(self.entries.values().map(crate::models::tensor_bytes).sum());
+        if self.backbones.get(project).is_some_and(|cached| cached != backbone) {
+            self.forget(project);
+        }
+        self.backbones.insert(project.to_owned(), backbone.to_owned());
+        for (sha256, tensor) in embeddings {
+            self.bytes += crate::models::tensor_bytes(&tensor);
+            if let Some(replaced) = self.entries.insert((backbone.to_owned(), sha256), tensor) {
+                self.bytes -= crate::models::tensor_bytes(&replaced);
+            }
+        }
+        self.held.resize(self.bytes);
     }
 
-    /// Drops every embedding of `project` (deleted).
+    /// Drops every embedding of `project` (deleted, or its backbone replaced).
     pub fn forget(&mut self, project: &str) {
-        self.entries.retain(|(id, _), _| !belongs_to(id, project));
-        self.held.resize(self.entries.values().map(crate::models::tensor_bytes).sum());
+        let Some(backbone) = self.backbones.remove(project) else { return };
+        let mut freed = 0;
+        self.entries.retain(|(id, _), tensor| {
+            let other = *id != backbone;
+            if !other {
+                freed += crate::models::tensor_bytes(tensor);
+            }
+            other
+        });
+        self.bytes -= freed;
+        self.held.resize(self.bytes);
     }
 
     /// Embeddings cached.
@@ -140,11 +162,6 @@ impl EmbeddingCache {
     fn len(&self) -> usize {
         self.entries.len()
     }
-}
-
-/// Whether backbone identity `id` (`<project>:…`, see [`Run::backbone_id`]) is `project`'s.
-fn belongs_to(id: &str, project: &str) -> bool {
-    id.strip_prefix(project).is_some_and(|rest| rest.starts_with(':'))
 }
 
 /// Everything a run needs.
@@ -159,8 +176,7 @@ pub struct Run<'a> {
     pub params: &'a TrainingParams,
     /// Starting point: the loaded active model.
     pub model: McModel,
-    /// Identity of the model's backbone weights, for the embedding cache: `<project id>:`
-    /// followed by what tells its weights apart.
+    /// Identity of the model's backbone weights, for the embedding cache.
     pub backbone_id: String,
     /// Shared embedding cache.
     pub cache: &'a std::sync::Mutex<EmbeddingCache>,
@@ -448,7 +464,7 @@ mod tests {
         assert_eq!((cache.len(), memory.training_bytes()), (3, 3 * 1024), "256 f32 each");
         assert!(cache.get("cars:initial", "a").is_some() && cache.get("cars:initial", "c").is_none());
         // Full fine-tuning made a new backbone: the old one's embeddings go, not another
-        // project's (whose id only starts like this one's).
+        // project's.
         cache.insert("cars", "cars:v3", made(&["a"]));
         assert!(cache.get("cars:initial", "a").is_none() && cache.get("cars:v3", "a").is_some());
         assert!(cache.get("cars-2:initial", "a").is_some());

@@ -14,10 +14,10 @@ use std::{
 
 use super::record::Manifest;
 use crate::{
+    digest::sha256_hex,
     models::{McModel, ModelError},
     store::{
         ModelsDir,
-        blobs::sha256_hex,
         catalog::{Catalog, StoreError},
     },
 };
