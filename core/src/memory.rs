@@ -29,6 +29,11 @@ impl MemoryBudget {
         Arc::new(Self { total_bytes, training_bytes: AtomicUsize::new(0) })
     }
 
+    /// The whole budget, bytes.
+    pub fn total_bytes(&self) -> usize {
+        self.total_bytes
+    }
+
     /// What the inference cache may keep now: the total less what training holds (0 when
     /// training holds it all; the cache always keeps the model in use).
     pub fn for_inference(&self) -> usize {

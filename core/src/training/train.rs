@@ -104,47 +104,74 @@ type Labelled<'a> = Vec<(&'a ExampleRow, usize)>;
 /// between head-only jobs, which then embed only the examples added since. One backbone per
 /// project: embeddings of a backbone that full fine-tuning replaced are dropped when the new
 /// one's are made. Their bytes are held of the models' memory budget (VGG16: 16 KiB per
-/// example), so that the inference cache gives them room.
+/// example), so that the inference cache gives them room, and they take at most half of it:
+/// beyond, the projects trained least recently lose theirs (recomputed by their next job).
 #[derive(Debug)]
 pub struct EmbeddingCache {
     entries: HashMap<(String, String), Tensor>,
-    /// The backbone each project's entries are of.
-    backbones: HashMap<String, String>,
+    /// The backbone each project's entries are of, and when the project last used them (a
+    /// count of uses, the highest the latest).
+    backbones: HashMap<String, (String, u64)>,
+    uses: u64,
     /// The entries' bytes, held of the budget.
     held: crate::memory::Held,
     bytes: usize,
+    /// The most bytes the entries may take.
+    limit: usize,
 }
 
 impl EmbeddingCache {
     /// An empty cache whose bytes count against `memory`.
     pub fn new(memory: &std::sync::Arc<crate::memory::MemoryBudget>) -> Self {
-        Self { entries: HashMap::new(), backbones: HashMap::new(), held: memory.hold(0), bytes: 0 }
+        Self {
+            entries: HashMap::new(),
+            backbones: HashMap::new(),
+            uses: 0,
+            held: memory.hold(0),
+            bytes: 0,
+            limit: memory.total_bytes() / 2,
+        }
     }
 
-    /// The embedding of sample `sha256` by backbone `backbone`, if cached.
-    fn get(&self, backbone: &str, sha256: &str) -> Option<Tensor> {
-        self.entries.get(&(backbone.to_owned(), sha256.to_owned())).map(Tensor::shallow_clone)
+    /// The embeddings of samples `sha256s` by `backbone` of `project`, each if cached; the
+    /// project's embeddings count as used now.
+    fn get(&mut self, project: &str, backbone: &str, sha256s: &[&str]) -> Vec<Option<Tensor>> {
+        self.uses += 1;
+        if let Some((_, used)) = self.backbones.get_mut(project) {
+            *used = self.uses;
+        }
+        sha256s
+            .iter()
+            .map(|sha256| self.entries.get(&(backbone.to_owned(), (*sha256).to_owned())).map(Tensor::shallow_clone))
+            .collect()
     }
 
     /// Caches `embeddings` (`[D]` each, by sample sha256) made by `backbone` of `project`,
-    /// first dropping the project's embeddings by another backbone.
+    /// first dropping the project's embeddings by another backbone; then, over the limit, the
+    /// embeddings of the projects used least recently.
     fn insert(&mut self, project: &str, backbone: &str, embeddings: impl IntoIterator<Item = (String, Tensor)>) {
-        if self.backbones.get(project).is_some_and(|cached| cached != backbone) {
+        if self.backbones.get(project).is_some_and(|(cached, _)| cached != backbone) {
             self.forget(project);
         }
-        self.backbones.insert(project.to_owned(), backbone.to_owned());
+        self.uses += 1;
+        self.backbones.insert(project.to_owned(), (backbone.to_owned(), self.uses));
         for (sha256, tensor) in embeddings {
             self.bytes += crate::models::tensor_bytes(&tensor);
             if let Some(replaced) = self.entries.insert((backbone.to_owned(), sha256), tensor) {
                 self.bytes -= crate::models::tensor_bytes(&replaced);
             }
         }
+        while self.bytes > self.limit {
+            let others = self.backbones.iter().filter(|(other, _)| *other != project);
+            let Some(oldest) = others.min_by_key(|(_, (_, used))| *used).map(|(other, _)| other.clone()) else { break };
+            self.forget(&oldest);
+        }
         self.held.resize(self.bytes);
     }
 
     /// Drops every embedding of `project` (deleted, or its backbone replaced).
     pub fn forget(&mut self, project: &str) {
-        let Some(backbone) = self.backbones.remove(project) else { return };
+        let Some((backbone, _)) = self.backbones.remove(project) else { return };
         let mut freed = 0;
         self.entries.retain(|(id, _), tensor| {
             let other = *id != backbone;
@@ -323,8 +350,9 @@ impl Run<'_> {
     fn embed(&self, examples: &[(&ExampleRow, usize)]) -> Result<Tensor, TrainError> {
         let _no_grad = tch::no_grad_guard();
         let mut rows: Vec<Option<Tensor>> = {
-            let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            examples.iter().map(|(e, _)| cache.get(&self.backbone_id, &e.sha256)).collect()
+            let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let sha256s: Vec<&str> = examples.iter().map(|(e, _)| e.sha256.as_str()).collect();
+            cache.get(&self.spec.id, &self.backbone_id, &sha256s)
         };
         let missing: Vec<usize> = (0..examples.len()).filter(|&i| rows[i].is_none()).collect();
         for chunk in missing.chunks(EMBED_BATCH) {
@@ -452,27 +480,39 @@ mod tests {
     };
 
     #[test]
-    fn the_embedding_cache_keeps_one_backbone_per_project_and_holds_its_bytes_of_the_budget() {
-        let memory = crate::memory::MemoryBudget::new(1 << 20);
+    fn the_embedding_cache_keeps_one_backbone_per_project_half_the_budget_and_holds_its_bytes() {
+        // A budget of 8 KiB: the embeddings may take 4 KiB, four of 256 f32.
+        let memory = crate::memory::MemoryBudget::new(8 * 1024);
         let mut cache = EmbeddingCache::new(&memory);
-        let embedding = |value: f64| Tensor::full([256], value, (Kind::Float, Device::Cpu));
         let made = |shas: &[&str]| -> Vec<(String, Tensor)> {
-            shas.iter().map(|sha| ((*sha).to_owned(), embedding(1.0))).collect()
+            shas.iter().map(|sha| ((*sha).to_owned(), Tensor::ones([256], (Kind::Float, Device::Cpu)))).collect()
+        };
+        let cached = |cache: &mut EmbeddingCache, project: &str, backbone: &str, sha: &str| {
+            cache.get(project, backbone, &[sha])[0].is_some()
         };
         cache.insert("cars", "cars:initial", made(&["a", "b"]));
         cache.insert("cars-2", "cars-2:initial", made(&["a"]));
         assert_eq!((cache.len(), memory.training_bytes()), (3, 3 * 1024), "256 f32 each");
-        assert!(cache.get("cars:initial", "a").is_some() && cache.get("cars:initial", "c").is_none());
+        assert!(cached(&mut cache, "cars", "cars:initial", "a") && !cached(&mut cache, "cars", "cars:initial", "c"));
         // Full fine-tuning made a new backbone: the old one's embeddings go, not another
         // project's.
         cache.insert("cars", "cars:v3", made(&["a"]));
-        assert!(cache.get("cars:initial", "a").is_none() && cache.get("cars:v3", "a").is_some());
-        assert!(cache.get("cars-2:initial", "a").is_some());
+        assert!(!cached(&mut cache, "cars", "cars:initial", "a") && cached(&mut cache, "cars", "cars:v3", "a"));
+        assert!(cached(&mut cache, "cars-2", "cars-2:initial", "a"));
         assert_eq!(memory.training_bytes(), 2 * 1024);
-        cache.forget("cars");
-        assert_eq!((cache.len(), memory.training_bytes()), (1, 1024));
+        // Over half the budget: the project used least recently ("cars", read before
+        // "cars-2" just above) loses its embeddings, not the one caching.
+        cache.insert("boats", "boats:initial", made(&["x", "y", "z"]));
+        assert!(!cached(&mut cache, "cars", "cars:v3", "a") && cached(&mut cache, "cars-2", "cars-2:initial", "a"));
+        assert_eq!((cache.len(), memory.training_bytes()), (4, 4 * 1024));
+        // One project larger than the limit keeps what it made (its job needs them).
+        cache.insert("boats", "boats:initial", made(&["1", "2", "3", "4", "5"]));
+        assert_eq!((cache.len(), memory.training_bytes()), (8, 8 * 1024), "cars-2 went, boats stays whole");
+        cache.forget("boats");
+        assert_eq!((cache.len(), memory.training_bytes()), (0, 0));
+        cache.insert("cars", "cars:v3", made(&["a"]));
         drop(cache);
-        assert_eq!(memory.training_bytes(), 0);
+        assert_eq!(memory.training_bytes(), 0, "released with the cache");
     }
 
     #[test]
