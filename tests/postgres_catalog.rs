@@ -447,8 +447,8 @@ async fn a_migrated_data_dir_serves_the_same_predictions_from_postgresql() {
     assert_eq!(bound(), None, "a refused move binds nothing");
 
     let expected = [
-        "migrated 1 projects, 40 labelled examples, 1 model versions, 1 training jobs into PostgreSQL; verified \
-         (40 sample blobs and 1 model versions checked against their sha256)",
+        "migrated 1 project, 40 labelled examples, 1 model version, 1 training job into PostgreSQL; verified \
+         (40 sample blobs and 1 model version checked against their sha256)",
         "already migrated: data dir",
     ];
     for expected in expected {
@@ -610,7 +610,7 @@ async fn a_data_dir_migrated_into_postgresql_and_the_object_store_serves_the_sam
     let store_flags = ["--object-store-url", store.as_str()];
     let (migrated, stdout, stderr) = migrate_with(dirs.data.path(), &url, &store_flags, &env);
     assert!(migrated, "{stderr}");
-    assert!(stdout.contains("copied and read back 40 sample blobs and 1 model versions' weights"), "{stdout}");
+    assert!(stdout.contains("copied and read back 40 sample blobs and the weights of 1 model version"), "{stdout}");
     assert_eq!(s3_keys(&bucket, "cluster/blobs/").await.len(), 40);
     assert_eq!(s3_keys(&bucket, "cluster/weights/").await.len(), 1);
     let (migrated, stdout, _) = migrate_with(dirs.data.path(), &url, &store_flags, &env);

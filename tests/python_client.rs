@@ -38,6 +38,16 @@ fn the_python_client_creates_adds_trains_ranks_and_predicts() {
     assert_eq!(digits["codes"], json!([0, 0, 0]), "{digits}");
     assert_eq!(digits["folders"], json!(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]), "{digits}");
     assert!(digits["stdout"].as_str().unwrap().contains("inserted 40,"), "the 40 digits added: {digits}");
+    // `examples` counts per class, and with --list names each one, ordered by external id.
+    let examples = &report["cli_examples"];
+    assert_eq!(examples["codes"], json!([0, 0]), "{examples}");
+    assert_eq!(examples["counted"], "12 labelled examples (dark 6, light 6)", "{examples}");
+    let listed = examples["listed"].as_array().unwrap();
+    assert_eq!(listed.len(), 12, "{examples}");
+    let ids: Vec<&str> = listed.iter().map(|line| line[0].as_str().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ordered: {ids:?}");
+    assert!(listed.iter().all(|line| line[2].as_str().unwrap().len() == 64), "{examples}");
+    assert_eq!(examples["listed_total"], examples["counted"], "the count goes to stderr with --list");
     // `versions` newest first with the served one starred; `activate` rolls back; `predict`.
     let versions = &report["cli_versions"];
     assert_eq!(versions["codes"], json!([0, 0, 0, 0]), "{versions}");

@@ -138,20 +138,26 @@ fn migrate(
     let migrated = store::migrate::migrate(&source, &target)?;
     data_dir.rebind_catalogue(&target_id)?;
     println!(
-        "migrated {} projects, {} labelled examples, {} model versions, {} training jobs into PostgreSQL; verified \
-         ({blobs} sample blobs and {versions} model versions checked against their sha256)",
-        migrated.projects, migrated.examples, migrated.versions, migrated.jobs
+        "migrated {}, {}, {}, {} into PostgreSQL; verified ({} and {} checked against their sha256)",
+        counted(migrated.projects, "project"),
+        counted(migrated.examples, "labelled example"),
+        counted(migrated.versions, "model version"),
+        counted(migrated.jobs, "training job"),
+        counted(blobs as u64, "sample blob"),
+        counted(versions as u64, "model version"),
     );
     if migrated.unreadable_jobs > 0 {
         println!(
-            "left behind {} training jobs whose records another alps-server build wrote (this one cannot read them)",
-            migrated.unreadable_jobs
+            "left behind {} whose records another alps-server build wrote (this one cannot read them)",
+            counted(migrated.unreadable_jobs, "training job")
         );
     }
     match object_store_url {
         Some(url) => println!(
-            "copied and read back {blobs} sample blobs and {versions} model versions' weights in {url}; serve them \
-             with: alps-server --data-dir {} --database-url <the same URL> --object-store-url {url}",
+            "copied and read back {} and the weights of {} in {url}; serve them with: alps-server --data-dir {} \
+             --database-url <the same URL> --object-store-url {url}",
+            counted(blobs as u64, "sample blob"),
+            counted(versions as u64, "model version"),
             data_dir.path().display()
         ),
         None => println!(
@@ -160,6 +166,11 @@ fn migrate(
         ),
     }
     Ok(())
+}
+
+/// `count` and `thing`, plural unless one: "1 project", "3 projects".
+fn counted(count: u64, thing: &str) -> String {
+    if count == 1 { format!("1 {thing}") } else { format!("{count} {thing}s") }
 }
 
 /// Copies every sample blob `catalog` references and every model version's weights from

@@ -96,6 +96,14 @@ def main() -> None:
     report["cli_full"] = {"code": full.returncode, "stdout": full.stdout.strip(), "stderr": full.stderr.strip()}
     # Versions, a rollback and predictions from the command line.
     run = lambda *words: subprocess.run([*cli, *words], capture_output=True, text=True)  # noqa: E731
+    counted = run("examples", "shades")
+    listed = run("examples", "shades", "--list")
+    report["cli_examples"] = {
+        "codes": [counted.returncode, listed.returncode],
+        "counted": counted.stdout.strip(),
+        "listed": [line.split("\t") for line in listed.stdout.strip().splitlines()],
+        "listed_total": listed.stderr.strip(),
+    }
     before = run("versions", "shades")
     rolled_back = run("activate", "shades", "v1")
     after = run("versions", "shades")

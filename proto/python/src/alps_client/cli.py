@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("project")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--seed", type=int, help="draw the dropout masks from this seed (reproducible)")
+    examples = commands.add_parser("examples", help="how many labelled examples the project holds, per class")
+    examples.add_argument("project")
+    examples.add_argument("--list", action="store_true", help="also each one: external id, class, sha256")
     versions = commands.add_parser("versions", help="the project's model versions, newest first (* = served)")
     versions.add_argument("project")
     activate = commands.add_parser("activate", help="serve VERSION of the project (also to roll back)")
@@ -119,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{score:.6f}\t{path}")
             elif args.command == "predict":
                 return _predict(alps, args.project, args.images, args.seed)
+            elif args.command == "examples":
+                if args.list:
+                    for example in alps.list_examples(args.project):
+                        print(f"{example.external_id}\t{example.class_name}\t{example.content_sha256}")
+                counts = alps.count_examples(args.project)
+                per_class = ", ".join(f"{name} {count}" for name, count in sorted(counts.per_class.items()))
+                print(f"{counts.total} labelled examples ({per_class})", file=sys.stderr if args.list else sys.stdout)
             elif args.command == "versions":
                 listed = alps.list_versions(args.project)
                 for version in listed:

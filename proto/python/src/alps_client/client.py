@@ -308,6 +308,24 @@ class Client:
         logging.getLogger(__name__).info("%s ranked with %s@%s", project_id, ranked_with.name, ranked_with.version)
         return [(files[s.id], s.score) for s in response.selected]
 
+    def count_examples(self, project_id: str) -> examples_pb2.CountExamplesResponse:
+        """How many labelled examples ``project_id`` holds: ``total`` and ``per_class`` (every class,
+        0 included). Raises ``grpc.RpcError`` NOT_FOUND for an unknown project."""
+        return self.examples.CountExamples(examples_pb2.CountExamplesRequest(project_id=project_id))
+
+    def list_examples(self, project_id: str, page_size: int = 1000) -> Iterator[examples_pb2.StoredExample]:
+        """Every labelled example of ``project_id`` (external id, class, sample sha256 and size),
+        ordered by external id, fetched ``page_size`` (1 to 1000) at a time. Raises
+        ``grpc.RpcError`` NOT_FOUND for an unknown project."""
+        token = ""
+        while True:
+            request = examples_pb2.ListExamplesRequest(project_id=project_id, page_size=page_size, page_token=token)
+            page = self.examples.ListExamples(request)
+            yield from page.examples
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
     def list_versions(self, project_id: str) -> list[models_pb2.ModelVersion]:
         """The model versions of ``project_id``, newest first; ``active`` marks the served one and
         ``for_other_spec`` those made before the project's spec changed (they cannot be
