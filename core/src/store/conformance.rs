@@ -15,7 +15,7 @@ use std::{
 
 use super::{
     Failure,
-    catalog::{Activation, Catalog, ExampleRow, StoreError, UpsertCounts},
+    catalog::{Activation, Catalog, ExampleRow, Fence, Lease, StoreError, UpsertCounts},
     postgres::PostgresCatalog,
     sqlite::SqliteCatalog,
 };
@@ -158,6 +158,7 @@ const CASES: &[(&str, Case)] = &[
     ("a project has one queued job, taken or cancelled once", one_queued_job),
     ("an unreadable job is listed without a record, ended in its own project only, its record kept", unreadable_job),
     ("deleting a project deletes what belongs to it", delete_cascades),
+    ("a server alone on its catalogue always holds the sole training lease", the_sole_lease),
 ];
 
 fn run_suite(backend: &mut dyn Backend) {
@@ -531,6 +532,23 @@ fn unreadable_job(backend: &mut dyn Backend) {
     assert!(unreadable(catalog.take_queued_job("cars").unwrap_err()));
     assert_eq!(catalog.take_queued_job("cars").unwrap(), None, "taken");
     assert!(catalog.end_unreadable_job("job-q", "cars").unwrap());
+}
+
+fn the_sole_lease(backend: &mut dyn Backend) {
+    let catalog = backend.create();
+    catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    // Two claims, as two triggers: neither waits for the other (one server decides).
+    assert_eq!(catalog.claim_training("cars", "me", hour).unwrap(), Some(Lease::SOLE));
+    assert_eq!(catalog.claim_training("cars", "me", hour).unwrap(), Some(Lease::SOLE));
+    assert!(catalog.renew_training("cars", "me", Lease::SOLE, hour).unwrap());
+    catalog.record_version(&Manifest::example("cars", 1), 0).unwrap();
+    let fence = Some(Fence { replica: "me", lease: Lease::SOLE });
+    assert_eq!(catalog.activate_version("cars", "v1", &|_, _| true, fence).unwrap(), Activation::Activated);
+    catalog.release_training("cars", "me", Lease::SOLE).unwrap();
+    // Its own unfinished jobs are recovered at its start, never taken over.
+    catalog.save_job(&job("job-a", "cars", JobState::Running, 0, "a")).unwrap();
+    assert!(catalog.projects_to_take_over().unwrap().is_empty());
 }
 
 fn delete_cascades(backend: &mut dyn Backend) {
