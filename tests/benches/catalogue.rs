@@ -18,8 +18,8 @@ use alps_proto::v1::{
     inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
 };
 use alps_system_tests::{
-    ServerDirs, builtin_plugin, channel, install_plugin, postgres_database, s3_bucket, s3_env, s3_server,
-    start_server_with_env,
+    ServerDirs, builtin_plugin, channel, install_plugin, latencies_of, median, postgres_database, s3_bucket, s3_env,
+    s3_server, start_server_with_env,
 };
 use tonic::transport::Channel;
 
@@ -99,10 +99,7 @@ async fn run(storage: &Storage<'_>, per_client: usize, round: usize) -> Run {
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for client in clients {
-        latencies.extend(client.await.unwrap());
-    }
+    let mut latencies = latencies_of(clients).await;
     let predicting = started.elapsed();
     latencies.sort();
 
@@ -132,11 +129,6 @@ async fn run(storage: &Storage<'_>, per_client: usize, round: usize) -> Run {
         p99: latencies[latencies.len() * 99 / 100],
         examples_per_s: (BATCHES * BATCH) as f64 / adding.as_secs_f64(),
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[tokio::main]

@@ -15,7 +15,9 @@ use alps_proto::v1::{
     Preprocessing, Project, Sample, Tensor, example_service_client::ExampleServiceClient,
     project_service_client::ProjectServiceClient, sample::Input,
 };
-use alps_system_tests::{ServerDirs, builtin_plugin, channel, install_plugin, postgres_database, start_server};
+use alps_system_tests::{
+    ServerDirs, builtin_plugin, channel, install_plugin, latencies_of, median, postgres_database, start_server,
+};
 use tonic::transport::Channel;
 
 const CLIENTS: usize = 8;
@@ -112,10 +114,7 @@ async fn run(catalogue: &Catalogue<'_>) -> Run {
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for client in clients {
-        latencies.extend(client.await.unwrap());
-    }
+    let mut latencies = latencies_of(clients).await;
     let elapsed = started.elapsed();
     process.signal(libc::SIGKILL);
     let _ = process.wait();
@@ -126,11 +125,6 @@ async fn run(catalogue: &Catalogue<'_>) -> Run {
         p50: latencies[latencies.len() / 2],
         p99: latencies[latencies.len() * 99 / 100],
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[tokio::main]

@@ -17,7 +17,8 @@ use alps_proto::v1::{
     inference_service_client::InferenceServiceClient, project_service_client::ProjectServiceClient, sample::Input,
 };
 use alps_system_tests::{
-    Process, ServerDirs, TestPki, builtin_plugin, channel, create_token, install_plugin, path_str, start_server,
+    Process, ServerDirs, TestPki, builtin_plugin, channel, create_token, install_plugin, latencies_of, path_str,
+    start_server,
 };
 use tonic::transport::Channel;
 
@@ -130,10 +131,7 @@ async fn load(extra: &[&str], per_client: usize, guard: Guard) -> Load {
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for client in clients {
-        latencies.extend(client.await.unwrap());
-    }
+    let mut latencies = latencies_of(clients).await;
     let elapsed = started.elapsed();
     latencies.sort();
     process.signal(libc::SIGKILL);

@@ -667,3 +667,22 @@ impl Drop for Relay {
         self.frozen.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Every latency measured by the client tasks `clients`, in one list (benchmarks).
+///
+/// # Panics
+/// If a client task panicked.
+pub async fn latencies_of(clients: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for client in clients {
+        latencies.extend(client.await.expect("a client task"));
+    }
+    latencies
+}
+
+/// The median of `values`, the upper middle one of an even count (benchmarks report the median
+/// of their rounds).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
