@@ -203,6 +203,12 @@ fn lost_connection(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("57P")
 }
 
+/// Whether `error` is the database refusing a new session for its connection limit, its
+/// role's or its own (`too_many_connections`).
+fn at_connection_limit(error: &StoreError) -> bool {
+    matches!(error, StoreError::Postgres(e) if e.code() == Some(&SqlState::TOO_MANY_CONNECTIONS))
+}
+
 /// Why a database URL cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -335,6 +341,9 @@ struct Session {
     /// newest last: a session that broke or was given up on may live on in the server for a
     /// while, holding the lock.
     backend_pids: Mutex<VecDeque<i32>>,
+    /// Whether the session held a connection when its last call ended (readable while a call
+    /// holds `live`).
+    connected: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -356,6 +365,7 @@ impl Session {
             live: tokio::sync::Mutex::new(None),
             used: Mutex::new(std::time::Instant::now()),
             backend_pids: Mutex::new(VecDeque::new()),
+            connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -409,6 +419,7 @@ impl Session {
                     if let Some(live) = slot.take() {
                         live.abandon(self.tls.clone());
                     }
+                    self.connected.store(false, std::sync::atomic::Ordering::Relaxed);
                     return Err(StoreError::TimedOut(limit));
                 };
                 // The server may have said the session is over before the socket closed.
@@ -416,6 +427,7 @@ impl Session {
                 if over || slot.as_ref().is_some_and(|live| live.is_closed()) {
                     *slot = None;
                 }
+                self.connected.store(slot.is_some(), std::sync::atomic::Ordering::Relaxed);
                 result
             })
         })
@@ -590,14 +602,38 @@ impl Readers {
 
     /// [`Session::run`] on a free reading session, a connected one first (a new connection
     /// costs a round trip or more, and counts against the database's limit); when all are busy,
-    /// on each in turn, so that waiting calls spread over them.
+    /// on the connected ones in turn, so that waiting calls spread over them. A session is
+    /// opened before the call it is for: if the database refuses it for its connection limit,
+    /// the call waits for a connected one instead of failing.
     fn run<T: Send>(&self, work: impl AsyncFnOnce(&mut Live) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
         let free = |connected: bool| {
             self.sessions.iter().find(|session| session.live.try_lock().is_ok_and(|live| live.is_some() == connected))
         };
+        if let Some(session) = free(true) {
+            return session.run(work);
+        }
+        if let Some(session) = free(false) {
+            match session.run(async |_| Ok(())) {
+                Ok(()) => return session.run(work),
+                Err(error) if at_connection_limit(&error) && self.connected().next().is_some() => {
+                    tracing::debug!(%error, "no new reading session; the call waits for an open one");
+                }
+                Err(error) => return Err(error),
+            }
+        }
         let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let next = || &self.sessions[turn % self.sessions.len()];
-        free(true).or_else(|| free(false)).unwrap_or_else(next).run(work)
+        let connected: Vec<&Session> = self.connected().collect();
+        let waited_on = if connected.is_empty() {
+            &self.sessions[turn % self.sessions.len()]
+        } else {
+            connected[turn % connected.len()]
+        };
+        waited_on.run(work)
+    }
+
+    /// The sessions that held a connection when their last call ended.
+    fn connected(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter().filter(|session| session.connected.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -1703,6 +1739,43 @@ mod tests {
             waiting.join().unwrap().unwrap();
             catalog.delete_project("cars").unwrap();
         }
+    }
+
+    #[test]
+    fn a_read_refused_a_new_session_for_the_connection_limit_waits_for_an_open_one() {
+        // A role allowed 2 connections: the writing session and one reading session.
+        let server = super::super::conformance::postgres_server();
+        let mut admin = postgres::Client::connect(server, NoTls).unwrap();
+        let role = format!("limited_{}", std::process::id());
+        admin.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'secret' CONNECTION LIMIT 2")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {role} OWNER {role}")).unwrap();
+        let address = server.rsplit_once('@').and_then(|(_, rest)| rest.rsplit_once('/')).unwrap().0;
+        let catalog = PostgresCatalog::open(&format!("postgres://{role}:secret@{address}/{role}"), None).unwrap();
+        let catalog = Arc::new(catalog.reading_through(READERS));
+        catalog.upsert_project(&spec(), 0, "untrained", &|_| false).unwrap();
+        assert_eq!(catalog.projects().unwrap().len(), 1, "the first reading session opened");
+        let mut admin =
+            postgres::Client::connect(&format!("{}/{role}", server.rsplit_once('/').unwrap().0), NoTls).unwrap();
+        admin.execute("SELECT pg_advisory_lock(78)", &[]).unwrap();
+        let waiting = std::thread::spawn({
+            let catalog = Arc::clone(&catalog);
+            let lock = async |client: &mut Live| Ok(client.execute("SELECT pg_advisory_lock(78)", &[]).await?);
+            move || catalog.readers.sessions[0].run_longer(Duration::from_secs(60), lock)
+        });
+        let waits = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 78 AND NOT granted";
+        while admin.query_one(waits, &[]).unwrap().get::<_, i64>(0) == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The read finds the open session busy and a second one refused ("too many connections
+        // for role"): it waits for the open one, which is freed a moment later.
+        let read = std::thread::spawn({
+            let catalog = Arc::clone(&catalog);
+            move || catalog.projects().map(|projects| projects.len())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        admin.execute("SELECT pg_advisory_unlock(78)", &[]).unwrap();
+        waiting.join().unwrap().unwrap();
+        assert_eq!(read.join().unwrap().unwrap(), 1, "answered on the open session, not UNAVAILABLE");
     }
 
     #[test]
