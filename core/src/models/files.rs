@@ -154,6 +154,15 @@ impl ModelFiles {
         Ok(real)
     }
 
+    /// What tells the contents of the file `path` names apart without reading it: its size and
+    /// modification time (`<bytes>@<ns since the epoch>`); `None` if it does not resolve. An
+    /// operator who replaces a weights file in place changes it.
+    pub fn stamp(&self, path: &Path) -> Option<String> {
+        let metadata = fs::metadata(self.resolve(path).ok()?).ok()?;
+        let modified = metadata.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(format!("{}@{}", metadata.len(), modified.as_nanos()))
+    }
+
     /// Reads the file a client path names ([`resolve`](Self::resolve)), at most
     /// [`max_bytes`](Self::max_bytes) of it.
     ///

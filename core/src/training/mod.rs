@@ -740,15 +740,11 @@ impl Trainer {
             blobs: &self.blobs,
             params: &record.params,
             model,
-            // Head-only training never changes the backbone: its identity is the initial weights
-            // (the spec) plus the last version that fine-tuned it.
-            // The backbone version's checksum too: a project made again under this id has
-            // versions of the same names.
-            backbone_id: format!(
-                "{}:{}:{parent_backbone}:{}",
-                spec.id,
-                serde_json::to_string(&spec.model).unwrap_or_default(),
-                manifest_of(&parent_backbone).map(|m| m.weights_sha256.as_str()).unwrap_or_default()
+            backbone_id: backbone_identity(
+                spec,
+                &parent_backbone,
+                manifest_of(&parent_backbone).map(|m| m.weights_sha256.as_str()).unwrap_or_default(),
+                &self.model_files,
             ),
             cache: &self.embeddings,
             memory: &self.memory,
@@ -986,6 +982,25 @@ impl Trainer {
     }
 }
 
+/// The identity of the backbone a job of `spec` starts from, which keys the embedding cache.
+/// Head-only training never changes the backbone: it is the project's model spec plus the
+/// version that last fine-tuned it (`backbone_version`, with its checksum `backbone_sha256`: a
+/// project made again under this id has versions of the same names), or, while none has, the
+/// initial weights, whose file an operator may replace in place ([`ModelFiles::stamp`]).
+fn backbone_identity(
+    spec: &crate::projects::ProjectSpec,
+    backbone_version: &str,
+    backbone_sha256: &str,
+    files: &ModelFiles,
+) -> String {
+    let model = serde_json::to_string(&spec.model).unwrap_or_default();
+    let initial = match (&spec.model.weights_path, backbone_version) {
+        (Some(path), "") => files.stamp(path).unwrap_or_default(),
+        _ => String::new(),
+    };
+    format!("{}:{model}:{backbone_version}:{backbone_sha256}:{initial}", spec.id)
+}
+
 /// Records as failed every unfinished job (queued or running): a server alone on its catalogue
 /// calls it when it starts, when no job can still run. Returns how many.
 ///
@@ -1038,6 +1053,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_backbone_identity_changes_with_the_initial_weights_file_until_a_version_fine_tunes_it() {
+        let root = tempfile::tempdir().unwrap();
+        let files = ModelFiles::open(root.path().to_owned(), 1 << 20).unwrap();
+        std::fs::write(root.path().join("initial.safetensors"), b"first weights").unwrap();
+        let mut spec = crate::projects::spec::tests::spec();
+        spec.model.weights_path = Some("initial.safetensors".into());
+        let initial = || backbone_identity(&spec, "", "", &files);
+        let before = initial();
+        assert_eq!(initial(), before, "the same file");
+        // Replaced in place by an operator: embeddings of the old weights no longer apply.
+        std::fs::write(root.path().join("initial.safetensors"), b"other weights, longer").unwrap();
+        assert_ne!(initial(), before);
+        // Once a version fine-tuned the backbone, its checksum decides, not the file.
+        let tuned = backbone_identity(&spec, "v2", "ab", &files);
+        std::fs::write(root.path().join("initial.safetensors"), b"third").unwrap();
+        assert_eq!(backbone_identity(&spec, "v2", "ab", &files), tuned);
+        assert_ne!(backbone_identity(&spec, "v2", "cd", &files), tuned, "a project made again");
+    }
 
     #[test]
     fn a_save_is_tried_again_after_a_transient_failure_but_not_after_its_deadline_or_a_permanent_one() {
