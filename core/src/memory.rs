@@ -54,6 +54,11 @@ impl MemoryBudget {
 }
 
 impl Held {
+    /// Bytes this holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Holds `bytes` instead of what this held so far (a cache that grew or shrank).
     pub fn resize(&mut self, bytes: usize) {
         let training = &self.budget.training_bytes;

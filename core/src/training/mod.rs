@@ -71,11 +71,6 @@ impl From<StoreError> for TrainingError {
 const CHANGED_MEANWHILE: &str =
     "the project's classes, model or preprocessing changed while the job trained; this version does not fit them";
 
-/// Whether the version of `manifest` can serve a project with `spec`.
-fn fits(manifest: &Manifest, spec: &crate::projects::ProjectSpec) -> bool {
-    manifest.serves(spec)
-}
-
 /// Why [`Trainer::load_and_activate`] left a version inactive.
 enum Refused {
     /// Made for other classes, model or preprocessing than the project has.
@@ -240,12 +235,12 @@ impl Trainer {
             Ok(removed) => tracing::warn!(removed, "removed partial model versions left by a crash"),
             Err(error) => tracing::warn!(%error, "cannot clean partial model versions"),
         }
-        let (memory, embeddings) = (settings.memory.clone(), EmbeddingCache::new(&settings.memory));
+        let embeddings = EmbeddingCache::new(&settings.memory);
         Ok(Self {
             replica: settings.replica,
             follows_replicas: settings.follows_replicas,
             lease_ttl: settings.lease_ttl,
-            memory,
+            memory: settings.memory,
             catalog,
             blobs,
             projects,
@@ -973,7 +968,11 @@ impl Trainer {
         }
         let version = &manifest.version;
         self.serving.load(&Project { active_version: version.clone(), ..project.clone() }).map_err(Refused::Load)?;
-        match self.catalog.activate_version(&project.spec.id, version, &fits, fence).map_err(Refused::Store)? {
+        match self
+            .catalog
+            .activate_version(&project.spec.id, version, &Manifest::serves, fence)
+            .map_err(Refused::Store)?
+        {
             Activation::Activated => Ok(()),
             Activation::NoSuchVersion => Err(Refused::Unknown),
             Activation::Unfit => Err(Refused::Unfit),

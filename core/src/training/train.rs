@@ -115,7 +115,6 @@ pub struct EmbeddingCache {
     uses: u64,
     /// The entries' bytes, held of the budget.
     held: crate::memory::Held,
-    bytes: usize,
     /// The most bytes the entries may take.
     limit: usize,
 }
@@ -128,7 +127,6 @@ impl EmbeddingCache {
             backbones: HashMap::new(),
             uses: 0,
             held: memory.hold(0),
-            bytes: 0,
             limit: memory.total_bytes() / 2,
         }
     }
@@ -155,18 +153,19 @@ impl EmbeddingCache {
         }
         self.uses += 1;
         self.backbones.insert(project.to_owned(), (backbone.to_owned(), self.uses));
+        let mut bytes = self.held.bytes();
         for (sha256, tensor) in embeddings {
-            self.bytes += crate::models::tensor_bytes(&tensor);
+            bytes += crate::models::tensor_bytes(&tensor);
             if let Some(replaced) = self.entries.insert((backbone.to_owned(), sha256), tensor) {
-                self.bytes -= crate::models::tensor_bytes(&replaced);
+                bytes -= crate::models::tensor_bytes(&replaced);
             }
         }
-        while self.bytes > self.limit {
+        self.held.resize(bytes);
+        while self.held.bytes() > self.limit {
             let others = self.backbones.iter().filter(|(other, _)| *other != project);
             let Some(oldest) = others.min_by_key(|(_, (_, used))| *used).map(|(other, _)| other.clone()) else { break };
             self.forget(&oldest);
         }
-        self.held.resize(self.bytes);
     }
 
     /// Drops every embedding of `project` (deleted, or its backbone replaced).
@@ -180,8 +179,7 @@ impl EmbeddingCache {
             }
             other
         });
-        self.bytes -= freed;
-        self.held.resize(self.bytes);
+        self.held.resize(self.held.bytes() - freed);
     }
 
     /// Embeddings cached.
