@@ -53,6 +53,7 @@ bench:
 	scripts/bootstrap-triton.sh
 	cargo bench -p alps-system-tests --bench open_inference
 	cargo bench -p alps-system-tests --bench retrain
+	cargo bench -p alps-system-tests --bench training_share
 	scripts/bootstrap-postgres.sh
 	scripts/bootstrap.sh scripts/requirements-objects.txt
 	PG_FSYNC=on cargo bench -p alps-system-tests --bench catalogue

@@ -6,7 +6,7 @@
 use alps_proto::v1::{
     ActivateModelVersionRequest, AddExamplesRequest, Architecture, CreateProjectRequest, GetProjectRequest, JobState,
     LabelledExample, ListModelVersionsRequest, ListTrainingJobsRequest, ModelSpec, PredictRequest, Preprocessing,
-    Project, Sample, Tensor, TrainRequest, TrainingJob, TrainingParameters, UpdateProjectRequest,
+    Project, Sample, Tensor, TrainRequest, TrainingJob, TrainingMode, TrainingParameters, UpdateProjectRequest,
     WatchTrainingJobRequest, example_service_client::ExampleServiceClient,
     inference_service_client::InferenceServiceClient, model_version_service_client::ModelVersionServiceClient,
     predict_result::Outcome, project_service_client::ProjectServiceClient, sample::Input,
@@ -516,6 +516,45 @@ async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
     assert!(warm > released && warm < held, "the model kept for the next job holds its bytes too: {warm} of {held}");
     let unknown = alps_proto::v1::GetTrainingJobRequest { job_id: "nope".into() };
     assert_eq!(server.training.get_training_job(unknown).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_project_deleted_while_its_job_embeds_leaves_no_embeddings_behind() {
+    let mut server = server_with_examples(10, &[]).await;
+    assert!(server.process.terminate().success());
+    let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "embedding-cache")]).await;
+    let metrics = server.process.listening_addr("metrics");
+    // Another project's Predicts refresh the gauge once "p" is gone.
+    let other = Project {
+        id: "q".into(),
+        classes: vec!["low".into(), "high".into()],
+        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
+        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    server.projects.create_project(CreateProjectRequest { project: Some(other) }).await.unwrap();
+    let mut head_only = train_request(5);
+    head_only.parameters.as_mut().unwrap().mode = TrainingMode::HeadOnly as i32;
+    let job = server.training.train(head_only).await.unwrap().into_inner().job.unwrap();
+    // The job has made the embeddings and caches them once the deletion has forgotten the
+    // project's.
+    server.process.wait_for_log("fault injection: paused before caching embeddings");
+    let delete = alps_proto::v1::DeleteProjectRequest { project_id: "p".into() };
+    server.projects.delete_project(delete).await.unwrap();
+    let ended = watch(&mut server, &job.job_id).await.pop().unwrap();
+    assert_eq!(ended.state, JobState::Cancelled as i32, "{ended:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let held = loop {
+        let request =
+            PredictRequest { project_id: "q".into(), samples: vec![tensor(0.5).unwrap()], ..Default::default() };
+        server.inference.predict(request).await.unwrap();
+        let held = metric(&metrics, "alps_training_memory_bytes").await.unwrap();
+        if held == 0.0 || std::time::Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(held, 0.0, "bytes of the deleted project's embeddings are still held");
 }
 
 #[tokio::test]

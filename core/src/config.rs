@@ -299,6 +299,13 @@ pub struct ServerConfig {
     #[arg(long, env = "ALPS_TRAINING_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub training_jobs: u16,
 
+    /// CPU threads each running training job may use for libtorch's intra-op work (matrix
+    /// products, convolutions). Unset: half of the intra-op threads inference uses (one per
+    /// physical core unless OMP_NUM_THREADS says otherwise), at least 1, so that Predict keeps
+    /// the other half while a job trains.
+    #[arg(long, env = "ALPS_TRAINING_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub training_threads: Option<u16>,
+
     /// Replicas: how long a replica's lease on training a project lasts unless renewed (it is
     /// renewed every third of it while a job runs), in seconds. Another replica takes the
     /// project's training over (failing the job that was running and queueing it again) this
@@ -377,6 +384,11 @@ impl ServerConfig {
         }
     }
 
+    /// See `--training-threads`: its value, else half of `intra_op_threads` (at least 1).
+    pub fn training_threads_per_job(&self, intra_op_threads: usize) -> usize {
+        self.training_threads.map_or((intra_op_threads / 2).max(1), usize::from)
+    }
+
     /// See `--max-message-mib`, in bytes.
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_mib as usize * 1024 * 1024
@@ -433,6 +445,17 @@ mod tests {
         assert_eq!(cli.server.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(cli.server.data_dir, PathBuf::from("./data"));
         assert_eq!(cli.server.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn training_threads_default_to_half_of_inference_s_and_at_least_one() {
+        let defaults = parse(&[]).server;
+        assert_eq!([16, 2, 1].map(|cores| defaults.training_threads_per_job(cores)), [8, 1, 1]);
+        assert_eq!(parse(&["--training-threads", "3"]).server.training_threads_per_job(16), 3);
+        for refused in ["0", "1025", "-1"] {
+            let args = ["alps-server", "--training-threads", refused];
+            assert!(Cli::try_parse_from(args).is_err(), "{refused} was accepted");
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Follower {
                 Refreshed::Changed(project) => self.engine.forget(&project),
                 Refreshed::Removed(project) | Refreshed::Recreated(project) => {
                     self.engine.forget(&project);
-                    self.trainer.remove_versions(&project);
+                    self.trainer.project_deleted(&project);
                 }
                 Refreshed::Activated(project, version) => self.served_activation(&project, &version),
             }

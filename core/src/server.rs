@@ -272,6 +272,8 @@ impl Server {
         let memory = engine_config.memory.clone();
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
+        let threads_per_job = config.training_threads_per_job(crate::engine::device::intra_op_threads());
+        tracing::info!(jobs = config.training_jobs, threads_per_job, "training executor started");
         let trainer = Arc::new(Trainer::start(
             catalog.clone(),
             blobs.clone(),
@@ -283,6 +285,7 @@ impl Server {
                 device,
                 max_accuracy_drop: config.auto_activate_max_accuracy_drop,
                 concurrent_jobs: usize::from(config.training_jobs),
+                threads_per_job,
                 replica,
                 follows_replicas: objects.is_some(),
                 lease_ttl: Duration::from_secs(config.training_lease_secs),

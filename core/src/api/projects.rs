@@ -390,9 +390,10 @@ impl ProjectService for ProjectApi {
         let (projects, trainer) = (self.state.projects.clone(), self.state.trainer.clone());
         let deleted = id.clone();
         blocking(move || {
-            // The rows first (examples, versions and jobs cascade), then the version files.
+            // The rows first (examples, versions and jobs cascade), then the jobs running here
+            // and the version files.
             projects.delete(&deleted).map_err(project_status)?;
-            trainer.remove_versions(&deleted);
+            trainer.project_deleted(&deleted);
             Ok(())
         })
         .await?;

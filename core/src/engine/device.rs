@@ -1,6 +1,6 @@
 //! Which device runs the models (CUDA when present, CPU otherwise) and a libtorch self-check.
 
-use std::fmt;
+use std::{fmt, sync::Mutex, thread};
 
 use tch::{Device, Kind, Tensor};
 
@@ -11,6 +11,38 @@ pub const LIBTORCH_VERSION: &str = env!("ALPS_LIBTORCH_VERSION");
 /// The device models run on: the first CUDA device when libtorch sees one, else the CPU.
 pub fn preferred_device() -> Device {
     Device::cuda_if_available()
+}
+
+/// Held while a thread sets its intra-op count, during which the count that threads start
+/// with is briefly that thread's.
+static SETTING_THREADS: Mutex<()> = Mutex::new(());
+
+/// The calling thread's intra-op CPU threads. A thread that has not run libtorch yet gets the
+/// process's count (one per physical core unless `OMP_NUM_THREADS` says otherwise), which
+/// inference runs on; call this first thing on a long-lived thread to fix it.
+pub fn intra_op_threads() -> usize {
+    let _setting = SETTING_THREADS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1)
+}
+
+/// Sets the intra-op CPU thread count of the calling thread alone to `threads` (at least 1)
+/// and returns the count it had.
+///
+/// libtorch keeps the count per thread (OpenMP's `nthreads-var` and MKL's local setting), but
+/// `at::set_num_threads` also stores it as the count that threads which have not run an
+/// operator yet will start with. Short-lived threads read that count before and store it back
+/// after, so every other thread keeps the process's count. Under the lock, no thread starts
+/// with the caller's count.
+pub fn set_intra_op_threads_of_this_thread(threads: usize) -> usize {
+    let _setting = SETTING_THREADS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The first libtorch call on a thread gives it the process's count.
+    let process = thread::scope(|scope| scope.spawn(tch::get_num_threads).join()).unwrap_or(1);
+    let before = tch::get_num_threads();
+    tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(i32::MAX));
+    thread::scope(|scope| {
+        scope.spawn(move || tch::set_num_threads(process));
+    });
+    usize::try_from(before).unwrap_or(1)
 }
 
 /// What libtorch sees on this machine.
@@ -39,7 +71,7 @@ impl DeviceReport {
             cuda_available,
             cuda_devices: if cuda_available { tch::Cuda::device_count() } else { 0 },
             cudnn_version: (cuda_available && tch::Cuda::cudnn_is_available()).then(tch::utils::version_cudnn),
-            cpu_threads: tch::get_num_threads(),
+            cpu_threads: i32::try_from(intra_op_threads()).unwrap_or(i32::MAX),
             device: preferred_device(),
         }
     }

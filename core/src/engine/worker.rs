@@ -151,6 +151,9 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("alps-worker-{device:?}")).spawn(move || {
         let _no_grad = tch::no_grad_guard();
+        // Fixes this thread's intra-op threads at the process's count before a training job
+        // briefly changes the count new threads start with.
+        super::device::intra_op_threads();
         let mut worker = Worker {
             commands,
             device,

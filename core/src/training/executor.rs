@@ -3,6 +3,12 @@
 //! gradients and optimiser state, and the examples' embeddings; without a bound, a burst of
 //! triggers on many projects would hold that many times the memory and split the device's
 //! cores between them.
+//!
+//! A slot is also the job's share of the CPU: while it holds the slot, the job's thread runs
+//! libtorch's intra-op work on at most `threads_per_job` threads, so a training job cannot take
+//! every core from the inference worker (on CPU, training's matrix products would otherwise
+//! fan out over all cores, as inference's do, and Predict latency would double while a job
+//! runs). Its memory share is held in [`crate::memory::MemoryBudget`] by the trainer.
 
 use std::{
     collections::VecDeque,
@@ -12,7 +18,7 @@ use std::{
     },
 };
 
-use crate::metrics::Metrics;
+use crate::{engine::device, metrics::Metrics};
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -26,23 +32,36 @@ struct Queue {
 #[derive(Debug)]
 pub struct Slots {
     capacity: usize,
+    threads_per_job: usize,
     queue: Mutex<Queue>,
     changed: Condvar,
     metrics: Arc<Metrics>,
 }
 
-/// A held slot; dropping it frees the slot for the next waiting job.
+/// A held slot, bound to the thread that acquired it: that thread runs libtorch's intra-op
+/// work on the job's share of threads until the slot is dropped, which gives the thread its
+/// former count back and frees the slot for the next waiting job. Not `Send`, since the share
+/// belongs to the thread.
 #[derive(Debug)]
 pub struct Slot<'a> {
     slots: &'a Slots,
+    threads_before: usize,
+    _this_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Slots {
-    /// `capacity` concurrent jobs (at least 1), reported to `metrics` (from 0, so the gauge
-    /// exists before the first job).
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// `capacity` concurrent jobs (at least 1), each running on at most `threads_per_job`
+    /// intra-op threads (at least 1), reported to `metrics` (from 0, so the gauge exists
+    /// before the first job).
+    pub fn new(capacity: usize, threads_per_job: usize, metrics: Arc<Metrics>) -> Self {
         metrics.set_training_jobs(0, 0);
-        Self { capacity: capacity.max(1), queue: Mutex::default(), changed: Condvar::new(), metrics }
+        Self {
+            capacity: capacity.max(1),
+            threads_per_job: threads_per_job.max(1),
+            queue: Mutex::default(),
+            changed: Condvar::new(),
+            metrics,
+        }
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -77,7 +96,9 @@ impl Slots {
                 queue.running += 1;
                 // The next in line may fit too.
                 self.changed(&queue);
-                return Some(Slot { slots: self });
+                drop(queue);
+                let threads_before = device::set_intra_op_threads_of_this_thread(self.threads_per_job);
+                return Some(Slot { slots: self, threads_before, _this_thread: std::marker::PhantomData });
             }
             queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
@@ -99,6 +120,7 @@ impl Slots {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
+        device::set_intra_op_threads_of_this_thread(self.threads_before);
         let mut queue = self.slots.queue();
         queue.running -= 1;
         self.slots.changed(&queue);
@@ -125,7 +147,7 @@ mod tests {
     #[test]
     fn at_most_capacity_jobs_hold_a_slot_and_waiters_start_in_arrival_order() {
         let metrics = Arc::new(Metrics::default());
-        let slots = Arc::new(Slots::new(2, metrics.clone()));
+        let slots = Arc::new(Slots::new(2, 1, metrics.clone()));
         let never = AtomicBool::new(false);
         let first = slots.acquire(&never).unwrap();
         let second = slots.acquire(&never).unwrap();
@@ -163,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_waiter_leaves_the_queue_and_the_next_one_moves_up() {
-        let slots = Arc::new(Slots::new(1, Arc::new(Metrics::default())));
+        let slots = Arc::new(Slots::new(1, 1, Arc::new(Metrics::default())));
         let never = AtomicBool::new(false);
         let held = slots.acquire(&never).unwrap();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -184,5 +206,43 @@ mod tests {
         drop(held);
         assert!(next.join().unwrap());
         assert_eq!(slots.load(), (0, 0));
+    }
+
+    /// The intra-op thread count a thread starting now gets.
+    fn count_of_a_new_thread() -> usize {
+        thread::spawn(device::intra_op_threads).join().unwrap()
+    }
+
+    #[test]
+    fn a_slot_bounds_the_intra_op_threads_of_its_own_thread_only() {
+        let process = count_of_a_new_thread();
+        // Unlike every count in the process, whatever the machine's cores.
+        let share = process + 1;
+        let slots = Slots::new(1, share, Arc::new(Metrics::default()));
+        let (go, wait) = mpsc::channel::<()>();
+        let (ran, first) = mpsc::channel();
+        let inference = thread::spawn(move || {
+            ran.send(device::intra_op_threads()).unwrap();
+            wait.recv().unwrap();
+            device::intra_op_threads()
+        });
+        let first = first.recv().unwrap();
+        let never = AtomicBool::new(false);
+        let job = thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let slot = slots.acquire(&never).unwrap();
+                    let during = device::intra_op_threads();
+                    let started_meanwhile = count_of_a_new_thread();
+                    go.send(()).unwrap();
+                    drop(slot);
+                    (during, started_meanwhile, device::intra_op_threads())
+                })
+                .join()
+                .unwrap()
+        });
+        assert_eq!(job, (share, process, process), "(in the job, a new thread, after the job)");
+        assert_eq!((first, inference.join().unwrap()), (process, process), "a thread that ran before the job");
+        assert_eq!(count_of_a_new_thread(), process);
     }
 }

@@ -140,6 +140,8 @@ pub struct TrainerSettings {
     pub max_accuracy_drop: Option<f32>,
     /// Jobs that train at once across all projects (at least 1); further jobs wait in order.
     pub concurrent_jobs: usize,
+    /// Intra-op CPU threads each running job may use (at least 1): its share of the cores.
+    pub threads_per_job: usize,
     /// This server's replica id: its jobs are recorded as its own.
     pub replica: String,
     /// Whether other replicas may share the catalogue (then the jobs of stopped replicas are
@@ -249,7 +251,7 @@ impl Trainer {
             serving,
             device: settings.device,
             max_accuracy_drop: settings.max_accuracy_drop,
-            slots: Slots::new(settings.concurrent_jobs, metrics.clone()),
+            slots: Slots::new(settings.concurrent_jobs, settings.threads_per_job, metrics.clone()),
             metrics,
             stopping: AtomicBool::new(false),
             threads: Mutex::new(0),
@@ -378,11 +380,12 @@ impl Trainer {
         }
     }
 
-    /// Saves a running job's `record` unless the catalogue has it ended: a replica cut off for
-    /// long enough finds its job failed by another, and that verdict stands (the catalogue
-    /// never changes a finished job's record either). Returns false if the save failed (logged).
+    /// Saves a running job's `record` unless the catalogue has it ended or no longer has it: a
+    /// replica cut off for long enough finds its job failed by another, and that verdict stands
+    /// (the catalogue never changes a finished job's record either); a job whose project was
+    /// deleted went with it. Returns false if the save failed (logged).
     fn save_unless_ended(&self, record: &JobRecord) -> bool {
-        if self.ended_in_catalogue(&record.job_id) {
+        if self.ended_or_gone(&record.job_id) {
             return true;
         }
         match self.catalog.save_job(record) {
@@ -394,10 +397,14 @@ impl Trainer {
         }
     }
 
-    /// Whether the catalogue has job `job_id` ended (recorded by another replica).
-    fn ended_in_catalogue(&self, job_id: &str) -> bool {
-        let recorded = self.catalog.job(job_id).ok().flatten();
-        recorded.is_some_and(|recorded| recorded.state.is_terminal())
+    /// Whether the catalogue has job `job_id` ended (recorded by another replica) or no longer
+    /// has it (removed with its project).
+    fn ended_or_gone(&self, job_id: &str) -> bool {
+        match self.catalog.job(job_id) {
+            Ok(Some(recorded)) => recorded.state.is_terminal(),
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     fn spawn(self: &Arc<Self>, project_id: &str, job_id: String) {
@@ -584,6 +591,11 @@ impl Trainer {
         };
         drop(slot);
         self.finish(project_id, job_id, &outcome);
+        // Deleted while the job ran: the deletion removed the project's embeddings, warm model
+        // and version files, but the job may have cached or written more of them since.
+        if matches!(self.catalog.project(project_id), Ok(None)) {
+            self.project_deleted(project_id);
+        }
     }
 
     /// Marks a queued job running; `None` if it has ended meanwhile (cancelled).
@@ -635,9 +647,9 @@ impl Trainer {
                 record.error = format!("{INTERRUPTED}; {}", self.retry(&record));
             }
             // A replica cut off from the catalogue for long enough finds its job recorded as
-            // failed by another replica: that record stands.
-            if self.ended_in_catalogue(job_id) {
-                tracing::warn!(job = %job_id, "the job was recorded as failed by another replica meanwhile");
+            // failed by another replica: that record stands. A deleted project's went with it.
+            if self.ended_or_gone(job_id) {
+                tracing::warn!(job = %job_id, "the job was recorded as ended by another replica, or deleted with its project, meanwhile");
             } else if let Err(error) = save_retrying(self.catalog.as_ref(), &record) {
                 tracing::error!(%error, "cannot record the job end");
             }
@@ -900,10 +912,17 @@ impl Trainer {
         })
     }
 
-    /// Removes the version files of a deleted project (its records are gone with it). Sample
-    /// blobs stay until the garbage collector ([`crate::store::gc`]) finds no example of any
-    /// project referencing them: they are content-addressed and may be shared.
-    pub fn remove_versions(&self, project: &str) {
+    /// Forgets a deleted project (its records, jobs included, are gone with it): cancels its jobs
+    /// that run or wait for a slot here, drops its warm model and cached embeddings, and removes
+    /// its version files. Sample blobs stay until the garbage collector ([`crate::store::gc`])
+    /// finds no example of any project referencing them: they are content-addressed and may be
+    /// shared. Each job's thread calls it again when the job ends, for what the job made after
+    /// the deletion.
+    pub fn project_deleted(&self, project: &str) {
+        for live in self.live().values().filter(|live| live.record.borrow().project_id == project) {
+            live.cancel.store(true, Ordering::Relaxed);
+        }
+        self.slots.wake();
         // A project made again under this id numbers its versions from v1 again.
         let mut warm = self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if warm.as_ref().is_some_and(|w| w.project == project) {

@@ -363,6 +363,10 @@ impl Run<'_> {
                 made.push((examples[i].0.sha256.clone(), feature.shallow_clone()));
                 rows[i] = Some(feature);
             }
+            if std::env::var(super::versions::FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == "embedding-cache") {
+                tracing::warn!("fault injection: paused before caching embeddings");
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
             let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             cache.insert(&self.spec.id, &self.backbone_id, made);
         }
