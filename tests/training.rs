@@ -1,7 +1,7 @@
 //! Training and model versions on the real server: background jobs with a progress stream,
 //! coalescing, predictions served by the active version during training, rollback, checksum
-//! detection of corrupted weights, and crash safety (kill -9 during training and during the
-//! checkpoint write).
+//! detection of corrupted weights, crash safety (kill -9 during training and during the
+//! checkpoint write), and a project deleted (and made again) under a running job.
 
 use alps_proto::v1::{
     ActivateModelVersionRequest, AddExamplesRequest, Architecture, CreateProjectRequest, GetProjectRequest, JobState,
@@ -67,6 +67,12 @@ async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
     let mut server = start(dirs, flags, &[]).await;
     create_project(&mut server).await;
+    add_low_and_high(&mut server, per_class).await;
+    server
+}
+
+/// Adds `per_class` labelled examples of each class to project "p" (low ≈ 0.1, high ≈ 0.9).
+async fn add_low_and_high(server: &mut Server, per_class: usize) {
     let examples: Vec<LabelledExample> = (0..per_class)
         .flat_map(|i| {
             let jitter = i as f32 * 0.005;
@@ -81,7 +87,6 @@ async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
         .collect();
     let request = AddExamplesRequest { project_id: "p".into(), examples };
     server.examples.add_examples(tokio_stream::iter([request])).await.unwrap();
-    server
 }
 
 fn train_request(epochs: u32) -> TrainRequest {
@@ -519,7 +524,7 @@ async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
 }
 
 #[tokio::test]
-async fn a_project_deleted_while_its_job_embeds_leaves_no_embeddings_behind() {
+async fn a_project_deleted_and_made_again_while_its_job_embeds_gets_nothing_of_the_old_job() {
     let mut server = server_with_examples(10, &[]).await;
     assert!(server.process.terminate().success());
     let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "embedding-cache")]).await;
@@ -536,11 +541,12 @@ async fn a_project_deleted_while_its_job_embeds_leaves_no_embeddings_behind() {
     let mut head_only = train_request(5);
     head_only.parameters.as_mut().unwrap().mode = TrainingMode::HeadOnly as i32;
     let job = server.training.train(head_only).await.unwrap().into_inner().job.unwrap();
-    // The job has made the embeddings and caches them once the deletion has forgotten the
-    // project's.
+    // The job has made the embeddings and goes on to cache them once the project is deleted
+    // and made again: the new project must not get them.
     server.process.wait_for_log("fault injection: paused before caching embeddings");
     let delete = alps_proto::v1::DeleteProjectRequest { project_id: "p".into() };
     server.projects.delete_project(delete).await.unwrap();
+    create_project(&mut server).await;
     let ended = watch(&mut server, &job.job_id).await.pop().unwrap();
     assert_eq!(ended.state, JobState::Cancelled as i32, "{ended:?}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -555,6 +561,38 @@ async fn a_project_deleted_while_its_job_embeds_leaves_no_embeddings_behind() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert_eq!(held, 0.0, "bytes of the deleted project's embeddings are still held");
+    // The new project trains and serves a first version of its own.
+    add_low_and_high(&mut server, 10).await;
+    let mut full = train_request(5);
+    full.parameters.as_mut().unwrap().mode = TrainingMode::Full as i32;
+    let again = server.training.train(full).await.unwrap().into_inner().job.unwrap();
+    let again = watch(&mut server, &again.job_id).await.pop().unwrap();
+    assert_eq!((again.state, again.model_version.as_str()), (JobState::Succeeded as i32, "v1"), "{again:?}");
+    assert_eq!(predict(&mut server).await.unwrap().0, "v1");
+    let gone = alps_proto::v1::GetTrainingJobRequest { job_id: job.job_id };
+    assert_eq!(server.training.get_training_job(gone).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_project_deleted_while_its_job_writes_the_version_keeps_no_version_files() {
+    let mut server = server_with_examples(10, &[]).await;
+    assert!(server.process.terminate().success());
+    let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "version-write")]).await;
+    let job = server.training.train(train_request(5)).await.unwrap().into_inner().job.unwrap();
+    // The job checked it was not cancelled and writes its version once the project is gone.
+    server.process.wait_for_log("fault injection: paused before writing the version");
+    let delete = alps_proto::v1::DeleteProjectRequest { project_id: "p".into() };
+    server.projects.delete_project(delete).await.unwrap();
+    let versions = project_models_dir(server.dirs.data.path(), "p");
+    assert!(!versions.exists(), "the deletion removed the version files");
+    let ended = watch(&mut server, &job.job_id).await.pop().unwrap();
+    assert_eq!(ended.state, JobState::Cancelled as i32, "{ended:?}");
+    // The job's thread removes what it wrote once it has ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while versions.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!versions.exists(), "files of the deleted project's version are left");
 }
 
 #[tokio::test]

@@ -300,9 +300,10 @@ pub struct ServerConfig {
     pub training_jobs: u16,
 
     /// CPU threads each running training job may use for libtorch's intra-op work (matrix
-    /// products, convolutions). Unset: half of the intra-op threads inference uses (one per
-    /// physical core unless OMP_NUM_THREADS says otherwise), at least 1, so that Predict keeps
-    /// the other half while a job trains.
+    /// products, convolutions); inference keeps its own count. Unset: half of inference's
+    /// intra-op threads (one per physical core unless OMP_NUM_THREADS says otherwise), at least
+    /// 1, so that a job leaves cores to Predict. With `--training-jobs` N, training uses up to
+    /// N times this.
     #[arg(long, env = "ALPS_TRAINING_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub training_threads: Option<u16>,
 

@@ -40,7 +40,15 @@ fn main() -> ExitCode {
 fn serve(config: ServerConfig) -> anyhow::Result<()> {
     alps_runtime::init_logging(config.log_format);
     let executable = std::env::current_exe().context("cannot locate the alps-server executable")?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Blocking tasks run libtorch too (heuristics, model loads): their threads keep the
+        // process's intra-op count whatever a training job sets (see `engine::device`).
+        .on_thread_start(|| {
+            alps_core::engine::device::intra_op_threads();
+        })
+        .build()
+        .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
         let server = Server::bind(&config, &executable).await?;

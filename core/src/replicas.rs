@@ -94,9 +94,15 @@ impl Follower {
         for change in changes {
             match change {
                 Refreshed::Changed(project) => self.engine.forget(&project),
-                Refreshed::Removed(project) | Refreshed::Recreated(project) => {
+                Refreshed::Removed(project) => {
                     self.engine.forget(&project);
-                    self.trainer.project_deleted(&project);
+                    self.trainer.project_deleted(&project, i64::MAX);
+                }
+                Refreshed::Recreated(project) => {
+                    self.engine.forget(&project);
+                    // Jobs of the new project (begun here since) are its own.
+                    let created = self.projects.get(&project).map_or(i64::MAX, |p| p.created_unix_ms);
+                    self.trainer.project_deleted(&project, created);
                 }
                 Refreshed::Activated(project, version) => self.served_activation(&project, &version),
             }

@@ -272,8 +272,8 @@ impl Server {
         let memory = engine_config.memory.clone();
         let engine = Engine::start(engine_config, metrics.clone()).map_err(StartError::Engine)?;
         tracing::info!(?device, "inference engine started");
-        let threads_per_job = config.training_threads_per_job(crate::engine::device::intra_op_threads());
-        tracing::info!(jobs = config.training_jobs, threads_per_job, "training executor started");
+        let inference_threads = crate::engine::device::intra_op_threads();
+        let threads_per_job = config.training_threads_per_job(inference_threads);
         let trainer = Arc::new(Trainer::start(
             catalog.clone(),
             blobs.clone(),
@@ -293,6 +293,8 @@ impl Server {
             },
             metrics.clone(),
         )?);
+        let jobs = config.training_jobs;
+        tracing::info!(jobs, threads_per_job, inference_threads, "training executor started");
         if objects.is_some() {
             let follower = crate::replicas::Follower {
                 catalog: catalog.clone(),

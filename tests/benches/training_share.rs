@@ -20,7 +20,7 @@ use alps_proto::v1::{
     example_service_client::ExampleServiceClient, inference_service_client::InferenceServiceClient,
     project_service_client::ProjectServiceClient, sample::Input, training_service_client::TrainingServiceClient,
 };
-use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, median, start_server};
+use alps_system_tests::{ServerDirs, builtin_plugin, install_plugin, median, start_server_with_env};
 use tonic::transport::Channel;
 
 const EXAMPLES: usize = 2000;
@@ -54,8 +54,15 @@ where
     let request = TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: Some(false) };
     let job = training.train(request).await.unwrap().into_inner().job.unwrap();
     let finished = Arc::new(OnceLock::new());
+    /// Sets the flag however the watcher ends, so that `meanwhile` stops even if it panics.
+    struct Ended(Arc<OnceLock<Duration>>, Instant);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            let _ = self.0.set(self.1.elapsed());
+        }
+    }
     let watcher = tokio::spawn({
-        let finished = finished.clone();
+        let ended = Ended(finished.clone(), started);
         async move {
             let request = WatchTrainingJobRequest { job_id: job.job_id };
             let mut stream = training.watch_training_job(request).await.unwrap().into_inner();
@@ -63,7 +70,7 @@ where
             while let Some(record) = stream.message().await.unwrap() {
                 last = Some(record.state);
             }
-            finished.set(started.elapsed()).unwrap();
+            drop(ended);
             assert_eq!(last, Some(JobState::Succeeded as i32));
         }
     });
@@ -88,10 +95,11 @@ async fn predicts_until(inference: &mut InferenceServiceClient<Channel>, done: i
     latencies
 }
 
-async fn round(extra: &[&str]) -> Round {
+async fn round(extra: &[&str], cores: &str) -> Round {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let (_server, grpc) = start_server(&dirs, extra);
+    // Inference on every core in both settings (libtorch's default is the physical cores).
+    let (_server, grpc) = start_server_with_env(&dirs, extra, &[("OMP_NUM_THREADS", cores)]);
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     let project = Project {
         id: "p".into(),
@@ -149,7 +157,7 @@ async fn main() {
         for s in 0..settings.len() {
             // Rotate which setting runs first, so neither always runs on a cooler machine.
             let s = (s + r) % settings.len();
-            results[s].push(round(&settings[s].1).await);
+            results[s].push(round(&settings[s].1, &cores).await);
         }
     }
     println!(

@@ -393,7 +393,7 @@ impl ProjectService for ProjectApi {
             // The rows first (examples, versions and jobs cascade), then the jobs running here
             // and the version files.
             projects.delete(&deleted).map_err(project_status)?;
-            trainer.project_deleted(&deleted);
+            trainer.project_deleted(&deleted, crate::clock::now_unix_ms());
             Ok(())
         })
         .await?;

@@ -31,18 +31,30 @@ pub fn intra_op_threads() -> usize {
 /// libtorch keeps the count per thread (OpenMP's `nthreads-var` and MKL's local setting), but
 /// `at::set_num_threads` also stores it as the count that threads which have not run an
 /// operator yet will start with. Short-lived threads read that count before and store it back
-/// after, so every other thread keeps the process's count. Under the lock, no thread starts
-/// with the caller's count.
+/// after, so every other thread keeps the process's count: those that take the lock first
+/// (the inference worker, the server's runtime threads) and those that started before. If no
+/// thread can be started, the count is left as it was (logged). This relies on libtorch's
+/// OpenMP build (PyPI's Linux wheels); a unit test checks it.
 pub fn set_intra_op_threads_of_this_thread(threads: usize) -> usize {
     let _setting = SETTING_THREADS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // The first libtorch call on a thread gives it the process's count.
-    let process = thread::scope(|scope| scope.spawn(tch::get_num_threads).join()).unwrap_or(1);
     let before = tch::get_num_threads();
+    let unchanged = usize::try_from(before).unwrap_or(1);
+    let Some(process) = on_a_new_thread(tch::get_num_threads) else {
+        tracing::warn!("cannot start a thread to set a training job's CPU threads; it uses the process's");
+        return unchanged;
+    };
     tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(i32::MAX));
-    thread::scope(|scope| {
-        scope.spawn(move || tch::set_num_threads(process));
-    });
-    usize::try_from(before).unwrap_or(1)
+    if on_a_new_thread(move || tch::set_num_threads(process)).is_none() {
+        tracing::warn!(threads, "cannot restore the process's CPU threads; new threads start with a job's");
+    }
+    unchanged
+}
+
+/// Runs `call` on a thread of its own and returns its result; `None` if no thread could be
+/// started or the call panicked.
+fn on_a_new_thread<T: Send>(call: impl FnOnce() -> T + Send) -> Option<T> {
+    thread::scope(|scope| thread::Builder::new().spawn_scoped(scope, call).ok()?.join().ok())
 }
 
 /// What libtorch sees on this machine.

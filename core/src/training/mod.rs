@@ -586,15 +586,19 @@ impl Trainer {
         // Without a slot, or without a live record, the job was cancelled while it waited
         // (`cancel` has recorded its end); the project still has to move on.
         let outcome = match (slot.as_ref().and_then(|_| self.start_job(job_id)), &cancel) {
-            (Some(record), Some(cancel)) => self.execute_guarded(&record, cancel),
+            // A job that failed because it was cancelled meanwhile (its project deleted under
+            // it while it saved) ends as cancelled.
+            (Some(record), Some(cancel)) => self
+                .execute_guarded(&record, cancel)
+                .map_err(|error| if cancel.load(Ordering::Relaxed) { TrainError::Cancelled } else { error }),
             _ => Err(TrainError::Cancelled),
         };
         drop(slot);
         self.finish(project_id, job_id, &outcome);
-        // Deleted while the job ran: the deletion removed the project's embeddings, warm model
-        // and version files, but the job may have cached or written more of them since.
+        // Deleted while the job wrote its version: the files may have landed after the deletion
+        // removed the project's.
         if matches!(self.catalog.project(project_id), Ok(None)) {
-            self.project_deleted(project_id);
+            self.forget_project(project_id);
         }
     }
 
@@ -820,17 +824,33 @@ impl Trainer {
             tracing::warn!(job = %job_id, %reason, "new version not activated");
             self.update(&job_id, |r| r.not_activated_reason = reason.clone());
         }
+        // A job cancelled by its project's deletion must not record a version in a project made
+        // again under the id meanwhile.
+        if cancel.load(Ordering::Relaxed) {
+            return Err(TrainError::Cancelled);
+        }
+        if std::env::var(versions::FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == "version-write") {
+            tracing::warn!(job = %job_id, "fault injection: paused before writing the version");
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         // Recorded inactive, then loaded for serving, then activated: "load first, then swap".
         let manifest = versions::write(&self.models_dir, self.catalog.as_ref(), &trained.model, manifest)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;
         let written = std::time::Instant::now();
-        *self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WarmModel {
-            project: spec.id.clone(),
-            version: manifest.version.clone(),
-            fingerprint: manifest.model_fingerprint.clone(),
-            _held: self.memory.hold(trained.model.bytes()),
-            model: trained.model,
-        });
+        let mut warm = self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Checked under the lock a deletion takes after cancelling: either it sees this model
+        // and drops it, or this job sees the cancellation and keeps none. (The version is
+        // recorded: the job succeeded.)
+        if !cancel.load(Ordering::Relaxed) {
+            *warm = Some(WarmModel {
+                project: spec.id.clone(),
+                version: manifest.version.clone(),
+                fingerprint: manifest.model_fingerprint.clone(),
+                _held: self.memory.hold(trained.model.bytes()),
+                model: trained.model,
+            });
+        }
+        drop(warm);
         if record.activate && refusal.is_none() {
             // The job succeeded whatever happens here: its version is recorded. Why it is not
             // active, if it is not, goes on the job.
@@ -913,16 +933,26 @@ impl Trainer {
     }
 
     /// Forgets a deleted project (its records, jobs included, are gone with it): cancels its jobs
-    /// that run or wait for a slot here, drops its warm model and cached embeddings, and removes
-    /// its version files. Sample blobs stay until the garbage collector ([`crate::store::gc`])
-    /// finds no example of any project referencing them: they are content-addressed and may be
-    /// shared. Each job's thread calls it again when the job ends, for what the job made after
-    /// the deletion.
-    pub fn project_deleted(&self, project: &str) {
-        for live in self.live().values().filter(|live| live.record.borrow().project_id == project) {
-            live.cancel.store(true, Ordering::Relaxed);
+    /// created before `created_before_unix_ms` that run or wait for a slot here (a project made
+    /// again under the id since keeps its own), then [`forget_project`](Self::forget_project).
+    /// A cancelled job checks for it before it caches embeddings, keeps its model or writes a
+    /// version, so it adds none of those after the deletion.
+    pub fn project_deleted(&self, project: &str, created_before_unix_ms: i64) {
+        for live in self.live().values() {
+            let record = live.record.borrow();
+            if record.project_id == project && record.created_unix_ms < created_before_unix_ms {
+                live.cancel.store(true, Ordering::Relaxed);
+            }
         }
         self.slots.wake();
+        self.forget_project(project);
+    }
+
+    /// Drops what this server holds of a project that is gone: its warm model, its cached
+    /// embeddings and its version files. Sample blobs stay until the garbage collector
+    /// ([`crate::store::gc`]) finds no example of any project referencing them: they are
+    /// content-addressed and may be shared.
+    fn forget_project(&self, project: &str) {
         // A project made again under this id numbers its versions from v1 again.
         let mut warm = self.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if warm.as_ref().is_some_and(|w| w.project == project) {

@@ -368,6 +368,9 @@ impl Run<'_> {
                 std::thread::sleep(std::time::Duration::from_secs(5));
             }
             let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Under the lock a deletion takes after cancelling the job: either it forgets
+            // these, or this job sees the cancellation and caches none.
+            self.check_cancelled()?;
             cache.insert(&self.spec.id, &self.backbone_id, made);
         }
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();

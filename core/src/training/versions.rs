@@ -24,8 +24,9 @@ use crate::{
 
 /// Test-only fault injection: with `ALPS_FAULT_PAUSE_AT=checkpoint-write`, the server stops
 /// (sleeps) after writing a version's files and before renaming them into place, so a test can
-/// `kill -9` it in the middle of the checkpoint write; with `embedding-cache`, a job waits 5 s
-/// before caching each chunk of embeddings it made, so a test can delete its project meanwhile.
+/// `kill -9` it in the middle of the checkpoint write. With `embedding-cache` a job waits 5 s
+/// before caching each chunk of embeddings it made, and with `version-write` before it writes
+/// its version, so that a test can delete its project meanwhile.
 pub const FAULT_PAUSE_VARIABLE: &str = "ALPS_FAULT_PAUSE_AT";
 
 /// Why a version could not be written.
