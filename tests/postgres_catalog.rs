@@ -801,7 +801,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     served_everywhere(&mut replicas, &newest).await;
 
     // A job's progress is read on any replica, and a cancel asked of any replica reaches it.
-    let running = replicas[0].training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
+    let running = replicas[0].training.train(long_request()).await.unwrap().into_inner().job.unwrap();
     in_epochs(&replicas[2], &running.job_id, "the job's progress on another replica").await;
     let request = CancelTrainingJobRequest { job_id: running.job_id.clone() };
     replicas[1].training.cancel_training_job(request).await.unwrap();
@@ -819,7 +819,7 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     postgres_admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'alps-server {id}'"
     ));
-    let long = replicas[1].training.train(train_request(10_000)).await.unwrap().into_inner().job.unwrap();
+    let long = replicas[1].training.train(long_request()).await.unwrap().into_inner().job.unwrap();
     assert_ne!(long.job_id, paused.job_id);
     assert_eq!(long.state(), JobState::Queued, "the paused replica's lease still holds");
     let failed = job_ended(&replicas[1], &paused.job_id).await;
@@ -885,9 +885,23 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
     assert!(retry.starts_with(&format!("{}-retry", interrupted.job_id)), "{retry}");
     served_everywhere(&mut replicas, &retried.model_version).await;
 
-    // Deleted on one: gone from the other.
-    replicas[1].projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
-    let projects = replicas[0].projects.clone();
+    // Deleted on one while another trains it: gone from the other, which cancels the job.
+    let doomed = replicas[0].training.train(long_request()).await.unwrap().into_inner().job.unwrap();
+    in_epochs(&replicas[0], &doomed.job_id, "the job before the deletion").await;
+    let trainer = (0..replicas.len()).find(|&i| runs_job(&mut replicas[i], &doomed.job_id)).expect("the job's replica");
+    let deleter = (trainer + 1) % replicas.len();
+    replicas[deleter].projects.delete_project(DeleteProjectRequest { project_id: "p".into() }).await.unwrap();
+    let deadline = std::time::Instant::now() + PROPAGATION_BOUND;
+    let ended = loop {
+        let log = replicas[trainer].process.log();
+        if let Some(line) = log.iter().find(|line| line.contains("training ended") && line.contains(&doomed.job_id)) {
+            break line.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the job still runs {PROPAGATION_BOUND:?} after the deletion");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(ended.contains("Cancelled"), "{ended}");
+    let projects = replicas[trainer].projects.clone();
     eventually("the project gone from the other replica", || {
         let mut projects = projects.clone();
         async move {
@@ -905,6 +919,14 @@ async fn replicas_over_postgresql_and_the_object_store_serve_every_project_and_f
 fn train_request(epochs: u32) -> TrainRequest {
     let parameters = TrainingParameters { epochs, seed: Some(1), learning_rate: 0.01, ..Default::default() };
     TrainRequest { project_id: "p".into(), parameters: Some(parameters), activate: None }
+}
+
+/// A job that runs until it is cancelled, taken over or stopped: 10,000 epochs of one example
+/// a step (a few seconds in batches of 32 on one thread).
+fn long_request() -> TrainRequest {
+    let mut request = train_request(10_000);
+    request.parameters.as_mut().unwrap().batch_size = 1;
+    request
 }
 
 /// Job `job_id` as `replica` reads it from the catalogue.
