@@ -300,10 +300,11 @@ pub struct ServerConfig {
     pub training_jobs: u16,
 
     /// CPU threads each running training job may use for libtorch's intra-op work (matrix
-    /// products, convolutions); inference keeps its own count. Unset: half of inference's
-    /// intra-op threads (one per physical core unless OMP_NUM_THREADS says otherwise), at least
-    /// 1, so that a job leaves cores to Predict. With `--training-jobs` N, training uses up to
-    /// N times this.
+    /// products, convolutions); inference keeps its own count. Unset: as many as inference
+    /// (one per physical core unless OMP_NUM_THREADS says otherwise). Fewer leave cores to
+    /// Predict while a job trains, but cut its tail latency only with OMP_WAIT_POLICY=PASSIVE
+    /// in the server's environment (see BENCHMARKS.md). With `--training-jobs` N, training
+    /// uses up to N times this.
     #[arg(long, env = "ALPS_TRAINING_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub training_threads: Option<u16>,
 
@@ -385,9 +386,9 @@ impl ServerConfig {
         }
     }
 
-    /// See `--training-threads`: its value, else half of `intra_op_threads` (at least 1).
+    /// See `--training-threads`: its value, else `intra_op_threads` (inference's).
     pub fn training_threads_per_job(&self, intra_op_threads: usize) -> usize {
-        self.training_threads.map_or((intra_op_threads / 2).max(1), usize::from)
+        self.training_threads.map_or(intra_op_threads, usize::from)
     }
 
     /// See `--max-message-mib`, in bytes.
@@ -449,9 +450,9 @@ mod tests {
     }
 
     #[test]
-    fn training_threads_default_to_half_of_inference_s_and_at_least_one() {
+    fn training_threads_default_to_inference_s() {
         let defaults = parse(&[]).server;
-        assert_eq!([16, 2, 1].map(|cores| defaults.training_threads_per_job(cores)), [8, 1, 1]);
+        assert_eq!([16, 2, 1].map(|cores| defaults.training_threads_per_job(cores)), [16, 2, 1]);
         assert_eq!(parse(&["--training-threads", "3"]).server.training_threads_per_job(16), 3);
         for refused in ["0", "1025", "-1"] {
             let args = ["alps-server", "--training-threads", refused];

@@ -1,6 +1,7 @@
 //! Benchmark of training's share of the CPU: Predict latency while a training job runs, with
-//! each job on half of the intra-op threads (the default of `--training-threads`) vs on all of
-//! them (as before the flag existed), side by side in one run through the real release server.
+//! each job on as many intra-op threads as inference (the default of `--training-threads`) vs
+//! on half of them, each with libgomp's default wait policy (spin, then sleep) and with
+//! `OMP_WAIT_POLICY=PASSIVE`, side by side in one run through the real release server.
 //!
 //! Per setting and round: a fresh server, a `small_cnn` 3×32×32 project with 2,000 labelled
 //! examples; a full fine-tuning job (10 epochs) alone; sequential Predicts (32 samples,
@@ -95,11 +96,21 @@ async fn predicts_until(inference: &mut InferenceServiceClient<Channel>, done: i
     latencies
 }
 
-async fn round(extra: &[&str], cores: &str) -> Round {
+/// One way to run the server: its training threads and libgomp's wait policy.
+struct Setting {
+    name: &'static str,
+    training_threads: String,
+    wait_policy: Option<&'static str>,
+}
+
+async fn round(setting: &Setting, cores: &str) -> Round {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    // Inference on every core in both settings (libtorch's default is the physical cores).
-    let (_server, grpc) = start_server_with_env(&dirs, extra, &[("OMP_NUM_THREADS", cores)]);
+    // Inference on every core in every setting (libtorch's default is the physical cores).
+    let mut env = vec![("OMP_NUM_THREADS", cores)];
+    env.extend(setting.wait_policy.map(|policy| ("OMP_WAIT_POLICY", policy)));
+    let flags = ["--training-threads", setting.training_threads.as_str()];
+    let (_server, grpc) = start_server_with_env(&dirs, &flags, &env);
     let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     let project = Project {
         id: "p".into(),
@@ -149,37 +160,49 @@ fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3);
-    let cores = std::thread::available_parallelism().map_or(1, usize::from).to_string();
-    let settings: [(&str, Vec<&str>); 2] =
-        [("all threads (before)", vec!["--training-threads", &cores]), ("half (the default)", vec![])];
-    let mut results: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (all, half) = (cores.to_string(), (cores / 2).max(1).to_string());
+    let setting = |name, training_threads: &String, wait_policy| Setting {
+        name,
+        training_threads: training_threads.clone(),
+        wait_policy,
+    };
+    let settings = [
+        setting("all (the default)", &all, None),
+        setting("half", &half, None),
+        setting("all, OMP_WAIT_POLICY=PASSIVE", &all, Some("PASSIVE")),
+        setting("half, OMP_WAIT_POLICY=PASSIVE", &half, Some("PASSIVE")),
+    ];
+    let mut results: Vec<Vec<Round>> = settings.iter().map(|_| Vec::new()).collect();
     for r in 0..rounds {
         for s in 0..settings.len() {
-            // Rotate which setting runs first, so neither always runs on a cooler machine.
+            // Rotate which setting runs first, so none always runs on a cooler machine.
             let s = (s + r) % settings.len();
-            results[s].push(round(&settings[s].1, &cores).await);
+            results[s].push(round(&settings[s], &all).await);
         }
     }
+    let cores = all;
     println!(
         "Predict (32 samples, K = 20) on small_cnn while a full fine-tuning job runs ({EXAMPLES} examples, 10 epochs); {cores} cores; medians of {rounds} rounds"
     );
     println!();
     println!(
-        "| training threads | Predict p50 idle | p50 during training | p99 during training | during / idle (p50) | training alone | training under Predicts |"
+        "| training threads | Predict p50 idle | p50 during training | p90 during training | p99 during training | training alone | training under Predicts |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for ((name, _), rounds) in settings.iter().zip(&results) {
+    for (Setting { name, .. }, rounds) in settings.iter().zip(&results) {
         let of = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
         let idle = of(&|r| quantile(r.idle.clone(), 0.5));
         let during = of(&|r| quantile(r.during_training.clone(), 0.5));
+        let p90 = of(&|r| quantile(r.during_training.clone(), 0.9));
         let p99 = of(&|r| quantile(r.during_training.clone(), 0.99));
         let (alone, training) = (of(&|r| r.training_alone), of(&|r| r.training));
         println!(
-            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}x | {alone:.2} s | {training:.2} s |",
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {alone:.2} s | {training:.2} s |",
             idle * 1e3,
             during * 1e3,
+            p90 * 1e3,
             p99 * 1e3,
-            during / idle
         );
     }
 }

@@ -5,10 +5,9 @@
 //! cores between them.
 //!
 //! A slot is also the job's share of the CPU: while it holds the slot, the job's thread runs
-//! libtorch's intra-op work on at most `threads_per_job` threads, so a training job cannot take
-//! every core from the inference worker (on CPU, training's matrix products would otherwise
-//! fan out over all cores, as inference's do, and Predict latency would double while a job
-//! runs). Its memory share is held in [`crate::memory::MemoryBudget`] by the trainer.
+//! libtorch's intra-op work on at most `threads_per_job` threads (`--training-threads`), so
+//! that an operator can keep training from fanning out over every core the inference worker
+//! uses. Its memory share is held in [`crate::memory::MemoryBudget`] by the trainer.
 
 use std::{
     collections::VecDeque,
