@@ -48,15 +48,20 @@ fn tensor(value: f32) -> Option<Sample> {
     })
 }
 
-/// Creates the MLP project "p": classes low/high over 1×2×2 inputs.
-async fn create_project(server: &mut Server) {
-    let project = Project {
-        id: "p".into(),
+/// An MLP project: classes low/high over 1×2×2 inputs.
+fn mlp_project(id: &str) -> Project {
+    Project {
+        id: id.into(),
         classes: vec!["low".into(), "high".into()],
         model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
         preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
         ..Default::default()
-    };
+    }
+}
+
+/// Creates the MLP project "p" (see [`mlp_project`]).
+async fn create_project(server: &mut Server) {
+    let project = mlp_project("p");
     server.projects.create_project(CreateProjectRequest { project: Some(project) }).await.unwrap();
 }
 
@@ -530,14 +535,8 @@ async fn a_project_deleted_and_made_again_while_its_job_embeds_gets_nothing_of_t
     let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "embedding-cache")]).await;
     let metrics = server.process.listening_addr("metrics");
     // Another project's Predicts refresh the gauge once "p" is gone.
-    let other = Project {
-        id: "q".into(),
-        classes: vec!["low".into(), "high".into()],
-        model: Some(ModelSpec { architecture: Architecture::Mlp as i32, ..Default::default() }),
-        preprocessing: Some(Preprocessing { width: 2, height: 2, channels: 1, ..Default::default() }),
-        ..Default::default()
-    };
-    server.projects.create_project(CreateProjectRequest { project: Some(other) }).await.unwrap();
+    let other = CreateProjectRequest { project: Some(mlp_project("q")) };
+    server.projects.create_project(other).await.unwrap();
     let mut head_only = train_request(5);
     head_only.parameters.as_mut().unwrap().mode = TrainingMode::HeadOnly as i32;
     let job = server.training.train(head_only).await.unwrap().into_inner().job.unwrap();
