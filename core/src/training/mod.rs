@@ -653,11 +653,12 @@ impl Trainer {
             // A replica cut off from the catalogue for long enough finds its job recorded as
             // failed by another replica: that record stands. A deleted project's went with it.
             if self.ended_or_gone(job_id) {
-                tracing::warn!(job = %job_id, "the job was recorded as ended by another replica, or deleted with its project, meanwhile");
+                tracing::info!(job = %job_id, "the job's record was ended elsewhere or deleted with its project meanwhile: left as it is");
             } else if let Err(error) = save_retrying(self.catalog.as_ref(), &record) {
                 tracing::error!(%error, "cannot record the job end");
             }
-            tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error = %record.error, "training ended");
+            let error = (!record.error.is_empty()).then_some(record.error.as_str());
+            tracing::info!(job = %job_id, state = ?record.state, version = %record.model_version, error, "training ended");
             // Watchers see the end only once the catalogue has it: a client that saw it here
             // and asks another replica next finds the job ended there too.
             live.record.send_replace(record);
