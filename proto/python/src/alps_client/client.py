@@ -249,7 +249,11 @@ class Client:
         if activate is not None:
             request.activate = activate
         job = self.training.Train(request).job
-        with tqdm(total=100.0, unit="%", desc=f"training {project_id}", disable=not progress) as bar:
+        # Whole percents: the job reports fractions, which tqdm would print as raw floats.
+        bar_format = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
+        with tqdm(
+            total=100.0, desc=f"training {project_id}", bar_format=bar_format, disable=not progress
+        ) as bar:
             for job in self.training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id)):
                 bar.set_postfix(epoch=job.epoch, loss=f"{job.loss:.4f}", refresh=False)
                 bar.update(job.percent - bar.n)
