@@ -68,9 +68,15 @@ async fn create_project(server: &mut Server) {
 /// A fresh server with an MLP project "p" (classes low/high over 1×2×2 inputs) and `per_class`
 /// labelled examples of each class (low ≈ 0.1, high ≈ 0.9).
 async fn server_with_examples(per_class: usize, flags: &[&str]) -> Server {
+    server_with_examples_and_env(per_class, flags, &[]).await
+}
+
+/// As [`server_with_examples`], the server started with the environment variables `env` (fault
+/// injection).
+async fn server_with_examples_and_env(per_class: usize, flags: &[&str], env: &[(&str, &str)]) -> Server {
     let dirs = ServerDirs::new();
     install_plugin(&builtin_plugin(), dirs.plugins.path(), "builtin.so");
-    let mut server = start(dirs, flags, &[]).await;
+    let mut server = start(dirs, flags, env).await;
     create_project(&mut server).await;
     add_low_and_high(&mut server, per_class).await;
     server
@@ -530,9 +536,7 @@ async fn a_running_job_can_be_cancelled_and_the_next_one_runs() {
 
 #[tokio::test]
 async fn a_project_deleted_and_made_again_while_its_job_embeds_gets_nothing_of_the_old_job() {
-    let mut server = server_with_examples(10, &[]).await;
-    assert!(server.process.terminate().success());
-    let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "embedding-cache")]).await;
+    let mut server = server_with_examples_and_env(10, &[], &[("ALPS_FAULT_PAUSE_AT", "embedding-cache")]).await;
     let metrics = server.process.listening_addr("metrics");
     // Another project's Predicts refresh the gauge once "p" is gone.
     let other = CreateProjectRequest { project: Some(mlp_project("q")) };
@@ -574,9 +578,7 @@ async fn a_project_deleted_and_made_again_while_its_job_embeds_gets_nothing_of_t
 
 #[tokio::test]
 async fn a_project_deleted_while_its_job_writes_the_version_keeps_no_version_files() {
-    let mut server = server_with_examples(10, &[]).await;
-    assert!(server.process.terminate().success());
-    let mut server = start(server.dirs, &[], &[("ALPS_FAULT_PAUSE_AT", "version-write")]).await;
+    let mut server = server_with_examples_and_env(10, &[], &[("ALPS_FAULT_PAUSE_AT", "version-write")]).await;
     let job = server.training.train(train_request(5)).await.unwrap().into_inner().job.unwrap();
     // The job checked it was not cancelled and writes its version once the project is gone.
     server.process.wait_for_log("fault injection: paused before writing the version");

@@ -6,8 +6,9 @@
 //! re-reads the projects and applies what changed as the replica that made the change did: a
 //! newly activated version is loaded before it is swapped in (the old one serves meanwhile), a
 //! changed spec drops the cached models, a deleted (or deleted and re-made) project takes its
-//! cached models, trained versions and the training jobs this replica runs for it with it. The interval bounds how late a lost
-//! notification (a dropped connection, a reconnect) can make a replica. The same thread keeps
+//! cached models, trained versions and the training jobs this replica runs for it with it. The
+//! interval bounds how late a lost notification (a dropped connection, a reconnect) can make a
+//! replica. The same thread keeps
 //! this replica's lock on the catalogue held, cancels this replica's jobs that a client asked
 //! another replica to cancel, and takes over the training of projects whose replica stopped or
 //! lost the lease (see `training::leases`).

@@ -595,9 +595,10 @@ impl Trainer {
         };
         drop(slot);
         self.finish(project_id, job_id, &outcome);
-        // Deleted while the job wrote its version: the files may have landed after the deletion
-        // removed the project's.
-        if matches!(self.catalog.project(project_id), Ok(None)) {
+        // Deleted while the job wrote its version (a deletion cancels the project's jobs): the
+        // files may have landed after the deletion removed the project's.
+        let cancelled = cancel.as_ref().is_some_and(|cancel| cancel.load(Ordering::Relaxed));
+        if cancelled && matches!(self.catalog.project(project_id), Ok(None)) {
             self.forget_project(project_id);
         }
     }
@@ -830,10 +831,7 @@ impl Trainer {
         if cancel.load(Ordering::Relaxed) {
             return Err(TrainError::Cancelled);
         }
-        if std::env::var(versions::FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == "version-write") {
-            tracing::warn!(job = %job_id, "fault injection: paused before writing the version");
-            std::thread::sleep(std::time::Duration::from_secs(5));
-        }
+        versions::fault_pause_briefly("version-write", "fault injection: paused before writing the version");
         // Recorded inactive, then loaded for serving, then activated: "load first, then swap".
         let manifest = versions::write(&self.models_dir, self.catalog.as_ref(), &trained.model, manifest)
             .map_err(|e| TrainError::Precondition(crate::errors::logged("saving the model version", &e)))?;

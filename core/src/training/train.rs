@@ -363,10 +363,10 @@ impl Run<'_> {
                 made.push((examples[i].0.sha256.clone(), feature.shallow_clone()));
                 rows[i] = Some(feature);
             }
-            if std::env::var(super::versions::FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == "embedding-cache") {
-                tracing::warn!("fault injection: paused before caching embeddings");
-                std::thread::sleep(std::time::Duration::from_secs(5));
-            }
+            super::versions::fault_pause_briefly(
+                "embedding-cache",
+                "fault injection: paused before caching embeddings",
+            );
             let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Under the lock a deletion takes after cancelling the job: either it forgets
             // these, or this job sees the cancellation and caches none.

@@ -29,6 +29,20 @@ use crate::{
 /// its version, so that a test can delete its project meanwhile.
 pub const FAULT_PAUSE_VARIABLE: &str = "ALPS_FAULT_PAUSE_AT";
 
+/// Whether fault injection pauses at `point` ([`FAULT_PAUSE_VARIABLE`]).
+pub fn fault_pause_at(point: &str) -> bool {
+    std::env::var(FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == point)
+}
+
+/// Waits 5 s if fault injection pauses at `point`, first logging `message` (which a test waits
+/// for).
+pub fn fault_pause_briefly(point: &str, message: &str) {
+    if fault_pause_at(point) {
+        tracing::warn!("{message}");
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Why a version could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {
@@ -161,7 +175,7 @@ pub fn write(
     fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?).map_err(io(&manifest_path))?;
     sync(&manifest_path)?;
     sync(&temporary)?;
-    if std::env::var(FAULT_PAUSE_VARIABLE).is_ok_and(|at| at == "checkpoint-write") {
+    if fault_pause_at("checkpoint-write") {
         tracing::warn!(dir = %temporary.display(), "fault injection: paused in the checkpoint write");
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
